@@ -1,0 +1,58 @@
+"""Every protocol limit, size and timeout default in one place, each with its reason and precedent.
+
+The config schema (`fastgw.config`) takes its defaults from here, so a default
+changes in exactly one place. Durations are seconds.
+"""
+
+from __future__ import annotations
+
+# --- client side (HTTP/1.1 server) -------------------------------------------
+
+#: Time allowed to receive a complete request head; slowloris defence. nginx client_header_timeout is 60 s,
+#: Envoy request_headers_timeout is unset; 10 s is ample for a head that fits in one packet.
+HEADER_TIMEOUT = 10.0
+#: Idle time between requests on a keep-alive connection. nginx keepalive_timeout 75 s; above common LB idle (60 s)
+#: so the load balancer, not us, closes first.
+KEEPALIVE_TIMEOUT = 75.0
+#: Total bytes of request line + headers. Envoy max_request_headers_kb default 60 KiB; nginx 4 x 8 KiB buffers.
+MAX_HEADER_BYTES = 64 * 1024
+#: Number of request headers. Envoy max_headers_count default 100; Go net/http has no count limit but 1 MiB of bytes.
+MAX_HEADERS = 100
+#: Request body size. LLM requests with images inline as base64 reach a few MiB; OpenAI caps bodies near 20 MiB.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+#: A client that accepts no bytes for this long is dropped. nginx send_timeout is 60 s.
+SEND_TIMEOUT = 60.0
+#: Drain budget on SIGTERM before in-flight streams are cut. gunicorn graceful_timeout is 30 s.
+GRACEFUL_TIMEOUT = 30.0
+#: Bytes of one chunk-size line (size + extensions). RFC 9112 sets none; Node (CVE-2024-22019) and
+#: the brief cap extensions at 4 KiB: nothing legitimate sends more.
+MAX_CHUNK_LINE = 4096 + 32
+#: Write-buffer high watermark per client connection: above it we stop reading the upstream.
+#: asyncio's default is 64 KiB; a few SSE events of headroom keeps latency flat.
+WRITE_HIGH_WATER = 64 * 1024
+#: Write-buffer low watermark: below it upstream reading resumes.
+WRITE_LOW_WATER = 16 * 1024
+#: Bytes per read from the socket; uvloop's default read buffer.
+READ_SIZE = 256 * 1024
+
+# --- upstream side (HTTP/1.1 client) ------------------------------------------
+
+#: TCP + TLS connect to a provider. Envoy connect_timeout default 5 s (1 s is too tight for TLS across regions).
+CONNECT_TIMEOUT = 5.0
+#: Response head + body for a non-streamed upstream call. OpenAI's own SDK default is 600 s.
+UPSTREAM_READ_TIMEOUT = 600.0
+#: Idle keep-alive connections kept per upstream (scheme, host, port) per worker. aiohttp limit_per_host default
+#: is unlimited, urllib3 maxsize 10; 64 covers bursts without hoarding provider sockets.
+POOL_MAX_IDLE_PER_HOST = 64
+#: A pooled connection unused for this long is closed: OpenAI and most CDNs drop idle keep-alive near 60-90 s.
+POOL_IDLE_TIMEOUT = 50.0
+#: Largest upstream response head. Same as the client-side header limit.
+MAX_UPSTREAM_HEADER_BYTES = 64 * 1024
+#: Largest non-streamed upstream body we will hold to relay (an embeddings batch of 2048 x 3072 floats as JSON ~ 60 MiB).
+MAX_UPSTREAM_BODY_BYTES = 128 * 1024 * 1024
+
+# --- SSE -----------------------------------------------------------------------
+
+#: Longest SSE event held while incomplete. One chat chunk is < 1 KiB; a tool-call argument delta or a
+#: big base64 image event can reach hundreds of KiB. Bounded so a hostile upstream cannot grow memory.
+MAX_SSE_EVENT_BYTES = 1024 * 1024
