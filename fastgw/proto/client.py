@@ -1,0 +1,411 @@
+"""Upstream HTTP/1.1 client: a raw asyncio.Protocol on httptools' response parser, and a per-worker keep-alive pool.
+
+Hand-written rather than aiohttp/httpx because the relay needs the body as raw
+bytes pushed into a callback in the loop iteration they arrive (no task switch,
+no copy per event), and read-pausing tied directly to the client's write buffer.
+
+A response body goes to a sink (`on_data`, `on_end`, `on_error`); until one is
+set, bytes are held. A connection is reusable only after a complete response
+that allowed keep-alive; anything else is closed, never pooled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from typing import Protocol as TypingProtocol
+
+import httptools
+
+from fastgw.proto import limits
+from fastgw.proto.errors import GatewayError
+
+__all__ = [
+    "UpstreamError", "UpstreamConnectError", "UpstreamTimeout", "UpstreamDisconnected", "UpstreamProtocolError",
+    "Sink", "UpstreamConnection", "UpstreamPool", "PoolKey",
+]
+
+PoolKey = tuple[str, str, int]  # (scheme, host, port)
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamConnectError(UpstreamError):
+    code = "upstream_connect_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamDisconnected(UpstreamError):
+    code = "upstream_disconnected"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection closed before answering: safe to retry once on a fresh one."""
+
+
+class Sink(TypingProtocol):
+    def on_data(self, data: bytes) -> None: ...
+    def on_end(self) -> None: ...
+    def on_error(self, exc: UpstreamError) -> None: ...
+
+
+class _Collector:
+    """The default sink: gathers the body for non-streamed responses."""
+
+    __slots__ = ("parts", "size", "limit", "future")
+
+    def __init__(self, limit: int, future: asyncio.Future[bytes]) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.future = future
+
+    def on_data(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise UpstreamProtocolError("upstream response body exceeds %d bytes" % self.limit)
+        self.parts.append(data)
+
+    def on_end(self) -> None:
+        if not self.future.done():
+            self.future.set_result(b"".join(self.parts))
+
+    def on_error(self, exc: UpstreamError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream; carries one request/response at a time."""
+
+    def __init__(self, key: PoolKey, loop: asyncio.AbstractEventLoop) -> None:
+        self.key = key
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.reused = False
+        self.idle_since = 0.0
+        self.closed = False
+        # per-response state
+        self._head_future: asyncio.Future[None] | None = None
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._got_bytes = False
+        self._headers_done = False
+        self._complete = False
+        self._keep_alive = False
+        self._close_delimited = False
+        self._sink: Sink | None = None
+        self._held: list[bytes] = []
+        self._error: UpstreamError | None = None
+        self._ended = False
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_future is None:
+            # Bytes on an idle connection: the peer is confused or closing; never reuse it.
+            self.close()
+            return
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            ctx = e.__context__
+            self._fail(ctx if isinstance(ctx, UpstreamError) else UpstreamProtocolError(f"bad upstream response: {e}"))
+        except httptools.HttpParserError as e:
+            self._fail(UpstreamProtocolError(f"bad upstream response: {e}"))
+        except UpstreamError as e:
+            self._fail(e)
+        if not self._headers_done and self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
+            self._fail(UpstreamProtocolError("upstream response head too large"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost decides what the EOF means
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._head_future is None or self._complete:
+            return
+        if self._headers_done and self._close_delimited:
+            # Body framed by connection close (RFC 9112 §6.3 rule 8): EOF is its end.
+            self._complete = True
+            self._emit_end()
+            return
+        if not self._got_bytes and self.reused:
+            self._fail(UpstreamDisconnected("stale keep-alive connection"), stale=True)
+            return
+        what = "before the response head" if not self._headers_done else "in the middle of the response body"
+        self._fail(UpstreamDisconnected(f"upstream closed the connection {what}"))
+
+    # ---- parser callbacks ---------------------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        self._head_bytes += len(status)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
+            raise UpstreamProtocolError("upstream response head too large")
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        status = p.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim response (100 Continue, 103 Early Hints): the real head follows.
+            self.headers = []
+            return
+        self.status = status
+        self._headers_done = True
+        self._keep_alive = p.should_keep_alive()
+        chunked = False
+        has_length = False
+        for n, v in self.headers:
+            if n == b"transfer-encoding" and b"chunked" in v.lower():
+                chunked = True
+            elif n == b"content-length":
+                has_length = True
+        self._close_delimited = not chunked and not has_length and status not in (204, 304)
+        fut = self._head_future
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            self._held.append(body)
+        else:
+            sink.on_data(body)
+
+    def on_message_complete(self) -> None:
+        if not self._headers_done:
+            return  # end of an interim response
+        self._complete = True
+        self._emit_end()
+
+    # ---- request/response -------------------------------------------------------------
+    async def request(self, data: bytes, timeout: float) -> None:
+        """Send a request and wait for the final response head (status, headers)."""
+        self._reset()
+        self._head_future = fut = self._loop.create_future()
+        assert self.transport is not None
+        self.transport.write(data)
+        timer = self._loop.call_later(timeout, self._on_head_timeout, timeout)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+
+    def _on_head_timeout(self, timeout: float) -> None:
+        self._fail(UpstreamTimeout("upstream sent no response head within %gs" % timeout))
+
+    def _reset(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers = []
+        self._head_bytes = 0
+        self._got_bytes = False
+        self._headers_done = False
+        self._complete = False
+        self._keep_alive = False
+        self._close_delimited = False
+        self._sink = None
+        self._held = []
+        self._error = None
+        self._ended = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    def set_sink(self, sink: Sink) -> None:
+        """Direct the body to `sink`; bytes that arrived with the head are delivered first."""
+        self._sink = sink
+        held, self._held = self._held, []
+        try:
+            for b in held:
+                sink.on_data(b)
+        except UpstreamError as e:
+            self._fail(e)
+            return
+        if self._error is not None:
+            sink.on_error(self._error)
+        elif self._complete:
+            self._ended = True
+            sink.on_end()
+
+    async def read_body(self, limit: int = limits.MAX_UPSTREAM_BODY_BYTES, timeout: float | None = None) -> bytes:
+        """The whole body of a non-streamed response."""
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        self.set_sink(_Collector(limit, fut))
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, self._fail,
+                                          UpstreamTimeout("upstream body not received within %gs" % timeout))
+        try:
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _emit_end(self) -> None:
+        sink = self._sink
+        if sink is not None and not self._ended:
+            self._ended = True
+            sink.on_end()
+
+    def _fail(self, exc: UpstreamError, stale: bool = False) -> None:
+        if self._error is not None or self._ended:
+            return
+        self._error = exc
+        self.close()
+        fut = self._head_future
+        if fut is not None and not fut.done():
+            fut.set_exception(_StaleConnection() if stale else exc)
+            return
+        sink = self._sink
+        if sink is not None:
+            self._ended = True
+            sink.on_error(exc)
+
+    @property
+    def reusable(self) -> bool:
+        """True only after a complete response that allowed keep-alive, on an open connection."""
+        return (self._complete and self._keep_alive and not self.closed and self._error is None
+                and self.transport is not None and not self.transport.is_closing())
+
+    def pause_reading(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.pause_reading()
+
+    def resume_reading(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.resume_reading()
+
+    def close(self) -> None:
+        """Close for good (abort: unread bytes must not be mistaken for the next response)."""
+        self.closed = True
+        t = self.transport
+        if t is not None:
+            t.abort()
+
+    def detach(self) -> None:
+        """Stop delivering to the current sink (its consumer is gone) and close."""
+        self._sink = None
+        self._ended = True
+        self.close()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per (scheme, host, port), LIFO so warm connections are reused first."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_idle_per_host: int = limits.POOL_MAX_IDLE_PER_HOST,
+                 idle_timeout: float = limits.POOL_IDLE_TIMEOUT) -> None:
+        self._loop = loop
+        self._idle: dict[PoolKey, deque[UpstreamConnection]] = {}
+        self._max_idle = max_idle_per_host
+        self._idle_timeout = idle_timeout
+        self._ssl: dict[str | None, ssl.SSLContext] = {}
+        self.connects = 0  # for tests and metrics
+
+    def ssl_context(self, ca_file: str | None = None) -> ssl.SSLContext:
+        ctx = self._ssl.get(ca_file)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=ca_file)
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._ssl[ca_file] = ctx
+        return ctx
+
+    def _take_idle(self, key: PoolKey) -> UpstreamConnection | None:
+        q = self._idle.get(key)
+        now = time.monotonic()
+        while q:
+            conn = q.pop()
+            t = conn.transport
+            if conn.closed or t is None or t.is_closing() or now - conn.idle_since > self._idle_timeout:
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+        return None
+
+    async def _connect(self, key: PoolKey, timeout: float, ca_file: str | None) -> UpstreamConnection:
+        scheme, host, port = key
+        ssl_ctx = self.ssl_context(ca_file) if scheme == "https" else None
+        try:
+            async with asyncio.timeout(timeout):
+                _, proto = await self._loop.create_connection(
+                    lambda: UpstreamConnection(key, self._loop), host, port, ssl=ssl_ctx,
+                    server_hostname=host if ssl_ctx else None)
+        except TimeoutError:
+            raise UpstreamConnectError(f"connect to {host}:{port} timed out after {timeout:g}s") from None
+        except ssl.SSLError as e:
+            raise UpstreamConnectError(f"TLS handshake with {host}:{port} failed: {e.reason or e}") from None
+        except OSError as e:
+            raise UpstreamConnectError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        self.connects += 1
+        return proto
+
+    async def exchange(self, key: PoolKey, data: bytes, *, connect_timeout: float, head_timeout: float,
+                       ca_file: str | None = None) -> UpstreamConnection:
+        """Send one request and return the connection with the response head received.
+
+        A reused connection that turns out stale is replaced once by a fresh one.
+        """
+        conn = self._take_idle(key)
+        if conn is not None:
+            try:
+                await conn.request(data, head_timeout)
+                return conn
+            except _StaleConnection:
+                pass
+        conn = await self._connect(key, connect_timeout, ca_file)
+        try:
+            await conn.request(data, head_timeout)
+        except _StaleConnection:
+            raise UpstreamDisconnected("upstream closed the connection before the response head") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection: pooled if it finished cleanly, closed otherwise."""
+        if not conn.reusable:
+            conn.close()
+            return
+        q = self._idle.setdefault(conn.key, deque())
+        if len(q) >= self._max_idle:
+            conn.close()
+            return
+        conn._head_future = None
+        conn._sink = None
+        conn.idle_since = time.monotonic()
+        q.append(conn)
+
+    def close_all(self) -> None:
+        for q in self._idle.values():
+            while q:
+                q.pop().close()
+        self._idle.clear()

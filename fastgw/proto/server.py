@@ -1,0 +1,628 @@
+"""HTTP/1.1 server connection: an asyncio.Protocol on httptools with RFC 9112 checks, limits, pipelining and flow control.
+
+The application is an `async handler(request, responder)`. One task runs per
+request; pipelined requests queue and are answered strictly in order. Framing
+errors answer with an error envelope and close the connection, and nothing
+pipelined after the error is processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from email.utils import formatdate
+from typing import Any, Awaitable, Callable, Protocol as TypingProtocol
+
+import httptools
+
+from fastgw.proto import limits
+from fastgw.proto.chunked import LAST_CHUNK, frame_chunk, write_chunk
+from fastgw.proto.errors import GatewayError, LimitError, ProtocolError
+from fastgw.proto.framing_guard import FramingGuard
+
+__all__ = ["Request", "Responder", "ServerLimits", "HttpServerProtocol", "ConnectionTracker", "FlowListener"]
+
+_REASONS = {
+    100: b"Continue", 200: b"OK", 201: b"Created", 204: b"No Content", 400: b"Bad Request",
+    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 409: b"Conflict", 413: b"Content Too Large", 415: b"Unsupported Media Type",
+    417: b"Expectation Failed", 422: b"Unprocessable Content", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
+    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+# Pipelined requests parsed ahead of the one being answered; beyond this we stop reading (bounded memory).
+_MAX_QUEUED = 8
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ServerLimits:
+    """Per-connection limits, taken from the `server` config section."""
+
+    __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "max_headers", "max_body_bytes",
+                 "send_timeout")
+
+    def __init__(
+        self,
+        header_timeout: float = limits.HEADER_TIMEOUT,
+        keepalive_timeout: float = limits.KEEPALIVE_TIMEOUT,
+        max_header_bytes: int = limits.MAX_HEADER_BYTES,
+        max_headers: int = limits.MAX_HEADERS,
+        max_body_bytes: int = limits.MAX_BODY_BYTES,
+        send_timeout: float = limits.SEND_TIMEOUT,
+    ) -> None:
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_body_bytes = max_body_bytes
+        self.send_timeout = send_timeout
+
+
+class Request:
+    """One parsed request. Header names are lower-cased bytes; values are raw bytes."""
+
+    __slots__ = ("method", "target", "path", "query", "headers", "body", "version", "keep_alive", "seq")
+
+    def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
+                 version: str, keep_alive: bool) -> None:
+        self.method = method
+        self.target = target
+        q = target.find(b"?")
+        self.path = (target if q < 0 else target[:q]).decode("latin-1")
+        self.query = b"" if q < 0 else target[q + 1:]
+        self.headers = headers
+        self.body = body
+        self.version = version
+        self.keep_alive = keep_alive
+        self.seq = 0
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a header (name lower-case), or None."""
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+
+class FlowListener(TypingProtocol):
+    """What a response producer implements to follow the client's write buffer and lifetime."""
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def client_lost(self) -> None: ...
+
+
+class _Date:
+    """The Date header value, formatted at most once per second."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = formatdate(now, usegmt=True).encode()
+        return self.value
+
+
+_date = _Date()
+
+
+def _valid_header_value(v: bytes) -> bool:
+    # aiohttp's rule: no CR, LF or NUL in an outgoing header (no header injection).
+    return b"\r" not in v and b"\n" not in v and b"\0" not in v
+
+
+class Responder:
+    """Writes one response: whole (`send`) or streamed with chunked framing (`start_stream`, `write`, `end`).
+
+    The head goes out with the first chunk in one loop iteration (uvloop coalesces the writes).
+    """
+
+    __slots__ = ("_proto", "_transport", "_head", "keep_alive", "started", "finished", "streaming", "_head_only",
+                 "status", "bytes_sent")
+
+    def __init__(self, proto: HttpServerProtocol, keep_alive: bool, head_only: bool) -> None:
+        self._proto = proto
+        self._transport = proto.transport
+        self._head: bytes | None = None
+        self.keep_alive = keep_alive
+        self.started = False
+        self.finished = False
+        self.streaming = False
+        self._head_only = head_only
+        self.status = 0
+        self.bytes_sent = 0
+
+    # --- head -------------------------------------------------------------------------
+    def _build_head(self, status: int, headers: list[tuple[bytes, bytes]], extra: bytes) -> bytes:
+        if self._proto.closing_after_response:
+            self.keep_alive = False
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")),
+                 b"date: ", _date.get(), b"\r\nserver: fastgw\r\n"]
+        for name, value in headers:
+            if not _valid_header_value(value) or not _valid_header_value(name):
+                raise ValueError(f"invalid header {name!r}")
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(extra)
+        parts.append(b"connection: keep-alive\r\n\r\n" if self.keep_alive else b"connection: close\r\n\r\n")
+        self.status = status
+        return b"".join(parts)
+
+    # --- whole responses --------------------------------------------------------------
+    def send(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Send a complete response with Content-Length."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        head = self._build_head(status, headers, b"content-length: %d\r\n" % len(body))
+        t = self._transport
+        if t is not None and not t.is_closing():
+            if self._head_only or not body:
+                t.write(head)
+            else:
+                t.write(head)
+                t.write(body)
+            self.bytes_sent += len(body)
+        self._finish()
+
+    def send_error(self, err: GatewayError) -> None:
+        """Answer with the error's status and envelope."""
+        if err.close:
+            self.keep_alive = False
+        headers = [(b"content-type", b"application/json")]
+        if err.no_retry:
+            headers.append((b"x-should-retry", b"false"))
+        headers.extend(err.headers)
+        self.send(err.status, headers, err.body())
+
+    # --- streamed responses ----------------------------------------------------------
+    def start_stream(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Prepare a chunked response; the head is written together with the first chunk."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.streaming = True
+        self._head = self._build_head(status, headers, b"transfer-encoding: chunked\r\n")
+
+    def write(self, data: bytes) -> None:
+        """Write one chunk (empty data writes nothing, except a pending head)."""
+        t = self._transport
+        if t is None or t.is_closing():
+            return
+        head = self._head
+        if head is not None:
+            self._head = None
+            if self._head_only:
+                t.write(head)
+                return
+            t.write(head)
+        if data and not self._head_only:
+            write_chunk(t.write, data)
+            self.bytes_sent += len(data)
+
+    def end(self) -> None:
+        """Write the last chunk and finish the response."""
+        t = self._transport
+        if t is not None and not t.is_closing():
+            if self._head is not None:
+                t.write(self._head)
+                self._head = None
+            if not self._head_only:
+                t.write(LAST_CHUNK)
+        self._finish()
+
+    def abort(self) -> None:
+        """Cut the connection (a response that cannot be completed must not look complete)."""
+        self.keep_alive = False
+        self.finished = True
+        t = self._transport
+        if t is not None:
+            t.abort()
+
+    def _finish(self) -> None:
+        self.finished = True
+
+    # --- flow ---------------------------------------------------------------------------
+    def set_listener(self, listener: FlowListener | None) -> None:
+        """Route the client's pause/resume/lost notifications to a producer (e.g. an upstream relay)."""
+        self._proto.flow_listener = listener
+        if listener is not None and self._proto.write_paused:
+            listener.pause()
+
+    @property
+    def client_gone(self) -> bool:
+        return self._proto.lost
+
+    @property
+    def write_paused(self) -> bool:
+        return self._proto.write_paused
+
+    async def drain(self) -> None:
+        """Wait until the client's write buffer is below the low watermark (or the client is gone)."""
+        await self._proto.drain()
+
+
+Handler = Callable[[Request, Responder], Awaitable[None]]
+
+
+class ConnectionTracker:
+    """The set of live connections of one worker, for graceful drain."""
+
+    __slots__ = ("conns", "requests_in_flight", "_idle_waiters")
+
+    def __init__(self) -> None:
+        self.conns: set[HttpServerProtocol] = set()
+        self.requests_in_flight = 0
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    def shutdown(self) -> None:
+        """Close idle connections now; busy ones close after their current response."""
+        for c in list(self.conns):
+            c.close_when_idle()
+
+    def discard(self, conn: HttpServerProtocol) -> None:
+        self.conns.discard(conn)
+        if not self.conns:
+            for w in self._idle_waiters:
+                if not w.done():
+                    w.set_result(None)
+            self._idle_waiters.clear()
+
+    async def wait_closed(self) -> None:
+        if not self.conns:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(fut)
+        await fut
+
+
+class HttpServerProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    # ---- construction -----------------------------------------------------------
+    def __init__(self, handler: Handler, lim: ServerLimits, tracker: ConnectionTracker,
+                 loop: asyncio.AbstractEventLoop | None = None, on_error: Callable[[BaseException], None] | None = None
+                 ) -> None:
+        self._handler = handler
+        self._lim = lim
+        self._tracker = tracker
+        self._loop = loop or asyncio.get_event_loop()
+        self._on_error = on_error
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._guard = FramingGuard(max_trailer_bytes=lim.max_header_bytes)
+        # connection state
+        self._queue: deque[Request | GatewayError] = deque()
+        self._current: asyncio.Task[None] | None = None
+        self._failed = False  # a framing error was seen: ignore everything after it
+        self.lost = False
+        self.closing_after_response = False
+        self.write_paused = False
+        self.flow_listener: FlowListener | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        # per-request state
+        self._in_head = False
+        self._in_message = False
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._raw_head_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._expect_continue = False
+        self._heads = 0  # request heads accepted on this connection (sequence numbers)
+
+    # ---- asyncio.Protocol interface -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=limits.WRITE_HIGH_WATER, low=limits.WRITE_LOW_WATER)  # type: ignore[attr-defined]
+        self._tracker.conns.add(self)
+        self._header_timer = self._loop.call_later(self._lim.header_timeout, self._on_header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._tracker.discard(self)
+        for t in (self._header_timer, self._keepalive_timer, self._send_timer):
+            if t is not None:
+                t.cancel()
+        self._queue.clear()
+        listener = self.flow_listener
+        if listener is not None:
+            self.flow_listener = None
+            listener.client_lost()
+        self._wake_drain()
+
+    def eof_received(self) -> bool | None:
+        # A client half-close: finish answering what was asked (HTTP/1.0 style), then close.
+        self.closing_after_response = True
+        if self._current is None and not self._queue:
+            return None  # transport closes itself
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.flow_listener is not None:
+            self.flow_listener.pause()
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._lim.send_timeout, self._on_send_timeout)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        if self.flow_listener is not None:
+            self.flow_listener.resume()
+        self._wake_drain()
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+        try:
+            self._parser.feed_data(data)
+            try:
+                self._guard.feed(data)
+            except ProtocolError:
+                # httptools accepted what the guard refuses: forget requests from the faulty one on.
+                bad = self._heads - self._guard.unreached - 1
+                while self._queue and isinstance(self._queue[-1], Request) and self._queue[-1].seq >= bad:
+                    self._queue.pop()
+                raise
+            if self._in_head:
+                # httptools buffers a header name/value until it ends: bound that buffer too.
+                self._raw_head_bytes += len(data)
+                if self._raw_head_bytes > self._lim.max_header_bytes:
+                    raise LimitError("request headers exceed %d bytes" % self._lim.max_header_bytes,
+                                     status=431, code="request_header_fields_too_large")
+        except httptools.HttpParserUpgrade:
+            # We speak HTTP/1.1 only: answer the request as plain HTTP, then close (RFC 9110 §7.8: ignoring
+            # Upgrade is allowed). Nothing after the head is read.
+            self._failed = True
+            self.closing_after_response = True
+        except GatewayError as e:
+            self._fail(e)
+        except httptools.HttpParserCallbackError as e:
+            ctx = e.__context__
+            self._fail(ctx if isinstance(ctx, GatewayError) else ProtocolError(f"malformed request: {e}"))
+        except httptools.HttpParserError as e:
+            self._fail(ProtocolError(f"malformed request: {e}"))
+        self._maybe_start()
+        if len(self._queue) >= _MAX_QUEUED and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    # ---- parser callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._in_message = True
+        self._url = []
+        self._headers = []
+        self._head_bytes = 0
+        self._raw_head_bytes = 0
+        self._body = []
+        self._body_size = 0
+        self._expect_continue = False
+        if self._header_timer is None:
+            self._header_timer = self._loop.call_later(self._lim.header_timeout, self._on_header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._head_bytes += len(url)
+        if self._head_bytes > self._lim.max_header_bytes:
+            raise LimitError("request line too long", status=414 if len(self._headers) == 0 else 431,
+                             code="uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._lim.max_header_bytes:
+            raise LimitError("request headers exceed %d bytes" % self._lim.max_header_bytes, status=431,
+                             code="request_header_fields_too_large")
+        if len(self._headers) >= self._lim.max_headers:
+            raise LimitError("more than %d request headers" % self._lim.max_headers, status=431,
+                             code="request_header_fields_too_large")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        version = self._parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            if version == "0.9":
+                raise ProtocolError("HTTP/0.9 requests are not supported", code="unsupported_http_version")
+            raise ProtocolError(f"HTTP/{version} is not supported on this port; use HTTP/1.1", status=505,
+                                code="http_version_not_supported")
+        te: bytes | None = None
+        cl: bytes | None = None
+        hosts = 0
+        expect: bytes | None = None
+        for n, v in self._headers:
+            if n == b"transfer-encoding":
+                te = v if te is None else te + b"," + v
+            elif n == b"content-length":
+                cl = v
+            elif n == b"host":
+                hosts += 1
+            elif n == b"expect":
+                expect = v
+        if version == "1.1" and hosts != 1:
+            raise ProtocolError("HTTP/1.1 requires exactly one Host header" if hosts == 0
+                                else "duplicate Host header", code="bad_host")
+        chunked = False
+        if te is not None:
+            if version == "1.0":
+                # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+                raise ProtocolError("Transfer-Encoding is not allowed in HTTP/1.0", code="bad_transfer_encoding")
+            codings = [c.strip().lower() for c in te.split(b",") if c.strip()]
+            if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
+                raise ProtocolError("chunked must be the final transfer coding, once", code="bad_transfer_encoding")
+            if len(codings) > 1:
+                raise ProtocolError("unsupported transfer coding %r" % codings[0].decode("latin-1"), status=501,
+                                    code="unsupported_transfer_encoding")
+            chunked = True
+        length: int | None = None
+        if cl is not None:
+            # llhttp has validated digits-only and rejected duplicates and CL+TE.
+            length = int(cl)
+            if length > self._lim.max_body_bytes:
+                raise LimitError("request body exceeds %d bytes" % self._lim.max_body_bytes, status=413,
+                                 code="request_too_large")
+        if expect is not None:
+            if expect.lower() != b"100-continue":
+                raise ProtocolError("unsupported Expect", status=417, code="expectation_failed")
+            if version == "1.1" and (chunked or (length or 0) > 0):
+                self._expect_continue = True
+        self._guard.push_framing(chunked, length)
+        self._heads += 1
+        if self._expect_continue and self._current is None and not self._queue and self.transport is not None:
+            # RFC 9110 §10.1.1: only promise to read the body when we are about to.
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._lim.max_body_bytes:
+            raise LimitError("request body exceeds %d bytes" % self._lim.max_body_bytes, status=413,
+                             code="request_too_large")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        parser = self._parser
+        method = parser.get_method().decode("ascii", "replace")
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        req = Request(method, url, self._headers, body, parser.get_http_version(), parser.should_keep_alive())
+        req.seq = self._heads - 1
+        self._body = []
+        self._queue.append(req)
+
+    # ---- request dispatch -------------------------------------------------------------
+    def _fail(self, err: GatewayError) -> None:
+        """A framing error: answer it in order, then close; nothing after it is processed."""
+        self._failed = True
+        err.close = True
+        self._queue.append(err)
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _maybe_start(self) -> None:
+        if self._current is not None or not self._queue or self.lost:
+            return
+        item = self._queue.popleft()
+        self._tracker.requests_in_flight += 1
+        if isinstance(item, GatewayError):
+            resp = Responder(self, keep_alive=False, head_only=False)
+            resp.send_error(item)
+            self._tracker.requests_in_flight -= 1
+            self._close()
+            return
+        keep_alive = item.keep_alive and not self.closing_after_response
+        resp = Responder(self, keep_alive, head_only=item.method == "HEAD")
+        self._current = self._loop.create_task(self._run(item, resp))
+
+    async def _run(self, req: Request, resp: Responder) -> None:
+        try:
+            await self._handler(req, resp)
+            if not resp.finished and not resp.started:
+                resp.send_error(GatewayError("handler produced no response"))
+            elif not resp.finished:
+                resp.end()
+        except asyncio.CancelledError:
+            resp.abort()
+            raise
+        except GatewayError as e:
+            if not resp.started:
+                resp.send_error(e)
+            else:
+                resp.abort()
+        except Exception as e:  # a bug must cost one request, never the worker
+            if self._on_error is not None:
+                self._on_error(e)
+            if not resp.started:
+                resp.send_error(GatewayError("internal error", code="internal_error"))
+            else:
+                resp.abort()
+        finally:
+            self._tracker.requests_in_flight -= 1
+            self._current = None
+            self.flow_listener = None
+            self._after_response(resp)
+
+    def _after_response(self, resp: Responder) -> None:
+        if not resp.keep_alive or self.lost or self.closing_after_response:
+            self._close()
+            return
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        if self._queue:
+            self._maybe_start()
+        elif not self._in_message:
+            self._keepalive_timer = self._loop.call_later(self._lim.keepalive_timeout, self._on_keepalive_timeout)
+
+    def _close(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+    def close_when_idle(self) -> None:
+        """Graceful drain: close now if idle, else after the response in flight."""
+        self.closing_after_response = True
+        if self._current is None and not self._queue and not self._in_message:
+            self._close()
+
+    # ---- timers ---------------------------------------------------------------------------
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self._failed or self.lost:
+            return
+        if not self._in_message and (self._current is not None or self._queue):
+            return  # busy answering; the head clock starts when the next request begins
+        if not self._in_message:
+            self._close()  # connected but sent nothing: no one to answer
+            return
+        self._fail(LimitError("request headers not received within %gs" % self._lim.header_timeout,
+                              status=408, code="request_timeout"))
+        self._maybe_start()
+
+    def _on_keepalive_timeout(self) -> None:
+        self._keepalive_timer = None
+        if self._current is None and not self._queue and not self._in_message:
+            self._close()
+
+    def _on_send_timeout(self) -> None:
+        # The client stopped reading: holding its buffer forever would let it pin memory.
+        self._send_timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ---- flow --------------------------------------------------------------------------
+    async def drain(self) -> None:
+        if not self.write_paused or self.lost:
+            return
+        if self._drain_waiter is None or self._drain_waiter.done():
+            self._drain_waiter = self._loop.create_future()
+        await self._drain_waiter
+
+    def _wake_drain(self) -> None:
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        self._drain_waiter = None

@@ -1,0 +1,415 @@
+"""HTTP/1.1 server behaviour over real sockets: keep-alive, pipelining, limits, RFC 9112 rejections, flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import threading
+import time
+
+import h11
+import orjson
+import pytest
+import uvloop
+
+from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, Request, Responder, ServerLimits
+
+
+class _Handler:
+    """Test application: /echo answers with what it parsed; /stream writes chunks; /big streams fast."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.big_state: dict[str, int] = {}
+
+    async def __call__(self, req: Request, resp: Responder) -> None:
+        self.seen.append(f"{req.method} {req.path}")
+        if req.path == "/echo":
+            resp.send(200, [(b"content-type", b"application/json")], orjson.dumps({
+                "method": req.method, "path": req.path, "body": req.body.decode("latin-1"),
+                "version": req.version, "headers": [[n.decode(), v.decode()] for n, v in req.headers]}))
+        elif req.path == "/stream":
+            resp.start_stream(200, [(b"content-type", b"text/event-stream")])
+            for i in range(3):
+                resp.write(b"data: %d\n\n" % i)
+                await asyncio.sleep(0)
+            resp.end()
+        elif req.path == "/big":
+            # A producer that respects flow control: it only writes while the client buffer has room.
+            resp.start_stream(200, [(b"content-type", b"application/octet-stream")])
+            chunk = b"x" * 16384
+            sent = 0
+            max_buffered = 0
+            t = resp._transport
+            while sent < 64 * 1024 * 1024 and not resp.client_gone:
+                await resp.drain()
+                if resp.client_gone:
+                    break
+                resp.write(chunk)
+                sent += len(chunk)
+                max_buffered = max(max_buffered, t.get_write_buffer_size())
+                self.big_state["max_buffered"] = max_buffered
+                self.big_state["sent"] = sent
+                await asyncio.sleep(0)
+            resp.end()
+        elif req.path == "/slow":
+            await asyncio.sleep(0.3)
+            resp.send(200, [], b"slow")
+        else:
+            resp.send(404, [], b"")
+
+
+class _Server:
+    def __init__(self, lim: ServerLimits) -> None:
+        self.handler = _Handler()
+        self.lim = lim
+        self.tracker = ConnectionTracker()
+        self.loop = uvloop.new_event_loop()
+        self.port = 0
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+
+            async def start() -> None:
+                srv = await self.loop.create_server(
+                    lambda: HttpServerProtocol(self.handler, self.lim, self.tracker, self.loop), "127.0.0.1", 0)
+                self.srv = srv
+                self.port = srv.sockets[0].getsockname()[1]
+                ready.set()
+
+            self.loop.run_until_complete(start())
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(5)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    def connect(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return s
+
+
+@pytest.fixture
+def server():
+    srv = _Server(ServerLimits(header_timeout=0.5, keepalive_timeout=0.8, max_header_bytes=4096, max_headers=20,
+                               max_body_bytes=1000, send_timeout=2.0))
+    yield srv
+    srv.stop()
+
+
+def _read_responses(sock: socket.socket, n: int, timeout: float = 5.0) -> tuple[list[tuple[h11.Response, bytes]], bool]:
+    """Read n responses with h11; returns them and whether the server closed the connection after."""
+    conn = h11.Connection(h11.CLIENT)
+    # h11 must be told about requests before it parses responses.
+    out: list[tuple[h11.Response, bytes]] = []
+    sock.settimeout(timeout)
+    closed = False
+    for _ in range(n):
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        conn.send(h11.EndOfMessage())
+        resp = None
+        body = b""
+        while True:
+            ev = conn.next_event()
+            if ev is h11.NEED_DATA:
+                data = sock.recv(65536)
+                if not data:
+                    closed = True
+                conn.receive_data(data)
+                continue
+            if isinstance(ev, h11.Response):
+                resp = ev
+            elif isinstance(ev, h11.Data):
+                body += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            elif isinstance(ev, h11.ConnectionClosed):
+                raise AssertionError("connection closed before a full response")
+        out.append((resp, body))
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            break
+        conn.start_next_cycle()
+    return out, closed
+
+
+def _closed_soon(sock: socket.socket, timeout: float = 3.0) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def _raw(server: _Server, data: bytes) -> tuple[int, bytes, bool]:
+    """Send raw bytes; return (status, body, closed_after)."""
+    s = server.connect()
+    s.sendall(data)
+    buf = b""
+    s.settimeout(5)
+    closed = False
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        buf += chunk
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = buf[:head_end].decode("latin-1").lower()
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                if line.startswith("content-length:"):
+                    length = int(line.split(":")[1])
+            if len(buf) >= head_end + 4 + length:
+                closed = _closed_soon(s, 1.0) if "connection: close" in head else False
+                break
+    s.close()
+    status = int(buf.split(b" ", 2)[1]) if buf else 0
+    body = buf[buf.find(b"\r\n\r\n") + 4:] if buf else b""
+    return status, body, closed
+
+
+# ---- keep-alive and pipelining -------------------------------------------------------------
+
+def test_keep_alive_serves_several_requests_on_one_connection(server):
+    s = server.connect()
+    for i in range(3):
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nh%d" % i)
+    resps, closed = _read_responses(s, 3)
+    assert [r.status_code for r, _ in resps] == [200, 200, 200]
+    assert [orjson.loads(b)["body"] for _, b in resps] == ["h0", "h1", "h2"]
+    assert not closed
+
+
+def test_pipelined_requests_are_answered_in_order(server):
+    s = server.connect()
+    # /slow first: a naive server would answer the fast ones before it.
+    s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    resps, _ = _read_responses(s, 4)
+    assert resps[0][1] == b"slow"
+    assert orjson.loads(resps[1][1])["path"] == "/echo"
+    assert resps[2][1] == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert orjson.loads(resps[3][1])["body"] == "abc"
+
+
+def test_connection_close_is_honoured(server):
+    status, _, closed = _raw(server, b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 200 and closed
+
+
+def test_http10_closes_by_default_and_keeps_alive_on_request(server):
+    status, _, closed = _raw(server, b"GET /echo HTTP/1.0\r\n\r\n")
+    assert status == 200 and closed
+    s = server.connect()
+    s.sendall(b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    time.sleep(0.1)
+    data = s.recv(65536)
+    assert b"connection: keep-alive" in data.lower()
+    s.sendall(b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert s.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_no_request_after_connection_close_is_processed(server):
+    s = server.connect()
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _closed_soon(s)
+    time.sleep(0.1)
+    assert "GET /slow" not in server.handler.seen
+
+
+def test_expect_100_continue(server):
+    s = server.connect()
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    s.settimeout(3)
+    assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    s.sendall(b"hello")
+    data = s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200") and b'"body":"hello"' in data
+
+
+def test_expect_100_continue_is_not_sent_when_body_too_large(server):
+    status, body, closed = _raw(server, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                                        b"Expect: 100-continue\r\n\r\n")
+    assert status == 413 and closed
+    assert orjson.loads(body)["error"]["code"] == "request_too_large"
+
+
+def test_keepalive_timeout_closes_idle_connection(server):
+    s = server.connect()
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    _read_responses(s, 1)
+    t0 = time.monotonic()
+    assert _closed_soon(s, 3.0)
+    assert time.monotonic() - t0 >= 0.5
+
+
+# ---- limits ----------------------------------------------------------------------------
+
+def test_header_bytes_limit_431(server):
+    status, body, closed = _raw(server, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+    assert status == 431 and closed
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_header_bytes_limit_holds_when_a_header_never_ends(server):
+    # httptools buffers an unfinished header value internally: the raw-byte bound must stop it.
+    s = server.connect()
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    for _ in range(10):
+        try:
+            s.sendall(b"a" * 1000)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    s.settimeout(3)
+    assert s.recv(65536).startswith(b"HTTP/1.1 431")
+
+
+def test_header_count_limit_431(server):
+    hdrs = b"".join(b"X-%d: v\r\n" % i for i in range(25))
+    status, _, closed = _raw(server, b"GET /echo HTTP/1.1\r\nHost: x\r\n" + hdrs + b"\r\n")
+    assert status == 431 and closed
+
+
+def test_body_limit_413_content_length(server):
+    status, _, closed = _raw(server, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n" + b"a" * 1001)
+    assert status == 413 and closed
+
+
+def test_body_limit_413_chunked(server):
+    body = b"".join(b"64\r\n" + b"a" * 100 + b"\r\n" for _ in range(11)) + b"0\r\n\r\n"
+    status, _, closed = _raw(server, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    assert status == 413 and closed
+
+
+def test_slowloris_header_timeout_408(server):
+    s = server.connect()
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+    s.settimeout(3)
+    t0 = time.monotonic()
+    data = s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 408")
+    assert b"connection: close" in data.lower()
+    assert time.monotonic() - t0 < 2.5
+    assert _closed_soon(s)
+
+
+def test_silent_connection_is_closed_after_header_timeout(server):
+    s = server.connect()
+    assert _closed_soon(s, 3.0)
+
+
+# ---- RFC 9112 rejections --------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, status", [
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"GET /echo HTTP/1.1\r\n\r\n", 400),
+    (b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", 400),
+    (b"GET /echo HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", 400),
+    (b"GET /echo\r\n\r\n", 400),
+    (b"GET /echo HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n", 417),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;" + b"e" * 5000 + b"\r\nabc\r\n0\r\n\r\n",
+     400),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+])
+def test_malformed_requests_are_rejected_and_closed(server, raw, status):
+    got, body, closed = _raw(server, raw)
+    assert got == status
+    assert closed
+    err = orjson.loads(body)["error"]
+    assert err["message"] and err["type"]
+
+
+def test_no_pipelined_request_after_a_framing_error_is_processed(server):
+    s = server.connect()
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+              b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.settimeout(3)
+    data = s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 400")
+    assert _closed_soon(s)
+    assert "GET /slow" not in server.handler.seen
+
+
+def test_valid_requests_before_a_framing_error_are_answered_first(server):
+    s = server.connect()
+    s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /echo HTTP/1.1\r\n\r\n")
+    resps, _ = _read_responses(s, 2)
+    assert resps[0][1] == b"slow"
+    assert resps[1][0].status_code == 400
+
+
+def test_server_survives_garbage(server):
+    for junk in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"\r\n\r\n\r\n", b"GET", b"\x00" * 100):
+        s = server.connect()
+        s.sendall(junk)
+        s.close()
+    status, _, _ = _raw(server, b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 200
+
+
+# ---- responses and flow control -------------------------------------------------------
+
+def test_streamed_response_framing_parses_with_h11(server):
+    s = server.connect()
+    s.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    resps, _ = _read_responses(s, 1)
+    resp, body = resps[0]
+    assert dict(resp.headers)[b"transfer-encoding"] == b"chunked"
+    assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+def test_head_request_gets_no_body(server):
+    s = server.connect()
+    s.sendall(b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.2)
+    data = s.recv(65536)
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert b"content-length:" in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200")  # nothing between the HEAD answer and the next response
+
+
+def test_slow_client_cannot_grow_server_memory(server):
+    """A client that reads nothing: the producer is paused at the write high-water mark, not buffered."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", server.port))
+    s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(1.0)
+    state = dict(server.handler.big_state)
+    # Kernel buffers hold some; the gateway's own buffer stays near the 64 KiB watermark, far below 64 MiB.
+    assert state["sent"] < 8 * 1024 * 1024
+    assert state["max_buffered"] <= 64 * 1024 + 16384
+    # ... and the send timeout (2 s here) drops a client that never reads, freeing its buffer.
+    deadline = time.monotonic() + 5
+    while server.tracker.conns and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not server.tracker.conns
+    s.close()
