@@ -1,0 +1,271 @@
+"""The config schema (msgspec Structs) and its loader: YAML in the "pack" layout, unknown keys rejected, errors that name file, line and key.
+
+Defaults come from `fastgw.proto.limits`, where each carries its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal, get_args
+
+import msgspec
+import yaml
+
+from fastgw.proto import limits
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_bind", "dump_config"]
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message names the file, line and key path."""
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False, kw_only=True):
+    pass
+
+
+class Pack(_Base):
+    name: str
+    version: str = "1.0.0"
+    enabled: bool = True
+
+
+class Server(_Base):
+    bind: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
+    #: 0 means one worker per CPU.
+    workers: int = 0
+    graceful_timeout: float = limits.GRACEFUL_TIMEOUT
+    header_timeout: float = limits.HEADER_TIMEOUT
+    keepalive_timeout: float = limits.KEEPALIVE_TIMEOUT
+    max_header_bytes: int = limits.MAX_HEADER_BYTES
+    max_headers: int = limits.MAX_HEADERS
+    max_body_bytes: int = limits.MAX_BODY_BYTES
+    send_timeout: float = limits.SEND_TIMEOUT
+
+
+class EnvRef(_Base):
+    env: str
+
+
+class MockOptions(_Base):
+    #: Reply text; the built-in paragraph when neither text nor text_file is set.
+    text: str | None = None
+    text_file: str | None = None
+    #: Characters per streamed chunk (about one token of English).
+    chunk_size: int = 4
+    #: Content chunks per reply; the text repeats to fill them. Default: as many as the text needs.
+    chunks: int | None = None
+    #: Seconds between chunks.
+    delay: float = 0.0
+    #: Seconds before the first chunk.
+    ttft: float = 0.0
+
+
+Provider = Literal["openai", "mock"]
+
+
+class Target(_Base):
+    id: str
+    provider: Provider
+    model: str
+    aliases: list[str] = msgspec.field(default_factory=list)
+    base_url: str | None = None
+    secret_key_ref: EnvRef | None = None
+    #: CA bundle for TLS to this target (PEM); system CAs otherwise.
+    ca_file: str | None = None
+    #: Extra headers sent upstream on every request (e.g. OpenAI-Organization).
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    connect_timeout: float = limits.CONNECT_TIMEOUT
+    read_timeout: float = limits.UPSTREAM_READ_TIMEOUT
+    mock: MockOptions | None = None
+
+
+class Providers(_Base):
+    targets: list[Target]
+
+
+class Config(_Base):
+    pack: Pack
+    providers: Providers
+    server: Server = msgspec.field(default_factory=Server)
+
+
+# --- validation beyond types ----------------------------------------------------
+
+_POSITIVE = ("graceful_timeout", "header_timeout", "keepalive_timeout", "send_timeout",
+             "max_header_bytes", "max_headers", "max_body_bytes")
+
+
+def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
+    """(key path, problem) pairs for what the types alone cannot express."""
+    errs: list[tuple[str, str]] = []
+    s = cfg.server
+    if s.workers < 0:
+        errs.append(("$.server.workers", "expected an integer >= 0 (0 = one per CPU)"))
+    for name in _POSITIVE:
+        if getattr(s, name) <= 0:
+            errs.append((f"$.server.{name}", "expected a number > 0"))
+    if not s.bind:
+        errs.append(("$.server.bind", "expected at least one address"))
+    for i, b in enumerate(s.bind):
+        try:
+            parse_bind(b)
+        except ValueError as e:
+            errs.append((f"$.server.bind[{i}]", str(e)))
+    seen: set[str] = set()
+    for i, t in enumerate(cfg.providers.targets):
+        p = f"$.providers.targets[{i}]"
+        if t.id in seen:
+            errs.append((f"{p}.id", f"duplicate target id {t.id!r}"))
+        seen.add(t.id)
+        if t.provider != "mock":
+            if not t.base_url:
+                errs.append((f"{p}.base_url", f"required for provider {t.provider!r}"))
+            elif not re.match(r"^https?://[^/\s]+", t.base_url):
+                errs.append((f"{p}.base_url", f"expected an http:// or https:// URL, got {t.base_url!r}"))
+        if t.mock is not None:
+            if t.provider != "mock":
+                errs.append((f"{p}.mock", "only valid with provider: mock"))
+            if t.mock.chunk_size <= 0:
+                errs.append((f"{p}.mock.chunk_size", "expected an integer > 0"))
+            if t.mock.chunks is not None and t.mock.chunks < 0:
+                errs.append((f"{p}.mock.chunks", "expected an integer >= 0"))
+            if t.mock.delay < 0 or t.mock.ttft < 0:
+                errs.append((f"{p}.mock", "delay and ttft must be >= 0"))
+        for h in t.headers:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", h) or any(c in t.headers[h] for c in "\r\n\0"):
+                errs.append((f"{p}.headers.{h}", "not a valid header name/value"))
+        if t.connect_timeout <= 0 or t.read_timeout <= 0:
+            errs.append((p, "connect_timeout and read_timeout must be > 0"))
+    if not cfg.providers.targets:
+        errs.append(("$.providers.targets", "expected at least one target"))
+    return errs
+
+
+def parse_bind(b: str) -> tuple[str, str | int]:
+    """'HOST:PORT', '[v6]:PORT' or 'unix:/path' -> ('tcp', host, port) style tuple (family, address)."""
+    if b.startswith("unix:"):
+        path = b[5:]
+        if not path:
+            raise ValueError("expected unix:/path")
+        return ("unix", path)
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", b)
+    if not m:
+        raise ValueError(f"expected HOST:PORT, [IPv6]:PORT or unix:/path, got {b!r}")
+    host = m.group(1) or m.group(3) or "0.0.0.0"
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {b!r}")
+    return (host, port)
+
+
+# --- loading with line numbers ------------------------------------------------------
+
+def _node_at(node: yaml.Node | None, path: str) -> yaml.Node | None:
+    """Walk a composed YAML node tree along a msgspec path like `$.a.b[0].c`; the deepest node found."""
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        key, idx = part
+        if isinstance(node, yaml.MappingNode) and key:
+            nxt = None
+            for k, v in node.value:
+                if getattr(k, "value", None) == key:
+                    nxt = v
+                    break
+            if nxt is None:
+                # the key itself (e.g. an unknown field) is what the error is about
+                return node
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and idx:
+            i = int(idx)
+            if i >= len(node.value):
+                return node
+            node = node.value[i]
+        else:
+            return node
+    return node
+
+
+def _unknown_key_node(node: yaml.Node | None, path: str, key: str) -> yaml.Node | None:
+    parent = _node_at(node, path)
+    if isinstance(parent, yaml.MappingNode):
+        for k, _ in parent.value:
+            if getattr(k, "value", None) == key:
+                return k
+    return parent
+
+
+def _where(file: str, node: yaml.Node | None) -> str:
+    if node is None:
+        return file
+    return f"{file}:{node.start_mark.line + 1}"
+
+
+def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -> tuple[Config, dict[str, str]]:
+    """Load and validate a config file. Returns (config, secrets by target id). Raises ConfigError."""
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read config: {e.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f"{file}:{mark.line + 1}" if mark else file
+        raise ConfigError(f"{loc}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping at the top level (pack, server, providers)")
+    try:
+        cfg = msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as e:
+        raise ConfigError(_explain(file, root, str(e))) from None
+    errs = _semantic_errors(cfg)
+    if errs:
+        key, problem = errs[0]
+        raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: {problem}")
+    secrets: dict[str, str] = {}
+    if resolve_secrets:
+        for i, t in enumerate(cfg.providers.targets):
+            if t.secret_key_ref is not None:
+                val = os.environ.get(t.secret_key_ref.env)
+                if not val:
+                    key = f"$.providers.targets[{i}].secret_key_ref.env"
+                    raise ConfigError(
+                        f"{_where(file, _node_at(root, key))}: {key}: environment variable "
+                        f"{t.secret_key_ref.env} is not set (target {t.id!r} needs it for its API key)"
+                    )
+                secrets[t.id] = val
+            if t.mock is not None and t.mock.text_file:
+                if not Path(t.mock.text_file).is_file():
+                    key = f"$.providers.targets[{i}].mock.text_file"
+                    raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: no such file {t.mock.text_file!r}")
+            if t.ca_file and not Path(t.ca_file).is_file():
+                key = f"$.providers.targets[{i}].ca_file"
+                raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: no such file {t.ca_file!r}")
+    return cfg, secrets
+
+
+def _explain(file: str, root: yaml.Node | None, msg: str) -> str:
+    """Turn msgspec's 'Expected `int`, got `str` - at `$.server.workers`' into 'file:line: $.server.workers: ...'."""
+    m = re.match(r"^(.*?)(?: - at `([^`]*)`)?$", msg, re.S)
+    problem, path = (m.group(1), m.group(2)) if m else (msg, None)
+    path = path or "$"
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", problem)
+    if unknown:
+        node = _unknown_key_node(root, path, unknown.group(1))
+        full = f"{path}.{unknown.group(1)}"
+        return f"{_where(file, node)}: {full}: unknown key (check the spelling; see the README's configuration reference)"
+    missing = re.match(r"Object missing required field `([^`]*)`", problem)
+    if missing:
+        return f"{_where(file, _node_at(root, path))}: {path}.{missing.group(1)}: required key is missing"
+    if problem.startswith("Invalid enum value") and path.endswith(".provider"):
+        problem += " (expected one of: " + ", ".join(get_args(Provider)) + ")"
+    return f"{_where(file, _node_at(root, path))}: {path}: {problem[:1].lower() + problem[1:]}"
+
+
+def dump_config(cfg: Config) -> str:
+    """The effective config (defaults filled in) as YAML."""
+    return yaml.safe_dump(msgspec.to_builtins(cfg), sort_keys=False, default_flow_style=False)

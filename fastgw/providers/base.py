@@ -1,0 +1,69 @@
+"""What every provider adapter provides: the upstream request for an OpenAI-shaped call, and how to read the answer.
+
+Adapters are pure: they build bytes and headers and never touch sockets; the
+request pipeline (`fastgw.app`) does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+__all__ = ["Endpoint", "UpstreamRequest", "TargetRuntime", "split_base_url"]
+
+
+class Endpoint:
+    """The OpenAI endpoints the gateway serves (path suffix after /v1/)."""
+
+    CHAT = "chat/completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    ALL = (CHAT, COMPLETIONS, EMBEDDINGS)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One HTTP request to an upstream, ready to frame."""
+
+    scheme: str
+    host: str
+    port: int
+    method: str
+    path: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def encode(self) -> bytes:
+        """The request as HTTP/1.1 bytes with Content-Length framing (one write)."""
+        head = [b"%s %s HTTP/1.1\r\n" % (self.method.encode(), self.path.encode())]
+        for n, v in self.headers:
+            head += (n, b": ", v, b"\r\n")
+        head.append(b"content-length: %d\r\n\r\n" % len(self.body))
+        head.append(self.body)
+        return b"".join(head)
+
+
+def split_base_url(url: str) -> tuple[str, str, int, str]:
+    """'https://api.openai.com/v1' -> ('https', 'api.openai.com', 443, '/v1')."""
+    u = urlsplit(url)
+    scheme = u.scheme
+    host = u.hostname or ""
+    port = u.port or (443 if scheme == "https" else 80)
+    return scheme, host, port, u.path.rstrip("/")
+
+
+@dataclass(slots=True)
+class TargetRuntime:
+    """A configured target with what was resolved at start-up (secret, parsed URL)."""
+
+    id: str
+    provider: str
+    model: str
+    aliases: tuple[str, ...] = ()
+    base_url: str | None = None
+    api_key: str | None = None
+    ca_file: str | None = None
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    connect_timeout: float = 5.0
+    read_timeout: float = 600.0
+    options: object = None

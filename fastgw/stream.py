@@ -1,0 +1,155 @@
+"""Relaying a streamed answer: upstream SSE bytes to client chunks, event-aligned, with flow control both ways.
+
+The relay is a sink driven from the upstream protocol's `data_received`: each
+completed event is written to the client in the same loop iteration, byte-identical
+(no decode/encode), all events completed by one read in one chunk. A slow client
+pauses the upstream read; a vanished client closes the upstream. A failure after
+the first byte becomes an in-stream error event followed by `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol as TypingProtocol
+
+from fastgw.proto.client import UpstreamError, UpstreamProtocolError
+from fastgw.proto.errors import GatewayError, ProtocolError
+from fastgw.proto.server import Responder
+from fastgw.proto.sse import DONE, SSESplitter, encode_data
+
+__all__ = ["SSERelay", "TimedSource", "error_event", "Source"]
+
+_DONE_TAIL = b"[DONE]"
+
+
+def error_event(err: GatewayError) -> bytes:
+    """The in-stream error: an SSE data event carrying the OpenAI error envelope (SDKs raise APIError on it)."""
+    return encode_data(err.body())
+
+
+class Source(TypingProtocol):
+    """Where streamed bytes come from: an upstream connection or an in-process generator."""
+
+    def set_sink(self, sink: SSERelay) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def detach(self) -> None: ...
+
+
+class SSERelay:
+    """Sink for an upstream SSE body and flow listener for the client connection."""
+
+    __slots__ = ("_resp", "_source", "_splitter", "done", "saw_done", "ok")
+
+    def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop) -> None:
+        self._resp = resp
+        self._source = source
+        self._splitter = SSESplitter()
+        #: Resolves when the stream is over (cleanly or not); `ok` says which.
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.saw_done = False
+        self.ok = False
+
+    def start(self) -> None:
+        self._resp.set_listener(self)
+        self._source.set_sink(self)
+
+    # ---- sink (upstream side) ---------------------------------------------------------
+    def on_data(self, data: bytes) -> None:
+        try:
+            block = self._splitter.feed(data)
+        except ProtocolError as e:
+            raise UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}") from None
+        if block:
+            self._resp.write(block)
+            if _DONE_TAIL in block[-16:]:
+                self.saw_done = True
+
+    def on_end(self) -> None:
+        if self.done.done():
+            return
+        if self._splitter.has_partial and not self.saw_done:
+            self.on_error(UpstreamProtocolError("upstream ended the stream in the middle of an event"))
+            return
+        if not self.saw_done:
+            # A clean HTTP end without the sentinel: close the SSE stream the way OpenAI does.
+            self._resp.write(DONE)
+        self._resp.end()
+        self.ok = True
+        self.done.set_result(None)
+
+    def on_error(self, exc: UpstreamError) -> None:
+        if self.done.done():
+            return
+        self._resp.write(error_event(exc) + DONE)
+        self._resp.end()
+        self.done.set_result(None)
+
+    # ---- flow listener (client side) -----------------------------------------------------
+    def pause(self) -> None:
+        self._source.pause_reading()
+
+    def resume(self) -> None:
+        self._source.resume_reading()
+
+    def client_lost(self) -> None:
+        # Nobody to read the answer: stop the upstream generating (and billing) it.
+        self._source.detach()
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class TimedSource:
+    """An in-process source: emits prepared SSE events with a first delay and a per-event delay, honouring pause."""
+
+    __slots__ = ("_loop", "_events", "_i", "_ttft", "_delay", "_sink", "_paused", "_timer", "_stopped")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, events: list[bytes], ttft: float, delay: float) -> None:
+        self._loop = loop
+        self._events = events
+        self._i = 0
+        self._ttft = ttft
+        self._delay = delay
+        self._sink: SSERelay | None = None
+        self._paused = False
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._stopped = False
+
+    def set_sink(self, sink: SSERelay) -> None:
+        self._sink = sink
+        self._schedule(self._ttft)
+
+    def _schedule(self, delay: float) -> None:
+        if delay > 0:
+            self._timer = self._loop.call_later(delay, self._tick)
+        else:
+            self._timer = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._stopped or self._paused or self._sink is None:
+            return
+        sink = self._sink
+        if self._i < len(self._events):
+            sink.on_data(self._events[self._i])
+            self._i += 1
+            if self._i < len(self._events):
+                self._schedule(self._delay)
+                return
+        self._stopped = True
+        sink.on_end()
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._timer is None and not self._stopped:
+                self._schedule(0)
+
+    def detach(self) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
