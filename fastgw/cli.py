@@ -1,0 +1,86 @@
+"""The `fastgw` command: `serve` runs the gateway, `check` validates a config and prints the effective one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from fastgw import __version__
+from fastgw.config import ConfigError, dump_config, load_config, parse_bind
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastgw", description="A drop-in, OpenAI-compatible gateway for LLM traffic.")
+    p.add_argument("--version", action="version", version=f"fastgw {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (master + pre-forked workers)")
+    serve.add_argument("--config", required=True, metavar="PATH", help="YAML config (pack layout)")
+    serve.add_argument("--bind", action="append", metavar="HOST:PORT",
+                       help="listen address (repeatable; also unix:/path); overrides server.bind")
+    serve.add_argument("--workers", type=int, metavar="N", help="worker processes (default: server.workers, "
+                                                                 "else one per CPU)")
+    serve.add_argument("--log-level", default=os.environ.get("FASTGW_LOG_LEVEL", "info"),
+                       choices=["debug", "info", "warning", "error"])
+    check = sub.add_parser("check", help="validate a config and print the effective one")
+    check.add_argument("--config", required=True, metavar="PATH")
+    check.add_argument("--bind", action="append", metavar="HOST:PORT")
+    check.add_argument("--workers", type=int, metavar="N")
+    check.add_argument("--no-secrets", action="store_true",
+                       help="do not require the environment variables named by secret_key_ref")
+    return p
+
+
+def _apply_overrides(cfg, args) -> None:  # type: ignore[no-untyped-def]
+    if args.bind:
+        for b in args.bind:
+            try:
+                parse_bind(b)
+            except ValueError as e:
+                raise ConfigError(f"--bind: {e}") from None
+        cfg.server.bind = list(args.bind)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError("--workers: expected an integer >= 1")
+        cfg.server.workers = args.workers
+    if cfg.server.workers == 0:
+        cfg.server.workers = os.cpu_count() or 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        try:
+            cfg, _ = load_config(args.config, resolve_secrets=not args.no_secrets)
+            _apply_overrides(cfg, args)
+        except ConfigError as e:
+            print(f"fastgw: config error: {e}", file=sys.stderr)
+            return 1
+        sys.stdout.write(dump_config(cfg))
+        print(f"# {args.config}: OK", file=sys.stderr)
+        return 0
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    try:
+        cfg, secrets = load_config(args.config)
+        _apply_overrides(cfg, args)
+    except ConfigError as e:
+        print(f"fastgw: config error: {e}", file=sys.stderr)
+        return 1
+    from fastgw.app import build_targets
+    from fastgw.master import BootError, Master, bind_sockets
+
+    try:
+        targets = build_targets(cfg, secrets)
+        sockets = bind_sockets(cfg.server.bind)
+    except (BootError, OSError) as e:
+        print(f"fastgw: cannot start: {e}", file=sys.stderr)
+        return 1
+    return Master(cfg, targets, sockets, cfg.server.workers).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,342 @@
+"""The master process (gunicorn's arbiter model): binds sockets, forks workers, supervises them, never serves.
+
+Signal handlers only enqueue; the loop dispatches to `handle_<name>`. A worker
+that dies is replaced with backoff; a worker that cannot boot stops the master
+with its reason instead of looping. SIGTERM/SIGINT: workers drain within the
+graceful timeout, then the master exits 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import sys
+import time
+
+from setproctitle import setproctitle
+
+from fastgw.config import Config, parse_bind
+from fastgw.providers.base import TargetRuntime
+
+__all__ = ["Master", "bind_sockets", "BootError"]
+
+log = logging.getLogger("fastgw.master")
+
+#: A worker silent for this long is hung (its loop is blocked): kill and replace it. gunicorn's timeout is 30 s.
+WORKER_SILENCE_TIMEOUT = 30.0
+#: Restart backoff bounds for workers that die soon after starting.
+RESTART_BACKOFF_MIN = 0.1
+RESTART_BACKOFF_MAX = 5.0
+#: A worker that ran this long before dying resets the backoff.
+STABLE_AFTER = 10.0
+#: Time allowed for a worker to report it serves before the boot counts as failed.
+BOOT_TIMEOUT = 30.0
+#: Listen backlog; Linux caps it at net.core.somaxconn.
+BACKLOG = 2048
+
+
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP)
+
+
+class BootError(Exception):
+    """Workers could not start; the message says why."""
+
+
+def bind_sockets(binds: list[str]) -> list[socket.socket]:
+    """Create the listening sockets for `server.bind` (TCP host:port or unix:/path)."""
+    out = []
+    for b in binds:
+        host, port = parse_bind(b)
+        if host == "unix":
+            path = str(port)
+            try:
+                if stat.S_ISSOCK(os.stat(path).st_mode):
+                    os.unlink(path)  # a stale socket from a previous run
+            except FileNotFoundError:
+                pass
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.bind(path)
+            except OSError as e:
+                s.close()
+                raise BootError(f"cannot bind {b}: {e.strerror}") from None
+        else:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            fam, _, _, _, addr = infos[0]
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                s.close()
+                raise BootError(f"cannot bind {b}: {e.strerror}") from None
+        s.listen(BACKLOG)
+        s.setblocking(False)
+        out.append(s)
+    return out
+
+
+class _Worker:
+    __slots__ = ("pid", "wid", "fd", "started", "ready", "last_seen", "buf")
+
+    def __init__(self, pid: int, wid: int, fd: int) -> None:
+        self.pid = pid
+        self.wid = wid
+        self.fd = fd
+        self.started = time.monotonic()
+        self.ready = False
+        self.last_seen = self.started
+        self.buf = b""
+
+
+class Master:
+    """Supervises N workers serving `sockets`."""
+
+    def __init__(self, cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], workers: int) -> None:
+        self.cfg = cfg
+        self.targets = targets
+        self.sockets = sockets
+        self.num_workers = workers
+        self.workers: dict[int, _Worker] = {}
+        self._signals: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+        self._next_id = 1
+        self._free_ids: list[int] = []
+        self._backoff = RESTART_BACKOFF_MIN
+        self._respawn_at = 0.0
+        self._stopping = False
+        self.exit_code = 0
+
+    # ---- signals --------------------------------------------------------------------------
+    def _on_signal(self, sig: int, frame: object) -> None:
+        self._signals.append(sig)
+
+    def _install_signals(self) -> None:
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in _HANDLED:
+            signal.signal(sig, self._on_signal)
+
+    # ---- workers ---------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        wid = self._free_ids.pop(0) if self._free_ids else self._next_id
+        if wid == self._next_id:
+            self._next_id += 1
+        r, w = os.pipe()
+        # Block signals across fork so the child never runs the master's handlers (a TERM arriving
+        # before the worker installs its own would otherwise be queued for a loop that is not there).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in _HANDLED:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                os.close(r)
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                for other in self.workers.values():
+                    os.close(other.fd)
+                from fastgw.worker import run_worker
+                code = run_worker(self.cfg, self.targets, self.sockets, wid, w)
+            except BaseException:  # noqa: BLE001
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(w)
+        os.set_blocking(r, False)
+        self.workers[pid] = _Worker(pid, wid, r)
+        log.debug("spawned worker %d (pid %d)", wid, pid)
+
+    def _kill_all(self, sig: int) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            if w is None:
+                continue
+            self._read_pipe(w)
+            os.close(w.fd)
+            self._free_ids.append(w.wid)
+            self._free_ids.sort()
+            code = os.waitstatus_to_exitcode(status)
+            if self._stopping:
+                continue
+            if not w.ready:
+                raise BootError(f"worker {w.wid} failed to boot (exit {code})"
+                                + (f": {w.buf.decode(errors='replace').strip()}" if w.buf else ""))
+            uptime = time.monotonic() - w.started
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            log.error("worker %d (pid %d) %s after %.1fs; replacing it", w.wid, pid, how, uptime)
+            if uptime > STABLE_AFTER:
+                self._backoff = RESTART_BACKOFF_MIN
+            self._respawn_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, RESTART_BACKOFF_MAX)
+
+    def _read_pipe(self, w: _Worker) -> None:
+        while True:
+            try:
+                data = os.read(w.fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if not data:
+                return
+            w.last_seen = time.monotonic()
+            if w.buf:  # the rest of an error message
+                w.buf += data
+                continue
+            i = data.find(b"E")
+            if b"R" in (data if i < 0 else data[:i]):
+                w.ready = True
+            if i >= 0:
+                w.buf = data[i + 1:] or b" "
+
+    # ---- main loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Spawn workers and supervise until stopped. Returns the exit code."""
+        setproctitle("fastgw: master")
+        self._install_signals()
+        for _ in range(self.num_workers):
+            self._spawn()
+        try:
+            self._wait_ready()
+            log.info("fastgw ready: %d workers serving %s", self.num_workers, ", ".join(self.cfg.server.bind))
+            while not self._stopping:
+                self._tick()
+        except BootError as e:
+            log.error("%s; stopping", e)
+            self.exit_code = 1
+            self._stopping = True
+            self._kill_all(signal.SIGKILL)
+            self._wait_all(5.0)
+            return 1
+        self._shutdown()
+        return self.exit_code
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not all(w.ready for w in self.workers.values()) or len(self.workers) < self.num_workers:
+            if time.monotonic() > deadline:
+                raise BootError(f"workers did not report ready within {BOOT_TIMEOUT:g}s")
+            self._tick(timeout=0.2, respawn=False)
+            if self._stopping:
+                return
+
+    def _tick(self, timeout: float = 1.0, respawn: bool = True) -> None:
+        fds = [self._wake_r] + [w.fd for w in self.workers.values()]
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            ready = []
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        by_fd = {w.fd: w for w in self.workers.values()}
+        for fd in ready:
+            w = by_fd.get(fd)
+            if w is not None:
+                self._read_pipe(w)
+                if w.buf and not w.ready:
+                    raise BootError(w.buf.decode(errors="replace").strip())
+        while self._signals:
+            sig = self._signals.pop(0)
+            name = signal.Signals(sig).name.lower()
+            getattr(self, f"handle_{name[3:]}")()
+        self._reap()
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if w.ready and now - w.last_seen > WORKER_SILENCE_TIMEOUT:
+                log.error("worker %d (pid %d) silent for %.0fs; killing it", w.wid, w.pid, now - w.last_seen)
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                w.last_seen = now
+        if respawn and not self._stopping and len(self.workers) < self.num_workers and now >= self._respawn_at:
+            self._spawn()
+
+    # ---- signal handlers ----------------------------------------------------------------------
+    def handle_chld(self) -> None:
+        pass  # reaping happens every tick
+
+    def handle_term(self) -> None:
+        self._stopping = True
+
+    def handle_int(self) -> None:
+        self._stopping = True
+
+    def handle_quit(self) -> None:
+        self._stopping = True
+        self._kill_all(signal.SIGKILL)
+
+    def handle_hup(self) -> None:
+        log.warning("SIGHUP: configuration reload is not available yet; ignoring")
+
+    # ---- shutdown --------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        grace = self.cfg.server.graceful_timeout
+        log.info("stopping: draining %d workers (up to %gs)", len(self.workers), grace)
+        self._kill_all(signal.SIGTERM)
+        if not self._wait_all(grace + 2.0):
+            log.warning("workers still running after %gs; killing them", grace)
+            self._kill_all(signal.SIGKILL)
+            self._wait_all(5.0)
+        for s in self.sockets:
+            try:
+                if s.family == socket.AF_UNIX:
+                    path = s.getsockname()
+                    s.close()
+                    if path:
+                        os.unlink(path)
+                else:
+                    s.close()
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+
+    def _wait_all(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.workers and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.workers.clear()
+                break
+            if pid == 0:
+                time.sleep(0.02)
+                continue
+            w = self.workers.pop(pid, None)
+            if w is not None:
+                os.close(w.fd)
+        return not self.workers

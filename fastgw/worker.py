@@ -1,0 +1,120 @@
+"""A worker process: one uvloop loop in one thread serving HTTP on the sockets inherited from the master.
+
+It tells the master over a pipe when it serves (`R`), that it is alive (`.` once a
+second), or why it could not boot (`E` + message). SIGTERM/SIGINT drain: stop
+accepting, close idle connections, let requests and streams in flight finish
+within the graceful timeout, then exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+
+import uvloop
+from setproctitle import setproctitle
+
+from fastgw.app import App
+from fastgw.config import Config
+from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, ServerLimits
+from fastgw.providers.base import TargetRuntime
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger("fastgw.worker")
+
+#: How often a worker tells the master it is alive (seconds).
+HEARTBEAT_INTERVAL = 1.0
+
+
+def _send(fd: int, msg: bytes) -> None:
+    try:
+        os.write(fd, msg)
+    except OSError:
+        pass  # the master is gone; the parent-death check below ends us
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send us SIGTERM if the master dies (a SIGKILLed master must not leave orphans serving)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the heartbeat's parent check still catches it within a second
+
+
+def run_worker(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], worker_id: int,
+               pipe_fd: int) -> int:
+    """Serve until told to stop. Returns the process exit code."""
+    setproctitle(f"fastgw: worker {worker_id}")
+    _die_with_parent()
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_serve(cfg, targets, sockets, worker_id, pipe_fd, loop))
+    except BaseException as e:  # noqa: BLE001 - the master must learn why we could not run
+        _send(pipe_fd, b"E" + f"worker {worker_id}: {type(e).__name__}: {e}".encode()[:2000] + b"\n")
+        traceback.print_exc(file=sys.stderr)
+        return 3
+    finally:
+        loop.close()
+
+
+async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], worker_id: int,
+                 pipe_fd: int, loop: asyncio.AbstractEventLoop) -> int:
+    s = cfg.server
+    lim = ServerLimits(header_timeout=s.header_timeout, keepalive_timeout=s.keepalive_timeout,
+                       max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
+                       max_body_bytes=s.max_body_bytes, send_timeout=s.send_timeout)
+    app = App(cfg, targets, loop)
+    tracker = ConnectionTracker()
+
+    def on_error(exc: BaseException) -> None:
+        log.error("request failed with an internal error", exc_info=exc)
+
+    servers = []
+    for sock in sockets:
+        servers.append(await loop.create_server(
+            lambda: HttpServerProtocol(app, lim, tracker, loop, on_error), sock=sock, backlog=2048))
+    stop: asyncio.Future[int] = loop.create_future()
+
+    def request_stop(sig: int) -> None:
+        if not stop.done():
+            stop.set_result(sig)
+
+    loop.add_signal_handler(signal.SIGTERM, request_stop, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
+    master = os.getppid()
+
+    def heartbeat() -> None:
+        if os.getppid() != master:  # orphaned: the master died without telling us
+            request_stop(signal.SIGTERM)
+            return
+        _send(pipe_fd, b".")
+        loop.call_later(HEARTBEAT_INTERVAL, heartbeat)
+
+    _send(pipe_fd, b"R")
+    heartbeat()
+    await stop
+    # Drain: stop accepting, answer what is in flight, close the rest.
+    app.draining = True
+    for srv in servers:
+        srv.close()
+    tracker.shutdown()
+    log.debug("worker %d draining: %d connection(s) open", worker_id, len(tracker.conns))
+    try:
+        await asyncio.wait_for(tracker.wait_closed(), s.graceful_timeout)
+    except asyncio.TimeoutError:
+        log.warning("worker %d: %d connection(s) still open after %gs; closing them", worker_id,
+                    len(tracker.conns), s.graceful_timeout)
+        for c in list(tracker.conns):
+            if c.transport is not None:
+                c.transport.abort()
+    app.pool.close_all()
+    return 0
