@@ -37,14 +37,19 @@ class Source(TypingProtocol):
 
 
 class SSERelay:
-    """Sink for an upstream SSE body and flow listener for the client connection."""
+    """Sink for an upstream SSE body and flow listener for the client connection.
 
-    __slots__ = ("_resp", "_source", "_splitter", "done", "saw_done", "ok")
+    Complete events from one upstream read are written as one chunk when the read ends (`flush`),
+    still inside the same `data_received` call: no added latency, one writev per read.
+    """
+
+    __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop) -> None:
         self._resp = resp
         self._source = source
         self._splitter = SSESplitter()
+        self._pending: list[bytes] = []
         #: Resolves when the stream is over (cleanly or not); `ok` says which.
         self.done: asyncio.Future[None] = loop.create_future()
         self.saw_done = False
@@ -61,9 +66,20 @@ class SSERelay:
         except ProtocolError as e:
             raise UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}") from None
         if block:
-            self._resp.write(block)
+            self._pending.append(block)
             if _DONE_TAIL in block[-16:]:
                 self.saw_done = True
+
+    def _take(self) -> bytes:
+        p = self._pending
+        if not p:
+            return b""
+        self._pending = []
+        return p[0] if len(p) == 1 else b"".join(p)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._resp.write(self._take())
 
     def on_end(self) -> None:
         if self.done.done():
@@ -71,18 +87,19 @@ class SSERelay:
         if self._splitter.has_partial and not self.saw_done:
             self.on_error(UpstreamProtocolError("upstream ended the stream in the middle of an event"))
             return
+        tail = self._take()
         if not self.saw_done:
             # A clean HTTP end without the sentinel: close the SSE stream the way OpenAI does.
-            self._resp.write(DONE)
-        self._resp.end()
+            tail += DONE
+        self._resp.end(tail)
         self.ok = True
         self.done.set_result(None)
 
     def on_error(self, exc: UpstreamError) -> None:
         if self.done.done():
             return
-        self._resp.write(error_event(exc) + DONE)
-        self._resp.end()
+        # Whole events that arrived before the failure still go out, then the error, then [DONE].
+        self._resp.end(self._take() + error_event(exc) + DONE)
         self.done.set_result(None)
 
     # ---- flow listener (client side) -----------------------------------------------------
@@ -130,14 +147,16 @@ class TimedSource:
         if self._stopped or self._paused or self._sink is None:
             return
         sink = self._sink
-        if self._i < len(self._events):
-            sink.on_data(self._events[self._i])
+        events = self._events
+        if self._i < len(events):
+            sink.on_data(events[self._i])
             self._i += 1
-            if self._i < len(self._events):
-                self._schedule(self._delay)
-                return
-        self._stopped = True
-        sink.on_end()
+        if self._i >= len(events):
+            self._stopped = True
+            sink.on_end()  # the last event and the terminator in one write
+            return
+        sink.flush()
+        self._schedule(self._delay)
 
     def pause_reading(self) -> None:
         self._paused = True

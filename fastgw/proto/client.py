@@ -58,7 +58,10 @@ class _StaleConnection(Exception):
 
 
 class Sink(TypingProtocol):
+    """Receives a response body. `flush` ends each socket read: a sink may batch what one read delivered."""
+
     def on_data(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
     def on_end(self) -> None: ...
     def on_error(self, exc: UpstreamError) -> None: ...
 
@@ -79,6 +82,9 @@ class _Collector:
         if self.size > self.limit:
             raise UpstreamProtocolError("upstream response body exceeds %d bytes" % self.limit)
         self.parts.append(data)
+
+    def flush(self) -> None:
+        pass
 
     def on_end(self) -> None:
         if not self.future.done():
@@ -134,6 +140,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError(f"bad upstream response: {e}"))
         except UpstreamError as e:
             self._fail(e)
+        sink = self._sink
+        if sink is not None and not self._ended:
+            sink.flush()
         if not self._headers_done and self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
             self._fail(UpstreamProtocolError("upstream response head too large"))
 
@@ -244,6 +253,8 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             for b in held:
                 sink.on_data(b)
+            if held:
+                sink.flush()
         except UpstreamError as e:
             self._fail(e)
             return

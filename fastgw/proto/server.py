@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Protocol as TypingProtocol
 import httptools
 
 from fastgw.proto import limits
-from fastgw.proto.chunked import LAST_CHUNK, frame_chunk, write_chunk
+from fastgw.proto.chunked import LAST_CHUNK, write_chunk
 from fastgw.proto.errors import GatewayError, LimitError, ProtocolError
 from fastgw.proto.framing_guard import FramingGuard
 
@@ -168,8 +168,7 @@ class Responder:
             if self._head_only or not body:
                 t.write(head)
             else:
-                t.write(head)
-                t.write(body)
+                t.writelines((head, body))  # one writev: head and body in one segment
             self.bytes_sent += len(body)
         self._finish()
 
@@ -200,23 +199,32 @@ class Responder:
         head = self._head
         if head is not None:
             self._head = None
-            if self._head_only:
+            if self._head_only or not data:
                 t.write(head)
                 return
-            t.write(head)
+            # The head goes out with the first chunk: one writev, no extra round trip for the client.
+            t.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
+            self.bytes_sent += len(data)
+            return
         if data and not self._head_only:
-            write_chunk(t.write, data)
+            write_chunk(t.writelines, data)
             self.bytes_sent += len(data)
 
-    def end(self) -> None:
-        """Write the last chunk and finish the response."""
+    def end(self, data: bytes = b"") -> None:
+        """Write `data` as a last chunk (if any) and the terminator in one writev, and finish the response."""
         t = self._transport
         if t is not None and not t.is_closing():
-            if self._head is not None:
-                t.write(self._head)
-                self._head = None
-            if not self._head_only:
-                t.write(LAST_CHUNK)
+            head = self._head
+            self._head = None
+            if self._head_only:
+                if head is not None:
+                    t.write(head)
+            else:
+                parts: tuple[bytes, ...] = (LAST_CHUNK,)
+                if data:
+                    parts = (b"%x\r\n" % len(data), data, b"\r\n", LAST_CHUNK)
+                    self.bytes_sent += len(data)
+                t.writelines(parts if head is None else (head, *parts))
         self._finish()
 
     def abort(self) -> None:
