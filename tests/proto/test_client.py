@@ -1,0 +1,192 @@
+"""Upstream client and pool against scripted loopback servers: framing, reuse, stale connections, timeouts, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from fastgw.proto.client import (UpstreamConnectError, UpstreamDisconnected, UpstreamPool, UpstreamProtocolError,
+                                 UpstreamTimeout)
+
+REQ = b"POST /v1/x HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 2\r\n\r\n{}"
+
+
+class Scripted:
+    """A loopback server answering each request with the next scripted action."""
+
+    def __init__(self, actions: list, ssl_ctx: ssl.SSLContext | None = None) -> None:
+        self.actions = actions
+        self.connections = 0
+        self.requests = 0
+        self.ssl_ctx = ssl_ctx
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl_ctx)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                self.requests += 1
+                action = self.actions.pop(0)
+                if await action(writer) == "close":
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def reply(data: bytes, then: str | None = None):
+    async def act(w: asyncio.StreamWriter):
+        w.write(data)
+        await w.drain()
+        return then
+    return act
+
+
+def run(coro):
+    return uvloop.run(coro)
+
+
+def test_content_length_chunked_and_close_delimited_bodies():
+    async def main():
+        srv = Scripted([
+            reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"),
+            reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
+            reply(b"HTTP/1.1 200 OK\r\n\r\nuntil close", then="close"),
+        ])
+        port = await srv.start()
+        pool = UpstreamPool(asyncio.get_running_loop())
+        key = ("http", "127.0.0.1", port)
+        bodies = []
+        for _ in range(3):
+            conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+            bodies.append(await conn.read_body(timeout=2))
+            pool.release(conn)
+        assert bodies == [b"hello", b"abcde", b"until close"]
+        # The first two reused one keep-alive connection; the close-delimited one cannot be pooled.
+        assert srv.connections == 1 and pool.connects == 1
+        assert not pool._idle[key]
+    run(main())
+
+
+def test_stale_pooled_connection_is_replaced_once():
+    async def main():
+        # The server closes after each response without saying so: the pooled connection is stale.
+        srv = Scripted([reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", then="close"),
+                        reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", then="close")])
+        port = await srv.start()
+        pool = UpstreamPool(asyncio.get_running_loop())
+        key = ("http", "127.0.0.1", port)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+        assert await conn.read_body() == b"ok"
+        pool.release(conn)
+        await asyncio.sleep(0.05)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+        assert conn.status == 200 and await conn.read_body() == b"ok"
+        assert srv.requests == 2 and srv.connections == 2
+    run(main())
+
+
+def test_unfinished_response_is_never_pooled():
+    async def main():
+        srv = Scripted([reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n"),
+                        reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")])
+        port = await srv.start()
+        pool = UpstreamPool(asyncio.get_running_loop())
+        key = ("http", "127.0.0.1", port)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+        assert not conn.reusable
+        pool.release(conn)  # mid-body: must be closed, not pooled
+        assert conn.closed and not pool._idle.get(key)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+        assert await conn.read_body() == b"ok"
+        assert srv.connections == 2
+    run(main())
+
+
+def test_upstream_errors():
+    async def main():
+        loop = asyncio.get_running_loop()
+        pool = UpstreamPool(loop)
+        with pytest.raises(UpstreamConnectError):
+            await pool.exchange(("http", "127.0.0.1", 9), REQ, connect_timeout=2, head_timeout=2)
+
+        async def hang(w):
+            await asyncio.sleep(5)
+        srv = Scripted([hang])
+        port = await srv.start()
+        with pytest.raises(UpstreamTimeout):
+            await pool.exchange(("http", "127.0.0.1", port), REQ, connect_timeout=2, head_timeout=0.2)
+
+        srv = Scripted([reply(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", then="close")])
+        port = await srv.start()
+        conn = await pool.exchange(("http", "127.0.0.1", port), REQ, connect_timeout=2, head_timeout=2)
+        with pytest.raises(UpstreamDisconnected):
+            await conn.read_body(timeout=2)
+
+        srv = Scripted([reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n")])
+        port = await srv.start()
+        conn = await pool.exchange(("http", "127.0.0.1", port), REQ, connect_timeout=2, head_timeout=2)
+        with pytest.raises(UpstreamProtocolError):
+            await conn.read_body(timeout=2)
+        assert conn.closed
+
+        srv = Scripted([reply(b"not http at all\r\n\r\n")])
+        port = await srv.start()
+        with pytest.raises(UpstreamProtocolError):
+            await pool.exchange(("http", "127.0.0.1", port), REQ, connect_timeout=2, head_timeout=2)
+    run(main())
+
+
+def test_interim_100_continue_is_skipped():
+    async def main():
+        srv = Scripted([reply(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")])
+        port = await srv.start()
+        pool = UpstreamPool(asyncio.get_running_loop())
+        conn = await pool.exchange(("http", "127.0.0.1", port), REQ, connect_timeout=2, head_timeout=2)
+        assert conn.status == 200 and await conn.read_body() == b"ok"
+    run(main())
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl CLI is needed to make a test certificate (Debian package openssl)")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_with_ca_file_and_verification_failure(tls_files):
+    cert, key = tls_files
+
+    async def main():
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        srv = Scripted([reply(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecure")], ssl_ctx=ctx)
+        port = await srv.start()
+        pool = UpstreamPool(asyncio.get_running_loop())
+        key_ = ("https", "127.0.0.1", port)
+        # System CAs do not trust a self-signed certificate: a clear connect error, not a hang.
+        with pytest.raises(UpstreamConnectError, match="TLS|certificate|verify"):
+            await pool.exchange(key_, REQ, connect_timeout=2, head_timeout=2)
+        conn = await pool.exchange(key_, REQ, connect_timeout=2, head_timeout=2, ca_file=str(cert))
+        assert await conn.read_body() == b"secure"
+    run(main())
