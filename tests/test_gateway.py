@@ -226,3 +226,21 @@ def test_mock_usage_when_include_usage(gateway):
     ev = [orjson.loads(e[6:]) for e in _events(body) if e != b"data: [DONE]"]
     assert ev[-1]["choices"] == [] and ev[-1]["usage"]["completion_tokens"] == 5
     assert ev[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_mock_text_file_chunking_and_pacing(gateway_factory, tmp_path):
+    reply = tmp_path / "reply.txt"
+    reply.write_text("The quick brown fox jumps over the lazy dog.")
+    cfg = {"pack": {"name": "t"}, "providers": {"targets": [
+        {"id": "m", "provider": "mock", "model": "m", "mock": {"text_file": str(reply), "chunk_size": 5,
+                                                                  "delay": 0.03}}]}}
+    gw = gateway_factory.start(cfg)
+    resp, body, parts = _request(gw, "POST", "/v1/chat/completions", _chat("m", True))
+    deltas = [c["delta"].get("content") for e in _events(body) if e != b"data: [DONE]"
+              for c in orjson.loads(e[6:])["choices"]]
+    content = [d for d in deltas if d]
+    assert "".join(content) == reply.read_text()
+    assert all(len(c) <= 5 for c in content) and len(content) == 9
+    assert parts[-1][0] - parts[0][0] > 0.2  # 9 chunks 30 ms apart arrive paced, not in one burst
+    resp, body, _ = _request(gw, "POST", "/v1/chat/completions", _chat("m", False))
+    assert orjson.loads(body)["choices"][0]["message"]["content"] == reply.read_text()

@@ -350,6 +350,9 @@ class HttpServerProtocol(asyncio.Protocol):
         if listener is not None:
             self.flow_listener = None
             listener.client_lost()
+        elif self._current is not None and not self._current.done():
+            # Nobody will read the answer: stop waiting on the upstream (and its bill) now.
+            self._current.cancel()
         self._wake_drain()
 
     def eof_received(self) -> bool | None:

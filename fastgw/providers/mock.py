@@ -85,8 +85,8 @@ class MockModel:
         finish = "stop"
         if isinstance(cap, int) and not isinstance(cap, bool) and 0 <= cap < n:
             n, finish = cap, "length"
-        if n * size > len(text):
-            text = text * (n * size // max(len(text), 1) + 1)
+        if self.chunks is not None and n * size > len(text):
+            text = text * (n * size // max(len(text), 1) + 1)  # repeat to fill the configured chunk count
         return [text[i * size:(i + 1) * size] for i in range(n)], finish
 
     def _usage(self, body: dict, completion: int) -> dict:
