@@ -102,24 +102,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.key = key
         self._loop = loop
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
         self.reused = False
         self.idle_since = 0.0
         self.closed = False
-        # per-response state
         self._head_future: asyncio.Future[None] | None = None
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._got_bytes = False
-        self._headers_done = False
-        self._complete = False
-        self._keep_alive = False
-        self._close_delimited = False
-        self._sink: Sink | None = None
-        self._held: list[bytes] = []
-        self._error: UpstreamError | None = None
-        self._ended = False
+        self._reset()
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -226,18 +213,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail(UpstreamTimeout("upstream sent no response head within %gs" % timeout))
 
     def _reset(self) -> None:
+        """Per-response state, fresh for each request on this connection."""
         self._parser = httptools.HttpResponseParser(self)
         self.status = 0
-        self.headers = []
+        self.headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._got_bytes = False
         self._headers_done = False
         self._complete = False
         self._keep_alive = False
         self._close_delimited = False
-        self._sink = None
-        self._held = []
-        self._error = None
+        self._sink: Sink | None = None
+        self._held: list[bytes] = []
+        self._error: UpstreamError | None = None
         self._ended = False
 
     def header(self, name: bytes) -> bytes | None:

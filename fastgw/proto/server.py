@@ -588,6 +588,11 @@ class HttpServerProtocol(asyncio.Protocol):
         elif not self._in_message:
             self._keepalive_timer = self._loop.call_later(self._lim.keepalive_timeout, self._on_keepalive_timeout)
 
+    @property
+    def _idle(self) -> bool:
+        """No response in flight, none queued, no request being received."""
+        return self._current is None and not self._queue and not self._in_message
+
     def _close(self) -> None:
         t = self.transport
         if t is not None and not t.is_closing():
@@ -596,7 +601,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def close_when_idle(self) -> None:
         """Graceful drain: close now if idle, else after the response in flight."""
         self.closing_after_response = True
-        if self._current is None and not self._queue and not self._in_message:
+        if self._idle:
             self._close()
 
     # ---- timers ---------------------------------------------------------------------------
@@ -615,7 +620,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def _on_keepalive_timeout(self) -> None:
         self._keepalive_timer = None
-        if self._current is None and not self._queue and not self._in_message:
+        if self._idle:
             self._close()
 
     def _on_send_timeout(self) -> None:
