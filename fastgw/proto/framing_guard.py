@@ -47,6 +47,7 @@ class FramingGuard:
         "_begun",
         "_line",
         "_count",
+        "_head_len",
     )
 
     def __init__(
@@ -67,6 +68,8 @@ class FramingGuard:
         self._line = bytearray()
         #: TRAILERS: bytes of the trailer section so far.
         self._count = 0
+        #: HEAD: bytes of the current, still unfinished request head.
+        self._head_len = 0
 
     @property
     def state(self) -> str:
@@ -79,9 +82,19 @@ class FramingGuard:
         return self._state == _HEAD and not self._begun
 
     @property
+    def head_bytes(self) -> int:
+        """Bytes of a request head received so far without its end: the exact measure for a header-size limit."""
+        return self._head_len
+
+    @property
     def unreached(self) -> int:
         """Messages httptools has parsed a head of that the guard has not reached yet."""
         return len(self._framing)
+
+    @property
+    def head_bytes(self) -> int:
+        """Bytes of a request head received so far without its end: the exact measure for a header-size limit."""
+        return self._head_len
 
     @property
     def unreached(self) -> int:
@@ -141,8 +154,10 @@ class FramingGuard:
             self._begun = True
         end = self._find_end(data, pos, n)
         if end < 0:
+            self._head_len += n - pos
             return n
         self._begun = False
+        self._head_len = 0
         if not self._framing:
             raise ProtocolError("request head ended with no framing from the HTTP parser (guard out of step)")
         chunked, length = self._framing.popleft()

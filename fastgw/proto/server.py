@@ -326,7 +326,6 @@ class HttpServerProtocol(asyncio.Protocol):
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._raw_head_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
         self._expect_continue = False
@@ -394,12 +393,10 @@ class HttpServerProtocol(asyncio.Protocol):
                 while self._queue and isinstance(self._queue[-1], Request) and self._queue[-1].seq >= bad:
                     self._queue.pop()
                 raise
-            if self._in_head:
+            if self._guard.head_bytes > self._lim.max_header_bytes:
                 # httptools buffers a header name/value until it ends: bound that buffer too.
-                self._raw_head_bytes += len(data)
-                if self._raw_head_bytes > self._lim.max_header_bytes:
-                    raise LimitError("request headers exceed %d bytes" % self._lim.max_header_bytes,
-                                     status=431, code="request_header_fields_too_large")
+                raise LimitError("request headers exceed %d bytes" % self._lim.max_header_bytes,
+                                 status=431, code="request_header_fields_too_large")
         except httptools.HttpParserUpgrade:
             # We speak HTTP/1.1 only: answer the request as plain HTTP, then close (RFC 9110 §7.8: ignoring
             # Upgrade is allowed). Nothing after the head is read.
@@ -424,7 +421,6 @@ class HttpServerProtocol(asyncio.Protocol):
         self._url = []
         self._headers = []
         self._head_bytes = 0
-        self._raw_head_bytes = 0
         self._body = []
         self._body_size = 0
         self._expect_continue = False

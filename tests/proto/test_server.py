@@ -210,6 +210,18 @@ def test_pipelined_requests_are_answered_in_order(server):
     assert orjson.loads(resps[3][1])["body"] == "abc"
 
 
+def test_large_pipelined_burst_is_not_mistaken_for_a_large_head(server):
+    """100 small pipelined requests (6+ KiB, over this server's 4 KiB head limit) with the last head split."""
+    reqs = b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n" * 100
+    s = server.connect()
+    s.sendall(reqs + b"GET /echo HTTP/1.1\r\nHo")
+    time.sleep(0.1)
+    s.sendall(b"st: x\r\n\r\n")
+    resps, closed = _read_responses(s, 101)
+    assert len(resps) == 101 and all(r.status_code == 200 for r, _ in resps)
+    assert not closed
+
+
 def test_connection_close_is_honoured(server):
     status, _, closed = _raw(server, b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status == 200 and closed
