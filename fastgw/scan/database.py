@@ -1,0 +1,229 @@
+"""Compiling patterns into one Hyperscan stream-mode database, and what the holdback needs to know about each.
+
+A `Pattern` is a name, an entity, a Hyperscan expression (ASCII), a maximum
+width and an optional validator. From the expression we derive the bytes a match
+can contain (its alphabet) and the bytes it can start with, so the holdback rule
+("keep only a tail that could still grow into a match") needs no hand-kept tables.
+"""
+
+from __future__ import annotations
+
+import re
+import re._parser as sre_parse  # type: ignore[import-not-found]
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import hyperscan
+
+__all__ = ["Pattern", "ScanDB", "PatternError", "Span"]
+
+_ALL = bytes(range(256))
+
+
+class PatternError(ValueError):
+    """A pattern Hyperscan (or our analysis) cannot use; names the pattern."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"pattern {name!r}: {message}")
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One detector: `expression` is a Hyperscan regex over UTF-8 bytes; spans never exceed `max_width` bytes."""
+
+    name: str
+    entity: str
+    expression: bytes
+    max_width: int
+    validator: Callable[[bytes], bool] | None = None
+    caseless: bool = False
+    #: Overrides for the derived alphabet / start bytes (for expressions our analysis cannot read).
+    alphabet: bytes | None = None
+    start: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A detected span in a stream, in bytes: [start, end)."""
+
+    start: int
+    end: int
+    entity: str
+    pattern: str
+
+
+# --- expression analysis -------------------------------------------------------------------
+
+def _class_bytes(items: list, caseless: bool) -> set[int]:
+    out: set[int] = set()
+    negate = False
+    for op, av in items:
+        name = str(op)
+        if name == "NEGATE":
+            negate = True
+        elif name == "LITERAL":
+            out.add(av)
+        elif name == "RANGE":
+            out.update(range(av[0], av[1] + 1))
+        elif name == "CATEGORY":
+            out |= _category(str(av))
+        else:
+            raise ValueError(f"unsupported class item {name}")
+    if negate:
+        out = set(range(256)) - out
+    return out
+
+
+def _category(name: str) -> set[int]:
+    if name == "CATEGORY_DIGIT":
+        return set(range(48, 58))
+    if name == "CATEGORY_NOT_DIGIT":
+        return set(range(256)) - set(range(48, 58))
+    word = set(range(48, 58)) | set(range(65, 91)) | set(range(97, 123)) | {95}
+    if name == "CATEGORY_WORD":
+        return word
+    if name == "CATEGORY_NOT_WORD":
+        return set(range(256)) - word
+    space = {9, 10, 11, 12, 13, 32}
+    if name == "CATEGORY_SPACE":
+        return space
+    if name == "CATEGORY_NOT_SPACE":
+        return set(range(256)) - space
+    raise ValueError(f"unsupported category {name}")
+
+
+def _analyse(seq, caseless: bool) -> tuple[set[int], set[int], bool]:
+    """(alphabet, first bytes, can be empty) of a parsed sequence."""
+    alphabet: set[int] = set()
+    first: set[int] = set()
+    nullable = True
+    for op, av in seq:
+        name = str(op)
+        if name == "LITERAL":
+            a = {av}
+            f, n = a, False
+        elif name == "NOT_LITERAL":
+            a = set(range(256)) - {av}
+            f, n = a, False
+        elif name == "ANY":
+            a = set(range(256)) - {10}
+            f, n = a, False
+        elif name == "IN":
+            a = _class_bytes(av, caseless)
+            f, n = a, False
+        elif name == "AT":
+            continue  # \b, ^, $: zero width
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, _hi, sub = av
+            a, f, n = _analyse(sub, caseless)
+            n = n or lo == 0
+        elif name == "SUBPATTERN":
+            a, f, n = _analyse(av[-1], caseless)
+        elif name == "BRANCH":
+            a, f, n = set(), set(), False
+            for alt in av[1]:
+                aa, ff, nn = _analyse(alt, caseless)
+                a |= aa
+                f |= ff
+                n = n or nn
+        else:
+            raise ValueError(f"unsupported construct {name}")
+        alphabet |= a
+        if nullable:
+            first |= f
+        nullable = nullable and n
+    if caseless:
+        for s in (alphabet, first):
+            s |= {c ^ 0x20 for c in s if 65 <= c <= 90 or 97 <= c <= 122}
+    return alphabet, first, nullable
+
+
+def derive_alphabet(expression: bytes, caseless: bool = False) -> tuple[bytes, bytes]:
+    """(alphabet, start bytes) of an expression; every byte when the expression is beyond our analysis."""
+    try:
+        parsed = sre_parse.parse(expression)
+        caseless = caseless or bool(parsed.state.flags & re.IGNORECASE)
+        alphabet, first, _ = _analyse(list(parsed), caseless)
+    except (re.error, ValueError, TypeError, AttributeError):
+        return _ALL, _ALL
+    return bytes(sorted(alphabet)), bytes(sorted(first))
+
+
+# --- the database ----------------------------------------------------------------------------
+
+class _Group:
+    """Patterns sharing alphabet, start bytes and width: the holdback treats them as one."""
+
+    __slots__ = ("alphabet", "start_re", "width")
+
+    def __init__(self, alphabet: bytes, start: bytes, width: int) -> None:
+        self.alphabet = alphabet
+        # None when any byte of the alphabet can start a match: the whole run is the holdback.
+        starts_anywhere = set(start) >= set(alphabet)
+        self.start_re = None if starts_anywhere or not start else \
+            re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in start) + b"]")
+        self.width = width
+
+
+@dataclass(slots=True)
+class ScanDB:
+    """All enabled patterns compiled into one Hyperscan stream database (SOM leftmost)."""
+
+    patterns: list[Pattern]
+    hs: hyperscan.Database = field(init=False)
+    #: Widest pattern: the most any stream ever holds back.
+    max_width: int = field(init=False)
+    #: Patterns grouped by (alphabet, start bytes, width): the holdback looks at each group once.
+    groups: list[_Group] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.patterns:
+            raise ValueError("no patterns")
+        names = [p.name for p in self.patterns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate pattern names in {names}")
+        groups: dict[tuple[bytes, bytes, int], _Group] = {}
+        for p in self.patterns:
+            alphabet, start = derive_alphabet(p.expression, p.caseless)
+            if p.alphabet is not None:
+                alphabet = p.alphabet
+            if p.start is not None:
+                start = p.start
+            key = (alphabet, start, p.max_width)
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = _Group(alphabet, start, p.max_width)
+        self.groups = list(groups.values())
+        self.max_width = max(p.max_width for p in self.patterns)
+        self.hs = compile_patterns(self.patterns)
+
+    def allocate_scratch(self) -> None:
+        """One scratch per worker process, allocated after fork (Hyperscan scratch is not shareable)."""
+        self.hs.scratch = hyperscan.Scratch(self.hs)
+
+
+def compile_patterns(patterns: Sequence[Pattern]) -> hyperscan.Database:
+    """One stream-mode database; a pattern Hyperscan rejects raises PatternError naming it."""
+    flags = []
+    for p in patterns:
+        f = hyperscan.HS_FLAG_SOM_LEFTMOST
+        if p.caseless:
+            f |= hyperscan.HS_FLAG_CASELESS
+        flags.append(f)
+    mode = hyperscan.HS_MODE_STREAM | hyperscan.HS_MODE_SOM_HORIZON_LARGE
+    db = hyperscan.Database(mode=mode)
+    try:
+        db.compile(expressions=[p.expression for p in patterns], ids=list(range(len(patterns))),
+                   elements=len(patterns), flags=flags)
+    except hyperscan.error:
+        # Compile one by one to say which pattern is at fault and why.
+        for p, f in zip(patterns, flags):
+            one = hyperscan.Database(mode=mode)
+            try:
+                one.compile(expressions=[p.expression], ids=[0], elements=1, flags=[f])
+            except hyperscan.error as e:
+                raise PatternError(p.name, f"Hyperscan cannot compile {p.expression.decode(errors='replace')!r}: "
+                                           f"{e}") from None
+        raise
+    return db

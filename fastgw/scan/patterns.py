@@ -1,0 +1,121 @@
+"""The built-in PII and secret detectors, and the constructor for config-defined ones.
+
+Every expression is written for the engine in `database`/`scanner`: Hyperscan
+reports, per end offset, the leftmost start; candidates are checked against
+`max_width` and the validator; overlaps resolve leftmost-longest. So expressions
+start at a word boundary (or a literal such as `+`, `(`, `-----`), end at one
+where the value does (so a prefix of a longer digit run is never reported), and
+leave checksums and ranges to `validators`. Alphabets stay tight (no `.`, no
+lower case where the value has none) because the stream holdback keeps the
+trailing run of alphabet bytes.
+
+Boundaries are ASCII: a value glued to a letter or digit ('ref4111...', 'x123-45-6789')
+is not found by the digit patterns, on purpose: otherwise every alphanumeric id would be
+Luhn- or range-tested, and a prefix of a longer digit run could be reported. Non-ASCII
+neighbours (accents, CJK, emoji) are non-word bytes, so values touching them are found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastgw.scan import validators as v
+from fastgw.scan.database import Pattern, PatternError
+
+__all__ = ["BUILTIN", "ENTITIES", "patterns_for", "custom_pattern", "DEFAULT_CUSTOM_WIDTH"]
+
+#: Entity names, in the order config and docs list them.
+ENTITIES: tuple[str, ...] = (
+    "EMAIL", "US_SSN", "CREDIT_CARD", "PHONE", "IP_ADDRESS", "IBAN", "AWS_ACCESS_KEY", "API_KEY", "JWT",
+    "PRIVATE_KEY",
+)
+
+#: Width of a config-defined pattern when none is given: bounds its holdback like the secret keys'
+#: (precedent: gitleaks rules rarely exceed a couple of hundred bytes).
+DEFAULT_CUSTOM_WIDTH = 256
+
+# --- building blocks ---------------------------------------------------------------------------
+
+_HEX = rb"[0-9A-Fa-f]{1,4}"
+_V4 = rb"\d{1,3}(?:\.\d{1,3}){3}"
+
+_IPV6 = b"|".join((
+    rb"\b" + _HEX + rb"(?::" + _HEX + rb"){7}\b",                                  # 8 groups, uncompressed
+    rb"(?:\b" + _HEX + rb"(?::" + _HEX + rb"){0,6})?::(?:" + _HEX + rb"(?::" + _HEX + rb"){0,6}\b)?",  # '::'
+    rb"\b" + _HEX + rb"(?::" + _HEX + rb"){5}:" + _V4 + rb"\b",                    # 6 groups + dotted quad
+    rb"(?:\b" + _HEX + rb"(?::" + _HEX + rb"){0,4})?::(?:" + _HEX + rb":){0,5}" + _V4 + rb"\b",
+))
+
+_CARD = b"|".join((
+    rb"\d{13,19}",                                         # contiguous
+    rb"\d{4}(?: \d{4}){2} (?:\d{1,4}|\d{4} \d{1,3})",      # 4-4-4-(1..4)[-(1..3)], spaces
+    rb"\d{4}(?:-\d{4}){2}-(?:\d{1,4}|\d{4}-\d{1,3})",      # the same with dashes
+    rb"\d{4} \d{6} \d{4,5}",                               # Amex 4-6-5, Diners 4-6-4
+    rb"\d{4}-\d{6}-\d{4,5}",
+))
+
+# Exchange and line number. The numbering plan starts exchanges with 2-9, but the numbers people write
+# as examples and test data ("555-123-4567") do not: separators already make the form strict, so any digit.
+_NANP_TAIL = rb"\d{3}[ .-]\d{4}\b"
+
+# --- the detectors -------------------------------------------------------------------------------
+
+BUILTIN: tuple[Pattern, ...] = (
+    # RFC 5321 4.5.3.1: a path is at most 256 octets with '<>', so an address at most 254. No trailing
+    # \b: the longest TLD wins anyway, and 'jo@example.com123' still yields the address.
+    Pattern("EMAIL", "EMAIL",
+            rb"\b\w[\w.%+-]*@(?:[A-Za-z0-9-]+\.)+(?:[A-Za-z]{2,}|xn--[A-Za-z0-9-]+)",
+            254, v.email),
+    Pattern("US_SSN", "US_SSN", rb"\b(?:\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4})\b", 11, v.ssn),
+    # ISO/IEC 7812: at most 19 digits; four separators in the 4-4-4-4-3 layout.
+    Pattern("CREDIT_CARD", "CREDIT_CARD", rb"\b(?:" + _CARD + rb")\b", 23, v.card),
+    # ITU-T E.164: at most 15 digits after '+', country code never starts with 0; 14 separators at most.
+    Pattern("PHONE_E164", "PHONE", rb"\+[1-9](?:[ .-]?\d){7,14}\b", 30),
+    # NANP: the area code starts with 2-9; '+1 (555) 123-4567' is the widest form (17).
+    Pattern("PHONE_NANP", "PHONE",
+            rb"(?:\+1[ .-]?|\b1[ .-])?\([2-9]\d{2}\)[ .-]?" + _NANP_TAIL
+            + rb"|(?:\+1[ .-]?|\b1[ .-]|\b)[2-9]\d{2}[ .-]" + _NANP_TAIL,
+            17),
+    Pattern("IPV4", "IP_ADDRESS", rb"\b\d{1,3}(?:\.\d{1,3}){3}\b", 15, v.ipv4),
+    # RFC 4291 2.2: 8 groups of 4 hex (39), or 6 groups and a dotted quad (45).
+    Pattern("IPV6", "IP_ADDRESS", _IPV6, 45, v.ipv6),
+    # ISO 13616: at most 34 characters; printed in groups of four, so 8 spaces.
+    Pattern("IBAN", "IBAN",
+            rb"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7} [A-Z0-9]{1,4})\b", 42, v.iban),
+    # AWS IAM unique-id prefixes (IAM User Guide, "Unique identifier prefixes"): 4 + 16 characters.
+    Pattern("AWS_ACCESS_KEY", "AWS_ACCESS_KEY",
+            rb"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]{16}\b", 20),
+    # Secret keys: 256 bytes bound the holdback; a longer key is reported as its first 256 bytes.
+    # (Bounded repeats such as {20,253} are too large for Hyperscan with SOM: widths are enforced by the engine.)
+    Pattern("OPENAI_KEY", "API_KEY", rb"\bsk-[A-Za-z0-9_-]{20,}", 256, v.openai_key),
+    Pattern("ANTHROPIC_KEY", "API_KEY", rb"\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{20,}", 256),
+    # RFC 7519 compact JWS: header and payload are base64url JSON objects, so both start 'eyJ' ('{"').
+    # 4096: the cookie size browsers guarantee (RFC 6265 6.1); bigger tokens are reported as their first 4096.
+    # No leading \b: the header check is strict enough to find a token glued to a word ('\neyJ...' in JSON).
+    Pattern("JWT", "JWT", rb"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", 4096, v.jwt),
+    # RFC 7468 labels plus OpenSSH and OpenPGP armour; the header only (the body is the run after it).
+    Pattern("PRIVATE_KEY", "PRIVATE_KEY",
+            rb"-----BEGIN (?:(?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY|PGP PRIVATE KEY BLOCK)-----", 37),
+)
+
+
+def patterns_for(entities: Iterable[str]) -> list[Pattern]:
+    """The built-in patterns of the given entities, in BUILTIN order; an unknown entity raises ValueError naming it."""
+    wanted = set()
+    for e in entities:
+        if e not in ENTITIES:
+            raise ValueError(f"unknown entity {e!r}; known: {', '.join(ENTITIES)}")
+        wanted.add(e)
+    return [p for p in BUILTIN if p.entity in wanted]
+
+
+def custom_pattern(name: str, regex: str, max_width: int | None = None) -> Pattern:
+    """A config-defined detector: entity = name, no validator; Hyperscan judges the regex when the database compiles."""
+    width = DEFAULT_CUSTOM_WIDTH if max_width is None else max_width
+    if not name:
+        raise PatternError(name, "a custom pattern needs a name")
+    if not regex:
+        raise PatternError(name, "empty regex")
+    if width <= 0:
+        raise PatternError(name, f"max_width must be positive, got {width}")
+    return Pattern(name, name, regex.encode(), width)
