@@ -14,13 +14,16 @@ from typing import Awaitable, Callable
 import orjson
 
 from fastgw.config import Config
+from fastgw.policy.chain import Chain
+from fastgw.policy.pii import request_slots, response_slots
+from fastgw.policy.stream import StreamPolicy
 from fastgw.proto.client import UpstreamConnection, UpstreamError, UpstreamPool
 from fastgw.proto.errors import GatewayError
 from fastgw.proto.server import Request, Responder
 from fastgw.providers import openai as openai_provider
 from fastgw.providers.base import Endpoint, TargetRuntime
 from fastgw.providers.mock import MockModel
-from fastgw.stream import SSERelay, TimedSource
+from fastgw.stream import PolicyRelay, SSERelay, Source, TimedSource
 
 __all__ = ["App", "build_targets"]
 
@@ -71,9 +74,11 @@ def build_targets(cfg: Config, secrets: dict[str, str]) -> list[TargetRuntime]:
 class App:
     """The request pipeline of one worker."""
 
-    def __init__(self, cfg: Config, targets: list[TargetRuntime], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, cfg: Config, targets: list[TargetRuntime], loop: asyncio.AbstractEventLoop,
+                 chain: Chain | None = None) -> None:
         self.cfg = cfg
         self.loop = loop
+        self.chain = chain or Chain(None)
         self.pool = UpstreamPool(loop)
         self.draining = False
         self._ids = itertools.count(1)
@@ -181,31 +186,57 @@ class App:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
                                 param="model")
         stream = body.get("stream") is True and endpoint != Endpoint.EMBEDDINGS
+        rid = f"{self._id_prefix}{next(self._ids):x}"
+        raw: bytes | None = req.body
+        pii = self.chain.pii
+        if pii is not None and pii.input:
+            if pii.apply(request_slots(body), "input", self.chain.findings, rid):
+                raw = None  # redacted: the body must be re-encoded
         target = targets[0]
         if target.provider == "mock":
-            await self._mock(target, endpoint, body, stream, resp)
+            await self._mock(target, endpoint, body, stream, resp, rid)
         else:
-            await self._upstream(target, endpoint, body, req.body, stream, resp)
+            await self._upstream(target, endpoint, body, raw, stream, resp, rid)
 
-    async def _mock(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool, resp: Responder) -> None:
+    def _relay(self, resp: Responder, source: Source, rid: str) -> SSERelay:
+        """The relay for a streamed answer: plain pass-through, or through the output policies."""
+        if self.chain.output:
+            assert self.chain.pii is not None
+            return PolicyRelay(resp, source, self.loop, StreamPolicy(self.chain.pii, self.chain.findings, rid))
+        return SSERelay(resp, source, self.loop)
+
+    def _checked_body(self, data: bytes, rid: str) -> bytes:
+        """A non-streamed answer after the output policies: the same bytes unless a policy changed it."""
+        pii = self.chain.pii
+        if pii is None or not pii.output or not data:
+            return data
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data  # not JSON: nothing the OpenAI shapes say is generated text
+        if isinstance(obj, dict) and pii.apply(response_slots(obj), "output", self.chain.findings, rid):
+            return orjson.dumps(obj)
+        return data
+
+    async def _mock(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool, resp: Responder,
+                    rid: str) -> None:
         mock: MockModel = target.options  # type: ignore[assignment]
         if endpoint == Endpoint.EMBEDDINGS:
             resp.send(200, [_JSON], mock.embeddings(body))
             return
-        rid = f"{self._id_prefix}{next(self._ids):x}"
         reply = mock.chat(body, rid) if endpoint == Endpoint.CHAT else mock.completion(body, rid)
         if not stream:
             if reply.ttft or reply.delay:
                 await asyncio.sleep(reply.ttft + reply.delay * len(reply.events))
-            resp.send(200, [_JSON], reply.json)
+            resp.send(200, [_JSON], self._checked_body(reply.json, rid))
             return
         resp.start_stream(200, _SSE_HEADERS)
-        relay = SSERelay(resp, TimedSource(self.loop, reply.events, reply.ttft, reply.delay), self.loop)
+        relay = self._relay(resp, TimedSource(self.loop, reply.events, reply.ttft, reply.delay), rid)
         relay.start()
         await relay.done
 
-    async def _upstream(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes, stream: bool,
-                        resp: Responder) -> None:
+    async def _upstream(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None, stream: bool,
+                        resp: Responder, rid: str) -> None:
         ureq = openai_provider.build_request(target, endpoint, body, raw, stream)
         conn: UpstreamConnection = await self.pool.exchange(
             (ureq.scheme, ureq.host, ureq.port), ureq.encode(), connect_timeout=target.connect_timeout,
@@ -216,7 +247,7 @@ class App:
             passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
             if stream and status == 200 and ctype.startswith(b"text/event-stream"):
                 resp.start_stream(200, _SSE_HEADERS + passed)
-                relay = SSERelay(resp, conn, self.loop)
+                relay = self._relay(resp, conn, rid)
                 relay.start()
                 await relay.done
                 return
@@ -226,6 +257,8 @@ class App:
                 return
             if not ctype:
                 ctype = b"application/json"
+            if endpoint != Endpoint.EMBEDDINGS:
+                data = self._checked_body(data, rid)
             resp.send(status, [(b"content-type", ctype)] + passed, data)
         finally:
             self.pool.release(conn)

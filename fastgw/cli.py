@@ -31,7 +31,37 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--workers", type=int, metavar="N")
     check.add_argument("--no-secrets", action="store_true",
                        help="do not require the environment variables named by secret_key_ref")
+    scan = sub.add_parser("scan", help="redact text from stdin with the config's pii-detector and list findings")
+    scan.add_argument("--config", required=True, metavar="PATH")
+    scan.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
+
+
+def _scan(args: argparse.Namespace) -> int:
+    """`fastgw scan`: try patterns on text without running a gateway."""
+    import orjson
+
+    from fastgw.config import PiiDetector
+    from fastgw.policy.pii import PiiPolicy
+
+    try:
+        cfg, _ = load_config(args.config, resolve_secrets=False)
+    except ConfigError as e:
+        print(f"fastgw: config error: {e}", file=sys.stderr)
+        return 1
+    pii = PiiPolicy(cfg.policy.pii_detector or PiiDetector())
+    pii.allocate_scratch()
+    data, spans = pii.scan_text(sys.stdin.read())
+    redacted = pii.redact(data, spans).decode()
+    findings = [{"entity": s.entity, "pattern": s.pattern, "start": s.start, "end": s.end} for s in spans]
+    if args.json:
+        sys.stdout.write(orjson.dumps({"redacted": redacted, "findings": findings}).decode() + "\n")
+    else:
+        sys.stdout.write(redacted if redacted.endswith("\n") else redacted + "\n")
+        print(f"--- {len(findings)} finding(s) (byte offsets; values are never printed)")
+        for f in findings:
+            print(f"{f['entity']}\t{f['pattern']}\t{f['start']}-{f['end']}")
+    return 0
 
 
 def _apply_overrides(cfg, args) -> None:  # type: ignore[no-untyped-def]
@@ -52,6 +82,8 @@ def _apply_overrides(cfg, args) -> None:  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "scan":
+        return _scan(args)
     if args.command == "check":
         try:
             cfg, _ = load_config(args.config, resolve_secrets=not args.no_secrets)
@@ -72,14 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from fastgw.app import build_targets
     from fastgw.master import BootError, Master, bind_sockets
+    from fastgw.policy.chain import build_chain
 
     try:
         targets = build_targets(cfg, secrets)
+        chain = build_chain(cfg)  # Hyperscan databases compile once, here, before fork
         sockets = bind_sockets(cfg.server.bind)
-    except (BootError, OSError) as e:
+    except (BootError, OSError, ValueError) as e:
         print(f"fastgw: cannot start: {e}", file=sys.stderr)
         return 1
-    return Master(cfg, targets, sockets, cfg.server.workers).run()
+    return Master(cfg, targets, sockets, cfg.server.workers, chain).run()
 
 
 if __name__ == "__main__":

@@ -86,10 +86,50 @@ class Providers(_Base):
     targets: list[Target]
 
 
+# --- policies -------------------------------------------------------------------------------
+
+#: Policy names a chain may hold (later policies join this list).
+POLICY_NAMES = ("pii-detector",)
+
+
+class CustomPattern(_Base):
+    name: str
+    regex: str
+    #: Longest match in bytes (bounds memory and the streaming holdback).
+    max_width: int | None = None
+
+
+class PiiDetector(_Base):
+    action: Literal["redact", "block", "observe"] = "redact"
+    streaming_mode: Literal["realtime", "buffered"] = "realtime"
+    #: Built-in entities to detect; all of them when not set.
+    entities: list[str] | None = None
+    #: "{entity}" is replaced by the entity name; a single character masks the span instead.
+    replacement: str = "[REDACTED:{entity}]"
+    apply_to: list[Literal["input", "output"]] = msgspec.field(default_factory=lambda: ["input", "output"])
+    custom: list[CustomPattern] = msgspec.field(default_factory=list)
+
+
+class PolicySettings(_Base):
+    pii_detector: PiiDetector | None = msgspec.field(default=None, name="pii-detector")
+
+
+class Policies(_Base):
+    chain: list[str] = msgspec.field(default_factory=list)
+
+
 class Config(_Base):
     pack: Pack
     providers: Providers
     server: Server = msgspec.field(default_factory=Server)
+    policies: Policies = msgspec.field(default_factory=Policies)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+
+    def pii(self) -> PiiDetector | None:
+        """The pii-detector settings when the chain enables it (defaults if it has no settings)."""
+        if "pii-detector" not in self.policies.chain:
+            return None
+        return self.policy.pii_detector or PiiDetector()
 
 
 # --- validation beyond types ----------------------------------------------------
@@ -141,6 +181,40 @@ def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
             errs.append((p, "connect_timeout and read_timeout must be > 0"))
     if not cfg.providers.targets:
         errs.append(("$.providers.targets", "expected at least one target"))
+    for i, name in enumerate(cfg.policies.chain):
+        if name not in POLICY_NAMES:
+            errs.append((f"$.policies.chain[{i}]", f"unknown policy {name!r} (known: {', '.join(POLICY_NAMES)})"))
+        elif cfg.policies.chain.index(name) != i:
+            errs.append((f"$.policies.chain[{i}]", f"policy {name!r} appears twice"))
+    pii = cfg.policy.pii_detector
+    if pii is not None:
+        errs.extend(_pii_errors(pii))
+    return errs
+
+
+def _pii_errors(pii: PiiDetector) -> list[tuple[str, str]]:
+    from fastgw.scan.database import PatternError, compile_patterns
+    from fastgw.scan.patterns import ENTITIES, custom_pattern
+
+    errs: list[tuple[str, str]] = []
+    base = "$.policy.pii-detector"
+    for i, e in enumerate(pii.entities or []):
+        if e not in ENTITIES:
+            errs.append((f"{base}.entities[{i}]", f"unknown entity {e!r} (known: {', '.join(ENTITIES)})"))
+    if not pii.replacement:
+        errs.append((f"{base}.replacement", "expected a non-empty string"))
+    names: set[str] = set(ENTITIES)
+    for i, c in enumerate(pii.custom):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", c.name) or c.name in names:
+            errs.append((f"{base}.custom[{i}].name", f"expected a new identifier (letters, digits, _), got {c.name!r}"))
+        names.add(c.name)
+        if c.max_width is not None and not 0 < c.max_width <= 65536:
+            errs.append((f"{base}.custom[{i}].max_width", "expected an integer between 1 and 65536"))
+            continue
+        try:
+            compile_patterns([custom_pattern(c.name, c.regex, c.max_width)])
+        except PatternError as e:
+            errs.append((f"{base}.custom[{i}].regex", str(e)))
     return errs
 
 

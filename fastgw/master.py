@@ -21,6 +21,7 @@ import time
 from setproctitle import setproctitle
 
 from fastgw.config import Config, parse_bind
+from fastgw.policy.chain import Chain
 from fastgw.providers.base import TargetRuntime
 
 __all__ = ["Master", "bind_sockets", "BootError"]
@@ -36,6 +37,8 @@ RESTART_BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0
 #: Time allowed for a worker to report it serves before the boot counts as failed.
 BOOT_TIMEOUT = 30.0
+#: Exit status of a worker that could not boot (it also sends its reason over the pipe).
+BOOT_ERROR_EXIT = 3
 #: Listen backlog; Linux caps it at net.core.somaxconn.
 BACKLOG = 2048
 
@@ -100,8 +103,10 @@ class _Worker:
 class Master:
     """Supervises N workers serving `sockets`."""
 
-    def __init__(self, cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], workers: int) -> None:
+    def __init__(self, cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], workers: int,
+                 chain: Chain | None = None) -> None:
         self.cfg = cfg
+        self.chain = chain
         self.targets = targets
         self.sockets = sockets
         self.num_workers = workers
@@ -149,7 +154,7 @@ class Master:
                 for other in self.workers.values():
                     os.close(other.fd)
                 from fastgw.worker import run_worker
-                code = run_worker(self.cfg, self.targets, self.sockets, wid, w)
+                code = run_worker(self.cfg, self.targets, self.sockets, wid, w, self.chain)
             except BaseException:  # noqa: BLE001
                 import traceback
                 traceback.print_exc()
@@ -188,7 +193,8 @@ class Master:
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
                 continue
-            if not w.ready:
+            if not w.ready and (code == BOOT_ERROR_EXIT or w.buf):
+                # It told us it cannot boot: a restart would fail the same way (gunicorn halts too).
                 raise BootError(f"worker {w.wid} failed to boot (exit {code})"
                                 + (f": {w.buf.decode(errors='replace').strip()}" if w.buf else ""))
             uptime = time.monotonic() - w.started
@@ -246,11 +252,11 @@ class Master:
         while not all(w.ready for w in self.workers.values()) or len(self.workers) < self.num_workers:
             if time.monotonic() > deadline:
                 raise BootError(f"workers did not report ready within {BOOT_TIMEOUT:g}s")
-            self._tick(timeout=0.2, respawn=False)
+            self._tick(timeout=0.2)
             if self._stopping:
                 return
 
-    def _tick(self, timeout: float = 1.0, respawn: bool = True) -> None:
+    def _tick(self, timeout: float = 1.0) -> None:
         fds = [self._wake_r] + [w.fd for w in self.workers.values()]
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
@@ -283,7 +289,7 @@ class Master:
                 except ProcessLookupError:
                     pass
                 w.last_seen = now
-        if respawn and not self._stopping and len(self.workers) < self.num_workers and now >= self._respawn_at:
+        if not self._stopping and len(self.workers) < self.num_workers and now >= self._respawn_at:
             self._spawn()
 
     # ---- signal handlers ----------------------------------------------------------------------

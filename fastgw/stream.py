@@ -15,9 +15,10 @@ from typing import Protocol as TypingProtocol
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, ProtocolError
 from fastgw.proto.server import Responder
-from fastgw.proto.sse import DONE, SSESplitter, encode_data
+from fastgw.policy.stream import StreamBlocked, StreamPolicy
+from fastgw.proto.sse import DONE, SSEDecoder, SSESplitter, encode_data
 
-__all__ = ["SSERelay", "TimedSource", "error_event", "Source"]
+__all__ = ["SSERelay", "PolicyRelay", "TimedSource", "error_event", "Source"]
 
 _DONE_TAIL = b"[DONE]"
 
@@ -172,3 +173,87 @@ class TimedSource:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class PolicyRelay(SSERelay):
+    """An SSE relay with output policies: events are decoded, scanned, held only as long as a match could
+    still be in progress, and written (original bytes unless a policy changed them) in upstream order."""
+
+    __slots__ = ("_decoder", "_policy")
+
+    def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
+                 policy: StreamPolicy) -> None:
+        super().__init__(resp, source, loop)
+        self._decoder = SSEDecoder()
+        self._policy = policy
+
+    def on_data(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        try:
+            for ev in self._decoder.feed(data):
+                if ev.data == "[DONE]":
+                    self.saw_done = True
+                self._policy.push(ev)
+        except ProtocolError as e:
+            self._terminate(UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}"))
+        except GatewayError as e:
+            self._terminate(e)
+
+    def flush(self) -> None:
+        if self.done.done():
+            return
+        try:
+            out = self._policy.release()
+        except StreamBlocked as b:
+            self._blocked(b)
+            return
+        if out:
+            self._resp.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def on_end(self) -> None:
+        if self.done.done():
+            return
+        if self._decoder.has_partial and not self.saw_done:
+            self._terminate(UpstreamProtocolError("upstream ended the stream in the middle of an event"))
+            return
+        try:
+            out = self._policy.finish()
+        except StreamBlocked as b:
+            self._blocked(b)
+            return
+        if not self.saw_done:
+            out.append(DONE)
+        self._policy.close()
+        self._resp.end(b"".join(out))
+        self.ok = True
+        self.done.set_result(None)
+
+    def on_error(self, exc: UpstreamError) -> None:
+        self._terminate(exc)
+
+    def _terminate(self, err: GatewayError) -> None:
+        """A failure mid-stream: what was held is final now (released redacted), then the error and [DONE]."""
+        if self.done.done():
+            return
+        try:
+            out = self._policy.finish()
+        except StreamBlocked as b:
+            self._blocked(b)
+            return
+        except GatewayError:
+            out = []
+        self._policy.close()
+        self._source.detach()
+        self._resp.end(b"".join(out) + error_event(err) + DONE)
+        self.done.set_result(None)
+
+    def _blocked(self, b: StreamBlocked) -> None:
+        self._policy.close()
+        self._source.detach()  # stop the upstream generating what nobody will see
+        self._resp.end(b"".join(b.prefix) + error_event(b.error) + DONE)
+        self.done.set_result(None)
+
+    def client_lost(self) -> None:
+        self._policy.close()
+        super().client_lost()

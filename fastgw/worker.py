@@ -21,6 +21,7 @@ from setproctitle import setproctitle
 
 from fastgw.app import App
 from fastgw.config import Config
+from fastgw.policy.chain import Chain
 from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, ServerLimits
 from fastgw.providers.base import TargetRuntime
 
@@ -50,29 +51,31 @@ def _die_with_parent() -> None:
 
 
 def run_worker(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], worker_id: int,
-               pipe_fd: int) -> int:
+               pipe_fd: int, chain: Chain | None = None) -> int:
     """Serve until told to stop. Returns the process exit code."""
     setproctitle(f"fastgw: worker {worker_id}")
     _die_with_parent()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(cfg, targets, sockets, worker_id, pipe_fd, loop))
+        return loop.run_until_complete(_serve(cfg, targets, sockets, worker_id, pipe_fd, loop, chain))
     except BaseException as e:  # noqa: BLE001 - the master must learn why we could not run
         _send(pipe_fd, b"E" + f"worker {worker_id}: {type(e).__name__}: {e}".encode()[:2000] + b"\n")
         traceback.print_exc(file=sys.stderr)
-        return 3
+        return 3  # master.BOOT_ERROR_EXIT
     finally:
         loop.close()
 
 
 async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], worker_id: int,
-                 pipe_fd: int, loop: asyncio.AbstractEventLoop) -> int:
+                 pipe_fd: int, loop: asyncio.AbstractEventLoop, chain: Chain | None) -> int:
     s = cfg.server
     lim = ServerLimits(header_timeout=s.header_timeout, keepalive_timeout=s.keepalive_timeout,
                        max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
                        max_body_bytes=s.max_body_bytes, send_timeout=s.send_timeout)
-    app = App(cfg, targets, loop)
+    if chain is not None:
+        chain.allocate_scratch()  # one Hyperscan scratch per worker, after fork
+    app = App(cfg, targets, loop, chain)
     tracker = ConnectionTracker()
 
     def on_error(exc: BaseException) -> None:

@@ -12,9 +12,13 @@ import orjson
 __all__ = ["GatewayError", "ProtocolError", "LimitError", "envelope"]
 
 
-def envelope(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
-    """Render an OpenAI-style error envelope as JSON bytes."""
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+def envelope(message: str, type_: str, code: str | None = None, param: str | None = None,
+             extra: dict | None = None) -> bytes:
+    """Render an OpenAI-style error envelope as JSON bytes (`extra` adds fields such as the policy name)."""
+    err = {"message": message, "type": type_, "param": param, "code": code}
+    if extra:
+        err.update(extra)
+    return orjson.dumps({"error": err})
 
 
 class GatewayError(Exception):
@@ -39,6 +43,7 @@ class GatewayError(Exception):
         close: bool | None = None,
         no_retry: bool | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
+        extra: dict | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -54,9 +59,10 @@ class GatewayError(Exception):
             self.no_retry = no_retry
         self.param = param
         self.headers = headers or []
+        self.extra = extra
 
     def body(self) -> bytes:
-        return envelope(self.message, self.type, self.code, self.param)
+        return envelope(self.message, self.type, self.code, self.param, self.extra)
 
 
 class ProtocolError(GatewayError):

@@ -11,16 +11,17 @@ __all__ = ["build_request"]
 _UA = b"fastgw/0.1"
 
 
-def build_request(target: TargetRuntime, endpoint: str, body: dict, raw: bytes, stream: bool) -> UpstreamRequest:
+def build_request(target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None, stream: bool
+                  ) -> UpstreamRequest:
     """The upstream request for an OpenAI-shaped call.
 
-    The client's body bytes are forwarded untouched when the model name needs no
-    rewrite (no decode/encode round trip); otherwise re-encoded with the target's model.
+    The client's body bytes are forwarded untouched when nothing changed them (raw given) and the
+    model name needs no rewrite (no decode/encode round trip); otherwise `body` is re-encoded.
     The client's Authorization is never forwarded: the target's own key is used.
     """
     assert target.base_url is not None
     scheme, host, port, prefix = split_base_url(target.base_url)
-    if body.get("model") != target.model:
+    if raw is None or body.get("model") != target.model:
         raw = orjson.dumps({**body, "model": target.model})
     default_port = 443 if scheme == "https" else 80
     headers: list[tuple[bytes, bytes]] = [
