@@ -70,8 +70,13 @@ class PiiPolicy:
             r = self._cache[span.entity] = self._replacement.replace("{entity}", span.entity).encode()
         return r
 
-    def redact(self, data: bytes, spans: list[Span], base: int = 0) -> bytes:
-        """`data` (which starts at stream offset `base`) with every span that starts in it replaced."""
+    def redact(self, data: bytes, spans: list[Span], base: int = 0, json_escapes: int | None = None) -> bytes:
+        """`data` (which starts at stream offset `base`) with every span that starts in it replaced.
+
+        `json_escapes` marks text that is JSON source (tool-call arguments): the number of backslashes
+        that end the text before `data`. A span that starts right after an escaping backslash (`\n`,
+        `\u00e9` read as part of the value) gets a backslash put back, so the escape stays valid JSON.
+        """
         out: list[bytes] = []
         pos = base
         end = base + len(data)
@@ -81,6 +86,8 @@ class PiiPolicy:
             if sp.start > pos:
                 out.append(data[pos - base:sp.start - base])
             if sp.start >= base:
+                if json_escapes is not None and _escaping(data, sp.start - base, json_escapes):
+                    out.append(b"\\")
                 out.append(self.replacement(sp))
             pos = max(pos, min(sp.end, end))
         out.append(data[pos - base:])
@@ -106,9 +113,19 @@ class PiiPolicy:
             if self.action == "block":
                 raise block_error(where)
             if self.action == "redact":
-                container[key] = self.redact(data, spans).decode()
+                escapes = 0 if fld.endswith("arguments") else None
+                container[key] = self.redact(data, spans, json_escapes=escapes).decode()
                 changed = True
         return changed
+
+
+def _escaping(data: bytes, i: int, before: int) -> bool:
+    """Whether data[i] follows an odd run of backslashes (counting `before` that end the earlier text)."""
+    head = data[:i]
+    run = len(head) - len(head.rstrip(b"\\"))
+    if run == len(head):
+        run += before
+    return run % 2 == 1
 
 
 # ---- the text fields of requests and responses ------------------------------------------------

@@ -68,16 +68,19 @@ class StreamBlocked(Exception):
 class _Text:
     """One text stream: its scanner, safe offset, and the final spans not yet fully released."""
 
-    __slots__ = ("scanner", "safe", "spans", "done")
+    __slots__ = ("scanner", "safe", "spans", "done", "backslashes")
 
     def __init__(self, scanner: StreamScanner) -> None:
         self.scanner = scanner
         self.safe = 0
         self.spans: list[Span] = []
         self.done = False
+        #: Backslashes ending the text so far (tool-call arguments are JSON source: escapes matter).
+        self.backslashes = 0
 
 
-# A text segment of an event: (stream key, start, end, bytes, choice position, field, tool-call position)
+# A text segment of an event: (stream key, start, end, bytes, choice position, field, tool-call position,
+# backslashes ending the stream's text before this segment)
 _Seg = tuple
 
 
@@ -155,7 +158,10 @@ class StreamPolicy:
         data = text.encode()
         start = t.scanner.end
         t.scanner.feed(data)
-        segs.append((key, start, start + len(data), data, pos, fld, tpos))
+        segs.append((key, start, start + len(data), data, pos, fld, tpos, t.backslashes))
+        if tpos is not None:
+            run = len(data) - len(data.rstrip(b"\\"))
+            t.backslashes = t.backslashes + run if run == len(data) else run
 
     # ---- settling ---------------------------------------------------------------------------------
     def _settle(self, key: tuple, t: _Text, final: bool) -> None:
@@ -219,10 +225,11 @@ class StreamPolicy:
         texts = self._texts
         changes = []
         for seg in h.segs:
-            key, a, b, data, pos, fld, tpos = seg
+            key, a, b, data, pos, fld, tpos, backslashes = seg
             spans = [sp for sp in texts[key].spans if sp.start < b and sp.end > a]
             if spans:
-                changes.append((seg, self.pii.redact(data, spans, a)))
+                escapes = backslashes if tpos is not None else None
+                changes.append((seg, self.pii.redact(data, spans, a, escapes)))
         for key, t in texts.items():
             if t.spans:
                 # Spans wholly before what this event carries for the stream are done with.
@@ -236,7 +243,7 @@ class StreamPolicy:
     @staticmethod
     def _reencode(ev: SSEEvent, changes: list[tuple[_Seg, bytes]]) -> bytes:
         obj = orjson.loads(ev.data)
-        for (key, _a, _b, _data, pos, fld, tpos), new in changes:
+        for (_key, _a, _b, _data, pos, fld, tpos, _bs), new in changes:
             ch = obj["choices"][pos]
             text = new.decode()
             if fld == "text":

@@ -195,3 +195,21 @@ def test_mask_replacement():
     p.allocate_scratch()
     out, _, _ = run(p, build_stream(["ssn 123-45-", "6789 ok"]), [])
     assert client_text(out) == "ssn *********** ok"
+
+
+def test_tool_arguments_stay_valid_json_when_a_value_follows_an_escape():
+    """Arguments are JSON source: in `"x\\njohn@example.com"` the scan sees `njohn@...`; the escape must survive."""
+    pol = policy("redact")
+    def tc(args: str) -> bytes:
+        return encode_data(orjson.dumps({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": args}}]}, "finish_reason": None}]}))
+    source = '{"note": "line1\\njohn@example.com and caf\\u00e9jane@example.org"}'
+    for cut in (10, 16, 17, 40, 41):
+        wire = tc(source[:cut]) + tc(source[cut:]) + chunk(finish="tool_calls") + DONE
+        out, _, _ = run(pol, wire, [])
+        args = "".join(c["function"]["arguments"] for e in SSEDecoder().feed(b"".join(out))
+                       if e.data and e.data != "[DONE]"
+                       for ch in orjson.loads(e.data)["choices"] for c in ch["delta"].get("tool_calls") or [])
+        note = orjson.loads(args)["note"]  # still valid JSON
+        assert "john@example.com" not in note and "jane@example.org" not in note
+        assert note.startswith("line1\\[REDACTED:EMAIL]")
