@@ -100,6 +100,7 @@ class StreamPolicy:
         self._findings = findings
         self._rid = request_id
         self._texts: dict[tuple, _Text] = {}
+        self._dirty: list[tuple[tuple, _Text]] = []  # texts fed since the last release
         self._queue: deque[_Held] = deque()
         self._observe = pii.action == "observe"
         self._buffered = pii.buffered and not self._observe
@@ -158,6 +159,7 @@ class StreamPolicy:
         data = text.encode()
         start = t.scanner.end
         t.scanner.feed(data)
+        self._dirty.append((key, t))
         segs.append((key, start, start + len(data), data, pos, fld, tpos, t.backslashes))
         if tpos is not None:
             run = len(data) - len(data.rstrip(b"\\"))
@@ -187,9 +189,10 @@ class StreamPolicy:
     def release(self) -> list[bytes]:
         """Events that may be written now, in order (raw bytes when untouched). Raises StreamBlocked."""
         if not self._buffered:
-            for key, t in self._texts.items():
-                if not t.done:
-                    self._settle(key, t, final=False)
+            if self._dirty:
+                for key, t in self._dirty:
+                    self._settle(key, t, final=False)  # (a text fed twice settles once: the second is a no-op)
+                self._dirty.clear()
         elif not self._ended:
             self.held = len(self._queue)
             return []
@@ -198,15 +201,22 @@ class StreamPolicy:
         out: list[bytes] = []
         q = self._queue
         texts = self._texts
+        observe = self._observe
         while q:
             h = q[0]
-            if not self._observe:
-                if any(seg[2] > texts[seg[0]].safe for seg in h.segs):
-                    break
+            if not observe and h.segs and not self._releasable(h, texts):
+                break
             q.popleft()
             out.append(self._render(h))
         self.held = len(q)
         return out
+
+    @staticmethod
+    def _releasable(h: _Held, texts: dict[tuple, _Text]) -> bool:
+        for seg in h.segs:
+            if seg[2] > texts[seg[0]].safe:
+                return False
+        return True
 
     def finish(self) -> list[bytes]:
         """End of stream (clean, or the upstream failed): everything held is final now."""

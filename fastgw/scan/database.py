@@ -183,18 +183,27 @@ class ScanDB:
         names = [p.name for p in self.patterns]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate pattern names in {names}")
-        groups: dict[tuple[bytes, bytes, int], _Group] = {}
+        # Patterns are merged into a few holdback classes (union of alphabets and start bytes, largest
+        # width). A merged class can only hold back more than its members would, never less, and each
+        # class costs one pass over every fed byte: few classes keep redaction of clean text cheap.
+        classes: dict[object, tuple[set[int], set[int], int]] = {}
+        letters = set(range(65, 91)) | set(range(97, 123))
         for p in self.patterns:
             alphabet, start = derive_alphabet(p.expression, p.caseless)
             if p.alphabet is not None:
                 alphabet = p.alphabet
             if p.start is not None:
                 start = p.start
-            key = (alphabet, start, p.max_width)
-            g = groups.get(key)
-            if g is None:
-                g = groups[key] = _Group(alphabet, start, p.max_width)
-        self.groups = list(groups.values())
+            a = set(alphabet)
+            if 32 not in a:
+                key: object = "no-space"  # words, keys, addresses: a space always ends their run
+            elif not a & letters:
+                key = "spaced-digits"  # cards, SSNs, phones: digits with separators
+            else:
+                key = alphabet  # letters and spaces (IBAN groups, PEM headers): kept apart
+            ca, cs, cw = classes.get(key, (set(), set(), 0))
+            classes[key] = (ca | a, cs | set(start), max(cw, p.max_width))
+        self.groups = [_Group(bytes(sorted(a)), bytes(sorted(st)), w) for a, st, w in classes.values()]
         self.max_width = max(p.max_width for p in self.patterns)
         self.hs = compile_patterns(self.patterns)
 
