@@ -30,18 +30,23 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.loadgen import LoadRun, LoadSpec, Summary, build_request, chat_body, parse_cpus, run_load, summarize
+from bench.loadgen import (LoadRun, LoadSpec, Summary, build_request, chat_body, parse_cpus, percentile, run_load,
+                           summarize)
+from bench.text import PII_VALUES, expected_redaction, make_text
+from bench.trace import TraceSpec, run_trace
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -139,7 +144,7 @@ pack: {{name: bench-upstream, version: 1.0.0, enabled: true}}
 server: {{bind: ["127.0.0.1:{port}"], workers: {workers}}}
 providers:
   targets:
-    - {{id: mock, provider: mock, model: {model}, mock: {{chunks: {events}, chunk_size: {chunk_size}, delay: {delay}}}}}
+    - {{id: mock, provider: mock, model: {model}, mock: {{chunks: {events}, chunk_size: {chunk_size}, delay: {delay}{text}}}}}
 """
 
 GATEWAY_YAML = """\
@@ -148,7 +153,14 @@ server: {{bind: ["127.0.0.1:{port}"], workers: {workers}}}
 providers:
   targets:
     - {{id: up, provider: openai, model: {model}, base_url: "http://127.0.0.1:{upstream}/v1"}}
-"""
+{policy}"""
+
+#: Gateway config lines per --policy (none: no chain at all, the pass-through path).
+POLICY_YAML = {
+    "none": "",
+    **{a: f"policies: {{chain: [pii-detector]}}\npolicy:\n  pii-detector: {{action: {a}}}\n"
+       for a in ("redact", "observe", "block")},
+}
 
 
 def free_port() -> int:
@@ -346,6 +358,185 @@ def _common_warnings(args, res: Result) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# what the gateway writes: one request, read whole (pii-detector check)
+# ------------------------------------------------------------------------------------------
+
+def sse_content(body: bytes) -> tuple[str, int, list[str]]:
+    """(concatenated choice-0 text of a streamed chat answer, data events, error messages in it)."""
+    parts, errors, n = [], [], 0
+    for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:"))
+        if not block.strip() or not any(line.startswith(b"data:") for line in block.split(b"\n")):
+            continue
+        n += 1
+        if data == b"[DONE]":
+            continue
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            errors.append(f"unparsable event {data[:80]!r}")
+            continue
+        if "error" in obj:
+            errors.append(str(obj["error"].get("message", obj["error"]))[:120])
+        for ch in obj.get("choices") or []:
+            if ch.get("index", 0) == 0:
+                parts.append((ch.get("delta") or {}).get("content") or ch.get("text") or "")
+    return "".join(parts), n, errors
+
+
+def _values_in(values: list[tuple[int, str, str]]) -> dict[str, str]:
+    return {v: e for _, e, v in values}
+
+
+def content_check(content: str, upstream_text: str, values: list[tuple[int, str, str]], policy: str) -> dict:
+    """Compare what a client got with what it should get: the redacted upstream text (redact), the text as is."""
+    kinds = _values_in(values)
+    expected = expected_redaction(upstream_text, values) if policy == "redact" else upstream_text
+    redacted: dict[str, int] = {}
+    i = 0
+    while (i := content.find("[REDACTED:", i)) >= 0:
+        j = content.find("]", i)
+        ent = content[i + 10:j] if j > 0 else "?"
+        redacted[ent] = redacted.get(ent, 0) + 1
+        i += 10
+    # Leaks: every inserted value, and every value the bench knows (so a value mangled into the prose is seen too).
+    leaked = {v: content.count(v) for v in {**kinds, **{v: e for e, v in PII_VALUES}} if v in content}
+    return {"values_in_text": len(values), "redacted": sum(redacted.values()), "redacted_by_entity": redacted,
+            "leaked": leaked, "as_expected": content == expected, "chars": len(content)}
+
+
+def output_check(args, port: int, stream: bool, upstream_text: str | None,
+                 values: list[tuple[int, str, str]], policy: str) -> dict:
+    """One request read whole through urllib (a client like curl), checked against the upstream text."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=chat_body(MODEL, stream),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    out: dict = {"stream": stream}
+    try:
+        with urllib.request.urlopen(req, timeout=30 + args.delay * (args.events + 3) * 2) as r:
+            out["status"], body = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        out["status"], body = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+        return out
+    if stream:
+        content, out["events"], out["errors"] = sse_content(body)
+    else:
+        try:
+            content = json.loads(body)["choices"][0]["message"]["content"] or ""
+            out["errors"] = []
+        except (ValueError, KeyError, IndexError, TypeError):
+            content, out["errors"] = "", [f"unparsable body {body[:120]!r}"]
+    out["content"] = content
+    if upstream_text is not None:
+        out.update(content_check(content, upstream_text, values, policy))
+        out["policy"] = policy
+    return out
+
+
+def _check_line(where: str, c: dict) -> str:
+    if "error" in c:
+        return f"{where}: request failed: {c['error']}"
+    s = f"{where}: HTTP {c['status']}"
+    if c["stream"]:
+        s += f", {c['events']} data events"
+    if "redacted" in c:
+        ents = ", ".join(f"{k} {v}" for k, v in sorted(c["redacted_by_entity"].items()))
+        s += (f", {c['values_in_text']} PII values in the upstream text, `[REDACTED:` × {c['redacted']}"
+              + (f" ({ents})" if ents else "") + f", leaked values: {sum(c['leaked'].values()) or 'none'}"
+              + (f" {c['leaked']}" if c["leaked"] else "")
+              + f", text {'as expected' if c['as_expected'] else 'NOT as expected'}")
+        s = s.replace("leaked values:", "PII values in the answer:" if c.get("policy") != "redact" else "leaked values:")
+    if c.get("errors"):
+        s += f", errors in the answer: {c['errors']}"
+    return s
+
+
+# ------------------------------------------------------------------------------------------
+# per-event arrival trace (holdback)
+# ------------------------------------------------------------------------------------------
+
+def trace_pass(args, port: int, upstream_text: str | None, values: list[tuple[int, str, str]],
+               policy: str) -> dict:
+    """`--trace` sequential streamed requests; per response the offsets t_i - t_0 of its data events."""
+    spec = TraceSpec(host="127.0.0.1", port=port, request=_request(port, "stream"), requests=args.trace,
+                     warmup=args.trace_warmup,
+                     timeout=args.latency_timeout + args.trace * (args.delay * (args.events + 3) + 0.05) * 2)
+    res = run_trace(spec)
+    offsets = [[t - resp.times[0] for t in resp.times] for resp in res.responses if resp.times]
+    first = [resp.times[0] for resp in res.responses]
+    out: dict = {"requests": len(res.responses), "errors": res.errors, "offsets": offsets,
+                 "first_event_ms_p50": (percentile(sorted(first), 50) or 0.0) * 1000 if first else None,
+                 "reads_per_response": (sum(r.reads for r in res.responses) / len(res.responses)
+                                        if res.responses else None)}
+    if upstream_text is not None and res.responses:
+        # Every traced response is checked, not only the single --check request.
+        bad = leaks = 0
+        for resp in res.responses:
+            c = content_check(sse_content(resp.body)[0], upstream_text, values, policy)
+            bad += not c["as_expected"]
+            leaks += sum(c["leaked"].values()) if policy == "redact" else 0
+        out["not_as_expected"] = bad
+        out["leaked_values"] = leaks
+    return out
+
+
+def baseline_offsets(offsets: list[list[float]]) -> list[float]:
+    """Median arrival offset per event index over the responses of a run (the pass-through schedule)."""
+    n = min((len(o) for o in offsets), default=0)
+    return [percentile(sorted(o[i] for o in offsets), 50) for i in range(n)]
+
+
+def holdback_stats(offsets: list[list[float]], delay: float, baseline: list[float] | None = None) -> dict:
+    """Holdback of each data event after the first, in events and in ms.
+
+    vs ideal: h_i = (t_i - t_0)/delay - i, the upstream's nominal schedule (includes the upstream's own
+    timer drift); vs baseline: h_i = (t_i - t_0 - b_i)/delay with b_i the median offset of event i in a
+    pass-through run, i.e. what the gateway adds on top of that run.
+    """
+    def dist(hs: list[float], ms: list[float]) -> dict:
+        if not hs:
+            return {}
+        r = [int(h + 0.5) if h >= 0 else -int(-h + 0.5) for h in hs]  # round half away from zero
+        n = len(r)
+        ms_s = sorted(ms)
+        return {"events": n,
+                "share": {"0": sum(1 for x in r if x <= 0) / n, "1": sum(1 for x in r if x == 1) / n,
+                          "2": sum(1 for x in r if x == 2) / n, ">=3": sum(1 for x in r if x >= 3) / n},
+                "negative": sum(1 for x in r if x < 0) / n,
+                "h_mean": sum(hs) / n, "h_p50": percentile(sorted(hs), 50), "h_p99": percentile(sorted(hs), 99),
+                "h_max": max(hs),
+                "added_ms_p50": percentile(ms_s, 50) * 1000, "added_ms_p99": percentile(ms_s, 99) * 1000,
+                "added_ms_max": ms_s[-1] * 1000}
+
+    out: dict = {}
+    if delay > 0:
+        hs, ms = [], []
+        for o in offsets:
+            for i in range(1, len(o)):
+                hs.append(o[i] / delay - i)
+                ms.append(o[i] - i * delay)
+        out["vs_ideal"] = dist(hs, ms)
+    if baseline:
+        hs, ms = [], []
+        for o in offsets:
+            for i in range(1, min(len(o), len(baseline))):
+                d = o[i] - baseline[i]
+                ms.append(d)
+                hs.append(d / delay if delay > 0 else 0.0)
+        out["vs_baseline"] = dist(hs, ms)
+    return out
+
+
+def _hb_cells(d: dict) -> str:
+    if not d:
+        return "- | - | - | - | - | - | -"
+    sh = d["share"]
+    return (f"{sh['0']:.1%} | {sh['1']:.1%} | {sh['2']:.1%} | {sh['>=3']:.1%} | {d['h_mean']:.2f} | "
+            f"{d['added_ms_p50']:.2f} | {d['added_ms_p99']:.2f}")
+
+
+# ------------------------------------------------------------------------------------------
 # reporting
 # ------------------------------------------------------------------------------------------
 
@@ -378,6 +569,12 @@ def rows(args, results: list[Result]) -> list[dict]:
             "events_per_s": gl.summary.events_per_s if gl and mode == "stream" else None,
             "direct_rps": dl.summary.rps if dl else None,
             "gateway_cpu_ms_per_req": gl.gateway_cpu_ms_per_req if gl else None,
+            # Per SSE event delivered to the client (role, content, finish chunks and [DONE]).
+            "events_per_response": (gl.summary.events_per_s / gl.summary.rps
+                                    if gl and mode == "stream" and gl.summary.rps else None),
+            "gateway_cpu_us_per_event": (gl.gateway_cpu_s * 1e6 / (gl.summary.events_per_s * args.duration)
+                                         if gl and mode == "stream" and gl.gateway_cpu_s is not None
+                                         and gl.summary.events_per_s else None),
             "gateway_cpu_cores": gl.gateway_cpu_cores if gl else None,
             "added_ttfb_load_p50": _added(gl, dl, "p50"), "added_ttfb_load_p99": _added(gl, dl, "p99"),
             "added_ttfb_c1_p50": _added(gc, dc, "p50"), "added_ttfb_c1_p99": _added(gc, dc, "p99"),
@@ -422,7 +619,8 @@ def print_summary(args, results: list[Result], summary_rows: list[dict]) -> None
     for row in summary_rows:
         print(f"[{row['mode']}] via gateway: {_f(row['rps'], 0)} req/s, {_f(row['events_per_s'], 0)} events/s "
               f"(direct: {_f(row['direct_rps'], 0)} req/s); gateway CPU {_f(row['gateway_cpu_ms_per_req'], 3)} "
-              f"ms/request ({_f(row['gateway_cpu_cores'])} cores); added TTFB p50/p99: under load "
+              f"ms/request, {_f(row['gateway_cpu_us_per_event'], 1)} µs/event "
+              f"({_f(row['gateway_cpu_cores'])} cores); added TTFB p50/p99: under load "
               f"{_f(row['added_ttfb_load_p50'])}/{_f(row['added_ttfb_load_p99'])} ms, at concurrency 1 "
               f"{_f(row['added_ttfb_c1_p50'], 3)}/{_f(row['added_ttfb_c1_p99'], 3)} ms; worker RSS "
               f"{_f(row['gateway_rss_worker_max_mb'], 1)} MB")
@@ -431,7 +629,37 @@ def print_summary(args, results: list[Result], summary_rows: list[dict]) -> None
             print(f"WARNING: {w}")
 
 
-def write_markdown(args, meta: dict, results: list[Result], summary_rows: list[dict], notes: list[str]) -> None:
+def _policy_words(args) -> str:
+    return "none (pass-through)" if args.policy == "none" else f"pii-detector, action {args.policy}"
+
+
+def _text_words(args) -> str:
+    if args.text == "default":
+        return "the mock's built-in paragraph (repeated)"
+    n = args.events * args.chunk_size
+    if args.text == "prose":
+        return f"generated prose, {n} characters, seed {args.text_seed}"
+    return f"generated prose with 1 PII value per {args.pii_every} characters, {n} characters, seed {args.text_seed}"
+
+
+def _trace_table(args, traces: dict) -> list[str]:
+    lines = [f"Per-event holdback at concurrency 1, upstream paced at {args.delay * 1000:g} ms per event "
+             f"({args.trace} sequential requests after {args.trace_warmup} warm-up; h_i = (t_i - t_0)/delay - i "
+             f"for each data event after the first, rounded to whole events; \"vs ideal\" uses the nominal "
+             f"schedule i × delay, \"vs direct\" the median arrival of the same event index straight from the "
+             f"upstream):", "",
+             "| run | basis | responses | h=0 | h=1 | h=2 | h≥3 | mean h | added ms p50 | added ms p99 | errors |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for target, t in traces.items():
+        for basis, key in (("ideal", "vs_ideal"), ("direct", "vs_baseline")):
+            if key in t.get("stats", {}):
+                lines.append(f"| {target} | {basis} | {t['requests']} | {_hb_cells(t['stats'][key])} | "
+                             f"{t['errors'] or ''} |")
+    return lines
+
+
+def write_markdown(args, meta: dict, results: list[Result], summary_rows: list[dict], notes: list[str],
+                   checks: dict | None = None, traces: dict | None = None) -> None:
     m = meta["machine"]
     lines = []
     if not args.results.exists():
@@ -456,13 +684,28 @@ def write_markdown(args, meta: dict, results: list[Result], summary_rows: list[d
               + (f" after {args.latency_warmup} warm-up" if args.latency_warmup else "")
               + f"; CPU pinning: gateway {args.gateway_cpus or 'none'}, upstream {args.upstream_cpus or 'none'}, "
                 f"load generator {args.client_cpus or 'none'}",
-              "",
-              "| mode | workers | conns | req/s | SSE events/s | gw CPU ms/req | added TTFB p50 / p99 loaded (ms) "
-              "| added TTFB p50 / p99 c=1 (ms) | gw worker RSS MB | gw errors |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              f"- gateway output policy: {_policy_words(args)}; upstream text: {_text_words(args)}"]
+    for where, c in (checks or {}).items():
+        lines.append(f"- output check, {_check_line(where, c)}")
+    lines.append("")
+    if results:
+        lines += _run_tables(summary_rows, results)
+    if traces:
+        lines += _trace_table(args, traces) + [""]
+    if notes:
+        lines += [f"- {n}" for n in notes] + [""]
+    with open(args.results, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def _run_tables(summary_rows: list[dict], results: list[Result]) -> list[str]:
+    lines = ["| mode | workers | conns | req/s | SSE events/s | gw CPU ms/req | gw CPU µs/event "
+              "| added TTFB p50 / p99 loaded (ms) | added TTFB p50 / p99 c=1 (ms) | gw worker RSS MB | gw errors |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in summary_rows:
         lines.append(f"| {r['mode']} | {r['workers']} | {r['connections']} | {_f(r['rps'], 0)} | "
                      f"{_f(r['events_per_s'], 0)} | {_f(r['gateway_cpu_ms_per_req'], 3)} | "
+                     f"{_f(r['gateway_cpu_us_per_event'], 1)} | "
                      f"{_f(r['added_ttfb_load_p50'])} / {_f(r['added_ttfb_load_p99'])} | "
                      f"{_f(r['added_ttfb_c1_p50'], 3)} / {_f(r['added_ttfb_c1_p99'], 3)} | "
                      f"{_f(r['gateway_rss_worker_max_mb'], 1)} | {r['errors']} |")
@@ -478,28 +721,38 @@ def write_markdown(args, meta: dict, results: list[Result], summary_rows: list[d
                      f"{_f(x.gateway_cpu_ms_per_req, 3)} | {_f(x.upstream_cpu_ms_per_req, 3)} | "
                      f"{_f(x.box_busy_cores)} | {_f(x.other_cores)} | {_lg(s)} | {s.errors or ''}{' stalled %d' % s.stalled if s.stalled else ''} |")
     lines += ["", "</details>", ""]
-    if notes:
-        lines += [f"- {n}" for n in notes] + [""]
-    with open(args.results, "a", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------
 
+class _Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown; descriptions and epilog kept as written (they are wrapped by `_w`)."""
+
+
+def _w(text: str) -> str:
+    return textwrap.fill(text, width=min(100, shutil.get_terminal_size().columns - 2))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.stream",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Benchmark fastgw on the streaming path: start a mock upstream (fastgw's built-in mock "
+        formatter_class=_Fmt,
+        description=_w("Benchmark fastgw on the streaming path: start a mock upstream (fastgw's built-in mock "
                     "provider) and the gateway in front of it, drive both with a closed-loop uvloop load "
                     "generator, and report requests/s, SSE events/s, gateway CPU ms per request, added "
                     "time-to-first-event (gateway minus direct, under load and at concurrency 1) and worker "
-                    "RSS. Everything listens on 127.0.0.1 and is stopped at the end.",
-        epilog="Example: python -m bench.stream --duration 5 --mode both --write "
-               "(on a shared 2-core box, expect all three processes to compete for CPU: compare CPU ms/request "
-               "rather than requests/s).")
+                    "RSS. Everything listens on 127.0.0.1 and is stopped at the end."),
+        epilog="Examples:\n"
+               "  python -m bench.stream --duration 5 --mode both --write\n"
+               "  python -m bench.stream --duration 5 --policy redact --text pii --pii-every 200\n"
+               "  python -m bench.stream --no-load --no-concurrency1 --delay 0.005 --trace 100 --policy redact "
+               "--text prose\n"
+               + _w("On a shared 2-core box all three processes compete for CPU: compare CPU per request or per event "
+               "rather than requests/s. `python -m bench.pii` runs the pii-detector comparison (off / redact on "
+               "prose / redact on PII text, plus the holdback trace) and reports the differences."))
     g = p.add_argument_group("load")
     g.add_argument("--mode", choices=["stream", "nonstream", "both"], default="stream",
                    help="request stream:true, stream:false, or run both")
@@ -515,7 +768,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--latency-warmup", type=int, default=100, help="unrecorded requests before them")
     g.add_argument("--latency-timeout", type=float, default=60.0, help="upper bound on one concurrency-1 pass (s)")
     g.add_argument("--direct", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run the same load directly against the upstream (needed for added TTFB)")
+                   help="also run the same load (and --trace) directly against the upstream (needed for added "
+                        "TTFB)")
+    g.add_argument("--load", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the closed-loop loaded pass (--no-load: only --check, concurrency-1 and --trace)")
     g = p.add_argument_group("servers")
     g.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     g.add_argument("--upstream-workers", type=int, default=1, help="mock upstream worker processes")
@@ -527,6 +783,39 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="log level of both servers (their logs go to files; info logs may cost CPU)")
     g.add_argument("--startup-timeout", type=float, default=30.0, help="seconds to wait for GET /readyz == 200")
+    g = p.add_argument_group(
+        "output policy and reply text",
+        _w("The gateway can run the pii-detector output policy (config: policies: {chain: [pii-detector]}, "
+        "policy: {pii-detector: {action: ...}}), and the mock upstream can answer with generated text "
+        "(targets[].mock.text) of exactly --events x --chunk-size characters: English-like prose from a fixed "
+        "word list (seeded), or the same prose with one PII value per --pii-every characters, cycling through "
+        "an email, a US SSN, a Luhn-valid card, an E.164 phone, an IPv4 address, an IBAN and an AWS key id "
+        "(bench/text.py). Before the runs, one request is read whole through the gateway and directly (like "
+        "curl) and its text compared with what the policy should make of the upstream text: count of "
+        "`[REDACTED:`, PII values left in the answer, exact match."))
+    g.add_argument("--policy", choices=["none", "redact", "observe", "block"], default="none",
+                   help="gateway output policy: none = no policy chain (pass-through); otherwise pii-detector "
+                        "with this action (block on PII text ends the streams early, which counts as errors)")
+    g.add_argument("--text", choices=["default", "prose", "pii"], default="default",
+                   help="mock reply text: default = the mock's built-in paragraph, prose = generated clean "
+                        "prose, pii = prose with PII values")
+    g.add_argument("--pii-every", type=int, default=200, metavar="N",
+                   help="with --text pii: one PII value per N characters of text (placed near the middle of "
+                        "each N-character block, so 50 x 4 characters and N=200 carry one value)")
+    g.add_argument("--text-seed", type=int, default=1, help="seed of the generated text")
+    g.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="read one answer whole through the gateway and directly, and check it (see above)")
+    g = p.add_argument_group(
+        "holdback trace",
+        _w("--trace N sends N sequential streamed requests on one connection (after --trace-warmup) and stamps "
+        "the arrival of every data event. With a paced upstream (--delay > 0), per data event i after the "
+        "first: h_i = (t_i - t_0)/delay - i, t_0 = arrival of the first data event, rounded to whole events "
+        "(share of events held 0, 1, 2, >=3 events) and the added latency in ms, against the nominal schedule "
+        "(which includes the mock's own timer drift, ~5% at 5 ms) and, with --direct, against the median "
+        "arrival of the same event index straight from the upstream. Every traced answer is also checked for "
+        "leaked PII values and exact text."))
+    g.add_argument("--trace", type=int, default=0, metavar="N", help="traced requests (0: no trace pass)")
+    g.add_argument("--trace-warmup", type=int, default=10, help="unrecorded requests before them")
     g = p.add_argument_group("CPU pinning (lists like 0 or 0,1 or 0-3)")
     g.add_argument("--gateway-cpus", help="pin the gateway master and workers")
     g.add_argument("--upstream-cpus", help="pin the mock upstream")
@@ -538,6 +827,27 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--json", type=Path, metavar="PATH", help="write the raw numbers as JSON")
     g.add_argument("--keep-logs", action="store_true", help="keep the servers' log directory and print its path")
     return p
+
+
+def _check_notes(args, checks: dict, traces: dict) -> list[str]:
+    """Failed output checks and trace errors, as notes starting with CHECK (they make the exit status 2)."""
+    out = []
+    for where, c in checks.items():
+        if "error" in c or c.get("status") != 200:
+            out.append(f"CHECK {where}: request failed ({c.get('error') or c.get('status')})")
+        elif "as_expected" in c and not c["as_expected"] and not (args.policy == "block" and args.text == "pii"):
+            out.append(f"CHECK {where}: the answer is not the expected text ({_check_line(where, c)})")
+        if where.endswith("/gateway") and args.policy == "redact" and c.get("leaked"):
+            out.append(f"CHECK {where}: PII leaked through the redacting gateway: {c['leaked']}")
+    for target, t in traces.items():
+        if t["errors"]:
+            out.append(f"CHECK trace {target}: errors {t['errors']}")
+        if t.get("not_as_expected"):
+            out.append(f"CHECK trace {target}: {t['not_as_expected']} of {t['requests']} answers not the expected "
+                       f"text")
+        if t.get("leaked_values"):
+            out.append(f"CHECK trace {target}: {t['leaked_values']} PII values leaked")
+    return out
 
 
 def _rmtree(d: Path) -> None:
@@ -557,17 +867,32 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
             "command": "python -m bench.stream " + shlex.join(sys.argv[1:] if argv is None else argv),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    if args.text == "pii" and args.pii_every <= 0:
+        _parser().error("--pii-every must be positive")
+    if args.trace and args.delay <= 0:
+        print("bench: --trace without --delay: holdback in events needs a paced upstream; only the "
+              "per-index comparison with the direct run is reported", file=sys.stderr)
+    upstream_text: str | None = None
+    values: list[tuple[int, str, str]] = []
+    text_yaml = ""
+    if args.text != "default":
+        upstream_text, values = make_text(args.text, args.events * args.chunk_size, args.pii_every, args.text_seed)
+        # A JSON string is a valid YAML double-quoted scalar.
+        text_yaml = ", text: " + json.dumps(upstream_text)
+        meta["text"] = {"kind": args.text, "chars": len(upstream_text), "values": values}
     tmp = Path(tempfile.mkdtemp(prefix="fastgw-bench-"))
     up_port = args.upstream_port or free_port()
     gw_port = args.gateway_port or free_port()
     (tmp / "upstream.yaml").write_text(UPSTREAM_YAML.format(
         port=up_port, workers=args.upstream_workers, model=MODEL, events=args.events, chunk_size=args.chunk_size,
-        delay=args.delay))
+        delay=args.delay, text=text_yaml))
     (tmp / "gateway.yaml").write_text(GATEWAY_YAML.format(port=gw_port, workers=args.workers, model=MODEL,
-                                                          upstream=up_port))
+                                                          upstream=up_port, policy=POLICY_YAML[args.policy]))
     servers: list[Server] = []
     results: list[Result] = []
     notes: list[str] = []
+    checks: dict[str, dict] = {}
+    traces: dict[str, dict] = {}
     rc = 0
     try:
         upstream = Server("upstream", server_cmd(tmp / "upstream.yaml", up_port, args.upstream_workers,
@@ -586,8 +911,25 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
         meta["background_busy_cores"] = (busy_cpu_seconds() - b0) / (time.monotonic() - t)
         print(f"background load before the runs: {meta['background_busy_cores']:.2f} busy cores", flush=True)
-        for mode in modes:
-            plan = [("gateway", "load", gw_port)] + ([("direct", "load", up_port)] if args.direct else [])
+        if args.check:
+            for mode in modes:
+                for target, port, pol in (("gateway", gw_port, args.policy), ("direct", up_port, "none")):
+                    c = output_check(args, port, mode == "stream", upstream_text, values, pol)
+                    checks[f"{mode}/{target}"] = c
+                    print(f"output check, {_check_line(f'{mode}/{target}', c)}", flush=True)
+            if upstream_text is not None and checks.get(f"{modes[0]}/direct", {}).get("content") != upstream_text:
+                notes.append("the upstream did not answer with the configured text: the output check is void")
+        if args.trace:
+            for target, port, pol in (("gateway", gw_port, args.policy),) + (
+                    (("direct", up_port, "none"),) if args.direct else ()):
+                print(f"stream/{target}/trace ({args.trace} requests) ...", flush=True)
+                traces[target] = trace_pass(args, port, upstream_text, values, pol)
+            base = baseline_offsets(traces["direct"]["offsets"]) if "direct" in traces else None
+            for t in traces.values():
+                t["stats"] = holdback_stats(t["offsets"], args.delay, base)
+        for mode in modes if args.load or args.concurrency1 else []:
+            plan = ([("gateway", "load", gw_port)] + ([("direct", "load", up_port)] if args.direct else [])
+                    if args.load else [])
             if args.concurrency1:
                 plan += [("gateway", "c1", gw_port)] + ([("direct", "c1", up_port)] if args.direct else [])
             for target, kind, port in plan:
@@ -619,26 +961,33 @@ def main(argv: list[str] | None = None) -> int:
         if n_tb or n_err:
             notes.append(f"{srv.name} log: {n_err} ERROR lines, {n_tb} tracebacks (see {srv.log_path})")
             args.keep_logs = True
-    if not results:
+    notes += _check_notes(args, checks, traces)
+    if not results and not traces and not checks:
         if not args.keep_logs:
             _rmtree(tmp)
         return rc or 1
     summary_rows = rows(args, results)
     print_summary(args, results, summary_rows)  # prints the runs' own warnings
+    if traces:
+        print()
+        for line in _trace_table(args, traces):
+            print(line)
     for n in notes:
         print(f"NOTE: {n}")
     notes = [w for r in results for w in r.warnings] + notes
     if args.json:
         args.json.write_text(json.dumps({**meta, "rows": summary_rows, "runs": [r.as_dict() for r in results],
-                                         "notes": notes}, indent=2))
+                                         "checks": {k: {x: y for x, y in c.items() if x != "content"}
+                                                    for k, c in checks.items()},
+                                         "traces": traces, "notes": notes}, indent=2))
     if args.write and rc == 0:  # an interrupted or failed run is not a result worth keeping
-        write_markdown(args, meta, results, summary_rows, notes)
+        write_markdown(args, meta, results, summary_rows, notes, checks, traces)
         print(f"appended to {args.results}")
     if args.keep_logs:
         print(f"server logs kept in {tmp}")
     else:
         _rmtree(tmp)
-    if rc == 0 and any(r.warnings for r in results):
+    if rc == 0 and (any(r.warnings for r in results) or any(n.startswith("CHECK") for n in notes)):
         rc = 2
     return rc
 

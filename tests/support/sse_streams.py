@@ -11,7 +11,9 @@ WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", 
          "caf\u00e9", "na\u00efve", "\u65e5\u672c", "\U0001f600", "write", "to", "call", "me", "at", "or", "via"]
 PII = ["joe.bloggs@example.com", "123-45-6789", "4111 1111 1111 1111", "+44 20 7946 0958", "(212) 555-0147",
        "192.168.10.20", "GB82WEST12345698765432", "AKIAIOSFODNN7EXAMPLE",
-       "sk-proj-abcdefghijklmnopqrstuvwxyz0123", "2001:db8::8a2e:370:7334"]
+       "sk-proj-abcdefghijklmnopqrstuvwxyz0123", "2001:db8::8a2e:370:7334",
+       "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ", "-----BEGIN RSA PRIVATE KEY-----",
+       "sk-ant-api03-abcdefghijklmnopqrstuvwxyz012345"]
 
 
 def chunk(content: str | None = None, finish: str | None = None, role: bool = False, idx: int = 0) -> bytes:
