@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 from typing import Awaitable, Callable
 
 import orjson
 
 from fastgw.config import Config
+from fastgw.policy.base import PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.chain import Chain
-from fastgw.policy.pii import request_slots, response_slots
-from fastgw.policy.stream import StreamPolicy
 from fastgw.proto.client import UpstreamConnection, UpstreamError, UpstreamPool
 from fastgw.proto.errors import GatewayError
 from fastgw.proto.server import Request, Responder
@@ -26,6 +26,8 @@ from fastgw.providers.mock import MockModel
 from fastgw.stream import PolicyRelay, SSERelay, Source, TimedSource
 
 __all__ = ["App", "build_targets"]
+
+log = logging.getLogger("fastgw.app")
 
 _JSON = (b"content-type", b"application/json")
 # Headers for streamed answers: no caching, and tell nginx not to buffer (X-Accel-Buffering).
@@ -78,7 +80,7 @@ class App:
                  chain: Chain | None = None) -> None:
         self.cfg = cfg
         self.loop = loop
-        self.chain = chain or Chain(None)
+        self.chain = chain or Chain()
         self.pool = UpstreamPool(loop)
         self.draining = False
         self._ids = itertools.count(1)
@@ -115,7 +117,32 @@ class App:
             raise GatewayError(f"Method {req.method} not allowed on {path}; use {', '.join(sorted(methods))}",
                                status=405, type="invalid_request_error", code="method_not_allowed",
                                no_retry=True, headers=[(b"allow", allow)])
-        await handler(req, resp)
+        if not path.startswith("/v1/"):
+            await handler(req, resp)
+            return
+        # Every /v1 request runs the chain and is audited, refused ones included.
+        ctx = RequestContext(f"{self._id_prefix}{next(self._ids):x}", req.method, path, req.headers)
+        try:
+            self.chain.authenticate(ctx)
+            await handler(req, resp, ctx)
+        except GatewayError as e:
+            ctx.status = e.status
+            ctx.error = e.code
+            await self._record(ctx, resp)
+            raise
+
+    async def _record(self, ctx: RequestContext, resp: Responder) -> None:
+        """The audit record is handed to the OS before the response's last byte (if audit is on)."""
+        if self.chain.audit is None:
+            return
+        ctx.first_byte = resp.first_write
+        if not ctx.status:
+            ctx.status = resp.status or 200
+        try:
+            await self.chain.record(ctx)
+        except Exception:  # noqa: BLE001 - an audit trail that cannot be written must not be skipped quietly
+            log.exception("audit record for %s could not be written", ctx.request_id)
+            raise PolicyFailure("audit-logger", "cannot write the audit record") from None
 
     # ---- simple endpoints ------------------------------------------------------------------
     async def _healthz(self, req: Request, resp: Responder) -> None:
@@ -136,25 +163,40 @@ class App:
         self._model_entries = seen
         return orjson.dumps({"object": "list", "data": list(seen.values())})
 
-    async def _models(self, req: Request, resp: Responder) -> None:
-        resp.send(200, [_JSON], self._models_body)
+    async def _models(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
+        body = self._models_body
+        rbac = self.chain.rbac
+        if rbac is not None:
+            rbac.authorize(ctx, ctx.path, None, False)
+            visible = rbac.visible_models(ctx, list(self._model_entries))
+            body = orjson.dumps({"object": "list", "data": [self._model_entries[m] for m in visible]})
+        ctx.status = 200
+        await self._record(ctx, resp)
+        resp.send(200, [_JSON], body)
 
-    async def _model(self, req: Request, resp: Responder) -> None:
+    async def _model(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
         name = req.path[len("/v1/models/"):]
         entry = self._model_entries.get(name)
+        rbac = self.chain.rbac
+        if rbac is not None:
+            rbac.authorize(ctx, "/v1/models", None, False)
+            if entry is not None and not rbac.visible_models(ctx, [name]):
+                entry = None  # not for this caller: as if it did not exist
         if entry is None:
             raise ModelNotFound(f"The model `{name}` does not exist on this gateway.", param="model")
+        ctx.status = 200
+        await self._record(ctx, resp)
         resp.send(200, [_JSON], orjson.dumps(entry))
 
     # ---- model endpoints ---------------------------------------------------------------------
-    async def _chat(self, req: Request, resp: Responder) -> None:
-        await self._proxy(Endpoint.CHAT, req, resp)
+    async def _chat(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
+        await self._proxy(Endpoint.CHAT, req, resp, ctx)
 
-    async def _completions(self, req: Request, resp: Responder) -> None:
-        await self._proxy(Endpoint.COMPLETIONS, req, resp)
+    async def _completions(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
+        await self._proxy(Endpoint.COMPLETIONS, req, resp, ctx)
 
-    async def _embeddings(self, req: Request, resp: Responder) -> None:
-        await self._proxy(Endpoint.EMBEDDINGS, req, resp)
+    async def _embeddings(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
+        await self._proxy(Endpoint.EMBEDDINGS, req, resp, ctx)
 
     def _parse(self, req: Request) -> dict:
         ctype = req.header(b"content-type")
@@ -178,65 +220,80 @@ class App:
             raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
         return body
 
-    async def _proxy(self, endpoint: str, req: Request, resp: Responder) -> None:
+    async def _proxy(self, endpoint: str, req: Request, resp: Responder, ctx: RequestContext) -> None:
         body = self._parse(req)
         model = body["model"]
+        stream = body.get("stream") is True and endpoint != Endpoint.EMBEDDINGS
+        ctx.endpoint, ctx.body, ctx.model, ctx.stream = endpoint, body, model, stream
+        raw: bytes | None = req.body
+        if self.chain.check_input(ctx, body):
+            raw = None  # a policy changed the request: re-encode it
         targets = self.by_model.get(model)
         if not targets:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
                                 param="model")
-        stream = body.get("stream") is True and endpoint != Endpoint.EMBEDDINGS
-        rid = f"{self._id_prefix}{next(self._ids):x}"
-        raw: bytes | None = req.body
-        pii = self.chain.pii
-        if pii is not None and pii.input:
-            if pii.apply(request_slots(body), "input", self.chain.findings, rid):
-                raw = None  # redacted: the body must be re-encoded
         target = targets[0]
+        ctx.target = target.id
         if target.provider == "mock":
-            await self._mock(target, endpoint, body, stream, resp, rid)
+            await self._mock(target, endpoint, body, stream, resp, ctx)
         else:
-            await self._upstream(target, endpoint, body, raw, stream, resp, rid)
+            await self._upstream(target, endpoint, body, raw, stream, resp, ctx)
 
-    def _relay(self, resp: Responder, source: Source, rid: str) -> SSERelay:
+    def _relay(self, resp: Responder, source: Source, ctx: RequestContext) -> SSERelay:
         """The relay for a streamed answer: plain pass-through, or through the output policies."""
-        if self.chain.output:
-            assert self.chain.pii is not None
-            return PolicyRelay(resp, source, self.loop, StreamPolicy(self.chain.pii, self.chain.findings, rid))
-        return SSERelay(resp, source, self.loop)
+        # Deferred end: the audit record goes to the OS before the last byte, and a buffered answer that is
+        # blocked before any byte was sent can still become an HTTP 409.
+        defer = self.chain.audit is not None or self.chain.buffered
+        if self.chain.decodes_output:
+            return PolicyRelay(resp, source, self.loop, self.chain.stream_policy(ctx), defer_end=defer)
+        return SSERelay(resp, source, self.loop, defer_end=defer)
 
-    def _checked_body(self, data: bytes, rid: str) -> bytes:
-        """A non-streamed answer after the output policies: the same bytes unless a policy changed it."""
-        pii = self.chain.pii
-        if pii is None or not pii.output or not data:
-            return data
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return data  # not JSON: nothing the OpenAI shapes say is generated text
-        if isinstance(obj, dict) and pii.apply(response_slots(obj), "output", self.chain.findings, rid):
-            return orjson.dumps(obj)
-        return data
+    async def _stream(self, resp: Responder, source: Source, ctx: RequestContext,
+                      headers: list[tuple[bytes, bytes]]) -> None:
+        resp.start_stream(200, headers)
+        relay = self._relay(resp, source, ctx)
+        relay.start()
+        await relay.done
+        ctx.status = 200
+        if relay.error is not None:
+            ctx.error = relay.error.code
+            if relay.tail is not None and isinstance(relay.error, PolicyViolation) and resp.head_pending:
+                # Nothing was sent yet (buffered): refuse with a status the SDKs raise before iterating.
+                ctx.status = relay.error.status
+                await self._record(ctx, resp)
+                resp.unstart()
+                raise relay.error
+        if relay.tail is not None:
+            await self._record(ctx, resp)
+            resp.end(relay.tail)
+        elif self.chain.audit is not None:
+            await self._record(ctx, resp)  # the client left: the record still says what happened
 
     async def _mock(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool, resp: Responder,
-                    rid: str) -> None:
+                    ctx: RequestContext) -> None:
         mock: MockModel = target.options  # type: ignore[assignment]
         if endpoint == Endpoint.EMBEDDINGS:
-            resp.send(200, [_JSON], mock.embeddings(body))
+            await self._send_ok(resp, ctx, [_JSON], mock.embeddings(body), endpoint)
             return
-        reply = mock.chat(body, rid) if endpoint == Endpoint.CHAT else mock.completion(body, rid)
+        reply = mock.chat(body, ctx.request_id) if endpoint == Endpoint.CHAT else mock.completion(body, ctx.request_id)
         if not stream:
             if reply.ttft or reply.delay:
                 await asyncio.sleep(reply.ttft + reply.delay * len(reply.events))
-            resp.send(200, [_JSON], self._checked_body(reply.json, rid))
+            await self._send_ok(resp, ctx, [_JSON], reply.json, endpoint)
             return
-        resp.start_stream(200, _SSE_HEADERS)
-        relay = self._relay(resp, TimedSource(self.loop, reply.events, reply.ttft, reply.delay), rid)
-        relay.start()
-        await relay.done
+        await self._stream(resp, TimedSource(self.loop, reply.events, reply.ttft, reply.delay), ctx, _SSE_HEADERS)
+
+    async def _send_ok(self, resp: Responder, ctx: RequestContext, headers: list[tuple[bytes, bytes]], data: bytes,
+                       endpoint: str) -> None:
+        """A non-streamed success through the output policies and the audit record."""
+        if endpoint != Endpoint.EMBEDDINGS:
+            data = self.chain.check_output_body(ctx, data)
+        ctx.status = 200
+        await self._record(ctx, resp)
+        resp.send(200, headers, data)
 
     async def _upstream(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None, stream: bool,
-                        resp: Responder, rid: str) -> None:
+                        resp: Responder, ctx: RequestContext) -> None:
         ureq = openai_provider.build_request(target, endpoint, body, raw, stream)
         conn: UpstreamConnection = await self.pool.exchange(
             (ureq.scheme, ureq.host, ureq.port), ureq.encode(), connect_timeout=target.connect_timeout,
@@ -246,20 +303,16 @@ class App:
             ctype = conn.header(b"content-type") or b""
             passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
             if stream and status == 200 and ctype.startswith(b"text/event-stream"):
-                resp.start_stream(200, _SSE_HEADERS + passed)
-                relay = self._relay(resp, conn, rid)
-                relay.start()
-                await relay.done
+                await self._stream(resp, conn, ctx, _SSE_HEADERS + passed)
                 return
             data = await conn.read_body(timeout=target.read_timeout)
             if status >= 400:
+                ctx.status = status
+                await self._record(ctx, resp)
                 self._send_upstream_error(resp, status, data, passed)
                 return
-            if not ctype:
-                ctype = b"application/json"
-            if endpoint != Endpoint.EMBEDDINGS:
-                data = self._checked_body(data, rid)
-            resp.send(status, [(b"content-type", ctype)] + passed, data)
+            await self._send_ok(resp, ctx, [(b"content-type", ctype or b"application/json")] + passed, data,
+                                endpoint)
         finally:
             self.pool.release(conn)
 

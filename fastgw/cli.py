@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--workers", type=int, metavar="N")
     check.add_argument("--no-secrets", action="store_true",
                        help="do not require the environment variables named by secret_key_ref")
+    keys = sub.add_parser("keys", help="gateway API keys for rbac: only their SHA-256 goes in the config")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("new", help="print a fresh random key and its sha256")
+    keys_sub.add_parser("hash", help="read a key on stdin, print its sha256")
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain of an audit file or directory")
+    verify.add_argument("path", metavar="PATH")
     scan = sub.add_parser("scan", help="redact text from stdin with the config's pii-detector and list findings")
     scan.add_argument("--config", required=True, metavar="PATH")
     scan.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -84,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "scan":
         return _scan(args)
+    if args.command == "keys":
+        from fastgw import keys
+
+        return keys.main_new(sys.stdout) if args.keys_command == "new" else keys.main_hash(sys.stdin, sys.stdout)
+    if args.command == "audit":
+        from fastgw.policy.audit import main_verify
+
+        return main_verify(args.path, sys.stdout)
     if args.command == "check":
         try:
             cfg, _ = load_config(args.config, resolve_secrets=not args.no_secrets)
@@ -113,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BootError, OSError, ValueError) as e:
         print(f"fastgw: cannot start: {e}", file=sys.stderr)
         return 1
+    if not cfg.pack.enabled:
+        print(f"fastgw: WARNING: pack {cfg.pack.name!r} is disabled (pack.enabled: false): no policy runs, "
+              "traffic passes through unchecked", file=sys.stderr)
     return Master(cfg, targets, sockets, cfg.server.workers, chain).run()
 
 

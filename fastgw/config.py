@@ -88,8 +88,10 @@ class Providers(_Base):
 
 # --- policies -------------------------------------------------------------------------------
 
-#: Policy names a chain may hold (later policies join this list).
-POLICY_NAMES = ("pii-detector",)
+#: Policy names a chain may hold.
+POLICY_NAMES = ("rbac", "prompt-injection", "pii-detector", "safety-filter", "quality-scorer", "audit-logger")
+
+OnError = Literal["block", "allow"]
 
 
 class CustomPattern(_Base):
@@ -108,10 +110,102 @@ class PiiDetector(_Base):
     replacement: str = "[REDACTED:{entity}]"
     apply_to: list[Literal["input", "output"]] = msgspec.field(default_factory=lambda: ["input", "output"])
     custom: list[CustomPattern] = msgspec.field(default_factory=list)
+    #: A policy that fails internally refuses the request ("block", fail closed) or is skipped ("allow").
+    on_error: OnError = "block"
+
+
+class SafetyFilter(_Base):
+    action: Literal["block", "redact", "observe"] = "block"
+    streaming_mode: Literal["realtime", "buffered"] = "realtime"
+    #: Phrases matched literally (whitespace inside a phrase matches any run of whitespace).
+    terms: list[str] = msgspec.field(default_factory=list)
+    #: Hyperscan regular expressions.
+    regex: list[str] = msgspec.field(default_factory=list)
+    #: Files with one phrase per line (# comments and blank lines ignored).
+    files: list[str] = msgspec.field(default_factory=list)
+    case_insensitive: bool = True
+    #: Match with Unicode semantics (UTF-8, Unicode case folding and word classes).
+    unicode: bool = False
+    #: Longest match in bytes for `regex` entries (bounds the streaming holdback).
+    max_width: int = 256
+    replacement: str = "[FILTERED]"
+    apply_to: list[Literal["input", "output"]] = msgspec.field(default_factory=lambda: ["input", "output"])
+    on_error: OnError = "block"
+
+
+class InjectionPattern(_Base):
+    regex: str
+    weight: float = 1.0
+
+
+class PromptInjection(_Base):
+    action: Literal["block", "observe"] = "block"
+    #: Block when the summed weight of distinct matched patterns reaches this.
+    threshold: float = 1.0
+    #: Use the curated built-in phrasings.
+    builtin: bool = True
+    patterns: list[InjectionPattern] = msgspec.field(default_factory=list)
+    on_error: OnError = "block"
+
+
+class RbacKey(_Base):
+    name: str
+    #: SHA-256 of the key, hex: keys are never stored in plain text (`fastgw keys hash`).
+    sha256: str
+    roles: list[str] = msgspec.field(default_factory=list)
+
+
+class RbacRole(_Base):
+    #: Model names or globs (fnmatch) this role may use.
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    #: Endpoint paths or globs.
+    endpoints: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    stream: bool = True
+
+
+class Rbac(_Base):
+    keys: list[RbacKey] = msgspec.field(default_factory=list)
+    roles: dict[str, RbacRole] = msgspec.field(default_factory=dict)
+    on_error: OnError = "block"
+
+
+class QualityThresholds(_Base):
+    min_aggregate: float = 0.7
+
+
+class QualityScorer(_Base):
+    action: Literal["block", "observe"] = "block"
+    #: Always buffered: it judges the whole answer.
+    streaming_mode: Literal["buffered"] = "buffered"
+    thresholds: QualityThresholds = msgspec.field(default_factory=QualityThresholds)
+    on_error: OnError = "block"
+
+
+class AuditLogger(_Base):
+    #: Directory for the audit files (one per worker and day); default: $STATE_DIRECTORY or ./audit.
+    path: str | None = None
+    #: Chain each record to the previous one with SHA-256 (`fastgw audit verify`).
+    immutable: bool = True
+    retention_days: int = 365
+    #: Also record requests refused by an earlier policy (401, 403, 409).
+    log_all_access: bool = True
+    #: Disk durability on top of "handed to the OS": fsync every record, every `fsync_interval`, or never.
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval: float = 1.0
+    on_error: OnError = "block"
 
 
 class PolicySettings(_Base):
     pii_detector: PiiDetector | None = msgspec.field(default=None, name="pii-detector")
+    safety_filter: SafetyFilter | None = msgspec.field(default=None, name="safety-filter")
+    prompt_injection: PromptInjection | None = msgspec.field(default=None, name="prompt-injection")
+    rbac: Rbac | None = None
+    quality_scorer: QualityScorer | None = msgspec.field(default=None, name="quality-scorer")
+    audit_logger: AuditLogger | None = msgspec.field(default=None, name="audit-logger")
+
+    def get(self, name: str) -> object:
+        """The settings struct of a policy by its chain name (None when not configured)."""
+        return getattr(self, name.replace("-", "_"))
 
 
 class Policies(_Base):
@@ -186,9 +280,68 @@ def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
             errs.append((f"$.policies.chain[{i}]", f"unknown policy {name!r} (known: {', '.join(POLICY_NAMES)})"))
         elif cfg.policies.chain.index(name) != i:
             errs.append((f"$.policies.chain[{i}]", f"policy {name!r} appears twice"))
+    for name in POLICY_NAMES:
+        if cfg.policy.get(name) is not None and name not in cfg.policies.chain:
+            errs.append((f"$.policy.{name}", f"policy {name!r} is configured but not in policies.chain "
+                                             "(add it to the chain, or remove its settings)"))
     pii = cfg.policy.pii_detector
     if pii is not None:
         errs.extend(_pii_errors(pii))
+    if cfg.policy.safety_filter is not None:
+        errs.extend(_safety_errors(cfg.policy.safety_filter))
+    if cfg.policy.prompt_injection is not None:
+        errs.extend(_injection_errors(cfg.policy.prompt_injection))
+    if cfg.policy.rbac is not None:
+        from fastgw.policy.rbac import RbacConfigError, RbacPolicy
+
+        try:
+            RbacPolicy(cfg.policy.rbac)
+        except RbacConfigError as e:
+            errs.append((f"$.policy.rbac.{e.path}", e.problem))
+    elif "rbac" in cfg.policies.chain:
+        errs.append(("$.policy.rbac", "rbac is in the chain but has no keys: every request would be refused"))
+    qs = cfg.policy.quality_scorer
+    if qs is not None and not 0 <= qs.thresholds.min_aggregate <= 1:
+        errs.append(("$.policy.quality-scorer.thresholds.min_aggregate", "expected a number between 0 and 1"))
+    audit = cfg.policy.audit_logger
+    if audit is not None:
+        if audit.retention_days < 1:
+            errs.append(("$.policy.audit-logger.retention_days", "expected an integer >= 1"))
+        if audit.fsync_interval <= 0:
+            errs.append(("$.policy.audit-logger.fsync_interval", "expected a number > 0"))
+    return errs
+
+
+def _safety_errors(sf: SafetyFilter) -> list[tuple[str, str]]:
+    from fastgw.scan.database import Pattern, PatternError, compile_patterns
+
+    errs: list[tuple[str, str]] = []
+    base = "$.policy.safety-filter"
+    for i, f in enumerate(sf.files):
+        if not Path(f).is_file():
+            errs.append((f"{base}.files[{i}]", f"no such file {f!r}"))
+    for i, rx in enumerate(sf.regex):
+        try:
+            compile_patterns([Pattern(f"regex{i}", "SAFETY_REGEX", rx.encode(), sf.max_width,
+                                      caseless=sf.case_insensitive, utf8=sf.unicode)])
+        except PatternError as e:
+            errs.append((f"{base}.regex[{i}]", str(e)))
+    if not (sf.terms or sf.regex or sf.files):
+        errs.append((base, "expected at least one of terms, regex or files"))
+    return errs
+
+
+def _injection_errors(pi: PromptInjection) -> list[tuple[str, str]]:
+    from fastgw.scan.database import Pattern, PatternError, compile_patterns
+
+    errs: list[tuple[str, str]] = []
+    for i, c in enumerate(pi.patterns):
+        try:
+            compile_patterns([Pattern(f"custom{i}", "INJECTION", c.regex.encode(), 256, caseless=True)])
+        except PatternError as e:
+            errs.append((f"$.policy.prompt-injection.patterns[{i}].regex", str(e)))
+        if not c.weight >= 0:
+            errs.append((f"$.policy.prompt-injection.patterns[{i}].weight", "expected a number >= 0"))
     return errs
 
 
@@ -298,8 +451,8 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
         raise ConfigError(_explain(file, root, str(e))) from None
     errs = _semantic_errors(cfg)
     if errs:
-        key, problem = errs[0]
-        raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: {problem}")
+        # Every problem at once, each with its place: fixing a config should not be a loop of one error a run.
+        raise ConfigError("\n".join(f"{_where(file, _node_at(root, key))}: {key}: {problem}" for key, problem in errs))
     secrets: dict[str, str] = {}
     if resolve_secrets:
         for i, t in enumerate(cfg.providers.targets):

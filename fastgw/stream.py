@@ -10,17 +10,21 @@ the first byte becomes an in-stream error event followed by `data: [DONE]`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Protocol as TypingProtocol
 
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, ProtocolError
 from fastgw.proto.server import Responder
+from fastgw.policy.base import PolicyFailure
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
 from fastgw.proto.sse import DONE, SSEDecoder, SSESplitter, encode_data
 
 __all__ = ["SSERelay", "PolicyRelay", "TimedSource", "error_event", "Source"]
 
 _DONE_TAIL = b"[DONE]"
+
+log = logging.getLogger("fastgw.stream")
 
 
 def error_event(err: GatewayError) -> bytes:
@@ -44,9 +48,11 @@ class SSERelay:
     still inside the same `data_received` call: no added latency, one writev per read.
     """
 
-    __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok")
+    __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
+                 "error")
 
-    def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
+                 defer_end: bool = False) -> None:
         self._resp = resp
         self._source = source
         self._splitter = SSESplitter()
@@ -55,6 +61,11 @@ class SSERelay:
         self.done: asyncio.Future[None] = loop.create_future()
         self.saw_done = False
         self.ok = False
+        #: Leave the last bytes for the caller to write (after the audit record is handed to the OS).
+        self.defer_end = defer_end
+        self.tail: bytes | None = None
+        #: The error that ended the stream (upstream failure, policy block), if any.
+        self.error: GatewayError | None = None
 
     def start(self) -> None:
         self._resp.set_listener(self)
@@ -92,15 +103,22 @@ class SSERelay:
         if not self.saw_done:
             # A clean HTTP end without the sentinel: close the SSE stream the way OpenAI does.
             tail += DONE
-        self._resp.end(tail)
         self.ok = True
-        self.done.set_result(None)
+        self._end(tail)
 
     def on_error(self, exc: UpstreamError) -> None:
         if self.done.done():
             return
         # Whole events that arrived before the failure still go out, then the error, then [DONE].
-        self._resp.end(self._take() + error_event(exc) + DONE)
+        self.error = exc
+        self._end(self._take() + error_event(exc) + DONE)
+
+    def _end(self, tail: bytes) -> None:
+        """Finish: write the last bytes and the terminator now, or leave them to the caller (defer_end)."""
+        if self.defer_end:
+            self.tail = tail
+        else:
+            self._resp.end(tail)
         self.done.set_result(None)
 
     # ---- flow listener (client side) -----------------------------------------------------
@@ -182,8 +200,8 @@ class PolicyRelay(SSERelay):
     __slots__ = ("_decoder", "_policy")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
-                 policy: StreamPolicy) -> None:
-        super().__init__(resp, source, loop)
+                 policy: StreamPolicy, defer_end: bool = False) -> None:
+        super().__init__(resp, source, loop, defer_end)
         self._decoder = SSEDecoder()
         self._policy = policy
 
@@ -199,6 +217,9 @@ class PolicyRelay(SSERelay):
             self._terminate(UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}"))
         except GatewayError as e:
             self._terminate(e)
+        except Exception:  # noqa: BLE001 - a policy bug fails closed: nothing unchecked reaches the client
+            log.exception("output policy failed")
+            self._fail_closed()
 
     def flush(self) -> None:
         if self.done.done():
@@ -207,6 +228,10 @@ class PolicyRelay(SSERelay):
             out = self._policy.release()
         except StreamBlocked as b:
             self._blocked(b)
+            return
+        except Exception:  # noqa: BLE001
+            log.exception("output policy failed")
+            self._fail_closed()
             return
         if out:
             self._resp.write(out[0] if len(out) == 1 else b"".join(out))
@@ -222,12 +247,15 @@ class PolicyRelay(SSERelay):
         except StreamBlocked as b:
             self._blocked(b)
             return
+        except Exception:  # noqa: BLE001
+            log.exception("output policy failed")
+            self._fail_closed()
+            return
         if not self.saw_done:
             out.append(DONE)
         self._policy.close()
-        self._resp.end(b"".join(out))
         self.ok = True
-        self.done.set_result(None)
+        self._end(b"".join(out))
 
     def on_error(self, exc: UpstreamError) -> None:
         self._terminate(exc)
@@ -241,18 +269,27 @@ class PolicyRelay(SSERelay):
         except StreamBlocked as b:
             self._blocked(b)
             return
-        except GatewayError:
+        except Exception:  # noqa: BLE001 - what was held cannot be vouched for: drop it
             out = []
         self._policy.close()
         self._source.detach()
-        self._resp.end(b"".join(out) + error_event(err) + DONE)
-        self.done.set_result(None)
+        self.error = err
+        self._end(b"".join(out) + error_event(err) + DONE)
+
+    def _fail_closed(self) -> None:
+        """An internal policy failure: drop what is held, end with an error naming the output policies."""
+        if self.done.done():
+            return
+        self._policy.close()
+        self._source.detach()
+        self.error = PolicyFailure("output")
+        self._end(error_event(self.error) + DONE)
 
     def _blocked(self, b: StreamBlocked) -> None:
         self._policy.close()
         self._source.detach()  # stop the upstream generating what nobody will see
-        self._resp.end(b"".join(b.prefix) + error_event(b.error) + DONE)
-        self.done.set_result(None)
+        self.error = b.error
+        self._end(b"".join(b.prefix) + error_event(b.error) + DONE)
 
     def client_lost(self) -> None:
         self._policy.close()

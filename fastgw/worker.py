@@ -74,7 +74,7 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
                        max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
                        max_body_bytes=s.max_body_bytes, send_timeout=s.send_timeout)
     if chain is not None:
-        chain.allocate_scratch()  # one Hyperscan scratch per worker, after fork
+        chain.start(worker_id)  # one Hyperscan scratch per worker after fork, and the audit writer
     app = App(cfg, targets, loop, chain)
     tracker = ConnectionTracker()
 
@@ -120,4 +120,6 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
             if c.transport is not None:
                 c.transport.abort()
     app.pool.close_all()
+    if chain is not None:
+        chain.close()  # every audit record enqueued is written before the worker exits
     return 0

@@ -47,8 +47,21 @@ def test_chain_enables_pii_with_defaults_and_custom_patterns(tmp_path):
                                   "    custom: [{name: EMPLOYEE_ID, regex: 'EMP-\\d{6}', max_width: 10}]\n")
     pii = cfg.pii()
     assert pii is not None and pii.action == "redact" and pii.custom[0].name == "EMPLOYEE_ID"
-    (cfg2, _), _ = _load(tmp_path, "policy:\n  pii-detector: {action: block}\n")
-    assert cfg2.pii() is None  # settings alone do not enable a policy: the chain does
+    # settings alone do not enable a policy: the chain does, and a forgotten chain entry is an error
+    with pytest.raises(ConfigError, match=r"c.yaml:6: \$.policy.pii-detector: .*not in policies.chain"):
+        _load(tmp_path, "policy:\n  pii-detector: {action: block}\n")
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, "server: {workers: -1}\npolicies: {chain: [pii-detector, nope]}\npolicy:\n"
+                        "  pii-detector: {entities: [BAD]}\n  safety-filter: {terms: [x]}\n")
+    lines = str(exc.value).splitlines()
+    assert len(lines) == 4
+    assert any("$.server.workers" in ln for ln in lines)
+    assert any("$.policies.chain[1]" in ln for ln in lines)
+    assert any("$.policy.safety-filter" in ln and "not in policies.chain" in ln for ln in lines)
+    assert any("$.policy.pii-detector.entities[0]" in ln for ln in lines)
 
 
 def test_fastgw_scan_redacts_stdin_and_lists_findings_without_values(tmp_path):

@@ -1,34 +1,268 @@
-"""The policy chain of a config, compiled once in the master and shared by every worker after fork."""
+"""The policy chain of a config: compiled once in the master, run per request in chain order by every worker.
+
+One engine for every path: input policies run on the parsed request of every
+endpoint; streamed answers go through `StreamPolicy`; non-streamed answers through
+the same scanning policies on whole texts and the same buffered checks; the audit
+logger records every request, refused ones included.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
 from fastgw.config import Config
+from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.findings import Findings
-from fastgw.policy.pii import PiiPolicy
+from fastgw.policy.textscan import ScanPolicy, process_slots, request_slots, response_slots
+from fastgw.proto.errors import GatewayError
 
 __all__ = ["Chain", "build_chain"]
 
+log = logging.getLogger("fastgw.policy")
+
+_REFUSALS = (PolicyViolation, AuthError, Forbidden)
+
 
 class Chain:
-    """The enabled policies, in chain order, with the findings fan-out they report to."""
+    """The enabled policies in chain order."""
 
-    __slots__ = ("pii", "findings")
-
-    def __init__(self, pii: PiiPolicy | None, findings: Findings | None = None) -> None:
-        self.pii = pii
+    def __init__(self, order: list[str] | None = None, policies: dict[str, Any] | None = None,
+                 findings: Findings | None = None) -> None:
+        self.order = order or []
+        self.policies = policies or {}
         self.findings = findings or Findings()
+        self.scanners: list[ScanPolicy] = [self.policies[n] for n in self.order
+                                           if isinstance(self.policies.get(n), ScanPolicy)]
+        for i, p in enumerate(self.scanners):
+            p.index = i
+        self.output_scanners = [p for p in self.scanners if p.output]
+        self.input_steps = [n for n in self.order if n in ("rbac", "prompt-injection")
+                            or (n in self.policies and isinstance(self.policies[n], ScanPolicy)
+                                and self.policies[n].input)]
+        self.quality = self.policies.get("quality-scorer")
+        self.audit = None  # AuditLog, started per worker
+        self._audit_settings = self.policies.get("audit-logger")
+        self._audit_redactor: ScanPolicy | None = None
+
+    # ---- lifecycle (per worker) ----------------------------------------------------------------
+    @property
+    def pii(self) -> ScanPolicy | None:
+        p = self.policies.get("pii-detector")
+        return p if isinstance(p, ScanPolicy) else None
 
     @property
-    def output(self) -> bool:
-        """Whether any policy inspects answers (streams then take the policy relay)."""
-        return self.pii is not None and self.pii.output
+    def rbac(self) -> Any:
+        return self.policies.get("rbac")
+
+    @property
+    def decodes_output(self) -> bool:
+        """Whether answers must be decoded (anything inspects, holds or records them)."""
+        return bool(self.output_scanners) or self.quality is not None or self._audit_settings is not None
 
     def allocate_scratch(self) -> None:
         """Per-worker scan state (Hyperscan scratch), after fork."""
-        if self.pii is not None:
-            self.pii.allocate_scratch()
+        for p in self.policies.values():
+            alloc = getattr(p, "allocate_scratch", None)
+            if alloc is not None:
+                alloc()
+        if self._audit_redactor is not None:
+            self._audit_redactor.allocate_scratch()
+
+    def start(self, worker_id: int) -> None:
+        """Worker start: scratch, and the audit writer thread."""
+        self.allocate_scratch()
+        if self._audit_settings is not None:
+            from fastgw.policy.audit import AuditLog
+
+            self.audit = AuditLog(self._audit_settings, worker_id)
+            self.audit.start()
+
+    def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close(5.0)
+
+    # ---- input ------------------------------------------------------------------------------------
+    def authenticate(self, ctx: RequestContext) -> None:
+        """rbac first of all: who is asking (every /v1 endpoint, /v1/models included)."""
+        rbac = self.rbac
+        if rbac is not None:
+            self._guarded("rbac", "input", ctx, lambda: rbac.authenticate(ctx))
+
+    def check_input(self, ctx: RequestContext, body: dict) -> bool:
+        """Input policies in chain order. Refusals raise; returns True when the body was changed."""
+        changed = False
+        for name in self.input_steps:
+            pol = self.policies[name]
+            if name == "rbac":
+                self._guarded(name, "input", ctx,
+                              lambda: pol.authorize(ctx, ctx.path, ctx.model, ctx.stream))
+                ctx.decide(name, "input", "allow", principal=ctx.principal)
+            elif name == "prompt-injection":
+                self._guarded(name, "input", ctx, lambda: self._injection(pol, ctx, body))
+            else:
+                changed |= bool(self._guarded(name, "input", ctx, lambda: process_slots(
+                    [pol], request_slots(body), "input", self.findings, ctx)))
+        return changed
+
+    def _injection(self, pol: Any, ctx: RequestContext, body: dict) -> None:
+        texts = [c[k] for c, k, _f, _i in request_slots(body)]
+        blocked, score, names = pol.check(texts)
+        if blocked:
+            ctx.decide("prompt-injection", "input", "block", score=round(score, 3), matched=names)
+            raise PolicyViolation("Request blocked: prompt injection detected", "prompt-injection", "input")
+        ctx.decide("prompt-injection", "input", "observe" if names else "allow", score=round(score, 3),
+                   matched=names)
+
+    def _guarded(self, name: str, phase: str, ctx: RequestContext, fn: Callable[[], Any]) -> Any:
+        """Run one policy step: refusals pass through; an internal failure fails closed unless on_error: allow."""
+        try:
+            return fn()
+        except _REFUSALS:
+            raise
+        except Exception as e:  # noqa: BLE001 - a policy bug must not crash the worker or let the request slip
+            pol = self.policies.get(name)
+            if getattr(pol, "on_error", "block") == "allow":
+                log.exception("policy %s failed on request %s; on_error: allow lets it pass", name,
+                              ctx.request_id)
+                ctx.decide(name, phase, "error", allowed=True, error=type(e).__name__)
+                return None
+            log.exception("policy %s failed on request %s; failing closed", name, ctx.request_id)
+            ctx.decide(name, phase, "error", allowed=False, error=type(e).__name__)
+            raise PolicyFailure(name) from None
+
+    # ---- output -----------------------------------------------------------------------------------
+    @property
+    def buffered(self) -> bool:
+        return self.quality is not None or any(p.buffered and p.action != "observe" for p in self.output_scanners)
+
+    def stream_policy(self, ctx: RequestContext) -> Any:
+        """The output engine for one streamed answer."""
+        from fastgw.policy.stream import StreamPolicy
+
+        return StreamPolicy(self.output_scanners, self.findings, ctx, buffered=self.buffered,
+                            judge=self._judge if self.quality is not None else None)
+
+    def _judge(self, ctx: RequestContext) -> None:
+        """Buffered checks on the whole answer (as the client would receive it)."""
+        q = self.quality
+        wants_json = bool(ctx.body) and q.wants_json(ctx.body)  # type: ignore[union-attr]
+        result = self._guarded("quality-scorer", "output", ctx,
+                               lambda: q.evaluate(ctx.texts, ctx.finish, wants_json))  # type: ignore[union-attr]
+        if result is None:
+            return
+        blocked, aggregate, details = result
+        ctx.decide("quality-scorer", "output", "block" if blocked else ("observe" if aggregate <
+                   q.settings.thresholds.min_aggregate else "allow"),  # type: ignore[union-attr]
+                   aggregate=round(aggregate, 3))
+        if blocked:
+            raise PolicyViolation("Response blocked: quality below threshold", "quality-scorer", "output")
+
+    def check_output_body(self, ctx: RequestContext, data: bytes) -> bytes:
+        """A non-streamed answer through the output policies: the same bytes unless a policy changed it."""
+        if not self.decodes_output or not data:
+            return data
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data  # not JSON: nothing the OpenAI shapes say is generated text
+        if not isinstance(obj, dict):
+            return data
+        changed = False
+        if self.output_scanners:
+            changed = bool(self._guarded("output", "output", ctx, lambda: process_slots(
+                self.output_scanners, response_slots(obj), "output", self.findings, ctx)))
+        self._collect(ctx, obj)
+        if self.quality is not None:
+            self._judge(ctx)
+        return orjson.dumps(obj) if changed else data
+
+    @staticmethod
+    def _collect(ctx: RequestContext, obj: dict) -> None:
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            for ch in choices:
+                if not isinstance(ch, dict):
+                    continue
+                idx = ch.get("index", 0) if isinstance(ch.get("index"), int) else 0
+                msg = ch.get("message")
+                text = msg.get("content") if isinstance(msg, dict) else ch.get("text")
+                if isinstance(text, str):
+                    ctx.texts[idx] = text
+                if isinstance(ch.get("finish_reason"), str):
+                    ctx.finish[idx] = ch["finish_reason"]
+        if isinstance(obj.get("usage"), dict):
+            ctx.usage = obj["usage"]
+
+    # ---- audit --------------------------------------------------------------------------------------
+    async def record(self, ctx: RequestContext) -> None:
+        """Hand the request's audit record to the OS (awaited before the response's last byte)."""
+        audit = self.audit
+        if audit is None:
+            return
+        if not self._audit_settings.log_all_access and ctx.status >= 400:  # type: ignore[union-attr]
+            return
+        from fastgw.policy.audit import record_from_context
+
+        await audit.write(record_from_context(ctx, self._redact_for_audit))
+
+    def _redact_for_audit(self, text: str) -> str:
+        """Audit records never hold raw PII: the built-in detector redacts them whatever the chain did."""
+        if self._audit_redactor is None:
+            from fastgw.config import PiiDetector
+            from fastgw.policy.pii import PiiPolicy
+
+            self._audit_redactor = PiiPolicy(PiiDetector())
+            self._audit_redactor.allocate_scratch()
+        data, spans = self._audit_redactor.scan_text(text)
+        return self._audit_redactor.redact(data, spans).decode() if spans else text
 
 
 def build_chain(cfg: Config) -> Chain:
-    pii = cfg.pii()
-    return Chain(PiiPolicy(pii) if pii is not None else None)
+    """Compile the enabled policies (Hyperscan databases) once, in the master, before fork."""
+    if not cfg.pack.enabled:
+        log.warning("pack %r is disabled (pack.enabled: false): NO policy runs, the gateway passes traffic "
+                    "through unchecked", cfg.pack.name)
+        return Chain()
+    policies: dict[str, Any] = {}
+    for name in cfg.policies.chain:
+        settings = cfg.policy.get(name)
+        policies[name] = _build(name, settings)
+    return Chain(list(cfg.policies.chain), policies)
+
+
+def _build(name: str, settings: Any) -> Any:
+    from fastgw import config as c
+
+    if name == "pii-detector":
+        from fastgw.policy.pii import PiiPolicy
+
+        return PiiPolicy(settings or c.PiiDetector())
+    if name == "safety-filter":
+        from fastgw.policy.safety import SafetyPolicy
+
+        return SafetyPolicy(settings or c.SafetyFilter())
+    if name == "prompt-injection":
+        from fastgw.policy.injection import InjectionPolicy
+
+        return InjectionPolicy(settings or c.PromptInjection())
+    if name == "rbac":
+        from fastgw.policy.rbac import RbacPolicy
+
+        return RbacPolicy(settings or c.Rbac())
+    if name == "quality-scorer":
+        from fastgw.policy.quality import QualityPolicy
+
+        return QualityPolicy(settings or c.QualityScorer())
+    if name == "audit-logger":
+        return settings or c.AuditLogger()
+    raise ValueError(f"unknown policy {name!r}")
+
+
+def state_directory() -> str:
+    """Where state lives by default: systemd's StateDirectory, else ./state."""
+    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or os.path.join(os.getcwd(), "state")

@@ -1,31 +1,34 @@
-"""Output policies on a streamed answer: scan each event's text once, hold only what could still be a match,
-release whole events, re-encode only those a policy changed.
+"""Output policies on a streamed answer: scan each event's text once per policy, hold only what could still be
+a match, release whole events, re-encode only those a policy changed.
 
 Text streams are per (choice, field): `delta.content`, `delta.refusal`,
 `delta.reasoning_content`, `text` (completions) and each tool call's
-`function.arguments`. Each has its own Hyperscan stream. An event is released when
-every text segment it carries lies before its stream's safe offset; events leave in
-upstream order, untouched ones as the exact upstream bytes.
+`function.arguments`. Each has one Hyperscan stream per scanning policy. An event is
+released when every text segment it carries lies before its stream's safe offset
+(the smallest over the policies that can change text); events leave in upstream
+order, untouched ones as the exact upstream bytes. A buffered policy in the chain
+holds the whole answer; buffered checks (quality) then judge it before release.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import msgspec
 import orjson
 
+from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Finding, Findings
-from fastgw.policy.pii import PiiPolicy, block_error
+from fastgw.policy.textscan import ScanPolicy, Tagged, merge_spans, redact
 from fastgw.proto.errors import GatewayError
 from fastgw.proto.sse import SSEEvent, encode_event
-from fastgw.scan.database import Span
 from fastgw.scan.scanner import StreamScanner
 
 __all__ = ["StreamPolicy", "StreamBlocked"]
 
 
-# Typed view of a chunk: only the text fields we scan (msgspec skips everything else without building it).
+# Typed view of a chunk: only the fields we read (msgspec skips everything else without building it).
 class _Fn(msgspec.Struct):
     arguments: str | None = None
 
@@ -51,14 +54,14 @@ class _Choice(msgspec.Struct):
 
 class _Chunk(msgspec.Struct):
     choices: list[_Choice] | None = None
+    usage: dict | None = None
 
 
 _decode = msgspec.json.Decoder(_Chunk).decode
-_DELTA_FIELDS = ("content", "refusal", "reasoning_content")
 
 
 class StreamBlocked(Exception):
-    """The policy ended the stream; `prefix` holds the events to write before the error event."""
+    """A policy ended the stream; `prefix` holds the events to write before the error event."""
 
     def __init__(self, prefix: list[bytes], error: GatewayError) -> None:
         self.prefix = prefix
@@ -66,14 +69,21 @@ class StreamBlocked(Exception):
 
 
 class _Text:
-    """One text stream: its scanner, safe offset, and the final spans not yet fully released."""
+    """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
-    __slots__ = ("scanner", "safe", "spans", "done", "backslashes")
+    __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes")
 
-    def __init__(self, scanner: StreamScanner) -> None:
-        self.scanner = scanner
+    def __init__(self, key: tuple, scanners: list[StreamScanner]) -> None:
+        self.key = key
+        self.scanners = scanners
         self.safe = 0
-        self.spans: list[Span] = []
+        #: Merged final spans (leftmost-first across policies) still to be applied to events.
+        self.spans: list[Tagged] = []
+        #: Final spans of redacting policies not merged yet (they start at or after `safe`).
+        self.pending: list[Tagged] = []
+        self.merged_to = 0
+        #: Earliest final span of a blocking policy.
+        self.block: Tagged | None = None
         self.done = False
         #: Backslashes ending the text so far (tool-call arguments are JSON source: escapes matter).
         self.backslashes = 0
@@ -95,15 +105,19 @@ class _Held:
 class StreamPolicy:
     """The output side of the chain for one streamed response."""
 
-    def __init__(self, pii: PiiPolicy, findings: Findings, request_id: str) -> None:
-        self.pii = pii
+    def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
+                 buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
+        self.policies = policies
         self._findings = findings
-        self._rid = request_id
+        self._ctx = ctx
         self._texts: dict[tuple, _Text] = {}
-        self._dirty: list[tuple[tuple, _Text]] = []  # texts fed since the last release
+        self._dirty: list[_Text] = []  # texts fed since the last release
         self._queue: deque[_Held] = deque()
-        self._observe = pii.action == "observe"
-        self._buffered = pii.buffered and not self._observe
+        # Observing policies record but never change text: they need no holdback.
+        self._acting = [p.action != "observe" for p in policies]
+        self._holds = any(self._acting)
+        self._buffered = buffered or any(p.buffered and p.action != "observe" for p in policies)
+        self._judge = judge
         self._ended = False
         #: Events held back at the last release (for the holdback benchmark and tests).
         self.held = 0
@@ -123,6 +137,8 @@ class StreamPolicy:
             if chunk.choices:
                 for pos, ch in enumerate(chunk.choices):
                     self._choice_segs(ch, pos, segs)
+            if chunk.usage is not None:
+                self._ctx.usage = chunk.usage
         elif data == "[DONE]":
             self._finish_all()
         self._queue.append(_Held(ev, segs))
@@ -144,6 +160,7 @@ class StreamPolicy:
                     if tc.function is not None and tc.function.arguments:
                         self._seg((idx, "tool", tc.index), tc.function.arguments, pos, "arguments", tpos, segs)
         if ch.finish_reason is not None:
+            self._ctx.finish[idx] = ch.finish_reason
             # This choice will say no more: its text is final now, no need to wait for [DONE].
             for key, t in self._texts.items():
                 if key[0] == idx:
@@ -152,14 +169,15 @@ class StreamPolicy:
     def _seg(self, key: tuple, text: str, pos: int, fld: str, tpos: int | None, segs: list[_Seg]) -> None:
         t = self._texts.get(key)
         if t is None:
-            t = self._texts[key] = _Text(StreamScanner(self.pii.db))
+            t = self._texts[key] = _Text(key, [StreamScanner(p.db) for p in self.policies])
         if t.done:
             raise GatewayError("upstream sent text after finishing the choice", status=502, type="upstream_error",
                                code="upstream_protocol_error")
         data = text.encode()
-        start = t.scanner.end
-        t.scanner.feed(data)
-        self._dirty.append((key, t))
+        start = t.scanners[0].end if t.scanners else 0
+        for sc in t.scanners:
+            sc.feed(data)
+        self._dirty.append(t)
         segs.append((key, start, start + len(data), data, pos, fld, tpos, t.backslashes))
         if tpos is not None:
             run = len(data) - len(data.rstrip(b"\\"))
@@ -169,16 +187,33 @@ class StreamPolicy:
     def _settle(self, key: tuple, t: _Text, final: bool) -> None:
         if t.done:
             return
-        safe, spans = t.scanner.settle(final=final)
+        safe = None
+        fld = "arguments" if key[1] == "tool" else key[1]
+        for i, (pol, sc) in enumerate(zip(self.policies, t.scanners)):
+            s, spans = sc.settle(final=final)
+            if self._acting[i]:
+                safe = s if safe is None else min(safe, s)
+            for sp in spans:
+                self._findings.record(Finding(pol.name, sp.entity, "output", sp.start, sp.end, pol.action,
+                                              self._ctx.request_id, key[0], fld))
+                if pol.action == "block":
+                    if t.block is None or sp.start < t.block[0].start:
+                        t.block = (sp, pol)
+                elif pol.action == "redact":
+                    t.pending.append((sp, pol))
         if final:
             t.done = True
+        if safe is None:  # only observers, or no policies: nothing to hold
+            safe = t.scanners[0].end if t.scanners else 1 << 62
         t.safe = safe
-        if spans:
-            for sp in spans:
-                self._findings.record(Finding(self.pii.name, sp.entity, "output", sp.start, sp.end, self.pii.action,
-                                              self._rid, key[0], "arguments" if key[1] == "tool" else key[1]))
-            if not self._observe:
-                t.spans.extend(spans)
+        if t.pending:
+            ready = [x for x in t.pending if x[0].start < safe]
+            if ready:
+                t.pending = [x for x in t.pending if x[0].start >= safe]
+                merged = merge_spans(ready, t.merged_to)
+                if merged:
+                    t.spans += merged
+                    t.merged_to = merged[-1][0].end
 
     def _finish_all(self) -> None:
         for key, t in self._texts.items():
@@ -190,25 +225,29 @@ class StreamPolicy:
         """Events that may be written now, in order (raw bytes when untouched). Raises StreamBlocked."""
         if not self._buffered:
             if self._dirty:
-                for key, t in self._dirty:
-                    self._settle(key, t, final=False)  # (a text fed twice settles once: the second is a no-op)
+                for t in self._dirty:
+                    self._settle(t.key, t, final=False)  # (a text fed twice settles twice; the second is cheap)
                 self._dirty.clear()
         elif not self._ended:
             self.held = len(self._queue)
             return []
-        if self.pii.action == "block":
-            self._check_block()
+        self._check_block()
         out: list[bytes] = []
         q = self._queue
         texts = self._texts
-        observe = self._observe
+        hold = self._holds
         while q:
             h = q[0]
-            if not observe and h.segs and not self._releasable(h, texts):
+            if hold and h.segs and not self._releasable(h, texts):
                 break
             q.popleft()
             out.append(self._render(h))
         self.held = len(q)
+        if self._buffered and self._judge is not None:
+            try:
+                self._judge(self._ctx)  # buffered checks judge the whole answer, as the client would get it
+            except GatewayError as e:
+                raise StreamBlocked([], e) from None
         return out
 
     @staticmethod
@@ -227,25 +266,27 @@ class StreamPolicy:
     def close(self) -> None:
         """Free the scanners (client gone, stream over)."""
         for t in self._texts.values():
-            t.scanner.close()
+            for sc in t.scanners:
+                sc.close()
 
     def _render(self, h: _Held) -> bytes:
-        if self._observe or not h.segs:
+        if not h.segs:
             return h.ev.raw
         texts = self._texts
         changes = []
+        collect = self._ctx.texts
         for seg in h.segs:
             key, a, b, data, pos, fld, tpos, backslashes = seg
-            spans = [sp for sp in texts[key].spans if sp.start < b and sp.end > a]
-            if spans:
-                escapes = backslashes if tpos is not None else None
-                changes.append((seg, self.pii.redact(data, spans, a, escapes)))
-        for key, t in texts.items():
+            t = texts[key]
+            new = data
             if t.spans:
-                # Spans wholly before what this event carries for the stream are done with.
-                last = max((s[2] for s in h.segs if s[0] == key), default=None)
-                if last is not None:
-                    t.spans = [sp for sp in t.spans if sp.end > last]
+                spans = [x for x in t.spans if x[0].start < b and x[0].end > a]
+                if spans:
+                    new = redact(data, spans, a, backslashes if tpos is not None else None)
+                    changes.append((seg, new))
+                    t.spans = [x for x in t.spans if x[0].end > b]  # spans done with leave the list
+            if fld == "content" or fld == "text":
+                collect[key[0]] = collect.get(key[0], "") + new.decode()
         if not changes:
             return h.ev.raw  # invariant 5: untouched events leave byte-identical
         return self._reencode(h.ev, changes)
@@ -266,41 +307,46 @@ class StreamPolicy:
 
     # ---- block -------------------------------------------------------------------------------------
     def _check_block(self) -> None:
-        first: tuple[int, tuple, Span] | None = None  # (queue position, key, span)
+        first: tuple[int, tuple, Tagged] | None = None  # (queue position, key, blocking span)
         for key, t in self._texts.items():
-            if not t.spans:
+            if t.block is None:
                 continue
-            sp = t.spans[0]
+            sp = t.block[0]
             for qpos, h in enumerate(self._queue):
                 if any(seg[0] == key and seg[1] <= sp.start < seg[2] for seg in h.segs):
                     if first is None or qpos < first[0]:
-                        first = (qpos, key, sp)
+                        first = (qpos, key, t.block)
                     break
         if first is None:
             return
-        qpos, key, sp = first
+        qpos, key, (sp, pol) = first
         # Buffered: the answer is judged whole and none of it is released.
-        prefix = [] if self._buffered else self._clean_prefix(qpos, key, sp)
+        prefix = [] if self._buffered else self._clean_prefix(qpos, key, sp.start)
         self._queue.clear()
-        raise StreamBlocked(prefix, block_error("output", self.pii.name, streaming=True))
+        self._ctx.decide(pol.name, "output", "block", entity=sp.entity)
+        raise StreamBlocked(prefix, pol.block_error("output", streaming=True))
 
-    def _clean_prefix(self, qpos: int, key: tuple, sp: Span) -> list[bytes]:
-        """The events before the first span, and the clean part of the event where it starts."""
+    def _clean_prefix(self, qpos: int, key: tuple, cut: int) -> list[bytes]:
+        """The events before the blocking span, and the clean part of the event where it starts."""
         prefix: list[bytes] = []
         texts = self._texts
         for i in range(qpos):
             h = self._queue[i]
-            if any(seg[2] > texts[seg[0]].safe for seg in h.segs):
+            if h.segs and not self._releasable(h, texts):
                 return prefix
-            prefix.append(h.ev.raw)
+            prefix.append(self._render(h))
         h = self._queue[qpos]
         changes = []
         for seg in h.segs:
-            k, a, b, data, *_ = seg
+            k, a, b, data, _pos, _fld, tpos, backslashes = seg
             if k == key:
-                changes.append((seg, data[:sp.start - a]))
+                spans = [x for x in texts[k].spans if x[0].start < cut and x[0].end > a]
+                changes.append((seg, redact(data[:cut - a], spans, a, backslashes if tpos is not None else None)))
             elif b > texts[k].safe:
                 changes.append((seg, b""))  # another stream's text that is not final yet
+            elif texts[k].spans:
+                spans = [x for x in texts[k].spans if x[0].start < b and x[0].end > a]
+                changes.append((seg, redact(data, spans, a, backslashes if tpos is not None else None)))
         if any(new for seg, new in changes if seg[0] == key):
             prefix.append(self._reencode(h.ev, changes))
         return prefix

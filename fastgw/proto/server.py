@@ -127,7 +127,7 @@ class Responder:
     """
 
     __slots__ = ("_proto", "_transport", "_head", "keep_alive", "started", "finished", "streaming", "_head_only",
-                 "status", "bytes_sent")
+                 "status", "bytes_sent", "first_write")
 
     def __init__(self, proto: HttpServerProtocol, keep_alive: bool, head_only: bool) -> None:
         self._proto = proto
@@ -140,6 +140,8 @@ class Responder:
         self._head_only = head_only
         self.status = 0
         self.bytes_sent = 0
+        #: When the first byte of the response was handed to the socket (monotonic), for timing records.
+        self.first_write: float | None = None
 
     # --- head -------------------------------------------------------------------------
     def _build_head(self, status: int, headers: list[tuple[bytes, bytes]], extra: bytes) -> bytes:
@@ -163,6 +165,7 @@ class Responder:
             raise RuntimeError("response already started")
         self.started = True
         head = self._build_head(status, headers, b"content-length: %d\r\n" % len(body))
+        self.first_write = time.monotonic()
         t = self._transport
         if t is not None and not t.is_closing():
             if self._head_only or not body:
@@ -191,6 +194,18 @@ class Responder:
         self.streaming = True
         self._head = self._build_head(status, headers, b"transfer-encoding: chunked\r\n")
 
+    @property
+    def head_pending(self) -> bool:
+        """A stream was started but nothing has been written yet: it can still become another response."""
+        return self.streaming and self._head is not None
+
+    def unstart(self) -> None:
+        """Forget a stream whose head was never written, so an error response can be sent instead."""
+        if not self.head_pending:
+            raise RuntimeError("response bytes already sent")
+        self._head = None
+        self.started = self.streaming = False
+
     def write(self, data: bytes) -> None:
         """Write one chunk (empty data writes nothing, except a pending head)."""
         t = self._transport
@@ -199,6 +214,7 @@ class Responder:
         head = self._head
         if head is not None:
             self._head = None
+            self.first_write = time.monotonic()
             if self._head_only or not data:
                 t.write(head)
                 return
@@ -216,6 +232,8 @@ class Responder:
         if t is not None and not t.is_closing():
             head = self._head
             self._head = None
+            if head is not None:
+                self.first_write = time.monotonic()
             if self._head_only:
                 if head is not None:
                     t.write(head)

@@ -38,6 +38,8 @@ class Pattern:
     max_width: int
     validator: Callable[[bytes], bool] | None = None
     caseless: bool = False
+    #: Unicode semantics (HS_FLAG_UTF8 | HS_FLAG_UCP): classes, \b and case folding beyond ASCII.
+    utf8: bool = False
     #: Overrides for the derived alphabet / start bytes (for expressions our analysis cannot read).
     alphabet: bytes | None = None
     start: bytes | None = None
@@ -190,6 +192,10 @@ class ScanDB:
         letters = set(range(65, 91)) | set(range(97, 123))
         for p in self.patterns:
             alphabet, start = derive_alphabet(p.expression, p.caseless)
+            if p.utf8:
+                # Unicode classes and case folding reach bytes the ASCII analysis cannot see.
+                alphabet = bytes(sorted(set(alphabet) | set(range(0x80, 0x100))))
+                start = bytes(sorted(set(start) | set(range(0xC2, 0xF5))))
             if p.alphabet is not None:
                 alphabet = p.alphabet
             if p.start is not None:
@@ -219,6 +225,8 @@ def compile_patterns(patterns: Sequence[Pattern]) -> hyperscan.Database:
         f = hyperscan.HS_FLAG_SOM_LEFTMOST
         if p.caseless:
             f |= hyperscan.HS_FLAG_CASELESS
+        if p.utf8:
+            f |= hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP
         flags.append(f)
     mode = hyperscan.HS_MODE_STREAM | hyperscan.HS_MODE_SOM_HORIZON_LARGE
     db = hyperscan.Database(mode=mode)

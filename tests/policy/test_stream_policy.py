@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from fastgw.config import PiiDetector
+from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.pii import PiiPolicy
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
@@ -16,6 +17,10 @@ from fastgw.scan.scanner import find_spans
 from tests.support.sse_streams import build_stream, chunk, streams
 
 _POLICIES: dict[str, PiiPolicy] = {}
+
+
+def _ctx(rid: str = "t") -> RequestContext:
+    return RequestContext(rid, "POST", "/v1/chat/completions", [])
 
 
 def policy(action: str = "redact", mode: str = "realtime") -> PiiPolicy:
@@ -29,7 +34,7 @@ def policy(action: str = "redact", mode: str = "realtime") -> PiiPolicy:
 
 def run(pol: PiiPolicy, wire: bytes, cuts: list[int]) -> tuple[list[bytes], StreamBlocked | None, StreamPolicy]:
     """Feed the upstream bytes cut at `cuts`; release after every read like the relay does."""
-    sp = StreamPolicy(pol, Findings([]), "t")
+    sp = StreamPolicy([pol], Findings([]), _ctx())
     dec = SSEDecoder()
     out: list[bytes] = []
     pos = 0
@@ -67,7 +72,7 @@ def test_redact_any_split_equals_whole_text_redaction(s):
     expected = pol.redact(data, find_spans(pol.db, data)).decode()
     assert client_text(out) == expected
     # Each content byte went through Hyperscan exactly once.
-    assert sum(t.scanner.scanned for t in sp._texts.values()) == len(data)
+    assert sum(t.scanners[0].scanned for t in sp._texts.values()) == len(data)
     # No detected value is on the wire.
     wire_out = b"".join(out)
     for span in find_spans(pol.db, data):
@@ -110,7 +115,8 @@ def test_block_any_split_sends_clean_prefix_then_error(s):
 def test_observe_passes_everything_through_unchanged_and_records():
     pol = policy("observe")
     wire = build_stream(["mail joe", "@example.com", " now"])
-    sp = StreamPolicy(pol, Findings(sinks := []), "rid-1")
+    sinks: list = []
+    sp = StreamPolicy([pol], Findings(sinks), _ctx("rid-1"))
     rec: list = []
 
     class Rec:
@@ -131,7 +137,7 @@ def test_observe_passes_everything_through_unchanged_and_records():
 def test_buffered_mode_holds_everything_until_the_end():
     pol = policy("redact", "buffered")
     wire = build_stream(["hello ", "world ", "mail joe@example.com ", "bye"])
-    sp = StreamPolicy(pol, Findings([]), "t")
+    sp = StreamPolicy([pol], Findings([]), _ctx())
     events = SSEDecoder().feed(wire)
     for ev in events[:-1]:  # everything before [DONE] is held
         sp.push(ev)
@@ -146,7 +152,7 @@ def test_prose_is_held_at_most_one_event():
     pol = policy("redact")
     pieces = [" " + w for w in ("This is an ordinary answer with no personal data in it at all "
                                 "and it goes on for a while so that we can see the holdback").split()]
-    sp = StreamPolicy(pol, Findings([]), "t")
+    sp = StreamPolicy([pol], Findings([]), _ctx())
     worst = 0
     for ev in SSEDecoder().feed(build_stream(pieces)):
         sp.push(ev)
@@ -159,7 +165,7 @@ def test_email_split_across_events_never_leaks_a_byte():
     pol = policy("redact")
     pieces = ["Write to user@exa", "mple.com", " today"]
     wire = build_stream(pieces)
-    sp = StreamPolicy(pol, Findings([]), "t")
+    sp = StreamPolicy([pol], Findings([]), _ctx())
     written = b""
     for ev in SSEDecoder().feed(wire):
         sp.push(ev)
