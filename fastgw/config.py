@@ -183,6 +183,7 @@ class QualityScorer(_Base):
 
 class AuditLogger(_Base):
     #: Directory for the audit files (one per worker and day); default: $STATE_DIRECTORY or ./audit.
+    #: retention_days: files older than this are deleted at start and at each daily rotation (0 keeps all).
     path: str | None = None
     #: Chain each record to the previous one with SHA-256 (`fastgw audit verify`).
     immutable: bool = True
@@ -305,8 +306,8 @@ def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
         errs.append(("$.policy.quality-scorer.thresholds.min_aggregate", "expected a number between 0 and 1"))
     audit = cfg.policy.audit_logger
     if audit is not None:
-        if audit.retention_days < 1:
-            errs.append(("$.policy.audit-logger.retention_days", "expected an integer >= 1"))
+        if audit.retention_days < 0:
+            errs.append(("$.policy.audit-logger.retention_days", "expected an integer >= 0 (0 keeps every file)"))
         if audit.fsync_interval <= 0:
             errs.append(("$.policy.audit-logger.fsync_interval", "expected a number > 0"))
     return errs
@@ -335,6 +336,8 @@ def _injection_errors(pi: PromptInjection) -> list[tuple[str, str]]:
     from fastgw.scan.database import Pattern, PatternError, compile_patterns
 
     errs: list[tuple[str, str]] = []
+    if not pi.threshold > 0:
+        errs.append(("$.policy.prompt-injection.threshold", "expected a number > 0"))
     for i, c in enumerate(pi.patterns):
         try:
             compile_patterns([Pattern(f"custom{i}", "INJECTION", c.regex.encode(), 256, caseless=True)])

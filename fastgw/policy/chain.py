@@ -9,7 +9,6 @@ logger records every request, refused ones included.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -110,7 +109,7 @@ class Chain:
         return changed
 
     def _injection(self, pol: Any, ctx: RequestContext, body: dict) -> None:
-        texts = [c[k] for c, k, _f, _i in request_slots(body)]
+        texts = _untrusted_texts(body)
         blocked, score, names = pol.check(texts)
         if blocked:
             ctx.decide("prompt-injection", "input", "block", score=round(score, 3), matched=names)
@@ -149,15 +148,16 @@ class Chain:
 
     def _judge(self, ctx: RequestContext) -> None:
         """Buffered checks on the whole answer (as the client would receive it)."""
+        from fastgw.policy.quality import wants_json
+
         q = self.quality
-        wants_json = bool(ctx.body) and q.wants_json(ctx.body)  # type: ignore[union-attr]
         result = self._guarded("quality-scorer", "output", ctx,
-                               lambda: q.evaluate(ctx.texts, ctx.finish, wants_json))  # type: ignore[union-attr]
+                               lambda: q.evaluate(ctx.texts, ctx.finish, wants_json(ctx.body)))  # type: ignore
         if result is None:
             return
-        blocked, aggregate, details = result
-        ctx.decide("quality-scorer", "output", "block" if blocked else ("observe" if aggregate <
-                   q.settings.thresholds.min_aggregate else "allow"),  # type: ignore[union-attr]
+        blocked, aggregate, _details = result
+        low = aggregate < q.min_aggregate  # type: ignore[union-attr]
+        ctx.decide("quality-scorer", "output", "block" if blocked else ("observe" if low else "allow"),
                    aggregate=round(aggregate, 3))
         if blocked:
             raise PolicyViolation("Response blocked: quality below threshold", "quality-scorer", "output")
@@ -204,8 +204,8 @@ class Chain:
         audit = self.audit
         if audit is None:
             return
-        if not self._audit_settings.log_all_access and ctx.status >= 400:  # type: ignore[union-attr]
-            return
+        if not self._audit_settings.log_all_access and ctx.status in (401, 403, 409):  # type: ignore[union-attr]
+            return  # refusals by a policy are recorded only with log_all_access
         from fastgw.policy.audit import record_from_context
 
         await audit.write(record_from_context(ctx, self._redact_for_audit))
@@ -220,6 +220,24 @@ class Chain:
             self._audit_redactor.allocate_scratch()
         data, spans = self._audit_redactor.scan_text(text)
         return self._audit_redactor.redact(data, spans).decode() if spans else text
+
+
+def _untrusted_texts(body: dict) -> list[str]:
+    """What a caller or a tool wrote: user, tool and function messages, and `prompt`. The operator's own
+    system prompt may legitimately carry role markers and is not judged as an injection."""
+    out: list[str] = []
+    msgs = body.get("messages")
+    if isinstance(msgs, list):
+        for m in msgs:
+            if isinstance(m, dict) and m.get("role") in ("user", "tool", "function", None):
+                for c, k, _f, _i in request_slots({"messages": [m]}):
+                    out.append(c[k])
+    p = body.get("prompt")
+    if isinstance(p, str):
+        out.append(p)
+    elif isinstance(p, list):
+        out += [x for x in p if isinstance(x, str)]
+    return out
 
 
 def build_chain(cfg: Config) -> Chain:
@@ -263,6 +281,3 @@ def _build(name: str, settings: Any) -> Any:
     raise ValueError(f"unknown policy {name!r}")
 
 
-def state_directory() -> str:
-    """Where state lives by default: systemd's StateDirectory, else ./state."""
-    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or os.path.join(os.getcwd(), "state")

@@ -23,13 +23,21 @@ def load_terms(path: str) -> list[str]:
     return out
 
 
+_ASCII_WORD = re.compile(r"[A-Za-z0-9_]")
+
+
 def term_expression(term: str) -> bytes:
-    """A phrase as a Hyperscan expression: literal, any whitespace run between words, whole words at the ends."""
+    """A phrase as a Hyperscan expression: literal, any whitespace run between words, whole words at the ends.
+
+    Word boundaries are ASCII (Hyperscan has no Unicode \b), so an end that is a non-ASCII letter is not
+    bounded: "école" also matches inside "préécole".
+    """
     words = [re.escape(w) for w in term.split()]
     expr = r"\s+".join(words)
-    if re.match(r"\w", term.strip()[:1]):
+    t = term.strip()
+    if _ASCII_WORD.match(t[:1]):
         expr = r"\b" + expr
-    if re.search(r"\w$", term.strip()):
+    if _ASCII_WORD.match(t[-1:]):
         expr = expr + r"\b"
     return expr.encode()
 

@@ -38,7 +38,8 @@ class Pattern:
     max_width: int
     validator: Callable[[bytes], bool] | None = None
     caseless: bool = False
-    #: Unicode semantics (HS_FLAG_UTF8 | HS_FLAG_UCP): classes, \b and case folding beyond ASCII.
+    #: UTF-8 mode (HS_FLAG_UTF8): characters, not bytes, and case folding beyond ASCII. Not HS_FLAG_UCP,
+    #: which Hyperscan refuses together with \b.
     utf8: bool = False
     #: Overrides for the derived alphabet / start bytes (for expressions our analysis cannot read).
     alphabet: bytes | None = None
@@ -226,7 +227,7 @@ def compile_patterns(patterns: Sequence[Pattern]) -> hyperscan.Database:
         if p.caseless:
             f |= hyperscan.HS_FLAG_CASELESS
         if p.utf8:
-            f |= hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP
+            f |= hyperscan.HS_FLAG_UTF8
         flags.append(f)
     mode = hyperscan.HS_MODE_STREAM | hyperscan.HS_MODE_SOM_HORIZON_LARGE
     db = hyperscan.Database(mode=mode)
