@@ -20,10 +20,11 @@ from fastgw.policy.chain import Chain
 from fastgw.proto.client import UpstreamConnection, UpstreamError, UpstreamPool
 from fastgw.proto.errors import GatewayError
 from fastgw.proto.server import Request, Responder
-from fastgw.providers import openai as openai_provider
+from fastgw.config import DEFAULT_BASE_URLS
+from fastgw.providers import adapter_for
 from fastgw.providers.base import Endpoint, TargetRuntime
 from fastgw.providers.mock import MockModel
-from fastgw.stream import PolicyRelay, SSERelay, Source, TimedSource
+from fastgw.stream import PolicyRelay, SSERelay, Source, TimedSource, TranslatedSource
 
 __all__ = ["App", "build_targets"]
 
@@ -66,7 +67,9 @@ def build_targets(cfg: Config, secrets: dict[str, str]) -> list[TargetRuntime]:
                                 chunk_size=m.chunk_size if m else 4, chunks=m.chunks if m else None,
                                 delay=m.delay if m else 0.0, ttft=m.ttft if m else 0.0)
         out.append(TargetRuntime(
-            id=t.id, provider=t.provider, model=t.model, aliases=tuple(t.aliases), base_url=t.base_url,
+            id=t.id, provider=t.provider, model=t.model, aliases=tuple(t.aliases),
+            base_url=t.base_url or DEFAULT_BASE_URLS.get(t.provider),
+            deployment=t.deployment, api_version=t.api_version, region=t.region,
             api_key=secrets.get(t.id), ca_file=t.ca_file,
             extra_headers=[(k.lower().encode(), v.encode()) for k, v in t.headers.items()],
             connect_timeout=t.connect_timeout, read_timeout=t.read_timeout, options=options))
@@ -294,7 +297,8 @@ class App:
 
     async def _upstream(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None, stream: bool,
                         resp: Responder, ctx: RequestContext) -> None:
-        ureq = openai_provider.build_request(target, endpoint, body, raw, stream)
+        adapter = adapter_for(target.provider)
+        ureq = adapter.build_request(target, endpoint, body, raw, stream)
         conn: UpstreamConnection = await self.pool.exchange(
             (ureq.scheme, ureq.host, ureq.port), ureq.encode(), connect_timeout=target.connect_timeout,
             head_timeout=target.read_timeout, ca_file=target.ca_file)
@@ -302,15 +306,20 @@ class App:
             status = conn.status
             ctype = conn.header(b"content-type") or b""
             passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
-            if stream and status == 200 and ctype.startswith(b"text/event-stream"):
-                await self._stream(resp, conn, ctx, _SSE_HEADERS + passed)
+            if stream and status == 200 and adapter.is_stream(ctype):
+                translator = adapter.stream_translator(target, body)
+                source: Source = conn if translator is None else TranslatedSource(conn, translator)
+                await self._stream(resp, source, ctx, _SSE_HEADERS + passed)
                 return
             data = await conn.read_body(timeout=target.read_timeout)
+            status, data = adapter.translate_response(target, body, status, data)
             if status >= 400:
                 ctx.status = status
                 await self._record(ctx, resp)
                 self._send_upstream_error(resp, status, data, passed)
                 return
+            if target.provider not in ("openai", "azure", "groq", "mistral", "together", "vllm"):
+                ctype = b"application/json"  # translated to an OpenAI body
             await self._send_ok(resp, ctx, [(b"content-type", ctype or b"application/json")] + passed, data,
                                 endpoint)
         finally:

@@ -63,7 +63,16 @@ class MockOptions(_Base):
     ttft: float = 0.0
 
 
-Provider = Literal["openai", "mock"]
+Provider = Literal["openai", "azure", "groq", "mistral", "together", "vllm", "anthropic", "gemini", "ollama",
+                   "cohere", "bedrock", "mock"]
+
+#: Where each provider lives when a target names no base_url (None: base_url is required).
+DEFAULT_BASE_URLS: dict[str, str | None] = {
+    "openai": "https://api.openai.com/v1", "groq": "https://api.groq.com/openai/v1",
+    "mistral": "https://api.mistral.ai/v1", "together": "https://api.together.xyz/v1", "vllm": None,
+    "azure": None, "anthropic": "https://api.anthropic.com", "gemini": "https://generativelanguage.googleapis.com",
+    "ollama": "http://127.0.0.1:11434", "cohere": "https://api.cohere.com", "bedrock": None,
+}
 
 
 class Target(_Base):
@@ -80,6 +89,11 @@ class Target(_Base):
     connect_timeout: float = limits.CONNECT_TIMEOUT
     read_timeout: float = limits.UPSTREAM_READ_TIMEOUT
     mock: MockOptions | None = None
+    #: azure: the deployment name (default: model) and the api-version query parameter.
+    deployment: str | None = None
+    api_version: str = "2024-10-21"
+    #: bedrock: AWS region (default: AWS_REGION); base_url then overrides the regional endpoint.
+    region: str | None = None
 
 
 class Providers(_Base):
@@ -256,9 +270,9 @@ def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
             errs.append((f"{p}.id", f"duplicate target id {t.id!r}"))
         seen.add(t.id)
         if t.provider != "mock":
-            if not t.base_url:
+            if not t.base_url and DEFAULT_BASE_URLS.get(t.provider) is None and t.provider != "bedrock":
                 errs.append((f"{p}.base_url", f"required for provider {t.provider!r}"))
-            elif not re.match(r"^https?://[^/\s]+", t.base_url):
+            elif t.base_url and not re.match(r"^https?://[^/\s]+", t.base_url):
                 errs.append((f"{p}.base_url", f"expected an http:// or https:// URL, got {t.base_url!r}"))
         if t.mock is not None:
             if t.provider != "mock":

@@ -19,8 +19,9 @@ from fastgw.proto.server import Responder
 from fastgw.policy.base import PolicyFailure
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
 from fastgw.proto.sse import DONE, SSEDecoder, SSESplitter, encode_data
+from fastgw.providers.base import Translator
 
-__all__ = ["SSERelay", "PolicyRelay", "TimedSource", "error_event", "Source"]
+__all__ = ["SSERelay", "PolicyRelay", "TimedSource", "TranslatedSource", "error_event", "Source"]
 
 _DONE_TAIL = b"[DONE]"
 
@@ -294,3 +295,62 @@ class PolicyRelay(SSERelay):
     def client_lost(self) -> None:
         self._policy.close()
         super().client_lost()
+
+
+class TranslatedSource:
+    """A provider's streamed body seen as OpenAI SSE: sits between the upstream connection and the relay,
+    translating each read in place (same loop iteration) and passing flow control straight through."""
+
+    __slots__ = ("_conn", "_translator", "_sink")
+
+    def __init__(self, conn: Source, translator: Translator) -> None:
+        self._conn = conn
+        self._translator = translator
+        self._sink: SSERelay | None = None
+
+    def set_sink(self, sink: SSERelay) -> None:
+        self._sink = sink
+        self._conn.set_sink(self)  # type: ignore[arg-type]
+
+    def on_data(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None or sink.done.done():
+            return
+        try:
+            out = self._translator.feed(data)
+        except GatewayError as e:
+            self._conn.detach()
+            sink.on_error(e)  # type: ignore[arg-type]
+            return
+        if out:
+            sink.on_data(out)
+
+    def flush(self) -> None:
+        if self._sink is not None:
+            self._sink.flush()
+
+    def on_end(self) -> None:
+        sink = self._sink
+        if sink is None or sink.done.done():
+            return
+        try:
+            out = self._translator.finish()
+        except GatewayError as e:
+            sink.on_error(e)  # type: ignore[arg-type]
+            return
+        if out:
+            sink.on_data(out)
+        sink.on_end()
+
+    def on_error(self, exc: UpstreamError) -> None:
+        if self._sink is not None:
+            self._sink.on_error(exc)
+
+    def pause_reading(self) -> None:
+        self._conn.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._conn.resume_reading()
+
+    def detach(self) -> None:
+        self._conn.detach()

@@ -244,3 +244,32 @@ def test_mock_text_file_chunking_and_pacing(gateway_factory, tmp_path):
     assert parts[-1][0] - parts[0][0] > 0.2  # 9 chunks 30 ms apart arrive paced, not in one burst
     resp, body, _ = _request(gw, "POST", "/v1/chat/completions", _chat("m", False))
     assert orjson.loads(body)["choices"][0]["message"]["content"] == reply.read_text()
+
+
+def test_azure_target_uses_deployment_path_api_version_and_api_key(gateway_factory, upstream):
+    base = upstream.url[: -len("/v1")]
+    cfg = {"pack": {"name": "t"}, "providers": {"targets": [
+        {"id": "az", "provider": "azure", "model": "gpt-4o", "deployment": "dep1", "api_version": "2024-10-21",
+         "base_url": base, "secret_key_ref": {"env": "FASTGW_AZ_KEY"}}]}}
+    gw = gateway_factory.start(cfg, env={"FASTGW_AZ_KEY": "az-secret"})
+    resp, body, _ = _request(gw, "POST", "/v1/chat/completions", _chat("gpt-4o", True))
+    assert resp.status_code == 200 and body.endswith(b"data: [DONE]\n\n")
+    seen = upstream.last("/openai/deployments/dep1/chat/completions")
+    assert seen["query"] == "api-version=2024-10-21"
+    assert seen["headers"]["api-key"] == "az-secret" and "authorization" not in seen["headers"]
+
+
+def test_openai_compatible_vendors_default_base_urls(tmp_path):
+    from fastgw.app import build_targets
+    from fastgw.config import load_config
+    p = tmp_path / "c.yaml"
+    p.write_text("pack: {name: t}\nproviders:\n  targets:\n"
+                 "    - {id: g, provider: groq, model: llama}\n    - {id: m, provider: mistral, model: mistral-small}\n"
+                 "    - {id: t, provider: together, model: x}\n")
+    cfg, secrets = load_config(p)
+    urls = {t.id: t.base_url for t in build_targets(cfg, secrets)}
+    assert urls == {"g": "https://api.groq.com/openai/v1", "m": "https://api.mistral.ai/v1",
+                    "t": "https://api.together.xyz/v1"}
+    p.write_text("pack: {name: t}\nproviders:\n  targets:\n    - {id: v, provider: vllm, model: x}\n")
+    with pytest.raises(Exception, match="base_url: required for provider 'vllm'"):
+        load_config(p)

@@ -7,9 +7,10 @@ request pipeline (`fastgw.app`) does the I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
-__all__ = ["Endpoint", "UpstreamRequest", "TargetRuntime", "split_base_url"]
+__all__ = ["Endpoint", "UpstreamRequest", "TargetRuntime", "split_base_url", "Translator", "Adapter", "host_header"]
 
 
 class Endpoint:
@@ -67,3 +68,38 @@ class TargetRuntime:
     connect_timeout: float = 5.0
     read_timeout: float = 600.0
     options: object = None
+    deployment: str | None = None
+    api_version: str = "2024-10-21"
+    region: str | None = None
+
+
+def host_header(scheme: str, host: str, port: int) -> bytes:
+    """The Host header value: the port only when it is not the scheme's default."""
+    h = host.encode("idna")
+    return h if port == (443 if scheme == "https" else 80) else b"%s:%d" % (h, port)
+
+
+class Translator(Protocol):
+    """Turns one provider's streamed body into OpenAI `chat.completion.chunk` SSE bytes.
+
+    `feed` takes raw body bytes as they arrive and returns the OpenAI events they complete (maybe b"");
+    `finish` is called at the clean end of the body and returns the last events, the usage chunk when the
+    client asked for it, and `data: [DONE]`. Both raise `GatewayError` for a provider error event or a
+    malformed stream (the relay turns it into the in-stream error envelope).
+    """
+
+    def feed(self, data: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+class Adapter(Protocol):
+    """What a provider module offers the request pipeline (pure: no sockets)."""
+
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
+                      stream: bool) -> UpstreamRequest: ...
+
+    def stream_translator(self, target: TargetRuntime, body: dict) -> Translator | None: ...
+
+    def is_stream(self, content_type: bytes) -> bool: ...
+
+    def translate_response(self, target: TargetRuntime, body: dict, status: int, data: bytes) -> tuple[int, bytes]: ...

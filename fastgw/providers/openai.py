@@ -1,36 +1,70 @@
-"""OpenAI and any OpenAI-compatible upstream: the request goes out as the client sent it (model rewritten if aliased)."""
+"""OpenAI and the OpenAI-compatible family (azure, groq, mistral, together, vllm): the request goes out as the
+client sent it (model rewritten if aliased), the answer comes back as it is."""
 
 from __future__ import annotations
 
 import orjson
 
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, split_base_url
+from fastgw.providers.base import TargetRuntime, Translator, UpstreamRequest, host_header, split_base_url
 
-__all__ = ["build_request"]
+__all__ = ["OpenAIAdapter", "AzureAdapter", "build_request"]
 
 _UA = b"fastgw/0.1"
 
 
+class OpenAIAdapter:
+    """Any OpenAI-compatible API. Vendor extras in chunks (e.g. `x_groq.usage`) pass through untouched."""
+
+    def path(self, target: TargetRuntime, prefix: str, endpoint: str) -> str:
+        return f"{prefix}/{endpoint}"
+
+    def auth(self, target: TargetRuntime) -> list[tuple[bytes, bytes]]:
+        return [(b"authorization", b"Bearer " + target.api_key.encode())] if target.api_key else []
+
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
+                      stream: bool) -> UpstreamRequest:
+        """The client's body bytes are forwarded untouched when nothing changed them (raw given) and the
+        model name needs no rewrite (no decode/encode round trip); otherwise `body` is re-encoded.
+        The client's Authorization is never forwarded: the target's own key is used."""
+        assert target.base_url is not None
+        scheme, host, port, prefix = split_base_url(target.base_url)
+        if raw is None or body.get("model") != target.model:
+            raw = orjson.dumps({**body, "model": target.model})
+        headers: list[tuple[bytes, bytes]] = [
+            (b"host", host_header(scheme, host, port)),
+            (b"content-type", b"application/json"),
+            (b"accept", b"text/event-stream" if stream else b"application/json"),
+            (b"user-agent", _UA),
+            *self.auth(target),
+            *target.extra_headers,
+        ]
+        return UpstreamRequest(scheme, host, port, "POST", self.path(target, prefix, endpoint), headers, raw)
+
+    def stream_translator(self, target: TargetRuntime, body: dict) -> Translator | None:
+        return None  # already OpenAI SSE: relayed byte for byte
+
+    def is_stream(self, content_type: bytes) -> bool:
+        return content_type.startswith(b"text/event-stream")
+
+    def translate_response(self, target: TargetRuntime, body: dict, status: int, data: bytes) -> tuple[int, bytes]:
+        return status, data
+
+
+class AzureAdapter(OpenAIAdapter):
+    """Azure OpenAI: `{base_url}/openai/deployments/{deployment}/{endpoint}?api-version=...`, key in `api-key`."""
+
+    def path(self, target: TargetRuntime, prefix: str, endpoint: str) -> str:
+        deployment = target.deployment or target.model
+        return f"{prefix}/openai/deployments/{deployment}/{endpoint}?api-version={target.api_version}"
+
+    def auth(self, target: TargetRuntime) -> list[tuple[bytes, bytes]]:
+        return [(b"api-key", target.api_key.encode())] if target.api_key else []
+
+
+_openai = OpenAIAdapter()
+
+
 def build_request(target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None, stream: bool
                   ) -> UpstreamRequest:
-    """The upstream request for an OpenAI-shaped call.
-
-    The client's body bytes are forwarded untouched when nothing changed them (raw given) and the
-    model name needs no rewrite (no decode/encode round trip); otherwise `body` is re-encoded.
-    The client's Authorization is never forwarded: the target's own key is used.
-    """
-    assert target.base_url is not None
-    scheme, host, port, prefix = split_base_url(target.base_url)
-    if raw is None or body.get("model") != target.model:
-        raw = orjson.dumps({**body, "model": target.model})
-    default_port = 443 if scheme == "https" else 80
-    headers: list[tuple[bytes, bytes]] = [
-        (b"host", host.encode("idna") if port == default_port else b"%s:%d" % (host.encode("idna"), port)),
-        (b"content-type", b"application/json"),
-        (b"accept", b"text/event-stream" if stream else b"application/json"),
-        (b"user-agent", _UA),
-    ]
-    if target.api_key:
-        headers.append((b"authorization", b"Bearer " + target.api_key.encode()))
-    headers.extend(target.extra_headers)
-    return UpstreamRequest(scheme, host, port, "POST", f"{prefix}/{endpoint}", headers, raw)
+    """Kept for callers of the first version: the OpenAI adapter's request."""
+    return _openai.build_request(target, endpoint, body, raw, stream)

@@ -208,7 +208,8 @@ class Recorder:
         for k, v in request.headers.items():
             k = k.lower()
             headers[k] = v if k not in headers else headers[k] + ", " + v
-        self.last[request.path] = {"headers": headers, "body": body, "method": request.method}
+        self.last[request.path] = {"headers": headers, "body": body, "method": request.method,
+                                   "query": request.query_string}
         self.count[request.path] = self.count.get(request.path, 0) + 1
 
 
@@ -668,6 +669,8 @@ async def count_api_requests(request: web.Request, handler: Any) -> web.StreamRe
 def make_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[count_api_requests])
     app.router.add_post("/v1/chat/completions", chat_completions)
+    # Azure OpenAI's layout: deployment in the path, api-version in the query, key in `api-key`.
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
