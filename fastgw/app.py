@@ -22,6 +22,8 @@ from fastgw.proto.errors import GatewayError
 from fastgw.proto.server import Request, Responder
 from fastgw.config import DEFAULT_BASE_URLS
 from fastgw.providers import adapter_for
+from fastgw.providers.native import messages_request
+from fastgw.providers.openai import OpenAIAdapter
 from fastgw.providers.base import Endpoint, TargetRuntime
 from fastgw.providers.mock import MockModel
 from fastgw.stream import PolicyRelay, SSERelay, Source, TimedSource, TranslatedSource
@@ -29,6 +31,7 @@ from fastgw.stream import PolicyRelay, SSERelay, Source, TimedSource, Translated
 __all__ = ["App", "build_targets"]
 
 log = logging.getLogger("fastgw.app")
+_PASS = OpenAIAdapter()  # pass-through: SSE relayed as is, bodies untouched
 
 _JSON = (b"content-type", b"application/json")
 # Headers for streamed answers: no caching, and tell nginx not to buffer (X-Accel-Buffering).
@@ -40,6 +43,11 @@ _PASS_HEADERS = frozenset({b"x-request-id", b"openai-processing-ms", b"openai-ve
                            b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-requests",
                            b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-requests",
                            b"x-ratelimit-reset-tokens", b"x-should-retry"})
+
+
+#: Endpoints that speak one provider family's own API, and the providers that serve them.
+_NATIVE = {Endpoint.RESPONSES: frozenset({"openai", "azure"}), Endpoint.MESSAGES: frozenset({"anthropic"})}
+_DIALECT = {Endpoint.RESPONSES: "responses", Endpoint.MESSAGES: "messages"}
 
 
 class InvalidRequest(GatewayError):
@@ -99,6 +107,8 @@ class App:
             "/v1/chat/completions": (post, self._chat),
             "/v1/completions": (post, self._completions),
             "/v1/embeddings": (post, self._embeddings),
+            "/v1/responses": (post, self._responses),
+            "/v1/messages": (post, self._messages),
             "/v1/models": (get, self._models),
             "/healthz": (get, self._healthz),
             "/readyz": (get, self._readyz),
@@ -201,6 +211,12 @@ class App:
     async def _embeddings(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
         await self._proxy(Endpoint.EMBEDDINGS, req, resp, ctx)
 
+    async def _responses(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
+        await self._proxy(Endpoint.RESPONSES, req, resp, ctx)
+
+    async def _messages(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
+        await self._proxy(Endpoint.MESSAGES, req, resp, ctx)
+
     def _parse(self, req: Request) -> dict:
         ctype = req.header(b"content-type")
         if ctype is not None and b"json" not in ctype.lower():
@@ -237,6 +253,10 @@ class App:
                                 param="model")
         target = targets[0]
         ctx.target = target.id
+        native = _NATIVE.get(endpoint)
+        if native is not None and target.provider not in native:
+            raise InvalidRequest(f"/v1/{endpoint} is served for {', '.join(sorted(native))} targets; model `{model}` "
+                                 f"is on a {target.provider} target", code="unsupported_endpoint", param="model")
         if target.provider == "mock":
             await self._mock(target, endpoint, body, stream, resp, ctx)
         else:
@@ -247,9 +267,10 @@ class App:
         # Deferred end: the audit record goes to the OS before the last byte, and a buffered answer that is
         # blocked before any byte was sent can still become an HTTP 409.
         defer = self.chain.audit is not None or self.chain.buffered
+        dialect = _DIALECT.get(ctx.endpoint, "chat")
         if self.chain.decodes_output:
-            return PolicyRelay(resp, source, self.loop, self.chain.stream_policy(ctx), defer_end=defer)
-        return SSERelay(resp, source, self.loop, defer_end=defer)
+            return PolicyRelay(resp, source, self.loop, self.chain.stream_policy(ctx, dialect), defer_end=defer)
+        return SSERelay(resp, source, self.loop, defer_end=defer, dialect=dialect)
 
     async def _stream(self, resp: Responder, source: Source, ctx: RequestContext,
                       headers: list[tuple[bytes, bytes]]) -> None:
@@ -298,7 +319,11 @@ class App:
     async def _upstream(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None, stream: bool,
                         resp: Responder, ctx: RequestContext) -> None:
         adapter = adapter_for(target.provider)
-        ureq = adapter.build_request(target, endpoint, body, raw, stream)
+        if endpoint == Endpoint.MESSAGES:
+            ureq = messages_request(target, body, raw, stream, ctx.headers)
+            adapter = _PASS  # the client speaks the provider's own API: nothing to translate
+        else:
+            ureq = adapter.build_request(target, endpoint, body, raw, stream)
         conn: UpstreamConnection = await self.pool.exchange(
             (ureq.scheme, ureq.host, ureq.port), ureq.encode(), connect_timeout=target.connect_timeout,
             head_timeout=target.read_timeout, ca_file=target.ca_file)
@@ -318,7 +343,8 @@ class App:
                 await self._record(ctx, resp)
                 self._send_upstream_error(resp, status, data, passed)
                 return
-            if target.provider not in ("openai", "azure", "groq", "mistral", "together", "vllm"):
+            if adapter is not _PASS and target.provider not in ("openai", "azure", "groq", "mistral", "together",
+                                                                "vllm"):
                 ctype = b"application/json"  # translated to an OpenAI body
             await self._send_ok(resp, ctx, [(b"content-type", ctype or b"application/json")] + passed, data,
                                 endpoint)

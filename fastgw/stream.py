@@ -18,7 +18,9 @@ from fastgw.proto.errors import GatewayError, ProtocolError
 from fastgw.proto.server import Responder
 from fastgw.policy.base import PolicyFailure
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
-from fastgw.proto.sse import DONE, SSEDecoder, SSESplitter, encode_data
+import orjson
+
+from fastgw.proto.sse import DONE, SSEDecoder, SSESplitter, encode_data, encode_event
 from fastgw.providers.base import Translator
 
 __all__ = ["SSERelay", "PolicyRelay", "TimedSource", "TranslatedSource", "error_event", "Source"]
@@ -31,6 +33,26 @@ log = logging.getLogger("fastgw.stream")
 def error_event(err: GatewayError) -> bytes:
     """The in-stream error: an SSE data event carrying the OpenAI error envelope (SDKs raise APIError on it)."""
     return encode_data(err.body())
+
+
+def terminal_error(dialect: str, err: GatewayError, last_seq: int = -1) -> bytes:
+    """How a stream of this dialect ends in failure: its own error event (and `[DONE]` for chat)."""
+    if dialect == "chat":
+        return error_event(err) + DONE
+    body = orjson.loads(err.body())["error"]
+    if dialect == "responses":
+        obj = {"type": "error", "code": body.get("code"), "message": body.get("message"), "param": body.get("param"),
+               "sequence_number": last_seq + 1}
+        if body.get("policy"):
+            obj["policy"] = body["policy"]
+        return encode_event(orjson.dumps(obj), event="error")
+    return encode_event(orjson.dumps({"type": "error", "error": {"type": body.get("type"),
+                                                                 "message": body.get("message")}}), event="error")
+
+
+def _done_marker(dialect: str) -> bytes:
+    """What closes a clean stream when the upstream did not send it ([DONE] is OpenAI chat's alone)."""
+    return DONE if dialect == "chat" else b""
 
 
 class Source(TypingProtocol):
@@ -50,10 +72,11 @@ class SSERelay:
     """
 
     __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
-                 "error")
+                 "error", "dialect")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
-                 defer_end: bool = False) -> None:
+                 defer_end: bool = False, dialect: str = "chat") -> None:
+        self.dialect = dialect
         self._resp = resp
         self._source = source
         self._splitter = SSESplitter()
@@ -103,7 +126,7 @@ class SSERelay:
         tail = self._take()
         if not self.saw_done:
             # A clean HTTP end without the sentinel: close the SSE stream the way OpenAI does.
-            tail += DONE
+            tail += _done_marker(self.dialect)
         self.ok = True
         self._end(tail)
 
@@ -112,7 +135,7 @@ class SSERelay:
             return
         # Whole events that arrived before the failure still go out, then the error, then [DONE].
         self.error = exc
-        self._end(self._take() + error_event(exc) + DONE)
+        self._end(self._take() + terminal_error(self.dialect, exc))
 
     def _end(self, tail: bytes) -> None:
         """Finish: write the last bytes and the terminator now, or leave them to the caller (defer_end)."""
@@ -202,7 +225,7 @@ class PolicyRelay(SSERelay):
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  policy: StreamPolicy, defer_end: bool = False) -> None:
-        super().__init__(resp, source, loop, defer_end)
+        super().__init__(resp, source, loop, defer_end, policy.dialect)
         self._decoder = SSEDecoder()
         self._policy = policy
 
@@ -253,7 +276,7 @@ class PolicyRelay(SSERelay):
             self._fail_closed()
             return
         if not self.saw_done:
-            out.append(DONE)
+            out.append(_done_marker(self.dialect))
         self._policy.close()
         self.ok = True
         self._end(b"".join(out))
@@ -275,7 +298,7 @@ class PolicyRelay(SSERelay):
         self._policy.close()
         self._source.detach()
         self.error = err
-        self._end(b"".join(out) + error_event(err) + DONE)
+        self._end(b"".join(out) + terminal_error(self.dialect, err, self._policy.last_seq))
 
     def _fail_closed(self) -> None:
         """An internal policy failure: drop what is held, end with an error naming the output policies."""
@@ -284,13 +307,13 @@ class PolicyRelay(SSERelay):
         self._policy.close()
         self._source.detach()
         self.error = PolicyFailure("output")
-        self._end(error_event(self.error) + DONE)
+        self._end(terminal_error(self.dialect, self.error, self._policy.last_seq))
 
     def _blocked(self, b: StreamBlocked) -> None:
         self._policy.close()
         self._source.detach()  # stop the upstream generating what nobody will see
         self.error = b.error
-        self._end(b"".join(b.prefix) + error_event(b.error) + DONE)
+        self._end(b"".join(b.prefix) + terminal_error(self.dialect, b.error, self._policy.last_seq))
 
     def client_lost(self) -> None:
         self._policy.close()

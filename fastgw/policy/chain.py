@@ -139,12 +139,12 @@ class Chain:
     def buffered(self) -> bool:
         return self.quality is not None or any(p.buffered and p.action != "observe" for p in self.output_scanners)
 
-    def stream_policy(self, ctx: RequestContext) -> Any:
+    def stream_policy(self, ctx: RequestContext, dialect: str = "chat") -> Any:
         """The output engine for one streamed answer."""
         from fastgw.policy.stream import StreamPolicy
 
         return StreamPolicy(self.output_scanners, self.findings, ctx, buffered=self.buffered,
-                            judge=self._judge if self.quality is not None else None)
+                            judge=self._judge if self.quality is not None else None, dialect=dialect)
 
     def _judge(self, ctx: RequestContext) -> None:
         """Buffered checks on the whole answer (as the client would receive it)."""

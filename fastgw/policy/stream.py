@@ -95,19 +95,30 @@ _Seg = tuple
 
 
 class _Held:
-    __slots__ = ("ev", "segs")
+    __slots__ = ("ev", "segs", "whole", "seq")
 
-    def __init__(self, ev: SSEEvent, segs: list[_Seg]) -> None:
+    def __init__(self, ev: SSEEvent, segs: list[_Seg], whole: bool = False, seq: int = -1) -> None:
         self.ev = ev
         self.segs = segs
+        self.seq = seq  # Responses API sequence_number
+        #: The event repeats whole texts (Responses API `.done` / `response.completed`): rewritten at release.
+        self.whole = whole
 
 
 class StreamPolicy:
     """The output side of the chain for one streamed response."""
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
-                 buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
+                 buffered: bool = False, judge: Callable[[RequestContext], None] | None = None,
+                 dialect: str = "chat") -> None:
         self.policies = policies
+        #: "chat" (chat.completion.chunk), "responses" (Responses API events), "messages" (Anthropic events).
+        self.dialect = dialect
+        #: Released text per stream key, as the client got it (to rewrite events that repeat whole texts).
+        self._assembled: dict[tuple, list[str]] = {}
+        #: Last Responses API sequence_number sent (an error event we add continues it).
+        self.last_seq = -1
+        self._rewritten = False
         self._findings = findings
         self._ctx = ctx
         self._texts: dict[tuple, _Text] = {}
@@ -125,6 +136,9 @@ class StreamPolicy:
     # ---- input -----------------------------------------------------------------------------
     def push(self, ev: SSEEvent) -> None:
         """Take one upstream event: scan its text, queue it."""
+        if self.dialect != "chat":
+            self._push_other(ev)
+            return
         data = ev.data
         segs: list[_Seg] = []
         if data is not None and data != "[DONE]" and data[:1] == "{":
@@ -188,14 +202,17 @@ class StreamPolicy:
         if t.done:
             return
         safe = None
-        fld = "arguments" if key[1] == "tool" else key[1]
+        if self.dialect == "chat":
+            choice, fld = key[0], ("arguments" if key[1] == "tool" else key[1])
+        else:
+            choice, fld = 0, ("arguments" if key[0] == "args" else key[0])
         for i, (pol, sc) in enumerate(zip(self.policies, t.scanners)):
             s, spans = sc.settle(final=final)
             if self._acting[i]:
                 safe = s if safe is None else min(safe, s)
             for sp in spans:
                 self._findings.record(Finding(pol.name, sp.entity, "output", sp.start, sp.end, pol.action,
-                                              self._ctx.request_id, key[0], fld))
+                                              self._ctx.request_id, choice, fld))
                 if pol.action == "block":
                     if t.block is None or sp.start < t.block[0].start:
                         t.block = (sp, pol)
@@ -270,6 +287,10 @@ class StreamPolicy:
                 sc.close()
 
     def _render(self, h: _Held) -> bytes:
+        if h.seq >= 0:
+            self.last_seq = h.seq  # an error event we add continues from the last one sent
+        if h.whole:
+            return self._rewrite_whole(h.ev)
         if not h.segs:
             return h.ev.raw
         texts = self._texts
@@ -285,15 +306,26 @@ class StreamPolicy:
                     new = redact(data, spans, a, backslashes if tpos is not None else None)
                     changes.append((seg, new))
                     t.spans = [x for x in t.spans if x[0].end > b]  # spans done with leave the list
-            if fld == "content" or fld == "text":
+            if self.dialect != "chat":
+                self._assembled.setdefault(key, []).append(new.decode())
+                if fld == "text":
+                    collect[0] = collect.get(0, "") + new.decode()
+            elif fld == "content" or fld == "text":
                 collect[key[0]] = collect.get(key[0], "") + new.decode()
         if not changes:
             return h.ev.raw  # invariant 5: untouched events leave byte-identical
+        self._rewritten = True
         return self._reencode(h.ev, changes)
 
-    @staticmethod
-    def _reencode(ev: SSEEvent, changes: list[tuple[_Seg, bytes]]) -> bytes:
+    def _reencode(self, ev: SSEEvent, changes: list[tuple[_Seg, bytes]]) -> bytes:
         obj = orjson.loads(ev.data)
+        if self.dialect != "chat":
+            for (_key, _a, _b, _data, _pos, fld, _tpos, _bs), new in changes:
+                if self.dialect == "messages":
+                    obj["delta"]["partial_json" if fld == "arguments" else "text"] = new.decode()
+                else:
+                    obj["delta"] = new.decode()
+            return encode_event(orjson.dumps(obj), event=ev.event, id=ev.id)
         for (_key, _a, _b, _data, pos, fld, tpos, _bs), new in changes:
             ch = obj["choices"][pos]
             text = new.decode()
@@ -303,6 +335,118 @@ class StreamPolicy:
                 ch["delta"]["tool_calls"][tpos]["function"]["arguments"] = text
             else:
                 ch["delta"][fld] = text
+        return encode_event(orjson.dumps(obj), event=ev.event, id=ev.id)
+
+    # ---- Responses API and Anthropic Messages events --------------------------------------------
+    def _push_other(self, ev: SSEEvent) -> None:
+        data = ev.data
+        segs: list[_Seg] = []
+        whole = False
+        obj = None
+        if data and data[:1] == "{":
+            try:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise GatewayError("upstream sent an event the output policy cannot parse", status=502,
+                                   type="upstream_error", code="upstream_protocol_error") from None
+        if isinstance(obj, dict):
+            kind = obj.get("type")
+            if self.dialect == "responses":
+                seq = obj.get("sequence_number")
+                whole = self._responses_event(kind, obj, segs)
+                self._queue.append(_Held(ev, segs, whole, seq if isinstance(seq, int) else -1))
+                return
+            self._messages_event(kind, obj, segs)
+        self._queue.append(_Held(ev, segs, whole))
+
+    def _responses_event(self, kind: object, obj: dict, segs: list[_Seg]) -> bool:
+        item = obj.get("item_id")
+        if kind in ("response.output_text.delta", "response.refusal.delta") and isinstance(obj.get("delta"), str):
+            fld = "text" if kind == "response.output_text.delta" else "refusal"
+            self._seg((fld, item, obj.get("content_index", 0)), obj["delta"], 0, fld, None, segs)
+        elif kind == "response.function_call_arguments.delta" and isinstance(obj.get("delta"), str):
+            self._seg(("args", item, 0), obj["delta"], 0, "arguments", 0, segs)
+        elif kind in ("response.output_text.done", "response.refusal.done", "response.function_call_arguments.done",
+                      "response.content_part.done", "response.output_item.done"):
+            self._settle_where(lambda key: key[1] == item, final=True)
+            return True
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            self._finish_all()
+            return True
+        return False
+
+    def _messages_event(self, kind: object, obj: dict, segs: list[_Seg]) -> None:
+        if kind == "content_block_delta":
+            d = obj.get("delta") or {}
+            idx = obj.get("index", 0)
+            if d.get("type") == "text_delta" and isinstance(d.get("text"), str):
+                self._seg(("text", idx, 0), d["text"], 0, "text", None, segs)
+            elif d.get("type") == "input_json_delta" and isinstance(d.get("partial_json"), str):
+                self._seg(("args", idx, 0), d["partial_json"], 0, "arguments", 0, segs)
+        elif kind == "content_block_stop":
+            idx = obj.get("index", 0)
+            self._settle_where(lambda key: key[1] == idx, final=True)
+        elif kind == "message_delta":
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                self._ctx.usage = usage
+            reason = (obj.get("delta") or {}).get("stop_reason")
+            if isinstance(reason, str):
+                self._ctx.finish[0] = reason
+        elif kind == "message_stop":
+            self._finish_all()
+
+    def _settle_where(self, pred: Callable[[tuple], bool], final: bool) -> None:
+        for key, t in self._texts.items():
+            if pred(key):
+                self._settle(key, t, final)
+
+    def _rewrite_whole(self, ev: SSEEvent) -> bytes:
+        """Events that repeat whole texts carry the text as the client received it, never the original."""
+        if not self._rewritten:
+            return ev.raw  # no text was changed: the whole texts it repeats are the originals, untouched
+        obj = orjson.loads(ev.data)
+        a = self._assembled
+
+        def text_of(fld: str, item: object, ci: int) -> str | None:
+            parts = a.get((fld, item, ci))
+            return "".join(parts) if parts is not None else None
+
+        def fix_item(it: dict) -> None:
+            iid = it.get("id")
+            if it.get("type") == "function_call":
+                t = text_of("args", iid, 0)
+                if t is not None:
+                    it["arguments"] = t
+            for ci, part in enumerate(it.get("content") or []):
+                if isinstance(part, dict):
+                    key = "text" if part.get("type") == "output_text" else "refusal"
+                    t = text_of(key, iid, ci)
+                    if t is not None:
+                        part[key if key == "refusal" else "text"] = t
+
+        kind = obj.get("type")
+        iid = obj.get("item_id")
+        if kind == "response.output_text.done":
+            t = text_of("text", iid, obj.get("content_index", 0))
+            if t is not None:
+                obj["text"] = t
+        elif kind == "response.refusal.done":
+            t = text_of("refusal", iid, obj.get("content_index", 0))
+            if t is not None:
+                obj["refusal"] = t
+        elif kind == "response.function_call_arguments.done":
+            t = text_of("args", iid, 0)
+            if t is not None:
+                obj["arguments"] = t
+        elif kind == "response.content_part.done" and isinstance(obj.get("part"), dict):
+            fix_item({"id": iid, "content": [None] * obj.get("content_index", 0) + [obj["part"]]})
+        elif kind == "response.output_item.done" and isinstance(obj.get("item"), dict):
+            fix_item(obj["item"])
+        elif isinstance(obj.get("response"), dict):
+            for it in obj["response"].get("output") or []:
+                if isinstance(it, dict):
+                    fix_item(it)
         return encode_event(orjson.dumps(obj), event=ev.event, id=ev.id)
 
     # ---- block -------------------------------------------------------------------------------------
@@ -348,5 +492,7 @@ class StreamPolicy:
                 spans = [x for x in texts[k].spans if x[0].start < b and x[0].end > a]
                 changes.append((seg, redact(data, spans, a, backslashes if tpos is not None else None)))
         if any(new for seg, new in changes if seg[0] == key):
+            if h.seq >= 0:
+                self.last_seq = h.seq
             prefix.append(self._reencode(h.ev, changes))
         return prefix

@@ -184,7 +184,7 @@ def request_slots(body: dict) -> Iterator[Slot]:
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
                         yield part, "text", "messages.content.text", None
             yield from _tool_call_slots(m.get("tool_calls"), None)
-    for key in ("prompt", "input"):
+    for key in ("prompt", "input", "instructions", "system"):
         v = body.get(key)
         if isinstance(v, str):
             yield body, key, key, None
@@ -192,10 +192,37 @@ def request_slots(body: dict) -> Iterator[Slot]:
             for i, item in enumerate(v):
                 if isinstance(item, str):
                     yield v, i, key, None
+                elif isinstance(item, dict):  # Responses API input items, Anthropic system blocks
+                    if isinstance(item.get("text"), str):
+                        yield item, "text", key, None
+                    c = item.get("content")
+                    if isinstance(c, str):
+                        yield item, "content", key, None
+                    elif isinstance(c, list):
+                        for part in c:
+                            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                                yield part, "text", key, None
 
 
 def response_slots(body: dict) -> Iterator[Slot]:
-    """Every generated text in a non-streamed chat or completions response."""
+    """Every generated text in a non-streamed chat, completions, Responses API or Anthropic Messages response."""
+    output = body.get("output")
+    if isinstance(output, list):  # Responses API
+        for item in output:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "function_call" and isinstance(item.get("arguments"), str):
+                yield item, "arguments", "tool_calls.arguments", 0
+            for part in item.get("content") or []:
+                if isinstance(part, dict):
+                    for key in ("text", "refusal"):
+                        if isinstance(part.get(key), str):
+                            yield part, key, key, 0
+    content = body.get("content")
+    if isinstance(content, list):  # Anthropic Messages
+        for block in content:
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                yield block, "text", "text", 0
     choices = body.get("choices")
     if not isinstance(choices, list):
         return

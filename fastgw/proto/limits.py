@@ -56,3 +56,14 @@ MAX_UPSTREAM_BODY_BYTES = 128 * 1024 * 1024
 #: Longest SSE event held while incomplete. One chat chunk is < 1 KiB; a tool-call argument delta or a
 #: big base64 image event can reach hundreds of KiB. Bounded so a hostile upstream cannot grow memory.
 MAX_SSE_EVENT_BYTES = 1024 * 1024
+
+# --- NDJSON --------------------------------------------------------------------
+
+#: Longest NDJSON line (Ollama streams: one token or one whole tool call per line); same bound as MAX_SSE_EVENT_BYTES.
+MAX_NDJSON_LINE_BYTES = 1024 * 1024
+
+# --- AWS event stream ----------------------------------------------------------
+
+#: Largest AWS event-stream frame held until its CRC checks (Bedrock events are JSON deltas < 1 KiB; the format
+#: allows 16 MiB, botocore 24 MiB, but a frame is buffered whole, so it is capped like an SSE event).
+MAX_EVENTSTREAM_FRAME_BYTES = 1024 * 1024

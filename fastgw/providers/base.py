@@ -19,7 +19,9 @@ class Endpoint:
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
-    ALL = (CHAT, COMPLETIONS, EMBEDDINGS)
+    RESPONSES = "responses"
+    MESSAGES = "messages"
+    ALL = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES)
 
 
 @dataclass(frozen=True, slots=True)

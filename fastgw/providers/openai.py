@@ -54,6 +54,8 @@ class AzureAdapter(OpenAIAdapter):
     """Azure OpenAI: `{base_url}/openai/deployments/{deployment}/{endpoint}?api-version=...`, key in `api-key`."""
 
     def path(self, target: TargetRuntime, prefix: str, endpoint: str) -> str:
+        if endpoint == "responses":  # the Responses API is not per deployment
+            return f"{prefix}/openai/responses?api-version={target.api_version}"
         deployment = target.deployment or target.model
         return f"{prefix}/openai/deployments/{deployment}/{endpoint}?api-version={target.api_version}"
 

@@ -29,6 +29,8 @@ import hashlib
 import json
 import signal
 import struct
+import time
+import uuid
 import sys
 from typing import Any
 
@@ -482,6 +484,63 @@ def prompt_text(prompt: Any) -> str:
     return ""
 
 
+async def responses(request: web.Request) -> web.StreamResponse:
+    """OpenAI Responses API: a message item with one output_text part, streamed as the documented events."""
+    body, bad = await read_json(request)
+    if bad is not None:
+        return bad
+    inp = body.get("input")
+    if isinstance(inp, str):
+        user = inp
+    else:
+        user = last_user_text([{"role": i.get("role", "user"), "content": i.get("content")} for i in inp or []
+                               if isinstance(i, dict)])
+    model = str(body.get("model", ""))
+    text = reply_for(user, 0)
+    rid, mid = "resp_" + uuid.uuid4().hex[:16], "msg_" + uuid.uuid4().hex[:16]
+    usage = {"input_tokens": count_tokens(user), "output_tokens": count_tokens(text),
+             "total_tokens": count_tokens(user) + count_tokens(text),
+             "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+
+    def response_obj(status: str, output: list) -> dict:
+        return {"id": rid, "object": "response", "created_at": int(time.time()), "status": status, "model": model,
+                "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                "usage": usage if status == "completed" else None, "error": None, "incomplete_details": None,
+                "instructions": None, "metadata": {}, "temperature": 1.0, "top_p": 1.0, "text": {"format":
+                {"type": "text"}}}
+
+    part = {"type": "output_text", "text": text, "annotations": []}
+    item = {"id": mid, "type": "message", "role": "assistant", "status": "completed", "content": [part]}
+    if not body.get("stream"):
+        REC.record(request, body)
+        return web.json_response(response_obj("completed", [item]))
+    REC.record(request, body)
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+    seq = 0
+
+    async def send(kind: str, **fields: Any) -> None:
+        nonlocal seq
+        await resp.write(f"event: {kind}\ndata: {json.dumps({'type': kind, **fields, 'sequence_number': seq})}\n\n"
+                         .encode())
+        seq += 1
+
+    await send("response.created", response=response_obj("in_progress", []))
+    await send("response.in_progress", response=response_obj("in_progress", []))
+    await send("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
+    await send("response.content_part.added", item_id=mid, output_index=0, content_index=0,
+               part={"type": "output_text", "text": "", "annotations": []})
+    for i in range(0, len(text), 5):
+        await send("response.output_text.delta", item_id=mid, output_index=0, content_index=0, delta=text[i:i + 5],
+                   logprobs=[])
+    await send("response.output_text.done", item_id=mid, output_index=0, content_index=0, text=text, logprobs=[])
+    await send("response.content_part.done", item_id=mid, output_index=0, content_index=0, part=part)
+    await send("response.output_item.done", output_index=0, item=item)
+    await send("response.completed", response=response_obj("completed", [item]))
+    await resp.write_eof()
+    return resp
+
+
 async def completions(request: web.Request) -> web.StreamResponse:
     body, bad = await read_json(request)
     if bad is not None:
@@ -672,6 +731,7 @@ def make_app() -> web.Application:
     # Azure OpenAI's layout: deployment in the path, api-version in the query, key in `api-key`.
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/_last", last)

@@ -1,0 +1,565 @@
+"""Anthropic Messages API: an OpenAI chat request becomes `POST {base_url}/v1/messages`; Anthropic's answer, whole
+or streamed (SSE), comes back as an OpenAI `chat.completion` body or `chat.completion.chunk` events.
+
+Request (OpenAI chat -> Anthropic Messages):
+
+- mapped: `messages` (system/developer -> top-level `system`, joined with a blank line; user text, `image_url`
+  (data: URL -> base64 source, http(s) URL -> url source; `detail` dropped) and PDF `file` parts (data: URL ->
+  base64 document); assistant text and `tool_calls` -> `tool_use` blocks; `tool` messages -> `tool_result`
+  blocks; consecutive same-role messages merged), `max_completion_tokens`/`max_tokens` -> `max_tokens`
+  (default 4096, Anthropic requires one), `temperature`, `top_p`, `stop` -> `stop_sequences`, `tools` (function
+  tools: `parameters` -> `input_schema`, `strict` kept), `tool_choice` (auto, none, required -> any,
+  named -> tool), `parallel_tool_calls: false` -> `disable_parallel_tool_use`, `response_format` json_schema ->
+  `output_config.format`, `user` (or `safety_identifier`) -> `metadata.user_id`, `stream`.
+- dropped (logged once per process at INFO on `fastgw.providers.anthropic`): `frequency_penalty`,
+  `presence_penalty`, `logit_bias`, `seed`, `service_tier`, `store`, `metadata`, `prediction`,
+  `reasoning_effort`, `verbosity`, `prompt_cache_key`, `web_search_options`, `top_logprobs` without `logprobs`,
+  `stream_options` (used by the gateway only), and any field Anthropic has no counterpart for.
+- refused with 400 `unsupported_parameter`: `n` > 1, `logprobs: true`, `response_format` json_object,
+  `audio`/`modalities` with audio, legacy `functions`/`function_call`, non-function tools, `input_audio`
+  parts, files other than a PDF data: URL, roles other than system/developer/user/assistant/tool; a malformed
+  message, image URL or tool-call arguments that are not a JSON object is a 400 `invalid_request_error`.
+
+Answer (Anthropic -> OpenAI): text blocks -> `content`, `tool_use` -> `tool_calls` (arguments as JSON text);
+thinking, redacted thinking and server-tool blocks are left out. `stop_reason`: end_turn/stop_sequence/
+pause_turn -> stop, max_tokens/model_context_window_exceeded -> length, tool_use -> tool_calls,
+refusal -> content_filter. Usage: prompt = input + cache read + cache creation tokens, `cached_tokens` = cache
+read tokens. Errors `{"type":"error","error":{"type","message"}}` keep their HTTP status and become the OpenAI
+envelope with `type` mapped (`_ERROR_TYPES`) and `code` = Anthropic's error type; an in-stream `error` event
+becomes the in-stream error envelope then `[DONE]`; a stream that ends before `message_stop` is an
+upstream protocol error. Only `chat/completions` is served (no embeddings or legacy completions).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from fastgw.proto.client import UpstreamError, UpstreamProtocolError
+from fastgw.proto.errors import GatewayError, ProtocolError, envelope
+from fastgw.proto.sse import SSEDecoder
+from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, host_header, split_base_url
+from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
+
+__all__ = ["AnthropicAdapter", "AnthropicStreamTranslator", "translate_request", "translate_message",
+           "ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS"]
+
+log = logging.getLogger("fastgw.providers.anthropic")
+
+#: The API version header every Messages call carries (the only stable version; a target may override it with
+#: `headers: {anthropic-version: ...}`).
+ANTHROPIC_VERSION = b"2023-06-01"
+#: Anthropic requires `max_tokens`; OpenAI clients often send none. 4096 is the largest value every Claude model
+#: accepts (claude-3-haiku's cap), the default LiteLLM and the Anthropic SDK examples use.
+DEFAULT_MAX_TOKENS = 4096
+
+_UA = b"fastgw/0.1"
+
+#: Anthropic stop_reason -> OpenAI finish_reason (unknown ones become "stop": the message did end).
+_STOP = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+#: Anthropic error type -> OpenAI error type (the Anthropic type is kept as `code`).
+_ERROR_TYPES = {
+    "invalid_request_error": "invalid_request_error",
+    "request_too_large": "invalid_request_error",
+    "authentication_error": "authentication_error",
+    "permission_error": "permission_error",
+    "not_found_error": "not_found_error",
+    "rate_limit_error": "rate_limit_error",
+    "billing_error": "insufficient_quota",
+    "api_error": "server_error",
+    "overloaded_error": "server_error",
+    "timeout_error": "server_error",
+}
+
+#: OpenAI fields consumed by the translation below (or by the gateway itself).
+_HANDLED = frozenset({
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "stop", "tools", "tool_choice", "parallel_tool_calls", "n", "logprobs", "top_logprobs", "response_format",
+    "modalities", "audio", "functions", "function_call", "user", "safety_identifier",
+})
+
+#: Fields dropped that were already logged in this process (one note per field, not one per request).
+_logged: set[str] = set()
+
+
+def _unsupported(message: str, param: str) -> GatewayError:
+    return GatewayError(f"{message} (provider anthropic)", status=400, type="invalid_request_error",
+                        code="unsupported_parameter", param=param, no_retry=True)
+
+
+def _invalid(message: str, param: str) -> GatewayError:
+    return GatewayError(message, status=400, type="invalid_request_error", code="invalid_value", param=param,
+                        no_retry=True)
+
+
+def _drop(field: str) -> None:
+    if field not in _logged:
+        _logged.add(field)
+        log.info("anthropic: request field %r has no Anthropic counterpart and is dropped", field)
+
+
+# ---- request translation --------------------------------------------------------------------
+
+
+def _text_of(content: object, param: str) -> str:
+    """The text of a system/developer message (a string or text parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for k, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise _invalid("only text parts are allowed here", f"{param}[{k}]")
+            out.append(part["text"])
+        return "".join(out)
+    if content is None:
+        return ""
+    raise _invalid("content must be a string or a list of parts", param)
+
+
+def _data_url(url: str, param: str) -> tuple[str, str]:
+    """'data:image/png;base64,AAAA' -> ('image/png', 'AAAA')."""
+    head, sep, data = url[5:].partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise _invalid("a data: URL must be base64 encoded (data:<media type>;base64,<data>)", param)
+    return head[:-7], data
+
+
+def _image(part: dict, param: str) -> dict:
+    iu = part.get("image_url")
+    url = iu.get("url") if isinstance(iu, dict) else iu
+    if not isinstance(url, str):
+        raise _invalid("image_url.url must be a string", param)
+    if url.startswith("data:"):
+        media, data = _data_url(url, param)
+        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+    if url.startswith(("https://", "http://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise _invalid("image_url.url must be an http(s) URL or a base64 data: URL", param)
+
+
+def _file(part: dict, param: str) -> dict:
+    f = part.get("file")
+    data_url = f.get("file_data") if isinstance(f, dict) else None
+    if not isinstance(data_url, str) or not data_url.startswith("data:application/pdf;"):
+        raise _unsupported("only PDF files given inline as a data: URL (file.file_data) are supported", param)
+    media, data = _data_url(data_url, param)
+    return {"type": "document", "source": {"type": "base64", "media_type": media, "data": data}}
+
+
+def _user_blocks(content: object, param: str) -> list[dict]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise _invalid("content must be a string or a list of parts", param)
+    out: list[dict] = []
+    for k, part in enumerate(content):
+        p = f"{param}[{k}]"
+        t = part.get("type") if isinstance(part, dict) else None
+        if t == "text" and isinstance(part.get("text"), str):
+            out.append({"type": "text", "text": part["text"]})
+        elif t == "image_url":
+            out.append(_image(part, p))
+        elif t == "file":
+            out.append(_file(part, p))
+        elif t == "input_audio":
+            raise _unsupported("audio input is not supported", p)
+        else:
+            raise _invalid(f"unknown content part type {t!r}", p)
+    return out
+
+
+def _assistant_blocks(m: dict, param: str) -> list[dict]:
+    content = m.get("content")
+    out: list[dict] = []
+    if isinstance(content, str):
+        if content:
+            out.append({"type": "text", "text": content})
+    elif isinstance(content, list):
+        for k, part in enumerate(content):
+            t = part.get("type") if isinstance(part, dict) else None
+            if t == "text" and isinstance(part.get("text"), str):
+                if part["text"]:
+                    out.append({"type": "text", "text": part["text"]})
+            elif t == "refusal":
+                continue  # a refusal the model gave: nothing to replay
+            else:
+                raise _invalid(f"unknown assistant content part type {t!r}", f"{param}.content[{k}]")
+    elif content is not None:
+        raise _invalid("content must be a string, a list of parts or null", f"{param}.content")
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise _invalid("tool_calls must be a list", f"{param}.tool_calls")
+        for k, c in enumerate(calls):
+            p = f"{param}.tool_calls[{k}]"
+            fn = c.get("function") if isinstance(c, dict) else None
+            if not isinstance(fn, dict) or not isinstance(c.get("id"), str):
+                raise _invalid("a tool call needs an id and a function", p)
+            args = fn.get("arguments") or "{}"
+            try:
+                value = orjson.loads(args)
+            except orjson.JSONDecodeError:
+                value = None
+            if not isinstance(value, dict):
+                raise _invalid("tool call arguments must be a JSON object", f"{p}.function.arguments")
+            out.append({"type": "tool_use", "id": c["id"], "name": fn.get("name", ""), "input": value})
+    if m.get("function_call") is not None:
+        raise _unsupported("legacy function_call messages are not supported; use tool_calls", f"{param}.function_call")
+    if not out and isinstance(content, str):
+        out.append({"type": "text", "text": content})  # keep the turn; Anthropic says what it thinks of it
+    return out
+
+
+def _tool_result(m: dict, param: str) -> dict:
+    call_id = m.get("tool_call_id")
+    if not isinstance(call_id, str):
+        raise _invalid("a tool message needs tool_call_id", f"{param}.tool_call_id")
+    content = m.get("content")
+    block: dict = {"type": "tool_result", "tool_use_id": call_id}
+    if isinstance(content, str):
+        block["content"] = content
+    elif isinstance(content, list):
+        block["content"] = [{"type": "text", "text": _text_of([part], f"{param}.content")} for part in content]
+    elif content is not None:
+        raise _invalid("content must be a string or a list of text parts", f"{param}.content")
+    return block
+
+
+def _messages(msgs: object) -> tuple[str | None, list[dict]]:
+    if not isinstance(msgs, list) or not msgs:
+        raise _invalid("messages must be a non-empty list", "messages")
+    system: list[str] = []
+    out: list[dict] = []
+    for i, m in enumerate(msgs):
+        param = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _invalid("a message must be an object", param)
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.append(_text_of(m.get("content"), f"{param}.content"))
+            continue
+        if role == "user":
+            blocks = _user_blocks(m.get("content"), f"{param}.content")
+        elif role == "assistant":
+            blocks = _assistant_blocks(m, param)
+        elif role == "tool":
+            role = "user"
+            blocks = [_tool_result(m, param)]
+        else:
+            raise _unsupported(f"message role {role!r} is not supported", f"{param}.role")
+        # Anthropic wants user and assistant turns to alternate: parallel tool results (and a user message right
+        # after them) become one user turn, tool results first as Anthropic requires.
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    for m in out:
+        c = m["content"]
+        if len(c) == 1 and c[0]["type"] == "text":
+            m["content"] = c[0]["text"]  # the plain form, as a hand-written request has it
+    return ("\n\n".join(system) if system else None), out
+
+
+def _tools(tools: object) -> list[dict]:
+    if not isinstance(tools, list):
+        raise _invalid("tools must be a list", "tools")
+    out = []
+    for j, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(fn, dict):
+            raise _unsupported("only function tools are supported", f"tools[{j}]")
+        tool: dict = {"name": fn.get("name", ""),
+                      "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
+        if fn.get("description"):
+            tool["description"] = fn["description"]
+        if fn.get("strict"):
+            tool["strict"] = True
+        out.append(tool)
+    return out
+
+
+def _tool_choice(tc: object, parallel: object) -> dict | None:
+    choice: dict | None
+    if tc is None:
+        choice = {"type": "auto"} if parallel is False else None
+    elif tc == "auto":
+        choice = {"type": "auto"}
+    elif tc == "none":
+        choice = {"type": "none"}
+    elif tc == "required":
+        choice = {"type": "any"}
+    elif isinstance(tc, dict) and tc.get("type") == "function" and isinstance(tc.get("function"), dict):
+        choice = {"type": "tool", "name": tc["function"].get("name", "")}
+    else:
+        raise _unsupported("tool_choice must be auto, none, required or a named function", "tool_choice")
+    if choice is not None and parallel is False and choice["type"] != "none":
+        choice["disable_parallel_tool_use"] = True
+    return choice
+
+
+def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
+    """The Anthropic Messages request body for an OpenAI chat request (raises GatewayError 400 when refused)."""
+    for key in body:
+        if key not in _HANDLED:
+            _drop(key)
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise _unsupported("n > 1 is not supported: Anthropic returns one choice", "n")
+    if body.get("logprobs"):
+        raise _unsupported("logprobs are not supported", "logprobs")
+    if body.get("top_logprobs") is not None:
+        _drop("top_logprobs")
+    if body.get("functions") is not None or body.get("function_call") is not None:
+        raise _unsupported("legacy functions/function_call are not supported; use tools/tool_choice",
+                           "functions" if body.get("functions") is not None else "function_call")
+    modalities = body.get("modalities")
+    if body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
+        raise _unsupported("audio output is not supported", "audio" if body.get("audio") is not None
+                           else "modalities")
+    system, messages = _messages(body.get("messages"))
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    out: dict = {"model": target.model, "max_tokens": max_tokens, "messages": messages}
+    if system is not None:
+        out["system"] = system
+    for name in ("temperature", "top_p"):
+        if body.get(name) is not None:
+            out[name] = body[name]
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        out["stop_sequences"] = [stop]
+    elif isinstance(stop, list) and stop:
+        out["stop_sequences"] = stop
+    tools = body.get("tools")
+    if tools:
+        # tool_choice and parallel_tool_calls mean nothing without tools (and Anthropic refuses a lone tool_choice).
+        out["tools"] = _tools(tools)
+        choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        if choice is not None:
+            out["tool_choice"] = choice
+    rf = body.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") not in (None, "text"):
+        if rf.get("type") == "json_schema" and isinstance(rf.get("json_schema"), dict) \
+                and isinstance(rf["json_schema"].get("schema"), dict):
+            out["output_config"] = {"format": {"type": "json_schema", "schema": rf["json_schema"]["schema"]}}
+        else:
+            raise _unsupported("response_format: only json_schema (with a schema) is supported", "response_format")
+    user = body.get("user") or body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}
+    if stream:
+        out["stream"] = True
+    return out
+
+
+# ---- answer translation ---------------------------------------------------------------------
+
+
+def _usage(u: object) -> dict:
+    if not isinstance(u, dict):
+        return usage_dict(0, 0)
+    read = u.get("cache_read_input_tokens")
+    prompt = (u.get("input_tokens") or 0) + (read or 0) + (u.get("cache_creation_input_tokens") or 0)
+    return usage_dict(prompt, u.get("output_tokens") or 0, read if isinstance(read, int) else None)
+
+
+def _error_body(status: int, data: bytes) -> bytes:
+    """An Anthropic error body as the OpenAI envelope (ours, quoting the body, when it is not Anthropic's)."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        kind = str(err.get("type") or "api_error")
+        return envelope(err["message"], _ERROR_TYPES.get(kind, "server_error" if status >= 500 else
+                                                         "invalid_request_error"), kind)
+    text = data[:200].decode("utf-8", "replace")
+    return UpstreamError(f"upstream answered HTTP {status}: {text}", status=status).body()
+
+
+def translate_message(msg: dict, model: str) -> bytes:
+    """An Anthropic `message` object as an OpenAI `chat.completion` body."""
+    texts: list[str] = []
+    calls: list[dict] = []
+    for block in msg.get("content") or ():
+        if not isinstance(block, dict):
+            continue
+        t = block.get("type")
+        if t == "text":
+            texts.append(block.get("text") or "")
+        elif t == "tool_use":
+            calls.append({"id": block.get("id") or "", "type": "function",
+                          "function": {"name": block.get("name") or "",
+                                       "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+    content = "".join(texts) if texts or not calls else None
+    finish = map_finish(msg.get("stop_reason"), _STOP) or "stop"
+    return completion_body(msg.get("model") or model, content, finish, _usage(msg.get("usage")), calls or None)
+
+
+class AnthropicStreamTranslator:
+    """Anthropic Messages SSE -> OpenAI chunk SSE, incremental: each complete Anthropic event is translated by the
+    `feed` that completes it; only the incomplete event is held (bounded by the SSE decoder's limit)."""
+
+    __slots__ = ("_decoder", "_w", "_tools", "_args_seen", "_usage", "_finished", "_stopped")
+
+    def __init__(self, model: str, body: dict) -> None:
+        self._decoder = SSEDecoder()
+        self._w = ChunkWriter(model, body)
+        #: content block index -> the tool_use block's start (for its input when no delta carries it)
+        self._tools: dict[int, dict] = {}
+        self._args_seen: set[int] = set()
+        self._usage: dict = {}
+        self._finished = False
+        self._stopped = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._stopped:
+            return b""  # anything after message_stop (there should be nothing) is ignored
+        try:
+            events = self._decoder.feed(data)
+        except ProtocolError as e:
+            raise UpstreamProtocolError(f"anthropic stream invalid: {e.message}") from None
+        out = []
+        for ev in events:
+            if ev.data is None or self._stopped:
+                continue
+            b = self._event(ev.data, ev.event)
+            if b:
+                out.append(b)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        if self._stopped:
+            return b""
+        partial = self._decoder.has_partial
+        self._decoder.close()
+        if partial:
+            raise UpstreamProtocolError("anthropic stream ended in the middle of an event")
+        raise UpstreamProtocolError("anthropic stream ended before message_stop")
+
+    def _event(self, data: str, name: str | None) -> bytes:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError("anthropic stream: event data is not JSON") from None
+        if not isinstance(obj, dict):
+            raise UpstreamProtocolError("anthropic stream: event data is not a JSON object")
+        t = obj.get("type") or name
+        w = self._w
+        if t == "content_block_delta":
+            d = obj.get("delta") or {}
+            dt = d.get("type")
+            if dt == "text_delta":
+                return w.text(d.get("text") or "")
+            if dt == "input_json_delta":
+                idx = obj.get("index")
+                if idx in self._tools:
+                    pj = d.get("partial_json") or ""
+                    if pj:
+                        self._args_seen.add(idx)
+                    return w.tool_args(idx, pj)
+            return b""  # thinking_delta, signature_delta, citations_delta: not part of an OpenAI answer
+        if t == "content_block_start":
+            idx = obj.get("index")
+            block = obj.get("content_block") or {}
+            bt = block.get("type")
+            if bt == "text":
+                return w.text(block.get("text") or "")
+            if bt == "tool_use":
+                self._tools[idx] = block
+                return w.tool_start(idx, block.get("id") or "", block.get("name") or "")
+            return b""
+        if t == "content_block_stop":
+            idx = obj.get("index")
+            block = self._tools.get(idx)
+            if block is not None and idx not in self._args_seen:
+                # A tool call whose input came whole in content_block_start (or empty): OpenAI always has JSON text.
+                self._args_seen.add(idx)
+                return w.tool_args(idx, orjson.dumps(block.get("input") or {}).decode())
+            return b""
+        if t == "message_start":
+            msg = obj.get("message") or {}
+            if isinstance(msg.get("model"), str) and msg["model"]:
+                w.model = msg["model"]  # before the first chunk: the whole stream names the model that answered
+            if isinstance(msg.get("usage"), dict):
+                self._usage.update(msg["usage"])
+            return w.start()
+        if t == "message_delta":
+            if isinstance(obj.get("usage"), dict):
+                self._usage.update({k: v for k, v in obj["usage"].items() if v is not None})
+            reason = (obj.get("delta") or {}).get("stop_reason")
+            if reason is None:
+                return b""
+            self._finished = True
+            return w.finish(map_finish(reason, _STOP) or "stop")
+        if t == "message_stop":
+            self._stopped = True
+            out = b"" if self._finished else w.finish("tool_calls" if w.has_tools else "stop")
+            return out + w.end(_usage(self._usage))
+        if t == "error":
+            err = obj.get("error") or {}
+            kind = str(err.get("type") or "api_error")
+            raise UpstreamError(f"anthropic: {err.get('message') or kind}", code=kind,
+                                type=_ERROR_TYPES.get(kind, "upstream_error"))
+        return b""  # ping, and event types added after this was written
+
+
+class AnthropicAdapter:
+    """The Anthropic Messages API (`/v1/messages`, `x-api-key`, `anthropic-version`)."""
+
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
+                      stream: bool) -> UpstreamRequest:
+        if endpoint != Endpoint.CHAT:
+            raise GatewayError(f"provider anthropic serves only /v1/chat/completions, not /v1/{endpoint}",
+                               status=400, type="invalid_request_error", code="unsupported_endpoint",
+                               no_retry=True)
+        assert target.base_url is not None
+        scheme, host, port, prefix = split_base_url(target.base_url)
+        path = prefix + ("/messages" if prefix.endswith("/v1") else "/v1/messages")
+        payload = orjson.dumps(translate_request(target, body, stream))
+        headers: list[tuple[bytes, bytes]] = [
+            (b"host", host_header(scheme, host, port)),
+            (b"content-type", b"application/json"),
+            (b"accept", b"text/event-stream" if stream else b"application/json"),
+            (b"user-agent", _UA),
+        ]
+        if target.api_key:
+            headers.append((b"x-api-key", target.api_key.encode()))
+        if not any(n == b"anthropic-version" for n, _ in target.extra_headers):
+            headers.append((b"anthropic-version", ANTHROPIC_VERSION))
+        headers += target.extra_headers
+        return UpstreamRequest(scheme, host, port, "POST", path, headers, payload)
+
+    def stream_translator(self, target: TargetRuntime, body: dict) -> AnthropicStreamTranslator:
+        return AnthropicStreamTranslator(target.model, body)
+
+    def is_stream(self, content_type: bytes) -> bool:
+        return content_type.startswith(b"text/event-stream")
+
+    def translate_response(self, target: TargetRuntime, body: dict, status: int, data: bytes) -> tuple[int, bytes]:
+        if status >= 400:
+            return status, _error_body(status, data)
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            msg = None
+        if not isinstance(msg, dict):
+            return 502, UpstreamProtocolError("anthropic answered with a body that is not a JSON object").body()
+        if msg.get("type") == "error":
+            return 502, _error_body(502, data)
+        return status, translate_message(msg, target.model)

@@ -1,0 +1,720 @@
+"""Google Gemini (Generative Language API): OpenAI chat requests become `generateContent` /
+`streamGenerateContent?alt=sse` calls; Gemini's answers become OpenAI `chat.completion` bodies and chunks.
+
+Wire: `POST {base_url}/v1beta/models/{model}:generateContent` (non-stream) or
+`:streamGenerateContent?alt=sse` (stream), key in `x-goog-api-key`. A base_url that already ends in
+`/v1beta` or `/v1` is used as the version prefix. The stream is SSE whose every `data:` line is a whole
+`GenerateContentResponse`; there is no end event, the end of the HTTP body is the end of the stream.
+
+Provider table (what happens to each OpenAI request field):
+
+- mapped: `messages` (system/developer -> `systemInstruction`; user -> `user`; assistant text and
+  `tool_calls` -> `model` with `functionCall` parts; `tool` results -> `functionResponse` parts named
+  after the assistant call they answer, JSON-object content as is, anything else as `{"output": ...}`;
+  consecutive turns of one role are merged), content parts `text`, `image_url` (data: URL ->
+  `inline_data`, http(s)/gs:// URL -> `file_data`), `input_audio` -> `inline_data`, `file` with a data:
+  URL in `file_data` -> `inline_data`; `tools` (function) -> `functionDeclarations`; `tool_choice`
+  (auto -> AUTO, none -> NONE, required -> ANY, named -> ANY + allowedFunctionNames); `temperature`,
+  `top_p`, `max_completion_tokens`/`max_tokens` -> maxOutputTokens, `stop` -> stopSequences, `n` ->
+  candidateCount, `presence_penalty`, `frequency_penalty`, `seed`, `response_format` (json_object ->
+  responseMimeType application/json; json_schema -> that plus responseSchema).
+- JSON schemas (tool parameters, responseSchema) are rewritten to Gemini's OpenAPI subset: local `$ref`s
+  are inlined (a recursive one becomes a bare OBJECT), `allOf` is merged, `oneOf` becomes `anyOf`,
+  `type: [T, "null"]` and `anyOf [..., {"type": "null"}]` become `nullable`, `const` becomes a one-value
+  `enum`, types are upper-cased; keywords Gemini rejects are dropped (`additionalProperties`, `$schema`,
+  `$id`, `$defs`, `definitions`, `strict`, `examples`, `exclusiveMinimum`/`Maximum`, `multipleOf`,
+  `uniqueItems`, `patternProperties`, `not`, ...), as are string formats other than `enum`/`date-time`,
+  number formats other than float/double/int32/int64 and non-string enums. A function without
+  parameters is sent without `parameters`.
+- thought signatures: a Gemini `thoughtSignature` on a functionCall part is returned (non-stream) in the
+  tool call's `extra_content.google.thought_signature`, the field Google's own OpenAI-compatible endpoint
+  uses; a client that echoes it back has it restored. For `gemini-3*` models a replayed assistant turn
+  whose first tool call carries none gets Google's documented `skip_thought_signature_validator`.
+- dropped with a log note (once per field per process): `parallel_tool_calls`, `logit_bias`, `logprobs`,
+  `top_logprobs`, `user`, `metadata`, `store`, `service_tier`, `reasoning_effort`, `prediction`,
+  `modalities`, `audio`, `web_search_options`, tool `strict`, image `detail`, message `name`,
+  assistant `refusal`, any unknown field; Gemini "thought" parts and non-text output parts in answers.
+- refused (400 `unsupported_parameter`): legacy `functions`/`function_call`, tools that are not
+  functions, content parts other than the above (and `file_id` files, data: URLs that are not base64),
+  a tool result whose `tool_call_id` matches no earlier assistant tool call. Endpoints other than chat
+  completions: 400 `unsupported_endpoint` (no embeddings, no legacy completions).
+
+Answers: finishReason STOP -> stop (tool_calls when the candidate made function calls), MAX_TOKENS ->
+length, SAFETY/RECITATION/BLOCKLIST/PROHIBITED_CONTENT/SPII/IMAGE_SAFETY/LANGUAGE -> content_filter,
+anything else -> stop; a prompt blocked by `promptFeedback.blockReason` -> an empty answer with
+finish_reason content_filter. Usage: prompt_tokens = promptTokenCount (+ toolUsePromptTokenCount),
+completion_tokens = candidatesTokenCount + thoughtsTokenCount, cached_tokens = cachedContentTokenCount,
+reasoning_tokens = thoughtsTokenCount (the last usageMetadata of a stream wins). HTTP errors keep their
+status with Gemini's `{"error": {code, message, status}}` turned into the OpenAI envelope (`code` is
+Gemini's `status`, e.g. RESOURCE_EXHAUSTED); an `error` object inside a stream becomes the in-stream
+error event; a stream that ends inside an event or before any finishReason is an upstream protocol error.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import os
+from urllib.parse import quote, urlsplit
+
+import orjson
+
+from fastgw.proto.client import UpstreamError, UpstreamProtocolError
+from fastgw.proto.errors import GatewayError, envelope
+from fastgw.proto.sse import SSEDecoder
+from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, host_header, split_base_url
+from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
+
+__all__ = ["GeminiAdapter", "GeminiTranslator", "translate_request", "translate_schema", "usage_from"]
+
+log = logging.getLogger("fastgw.providers.gemini")
+
+_UA = b"fastgw/0.1"
+
+#: Google's documented placeholder for a replayed Gemini 3 function call whose signature was lost.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+_FINISH = {
+    "STOP": "stop", "MAX_TOKENS": "length",
+    "SAFETY": "content_filter", "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter", "IMAGE_SAFETY": "content_filter",
+    "LANGUAGE": "content_filter",
+}
+
+#: OpenAI fields read by this module, or by the gateway itself (model, stream, stream_options).
+_MAPPED = frozenset({
+    "model", "messages", "stream", "stream_options", "tools", "tool_choice", "temperature", "top_p",
+    "max_tokens", "max_completion_tokens", "stop", "n", "presence_penalty", "frequency_penalty", "seed",
+    "response_format",
+})
+_REFUSED = ("functions", "function_call")
+
+#: Schema keywords Gemini's OpenAPI subset accepts (v1beta `Schema`); every other keyword is dropped.
+_SCHEMA_KEEP = frozenset({
+    "description", "title", "nullable", "maxItems", "minItems", "minProperties", "maxProperties", "minLength",
+    "maxLength", "pattern", "example", "propertyOrdering", "default", "minimum", "maximum",
+})
+_STRING_FORMATS = frozenset({"enum", "date-time"})
+_NUMBER_FORMATS = frozenset({"float", "double", "int32", "int64"})
+_TYPES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER", "boolean": "BOOLEAN", "array": "ARRAY",
+          "object": "OBJECT"}
+#: Nesting depth for schemas and inlined $refs (Gemini itself refuses deeper schemas; this bounds our work).
+_MAX_SCHEMA_DEPTH = 64
+
+_AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3", "flac": "audio/flac", "aac": "audio/aac",
+               "ogg": "audio/ogg", "opus": "audio/ogg", "pcm16": "audio/l16", "m4a": "audio/mp4"}
+
+_ERR_TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+             422: "invalid_request_error", 429: "rate_limit_error"}
+
+_noted: set[str] = set()
+
+
+def _note(what: str) -> None:
+    """Log a dropped field once per process: visible to an operator, silent on the hot path afterwards."""
+    if what not in _noted:
+        _noted.add(what)
+        log.info("gemini: %s is not supported by Gemini and was dropped", what)
+
+
+def _bad(message: str, param: str | None, code: str = "unsupported_parameter") -> GatewayError:
+    return GatewayError(message, status=400, type="invalid_request_error", code=code, param=param, no_retry=True)
+
+
+def _call_id() -> str:
+    return "call_" + os.urandom(12).hex()
+
+
+# ---- JSON schema -> Gemini Schema ------------------------------------------------------------
+
+
+class _SchemaCtx:
+    __slots__ = ("root", "expanding", "param")
+
+    def __init__(self, root: dict, param: str) -> None:
+        self.root = root
+        self.expanding: list[str] = []
+        self.param = param
+
+
+def _resolve(ref: str, ctx: _SchemaCtx) -> dict | None:
+    if not ref.startswith("#/"):
+        return None
+    node: object = ctx.root
+    for key in ref[2:].split("/"):
+        key = key.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, dict) else None
+
+
+def _merge_all_of(s: dict) -> dict:
+    """allOf members folded into the schema itself (properties and required united)."""
+    out = {k: v for k, v in s.items() if k != "allOf"}
+    for m in s["allOf"]:
+        if not isinstance(m, dict):
+            continue
+        for k, v in m.items():
+            if k == "properties" and isinstance(v, dict):
+                out["properties"] = {**out.get("properties", {}), **v}
+            elif k == "required" and isinstance(v, list):
+                out["required"] = list(dict.fromkeys([*out.get("required", []), *v]))
+            else:
+                out.setdefault(k, v)
+    return out
+
+
+def _schema(s: object, ctx: _SchemaCtx, depth: int) -> dict:
+    if not isinstance(s, dict) or depth > _MAX_SCHEMA_DEPTH:
+        return {}
+    ref = s.get("$ref")
+    if isinstance(ref, str):
+        if ref in ctx.expanding:
+            return {"type": "OBJECT"}  # recursive: Gemini's subset has no references
+        target = _resolve(ref, ctx)
+        if target is None:
+            raise _bad(f"cannot resolve JSON schema reference {ref!r}", ctx.param, "invalid_schema")
+        ctx.expanding.append(ref)
+        # Siblings of $ref (description, ...) override the target's own.
+        out = _schema({**target, **{k: v for k, v in s.items() if k != "$ref"}}, ctx, depth + 1)
+        ctx.expanding.pop()
+        return out
+    if isinstance(s.get("allOf"), list):
+        return _schema(_merge_all_of(s), ctx, depth + 1)
+    out: dict = {}
+    nullable = False
+    t = s.get("type")
+    if isinstance(t, list):
+        kinds = [x for x in t if x != "null"]
+        nullable = len(kinds) < len(t)
+        if len(kinds) == 1:
+            t = kinds[0]
+        elif kinds:
+            alts = [_schema({**s, "type": k}, ctx, depth + 1) for k in kinds]
+            return {"anyOf": alts, **({"nullable": True} if nullable else {})}
+        else:
+            t = None
+    if t == "null":
+        nullable = True
+        t = None
+    if isinstance(t, str) and t.lower() in _TYPES:
+        out["type"] = _TYPES[t.lower()]
+    alts = s.get("anyOf", s.get("oneOf"))
+    if isinstance(alts, list):
+        kept = []
+        for a in alts:
+            if isinstance(a, dict) and a.get("type") == "null" and len(a) == 1:
+                nullable = True
+            else:
+                kept.append(_schema(a, ctx, depth + 1))
+        if len(kept) == 1 and "type" not in out:
+            inner = kept[0]
+            for k in ("description", "title", "default"):
+                if k in s:
+                    inner[k] = s[k]
+            if nullable:
+                inner["nullable"] = True
+            return inner
+        if kept:
+            out["anyOf"] = kept
+    for k, v in s.items():
+        if k in _SCHEMA_KEEP:
+            out[k] = v
+    if "const" in s and isinstance(s["const"], str):
+        out["enum"] = [s["const"]]
+        out.setdefault("type", "STRING")
+    enum = s.get("enum")
+    if isinstance(enum, list) and enum:
+        if all(isinstance(e, str) for e in enum):
+            out["enum"] = enum
+            out.setdefault("type", "STRING")
+    fmt = s.get("format")
+    if isinstance(fmt, str):
+        kind = out.get("type")
+        if (kind == "STRING" and fmt in _STRING_FORMATS) or (kind in ("NUMBER", "INTEGER") and fmt in _NUMBER_FORMATS):
+            out["format"] = fmt
+    props = s.get("properties")
+    if isinstance(props, dict):
+        out["properties"] = {name: _schema(p, ctx, depth + 1) for name, p in props.items()}
+        out.setdefault("type", "OBJECT")
+        req = s.get("required")
+        if isinstance(req, list):
+            kept_req = [r for r in req if r in props]
+            if kept_req:
+                out["required"] = kept_req
+    items = s.get("items")
+    if isinstance(items, list):
+        items = items[0] if items else None
+    if isinstance(items, dict):
+        out["items"] = _schema(items, ctx, depth + 1)
+        out.setdefault("type", "ARRAY")
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def translate_schema(schema: dict, param: str = "tools") -> dict:
+    """A JSON schema rewritten to the OpenAPI subset Gemini's `Schema` accepts (see the module docstring)."""
+    return _schema(schema, _SchemaCtx(schema, param), 0)
+
+
+# ---- request ---------------------------------------------------------------------------------
+
+
+def _data_url(url: str, param: str) -> dict:
+    head, sep, data = url[5:].partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise _bad("only base64 data: URLs are supported", param)
+    mime = head[: -len(";base64")].split(";")[0] or "application/octet-stream"
+    return {"inline_data": {"mime_type": mime, "data": data}}
+
+
+def _url_part(url: str, param: str) -> dict:
+    if url.startswith("data:"):
+        return _data_url(url, param)
+    if url.startswith(("http://", "https://", "gs://")):
+        fd: dict = {"file_uri": url}
+        mime = mimetypes.guess_type(urlsplit(url).path)[0]
+        if mime:
+            fd["mime_type"] = mime
+        return {"file_data": fd}
+    raise _bad("image_url must be a data: URL or an http(s):// or gs:// URL", param)
+
+
+def _parts(content: object, param: str, user: bool) -> list[dict]:
+    """Content parts of a message: text always, media only in user turns."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    if not isinstance(content, list):
+        raise _bad("message content must be a string or a list of content parts", param, "invalid_value")
+    out: list[dict] = []
+    for j, p in enumerate(content):
+        pp = f"{param}[{j}]"
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text":
+            if p.get("text"):
+                out.append({"text": p["text"]})
+        elif kind == "refusal" and not user:
+            _note("assistant refusal content")
+        elif user and kind == "image_url":
+            iu = p.get("image_url")
+            url = iu.get("url") if isinstance(iu, dict) else iu
+            if not isinstance(url, str):
+                raise _bad("image_url.url is required", pp, "invalid_value")
+            if isinstance(iu, dict) and "detail" in iu:
+                _note("image_url.detail")
+            out.append(_url_part(url, pp))
+        elif user and kind == "input_audio":
+            a = p.get("input_audio") or {}
+            fmt = str(a.get("format", "wav"))
+            out.append({"inline_data": {"mime_type": _AUDIO_MIME.get(fmt, "audio/" + fmt), "data": a.get("data", "")}})
+        elif user and kind == "file":
+            f = p.get("file") or {}
+            data = f.get("file_data")
+            if not isinstance(data, str):
+                raise _bad("only files given inline (file.file_data) are supported, not file_id", pp)
+            out.append(_data_url(data, pp) if data.startswith("data:")
+                       else {"inline_data": {"mime_type": mimetypes.guess_type(str(f.get("filename", "")))[0]
+                                             or "application/pdf", "data": data}})
+        else:
+            raise _bad(f"content part type {kind!r} is not supported for Gemini in this message", pp)
+    return out
+
+
+def _text_of(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "" if content is None else str(content)
+
+
+def _tool_response(content: object) -> dict:
+    """A tool result as Gemini's `response` object: a JSON object as is, anything else under "output"."""
+    text = _text_of(content)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {"output": text}
+    return value if isinstance(value, dict) else {"output": value}
+
+
+def _append(contents: list[dict], role: str, parts: list[dict]) -> None:
+    if not parts:
+        return
+    if contents and contents[-1]["role"] == role:
+        contents[-1]["parts"].extend(parts)
+    else:
+        contents.append({"role": role, "parts": parts})
+
+
+def _messages(messages: object, model: str) -> tuple[list[dict], list[dict]]:
+    if not isinstance(messages, list):
+        raise _bad("messages must be a list", "messages", "invalid_value")
+    system: list[dict] = []
+    contents: list[dict] = []
+    names: dict[str, str] = {}
+    sentinel = model.removeprefix("models/").startswith("gemini-3")
+    for i, m in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _bad("each message must be an object", param, "invalid_value")
+        role = m.get("role")
+        if "name" in m:
+            _note("message name")
+        if role in ("system", "developer"):
+            system.extend(_parts(m.get("content"), param + ".content", False))
+        elif role == "user":
+            _append(contents, "user", _parts(m.get("content"), param + ".content", True))
+        elif role == "assistant":
+            parts = _parts(m.get("content"), param + ".content", False)
+            if m.get("refusal"):
+                _note("assistant refusal")
+            for j, tc in enumerate(m.get("tool_calls") or ()):
+                fn = tc.get("function") if isinstance(tc, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                    raise _bad("a tool call needs function.name", f"{param}.tool_calls[{j}]", "invalid_value")
+                raw_args = fn.get("arguments") or "{}"
+                try:
+                    args = orjson.loads(raw_args) if isinstance(raw_args, str) else raw_args
+                except orjson.JSONDecodeError:
+                    raise _bad("tool call arguments must be JSON", f"{param}.tool_calls[{j}].function.arguments",
+                               "invalid_value") from None
+                if not isinstance(args, dict):
+                    args = {"value": args}
+                if isinstance(tc.get("id"), str):
+                    names[tc["id"]] = fn["name"]
+                part: dict = {"functionCall": {"name": fn["name"], "args": args}}
+                extra = tc.get("extra_content")
+                sig = extra.get("google", {}).get("thought_signature") if isinstance(extra, dict) else None
+                if isinstance(sig, str) and sig:
+                    part["thoughtSignature"] = sig
+                elif j == 0 and sentinel:
+                    part["thoughtSignature"] = SKIP_SIGNATURE
+                parts.append(part)
+            _append(contents, "model", parts)
+        elif role == "tool":
+            name = names.get(m.get("tool_call_id"))  # type: ignore[arg-type]
+            if name is None:
+                raise _bad("tool message's tool_call_id matches no earlier assistant tool call",
+                           param + ".tool_call_id", "invalid_value")
+            _append(contents, "user", [{"functionResponse": {"name": name, "response": _tool_response(m.get("content"))}}])
+        else:
+            raise _bad(f"message role {role!r} is not supported", param + ".role", "invalid_value")
+    return system, contents
+
+
+def _tools(tools: object) -> list[dict]:
+    if not isinstance(tools, list):
+        raise _bad("tools must be a list", "tools", "invalid_value")
+    decls = []
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict):
+            raise _bad("only function tools are supported for Gemini", f"tools[{i}]")
+        fn = t["function"]
+        if not isinstance(fn.get("name"), str):
+            raise _bad("a function tool needs a name", f"tools[{i}].function.name", "invalid_value")
+        d: dict = {"name": fn["name"]}
+        if fn.get("description"):
+            d["description"] = fn["description"]
+        if "strict" in fn:
+            _note("tool function strict")
+        params = fn.get("parameters")
+        if isinstance(params, dict):
+            s = translate_schema(params, f"tools[{i}].function.parameters")
+            if s.get("properties") or s.get("type", "OBJECT") != "OBJECT":
+                d["parameters"] = s
+        decls.append(d)
+    return decls
+
+
+def _tool_choice(tc: object) -> dict:
+    if tc in ("auto", None):
+        return {"mode": "AUTO"}
+    if tc == "none":
+        return {"mode": "NONE"}
+    if tc == "required":
+        return {"mode": "ANY"}
+    if isinstance(tc, dict) and tc.get("type") == "function" and isinstance(tc.get("function"), dict):
+        return {"mode": "ANY", "allowedFunctionNames": [tc["function"].get("name")]}
+    raise _bad("tool_choice must be auto, none, required or a function", "tool_choice", "invalid_value")
+
+
+def translate_request(target: TargetRuntime, body: dict) -> dict:
+    """The Gemini `GenerateContentRequest` for an OpenAI chat completions body (see the module docstring)."""
+    for k in _REFUSED:
+        if k in body:
+            raise _bad(f"{k} (legacy function calling) is not supported for Gemini: use tools", k)
+    for k in body:
+        if k not in _MAPPED:
+            _note(k)
+    system, contents = _messages(body.get("messages"), target.model)
+    req: dict = {"contents": contents}
+    if system:
+        req["systemInstruction"] = {"parts": system}
+    if body.get("tools"):
+        req["tools"] = [{"functionDeclarations": _tools(body["tools"])}]
+        if "tool_choice" in body:
+            req["toolConfig"] = {"functionCallingConfig": _tool_choice(body["tool_choice"])}
+    elif body.get("tool_choice") not in (None, "none", "auto"):
+        raise _bad("tool_choice needs tools", "tool_choice", "invalid_value")
+    gc: dict = {}
+    for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("presence_penalty", "presencePenalty"),
+                     ("frequency_penalty", "frequencyPenalty"), ("seed", "seed")):
+        if body.get(src) is not None:
+            gc[dst] = body[src]
+    mt = body.get("max_completion_tokens", body.get("max_tokens"))
+    if mt is not None:
+        gc["maxOutputTokens"] = mt
+    stop = body.get("stop")
+    if stop:
+        gc["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    n = body.get("n")
+    if n is not None and n != 1:
+        gc["candidateCount"] = n
+    rf = body.get("response_format")
+    if isinstance(rf, dict):
+        kind = rf.get("type")
+        if kind == "json_object":
+            gc["responseMimeType"] = "application/json"
+        elif kind == "json_schema":
+            gc["responseMimeType"] = "application/json"
+            js = rf.get("json_schema") or {}
+            if isinstance(js.get("schema"), dict):
+                gc["responseSchema"] = translate_schema(js["schema"], "response_format.json_schema.schema")
+        elif kind not in (None, "text"):
+            raise _bad(f"response_format type {kind!r} is not supported", "response_format.type")
+    if gc:
+        req["generationConfig"] = gc
+    return req
+
+
+# ---- answers ---------------------------------------------------------------------------------
+
+
+def usage_from(um: dict) -> dict:
+    """OpenAI usage from Gemini `usageMetadata` (completion tokens include the thinking tokens, as OpenAI's do)."""
+    prompt = int(um.get("promptTokenCount") or 0) + int(um.get("toolUsePromptTokenCount") or 0)
+    thoughts = um.get("thoughtsTokenCount")
+    completion = int(um.get("candidatesTokenCount") or 0) + int(thoughts or 0)
+    cached = um.get("cachedContentTokenCount")
+    return usage_dict(prompt, completion, None if cached is None else int(cached),
+                      None if thoughts is None else int(thoughts))
+
+
+def _finish(reason: str, has_calls: bool) -> str:
+    f = map_finish(reason, _FINISH) or "stop"
+    return "tool_calls" if f == "stop" and has_calls else f
+
+
+def _error_fields(err: object, status: int) -> tuple[str, str | None, int]:
+    """(message, Gemini status string, HTTP-ish code) of a Gemini error object."""
+    if not isinstance(err, dict):
+        return str(err), None, status
+    code = err.get("code")
+    return (str(err.get("message") or "Gemini error"), err.get("status") if isinstance(err.get("status"), str) else None,
+            code if isinstance(code, int) and 400 <= code <= 599 else status)
+
+
+def _error_envelope(status: int, data: bytes) -> bytes:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+        obj = obj[0]  # some Google front ends wrap the error in a one-element array
+    if isinstance(obj, dict) and "error" in obj:
+        message, code, _ = _error_fields(obj["error"], status)
+    else:
+        message, code = f"Gemini answered HTTP {status}: {data[:200].decode('utf-8', 'replace')}", None
+    type_ = _ERR_TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return envelope(message, type_, code)
+
+
+def _answer_parts(c: dict) -> list[dict]:
+    content = c.get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+
+
+class GeminiTranslator:
+    """Gemini's SSE body -> OpenAI `chat.completion.chunk` SSE, incrementally (bounded by the SSE decoder)."""
+
+    __slots__ = ("_dec", "_w", "_usage", "_calls", "_open", "_ended")
+
+    def __init__(self, model: str, body: dict) -> None:
+        self._dec = SSEDecoder()
+        self._w = ChunkWriter(model, body)
+        self._usage: dict | None = None
+        #: candidate index -> function calls seen so far
+        self._calls: dict[int, int] = {}
+        #: candidates started and not yet finished
+        self._open: set[int] = set()
+        #: a finishReason (or a prompt block) was seen
+        self._ended = False
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        for ev in self._dec.feed(data):
+            if ev.data is not None and ev.data != "[DONE]":
+                self._event(ev.data, out)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        dec = self._dec
+        dec.close()
+        if dec.has_partial:
+            raise UpstreamProtocolError("the Gemini stream ended inside an event")
+        if self._open or not self._ended:
+            raise UpstreamProtocolError("the Gemini stream ended before a finishReason")
+        return self._w.end(self._usage)
+
+    def _event(self, data: str, out: list[bytes]) -> None:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError("Gemini sent a stream event that is not JSON") from None
+        if isinstance(obj, list) and len(obj) == 1:
+            obj = obj[0]
+        if not isinstance(obj, dict):
+            raise UpstreamProtocolError("Gemini sent a stream event that is not a JSON object")
+        if "error" in obj:
+            message, code, status = _error_fields(obj["error"], 502)
+            raise UpstreamError(message, code=code or "upstream_error", status=status)
+        um = obj.get("usageMetadata")
+        if isinstance(um, dict):
+            self._usage = usage_from(um)
+        w = self._w
+        cands = obj.get("candidates")
+        if cands:
+            for c in cands:
+                self._candidate(c, out)
+            return
+        pf = obj.get("promptFeedback")
+        if isinstance(pf, dict) and pf.get("blockReason") and not self._ended:
+            out.append(w.start(0))
+            out.append(w.finish("content_filter", 0))
+            self._ended = True
+
+    def _candidate(self, c: dict, out: list[bytes]) -> None:
+        w = self._w
+        idx = c.get("index", 0)
+        if idx in w.finished:
+            return  # nothing may follow a choice's finish chunk
+        if idx not in self._open:
+            self._open.add(idx)
+            out.append(w.start(idx))
+        for p in _answer_parts(c):
+            if "text" in p:
+                if not p.get("thought"):
+                    out.append(w.text(p["text"], idx))
+            elif "functionCall" in p:
+                fc = p["functionCall"]
+                n = self._calls.get(idx, 0)
+                self._calls[idx] = n + 1
+                args = orjson.dumps(fc.get("args") or {}).decode()
+                out.append(w.tool_start(n, fc.get("id") or "", fc.get("name") or "", idx, args))
+            else:
+                _note("answer parts other than text and functionCall")
+        reason = c.get("finishReason")
+        if reason and reason != "FINISH_REASON_UNSPECIFIED":
+            out.append(w.finish(_finish(reason, idx in self._calls), idx))
+            self._open.discard(idx)
+            self._ended = True
+
+
+def _choice(c: dict) -> tuple[int, str | None, list[dict], str]:
+    texts: list[str] = []
+    calls: list[dict] = []
+    for p in _answer_parts(c):
+        if "text" in p:
+            if not p.get("thought"):
+                texts.append(p["text"])
+        elif "functionCall" in p:
+            fc = p["functionCall"]
+            call: dict = {"id": fc.get("id") or _call_id(), "type": "function",
+                          "function": {"name": fc.get("name") or "", "arguments": orjson.dumps(fc.get("args") or {}).decode()}}
+            if p.get("thoughtSignature"):
+                call["extra_content"] = {"google": {"thought_signature": p["thoughtSignature"]}}
+            calls.append(call)
+    finish = _finish(c.get("finishReason") or "STOP", bool(calls))
+    text = "".join(texts) if texts else (None if calls or finish == "content_filter" else "")
+    return int(c.get("index", 0)), text, calls, finish
+
+
+def translate_completion(model: str, status: int, data: bytes) -> tuple[int, bytes]:
+    """A whole `generateContent` answer (or error) as an OpenAI chat.completion (or error envelope)."""
+    if status >= 400:
+        return status, _error_envelope(status, data)
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return 502, UpstreamProtocolError("Gemini answered with a body that is not JSON").body()
+    if isinstance(obj, dict) and "error" in obj:
+        st = _error_fields(obj["error"], 502)[2]
+        return st, _error_envelope(st, data)
+    if not isinstance(obj, dict):
+        return 502, UpstreamProtocolError("Gemini answered with a body that is not a JSON object").body()
+    um = obj.get("usageMetadata")
+    usage = usage_from(um) if isinstance(um, dict) else None
+    cands = obj.get("candidates") or []
+    if not cands:
+        pf = obj.get("promptFeedback")
+        if isinstance(pf, dict) and pf.get("blockReason"):
+            return 200, completion_body(model, None, "content_filter", usage)
+        return 502, UpstreamProtocolError("Gemini answered without candidates").body()
+    choices = sorted((_choice(c) for c in cands if isinstance(c, dict)), key=lambda ch: ch[0])
+    _, text, calls, finish = choices[0]
+    body = completion_body(model, text, finish, usage, calls or None)
+    if len(choices) == 1:
+        return 200, body
+    whole = orjson.loads(body)
+    first = whole["choices"][0]
+    for idx, text, calls, finish in choices[1:]:
+        message: dict = {"role": "assistant", "content": text, "refusal": None}
+        if calls:
+            message["tool_calls"] = calls
+        whole["choices"].append({**first, "index": idx, "message": message, "finish_reason": finish})
+    return 200, orjson.dumps(whole)
+
+
+class GeminiAdapter:
+    """The Gemini adapter (pure: builds the request bytes, translates answers)."""
+
+    def path(self, target: TargetRuntime, prefix: str, stream: bool) -> str:
+        model = quote(target.model.removeprefix("models/"), safe="-._~@")
+        version = "" if prefix.endswith(("/v1beta", "/v1", "/v1alpha")) else "/v1beta"
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return f"{prefix}{version}/models/{model}:{method}"
+
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
+                      stream: bool) -> UpstreamRequest:
+        if endpoint != Endpoint.CHAT:
+            raise GatewayError(f"/v1/{endpoint} is not supported for Gemini targets (only chat/completions)",
+                               status=400, type="invalid_request_error", code="unsupported_endpoint", no_retry=True)
+        assert target.base_url is not None
+        scheme, host, port, prefix = split_base_url(target.base_url)
+        payload = orjson.dumps(translate_request(target, body))
+        headers: list[tuple[bytes, bytes]] = [
+            (b"host", host_header(scheme, host, port)),
+            (b"content-type", b"application/json"),
+            (b"accept", b"text/event-stream" if stream else b"application/json"),
+            (b"user-agent", _UA),
+        ]
+        if target.api_key:
+            headers.append((b"x-goog-api-key", target.api_key.encode()))
+        headers += target.extra_headers
+        return UpstreamRequest(scheme, host, port, "POST", self.path(target, prefix, stream), headers, payload)
+
+    def stream_translator(self, target: TargetRuntime, body: dict) -> GeminiTranslator:
+        return GeminiTranslator(target.model, body)
+
+    def is_stream(self, content_type: bytes) -> bool:
+        return content_type.startswith(b"text/event-stream")
+
+    def translate_response(self, target: TargetRuntime, body: dict, status: int, data: bytes) -> tuple[int, bytes]:
+        return translate_completion(target.model, status, data)

@@ -1,0 +1,428 @@
+"""Ollama's native chat API (`POST /api/chat`): OpenAI chat requests out, NDJSON streams back as OpenAI chunks.
+
+Only `chat/completions` is translated; other endpoints are refused (400 `unsupported_endpoint`).
+
+Request (OpenAI -> Ollama):
+
+- mapped: `messages` (system/developer -> system; user text and image parts; assistant text and
+  `tool_calls`, arguments decoded to the object Ollama wants; tool results with `tool_call_id` and the
+  `tool_name` found from the assistant call they answer); image parts given as `data:` URLs -> the
+  message's base64 `images`; `tools` (same shape); `tool_choice` "none" (tools not sent), "auto";
+  `temperature`, `top_p`, `seed`, `presence_penalty`, `frequency_penalty`, `stop` -> `options`;
+  `max_completion_tokens`/`max_tokens` -> `options.num_predict`; `response_format` json_object ->
+  `format: "json"`, json_schema -> the schema object as `format`; `stream` always sent explicitly
+  (Ollama streams by default).
+- best effort, logged (logger `fastgw.providers.ollama`, debug): `tool_choice` "required" (tools sent,
+  the model is not forced), `tool_choice` naming a function (only that tool is sent, not forced).
+- dropped, logged: `logprobs`, `top_logprobs`, `logit_bias`, `reasoning_effort`, `prediction`,
+  `parallel_tool_calls`, `user`, `metadata`, `store`, `service_tier`; a message's `name`.
+- refused (400 `unsupported_parameter`): `n` > 1; image parts with an http(s) URL (Ollama cannot
+  fetch them; send a data: URL); audio/file parts; images outside user messages.
+
+Answer: text, whole tool calls (arguments re-encoded as a JSON string), `done_reason` stop/length
+(stop becomes `tool_calls` when the answer called tools), usage from `prompt_eval_count` /
+`eval_count`. A thinking model's `message.thinking` text is not forwarded. An `{"error": ...}` line
+in the stream becomes the in-stream error event; an HTTP error keeps its status with an OpenAI envelope.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from urllib.parse import unquote_to_bytes
+
+import orjson
+
+from fastgw.proto.client import UpstreamError, UpstreamProtocolError
+from fastgw.proto.errors import GatewayError, envelope
+from fastgw.proto.ndjson import NDJSONDecoder
+from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, host_header, split_base_url
+from fastgw.providers.chunks import ChunkWriter, completion_body, usage_dict
+
+__all__ = ["OllamaAdapter", "OllamaTranslator", "build_body"]
+
+_log = logging.getLogger("fastgw.providers.ollama")
+_UA = b"fastgw/0.1"
+
+#: Fields with no Ollama equivalent that change nothing the client relies on when dropped.
+_DROPPED = ("logprobs", "top_logprobs", "logit_bias", "reasoning_effort", "prediction", "parallel_tool_calls",
+            "user", "metadata", "store", "service_tier")
+#: Sampling fields copied into `options` under the same name.
+_OPTIONS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
+                422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def _bad(message: str, param: str | None = None, code: str = "unsupported_parameter") -> GatewayError:
+    return GatewayError(message, status=400, type="invalid_request_error", code=code, param=param)
+
+
+def _invalid(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(message, status=400, type="invalid_request_error", code="invalid_value", param=param)
+
+
+# --- request -------------------------------------------------------------------------------------------------
+
+
+def _image(url: object, where: str) -> str:
+    """The base64 payload of a data: URL image (Ollama wants bare base64, no media type)."""
+    if not isinstance(url, str):
+        raise _invalid("image_url.url must be a string", where)
+    if not url.startswith("data:"):
+        raise _bad("ollama accepts images only as data: URLs (base64); fetch the image and inline it", where)
+    head, sep, payload = url[5:].partition(",")
+    if not sep:
+        raise _invalid("malformed data: URL", where)
+    if head.endswith(";base64"):
+        return payload
+    return base64.b64encode(unquote_to_bytes(payload)).decode("ascii")
+
+
+def _content(content: object, where: str, images: list[str] | None) -> str:
+    """The text of an OpenAI message content; image parts go to `images` (None: images refused here)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _invalid("message content must be a string or a list of parts", where)
+    texts: list[str] = []
+    for j, part in enumerate(content):
+        p = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _invalid("text part without text", p)
+            texts.append(text)
+        elif kind == "image_url":
+            if images is None:
+                raise _bad("image parts are only accepted in user messages", p)
+            iu = part.get("image_url")
+            images.append(_image(iu.get("url") if isinstance(iu, dict) else iu, p + ".image_url"))
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal") or ""))
+        else:
+            raise _bad(f"content part type {kind!r} is not supported by ollama", p)
+    return "\n".join(texts)
+
+
+def _arguments(raw: object, where: str) -> dict:
+    """OpenAI sends tool arguments as a JSON string; Ollama wants the object."""
+    if isinstance(raw, dict):
+        return raw
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            return value
+    raise _invalid("tool call arguments must be a JSON object (as a string)", where)
+
+
+def _messages(messages: object) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages must be a non-empty list", "messages")
+    names: dict[str, str] = {}  # tool_call_id -> function name, for the tool results that follow
+    out: list[dict] = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _invalid("each message must be an object", where)
+        role = m.get("role")
+        if role in ("system", "developer"):
+            out.append({"role": "system", "content": _content(m.get("content"), where + ".content", None)})
+        elif role == "user":
+            images: list[str] = []
+            msg: dict = {"role": "user", "content": _content(m.get("content"), where + ".content", images)}
+            if images:
+                msg["images"] = images
+            out.append(msg)
+        elif role == "assistant":
+            msg = {"role": "assistant", "content": _content(m.get("content"), where + ".content", None)}
+            calls = m.get("tool_calls")
+            if calls:
+                if not isinstance(calls, list):
+                    raise _invalid("tool_calls must be a list", where + ".tool_calls")
+                tcs = []
+                for k, c in enumerate(calls):
+                    fn = c.get("function") if isinstance(c, dict) else None
+                    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                        raise _invalid("tool call without a function name", f"{where}.tool_calls[{k}]")
+                    tc: dict = {"function": {"name": fn["name"],
+                                             "arguments": _arguments(fn.get("arguments"),
+                                                                     f"{where}.tool_calls[{k}].function.arguments")}}
+                    cid = c.get("id")
+                    if isinstance(cid, str) and cid:
+                        tc["id"] = cid
+                        names[cid] = fn["name"]
+                    tcs.append(tc)
+                msg["tool_calls"] = tcs
+            out.append(msg)
+        elif role == "tool":
+            msg = {"role": "tool", "content": _content(m.get("content"), where + ".content", None)}
+            cid = m.get("tool_call_id")
+            if isinstance(cid, str) and cid:
+                msg["tool_call_id"] = cid
+                if cid in names:
+                    msg["tool_name"] = names[cid]
+            out.append(msg)
+        else:
+            raise _bad(f"message role {role!r} is not supported by ollama", where + ".role")
+    return out
+
+
+def _tools(body: dict) -> list | None:
+    tools = body.get("tools")
+    if not tools:
+        return None
+    if not isinstance(tools, list):
+        raise _invalid("tools must be a list", "tools")
+    choice = body.get("tool_choice")
+    if choice is None or choice == "auto":
+        return tools
+    if choice == "none":
+        return None
+    if choice == "required":
+        _log.debug("ollama: tool_choice 'required' cannot be enforced; tools sent as 'auto'")
+        return tools
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        keep = [t for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+                and t["function"].get("name") == name]
+        if not keep:
+            raise _invalid(f"tool_choice names a function that is not in tools: {name!r}", "tool_choice")
+        _log.debug("ollama: tool_choice %r: only that tool is sent, the call is not forced", name)
+        return keep
+    raise _invalid("tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice")
+
+
+def build_body(target: TargetRuntime, body: dict, stream: bool) -> dict:
+    """The `/api/chat` request body for an OpenAI chat request."""
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise _bad("ollama returns one choice; n must be 1", "n")
+    out: dict = {"model": target.model, "messages": _messages(body.get("messages")), "stream": stream}
+    tools = _tools(body)
+    if tools:
+        out["tools"] = tools
+    options: dict = {}
+    for name in _OPTIONS:
+        value = body.get(name)
+        if value is not None:
+            options[name] = value
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is not None:
+        options["num_predict"] = max_tokens
+    stop = body.get("stop")
+    if stop:
+        options["stop"] = [stop] if isinstance(stop, str) else stop
+    if options:
+        out["options"] = options
+    rf = body.get("response_format")
+    if isinstance(rf, dict):
+        kind = rf.get("type")
+        if kind == "json_object":
+            out["format"] = "json"
+        elif kind == "json_schema":
+            js = rf.get("json_schema")
+            schema = js.get("schema") if isinstance(js, dict) else None
+            if not isinstance(schema, dict):
+                raise _invalid("response_format.json_schema.schema must be an object", "response_format")
+            out["format"] = schema
+        elif kind != "text":
+            raise _bad(f"response_format type {kind!r} is not supported by ollama", "response_format")
+    dropped = [k for k in _DROPPED if body.get(k) is not None]
+    if dropped:
+        _log.debug("ollama: dropped fields with no equivalent: %s", ", ".join(dropped))
+    return out
+
+
+# --- stream --------------------------------------------------------------------------------------------------
+
+
+def _args_text(args: object) -> str:
+    if isinstance(args, str):
+        return args
+    return orjson.dumps(args if args is not None else {}).decode()
+
+
+def _finish(reason: object, tools: bool) -> str:
+    if reason == "length":
+        return "length"
+    return "tool_calls" if tools else "stop"
+
+
+def _usage(obj: dict) -> dict:
+    p = obj.get("prompt_eval_count")
+    c = obj.get("eval_count")
+    return usage_dict(p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+
+
+class OllamaTranslator:
+    """Ollama NDJSON lines in, OpenAI `chat.completion.chunk` SSE out (one per line that carries something).
+
+    An error line raises at once unless the same read already produced events; those go out first and
+    the error is raised by the next `feed` or `finish`, so what the client sees does not depend on where
+    reads split the stream.
+    """
+
+    __slots__ = ("_dec", "_w", "_tools", "_done", "_usage", "_error")
+
+    def __init__(self, model: str, body: dict) -> None:
+        self._dec = NDJSONDecoder()
+        self._w = ChunkWriter(model, body)
+        self._tools = 0
+        self._done = False
+        self._usage: dict | None = None
+        self._error: GatewayError | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._error is not None:
+            raise self._error
+        out: list[bytes] = []
+        for line in self._dec.feed(data):
+            try:
+                ev = self._line(line)
+            except GatewayError as e:
+                if not out:
+                    raise
+                self._error = e
+                break
+            if ev:
+                out.append(ev)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        if self._error is not None:
+            raise self._error
+        self._dec.close()
+        if self._dec.has_partial:
+            raise UpstreamProtocolError("ollama stream ended inside a line")
+        if not self._done:
+            raise UpstreamProtocolError("ollama stream ended before its final (done) line")
+        return self._w.end(self._usage)
+
+    def _line(self, line: bytes) -> bytes:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError("ollama sent a stream line that is not JSON") from None
+        if not isinstance(obj, dict):
+            raise UpstreamProtocolError("ollama sent a stream line that is not a JSON object")
+        err = obj.get("error")
+        if err is not None:
+            raise UpstreamError(err if isinstance(err, str) else orjson.dumps(err).decode(), code="ollama_error")
+        if self._done:
+            return b""  # nothing follows the done line; ignore anything that does
+        w = self._w
+        out = b""
+        msg = obj.get("message")
+        if isinstance(msg, dict):
+            text = msg.get("content")
+            if text and isinstance(text, str):
+                out = w.start() + w.text(text)
+            calls = msg.get("tool_calls")
+            if calls and isinstance(calls, list):
+                for c in calls:
+                    fn = c.get("function") if isinstance(c, dict) else None
+                    if not isinstance(fn, dict):
+                        raise UpstreamProtocolError("ollama sent a tool call without a function")
+                    cid = c.get("id")
+                    out += w.tool_start(self._tools, cid if isinstance(cid, str) else "", str(fn.get("name") or ""),
+                                        arguments=_args_text(fn.get("arguments")))
+                    self._tools += 1
+        if obj.get("done"):
+            self._done = True
+            out += w.finish(_finish(obj.get("done_reason"), w.has_tools))
+            self._usage = _usage(obj)
+        return out
+
+
+# --- adapter -------------------------------------------------------------------------------------------------
+
+
+def _error_body(status: int, data: bytes) -> bytes:
+    """Ollama's `{"error": "..."}` (or any body) as an OpenAI error envelope."""
+    message = None
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
+        if isinstance(err, str):
+            message = err
+        elif isinstance(err, dict) and isinstance(err.get("message"), str):
+            message = err["message"]
+    if message is None:
+        message = f"ollama answered HTTP {status}: {data[:200].decode('utf-8', 'replace')}"
+    type_ = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    code = "model_not_found" if status == 404 else None
+    return envelope(message, type_, code)
+
+
+class OllamaAdapter:
+    """Ollama's `/api/chat`, streamed as NDJSON."""
+
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
+                      stream: bool) -> UpstreamRequest:
+        if endpoint != Endpoint.CHAT:
+            raise GatewayError(f"the ollama provider serves chat/completions only, not {endpoint}", status=400,
+                               type="invalid_request_error", code="unsupported_endpoint")
+        assert target.base_url is not None
+        scheme, host, port, prefix = split_base_url(target.base_url)
+        payload = orjson.dumps(build_body(target, body, stream))
+        headers: list[tuple[bytes, bytes]] = [
+            (b"host", host_header(scheme, host, port)),
+            (b"content-type", b"application/json"),
+            (b"accept", b"application/x-ndjson" if stream else b"application/json"),
+            (b"user-agent", _UA),
+        ]
+        if target.api_key:
+            headers.append((b"authorization", b"Bearer " + target.api_key.encode()))
+        headers += target.extra_headers
+        return UpstreamRequest(scheme, host, port, "POST", f"{prefix}/api/chat", headers, payload)
+
+    def stream_translator(self, target: TargetRuntime, body: dict) -> OllamaTranslator:
+        return OllamaTranslator(target.model, body)
+
+    def is_stream(self, content_type: bytes) -> bool:
+        return content_type.startswith(b"application/x-ndjson")
+
+    def translate_response(self, target: TargetRuntime, body: dict, status: int, data: bytes) -> tuple[int, bytes]:
+        if status >= 400:
+            return status, _error_body(status, data)
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            return 502, UpstreamProtocolError("ollama answered with a body that is not a JSON object").body()
+        err = obj.get("error")
+        if err is not None:
+            return 502, UpstreamError(str(err), code="ollama_error").body()
+        msg = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        calls = []
+        raw_calls = msg.get("tool_calls")
+        for c in raw_calls if isinstance(raw_calls, list) else ():
+            fn = c.get("function") if isinstance(c, dict) else None
+            if not isinstance(fn, dict):
+                continue
+            cid = c.get("id")
+            calls.append({"id": cid if isinstance(cid, str) and cid else "call_" + os.urandom(12).hex(),
+                          "type": "function",
+                          "function": {"name": str(fn.get("name") or ""), "arguments": _args_text(fn.get("arguments"))}})
+        text = msg.get("content")
+        content = text if isinstance(text, str) and (text or not calls) else None
+        return 200, completion_body(target.model, content, _finish(obj.get("done_reason"), bool(calls)), _usage(obj),
+                                    calls)
