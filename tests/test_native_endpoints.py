@@ -4,6 +4,7 @@ official SDKs, plain and with the policy chain acting on their own event shapes.
 from __future__ import annotations
 
 import openai
+import orjson
 import pytest
 
 from tests.conftest import gateway_config
@@ -60,3 +61,71 @@ def test_responses_only_for_openai_targets(gateway_factory, upstream):
     with pytest.raises(openai.BadRequestError) as e:
         c.responses.create(model="mock-1", input="x")
     assert e.value.code == "unsupported_endpoint"
+
+
+# ---- /v1/messages with the anthropic SDK ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def anthropic_mock():
+    import subprocess
+    import sys
+
+    from tests.support.procs import REPO_ROOT, _stop_process
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.mock_anthropic", "--host", "127.0.0.1", "--port",
+                             "0"], cwd=str(REPO_ROOT), stdout=subprocess.PIPE, text=True, start_new_session=True)
+    line = proc.stdout.readline()
+    assert line.startswith("LISTENING "), line
+    yield f"http://127.0.0.1:{int(line.split()[1])}"
+    _stop_process(proc, timeout=5)
+
+
+def _anthropic_cfg(base: str, pii: dict | None = None) -> dict:
+    cfg = {"pack": {"name": "t"}, "providers": {"targets": [
+        {"id": "claude", "provider": "anthropic", "model": "claude-gateway-test", "base_url": base,
+         "secret_key_ref": {"env": "FASTGW_ANTHROPIC_KEY"}}]}}
+    if pii is not None:
+        cfg["policies"] = {"chain": ["pii-detector"]}
+        cfg["policy"] = {"pii-detector": pii}
+    return cfg
+
+
+def test_messages_api_with_the_anthropic_sdk(gateway_factory, anthropic_mock):
+    import anthropic
+    gw = gateway_factory.start(_anthropic_cfg(anthropic_mock), env={"FASTGW_ANTHROPIC_KEY": "sk-ant-test"})
+    client = anthropic.Anthropic(base_url=gw.base, api_key="client-key-not-forwarded", max_retries=0, timeout=20)
+    msg = client.messages.create(model="claude-gateway-test", max_tokens=100,
+                                 messages=[{"role": "user", "content": "text"}])
+    assert msg.content[0].type == "text" and msg.content[0].text
+    with client.messages.stream(model="claude-gateway-test", max_tokens=100,
+                                messages=[{"role": "user", "content": "text"}]) as s:
+        streamed = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert streamed and final.content[0].text == streamed
+    with client.messages.stream(model="claude-gateway-test", max_tokens=100,
+                                messages=[{"role": "user", "content": "tools"}]) as s:
+        final = s.get_final_message()
+    assert any(b.type == "tool_use" for b in final.content)
+    import urllib.request
+    seen = orjson.loads(urllib.request.urlopen(anthropic_mock + "/_last", timeout=5).read())
+    assert seen["headers"]["x-api-key"] == "sk-ant-test"
+
+
+def test_messages_api_redaction_and_block(gateway_factory, anthropic_mock):
+    import anthropic
+    gw = gateway_factory.start(_anthropic_cfg(anthropic_mock, {"action": "redact", "apply_to": ["output"]}),
+                               env={"FASTGW_ANTHROPIC_KEY": "sk-ant-test"})
+    client = anthropic.Anthropic(base_url=gw.base, api_key="x", max_retries=0, timeout=20)
+    with client.messages.stream(model="claude-gateway-test", max_tokens=100,
+                                messages=[{"role": "user", "content": "email"}]) as s:
+        text = "".join(s.text_stream)
+    assert "[REDACTED:EMAIL]" in text and "@" not in text
+    gwb = gateway_factory.start(_anthropic_cfg(anthropic_mock, {"action": "block", "apply_to": ["output"]}),
+                                env={"FASTGW_ANTHROPIC_KEY": "sk-ant-test"})
+    cb = anthropic.Anthropic(base_url=gwb.base, api_key="x", max_retries=0, timeout=20)
+    got = ""
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with cb.messages.stream(model="claude-gateway-test", max_tokens=100,
+                                messages=[{"role": "user", "content": "email"}]) as s:
+            for t in s.text_stream:
+                got += t
+    assert "@" not in got and "policy_violation" in str(e.value.body)
