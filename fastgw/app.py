@@ -17,7 +17,8 @@ import orjson
 from fastgw.config import Config
 from fastgw.policy.base import PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.chain import Chain
-from fastgw.proto.client import UpstreamConnection, UpstreamError, UpstreamPool
+from fastgw.proto.client import (UpstreamConnectError, UpstreamConnection, UpstreamDisconnected, UpstreamError,
+                                 UpstreamPool, UpstreamTimeout)
 from fastgw.proto.errors import GatewayError
 from fastgw.proto.server import Request, Responder
 from fastgw.config import DEFAULT_BASE_URLS
@@ -26,6 +27,7 @@ from fastgw.providers.native import messages_request
 from fastgw.providers.openai import OpenAIAdapter
 from fastgw.providers.base import Endpoint, TargetRuntime
 from fastgw.providers.mock import MockModel
+from fastgw.routing import Router
 from fastgw.stream import PolicyRelay, SSERelay, Source, TimedSource, TranslatedSource
 
 __all__ = ["App", "build_targets"]
@@ -48,6 +50,39 @@ _PASS_HEADERS = frozenset({b"x-request-id", b"openai-processing-ms", b"openai-ve
 #: Endpoints that speak one provider family's own API, and the providers that serve them.
 _NATIVE = {Endpoint.RESPONSES: frozenset({"openai", "azure"}), Endpoint.MESSAGES: frozenset({"anthropic"})}
 _DIALECT = {Endpoint.RESPONSES: "responses", Endpoint.MESSAGES: "messages"}
+
+
+class _Retryable(Exception):
+    """A failure before any byte reached the client: another try, or another target, may still answer.
+
+    `answer` sends (or raises) the final response when nothing else is left to try."""
+
+    def __init__(self, kind: str, answer: Callable[[], Awaitable[None]], retry_after: float | None = None) -> None:
+        self.kind = kind  # "connect_error" | "timeout" | "429" | "5xx"
+        self.answer = answer
+        self.retry_after = retry_after
+
+
+def _raiser(err: GatewayError) -> Callable[[], Awaitable[None]]:
+    """The final answer for a failure that has no better one: the error itself, as an HTTP error envelope."""
+    async def answer() -> None:
+        raise err
+    return answer
+
+
+def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+    for n, v in headers:
+        if n == b"retry-after-ms":
+            try:
+                return float(v) / 1000
+            except ValueError:
+                pass
+        if n == b"retry-after":
+            try:
+                return float(v)
+            except ValueError:
+                return None
+    return None
 
 
 class InvalidRequest(GatewayError):
@@ -80,7 +115,9 @@ def build_targets(cfg: Config, secrets: dict[str, str]) -> list[TargetRuntime]:
             deployment=t.deployment, api_version=t.api_version, region=t.region,
             api_key=secrets.get(t.id), ca_file=t.ca_file,
             extra_headers=[(k.lower().encode(), v.encode()) for k, v in t.headers.items()],
-            connect_timeout=t.connect_timeout, read_timeout=t.read_timeout, options=options))
+            connect_timeout=t.timeouts.connect, ttft_timeout=t.timeouts.ttft, idle_timeout=t.timeouts.idle,
+            max_duration=t.timeouts.max_duration, breaker_failures=t.circuit_breaker.failures,
+            breaker_cooldown=t.circuit_breaker.cooldown, weight=t.weight, options=options))
     return out
 
 
@@ -93,6 +130,7 @@ class App:
         self.loop = loop
         self.chain = chain or Chain()
         self.pool = UpstreamPool(loop)
+        self.router = Router(cfg, targets)
         self.draining = False
         self._ids = itertools.count(1)
         self._id_prefix = "%x" % os.getpid()
@@ -247,20 +285,56 @@ class App:
         raw: bytes | None = req.body
         if self.chain.check_input(ctx, body):
             raw = None  # a policy changed the request: re-encode it
-        targets = self.by_model.get(model)
-        if not targets:
+        plan = self.router.plan(model)
+        if plan is None:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
                                 param="model")
-        target = targets[0]
-        ctx.target = target.id
+        first = plan.targets[0]
         native = _NATIVE.get(endpoint)
-        if native is not None and target.provider not in native:
+        if native is not None and first.provider not in native:
             raise InvalidRequest(f"/v1/{endpoint} is served for {', '.join(sorted(native))} targets; model `{model}` "
-                                 f"is on a {target.provider} target", code="unsupported_endpoint", param="model")
-        if target.provider == "mock":
-            await self._mock(target, endpoint, body, stream, resp, ctx)
-        else:
-            await self._upstream(target, endpoint, body, raw, stream, resp, ctx)
+                                 f"is on a {first.provider} target", code="unsupported_endpoint", param="model")
+        if first.provider == "mock":
+            ctx.target = first.id
+            await self._mock(first, endpoint, body, stream, resp, ctx)
+            return
+        await self._fallback(plan, endpoint, body, raw, stream, resp, ctx)
+
+    async def _fallback(self, plan, endpoint: str, body: dict, raw: bytes | None, stream: bool,  # noqa: ANN001
+                        resp: Responder, ctx: RequestContext) -> None:
+        """Try the plan's targets in order, retrying each per the retry policy, until one answers. Only
+        failures before the first byte to the client get here; after it, errors are in-stream."""
+        retry = plan.retry
+        last: _Retryable | None = None
+        wait_hint: list[float] = []
+        for target in plan.targets:
+            breaker = self.router.breakers[target.id]
+            if target.provider == "mock" or not breaker.allow():
+                wait_hint.append(breaker.retry_after())
+                continue
+            for attempt in range(retry.attempts):
+                ctx.target = target.id
+                try:
+                    await self._upstream(target, endpoint, body, raw, stream, resp, ctx)
+                    breaker.success()
+                    return
+                except _Retryable as f:
+                    breaker.failure()
+                    last = f
+                    ctx.decide("routing", "upstream", "retry", target=target.id, kind=f.kind, attempt=attempt + 1)
+                    if f.kind not in retry.on or attempt + 1 >= retry.attempts:
+                        break
+                    delay = f.retry_after if f.retry_after is not None else retry.backoff * (2 ** attempt)
+                    if delay > retry.max_retry_after or not breaker.allow():
+                        break  # too long to wait here: the next target may answer sooner
+                    await asyncio.sleep(delay)
+        if last is not None:
+            await last.answer()
+            return
+        after = max(1, int(min(wait_hint) + 0.999)) if wait_hint else 1
+        raise GatewayError("all targets for this model are unavailable (circuit open); retry later", status=503,
+                           type="upstream_error", code="upstream_unavailable",
+                           headers=[(b"retry-after", str(after).encode())])
 
     def _relay(self, resp: Responder, source: Source, ctx: RequestContext) -> SSERelay:
         """The relay for a streamed answer: plain pass-through, or through the output policies."""
@@ -273,20 +347,32 @@ class App:
         return SSERelay(resp, source, self.loop, defer_end=defer, dialect=dialect)
 
     async def _stream(self, resp: Responder, source: Source, ctx: RequestContext,
-                      headers: list[tuple[bytes, bytes]]) -> None:
+                      headers: list[tuple[bytes, bytes]], deadlines: tuple[float, float, float] | None = None) -> None:
         resp.start_stream(200, headers)
         relay = self._relay(resp, source, ctx)
+        if deadlines is not None:
+            relay.arm(*deadlines)
         relay.start()
         await relay.done
         ctx.status = 200
-        if relay.error is not None:
-            ctx.error = relay.error.code
-            if relay.tail is not None and isinstance(relay.error, PolicyViolation) and resp.head_pending:
-                # Nothing was sent yet (buffered): refuse with a status the SDKs raise before iterating.
-                ctx.status = relay.error.status
-                await self._record(ctx, resp)
+        err = relay.error
+        if err is not None:
+            ctx.error = err.code
+            if relay.tail is not None and resp.head_pending:
                 resp.unstart()
-                raise relay.error
+                if isinstance(err, PolicyViolation):
+                    # Nothing was sent yet (buffered): refuse with a status the SDKs raise before iterating.
+                    ctx.status = err.status
+                    await self._record(ctx, resp)
+                    raise err
+                # The upstream failed before its first event: nothing is committed, another target may answer.
+
+                async def answer() -> None:
+                    ctx.status = err.status
+                    await self._record(ctx, resp)
+                    raise err
+
+                raise _Retryable("timeout" if isinstance(err, UpstreamTimeout) else "5xx", answer)
         if relay.tail is not None:
             await self._record(ctx, resp)
             resp.end(relay.tail)
@@ -324,9 +410,16 @@ class App:
             adapter = _PASS  # the client speaks the provider's own API: nothing to translate
         else:
             ureq = adapter.build_request(target, endpoint, body, raw, stream)
-        conn: UpstreamConnection = await self.pool.exchange(
-            (ureq.scheme, ureq.host, ureq.port), ureq.encode(), connect_timeout=target.connect_timeout,
-            head_timeout=target.read_timeout, ca_file=target.ca_file)
+        now = self.loop.time()
+        deadlines = (now + target.ttft_timeout, target.idle_timeout, now + target.max_duration)
+        try:
+            conn: UpstreamConnection = await self.pool.exchange(
+                (ureq.scheme, ureq.host, ureq.port), ureq.encode(), connect_timeout=target.connect_timeout,
+                head_timeout=target.ttft_timeout, ca_file=target.ca_file)
+        except (UpstreamConnectError, UpstreamDisconnected, UpstreamTimeout) as e:
+            raise _Retryable("timeout" if isinstance(e, UpstreamTimeout) else "connect_error", _raiser(e)) from None
+        except UpstreamError as e:
+            raise _Retryable("5xx", _raiser(e)) from None
         try:
             status = conn.status
             ctype = conn.header(b"content-type") or b""
@@ -334,20 +427,26 @@ class App:
             if stream and status == 200 and adapter.is_stream(ctype):
                 translator = adapter.stream_translator(target, body)
                 source: Source = conn if translator is None else TranslatedSource(conn, translator)
-                await self._stream(resp, source, ctx, _SSE_HEADERS + passed)
+                await self._stream(resp, source, ctx, _SSE_HEADERS + passed, deadlines)
                 return
-            data = await conn.read_body(timeout=target.read_timeout)
+            data = await conn.read_body(timeout=max(0.001, deadlines[2] - self.loop.time()))
             status, data = adapter.translate_response(target, body, status, data)
             if status >= 400:
-                ctx.status = status
-                await self._record(ctx, resp)
-                self._send_upstream_error(resp, status, data, passed)
+                async def answer() -> None:
+                    ctx.status = status
+                    await self._record(ctx, resp)
+                    self._send_upstream_error(resp, status, data, passed)
+                if status == 429 or status >= 500:
+                    raise _Retryable("429" if status == 429 else "5xx", answer, _retry_after(conn.headers))
+                await answer()
                 return
             if adapter is not _PASS and target.provider not in ("openai", "azure", "groq", "mistral", "together",
                                                                 "vllm"):
                 ctype = b"application/json"  # translated to an OpenAI body
             await self._send_ok(resp, ctx, [(b"content-type", ctype or b"application/json")] + passed, data,
                                 endpoint)
+        except UpstreamTimeout as e:
+            raise _Retryable("timeout", _raiser(e)) from None
         finally:
             self.pool.release(conn)
 

@@ -75,6 +75,18 @@ DEFAULT_BASE_URLS: dict[str, str | None] = {
 }
 
 
+class Timeouts(_Base):
+    connect: float = limits.CONNECT_TIMEOUT
+    ttft: float = limits.TTFT_TIMEOUT
+    idle: float = limits.IDLE_TIMEOUT
+    max_duration: float = limits.MAX_DURATION
+
+
+class CircuitBreaker(_Base):
+    failures: int = limits.BREAKER_FAILURES
+    cooldown: float = limits.BREAKER_COOLDOWN
+
+
 class Target(_Base):
     id: str
     provider: Provider
@@ -86,8 +98,10 @@ class Target(_Base):
     ca_file: str | None = None
     #: Extra headers sent upstream on every request (e.g. OpenAI-Organization).
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-    connect_timeout: float = limits.CONNECT_TIMEOUT
-    read_timeout: float = limits.UPSTREAM_READ_TIMEOUT
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    circuit_breaker: CircuitBreaker = msgspec.field(default_factory=CircuitBreaker)
+    #: Share of traffic under `strategy: loadbalance`.
+    weight: float = 1.0
     mock: MockOptions | None = None
     #: azure: the deployment name (default: model) and the api-version query parameter.
     deployment: str | None = None
@@ -98,6 +112,26 @@ class Target(_Base):
 
 class Providers(_Base):
     targets: list[Target]
+
+
+RetryOn = Literal["connect_error", "timeout", "429", "5xx"]
+
+
+class Retry(_Base):
+    #: Tries per target, the first included (1: no retry).
+    attempts: int = 2
+    #: Seconds before the first retry; doubles each time.
+    backoff: float = 0.2
+    #: The longest upstream Retry-After we are willing to wait; longer ones go to the next target instead.
+    max_retry_after: float = 10.0
+    on: list[RetryOn] = msgspec.field(default_factory=lambda: ["connect_error", "timeout", "429", "5xx"])
+
+
+class Route(_Base):
+    model: str
+    targets: list[str]
+    strategy: Literal["fallback", "loadbalance"] = "fallback"
+    retry: Retry = msgspec.field(default_factory=Retry)
 
 
 # --- policies -------------------------------------------------------------------------------
@@ -233,6 +267,7 @@ class Config(_Base):
     server: Server = msgspec.field(default_factory=Server)
     policies: Policies = msgspec.field(default_factory=Policies)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+    routing: list[Route] = msgspec.field(default_factory=list)
 
     def pii(self) -> PiiDetector | None:
         """The pii-detector settings when the chain enables it (defaults if it has no settings)."""
@@ -286,10 +321,30 @@ def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
         for h in t.headers:
             if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", h) or any(c in t.headers[h] for c in "\r\n\0"):
                 errs.append((f"{p}.headers.{h}", "not a valid header name/value"))
-        if t.connect_timeout <= 0 or t.read_timeout <= 0:
-            errs.append((p, "connect_timeout and read_timeout must be > 0"))
+        for name in ("connect", "ttft", "idle", "max_duration"):
+            if getattr(t.timeouts, name) <= 0:
+                errs.append((f"{p}.timeouts.{name}", "expected a number of seconds > 0"))
+        if t.circuit_breaker.failures < 1 or t.circuit_breaker.cooldown <= 0:
+            errs.append((f"{p}.circuit_breaker", "expected failures >= 1 and cooldown > 0"))
+        if t.weight < 0:
+            errs.append((f"{p}.weight", "expected a number >= 0"))
     if not cfg.providers.targets:
         errs.append(("$.providers.targets", "expected at least one target"))
+    ids = {t.id for t in cfg.providers.targets}
+    routed: set[str] = set()
+    for i, r in enumerate(cfg.routing):
+        if r.model in routed:
+            errs.append((f"$.routing[{i}].model", f"model {r.model!r} is routed twice"))
+        routed.add(r.model)
+        if not r.targets:
+            errs.append((f"$.routing[{i}].targets", "expected at least one target id"))
+        for j, tid in enumerate(r.targets):
+            if tid not in ids:
+                errs.append((f"$.routing[{i}].targets[{j}]", f"unknown target id {tid!r}"))
+        if r.retry.attempts < 1:
+            errs.append((f"$.routing[{i}].retry.attempts", "expected an integer >= 1"))
+        if r.retry.backoff < 0 or r.retry.max_retry_after < 0:
+            errs.append((f"$.routing[{i}].retry", "backoff and max_retry_after must be >= 0"))
     for i, name in enumerate(cfg.policies.chain):
         if name not in POLICY_NAMES:
             errs.append((f"$.policies.chain[{i}]", f"unknown policy {name!r} (known: {', '.join(POLICY_NAMES)})"))

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Protocol as TypingProtocol
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
+from fastgw.proto.client import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from fastgw.proto.errors import GatewayError, ProtocolError
 from fastgw.proto.server import Responder
 from fastgw.policy.base import PolicyFailure
@@ -72,11 +72,17 @@ class SSERelay:
     """
 
     __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
-                 "error", "dialect")
+                 "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  defer_end: bool = False, dialect: str = "chat") -> None:
         self.dialect = dialect
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._first = False
+        self._last = 0.0
+        self._ttft_at = self._max_at = float("inf")
+        self._idle = float("inf")
         self._resp = resp
         self._source = source
         self._splitter = SSESplitter()
@@ -95,8 +101,42 @@ class SSERelay:
         self._resp.set_listener(self)
         self._source.set_sink(self)
 
+    # ---- deadlines -----------------------------------------------------------------------
+    def arm(self, ttft_at: float, idle: float, max_at: float) -> None:
+        """Time limits (loop clock): first event by `ttft_at`, no silence longer than `idle` after it, all by
+        `max_at`. One timer for all three, rescheduled only when it fires, never per event."""
+        self._ttft_at, self._idle, self._max_at = ttft_at, idle, max_at
+        self._schedule()
+
+    def _schedule(self) -> None:
+        due = min(self._max_at, self._last + self._idle if self._first else self._ttft_at)
+        if due != float("inf"):
+            self._timer = self._loop.call_at(due, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.done.done():
+            return
+        now = self._loop.time()
+        if not self._first and now >= self._ttft_at:
+            what = "sent no first event within the time-to-first-token limit"
+        elif self._first and now - self._last >= self._idle:
+            what = "went silent for longer than the idle limit"
+        elif now >= self._max_at:
+            what = "did not finish within the maximum duration"
+        else:
+            self._schedule()
+            return
+        self._source.detach()  # close it: a connection with an unfinished response is never reused
+        self.on_error(UpstreamTimeout(f"upstream {what}"))
+
+    def _activity(self) -> None:
+        self._first = True
+        self._last = self._loop.time()
+
     # ---- sink (upstream side) ---------------------------------------------------------
     def on_data(self, data: bytes) -> None:
+        self._activity()
         try:
             block = self._splitter.feed(data)
         except ProtocolError as e:
@@ -135,11 +175,17 @@ class SSERelay:
             return
         # Whole events that arrived before the failure still go out, then the error, then [DONE].
         self.error = exc
-        self._end(self._take() + terminal_error(self.dialect, exc))
+        before = self._take()
+        self._end(before + terminal_error(self.dialect, exc), bool(before))
 
-    def _end(self, tail: bytes) -> None:
-        """Finish: write the last bytes and the terminator now, or leave them to the caller (defer_end)."""
-        if self.defer_end:
+    def _end(self, tail: bytes, content: bool = True) -> None:
+        """Finish: write the last bytes and the terminator now, or leave them to the caller: with defer_end,
+        and when a failure came before any content (the caller may fall back or answer with an HTTP error).
+        `content`: the tail carries events for the client besides the error."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.defer_end or (self.error is not None and not content and self._resp.head_pending):
             self.tail = tail
         else:
             self._resp.end(tail)
@@ -155,6 +201,9 @@ class SSERelay:
     def client_lost(self) -> None:
         # Nobody to read the answer: stop the upstream generating (and billing) it.
         self._source.detach()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self.done.done():
             self.done.set_result(None)
 
@@ -232,6 +281,7 @@ class PolicyRelay(SSERelay):
     def on_data(self, data: bytes) -> None:
         if self.done.done():
             return
+        self._activity()
         try:
             for ev in self._decoder.feed(data):
                 if ev.data == "[DONE]":
@@ -298,7 +348,7 @@ class PolicyRelay(SSERelay):
         self._policy.close()
         self._source.detach()
         self.error = err
-        self._end(b"".join(out) + terminal_error(self.dialect, err, self._policy.last_seq))
+        self._end(b"".join(out) + terminal_error(self.dialect, err, self._policy.last_seq), bool(out))
 
     def _fail_closed(self) -> None:
         """An internal policy failure: drop what is held, end with an error naming the output policies."""
@@ -307,13 +357,13 @@ class PolicyRelay(SSERelay):
         self._policy.close()
         self._source.detach()
         self.error = PolicyFailure("output")
-        self._end(terminal_error(self.dialect, self.error, self._policy.last_seq))
+        self._end(terminal_error(self.dialect, self.error, self._policy.last_seq), False)
 
     def _blocked(self, b: StreamBlocked) -> None:
         self._policy.close()
         self._source.detach()  # stop the upstream generating what nobody will see
         self.error = b.error
-        self._end(b"".join(b.prefix) + terminal_error(self.dialect, b.error, self._policy.last_seq))
+        self._end(b"".join(b.prefix) + terminal_error(self.dialect, b.error, self._policy.last_seq), bool(b.prefix))
 
     def client_lost(self) -> None:
         self._policy.close()

@@ -39,8 +39,16 @@ READ_SIZE = 256 * 1024
 
 #: TCP + TLS connect to a provider. Envoy connect_timeout default 5 s (1 s is too tight for TLS across regions).
 CONNECT_TIMEOUT = 5.0
-#: Response head + body for a non-streamed upstream call. OpenAI's own SDK default is 600 s.
-UPSTREAM_READ_TIMEOUT = 600.0
+#: Request sent -> first upstream event (or the response head of a non-streamed call). Reasoning models think
+#: for a minute or more before their first token; peers default between 60 s (LiteLLM) and none.
+TTFT_TIMEOUT = 120.0
+#: Silence between two upstream events once streaming. Providers send keep-alive pings well within 30 s.
+IDLE_TIMEOUT = 60.0
+#: A whole answer, streamed or not. OpenAI's own SDK default request timeout is 600 s.
+MAX_DURATION = 600.0
+#: Consecutive failures that open a target's circuit, and seconds before one half-open probe (Envoy-like).
+BREAKER_FAILURES = 5
+BREAKER_COOLDOWN = 30.0
 #: Idle keep-alive connections kept per upstream (scheme, host, port) per worker. aiohttp limit_per_host default
 #: is unlimited, urllib3 maxsize 10; 64 covers bursts without hoarding provider sockets.
 POOL_MAX_IDLE_PER_HOST = 64

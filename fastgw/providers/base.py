@@ -68,7 +68,12 @@ class TargetRuntime:
     ca_file: str | None = None
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     connect_timeout: float = 5.0
-    read_timeout: float = 600.0
+    ttft_timeout: float = 120.0
+    idle_timeout: float = 60.0
+    max_duration: float = 600.0
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+    weight: float = 1.0
     options: object = None
     deployment: str | None = None
     api_version: str = "2024-10-21"
