@@ -131,8 +131,13 @@ class SSERelay:
         self.on_error(UpstreamTimeout(f"upstream {what}"))
 
     def _activity(self) -> None:
-        self._first = True
         self._last = self._loop.time()
+        if not self._first:
+            self._first = True
+            if self._timer is not None:
+                # Once per stream: from the first event on, the idle limit governs (not the TTFT one).
+                self._timer.cancel()
+                self._schedule()
 
     # ---- sink (upstream side) ---------------------------------------------------------
     def on_data(self, data: bytes) -> None:

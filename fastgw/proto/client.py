@@ -252,19 +252,43 @@ class UpstreamConnection(asyncio.Protocol):
             self._ended = True
             sink.on_end()
 
-    async def read_body(self, limit: int = limits.MAX_UPSTREAM_BODY_BYTES, timeout: float | None = None) -> bytes:
-        """The whole body of a non-streamed response."""
+    async def read_body(self, limit: int = limits.MAX_UPSTREAM_BODY_BYTES, timeout: float | None = None,
+                        first_by: float | None = None, idle: float | None = None) -> bytes:
+        """The whole body of a non-streamed response: within `timeout` seconds, its first byte by the loop time
+        `first_by`, and no silence longer than `idle` after that (one timer, rescheduled only when it fires)."""
         fut: asyncio.Future[bytes] = self._loop.create_future()
-        self.set_sink(_Collector(limit, fut))
-        timer = None
-        if timeout is not None:
-            timer = self._loop.call_later(timeout, self._fail,
-                                          UpstreamTimeout("upstream body not received within %gs" % timeout))
+        collector = _Collector(limit, fut)
+        self.set_sink(collector)
+        loop = self._loop
+        end_by = loop.time() + timeout if timeout is not None else float("inf")
+        state = {"size": -1, "at": loop.time(), "timer": None}
+
+        def check() -> None:
+            now = loop.time()
+            if collector.size != state["size"]:
+                state["size"], state["at"] = collector.size, now
+            started = collector.size > 0
+            if now >= end_by:
+                self._fail(UpstreamTimeout("upstream body not received within %gs" % timeout))
+            elif not started and first_by is not None and now >= first_by:
+                self._fail(UpstreamTimeout("upstream sent no body within the time-to-first-token limit"))
+            elif started and idle is not None and now - state["at"] >= idle:
+                self._fail(UpstreamTimeout("upstream went silent for longer than the idle limit"))
+            else:
+                nxt = end_by
+                if not started and first_by is not None:
+                    nxt = min(nxt, first_by)
+                elif idle is not None:
+                    nxt = min(nxt, state["at"] + idle)
+                if nxt != float("inf"):
+                    state["timer"] = loop.call_at(max(nxt, now + 0.001), check)
+
+        check()
         try:
             return await fut
         finally:
-            if timer is not None:
-                timer.cancel()
+            if state["timer"] is not None:
+                state["timer"].cancel()  # type: ignore[attr-defined]
 
     def _emit_end(self) -> None:
         sink = self._sink
