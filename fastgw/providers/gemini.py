@@ -26,18 +26,22 @@ Provider table (what happens to each OpenAI request field):
   `uniqueItems`, `patternProperties`, `not`, ...), as are string formats other than `enum`/`date-time`,
   number formats other than float/double/int32/int64 and non-string enums. A function without
   parameters is sent without `parameters`.
-- thought signatures: a Gemini `thoughtSignature` on a functionCall part is returned (non-stream) in the
-  tool call's `extra_content.google.thought_signature`, the field Google's own OpenAI-compatible endpoint
-  uses; a client that echoes it back has it restored. For `gemini-3*` models a replayed assistant turn
-  whose first tool call carries none gets Google's documented `skip_thought_signature_validator`.
+- thought signatures: a Gemini `thoughtSignature` on a functionCall part is returned (non-stream only:
+  `ChunkWriter` has no field for it) in the tool call's `extra_content.google.thought_signature`, the
+  field Google's own OpenAI-compatible endpoint uses; a client that echoes it back has it restored. For
+  `gemini-3*` models a replayed assistant turn whose first tool call carries none gets Google's
+  documented `skip_thought_signature_validator`.
 - dropped with a log note (once per field per process): `parallel_tool_calls`, `logit_bias`, `logprobs`,
   `top_logprobs`, `user`, `metadata`, `store`, `service_tier`, `reasoning_effort`, `prediction`,
   `modalities`, `audio`, `web_search_options`, tool `strict`, image `detail`, message `name`,
   assistant `refusal`, any unknown field; Gemini "thought" parts and non-text output parts in answers.
-- refused (400 `unsupported_parameter`): legacy `functions`/`function_call`, tools that are not
-  functions, content parts other than the above (and `file_id` files, data: URLs that are not base64),
-  a tool result whose `tool_call_id` matches no earlier assistant tool call. Endpoints other than chat
-  completions: 400 `unsupported_endpoint` (no embeddings, no legacy completions).
+- refused (400 invalid_request_error, code `unsupported_parameter`): legacy `functions`/`function_call`,
+  tools that are not functions, content parts other than the above (and `file_id` files, data: URLs that
+  are not base64), `response_format` types other than text/json_object/json_schema. Malformed input is
+  400 too (code `invalid_value`: a tool result whose `tool_call_id` matches no earlier assistant tool
+  call, arguments that are not JSON, fields of the wrong type; `invalid_schema`: an unresolvable `$ref`,
+  a schema over 10,000 nodes once inlined). Endpoints other than chat completions: 400
+  `unsupported_endpoint` (no embeddings, no legacy completions).
 
 Answers: finishReason STOP -> stop (tool_calls when the candidate made function calls), MAX_TOKENS ->
 length, SAFETY/RECITATION/BLOCKLIST/PROHIBITED_CONTENT/SPII/IMAGE_SAFETY/LANGUAGE -> content_filter,
@@ -47,7 +51,8 @@ completion_tokens = candidatesTokenCount + thoughtsTokenCount, cached_tokens = c
 reasoning_tokens = thoughtsTokenCount (the last usageMetadata of a stream wins). HTTP errors keep their
 status with Gemini's `{"error": {code, message, status}}` turned into the OpenAI envelope (`code` is
 Gemini's `status`, e.g. RESOURCE_EXHAUSTED); an `error` object inside a stream becomes the in-stream
-error event; a stream that ends inside an event or before any finishReason is an upstream protocol error.
+error event (code: Gemini's `status`); a stream that ends inside an event, before any finishReason or
+with a choice left unfinished is an upstream protocol error (`upstream_protocol_error`).
 """
 
 from __future__ import annotations
@@ -100,6 +105,9 @@ _TYPES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER", "boolean
           "object": "OBJECT"}
 #: Nesting depth for schemas and inlined $refs (Gemini itself refuses deeper schemas; this bounds our work).
 _MAX_SCHEMA_DEPTH = 64
+#: Schema nodes one translation may produce: inlining `$ref`s that fan out grows exponentially, and a
+#: client-sent schema must not buy unbounded CPU in a worker (Gemini refuses schemas far smaller than this).
+_MAX_SCHEMA_NODES = 10_000
 
 _AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3", "flac": "audio/flac", "aac": "audio/aac",
                "ogg": "audio/ogg", "opus": "audio/ogg", "pcm16": "audio/l16", "m4a": "audio/mp4"}
@@ -109,11 +117,13 @@ _ERR_TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "pe
              422: "invalid_request_error", 429: "rate_limit_error"}
 
 _noted: set[str] = set()
+#: Distinct dropped-field notes remembered (client-chosen field names must not grow a set without bound).
+_MAX_NOTED = 256
 
 
 def _note(what: str) -> None:
     """Log a dropped field once per process: visible to an operator, silent on the hot path afterwards."""
-    if what not in _noted:
+    if what not in _noted and len(_noted) < _MAX_NOTED:
         _noted.add(what)
         log.info("gemini: %s is not supported by Gemini and was dropped", what)
 
@@ -130,12 +140,13 @@ def _call_id() -> str:
 
 
 class _SchemaCtx:
-    __slots__ = ("root", "expanding", "param")
+    __slots__ = ("root", "expanding", "param", "nodes")
 
     def __init__(self, root: dict, param: str) -> None:
         self.root = root
         self.expanding: list[str] = []
         self.param = param
+        self.nodes = 0
 
 
 def _resolve(ref: str, ctx: _SchemaCtx) -> dict | None:
@@ -169,6 +180,10 @@ def _merge_all_of(s: dict) -> dict:
 def _schema(s: object, ctx: _SchemaCtx, depth: int) -> dict:
     if not isinstance(s, dict) or depth > _MAX_SCHEMA_DEPTH:
         return {}
+    ctx.nodes += 1
+    if ctx.nodes > _MAX_SCHEMA_NODES:
+        raise _bad(f"JSON schema too large once its $refs are inlined (over {_MAX_SCHEMA_NODES} nodes)", ctx.param,
+                   "invalid_schema")
     ref = s.get("$ref")
     if isinstance(ref, str):
         if ref in ctx.expanding:
@@ -390,7 +405,8 @@ def _messages(messages: object, model: str) -> tuple[list[dict], list[dict]]:
                     names[tc["id"]] = fn["name"]
                 part: dict = {"functionCall": {"name": fn["name"], "args": args}}
                 extra = tc.get("extra_content")
-                sig = extra.get("google", {}).get("thought_signature") if isinstance(extra, dict) else None
+                google = extra.get("google") if isinstance(extra, dict) else None
+                sig = google.get("thought_signature") if isinstance(google, dict) else None
                 if isinstance(sig, str) and sig:
                     part["thoughtSignature"] = sig
                 elif j == 0 and sentinel:
@@ -402,7 +418,8 @@ def _messages(messages: object, model: str) -> tuple[list[dict], list[dict]]:
             if name is None:
                 raise _bad("tool message's tool_call_id matches no earlier assistant tool call",
                            param + ".tool_call_id", "invalid_value")
-            _append(contents, "user", [{"functionResponse": {"name": name, "response": _tool_response(m.get("content"))}}])
+            response = _tool_response(m.get("content"))
+            _append(contents, "user", [{"functionResponse": {"name": name, "response": response}}])
         else:
             raise _bad(f"message role {role!r} is not supported", param + ".role", "invalid_value")
     return system, contents
@@ -451,7 +468,7 @@ def translate_request(target: TargetRuntime, body: dict) -> dict:
             raise _bad(f"{k} (legacy function calling) is not supported for Gemini: use tools", k)
     for k in body:
         if k not in _MAPPED:
-            _note(k)
+            _note(f"field {k[:64]!r}")  # repr: a client-chosen name must not forge log lines
     system, contents = _messages(body.get("messages"), target.model)
     req: dict = {"contents": contents}
     if system:
@@ -467,12 +484,17 @@ def translate_request(target: TargetRuntime, body: dict) -> dict:
                      ("frequency_penalty", "frequencyPenalty"), ("seed", "seed")):
         if body.get(src) is not None:
             gc[dst] = body[src]
-    mt = body.get("max_completion_tokens", body.get("max_tokens"))
+    mt = body.get("max_completion_tokens")
+    if mt is None:
+        mt = body.get("max_tokens")
     if mt is not None:
         gc["maxOutputTokens"] = mt
     stop = body.get("stop")
     if stop:
-        gc["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
+            raise _bad("stop must be a string or a list of strings", "stop", "invalid_value")
+        gc["stopSequences"] = stops
     n = body.get("n")
     if n is not None and n != 1:
         gc["candidateCount"] = n
@@ -516,7 +538,8 @@ def _error_fields(err: object, status: int) -> tuple[str, str | None, int]:
     if not isinstance(err, dict):
         return str(err), None, status
     code = err.get("code")
-    return (str(err.get("message") or "Gemini error"), err.get("status") if isinstance(err.get("status"), str) else None,
+    gstatus = err.get("status")
+    return (str(err.get("message") or "Gemini error"), gstatus if isinstance(gstatus, str) else None,
             code if isinstance(code, int) and 400 <= code <= 599 else status)
 
 
@@ -544,7 +567,7 @@ def _answer_parts(c: dict) -> list[dict]:
 class GeminiTranslator:
     """Gemini's SSE body -> OpenAI `chat.completion.chunk` SSE, incrementally (bounded by the SSE decoder)."""
 
-    __slots__ = ("_dec", "_w", "_usage", "_calls", "_open", "_ended")
+    __slots__ = ("_dec", "_w", "_usage", "_calls", "_open", "_ended", "_failed")
 
     def __init__(self, model: str, body: dict) -> None:
         self._dec = SSEDecoder()
@@ -556,15 +579,35 @@ class GeminiTranslator:
         self._open: set[int] = set()
         #: a finishReason (or a prompt block) was seen
         self._ended = False
+        #: an error met in a read that also completed earlier events: raised on the next call
+        self._failed: GatewayError | None = None
 
     def feed(self, data: bytes) -> bytes:
+        if self._failed is not None:
+            raise self._failed
         out: list[bytes] = []
         for ev in self._dec.feed(data):
             if ev.data is not None and ev.data != "[DONE]":
-                self._event(ev.data, out)
+                try:
+                    self._event(ev.data, out)
+                except GatewayError as e:
+                    err = e
+                except (TypeError, AttributeError, ValueError, KeyError):
+                    # Valid JSON of the wrong shape (a part that is not an object, ...): the stream is broken.
+                    err = UpstreamProtocolError("Gemini sent a stream event of an unexpected shape")
+                else:
+                    continue
+                if not out:
+                    raise err
+                # The events before the error reach the client first; the error follows on the next call
+                # (at the latest `finish`, when Gemini ends the body after its error event).
+                self._failed = err
+                break
         return b"".join(out)
 
     def finish(self) -> bytes:
+        if self._failed is not None:
+            raise self._failed
         dec = self._dec
         dec.close()
         if dec.has_partial:
@@ -636,8 +679,9 @@ def _choice(c: dict) -> tuple[int, str | None, list[dict], str]:
                 texts.append(p["text"])
         elif "functionCall" in p:
             fc = p["functionCall"]
+            args = orjson.dumps(fc.get("args") or {}).decode()
             call: dict = {"id": fc.get("id") or _call_id(), "type": "function",
-                          "function": {"name": fc.get("name") or "", "arguments": orjson.dumps(fc.get("args") or {}).decode()}}
+                          "function": {"name": fc.get("name") or "", "arguments": args}}
             if p.get("thoughtSignature"):
                 call["extra_content"] = {"google": {"thought_signature": p["thoughtSignature"]}}
             calls.append(call)
@@ -648,6 +692,13 @@ def _choice(c: dict) -> tuple[int, str | None, list[dict], str]:
 
 def translate_completion(model: str, status: int, data: bytes) -> tuple[int, bytes]:
     """A whole `generateContent` answer (or error) as an OpenAI chat.completion (or error envelope)."""
+    try:
+        return _completion(model, status, data)
+    except (TypeError, AttributeError, ValueError, KeyError):
+        return 502, UpstreamProtocolError("Gemini answered with a body of an unexpected shape").body()
+
+
+def _completion(model: str, status: int, data: bytes) -> tuple[int, bytes]:
     if status >= 400:
         return status, _error_envelope(status, data)
     try:
@@ -698,7 +749,11 @@ class GeminiAdapter:
                                status=400, type="invalid_request_error", code="unsupported_endpoint", no_retry=True)
         assert target.base_url is not None
         scheme, host, port, prefix = split_base_url(target.base_url)
-        payload = orjson.dumps(translate_request(target, body))
+        try:
+            payload = orjson.dumps(translate_request(target, body))
+        except (TypeError, AttributeError, ValueError) as e:
+            # A field of an unexpected JSON type somewhere deep in the body: the client's error, not ours.
+            raise _bad(f"the request body could not be translated for Gemini: {e}", None, "invalid_value") from None
         headers: list[tuple[bytes, bytes]] = [
             (b"host", host_header(scheme, host, port)),
             (b"content-type", b"application/json"),
