@@ -541,6 +541,12 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
                 if not Path(t.mock.text_file).is_file():
                     key = f"$.providers.targets[{i}].mock.text_file"
                     raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: no such file {t.mock.text_file!r}")
+            if t.provider == "bedrock" and not (t.region or os.environ.get("AWS_REGION")
+                                                 or os.environ.get("AWS_DEFAULT_REGION")
+                                                 or (t.base_url and "bedrock-runtime." in t.base_url)):
+                key = f"$.providers.targets[{i}].region"
+                raise ConfigError(f"{_where(file, _node_at(root, f'$.providers.targets[{i}]'))}: {key}: "
+                                  f"bedrock target {t.id!r} needs a region (set region, or AWS_REGION)")
             if t.ca_file and not Path(t.ca_file).is_file():
                 key = f"$.providers.targets[{i}].ca_file"
                 raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: no such file {t.ca_file!r}")

@@ -7,14 +7,16 @@ Request (OpenAI chat -> Anthropic Messages):
   (data: URL -> base64 source, http(s) URL -> url source; `detail` dropped) and PDF `file` parts (data: URL ->
   base64 document); assistant text and `tool_calls` -> `tool_use` blocks; `tool` messages -> `tool_result`
   blocks; consecutive same-role messages merged), `max_completion_tokens`/`max_tokens` -> `max_tokens`
-  (default 4096, Anthropic requires one), `temperature`, `top_p`, `stop` -> `stop_sequences`, `tools` (function
-  tools: `parameters` -> `input_schema`, `strict` kept), `tool_choice` (auto, none, required -> any,
-  named -> tool), `parallel_tool_calls: false` -> `disable_parallel_tool_use`, `response_format` json_schema ->
-  `output_config.format`, `user` (or `safety_identifier`) -> `metadata.user_id`, `stream`.
+  (default 4096, Anthropic requires one), `temperature` (as is: Anthropic refuses more than 1), `top_p`,
+  `stop` -> `stop_sequences`, `tools` (function tools: `parameters` -> `input_schema`, `strict` kept),
+  `tool_choice` (auto, none, required -> any, named -> tool; sent only with tools), `parallel_tool_calls: false`
+  -> `disable_parallel_tool_use`, `response_format` json_schema -> `output_config.format`, `user` (or
+  `safety_identifier`) -> `metadata.user_id`, `stream`.
 - dropped (logged once per process at INFO on `fastgw.providers.anthropic`): `frequency_penalty`,
   `presence_penalty`, `logit_bias`, `seed`, `service_tier`, `store`, `metadata`, `prediction`,
-  `reasoning_effort`, `verbosity`, `prompt_cache_key`, `web_search_options`, `top_logprobs` without `logprobs`,
-  `stream_options` (used by the gateway only), and any field Anthropic has no counterpart for.
+  `reasoning_effort`, `verbosity`, `prompt_cache_key`, `web_search_options`, `top_logprobs`, and any other field
+  Anthropic has no counterpart for (`stream_options` is read by the gateway's chunk writer, `n: 1` and
+  `logprobs: false` are no-ops).
 - refused with 400 `unsupported_parameter`: `n` > 1, `logprobs: true`, `response_format` json_object,
   `audio`/`modalities` with audio, legacy `functions`/`function_call`, non-function tools, `input_audio`
   parts, files other than a PDF data: URL, roles other than system/developer/user/assistant/tool; a malformed
@@ -51,7 +53,7 @@ log = logging.getLogger("fastgw.providers.anthropic")
 #: `headers: {anthropic-version: ...}`).
 ANTHROPIC_VERSION = b"2023-06-01"
 #: Anthropic requires `max_tokens`; OpenAI clients often send none. 4096 is the largest value every Claude model
-#: accepts (claude-3-haiku's cap), the default LiteLLM and the Anthropic SDK examples use.
+#: accepts (the Claude 3 models' output cap), as LiteLLM defaults to for Anthropic.
 DEFAULT_MAX_TOKENS = 4096
 
 _UA = b"fastgw/0.1"
@@ -90,6 +92,8 @@ _HANDLED = frozenset({
 
 #: Fields dropped that were already logged in this process (one note per field, not one per request).
 _logged: set[str] = set()
+#: Field names are the client's: past this many distinct ones, no more notes (the set stays bounded).
+_MAX_LOGGED = 256
 
 
 def _unsupported(message: str, param: str) -> GatewayError:
@@ -103,7 +107,7 @@ def _invalid(message: str, param: str) -> GatewayError:
 
 
 def _drop(field: str) -> None:
-    if field not in _logged:
+    if field not in _logged and len(_logged) < _MAX_LOGGED:
         _logged.add(field)
         log.info("anthropic: request field %r has no Anthropic counterpart and is dropped", field)
 
@@ -415,7 +419,8 @@ class AnthropicStreamTranslator:
     """Anthropic Messages SSE -> OpenAI chunk SSE, incremental: each complete Anthropic event is translated by the
     `feed` that completes it; only the incomplete event is held (bounded by the SSE decoder's limit)."""
 
-    __slots__ = ("_decoder", "_w", "_tools", "_args_seen", "_usage", "_finished", "_stopped")
+    __slots__ = ("_decoder", "_w", "_tools", "_args_seen", "_usage", "_finished", "_stopped", "_error",
+                 "_began")
 
     def __init__(self, model: str, body: dict) -> None:
         self._decoder = SSEDecoder()
@@ -426,8 +431,14 @@ class AnthropicStreamTranslator:
         self._usage: dict = {}
         self._finished = False
         self._stopped = False
+        #: An error met after other events of the same read: raised by the next feed or finish.
+        self._error: GatewayError | None = None
+        #: A chunk went out: the model name is fixed for the rest of the stream.
+        self._began = False
 
     def feed(self, data: bytes) -> bytes:
+        if self._error is not None:
+            raise self._error
         if self._stopped:
             return b""  # anything after message_stop (there should be nothing) is ignored
         try:
@@ -438,12 +449,23 @@ class AnthropicStreamTranslator:
         for ev in events:
             if ev.data is None or self._stopped:
                 continue
-            b = self._event(ev.data, ev.event)
+            try:
+                b = self._event(ev.data, ev.event)
+            except GatewayError as e:
+                if not out:
+                    raise
+                # Events this read completed before the failure still go out; the error ends the stream at the
+                # next feed or at finish (Anthropic closes the stream after an error event).
+                self._error = e
+                break
             if b:
                 out.append(b)
+                self._began = True
         return b"".join(out)
 
     def finish(self) -> bytes:
+        if self._error is not None:
+            raise self._error
         if self._stopped:
             return b""
         partial = self._decoder.has_partial
@@ -494,7 +516,7 @@ class AnthropicStreamTranslator:
             return b""
         if t == "message_start":
             msg = obj.get("message") or {}
-            if isinstance(msg.get("model"), str) and msg["model"]:
+            if isinstance(msg.get("model"), str) and msg["model"] and not self._began:
                 w.model = msg["model"]  # before the first chunk: the whole stream names the model that answered
             if isinstance(msg.get("usage"), dict):
                 self._usage.update(msg["usage"])
