@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 from typing import Awaitable, Callable
 
 import orjson
@@ -33,6 +34,7 @@ from fastgw.stream import PolicyRelay, SSERelay, Source, TimedSource, Translated
 __all__ = ["App", "build_targets"]
 
 log = logging.getLogger("fastgw.app")
+_RID_OK = re.compile(rb"[A-Za-z0-9._:-]+")
 _PASS = OpenAIAdapter()  # pass-through: SSE relayed as is, bodies untouched
 
 _JSON = (b"content-type", b"application/json")
@@ -40,7 +42,7 @@ _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 # Upstream response headers worth passing to the client (rate-limit and request-id information SDKs read).
-_PASS_HEADERS = frozenset({b"x-request-id", b"openai-processing-ms", b"openai-version", b"openai-organization",
+_PASS_HEADERS = frozenset({b"openai-processing-ms", b"openai-version", b"openai-organization",
                            b"retry-after", b"retry-after-ms", b"x-ratelimit-limit-requests",
                            b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-requests",
                            b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-requests",
@@ -172,7 +174,8 @@ class App:
             await handler(req, resp)
             return
         # Every /v1 request runs the chain and is audited, refused ones included.
-        ctx = RequestContext(f"{self._id_prefix}{next(self._ids):x}", req.method, path, req.headers)
+        ctx = RequestContext(self._request_id(req), req.method, path, req.headers)
+        resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))
         try:
             self.chain.authenticate(ctx)
             await handler(req, resp, ctx)
@@ -181,6 +184,13 @@ class App:
             ctx.error = e.code
             await self._record(ctx, resp)
             raise
+
+    def _request_id(self, req: Request) -> str:
+        """The client's x-request-id when it is a sane token (tracing across hops), else a fresh one."""
+        given = req.header(b"x-request-id")
+        if given and len(given) <= 128 and _RID_OK.fullmatch(given):
+            return given.decode()
+        return f"req_{self._id_prefix}{next(self._ids):x}{os.urandom(4).hex()}"
 
     async def _record(self, ctx: RequestContext, resp: Responder) -> None:
         """The audit record is handed to the OS before the response's last byte (if audit is on)."""
@@ -424,6 +434,9 @@ class App:
             status = conn.status
             ctype = conn.header(b"content-type") or b""
             passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
+            upstream_rid = conn.header(b"x-request-id") or conn.header(b"request-id")
+            if upstream_rid is not None:
+                passed.append((b"x-upstream-request-id", upstream_rid))
             if stream and status == 200 and adapter.is_stream(ctype):
                 translator = adapter.stream_translator(target, body)
                 source: Source = conn if translator is None else TranslatedSource(conn, translator)

@@ -273,3 +273,16 @@ def test_openai_compatible_vendors_default_base_urls(tmp_path):
     p.write_text("pack: {name: t}\nproviders:\n  targets:\n    - {id: v, provider: vllm, model: x}\n")
     with pytest.raises(Exception, match="base_url: required for provider 'vllm'"):
         load_config(p)
+
+
+def test_every_response_carries_a_request_id_generated_or_propagated(gateway):
+    resp, _, _ = _request(gateway, "POST", "/v1/chat/completions", _chat("gpt-test", True))
+    rid = dict(resp.headers)[b"x-request-id"]
+    assert rid.startswith(b"req_")
+    resp2, _, _ = _request(gateway, "POST", "/v1/chat/completions", _chat("nope", False))
+    assert resp2.status_code == 404 and dict(resp2.headers)[b"x-request-id"] != rid
+    resp3, _, _ = _request(gateway, "POST", "/v1/chat/completions", _chat("gpt-test", False),
+                           headers={"x-request-id": "trace-123.abc"})
+    assert dict(resp3.headers)[b"x-request-id"] == b"trace-123.abc"
+    resp4, _, _ = _request(gateway, "GET", "/v1/models", headers={"x-request-id": "bad id with spaces"})
+    assert dict(resp4.headers)[b"x-request-id"].startswith(b"req_")

@@ -127,7 +127,7 @@ class Responder:
     """
 
     __slots__ = ("_proto", "_transport", "_head", "keep_alive", "started", "finished", "streaming", "_head_only",
-                 "status", "bytes_sent", "first_write")
+                 "status", "bytes_sent", "first_write", "extra_headers")
 
     def __init__(self, proto: HttpServerProtocol, keep_alive: bool, head_only: bool) -> None:
         self._proto = proto
@@ -142,6 +142,8 @@ class Responder:
         self.bytes_sent = 0
         #: When the first byte of the response was handed to the socket (monotonic), for timing records.
         self.first_write: float | None = None
+        #: Headers every response of this request carries, whatever path answers it (e.g. x-request-id).
+        self.extra_headers: list[tuple[bytes, bytes]] = []
 
     # --- head -------------------------------------------------------------------------
     def _build_head(self, status: int, headers: list[tuple[bytes, bytes]], extra: bytes) -> bytes:
@@ -149,7 +151,7 @@ class Responder:
             self.keep_alive = False
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")),
                  b"date: ", _date.get(), b"\r\nserver: fastgw\r\n"]
-        for name, value in headers:
+        for name, value in (*headers, *self.extra_headers):
             if not _valid_header_value(value) or not _valid_header_value(name):
                 raise ValueError(f"invalid header {name!r}")
             parts += (name, b": ", value, b"\r\n")

@@ -9,12 +9,13 @@ Request (OpenAI -> Cohere v2):
   that accompanies tool calls -> `tool_plan`; tool results with `tool_call_id`); `tools` (OpenAI function
   shape; any `strict: true` function -> `strict_tools: true`); `tool_choice` "required" -> "REQUIRED",
   "none" -> "NONE", "auto" -> omitted, a named function -> only that tool sent + "REQUIRED";
-  `temperature`; `top_p` -> `p`; `max_completion_tokens`/`max_tokens` -> `max_tokens`; `stop` ->
-  `stop_sequences`; `seed`, `frequency_penalty`, `presence_penalty`; `response_format` json_object ->
+  `temperature`; `top_p` -> `p` (clamped into Cohere's [0.01, 0.99]); `max_completion_tokens`/`max_tokens`
+  -> `max_tokens`; `stop` -> `stop_sequences`; `seed`; `frequency_penalty`, `presence_penalty` (clamped
+  into Cohere's [0, 1]); `response_format` json_object ->
   `{"type": "json_object"}`, json_schema -> `{"type": "json_object", "json_schema": schema}`; `stream`.
 - dropped, logged (logger `fastgw.providers.cohere`, debug): `logprobs`, `top_logprobs`, `logit_bias`,
   `reasoning_effort`, `prediction`, `parallel_tool_calls`, `user`, `metadata`, `store`, `service_tier`;
-  a message's `name`.
+  a message's `name` (silently).
 - refused (400 `unsupported_parameter`): `n` > 1; audio/file parts; images outside user messages.
 
 Answer: `content-delta` text and `tool-plan-delta` text (the model's plan before it calls tools) become
@@ -43,9 +44,10 @@ _UA = b"fastgw/0.1"
 
 _DROPPED = ("logprobs", "top_logprobs", "logit_bias", "reasoning_effort", "prediction", "parallel_tool_calls",
             "user", "metadata", "store", "service_tier")
-#: OpenAI field -> Cohere field, copied as they are.
-_PARAMS = (("temperature", "temperature"), ("top_p", "p"), ("seed", "seed"),
-           ("frequency_penalty", "frequency_penalty"), ("presence_penalty", "presence_penalty"))
+#: OpenAI field -> (Cohere field, the range Cohere accepts or None); values outside it are clamped into it
+#: (OpenAI's top_p 1.0 is Cohere's p 0.99; OpenAI's penalties run from -2 to 2, Cohere's from 0 to 1).
+_PARAMS = (("temperature", "temperature", None), ("top_p", "p", (0.01, 0.99)), ("seed", "seed", None),
+           ("frequency_penalty", "frequency_penalty", (0.0, 1.0)), ("presence_penalty", "presence_penalty", (0.0, 1.0)))
 _FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls"}
 _FAILED = ("ERROR", "TIMEOUT")
 
@@ -201,9 +203,11 @@ def build_body(target: TargetRuntime, body: dict, stream: bool) -> dict:
         out["tools"] = [c[0] for c in converted]
         if any(c[1] for c in converted):
             out["strict_tools"] = True
-    for src, dst in _PARAMS:
+    for src, dst, bounds in _PARAMS:
         value = body.get(src)
         if value is not None:
+            if bounds is not None and isinstance(value, (int, float)):
+                value = min(max(value, bounds[0]), bounds[1])
             out[dst] = value
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:

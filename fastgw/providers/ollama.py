@@ -15,7 +15,7 @@ Request (OpenAI -> Ollama):
 - best effort, logged (logger `fastgw.providers.ollama`, debug): `tool_choice` "required" (tools sent,
   the model is not forced), `tool_choice` naming a function (only that tool is sent, not forced).
 - dropped, logged: `logprobs`, `top_logprobs`, `logit_bias`, `reasoning_effort`, `prediction`,
-  `parallel_tool_calls`, `user`, `metadata`, `store`, `service_tier`; a message's `name`.
+  `parallel_tool_calls`, `user`, `metadata`, `store`, `service_tier`; a message's `name` (silently).
 - refused (400 `unsupported_parameter`): `n` > 1; image parts with an http(s) URL (Ollama cannot
   fetch them; send a data: URL); audio/file parts; images outside user messages.
 
@@ -319,11 +319,11 @@ class OllamaTranslator:
             raise UpstreamProtocolError("ollama sent a stream line that is not JSON") from None
         if not isinstance(obj, dict):
             raise UpstreamProtocolError("ollama sent a stream line that is not a JSON object")
+        if self._done:
+            return b""  # the answer is complete at the done line; nothing follows it, and anything that does is ignored
         err = obj.get("error")
         if err is not None:
             raise UpstreamError(err if isinstance(err, str) else orjson.dumps(err).decode(), code="ollama_error")
-        if self._done:
-            return b""  # nothing follows the done line; ignore anything that does
         w = self._w
         out = b""
         msg = obj.get("message")
@@ -421,7 +421,8 @@ class OllamaAdapter:
             cid = c.get("id")
             calls.append({"id": cid if isinstance(cid, str) and cid else "call_" + os.urandom(12).hex(),
                           "type": "function",
-                          "function": {"name": str(fn.get("name") or ""), "arguments": _args_text(fn.get("arguments"))}})
+                          "function": {"name": str(fn.get("name") or ""),
+                                       "arguments": _args_text(fn.get("arguments"))}})
         text = msg.get("content")
         content = text if isinstance(text, str) and (text or not calls) else None
         return 200, completion_body(target.model, content, _finish(obj.get("done_reason"), bool(calls)), _usage(obj),
