@@ -375,11 +375,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._wake_drain()
 
     def eof_received(self) -> bool | None:
-        # A client half-close: finish answering what was asked (HTTP/1.0 style), then close.
-        self.closing_after_response = True
-        if self._current is None and not self._queue:
-            return None  # transport closes itself
-        return True
+        # The client closed its side. HTTP clients do not half-close to wait for an answer; an SSE client
+        # that hangs up sends exactly this FIN, and the upstream must stop generating (and billing) now.
+        return None  # the transport closes; connection_lost cancels what is in flight
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -1,0 +1,70 @@
+"""A client that leaves makes the gateway close its upstream request at once, in every phase."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import orjson
+import pytest
+
+
+class HangingUpstream:
+    """Reads a request, sends what the phase needs, then waits; records when the gateway closes on it."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+        self.closed_at: float | None = None
+        self.got_request = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+        while len(body) < length:
+            body += conn.recv(65536)
+        if self.phase in ("ttft", "midstream"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        if self.phase == "midstream":
+            ev = b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
+            conn.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+        self.got_request.set()
+        conn.settimeout(20)
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        self.closed_at = time.monotonic()
+        conn.close()
+
+
+@pytest.mark.parametrize("phase, stream", [("ttft", True), ("midstream", True), ("waiting", False)])
+def test_client_disconnect_closes_the_upstream_within_100ms(gateway_factory, phase, stream):
+    up = HangingUpstream(phase)
+    gw = gateway_factory.start({"pack": {"name": "t"}, "providers": {"targets": [
+        {"id": "u", "provider": "openai", "model": "m", "base_url": f"http://127.0.0.1:{up.port}/v1"}]}})
+    c = socket.create_connection((gw.host, gw.port), timeout=10)
+    body = orjson.dumps({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "x"}]})
+    c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert up.got_request.wait(10)
+    if phase == "midstream":
+        assert b"hi" in c.recv(65536)  # the first event reached the client
+    time.sleep(0.2)
+    left = time.monotonic()
+    c.close()
+    deadline = time.monotonic() + 5
+    while up.closed_at is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert up.closed_at is not None, "the gateway kept the upstream request open"
+    assert up.closed_at - left < 0.1
