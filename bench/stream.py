@@ -145,6 +145,7 @@ server: {{bind: ["127.0.0.1:{port}"], workers: {workers}}}
 providers:
   targets:
     - {{id: mock, provider: mock, model: {model}, mock: {{chunks: {events}, chunk_size: {chunk_size}, delay: {delay}{text}}}}}
+    - {{id: probe, provider: mock, model: {probe}, mock: {{text: "{probe_text}"}}}}
 """
 
 GATEWAY_YAML = """\
@@ -153,7 +154,13 @@ server: {{bind: ["127.0.0.1:{port}"], workers: {workers}}}
 providers:
   targets:
     - {{id: up, provider: openai, model: {model}, base_url: "http://127.0.0.1:{upstream}/v1"}}
+    - {{id: probe, provider: openai, model: {probe}, base_url: "http://127.0.0.1:{upstream}/v1"}}
 {policy}"""
+
+#: A second model on both servers, never used by the load: its answer carries one email, so one request to it
+#: shows whether the gateway's policy is really active (clean prose looks the same with and without it).
+PROBE_MODEL = "bench-probe"
+PROBE_TEXT = "Policy probe: write to jane.doe@example.com today."
 
 #: Gateway config lines per --policy (none: no chain at all, the pass-through path).
 POLICY_YAML = {
@@ -175,16 +182,22 @@ def server_cmd(config: Path, port: int, workers: int, log_level: str) -> list[st
 
 
 class Server:
-    """One `fastgw serve` master (and, through it, its workers) in its own session."""
+    """One `fastgw serve` master (and, through it, its workers) in its own session.
 
-    def __init__(self, name: str, cmd: list[str], port: int, log: Path, cpus: list[int] | None) -> None:
+    Started with `cwd` = the source directory, so `python -m fastgw` imports the `fastgw` package found
+    there first (ahead of the editable install's finder): `--source` can point at a frozen export of a
+    commit while the checkout is being edited.
+    """
+
+    def __init__(self, name: str, cmd: list[str], port: int, log: Path, cpus: list[int] | None,
+                 cwd: Path = REPO) -> None:
         self.name, self.cmd, self.port, self.log_path = name, cmd, port, log
         self._log = open(log, "wb")
         # Own session: Ctrl-C on the terminal reaches only the harness, which then stops the
         # servers in order; and the whole group can be killed if the master misbehaves.
         # Affinity is set before exec so that the workers the master forks inherit it.
         pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._log,
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pre)
 
     @property
@@ -434,6 +447,27 @@ def output_check(args, port: int, stream: bool, upstream_text: str | None,
     return out
 
 
+def policy_probe(port: int) -> str:
+    """What the gateway does to an answer with one email: "redacted", "passed through", or what went wrong."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                 data=chat_body(PROBE_MODEL, True), headers={"Content-Type": "application/json"},
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            content, _, errors = sse_content(r.read())
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError) as e:
+        return f"{type(e).__name__}: {e}"
+    if errors:
+        return f"error event ({errors[0]})"
+    if "[REDACTED:EMAIL]" in content and "jane.doe@example.com" not in content:
+        return "redacted"
+    if content == PROBE_TEXT:
+        return "passed through"
+    return f"unexpected answer {content[:80]!r}"
+
+
 def _check_line(where: str, c: dict) -> str:
     if "error" in c:
         return f"{where}: request failed: {c['error']}"
@@ -442,11 +476,12 @@ def _check_line(where: str, c: dict) -> str:
         s += f", {c['events']} data events"
     if "redacted" in c:
         ents = ", ".join(f"{k} {v}" for k, v in sorted(c["redacted_by_entity"].items()))
+        # Through a redacting gateway a value in the answer is a leak; otherwise it is simply passed through.
+        found = "leaked values" if c.get("policy") == "redact" else "PII values in the answer"
         s += (f", {c['values_in_text']} PII values in the upstream text, `[REDACTED:` × {c['redacted']}"
-              + (f" ({ents})" if ents else "") + f", leaked values: {sum(c['leaked'].values()) or 'none'}"
+              + (f" ({ents})" if ents else "") + f", {found}: {sum(c['leaked'].values()) or 'none'}"
               + (f" {c['leaked']}" if c["leaked"] else "")
               + f", text {'as expected' if c['as_expected'] else 'NOT as expected'}")
-        s = s.replace("leaked values:", "PII values in the answer:" if c.get("policy") != "redact" else "leaked values:")
     if c.get("errors"):
         s += f", errors in the answer: {c['errors']}"
     return s
@@ -488,11 +523,17 @@ def baseline_offsets(offsets: list[list[float]]) -> list[float]:
 
 
 def holdback_stats(offsets: list[list[float]], delay: float, baseline: list[float] | None = None) -> dict:
-    """Holdback of each data event after the first, in events and in ms.
+    """Holdback of each data event after the first, in events and in ms, on three bases.
 
-    vs ideal: h_i = (t_i - t_0)/delay - i, the upstream's nominal schedule (includes the upstream's own
-    timer drift); vs baseline: h_i = (t_i - t_0 - b_i)/delay with b_i the median offset of event i in a
-    pass-through run, i.e. what the gateway adds on top of that run.
+    vs ideal: h_i = (t_i - t_0)/delay - i, the upstream's nominal schedule. It includes the mock's own timer
+    overshoot, which makes its period 3-6% longer than `delay` (how much varies from one upstream process
+    to the next), i.e. 1.5-3 events by event 50 even through a pass-through gateway.
+    vs paced: h_i = (t_i - t_0)/d_r - i with d_r = (t_last - t_0)/(n - 1), the response's own mean event
+    period. The last data event ([DONE], written with the finish chunk's settling) is never held by an
+    output policy, so d_r is the upstream's real pace for that very response; the last event is the
+    calibration point and is left out of these figures. This is the basis that isolates holdback.
+    vs baseline: h_i = (t_i - t_0 - b_i)/delay with b_i the median offset of event i in another run
+    (pass-through); it cancels only the drift the two runs share.
     """
     def dist(hs: list[float], ms: list[float]) -> dict:
         if not hs:
@@ -517,6 +558,19 @@ def holdback_stats(offsets: list[list[float]], delay: float, baseline: list[floa
                 hs.append(o[i] / delay - i)
                 ms.append(o[i] - i * delay)
         out["vs_ideal"] = dist(hs, ms)
+        hs, ms = [], []
+        for o in offsets:
+            n = len(o)
+            if n < 3 or o[-1] <= 0:
+                continue
+            d_r = o[-1] / (n - 1)
+            for i in range(1, n - 1):
+                hs.append(o[i] / d_r - i)
+                ms.append(o[i] - i * d_r)
+        out["vs_paced"] = dist(hs, ms)
+        periods = sorted(o[-1] / (len(o) - 1) for o in offsets if len(o) >= 3)
+        out["period_ms"] = {"p50": percentile(periods, 50) * 1000, "min": periods[0] * 1000,
+                            "max": periods[-1] * 1000} if periods else None
     if baseline:
         hs, ms = [], []
         for o in offsets:
@@ -585,7 +639,7 @@ def rows(args, results: list[Result]) -> list[dict]:
     return out
 
 
-def machine() -> dict:
+def machine(source: Path = REPO) -> dict:
     model = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -595,8 +649,12 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=source, capture_output=True,
                                 text=True, timeout=5).stdout.strip() or "?"
+        if not (source / ".git").exists() and source != REPO:
+            # An export made by `python -m bench.pii --rev` names its commit in this file.
+            mark = source / ".bench-commit"
+            commit = mark.read_text().strip() if mark.exists() else "? (not a git checkout)"
     except (OSError, subprocess.TimeoutExpired):
         commit = "?"
     return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu_model": model,
@@ -645,13 +703,14 @@ def _text_words(args) -> str:
 def _trace_table(args, traces: dict) -> list[str]:
     lines = [f"Per-event holdback at concurrency 1, upstream paced at {args.delay * 1000:g} ms per event "
              f"({args.trace} sequential requests after {args.trace_warmup} warm-up; h_i = (t_i - t_0)/delay - i "
-             f"for each data event after the first, rounded to whole events; \"vs ideal\" uses the nominal "
-             f"schedule i × delay, \"vs direct\" the median arrival of the same event index straight from the "
-             f"upstream):", "",
+             f"for each data event after the first, rounded to whole events; basis \"ideal\": the nominal "
+             f"schedule i × delay (includes the mock's timer overshoot); \"paced\": delay replaced by the "
+             f"response's own mean event period (t_last - t_0)/(n - 1), last event left out; \"direct\": the "
+             f"median arrival of the same event index straight from the upstream):", "",
              "| run | basis | responses | h=0 | h=1 | h=2 | h≥3 | mean h | added ms p50 | added ms p99 | errors |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for target, t in traces.items():
-        for basis, key in (("ideal", "vs_ideal"), ("direct", "vs_baseline")):
+        for basis, key in (("ideal", "vs_ideal"), ("paced", "vs_paced"), ("direct", "vs_baseline")):
             if key in t.get("stats", {}):
                 lines.append(f"| {target} | {basis} | {t['requests']} | {_hb_cells(t['stats'][key])} | "
                              f"{t['errors'] or ''} |")
@@ -675,7 +734,8 @@ def write_markdown(args, meta: dict, results: list[Result], summary_rows: list[d
               f"Linux {m['kernel']}, Python {m['python']}; load average before the run: "
               f"{' '.join(m['loadavg_before'])}; busy cores with servers idle, before the runs: "
               f"{_f(meta.get('background_busy_cores'))}",
-              f"- fastgw commit {m['commit']} (working tree may have had uncommitted changes)",
+              (f"- fastgw commit {m['commit']} (working tree may have had uncommitted changes)"
+               if args.source == REPO else f"- fastgw from {args.source} (commit: {m['commit']})"),
               f"- command: `{meta['command']}`",
               f"- upstream: fastgw mock, {args.upstream_workers} worker(s), {args.events} content chunks × "
               f"{args.chunk_size} chars, delay {args.delay:g} s; load: closed loop, {args.connections} connections "
@@ -685,6 +745,9 @@ def write_markdown(args, meta: dict, results: list[Result], summary_rows: list[d
               + f"; CPU pinning: gateway {args.gateway_cpus or 'none'}, upstream {args.upstream_cpus or 'none'}, "
                 f"load generator {args.client_cpus or 'none'}",
               f"- gateway output policy: {_policy_words(args)}; upstream text: {_text_words(args)}"]
+    if meta.get("policy_probe"):
+        lines.append(f"- policy probe (model {PROBE_MODEL}, an answer with one email, through the gateway): "
+                     f"{meta['policy_probe']}")
     for where, c in (checks or {}).items():
         lines.append(f"- output check, {_check_line(where, c)}")
     lines.append("")
@@ -783,6 +846,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="log level of both servers (their logs go to files; info logs may cost CPU)")
     g.add_argument("--startup-timeout", type=float, default=30.0, help="seconds to wait for GET /readyz == 200")
+    g.add_argument("--source", type=Path, default=REPO,
+                   help="directory whose fastgw package is started (cwd of `python -m fastgw serve`), e.g. a "
+                        "`git archive` export of one commit while the checkout is being edited")
     g = p.add_argument_group(
         "output policy and reply text",
         _w("The gateway can run the pii-detector output policy (config: policies: {chain: [pii-detector]}, "
@@ -864,7 +930,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     modes = ["stream", "nonstream"] if args.mode == "both" else [args.mode]
-    meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+    args.source = args.source.resolve()
+    if not (args.source / "fastgw" / "__main__.py").exists():
+        _parser().error(f"--source {args.source}: no fastgw package there")
+    meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(args.source),
             "command": "python -m bench.stream " + shlex.join(sys.argv[1:] if argv is None else argv),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     if args.text == "pii" and args.pii_every <= 0:
@@ -885,9 +955,10 @@ def main(argv: list[str] | None = None) -> int:
     gw_port = args.gateway_port or free_port()
     (tmp / "upstream.yaml").write_text(UPSTREAM_YAML.format(
         port=up_port, workers=args.upstream_workers, model=MODEL, events=args.events, chunk_size=args.chunk_size,
-        delay=args.delay, text=text_yaml))
+        delay=args.delay, text=text_yaml, probe=PROBE_MODEL, probe_text=PROBE_TEXT))
     (tmp / "gateway.yaml").write_text(GATEWAY_YAML.format(port=gw_port, workers=args.workers, model=MODEL,
-                                                          upstream=up_port, policy=POLICY_YAML[args.policy]))
+                                                          upstream=up_port, policy=POLICY_YAML[args.policy],
+                                                          probe=PROBE_MODEL))
     servers: list[Server] = []
     results: list[Result] = []
     notes: list[str] = []
@@ -897,10 +968,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upstream = Server("upstream", server_cmd(tmp / "upstream.yaml", up_port, args.upstream_workers,
                                                  args.log_level), up_port, tmp / "upstream.log",
-                          parse_cpus(args.upstream_cpus))
+                          parse_cpus(args.upstream_cpus), args.source)
         servers.append(upstream)
         gateway = Server("gateway", server_cmd(tmp / "gateway.yaml", gw_port, args.workers, args.log_level),
-                         gw_port, tmp / "gateway.log", parse_cpus(args.gateway_cpus))
+                         gw_port, tmp / "gateway.log", parse_cpus(args.gateway_cpus), args.source)
         servers.append(gateway)
         upstream.wait_ready(args.startup_timeout)
         gateway.wait_ready(args.startup_timeout)
@@ -912,6 +983,12 @@ def main(argv: list[str] | None = None) -> int:
         meta["background_busy_cores"] = (busy_cpu_seconds() - b0) / (time.monotonic() - t)
         print(f"background load before the runs: {meta['background_busy_cores']:.2f} busy cores", flush=True)
         if args.check:
+            meta["policy_probe"] = policy_probe(gw_port)
+            want = {"none": "passed through", "observe": "passed through", "redact": "redacted"}.get(args.policy)
+            print(f"policy probe (answer with one email through the gateway): {meta['policy_probe']}", flush=True)
+            if want and meta["policy_probe"] != want:
+                notes.append(f"CHECK policy probe: the gateway's answer was {meta['policy_probe']!r}, expected "
+                             f"{want!r} for --policy {args.policy}")
             for mode in modes:
                 for target, port, pol in (("gateway", gw_port, args.policy), ("direct", up_port, "none")):
                     c = output_check(args, port, mode == "stream", upstream_text, values, pol)
