@@ -65,6 +65,21 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def _account(ctx: RequestContext, partial: bool) -> None:
+    """The usage record: the provider's count when it gave one, else an estimate (marked), and `partial`
+    when the client left before the end."""
+    if ctx.usage is None:
+        prompt = 0
+        if ctx.body:
+            from fastgw.policy.textscan import request_slots
+            prompt = sum(len(c[k]) for c, k, _f, _i in request_slots(ctx.body)) // 4 + 1
+        completion = sum(len(t) for t in ctx.texts.values()) // 4 if ctx.texts else max(0, ctx.events - 3)
+        ctx.usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                     "total_tokens": prompt + completion, "estimated": True}
+    if partial:
+        ctx.usage = {**ctx.usage, "partial": True}
+
+
 def _raiser(err: GatewayError) -> Callable[[], Awaitable[None]]:
     """The final answer for a failure that has no better one: the error itself, as an HTTP error envelope."""
     async def answer() -> None:
@@ -360,11 +375,17 @@ class App:
                       headers: list[tuple[bytes, bytes]], deadlines: tuple[float, float, float] | None = None) -> None:
         resp.start_stream(200, headers)
         relay = self._relay(resp, source, ctx)
+        if not isinstance(relay, PolicyRelay):
+            relay.usage_sink = ctx
+            relay.strip_usage = ctx.strip_usage
         if deadlines is not None:
             relay.arm(*deadlines)
         relay.start()
         await relay.done
         ctx.status = 200
+        ctx.events = ctx.events or relay.events
+        # The client left before the end (no tail to write, no error, not a clean end): what was counted is partial.
+        _account(ctx, partial=relay.tail is None and relay.error is None and not relay.ok)
         err = relay.error
         if err is not None:
             ctx.error = err.code
@@ -419,6 +440,13 @@ class App:
             ureq = messages_request(target, body, raw, stream, ctx.headers)
             adapter = _PASS  # the client speaks the provider's own API: nothing to translate
         else:
+            if stream and endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS) and isinstance(adapter, OpenAIAdapter):
+                so = body.get("stream_options")
+                if not (isinstance(so, dict) and so.get("include_usage")):
+                    # Ask for the provider's own count; the extra usage chunk is taken out again on the way back.
+                    body = {**body, "stream_options": {**(so if isinstance(so, dict) else {}), "include_usage": True}}
+                    raw = None
+                    ctx.strip_usage = True
             ureq = adapter.build_request(target, endpoint, body, raw, stream)
         now = self.loop.time()
         deadlines = (now + target.ttft_timeout, target.idle_timeout, now + target.max_duration)

@@ -16,7 +16,7 @@ from typing import Protocol as TypingProtocol
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from fastgw.proto.errors import GatewayError, ProtocolError
 from fastgw.proto.server import Responder
-from fastgw.policy.base import PolicyFailure
+from fastgw.policy.base import PolicyFailure, RequestContext
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
 import orjson
 
@@ -72,7 +72,8 @@ class SSERelay:
     """
 
     __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
-                 "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at")
+                 "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
+                 "usage_sink", "strip_usage", "events")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  defer_end: bool = False, dialect: str = "chat") -> None:
@@ -83,6 +84,11 @@ class SSERelay:
         self._last = 0.0
         self._ttft_at = self._max_at = float("inf")
         self._idle = float("inf")
+        #: Usage accounting: where the upstream's usage goes (a RequestContext), and whether the usage chunk
+        #: must be taken out of the stream (we asked for it, the client did not).
+        self.usage_sink: RequestContext | None = None
+        self.strip_usage = False
+        self.events = 0
         self._resp = resp
         self._source = source
         self._splitter = SSESplitter()
@@ -147,9 +153,33 @@ class SSERelay:
         except ProtocolError as e:
             raise UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}") from None
         if block:
+            if self.usage_sink is not None:
+                block = self._take_usage(block)
             self._pending.append(block)
             if _DONE_TAIL in block[-16:]:
                 self.saw_done = True
+
+    def _take_usage(self, block: bytes) -> bytes:
+        """Count events; read the usage chunk (the one with `"choices":[]`), and cut it out if asked to."""
+        self.events += block.count(b"data:")
+        i = block.find(b'"choices":[]')
+        if i < 0:
+            return block
+        start = block.rfind(b"\n\n", 0, i)
+        start = 0 if start < 0 else start + 2
+        end = block.find(b"\n\n", i)
+        end = len(block) if end < 0 else end + 2
+        event = block[start:end]
+        try:
+            usage = orjson.loads(event[event.index(b"{"):].strip()).get("usage")
+        except (ValueError, orjson.JSONDecodeError):
+            return block
+        if isinstance(usage, dict) and self.usage_sink is not None:
+            self.usage_sink.usage = usage
+        if self.strip_usage:
+            self.events -= 1
+            return block[:start] + block[end:]
+        return block
 
     def _take(self) -> bytes:
         p = self._pending

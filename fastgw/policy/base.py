@@ -30,7 +30,7 @@ class RequestContext:
 
     __slots__ = ("request_id", "method", "path", "endpoint", "headers", "body", "model", "stream", "principal",
                  "roles", "client", "target", "decisions", "status", "usage", "texts", "finish", "started",
-                 "first_byte", "error")
+                 "first_byte", "error", "strip_usage", "events")
 
     def __init__(self, request_id: str, method: str, path: str, headers: list[tuple[bytes, bytes]],
                  client: str = "") -> None:
@@ -57,6 +57,10 @@ class RequestContext:
         self.started = time.monotonic()
         self.first_byte: float | None = None
         self.error: str | None = None
+        #: We asked the upstream for a usage chunk the client did not ask for: take it out of the stream.
+        self.strip_usage = False
+        #: Streamed events relayed (for a usage estimate when the upstream reports none).
+        self.events = 0
 
     def header(self, name: bytes) -> bytes | None:
         for n, v in self.headers:

@@ -153,6 +153,9 @@ class StreamPolicy:
                     self._choice_segs(ch, pos, segs)
             if chunk.usage is not None:
                 self._ctx.usage = chunk.usage
+                if self._ctx.strip_usage and not chunk.choices:
+                    return  # the usage chunk we asked for on the client's behalf: it does not see it
+            self._ctx.events += 1
         elif data == "[DONE]":
             self._finish_all()
         self._queue.append(_Held(ev, segs))

@@ -1,0 +1,90 @@
+"""Usage accounting: the provider's own count (asked for and taken out of the stream when the client did not ask),
+an estimate when there is none, and `partial` when the client leaves early — as the audit log records it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import openai
+import orjson
+
+from tests.conftest import gateway_config
+from tests.support.scripted_upstream import ScriptedUpstream
+from tests.support.sse_streams import build_stream
+
+
+def _audited(cfg: dict, d: Path) -> dict:
+    cfg["policies"] = {"chain": ["audit-logger"]}
+    cfg["policy"] = {"audit-logger": {"path": str(d), "fsync": "never"}}
+    return cfg
+
+
+def _records(d: Path) -> list[dict]:
+    return [json.loads(ln) for f in sorted(d.glob("*.jsonl")) for ln in f.read_text().splitlines() if ln.strip()]
+
+
+def test_usage_injected_counted_and_stripped(gateway_factory, upstream, tmp_path):
+    d = tmp_path / "a"
+    gw = gateway_factory.start(_audited(gateway_config(upstream.url), d))
+    c = openai.OpenAI(base_url=gw.url, api_key="x", max_retries=0, timeout=20)
+    chunks = list(c.chat.completions.create(model="gpt-test", stream=True,
+                                            messages=[{"role": "user", "content": "count me"}]))
+    assert all(ch.choices for ch in chunks)  # the client did not ask: no usage chunk reaches it
+    assert upstream.last("/v1/chat/completions")["body"]["stream_options"] == {"include_usage": True}
+    rec = _records(d)[-1]
+    assert rec["usage"]["completion_tokens"] > 0 and "estimated" not in rec["usage"]
+    # A client that asks gets the chunk, exactly once
+    chunks = list(c.chat.completions.create(model="gpt-test", stream=True, stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": "count me"}]))
+    assert [ch for ch in chunks if not ch.choices][0].usage.total_tokens > 0
+    assert sum(1 for ch in chunks if ch.usage is not None) == 1
+
+
+def test_usage_estimated_when_the_upstream_reports_none(gateway_factory, tmp_path):
+    up = ScriptedUpstream()
+    try:
+        key = uuid.uuid4().hex
+        up.scripts[key] = [build_stream(["one ", "two ", "three ", "four"])]  # no usage chunk at all
+        d = tmp_path / "a"
+        cfg = {"pack": {"name": "t"}, "providers": {"targets": [
+            {"id": "s", "provider": "openai", "model": "m", "base_url": up.url}]}}
+        gw = gateway_factory.start(_audited(cfg, d))
+        c = openai.OpenAI(base_url=gw.url, api_key="x", max_retries=0, timeout=20)
+        list(c.chat.completions.create(model="m", stream=True, messages=[{"role": "user", "content": key}]))
+        usage = _records(d)[-1]["usage"]
+        assert usage["estimated"] is True and usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 0
+    finally:
+        up.stop()
+
+
+def test_usage_marked_partial_when_the_client_leaves(gateway_factory, upstream, tmp_path):
+    d = tmp_path / "a"
+    gw = gateway_factory.start(_audited(gateway_config(upstream.url), d))
+    s = socket.create_connection((gw.host, gw.port), timeout=10)
+    body = orjson.dumps({"model": "fault-slow", "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    time.sleep(0.3)
+    s.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not _records(d):
+        time.sleep(0.05)
+    usage = _records(d)[-1]["usage"]
+    assert usage["partial"] is True
+
+
+def test_usage_chunk_stripped_on_the_pass_through_path_too(gateway, upstream):
+    """No policy at all: the byte-for-byte relay still takes out the usage chunk the client did not ask for."""
+    c = openai.OpenAI(base_url=gateway.url, api_key="x", max_retries=0, timeout=20)
+    chunks = list(c.chat.completions.create(model="gpt-test", stream=True,
+                                            messages=[{"role": "user", "content": "plain"}]))
+    assert chunks and all(ch.choices for ch in chunks)
+    assert upstream.last("/v1/chat/completions")["body"]["stream_options"] == {"include_usage": True}
+    asked = list(c.chat.completions.create(model="gpt-test", stream=True, stream_options={"include_usage": True},
+                                           messages=[{"role": "user", "content": "plain"}]))
+    assert sum(1 for ch in asked if not ch.choices and ch.usage is not None) == 1
