@@ -389,7 +389,7 @@ class App:
         err = relay.error
         if err is not None:
             ctx.error = err.code
-            if relay.tail is not None and resp.head_pending:
+            if relay.tail is not None and resp.head_pending and not relay.content:
                 resp.unstart()
                 if isinstance(err, PolicyViolation):
                     # Nothing was sent yet (buffered): refuse with a status the SDKs raise before iterating.

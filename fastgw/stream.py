@@ -73,7 +73,7 @@ class SSERelay:
 
     __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
                  "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
-                 "usage_sink", "strip_usage", "events")
+                 "usage_sink", "strip_usage", "events", "content")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  defer_end: bool = False, dialect: str = "chat") -> None:
@@ -89,6 +89,8 @@ class SSERelay:
         self.usage_sink: RequestContext | None = None
         self.strip_usage = False
         self.events = 0
+        #: Whether the stream carried events for the client before it ended (then a failure is in-stream).
+        self.content = False
         self._resp = resp
         self._source = source
         self._splitter = SSESplitter()
@@ -190,7 +192,16 @@ class SSERelay:
 
     def flush(self) -> None:
         if self._pending:
-            self._resp.write(self._take())
+            self._write(self._take())
+
+    def _write(self, data: bytes) -> None:
+        """Write events now; with defer_end the closing `[DONE]` waits for the end, so a client that stops
+        reading at `[DONE]` has its audit record on disk first (the record precedes the last byte)."""
+        if self.defer_end and data.endswith(DONE):
+            data = data[:-len(DONE)]
+            self._pending.append(DONE)  # re-held: the tail at the end takes it
+        if data:
+            self._resp.write(data)
 
     def on_end(self) -> None:
         if self.done.done():
@@ -208,6 +219,9 @@ class SSERelay:
     def on_error(self, exc: UpstreamError) -> None:
         if self.done.done():
             return
+        if self.saw_done and self.dialect == "chat":
+            self.on_end()  # the answer was complete ([DONE] seen): a connection dropped after it is no failure
+            return
         # Whole events that arrived before the failure still go out, then the error, then [DONE].
         self.error = exc
         before = self._take()
@@ -220,6 +234,7 @@ class SSERelay:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.content = self.content or content or not self._resp.head_pending
         if self.defer_end or (self.error is not None and not content and self._resp.head_pending):
             self.tail = tail
         else:
@@ -343,7 +358,7 @@ class PolicyRelay(SSERelay):
             self._fail_closed()
             return
         if out:
-            self._resp.write(out[0] if len(out) == 1 else b"".join(out))
+            self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def on_end(self) -> None:
         if self.done.done():
@@ -364,9 +379,12 @@ class PolicyRelay(SSERelay):
             out.append(_done_marker(self.dialect))
         self._policy.close()
         self.ok = True
-        self._end(b"".join(out))
+        self._end(self._take() + b"".join(out))
 
     def on_error(self, exc: UpstreamError) -> None:
+        if self.saw_done and self.dialect == "chat":
+            self.on_end()  # complete already: a connection dropped after [DONE] is no failure
+            return
         self._terminate(exc)
 
     def _terminate(self, err: GatewayError) -> None:

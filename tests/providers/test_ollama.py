@@ -1,0 +1,560 @@
+"""The Ollama adapter: request translation, the NDJSON stream translator under any split of the recorded streams, the
+non-streamed answer and error mapping, and the real `openai` SDK through the gateway in front of the mock Ollama
+server (`tests/support/mock_ollama.py`), pii-detector included."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import openai
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastgw.proto.client import UpstreamError, UpstreamProtocolError
+from fastgw.proto.errors import GatewayError, ProtocolError
+from fastgw.proto.sse import SSEDecoder
+from fastgw.providers import adapter_for
+from fastgw.providers.base import TargetRuntime
+from fastgw.providers.ollama import OllamaTranslator, build_body
+from tests.conftest import GatewayFactory
+from tests.support import mock_ollama
+from tests.support.procs import REPO_ROOT, Upstream, _stop_process
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ollama"
+MODEL = "llama3.2"
+KEY = "ollama-proxy-key"
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city.",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}, "format": {"type": "string"}},
+                   "required": ["location"]}}}
+TIME_TOOL = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}}}}
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+ADAPTER = adapter_for("ollama")
+
+
+def target(base_url: str = "http://127.0.0.1:11434", api_key: str | None = None) -> TargetRuntime:
+    return TargetRuntime(id="local", provider="ollama", model=MODEL, base_url=base_url, api_key=api_key)
+
+
+def req(stream: bool = False, **body) -> dict:
+    body.setdefault("model", "local-alias")
+    body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    out = build_body(target(), body, stream)
+    assert mock_ollama.validate(out) is None  # what we send decodes as Ollama's structs
+    return out
+
+
+def refused(**body) -> GatewayError:
+    with pytest.raises(GatewayError) as e:
+        req(**body)
+    assert e.value.status == 400 and e.value.type == "invalid_request_error"
+    return e.value
+
+
+# ---- request translation --------------------------------------------------------------------------------------
+
+
+def test_plain_request_and_options():
+    out = req(messages=[{"role": "system", "content": "Be brief."},
+                        {"role": "developer", "content": [{"type": "text", "text": "No emoji."}]},
+                        {"role": "user", "content": "Hello", "name": "bob"}],
+              temperature=0.5, top_p=0.9, seed=7, presence_penalty=0.1, frequency_penalty=0.2, max_tokens=64,
+              stop="###")
+    assert out == {"model": MODEL, "stream": False, "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "system", "content": "No emoji."},
+        {"role": "user", "content": "Hello"}],
+        "options": {"temperature": 0.5, "top_p": 0.9, "seed": 7, "presence_penalty": 0.1, "frequency_penalty": 0.2,
+                    "num_predict": 64, "stop": ["###"]}}
+    # Ollama streams by default: the field is always sent.
+    assert req(stream=True)["stream"] is True and req()["stream"] is False
+    assert "options" not in req()
+    assert req(max_tokens=10, max_completion_tokens=20, stop=["a", "b"])["options"] == {
+        "num_predict": 20, "stop": ["a", "b"]}
+
+
+def test_images():
+    out = req(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is in this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}", "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": "data:text/plain,hi%20there"}}]}])
+    assert out["messages"] == [{"role": "user", "content": "What is in this?",
+                                "images": [PNG, "aGkgdGhlcmU="]}]
+    e = refused(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    assert e.code == "unsupported_parameter" and e.param == "messages[0].content[0].image_url"
+    e = refused(messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}])
+    assert e.code == "unsupported_parameter" and e.param == "messages[0].content[0]"
+    e = refused(messages=[{"role": "system", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}])
+    assert e.param == "messages[0].content[0]"
+
+
+def test_tool_round_trip():
+    out = req(tools=[WEATHER_TOOL, TIME_TOOL], messages=[
+        {"role": "user", "content": "Weather and time in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                              "arguments": '{"location": "Paris"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+        {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "14:00"}]}])
+    assert out["tools"] == [WEATHER_TOOL, TIME_TOOL]
+    assert out["messages"][1:] == [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_1", "function": {"name": "get_weather", "arguments": {"location": "Paris"}}},
+            {"id": "call_2", "function": {"name": "get_time", "arguments": {}}}]},
+        {"role": "tool", "content": "18C", "tool_call_id": "call_1", "tool_name": "get_weather"},
+        {"role": "tool", "content": "14:00", "tool_call_id": "call_2", "tool_name": "get_time"}]
+    e = refused(messages=[{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1, 2]"}}]}])
+    assert e.param == "messages[0].tool_calls[0].function.arguments"
+
+
+def test_tool_choice():
+    assert "tools" not in req(tools=[WEATHER_TOOL], tool_choice="none")
+    assert req(tools=[WEATHER_TOOL], tool_choice="auto")["tools"] == [WEATHER_TOOL]
+    assert req(tools=[WEATHER_TOOL], tool_choice="required")["tools"] == [WEATHER_TOOL]
+    assert req(tools=[WEATHER_TOOL, TIME_TOOL],
+               tool_choice={"type": "function", "function": {"name": "get_time"}})["tools"] == [TIME_TOOL]
+    assert refused(tools=[WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "x"}}).param == \
+        "tool_choice"
+
+
+def test_response_format():
+    assert req(response_format={"type": "json_object"})["format"] == "json"
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    assert req(response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}})["format"] \
+        == schema
+    assert "format" not in req(response_format={"type": "text"})
+    assert refused(response_format={"type": "json_schema", "json_schema": {}}).param == "response_format"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"n": 2}, "n"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
+    ({"response_format": {"type": "grammar"}}, "response_format"),
+])
+def test_refused(body, param):
+    assert refused(**body).param == param
+
+
+def test_dropped_fields_are_logged(caplog):
+    with caplog.at_level("DEBUG", logger="fastgw.providers.ollama"):
+        out = req(logprobs=True, user="u1", parallel_tool_calls=False, reasoning_effort="low")
+    assert not {"logprobs", "user", "parallel_tool_calls", "reasoning_effort"} & set(out)
+    assert "logprobs" in caplog.text and "reasoning_effort" in caplog.text
+
+
+def test_build_request():
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    r = ADAPTER.build_request(target("http://gpu-box:11434/ollama/"), "chat/completions", body, None, True)
+    assert (r.scheme, r.host, r.port, r.method, r.path) == ("http", "gpu-box", 11434, "POST", "/ollama/api/chat")
+    headers = dict(r.headers)
+    assert headers[b"host"] == b"gpu-box:11434" and headers[b"accept"] == b"application/x-ndjson"
+    assert b"authorization" not in headers
+    assert orjson.loads(r.body) == {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    r = ADAPTER.build_request(target("https://ollama.example.com", api_key="k1"), "chat/completions", body, None,
+                              False)
+    assert dict(r.headers)[b"authorization"] == b"Bearer k1" and r.port == 443
+    assert dict(r.headers)[b"accept"] == b"application/json"
+    with pytest.raises(GatewayError) as e:
+        ADAPTER.build_request(target(), "embeddings", {"model": "x", "input": "a"}, None, False)
+    assert e.value.status == 400 and e.value.code == "unsupported_endpoint"
+    assert ADAPTER.is_stream(b"application/x-ndjson") and not ADAPTER.is_stream(b"application/json")
+
+
+# ---- stream translation ---------------------------------------------------------------------------------------
+
+COMPLETE = ["text", "email_split", "tool_call", "tool_calls_parallel", "length"]
+_CALL_ID = re.compile(r"^call_[0-9a-f]{24}$")
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def translate(stream: bytes, pieces: list[bytes] | None = None, include_usage: bool = False) -> list:
+    """Feed the pieces; return the OpenAI events (id/created and generated call ids removed), then the error."""
+    body = {"stream_options": {"include_usage": True}} if include_usage else {}
+    t = ADAPTER.stream_translator(target(), body)
+    out = b""
+    err: Exception | None = None
+    try:
+        for p in pieces if pieces is not None else [stream]:
+            out += t.feed(p)
+        out += t.finish()
+    except GatewayError as e:
+        err = e
+    events: list = []
+    ids = set()
+    for ev in SSEDecoder().feed(out):
+        if ev.data == "[DONE]":
+            events.append("[DONE]")
+            continue
+        obj = orjson.loads(ev.data)
+        ids.add((obj.pop("id"), obj.pop("created")))
+        for c in obj["choices"]:
+            for tc in c["delta"].get("tool_calls") or ():
+                if "id" in tc:
+                    assert _CALL_ID.match(tc["id"])
+                    tc["id"] = "call_*"
+        events.append(obj)
+    assert len(ids) <= 1  # one id and created for the whole stream
+    return events + ([err] if err is not None else [])
+
+
+def chunk(delta: dict, finish: str | None = None, usage: bool = False) -> dict:
+    c = {"object": "chat.completion.chunk", "model": MODEL, "system_fingerprint": None,
+         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    if usage:
+        c["usage"] = None
+    return c
+
+
+def test_text_stream_events():
+    words = ["The", " sky", " is", " blue", " because", " of", " Rayleigh", " scattering", "."]
+    assert translate(fixture("text.ndjson")) == [chunk({"role": "assistant", "content": ""})] + [
+        chunk({"content": w}) for w in words] + [chunk({}, "stop"), "[DONE]"]
+
+
+def test_usage_chunk():
+    events = translate(fixture("email_split.ndjson"), include_usage=True)
+    assert all(e["usage"] is None for e in events[:-2])
+    assert events[-2] == {"object": "chat.completion.chunk", "model": MODEL, "system_fingerprint": None,
+                          "choices": [], "usage": {"prompt_tokens": 31, "completion_tokens": 8, "total_tokens": 39}}
+    assert events[-1] == "[DONE]"
+
+
+def test_tool_stream_events():
+    args = json.dumps({"location": "Paris, FR", "format": "celsius"}, separators=(",", ":"))
+    assert translate(fixture("tool_call.ndjson")) == [
+        chunk({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_*", "type": "function",
+                                                    "function": {"name": "get_weather", "arguments": args}}]}),
+        chunk({}, "tool_calls"), "[DONE]"]
+
+
+def test_parallel_tool_stream_events():
+    events = translate(fixture("tool_calls_parallel.ndjson"))
+    calls = [e["choices"][0]["delta"]["tool_calls"][0] for e in events[:2]]
+    assert [(c["index"], c["function"]["name"], json.loads(c["function"]["arguments"])["location"])
+            for c in calls] == [(0, "get_weather", "Paris, FR"), (1, "get_weather", "Tokyo, JP")]
+    assert events[2:] == [chunk({}, "tool_calls"), "[DONE]"]
+    # Calls spread over two lines (and an id when Ollama gives one) come out the same way.
+    lines = [b'{"message":{"role":"assistant","content":"","tool_calls":[{"id":"call_abc","function":'
+             b'{"name":"a","arguments":{}}}]},"done":false}\n',
+             b'{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"b",'
+             b'"arguments":{"x":1}}}]},"done":false}\n',
+             b'{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}\n']
+    t = OllamaTranslator(MODEL, {})
+    out = b"".join(t.feed(x) for x in lines) + t.finish()
+    objs = [orjson.loads(e.data) for e in SSEDecoder().feed(out) if e.data != "[DONE]"]
+    assert [o["choices"][0]["delta"]["tool_calls"][0].get("id") for o in objs[:2]][0] == "call_abc"
+    assert objs[1]["choices"][0]["delta"]["tool_calls"][0]["index"] == 1
+    assert objs[1]["choices"][0]["delta"]["tool_calls"][0]["function"] == {"name": "b", "arguments": '{"x":1}'}
+
+
+def test_thinking_left_out():
+    lines = (b'{"message":{"role":"assistant","content":"","thinking":"Let me see."},"done":false}\n'
+             b'{"message":{"role":"assistant","content":"42"},"done":false}\n'
+             b'{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}\n'
+             b'{"error":"late"}\n')  # the answer is complete at the done line: what follows is ignored
+    assert translate(lines) == [chunk({"role": "assistant", "content": ""}), chunk({"content": "42"}),
+                                chunk({}, "stop"), "[DONE]"]
+
+
+def test_length_finish():
+    assert translate(fixture("length.ndjson"))[-2] == chunk({}, "length")
+
+
+def test_in_stream_error():
+    events = translate(fixture("error.ndjson"))
+    assert events[:3] == [chunk({"role": "assistant", "content": ""}), chunk({"content": "The"}),
+                          chunk({"content": " sky"})]
+    err = events[3]
+    assert isinstance(err, UpstreamError) and err.code == "ollama_error" and "unexpected EOF" in err.message
+    assert len(events) == 4
+
+
+def test_cut_and_malformed_streams():
+    events = translate(fixture("cut.ndjson"))
+    assert isinstance(events[-1], UpstreamProtocolError) and "inside a line" in events[-1].message
+    assert [e["choices"][0]["delta"].get("content") for e in events[:-1]] == ["", "The", " sky", " is"]
+    whole = fixture("text.ndjson")
+    err = translate(whole[: whole.rindex(b'{"model"')])[-1]  # clean end, but no done line
+    assert isinstance(err, UpstreamProtocolError) and "done" in err.message
+    assert isinstance(translate(b"{not json\n")[-1], UpstreamProtocolError)
+    assert isinstance(translate(b"[1, 2]\n")[-1], UpstreamProtocolError)
+    t = OllamaTranslator(MODEL, {})
+    t._dec._max = 64  # a line past the limit is refused, not held
+    with pytest.raises(ProtocolError):
+        t.feed(b'{"message":{"content":"' + b"x" * 100)
+
+
+@pytest.mark.parametrize("name", COMPLETE + ["error", "cut"])
+def test_byte_by_byte_equals_whole(name):
+    whole = fixture(f"{name}.ndjson")
+    expected = translate(whole, include_usage=True)
+    got = translate(whole, [whole[i:i + 1] for i in range(len(whole))], include_usage=True)
+    if isinstance(expected[-1], Exception):
+        assert type(got[-1]) is type(expected[-1]) and got[-1].message == expected[-1].message
+        expected, got = expected[:-1], got[:-1]
+    assert got == expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(COMPLETE + ["error", "cut"]), st.data())
+def test_any_split_equals_whole(name, data):
+    whole = fixture(f"{name}.ndjson")
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(whole) - 1), max_size=40)))
+    pieces = [whole[a:b] for a, b in zip([0] + cuts, cuts + [len(whole)])]
+    expected = translate(whole, include_usage=True)
+    got = translate(whole, pieces, include_usage=True)
+    if isinstance(expected[-1], Exception):
+        assert type(got[-1]) is type(expected[-1]) and got[-1].message == expected[-1].message
+        expected, got = expected[:-1], got[:-1]
+    assert got == expected
+
+
+@pytest.mark.parametrize("name", COMPLETE)
+def test_stream_adds_up_to_the_non_streamed_answer(name):
+    """The mock's non-streamed answer (what the stream adds up to) translates to the same message."""
+    events = translate(fixture(f"{name}.ndjson"), include_usage=True)
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-2] if e["choices"])
+    calls = [tc["function"] for e in events[:-2] if e["choices"] for tc in e["choices"][0]["delta"].get("tool_calls")
+             or ()]
+    finish = [e["choices"][0]["finish_reason"] for e in events if e != "[DONE]" and e["choices"]][-1]
+    body = json.dumps(mock_ollama.message_of(fixture(f"{name}.ndjson"))).encode()
+    status, out = ADAPTER.translate_response(target(), {}, 200, body)
+    r = orjson.loads(out)
+    assert status == 200 and r["object"] == "chat.completion"
+    msg = r["choices"][0]["message"]
+    assert (msg["content"] or "") == text and r["choices"][0]["finish_reason"] == finish
+    assert [tc["function"] for tc in msg.get("tool_calls") or ()] == calls
+    assert r["usage"] == events[-2]["usage"]
+
+
+# ---- non-streamed answers and errors --------------------------------------------------------------------------
+
+
+def test_translate_response_text():
+    status, body = ADAPTER.translate_response(target(), {}, 200, fixture("chat.json"))
+    r = orjson.loads(body)
+    assert status == 200 and r["model"] == MODEL and r["id"].startswith("chatcmpl-")
+    assert r["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Hello! How are you today?",
+                                                     "refusal": None}, "logprobs": None, "finish_reason": "stop"}]
+    assert r["usage"] == {"prompt_tokens": 26, "completion_tokens": 298, "total_tokens": 324}
+    status, body = ADAPTER.translate_response(target(), {}, 200, b"<html>")
+    assert status == 502 and orjson.loads(body)["error"]["code"] == "upstream_protocol_error"
+
+
+@pytest.mark.parametrize("status, type_, code", [(400, "invalid_request_error", None),
+                                                 (404, "not_found_error", "model_not_found"),
+                                                 (429, "rate_limit_error", None), (503, "server_error", None)])
+def test_error_envelopes(status, type_, code):
+    data = fixture(f"error_{status}.json")
+    got_status, body = ADAPTER.translate_response(target(), {}, status, data)
+    assert got_status == status
+    assert orjson.loads(body) == {"error": {"message": json.loads(data)["error"], "type": type_, "param": None,
+                                            "code": code}}
+
+
+def test_error_without_ollama_body():
+    status, body = ADAPTER.translate_response(target(), {}, 502, b"Bad Gateway")
+    err = orjson.loads(body)["error"]
+    assert status == 502 and err["type"] == "server_error" and "Bad Gateway" in err["message"]
+
+
+# ---- through the gateway, with the openai SDK -----------------------------------------------------------------
+
+
+def start_mock() -> Upstream:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.mock_ollama", "--port", "0"],
+                            cwd=str(REPO_ROOT), stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("LISTENING "):
+        _stop_process(proc, timeout=2)
+        raise RuntimeError(f"mock ollama did not start: {line!r}")
+    return Upstream(proc, int(line.split()[1]))
+
+
+def gw_config(mock: Upstream, **extra) -> dict:
+    return {"pack": {"name": "t"}, "providers": {"targets": [
+        {"id": "local", "provider": "ollama", "model": MODEL, "aliases": ["local-llama"], "base_url": mock.base,
+         "secret_key_ref": {"env": "FASTGW_TEST_OLLAMA_KEY"}}]}, **extra}
+
+
+@pytest.fixture(scope="module")
+def mock():
+    up = start_mock()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(mock, tmp_path_factory):
+    f = GatewayFactory(tmp_path_factory.mktemp("ollama"))
+    yield f.start(gw_config(mock), env={"FASTGW_TEST_OLLAMA_KEY": KEY})
+    f.close()
+
+
+@pytest.fixture(scope="module")
+def client(gw):
+    return openai.OpenAI(base_url=gw.url, api_key="sk-client-secret", max_retries=0, timeout=20)
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+
+
+def test_sdk_text_non_stream(client, mock):
+    r = client.chat.completions.create(model="local-llama", messages=ask("text"), max_tokens=64, temperature=0.2)
+    assert r.choices[0].message.content == "The sky is blue because of Rayleigh scattering."
+    assert r.choices[0].finish_reason == "stop" and r.model == MODEL
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (26, 9, 35)
+    seen = mock.last("/api/chat")
+    assert seen["headers"]["authorization"] == f"Bearer {KEY}"
+    assert seen["body"] == {"model": MODEL, "messages": [{"role": "system", "content": "Be brief."},
+                                                         {"role": "user", "content": "text"}],
+                            "stream": False, "options": {"temperature": 0.2, "num_predict": 64}}
+
+
+def test_sdk_text_stream_with_usage(client, mock):
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ask("text"), stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        "The sky is blue because of Rayleigh scattering."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == \
+        (26, 9)
+    assert len({c.id for c in chunks}) == 1
+    assert mock.last("/api/chat")["body"]["stream"] is True
+
+
+def test_sdk_tool_calls_stream(client):
+    with client.chat.completions.stream(model=MODEL, messages=ask("tools"), tools=[WEATHER_TOOL]) as s:
+        for _ in s:
+            pass
+        final = s.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"location": "Paris, FR", "format": "celsius"}
+
+
+def test_sdk_parallel_tool_calls_stream_and_non_stream(client):
+    with client.chat.completions.stream(model=MODEL, messages=ask("parallel"), tools=[WEATHER_TOOL]) as s:
+        final = s.get_final_completion()
+    r = client.chat.completions.create(model=MODEL, messages=ask("parallel"), tools=[WEATHER_TOOL])
+    for choice in (final.choices[0], r.choices[0]):
+        assert choice.finish_reason == "tool_calls"
+        assert [(c.function.name, json.loads(c.function.arguments)["location"]) for c in choice.message.tool_calls] \
+            == [("get_weather", "Paris, FR"), ("get_weather", "Tokyo, JP")]
+        assert len({c.id for c in choice.message.tool_calls}) == 2
+
+
+def test_sdk_tool_results_back(client, mock):
+    r = client.chat.completions.create(model=MODEL, messages=ask("tools"), tools=[WEATHER_TOOL])
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls" and msg.content is None
+    history = ask("tools") + [msg.model_dump(exclude_none=True),
+                              {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": "18C, sunny"}]
+    history.append({"role": "user", "content": "text"})
+    r2 = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER_TOOL])
+    assert r2.choices[0].message.content == "The sky is blue because of Rayleigh scattering."
+    sent = mock.last("/api/chat")["body"]["messages"]
+    assert sent[2]["tool_calls"][0]["function"] == {"name": "get_weather",
+                                                    "arguments": {"location": "Paris, FR", "format": "celsius"}}
+    assert sent[3] == {"role": "tool", "content": "18C, sunny", "tool_call_id": msg.tool_calls[0].id,
+                       "tool_name": "get_weather"}
+
+
+def test_sdk_image_data_url(client, mock):
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+        {"type": "text", "text": "text"}]}])
+    assert r.choices[0].finish_reason == "stop"
+    assert mock.last("/api/chat")["body"]["messages"] == [{"role": "user", "content": "text", "images": [PNG]}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    assert e.value.body["code"] == "unsupported_parameter"
+
+
+def test_sdk_finish_length(client):
+    r = client.chat.completions.create(model=MODEL, messages=ask("length"), max_tokens=4)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ask("length"), stream=True, max_tokens=4))
+    assert r.choices[0].finish_reason == "length" and r.choices[0].message.content == "Once upon a time"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_sdk_http_errors(client, stream):
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(model=MODEL, messages=ask("http-429"), stream=stream)
+    assert e.value.status_code == 429 and "hourly usage limit" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=ask("http-400"), stream=stream)
+    assert "cannot unmarshal" in e.value.message
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model=MODEL, messages=ask("http-404"), stream=stream)
+    assert e.value.body["code"] == "model_not_found" and "try pulling it first" in e.value.message
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model=MODEL, messages=ask("http-503"), stream=stream)
+    assert e.value.status_code == 503
+
+
+def test_sdk_in_stream_error(client):
+    text = ""
+    with pytest.raises(openai.APIError) as e:
+        for c in client.chat.completions.create(model=MODEL, messages=ask("error"), stream=True):
+            if c.choices:
+                text += c.choices[0].delta.content or ""
+    assert text == "The sky" and "unexpected EOF" in e.value.message
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model=MODEL, messages=ask("error"))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_sdk_cut_stream(client, stream):
+    with pytest.raises(openai.APIError):
+        r = client.chat.completions.create(model=MODEL, messages=ask("cut"), stream=stream)
+        if stream:
+            for _ in r:
+                pass
+
+
+def test_sdk_refused_parameter(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=ask("text"), n=2)
+    assert e.value.body["code"] == "unsupported_parameter" and e.value.body["param"] == "n"
+
+
+def test_pii_split_across_ollama_lines_is_redacted(gateway_factory, mock):
+    gw = gateway_factory.start(gw_config(mock, policies={"chain": ["pii-detector"]}),
+                               env={"FASTGW_TEST_OLLAMA_KEY": KEY})
+    c = openai.OpenAI(base_url=gw.url, api_key="x", max_retries=0, timeout=20)
+    text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+        model=MODEL, messages=ask("email"), stream=True) if ch.choices)
+    assert text == "Sure, write to [REDACTED:EMAIL] any time."
+    # The raw bytes on the wire: no piece of the address, in any event.
+    body = orjson.dumps({"model": MODEL, "messages": ask("email"), "stream": True})
+    rq = urllib.request.Request(gw.url + "/chat/completions", data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(rq, timeout=20) as r:
+        raw = r.read()
+    assert b"[REDACTED:EMAIL]" in raw and raw.endswith(b"data: [DONE]\n\n")
+    for piece in (b"john", b"e@example", b"example.com"):
+        assert piece not in raw
+    r = c.chat.completions.create(model=MODEL, messages=ask("email"))
+    assert r.choices[0].message.content == "Sure, write to [REDACTED:EMAIL] any time."

@@ -1,0 +1,279 @@
+"""A mock Cohere v2 Chat API for tests, run as its own process; it imports nothing from fastgw.
+
+`python -m tests.support.mock_cohere --host 127.0.0.1 --port 0` binds, prints one line
+`LISTENING <port>` once it serves, and answers `POST /v2/chat` the way api.cohere.com does: it
+checks `Authorization: Bearer <key>` (401), validates the body as v2 does (known top-level fields
+only, message roles, tool messages answering an earlier tool call, `p` in [0.01, 0.99], penalties
+in [0, 1]) and answers with the recorded streams in `tests/fixtures/cohere/` (see its README):
+SSE with `event:` names when `"stream": true`, else the v2 chat response the stream adds up to.
+
+The behaviour is chosen by the text of the last user message (so it survives any gateway):
+`text` (the default for anything else), `email`, `tools` and `parallel` (when the request has
+tools), `max_tokens`, `stop_sequence`, `error` (message-end with finish_reason ERROR, 50 ms after
+some text; HTTP 500 when not streamed), `cut` (the stream stops mid-event and the TCP connection is
+aborted), `http-400`, `http-429`, `http-500`.
+
+`GET /_last` returns `{"headers": {...}, "body": ...}` of the last `/v2/chat` request (404 when
+none); `POST /_reset` forgets it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cohere"
+STREAMS = {"text": "text", "email": "email_split", "tools": "tool_call", "parallel": "tool_calls_parallel",
+           "max_tokens": "max_tokens", "stop_sequence": "stop_sequence", "error": "error", "cut": "cut"}
+HTTP = {"http-400": 400, "http-429": 429, "http-500": 500}
+FIELDS = {"model", "messages", "tools", "strict_tools", "documents", "citation_options", "response_format",
+          "safety_mode", "max_tokens", "stop_sequences", "temperature", "seed", "frequency_penalty",
+          "presence_penalty", "k", "p", "logprobs", "tool_choice", "thinking", "stream", "priority"}
+
+LAST: dict[str, Any] = {}
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"id": "00000000-0000-4000-8000-000000000000", "message": message}, status=status)
+
+
+# ---------------------------------------------------------------- request validation
+
+
+def validate(body: Any) -> str | None:
+    """What Cohere would answer (a 400 `message`) for this body, or None."""
+    if not isinstance(body, dict):
+        return "invalid request: body must be a JSON object"
+    for key in body:
+        if key not in FIELDS:
+            return f"invalid request: unknown field: parameter {key} is not a valid field"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "invalid request: model is required"
+    p = body.get("p")
+    if p is not None and not (isinstance(p, (int, float)) and 0.01 <= p <= 0.99):
+        return "invalid request: p must be between 0.01 and 0.99, inclusive"
+    for name in ("frequency_penalty", "presence_penalty"):
+        v = body.get(name)
+        if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 1):
+            return f"invalid request: {name} must be between 0 and 1, inclusive"
+    if body.get("tool_choice") not in (None, "REQUIRED", "NONE"):
+        return "invalid request: tool_choice must be one of REQUIRED, NONE"
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return "invalid request: messages must not be empty"
+    call_ids: set[str] = set()
+    for i, m in enumerate(msgs):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("system", "user", "assistant", "tool"):
+            return f"invalid request: messages[{i}].role must be one of system, user, assistant, tool"
+        content = m.get("content")
+        if role == "user":
+            if isinstance(content, list):
+                for part in content:
+                    if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
+                        return f"invalid request: messages[{i}].content has an unknown content type"
+                    if part["type"] == "image_url" and not isinstance((part.get("image_url") or {}).get("url"), str):
+                        return f"invalid request: messages[{i}].content image_url.url is required"
+            elif not isinstance(content, str):
+                return f"invalid request: messages[{i}].content must be a string or a list"
+        elif role == "assistant":
+            for tc in m.get("tool_calls") or []:
+                fn = tc.get("function") or {}
+                if not isinstance(tc.get("id"), str) or not isinstance(fn.get("arguments"), str):
+                    return f"invalid request: messages[{i}].tool_calls need an id and string arguments"
+                call_ids.add(tc["id"])
+            if content is None and not m.get("tool_calls"):
+                return f"invalid request: messages[{i}] must have content or tool_calls"
+        elif role == "tool":
+            if m.get("tool_call_id") not in call_ids:
+                return f"invalid request: messages[{i}].tool_call_id does not match any previous tool call"
+            if not isinstance(content, (str, list)):
+                return f"invalid request: messages[{i}].content must be a string or a list"
+        elif not isinstance(content, (str, list)):
+            return f"invalid request: messages[{i}].content must be a string or a list"
+    return None
+
+
+def scenario(body: dict) -> str:
+    """The behaviour asked for: the text of the last user message when it names one."""
+    for m in reversed(body["messages"]):
+        if m.get("role") != "user":
+            continue
+        content = m.get("content")
+        if isinstance(content, list):
+            texts = [p.get("text", "") for p in content if p.get("type") == "text"]
+            content = texts[-1] if texts else ""
+        text = str(content or "").strip().lower()
+        if text in ("tools", "parallel") and not body.get("tools"):
+            return "text"
+        return text if text in STREAMS or text in HTTP else "text"
+    return "text"
+
+
+# ---------------------------------------------------------------- answers
+
+
+def events_of(stream: bytes) -> list[bytes]:
+    """The fixture cut into its events (each with its blank line); a trailing partial event stays last."""
+    parts = stream.split(b"\n\n")
+    out = [p + b"\n\n" for p in parts[:-1]]
+    if parts[-1]:
+        out.append(parts[-1])
+    return out
+
+
+def response_of(stream: bytes) -> dict:
+    """The v2 chat response a complete recorded stream adds up to (what `"stream": false` returns)."""
+    rid = ""
+    text: list[str] = []
+    plan: list[str] = []
+    calls: list[dict] = []
+    end: dict = {}
+    for ev in events_of(stream):
+        data = next((line[6:] for line in ev.split(b"\n") if line.startswith(b"data: ")), None)
+        if data is None:
+            continue
+        obj = json.loads(data)
+        t = obj["type"]
+        d = obj.get("delta") or {}
+        if t == "message-start":
+            rid = obj["id"]
+        elif t == "content-delta":
+            text.append(d["message"]["content"]["text"])
+        elif t == "tool-plan-delta":
+            plan.append(d["message"]["tool_plan"])
+        elif t == "tool-call-start":
+            calls.append(json.loads(json.dumps(d["message"]["tool_calls"])))
+        elif t == "tool-call-delta":
+            calls[-1]["function"]["arguments"] += d["message"]["tool_calls"]["function"]["arguments"]
+        elif t == "message-end":
+            end = d
+    message: dict = {"role": "assistant"}
+    if text:
+        message["content"] = [{"type": "text", "text": "".join(text)}]
+    if plan:
+        message["tool_plan"] = "".join(plan)
+    if calls:
+        message["tool_calls"] = calls
+    return {"id": rid, "finish_reason": end["finish_reason"], "message": message, "usage": end["usage"]}
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    LAST["/v2/chat"] = {"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}
+    auth = request.headers.get("authorization", "")
+    if not auth.startswith("Bearer ") or not auth[7:].strip():
+        return web.Response(body=fixture("error_401.json"), status=401, content_type="application/json")
+    if body is None:
+        return error(400, "invalid request: body must be valid JSON")
+    problem = validate(body)
+    if problem is not None:
+        return error(400, problem)
+    name = scenario(body)
+    if name in HTTP:
+        status = HTTP[name]
+        return web.Response(body=fixture(f"error_{status}.json"), status=status, content_type="application/json")
+    stream = fixture(f"{STREAMS[name]}.sse")
+
+    if not body.get("stream"):
+        if name == "error":
+            return web.Response(body=fixture("error_500.json"), status=500, content_type="application/json")
+        if name == "cut":
+            resp = web.StreamResponse(status=200, headers={"content-type": "application/json"})
+            resp.content_length = 4096
+            await resp.prepare(request)
+            await resp.write(b'{"id":"a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d","finish_re')
+            await asyncio.sleep(0.05)
+            _abort(request)
+            return resp
+        return web.json_response(response_of(stream))
+
+    resp = web.StreamResponse(status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+    await resp.prepare(request)
+    parts = events_of(stream)
+    for i, ev in enumerate(parts):
+        if name == "error" and i == len(parts) - 1:
+            # The failure comes a moment after the text, as from a real server, so the text reaches the client
+            # first (a gateway may turn a failure that arrives before any byte went out into an HTTP error).
+            await asyncio.sleep(0.05)
+        await resp.write(ev)
+    if name == "cut":
+        await asyncio.sleep(0.05)
+        _abort(request)
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+async def last(request: web.Request) -> web.Response:
+    entry = LAST.get("/v2/chat")
+    if entry is None:
+        return web.json_response({"message": "no request seen"}, status=404)
+    return web.json_response(entry)
+
+
+async def reset(request: web.Request) -> web.Response:
+    LAST.clear()
+    return web.json_response({"ok": True})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return error(404, f"page not found: {request.method} {request.path}")
+
+
+def make_app() -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v2/chat", chat)
+    app.router.add_get("/_last", last)
+    app.router.add_post("/_reset", reset)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+async def serve(host: str, port: int) -> None:
+    runner = web.AppRunner(make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    print(f"LISTENING {runner.addresses[0][1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    try:
+        await asyncio.wait_for(runner.cleanup(), timeout=3.0)
+    except (asyncio.TimeoutError, Exception):  # shutting down: nothing left to report to
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Mock Cohere v2 Chat API for fastgw tests.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    asyncio.run(serve(args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
