@@ -18,7 +18,6 @@ from fastgw.config import Config
 from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.textscan import ScanPolicy, process_slots, request_slots, response_slots
-from fastgw.proto.errors import GatewayError
 
 __all__ = ["Chain", "build_chain"]
 

@@ -88,16 +88,6 @@ class FramingGuard:
 
     @property
     def unreached(self) -> int:
-        """Messages httptools has parsed a head of that the guard has not reached yet."""
-        return len(self._framing)
-
-    @property
-    def head_bytes(self) -> int:
-        """Bytes of a request head received so far without its end: the exact measure for a header-size limit."""
-        return self._head_len
-
-    @property
-    def unreached(self) -> int:
         """Messages announced by push_framing whose head end the guard has not reached yet."""
         return len(self._framing)
 

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from email.utils import formatdate
-from typing import Any, Awaitable, Callable, Protocol as TypingProtocol
+from typing import Awaitable, Callable, Protocol as TypingProtocol
 
 import httptools
 

@@ -80,6 +80,30 @@ class TargetRuntime:
     region: str | None = None
 
 
+_UA = b"fastgw/0.1"
+
+
+def json_post(target: TargetRuntime, path: str, payload: bytes, stream: bool,
+              auth: list[tuple[bytes, bytes]], stream_type: bytes = b"text/event-stream") -> UpstreamRequest:
+    """A JSON POST to `{target.base_url}{path}` with the target's own credentials and extra headers."""
+    assert target.base_url is not None
+    scheme, host, port, prefix = split_base_url(target.base_url)
+    headers: list[tuple[bytes, bytes]] = [
+        (b"host", host_header(scheme, host, port)),
+        (b"content-type", b"application/json"),
+        (b"accept", stream_type if stream else b"application/json"),
+        (b"user-agent", _UA),
+        *auth,
+        *target.extra_headers,
+    ]
+    return UpstreamRequest(scheme, host, port, "POST", prefix + path, headers, payload)
+
+
+def bearer(target: TargetRuntime) -> list[tuple[bytes, bytes]]:
+    """`Authorization: Bearer <target key>` when the target has one."""
+    return [(b"authorization", b"Bearer " + target.api_key.encode())] if target.api_key else []
+
+
 def host_header(scheme: str, host: str, port: int) -> bytes:
     """The Host header value: the port only when it is not the scheme's default."""
     h = host.encode("idna")

@@ -34,13 +34,12 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, envelope
 from fastgw.proto.sse import SSEDecoder, SSEEvent
-from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, host_header, split_base_url
+from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, bearer, json_post
 from fastgw.providers.chunks import ChunkWriter, completion_body, usage_dict
 
 __all__ = ["CohereAdapter", "CohereTranslator", "build_body"]
 
 _log = logging.getLogger("fastgw.providers.cohere")
-_UA = b"fastgw/0.1"
 
 _DROPPED = ("logprobs", "top_logprobs", "logit_bias", "reasoning_effort", "prediction", "parallel_tool_calls",
             "user", "metadata", "store", "service_tier")
@@ -384,19 +383,8 @@ class CohereAdapter:
         if endpoint != Endpoint.CHAT:
             raise GatewayError(f"the cohere provider serves chat/completions only, not {endpoint}", status=400,
                                type="invalid_request_error", code="unsupported_endpoint")
-        assert target.base_url is not None
-        scheme, host, port, prefix = split_base_url(target.base_url)
         payload = orjson.dumps(build_body(target, body, stream))
-        headers: list[tuple[bytes, bytes]] = [
-            (b"host", host_header(scheme, host, port)),
-            (b"content-type", b"application/json"),
-            (b"accept", b"text/event-stream" if stream else b"application/json"),
-            (b"user-agent", _UA),
-        ]
-        if target.api_key:
-            headers.append((b"authorization", b"Bearer " + target.api_key.encode()))
-        headers += target.extra_headers
-        return UpstreamRequest(scheme, host, port, "POST", f"{prefix}/v2/chat", headers, payload)
+        return json_post(target, "/v2/chat", payload, stream, bearer(target))
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> CohereTranslator:
         return CohereTranslator(target.model, body)

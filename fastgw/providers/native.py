@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, host_header, split_base_url
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, json_post
 
 __all__ = ["messages_request", "ANTHROPIC_VERSION"]
 
@@ -16,8 +16,6 @@ def messages_request(target: TargetRuntime, body: dict, raw: bytes | None, strea
                      client_headers: list[tuple[bytes, bytes]]) -> UpstreamRequest:
     """POST {base_url}/v1/messages with x-api-key; the client's anthropic-version/-beta headers are kept
     (they select API behaviour), its x-api-key / Authorization never are."""
-    assert target.base_url is not None
-    scheme, host, port, prefix = split_base_url(target.base_url)
     if raw is None or body.get("model") != target.model:
         raw = orjson.dumps({**body, "model": target.model})
     version = ANTHROPIC_VERSION
@@ -27,12 +25,9 @@ def messages_request(target: TargetRuntime, body: dict, raw: bytes | None, strea
             version = v
         elif n == b"anthropic-beta":
             beta = v
-    headers = [(b"host", host_header(scheme, host, port)), (b"content-type", b"application/json"),
-               (b"accept", b"text/event-stream" if stream else b"application/json"),
-               (b"anthropic-version", version)]
+    auth = [(b"anthropic-version", version)]
     if beta is not None:
-        headers.append((b"anthropic-beta", beta))
+        auth.append((b"anthropic-beta", beta))
     if target.api_key:
-        headers.append((b"x-api-key", target.api_key.encode()))
-    headers.extend(target.extra_headers)
-    return UpstreamRequest(scheme, host, port, "POST", f"{prefix}/v1/messages", headers, raw)
+        auth.append((b"x-api-key", target.api_key.encode()))
+    return json_post(target, "/v1/messages", raw, stream, auth)

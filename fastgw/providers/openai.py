@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import orjson
 
-from fastgw.providers.base import TargetRuntime, Translator, UpstreamRequest, host_header, split_base_url
+from fastgw.providers.base import TargetRuntime, Translator, UpstreamRequest, bearer, json_post
 
 __all__ = ["OpenAIAdapter", "AzureAdapter", "build_request"]
-
-_UA = b"fastgw/0.1"
-
 
 class OpenAIAdapter:
     """Any OpenAI-compatible API. Vendor extras in chunks (e.g. `x_groq.usage`) pass through untouched."""
 
-    def path(self, target: TargetRuntime, prefix: str, endpoint: str) -> str:
-        return f"{prefix}/{endpoint}"
+    def path(self, target: TargetRuntime, endpoint: str) -> str:
+        return f"/{endpoint}"
 
     def auth(self, target: TargetRuntime) -> list[tuple[bytes, bytes]]:
-        return [(b"authorization", b"Bearer " + target.api_key.encode())] if target.api_key else []
+        return bearer(target)
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
@@ -27,18 +24,9 @@ class OpenAIAdapter:
         model name needs no rewrite (no decode/encode round trip); otherwise `body` is re-encoded.
         The client's Authorization is never forwarded: the target's own key is used."""
         assert target.base_url is not None
-        scheme, host, port, prefix = split_base_url(target.base_url)
         if raw is None or body.get("model") != target.model:
             raw = orjson.dumps({**body, "model": target.model})
-        headers: list[tuple[bytes, bytes]] = [
-            (b"host", host_header(scheme, host, port)),
-            (b"content-type", b"application/json"),
-            (b"accept", b"text/event-stream" if stream else b"application/json"),
-            (b"user-agent", _UA),
-            *self.auth(target),
-            *target.extra_headers,
-        ]
-        return UpstreamRequest(scheme, host, port, "POST", self.path(target, prefix, endpoint), headers, raw)
+        return json_post(target, self.path(target, endpoint), raw, stream, self.auth(target))
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> Translator | None:
         return None  # already OpenAI SSE: relayed byte for byte
@@ -53,11 +41,11 @@ class OpenAIAdapter:
 class AzureAdapter(OpenAIAdapter):
     """Azure OpenAI: `{base_url}/openai/deployments/{deployment}/{endpoint}?api-version=...`, key in `api-key`."""
 
-    def path(self, target: TargetRuntime, prefix: str, endpoint: str) -> str:
+    def path(self, target: TargetRuntime, endpoint: str) -> str:
         if endpoint == "responses":  # the Responses API is not per deployment
-            return f"{prefix}/openai/responses?api-version={target.api_version}"
+            return f"/openai/responses?api-version={target.api_version}"
         deployment = target.deployment or target.model
-        return f"{prefix}/openai/deployments/{deployment}/{endpoint}?api-version={target.api_version}"
+        return f"/openai/deployments/{deployment}/{endpoint}?api-version={target.api_version}"
 
     def auth(self, target: TargetRuntime) -> list[tuple[bytes, bytes]]:
         return [(b"api-key", target.api_key.encode())] if target.api_key else []
