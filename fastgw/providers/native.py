@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import orjson
 
+from fastgw.providers.anthropic import ANTHROPIC_VERSION
 from fastgw.providers.base import TargetRuntime, UpstreamRequest, json_post
 
-__all__ = ["messages_request", "ANTHROPIC_VERSION"]
-
-ANTHROPIC_VERSION = b"2023-06-01"
+__all__ = ["messages_request"]
 
 
 def messages_request(target: TargetRuntime, body: dict, raw: bytes | None, stream: bool,
