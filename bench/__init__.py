@@ -1,9 +1,14 @@
 """Benchmarks for fastgw.
 
 `python -m bench.stream` measures what the gateway adds on the streaming path
-(throughput, CPU per request, time-to-first-event, memory) against its own mock
-provider used as upstream; `bench.loadgen` is the HTTP/1.1 load generator it
-drives, usable on its own with `python -m bench.loadgen --help`.
+(throughput, CPU per request and per event, time-to-first-event, memory) against
+its own mock provider used as upstream, optionally with the pii-detector output
+policy on and generated prose (with or without PII) as the reply text;
+`bench.loadgen` is the HTTP/1.1 load generator it drives, usable on its own with
+`python -m bench.loadgen --help`. `bench.trace` stamps the arrival of every SSE
+event (holdback measurement), `bench.text` generates the reply texts, and
+`python -m bench.pii` runs the pii-detector comparison (off / redact on prose /
+redact on PII text, CPU per event and holdback in events).
 
 This package imports nothing from `fastgw`: the gateway is started as a
 subprocess, exactly as an operator would run it.
