@@ -162,11 +162,26 @@ providers:
 PROBE_MODEL = "bench-probe"
 PROBE_TEXT = "Policy probe: write to jane.doe@example.com today."
 
-#: Gateway config lines per --policy (none: no chain at all, the pass-through path).
+#: Every request carries this gateway key: rbac (in the `chain` policy) checks it; without rbac it is ignored.
+BENCH_KEY = "fgw-bench-key"
+_AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
+
+#: Gateway config lines per --policy (none: no chain at all, the pass-through path; chain: every realtime
+#: policy, i.e. all but the buffered quality-scorer).
 POLICY_YAML = {
     "none": "",
     **{a: f"policies: {{chain: [pii-detector]}}\npolicy:\n  pii-detector: {{action: {a}}}\n"
        for a in ("redact", "observe", "block")},
+    "chain": (
+        "policies: {chain: [rbac, prompt-injection, pii-detector, safety-filter, audit-logger]}\n"
+        "policy:\n"
+        "  rbac:\n"
+        f"    keys: [{{name: bench, sha256: 'b4942575301507793ec980b9cbedc6599bb566a22ebfbfe71c60c11c05a504f1', roles: [all]}}]\n"
+        "    roles: {all: {models: ['*'], endpoints: ['*'], stream: true}}\n"
+        "  pii-detector: {action: redact}\n"
+        "  safety-filter: {action: redact, terms: [forbidden fruit, secret sauce, widget x]}\n"
+        "  audit-logger: {path: /tmp/fastgw-bench-audit, fsync: interval, retention_days: 1}\n"
+    ),
 }
 
 
@@ -271,7 +286,7 @@ class Result:
 
 
 def _request(port: int, mode: str) -> bytes:
-    return build_request("127.0.0.1", port, "/v1/chat/completions", chat_body(MODEL, mode == "stream"))
+    return build_request("127.0.0.1", port, "/v1/chat/completions", chat_body(MODEL, mode == "stream"), _AUTH)
 
 
 def load_run(args, mode: str, target: str, port: int, gateway: Server | None, upstream: Server) -> Result:
@@ -404,7 +419,7 @@ def _values_in(values: list[tuple[int, str, str]]) -> dict[str, str]:
 def content_check(content: str, upstream_text: str, values: list[tuple[int, str, str]], policy: str) -> dict:
     """Compare what a client got with what it should get: the redacted upstream text (redact), the text as is."""
     kinds = _values_in(values)
-    expected = expected_redaction(upstream_text, values) if policy == "redact" else upstream_text
+    expected = expected_redaction(upstream_text, values) if policy in ("redact", "chain") else upstream_text
     redacted: dict[str, int] = {}
     i = 0
     while (i := content.find("[REDACTED:", i)) >= 0:
@@ -422,7 +437,7 @@ def output_check(args, port: int, stream: bool, upstream_text: str | None,
                  values: list[tuple[int, str, str]], policy: str) -> dict:
     """One request read whole through urllib (a client like curl), checked against the upstream text."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=chat_body(MODEL, stream),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+                                 headers={"Content-Type": "application/json", **_AUTH}, method="POST")
     out: dict = {"stream": stream}
     try:
         with urllib.request.urlopen(req, timeout=30 + args.delay * (args.events + 3) * 2) as r:
@@ -450,7 +465,7 @@ def output_check(args, port: int, stream: bool, upstream_text: str | None,
 def policy_probe(port: int) -> str:
     """What the gateway does to an answer with one email: "redacted", "passed through", or what went wrong."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                 data=chat_body(PROBE_MODEL, True), headers={"Content-Type": "application/json"},
+                                 data=chat_body(PROBE_MODEL, True), headers={"Content-Type": "application/json", **_AUTH},
                                  method="POST")
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -510,7 +525,7 @@ def trace_pass(args, port: int, upstream_text: str | None, values: list[tuple[in
         for resp in res.responses:
             c = content_check(sse_content(resp.body)[0], upstream_text, values, policy)
             bad += not c["as_expected"]
-            leaks += sum(c["leaked"].values()) if policy == "redact" else 0
+            leaks += sum(c["leaked"].values()) if policy in ("redact", "chain") else 0
         out["not_as_expected"] = bad
         out["leaked_values"] = leaks
     return out
@@ -688,6 +703,8 @@ def print_summary(args, results: list[Result], summary_rows: list[dict]) -> None
 
 
 def _policy_words(args) -> str:
+    if args.policy == "chain":
+        return "the full realtime chain: rbac, prompt-injection, pii-detector (redact), safety-filter (redact), audit-logger"
     return "none (pass-through)" if args.policy == "none" else f"pii-detector, action {args.policy}"
 
 
@@ -859,7 +876,7 @@ def _parser() -> argparse.ArgumentParser:
         "(bench/text.py). Before the runs, one request is read whole through the gateway and directly (like "
         "curl) and its text compared with what the policy should make of the upstream text: count of "
         "`[REDACTED:`, PII values left in the answer, exact match."))
-    g.add_argument("--policy", choices=["none", "redact", "observe", "block"], default="none",
+    g.add_argument("--policy", choices=["none", "redact", "observe", "block", "chain"], default="none",
                    help="gateway output policy: none = no policy chain (pass-through); otherwise pii-detector "
                         "with this action (block on PII text ends the streams early, which counts as errors)")
     g.add_argument("--text", choices=["default", "prose", "pii"], default="default",
@@ -903,7 +920,7 @@ def _check_notes(args, checks: dict, traces: dict) -> list[str]:
             out.append(f"CHECK {where}: request failed ({c.get('error') or c.get('status')})")
         elif "as_expected" in c and not c["as_expected"] and not (args.policy == "block" and args.text == "pii"):
             out.append(f"CHECK {where}: the answer is not the expected text ({_check_line(where, c)})")
-        if where.endswith("/gateway") and args.policy == "redact" and c.get("leaked"):
+        if where.endswith("/gateway") and args.policy in ("redact", "chain") and c.get("leaked"):
             out.append(f"CHECK {where}: PII leaked through the redacting gateway: {c['leaked']}")
     for target, t in traces.items():
         if t["errors"]:
@@ -984,7 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"background load before the runs: {meta['background_busy_cores']:.2f} busy cores", flush=True)
         if args.check:
             meta["policy_probe"] = policy_probe(gw_port)
-            want = {"none": "passed through", "observe": "passed through", "redact": "redacted"}.get(args.policy)
+            want = {"none": "passed through", "observe": "passed through", "redact": "redacted",
+                    "chain": "redacted"}.get(args.policy)
             print(f"policy probe (answer with one email through the gateway): {meta['policy_probe']}", flush=True)
             if want and meta["policy_probe"] != want:
                 notes.append(f"CHECK policy probe: the gateway's answer was {meta['policy_probe']!r}, expected "
