@@ -288,3 +288,36 @@ def test_every_response_carries_a_request_id_generated_or_propagated(gateway):
     assert dict(resp3.headers)[b"x-request-id"] == b"trace-123.abc"
     resp4, _, _ = _request(gateway, "GET", "/v1/models", headers={"x-request-id": "bad id with spaces"})
     assert dict(resp4.headers)[b"x-request-id"].startswith(b"req_")
+
+
+@pytest.mark.parametrize("chain", [False, True])
+def test_vendor_extras_pass_through_untouched(gateway_factory, chain):
+    """Groq puts usage in `x_groq`; vLLM and others add their own fields: relayed as sent, policy or not."""
+    import uuid
+
+    from tests.support.scripted_upstream import ScriptedUpstream
+    up = ScriptedUpstream()
+    try:
+        key = uuid.uuid4().hex
+        base = {"id": "chatcmpl-g", "object": "chat.completion.chunk", "created": 1, "model": "llama"}
+        events = [
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
+             "x_groq": {"id": "req_01"}},
+            {**base, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+            {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+             "x_groq": {"id": "req_01", "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}},
+        ]
+        wire = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        up.scripts[key] = [wire]
+        cfg = {"pack": {"name": "t"}, "providers": {"targets": [
+            {"id": "g", "provider": "groq", "model": "llama", "base_url": up.url}]}}
+        if chain:
+            cfg["policies"] = {"chain": ["pii-detector"]}
+        gw = gateway_factory.start(cfg)
+        resp, body, _ = _request(gw, "POST", "/v1/chat/completions",
+                                 orjson.dumps({"model": "llama", "stream": True,
+                                               "messages": [{"role": "user", "content": key}]}))
+        assert resp.status_code == 200
+        assert body == wire  # byte for byte, extras included
+    finally:
+        up.stop()
