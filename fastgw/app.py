@@ -133,7 +133,8 @@ def build_targets(cfg: Config, secrets: dict[str, str]) -> list[TargetRuntime]:
             api_key=secrets.get(t.id), ca_file=t.ca_file,
             extra_headers=[(k.lower().encode(), v.encode()) for k, v in t.headers.items()],
             connect_timeout=t.timeouts.connect, ttft_timeout=t.timeouts.ttft, idle_timeout=t.timeouts.idle,
-            max_duration=t.timeouts.max_duration, breaker_failures=t.circuit_breaker.failures,
+            max_duration=t.timeouts.max_duration, heartbeat=t.timeouts.heartbeat,
+            breaker_failures=t.circuit_breaker.failures,
             breaker_cooldown=t.circuit_breaker.cooldown, weight=t.weight, options=options))
     return out
 
@@ -372,7 +373,8 @@ class App:
         return SSERelay(resp, source, self.loop, defer_end=defer, dialect=dialect)
 
     async def _stream(self, resp: Responder, source: Source, ctx: RequestContext,
-                      headers: list[tuple[bytes, bytes]], deadlines: tuple[float, float, float] | None = None) -> None:
+                      headers: list[tuple[bytes, bytes]],
+                      deadlines: tuple[float, float, float, float] | None = None) -> None:
         resp.start_stream(200, headers)
         relay = self._relay(resp, source, ctx)
         if not isinstance(relay, PolicyRelay):
@@ -449,7 +451,7 @@ class App:
                     ctx.strip_usage = True
             ureq = adapter.build_request(target, endpoint, body, raw, stream)
         now = self.loop.time()
-        deadlines = (now + target.ttft_timeout, target.idle_timeout, now + target.max_duration)
+        deadlines = (now + target.ttft_timeout, target.idle_timeout, now + target.max_duration, target.heartbeat)
         try:
             conn: UpstreamConnection = await self.pool.exchange(
                 (ureq.scheme, ureq.host, ureq.port), ureq.encode(), connect_timeout=target.connect_timeout,

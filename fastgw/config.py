@@ -80,6 +80,9 @@ class Timeouts(_Base):
     ttft: float = limits.TTFT_TIMEOUT
     idle: float = limits.IDLE_TIMEOUT
     max_duration: float = limits.MAX_DURATION
+    #: While waiting for the first event, send `: ping` SSE comments this often (0: never). A heartbeat
+    #: commits the response: after one, a failure is an in-stream error, no longer a transparent fallback.
+    heartbeat: float = 0.0
 
 
 class CircuitBreaker(_Base):
@@ -324,6 +327,8 @@ def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
         for name in ("connect", "ttft", "idle", "max_duration"):
             if getattr(t.timeouts, name) <= 0:
                 errs.append((f"{p}.timeouts.{name}", "expected a number of seconds > 0"))
+        if t.timeouts.heartbeat < 0:
+            errs.append((f"{p}.timeouts.heartbeat", "expected a number of seconds >= 0 (0: no heartbeats)"))
         if t.circuit_breaker.failures < 1 or t.circuit_breaker.cooldown <= 0:
             errs.append((f"{p}.circuit_breaker", "expected failures >= 1 and cooldown > 0"))
         if t.weight < 0:

@@ -73,7 +73,7 @@ class SSERelay:
 
     __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
                  "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
-                 "usage_sink", "strip_usage", "events", "content")
+                 "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  defer_end: bool = False, dialect: str = "chat") -> None:
@@ -91,6 +91,8 @@ class SSERelay:
         self.events = 0
         #: Whether the stream carried events for the client before it ended (then a failure is in-stream).
         self.content = False
+        self._beat = 0.0  # heartbeat interval while waiting for the first event (0: none)
+        self._beat_at = float("inf")
         self._resp = resp
         self._source = source
         self._splitter = SSESplitter()
@@ -110,14 +112,18 @@ class SSERelay:
         self._source.set_sink(self)
 
     # ---- deadlines -----------------------------------------------------------------------
-    def arm(self, ttft_at: float, idle: float, max_at: float) -> None:
+    def arm(self, ttft_at: float, idle: float, max_at: float, heartbeat: float = 0.0) -> None:
         """Time limits (loop clock): first event by `ttft_at`, no silence longer than `idle` after it, all by
-        `max_at`. One timer for all three, rescheduled only when it fires, never per event."""
+        `max_at`; `: ping` comments every `heartbeat` seconds until the first event. One timer for all,
+        rescheduled only when it fires, never per event."""
         self._ttft_at, self._idle, self._max_at = ttft_at, idle, max_at
+        if heartbeat > 0:
+            self._beat = heartbeat
+            self._beat_at = self._loop.time() + heartbeat
         self._schedule()
 
     def _schedule(self) -> None:
-        due = min(self._max_at, self._last + self._idle if self._first else self._ttft_at)
+        due = min(self._max_at, self._last + self._idle if self._first else min(self._ttft_at, self._beat_at))
         if due != float("inf"):
             self._timer = self._loop.call_at(due, self._check)
 
@@ -133,6 +139,11 @@ class SSERelay:
         elif now >= self._max_at:
             what = "did not finish within the maximum duration"
         else:
+            if not self._first and now >= self._beat_at:
+                # A comment keeps intermediaries from timing the connection out (data-less events would
+                # crash the openai SDK; comments it skips).
+                self._resp.write(b": ping\n\n")
+                self._beat_at = now + self._beat
             self._schedule()
             return
         self._source.detach()  # close it: a connection with an unfinished response is never reused
@@ -155,11 +166,25 @@ class SSERelay:
         except ProtocolError as e:
             raise UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}") from None
         if block:
+            if not self.content and self._resp.head_pending and block.startswith(b'data: {"error"'):
+                self._first_event_error(block)
+                return
             if self.usage_sink is not None:
                 block = self._take_usage(block)
             self._pending.append(block)
             if _DONE_TAIL in block[-16:]:
                 self.saw_done = True
+
+    def _first_event_error(self, block: bytes) -> None:
+        """An upstream whose first event is an error has not answered: fail before the first byte (fallback)."""
+        end = block.find(b"\n\n")
+        try:
+            err = orjson.loads(block[6:end if end > 0 else len(block)])["error"]
+            message = err.get("message") if isinstance(err, dict) else str(err)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            message = "upstream sent an error event"
+        self._source.detach()
+        self.on_error(UpstreamError(f"upstream error before the first token: {message}"))
 
     def _take_usage(self, block: bytes) -> bytes:
         """Count events; read the usage chunk (the one with `"choices":[]`), and cut it out if asked to."""
@@ -336,6 +361,10 @@ class PolicyRelay(SSERelay):
             for ev in self._decoder.feed(data):
                 if ev.data == "[DONE]":
                     self.saw_done = True
+                elif (not self.content and self.dialect == "chat" and ev.data and ev.data.startswith('{"error"')
+                      and self._resp.head_pending):
+                    self._first_event_error(ev.raw)
+                    return
                 self._policy.push(ev)
         except ProtocolError as e:
             self._terminate(UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}"))

@@ -159,3 +159,42 @@ def test_loadbalance_spreads_by_weight():
     share = firsts.count("a") / len(firsts)
     assert 0.7 < share < 0.8
     assert all(len(r.plan("m").targets) == 2 for _ in range(10))
+
+
+@pytest.mark.parametrize("chain", [False, True])
+def test_error_as_the_first_event_falls_back(gateway_factory, upstream, chain):
+    import uuid
+
+    from tests.support.scripted_upstream import ScriptedUpstream
+    bad = ScriptedUpstream()
+    try:
+        key = "hello"
+        bad.scripts[key] = [b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n']
+        cfg = _cfg([_target("bad", "m", bad.url), _target("good", "gpt-test", upstream.url, aliases=["m"])],
+                   [{"model": "m", "targets": ["bad", "good"], "retry": {"attempts": 1}}])
+        if chain:
+            cfg["policies"] = {"chain": ["pii-detector"]}
+        gw = gateway_factory.start(cfg)
+        assert "Echo: hello" in _ask(_client(gw), "m", True)
+    finally:
+        bad.stop()
+
+
+def test_heartbeats_while_waiting_then_the_timeout_is_in_stream(gateway_factory, upstream):
+    import socket
+
+    import orjson
+    gw = gateway_factory.start(_cfg([_target("slow", "fault-hang", upstream.url,
+                                             timeouts={"ttft": 1.0, "heartbeat": 0.2})]))
+    s = socket.create_connection((gw.host, gw.port), timeout=10)
+    body = orjson.dumps({"model": "fault-hang", "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = s.recv(65536)
+        assert chunk
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+    assert data.count(b": ping\n\n") >= 3  # comments only: SDKs skip them
+    assert b'"code":"upstream_timeout"' in data and data.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")

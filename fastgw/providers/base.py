@@ -71,6 +71,7 @@ class TargetRuntime:
     ttft_timeout: float = 120.0
     idle_timeout: float = 60.0
     max_duration: float = 600.0
+    heartbeat: float = 0.0
     breaker_failures: int = 5
     breaker_cooldown: float = 30.0
     weight: float = 1.0
