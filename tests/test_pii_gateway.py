@@ -11,7 +11,6 @@ import openai
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from fastgw.config import PiiDetector
 from fastgw.policy.pii import PiiPolicy

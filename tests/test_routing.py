@@ -163,7 +163,6 @@ def test_loadbalance_spreads_by_weight():
 
 @pytest.mark.parametrize("chain", [False, True])
 def test_error_as_the_first_event_falls_back(gateway_factory, upstream, chain):
-
     from tests.support.scripted_upstream import ScriptedUpstream
     bad = ScriptedUpstream()
     try:

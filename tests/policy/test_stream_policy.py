@@ -4,7 +4,6 @@ each byte scanned once, untouched events byte-identical."""
 from __future__ import annotations
 
 import orjson
-import pytest
 from hypothesis import HealthCheck, given, settings
 
 from fastgw.config import PiiDetector

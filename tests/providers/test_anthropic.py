@@ -21,7 +21,7 @@ from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError
 from fastgw.proto.sse import SSEDecoder
 from fastgw.providers import adapter_for, anthropic
-from fastgw.providers.anthropic import DEFAULT_MAX_TOKENS, AnthropicStreamTranslator, translate_request
+from fastgw.providers.anthropic import DEFAULT_MAX_TOKENS, translate_request
 from fastgw.providers.base import TargetRuntime
 from tests.conftest import GatewayFactory
 from tests.support import mock_anthropic
