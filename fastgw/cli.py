@@ -118,21 +118,36 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fastgw: config error: {e}", file=sys.stderr)
         return 1
+    from fastgw import sdnotify
     from fastgw.app import build_targets
     from fastgw.master import BootError, Master, bind_sockets
     from fastgw.policy.chain import build_chain
 
+    def load_runtime():  # type: ignore[no-untyped-def]
+        """Read, check and compile the config (at start, and again on SIGHUP)."""
+        c, sec = load_config(args.config)
+        _apply_overrides(c, args)
+        if not c.pack.enabled:
+            logging.getLogger("fastgw").warning("pack %r is disabled (pack.enabled: false): no policy runs, "
+                                                "traffic passes through unchecked", c.pack.name)
+        return c, build_targets(c, sec), build_chain(c)  # Hyperscan databases compile here, before fork
+
     try:
         targets = build_targets(cfg, secrets)
         chain = build_chain(cfg)  # Hyperscan databases compile once, here, before fork
-        sockets = bind_sockets(cfg.server.bind)
+        sockets = sdnotify.listen_fds()  # systemd socket activation, when it started us
+        if sockets:
+            logging.getLogger("fastgw").info("serving %d socket(s) from systemd; server.bind is not used",
+                                             len(sockets))
+        else:
+            sockets = bind_sockets(cfg.server.bind)
     except (BootError, OSError, ValueError) as e:
         print(f"fastgw: cannot start: {e}", file=sys.stderr)
         return 1
     if not cfg.pack.enabled:
         print(f"fastgw: WARNING: pack {cfg.pack.name!r} is disabled (pack.enabled: false): no policy runs, "
               "traffic passes through unchecked", file=sys.stderr)
-    return Master(cfg, targets, sockets, cfg.server.workers, chain).run()
+    return Master(cfg, targets, sockets, cfg.server.workers, chain, loader=load_runtime).run()
 
 
 if __name__ == "__main__":

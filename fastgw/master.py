@@ -2,8 +2,13 @@
 
 Signal handlers only enqueue; the loop dispatches to `handle_<name>`. A worker
 that dies is replaced with backoff; a worker that cannot boot stops the master
-with its reason instead of looping. SIGTERM/SIGINT: workers drain within the
-graceful timeout, then the master exits 0.
+with its reason instead of looping; a worker whose loop stops answering is killed
+(SIGABRT, then SIGKILL) and replaced. SIGHUP reloads: the config is read and
+checked again, new workers start with it, and only once they serve do the old ones
+drain and exit (an invalid config keeps the old workers serving). SIGTERM/SIGINT:
+workers drain within the graceful timeout, then the master exits 0; SIGQUIT is
+immediate. SIGTTIN/SIGTTOU add or remove a worker. The master speaks sd_notify
+(READY, RELOADING, STOPPING, WATCHDOG, STATUS) and takes systemd's sockets.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import time
 
 from setproctitle import setproctitle
 
-from fastgw.config import Config, parse_bind
+from collections.abc import Callable
+
+from fastgw import sdnotify
+from fastgw.config import Config, ConfigError, parse_bind
 from fastgw.policy.chain import Chain
 from fastgw.providers.base import TargetRuntime
 
@@ -28,8 +36,8 @@ __all__ = ["Master", "bind_sockets", "BootError"]
 
 log = logging.getLogger("fastgw.master")
 
-#: A worker silent for this long is hung (its loop is blocked): kill and replace it. gunicorn's timeout is 30 s.
-WORKER_SILENCE_TIMEOUT = 30.0
+#: After SIGABRT, how long a hung worker gets to die (writing its traceback) before SIGKILL.
+ABORT_GRACE = 3.0
 #: Restart backoff bounds for workers that die soon after starting.
 RESTART_BACKOFF_MIN = 0.1
 RESTART_BACKOFF_MAX = 5.0
@@ -43,7 +51,8 @@ BOOT_ERROR_EXIT = 3
 BACKLOG = 2048
 
 
-_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP)
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP, signal.SIGTTIN,
+            signal.SIGTTOU)
 
 
 class BootError(Exception):
@@ -88,28 +97,36 @@ def bind_sockets(binds: list[str]) -> list[socket.socket]:
 
 
 class _Worker:
-    __slots__ = ("pid", "wid", "fd", "started", "ready", "last_seen", "buf")
+    __slots__ = ("pid", "wid", "fd", "gen", "started", "ready", "last_seen", "buf", "aborted_at")
 
-    def __init__(self, pid: int, wid: int, fd: int) -> None:
+    def __init__(self, pid: int, wid: int, fd: int, gen: int) -> None:
         self.pid = pid
         self.wid = wid
         self.fd = fd
+        self.gen = gen
         self.started = time.monotonic()
         self.ready = False
         self.last_seen = self.started
         self.buf = b""
+        self.aborted_at: float | None = None
+
+
+Runtime = tuple[Config, list[TargetRuntime], "Chain | None"]
 
 
 class Master:
     """Supervises N workers serving `sockets`."""
 
     def __init__(self, cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], workers: int,
-                 chain: Chain | None = None) -> None:
+                 chain: Chain | None = None, loader: Callable[[], Runtime] | None = None) -> None:
         self.cfg = cfg
         self.chain = chain
         self.targets = targets
         self.sockets = sockets
         self.num_workers = workers
+        #: Re-reads and checks the config for SIGHUP (raises ConfigError when it is invalid).
+        self.loader = loader
+        self.gen = 0  # config generation: workers of older generations are draining
         self.workers: dict[int, _Worker] = {}
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
@@ -118,6 +135,11 @@ class Master:
         self._backoff = RESTART_BACKOFF_MIN
         self._respawn_at = 0.0
         self._stopping = False
+        self._reload = False
+        self._watchdog = sdnotify.watchdog_interval()
+        self._watchdog_at = 0.0
+        self.reloads = {"ok": 0, "invalid": 0, "failed": 0}
+        self.restarts = 0
         self.exit_code = 0
 
     # ---- signals --------------------------------------------------------------------------
@@ -132,10 +154,16 @@ class Master:
             signal.signal(sig, self._on_signal)
 
     # ---- workers ---------------------------------------------------------------------------
+    def _current(self) -> list[_Worker]:
+        return [w for w in self.workers.values() if w.gen == self.gen]
+
     def _spawn(self) -> None:
-        wid = self._free_ids.pop(0) if self._free_ids else self._next_id
-        if wid == self._next_id:
-            self._next_id += 1
+        # Ids are unique among live workers (draining ones included): per-worker files such as the audit
+        # log are locked by their worker.
+        used = {w.wid for w in self.workers.values()}
+        wid = 1
+        while wid in used:
+            wid += 1
         r, w = os.pipe()
         # Block signals across fork so the child never runs the master's handlers (a TERM arriving
         # before the worker installs its own would otherwise be queued for a loop that is not there).
@@ -165,15 +193,18 @@ class Master:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(w)
         os.set_blocking(r, False)
-        self.workers[pid] = _Worker(pid, wid, r)
-        log.debug("spawned worker %d (pid %d)", wid, pid)
+        self.workers[pid] = _Worker(pid, wid, r, self.gen)
+        log.debug("spawned worker %d (pid %d, generation %d)", wid, pid, self.gen)
+
+    def _signal(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
     def _kill_all(self, sig: int) -> None:
         for pid in list(self.workers):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+            self._signal(pid, sig)
 
     def _reap(self) -> None:
         while True:
@@ -188,10 +219,11 @@ class Master:
                 continue
             self._read_pipe(w)
             os.close(w.fd)
-            self._free_ids.append(w.wid)
-            self._free_ids.sort()
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
+                continue
+            if w.gen != self.gen:
+                log.info("worker %d (pid %d) of the previous configuration has drained and exited", w.wid, pid)
                 continue
             if not w.ready and (code == BOOT_ERROR_EXIT or w.buf):
                 # It told us it cannot boot: a restart would fail the same way (gunicorn halts too).
@@ -200,6 +232,9 @@ class Master:
             uptime = time.monotonic() - w.started
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             log.error("worker %d (pid %d) %s after %.1fs; replacing it", w.wid, pid, how, uptime)
+            self.restarts += 1
+            _metrics("worker_restarted")
+            _metrics("worker_dead", pid)
             if uptime > STABLE_AFTER:
                 self._backoff = RESTART_BACKOFF_MIN
             self._respawn_at = time.monotonic() + self._backoff
@@ -209,9 +244,7 @@ class Master:
         while True:
             try:
                 data = os.read(w.fd, 4096)
-            except BlockingIOError:
-                return
-            except OSError:
+            except (BlockingIOError, OSError):
                 return
             if not data:
                 return
@@ -233,10 +266,14 @@ class Master:
         for _ in range(self.num_workers):
             self._spawn()
         try:
-            self._wait_ready()
+            self._wait_ready(self.gen)
             log.info("fastgw ready: %d workers serving %s", self.num_workers, ", ".join(self.cfg.server.bind))
+            sdnotify.notify(f"READY=1\nSTATUS={self._status()}")
             while not self._stopping:
                 self._tick()
+                if self._reload:
+                    self._reload = False
+                    self._do_reload()
         except BootError as e:
             log.error("%s; stopping", e)
             self.exit_code = 1
@@ -247,9 +284,15 @@ class Master:
         self._shutdown()
         return self.exit_code
 
-    def _wait_ready(self) -> None:
+    def _status(self) -> str:
+        return f"{len(self._current())} workers serving, generation {self.gen}, {self.restarts} restarts"
+
+    def _wait_ready(self, gen: int) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
-        while not all(w.ready for w in self.workers.values()) or len(self.workers) < self.num_workers:
+        while True:
+            current = [w for w in self.workers.values() if w.gen == gen]
+            if len(current) >= self.num_workers and all(w.ready for w in current):
+                return
             if time.monotonic() > deadline:
                 raise BootError(f"workers did not report ready within {BOOT_TIMEOUT:g}s")
             self._tick(timeout=0.2)
@@ -273,7 +316,7 @@ class Master:
             w = by_fd.get(fd)
             if w is not None:
                 self._read_pipe(w)
-                if w.buf and not w.ready:
+                if w.buf and not w.ready and w.gen == self.gen:
                     raise BootError(w.buf.decode(errors="replace").strip())
         while self._signals:
             sig = self._signals.pop(0)
@@ -281,16 +324,67 @@ class Master:
             getattr(self, f"handle_{name[3:]}")()
         self._reap()
         now = time.monotonic()
+        timeout_s = self.cfg.server.worker_timeout
+        healthy = True
         for w in list(self.workers.values()):
-            if w.ready and now - w.last_seen > WORKER_SILENCE_TIMEOUT:
-                log.error("worker %d (pid %d) silent for %.0fs; killing it", w.wid, w.pid, now - w.last_seen)
-                try:
-                    os.kill(w.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                w.last_seen = now
-        if not self._stopping and len(self.workers) < self.num_workers and now >= self._respawn_at:
+            if not w.ready:
+                continue
+            if w.aborted_at is not None:
+                if now - w.aborted_at > ABORT_GRACE:
+                    self._signal(w.pid, signal.SIGKILL)
+                healthy = False
+            elif now - w.last_seen > timeout_s:
+                log.error("worker %d (pid %d) has not answered for %.0fs (its event loop is blocked); "
+                          "aborting it", w.wid, w.pid, now - w.last_seen)
+                w.aborted_at = now
+                self._signal(w.pid, signal.SIGABRT)  # a traceback of where it hung, then SIGKILL if need be
+                healthy = False
+        if not self._stopping and len(self._current()) < self.num_workers and now >= self._respawn_at:
             self._spawn()
+        if self._watchdog is not None and healthy and now >= self._watchdog_at:
+            sdnotify.notify("WATCHDOG=1")
+            self._watchdog_at = now + self._watchdog
+
+    # ---- reload -------------------------------------------------------------------------------
+    def _do_reload(self) -> None:
+        """New workers with the new config first; the old ones drain only once the new ones serve."""
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        if self.loader is None:
+            log.warning("SIGHUP: no config to reload")
+            sdnotify.notify("READY=1")
+            return
+        try:
+            cfg, targets, chain = self.loader()
+        except (ConfigError, ValueError, OSError) as e:
+            log.error("reload refused, still serving the previous configuration: %s", e)
+            self.reloads["invalid"] += 1
+            _metrics("config_reload", "invalid")
+            sdnotify.notify(f"READY=1\nSTATUS=reload refused (invalid config); {self._status()}")
+            return
+        old = (self.cfg, self.targets, self.chain, self.gen)
+        self.cfg, self.targets, self.chain = cfg, targets, chain
+        self.gen += 1
+        for _ in range(self.num_workers):
+            self._spawn()
+        try:
+            self._wait_ready(self.gen)
+        except BootError as e:
+            log.error("reload failed, new workers could not start (%s); still serving the previous "
+                      "configuration", e)
+            for w in self._current():
+                self._signal(w.pid, signal.SIGKILL)
+            self.cfg, self.targets, self.chain, self.gen = old
+            self.reloads["failed"] += 1
+            _metrics("config_reload", "failed")
+            sdnotify.notify(f"READY=1\nSTATUS=reload failed; {self._status()}")
+            return
+        for w in list(self.workers.values()):
+            if w.gen != self.gen:
+                self._signal(w.pid, signal.SIGTERM)  # drain: finish in-flight requests and streams, then exit
+        self.reloads["ok"] += 1
+        _metrics("config_reload", "ok")
+        log.info("reloaded: generation %d serving; the previous workers drain", self.gen)
+        sdnotify.notify(f"READY=1\nSTATUS={self._status()}")
 
     # ---- signal handlers ----------------------------------------------------------------------
     def handle_chld(self) -> None:
@@ -307,14 +401,29 @@ class Master:
         self._kill_all(signal.SIGKILL)
 
     def handle_hup(self) -> None:
-        log.warning("SIGHUP: configuration reload is not available yet; ignoring")
+        self._reload = True
+
+    def handle_ttin(self) -> None:
+        self.num_workers += 1
+        log.info("SIGTTIN: %d workers", self.num_workers)
+
+    def handle_ttou(self) -> None:
+        if self.num_workers <= 1:
+            return
+        self.num_workers -= 1
+        newest = max(self._current(), key=lambda w: w.started, default=None)
+        if newest is not None:
+            newest.gen = -1  # retired: not replaced when it exits
+            self._signal(newest.pid, signal.SIGTERM)
+        log.info("SIGTTOU: %d workers", self.num_workers)
 
     # ---- shutdown --------------------------------------------------------------------------------
     def _shutdown(self) -> None:
         grace = self.cfg.server.graceful_timeout
+        sdnotify.notify("STOPPING=1")
         log.info("stopping: draining %d workers (up to %gs)", len(self.workers), grace)
         self._kill_all(signal.SIGTERM)
-        if not self._wait_all(grace + 2.0):
+        if not self._wait_all(grace + 5.0):
             log.warning("workers still running after %gs; killing them", grace)
             self._kill_all(signal.SIGKILL)
             self._wait_all(5.0)
@@ -346,3 +455,12 @@ class Master:
             if w is not None:
                 os.close(w.fd)
         return not self.workers
+
+
+def _metrics(name: str, *args: object) -> None:
+    """Report to fastgw.metrics when it is there (the master must never fail on metrics)."""
+    try:
+        from fastgw import metrics
+        getattr(metrics, name)(*args)
+    except Exception:  # noqa: BLE001
+        pass

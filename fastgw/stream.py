@@ -273,6 +273,13 @@ class SSERelay:
     def resume(self) -> None:
         self._source.resume_reading()
 
+    def shutdown(self) -> None:
+        """The drain budget is spent: end the stream with the error envelope (not a silent cut)."""
+        if not self.done.done():
+            self._source.detach()
+            self.on_error(GatewayError("the gateway is shutting down; the answer was cut short", status=503,
+                                       type="server_error", code="server_shutdown"))
+
     def client_lost(self) -> None:
         # Nobody to read the answer: stop the upstream generating (and billing) it.
         self._source.detach()

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 
 import uvloop
@@ -93,6 +94,10 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
 
     loop.add_signal_handler(signal.SIGTERM, request_stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
+    if os.environ.get("FASTGW_TEST_HOOKS") == "1":
+        # Test-only: SIGUSR2 blocks this worker's event loop, as a runaway computation would (the master must
+        # notice and replace the worker). Never set in production.
+        loop.add_signal_handler(signal.SIGUSR2, time.sleep, 3600)
     master = os.getppid()
 
     def heartbeat() -> None:
@@ -114,11 +119,18 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
     try:
         await asyncio.wait_for(tracker.wait_closed(), s.graceful_timeout)
     except asyncio.TimeoutError:
-        log.warning("worker %d: %d connection(s) still open after %gs; closing them", worker_id,
+        log.warning("worker %d: %d connection(s) still open after %gs; ending their streams", worker_id,
                     len(tracker.conns), s.graceful_timeout)
         for c in list(tracker.conns):
-            if c.transport is not None:
-                c.transport.abort()
+            ender = getattr(c.flow_listener, "shutdown", None)
+            if ender is not None:
+                ender()  # in-stream error envelope `server_shutdown`, then [DONE]
+        try:
+            await asyncio.wait_for(tracker.wait_closed(), 2.0)
+        except asyncio.TimeoutError:
+            for c in list(tracker.conns):
+                if c.transport is not None:
+                    c.transport.abort()
     app.pool.close_all()
     if chain is not None:
         chain.close()  # every audit record enqueued is written before the worker exits

@@ -22,6 +22,9 @@ MAX_HEADERS = 100
 MAX_BODY_BYTES = 16 * 1024 * 1024
 #: A client that accepts no bytes for this long is dropped. nginx send_timeout is 60 s.
 SEND_TIMEOUT = 60.0
+#: A worker whose event loop has not answered the master for this long is hung: aborted and replaced.
+#: gunicorn's worker timeout is 30 s.
+WORKER_TIMEOUT = 30.0
 #: Drain budget on SIGTERM before in-flight streams are cut. gunicorn graceful_timeout is 30 s.
 GRACEFUL_TIMEOUT = 30.0
 #: Bytes of one chunk-size line (size + extensions). RFC 9112 sets none; Node (CVE-2024-22019) and

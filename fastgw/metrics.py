@@ -1,0 +1,496 @@
+"""Prometheus metrics for the gateway: every worker counts its own requests, and a `/metrics` scrape that lands
+on any worker renders the sum over all of them (prometheus-client's multiprocess mode).
+
+API
+---
+Every call site is one line; every function works in any process, with or without `setup_master()` (then
+the counts are this process's only, in a private registry: unit tests, single-process runs).
+
+Master (cli.py / master.py)::
+
+    setup_master(base: str | None = None) -> str    # before the first fork: fresh 0700 dir, sets the env var
+    cleanup_master() -> None                        # at exit (idempotent; only the process that set it up)
+    worker_dead(pid: int) -> None                   # for every reaped worker (drops its live gauges)
+    worker_restarted() -> None                      # when a dead worker is replaced
+    config_reload(result: str) -> None              # "ok" | "error" (SIGHUP)
+
+Worker (app.py / stream.py / policies)::
+
+    known_models(names: Iterable[str]) -> None      # optional: model names outside this set count as "other"
+    request_started() -> None                       # a /v1 request is in flight ...
+    request_finished(ctx: RequestContext, route: str) -> None   # ... and is done: requests, tokens, decisions
+    upstream_attempt(target: str, outcome: str) -> None         # ok|connect_error|timeout|http_429|http_5xx|error_frame
+    fallback(model: str | None, reason: str) -> None            # we moved on to the next target
+    ttft(model: str | None, target: str | None, seconds: float) -> None
+    stream_opened() -> None
+    stream_closed(duration: float, clock: EventClock | None = None) -> None
+    EventClock()  .tick(now)  .ticks(now, n)  .flush()          # per-stream inter-event gaps (hot path)
+    policy_decision(policy: str, action: str, entity: str = "") -> None
+    holdback(nbytes: int) -> None                   # bytes a streaming policy held back at once
+    render() -> tuple[bytes, str]                   # (body, content type) for GET /metrics
+
+Metrics: ``fastgw_requests_total{route,model,target,status}``, ``fastgw_request_duration_seconds{route}``,
+``fastgw_upstream_attempts_total{target,outcome}``, ``fastgw_fallbacks_total{model,reason}``,
+``fastgw_inflight_requests`` and ``fastgw_active_streams`` (gauges, livesum), ``fastgw_ttft_seconds{model,target}``,
+``fastgw_inter_event_seconds``, ``fastgw_stream_duration_seconds``, ``fastgw_tokens_total{model,direction,kind}``
+(direction prompt|completion, kind exact|estimated), ``fastgw_policy_decisions_total{policy,action,entity}``,
+``fastgw_holdback_bytes``, ``fastgw_worker_restarts_total``, ``fastgw_config_reloads_total{result}``.
+
+Label cardinality
+-----------------
+Targets, policies and entities come from the config. The model is the client's string until the router
+accepts it, so it is checked against `known_models()` when that was called; `/v1/models/<id>` routes collapse
+to ``/v1/models/{model}``; and each labelled metric keeps at most `MAX_SERIES_PER_METRIC` series per process,
+after which new label sets count under ``other``. ``status`` is the HTTP status code; a request that ends
+with no status (an internal error) counts as 500, which is what the server answers.
+
+Multiprocess mode, and worker restarts
+--------------------------------------
+`setup_master()` creates a fresh directory, sets ``PROMETHEUS_MULTIPROC_DIR`` and switches prometheus-client's
+value class to its mmap-backed one; workers forked afterwards write their values into per-pid files there
+(``counter_<pid>.db``, ``histogram_<pid>.db``, ``gauge_livesum_<pid>.db``), and `render()` merges every file
+with `MultiProcessCollector`, so any worker answers for all. When the master reaps a worker it calls
+`worker_dead(pid)`: that worker's *livesum gauge* file is removed (its in-flight requests and open streams
+stop counting), while its counter and histogram files stay, so totals keep counting across restarts and
+never go backwards (a restart is not a counter reset for Prometheus). The directory therefore grows by a
+few small files per worker restart; a pid reused by a later worker reopens and continues its files.
+The master's own counters (restarts, reloads) live in its own files.
+
+Costs: a per-request call is a dict lookup of the cached labelled child and one mmap write per value
+(~1 µs each). Nothing here is called per SSE event except `EventClock.tick`, which only touches a list.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as _values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+if TYPE_CHECKING:
+    from fastgw.policy.base import RequestContext
+
+__all__ = ["setup_master", "cleanup_master", "worker_dead", "worker_restarted", "config_reload", "known_models",
+           "request_started", "request_finished", "upstream_attempt", "fallback", "ttft", "stream_opened",
+           "stream_closed", "EventClock", "policy_decision", "holdback", "render", "multiprocess_dir",
+           "UPSTREAM_OUTCOMES", "MAX_SERIES_PER_METRIC"]
+
+log = logging.getLogger("fastgw.metrics")
+
+_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OTHER = "other"
+
+#: Series per labelled metric and process before new label sets count as "other": a bound on memory and on the
+#: multiprocess files should a label ever carry a client-chosen value (Prometheus advises keeping a metric's
+#: cardinality well under this).
+MAX_SERIES_PER_METRIC = 1000
+#: Distinct model names counted before `known_models()` is called (the rest are "other").
+MAX_UNVETTED_MODELS = 100
+
+UPSTREAM_OUTCOMES = ("ok", "connect_error", "timeout", "http_429", "http_5xx", "error_frame")
+# The retry kinds app.py already uses, so its call site can pass them as they are.
+_OUTCOME_ALIASES = {"429": "http_429", "5xx": "http_5xx"}
+
+# Buckets (upper bounds, seconds or bytes). Chosen for LLM traffic: TTFT from tens of ms to a minute; token
+# gaps from sub-ms (batched chunks) to the seconds of a stalled upstream; streams up to the 10 min max_duration.
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0)
+INTER_EVENT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STREAM_DURATION_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+HOLDBACK_BUCKETS = (0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0)
+
+_INTER_BOUNDS = INTER_EVENT_BUCKETS + (math.inf,)  # as the Histogram stores them (+Inf appended)
+_N_INTER = len(_INTER_BOUNDS)
+
+
+class _Metrics:
+    """The metric objects of one process and mode, with caches of their labelled children."""
+
+    def __init__(self, registry: CollectorRegistry | None, mp_path: str | None) -> None:
+        r = registry
+        self.registry = registry
+        #: The multiprocess directory these values are written to (None: in-process, in `registry`).
+        self.mp_path = mp_path
+        self.requests = Counter("fastgw_requests_total", "Requests answered, by route, model, target and status.",
+                                ("route", "model", "target", "status"), registry=r)
+        self.request_duration = Histogram("fastgw_request_duration_seconds",
+                                          "Request duration from parse to the last byte, by route.", ("route",),
+                                          buckets=REQUEST_DURATION_BUCKETS, registry=r)
+        self.attempts = Counter("fastgw_upstream_attempts_total", "Upstream attempts by target and outcome.",
+                                ("target", "outcome"), registry=r)
+        self.fallbacks = Counter("fastgw_fallbacks_total", "Moves to the next target after a failure.",
+                                 ("model", "reason"), registry=r)
+        self.inflight = Gauge("fastgw_inflight_requests", "Requests in flight (live workers only).",
+                              multiprocess_mode="livesum", registry=r)
+        self.streams = Gauge("fastgw_active_streams", "Streamed answers in flight (live workers only).",
+                             multiprocess_mode="livesum", registry=r)
+        self.ttft = Histogram("fastgw_ttft_seconds", "Time to the first byte of the answer.", ("model", "target"),
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.inter_event = Histogram("fastgw_inter_event_seconds", "Gaps between consecutive streamed events.",
+                                     buckets=INTER_EVENT_BUCKETS, registry=r)
+        self.stream_duration = Histogram("fastgw_stream_duration_seconds", "Streamed answer duration.",
+                                         buckets=STREAM_DURATION_BUCKETS, registry=r)
+        self.tokens = Counter("fastgw_tokens_total", "Tokens by model, direction (prompt|completion) and kind "
+                              "(exact: the provider's count; estimated: ours).", ("model", "direction", "kind"),
+                              registry=r)
+        self.decisions = Counter("fastgw_policy_decisions_total", "Policy decisions by policy, action and entity.",
+                                 ("policy", "action", "entity"), registry=r)
+        self.holdback = Histogram("fastgw_holdback_bytes", "Bytes a streaming policy held back before release.",
+                                  buckets=HOLDBACK_BUCKETS, registry=r)
+        self.restarts = Counter("fastgw_worker_restarts_total", "Workers replaced after dying.", registry=r)
+        self.reloads = Counter("fastgw_config_reloads_total", "Configuration reloads by result.", ("result",),
+                               registry=r)
+        _check_histogram_internals(self.inter_event, _INTER_BOUNDS)
+        # Labelled children by label tuple: `labels()` validates and locks on every call; a dict hit does not.
+        self.c_requests: dict[tuple, object] = {}
+        self.c_duration: dict[tuple, object] = {}
+        self.c_attempts: dict[tuple, object] = {}
+        self.c_fallbacks: dict[tuple, object] = {}
+        self.c_ttft: dict[tuple, object] = {}
+        self.c_tokens: dict[tuple, object] = {}
+        self.c_decisions: dict[tuple, object] = {}
+        self.c_reloads: dict[tuple, object] = {}
+        self.models_seen: set[str] = set()
+
+
+_m: _Metrics | None = None
+_known_models: frozenset[str] | None = None
+_owned_dir: str | None = None  # the directory setup_master() created (removed by cleanup_master)
+_owner_pid = 0
+_saved_env: str | None = None
+_saved_value_class: object = None
+_mp_registry: tuple[str, CollectorRegistry] | None = None
+
+
+def _multi() -> bool:
+    return _values.ValueClass is not _values.MutexValue
+
+
+def _mp_path() -> str | None:
+    """The multiprocess directory when this process writes into one."""
+    path = os.environ.get(_ENV)
+    if path and _multi() and os.path.isdir(path):
+        return path
+    return None
+
+
+def _build() -> _Metrics:
+    """Create the metric objects for the current mode (lazily, so that `setup_master` can come after import)."""
+    global _m
+    path = os.environ.get(_ENV)
+    if path and os.path.isdir(path):
+        if not _multi():  # prometheus_client was imported before the variable was set: switch now
+            _values.ValueClass = _values.MultiProcessValue()
+        m = _Metrics(None, path)  # multiprocess: render() reads the files, no registry holds these objects
+    else:
+        if _multi():
+            # A multiprocess value class with no directory would fail on the first write: count locally instead.
+            log.warning("%s=%r is not a directory; metrics cover this process only", _ENV, path)
+            _values.ValueClass = _values.MutexValue
+        m = _Metrics(CollectorRegistry(), None)
+    _m = m
+    return m
+
+
+def _child(metric: object, cache: dict, key: tuple) -> object:
+    """The labelled child for `key` (strings), created once; past the cap, the shared "other" child (not
+    cached under `key`, so that neither the series nor the cache grow)."""
+    if len(cache) >= MAX_SERIES_PER_METRIC:
+        other = (OTHER,) * len(key)
+        child = cache.get(other)
+        if child is None:
+            child = cache[other] = metric.labels(*other)  # type: ignore[attr-defined]
+        return child
+    child = cache[key] = metric.labels(*key)  # type: ignore[attr-defined]
+    return child
+
+
+def _inc(metric: object, cache: dict, key: tuple, amount: float = 1.0) -> None:
+    child = cache.get(key)
+    if child is None:
+        child = _child(metric, cache, key)
+    child.inc(amount)  # type: ignore[attr-defined]
+
+
+def _model_label(m: _Metrics, model: str | None) -> str:
+    if not model:
+        return ""
+    known = _known_models
+    if known is not None:
+        return model if model in known else OTHER
+    seen = m.models_seen
+    if model in seen:
+        return model
+    if len(seen) >= MAX_UNVETTED_MODELS:
+        return OTHER
+    seen.add(model)
+    return model
+
+
+def _route_label(route: str) -> str:
+    if "?" in route:
+        route = route.split("?", 1)[0]
+    if route.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    return route
+
+
+# ---- histograms: adding many observations at once -------------------------------------------------------
+
+def _check_histogram_internals(h: Histogram, bounds: tuple[float, ...]) -> None:
+    """`_add_observations` relies on Histogram's storage; fail at start-up, loudly, if a release changes it."""
+    ok = (isinstance(getattr(h, "_buckets", None), list) and hasattr(h, "_sum")
+          and tuple(getattr(h, "_upper_bounds", ())) == bounds)
+    if not ok:
+        raise RuntimeError("prometheus_client's Histogram no longer stores _upper_bounds/_buckets/_sum as "
+                           "fastgw.metrics expects; EventClock.flush cannot add observations in bulk")
+
+
+def _add_observations(h: Histogram, counts: list[int], total: float) -> None:
+    """Add `sum(counts)` observations to the unlabelled histogram (or labelled child) `h` in one go:
+    `counts[i]` of them fell in bucket i (first upper bound >= value) and their values add up to `total`.
+
+    prometheus_client has no public bulk API, and observing each bucket's bound instead would make `_sum`
+    wrong. `Histogram.observe(v)` is exactly `_sum.inc(v)` plus `_buckets[i].inc(1)` for the first bucket
+    whose bound is >= v (buckets are stored non-cumulatively; the exposition accumulates them, in one process
+    and in the multiprocess collector alike), so incrementing the same values by the per-bucket totals gives
+    the exposition of observing every value one by one (tests/test_metrics.py checks it byte for byte), with
+    one mmap write per non-empty bucket instead of one per SSE event. Exemplars are not kept (nor are they in
+    multiprocess mode)."""
+    h._sum.inc(total)
+    buckets = h._buckets
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+
+
+class EventClock:
+    """Inter-event gaps of one stream, bucketed locally; `flush()` at the end adds them to
+    ``fastgw_inter_event_seconds`` with one write per non-empty bucket.
+
+    Pass a fine clock (`time.monotonic()`, not uvloop's `loop.time()`, which has millisecond steps). The first
+    tick only sets the reference unless `start` was given.
+    """
+
+    __slots__ = ("last", "counts", "total")
+
+    def __init__(self, start: float | None = None) -> None:
+        self.last = start
+        self.counts = [0] * _N_INTER
+        self.total = 0.0
+
+    def tick(self, now: float) -> None:
+        """One event arrived at `now`. Hot path (once per SSE event): a subtraction, one C bisect over 15
+        bounds and a list increment; no prometheus call, no lock, no syscall."""
+        last = self.last
+        self.last = now
+        if last is not None:
+            gap = now - last
+            self.total += gap
+            self.counts[bisect_left(_INTER_BOUNDS, gap)] += 1  # le semantics: first bound >= gap
+
+    def ticks(self, now: float, n: int) -> None:
+        """`n` events arrived together at `now` (one upstream read): the first after the gap since the last
+        one, the others after a gap of 0."""
+        if n <= 0:
+            return
+        self.tick(now)
+        if n > 1:
+            self.counts[0] += n - 1  # a gap of 0 falls in the first bucket (all bounds are >= 0)
+
+    def flush(self) -> None:
+        """Add what was counted to the shared histogram and start counting afresh (idempotent)."""
+        counts = self.counts
+        if any(counts):
+            m = _m or _build()
+            _add_observations(m.inter_event, counts, self.total)
+            self.counts = [0] * _N_INTER
+            self.total = 0.0
+
+
+# ---- master ---------------------------------------------------------------------------------------------
+
+def setup_master(base: str | None = None) -> str:
+    """Create a fresh private directory for the workers' metric files (under `base`, else systemd's
+    $RUNTIME_DIRECTORY, else the temp dir), point ``PROMETHEUS_MULTIPROC_DIR`` at it and switch
+    prometheus_client to multiprocess values. Call in the master before the first fork. Returns the path."""
+    global _owned_dir, _owner_pid, _saved_env, _saved_value_class, _m
+    if _owned_dir is not None:
+        cleanup_master()
+    if base is None:
+        base = os.environ.get("RUNTIME_DIRECTORY", "").split(":", 1)[0] or None
+    path = tempfile.mkdtemp(prefix="fastgw-metrics-", dir=base)  # mode 0700: only our user reads the counts
+    _saved_env = os.environ.get(_ENV)
+    _saved_value_class = _values.ValueClass
+    os.environ[_ENV] = path
+    _values.ValueClass = _values.MultiProcessValue()
+    _owned_dir, _owner_pid = path, os.getpid()
+    _m = None  # rebuilt on first use, with mmap-backed values
+    return path
+
+
+def cleanup_master() -> None:
+    """Remove the directory `setup_master` created and go back to in-process metrics. Only acts in the
+    process that called `setup_master` (a forked worker calling it does nothing)."""
+    global _owned_dir, _saved_env, _saved_value_class, _m, _mp_registry
+    path = _owned_dir
+    if path is None or os.getpid() != _owner_pid:
+        return
+    close = getattr(_values, "close_all_multiprocess_files", None)
+    if close is not None:
+        close()
+    _m = None
+    _mp_registry = None
+    _values.ValueClass = _saved_value_class
+    if os.environ.get(_ENV) == path:
+        if _saved_env is None:
+            del os.environ[_ENV]
+        else:
+            os.environ[_ENV] = _saved_env
+    _owned_dir = _saved_env = _saved_value_class = None
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory this process's metrics are written to, or None when they are in-process only."""
+    return _mp_path()
+
+
+def worker_dead(pid: int) -> None:
+    """A worker was reaped: its live gauges (in-flight requests, open streams) stop counting; its counters and
+    histograms stay in the totals."""
+    path = _mp_path()
+    if path is None:
+        return
+    try:
+        mark_process_dead(pid, path)
+    except OSError as e:  # a scrape-only concern: never let it stop the master
+        log.warning("metrics: could not drop the gauges of pid %d: %s", pid, e)
+
+
+def worker_restarted() -> None:
+    m = _m or _build()
+    m.restarts.inc()
+
+
+def config_reload(result: str) -> None:
+    m = _m or _build()
+    _inc(m.reloads, m.c_reloads, (result,))
+
+
+# ---- worker ---------------------------------------------------------------------------------------------
+
+def known_models(names: Iterable[str]) -> None:
+    """The model names (and aliases) the config serves; others count as "other" in model labels."""
+    global _known_models
+    _known_models = frozenset(names)
+
+
+def request_started() -> None:
+    m = _m or _build()
+    m.inflight.inc()
+
+
+def request_finished(ctx: RequestContext, route: str) -> None:
+    """The request is over (answered, refused, failed or abandoned): call once per `request_started`, from a
+    `finally`. Counts the request by route/model/target/status, its duration, its tokens (from `ctx.usage`:
+    OpenAI or Anthropic names; kind "estimated" when `usage["estimated"]`) and the decisions in
+    `ctx.decisions` (policy, outcome, the detail's "entity"; routing retries are counted by
+    `upstream_attempt` instead)."""
+    m = _m or _build()
+    m.inflight.dec()
+    r = _route_label(route)
+    model = _model_label(m, ctx.model)
+    target = ctx.target or ""
+    _inc(m.requests, m.c_requests, (r, model, target, str(ctx.status or 500)))
+    d = m.c_duration.get(r)
+    if d is None:
+        d = _child(m.request_duration, m.c_duration, (r,))
+    d.observe(time.monotonic() - ctx.started)  # type: ignore[attr-defined]
+    usage = ctx.usage
+    if usage:
+        kind = "estimated" if usage.get("estimated") else "exact"
+        p = usage.get("prompt_tokens", usage.get("input_tokens"))
+        c = usage.get("completion_tokens", usage.get("output_tokens"))
+        if type(p) in (int, float) and p > 0:
+            _inc(m.tokens, m.c_tokens, (model, "prompt", kind), p)
+        if type(c) in (int, float) and c > 0:
+            _inc(m.tokens, m.c_tokens, (model, "completion", kind), c)
+    for dec in ctx.decisions:
+        if dec.policy == "routing":
+            continue
+        entity = dec.detail.get("entity", "") if dec.detail else ""
+        _inc(m.decisions, m.c_decisions, (dec.policy, dec.outcome, entity if isinstance(entity, str) else ""))
+
+
+def upstream_attempt(target: str, outcome: str) -> None:
+    """One try against `target`: ok, connect_error, timeout, http_429 (or "429"), http_5xx (or "5xx"),
+    error_frame (an error event inside a 200 stream)."""
+    m = _m or _build()
+    _inc(m.attempts, m.c_attempts, (target, _OUTCOME_ALIASES.get(outcome, outcome)))
+
+
+def fallback(model: str | None, reason: str) -> None:
+    """The request moved on to its next target because of `reason` (the failed attempt's outcome)."""
+    m = _m or _build()
+    _inc(m.fallbacks, m.c_fallbacks, (_model_label(m, model), _OUTCOME_ALIASES.get(reason, reason)))
+
+
+def ttft(model: str | None, target: str | None, seconds: float) -> None:
+    m = _m or _build()
+    key = (_model_label(m, model), target or "")
+    h = m.c_ttft.get(key)
+    if h is None:
+        h = _child(m.ttft, m.c_ttft, key)
+    h.observe(seconds)  # type: ignore[attr-defined]
+
+
+def stream_opened() -> None:
+    m = _m or _build()
+    m.streams.inc()
+
+
+def stream_closed(duration: float, clock: EventClock | None = None) -> None:
+    """A stream ended after `duration` seconds; `clock`'s gaps, if given, are flushed too."""
+    m = _m or _build()
+    m.streams.dec()
+    m.stream_duration.observe(duration)
+    if clock is not None:
+        clock.flush()
+
+
+def policy_decision(policy: str, action: str, entity: str = "") -> None:
+    """Count one decision directly — only for decisions that are not in `ctx.decisions` (those are counted by
+    `request_finished`)."""
+    m = _m or _build()
+    _inc(m.decisions, m.c_decisions, (policy, action, entity))
+
+
+def holdback(nbytes: int) -> None:
+    m = _m or _build()
+    m.holdback.observe(nbytes)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition for GET /metrics: every worker's values merged in multiprocess mode, this process's
+    otherwise. Returns (body, content type)."""
+    global _mp_registry
+    m = _m or _build()
+    path = m.mp_path
+    if path is None:
+        assert m.registry is not None
+        return generate_latest(m.registry), CONTENT_TYPE_LATEST
+    reg = _mp_registry
+    if reg is None or reg[0] != path:
+        r = CollectorRegistry()
+        MultiProcessCollector(r, path=path)  # reads every *.db file at each collect
+        reg = _mp_registry = (path, r)
+    return generate_latest(reg[1]), CONTENT_TYPE_LATEST
