@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ from typing import Awaitable, Callable
 
 import orjson
 
+from fastgw import accesslog, metrics
 from fastgw.config import Config
 from fastgw.policy.base import PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.chain import Chain
@@ -157,6 +159,7 @@ class App:
             for name in (t.model, *t.aliases):
                 self.by_model.setdefault(name, []).append(t)
         self._models_body = self._render_models(targets)
+        metrics.known_models(self.by_model)
         post = {"POST"}
         get = {"GET", "HEAD"}
         self.routes: dict[str, tuple[set[str], Callable[[Request, Responder], Awaitable[None]]]] = {
@@ -167,6 +170,7 @@ class App:
             "/v1/messages": (post, self._messages),
             "/v1/models": (get, self._models),
             "/healthz": (get, self._healthz),
+            "/metrics": (get, self._metrics),
             "/readyz": (get, self._readyz),
         }
 
@@ -192,6 +196,7 @@ class App:
         # Every /v1 request runs the chain and is audited, refused ones included.
         ctx = RequestContext(self._request_id(req), req.method, path, req.headers)
         resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))
+        metrics.request_started()
         try:
             self.chain.authenticate(ctx)
             await handler(req, resp, ctx)
@@ -200,6 +205,11 @@ class App:
             ctx.error = e.code
             await self._record(ctx, resp)
             raise
+        finally:
+            if not ctx.status:
+                ctx.status = resp.status or 499  # the client left before an answer
+            metrics.request_finished(ctx, path)
+            accesslog.log_request(ctx, path, resp.bytes_sent)
 
     def _request_id(self, req: Request) -> str:
         """The client's x-request-id when it is a sane token (tracing across hops), else a fresh one."""
@@ -222,6 +232,10 @@ class App:
             raise PolicyFailure("audit-logger", "cannot write the audit record") from None
 
     # ---- simple endpoints ------------------------------------------------------------------
+    async def _metrics(self, req: Request, resp: Responder) -> None:
+        body, ctype = metrics.render()  # every worker's figures, summed (Prometheus multiprocess mode)
+        resp.send(200, [(b"content-type", ctype.encode())], body)
+
     async def _healthz(self, req: Request, resp: Responder) -> None:
         resp.send(200, [_JSON], b'{"status":"ok"}')
 
@@ -343,12 +357,15 @@ class App:
                 try:
                     await self._upstream(target, endpoint, body, raw, stream, resp, ctx)
                     breaker.success()
+                    metrics.upstream_attempt(target.id, "ok")
                     return
                 except _Retryable as f:
                     breaker.failure()
+                    metrics.upstream_attempt(target.id, f.kind)
                     last = f
                     ctx.decide("routing", "upstream", "retry", target=target.id, kind=f.kind, attempt=attempt + 1)
                     if f.kind not in retry.on or attempt + 1 >= retry.attempts:
+                        metrics.fallback(ctx.model, f.kind)
                         break
                     delay = f.retry_after if f.retry_after is not None else retry.backoff * (2 ** attempt)
                     if delay > retry.max_retry_after or not breaker.allow():
@@ -376,6 +393,8 @@ class App:
                       headers: list[tuple[bytes, bytes]],
                       deadlines: tuple[float, float, float, float] | None = None) -> None:
         resp.start_stream(200, headers)
+        metrics.stream_opened()
+        opened = time.monotonic()
         relay = self._relay(resp, source, ctx)
         if not isinstance(relay, PolicyRelay):
             relay.usage_sink = ctx
@@ -383,7 +402,12 @@ class App:
         if deadlines is not None:
             relay.arm(*deadlines)
         relay.start()
-        await relay.done
+        try:
+            await relay.done
+        finally:
+            metrics.stream_closed(time.monotonic() - opened, relay.clock)
+        if resp.first_write is not None:
+            metrics.ttft(ctx.model, ctx.target, resp.first_write - ctx.started)
         ctx.status = 200
         ctx.events = ctx.events or relay.events
         # The client left before the end (no tail to write, no error, not a clean end): what was counted is partial.

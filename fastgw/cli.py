@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
                                                                  "else one per CPU)")
     serve.add_argument("--log-level", default=os.environ.get("FASTGW_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--access-log", default=os.environ.get("FASTGW_ACCESS_LOG", "json"),
+                       choices=["json", "text", "off"], help="one line per request on stdout (default json)")
     check = sub.add_parser("check", help="validate a config and print the effective one")
     check.add_argument("--config", required=True, metavar="PATH")
     check.add_argument("--bind", action="append", metavar="HOST:PORT")
@@ -112,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    from fastgw import accesslog
+
+    accesslog.configure("off" if args.access_log == "off" else "info",
+                        "text" if args.access_log == "text" else "json")
     try:
         cfg, secrets = load_config(args.config)
         _apply_overrides(cfg, args)

@@ -219,6 +219,7 @@ class Master:
                 continue
             self._read_pipe(w)
             os.close(w.fd)
+            _metrics("worker_dead", pid)  # its live gauges leave the totals; its counters stay
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
                 continue
@@ -234,7 +235,6 @@ class Master:
             log.error("worker %d (pid %d) %s after %.1fs; replacing it", w.wid, pid, how, uptime)
             self.restarts += 1
             _metrics("worker_restarted")
-            _metrics("worker_dead", pid)
             if uptime > STABLE_AFTER:
                 self._backoff = RESTART_BACKOFF_MIN
             self._respawn_at = time.monotonic() + self._backoff
@@ -263,6 +263,13 @@ class Master:
         """Spawn workers and supervise until stopped. Returns the exit code."""
         setproctitle("fastgw: master")
         self._install_signals()
+        _metrics("setup_master")  # one multiprocess metrics directory for all workers, made before fork
+        try:
+            return self._run()
+        finally:
+            _metrics("cleanup_master")
+
+    def _run(self) -> int:
         for _ in range(self.num_workers):
             self._spawn()
         try:

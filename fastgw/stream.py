@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol as TypingProtocol
 
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from fastgw.proto.errors import GatewayError, ProtocolError
 from fastgw.proto.server import Responder
+from fastgw.metrics import EventClock
 from fastgw.policy.base import PolicyFailure, RequestContext
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
 import orjson
@@ -73,7 +75,7 @@ class SSERelay:
 
     __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
                  "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
-                 "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at")
+                 "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at", "clock")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  defer_end: bool = False, dialect: str = "chat") -> None:
@@ -91,6 +93,8 @@ class SSERelay:
         self.events = 0
         #: Whether the stream carried events for the client before it ended (then a failure is in-stream).
         self.content = False
+        #: Inter-event gaps for the metrics histogram, accumulated per stream (no per-event metric write).
+        self.clock = EventClock()
         self._beat = 0.0  # heartbeat interval while waiting for the first event (0: none)
         self._beat_at = float("inf")
         self._resp = resp
@@ -188,7 +192,9 @@ class SSERelay:
 
     def _take_usage(self, block: bytes) -> bytes:
         """Count events; read the usage chunk (the one with `"choices":[]`), and cut it out if asked to."""
-        self.events += block.count(b"data:")
+        n = block.count(b"data:")
+        self.events += n
+        self.clock.ticks(time.monotonic(), n)
         i = block.find(b'"choices":[]')
         if i < 0:
             return block
@@ -372,6 +378,7 @@ class PolicyRelay(SSERelay):
                       and self._resp.head_pending):
                     self._first_event_error(ev.raw)
                     return
+                self.clock.tick(time.monotonic())
                 self._policy.push(ev)
         except ProtocolError as e:
             self._terminate(UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}"))

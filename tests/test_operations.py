@@ -208,3 +208,49 @@ def test_ttin_ttou_add_and_remove_a_worker(gateway_factory):
         gw.proc.send_signal(signal.SIGTTOU)
         assert _wait(lambda: len(_children(gw.proc.pid)) == n)
     assert _ask(gw.url, True) == "first configuration"
+
+
+# ---- metrics and access log ------------------------------------------------------------------------------
+
+def _scrape(gw) -> dict[str, float]:
+    import urllib.request
+    text = urllib.request.urlopen(gw.base + "/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def _sum(m: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in m.items() if k.startswith(prefix))
+
+
+def test_metrics_are_summed_across_workers_and_survive_a_restart(gateway_factory):
+    gw = gateway_factory.start(_mock_cfg(), workers=2)
+    assert _wait(lambda: len(_children(gw.proc.pid)) == 2)
+    for i in range(20):
+        _ask(gw.url, stream=bool(i % 2))
+    m = _scrape(gw)
+    assert _sum(m, "fastgw_requests_total{") == 20
+    assert _sum(m, 'fastgw_tokens_total{') > 0
+    assert _sum(m, "fastgw_stream_duration_seconds_count") == 10
+    assert _sum(m, "fastgw_inter_event_seconds_count") > 0
+    os.kill(_children(gw.proc.pid)[0], signal.SIGKILL)
+    assert _wait(lambda: len(_children(gw.proc.pid)) == 2)
+    _ask(gw.url, stream=False)
+    m = _scrape(gw)
+    assert _sum(m, "fastgw_requests_total{") == 21  # the dead worker's counts are kept
+    assert _sum(m, "fastgw_worker_restarts_total") == 1
+    assert _sum(m, "fastgw_inflight_requests") == 0
+
+
+def test_access_log_is_one_json_line_per_request(gateway_factory):
+    gw = gateway_factory.start(_mock_cfg(), workers=1)
+    _ask(gw.url, stream=True)
+    _ask(gw.url, stream=False)
+    lines = [orjson.loads(ln) for ln in gw.stderr_text().splitlines() if ln.startswith("{")]
+    assert len(lines) == 2
+    assert {ln["route"] for ln in lines} == {"/v1/chat/completions"} and all(ln["status"] == 200 for ln in lines)
+    assert all(ln["request_id"].startswith("req_") and "ttft_ms" in ln and "duration_ms" in ln for ln in lines)
