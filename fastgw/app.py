@@ -7,6 +7,7 @@ HTTP server calls it once per request with the parsed request and a responder.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import time
 import logging
@@ -160,6 +161,9 @@ class App:
                 self.by_model.setdefault(name, []).append(t)
         self._models_body = self._render_models(targets)
         metrics.known_models(self.by_model)
+        ref = cfg.server.metrics_token_ref
+        token = os.environ.get(ref.env, "") if ref is not None else ""
+        self._metrics_auth = b"Bearer " + token.encode() if token else None
         post = {"POST"}
         get = {"GET", "HEAD"}
         self.routes: dict[str, tuple[set[str], Callable[[Request, Responder], Awaitable[None]]]] = {
@@ -233,6 +237,11 @@ class App:
 
     # ---- simple endpoints ------------------------------------------------------------------
     async def _metrics(self, req: Request, resp: Responder) -> None:
+        if self._metrics_auth is not None:
+            given = req.header(b"authorization") or b""
+            if not hmac.compare_digest(given, self._metrics_auth):
+                raise GatewayError("metrics need the metrics token", status=401, type="invalid_request_error",
+                                   code="invalid_api_key", no_retry=True)
         body, ctype = metrics.render()  # every worker's figures, summed (Prometheus multiprocess mode)
         resp.send(200, [(b"content-type", ctype.encode())], body)
 

@@ -44,6 +44,8 @@ class Server(_Base):
     max_headers: int = limits.MAX_HEADERS
     max_body_bytes: int = limits.MAX_BODY_BYTES
     send_timeout: float = limits.SEND_TIMEOUT
+    #: When set, GET /metrics requires `Authorization: Bearer <token>` (metrics name models and targets).
+    metrics_token_ref: EnvRef | None = None
 
 
 class EnvRef(_Base):
@@ -532,6 +534,11 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
         # Every problem at once, each with its place: fixing a config should not be a loop of one error a run.
         raise ConfigError("\n".join(f"{_where(file, _node_at(root, key))}: {key}: {problem}" for key, problem in errs))
     secrets: dict[str, str] = {}
+    if resolve_secrets and cfg.server.metrics_token_ref is not None:
+        if not os.environ.get(cfg.server.metrics_token_ref.env):
+            key = "$.server.metrics_token_ref.env"
+            raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: environment variable "
+                              f"{cfg.server.metrics_token_ref.env} is not set (the /metrics token)")
     if resolve_secrets:
         for i, t in enumerate(cfg.providers.targets):
             if t.secret_key_ref is not None:

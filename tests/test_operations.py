@@ -254,3 +254,15 @@ def test_access_log_is_one_json_line_per_request(gateway_factory):
     assert len(lines) == 2
     assert {ln["route"] for ln in lines} == {"/v1/chat/completions"} and all(ln["status"] == 200 for ln in lines)
     assert all(ln["request_id"].startswith("req_") and "ttft_ms" in ln and "duration_ms" in ln for ln in lines)
+
+
+def test_metrics_token(gateway_factory):
+    import urllib.error
+    import urllib.request
+    cfg = _mock_cfg(metrics_token_ref={"env": "FASTGW_METRICS_TOKEN"})
+    gw = gateway_factory.start(cfg, env={"FASTGW_METRICS_TOKEN": "scrape-secret"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(gw.base + "/metrics", timeout=5)
+    assert e.value.code == 401
+    req = urllib.request.Request(gw.base + "/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert b"fastgw_inflight_requests" in urllib.request.urlopen(req, timeout=5).read()
