@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = build_targets(cfg, secrets)
         chain = build_chain(cfg)  # Hyperscan databases compile once, here, before fork
         sockets = sdnotify.listen_fds()  # systemd socket activation, when it started us
+        inherited = bool(sockets)
         if sockets:
             logging.getLogger("fastgw").info("serving %d socket(s) from systemd; server.bind is not used",
                                              len(sockets))
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.pack.enabled:
         print(f"fastgw: WARNING: pack {cfg.pack.name!r} is disabled (pack.enabled: false): no policy runs, "
               "traffic passes through unchecked", file=sys.stderr)
-    return Master(cfg, targets, sockets, cfg.server.workers, chain, loader=load_runtime).run()
+    return Master(cfg, targets, sockets, cfg.server.workers, chain, loader=load_runtime, inherited=inherited).run()
 
 
 if __name__ == "__main__":

@@ -118,8 +118,11 @@ class Master:
     """Supervises N workers serving `sockets`."""
 
     def __init__(self, cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], workers: int,
-                 chain: Chain | None = None, loader: Callable[[], Runtime] | None = None) -> None:
+                 chain: Chain | None = None, loader: Callable[[], Runtime] | None = None,
+                 inherited: bool = False) -> None:
         self.cfg = cfg
+        #: The sockets came from systemd: they are its to keep (never unlink a unix socket path it made).
+        self.inherited = inherited
         self.chain = chain
         self.targets = targets
         self.sockets = sockets
@@ -436,7 +439,7 @@ class Master:
             self._wait_all(5.0)
         for s in self.sockets:
             try:
-                if s.family == socket.AF_UNIX:
+                if s.family == socket.AF_UNIX and not self.inherited:
                     path = s.getsockname()
                     s.close()
                     if path:
