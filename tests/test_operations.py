@@ -190,7 +190,8 @@ def test_sigterm_ends_streams_still_running_at_the_budget_with_server_shutdown(g
 
 def test_a_worker_with_a_blocked_loop_is_replaced(gateway_factory):
     gw = gateway_factory.start(_mock_cfg(worker_timeout=1.0), workers=2, env={"FASTGW_TEST_HOOKS": "1"})
-    assert _wait(lambda: len(_children(gw.proc.pid)) == 2)
+    # Every worker serves (and so has its handlers) once the master says ready.
+    assert _wait(lambda: "fastgw ready" in gw.stderr_text() and len(_children(gw.proc.pid)) == 2)
     victim = _children(gw.proc.pid)[0]
     os.kill(victim, signal.SIGUSR2)  # test hook: the worker's event loop blocks
     assert _wait(lambda: victim not in _children(gw.proc.pid) and len(_children(gw.proc.pid)) == 2, 15)
