@@ -390,7 +390,9 @@ class Master:
             return
         for w in list(self.workers.values()):
             if w.gen != self.gen:
-                self._signal(w.pid, signal.SIGTERM)  # drain: finish in-flight requests and streams, then exit
+                # Retire: finish in-flight requests and streams, answer each keep-alive connection's next
+                # request with Connection: close, then exit (within the drain budget).
+                self._signal(w.pid, signal.SIGUSR1)
         self.reloads["ok"] += 1
         _metrics("config_reload", "ok")
         log.info("reloaded: generation %d serving; the previous workers drain", self.gen)

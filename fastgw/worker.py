@@ -94,6 +94,9 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
 
     loop.add_signal_handler(signal.SIGTERM, request_stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
+    # SIGUSR1: retire after a reload (the new workers serve already): drain as for SIGTERM, but let idle
+    # keep-alive connections live until their next request.
+    loop.add_signal_handler(signal.SIGUSR1, request_stop, signal.SIGUSR1)
     if os.environ.get("FASTGW_TEST_HOOKS") == "1":
         # Test-only: SIGUSR2 blocks this worker's event loop, as a runaway computation would (the master must
         # notice and replace the worker). Never set in production.
@@ -114,7 +117,8 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
     app.draining = True
     for srv in servers:
         srv.close()
-    tracker.shutdown()
+    retiring = stop.result() == signal.SIGUSR1
+    tracker.shutdown(linger=retiring)
     log.debug("worker %d draining: %d connection(s) open", worker_id, len(tracker.conns))
     try:
         await asyncio.wait_for(tracker.wait_closed(), s.graceful_timeout)

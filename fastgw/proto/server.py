@@ -291,10 +291,15 @@ class ConnectionTracker:
         self.requests_in_flight = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
 
-    def shutdown(self) -> None:
-        """Close idle connections now; busy ones close after their current response."""
+    def shutdown(self, linger: bool = False) -> None:
+        """Every connection closes after its current response. Idle ones close now, or with `linger` (a
+        reload) stay open until their next request, which is answered with `Connection: close`: closing an
+        idle keep-alive connection races a client that is sending on it at that moment."""
         for c in list(self.conns):
-            c.close_when_idle()
+            if linger:
+                c.closing_after_response = True
+            else:
+                c.close_when_idle()
 
     def discard(self, conn: HttpServerProtocol) -> None:
         self.conns.discard(conn)
