@@ -97,7 +97,7 @@ def bind_sockets(binds: list[str]) -> list[socket.socket]:
 
 
 class _Worker:
-    __slots__ = ("pid", "wid", "fd", "gen", "started", "ready", "last_seen", "buf", "aborted_at")
+    __slots__ = ("pid", "wid", "fd", "gen", "started", "ready", "last_seen", "buf", "aborted_at", "streams")
 
     def __init__(self, pid: int, wid: int, fd: int, gen: int) -> None:
         self.pid = pid
@@ -109,6 +109,7 @@ class _Worker:
         self.last_seen = self.started
         self.buf = b""
         self.aborted_at: float | None = None
+        self.streams = 0  # open streams, from its heartbeat
 
 
 Runtime = tuple[Config, list[TargetRuntime], "Chain | None"]
@@ -256,8 +257,14 @@ class Master:
                 w.buf += data
                 continue
             i = data.find(b"E")
-            if b"R" in (data if i < 0 else data[:i]):
+            head = data if i < 0 else data[:i]
+            if b"R" in head:
                 w.ready = True
+            end = head.rfind(b";")
+            if end > 0:
+                start = head.rfind(b".", 0, end)
+                if start >= 0 and head[start + 1:end].isdigit():
+                    w.streams = int(head[start + 1:end])
             if i >= 0:
                 w.buf = data[i + 1:] or b" "
 
@@ -295,7 +302,9 @@ class Master:
         return self.exit_code
 
     def _status(self) -> str:
-        return f"{len(self._current())} workers serving, generation {self.gen}, {self.restarts} restarts"
+        streams = sum(w.streams for w in self.workers.values())
+        return (f"{len(self._current())} workers serving, {streams} active streams, generation {self.gen}, "
+                f"{self.restarts} restarts")
 
     def _wait_ready(self, gen: int) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
@@ -352,7 +361,7 @@ class Master:
         if not self._stopping and len(self._current()) < self.num_workers and now >= self._respawn_at:
             self._spawn()
         if self._watchdog is not None and healthy and now >= self._watchdog_at:
-            sdnotify.notify("WATCHDOG=1")
+            sdnotify.notify(f"WATCHDOG=1\nSTATUS={self._status()}")
             self._watchdog_at = now + self._watchdog
 
     # ---- reload -------------------------------------------------------------------------------

@@ -107,7 +107,9 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
         if os.getppid() != master:  # orphaned: the master died without telling us
             request_stop(signal.SIGTERM)
             return
-        _send(pipe_fd, b".")
+        # Alive, and how many streams are open (the master shows the sum in systemd's STATUS).
+        streams = sum(1 for c in tracker.conns if c.flow_listener is not None)
+        _send(pipe_fd, b".%d;" % streams)
         loop.call_later(HEARTBEAT_INTERVAL, heartbeat)
 
     _send(pipe_fd, b"R")

@@ -78,7 +78,7 @@ def test_sd_notify_ready_reloading_stopping_watchdog_in_order(gateway_factory, t
     assert gw.proc.wait(timeout=20) == 0
     kinds = [k for m in msgs for k in ("READY=1", "RELOADING=1", "STOPPING=1") if k in m]
     assert kinds == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
-    assert any("STATUS=" in m and "workers serving" in m for m in msgs)
+    assert any("STATUS=" in m and "workers serving" in m and "active streams" in m for m in msgs)
 
 
 # ---- socket activation -------------------------------------------------------------------------------
