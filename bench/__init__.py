@@ -8,7 +8,9 @@ policy on and generated prose (with or without PII) as the reply text;
 `python -m bench.loadgen --help`. `bench.trace` stamps the arrival of every SSE
 event (holdback measurement), `bench.text` generates the reply texts, and
 `python -m bench.pii` runs the pii-detector comparison (off / redact on prose /
-redact on PII text, CPU per event and holdback in events).
+redact on PII text, CPU per event and holdback in events). `python -m bench.streams2k` opens many
+concurrent long-lived paced streams (2,000 at 20 ms per event by default) through one worker and reports
+the inter-event gaps at the client (stalls), TTFB, and the worker's RSS per open stream.
 
 This package imports nothing from `fastgw`: the gateway is started as a
 subprocess, exactly as an operator would run it.

@@ -90,6 +90,25 @@ def _apply_overrides(cfg, args) -> None:  # type: ignore[no-untyped-def]
         cfg.server.workers = os.cpu_count() or 1
 
 
+def _raise_nofile() -> None:
+    """Each stream holds two sockets (client and upstream): the common soft limit of 1024 would cap a worker
+    near 500 streams and refuse connections silently. Raise the soft limit to the hard one (as nginx's
+    worker_rlimit_nofile does); systemd's LimitNOFILE sets the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return
+    if hard < 4096:
+        logging.getLogger("fastgw").warning("open-file limit is %d: about %d concurrent streams per worker at most "
+                                            "(raise LimitNOFILE / ulimit -n)", hard, hard // 2 - 50)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "scan":
@@ -124,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fastgw: config error: {e}", file=sys.stderr)
         return 1
+    _raise_nofile()
     from fastgw import sdnotify
     from fastgw.app import build_targets
     from fastgw.master import BootError, Master, bind_sockets

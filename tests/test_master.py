@@ -209,3 +209,19 @@ def test_unix_socket_bind(gateway_factory, tmp_path: Path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     assert not path.exists()
+
+
+def test_workers_get_the_hard_open_file_limit(gateway_factory):
+    """Two sockets per stream: the soft limit is raised to the hard one so a worker is not capped near 500."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    gw = gateway_factory.start(_mock_config(), workers=1)
+    deadline = time.monotonic() + 10
+    kids: set[int] = set()
+    while not kids and time.monotonic() < deadline:
+        kids = _children(gw.proc.pid)
+        time.sleep(0.05)
+    (worker,) = kids
+    with open(f"/proc/{worker}/limits") as f:
+        line = next(ln for ln in f if ln.startswith("Max open files"))
+    assert int(line.split()[3]) == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
