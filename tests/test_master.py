@@ -211,17 +211,29 @@ def test_unix_socket_bind(gateway_factory, tmp_path: Path):
     assert not path.exists()
 
 
-def test_workers_get_the_hard_open_file_limit(gateway_factory):
-    """Two sockets per stream: the soft limit is raised to the hard one so a worker is not capped near 500."""
+def test_workers_get_the_hard_open_file_limit(tmp_path: Path):
+    """Two sockets per stream: a soft limit of 1024 is raised to the hard one so a worker is not capped near 500."""
     import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    gw = gateway_factory.start(_mock_config(), workers=1)
-    deadline = time.monotonic() + 10
-    kids: set[int] = set()
-    while not kids and time.monotonic() < deadline:
-        kids = _children(gw.proc.pid)
-        time.sleep(0.05)
-    (worker,) = kids
-    with open(f"/proc/{worker}/limits") as f:
-        line = next(ln for ln in f if ln.startswith("Max open files"))
-    assert int(line.split()[3]) == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(_mock_config()))
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastgw", "serve", "--config", str(p), "--bind", "127.0.0.1:0",
+                             "--workers", "1"], cwd=REPO_ROOT, stderr=subprocess.DEVNULL, preexec_fn=low_soft_limit)
+    try:
+        deadline = time.monotonic() + 15
+        kids: set[int] = set()
+        while not kids and time.monotonic() < deadline:
+            kids = _children(proc.pid)
+            time.sleep(0.05)
+        (worker,) = kids
+        with open(f"/proc/{worker}/limits") as f:
+            line = next(ln for ln in f if ln.startswith("Max open files"))
+        expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        assert int(line.split()[3]) == expected
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
