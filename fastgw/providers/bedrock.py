@@ -62,7 +62,7 @@ from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, ProtocolError, envelope
 from fastgw.proto.eventstream import CONTENT_TYPE, EventStreamDecoder, Message
 from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, host_header, split_base_url
-from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
+from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, translate_all, usage_dict
 
 __all__ = ["BedrockAdapter", "BedrockStreamTranslator", "translate_request", "translate_converse", "resolve_region",
            "endpoint_url", "SERVICE"]
@@ -546,18 +546,8 @@ class BedrockStreamTranslator:
         if self._error is not None:
             raise self._error
         msgs = self._decoder.feed(data)  # ProtocolError (502) on a corrupt or oversized frame
-        out: list[bytes] = []
-        for m in msgs:
-            try:
-                b = self._message(m)
-            except UpstreamError as e:
-                if not out:
-                    raise
-                self._error = e
-                break
-            if b:
-                out.append(b)
-        return b"".join(out)
+        out, self._error = translate_all(msgs, self._message)  # type: ignore[assignment]
+        return out
 
     def finish(self) -> bytes:
         if self._error is not None:

@@ -11,12 +11,34 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import orjson
 
+from fastgw.proto.errors import GatewayError
+
 from fastgw.proto.sse import DONE, encode_data
 
-__all__ = ["ChunkWriter", "completion_body", "usage_dict", "map_finish"]
+T = TypeVar("T")
+
+__all__ = ["ChunkWriter", "completion_body", "usage_dict", "map_finish", "translate_all"]
+
+
+def translate_all(items: Iterable[T], one: Callable[[T], bytes]) -> tuple[bytes, GatewayError | None]:
+    """Translate decoded provider items in order. An error before any output is raised; one after some is
+    returned instead, so the events before it reach the client first and the caller raises it next time."""
+    out: list[bytes] = []
+    for item in items:
+        try:
+            b = one(item)
+        except GatewayError as e:
+            if not out:
+                raise
+            return b"".join(out), e
+        if b:
+            out.append(b)
+    return b"".join(out), None
 
 
 def _new_id(prefix: str) -> str:

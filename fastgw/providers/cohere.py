@@ -35,7 +35,7 @@ from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, envelope
 from fastgw.proto.sse import SSEDecoder, SSEEvent
 from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, bearer, json_post
-from fastgw.providers.chunks import ChunkWriter, completion_body, usage_dict
+from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
 
 __all__ = ["CohereAdapter", "CohereTranslator", "build_body"]
 
@@ -280,18 +280,8 @@ class CohereTranslator:
     def feed(self, data: bytes) -> bytes:
         if self._error is not None:
             raise self._error
-        out: list[bytes] = []
-        for ev in self._dec.feed(data):
-            try:
-                b = self._event(ev)
-            except GatewayError as e:
-                if not out:
-                    raise
-                self._error = e
-                break
-            if b:
-                out.append(b)
-        return b"".join(out)
+        out, self._error = translate_all(self._dec.feed(data), self._event)
+        return out
 
     def finish(self) -> bytes:
         if self._error is not None:

@@ -38,7 +38,7 @@ from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, envelope
 from fastgw.proto.ndjson import NDJSONDecoder
 from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, bearer, json_post
-from fastgw.providers.chunks import ChunkWriter, completion_body, usage_dict
+from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
 
 __all__ = ["OllamaAdapter", "OllamaTranslator", "build_body"]
 
@@ -288,18 +288,8 @@ class OllamaTranslator:
     def feed(self, data: bytes) -> bytes:
         if self._error is not None:
             raise self._error
-        out: list[bytes] = []
-        for line in self._dec.feed(data):
-            try:
-                ev = self._line(line)
-            except GatewayError as e:
-                if not out:
-                    raise
-                self._error = e
-                break
-            if ev:
-                out.append(ev)
-        return b"".join(out)
+        out, self._error = translate_all(self._dec.feed(data), self._line)
+        return out
 
     def finish(self) -> bytes:
         if self._error is not None:
