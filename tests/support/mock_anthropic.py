@@ -20,15 +20,15 @@ when none); `POST /_reset` forgets it.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from tests.support import mockserver
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "anthropic"
 SCENARIOS = ("text", "email", "tools", "parallel", "max_tokens", "stop_sequence", "refusal", "thinking", "error",
@@ -268,31 +268,8 @@ def make_app() -> web.Application:
     return app
 
 
-async def serve(host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    bound = runner.addresses[0][1]
-    print(f"LISTENING {bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    try:
-        await asyncio.wait_for(runner.cleanup(), timeout=3.0)
-    except (asyncio.TimeoutError, Exception):  # shutting down: nothing left to report to
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Mock Anthropic Messages API for fastgw tests.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
-    return 0
+    return mockserver.main(make_app, "Mock Anthropic Messages API for fastgw tests.", argv)
 
 
 if __name__ == "__main__":

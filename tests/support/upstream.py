@@ -22,12 +22,10 @@ is required; the `authorization` header is recorded like any other.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import hashlib
 import json
-import signal
 import struct
 import time
 import uuid
@@ -35,6 +33,8 @@ import sys
 from typing import Any
 
 from aiohttp import web
+
+from tests.support import mockserver
 
 FIXED_SENTENCE = (
     "This is a deterministic reply from the mock upstream, written so that every "
@@ -742,38 +742,8 @@ def make_app() -> web.Application:
     return app
 
 
-async def serve(host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    bound = None
-    server = getattr(site, "_server", None)
-    for sock in getattr(server, "sockets", None) or ():
-        bound = sock.getsockname()[1]
-        break
-    if bound is None:
-        bound = runner.addresses[0][1]
-    print(f"LISTENING {bound}", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    try:
-        await asyncio.wait_for(runner.cleanup(), timeout=3.0)
-    except (asyncio.TimeoutError, Exception):  # shutting down: nothing left to report to
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Mock OpenAI-compatible upstream for fastgw tests.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
-    return 0
+    return mockserver.main(make_app, "Mock OpenAI-compatible upstream for fastgw tests.", argv)
 
 
 if __name__ == "__main__":
