@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from fastgw.providers.anthropic import DEFAULT_MAX_TOKENS, translate_request
 from fastgw.providers.base import TargetRuntime
 from tests.conftest import GatewayFactory
 from tests.support import mock_anthropic
-from tests.support.procs import REPO_ROOT, Upstream, _stop_process
+from tests.support.procs import Upstream, start_upstream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "anthropic"
 MODEL = "claude-sonnet-4-5"
@@ -428,14 +426,7 @@ def test_error_without_anthropic_body():
 
 
 def start_mock() -> Upstream:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.mock_anthropic", "--port", "0"],
-                            cwd=str(REPO_ROOT), stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("LISTENING "):
-        _stop_process(proc, timeout=2)
-        raise RuntimeError(f"mock anthropic did not start: {line!r}")
-    return Upstream(proc, int(line.split()[1]))
+    return start_upstream(module="tests.support.mock_anthropic")
 
 
 def gw_config(mock: Upstream, **extra) -> dict:

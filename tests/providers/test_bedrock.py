@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import logging
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -36,7 +35,7 @@ from fastgw.providers.base import TargetRuntime
 from fastgw.providers.bedrock import BedrockAdapter, BedrockStreamTranslator, translate_request
 from tests.conftest import GatewayFactory
 from tests.support import mock_bedrock
-from tests.support.procs import REPO_ROOT, Upstream, _stop_process
+from tests.support.procs import Upstream, start_upstream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bedrock"
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -720,14 +719,7 @@ def test_malformed_success_body_is_502():
 
 
 def start_mock() -> Upstream:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.mock_bedrock", "--port", "0"],
-                            cwd=str(REPO_ROOT), stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("LISTENING "):
-        _stop_process(proc, timeout=2)
-        raise RuntimeError(f"mock bedrock did not start: {line!r}")
-    return Upstream(proc, int(line.split()[1]))
+    return start_upstream(module="tests.support.mock_bedrock")
 
 
 #: The error scripts fail on purpose, many times: keep the target's circuit closed through them.

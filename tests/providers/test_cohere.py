@@ -5,8 +5,6 @@ mock Cohere API (`tests/support/mock_cohere.py`), pii-detector included."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from fastgw.providers.base import TargetRuntime
 from fastgw.providers.cohere import CohereTranslator, build_body
 from tests.conftest import GatewayFactory
 from tests.support import mock_cohere
-from tests.support.procs import REPO_ROOT, Upstream, _stop_process
+from tests.support.procs import Upstream, start_upstream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cohere"
 MODEL = "command-a-03-2025"
@@ -413,14 +411,7 @@ def test_error_without_cohere_body():
 
 
 def start_mock() -> Upstream:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.mock_cohere", "--port", "0"],
-                            cwd=str(REPO_ROOT), stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("LISTENING "):
-        _stop_process(proc, timeout=2)
-        raise RuntimeError(f"mock cohere did not start: {line!r}")
-    return Upstream(proc, int(line.split()[1]))
+    return start_upstream(module="tests.support.mock_cohere")
 
 
 def gw_config(mock: Upstream, **extra) -> dict:

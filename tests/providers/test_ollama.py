@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from fastgw.providers.base import TargetRuntime
 from fastgw.providers.ollama import OllamaTranslator, build_body
 from tests.conftest import GatewayFactory
 from tests.support import mock_ollama
-from tests.support.procs import REPO_ROOT, Upstream, _stop_process
+from tests.support.procs import Upstream, start_upstream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ollama"
 MODEL = "llama3.2"
@@ -378,14 +376,7 @@ def test_error_without_ollama_body():
 
 
 def start_mock() -> Upstream:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.mock_ollama", "--port", "0"],
-                            cwd=str(REPO_ROOT), stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("LISTENING "):
-        _stop_process(proc, timeout=2)
-        raise RuntimeError(f"mock ollama did not start: {line!r}")
-    return Upstream(proc, int(line.split()[1]))
+    return start_upstream(module="tests.support.mock_ollama")
 
 
 def gw_config(mock: Upstream, **extra) -> dict:

@@ -103,9 +103,10 @@ class Upstream:
         _stop_process(self.proc, timeout=5)
 
 
-def start_upstream(host: str = "127.0.0.1", port: int = 0) -> Upstream:
+def start_upstream(host: str = "127.0.0.1", port: int = 0, module: str = "tests.support.upstream") -> Upstream:
+    """Start a mock server module (the OpenAI one by default) as its own process and wait for its port."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.upstream", "--host", host, "--port", str(port)],
+        [sys.executable, "-m", module, "--host", host, "--port", str(port)],
         cwd=str(REPO_ROOT),
         stdout=subprocess.PIPE,
         stderr=None,  # shown by pytest on failure
