@@ -39,6 +39,7 @@ class Server(_Base):
     graceful_timeout: float = limits.GRACEFUL_TIMEOUT
     worker_timeout: float = limits.WORKER_TIMEOUT
     header_timeout: float = limits.HEADER_TIMEOUT
+    body_timeout: float = limits.BODY_TIMEOUT
     keepalive_timeout: float = limits.KEEPALIVE_TIMEOUT
     max_header_bytes: int = limits.MAX_HEADER_BYTES
     max_headers: int = limits.MAX_HEADERS
@@ -284,7 +285,7 @@ class Config(_Base):
 
 # --- validation beyond types ----------------------------------------------------
 
-_POSITIVE = ("graceful_timeout", "worker_timeout", "header_timeout", "keepalive_timeout", "send_timeout",
+_POSITIVE = ("graceful_timeout", "worker_timeout", "header_timeout", "body_timeout", "keepalive_timeout", "send_timeout",
              "max_header_bytes", "max_headers", "max_body_bytes")
 
 

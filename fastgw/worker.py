@@ -73,7 +73,7 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
     s = cfg.server
     lim = ServerLimits(header_timeout=s.header_timeout, keepalive_timeout=s.keepalive_timeout,
                        max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
-                       max_body_bytes=s.max_body_bytes, send_timeout=s.send_timeout)
+                       max_body_bytes=s.max_body_bytes, send_timeout=s.send_timeout, body_timeout=s.body_timeout)
     if chain is not None:
         chain.start(worker_id)  # one Hyperscan scratch per worker after fork, and the audit writer
     app = App(cfg, targets, loop, chain)

@@ -11,6 +11,9 @@ from __future__ import annotations
 #: Time allowed to receive a complete request head; slowloris defence. nginx client_header_timeout is 60 s,
 #: Envoy request_headers_timeout is unset; 10 s is ample for a head that fits in one packet.
 HEADER_TIMEOUT = 10.0
+#: Longest silence between two bytes of a request body (a slow-body attack holds a connection otherwise).
+#: nginx client_body_timeout is 60 s; request bodies here are JSON sent at once.
+BODY_TIMEOUT = 30.0
 #: Idle time between requests on a keep-alive connection. nginx keepalive_timeout 75 s; above common LB idle (60 s)
 #: so the load balancer, not us, closes first.
 KEEPALIVE_TIMEOUT = 75.0

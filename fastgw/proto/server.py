@@ -42,7 +42,7 @@ class ServerLimits:
     """Per-connection limits, taken from the `server` config section."""
 
     __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "max_headers", "max_body_bytes",
-                 "send_timeout")
+                 "send_timeout", "body_timeout")
 
     def __init__(
         self,
@@ -52,7 +52,9 @@ class ServerLimits:
         max_headers: int = limits.MAX_HEADERS,
         max_body_bytes: int = limits.MAX_BODY_BYTES,
         send_timeout: float = limits.SEND_TIMEOUT,
+        body_timeout: float = limits.BODY_TIMEOUT,
     ) -> None:
+        self.body_timeout = body_timeout
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_header_bytes = max_header_bytes
@@ -345,6 +347,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_at = 0.0  # loop time of the last body byte
         # per-request state
         self._in_head = False
         self._in_message = False
@@ -366,7 +370,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._tracker.discard(self)
-        for t in (self._header_timer, self._keepalive_timer, self._send_timer):
+        for t in (self._header_timer, self._keepalive_timer, self._send_timer, self._body_timer):
             if t is not None:
                 t.cancel()
         self._queue.clear()
@@ -520,11 +524,17 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._expect_continue = True
         self._guard.push_framing(chunked, length)
         self._heads += 1
+        if chunked or (length or 0) > 0:
+            # One timer per body, rescheduled only when it fires: on_body just notes the time.
+            self._body_at = self._loop.time()
+            if self._body_timer is None:
+                self._body_timer = self._loop.call_later(self._lim.body_timeout, self._on_body_timeout)
         if self._expect_continue and self._current is None and not self._queue and self.transport is not None:
             # RFC 9110 §10.1.1: only promise to read the body when we are about to.
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
+        self._body_at = self._loop.time()
         self._body_size += len(body)
         if self._body_size > self._lim.max_body_bytes:
             raise LimitError("request body exceeds %d bytes" % self._lim.max_body_bytes, status=413,
@@ -533,6 +543,9 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         parser = self._parser
         method = parser.get_method().decode("ascii", "replace")
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
@@ -635,6 +648,18 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         self._fail(LimitError("request headers not received within %gs" % self._lim.header_timeout,
                               status=408, code="request_timeout"))
+        self._maybe_start()
+
+    def _on_body_timeout(self) -> None:
+        self._body_timer = None
+        if self._failed or self.lost or not self._in_message:
+            return
+        idle = self._loop.time() - self._body_at
+        if idle < self._lim.body_timeout:
+            self._body_timer = self._loop.call_later(self._lim.body_timeout - idle, self._on_body_timeout)
+            return
+        self._fail(LimitError("request body stalled for %gs" % self._lim.body_timeout, status=408,
+                              code="request_timeout"))
         self._maybe_start()
 
     def _on_keepalive_timeout(self) -> None:

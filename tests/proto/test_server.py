@@ -97,7 +97,7 @@ class _Server:
 @pytest.fixture
 def server():
     srv = _Server(ServerLimits(header_timeout=0.5, keepalive_timeout=0.8, max_header_bytes=4096, max_headers=20,
-                               max_body_bytes=1000, send_timeout=2.0))
+                               max_body_bytes=1000, send_timeout=2.0, body_timeout=0.5))
     yield srv
     srv.stop()
 
@@ -320,6 +320,27 @@ def test_slowloris_header_timeout_408(server):
     assert b"connection: close" in data.lower()
     assert time.monotonic() - t0 < 2.5
     assert _closed_soon(s)
+
+
+def test_slow_body_timeout_408(server):
+    s = server.connect()
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+    s.settimeout(3)
+    t0 = time.monotonic()
+    data = s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 408") and b"connection: close" in data.lower()
+    assert 0.4 < time.monotonic() - t0 < 2.5
+    assert _closed_soon(s)
+
+
+def test_a_body_that_keeps_coming_is_not_timed_out(server):
+    s = server.connect()
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+    for b in (b"ab", b"cd", b"ef"):
+        time.sleep(0.3)  # each gap under the 0.5 s body timeout, the whole body over it
+        s.sendall(b)
+    s.settimeout(3)
+    assert s.recv(65536).startswith(b"HTTP/1.1 200")
 
 
 def test_silent_connection_is_closed_after_header_timeout(server):
