@@ -71,6 +71,10 @@ class Request:
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
                  version: str, keep_alive: bool) -> None:
         self.method = method
+        if target[:7] == b"http://" or target[:8] == b"https://":
+            # Absolute form (RFC 9112 §3.2.2: a server MUST accept it): route by its path.
+            slash = target.find(b"/", target.find(b"//") + 2)
+            target = target[slash:] if slash > 0 else b"/"
         self.target = target
         q = target.find(b"?")
         self.path = (target if q < 0 else target[:q]).decode("latin-1")
@@ -469,7 +473,8 @@ class HttpServerProtocol(asyncio.Protocol):
         if len(self._headers) >= self._lim.max_headers:
             raise LimitError("more than %d request headers" % self._lim.max_headers, status=431,
                              code="request_header_fields_too_large")
-        self._headers.append((name.lower(), value))
+        # Optional whitespace around a value is not part of it (RFC 9110 §5.5); llhttp keeps trailing OWS.
+        self._headers.append((name.lower(), value.rstrip(b" \t") if value[-1:] in (b" ", b"\t") else value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -221,6 +221,20 @@ def test_large_pipelined_burst_is_not_mistaken_for_a_large_head(server):
     assert not closed
 
 
+def test_absolute_form_target_routes_by_its_path(server):
+    status, body, _ = _raw(server, b"GET http://example.com/echo?x=1 HTTP/1.1\r\nHost: example.com\r\n"
+                                   b"Connection: close\r\n\r\n")
+    assert status == 200 and orjson.loads(body)["path"] == "/echo"
+
+
+def test_trailing_whitespace_is_not_part_of_a_header_value(server):
+    status, body, _ = _raw(server, b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Thing: v \t\r\nContent-Length: 2 \r\n"
+                                   b"Connection: close\r\n\r\nok")
+    assert status == 200
+    headers = dict(orjson.loads(body)["headers"])
+    assert headers["x-thing"] == "v" and headers["content-length"] == "2"
+
+
 def test_connection_close_is_honoured(server):
     status, _, closed = _raw(server, b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status == 200 and closed
