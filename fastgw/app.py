@@ -212,6 +212,8 @@ class App:
         finally:
             if not ctx.status:
                 ctx.status = resp.status or 499  # the client left before an answer
+            if ctx.first_byte is None:
+                ctx.first_byte = resp.first_write
             metrics.request_finished(ctx, path)
             accesslog.log_request(ctx, path, resp.bytes_sent)
 
