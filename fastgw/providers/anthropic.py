@@ -41,7 +41,7 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, ProtocolError, envelope
 from fastgw.proto.sse import SSEDecoder
-from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, host_header, split_base_url
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, host_header, split_base_url
 from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
 
 __all__ = ["AnthropicAdapter", "AnthropicStreamTranslator", "translate_request", "translate_message",
@@ -546,10 +546,7 @@ class AnthropicAdapter:
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
-        if endpoint != Endpoint.CHAT:
-            raise GatewayError(f"provider anthropic serves only /v1/chat/completions, not /v1/{endpoint}",
-                               status=400, type="invalid_request_error", code="unsupported_endpoint",
-                               no_retry=True)
+        chat_only("anthropic", endpoint)
         assert target.base_url is not None
         scheme, host, port, prefix = split_base_url(target.base_url)
         path = prefix + ("/messages" if prefix.endswith("/v1") else "/v1/messages")

@@ -84,6 +84,15 @@ class TargetRuntime:
 _UA = b"fastgw/0.1"
 
 
+def chat_only(provider: str, endpoint: str) -> None:
+    """Translated providers serve chat completions only: any other endpoint is a clear 400."""
+    if endpoint != Endpoint.CHAT:
+        from fastgw.proto.errors import GatewayError
+
+        raise GatewayError(f"provider {provider} serves only /v1/chat/completions, not /v1/{endpoint}", status=400,
+                           type="invalid_request_error", code="unsupported_endpoint", no_retry=True)
+
+
 def json_post(target: TargetRuntime, path: str, payload: bytes, stream: bool,
               auth: list[tuple[bytes, bytes]], stream_type: bytes = b"text/event-stream") -> UpstreamRequest:
     """A JSON POST to `{target.base_url}{path}` with the target's own credentials and extra headers."""

@@ -61,7 +61,7 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, ProtocolError, envelope
 from fastgw.proto.eventstream import CONTENT_TYPE, EventStreamDecoder, Message
-from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, host_header, split_base_url
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, host_header, split_base_url
 from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, translate_all, usage_dict
 
 __all__ = ["BedrockAdapter", "BedrockStreamTranslator", "translate_request", "translate_converse", "resolve_region",
@@ -645,9 +645,7 @@ class BedrockAdapter:
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
-        if endpoint != Endpoint.CHAT:
-            raise GatewayError(f"provider bedrock serves only /v1/chat/completions, not /v1/{endpoint}",
-                               status=400, type="invalid_request_error", code="unsupported_endpoint", no_retry=True)
+        chat_only("bedrock", endpoint)
         payload = orjson.dumps(translate_request(body))
         # A Bedrock API key sent to an explicit base_url is the one case that needs no region (nothing is signed).
         region = "" if target.api_key and target.base_url else resolve_region(target)

@@ -34,7 +34,7 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, envelope
 from fastgw.proto.sse import SSEDecoder, SSEEvent
-from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, bearer, json_post
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_post
 from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
 
 __all__ = ["CohereAdapter", "CohereTranslator", "build_body"]
@@ -370,9 +370,7 @@ class CohereAdapter:
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
-        if endpoint != Endpoint.CHAT:
-            raise GatewayError(f"the cohere provider serves chat/completions only, not {endpoint}", status=400,
-                               type="invalid_request_error", code="unsupported_endpoint")
+        chat_only("cohere", endpoint)
         payload = orjson.dumps(build_body(target, body, stream))
         return json_post(target, "/v2/chat", payload, stream, bearer(target))
 

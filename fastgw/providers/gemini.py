@@ -67,7 +67,7 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, envelope
 from fastgw.proto.sse import SSEDecoder
-from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, host_header, split_base_url
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, host_header, split_base_url
 from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
 
 __all__ = ["GeminiAdapter", "GeminiTranslator", "translate_request", "translate_schema", "usage_from"]
@@ -744,9 +744,7 @@ class GeminiAdapter:
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
-        if endpoint != Endpoint.CHAT:
-            raise GatewayError(f"/v1/{endpoint} is not supported for Gemini targets (only chat/completions)",
-                               status=400, type="invalid_request_error", code="unsupported_endpoint", no_retry=True)
+        chat_only("gemini", endpoint)
         assert target.base_url is not None
         scheme, host, port, prefix = split_base_url(target.base_url)
         try:

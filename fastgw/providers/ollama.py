@@ -37,7 +37,7 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, envelope
 from fastgw.proto.ndjson import NDJSONDecoder
-from fastgw.providers.base import Endpoint, TargetRuntime, UpstreamRequest, bearer, json_post
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_post
 from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
 
 __all__ = ["OllamaAdapter", "OllamaTranslator", "build_body"]
@@ -365,9 +365,7 @@ class OllamaAdapter:
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
-        if endpoint != Endpoint.CHAT:
-            raise GatewayError(f"the ollama provider serves chat/completions only, not {endpoint}", status=400,
-                               type="invalid_request_error", code="unsupported_endpoint")
+        chat_only("ollama", endpoint)
         payload = orjson.dumps(build_body(target, body, stream))
         return json_post(target, "/api/chat", payload, stream, bearer(target), stream_type=b"application/x-ndjson")
 
