@@ -26,6 +26,7 @@ per request (with only our handler attached, no `LogRecord` is built; see `log_r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -155,6 +156,25 @@ def _text(r: dict) -> str:
             f"retries={r['retries']} error={r['error'] or '-'}")
 
 
+_pending: list[str] = []
+
+
+def flush() -> None:
+    """Write the access lines waiting for the end of this loop iteration (also called at worker exit)."""
+    if not _pending:
+        return
+    lines = "\n".join(_pending) + "\n"
+    _pending.clear()
+    h = _handler
+    try:
+        stream = h.stream  # type: ignore[union-attr]
+        stream.write(lines)
+        stream.flush()
+    except Exception:  # noqa: BLE001 - report it the way logging does (handleError)
+        _log.handle(logging.LogRecord(LOGGER_NAME, logging.ERROR, "", 0, "access log write failed", None,
+                                      sys.exc_info()))
+
+
 def log_request(ctx: RequestContext, route: str, nbytes: int | None = None) -> None:
     """Write the access line of a finished request (call once, from the request's `finally`)."""
     h = _handler
@@ -169,13 +189,17 @@ def log_request(ctx: RequestContext, route: str, nbytes: int | None = None) -> N
     if len(handlers) == 1 and handlers[0] is h and not _log.filters and not h.filters:
         # Only our handler, whose formatter prints the message as is: write what StreamHandler.emit would,
         # without building a LogRecord (pid, thread and process names, time: several µs per request).
-        try:
-            stream = h.stream  # type: ignore[attr-defined]
-            stream.write(msg + "\n")
-            stream.flush()
-            return
-        except Exception:  # noqa: BLE001 - report it the way logging does (handleError), below
-            pass
+        if not _pending:
+            try:
+                # One write per loop iteration for all the lines finished in it, not one syscall per request
+                # (a busy worker finishes many requests per iteration); the line waits for no timer.
+                asyncio.get_running_loop().call_soon(flush)
+            except RuntimeError:  # no loop (tests, CLI): write it now
+                _pending.append(msg)
+                flush()
+                return
+        _pending.append(msg)
+        return
     # Through logging (other handlers or filters attached, or a write error to report). Logger.info() would
     # also walk the stack for the caller's file and line (findCaller) that this line never shows.
     _log.handle(logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, msg, None, None))

@@ -154,7 +154,8 @@ class App:
         self.router = Router(cfg, targets)
         self.draining = False
         self._ids = itertools.count(1)
-        self._id_prefix = "%x" % os.getpid()
+        # Unique across workers and restarts without a getrandom syscall per request: pid and a random salt.
+        self._id_prefix = "%x%s" % (os.getpid(), os.urandom(3).hex())
         self.by_model: dict[str, list[TargetRuntime]] = {}
         for t in targets:
             for name in (t.model, *t.aliases):
@@ -222,7 +223,7 @@ class App:
         given = req.header(b"x-request-id")
         if given and len(given) <= 128 and _RID_OK.fullmatch(given):
             return given.decode()
-        return f"req_{self._id_prefix}{next(self._ids):x}{os.urandom(4).hex()}"
+        return f"req_{self._id_prefix}{next(self._ids):06x}"
 
     async def _record(self, ctx: RequestContext, resp: Responder) -> None:
         """The audit record is handed to the OS before the response's last byte (if audit is on)."""

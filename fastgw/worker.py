@@ -20,6 +20,7 @@ import traceback
 import uvloop
 from setproctitle import setproctitle
 
+from fastgw import accesslog, metrics
 from fastgw.app import App
 from fastgw.config import Config
 from fastgw.policy.chain import Chain
@@ -65,6 +66,8 @@ def run_worker(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.s
         traceback.print_exc(file=sys.stderr)
         return 3  # master.BOOT_ERROR_EXIT
     finally:
+        accesslog.flush()  # lines of the last loop iteration
+        metrics.flush()  # counts added up since the last flush
         loop.close()
 
 
@@ -77,6 +80,7 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
     if chain is not None:
         chain.start(worker_id)  # one Hyperscan scratch per worker after fork, and the audit writer
     app = App(cfg, targets, loop, chain)
+    metrics.start_flusher(loop)
     tracker = ConnectionTracker()
 
     def on_error(exc: BaseException) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import multiprocessing
@@ -114,6 +115,7 @@ def _worker_body(n: int) -> None:
         clock.tick(t)
     clock.flush()
     metrics.holdback(300)
+    metrics.flush()  # as a worker does at exit
 
 
 def test_two_workers_sum_and_a_dead_worker_keeps_counters_not_gauges(mp: str) -> None:
@@ -213,6 +215,7 @@ def _clock(times: list[float]) -> None:
     metrics.stream_closed(3.0, clock)
     metrics.stream_opened()
     metrics.stream_closed(3.0, clock)  # a second flush adds nothing
+    metrics.flush()  # as a worker does at exit
 
 
 def _reference(times: list[float]) -> None:
@@ -221,6 +224,7 @@ def _reference(times: list[float]) -> None:
     metrics.stream_closed(3.0)
     metrics.stream_opened()
     metrics.stream_closed(3.0)
+    metrics.flush()
 
 
 def test_event_clock_flush_equals_observing_each_value_in_process(local: None) -> None:
@@ -393,3 +397,51 @@ def test_access_timestamp_is_utc_with_milliseconds() -> None:
     rec = accesslog.access_record(_ctx(), "/v1/chat/completions", wall=1738324801.0429)
     assert rec["ts"] == "2025-01-31T12:00:01.042Z"
     assert not math.isnan(rec["duration_ms"])
+
+
+def test_per_request_updates_are_added_up_and_written_once_per_flush(local: None, monkeypatch) -> None:  # noqa: ANN001
+    m = metrics._m or metrics._build()
+    writes: list[float] = []
+    child = m.requests.labels("/v1/chat/completions", "gpt-x", "t1", "200")
+    monkeypatch.setattr(child, "inc", lambda amount=1.0: writes.append(amount))
+    m.c_requests[("/v1/chat/completions", "gpt-x", "t1", "200")] = child
+    metrics.flush()  # the next deadline is a full interval away
+    for _ in range(100):
+        metrics.request_started()
+        metrics.request_finished(_ctx(), "/v1/chat/completions")
+    assert writes == []  # nothing written per request
+    metrics.flush()
+    assert writes == [100.0]  # one write for the whole interval
+    metrics._flush_at[0] = 0.0  # the interval is over: the next request finishing writes
+    metrics.request_started()
+    metrics.request_finished(_ctx(), "/v1/chat/completions")
+    assert writes == [100.0, 1.0]
+
+
+def test_access_lines_of_one_loop_iteration_go_out_in_one_write(monkeypatch) -> None:  # noqa: ANN001
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, s: str) -> int:
+            Counting.writes += 1
+            return super().write(s)
+
+    buf = Counting()
+    accesslog.configure("info", "json", stream=buf)
+    # Only our handler (pytest's log capture may have attached its own, which takes the logging path).
+    import logging
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+
+    async def main() -> None:
+        for i in range(10):  # ten requests finishing in one iteration
+            accesslog.log_request(_ctx(), "/v1/chat/completions", i)
+        assert buf.getvalue() == ""  # not yet: at the end of this iteration
+        await asyncio.sleep(0)
+        assert Counting.writes == 1 and len(buf.getvalue().splitlines()) == 10
+
+    try:
+        asyncio.run(main())
+        accesslog.log_request(_ctx(), "/v1/chat/completions", 0)  # no loop: written at once
+        assert Counting.writes == 2 and len(buf.getvalue().splitlines()) == 11
+    finally:
+        accesslog.configure("info", "json", stream=io.StringIO())

@@ -235,6 +235,8 @@ def test_metrics_are_summed_across_workers_and_survive_a_restart(gateway_factory
     assert _wait(lambda: len(_children(gw.proc.pid)) == 2)
     for i in range(20):
         _ask(gw.url, stream=bool(i % 2))
+    # Workers write their counts at least once per METRICS_FLUSH_INTERVAL: a scrape sees them all soon.
+    assert _wait(lambda: _sum(_scrape(gw), "fastgw_requests_total{") == 20, 5)
     m = _scrape(gw)
     assert _sum(m, "fastgw_requests_total{") == 20
     assert _sum(m, 'fastgw_tokens_total{') > 0
@@ -243,6 +245,7 @@ def test_metrics_are_summed_across_workers_and_survive_a_restart(gateway_factory
     os.kill(_children(gw.proc.pid)[0], signal.SIGKILL)
     assert _wait(lambda: len(_children(gw.proc.pid)) == 2)
     _ask(gw.url, stream=False)
+    assert _wait(lambda: _sum(_scrape(gw), "fastgw_requests_total{") == 21, 5)
     m = _scrape(gw)
     assert _sum(m, "fastgw_requests_total{") == 21  # the dead worker's counts are kept
     assert _sum(m, "fastgw_worker_restarts_total") == 1

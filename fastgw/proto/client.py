@@ -120,6 +120,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = True
         try:
             self._parser.feed_data(data)
+            if self._held and self._sink is not None:
+                self._deliver()
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
             self._fail(ctx if isinstance(ctx, UpstreamError) else UpstreamProtocolError(f"bad upstream response: {e}"))
@@ -184,11 +186,14 @@ class UpstreamConnection(asyncio.Protocol):
             fut.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        sink = self._sink
-        if sink is None:
-            self._held.append(body)
-        else:
-            sink.on_data(body)
+        # Gathered and handed to the sink once per read (`_deliver`): an upstream that frames every SSE event
+        # as its own chunk would otherwise cost a sink call per event.
+        self._held.append(body)
+
+    def _deliver(self) -> None:
+        held = self._held
+        self._held = []
+        self._sink.on_data(held[0] if len(held) == 1 else b"".join(held))  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         if not self._headers_done:
@@ -237,12 +242,11 @@ class UpstreamConnection(asyncio.Protocol):
     def set_sink(self, sink: Sink) -> None:
         """Direct the body to `sink`; bytes that arrived with the head are delivered first."""
         self._sink = sink
-        held, self._held = self._held, []
         try:
-            for b in held:
-                sink.on_data(b)
-            if held:
-                sink.flush()
+            if self._held:
+                self._deliver()
+                if self._error is None and not self._complete:
+                    sink.flush()  # otherwise the end below writes it, with the terminator, in one writev
         except UpstreamError as e:
             self._fail(e)
             return
@@ -293,6 +297,12 @@ class UpstreamConnection(asyncio.Protocol):
     def _emit_end(self) -> None:
         sink = self._sink
         if sink is not None and not self._ended:
+            if self._held:
+                try:
+                    self._deliver()  # no flush: on_end writes the rest and the terminator in one writev
+                except UpstreamError as e:
+                    self._fail(e)
+                    return
             self._ended = True
             sink.on_end()
 

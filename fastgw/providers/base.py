@@ -6,6 +6,7 @@ request pipeline (`fastgw.app`) does the I/O.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -46,6 +47,7 @@ class UpstreamRequest:
         return b"".join(head)
 
 
+@functools.lru_cache(maxsize=256)  # pure, and called per request with one of a handful of target URLs
 def split_base_url(url: str) -> tuple[str, str, int, str]:
     """'https://api.openai.com/v1' -> ('https', 'api.openai.com', 443, '/v1')."""
     u = urlsplit(url)
@@ -114,6 +116,7 @@ def bearer(target: TargetRuntime) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", b"Bearer " + target.api_key.encode())] if target.api_key else []
 
 
+@functools.lru_cache(maxsize=256)
 def host_header(scheme: str, host: str, port: int) -> bytes:
     """The Host header value: the port only when it is not the scheme's default."""
     h = host.encode("idna")
