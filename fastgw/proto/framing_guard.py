@@ -8,6 +8,11 @@ using the framing httptools announced in on_headers_complete (`push_framing`), a
 what the limits need: one `find` per request head, arithmetic skips over bodies and chunk data,
 and a short scan of each chunk-size line and trailer section. It trusts httptools for everything
 else: llhttp has already rejected whatever it saw as malformed before the guard sees the bytes.
+
+When llhttp refuses a request head that the server can still answer better than with a plain 400
+(an unknown method: 501; a Transfer-Encoding list with empty elements or trailing whitespace: parsed
+again once normalised), `failed_head` finds that head's bytes: the guard keeps the start of a head
+that spans reads (`_prefix`, at most one head, so bounded by the header limit) for exactly this.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class FramingGuard:
         "_line",
         "_count",
         "_head_len",
+        "_prefix",
     )
 
     def __init__(
@@ -70,6 +76,8 @@ class FramingGuard:
         self._count = 0
         #: HEAD: bytes of the current, still unfinished request head.
         self._head_len = 0
+        #: HEAD: the bytes of that unfinished head received in earlier reads (only for `failed_head`).
+        self._prefix = bytearray()
 
     @property
     def state(self) -> str:
@@ -117,6 +125,53 @@ class FramingGuard:
             else:
                 pos = self._trailers(data, pos, n)
 
+    def failed_head(self, data: bytes, announced: bool) -> bytes | None:
+        """httptools refused `data` inside a request head: return that head's bytes received so far.
+
+        The refused head is the first one whose framing was not announced: every message before it in
+        `data` was accepted whole (its head announced), and is followed here as `feed` does, limits
+        included (a ProtocolError for an earlier message may escape). `announced`: httptools ran
+        on_headers_complete for the refused head before refusing it, so its framing, the last one
+        pushed, is dropped first. The guard is left just before the refused head, so feeding the same
+        bytes again from its start (after the server parsed them anew) follows them as usual. None when
+        no head is found (the refusal was not in a head).
+        """
+        if announced and self._framing:
+            self._framing.pop()
+        pos = 0
+        n = len(data)
+        while True:
+            state = self._state
+            if state == _HEAD and not self._framing:
+                if self._begun:
+                    head = bytes(self._prefix) + data[pos:]
+                else:
+                    m = _NOT_EOL.search(data, pos)
+                    if m is None:
+                        return None
+                    head = data[m.start():]
+                self._begun = False
+                self._head_len = 0
+                self._carry = b""
+                self._prefix = bytearray()
+                return head
+            if pos >= n:
+                return None
+            if state == _BODY_LENGTH or state == _CHUNK_DATA:
+                r = self._remaining
+                if r > n - pos:
+                    self._remaining = r - (n - pos)
+                    return None
+                pos += r
+                self._remaining = 0
+                self._state = _CHUNK_LINE if state == _CHUNK_DATA else _HEAD
+            elif state == _HEAD:
+                pos = self._head(data, pos, n)
+            elif state == _CHUNK_LINE:
+                pos = self._chunk_line(data, pos, n)
+            else:
+                pos = self._trailers(data, pos, n)
+
     def _find_end(self, data: bytes, pos: int, n: int) -> int:
         """Index just past the first CRLFCRLF of carry + data[pos:], or -1 (the carry is then updated)."""
         carry = self._carry
@@ -145,9 +200,12 @@ class FramingGuard:
         end = self._find_end(data, pos, n)
         if end < 0:
             self._head_len += n - pos
+            self._prefix += memoryview(data)[pos:]
             return n
         self._begun = False
         self._head_len = 0
+        if self._prefix:
+            self._prefix = bytearray()
         if not self._framing:
             raise ProtocolError("request head ended with no framing from the HTTP parser (guard out of step)")
         chunked, length = self._framing.popleft()

@@ -36,6 +36,38 @@ _REASONS = {
 # Pipelined requests parsed ahead of the one being answered; beyond this we stop reading (bounded memory).
 _MAX_QUEUED = 8
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# tchar (RFC 9110 §5.6.2): what a method token is made of; bytes.translate deletes them to test a token.
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# A method token still growing past this is refused (400); the longest registered method is 17 bytes.
+_MAX_METHOD = 64
+# llhttp's reasons for refusing a Transfer-Encoding that may only need its OWS or empty elements removed.
+_TE_REFUSALS = frozenset({"Invalid `Transfer-Encoding` header value", "Request has invalid `Transfer-Encoding`"})
+
+
+def _new_parser(proto: HttpServerProtocol) -> httptools.HttpRequestParser:
+    parser = httptools.HttpRequestParser(proto)
+    # llhttp refuses any version but 0.9, 1.0, 1.1 and 2.0 with a bare 400; on_headers_complete decides
+    # instead (RFC 9110 §2.5: HTTP/1.x with x > 1 is HTTP/1.1, another major version is 505). The flag
+    # only skips that check: the version syntax (HTTP/DIGIT.DIGIT) is still enforced.
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
+def _normalize_te(head: bytes) -> bytes | None:
+    """The head with each Transfer-Encoding value rewritten as its non-empty, OWS-stripped list elements
+    (RFC 9110 §5.6.1: empty elements are ignored), or None when that changes nothing."""
+    lines = head.split(b"\r\n")
+    changed = False
+    for i in range(1, len(lines)):
+        name, colon, value = lines[i].partition(b":")
+        if colon and name.lower() == b"transfer-encoding":
+            elems = [e for e in (e.strip(b" \t") for e in value.split(b",")) if e]
+            if elems:
+                line = name + b": " + b", ".join(elems)
+                if line != lines[i]:
+                    lines[i] = line
+                    changed = True
+    return b"\r\n".join(lines) if changed else None
 
 
 class ServerLimits:
@@ -336,7 +368,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._loop = loop or asyncio.get_event_loop()
         self._on_error = on_error
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _new_parser(self)
         self._guard = FramingGuard(max_trailer_bytes=lim.max_header_bytes)
         # connection state
         self._queue: deque[Request | GatewayError] = deque()
@@ -363,6 +395,13 @@ class HttpServerProtocol(asyncio.Protocol):
         self._body_size = 0
         self._expect_continue = False
         self._heads = 0  # request heads accepted on this connection (sequence numbers)
+        self._hc = False  # on_headers_complete accepted the current message's head
+        self._version = "1.1"  # of the current message, as on_headers_complete settled it
+        self._continue_seq = -1  # sequence number of the last head answered with 100 Continue
+        # a head llhttp refused, collected until it can be answered or parsed anew (see _recover)
+        self._replay: bytearray | None = None
+        self._replay_kind = ""
+        self._replay_reason = ""
 
     # ---- asyncio.Protocol interface -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -414,15 +453,25 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._keepalive_timer is not None:
             self._keepalive_timer.cancel()
             self._keepalive_timer = None
+        if self._replay is None:
+            self._feed(data, data)
+        else:
+            self._replay += data
+            self._resume_replay()
+        self._maybe_start()
+        if len(self._queue) >= _MAX_QUEUED and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _feed(self, data: bytes, raw: bytes) -> None:
+        """Parse `data`; `raw` is the same bytes as received (they differ only in a head parsed anew, see
+        `_resume_replay`), which the guard follows."""
         try:
             self._parser.feed_data(data)
             try:
-                self._guard.feed(data)
+                self._guard.feed(raw)
             except ProtocolError:
-                # httptools accepted what the guard refuses: forget requests from the faulty one on.
-                bad = self._heads - self._guard.unreached - 1
-                while self._queue and isinstance(self._queue[-1], Request) and self._queue[-1].seq >= bad:
-                    self._queue.pop()
+                self._forget_from_guard_error()
                 raise
             if self._guard.head_bytes > self._lim.max_header_bytes:
                 # httptools buffers a header name/value until it ends: bound that buffer too.
@@ -438,12 +487,93 @@ class HttpServerProtocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
             self._fail(ctx if isinstance(ctx, GatewayError) else ProtocolError(f"malformed request: {e}"))
+        except httptools.HttpParserInvalidMethodError as e:
+            # llhttp knows a fixed list of methods: a well-formed unknown one deserves 501, garbage 400.
+            self._recover("method", e, raw)
         except httptools.HttpParserError as e:
-            self._fail(ProtocolError(f"malformed request: {e}"))
-        self._maybe_start()
-        if len(self._queue) >= _MAX_QUEUED and not self._read_paused and self.transport is not None:
-            self._read_paused = True
-            self.transport.pause_reading()
+            reason = str(e)
+            if reason in _TE_REFUSALS:
+                self._recover("te", e, raw)
+            elif reason.startswith("Invalid method for"):
+                # An RTSP method (DESCRIBE, SETUP, ...) in an HTTP request: a method token we do not implement.
+                self._fail(ProtocolError(f"method not implemented: {reason}", status=501, code="not_implemented"))
+            elif reason.startswith("Pause on PRI"):
+                # The HTTP/2 connection preface (prior knowledge, RFC 9113 §3.4): this port speaks HTTP/1.1.
+                self._fail(ProtocolError("HTTP/2 is not supported on this port; use HTTP/1.1", status=505,
+                                         code="http_version_not_supported"))
+            else:
+                self._fail(ProtocolError(f"malformed request: {e}"))
+
+    def _forget_from_guard_error(self) -> None:
+        # httptools accepted what the guard refuses: forget requests from the faulty one on.
+        bad = self._heads - self._guard.unreached - 1
+        while self._queue and isinstance(self._queue[-1], Request) and self._queue[-1].seq >= bad:
+            self._queue.pop()
+
+    # ---- heads llhttp refuses that deserve a better answer than 400 ----------------------------------
+    #
+    # llhttp (strict) refuses an unknown method at its first byte that matches no method it knows, and a
+    # Transfer-Encoding value with trailing whitespace or empty list elements ("chunked\t", "chunked, ").
+    # RFC 9110 §9.1 wants 501 for a well-formed method the server does not implement, and §5.6.1 /
+    # §5.5 make "chunked, " and "chunked<TAB>" mean exactly "chunked". httptools reports no error offset,
+    # so the guard finds the refused head (`FramingGuard.failed_head`); its bytes are collected in
+    # `_replay` until they decide (the method token up to its SP; the whole head for Transfer-Encoding).
+    #
+    # Accepting the normalised Transfer-Encoding is safe against request smuggling: it is parsed again by
+    # a fresh llhttp with every strict check (chunked final and once, no Content-Length beside it, strict
+    # chunk-size lines), so the body length is exactly what an RFC-conforming front end computes for the
+    # same bytes. A front end that instead ignores the header and treats the body as the next request
+    # cannot smuggle through us either: those bytes must then parse as chunk-size lines, which no request
+    # line does (a method token is followed by SP, which a chunk-size line refuses).
+
+    def _recover(self, kind: str, err: Exception, raw: bytes) -> None:
+        announced = self._hc
+        try:
+            head = self._guard.failed_head(raw, announced)
+        except ProtocolError as e:  # an earlier message in this read broke a guard limit: that answers first
+            self._forget_from_guard_error()
+            self._fail(e)
+            return
+        if head is None:
+            self._fail(ProtocolError(f"malformed request: {err}"))
+            return
+        if announced:
+            # on_headers_complete counted the refused head; it will be counted again when parsed anew.
+            self._heads -= 1
+            self._hc = False
+        self._replay = bytearray(head)
+        self._replay_kind = kind
+        self._replay_reason = str(err)
+        self._resume_replay()
+
+    def _resume_replay(self) -> None:
+        buf = self._replay
+        assert buf is not None
+        if self._replay_kind == "method":
+            sp = buf.find(b" ")
+            token = bytes(buf if sp < 0 else buf[:sp])
+            if not token or token.translate(None, _TCHAR):
+                self._fail(ProtocolError(f"malformed request: {self._replay_reason}"))
+            elif sp >= 0:
+                self._fail(ProtocolError("method %r is not implemented" % token.decode("latin-1"), status=501,
+                                         code="not_implemented"))
+            elif len(token) > _MAX_METHOD:
+                self._fail(ProtocolError("request method longer than %d bytes" % _MAX_METHOD))
+            return  # else the token goes on in the next read
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > self._lim.max_header_bytes:
+                self._fail(LimitError("request headers exceed %d bytes" % self._lim.max_header_bytes, status=431,
+                                      code="request_header_fields_too_large"))
+            return
+        raw = bytes(buf)
+        fixed = _normalize_te(raw[:end + 4])
+        if fixed is None:  # nothing to normalise: llhttp's refusal stands
+            self._fail(ProtocolError(f"malformed request: {self._replay_reason}"))
+            return
+        self._replay = None
+        self._parser = _new_parser(self)  # the refused one is in its error state for good
+        self._feed(fixed + raw[end + 4:], raw)
 
     # ---- parser callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -455,6 +585,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._expect_continue = False
+        self._hc = False
         if self._header_timer is None:
             self._header_timer = self._loop.call_later(self._lim.header_timeout, self._on_header_timeout)
 
@@ -482,11 +613,18 @@ class HttpServerProtocol(asyncio.Protocol):
             self._header_timer.cancel()
             self._header_timer = None
         version = self._parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+        if version != "1.1" and version != "1.0":
             if version == "0.9":
+                # llhttp reports a version-less request line ("GET /", HTTP/0.9's simple request) as 0.9.
                 raise ProtocolError("HTTP/0.9 requests are not supported", code="unsupported_http_version")
-            raise ProtocolError(f"HTTP/{version} is not supported on this port; use HTTP/1.1", status=505,
-                                code="http_version_not_supported")
+            if version[0] != "1":
+                # RFC 9110 §15.6.6: 505 refuses the request's major version.
+                raise ProtocolError(f"HTTP/{version} is not supported on this port; use HTTP/1.1", status=505,
+                                    code="http_version_not_supported")
+            # RFC 9110 §2.5: a higher minor version of a major version we implement is processed as the
+            # highest minor version we conform to (and answered with HTTP/1.1, as every response is).
+            version = "1.1"
+        self._version = version
         te: bytes | None = None
         cl: bytes | None = None
         hosts = 0
@@ -529,13 +667,16 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._expect_continue = True
         self._guard.push_framing(chunked, length)
         self._heads += 1
+        self._hc = True
         if chunked or (length or 0) > 0:
             # One timer per body, rescheduled only when it fires: on_body just notes the time.
             self._body_at = self._loop.time()
             if self._body_timer is None:
                 self._body_timer = self._loop.call_later(self._lim.body_timeout, self._on_body_timeout)
-        if self._expect_continue and self._current is None and not self._queue and self.transport is not None:
+        if (self._expect_continue and self._current is None and not self._queue and self.transport is not None
+                and self._continue_seq != self._heads - 1):  # (once: a head parsed anew comes here twice)
             # RFC 9110 §10.1.1: only promise to read the body when we are about to.
+            self._continue_seq = self._heads - 1
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -555,7 +696,7 @@ class HttpServerProtocol(asyncio.Protocol):
         method = parser.get_method().decode("ascii", "replace")
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        req = Request(method, url, self._headers, body, parser.get_http_version(), parser.should_keep_alive())
+        req = Request(method, url, self._headers, body, self._version, parser.should_keep_alive())
         req.seq = self._heads - 1
         self._body = []
         self._queue.append(req)
