@@ -154,8 +154,9 @@ _date = _Date()
 
 
 def _valid_header_value(v: bytes) -> bool:
-    # aiohttp's rule: no CR, LF or NUL in an outgoing header (no header injection).
-    return b"\r" not in v and b"\n" not in v and b"\0" not in v
+    # aiohttp's rule: no CR, LF or NUL in an outgoing header (no header injection). Int membership is a
+    # memchr; the one-byte-bytes needle form costs several times more on short values.
+    return 13 not in v and 10 not in v and 0 not in v
 
 
 class Responder:
