@@ -1,0 +1,156 @@
+"""The systems `python -m bench run` compares, and the mock upstream they all forward to.
+
+    fastgw         fastgw serve, 1 worker, provider openai, no policy chain (pass-through)
+    fastgw-redact  the same with the realtime chain pii-detector (redact) + safety-filter (redact)
+    nginx          Debian's nginx as a streaming reverse proxy: 1 worker, proxy_buffering off,
+                   HTTP/1.1 upstream keep-alive, chunked pass-through (the reference)
+    direct         no system at all: the load hits the mock upstream itself (the baseline for "added")
+
+Every system is started once, in its own session, pinned to the system CPUs, and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.stream import MODEL, PROBE_MODEL, REPO, Server, server_cmd
+from bench.upstream import PACED_MODEL
+
+__all__ = ["SYSTEMS", "System", "fastgw_yaml", "nginx_conf", "ensure_nginx", "start_upstream", "start_system"]
+
+SYSTEMS = ("fastgw", "fastgw-redact", "nginx", "direct")
+
+# Own template rather than bench.stream.GATEWAY_YAML: the paced model needs a third target.
+_FASTGW_YAML = """\
+pack: {{name: bench-run, version: 1.0.0, enabled: true}}
+server: {{bind: ["127.0.0.1:{port}"], workers: 1}}
+providers:
+  targets:
+{targets}
+{policy}"""
+
+_REDACT_POLICY = ("policies: {chain: [pii-detector, safety-filter]}\n"
+                  "policy:\n"
+                  "  pii-detector: {action: redact}\n"
+                  "  safety-filter: {action: redact, terms: [forbidden fruit, secret sauce]}\n")
+
+
+def fastgw_yaml(port: int, upstream_port: int, redact: bool = False) -> str:
+    """fastgw config: one worker, every bench model forwarded (provider openai) to the mock upstream."""
+    targets = "\n".join(
+        f'    - {{id: {tid}, provider: openai, model: {m}, base_url: "http://127.0.0.1:{upstream_port}/v1"}}'
+        for tid, m in (("up", MODEL), ("paced", PACED_MODEL), ("probe", PROBE_MODEL)))
+    return _FASTGW_YAML.format(port=port, targets=targets, policy=_REDACT_POLICY if redact else "")
+
+
+def nginx_conf(port: int, upstream_port: int, prefix: Path) -> str:
+    """nginx.conf for a streaming reverse proxy equivalent to fastgw's pass-through path.
+
+    proxy_buffering off: each upstream read is sent on at once (what a streaming gateway must do);
+    HTTP/1.1 + `Connection ""` + keepalive: upstream connections are reused, like fastgw's pool;
+    nginx de-chunks the upstream body and re-chunks it to the client read by read (chunked pass-through).
+    """
+    temp = "\n".join(f"    {k}_temp_path {prefix}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    # Running as root, nginx would switch its worker to `nobody`, which cannot use a 0700 temp dir.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"""{user}worker_processes 1;
+daemon off;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{
+    access_log off;
+{temp}
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    upstream mock {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 256;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_cache off;
+            chunked_transfer_encoding on;
+            tcp_nodelay on;
+        }}
+    }}
+}}
+"""
+
+
+def ensure_nginx() -> str:
+    """Path of the nginx binary; installs Debian's nginx-light with apt-get only if none is found."""
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if found:
+        return found
+    print("bench: nginx not found, installing Debian's nginx-light with apt-get ...", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    tail = ""
+    for pkg in ("nginx-light", "nginx"):
+        r = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", pkg], env=env,
+                           capture_output=True, text=True)
+        if r.returncode == 0 and (found := shutil.which("nginx") or
+                                  (os.access("/usr/sbin/nginx", os.X_OK) and "/usr/sbin/nginx")):
+            return found
+        tail = (r.stderr or r.stdout).strip()[-400:]
+    raise RuntimeError("nginx is not installed and `apt-get install -y nginx-light` (then nginx) failed; install "
+                       f"it by hand (as root: apt-get update && apt-get install -y nginx-light) or leave nginx out "
+                       f"of --systems.\n{tail}")
+
+
+@dataclass
+class System:
+    """A started system under test: where to send load, and the process tree to account for."""
+
+    name: str
+    port: int
+    server: Server | None = None  # None for direct
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid if self.server else None
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.stop()
+
+
+def start_upstream(tmp: Path, port: int, events: int, delay: float, cpus: list[int] | None) -> Server:
+    """The mock upstream (bench.upstream) in its own session; call wait_ready() on it."""
+    cmd = [sys.executable, "-m", "bench.upstream", "--port", str(port), "--events", str(events),
+           "--delay", str(delay)]
+    return Server("upstream", cmd, port, tmp / "upstream.log", cpus, REPO)
+
+
+def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list[int] | None,
+                 log_level: str = "warning") -> System:
+    """Start `name` (one of SYSTEMS) on `port` in front of the upstream; call wait_ready() on its server."""
+    if name == "direct":
+        return System(name, upstream_port)
+    if name in ("fastgw", "fastgw-redact"):
+        cfg = tmp / f"{name}.yaml"
+        cfg.write_text(fastgw_yaml(port, upstream_port, redact=name == "fastgw-redact"))
+        return System(name, port, Server(name, server_cmd(cfg, port, 1, log_level), port, tmp / f"{name}.log",
+                                         cpus))
+    if name == "nginx":
+        binary = ensure_nginx()
+        prefix = tmp / "nginx"
+        prefix.mkdir(exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(nginx_conf(port, upstream_port, prefix))
+        cmd = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+        return System(name, port, Server(name, cmd, port, tmp / "nginx.log", cpus))
+    raise ValueError(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")

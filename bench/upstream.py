@@ -1,0 +1,224 @@
+"""A zero-delay, very cheap OpenAI-compatible mock upstream for `python -m bench run`.
+
+Why not fastgw's own mock provider: it builds every answer per request (~1.2 ms of CPU per streamed
+request), which on a 2-core box competes with the system under test. This one is a raw
+`asyncio.Protocol` on uvloop with the httptools request parser, and every answer is rendered once at
+start-up: a streamed answer costs one `transport.write` of pre-built bytes.
+
+POST /v1/chat/completions answers, by the request body:
+  * `"stream": true` — `text/event-stream`, chunked: a role chunk, `--events` content chunks of
+    `--chunk-size` characters, a finish chunk and `data: [DONE]`; each SSE event is its own HTTP chunk;
+  * otherwise — one `chat.completion` JSON object with Content-Length;
+  * model `--paced-model` (streamed): the same events, one every `--delay` seconds on an absolute
+    schedule (event i at t_request + i × delay, so the pacing does not drift) — the baseline for
+    inter-event gaps;
+  * model `--probe-model`: the answer text is `--probe-text` (one email address), to check that a
+    redacting system under test really redacts.
+GET /readyz answers 200 (readiness for the harness, also through a proxy). Keep-alive throughout.
+
+Run `python -m bench.upstream --port 9000`. Nothing is imported from fastgw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+import httptools
+import uvloop
+
+from bench.stream import MODEL, PROBE_MODEL, PROBE_TEXT
+from bench.text import make_text
+
+__all__ = ["PACED_MODEL", "Answers", "render", "serve", "main"]
+
+PACED_MODEL = "bench-paced"
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+
+
+def _chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def sse_events(model: str, text: str, chunk_size: int, events: int | None = None) -> list[bytes]:
+    """The SSE events of a streamed chat answer: role, content chunks, finish, [DONE]."""
+    n = events if events is not None else -(-len(text) // chunk_size)
+    if events is not None and n * chunk_size > len(text):  # repeat to fill the requested chunk count
+        text = text * (n * chunk_size // max(len(text), 1) + 1)
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "system_fingerprint": "fp_bench"}
+
+    def ev(delta: dict, finish: str | None = None) -> bytes:
+        obj = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+    out = [ev({"role": "assistant", "content": ""})]
+    out += [ev({"content": text[i * chunk_size:(i + 1) * chunk_size]}) for i in range(n)]
+    out += [ev({}, "stop"), b"data: [DONE]\n\n"]
+    return out
+
+
+def completion_json(model: str, content: str, completion_tokens: int) -> bytes:
+    """A non-streamed chat.completion body."""
+    return json.dumps({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "system_fingerprint": "fp_bench",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": completion_tokens,
+                  "total_tokens": 5 + completion_tokens}}, separators=(",", ":")).encode()
+
+
+_SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+def _json_response(body: bytes, status: bytes = b"200 OK") -> bytes:
+    return (b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, len(body), body))
+
+
+@dataclass
+class Answers:
+    """Every response the upstream can give, as bytes ready to write."""
+
+    stream: bytes            # whole streamed response (head + every chunk + terminator)
+    nonstream: bytes
+    probe_stream: bytes
+    probe_nonstream: bytes
+    paced_parts: list[bytes]  # head + first event chunk, then one chunk per event, the last with the terminator
+    ready: bytes = _json_response(b'{"status":"ready"}')
+    not_found: bytes = _json_response(b'{"error":{"message":"not found"}}', b"404 Not Found")
+
+
+def render(events: int = 50, chunk_size: int = 4, text: str | None = None) -> Answers:
+    """Pre-render all answers. `text`: the content (default: generated prose, no PII, seed 1)."""
+    if text is None:
+        text, _ = make_text("prose", events * chunk_size)
+    evs = sse_events(MODEL, text, chunk_size, events)
+    content = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in evs[:-1])
+    pevs = sse_events(PROBE_MODEL, PROBE_TEXT, chunk_size)
+    paced = [_chunk(e) for e in sse_events(PACED_MODEL, text, chunk_size, events)]
+    paced[0] = _SSE_HEAD + paced[0]
+    paced[-1] += b"0\r\n\r\n"
+    return Answers(
+        stream=_SSE_HEAD + b"".join(_chunk(e) for e in evs) + b"0\r\n\r\n",
+        nonstream=_json_response(completion_json(MODEL, content, events)),
+        probe_stream=_SSE_HEAD + b"".join(_chunk(e) for e in pevs) + b"0\r\n\r\n",
+        probe_nonstream=_json_response(completion_json(PROBE_MODEL, PROBE_TEXT, len(pevs) - 3)),
+        paced_parts=paced)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection. Requests are answered in order; a paced answer holds the next ones."""
+
+    __slots__ = ("a", "delay", "loop", "tr", "parser", "body", "url", "busy", "queue", "closing")
+
+    def __init__(self, answers: Answers, delay: float, loop: asyncio.AbstractEventLoop) -> None:
+        self.a, self.delay, self.loop = answers, delay, loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.body: list[bytes] = []
+        self.busy = False        # a paced answer is being written
+        self.queue: list[tuple[bytes, bytes, bool]] = []
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tr = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.tr.write(_json_response(b'{"error":{"message":"bad request"}}', b"400 Bad Request"))
+            self.tr.close()
+
+    def on_message_begin(self) -> None:
+        self.body = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        item = (self.parser.get_method(), b"".join(self.body), self.parser.should_keep_alive())
+        if self.busy:
+            self.queue.append(item)  # pipelined behind a paced answer (closed-loop clients never do this)
+        else:
+            self._answer(*item)
+
+    def _answer(self, method: bytes, body: bytes, keep_alive: bool) -> None:
+        a, url = self.a, self.url
+        if method == b"POST" and url.startswith(b"/v1/chat/completions"):
+            stream = _STREAM_TRUE.search(body) is not None
+            if stream and self.delay > 0 and PACED_MODEL.encode() in body:
+                self.busy = True
+                t0 = self.loop.time()
+                self.tr.write(a.paced_parts[0])
+                for i in range(1, len(a.paced_parts)):
+                    self.loop.call_at(t0 + i * self.delay, self._paced, i, keep_alive)
+                return
+            probe = PROBE_MODEL.encode() in body
+            out = (a.probe_stream if probe else a.stream) if stream else (a.probe_nonstream if probe else a.nonstream)
+        elif method == b"GET" and url.startswith(b"/readyz"):
+            out = a.ready
+        else:
+            out = a.not_found
+        self.tr.write(out)
+        if not keep_alive:
+            self.tr.close()
+
+    def _paced(self, i: int, keep_alive: bool) -> None:
+        if self.tr.is_closing():
+            return
+        self.tr.write(self.a.paced_parts[i])
+        if i == len(self.a.paced_parts) - 1:
+            self.busy = False
+            if not keep_alive:
+                self.tr.close()
+            elif self.queue:
+                self._answer(*self.queue.pop(0))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.queue.clear()
+
+
+async def serve(host: str, port: int, answers: Answers, delay: float) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Conn(answers, delay, loop), host, port, backlog=4096,
+                                      reuse_address=True)
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    await stop
+    server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.upstream", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--events", type=int, default=50, help="content chunks per streamed answer (default 50)")
+    p.add_argument("--chunk-size", type=int, default=4, help="characters per content chunk (default 4)")
+    p.add_argument("--delay", type=float, default=0.005,
+                   help=f"seconds between events of a streamed answer to model {PACED_MODEL} (default 0.005; "
+                        "every other answer is written at once)")
+    args = p.parse_args(argv)
+    uvloop.run(serve(args.host, args.port, render(args.events, args.chunk_size), args.delay))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
