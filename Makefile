@@ -22,7 +22,7 @@ check: $(BIN)/fastgw
 	$(BIN)/fastgw check --config $(CONFIG)
 
 bench: $(BIN)/fastgw
-	$(BIN)/python -m bench.stream
+	$(BIN)/python -m bench run --systems fastgw,fastgw-redact,nginx,direct
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

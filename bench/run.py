@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 from bench import plots, wrk
 from bench.loadgen import LoadSpec, build_request, chat_body, percentile, run_load, summarize
-from bench.stream import (BENCH_KEY, MODEL, RESULTS, CpuProbe, Server, _f, baseline_offsets, busy_cpu_seconds,
+from bench.stream import (BENCH_KEY, MODEL, REPO, RESULTS, CpuProbe, Server, _f, baseline_offsets, busy_cpu_seconds,
                           free_port, holdback_stats, load_run, machine, policy_probe, rss_mb, tree)
 from bench.systems import SYSTEMS, System, start_system, start_upstream
 from bench.trace import TraceSpec, run_trace
@@ -101,6 +101,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write", action="store_true", help="append a markdown section to --results")
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown file for --write")
     p.add_argument("--note", default="", help="text added to the --write section heading")
+    p.add_argument("--source", type=Path, default=REPO,
+                   help="directory whose fastgw package is started, e.g. `git worktree add /tmp/old <commit>` "
+                        "for a before/after comparison (its commit is named in the results)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.add_argument("--keep-logs", action="store_true", help="keep the servers' logs and configs")
 
@@ -377,7 +380,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     args.gw_cpus, args.load_cpus, pinning = _cpus(args)
     now = _dt.datetime.now(_dt.timezone.utc)
-    meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "pinning": pinning,
+    meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(args.source), "pinning": pinning,
             "command": "python -m bench " + shlex.join(argv), "load_tool": args.load_tool,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
@@ -401,7 +404,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         servers.append(upstream)
         upstream.wait_ready(30)
         for name in args.system_list:
-            s = start_system(name, tmp, free_port(), up_port, args.gw_cpus, args.log_level)
+            s = start_system(name, tmp, free_port(), up_port, args.gw_cpus, args.log_level, args.source)
             systems[name] = s
             if s.server:
                 servers.append(s.server)

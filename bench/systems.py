@@ -136,15 +136,16 @@ def start_upstream(tmp: Path, port: int, events: int, delay: float, cpus: list[i
 
 
 def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list[int] | None,
-                 log_level: str = "warning") -> System:
-    """Start `name` (one of SYSTEMS) on `port` in front of the upstream; call wait_ready() on its server."""
+                 log_level: str = "warning", source: Path = REPO) -> System:
+    """Start `name` (one of SYSTEMS) on `port` in front of the upstream; call wait_ready() on its server.
+    `source`: the directory whose `fastgw` package runs (e.g. a worktree of an older commit, for before/after)."""
     if name == "direct":
         return System(name, upstream_port)
     if name in ("fastgw", "fastgw-redact"):
         cfg = tmp / f"{name}.yaml"
         cfg.write_text(fastgw_yaml(port, upstream_port, redact=name == "fastgw-redact"))
         return System(name, port, Server(name, server_cmd(cfg, port, 1, log_level), port, tmp / f"{name}.log",
-                                         cpus))
+                                         cpus, source))
     if name == "nginx":
         binary = ensure_nginx()
         prefix = tmp / "nginx"
