@@ -191,27 +191,34 @@ class SSERelay:
         self.on_error(UpstreamError(f"upstream error before the first token: {message}"))
 
     def _take_usage(self, block: bytes) -> bytes:
-        """Count events; read the usage chunk (the one with `"choices":[]`), and cut it out if asked to."""
+        """Count events; read the usage chunk (the one with `"choices":[]` and a usage), and cut it out if asked to.
+
+        Only an event that carries usage is cut: other `"choices":[]` events (Azure's first chunk holds
+        `prompt_filter_results`) are the client's, as on the decoding path; each such event in the block is
+        looked at, so one of those in the same read does not hide the usage chunk."""
         n = block.count(b"data:")
         self.events += n
         self.clock.ticks(time.monotonic(), n)
         i = block.find(b'"choices":[]')
-        if i < 0:
-            return block
-        start = block.rfind(b"\n\n", 0, i)
-        start = 0 if start < 0 else start + 2
-        end = block.find(b"\n\n", i)
-        end = len(block) if end < 0 else end + 2
-        event = block[start:end]
-        try:
-            usage = orjson.loads(event[event.index(b"{"):].strip()).get("usage")
-        except (ValueError, orjson.JSONDecodeError):
-            return block
-        if isinstance(usage, dict) and self.usage_sink is not None:
-            self.usage_sink.usage = usage
-        if self.strip_usage:
-            self.events -= 1
-            return block[:start] + block[end:]
+        while i >= 0:
+            start = block.rfind(b"\n\n", 0, i)
+            start = 0 if start < 0 else start + 2
+            end = block.find(b"\n\n", i)
+            end = len(block) if end < 0 else end + 2
+            event = block[start:end]
+            try:
+                usage = orjson.loads(event[event.index(b"{"):].strip()).get("usage")
+            except (ValueError, orjson.JSONDecodeError):
+                usage = None
+            if usage is not None:
+                if isinstance(usage, dict) and self.usage_sink is not None:
+                    self.usage_sink.usage = usage
+                if self.strip_usage:
+                    self.events -= 1
+                    block = block[:start] + block[end:]
+                    i = block.find(b'"choices":[]', start)
+                    continue
+            i = block.find(b'"choices":[]', end)
         return block
 
     def _take(self) -> bytes:

@@ -16,6 +16,7 @@ import orjson
 
 from fastgw.config import Config
 from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
+from fastgw.proto.errors import GatewayError
 from fastgw.policy.findings import Findings
 from fastgw.policy.textscan import ScanPolicy, process_slots, request_slots, response_slots
 
@@ -168,7 +169,12 @@ class Chain:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return data  # not JSON: nothing the OpenAI shapes say is generated text
+            if self.output_scanners:
+                # A success body the output policies cannot read (not JSON, or JSON orjson refuses, such as a
+                # lone UTF-16 surrogate escape) cannot be vouched for: refuse it, as the streamed path does.
+                raise GatewayError("upstream sent an answer the output policy cannot parse", status=502,
+                                   type="upstream_error", code="upstream_protocol_error") from None
+            return data  # nothing inspects the text: pass it on as it came
         if not isinstance(obj, dict):
             return data
         changed = False

@@ -213,7 +213,8 @@ def response_slots(body: dict) -> Iterator[Slot]:
                 continue
             if item.get("type") == "function_call" and isinstance(item.get("arguments"), str):
                 yield item, "arguments", "tool_calls.arguments", 0
-            for part in item.get("content") or []:
+            parts = item.get("content")
+            for part in parts if isinstance(parts, list) else ():
                 if isinstance(part, dict):
                     for key in ("text", "refusal"):
                         if isinstance(part.get(key), str):

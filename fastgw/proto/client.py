@@ -124,9 +124,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._deliver()
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
-            self._fail(ctx if isinstance(ctx, UpstreamError) else UpstreamProtocolError(f"bad upstream response: {e}"))
+            self._fail_parse(ctx if isinstance(ctx, UpstreamError)
+                             else UpstreamProtocolError(f"bad upstream response: {e}"))
         except httptools.HttpParserError as e:
-            self._fail(UpstreamProtocolError(f"bad upstream response: {e}"))
+            self._fail_parse(UpstreamProtocolError(f"bad upstream response: {e}"))
         except UpstreamError as e:
             self._fail(e)
         sink = self._sink
@@ -154,6 +155,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail(UpstreamDisconnected(f"upstream closed the connection {what}"))
 
     # ---- parser callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # Bytes after the end of the response (a body longer than its content-length, a second response, or
+            # garbage after the last chunk): stop parsing here, so none of it is taken as this response's body.
+            # The response stands; the connection is out of step and is closed (`_fail_parse`), never pooled.
+            raise UpstreamProtocolError("upstream sent bytes after the end of the response")
+
     def on_status(self, status: bytes) -> None:
         self._head_bytes += len(status)
 
@@ -305,6 +313,23 @@ class UpstreamConnection(asyncio.Protocol):
                     return
             self._ended = True
             sink.on_end()
+
+    def _fail_parse(self, exc: UpstreamError) -> None:
+        """A framing error in what the upstream sent."""
+        if self._complete:
+            # After the end of a whole response (bytes past its end): the response stands, but the connection
+            # is out of step with the upstream and must never be reused.
+            self.close()
+            return
+        # Body bytes the parser accepted before the error are real body and go to the sink first, so whole
+        # events that arrived in the same read as the error still reach the client (as they do when the error
+        # comes in a later read); an incomplete event among them stays held and is never forwarded.
+        if self._held and self._sink is not None and not self._ended:
+            try:
+                self._deliver()
+            except UpstreamError as e:
+                exc = e
+        self._fail(exc)
 
     def _fail(self, exc: UpstreamError, stale: bool = False) -> None:
         if self._error is not None or self._ended:
