@@ -508,8 +508,14 @@ class App:
                 source: Source = conn if translator is None else TranslatedSource(conn, translator)
                 await self._stream(resp, source, ctx, _SSE_HEADERS + passed, deadlines)
                 return
-            data = await conn.read_body(timeout=max(0.001, deadlines[2] - self.loop.time()), first_by=deadlines[0],
-                                        idle=target.idle_timeout)
+            try:
+                data = await conn.read_body(timeout=max(0.001, deadlines[2] - self.loop.time()),
+                                            first_by=deadlines[0], idle=target.idle_timeout)
+            except UpstreamTimeout:
+                raise
+            except UpstreamError as e:
+                # Reset or broken framing mid-body: nothing reached the client, so another target may answer.
+                raise _Retryable("5xx", _raiser(e)) from None
             status, data = adapter.translate_response(target, body, status, data)
             if status >= 400:
                 async def answer() -> None:

@@ -73,7 +73,7 @@ class SSERelay:
     still inside the same `data_received` call: no added latency, one writev per read.
     """
 
-    __slots__ = ("_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
+    __slots__ = ("_client_slow", "_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
                  "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
                  "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at", "clock")
 
@@ -95,6 +95,8 @@ class SSERelay:
         self.content = False
         #: Inter-event gaps for the metrics histogram, accumulated per stream (no per-event metric write).
         self.clock = EventClock()
+        #: The client stopped reading and the upstream is paused for it: the upstream is not silent then.
+        self._client_slow = False
         self._beat = 0.0  # heartbeat interval while waiting for the first event (0: none)
         self._beat_at = float("inf")
         self._resp = resp
@@ -138,11 +140,13 @@ class SSERelay:
         now = self._loop.time()
         if not self._first and now >= self._ttft_at:
             what = "sent no first event within the time-to-first-token limit"
-        elif self._first and now - self._last >= self._idle:
+        elif self._first and now - self._last >= self._idle and not self._client_slow:
             what = "went silent for longer than the idle limit"
         elif now >= self._max_at:
             what = "did not finish within the maximum duration"
         else:
+            if self._first and self._client_slow and now - self._last >= self._idle:
+                self._last = now  # paused by us, for a slow client: the idle limit counts from the resume
             if not self._first and now >= self._beat_at:
                 # A comment keeps intermediaries from timing the connection out (data-less events would
                 # crash the openai SDK; comments it skips).
@@ -281,9 +285,12 @@ class SSERelay:
 
     # ---- flow listener (client side) -----------------------------------------------------
     def pause(self) -> None:
+        self._client_slow = True
         self._source.pause_reading()
 
     def resume(self) -> None:
+        self._client_slow = False
+        self._last = self._loop.time()  # the upstream was held by us, not silent: its idle time starts now
         self._source.resume_reading()
 
     def shutdown(self) -> None:

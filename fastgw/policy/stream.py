@@ -129,6 +129,9 @@ class StreamPolicy:
         self._holds = any(self._acting)
         self._buffered = buffered or any(p.buffered and p.action != "observe" for p in policies)
         self._judge = judge
+        #: Released text per choice, in parts: joined into ctx.texts only when read (end, judge), since adding
+        #: each event to a growing str copies the whole answer every time (quadratic in its length).
+        self._parts: dict[int, list[str]] = {}
         self._ended = False
         #: Events held back at the last release (for the holdback benchmark and tests).
         self.held = 0
@@ -264,6 +267,7 @@ class StreamPolicy:
             out.append(self._render(h))
         self.held = len(q)
         if self._buffered and self._judge is not None:
+            self._sync_texts()
             try:
                 self._judge(self._ctx)  # buffered checks judge the whole answer, as the client would get it
             except GatewayError as e:
@@ -281,10 +285,21 @@ class StreamPolicy:
         """End of stream (clean, or the upstream failed): everything held is final now."""
         if not self._ended:
             self._finish_all()
-        return self.release()
+        out = self.release()
+        self._sync_texts()
+        return out
+
+    def _sync_texts(self) -> None:
+        """ctx.texts: the released text per choice (for the audit record, usage estimate, buffered checks)."""
+        texts = self._ctx.texts
+        for idx, parts in self._parts.items():
+            if len(parts) > 1:
+                parts[:] = ["".join(parts)]
+            texts[idx] = parts[0] if parts else ""
 
     def close(self) -> None:
         """Free the scanners (client gone, stream over)."""
+        self._sync_texts()
         for t in self._texts.values():
             for sc in t.scanners:
                 sc.close()
@@ -298,7 +313,7 @@ class StreamPolicy:
             return h.ev.raw
         texts = self._texts
         changes = []
-        collect = self._ctx.texts
+        collect = self._parts
         for seg in h.segs:
             key, a, b, data, pos, fld, tpos, backslashes = seg
             t = texts[key]
@@ -312,9 +327,9 @@ class StreamPolicy:
             if self.dialect != "chat":
                 self._assembled.setdefault(key, []).append(new.decode())
                 if fld == "text":
-                    collect[0] = collect.get(0, "") + new.decode()
+                    collect.setdefault(0, []).append(new.decode())
             elif fld == "content" or fld == "text":
-                collect[key[0]] = collect.get(key[0], "") + new.decode()
+                collect.setdefault(key[0], []).append(new.decode())
         if not changes:
             return h.ev.raw  # invariant 5: untouched events leave byte-identical
         self._rewritten = True

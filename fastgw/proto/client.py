@@ -438,6 +438,9 @@ class UpstreamPool:
                 return conn
             except _StaleConnection:
                 pass
+            except BaseException:
+                conn.close()  # cancelled (the client left) or failed: never left open outside the pool
+                raise
         conn = await self._connect(key, connect_timeout, ca_file)
         try:
             await conn.request(data, head_timeout)
