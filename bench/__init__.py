@@ -16,7 +16,9 @@ the inter-event gaps at the client (stalls), TTFB, and the worker's RSS per open
 reference, the upstream directly) and writes the table, JSON and plots; `python -m bench.micro` times the
 hot-path pieces in-process (SSE decode/split, chunk framing, event JSON decoding, scanning, the relays), so a
 regression shows up where it happens; `bench/locustfile.py` is a locust user for operators load-testing their
-own deployment (time to first token and tokens/s as custom metrics).
+own deployment (time to first token and tokens/s as custom metrics); `python -m bench.soak` runs mixed traffic
+with injected upstream faults, early disconnects, slow readers and policy blocks against 2 workers and checks
+outcomes, memory growth, file descriptors and pooled connections (`bench.faulty_upstream` is its upstream).
 
 Apart from `bench.micro`, which measures fastgw's functions directly, this package imports nothing from
 `fastgw`: the gateway is started as a subprocess, exactly as an operator would run it.
