@@ -27,6 +27,22 @@ from tests.support.procs import (  # noqa: E402
     start_upstream,
 )
 
+# Long fuzz campaigns (tests/fuzz/README.md): `pytest tests/fuzz --hypothesis-profile=fuzz-long`; the budget per
+# target is FASTGW_FUZZ_EXAMPLES (default 100000). `make test` keeps the default profile and bounded budgets.
+import os as _os  # noqa: E402
+
+from hypothesis import HealthCheck as _HealthCheck  # noqa: E402
+from hypothesis import settings as _settings  # noqa: E402
+
+_settings.register_profile(
+    "fuzz-long",
+    max_examples=int(_os.environ.get("FASTGW_FUZZ_EXAMPLES", "100000")),
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[_HealthCheck.too_slow, _HealthCheck.data_too_large, _HealthCheck.filter_too_much,
+                           _HealthCheck.large_base_example],
+)
+
 __all__ = ["gateway_config"]
 
 

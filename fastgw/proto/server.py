@@ -38,10 +38,23 @@ _MAX_QUEUED = 8
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # tchar (RFC 9110 §5.6.2): what a method token is made of; bytes.translate deletes them to test a token.
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# What a Host value (RFC 9110 §7.2: uri-host [":" port], RFC 3986 §3.2.2) is made of: reg-name (unreserved,
+# pct-encoded, sub-delims), IP-literal brackets and the port colon. Anything else (space, "/", "@", "?", "#",
+# controls, obs-text) is an invalid Host, refused with 400 (RFC 9112 §3.2).
+_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
 # A method token still growing past this is refused (400); the longest registered method is 17 bytes.
 _MAX_METHOD = 64
+# Heads parsed anew per connection. Each copies the rest of its read and nests one call deeper (a
+# pipelined head after it may need the same), so a client sending thousands must not get them all.
+_MAX_REPLAYS = 16
 # llhttp's reasons for refusing a Transfer-Encoding that may only need its OWS or empty elements removed.
 _TE_REFUSALS = frozenset({"Invalid `Transfer-Encoding` header value", "Request has invalid `Transfer-Encoding`"})
+
+
+def _h2_preface() -> ProtocolError:
+    # The HTTP/2 connection preface (prior knowledge, RFC 9113 §3.4): this port speaks HTTP/1.1.
+    return ProtocolError("HTTP/2 is not supported on this port; use HTTP/1.1", status=505,
+                         code="http_version_not_supported")
 
 
 def _new_parser(proto: HttpServerProtocol) -> httptools.HttpRequestParser:
@@ -163,12 +176,16 @@ class Responder:
     """Writes one response: whole (`send`) or streamed with chunked framing (`start_stream`, `write`, `end`).
 
     The head goes out with the first chunk in one loop iteration (uvloop coalesces the writes).
+    An HTTP/1.0 client (`chunked=False`) cannot read chunked framing (RFC 9112 §6.1: a server MUST NOT
+    send Transfer-Encoding unless the request is HTTP/1.1 or later): its stream is delimited by closing
+    the connection instead.
     """
 
     __slots__ = ("_proto", "_transport", "_head", "keep_alive", "started", "finished", "streaming", "_head_only",
-                 "status", "bytes_sent", "first_write", "extra_headers")
+                 "status", "bytes_sent", "first_write", "extra_headers", "_chunked")
 
-    def __init__(self, proto: HttpServerProtocol, keep_alive: bool, head_only: bool) -> None:
+    def __init__(self, proto: HttpServerProtocol, keep_alive: bool, head_only: bool, chunked: bool = True) -> None:
+        self._chunked = chunked
         self._proto = proto
         self._transport = proto.transport
         self._head: bytes | None = None
@@ -233,7 +250,12 @@ class Responder:
             raise RuntimeError("response already started")
         self.started = True
         self.streaming = True
-        self._head = self._build_head(status, headers, b"transfer-encoding: chunked\r\n")
+        if self._chunked:
+            self._head = self._build_head(status, headers, b"transfer-encoding: chunked\r\n")
+        else:
+            if not self._head_only:
+                self.keep_alive = False  # the end of the body is the end of the connection
+            self._head = self._build_head(status, headers, b"")
 
     @property
     def head_pending(self) -> bool:
@@ -260,11 +282,17 @@ class Responder:
                 t.write(head)
                 return
             # The head goes out with the first chunk: one writev, no extra round trip for the client.
-            t.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
+            if self._chunked:
+                t.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                t.writelines((head, data))
             self.bytes_sent += len(data)
             return
         if data and not self._head_only:
-            write_chunk(t.writelines, data)
+            if self._chunked:
+                write_chunk(t.writelines, data)
+            else:
+                t.write(data)
             self.bytes_sent += len(data)
 
     def end(self, data: bytes = b"") -> None:
@@ -278,6 +306,13 @@ class Responder:
             if self._head_only:
                 if head is not None:
                     t.write(head)
+            elif not self._chunked:
+                # No terminator: closing the connection (after_response) ends the body.
+                self.bytes_sent += len(data)
+                if head is not None:
+                    t.writelines((head, data) if data else (head,))
+                elif data:
+                    t.write(data)
             else:
                 parts: tuple[bytes, ...] = (LAST_CHUNK,)
                 if data:
@@ -403,6 +438,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._replay: bytearray | None = None
         self._replay_kind = ""
         self._replay_reason = ""
+        self._replays = 0  # heads parsed anew on this connection (bounded: each copies the rest of its read)
 
     # ---- asyncio.Protocol interface -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -473,6 +509,9 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._guard.feed(raw)
             except ProtocolError:
                 self._forget_from_guard_error()
+                if self._in_head and self._parser.get_method() == b"PRI":
+                    # llhttp holds the HTTP/2 preface's head until the "SM" line; the guard saw it end first.
+                    raise _h2_preface() from None
                 raise
             if self._guard.head_bytes > self._lim.max_header_bytes:
                 # httptools buffers a header name/value until it ends: bound that buffer too.
@@ -499,9 +538,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 # An RTSP method (DESCRIBE, SETUP, ...) in an HTTP request: a method token we do not implement.
                 self._fail(ProtocolError(f"method not implemented: {reason}", status=501, code="not_implemented"))
             elif reason.startswith("Pause on PRI"):
-                # The HTTP/2 connection preface (prior knowledge, RFC 9113 §3.4): this port speaks HTTP/1.1.
-                self._fail(ProtocolError("HTTP/2 is not supported on this port; use HTTP/1.1", status=505,
-                                         code="http_version_not_supported"))
+                self._fail(_h2_preface())
             else:
                 self._fail(ProtocolError(f"malformed request: {e}"))
 
@@ -535,7 +572,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._forget_from_guard_error()
             self._fail(e)
             return
-        if head is None:
+        if head is None or (kind == "te" and self._replays >= _MAX_REPLAYS):
             self._fail(ProtocolError(f"malformed request: {err}"))
             return
         if announced:
@@ -573,6 +610,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._fail(ProtocolError(f"malformed request: {self._replay_reason}"))
             return
         self._replay = None
+        self._replays += 1
         self._parser = _new_parser(self)  # the refused one is in its error state for good
         self._feed(fixed + raw[end + 4:], raw)
 
@@ -598,6 +636,12 @@ class HttpServerProtocol(asyncio.Protocol):
                              code="uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A trailer field (after a chunked body): RFC 9110 §6.5.1 forbids merging it into the header
+            # section, where it would reach the application as a header no front end ever saw (an
+            # Authorization or X-Forwarded-For smuggled past a proxy that checks headers). Nothing here
+            # uses trailers, so they are discarded; the framing guard bounds their size.
+            return
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._lim.max_header_bytes:
             raise LimitError("request headers exceed %d bytes" % self._lim.max_header_bytes, status=431,
@@ -629,6 +673,7 @@ class HttpServerProtocol(asyncio.Protocol):
         te: bytes | None = None
         cl: bytes | None = None
         hosts = 0
+        host = b""
         expect: bytes | None = None
         for n, v in self._headers:
             if n == b"transfer-encoding":
@@ -637,11 +682,18 @@ class HttpServerProtocol(asyncio.Protocol):
                 cl = v
             elif n == b"host":
                 hosts += 1
+                host = v
             elif n == b"expect":
                 expect = v
-        if version == "1.1" and hosts != 1:
-            raise ProtocolError("HTTP/1.1 requires exactly one Host header" if hosts == 0
-                                else "duplicate Host header", code="bad_host")
+        # RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any request with more than one
+        # Host line or an invalid Host value.
+        if hosts > 1:
+            raise ProtocolError("duplicate Host header", code="bad_host")
+        if hosts == 0:
+            if version == "1.1":
+                raise ProtocolError("HTTP/1.1 requires exactly one Host header", code="bad_host")
+        elif host.translate(None, _HOST_CHARS):
+            raise ProtocolError("invalid Host header", code="bad_host")
         chunked = False
         if te is not None:
             if version == "1.0":
@@ -724,7 +776,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._close()
             return
         keep_alive = item.keep_alive and not self.closing_after_response
-        resp = Responder(self, keep_alive, head_only=item.method == "HEAD")
+        resp = Responder(self, keep_alive, head_only=item.method == "HEAD", chunked=item.version != "1.0")
         self._current = self._loop.create_task(self._run(item, resp))
 
     async def _run(self, req: Request, resp: Responder) -> None:

@@ -200,6 +200,8 @@ class SSEDecoder:
             if self._start:
                 # The BOM is only skipped at the very start of the stream; wait until 3 bytes tell.
                 if len(held) < 3 and _BOM.startswith(held):
+                    if len(held) > self._max:  # (only a limit under 3 bytes gets here)
+                        self._fail()
                     return []
                 self._start = False
                 return self._run(held, 3 if held.startswith(_BOM) else 0, -1, 13 in held, True)
