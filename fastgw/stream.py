@@ -73,8 +73,8 @@ class SSERelay:
     still inside the same `data_received` call: no added latency, one writev per read.
     """
 
-    __slots__ = ("_client_slow", "_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end", "tail",
-                 "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
+    __slots__ = ("_client_slow", "_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end",
+                 "tail", "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
                  "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at", "clock")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
@@ -212,7 +212,7 @@ class SSERelay:
             event = block[start:end]
             try:
                 usage = orjson.loads(event[event.index(b"{"):].strip()).get("usage")
-            except (ValueError, orjson.JSONDecodeError):
+            except (ValueError, AttributeError):  # not JSON, or JSON that is no object (`[{"choices":[]}]`)
                 usage = None
             if usage is not None:
                 if isinstance(usage, dict) and self.usage_sink is not None:

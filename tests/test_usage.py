@@ -88,3 +88,26 @@ def test_usage_chunk_stripped_on_the_pass_through_path_too(gateway, upstream):
     asked = list(c.chat.completions.create(model="gpt-test", stream=True, stream_options={"include_usage": True},
                                            messages=[{"role": "user", "content": "plain"}]))
     assert sum(1 for ch in asked if not ch.choices and ch.usage is not None) == 1
+
+
+def test_usage_cut_skips_a_json_array_that_mentions_empty_choices() -> None:
+    """A hostile event that is JSON but no object, holding `"choices":[]`, neither raises nor hides the usage chunk."""
+    import asyncio
+
+    from fastgw.stream import SSERelay
+
+    class _Resp:
+        head_pending = False
+
+    class _Ctx:
+        usage = None
+
+    loop = asyncio.new_event_loop()
+    try:
+        relay = SSERelay(_Resp(), None, loop)  # type: ignore[arg-type]
+        relay.usage_sink, relay.strip_usage = _Ctx(), True  # type: ignore[assignment]
+        odd = b'data: [{"choices":[]}]\n\n'
+        out = relay._take_usage(odd + b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\n')
+        assert out == odd and relay.usage_sink.usage == {"prompt_tokens": 3}
+    finally:
+        loop.close()
