@@ -41,7 +41,7 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, ProtocolError, envelope
 from fastgw.proto.sse import SSEDecoder
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, host_header, split_base_url
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, json_object, json_post, split_base_url
 from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
 
 __all__ = ["AnthropicAdapter", "AnthropicStreamTranslator", "translate_request", "translate_message",
@@ -56,7 +56,6 @@ ANTHROPIC_VERSION = b"2023-06-01"
 #: accepts (the Claude 3 models' output cap), as LiteLLM defaults to for Anthropic.
 DEFAULT_MAX_TOKENS = 4096
 
-_UA = b"fastgw/0.1"
 
 #: Anthropic stop_reason -> OpenAI finish_reason (unknown ones become "stop": the message did end).
 _STOP = {
@@ -210,12 +209,8 @@ def _assistant_blocks(m: dict, param: str) -> list[dict]:
             fn = c.get("function") if isinstance(c, dict) else None
             if not isinstance(fn, dict) or not isinstance(c.get("id"), str):
                 raise _invalid("a tool call needs an id and a function", p)
-            args = fn.get("arguments") or "{}"
-            try:
-                value = orjson.loads(args)
-            except orjson.JSONDecodeError:
-                value = None
-            if not isinstance(value, dict):
+            value = json_object(fn.get("arguments") or "{}")
+            if value is None:
                 raise _invalid("tool call arguments must be a JSON object", f"{p}.function.arguments")
             out.append({"type": "tool_use", "id": c["id"], "name": fn.get("name", ""), "input": value})
     if m.get("function_call") is not None:
@@ -383,11 +378,8 @@ def _usage(u: object) -> dict:
 
 def _error_body(status: int, data: bytes) -> bytes:
     """An Anthropic error body as the OpenAI envelope (ours, quoting the body, when it is not Anthropic's)."""
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        parsed = None
-    err = parsed.get("error") if isinstance(parsed, dict) else None
+    parsed = json_object(data)
+    err = parsed.get("error") if parsed is not None else None
     if isinstance(err, dict) and isinstance(err.get("message"), str):
         kind = str(err.get("type") or "api_error")
         return envelope(err["message"], _ERROR_TYPES.get(kind, "server_error" if status >= 500 else
@@ -475,11 +467,8 @@ class AnthropicStreamTranslator:
         raise UpstreamProtocolError("anthropic stream ended before message_stop")
 
     def _event(self, data: str, name: str | None) -> bytes:
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamProtocolError("anthropic stream: event data is not JSON") from None
-        if not isinstance(obj, dict):
+        obj = json_object(data)
+        if obj is None:
             raise UpstreamProtocolError("anthropic stream: event data is not a JSON object")
         t = obj.get("type") or name
         w = self._w
@@ -548,21 +537,14 @@ class AnthropicAdapter:
                       stream: bool) -> UpstreamRequest:
         chat_only("anthropic", endpoint)
         assert target.base_url is not None
-        scheme, host, port, prefix = split_base_url(target.base_url)
-        path = prefix + ("/messages" if prefix.endswith("/v1") else "/v1/messages")
-        payload = orjson.dumps(translate_request(target, body, stream))
-        headers: list[tuple[bytes, bytes]] = [
-            (b"host", host_header(scheme, host, port)),
-            (b"content-type", b"application/json"),
-            (b"accept", b"text/event-stream" if stream else b"application/json"),
-            (b"user-agent", _UA),
-        ]
+        prefix = split_base_url(target.base_url)[3]
+        auth: list[tuple[bytes, bytes]] = []
         if target.api_key:
-            headers.append((b"x-api-key", target.api_key.encode()))
+            auth.append((b"x-api-key", target.api_key.encode()))
         if not any(n == b"anthropic-version" for n, _ in target.extra_headers):
-            headers.append((b"anthropic-version", ANTHROPIC_VERSION))
-        headers += target.extra_headers
-        return UpstreamRequest(scheme, host, port, "POST", path, headers, payload)
+            auth.append((b"anthropic-version", ANTHROPIC_VERSION))
+        payload = orjson.dumps(translate_request(target, body, stream))
+        return json_post(target, "/messages" if prefix.endswith("/v1") else "/v1/messages", payload, stream, auth)
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> AnthropicStreamTranslator:
         return AnthropicStreamTranslator(target.model, body)
@@ -573,11 +555,8 @@ class AnthropicAdapter:
     def translate_response(self, target: TargetRuntime, body: dict, status: int, data: bytes) -> tuple[int, bytes]:
         if status >= 400:
             return status, _error_body(status, data)
-        try:
-            msg = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            msg = None
-        if not isinstance(msg, dict):
+        msg = json_object(data)
+        if msg is None:
             return 502, UpstreamProtocolError("anthropic answered with a body that is not a JSON object").body()
         if msg.get("type") == "error":
             return 502, _error_body(502, data)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import orjson
+
 __all__ = ["Endpoint", "UpstreamRequest", "TargetRuntime", "split_base_url", "Translator", "Adapter", "host_header"]
 
 
@@ -83,7 +85,8 @@ class TargetRuntime:
     region: str | None = None
 
 
-_UA = b"fastgw/0.1"
+#: What the gateway calls itself upstream.
+USER_AGENT = b"fastgw/0.1"
 
 
 def chat_only(provider: str, endpoint: str) -> None:
@@ -104,11 +107,20 @@ def json_post(target: TargetRuntime, path: str, payload: bytes, stream: bool,
         (b"host", host_header(scheme, host, port)),
         (b"content-type", b"application/json"),
         (b"accept", stream_type if stream else b"application/json"),
-        (b"user-agent", _UA),
+        (b"user-agent", USER_AGENT),
         *auth,
         *target.extra_headers,
     ]
     return UpstreamRequest(scheme, host, port, "POST", prefix + path, headers, payload)
+
+
+def json_object(data: bytes | str) -> dict | None:
+    """`data` decoded when it is a JSON object; None when it is not JSON or JSON of another type."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def bearer(target: TargetRuntime) -> list[tuple[bytes, bytes]]:

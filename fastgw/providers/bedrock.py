@@ -61,7 +61,8 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, ProtocolError, envelope
 from fastgw.proto.eventstream import CONTENT_TYPE, EventStreamDecoder, Message
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, host_header, split_base_url
+from fastgw.providers.base import (USER_AGENT, TargetRuntime, UpstreamRequest, chat_only, host_header, json_object,
+                                   split_base_url)
 from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, translate_all, usage_dict
 
 __all__ = ["BedrockAdapter", "BedrockStreamTranslator", "translate_request", "translate_converse", "resolve_region",
@@ -71,7 +72,6 @@ log = logging.getLogger("fastgw.providers.bedrock")
 
 #: The SigV4 service name of bedrock-runtime.
 SERVICE = "bedrock"
-_UA = b"fastgw/0.1"
 #: After botocore found no credentials, look again only this often: the chain may probe the instance metadata
 #: service (about a second when it is absent), which must not block the worker's loop on every request.
 _NO_CREDENTIALS_RETRY_S = 30.0
@@ -489,11 +489,8 @@ def _usage(u: object) -> dict:
 def _error_body(status: int, data: bytes) -> bytes:
     type_, code = _HTTP_ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
     message = None
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        obj = None
-    if isinstance(obj, dict):
+    obj = json_object(data)
+    if obj is not None:
         message = obj.get("message") or obj.get("Message")
         kind = obj.get("__type") or obj.get("code")
         if isinstance(kind, str) and kind:
@@ -567,12 +564,9 @@ class BedrockStreamTranslator:
             kind = h.get(":exception-type")
             kind = kind if isinstance(kind, str) and kind else "exception"
             message = None
-            try:
-                obj = orjson.loads(m.payload)
-                if isinstance(obj, dict):
-                    message = obj.get("message") or obj.get("Message") or obj.get("originalMessage")
-            except orjson.JSONDecodeError:
-                pass
+            obj = json_object(m.payload)
+            if obj is not None:
+                message = obj.get("message") or obj.get("Message") or obj.get("originalMessage")
             raise UpstreamError(f"bedrock: {message if isinstance(message, str) and message else kind}", code=kind)
         if mtype == "error":
             code = h.get(":error-code")
@@ -582,11 +576,8 @@ class BedrockStreamTranslator:
         if mtype != "event":
             return b""  # unknown message types are skipped, as the AWS SDKs do
         etype = h.get(":event-type")
-        try:
-            obj = orjson.loads(m.payload)
-        except orjson.JSONDecodeError:
-            raise UpstreamProtocolError(f"bedrock stream: {etype} payload is not JSON") from None
-        if not isinstance(obj, dict):
+        obj = json_object(m.payload)
+        if obj is None:
             raise UpstreamProtocolError(f"bedrock stream: {etype} payload is not a JSON object")
         w = self._w
         if etype == "contentBlockDelta":
@@ -663,7 +654,7 @@ class BedrockAdapter:
             hs = hosth.decode("ascii")
             headers = sign(bc, creds, region, f"{scheme}://{hs}{path}",
                            {"host": hs, "content-type": "application/json"}, payload)
-        headers += [(b"accept", accept), (b"user-agent", _UA), *target.extra_headers]
+        headers += [(b"accept", accept), (b"user-agent", USER_AGENT), *target.extra_headers]
         return UpstreamRequest(scheme, host, port, "POST", path, headers, payload)
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> BedrockStreamTranslator:
@@ -675,10 +666,7 @@ class BedrockAdapter:
     def translate_response(self, target: TargetRuntime, body: dict, status: int, data: bytes) -> tuple[int, bytes]:
         if status >= 400:
             return status, _error_body(status, data)
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
+        obj = json_object(data)
+        if obj is None:
             return 502, UpstreamProtocolError("bedrock answered with a body that is not a Converse response").body()
         return status, translate_converse(obj, target.model)

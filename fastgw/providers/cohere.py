@@ -34,7 +34,7 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, envelope
 from fastgw.proto.sse import SSEDecoder, SSEEvent
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_post
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_object, json_post
 from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
 
 __all__ = ["CohereAdapter", "CohereTranslator", "build_body"]
@@ -297,11 +297,8 @@ class CohereTranslator:
         data = ev.data
         if not data or data == "[DONE]":
             return b""
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamProtocolError("cohere sent an event whose data is not JSON") from None
-        if not isinstance(obj, dict):
+        obj = json_object(data)
+        if obj is None:
             raise UpstreamProtocolError("cohere sent an event whose data is not a JSON object")
         kind = obj.get("type") or ev.event
         w = self._w
@@ -346,11 +343,8 @@ class CohereTranslator:
 
 
 def _message_of(data: bytes) -> str | None:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(parsed, dict):
+    parsed = json_object(data)
+    if parsed is not None:
         for key in ("message", "error"):
             v = parsed.get(key)
             if isinstance(v, str):
@@ -383,11 +377,8 @@ class CohereAdapter:
     def translate_response(self, target: TargetRuntime, body: dict, status: int, data: bytes) -> tuple[int, bytes]:
         if status >= 400:
             return status, _error_body(status, data)
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
+        obj = json_object(data)
+        if obj is None:
             return 502, UpstreamProtocolError("cohere answered with a body that is not a JSON object").body()
         reason = obj.get("finish_reason")
         if reason in _FAILED:

@@ -67,14 +67,13 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, envelope
 from fastgw.proto.sse import SSEDecoder
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, host_header, split_base_url
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, json_post, split_base_url
 from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
 
 __all__ = ["GeminiAdapter", "GeminiTranslator", "translate_request", "translate_schema", "usage_from"]
 
 log = logging.getLogger("fastgw.providers.gemini")
 
-_UA = b"fastgw/0.1"
 
 #: Google's documented placeholder for a replayed Gemini 3 function call whose signature was lost.
 SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -737,31 +736,24 @@ class GeminiAdapter:
     """The Gemini adapter (pure: builds the request bytes, translates answers)."""
 
     def path(self, target: TargetRuntime, prefix: str, stream: bool) -> str:
+        """The request path after the base URL's own path `prefix`."""
         model = quote(target.model.removeprefix("models/"), safe="-._~@")
         version = "" if prefix.endswith(("/v1beta", "/v1", "/v1alpha")) else "/v1beta"
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        return f"{prefix}{version}/models/{model}:{method}"
+        return f"{version}/models/{model}:{method}"
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
         chat_only("gemini", endpoint)
         assert target.base_url is not None
-        scheme, host, port, prefix = split_base_url(target.base_url)
         try:
             payload = orjson.dumps(translate_request(target, body))
         except (TypeError, AttributeError, ValueError) as e:
             # A field of an unexpected JSON type somewhere deep in the body: the client's error, not ours.
             raise _bad(f"the request body could not be translated for Gemini: {e}", None, "invalid_value") from None
-        headers: list[tuple[bytes, bytes]] = [
-            (b"host", host_header(scheme, host, port)),
-            (b"content-type", b"application/json"),
-            (b"accept", b"text/event-stream" if stream else b"application/json"),
-            (b"user-agent", _UA),
-        ]
-        if target.api_key:
-            headers.append((b"x-goog-api-key", target.api_key.encode()))
-        headers += target.extra_headers
-        return UpstreamRequest(scheme, host, port, "POST", self.path(target, prefix, stream), headers, payload)
+        auth = [(b"x-goog-api-key", target.api_key.encode())] if target.api_key else []
+        path = self.path(target, split_base_url(target.base_url)[3], stream)
+        return json_post(target, path, payload, stream, auth)
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> GeminiTranslator:
         return GeminiTranslator(target.model, body)

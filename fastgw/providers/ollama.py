@@ -37,7 +37,7 @@ import orjson
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError
 from fastgw.proto.errors import GatewayError, envelope
 from fastgw.proto.ndjson import NDJSONDecoder
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_post
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_object, json_post
 from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
 
 __all__ = ["OllamaAdapter", "OllamaTranslator", "build_body"]
@@ -116,11 +116,8 @@ def _arguments(raw: object, where: str) -> dict:
     if raw is None or raw == "":
         return {}
     if isinstance(raw, str):
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            value = None
-        if isinstance(value, dict):
+        value = json_object(raw)
+        if value is not None:
             return value
     raise _invalid("tool call arguments must be a JSON object (as a string)", where)
 
@@ -302,11 +299,8 @@ class OllamaTranslator:
         return self._w.end(self._usage)
 
     def _line(self, line: bytes) -> bytes:
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise UpstreamProtocolError("ollama sent a stream line that is not JSON") from None
-        if not isinstance(obj, dict):
+        obj = json_object(line)
+        if obj is None:
             raise UpstreamProtocolError("ollama sent a stream line that is not a JSON object")
         if self._done:
             return b""  # the answer is complete at the done line; nothing follows it, and anything that does is ignored
@@ -343,11 +337,8 @@ class OllamaTranslator:
 def _error_body(status: int, data: bytes) -> bytes:
     """Ollama's `{"error": "..."}` (or any body) as an OpenAI error envelope."""
     message = None
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict):
+    parsed = json_object(data)
+    if parsed is not None:
         err = parsed.get("error")
         if isinstance(err, str):
             message = err
@@ -378,11 +369,8 @@ class OllamaAdapter:
     def translate_response(self, target: TargetRuntime, body: dict, status: int, data: bytes) -> tuple[int, bytes]:
         if status >= 400:
             return status, _error_body(status, data)
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
+        obj = json_object(data)
+        if obj is None:
             return 502, UpstreamProtocolError("ollama answered with a body that is not a JSON object").body()
         err = obj.get("error")
         if err is not None:
