@@ -108,22 +108,24 @@ class FramingGuard:
         pos = 0
         n = len(data)
         while pos < n:
-            state = self._state
-            if state == _BODY_LENGTH or state == _CHUNK_DATA:
-                left = n - pos
-                r = self._remaining
-                if r > left:
-                    self._remaining = r - left
-                    return
-                pos += r
-                self._remaining = 0
-                self._state = _CHUNK_LINE if state == _CHUNK_DATA else _HEAD
-            elif state == _HEAD:
-                pos = self._head(data, pos, n)
-            elif state == _CHUNK_LINE:
-                pos = self._chunk_line(data, pos, n)
-            else:
-                pos = self._trailers(data, pos, n)
+            pos = self._step(data, pos, n)
+
+    def _step(self, data: bytes, pos: int, n: int) -> int:
+        """Follow data[pos:n] through the current state; the position after it."""
+        state = self._state
+        if state == _BODY_LENGTH or state == _CHUNK_DATA:
+            r = self._remaining
+            if r > n - pos:
+                self._remaining = r - (n - pos)
+                return n
+            self._remaining = 0
+            self._state = _CHUNK_LINE if state == _CHUNK_DATA else _HEAD
+            return pos + r
+        if state == _HEAD:
+            return self._head(data, pos, n)
+        if state == _CHUNK_LINE:
+            return self._chunk_line(data, pos, n)
+        return self._trailers(data, pos, n)
 
     def failed_head(self, data: bytes, announced: bool) -> bytes | None:
         """httptools refused `data` inside a request head: return that head's bytes received so far.
@@ -157,20 +159,7 @@ class FramingGuard:
                 return head
             if pos >= n:
                 return None
-            if state == _BODY_LENGTH or state == _CHUNK_DATA:
-                r = self._remaining
-                if r > n - pos:
-                    self._remaining = r - (n - pos)
-                    return None
-                pos += r
-                self._remaining = 0
-                self._state = _CHUNK_LINE if state == _CHUNK_DATA else _HEAD
-            elif state == _HEAD:
-                pos = self._head(data, pos, n)
-            elif state == _CHUNK_LINE:
-                pos = self._chunk_line(data, pos, n)
-            else:
-                pos = self._trailers(data, pos, n)
+            pos = self._step(data, pos, n)
 
     def _find_end(self, data: bytes, pos: int, n: int) -> int:
         """Index just past the first CRLFCRLF of carry + data[pos:], or -1 (the carry is then updated)."""
