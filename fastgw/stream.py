@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol as TypingProtocol
+from typing import Callable, Protocol as TypingProtocol
 
 from fastgw.proto.client import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from fastgw.proto.errors import GatewayError, ProtocolError
@@ -402,18 +402,21 @@ class PolicyRelay(SSERelay):
             log.exception("output policy failed")
             self._fail_closed()
 
+    def _checked(self, step: Callable[[], list[bytes]]) -> list[bytes] | None:
+        """What the policy releases, or None when it ended the stream (a block, or a policy bug: fail closed)."""
+        try:
+            return step()
+        except StreamBlocked as b:
+            self._blocked(b)
+        except Exception:  # noqa: BLE001 - nothing unchecked reaches the client
+            log.exception("output policy failed")
+            self._fail_closed()
+        return None
+
     def flush(self) -> None:
         if self.done.done():
             return
-        try:
-            out = self._policy.release()
-        except StreamBlocked as b:
-            self._blocked(b)
-            return
-        except Exception:  # noqa: BLE001
-            log.exception("output policy failed")
-            self._fail_closed()
-            return
+        out = self._checked(self._policy.release)
         if out:
             self._write(out[0] if len(out) == 1 else b"".join(out))
 
@@ -423,14 +426,8 @@ class PolicyRelay(SSERelay):
         if self._decoder.has_partial and not self.saw_done:
             self._terminate(UpstreamProtocolError("upstream ended the stream in the middle of an event"))
             return
-        try:
-            out = self._policy.finish()
-        except StreamBlocked as b:
-            self._blocked(b)
-            return
-        except Exception:  # noqa: BLE001
-            log.exception("output policy failed")
-            self._fail_closed()
+        out = self._checked(self._policy.finish)
+        if out is None:
             return
         if not self.saw_done:
             out.append(_done_marker(self.dialect))
