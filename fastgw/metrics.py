@@ -383,7 +383,10 @@ class EventClock:
             if p is None:
                 _pend_obs[m.inter_event] = [counts, self.total]
             else:
-                p[0] = [a + b for a, b in zip(p[0], counts)]
+                pending = p[0]
+                for i, n in enumerate(counts):
+                    if n:
+                        pending[i] += n
                 p[1] += self.total
             self.counts = [0] * _N_INTER
             self.total = 0.0
