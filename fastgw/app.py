@@ -21,9 +21,9 @@ from fastgw import accesslog, metrics
 from fastgw.config import Config
 from fastgw.policy.base import PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.chain import Chain
-from fastgw.proto.client import (UpstreamConnectError, UpstreamConnection, UpstreamDisconnected, UpstreamError,
-                                 UpstreamPool, UpstreamTimeout)
-from fastgw.proto.errors import GatewayError
+from fastgw.api.errors import (GatewayError, UpstreamConnectError, UpstreamDisconnected, UpstreamError,
+                               UpstreamTimeout, from_transport)
+from fastgw.proto.client import TransportError, TransportTimeout, UpstreamConnection, UpstreamPool
 from fastgw.proto.server import Request, Responder
 from fastgw.config import DEFAULT_BASE_URLS
 from fastgw.providers import adapter_for
@@ -492,9 +492,10 @@ class App:
             conn: UpstreamConnection = await self.pool.exchange(
                 (ureq.scheme, ureq.host, ureq.port), ureq.encode(), connect_timeout=target.connect_timeout,
                 head_timeout=target.ttft_timeout, ca_file=target.ca_file)
-        except (UpstreamConnectError, UpstreamDisconnected, UpstreamTimeout) as e:
-            raise _Retryable("timeout" if isinstance(e, UpstreamTimeout) else "connect_error", _raiser(e)) from None
-        except UpstreamError as e:
+        except TransportError as t:
+            e = from_transport(t)
+            if isinstance(e, (UpstreamConnectError, UpstreamDisconnected, UpstreamTimeout)):
+                raise _Retryable("timeout" if isinstance(e, UpstreamTimeout) else "connect_error", _raiser(e)) from None
             raise _Retryable("5xx", _raiser(e)) from None
         try:
             status = conn.status
@@ -511,11 +512,11 @@ class App:
             try:
                 data = await conn.read_body(timeout=max(0.001, deadlines[2] - self.loop.time()),
                                             first_by=deadlines[0], idle=target.idle_timeout)
-            except UpstreamTimeout:
+            except TransportTimeout:
                 raise
-            except UpstreamError as e:
+            except TransportError as e:
                 # Reset or broken framing mid-body: nothing reached the client, so another target may answer.
-                raise _Retryable("5xx", _raiser(e)) from None
+                raise _Retryable("5xx", _raiser(from_transport(e))) from None
             status, data = adapter.translate_response(target, body, status, data)
             if status >= 400:
                 async def answer() -> None:
@@ -531,8 +532,8 @@ class App:
                 ctype = b"application/json"  # translated to an OpenAI body
             await self._send_ok(resp, ctx, [(b"content-type", ctype or b"application/json")] + passed, data,
                                 endpoint)
-        except UpstreamTimeout as e:
-            raise _Retryable("timeout", _raiser(e)) from None
+        except TransportTimeout as e:
+            raise _Retryable("timeout", _raiser(from_transport(e))) from None
         finally:
             self.pool.release(conn)
 

@@ -14,14 +14,15 @@ import logging
 import time
 from typing import Callable, Protocol as TypingProtocol
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from fastgw.proto.errors import GatewayError, ProtocolError
-from fastgw.proto.server import Responder
+import orjson
+
+from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, UpstreamTimeout, from_transport
 from fastgw.metrics import EventClock
 from fastgw.policy.base import PolicyFailure, RequestContext
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
-import orjson
-
+from fastgw.proto.client import BadResponse
+from fastgw.proto.errors import ProtocolError
+from fastgw.proto.server import Responder
 from fastgw.proto.sse import DONE, SSEDecoder, SSESplitter, encode_data, encode_event
 from fastgw.providers.base import Translator
 
@@ -172,7 +173,7 @@ class SSERelay:
         try:
             block = self._splitter.feed(data)
         except ProtocolError as e:
-            raise UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}") from None
+            raise BadResponse(f"upstream SSE stream invalid: {e.message}") from None
         if block:
             if not self.content and self._resp.head_pending and block.startswith(b'data: {"error"'):
                 self._first_event_error(block)
@@ -258,9 +259,10 @@ class SSERelay:
         self.ok = True
         self._end(tail)
 
-    def on_error(self, exc: UpstreamError) -> None:
+    def on_error(self, exc: BaseException) -> None:
         if self.done.done():
             return
+        exc = from_transport(exc)
         if self.saw_done and self.dialect == "chat":
             self.on_end()  # the answer was complete ([DONE] seen): a connection dropped after it is no failure
             return
@@ -435,11 +437,11 @@ class PolicyRelay(SSERelay):
         self.ok = True
         self._end(self._take() + b"".join(out))
 
-    def on_error(self, exc: UpstreamError) -> None:
+    def on_error(self, exc: BaseException) -> None:
         if self.saw_done and self.dialect == "chat":
             self.on_end()  # complete already: a connection dropped after [DONE] is no failure
             return
-        self._terminate(exc)
+        self._terminate(from_transport(exc))
 
     def _terminate(self, err: GatewayError) -> None:
         """A failure mid-stream: what was held is final now (released redacted), then the error and [DONE]."""
@@ -522,7 +524,7 @@ class TranslatedSource:
             sink.on_data(out)
         sink.on_end()
 
-    def on_error(self, exc: UpstreamError) -> None:
+    def on_error(self, exc: BaseException) -> None:
         if self._sink is not None:
             self._sink.on_error(exc)
 

@@ -24,6 +24,7 @@ from fastgw import accesslog, metrics
 from fastgw.app import App
 from fastgw.config import Config
 from fastgw.policy.chain import Chain
+from fastgw.api.errors import render
 from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, ServerLimits
 from fastgw.providers.base import TargetRuntime
 
@@ -89,7 +90,7 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
     servers = []
     for sock in sockets:
         servers.append(await loop.create_server(
-            lambda: HttpServerProtocol(app, lim, tracker, loop, on_error), sock=sock, backlog=2048))
+            lambda: HttpServerProtocol(app, lim, tracker, loop, on_error, render), sock=sock, backlog=2048))
     stop: asyncio.Future[int] = loop.create_future()
 
     def request_stop(sig: int) -> None:

@@ -10,6 +10,7 @@ import time
 import orjson
 import uvloop
 
+from fastgw.api.errors import render
 from fastgw.app import App, build_targets
 from fastgw.config import Config, MockOptions, Pack, Providers, Target
 from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, ServerLimits
@@ -40,7 +41,7 @@ class _AppServer:
                 app = App(cfg, build_targets(cfg, {}), self.loop)
                 self.tracker = ConnectionTracker()
                 srv = await self.loop.create_server(
-                    lambda: HttpServerProtocol(app, ServerLimits(send_timeout=30), self.tracker, self.loop),
+                    lambda: HttpServerProtocol(app, ServerLimits(send_timeout=30), self.tracker, self.loop, render_error=render),
                     "127.0.0.1", 0)
                 self.port = srv.sockets[0].getsockname()[1]
                 ready.set()

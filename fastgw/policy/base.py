@@ -11,7 +11,7 @@ import time
 
 import msgspec
 
-from fastgw.proto.errors import GatewayError
+from fastgw.api.errors import GatewayError
 
 __all__ = ["RequestContext", "Decision", "PolicyViolation", "PolicyFailure", "AuthError", "Forbidden"]
 

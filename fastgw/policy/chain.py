@@ -16,7 +16,7 @@ import orjson
 
 from fastgw.config import Config
 from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
-from fastgw.proto.errors import GatewayError
+from fastgw.api.errors import GatewayError
 from fastgw.policy.findings import Findings
 from fastgw.policy.textscan import ScanPolicy, process_slots, request_slots, response_slots
 

@@ -21,7 +21,7 @@ import orjson
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Finding, Findings
 from fastgw.policy.textscan import ScanPolicy, Tagged, merge_spans, redact
-from fastgw.proto.errors import GatewayError
+from fastgw.api.errors import GatewayError
 from fastgw.proto.sse import SSEEvent, encode_event
 from fastgw.scan.scanner import StreamScanner
 

@@ -20,37 +20,37 @@ from typing import Protocol as TypingProtocol
 import httptools
 
 from fastgw.proto import limits
-from fastgw.proto.errors import GatewayError
 
 __all__ = [
-    "UpstreamError", "UpstreamConnectError", "UpstreamTimeout", "UpstreamDisconnected", "UpstreamProtocolError",
+    "TransportError", "ConnectFailed", "TransportTimeout", "PeerClosed", "BadResponse",
     "Sink", "UpstreamConnection", "UpstreamPool", "PoolKey",
 ]
 
 PoolKey = tuple[str, str, int]  # (scheme, host, port)
 
 
-class UpstreamError(GatewayError):
-    status = 502
-    type = "upstream_error"
-    code = "upstream_error"
+class TransportError(Exception):
+    """The upstream exchange failed at the HTTP level (the layer above maps it to its own API error)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
-class UpstreamConnectError(UpstreamError):
-    code = "upstream_connect_error"
+class ConnectFailed(TransportError):
+    """TCP connect or TLS handshake failed or timed out."""
 
 
-class UpstreamTimeout(UpstreamError):
-    status = 504
-    code = "upstream_timeout"
+class TransportTimeout(TransportError):
+    """No head, no body or no byte within a deadline."""
 
 
-class UpstreamDisconnected(UpstreamError):
-    code = "upstream_disconnected"
+class PeerClosed(TransportError):
+    """The upstream closed the connection before the response was complete."""
 
 
-class UpstreamProtocolError(UpstreamError):
-    code = "upstream_protocol_error"
+class BadResponse(TransportError):
+    """What the upstream sent breaks HTTP/1.1 framing or a size limit (or, raised by a sink, its body format)."""
 
 
 class _StaleConnection(Exception):
@@ -63,7 +63,7 @@ class Sink(TypingProtocol):
     def on_data(self, data: bytes) -> None: ...
     def flush(self) -> None: ...
     def on_end(self) -> None: ...
-    def on_error(self, exc: UpstreamError) -> None: ...
+    def on_error(self, exc: TransportError) -> None: ...
 
 
 class _Collector:
@@ -80,7 +80,7 @@ class _Collector:
     def on_data(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise UpstreamProtocolError("upstream response body exceeds %d bytes" % self.limit)
+            raise BadResponse("upstream response body exceeds %d bytes" % self.limit)
         self.parts.append(data)
 
     def flush(self) -> None:
@@ -90,7 +90,7 @@ class _Collector:
         if not self.future.done():
             self.future.set_result(b"".join(self.parts))
 
-    def on_error(self, exc: UpstreamError) -> None:
+    def on_error(self, exc: TransportError) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
 
@@ -124,17 +124,17 @@ class UpstreamConnection(asyncio.Protocol):
                 self._deliver()
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
-            self._fail_parse(ctx if isinstance(ctx, UpstreamError)
-                             else UpstreamProtocolError(f"bad upstream response: {e}"))
+            self._fail_parse(ctx if isinstance(ctx, TransportError)
+                             else BadResponse(f"bad upstream response: {e}"))
         except httptools.HttpParserError as e:
-            self._fail_parse(UpstreamProtocolError(f"bad upstream response: {e}"))
-        except UpstreamError as e:
+            self._fail_parse(BadResponse(f"bad upstream response: {e}"))
+        except TransportError as e:
             self._fail(e)
         sink = self._sink
         if sink is not None and not self._ended:
             sink.flush()
         if not self._headers_done and self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
-            self._fail(UpstreamProtocolError("upstream response head too large"))
+            self._fail(BadResponse("upstream response head too large"))
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost decides what the EOF means
@@ -149,10 +149,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._emit_end()
             return
         if not self._got_bytes and self.reused:
-            self._fail(UpstreamDisconnected("stale keep-alive connection"), stale=True)
+            self._fail(PeerClosed("stale keep-alive connection"), stale=True)
             return
         what = "before the response head" if not self._headers_done else "in the middle of the response body"
-        self._fail(UpstreamDisconnected(f"upstream closed the connection {what}"))
+        self._fail(PeerClosed(f"upstream closed the connection {what}"))
 
     # ---- parser callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -160,7 +160,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes after the end of the response (a body longer than its content-length, a second response, or
             # garbage after the last chunk): stop parsing here, so none of it is taken as this response's body.
             # The response stands; the connection is out of step and is closed (`_fail_parse`), never pooled.
-            raise UpstreamProtocolError("upstream sent bytes after the end of the response")
+            raise BadResponse("upstream sent bytes after the end of the response")
 
     def on_status(self, status: bytes) -> None:
         self._head_bytes += len(status)
@@ -168,7 +168,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
-            raise UpstreamProtocolError("upstream response head too large")
+            raise BadResponse("upstream response head too large")
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -223,7 +223,7 @@ class UpstreamConnection(asyncio.Protocol):
             timer.cancel()
 
     def _on_head_timeout(self, timeout: float) -> None:
-        self._fail(UpstreamTimeout("upstream sent no response head within %gs" % timeout))
+        self._fail(TransportTimeout("upstream sent no response head within %gs" % timeout))
 
     def _reset(self) -> None:
         """Per-response state, fresh for each request on this connection."""
@@ -238,7 +238,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._sink: Sink | None = None
         self._held: list[bytes] = []
-        self._error: UpstreamError | None = None
+        self._error: TransportError | None = None
         self._ended = False
 
     def header(self, name: bytes) -> bytes | None:
@@ -255,7 +255,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._deliver()
                 if self._error is None and not self._complete:
                     sink.flush()  # otherwise the end below writes it, with the terminator, in one writev
-        except UpstreamError as e:
+        except TransportError as e:
             self._fail(e)
             return
         if self._error is not None:
@@ -281,11 +281,11 @@ class UpstreamConnection(asyncio.Protocol):
                 state["size"], state["at"] = collector.size, now
             started = collector.size > 0
             if now >= end_by:
-                self._fail(UpstreamTimeout("upstream body not received within %gs" % timeout))
+                self._fail(TransportTimeout("upstream body not received within %gs" % timeout))
             elif not started and first_by is not None and now >= first_by:
-                self._fail(UpstreamTimeout("upstream sent no body within the time-to-first-token limit"))
+                self._fail(TransportTimeout("upstream sent no body within the time-to-first-token limit"))
             elif started and idle is not None and now - state["at"] >= idle:
-                self._fail(UpstreamTimeout("upstream went silent for longer than the idle limit"))
+                self._fail(TransportTimeout("upstream went silent for longer than the idle limit"))
             else:
                 nxt = end_by
                 if not started and first_by is not None:
@@ -308,13 +308,13 @@ class UpstreamConnection(asyncio.Protocol):
             if self._held:
                 try:
                     self._deliver()  # no flush: on_end writes the rest and the terminator in one writev
-                except UpstreamError as e:
+                except TransportError as e:
                     self._fail(e)
                     return
             self._ended = True
             sink.on_end()
 
-    def _fail_parse(self, exc: UpstreamError) -> None:
+    def _fail_parse(self, exc: TransportError) -> None:
         """A framing error in what the upstream sent."""
         if self._complete:
             # After the end of a whole response (bytes past its end): the response stands, but the connection
@@ -327,11 +327,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self._held and self._sink is not None and not self._ended:
             try:
                 self._deliver()
-            except UpstreamError as e:
+            except TransportError as e:
                 exc = e
         self._fail(exc)
 
-    def _fail(self, exc: UpstreamError, stale: bool = False) -> None:
+    def _fail(self, exc: TransportError, stale: bool = False) -> None:
         if self._error is not None or self._ended:
             return
         self._error = exc
@@ -417,11 +417,11 @@ class UpstreamPool:
                     lambda: UpstreamConnection(key, self._loop), host, port, ssl=ssl_ctx,
                     server_hostname=host if ssl_ctx else None)
         except TimeoutError:
-            raise UpstreamConnectError(f"connect to {host}:{port} timed out after {timeout:g}s") from None
+            raise ConnectFailed(f"connect to {host}:{port} timed out after {timeout:g}s") from None
         except ssl.SSLError as e:
-            raise UpstreamConnectError(f"TLS handshake with {host}:{port} failed: {e.reason or e}") from None
+            raise ConnectFailed(f"TLS handshake with {host}:{port} failed: {e.reason or e}") from None
         except OSError as e:
-            raise UpstreamConnectError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+            raise ConnectFailed(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
         self.connects += 1
         return proto
 
@@ -445,7 +445,7 @@ class UpstreamPool:
         try:
             await conn.request(data, head_timeout)
         except _StaleConnection:
-            raise UpstreamDisconnected("upstream closed the connection before the response head") from None
+            raise PeerClosed("upstream closed the connection before the response head") from None
         except BaseException:
             conn.close()
             raise

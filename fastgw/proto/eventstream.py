@@ -103,7 +103,7 @@ class Message(msgspec.Struct, frozen=True, gc=False):
 
 def _bad(message: str) -> ProtocolError:
     # The upstream, not our client, broke the stream: the client gets 502 (or an in-stream error event).
-    return ProtocolError(f"upstream event stream: {message}", status=502, type="server_error", code="bad_gateway")
+    return ProtocolError(f"upstream event stream: {message}", status=502, code="bad_gateway")
 
 
 def _parse_headers(buf: bytes | bytearray | memoryview, start: int, end: int) -> dict[str, HeaderValue]:

@@ -23,7 +23,6 @@ def _too_big(limit: int) -> ProtocolError:
     return ProtocolError(
         f"upstream NDJSON line exceeds max_line_bytes ({limit} bytes)",
         status=502,
-        type="server_error",
         code="bad_gateway",
     )
 

@@ -18,7 +18,7 @@ import httptools
 
 from fastgw.proto import limits
 from fastgw.proto.chunked import LAST_CHUNK, write_chunk
-from fastgw.proto.errors import GatewayError, LimitError, ProtocolError
+from fastgw.proto.errors import HttpError, LimitError, ProtocolError
 from fastgw.proto.framing_guard import FramingGuard
 
 __all__ = ["Request", "Responder", "ServerLimits", "HttpServerProtocol", "ConnectionTracker", "FlowListener"]
@@ -49,6 +49,11 @@ _MAX_METHOD = 64
 _MAX_REPLAYS = 16
 # llhttp's reasons for refusing a Transfer-Encoding that may only need its OWS or empty elements removed.
 _TE_REFUSALS = frozenset({"Invalid `Transfer-Encoding` header value", "Request has invalid `Transfer-Encoding`"})
+
+
+def plain_error(err: HttpError) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The default error body: the message as plain text."""
+    return [(b"content-type", b"text/plain; charset=utf-8"), *err.headers], err.message.encode() + b"\n"
 
 
 def _h2_preface() -> ProtocolError:
@@ -233,15 +238,12 @@ class Responder:
             self.bytes_sent += len(body)
         self._finish()
 
-    def send_error(self, err: GatewayError) -> None:
-        """Answer with the error's status and envelope."""
+    def send_error(self, err: HttpError) -> None:
+        """Answer with the error's status and the body the layer above renders for it."""
         if err.close:
             self.keep_alive = False
-        headers = [(b"content-type", b"application/json")]
-        if err.no_retry:
-            headers.append((b"x-should-retry", b"false"))
-        headers.extend(err.headers)
-        self.send(err.status, headers, err.body())
+        headers, body = self._proto.render_error(err)
+        self.send(err.status, headers, body)
 
     # --- streamed responses ----------------------------------------------------------
     def start_stream(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -396,9 +398,11 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # ---- construction -----------------------------------------------------------
     def __init__(self, handler: Handler, lim: ServerLimits, tracker: ConnectionTracker,
-                 loop: asyncio.AbstractEventLoop | None = None, on_error: Callable[[BaseException], None] | None = None
-                 ) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, on_error: Callable[[BaseException], None] | None = None,
+                 render_error: Callable[[HttpError], tuple[list[tuple[bytes, bytes]], bytes]] | None = None) -> None:
         self._handler = handler
+        #: How an error becomes headers and a body: the API layer's envelope (proto knows none of its own).
+        self.render_error = render_error or plain_error
         self._lim = lim
         self._tracker = tracker
         self._loop = loop or asyncio.get_event_loop()
@@ -407,7 +411,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._parser = _new_parser(self)
         self._guard = FramingGuard(max_trailer_bytes=lim.max_header_bytes)
         # connection state
-        self._queue: deque[Request | GatewayError] = deque()
+        self._queue: deque[Request | HttpError] = deque()
         self._current: asyncio.Task[None] | None = None
         self._failed = False  # a framing error was seen: ignore everything after it
         self.lost = False
@@ -522,11 +526,11 @@ class HttpServerProtocol(asyncio.Protocol):
             # Upgrade is allowed). Nothing after the head is read.
             self._failed = True
             self.closing_after_response = True
-        except GatewayError as e:
+        except HttpError as e:
             self._fail(e)
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
-            self._fail(ctx if isinstance(ctx, GatewayError) else ProtocolError(f"malformed request: {e}"))
+            self._fail(ctx if isinstance(ctx, HttpError) else ProtocolError(f"malformed request: {e}"))
         except httptools.HttpParserInvalidMethodError as e:
             # llhttp knows a fixed list of methods: a well-formed unknown one deserves 501, garbage 400.
             self._recover("method", e, raw)
@@ -755,7 +759,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._queue.append(req)
 
     # ---- request dispatch -------------------------------------------------------------
-    def _fail(self, err: GatewayError) -> None:
+    def _fail(self, err: HttpError) -> None:
         """A framing error: answer it in order, then close; nothing after it is processed."""
         self._failed = True
         err.close = True
@@ -769,7 +773,7 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         item = self._queue.popleft()
         self._tracker.requests_in_flight += 1
-        if isinstance(item, GatewayError):
+        if isinstance(item, HttpError):
             resp = Responder(self, keep_alive=False, head_only=False)
             resp.send_error(item)
             self._tracker.requests_in_flight -= 1
@@ -783,13 +787,13 @@ class HttpServerProtocol(asyncio.Protocol):
         try:
             await self._handler(req, resp)
             if not resp.finished and not resp.started:
-                resp.send_error(GatewayError("handler produced no response"))
+                resp.send_error(HttpError("handler produced no response", code="internal_error"))
             elif not resp.finished:
                 resp.end()
         except asyncio.CancelledError:
             resp.abort()
             raise
-        except GatewayError as e:
+        except HttpError as e:
             if not resp.started:
                 resp.send_error(e)
             else:
@@ -798,7 +802,7 @@ class HttpServerProtocol(asyncio.Protocol):
             if self._on_error is not None:
                 self._on_error(e)
             if not resp.started:
-                resp.send_error(GatewayError("internal error", code="internal_error"))
+                resp.send_error(HttpError("internal error", code="internal_error"))
             else:
                 resp.abort()
         finally:

@@ -87,7 +87,6 @@ def _too_big(limit: int) -> ProtocolError:
     return ProtocolError(
         f"upstream SSE event exceeds max_event_bytes ({limit} bytes)",
         status=502,
-        type="server_error",
         code="bad_gateway",
     )
 

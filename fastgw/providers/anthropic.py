@@ -38,8 +38,9 @@ import logging
 
 import orjson
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import GatewayError, ProtocolError, envelope
+from fastgw.api.errors import UpstreamError, UpstreamProtocolError
+from fastgw.api.errors import GatewayError, envelope
+from fastgw.proto.errors import ProtocolError
 from fastgw.proto.sse import SSEDecoder
 from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, json_object, json_post, split_base_url
 from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict

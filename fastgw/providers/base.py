@@ -92,7 +92,7 @@ USER_AGENT = b"fastgw/0.1"
 def chat_only(provider: str, endpoint: str) -> None:
     """Translated providers serve chat completions only: any other endpoint is a clear 400."""
     if endpoint != Endpoint.CHAT:
-        from fastgw.proto.errors import GatewayError
+        from fastgw.api.errors import GatewayError
 
         raise GatewayError(f"provider {provider} serves only /v1/chat/completions, not /v1/{endpoint}", status=400,
                            type="invalid_request_error", code="unsupported_endpoint", no_retry=True)

@@ -58,8 +58,9 @@ from urllib.parse import quote
 
 import orjson
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import GatewayError, ProtocolError, envelope
+from fastgw.api.errors import UpstreamError, UpstreamProtocolError
+from fastgw.api.errors import GatewayError, envelope
+from fastgw.proto.errors import ProtocolError
 from fastgw.proto.eventstream import CONTENT_TYPE, EventStreamDecoder, Message
 from fastgw.providers.base import (USER_AGENT, TargetRuntime, UpstreamRequest, chat_only, host_header, json_object,
                                    split_base_url)
@@ -542,7 +543,10 @@ class BedrockStreamTranslator:
     def feed(self, data: bytes) -> bytes:
         if self._error is not None:
             raise self._error
-        msgs = self._decoder.feed(data)  # ProtocolError (502) on a corrupt or oversized frame
+        try:
+            msgs = self._decoder.feed(data)
+        except ProtocolError as e:  # a corrupt or oversized frame
+            raise UpstreamProtocolError(f"bedrock {e.message}", code=e.code) from None
         out, self._error = translate_all(msgs, self._message)  # type: ignore[assignment]
         return out
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import orjson
 
-from fastgw.proto.errors import GatewayError
+from fastgw.api.errors import GatewayError
 
 from fastgw.proto.sse import DONE, encode_data
 

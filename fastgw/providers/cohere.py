@@ -31,8 +31,9 @@ import logging
 
 import orjson
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import GatewayError, envelope
+from fastgw.api.errors import UpstreamError, UpstreamProtocolError
+from fastgw.proto.errors import ProtocolError
+from fastgw.api.errors import GatewayError, envelope
 from fastgw.proto.sse import SSEDecoder, SSEEvent
 from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_object, json_post
 from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
@@ -280,7 +281,11 @@ class CohereTranslator:
     def feed(self, data: bytes) -> bytes:
         if self._error is not None:
             raise self._error
-        out, self._error = translate_all(self._dec.feed(data), self._event)
+        try:
+            items = self._dec.feed(data)
+        except ProtocolError as e:  # an oversized event
+            raise UpstreamProtocolError(f"cohere {e.message}", code=e.code) from None
+        out, self._error = translate_all(items, self._event)
         return out
 
     def finish(self) -> bytes:

@@ -64,8 +64,9 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import GatewayError, envelope
+from fastgw.api.errors import UpstreamError, UpstreamProtocolError
+from fastgw.api.errors import GatewayError, envelope
+from fastgw.proto.errors import ProtocolError
 from fastgw.proto.sse import SSEDecoder
 from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, json_post, split_base_url
 from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
@@ -585,7 +586,11 @@ class GeminiTranslator:
         if self._failed is not None:
             raise self._failed
         out: list[bytes] = []
-        for ev in self._dec.feed(data):
+        try:
+            events = self._dec.feed(data)
+        except ProtocolError as e:  # an oversized event
+            raise UpstreamProtocolError(f"gemini {e.message}", code=e.code) from None
+        for ev in events:
             if ev.data is not None and ev.data != "[DONE]":
                 try:
                     self._event(ev.data, out)

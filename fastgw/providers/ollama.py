@@ -34,8 +34,9 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import GatewayError, envelope
+from fastgw.api.errors import UpstreamError, UpstreamProtocolError
+from fastgw.proto.errors import ProtocolError
+from fastgw.api.errors import GatewayError, envelope
 from fastgw.proto.ndjson import NDJSONDecoder
 from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_object, json_post
 from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
@@ -285,7 +286,11 @@ class OllamaTranslator:
     def feed(self, data: bytes) -> bytes:
         if self._error is not None:
             raise self._error
-        out, self._error = translate_all(self._dec.feed(data), self._line)
+        try:
+            items = self._dec.feed(data)
+        except ProtocolError as e:  # an oversized line
+            raise UpstreamProtocolError(f"ollama {e.message}", code=e.code) from None
+        out, self._error = translate_all(items, self._line)
         return out
 
     def finish(self) -> bytes:

@@ -14,6 +14,7 @@ import os
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from fastgw.api.errors import render
 from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, ServerLimits
 
 __all__ = ["fuzz", "split_at", "splits", "mutated", "FakeTransport", "serve", "INTERESTING"]
@@ -169,7 +170,7 @@ async def _spin(n: int = 12) -> None:
 async def _serve(pieces: list[bytes], handler,  # noqa: ANN001
                  lim: ServerLimits) -> tuple[FakeTransport, HttpServerProtocol]:
     loop = asyncio.get_running_loop()
-    proto = HttpServerProtocol(handler, lim, ConnectionTracker(), loop)
+    proto = HttpServerProtocol(handler, lim, ConnectionTracker(), loop, render_error=render)
     t = FakeTransport(loop)
     t.proto = proto
     proto.connection_made(t)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.pii import PiiPolicy
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
-from fastgw.proto.errors import GatewayError
+from fastgw.api.errors import GatewayError
 from fastgw.proto.sse import DONE, SSEDecoder, encode_data, encode_event
 from fastgw.scan.scanner import find_spans
 

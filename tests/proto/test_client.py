@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from fastgw.proto.client import (UpstreamConnectError, UpstreamDisconnected, UpstreamPool, UpstreamProtocolError,
-                                 UpstreamTimeout)
+from fastgw.proto.client import BadResponse, ConnectFailed, PeerClosed, TransportTimeout, UpstreamPool
 
 REQ = b"POST /v1/x HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -122,32 +121,32 @@ def test_upstream_errors():
     async def main():
         loop = asyncio.get_running_loop()
         pool = UpstreamPool(loop)
-        with pytest.raises(UpstreamConnectError):
+        with pytest.raises(ConnectFailed):
             await pool.exchange(("http", "127.0.0.1", 9), REQ, connect_timeout=2, head_timeout=2)
 
         async def hang(w):
             await asyncio.sleep(5)
         srv = Scripted([hang])
         port = await srv.start()
-        with pytest.raises(UpstreamTimeout):
+        with pytest.raises(TransportTimeout):
             await pool.exchange(("http", "127.0.0.1", port), REQ, connect_timeout=2, head_timeout=0.2)
 
         srv = Scripted([reply(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", then="close")])
         port = await srv.start()
         conn = await pool.exchange(("http", "127.0.0.1", port), REQ, connect_timeout=2, head_timeout=2)
-        with pytest.raises(UpstreamDisconnected):
+        with pytest.raises(PeerClosed):
             await conn.read_body(timeout=2)
 
         srv = Scripted([reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n")])
         port = await srv.start()
         conn = await pool.exchange(("http", "127.0.0.1", port), REQ, connect_timeout=2, head_timeout=2)
-        with pytest.raises(UpstreamProtocolError):
+        with pytest.raises(BadResponse):
             await conn.read_body(timeout=2)
         assert conn.closed
 
         srv = Scripted([reply(b"not http at all\r\n\r\n")])
         port = await srv.start()
-        with pytest.raises(UpstreamProtocolError):
+        with pytest.raises(BadResponse):
             await pool.exchange(("http", "127.0.0.1", port), REQ, connect_timeout=2, head_timeout=2)
     run(main())
 
@@ -185,7 +184,7 @@ def test_tls_with_ca_file_and_verification_failure(tls_files):
         pool = UpstreamPool(asyncio.get_running_loop())
         key_ = ("https", "127.0.0.1", port)
         # System CAs do not trust a self-signed certificate: a clear connect error, not a hang.
-        with pytest.raises(UpstreamConnectError, match="TLS|certificate|verify"):
+        with pytest.raises(ConnectFailed, match="TLS|certificate|verify"):
             await pool.exchange(key_, REQ, connect_timeout=2, head_timeout=2)
         conn = await pool.exchange(key_, REQ, connect_timeout=2, head_timeout=2, ca_file=str(cert))
         assert await conn.read_body() == b"secure"

@@ -12,6 +12,7 @@ import orjson
 import pytest
 import uvloop
 
+from fastgw.api.errors import render
 from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, Request, Responder, ServerLimits
 
 
@@ -73,7 +74,7 @@ class _Server:
 
             async def start() -> None:
                 srv = await self.loop.create_server(
-                    lambda: HttpServerProtocol(self.handler, self.lim, self.tracker, self.loop), "127.0.0.1", 0)
+                    lambda: HttpServerProtocol(self.handler, self.lim, self.tracker, self.loop, render_error=render), "127.0.0.1", 0)
                 self.srv = srv
                 self.port = srv.sockets[0].getsockname()[1]
                 ready.set()

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import GatewayError
+from fastgw.api.errors import UpstreamError, UpstreamProtocolError
+from fastgw.api.errors import GatewayError
 from fastgw.proto.sse import SSEDecoder
 from fastgw.providers import adapter_for, anthropic
 from fastgw.providers.anthropic import DEFAULT_MAX_TOKENS, translate_request

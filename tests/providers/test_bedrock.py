@@ -26,8 +26,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import GatewayError, ProtocolError
+from fastgw.api.errors import UpstreamError, UpstreamProtocolError
+from fastgw.api.errors import GatewayError
+from fastgw.proto.errors import ProtocolError
 from fastgw.proto.eventstream import encode_message, event
 from fastgw.proto.sse import SSEDecoder
 from fastgw.providers import adapter_for, bedrock
@@ -651,8 +652,9 @@ def test_any_split_equals_whole(name, data):
 
 def test_protocol_error_types():
     t = BedrockStreamTranslator(MODEL, {})
-    with pytest.raises(ProtocolError):
+    with pytest.raises(UpstreamProtocolError, match="bedrock upstream event stream") as e:  # the decoder's error,
         t.feed(b"\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x00\x00" + b"\x00" * 4)
+    assert e.value.code == "bad_gateway"  # as an upstream error of the API layer
     t = BedrockStreamTranslator(MODEL, {})
     t.feed(b"\x00")
     with pytest.raises(UpstreamProtocolError):

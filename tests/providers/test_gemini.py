@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import GatewayError
+from fastgw.api.errors import UpstreamError, UpstreamProtocolError
+from fastgw.api.errors import GatewayError
 from fastgw.proto.sse import SSEDecoder
 from fastgw.providers import adapter_for
 from fastgw.providers import gemini as gemini_module

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastgw.proto.client import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import GatewayError, ProtocolError
+from fastgw.api.errors import UpstreamError, UpstreamProtocolError
+from fastgw.api.errors import GatewayError
+from fastgw.proto.errors import ProtocolError
 from fastgw.proto.sse import SSEDecoder
 from fastgw.providers import adapter_for
 from fastgw.providers.base import TargetRuntime
@@ -294,7 +295,7 @@ def test_cut_and_malformed_streams():
     assert isinstance(translate(b"[1, 2]\n")[-1], UpstreamProtocolError)
     t = OllamaTranslator(MODEL, {})
     t._dec._max = 64  # a line past the limit is refused, not held
-    with pytest.raises(ProtocolError):
+    with pytest.raises(UpstreamProtocolError, match="exceeds max_line_bytes"):
         t.feed(b'{"message":{"content":"' + b"x" * 100)
 
 

@@ -1,0 +1,139 @@
+"""One error hierarchy for the gateway's API: every error knows its status, its OpenAI envelope and its origin.
+
+The origin says who failed — the upstream, a policy, the client or the gateway
+itself — so that only upstream failures are retried on another target and count
+against a circuit breaker. `render` turns any `proto` HTTP error into the envelope
+the OpenAI SDKs parse: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from fastgw.proto.errors import HttpError, ProtocolError
+
+__all__ = ["GatewayError", "Origin", "envelope", "render", "UpstreamError", "UpstreamConnectError",
+           "UpstreamTimeout", "UpstreamDisconnected", "UpstreamProtocolError", "InvalidRequest", "from_transport"]
+
+
+class Origin:
+    """Who an error comes from."""
+
+    UPSTREAM = "upstream"
+    POLICY = "policy"
+    CLIENT = "client"
+    GATEWAY = "gateway"
+
+
+def envelope(message: str, type_: str, code: str | None = None, param: str | None = None,
+             extra: dict | None = None) -> bytes:
+    """Render an OpenAI-style error envelope as JSON bytes (`extra` adds fields such as the policy name)."""
+    err = {"message": message, "type": type_, "param": param, "code": code}
+    if extra:
+        err.update(extra)
+    return orjson.dumps({"error": err})
+
+
+class GatewayError(HttpError):
+    """An error that becomes an HTTP answer (or an in-stream error event once streaming)."""
+
+    type: str = "server_error"
+    #: Retrying the same request cannot help: tells SDKs not to retry (x-should-retry: false).
+    no_retry: bool = False
+    origin: str = Origin.GATEWAY
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        close: bool | None = None,
+        no_retry: bool | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        extra: dict | None = None,
+        origin: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, close=close, headers=headers)
+        if type is not None:
+            self.type = type
+        if no_retry is not None:
+            self.no_retry = no_retry
+        if origin is not None:
+            self.origin = origin
+        self.param = param
+        self.extra = extra
+
+    def body(self) -> bytes:
+        return envelope(self.message, self.type, self.code, self.param, self.extra)
+
+
+class InvalidRequest(GatewayError):
+    """The client's request cannot be served as written: 400, never worth retrying."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+    no_retry = True
+    origin = Origin.CLIENT
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    origin = Origin.UPSTREAM
+
+
+class UpstreamConnectError(UpstreamError):
+    code = "upstream_connect_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamDisconnected(UpstreamError):
+    code = "upstream_disconnected"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+
+
+def from_transport(exc: BaseException) -> GatewayError:
+    """The API error for a failure the upstream client reports (`proto.client.TransportError`), or any error."""
+    from fastgw.proto import client
+
+    if isinstance(exc, GatewayError):
+        return exc
+    message = str(exc)
+    if isinstance(exc, client.ConnectFailed):
+        return UpstreamConnectError(message)
+    if isinstance(exc, client.TransportTimeout):
+        return UpstreamTimeout(message)
+    if isinstance(exc, client.PeerClosed):
+        return UpstreamDisconnected(message)
+    if isinstance(exc, client.TransportError):
+        return UpstreamProtocolError(message)
+    return GatewayError("internal error", code="internal_error")
+
+
+def render(err: HttpError) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of the HTTP answer for any error: the OpenAI envelope, and `x-should-retry: false` when
+    retrying cannot help (the Stainless-built SDKs read it)."""
+    headers = [(b"content-type", b"application/json")]
+    if isinstance(err, GatewayError):
+        body = err.body()
+        no_retry = err.no_retry
+    else:
+        type_ = "invalid_request_error" if err.status < 500 else "server_error"
+        body = envelope(err.message, type_, err.code)
+        no_retry = isinstance(err, ProtocolError)
+    if no_retry:
+        headers.append((b"x-should-retry", b"false"))
+    headers.extend(err.headers)
+    return headers, body
