@@ -47,7 +47,8 @@ import orjson
 
 from bench.text import expected_redaction, make_text
 from fastgw.proto.chunked import frame_chunk, write_chunk
-from fastgw.proto.sse import DONE, SSEDecoder, SSESplitter, encode_data
+from fastgw.api.sse import DONE
+from fastgw.proto.sse import SSEDecoder, SSESplitter, encode_data
 
 __all__ = ["CASES", "Bench", "Case", "Result", "chat_stream", "run", "run_case", "main"]
 

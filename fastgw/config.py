@@ -13,6 +13,7 @@ from typing import Literal, get_args
 import msgspec
 import yaml
 
+from fastgw.api import limits as api_limits
 from fastgw.proto import limits
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_bind", "dump_config"]
@@ -36,8 +37,8 @@ class Server(_Base):
     bind: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
     #: 0 means one worker per CPU.
     workers: int = 0
-    graceful_timeout: float = limits.GRACEFUL_TIMEOUT
-    worker_timeout: float = limits.WORKER_TIMEOUT
+    graceful_timeout: float = api_limits.GRACEFUL_TIMEOUT
+    worker_timeout: float = api_limits.WORKER_TIMEOUT
     header_timeout: float = limits.HEADER_TIMEOUT
     body_timeout: float = limits.BODY_TIMEOUT
     keepalive_timeout: float = limits.KEEPALIVE_TIMEOUT
@@ -80,18 +81,18 @@ DEFAULT_BASE_URLS: dict[str, str | None] = {
 
 
 class Timeouts(_Base):
-    connect: float = limits.CONNECT_TIMEOUT
-    ttft: float = limits.TTFT_TIMEOUT
-    idle: float = limits.IDLE_TIMEOUT
-    max_duration: float = limits.MAX_DURATION
+    connect: float = api_limits.CONNECT_TIMEOUT
+    ttft: float = api_limits.TTFT_TIMEOUT
+    idle: float = api_limits.IDLE_TIMEOUT
+    max_duration: float = api_limits.MAX_DURATION
     #: While waiting for the first event, send `: ping` SSE comments this often (0: never). A heartbeat
     #: commits the response: after one, a failure is an in-stream error, no longer a transparent fallback.
     heartbeat: float = 0.0
 
 
 class CircuitBreaker(_Base):
-    failures: int = limits.BREAKER_FAILURES
-    cooldown: float = limits.BREAKER_COOLDOWN
+    failures: int = api_limits.BREAKER_FAILURES
+    cooldown: float = api_limits.BREAKER_COOLDOWN
 
 
 class Target(_Base):

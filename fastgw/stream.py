@@ -23,7 +23,8 @@ from fastgw.policy.stream import StreamBlocked, StreamPolicy
 from fastgw.proto.client import BadResponse
 from fastgw.proto.errors import ProtocolError
 from fastgw.proto.server import Responder
-from fastgw.proto.sse import DONE, SSEDecoder, SSESplitter, encode_data, encode_event
+from fastgw.api.sse import DONE
+from fastgw.proto.sse import SSEDecoder, SSESplitter, encode_data, encode_event
 from fastgw.providers.base import Translator
 
 __all__ = ["SSERelay", "PolicyRelay", "TimedSource", "TranslatedSource", "error_event", "Source"]

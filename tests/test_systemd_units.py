@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from fastgw.config import load_config
+from fastgw.api import limits as api_limits
 from fastgw.proto import limits
 from tests.support.procs import REPO_ROOT
 
@@ -292,7 +293,7 @@ def test_service_keys() -> None:
 
 def test_service_timeouts_cover_the_master() -> None:
     svc = _parse(SERVICE)["Service"]
-    assert _seconds(svc["TimeoutStopSec"]) > limits.GRACEFUL_TIMEOUT + MASTER_STOP_OVERHEAD
+    assert _seconds(svc["TimeoutStopSec"]) > api_limits.GRACEFUL_TIMEOUT + MASTER_STOP_OVERHEAD
     assert _seconds(svc["TimeoutStartSec"]) > MASTER_BOOT_TIMEOUT
     assert 0 < _seconds(svc["WatchdogSec"])  # the master pings every WatchdogSec / 2
     # The example production config keeps the default drain budget the unit is sized for.

@@ -1,7 +1,8 @@
-"""Every protocol limit, size and timeout default in one place, each with its reason and precedent.
+"""Every HTTP-level limit, size and timeout default in one place, each with its reason and precedent.
 
-The config schema (`fastgw.config`) takes its defaults from here, so a default
-changes in exactly one place. Durations are seconds.
+The config schema (`fastgw.config`) takes its defaults from here and from
+`fastgw.api.limits` (the LLM and process ones), so a default changes in exactly
+one place. Durations are seconds.
 """
 
 from __future__ import annotations
@@ -25,11 +26,6 @@ MAX_HEADERS = 100
 MAX_BODY_BYTES = 16 * 1024 * 1024
 #: A client that accepts no bytes for this long is dropped. nginx send_timeout is 60 s.
 SEND_TIMEOUT = 60.0
-#: A worker whose event loop has not answered the master for this long is hung: aborted and replaced.
-#: gunicorn's worker timeout is 30 s.
-WORKER_TIMEOUT = 30.0
-#: Drain budget on SIGTERM before in-flight streams are cut. gunicorn graceful_timeout is 30 s.
-GRACEFUL_TIMEOUT = 30.0
 #: Bytes of one chunk-size line (size + extensions). RFC 9112 sets none; Node (CVE-2024-22019) and
 #: the brief cap extensions at 4 KiB: nothing legitimate sends more.
 MAX_CHUNK_LINE = 4096 + 32
@@ -43,18 +39,6 @@ READ_SIZE = 256 * 1024
 
 # --- upstream side (HTTP/1.1 client) ------------------------------------------
 
-#: TCP + TLS connect to a provider. Envoy connect_timeout default 5 s (1 s is too tight for TLS across regions).
-CONNECT_TIMEOUT = 5.0
-#: Request sent -> first upstream event (or the response head of a non-streamed call). Reasoning models think
-#: for a minute or more before their first token; peers default between 60 s (LiteLLM) and none.
-TTFT_TIMEOUT = 120.0
-#: Silence between two upstream events once streaming. Providers send keep-alive pings well within 30 s.
-IDLE_TIMEOUT = 60.0
-#: A whole answer, streamed or not. OpenAI's own SDK default request timeout is 600 s.
-MAX_DURATION = 600.0
-#: Consecutive failures that open a target's circuit, and seconds before one half-open probe (Envoy-like).
-BREAKER_FAILURES = 5
-BREAKER_COOLDOWN = 30.0
 #: Idle keep-alive connections kept per upstream (scheme, host, port) per worker. aiohttp limit_per_host default
 #: is unlimited, urllib3 maxsize 10; 64 covers bursts without hoarding provider sockets.
 POOL_MAX_IDLE_PER_HOST = 64

@@ -6,7 +6,7 @@ Three tools for three jobs on the streaming path:
   path, so an event no policy touches leaves byte-identical (DESIGN invariant 5).
 - `SSEDecoder` turns bytes into `SSEEvent`s; each keeps its exact `raw` bytes, so a caller can
   forward an event it did not change without re-encoding it.
-- `encode_event` / `encode_data` / `encode_comment` / `DONE` build what the gateway writes itself.
+- `encode_event` / `encode_data` / `encode_comment` build what the gateway writes itself.
 
 A block is a run of lines ended by a blank line; a line ends with CRLF, LF or a lone CR
 (HTML §9.2.5). The one ambiguous case is a CR at the end of a read, whose LF may be in the next
@@ -33,7 +33,6 @@ from fastgw.proto import limits
 from fastgw.proto.errors import ProtocolError
 
 __all__ = [
-    "DONE",
     "SSEDecoder",
     "SSEEvent",
     "SSESplitter",
@@ -41,9 +40,6 @@ __all__ = [
     "encode_data",
     "encode_event",
 ]
-
-#: The OpenAI end-of-stream sentinel event.
-DONE = b"data: [DONE]\n\n"
 
 _BOM = b"\xef\xbb\xbf"
 _CR = 13
@@ -267,7 +263,7 @@ class SSEDecoder:
                     if f < 0:
                         pos = n - 1
                         break
-                elif buf[pos] == 100 and buf[pos : pos + 6] == b"data: ":  # "d": one `data: ` line, the LLM chunk
+                elif buf[pos] == 100 and buf[pos : pos + 6] == b"data: ":  # "d": one `data: ` line, the common case
                     end = f + 2
                     if end - raw_start > limit:
                         self._fail()

@@ -18,7 +18,8 @@ import orjson
 
 from fastgw.api.errors import GatewayError
 
-from fastgw.proto.sse import DONE, encode_data
+from fastgw.api.sse import DONE
+from fastgw.proto.sse import encode_data
 
 T = TypeVar("T")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import orjson
 
-from fastgw.proto.sse import DONE, encode_data
+from fastgw.api.sse import DONE
+from fastgw.proto.sse import encode_data
 
 __all__ = ["MockModel", "DEFAULT_TEXT", "Reply"]
 

@@ -11,7 +11,8 @@ from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.pii import PiiPolicy
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
-from fastgw.proto.sse import DONE, SSEDecoder, encode_data
+from fastgw.api.sse import DONE
+from fastgw.proto.sse import SSEDecoder, encode_data
 from fastgw.scan.scanner import find_spans
 from tests.support.sse_streams import build_stream, chunk, streams
 

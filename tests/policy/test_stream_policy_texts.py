@@ -12,7 +12,8 @@ from fastgw.policy.findings import Findings
 from fastgw.policy.pii import PiiPolicy
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
 from fastgw.api.errors import GatewayError
-from fastgw.proto.sse import DONE, SSEDecoder, encode_data, encode_event
+from fastgw.api.sse import DONE
+from fastgw.proto.sse import SSEDecoder, encode_data, encode_event
 from fastgw.scan.scanner import find_spans
 
 N = 5_000

@@ -9,15 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastgw.proto.errors import ProtocolError
-from fastgw.proto.sse import (
-    DONE,
-    SSEDecoder,
-    SSEEvent,
-    SSESplitter,
-    encode_comment,
-    encode_data,
-    encode_event,
-)
+from fastgw.api.sse import DONE
+from fastgw.proto.sse import SSEDecoder, SSEEvent, SSESplitter, encode_comment, encode_data, encode_event
 
 # --- reference: HTML §9.2.6 read literally, on the whole stream at once ---------------------------
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 from hypothesis import strategies as st
 
-from fastgw.proto.sse import DONE, encode_data
+from fastgw.api.sse import DONE
+from fastgw.proto.sse import encode_data
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then", "some", "more", "text",
          "caf\u00e9", "na\u00efve", "\u65e5\u672c", "\U0001f600", "write", "to", "call", "me", "at", "or", "via"]

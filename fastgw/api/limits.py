@@ -1,0 +1,30 @@
+"""The LLM-facing and process limits: upstream deadlines, circuit breakers, worker supervision.
+
+HTTP-level limits live in `fastgw.proto.limits`; the config schema takes its
+defaults from both, so each default changes in exactly one place. Durations are seconds.
+"""
+
+from __future__ import annotations
+
+# --- process ---------------------------------------------------------------------
+
+#: A worker whose event loop has not answered the master for this long is hung: aborted and replaced.
+#: gunicorn's worker timeout is 30 s.
+WORKER_TIMEOUT = 30.0
+#: Drain budget on SIGTERM before in-flight streams are cut. gunicorn graceful_timeout is 30 s.
+GRACEFUL_TIMEOUT = 30.0
+
+# --- upstream ---------------------------------------------------------------------
+
+#: TCP + TLS connect to a provider. Envoy connect_timeout default 5 s (1 s is too tight for TLS across regions).
+CONNECT_TIMEOUT = 5.0
+#: Request sent -> first upstream event (or the response head of a non-streamed call). Reasoning models think
+#: for a minute or more before their first token; peers default between 60 s (LiteLLM) and none.
+TTFT_TIMEOUT = 120.0
+#: Silence between two upstream events once streaming. Providers send keep-alive pings well within 30 s.
+IDLE_TIMEOUT = 60.0
+#: A whole answer, streamed or not. OpenAI's own SDK default request timeout is 600 s.
+MAX_DURATION = 600.0
+#: Consecutive failures that open a target's circuit, and seconds before one half-open probe (Envoy-like).
+BREAKER_FAILURES = 5
+BREAKER_COOLDOWN = 30.0
