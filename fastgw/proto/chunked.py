@@ -2,27 +2,58 @@
 
 Each chunk is `<size in hex>CRLF<data>CRLF`; the body ends with `LAST_CHUNK` (a zero-size chunk and
 the empty trailer section). An empty chunk is never written: it would read as the last chunk and
-end the body early (h11's ChunkedWriter skips them for the same reason).
+end the body early (h11's ChunkedWriter skips them for the same reason). `CHUNKED` is the framer the
+server's response writer (`writer.Responder`) uses; `write_chunk` is its per-chunk method.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["LAST_CHUNK", "frame_chunk", "write_chunk"]
+__all__ = ["LAST_CHUNK", "CHUNKED", "ChunkedWriter", "Writelines", "frame_chunk", "write_chunk"]
 
 #: Zero-size chunk and no trailers: ends a chunked body.
 LAST_CHUNK = b"0\r\n\r\n"
 
+#: A transport's `writelines`: every framing call hands it one tuple, so one call is one writev.
+Writelines = Callable[[tuple[bytes, ...]], object]
 
-def write_chunk(writelines: Callable[[tuple[bytes, bytes, bytes]], object], data: bytes) -> None:
-    """Frame one chunk through one `writelines` call; `data` itself is passed on, never copied.
+
+class ChunkedWriter:
+    """Chunked framing through a `writelines`; payload bytes are passed on, never copied.
 
     uvloop sends each write()/writelines() at once when its buffer is empty (no coalescing across
-    calls), so the size line, payload and CRLF go in one writelines: one writev, one TCP segment.
+    calls), so everything that belongs to one moment (head, size line, payload, CRLF, terminator)
+    goes in one writelines: one writev, one TCP segment.
     """
-    if data:
-        writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    __slots__ = ()
+
+    #: The head line that announces this framing.
+    header = b"transfer-encoding: chunked\r\n"
+
+    def data(self, writelines: Writelines, data: bytes) -> None:
+        """Frame one chunk (empty data writes nothing)."""
+        if data:
+            writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def first(self, writelines: Writelines, head: bytes, data: bytes) -> None:
+        """The response head and the first (non-empty) chunk: no extra round trip for the client."""
+        writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def last(self, writelines: Writelines, data: bytes, head: bytes | None) -> None:
+        """`data` as a last chunk (if any) and the terminator, after the head if it is still pending."""
+        parts: tuple[bytes, ...] = (LAST_CHUNK,)
+        if data:
+            parts = (b"%x\r\n" % len(data), data, b"\r\n", LAST_CHUNK)
+        writelines(parts if head is None else (head, *parts))
+
+
+#: The one chunked framer (stateless, shared by every response).
+CHUNKED = ChunkedWriter()
+
+#: Frame one chunk through one `writelines` call: `write_chunk(writelines, data)`.
+write_chunk = CHUNKED.data
 
 
 def frame_chunk(data: bytes) -> bytes:

@@ -95,6 +95,17 @@ class _Collector:
             self.future.set_exception(exc)
 
 
+class _BodyWatch:
+    """`read_body`'s deadline state: the body size last seen, when it last grew, and the pending check."""
+
+    __slots__ = ("size", "at", "timer")
+
+    def __init__(self, now: float) -> None:
+        self.size = -1
+        self.at = now
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream; carries one request/response at a time."""
 
@@ -106,6 +117,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self._head_future: asyncio.Future[None] | None = None
+        # Per-response state, declared here with its types; `_reset` gives it its values.
+        self._parser: httptools.HttpResponseParser
+        self.status: int
+        self.headers: list[tuple[bytes, bytes]]
+        self._head_bytes: int
+        self._got_bytes: bool
+        self._headers_done: bool
+        self._complete: bool
+        self._keep_alive: bool
+        self._close_delimited: bool
+        self._sink: Sink | None
+        self._held: list[bytes]
+        self._error: TransportError | None
+        self._ended: bool
         self._reset()
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
@@ -120,8 +145,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = True
         try:
             self._parser.feed_data(data)
-            if self._held and self._sink is not None:
-                self._deliver()
+            if self._held and (sink := self._sink) is not None:
+                self._deliver(sink)
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
             self._fail_parse(ctx if isinstance(ctx, TransportError)
@@ -198,10 +223,10 @@ class UpstreamConnection(asyncio.Protocol):
         # as its own chunk would otherwise cost a sink call per event.
         self._held.append(body)
 
-    def _deliver(self) -> None:
+    def _deliver(self, sink: Sink) -> None:
         held = self._held
         self._held = []
-        self._sink.on_data(held[0] if len(held) == 1 else b"".join(held))  # type: ignore[union-attr]
+        sink.on_data(held[0] if len(held) == 1 else b"".join(held))
 
     def on_message_complete(self) -> None:
         if not self._headers_done:
@@ -229,16 +254,16 @@ class UpstreamConnection(asyncio.Protocol):
         """Per-response state, fresh for each request on this connection."""
         self._parser = httptools.HttpResponseParser(self)
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers = []
         self._head_bytes = 0
         self._got_bytes = False
         self._headers_done = False
         self._complete = False
         self._keep_alive = False
         self._close_delimited = False
-        self._sink: Sink | None = None
-        self._held: list[bytes] = []
-        self._error: TransportError | None = None
+        self._sink = None
+        self._held = []
+        self._error = None
         self._ended = False
 
     def header(self, name: bytes) -> bytes | None:
@@ -252,7 +277,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink = sink
         try:
             if self._held:
-                self._deliver()
+                self._deliver(sink)
                 if self._error is None and not self._complete:
                     sink.flush()  # otherwise the end below writes it, with the terminator, in one writev
         except TransportError as e:
@@ -273,41 +298,42 @@ class UpstreamConnection(asyncio.Protocol):
         self.set_sink(collector)
         loop = self._loop
         end_by = loop.time() + timeout if timeout is not None else float("inf")
-        state = {"size": -1, "at": loop.time(), "timer": None}
+        state = _BodyWatch(loop.time())
 
         def check() -> None:
             now = loop.time()
-            if collector.size != state["size"]:
-                state["size"], state["at"] = collector.size, now
+            if collector.size != state.size:
+                state.size, state.at = collector.size, now
             started = collector.size > 0
             if now >= end_by:
+                assert timeout is not None  # end_by is finite only with a timeout
                 self._fail(TransportTimeout("upstream body not received within %gs" % timeout))
             elif not started and first_by is not None and now >= first_by:
                 self._fail(TransportTimeout("upstream sent no body within the time-to-first-token limit"))
-            elif started and idle is not None and now - state["at"] >= idle:
+            elif started and idle is not None and now - state.at >= idle:
                 self._fail(TransportTimeout("upstream went silent for longer than the idle limit"))
             else:
                 nxt = end_by
                 if not started and first_by is not None:
                     nxt = min(nxt, first_by)
                 elif idle is not None:
-                    nxt = min(nxt, state["at"] + idle)
+                    nxt = min(nxt, state.at + idle)
                 if nxt != float("inf"):
-                    state["timer"] = loop.call_at(max(nxt, now + 0.001), check)
+                    state.timer = loop.call_at(max(nxt, now + 0.001), check)
 
         check()
         try:
             return await fut
         finally:
-            if state["timer"] is not None:
-                state["timer"].cancel()  # type: ignore[attr-defined]
+            if state.timer is not None:
+                state.timer.cancel()
 
     def _emit_end(self) -> None:
         sink = self._sink
         if sink is not None and not self._ended:
             if self._held:
                 try:
-                    self._deliver()  # no flush: on_end writes the rest and the terminator in one writev
+                    self._deliver(sink)  # no flush: on_end writes the rest and the terminator in one writev
                 except TransportError as e:
                     self._fail(e)
                     return
@@ -324,9 +350,10 @@ class UpstreamConnection(asyncio.Protocol):
         # Body bytes the parser accepted before the error are real body and go to the sink first, so whole
         # events that arrived in the same read as the error still reach the client (as they do when the error
         # comes in a later read); an incomplete event among them stays held and is never forwarded.
-        if self._held and self._sink is not None and not self._ended:
+        sink = self._sink
+        if self._held and sink is not None and not self._ended:
             try:
-                self._deliver()
+                self._deliver(sink)
             except TransportError as e:
                 exc = e
         self._fail(exc)
@@ -367,6 +394,12 @@ class UpstreamConnection(asyncio.Protocol):
         t = self.transport
         if t is not None:
             t.abort()
+
+    def park(self) -> None:
+        """Enter the idle pool: no request in flight, no sink; bytes arriving now close the connection."""
+        self._head_future = None
+        self._sink = None
+        self.idle_since = time.monotonic()
 
     def detach(self) -> None:
         """Stop delivering to the current sink (its consumer is gone) and close."""
@@ -460,9 +493,7 @@ class UpstreamPool:
         if len(q) >= self._max_idle:
             conn.close()
             return
-        conn._head_future = None
-        conn._sink = None
-        conn.idle_since = time.monotonic()
+        conn.park()
         q.append(conn)
 
     def close_all(self) -> None:

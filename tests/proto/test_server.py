@@ -1,4 +1,5 @@
-"""HTTP/1.1 server behaviour over real sockets: keep-alive, pipelining, limits, RFC 9112 rejections, flow control."""
+"""HTTP/1.1 server behaviour: over real sockets (keep-alive, pipelining, limits, RFC 9112 rejections, flow control),
+and the protocol shell driven by a fake loop and transport (timers on a fake clock, dispatch order)."""
 
 from __future__ import annotations
 
@@ -253,14 +254,6 @@ def test_http10_closes_by_default_and_keeps_alive_on_request(server):
     assert s.recv(65536).startswith(b"HTTP/1.1 200")
 
 
-def test_no_request_after_connection_close_is_processed(server):
-    s = server.connect()
-    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert _closed_soon(s)
-    time.sleep(0.1)
-    assert "GET /slow" not in server.handler.seen
-
-
 def test_expect_100_continue(server):
     s = server.connect()
     s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
@@ -335,27 +328,6 @@ def test_slowloris_header_timeout_408(server):
     assert b"connection: close" in data.lower()
     assert time.monotonic() - t0 < 2.5
     assert _closed_soon(s)
-
-
-def test_slow_body_timeout_408(server):
-    s = server.connect()
-    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
-    s.settimeout(3)
-    t0 = time.monotonic()
-    data = s.recv(65536)
-    assert data.startswith(b"HTTP/1.1 408") and b"connection: close" in data.lower()
-    assert 0.4 < time.monotonic() - t0 < 2.5
-    assert _closed_soon(s)
-
-
-def test_a_body_that_keeps_coming_is_not_timed_out(server):
-    s = server.connect()
-    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
-    for b in (b"ab", b"cd", b"ef"):
-        time.sleep(0.3)  # each gap under the 0.5 s body timeout, the whole body over it
-        s.sendall(b)
-    s.settimeout(3)
-    assert s.recv(65536).startswith(b"HTTP/1.1 200")
 
 
 def test_silent_connection_is_closed_after_header_timeout(server):
@@ -460,3 +432,256 @@ def test_slow_client_cannot_grow_server_memory(server):
         time.sleep(0.1)
     assert not server.tracker.conns
     s.close()
+
+
+# ---- the shell on a fake loop: timers run on a fake clock, no sockets, no sleeps ----------------------
+
+class _Timer:
+    def __init__(self, when: float, cb, args) -> None:  # noqa: ANN001
+        self.when, self.cb, self.args, self.cancelled = when, cb, args, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Task:
+    """Runs a coroutine step by step when the fake loop runs (handlers here never wait on I/O)."""
+
+    def __init__(self, coro) -> None:  # noqa: ANN001
+        self.coro, self._done = coro, False
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            self.coro.close()
+
+    def step(self) -> None:
+        try:
+            self.coro.send(None)
+        except StopIteration:
+            self._done = True
+
+
+class FakeLoop:
+    """uvicorn's MockLoop: `call_later` is recorded and run when the fake clock is advanced."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[_Timer] = []
+        self.ready: list = []
+        self.tasks: list[_Task] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, cb, *args) -> _Timer:  # noqa: ANN001
+        t = _Timer(self.now + delay, cb, args)
+        self.timers.append(t)
+        return t
+
+    def call_soon(self, cb, *args) -> None:  # noqa: ANN001
+        self.ready.append((cb, args))
+
+    def create_task(self, coro) -> _Task:  # noqa: ANN001
+        t = _Task(coro)
+        self.tasks.append(t)
+        return t
+
+    def run(self) -> None:
+        """Run ready callbacks and task steps until nothing is left to do."""
+        while self.ready or any(not t.done() for t in self.tasks):
+            ready, self.ready = self.ready, []
+            for cb, args in ready:
+                cb(*args)
+            for t in [t for t in self.tasks if not t.done()]:
+                t.step()
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        while True:
+            due = sorted((t for t in self.timers if not t.cancelled and t.when <= self.now), key=lambda t: t.when)
+            if not due:
+                break
+            t = due[0]
+            self.timers.remove(t)
+            t.cb(*t.args)
+            self.run()
+        self.run()
+
+
+class FakeTransport:
+    def __init__(self, loop: FakeLoop) -> None:
+        self.loop, self.proto = loop, None
+        self.out = b""
+        self.closed = self.aborted = self.read_paused = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.out += data
+
+    def writelines(self, parts) -> None:  # noqa: ANN001
+        self.write(b"".join(parts))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.call_soon(self.proto.connection_lost, None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    def pause_reading(self) -> None:
+        self.read_paused = True
+
+    def resume_reading(self) -> None:
+        self.read_paused = False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+_FAKE_LIM = ServerLimits(header_timeout=10.0, keepalive_timeout=75.0, max_header_bytes=4096, max_headers=20,
+                         max_body_bytes=1000, send_timeout=60.0, body_timeout=30.0)
+
+
+def _fake(lim: ServerLimits = _FAKE_LIM):
+    loop = FakeLoop()
+    handler = _Handler()
+    tracker = ConnectionTracker()
+    proto = HttpServerProtocol(handler, lim, tracker, loop, render_error=render)  # type: ignore[arg-type]
+    t = FakeTransport(loop)
+    t.proto = proto
+    proto.connection_made(t)  # type: ignore[arg-type]
+    return loop, t, proto, handler, tracker
+
+
+def test_fake_header_timeout_answers_408_and_closes():
+    loop, t, proto, _, tracker = _fake()
+    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+    loop.advance(9.9)
+    assert t.out == b"" and not t.closed
+    loop.advance(0.2)
+    assert t.out.startswith(b"HTTP/1.1 408") and b"connection: close" in t.out.lower()
+    assert t.closed and not tracker.conns
+
+
+def test_fake_header_clock_starts_with_each_head_not_with_the_connection():
+    loop, t, proto, _, _ = _fake()
+    loop.advance(5.0)
+    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run()
+    assert t.out.startswith(b"HTTP/1.1 200")
+    t.out = b""
+    loop.advance(4.0)
+    proto.data_received(b"GET /echo HTTP/1.1\r\n")  # a new head: a new 10 s budget
+    loop.advance(9.0)
+    assert t.out == b""
+    loop.advance(1.1)
+    assert t.out.startswith(b"HTTP/1.1 408")
+
+
+def test_fake_silent_connection_is_closed_after_header_timeout_without_an_answer():
+    loop, t, proto, _, _ = _fake()
+    loop.advance(10.1)
+    assert t.closed and t.out == b""
+
+
+def test_slow_body_timeout_408():
+    loop, t, proto, handler, _ = _fake()
+    proto.data_received(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+    loop.advance(29.9)
+    assert t.out == b"" and not t.closed
+    loop.advance(0.2)
+    assert t.out.startswith(b"HTTP/1.1 408") and b"connection: close" in t.out.lower()
+    assert t.closed and handler.seen == []
+
+
+def test_a_body_that_keeps_coming_is_not_timed_out():
+    loop, t, proto, _, _ = _fake()
+    proto.data_received(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+    for b in (b"ab", b"cd", b"ef"):
+        loop.advance(20.0)  # each gap under the 30 s body timeout, the whole body over it
+        assert t.out == b""
+        proto.data_received(b)
+    loop.run()
+    assert t.out.startswith(b"HTTP/1.1 200")
+
+
+def test_fake_keepalive_timeout_closes_an_idle_connection_only():
+    loop, t, proto, _, _ = _fake()
+    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run()
+    assert t.out.startswith(b"HTTP/1.1 200") and not t.closed
+    loop.advance(74.9)
+    assert not t.closed
+    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")  # the next request cancels the timer
+    loop.run()
+    loop.advance(74.9)
+    assert not t.closed
+    loop.advance(0.2)
+    assert t.closed and not t.aborted
+
+
+def test_fake_send_timeout_drops_a_client_that_reads_nothing():
+    loop, t, proto, _, _ = _fake()
+    proto.pause_writing()
+    loop.advance(59.0)
+    proto.resume_writing()  # it read in time
+    loop.advance(10.0)
+    assert not t.aborted
+    proto.pause_writing()
+    loop.advance(60.1)
+    assert t.aborted and t.closed
+
+
+def test_no_request_after_connection_close_is_processed():
+    loop, t, proto, handler, _ = _fake()
+    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run()  # runs until nothing is left: a wrongly queued /slow would have been dispatched
+    assert t.closed and t.out.count(b"HTTP/1.1 ") == 1
+    assert "GET /slow" not in handler.seen and handler.seen == ["GET /echo"]
+
+
+def test_pipelined_requests_past_the_queue_bound_pause_reading_until_answered():
+    loop, t, proto, handler, _ = _fake()
+    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n" * 10)
+    assert t.read_paused
+    loop.run()
+    assert not t.read_paused and handler.seen == ["GET /echo"] * 10 and t.out.count(b"HTTP/1.1 200") == 10
+
+
+def test_expect_continue_is_sent_once_and_only_when_idle():
+    loop, t, proto, _, _ = _fake()
+    proto.data_received(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    assert t.out == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proto.data_received(b"ok")
+    loop.run()
+    assert t.out.count(b"100 Continue") == 1 and b'"body":"ok"' in t.out
+
+
+def test_drain_closes_idle_connections_and_lingering_ones_answer_with_close():
+    loop, t, proto, _, tracker = _fake()
+    tracker.shutdown(linger=True)
+    assert not t.closed  # idle and lingering: its next request is answered, then it closes
+    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run()
+    assert b"connection: close" in t.out.lower() and t.closed
+    loop2, t2, proto2, _, tracker2 = _fake()
+    tracker2.shutdown()
+    assert t2.closed
+
+
+def test_connection_lost_cancels_the_request_in_flight_without_a_listener():
+    loop, t, proto, handler, _ = _fake()
+    proto.data_received(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    task = proto._current
+    assert task is not None
+    proto.connection_lost(None)
+    assert task.done() and proto.flow_listener is None
