@@ -12,7 +12,7 @@ Request (OpenAI chat -> Anthropic Messages):
   `tool_choice` (auto, none, required -> any, named -> tool; sent only with tools), `parallel_tool_calls: false`
   -> `disable_parallel_tool_use`, `response_format` json_schema -> `output_config.format`, `user` (or
   `safety_identifier`) -> `metadata.user_id`, `stream`.
-- dropped (logged once per process at INFO on `fastgw.providers.anthropic`): `frequency_penalty`,
+- dropped (logged once per worker at INFO on `fastgw.providers.anthropic`, by `ir.note_dropped`): `frequency_penalty`,
   `presence_penalty`, `logit_bias`, `seed`, `service_tier`, `store`, `metadata`, `prediction`,
   `reasoning_effort`, `verbosity`, `prompt_cache_key`, `web_search_options`, `top_logprobs`, and any other field
   Anthropic has no counterpart for (`stream_options` is read by the gateway's chunk writer, `n: 1` and
@@ -34,21 +34,18 @@ upstream protocol error. Only `chat/completions` is served (no embeddings or leg
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterable
 
 import orjson
 
-from fastgw.api.errors import UpstreamError, UpstreamProtocolError
-from fastgw.api.errors import GatewayError, envelope
-from fastgw.proto.errors import ProtocolError
-from fastgw.proto.sse import SSEDecoder
+from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
+from fastgw.proto.sse import SSEDecoder, SSEEvent
 from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, json_object, json_post, split_base_url
-from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
+from fastgw.providers.chunks import StreamTranslator, completion_body, map_finish, usage_dict
+from fastgw.providers.ir import ChatRequest, Message, Part, fold_turns, invalid, note_dropped, parse_chat, unsupported
 
 __all__ = ["AnthropicAdapter", "AnthropicStreamTranslator", "translate_request", "translate_message",
            "ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS"]
-
-log = logging.getLogger("fastgw.providers.anthropic")
 
 #: The API version header every Messages call carries (the only stable version; a target may override it with
 #: `headers: {anthropic-version: ...}`).
@@ -90,52 +87,35 @@ _HANDLED = frozenset({
     "modalities", "audio", "functions", "function_call", "user", "safety_identifier",
 })
 
-#: Fields dropped that were already logged in this process (one note per field, not one per request).
-_logged: set[str] = set()
-#: Field names are the client's: past this many distinct ones, no more notes (the set stays bounded).
-_MAX_LOGGED = 256
+PROVIDER = "anthropic"
 
 
 def _unsupported(message: str, param: str) -> GatewayError:
-    return GatewayError(f"{message} (provider anthropic)", status=400, type="invalid_request_error",
-                        code="unsupported_parameter", param=param, no_retry=True)
-
-
-def _invalid(message: str, param: str) -> GatewayError:
-    return GatewayError(message, status=400, type="invalid_request_error", code="invalid_value", param=param,
-                        no_retry=True)
-
-
-def _drop(field: str) -> None:
-    if field not in _logged and len(_logged) < _MAX_LOGGED:
-        _logged.add(field)
-        log.info("anthropic: request field %r has no Anthropic counterpart and is dropped", field)
+    return unsupported(PROVIDER, message, param)
 
 
 # ---- request translation --------------------------------------------------------------------
 
 
-def _text_of(content: object, param: str) -> str:
-    """The text of a system/developer message (a string or text parts)."""
+def _text_of(content: str | list[Part] | None, param: str) -> str:
+    """The text of a system/developer message or tool result part list (text parts only)."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        out = []
-        for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _invalid("only text parts are allowed here", f"{param}[{k}]")
-            out.append(part["text"])
-        return "".join(out)
     if content is None:
         return ""
-    raise _invalid("content must be a string or a list of parts", param)
+    out = []
+    for k, part in enumerate(content):
+        if part.type != "text" or not isinstance(part.text, str):
+            raise invalid("only text parts are allowed here", f"{param}[{k}]")
+        out.append(part.text)
+    return "".join(out)
 
 
 def _data_url(url: str, param: str) -> tuple[str, str]:
     """'data:image/png;base64,AAAA' -> ('image/png', 'AAAA')."""
     head, sep, data = url[5:].partition(",")
     if not sep or not head.endswith(";base64"):
-        raise _invalid("a data: URL must be base64 encoded (data:<media type>;base64,<data>)", param)
+        raise invalid("a data: URL must be base64 encoded (data:<media type>;base64,<data>)", param)
     return head[:-7], data
 
 
@@ -143,13 +123,13 @@ def _image(part: dict, param: str) -> dict:
     iu = part.get("image_url")
     url = iu.get("url") if isinstance(iu, dict) else iu
     if not isinstance(url, str):
-        raise _invalid("image_url.url must be a string", param)
+        raise invalid("image_url.url must be a string", param)
     if url.startswith("data:"):
         media, data = _data_url(url, param)
         return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
-    raise _invalid("image_url.url must be an http(s) URL or a base64 data: URL", param)
+    raise invalid("image_url.url must be an http(s) URL or a base64 data: URL", param)
 
 
 def _file(part: dict, param: str) -> dict:
@@ -161,109 +141,79 @@ def _file(part: dict, param: str) -> dict:
     return {"type": "document", "source": {"type": "base64", "media_type": media, "data": data}}
 
 
-def _user_blocks(content: object, param: str) -> list[dict]:
+def _system(m: Message) -> list[str]:
+    return [_text_of(m.content, f"{m.param}.content")]
+
+
+def _user(m: Message) -> list[dict]:
+    content = m.content
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
-    if not isinstance(content, list):
-        raise _invalid("content must be a string or a list of parts", param)
+    if content is None:
+        raise invalid("content must be a string or a list of parts", f"{m.param}.content")
     out: list[dict] = []
     for k, part in enumerate(content):
-        p = f"{param}[{k}]"
-        t = part.get("type") if isinstance(part, dict) else None
-        if t == "text" and isinstance(part.get("text"), str):
-            out.append({"type": "text", "text": part["text"]})
+        p = f"{m.param}.content[{k}]"
+        t = part.type
+        if t == "text" and isinstance(part.text, str):
+            out.append({"type": "text", "text": part.text})
         elif t == "image_url":
-            out.append(_image(part, p))
+            out.append(_image(part.raw, p))
         elif t == "file":
-            out.append(_file(part, p))
+            out.append(_file(part.raw, p))
         elif t == "input_audio":
             raise _unsupported("audio input is not supported", p)
         else:
-            raise _invalid(f"unknown content part type {t!r}", p)
+            raise invalid(f"unknown content part type {t!r}", p)
     return out
 
 
-def _assistant_blocks(m: dict, param: str) -> list[dict]:
-    content = m.get("content")
+def _assistant(m: Message) -> list[dict]:
+    param = m.param
+    content = m.content
     out: list[dict] = []
     if isinstance(content, str):
         if content:
             out.append({"type": "text", "text": content})
-    elif isinstance(content, list):
-        for k, part in enumerate(content):
-            t = part.get("type") if isinstance(part, dict) else None
-            if t == "text" and isinstance(part.get("text"), str):
-                if part["text"]:
-                    out.append({"type": "text", "text": part["text"]})
-            elif t == "refusal":
-                continue  # a refusal the model gave: nothing to replay
-            else:
-                raise _invalid(f"unknown assistant content part type {t!r}", f"{param}.content[{k}]")
     elif content is not None:
-        raise _invalid("content must be a string, a list of parts or null", f"{param}.content")
-    calls = m.get("tool_calls")
-    if calls is not None:
-        if not isinstance(calls, list):
-            raise _invalid("tool_calls must be a list", f"{param}.tool_calls")
-        for k, c in enumerate(calls):
-            p = f"{param}.tool_calls[{k}]"
-            fn = c.get("function") if isinstance(c, dict) else None
-            if not isinstance(fn, dict) or not isinstance(c.get("id"), str):
-                raise _invalid("a tool call needs an id and a function", p)
-            value = json_object(fn.get("arguments") or "{}")
-            if value is None:
-                raise _invalid("tool call arguments must be a JSON object", f"{p}.function.arguments")
-            out.append({"type": "tool_use", "id": c["id"], "name": fn.get("name", ""), "input": value})
-    if m.get("function_call") is not None:
+        for k, part in enumerate(content):
+            if part.type == "text" and isinstance(part.text, str):
+                if part.text:
+                    out.append({"type": "text", "text": part.text})
+            elif part.type != "refusal":  # a refusal the model gave: nothing to replay
+                raise invalid(f"unknown assistant content part type {part.type!r}", f"{param}.content[{k}]")
+    for k, c in enumerate(m.tool_calls or ()):
+        p = f"{param}.tool_calls[{k}]"
+        if not c.has_function or not isinstance(c.id, str):
+            raise invalid("a tool call needs an id and a function", p)
+        args = c.arguments or "{}"
+        value = json_object(args) if isinstance(args, str) else None
+        if value is None:
+            raise invalid("tool call arguments must be a JSON object", f"{p}.function.arguments")
+        out.append({"type": "tool_use", "id": c.id, "name": c.name or "", "input": value})
+    if m.raw.get("function_call") is not None:
         raise _unsupported("legacy function_call messages are not supported; use tool_calls", f"{param}.function_call")
     if not out and isinstance(content, str):
         out.append({"type": "text", "text": content})  # keep the turn; Anthropic says what it thinks of it
     return out
 
 
-def _tool_result(m: dict, param: str) -> dict:
-    call_id = m.get("tool_call_id")
+def _tool_result(m: Message) -> list[dict]:
+    call_id = m.tool_call_id
     if not isinstance(call_id, str):
-        raise _invalid("a tool message needs tool_call_id", f"{param}.tool_call_id")
-    content = m.get("content")
+        raise invalid("a tool message needs tool_call_id", f"{m.param}.tool_call_id")
+    content = m.content
     block: dict = {"type": "tool_result", "tool_use_id": call_id}
     if isinstance(content, str):
         block["content"] = content
-    elif isinstance(content, list):
-        block["content"] = [{"type": "text", "text": _text_of([part], f"{param}.content")} for part in content]
     elif content is not None:
-        raise _invalid("content must be a string or a list of text parts", f"{param}.content")
-    return block
+        block["content"] = [{"type": "text", "text": _text_of([part], f"{m.param}.content")} for part in content]
+    return [block]
 
 
-def _messages(msgs: object) -> tuple[str | None, list[dict]]:
-    if not isinstance(msgs, list) or not msgs:
-        raise _invalid("messages must be a non-empty list", "messages")
-    system: list[str] = []
-    out: list[dict] = []
-    for i, m in enumerate(msgs):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _invalid("a message must be an object", param)
-        role = m.get("role")
-        if role in ("system", "developer"):
-            system.append(_text_of(m.get("content"), f"{param}.content"))
-            continue
-        if role == "user":
-            blocks = _user_blocks(m.get("content"), f"{param}.content")
-        elif role == "assistant":
-            blocks = _assistant_blocks(m, param)
-        elif role == "tool":
-            role = "user"
-            blocks = [_tool_result(m, param)]
-        else:
-            raise _unsupported(f"message role {role!r} is not supported", f"{param}.role")
-        # Anthropic wants user and assistant turns to alternate: parallel tool results (and a user message right
-        # after them) become one user turn, tool results first as Anthropic requires.
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
+def _messages(req: ChatRequest) -> tuple[str | None, list[dict]]:
+    system, out = fold_turns(req, system=_system, user=_user, assistant=_assistant, tool=_tool_result,
+                             keep_empty=True)
     for m in out:
         c = m["content"]
         if len(c) == 1 and c[0]["type"] == "text":
@@ -273,7 +223,7 @@ def _messages(msgs: object) -> tuple[str | None, list[dict]]:
 
 def _tools(tools: object) -> list[dict]:
     if not isinstance(tools, list):
-        raise _invalid("tools must be a list", "tools")
+        raise invalid("tools must be a list", "tools")
     out = []
     for j, t in enumerate(tools):
         fn = t.get("function") if isinstance(t, dict) else None
@@ -308,18 +258,13 @@ def _tool_choice(tc: object, parallel: object) -> dict | None:
     return choice
 
 
-def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
-    """The Anthropic Messages request body for an OpenAI chat request (raises GatewayError 400 when refused)."""
-    for key in body:
-        if key not in _HANDLED:
-            _drop(key)
+def _refuse(body: dict) -> None:
+    """The 400s for OpenAI features Anthropic has no counterpart for."""
     n = body.get("n")
     if n is not None and n != 1:
         raise _unsupported("n > 1 is not supported: Anthropic returns one choice", "n")
     if body.get("logprobs"):
         raise _unsupported("logprobs are not supported", "logprobs")
-    if body.get("top_logprobs") is not None:
-        _drop("top_logprobs")
     if body.get("functions") is not None or body.get("function_call") is not None:
         raise _unsupported("legacy functions/function_call are not supported; use tools/tool_choice",
                            "functions" if body.get("functions") is not None else "function_call")
@@ -327,23 +272,29 @@ def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
     if body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
         raise _unsupported("audio output is not supported", "audio" if body.get("audio") is not None
                            else "modalities")
-    system, messages = _messages(body.get("messages"))
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = DEFAULT_MAX_TOKENS
-    out: dict = {"model": target.model, "max_tokens": max_tokens, "messages": messages}
+
+
+def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
+    """The Anthropic Messages request body for an OpenAI chat request (raises GatewayError 400 when refused)."""
+    for key in body:
+        if key not in _HANDLED:
+            note_dropped(PROVIDER, key)
+    _refuse(body)
+    if body.get("top_logprobs") is not None:
+        note_dropped(PROVIDER, "top_logprobs")
+    req = parse_chat(body, PROVIDER)
+    system, messages = _messages(req)
+    sp = req.sampling
+    out: dict = {"model": target.model, "max_tokens": DEFAULT_MAX_TOKENS if sp.max_tokens is None else sp.max_tokens,
+                 "messages": messages}
     if system is not None:
         out["system"] = system
-    for name in ("temperature", "top_p"):
-        if body.get(name) is not None:
-            out[name] = body[name]
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        out["stop_sequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        out["stop_sequences"] = stop
+    if sp.temperature is not None:
+        out["temperature"] = sp.temperature
+    if sp.top_p is not None:
+        out["top_p"] = sp.top_p
+    if sp.stop:
+        out["stop_sequences"] = sp.stop
     tools = body.get("tools")
     if tools:
         # tool_choice and parallel_tool_calls mean nothing without tools (and Anthropic refuses a lone tool_choice).
@@ -408,127 +359,106 @@ def translate_message(msg: dict, model: str) -> bytes:
     return completion_body(msg.get("model") or model, content, finish, _usage(msg.get("usage")), calls or None)
 
 
-class AnthropicStreamTranslator:
-    """Anthropic Messages SSE -> OpenAI chunk SSE, incremental: each complete Anthropic event is translated by the
+class AnthropicStreamTranslator(StreamTranslator):
+    """Anthropic Messages SSE -> OpenAI chunks, incremental: each complete Anthropic event is translated by the
     `feed` that completes it; only the incomplete event is held (bounded by the SSE decoder's limit)."""
 
-    __slots__ = ("_decoder", "_w", "_tools", "_args_seen", "_usage", "_finished", "_stopped", "_error",
-                 "_began")
+    __slots__ = ("_tools", "_args_seen", "_umeta", "_finished", "_stopped")
+
+    provider = PROVIDER
 
     def __init__(self, model: str, body: dict) -> None:
-        self._decoder = SSEDecoder()
-        self._w = ChunkWriter(model, body)
+        super().__init__(model, body, SSEDecoder())
         #: content block index -> the tool_use block's start (for its input when no delta carries it)
         self._tools: dict[int, dict] = {}
         self._args_seen: set[int] = set()
-        self._usage: dict = {}
+        #: Anthropic's usage counts, merged from message_start and message_delta
+        self._umeta: dict = {}
         self._finished = False
         self._stopped = False
-        #: An error met after other events of the same read: raised by the next feed or finish.
-        self._error: GatewayError | None = None
-        #: A chunk went out: the model name is fixed for the rest of the stream.
-        self._began = False
 
-    def feed(self, data: bytes) -> bytes:
-        if self._error is not None:
-            raise self._error
+    def _items(self, data: bytes) -> Iterable[SSEEvent]:
         if self._stopped:
-            return b""  # anything after message_stop (there should be nothing) is ignored
-        try:
-            events = self._decoder.feed(data)
-        except ProtocolError as e:
-            raise UpstreamProtocolError(f"anthropic stream invalid: {e.message}") from None
-        out = []
-        for ev in events:
-            if ev.data is None or self._stopped:
-                continue
-            try:
-                b = self._event(ev.data, ev.event)
-            except GatewayError as e:
-                if not out:
-                    raise
-                # Events this read completed before the failure still go out; the error ends the stream at the
-                # next feed or at finish (Anthropic closes the stream after an error event).
-                self._error = e
-                break
-            if b:
-                out.append(b)
-                self._began = True
-        return b"".join(out)
+            return ()  # anything after message_stop (there should be nothing) is ignored
+        return super()._items(data)
 
-    def finish(self) -> bytes:
-        if self._error is not None:
-            raise self._error
-        if self._stopped:
-            return b""
-        partial = self._decoder.has_partial
-        self._decoder.close()
+    def _close(self) -> None:
+        partial = self._dec.has_partial
+        self._dec.close()
         if partial:
             raise UpstreamProtocolError("anthropic stream ended in the middle of an event")
         raise UpstreamProtocolError("anthropic stream ended before message_stop")
 
-    def _event(self, data: str, name: str | None) -> bytes:
-        obj = json_object(data)
+    def _one(self, ev: SSEEvent) -> None:
+        if ev.data is None or self._stopped:
+            return
+        obj = json_object(ev.data)
         if obj is None:
             raise UpstreamProtocolError("anthropic stream: event data is not a JSON object")
-        t = obj.get("type") or name
-        w = self._w
+        t = obj.get("type") or ev.event
         if t == "content_block_delta":
             d = obj.get("delta") or {}
             dt = d.get("type")
             if dt == "text_delta":
-                return w.text(d.get("text") or "")
-            if dt == "input_json_delta":
+                self._w.text(d.get("text") or "")
+            elif dt == "input_json_delta":
                 idx = obj.get("index")
                 if idx in self._tools:
                     pj = d.get("partial_json") or ""
                     if pj:
                         self._args_seen.add(idx)
-                    return w.tool_args(idx, pj)
-            return b""  # thinking_delta, signature_delta, citations_delta: not part of an OpenAI answer
-        if t == "content_block_start":
-            idx = obj.get("index")
-            block = obj.get("content_block") or {}
-            bt = block.get("type")
-            if bt == "text":
-                return w.text(block.get("text") or "")
-            if bt == "tool_use":
-                self._tools[idx] = block
-                return w.tool_start(idx, block.get("id") or "", block.get("name") or "")
-            return b""
-        if t == "content_block_stop":
-            idx = obj.get("index")
-            block = self._tools.get(idx)
-            if block is not None and idx not in self._args_seen:
-                # A tool call whose input came whole in content_block_start (or empty): OpenAI always has JSON text.
-                self._args_seen.add(idx)
-                return w.tool_args(idx, orjson.dumps(block.get("input") or {}).decode())
-            return b""
-        if t == "message_start":
-            msg = obj.get("message") or {}
-            if isinstance(msg.get("model"), str) and msg["model"] and not self._began:
-                w.model = msg["model"]  # before the first chunk: the whole stream names the model that answered
-            if isinstance(msg.get("usage"), dict):
-                self._usage.update(msg["usage"])
-            return w.start()
-        if t == "message_delta":
-            if isinstance(obj.get("usage"), dict):
-                self._usage.update({k: v for k, v in obj["usage"].items() if v is not None})
-            reason = (obj.get("delta") or {}).get("stop_reason")
-            if reason is None:
-                return b""
-            self._finished = True
-            return w.finish(map_finish(reason, _STOP) or "stop")
-        if t == "message_stop":
-            self._stopped = True
-            out = b"" if self._finished else w.finish("tool_calls" if w.has_tools else "stop")
-            return out + w.end(_usage(self._usage))
-        if t == "error":
+                    self._w.tool_args(idx, pj)
+            # thinking_delta, signature_delta, citations_delta: not part of an OpenAI answer
+        elif t in ("content_block_start", "content_block_stop"):
+            self._block(t, obj)
+        elif t in ("message_start", "message_delta", "message_stop"):
+            self._message(t, obj)
+        elif t == "error":
             err = obj.get("error") or {}
             kind = str(err.get("type") or "api_error")
             raise UpstreamError(f"anthropic: {err.get('message') or kind}", code=kind,
                                 type=_ERROR_TYPES.get(kind, "upstream_error"))
-        return b""  # ping, and event types added after this was written
+        # ping, and event types added after this was written: nothing to send
+
+    def _block(self, t: str, obj: dict) -> None:
+        idx = obj.get("index")
+        w = self._w
+        if t == "content_block_start":
+            block = obj.get("content_block") or {}
+            bt = block.get("type")
+            if bt == "text":
+                w.text(block.get("text") or "")
+            elif bt == "tool_use":
+                self._tools[idx] = block  # type: ignore[index]
+                w.tool_start(idx, block.get("id") or "", block.get("name") or "")
+            return
+        tool = self._tools.get(idx)  # type: ignore[arg-type]
+        if tool is not None and idx not in self._args_seen:
+            # A tool call whose input came whole in content_block_start (or empty): OpenAI always has JSON text.
+            self._args_seen.add(idx)  # type: ignore[arg-type]
+            w.tool_args(idx, orjson.dumps(tool.get("input") or {}).decode())
+
+    def _message(self, t: str, obj: dict) -> None:
+        w = self._w
+        if t == "message_start":
+            msg = obj.get("message") or {}
+            if isinstance(msg.get("model"), str) and msg["model"] and not w.began:
+                w.model = msg["model"]  # before the first chunk: the whole stream names the model that answered
+            if isinstance(msg.get("usage"), dict):
+                self._umeta.update(msg["usage"])
+            w.start()
+        elif t == "message_delta":
+            if isinstance(obj.get("usage"), dict):
+                self._umeta.update({k: v for k, v in obj["usage"].items() if v is not None})
+            reason = (obj.get("delta") or {}).get("stop_reason")
+            if reason is not None:
+                self._finished = True
+                w.finish(map_finish(reason, _STOP) or "stop")
+        else:  # message_stop: the answer is complete; the usage chunk goes out with it
+            self._stopped = True
+            if not self._finished:
+                w.finish("tool_calls" if w.has_tools else "stop")
+            w.end(_usage(self._umeta))
 
 
 class AnthropicAdapter:

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from fastgw.api import limits
+
 __all__ = ["Endpoint", "UpstreamRequest", "TargetRuntime", "split_base_url", "Translator", "Adapter", "host_header"]
 
 
@@ -71,13 +73,13 @@ class TargetRuntime:
     api_key: str | None = None
     ca_file: str | None = None
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    connect_timeout: float = 5.0
-    ttft_timeout: float = 120.0
-    idle_timeout: float = 60.0
-    max_duration: float = 600.0
+    connect_timeout: float = limits.CONNECT_TIMEOUT
+    ttft_timeout: float = limits.TTFT_TIMEOUT
+    idle_timeout: float = limits.IDLE_TIMEOUT
+    max_duration: float = limits.MAX_DURATION
     heartbeat: float = 0.0
-    breaker_failures: int = 5
-    breaker_cooldown: float = 30.0
+    breaker_failures: int = limits.BREAKER_FAILURES
+    breaker_cooldown: float = limits.BREAKER_COOLDOWN
     weight: float = 1.0
     options: object = None
     deployment: str | None = None
@@ -136,16 +138,20 @@ def host_header(scheme: str, host: str, port: int) -> bytes:
 
 
 class Translator(Protocol):
-    """Turns one provider's streamed body into OpenAI `chat.completion.chunk` SSE bytes.
+    """Turns one provider's streamed body into OpenAI `chat.completion.chunk` objects (structured, not bytes).
 
-    `feed` takes raw body bytes as they arrive and returns the OpenAI events they complete (maybe b"");
-    `finish` is called at the clean end of the body and returns the last events, the usage chunk when the
-    client asked for it, and `data: [DONE]`. Both raise `GatewayError` for a provider error event or a
-    malformed stream (the relay turns it into the in-stream error envelope).
+    `feed(data)` takes raw body bytes as they arrive and returns the chunk dicts the events they complete
+    translate to (maybe none); `finish()` is called at the clean end of the body and returns the last chunks,
+    the usage chunk last when the client asked for `stream_options.include_usage`. Translators never emit
+    `data: [DONE]`: the relay writes the terminator. Both raise `GatewayError` for a provider error event or
+    a malformed stream (the relay turns it into the in-stream error envelope); an error met after other events
+    of the same read is deferred: those chunks are returned, and the error is raised by the next call.
+    The dicts are the relay's to keep (a translator never touches a chunk it has returned); callers that
+    need bytes use `fastgw.providers.chunks.encode_chunks`.
     """
 
-    def feed(self, data: bytes) -> bytes: ...
-    def finish(self) -> bytes: ...
+    def feed(self, data: bytes) -> list[dict]: ...
+    def finish(self) -> list[dict]: ...
 
 
 class Adapter(Protocol):

@@ -1,6 +1,8 @@
 """Amazon Bedrock Converse API: an OpenAI chat request becomes `POST {endpoint}/model/{modelId}/converse` (or
 `/converse-stream`), signed with AWS SigV4; Bedrock's answer (JSON, or the AWS binary event stream) comes back as
-an OpenAI `chat.completion` body or `chat.completion.chunk` events.
+an OpenAI `chat.completion` body or `chat.completion.chunk` events. (Over 500 lines: the Converse mapping, SigV4
+signing with botocore's credential chain and the event-stream translator are one provider's wire; the shared parts
+live in `ir.py` and `chunks.py`.)
 
 Target: `model` is the Bedrock model id, inference profile id or ARN (URL-encoded into the path). The endpoint is
 `https://bedrock-runtime.{region}.amazonaws.com`; `base_url` overrides it (VPC endpoints, proxies, tests). The
@@ -24,7 +26,7 @@ Request (OpenAI chat -> Converse):
   tool; none -> tools left out, or kept with auto when the conversation already holds tool calls, which
   Bedrock requires; a conversation with tool calls but no `tools` gets a schema-free declaration of the tools
   it used, for the same reason), `response_format` text (a no-op).
-- dropped (logged once per process at INFO on `fastgw.providers.bedrock`): `frequency_penalty`,
+- dropped (logged once per worker at INFO on `fastgw.providers.bedrock`, by `ir.note_dropped`): `frequency_penalty`,
   `presence_penalty`, `logit_bias`, `seed`, `user`, `metadata`, `store`, `service_tier`, `parallel_tool_calls`,
   `reasoning_effort`, `prediction`, `verbosity`, `prompt_cache_key`, `safety_identifier`,
   `web_search_options`, `stream_options` (used by the gateway only), a message's `name`, and any other field.
@@ -49,7 +51,6 @@ upstream protocol error. Only `chat/completions` is served (no embeddings or leg
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
@@ -58,18 +59,17 @@ from urllib.parse import quote
 
 import orjson
 
-from fastgw.api.errors import UpstreamError, UpstreamProtocolError
-from fastgw.api.errors import GatewayError, envelope
+from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
 from fastgw.proto.errors import ProtocolError
 from fastgw.proto.eventstream import CONTENT_TYPE, EventStreamDecoder, Message
 from fastgw.providers.base import (USER_AGENT, TargetRuntime, UpstreamRequest, chat_only, host_header, json_object,
                                    split_base_url)
-from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, translate_all, usage_dict
+from fastgw.providers.chunks import StreamTranslator, completion_body, map_finish, usage_dict
+from fastgw.providers.ir import ChatRequest, Part, fold_turns, invalid, note_dropped, parse_chat, unsupported
+from fastgw.providers.ir import Message as ChatMessage
 
 __all__ = ["BedrockAdapter", "BedrockStreamTranslator", "translate_request", "translate_converse", "resolve_region",
            "endpoint_url", "SERVICE"]
-
-log = logging.getLogger("fastgw.providers.bedrock")
 
 #: The SigV4 service name of bedrock-runtime.
 SERVICE = "bedrock"
@@ -112,20 +112,13 @@ _HANDLED = frozenset({
     "functions", "function_call",
 })
 
-#: Fields dropped that were already logged in this process (one note per field, not one per request).
-_logged: set[str] = set()
-
 _REGION_IN_HOST = re.compile(r"(?:^|\.)bedrock-runtime(?:-fips)?\.([a-z]{2}(?:-[a-z]+)+-\d+)\.")
+
+PROVIDER = "bedrock"
 
 
 def _unsupported(message: str, param: str) -> GatewayError:
-    return GatewayError(f"{message} (provider bedrock)", status=400, type="invalid_request_error",
-                        code="unsupported_parameter", param=param, no_retry=True)
-
-
-def _invalid(message: str, param: str) -> GatewayError:
-    return GatewayError(message, status=400, type="invalid_request_error", code="invalid_value", param=param,
-                        no_retry=True)
+    return unsupported(PROVIDER, message, param)
 
 
 def _config_error(message: str, code: str) -> GatewayError:
@@ -133,43 +126,35 @@ def _config_error(message: str, code: str) -> GatewayError:
     return GatewayError(message, status=500, type="server_error", code=code, no_retry=True)
 
 
-def _drop(field: str) -> None:
-    if field not in _logged:
-        _logged.add(field)
-        log.info("bedrock: request field %r has no Converse counterpart and is dropped", field)
-
-
 # ---- request translation --------------------------------------------------------------------
 
 
-def _text_parts(content: object, param: str) -> list[str]:
+def _texts(content: str | list[Part] | None, param: str) -> list[str]:
     """The texts of a system/developer/tool message (a string or text parts)."""
     if isinstance(content, str):
         return [content]
-    if isinstance(content, list):
-        out = []
-        for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _invalid("only text parts are allowed here", f"{param}[{k}]")
-            out.append(part["text"])
-        return out
     if content is None:
         return []
-    raise _invalid("content must be a string or a list of text parts", param)
+    out = []
+    for k, part in enumerate(content):
+        if part.type != "text" or not isinstance(part.text, str):
+            raise invalid("only text parts are allowed here", f"{param}[{k}]")
+        out.append(part.text)
+    return out
 
 
 def _image(part: dict, param: str) -> dict:
     img = part.get("image_url")
     url = img.get("url") if isinstance(img, dict) else img
     if not isinstance(url, str):
-        raise _invalid("image_url.url must be a string", f"{param}.image_url.url")
+        raise invalid("image_url.url must be a string", f"{param}.image_url.url")
     if url.startswith(("http://", "https://")):
         raise _unsupported("image URLs are not supported: Converse takes image bytes; send a base64 data: URL",
                            f"{param}.image_url.url")
     # partition, not a regex: the data may be megabytes long.
     head, comma, data = url.partition(",")
     if not head.startswith("data:") or not head.endswith(";base64") or not comma:
-        raise _invalid("image_url.url must be a base64 data: URL (data:image/png;base64,...)", f"{param}.image_url.url")
+        raise invalid("image_url.url must be a base64 data: URL (data:image/png;base64,...)", f"{param}.image_url.url")
     mime = head[5:].split(";", 1)[0].strip().lower()
     fmt = _IMAGE_FORMATS.get(mime)
     if fmt is None:
@@ -177,127 +162,94 @@ def _image(part: dict, param: str) -> dict:
     return {"image": {"format": fmt, "source": {"bytes": data}}}
 
 
-def _user_blocks(content: object, param: str) -> list[dict]:
+def _system(m: ChatMessage) -> list[dict]:
+    return [{"text": t} for t in _texts(m.content, f"{m.param}.content") if t]
+
+
+def _user(m: ChatMessage) -> list[dict]:
+    content = m.content
     if isinstance(content, str):
         return [{"text": content}] if content else []
-    if content is None:
-        return []
-    if not isinstance(content, list):
-        raise _invalid("content must be a string or a list of parts", f"{param}.content")
     blocks: list[dict] = []
-    for k, part in enumerate(content):
-        p = f"{param}.content[{k}]"
-        if not isinstance(part, dict):
-            raise _invalid("a content part must be an object", p)
-        t = part.get("type")
+    for k, part in enumerate(content or ()):
+        p = f"{m.param}.content[{k}]"
+        t = part.type
         if t == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise _invalid("text must be a string", f"{p}.text")
-            if text:
-                blocks.append({"text": text})
+            if not isinstance(part.text, str):
+                raise invalid("text must be a string", f"{p}.text")
+            if part.text:
+                blocks.append({"text": part.text})
         elif t == "image_url":
-            blocks.append(_image(part, p))
+            blocks.append(_image(part.raw, p))
         elif t in ("input_audio", "file"):
             raise _unsupported(f"{t} content parts are not supported", p)
         else:
-            raise _invalid(f"unknown content part type {t!r}", p)
+            raise invalid(f"unknown content part type {t!r}", p)
     return blocks
 
 
-def _assistant_blocks(m: dict, param: str) -> list[dict]:
+def _assistant(m: ChatMessage) -> list[dict]:
+    param = m.param
     blocks: list[dict] = []
-    content = m.get("content")
+    content = m.content
     if isinstance(content, str):
         if content:
             blocks.append({"text": content})
-    elif isinstance(content, list):
-        for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
-                raise _invalid("assistant content parts must be text or refusal", f"{param}.content[{k}]")
-            text = part.get("text") if part.get("type") == "text" else part.get("refusal")
+    else:
+        for k, part in enumerate(content or ()):
+            if part.type not in ("text", "refusal"):
+                raise invalid("assistant content parts must be text or refusal", f"{param}.content[{k}]")
+            text = part.text if part.type == "text" else part.raw.get("refusal")
             if isinstance(text, str) and text:
                 blocks.append({"text": text})
-    elif content is not None:
-        raise _invalid("content must be a string, a list of parts or null", f"{param}.content")
-    calls = m.get("tool_calls")
-    if calls is not None:
-        if not isinstance(calls, list):
-            raise _invalid("tool_calls must be a list", f"{param}.tool_calls")
-        for j, call in enumerate(calls):
-            p = f"{param}.tool_calls[{j}]"
-            fn = call.get("function") if isinstance(call, dict) else None
-            if not isinstance(fn, dict) or not isinstance(call.get("id"), str) or not isinstance(fn.get("name"), str):
-                raise _invalid("a tool call needs an id and a function name", p)
-            args = fn.get("arguments")
-            try:
-                value = orjson.loads(args) if isinstance(args, str) and args.strip() else {}
-            except orjson.JSONDecodeError:
-                raise _invalid("tool call arguments must be JSON", f"{p}.function.arguments") from None
-            blocks.append({"toolUse": {"toolUseId": call["id"], "name": fn["name"], "input": value}})
-    if m.get("function_call") is not None:
+    for j, call in enumerate(m.tool_calls or ()):
+        p = f"{param}.tool_calls[{j}]"
+        if not call.has_function or not isinstance(call.id, str) or not isinstance(call.name, str):
+            raise invalid("a tool call needs an id and a function name", p)
+        args = call.arguments
+        try:
+            value = orjson.loads(args) if isinstance(args, str) and args.strip() else {}
+        except orjson.JSONDecodeError:
+            raise invalid("tool call arguments must be JSON", f"{p}.function.arguments") from None
+        blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": value}})
+    if m.raw.get("function_call") is not None:
         raise _unsupported("legacy function_call messages are not supported; use tool_calls", f"{param}.function_call")
     return blocks
 
 
-def _tool_result(m: dict, param: str) -> dict:
-    call_id = m.get("tool_call_id")
+def _tool_result(m: ChatMessage) -> list[dict]:
+    call_id = m.tool_call_id
     if not isinstance(call_id, str) or not call_id:
-        raise _invalid("a tool message needs tool_call_id", f"{param}.tool_call_id")
-    texts = _text_parts(m.get("content"), f"{param}.content")
-    return {"toolResult": {"toolUseId": call_id, "content": [{"text": t} for t in texts if t]}}
+        raise invalid("a tool message needs tool_call_id", f"{m.param}.tool_call_id")
+    texts = _texts(m.content, f"{m.param}.content")
+    return [{"toolResult": {"toolUseId": call_id, "content": [{"text": t} for t in texts if t]}}]
 
 
-def _messages(msgs: object) -> tuple[list[dict], list[dict]]:
-    """(system blocks, Converse messages) for OpenAI `messages`."""
-    if not isinstance(msgs, list) or not msgs:
-        raise _invalid("messages must be a non-empty list", "messages")
-    system: list[dict] = []
-    out: list[dict] = []
-    for i, m in enumerate(msgs):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _invalid("a message must be an object", param)
-        role = m.get("role")
-        if role in ("system", "developer"):
-            system.extend({"text": t} for t in _text_parts(m.get("content"), f"{param}.content") if t)
-            continue
-        if role == "user":
-            blocks, brole = _user_blocks(m.get("content"), param), "user"
-        elif role == "assistant":
-            blocks, brole = _assistant_blocks(m, param), "assistant"
-        elif role == "tool":
-            blocks, brole = [_tool_result(m, param)], "user"
-        else:
-            raise _unsupported(f"message role {role!r} is not supported", f"{param}.role")
-        if m.get("name") is not None:
-            _drop("messages[].name")
-        if not blocks:
-            continue  # Converse refuses blank text blocks; an empty message says nothing
-        if out and out[-1]["role"] == brole:
-            out[-1]["content"].extend(blocks)  # Converse wants user and assistant turns to alternate
-        else:
-            out.append({"role": brole, "content": blocks})
-    return system, out
+def _messages(req: ChatRequest) -> tuple[list[dict], list[dict]]:
+    """(system blocks, Converse messages): empty messages are left out (Converse refuses blank text blocks),
+    consecutive same-role turns merged (Converse wants user and assistant turns to alternate)."""
+    if any(m.raw.get("name") is not None for m in req.messages):
+        note_dropped(PROVIDER, "messages[].name")
+    return fold_turns(req, system=_system, user=_user, assistant=_assistant, tool=_tool_result)
 
 
 def _tools(tools: object) -> list[dict]:
     if not isinstance(tools, list):
-        raise _invalid("tools must be a list", "tools")
+        raise invalid("tools must be a list", "tools")
     out = []
     for j, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
             raise _unsupported("only function tools are supported", f"tools[{j}]")
         fn = tool["function"]
         if not isinstance(fn.get("name"), str):
-            raise _invalid("a function tool needs a name", f"tools[{j}].function.name")
+            raise invalid("a function tool needs a name", f"tools[{j}].function.name")
         spec: dict[str, Any] = {"name": fn["name"]}
         if isinstance(fn.get("description"), str) and fn["description"]:
             spec["description"] = fn["description"]
         params = fn.get("parameters")
         spec["inputSchema"] = {"json": params if isinstance(params, dict) else {"type": "object", "properties": {}}}
         if fn.get("strict") is not None:
-            _drop("tools[].function.strict")
+            note_dropped(PROVIDER, "tools[].function.strict")
         out.append({"toolSpec": spec})
     return out
 
@@ -316,8 +268,8 @@ def _tool_choice(tc: object) -> dict | str | None:
     raise _unsupported("tool_choice must be auto, none, required or a named function", "tool_choice")
 
 
-def translate_request(body: dict) -> dict:
-    """The Converse request body for an OpenAI chat request (raises GatewayError 400 when refused)."""
+def _refuse(body: dict) -> None:
+    """The 400s for OpenAI features Converse has no counterpart for."""
     n = body.get("n")
     if n is not None and n != 1:
         raise _unsupported("n > 1 is not supported: Converse returns one choice", "n")
@@ -336,58 +288,68 @@ def translate_request(body: dict) -> dict:
     if rf is not None and not (isinstance(rf, dict) and rf.get("type") == "text"):
         raise _unsupported("response_format: Converse has no JSON mode; only text is supported", "response_format")
 
-    system, messages = _messages(body.get("messages"))
-    out: dict[str, Any] = {"messages": messages}
-    if system:
-        out["system"] = system
 
+def _inference_config(req: ChatRequest) -> dict[str, Any]:
+    sp = req.sampling
     cfg: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    if max_tokens is not None:
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise _invalid("max_tokens must be a positive integer", "max_tokens")
-        cfg["maxTokens"] = max_tokens
-    for src, dst in (("temperature", "temperature"), ("top_p", "topP")):
-        v = body.get(src)
+    if sp.max_tokens is not None:
+        if not isinstance(sp.max_tokens, int) or isinstance(sp.max_tokens, bool) or sp.max_tokens < 1:
+            raise invalid("max_tokens must be a positive integer", "max_tokens")
+        cfg["maxTokens"] = sp.max_tokens
+    for src, dst, v in (("temperature", "temperature", sp.temperature), ("top_p", "topP", sp.top_p)):
         if v is not None:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise _invalid(f"{src} must be a number", src)
+                raise invalid(f"{src} must be a number", src)
             cfg[dst] = v
-    stop = body.get("stop")
-    if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise _invalid("stop must be a string or a list of strings", "stop")
-        if stops:
-            cfg["stopSequences"] = stops
-    if cfg:
-        out["inferenceConfig"] = cfg
+    if sp.stop:
+        cfg["stopSequences"] = sp.stop
+    return cfg
 
+
+def _tool_config(body: dict, messages: list[dict]) -> dict | None:
+    has_tool_blocks = any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"])
     tools = body.get("tools")
     if tools:
         choice = _tool_choice(body.get("tool_choice"))
-        if choice == "none":
-            # Converse has no "none"; it does require toolConfig once the conversation holds toolUse/toolResult.
-            if any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"]):
-                out["toolConfig"] = {"tools": _tools(tools)}
-                _drop("tool_choice=none")
-        else:
+        if choice != "none":
             tc: dict[str, Any] = {"tools": _tools(tools)}
             if choice is not None:
                 tc["toolChoice"] = choice
-            out["toolConfig"] = tc
-    elif any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"]):
+            return tc
+        # Converse has no "none"; it does require toolConfig once the conversation holds toolUse/toolResult.
+        if has_tool_blocks:
+            note_dropped(PROVIDER, "tool_choice=none")
+            return {"tools": _tools(tools)}
+        return None
+    if has_tool_blocks:
         # Bedrock refuses tool blocks without a toolConfig; declare the tools the history used, schema-free.
         names = sorted({b["toolUse"]["name"] for m in messages for b in m["content"] if "toolUse" in b})
         if names:
-            out["toolConfig"] = {"tools": [{"toolSpec": {"name": nm, "inputSchema": {"json": {"type": "object"}}}}
-                                           for nm in names]}
+            return {"tools": [{"toolSpec": {"name": nm, "inputSchema": {"json": {"type": "object"}}}}
+                              for nm in names]}
+    return None
 
+
+def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
+    """The Converse request body for an OpenAI chat request (raises GatewayError 400 when refused).
+
+    `target` and `stream` do not change the body (model and streaming are in the path); the signature is
+    every provider's."""
+    _refuse(body)
+    req = parse_chat(body, PROVIDER)
+    system, messages = _messages(req)
+    out: dict[str, Any] = {"messages": messages}
+    if system:
+        out["system"] = system
+    cfg = _inference_config(req)
+    if cfg:
+        out["inferenceConfig"] = cfg
+    tool_config = _tool_config(body, messages)
+    if tool_config is not None:
+        out["toolConfig"] = tool_config
     for k in body:
         if k not in _HANDLED:
-            _drop(k)
+            note_dropped(PROVIDER, k)
     return out
 
 
@@ -523,45 +485,30 @@ def translate_converse(obj: dict, model: str) -> bytes:
     return completion_body(model, content, finish, _usage(obj.get("usage")), calls or None)
 
 
-class BedrockStreamTranslator:
-    """ConverseStream (AWS event stream) -> OpenAI chunk SSE, incremental: each complete frame is translated by
+class BedrockStreamTranslator(StreamTranslator):
+    """ConverseStream (AWS event stream) -> OpenAI chunks, incremental: each complete frame is translated by
     the `feed` that completes it; only the incomplete frame is held (bounded by the decoder's frame limit)."""
 
-    __slots__ = ("_decoder", "_w", "_tools", "_args_seen", "_usage", "_stopped", "_error")
+    __slots__ = ("_tools", "_args_seen", "_stopped")
+
+    provider = PROVIDER
 
     def __init__(self, model: str, body: dict) -> None:
-        self._decoder = EventStreamDecoder()
-        self._w = ChunkWriter(model, body)
+        super().__init__(model, body, EventStreamDecoder())
         #: contentBlockIndex of each toolUse block
         self._tools: set[object] = set()
         self._args_seen: set[object] = set()
-        self._usage: dict | None = None
         self._stopped = False
-        #: An exception message that followed events in the same read: those go out first, it on the next call.
-        self._error: UpstreamError | None = None
 
-    def feed(self, data: bytes) -> bytes:
-        if self._error is not None:
-            raise self._error
+    def _close(self) -> None:
         try:
-            msgs = self._decoder.feed(data)
-        except ProtocolError as e:  # a corrupt or oversized frame
-            raise UpstreamProtocolError(f"bedrock {e.message}", code=e.code) from None
-        out, self._error = translate_all(msgs, self._message)  # type: ignore[assignment]
-        return out
-
-    def finish(self) -> bytes:
-        if self._error is not None:
-            raise self._error
-        try:
-            self._decoder.close()
+            self._dec.close()
         except ProtocolError as e:
             raise UpstreamProtocolError(f"bedrock {e.message}") from None
         if not self._stopped:
             raise UpstreamProtocolError("bedrock stream ended before messageStop")
-        return self._w.end(self._usage)
 
-    def _message(self, m: Message) -> bytes:
+    def _one(self, m: Message) -> None:
         h = m.headers
         mtype = h.get(":message-type")
         if mtype == "exception":
@@ -578,53 +525,49 @@ class BedrockStreamTranslator:
             text = h.get(":error-message")
             raise UpstreamError(f"bedrock: {text if isinstance(text, str) and text else code}", code=code)
         if mtype != "event":
-            return b""  # unknown message types are skipped, as the AWS SDKs do
+            return  # unknown message types are skipped, as the AWS SDKs do
         etype = h.get(":event-type")
         obj = json_object(m.payload)
         if obj is None:
-            raise UpstreamProtocolError(f"bedrock stream: {etype} payload is not a JSON object")
+            raise UpstreamProtocolError(f"bedrock stream: {etype!s} payload is not a JSON object")
+        if etype in ("contentBlockDelta", "contentBlockStart", "contentBlockStop"):
+            self._block(etype, obj)
+        elif etype == "messageStart":
+            self._w.start()
+        elif etype == "messageStop":
+            self._stopped = True
+            self._w.finish(map_finish(obj.get("stopReason"), _STOP) or "stop")
+        elif etype == "metadata":
+            self._usage = _usage(obj.get("usage"))
+
+    def _block(self, etype: object, obj: dict) -> None:
         w = self._w
+        idx = obj.get("contentBlockIndex")
         if etype == "contentBlockDelta":
             d = obj.get("delta")
             if not isinstance(d, dict):
-                return b""
+                return
             text = d.get("text")
             if isinstance(text, str):
-                return w.text(text)
+                w.text(text)
+                return
             tu = d.get("toolUse")
-            if isinstance(tu, dict):
-                idx = obj.get("contentBlockIndex")
-                args = tu.get("input")
-                if isinstance(args, str) and args:
-                    self._args_seen.add(idx)
-                    if idx not in self._tools:  # a delta without its start: still one call per block
-                        self._tools.add(idx)
-                    return w.tool_args(idx, args)
-            return b""  # reasoningContent, citation deltas: not part of an OpenAI answer
-        if etype == "contentBlockStart":
+            args = tu.get("input") if isinstance(tu, dict) else None
+            if isinstance(args, str) and args:
+                self._args_seen.add(idx)
+                self._tools.add(idx)  # a delta without its start: still one call per block
+                w.tool_args(idx, args)
+            # reasoningContent, citation deltas: not part of an OpenAI answer
+        elif etype == "contentBlockStart":
             start = obj.get("start")
             tu = start.get("toolUse") if isinstance(start, dict) else None
             if isinstance(tu, dict):
-                idx = obj.get("contentBlockIndex")
                 self._tools.add(idx)
-                return w.tool_start(idx, tu.get("toolUseId") or "", tu.get("name") or "")
-            return b""
-        if etype == "contentBlockStop":
-            idx = obj.get("contentBlockIndex")
-            if idx in self._tools and idx not in self._args_seen:
-                # A tool call with no input deltas: OpenAI always gives arguments as JSON text.
-                self._args_seen.add(idx)
-                return w.tool_args(idx, "{}")
-            return b""
-        if etype == "messageStart":
-            return w.start()
-        if etype == "messageStop":
-            self._stopped = True
-            return w.finish(map_finish(obj.get("stopReason"), _STOP) or "stop")
-        if etype == "metadata":
-            self._usage = _usage(obj.get("usage"))
-            return b""
-        return b""
+                w.tool_start(idx, tu.get("toolUseId") or "", tu.get("name") or "")
+        elif idx in self._tools and idx not in self._args_seen:
+            # contentBlockStop of a tool call with no input deltas: OpenAI always gives arguments as JSON text.
+            self._args_seen.add(idx)
+            w.tool_args(idx, "{}")
 
 
 # ---- the adapter ------------------------------------------------------------------------------
@@ -641,7 +584,7 @@ class BedrockAdapter:
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
         chat_only("bedrock", endpoint)
-        payload = orjson.dumps(translate_request(body))
+        payload = orjson.dumps(translate_request(target, body, stream))
         # A Bedrock API key sent to an explicit base_url is the one case that needs no region (nothing is signed).
         region = "" if target.api_key and target.base_url else resolve_region(target)
         scheme, host, port, prefix = split_base_url(endpoint_url(target, region))

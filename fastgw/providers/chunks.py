@@ -1,45 +1,32 @@
-"""Writing OpenAI `chat.completion.chunk` events exactly as OpenAI sends them, for translated providers.
+"""OpenAI `chat.completion.chunk` objects exactly as OpenAI sends them, for translated providers, and the base
+class of every stream translator.
 
 One `ChunkWriter` per stream: one `id` and `created` for the whole stream; the first
 delta of a choice carries `role`; tool calls get contiguous indexes from 0, with
 `id`/`type`/`function.name` only in their first delta; `usage: null` on every chunk
 when the client set `stream_options.include_usage`, then one final chunk with
-`choices: []` and the usage; `data: [DONE]` last.
+`choices: []` and the usage. Chunks are dicts handed to the relay as they are (no
+SSE encoding here, no `[DONE]`: the relay encodes once and writes the terminator).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
-from fastgw.api.errors import GatewayError
+from fastgw.api.errors import GatewayError, UpstreamProtocolError
+from fastgw.proto.errors import ProtocolError
 
-from fastgw.api.sse import DONE
-from fastgw.proto.sse import encode_data
-
-T = TypeVar("T")
-
-__all__ = ["ChunkWriter", "completion_body", "usage_dict", "map_finish", "translate_all"]
+__all__ = ["ChunkWriter", "StreamTranslator", "completion_body", "usage_dict", "map_finish", "encode_chunks"]
 
 
-def translate_all(items: Iterable[T], one: Callable[[T], bytes]) -> tuple[bytes, GatewayError | None]:
-    """Translate decoded provider items in order. An error before any output is raised; one after some is
-    returned instead, so the events before it reach the client first and the caller raises it next time."""
-    out: list[bytes] = []
-    for item in items:
-        try:
-            b = one(item)
-        except GatewayError as e:
-            if not out:
-                raise
-            return b"".join(out), e
-        if b:
-            out.append(b)
-    return b"".join(out), None
+def encode_chunks(chunks: list[dict]) -> bytes:
+    """Chunks as SSE bytes, one `data: <json>` event each (orjson never writes a raw line end, so one line)."""
+    return b"".join([b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks])
 
 
 def _new_id(prefix: str) -> str:
@@ -67,9 +54,13 @@ def map_finish(reason: str | None, table: dict[str, str]) -> str | None:
 
 
 class ChunkWriter:
-    """Produces the SSE bytes of one translated stream."""
+    """Builds the chunk dicts of one translated stream into `out`; the translator hands them over with `take()`.
 
-    __slots__ = ("id", "created", "model", "include_usage", "_started", "_tools", "_next_tool", "finished")
+    Appending to one list instead of returning a list per call: a translated event costs one dict, nothing more.
+    """
+
+    __slots__ = ("id", "created", "model", "include_usage", "out", "_started", "_tools", "_next_tool", "finished",
+                 "ended")
 
     def __init__(self, model: str, body: dict) -> None:
         self.id = _new_id("chatcmpl-")
@@ -77,70 +68,148 @@ class ChunkWriter:
         self.model = model
         so = body.get("stream_options")
         self.include_usage = isinstance(so, dict) and bool(so.get("include_usage"))
+        #: chunks built since the last take()
+        self.out: list[dict] = []
         self._started: set[int] = set()
         #: per choice: provider tool key -> our contiguous index
         self._tools: dict[int, dict[object, int]] = {}
         self._next_tool: dict[int, int] = {}
         self.finished: set[int] = set()
+        #: the usage chunk (the stream's last) was written
+        self.ended = False
 
-    def _event(self, choices: list, usage: object = None, with_usage_field: bool = True) -> bytes:
+    def take(self) -> list[dict]:
+        """The chunks built since the last call (the caller owns the list)."""
+        out = self.out
+        if not out:
+            return out
+        self.out = []
+        return out
+
+    @property
+    def began(self) -> bool:
+        """A chunk was built: the stream's id and model are fixed."""
+        return bool(self._started)
+
+    def _event(self, choices: list, usage: object = None) -> None:
         obj: dict = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                      "system_fingerprint": None, "choices": choices}
-        if self.include_usage and with_usage_field:
+        if self.include_usage:
             obj["usage"] = usage
-        return encode_data(orjson.dumps(obj))
+        self.out.append(obj)
 
-    def _delta(self, idx: int, delta: dict, finish: str | None = None) -> bytes:
+    def _delta(self, idx: int, delta: dict, finish: str | None = None) -> None:
         if idx not in self._started:
             self._started.add(idx)
             delta = {"role": "assistant", **delta}
-        return self._event([{"index": idx, "delta": delta, "logprobs": None, "finish_reason": finish}])
+        self._event([{"index": idx, "delta": delta, "logprobs": None, "finish_reason": finish}])
 
-    def start(self, idx: int = 0) -> bytes:
+    def start(self, idx: int = 0) -> None:
         """The opening chunk (role, empty content), as OpenAI sends before any text."""
-        if idx in self._started:
-            return b""
-        return self._delta(idx, {"content": ""})
+        if idx not in self._started:
+            self._delta(idx, {"content": ""})
 
-    def text(self, text: str, idx: int = 0) -> bytes:
-        if not text:
-            return b""
-        return self._delta(idx, {"content": text})
+    def text(self, text: str, idx: int = 0) -> None:
+        if text:
+            self._delta(idx, {"content": text})
 
-    def tool_start(self, key: object, call_id: str, name: str, idx: int = 0, arguments: str = "") -> bytes:
+    def tool_start(self, key: object, call_id: str, name: str, idx: int = 0, arguments: str = "") -> None:
         """The first delta of a tool call: its index, id, type and name (and any first arguments)."""
         calls = self._tools.setdefault(idx, {})
         n = self._next_tool.get(idx, 0)
         calls[key] = n
         self._next_tool[idx] = n + 1
-        return self._delta(idx, {"tool_calls": [{"index": n, "id": call_id or _new_id("call_"), "type": "function",
-                                                 "function": {"name": name, "arguments": arguments}}]})
+        self._delta(idx, {"tool_calls": [{"index": n, "id": call_id or _new_id("call_"), "type": "function",
+                                          "function": {"name": name, "arguments": arguments}}]})
 
-    def tool_args(self, key: object, arguments: str, idx: int = 0) -> bytes:
+    def tool_args(self, key: object, arguments: str, idx: int = 0) -> None:
         """Later deltas of a tool call: only its index and argument text."""
         if not arguments:
-            return b""
+            return
         n = self._tools.get(idx, {}).get(key)
         if n is None:
-            return self.tool_start(key, "", "", idx, arguments)
-        return self._delta(idx, {"tool_calls": [{"index": n, "function": {"arguments": arguments}}]})
+            self.tool_start(key, "", "", idx, arguments)
+        else:
+            self._delta(idx, {"tool_calls": [{"index": n, "function": {"arguments": arguments}}]})
 
     @property
     def has_tools(self) -> bool:
         return any(self._tools.values())
 
-    def finish(self, reason: str, idx: int = 0) -> bytes:
-        if idx in self.finished:
-            return b""
-        self.finished.add(idx)
-        return self._delta(idx, {}, reason)
+    def finish(self, reason: str, idx: int = 0) -> None:
+        if idx not in self.finished:
+            self.finished.add(idx)
+            self._delta(idx, {}, reason)
 
-    def end(self, usage: dict | None) -> bytes:
-        """The usage chunk (when asked for) and [DONE]."""
-        out = b""
+    def end(self, usage: dict | None) -> None:
+        """The usage chunk, when the client asked for it (the stream's last chunk)."""
+        self.ended = True
         if self.include_usage:
-            out += self._event([], usage or usage_dict(0, 0))
-        return out + DONE
+            self._event([], usage or usage_dict(0, 0))
+
+
+class StreamTranslator:
+    """The skeleton every provider's stream translator shares: a decoder, a `ChunkWriter`, deferred errors.
+
+    A subclass gives `provider`, the decoder, `_one(item)` (translate one decoded item into the writer) and
+    `_close()` (the end-of-body checks, raising when the stream is incomplete). An error raises at once unless
+    the same read already produced chunks; those go out first and the error is raised by the next `feed` or
+    `finish`, so what the client sees does not depend on where reads split the stream. An item that fails is
+    translated not at all: the chunks it had built are discarded.
+    """
+
+    __slots__ = ("_dec", "_w", "_usage", "_error")
+
+    #: the provider's name, in error messages
+    provider = ""
+
+    def __init__(self, model: str, body: dict, decoder: Any) -> None:
+        self._dec = decoder
+        self._w = ChunkWriter(model, body)
+        #: the OpenAI usage of the stream, once the provider sent it
+        self._usage: dict | None = None
+        self._error: GatewayError | None = None
+
+    def _items(self, data: bytes) -> Iterable[Any]:
+        """The items `data` completes (the decoder's events, lines or frames)."""
+        try:
+            return self._dec.feed(data)
+        except ProtocolError as e:  # an oversized or corrupt event
+            raise UpstreamProtocolError(f"{self.provider} {e.message}", code=e.code) from None
+
+    def _one(self, item: Any) -> None:  # pragma: no cover - every subclass has one
+        raise NotImplementedError
+
+    def _close(self) -> None:  # pragma: no cover - every subclass has one
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> list[dict]:
+        """The chunks for the provider events `data` completes (see `fastgw.providers.base.Translator`)."""
+        if self._error is not None:
+            raise self._error
+        w = self._w
+        out = w.out
+        for item in self._items(data):
+            n = len(out)
+            try:
+                self._one(item)
+            except GatewayError as e:
+                del out[n:]
+                if not out:
+                    raise
+                self._error = e
+                break
+        return w.take()
+
+    def finish(self) -> list[dict]:
+        """The last chunks at the clean end of the body (usage last); raises when the stream is incomplete."""
+        if self._error is not None:
+            raise self._error
+        w = self._w
+        if not w.ended:
+            self._close()
+            w.end(self._usage)
+        return w.take()
 
 
 def completion_body(model: str, content: str | None, finish: str, usage: dict | None,

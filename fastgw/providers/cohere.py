@@ -13,7 +13,8 @@ Request (OpenAI -> Cohere v2):
   -> `max_tokens`; `stop` -> `stop_sequences`; `seed`; `frequency_penalty`, `presence_penalty` (clamped
   into Cohere's [0, 1]); `response_format` json_object ->
   `{"type": "json_object"}`, json_schema -> `{"type": "json_object", "json_schema": schema}`; `stream`.
-- dropped, logged (logger `fastgw.providers.cohere`, debug): `logprobs`, `top_logprobs`, `logit_bias`,
+- dropped, logged once per worker at INFO (logger `fastgw.providers.cohere`, `ir.note_dropped`):
+  `logprobs`, `top_logprobs`, `logit_bias`,
   `reasoning_effort`, `prediction`, `parallel_tool_calls`, `user`, `metadata`, `store`, `service_tier`;
   a message's `name` (silently).
 - refused (400 `unsupported_parameter`): `n` > 1; audio/file parts; images outside user messages.
@@ -27,27 +28,18 @@ and citations are not forwarded. HTTP errors (`{"message": ...}`) keep their sta
 
 from __future__ import annotations
 
-import logging
-
 import orjson
 
-from fastgw.api.errors import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import ProtocolError
-from fastgw.api.errors import GatewayError, envelope
+from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
 from fastgw.proto.sse import SSEDecoder, SSEEvent
 from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_object, json_post
-from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
+from fastgw.providers.chunks import StreamTranslator, completion_body, usage_dict
+from fastgw.providers.ir import Message, Part, invalid, map_messages, note_dropped, parse_chat, unsupported
 
-__all__ = ["CohereAdapter", "CohereTranslator", "build_body"]
-
-_log = logging.getLogger("fastgw.providers.cohere")
+__all__ = ["CohereAdapter", "CohereTranslator", "translate_request"]
 
 _DROPPED = ("logprobs", "top_logprobs", "logit_bias", "reasoning_effort", "prediction", "parallel_tool_calls",
             "user", "metadata", "store", "service_tier")
-#: OpenAI field -> (Cohere field, the range Cohere accepts or None); values outside it are clamped into it
-#: (OpenAI's top_p 1.0 is Cohere's p 0.99; OpenAI's penalties run from -2 to 2, Cohere's from 0 to 1).
-_PARAMS = (("temperature", "temperature", None), ("top_p", "p", (0.01, 0.99)), ("seed", "seed", None),
-           ("frequency_penalty", "frequency_penalty", (0.0, 1.0)), ("presence_penalty", "presence_penalty", (0.0, 1.0)))
 _FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls"}
 _FAILED = ("ERROR", "TIMEOUT")
 
@@ -56,116 +48,100 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
                 422: "invalid_request_error", 429: "rate_limit_error"}
 
 
+PROVIDER = "cohere"
+
+
 def _bad(message: str, param: str | None = None) -> GatewayError:
-    return GatewayError(message, status=400, type="invalid_request_error", code="unsupported_parameter", param=param)
-
-
-def _invalid(message: str, param: str | None = None) -> GatewayError:
-    return GatewayError(message, status=400, type="invalid_request_error", code="invalid_value", param=param)
+    return unsupported(PROVIDER, message, param)
 
 
 # --- request -------------------------------------------------------------------------------------------------
 
 
-def _text(content: object, where: str) -> str:
+def _text(content: str | list[Part] | None, where: str) -> str:
     """The text of a message content that may hold only text parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise _invalid("message content must be a string or a list of parts", where)
+    if content is None or isinstance(content, str):
+        return content or ""
     texts: list[str] = []
     for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
+        kind = part.type
+        if kind == "text" and isinstance(part.text, str):
+            texts.append(part.text)
         elif kind == "refusal":
-            texts.append(str(part.get("refusal") or ""))
+            texts.append(str(part.raw.get("refusal") or ""))
         elif kind == "image_url":
             raise _bad("image parts are only accepted in user messages", f"{where}[{j}]")
         else:
-            raise _bad(f"content part type {kind!r} is not supported here by cohere", f"{where}[{j}]")
+            raise _bad(f"content part type {kind!r} is not supported here", f"{where}[{j}]")
     return "\n".join(texts)
 
 
-def _user_content(content: object, where: str) -> str | list:
+def _image(part: dict, p: str) -> dict:
+    iu = part.get("image_url")
+    url = iu.get("url") if isinstance(iu, dict) else iu
+    if not isinstance(url, str) or not url.startswith(("data:", "http://", "https://")):
+        raise invalid("image_url.url must be a data: or http(s) URL", p + ".image_url.url")
+    img: dict = {"url": url}
+    detail = iu.get("detail") if isinstance(iu, dict) else None
+    if detail in ("low", "high", "auto"):
+        img["detail"] = detail
+    return {"type": "image_url", "image_url": img}
+
+
+def _user(m: Message) -> dict:
+    content = m.content
     if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise _invalid("message content must be a string or a list of parts", where)
+        return {"role": "user", "content": content or ""}
     parts: list[dict] = []
     for j, part in enumerate(content):
-        p = f"{where}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            if not isinstance(part.get("text"), str):
-                raise _invalid("text part without text", p)
-            parts.append({"type": "text", "text": part["text"]})
-        elif kind == "image_url":
-            iu = part.get("image_url")
-            url = iu.get("url") if isinstance(iu, dict) else iu
-            if not isinstance(url, str) or not url.startswith(("data:", "http://", "https://")):
-                raise _invalid("image_url.url must be a data: or http(s) URL", p + ".image_url.url")
-            img: dict = {"url": url}
-            detail = iu.get("detail") if isinstance(iu, dict) else None
-            if detail in ("low", "high", "auto"):
-                img["detail"] = detail
-            parts.append({"type": "image_url", "image_url": img})
+        p = f"{m.param}.content[{j}]"
+        if part.type == "text":
+            if not isinstance(part.text, str):
+                raise invalid("text part without text", p)
+            parts.append({"type": "text", "text": part.text})
+        elif part.type == "image_url":
+            parts.append(_image(part.raw, p))
         else:
-            raise _bad(f"content part type {kind!r} is not supported by cohere", p)
-    return parts
+            raise _bad(f"content part type {part.type!r} is not supported", p)
+    return {"role": "user", "content": parts}
 
 
-def _messages(messages: object) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise _invalid("messages must be a non-empty list", "messages")
-    out: list[dict] = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _invalid("each message must be an object", where)
-        role = m.get("role")
-        if role in ("system", "developer"):
-            out.append({"role": "system", "content": _text(m.get("content"), where + ".content")})
-        elif role == "user":
-            out.append({"role": "user", "content": _user_content(m.get("content"), where + ".content")})
-        elif role == "assistant":
-            text = _text(m.get("content"), where + ".content")
-            msg: dict = {"role": "assistant"}
-            calls = m.get("tool_calls")
-            if calls:
-                if not isinstance(calls, list):
-                    raise _invalid("tool_calls must be a list", where + ".tool_calls")
-                tcs = []
-                for k, c in enumerate(calls):
-                    fn = c.get("function") if isinstance(c, dict) else None
-                    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                        raise _invalid("tool call without a function name", f"{where}.tool_calls[{k}]")
-                    args = fn.get("arguments")
-                    tcs.append({"id": str(c.get("id") or f"call_{i}_{k}"), "type": "function",
-                                "function": {"name": fn["name"],
-                                             "arguments": args if isinstance(args, str) else orjson.dumps(
-                                                 args if args is not None else {}).decode()}})
-                msg["tool_calls"] = tcs
-                if text:
-                    msg["tool_plan"] = text  # the text that came with the calls is what v2 calls the plan
-            else:
-                msg["content"] = text
-            out.append(msg)
-        elif role == "tool":
-            cid = m.get("tool_call_id")
-            if not isinstance(cid, str) or not cid:
-                raise _invalid("tool messages need a tool_call_id", where + ".tool_call_id")
-            out.append({"role": "tool", "tool_call_id": cid, "content": _text(m.get("content"), where + ".content")})
-        else:
-            raise _bad(f"message role {role!r} is not supported by cohere", where + ".role")
-    return out
+def _system(m: Message) -> dict:
+    return {"role": "system", "content": _text(m.content, m.param + ".content")}
+
+
+def _assistant(m: Message) -> dict:
+    text = _text(m.content, m.param + ".content")
+    if not m.tool_calls:
+        return {"role": "assistant", "content": text}
+    tcs = []
+    for k, c in enumerate(m.tool_calls):
+        if not isinstance(c.name, str):
+            raise invalid("tool call without a function name", f"{m.param}.tool_calls[{k}]")
+        args = c.arguments
+        tcs.append({"id": str(c.id or f"call_{m.index}_{k}"), "type": "function",
+                    "function": {"name": c.name, "arguments": args if isinstance(args, str) else orjson.dumps(
+                        args if args is not None else {}).decode()}})
+    msg: dict = {"role": "assistant", "tool_calls": tcs}
+    if text:
+        msg["tool_plan"] = text  # the text that came with the calls is what v2 calls the plan
+    return msg
+
+
+def _tool_result(m: Message) -> dict:
+    cid = m.tool_call_id
+    if not isinstance(cid, str) or not cid:
+        raise invalid("tool messages need a tool_call_id", m.param + ".tool_call_id")
+    return {"role": "tool", "tool_call_id": cid, "content": _text(m.content, m.param + ".content")}
+
+
+_ROLES = {"system": _system, "developer": _system, "user": _user, "assistant": _assistant, "tool": _tool_result}
 
 
 def _tool(t: object, k: int) -> tuple[dict, bool]:
     fn = t.get("function") if isinstance(t, dict) else None
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or t.get("type", "function") != "function":
+    if not isinstance(t, dict) or not isinstance(fn, dict) or not isinstance(fn.get("name"), str) \
+            or t.get("type", "function") != "function":
         raise _bad("cohere accepts function tools only", f"tools[{k}]")
     f: dict = {"name": fn["name"]}
     if fn.get("description") is not None:
@@ -175,64 +151,77 @@ def _tool(t: object, k: int) -> tuple[dict, bool]:
     return {"type": "function", "function": f}, fn.get("strict") is True
 
 
-def build_body(target: TargetRuntime, body: dict, stream: bool) -> dict:
+def _tools(body: dict, out: dict) -> None:
+    tools = body.get("tools")
+    if not tools:
+        return
+    if not isinstance(tools, list):
+        raise invalid("tools must be a list", "tools")
+    converted = [_tool(t, k) for k, t in enumerate(tools)]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        converted = [c for c in converted if c[0]["function"]["name"] == name]
+        if not converted:
+            raise invalid(f"tool_choice names a function that is not in tools: {name!r}", "tool_choice")
+        out["tool_choice"] = "REQUIRED"
+    elif choice == "required":
+        out["tool_choice"] = "REQUIRED"
+    elif choice == "none":
+        out["tool_choice"] = "NONE"
+    elif choice not in (None, "auto"):
+        raise invalid("tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice")
+    out["tools"] = [c[0] for c in converted]
+    if any(c[1] for c in converted):
+        out["strict_tools"] = True
+
+
+def _response_format(rf: object) -> dict | None:
+    if not isinstance(rf, dict):
+        return None
+    kind = rf.get("type")
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        schema = js.get("schema") if isinstance(js, dict) else None
+        if not isinstance(schema, dict):
+            raise invalid("response_format.json_schema.schema must be an object", "response_format")
+        return {"type": "json_object", "json_schema": schema}
+    if kind != "text":
+        raise _bad(f"response_format type {kind!r} is not supported", "response_format")
+    return None
+
+
+def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
     """The `/v2/chat` request body for an OpenAI chat request."""
     n = body.get("n")
     if n is not None and n != 1:
         raise _bad("cohere returns one choice; n must be 1", "n")
-    out: dict = {"model": target.model, "messages": _messages(body.get("messages")), "stream": stream}
-    tools = body.get("tools")
-    if tools:
-        if not isinstance(tools, list):
-            raise _invalid("tools must be a list", "tools")
-        converted = [_tool(t, k) for k, t in enumerate(tools)]
-        choice = body.get("tool_choice")
-        if isinstance(choice, dict):
-            fn = choice.get("function")
-            name = fn.get("name") if isinstance(fn, dict) else None
-            converted = [c for c in converted if c[0]["function"]["name"] == name]
-            if not converted:
-                raise _invalid(f"tool_choice names a function that is not in tools: {name!r}", "tool_choice")
-            out["tool_choice"] = "REQUIRED"
-        elif choice == "required":
-            out["tool_choice"] = "REQUIRED"
-        elif choice == "none":
-            out["tool_choice"] = "NONE"
-        elif choice not in (None, "auto"):
-            raise _invalid("tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice")
-        out["tools"] = [c[0] for c in converted]
-        if any(c[1] for c in converted):
-            out["strict_tools"] = True
-    for src, dst, bounds in _PARAMS:
-        value = body.get(src)
+    req = parse_chat(body, PROVIDER)
+    out: dict = {"model": target.model, "messages": map_messages(req, _ROLES), "stream": stream}
+    _tools(body, out)
+    sp = req.sampling
+    # Values outside the range Cohere accepts are clamped into it (OpenAI's top_p 1.0 is Cohere's p 0.99;
+    # OpenAI's penalties run from -2 to 2, Cohere's from 0 to 1).
+    for dst, value, bounds in (("temperature", sp.temperature, None), ("p", sp.top_p, (0.01, 0.99)),
+                               ("seed", sp.seed, None), ("frequency_penalty", sp.frequency_penalty, (0.0, 1.0)),
+                               ("presence_penalty", sp.presence_penalty, (0.0, 1.0))):
         if value is not None:
             if bounds is not None and isinstance(value, (int, float)):
                 value = min(max(value, bounds[0]), bounds[1])
             out[dst] = value
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    if max_tokens is not None:
-        out["max_tokens"] = max_tokens
-    stop = body.get("stop")
-    if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
-    rf = body.get("response_format")
-    if isinstance(rf, dict):
-        kind = rf.get("type")
-        if kind == "json_object":
-            out["response_format"] = {"type": "json_object"}
-        elif kind == "json_schema":
-            js = rf.get("json_schema")
-            schema = js.get("schema") if isinstance(js, dict) else None
-            if not isinstance(schema, dict):
-                raise _invalid("response_format.json_schema.schema must be an object", "response_format")
-            out["response_format"] = {"type": "json_object", "json_schema": schema}
-        elif kind != "text":
-            raise _bad(f"response_format type {kind!r} is not supported by cohere", "response_format")
-    dropped = [k for k in _DROPPED if body.get(k) is not None]
-    if dropped:
-        _log.debug("cohere: dropped fields with no equivalent: %s", ", ".join(dropped))
+    if sp.max_tokens is not None:
+        out["max_tokens"] = sp.max_tokens
+    if sp.stop:
+        out["stop_sequences"] = sp.stop
+    rf = _response_format(body.get("response_format"))
+    if rf is not None:
+        out["response_format"] = rf
+    for k in _DROPPED:
+        if body.get(k) is not None:
+            note_dropped(PROVIDER, k)
     return out
 
 
@@ -245,7 +234,8 @@ def _usage(u: object) -> dict:
         return usage_dict(0, 0)
     counts = u.get("billed_units")
     if not isinstance(counts, dict) or counts.get("input_tokens") is None:
-        counts = u.get("tokens") if isinstance(u.get("tokens"), dict) else {}
+        tokens = u.get("tokens")
+        counts = tokens if isinstance(tokens, dict) else {}
     cached = u.get("cached_tokens")
     return usage_dict(int(counts.get("input_tokens") or 0), int(counts.get("output_tokens") or 0),
                       int(cached) if isinstance(cached, (int, float)) and cached else None)
@@ -259,79 +249,51 @@ def _dig(obj: object, *keys: str) -> object:
     return obj
 
 
-class CohereTranslator:
-    """Cohere v2 SSE events in, OpenAI `chat.completion.chunk` SSE out.
+class CohereTranslator(StreamTranslator):
+    """Cohere v2 SSE events in, OpenAI `chat.completion.chunk` objects out (deferred errors: `StreamTranslator`)."""
 
-    An error raises at once unless the same read already produced events; those go out first and the
-    error is raised by the next `feed` or `finish`, so what the client sees does not depend on where
-    reads split the stream.
-    """
+    __slots__ = ("_tool", "_ntools", "_done")
 
-    __slots__ = ("_dec", "_w", "_tool", "_ntools", "_done", "_usage", "_error")
+    provider = PROVIDER
 
     def __init__(self, model: str, body: dict) -> None:
-        self._dec = SSEDecoder()
-        self._w = ChunkWriter(model, body)
+        super().__init__(model, body, SSEDecoder())
         self._tool: object = None  # key of the tool call being streamed
         self._ntools = 0
         self._done = False
-        self._usage: dict | None = None
-        self._error: GatewayError | None = None
 
-    def feed(self, data: bytes) -> bytes:
-        if self._error is not None:
-            raise self._error
-        try:
-            items = self._dec.feed(data)
-        except ProtocolError as e:  # an oversized event
-            raise UpstreamProtocolError(f"cohere {e.message}", code=e.code) from None
-        out, self._error = translate_all(items, self._event)
-        return out
-
-    def finish(self) -> bytes:
-        if self._error is not None:
-            raise self._error
+    def _close(self) -> None:
         self._dec.close()
         if not self._done:
             if self._dec.has_partial:
                 raise UpstreamProtocolError("cohere stream ended inside an event")
             raise UpstreamProtocolError("cohere stream ended before message-end")
-        return self._w.end(self._usage)
 
-    def _event(self, ev: SSEEvent) -> bytes:
+    def _one(self, ev: SSEEvent) -> None:
         data = ev.data
         if not data or data == "[DONE]":
-            return b""
+            return
         obj = json_object(data)
         if obj is None:
             raise UpstreamProtocolError("cohere sent an event whose data is not a JSON object")
         kind = obj.get("type") or ev.event
         w = self._w
-        if kind == "content-delta":
-            text = _dig(obj, "delta", "message", "content", "text")
-            return w.start() + w.text(text) if isinstance(text, str) and text else b""
-        if kind == "tool-plan-delta":
-            text = _dig(obj, "delta", "message", "tool_plan")
-            return w.start() + w.text(text) if isinstance(text, str) and text else b""
-        if kind == "tool-call-start":
-            tc = _dig(obj, "delta", "message", "tool_calls")
-            if isinstance(tc, list):
-                tc = tc[0] if tc else None
-            if not isinstance(tc, dict):
-                raise UpstreamProtocolError("cohere sent tool-call-start without a tool call")
-            fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
-            idx = obj.get("index")
-            self._tool = key = idx if isinstance(idx, int) else ("n", self._ntools)
-            self._ntools += 1
-            args = fn.get("arguments")
-            return w.tool_start(key, str(tc.get("id") or ""), str(fn.get("name") or ""),
-                                arguments=args if isinstance(args, str) else "")
-        if kind == "tool-call-delta":
+        if kind == "content-delta" or kind == "tool-plan-delta":
+            text = _dig(obj, "delta", "message", "content", "text") if kind == "content-delta" else \
+                _dig(obj, "delta", "message", "tool_plan")
+            if isinstance(text, str) and text:
+                w.start()
+                w.text(text)
+        elif kind == "tool-call-start":
+            self._tool_start(obj)
+        elif kind == "tool-call-delta":
             args = _dig(obj, "delta", "message", "tool_calls", "function", "arguments")
             idx = obj.get("index")
-            return w.tool_args(idx if isinstance(idx, int) else self._tool, args) if isinstance(args, str) else b""
-        if kind == "message-end":
-            delta = obj.get("delta") if isinstance(obj.get("delta"), dict) else {}
+            if isinstance(args, str):
+                w.tool_args(idx if isinstance(idx, int) else self._tool, args)
+        elif kind == "message-end":
+            delta = obj.get("delta")
+            delta = delta if isinstance(delta, dict) else {}
             reason = delta.get("finish_reason")
             err = delta.get("error")
             if err or reason in _FAILED:
@@ -339,12 +301,26 @@ class CohereTranslator:
             self._done = True
             self._usage = _usage(delta.get("usage"))
             finish = _FINISH.get(reason) if isinstance(reason, str) else None
-            return w.finish(finish or ("tool_calls" if w.has_tools else "stop"))
-        if kind == "error":
+            w.finish(finish or ("tool_calls" if w.has_tools else "stop"))
+        elif kind == "error":
             message = obj.get("message") or _dig(obj, "delta", "error") or "cohere reported an error"
             raise UpstreamError(str(message), code="cohere_error")
         # message-start, content-start/-end, tool-call-end, citation-start/-end, debug: nothing to send.
-        return b""
+
+    def _tool_start(self, obj: dict) -> None:
+        tc = _dig(obj, "delta", "message", "tool_calls")
+        if isinstance(tc, list):
+            tc = tc[0] if tc else None
+        if not isinstance(tc, dict):
+            raise UpstreamProtocolError("cohere sent tool-call-start without a tool call")
+        fn = tc.get("function")
+        fn = fn if isinstance(fn, dict) else {}
+        idx = obj.get("index")
+        self._tool = key = idx if isinstance(idx, int) else ("n", self._ntools)
+        self._ntools += 1
+        args = fn.get("arguments")
+        self._w.tool_start(key, str(tc.get("id") or ""), str(fn.get("name") or ""),
+                           arguments=args if isinstance(args, str) else "")
 
 
 def _message_of(data: bytes) -> str | None:
@@ -370,7 +346,7 @@ class CohereAdapter:
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
         chat_only("cohere", endpoint)
-        payload = orjson.dumps(build_body(target, body, stream))
+        payload = orjson.dumps(translate_request(target, body, stream))
         return json_post(target, "/v2/chat", payload, stream, bearer(target))
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> CohereTranslator:
@@ -389,7 +365,9 @@ class CohereAdapter:
         if reason in _FAILED:
             return 502, UpstreamError(str(obj.get("error") or f"cohere ended the message with {reason}"),
                                       code="cohere_error").body()
-        msg = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        msg = obj.get("message")
+        if not isinstance(msg, dict):
+            msg = {}
         texts = []
         content = msg.get("content")
         if isinstance(content, str):

@@ -12,7 +12,8 @@ Request (OpenAI -> Ollama):
   `max_completion_tokens`/`max_tokens` -> `options.num_predict`; `response_format` json_object ->
   `format: "json"`, json_schema -> the schema object as `format`; `stream` always sent explicitly
   (Ollama streams by default).
-- best effort, logged (logger `fastgw.providers.ollama`, debug): `tool_choice` "required" (tools sent,
+- best effort, logged once per worker at INFO (logger `fastgw.providers.ollama`, `ir.note_dropped`):
+  `tool_choice` "required" (tools sent,
   the model is not forced), `tool_choice` naming a function (only that tool is sent, not forced).
 - dropped, logged: `logprobs`, `top_logprobs`, `logit_bias`, `reasoning_effort`, `prediction`,
   `parallel_tool_calls`, `user`, `metadata`, `store`, `service_tier`; a message's `name` (silently).
@@ -28,40 +29,33 @@ in the stream becomes the in-stream error event; an HTTP error keeps its status 
 from __future__ import annotations
 
 import base64
-import logging
 import os
 from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from fastgw.api.errors import UpstreamError, UpstreamProtocolError
-from fastgw.proto.errors import ProtocolError
-from fastgw.api.errors import GatewayError, envelope
+from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
 from fastgw.proto.ndjson import NDJSONDecoder
 from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_object, json_post
-from fastgw.providers.chunks import ChunkWriter, completion_body, translate_all, usage_dict
+from fastgw.providers.chunks import StreamTranslator, completion_body, usage_dict
+from fastgw.providers.ir import ChatRequest, Message, invalid, map_messages, note_dropped, parse_chat, unsupported
 
-__all__ = ["OllamaAdapter", "OllamaTranslator", "build_body"]
-
-_log = logging.getLogger("fastgw.providers.ollama")
+__all__ = ["OllamaAdapter", "OllamaTranslator", "translate_request"]
 
 #: Fields with no Ollama equivalent that change nothing the client relies on when dropped.
 _DROPPED = ("logprobs", "top_logprobs", "logit_bias", "reasoning_effort", "prediction", "parallel_tool_calls",
             "user", "metadata", "store", "service_tier")
-#: Sampling fields copied into `options` under the same name.
-_OPTIONS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
                 422: "invalid_request_error", 429: "rate_limit_error"}
 
 
-def _bad(message: str, param: str | None = None, code: str = "unsupported_parameter") -> GatewayError:
-    return GatewayError(message, status=400, type="invalid_request_error", code=code, param=param)
+PROVIDER = "ollama"
 
 
-def _invalid(message: str, param: str | None = None) -> GatewayError:
-    return GatewayError(message, status=400, type="invalid_request_error", code="invalid_value", param=param)
+def _bad(message: str, param: str | None = None) -> GatewayError:
+    return unsupported(PROVIDER, message, param)
 
 
 # --- request -------------------------------------------------------------------------------------------------
@@ -70,43 +64,39 @@ def _invalid(message: str, param: str | None = None) -> GatewayError:
 def _image(url: object, where: str) -> str:
     """The base64 payload of a data: URL image (Ollama wants bare base64, no media type)."""
     if not isinstance(url, str):
-        raise _invalid("image_url.url must be a string", where)
+        raise invalid("image_url.url must be a string", where)
     if not url.startswith("data:"):
         raise _bad("ollama accepts images only as data: URLs (base64); fetch the image and inline it", where)
     head, sep, payload = url[5:].partition(",")
     if not sep:
-        raise _invalid("malformed data: URL", where)
+        raise invalid("malformed data: URL", where)
     if head.endswith(";base64"):
         return payload
     return base64.b64encode(unquote_to_bytes(payload)).decode("ascii")
 
 
-def _content(content: object, where: str, images: list[str] | None) -> str:
-    """The text of an OpenAI message content; image parts go to `images` (None: images refused here)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise _invalid("message content must be a string or a list of parts", where)
+def _content(m: Message, images: list[str] | None) -> str:
+    """The text of a message's content; image parts go to `images` (None: images refused here)."""
+    content = m.content
+    if content is None or isinstance(content, str):
+        return content or ""
     texts: list[str] = []
     for j, part in enumerate(content):
-        p = f"{where}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
+        p = f"{m.param}.content[{j}]"
+        kind = part.type
         if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise _invalid("text part without text", p)
-            texts.append(text)
+            if not isinstance(part.text, str):
+                raise invalid("text part without text", p)
+            texts.append(part.text)
         elif kind == "image_url":
             if images is None:
                 raise _bad("image parts are only accepted in user messages", p)
-            iu = part.get("image_url")
+            iu = part.raw.get("image_url")
             images.append(_image(iu.get("url") if isinstance(iu, dict) else iu, p + ".image_url"))
         elif kind == "refusal":
-            texts.append(str(part.get("refusal") or ""))
+            texts.append(str(part.raw.get("refusal") or ""))
         else:
-            raise _bad(f"content part type {kind!r} is not supported by ollama", p)
+            raise _bad(f"content part type {kind!r} is not supported", p)
     return "\n".join(texts)
 
 
@@ -120,59 +110,53 @@ def _arguments(raw: object, where: str) -> dict:
         value = json_object(raw)
         if value is not None:
             return value
-    raise _invalid("tool call arguments must be a JSON object (as a string)", where)
+    raise invalid("tool call arguments must be a JSON object (as a string)", where)
 
 
-def _messages(messages: object) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise _invalid("messages must be a non-empty list", "messages")
+def _system(m: Message) -> dict:
+    return {"role": "system", "content": _content(m, None)}
+
+
+def _user(m: Message) -> dict:
+    images: list[str] = []
+    msg: dict = {"role": "user", "content": _content(m, images)}
+    if images:
+        msg["images"] = images
+    return msg
+
+
+def _assistant(m: Message, names: dict[str, str]) -> dict:
+    msg: dict = {"role": "assistant", "content": _content(m, None)}
+    if m.tool_calls:
+        tcs = []
+        for k, c in enumerate(m.tool_calls):
+            where = f"{m.param}.tool_calls[{k}]"
+            if not isinstance(c.name, str):
+                raise invalid("tool call without a function name", where)
+            args = _arguments(c.arguments, where + ".function.arguments")
+            tc: dict = {"function": {"name": c.name, "arguments": args}}
+            if isinstance(c.id, str) and c.id:
+                tc["id"] = c.id
+                names[c.id] = c.name
+            tcs.append(tc)
+        msg["tool_calls"] = tcs
+    return msg
+
+
+def _tool_result(m: Message, names: dict[str, str]) -> dict:
+    msg = {"role": "tool", "content": _content(m, None)}
+    cid = m.tool_call_id
+    if isinstance(cid, str) and cid:
+        msg["tool_call_id"] = cid
+        if cid in names:
+            msg["tool_name"] = names[cid]  # Ollama matches results to calls by name
+    return msg
+
+
+def _messages(req: ChatRequest) -> list[dict]:
     names: dict[str, str] = {}  # tool_call_id -> function name, for the tool results that follow
-    out: list[dict] = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _invalid("each message must be an object", where)
-        role = m.get("role")
-        if role in ("system", "developer"):
-            out.append({"role": "system", "content": _content(m.get("content"), where + ".content", None)})
-        elif role == "user":
-            images: list[str] = []
-            msg: dict = {"role": "user", "content": _content(m.get("content"), where + ".content", images)}
-            if images:
-                msg["images"] = images
-            out.append(msg)
-        elif role == "assistant":
-            msg = {"role": "assistant", "content": _content(m.get("content"), where + ".content", None)}
-            calls = m.get("tool_calls")
-            if calls:
-                if not isinstance(calls, list):
-                    raise _invalid("tool_calls must be a list", where + ".tool_calls")
-                tcs = []
-                for k, c in enumerate(calls):
-                    fn = c.get("function") if isinstance(c, dict) else None
-                    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                        raise _invalid("tool call without a function name", f"{where}.tool_calls[{k}]")
-                    tc: dict = {"function": {"name": fn["name"],
-                                             "arguments": _arguments(fn.get("arguments"),
-                                                                     f"{where}.tool_calls[{k}].function.arguments")}}
-                    cid = c.get("id")
-                    if isinstance(cid, str) and cid:
-                        tc["id"] = cid
-                        names[cid] = fn["name"]
-                    tcs.append(tc)
-                msg["tool_calls"] = tcs
-            out.append(msg)
-        elif role == "tool":
-            msg = {"role": "tool", "content": _content(m.get("content"), where + ".content", None)}
-            cid = m.get("tool_call_id")
-            if isinstance(cid, str) and cid:
-                msg["tool_call_id"] = cid
-                if cid in names:
-                    msg["tool_name"] = names[cid]
-            out.append(msg)
-        else:
-            raise _bad(f"message role {role!r} is not supported by ollama", where + ".role")
-    return out
+    return map_messages(req, {"system": _system, "developer": _system, "user": _user,
+                              "assistant": lambda m: _assistant(m, names), "tool": lambda m: _tool_result(m, names)})
 
 
 def _tools(body: dict) -> list | None:
@@ -180,14 +164,14 @@ def _tools(body: dict) -> list | None:
     if not tools:
         return None
     if not isinstance(tools, list):
-        raise _invalid("tools must be a list", "tools")
+        raise invalid("tools must be a list", "tools")
     choice = body.get("tool_choice")
     if choice is None or choice == "auto":
         return tools
     if choice == "none":
         return None
     if choice == "required":
-        _log.debug("ollama: tool_choice 'required' cannot be enforced; tools sent as 'auto'")
+        note_dropped(PROVIDER, "tool_choice=required")  # tools sent as auto: the call cannot be forced
         return tools
     if isinstance(choice, dict):
         fn = choice.get("function")
@@ -195,52 +179,57 @@ def _tools(body: dict) -> list | None:
         keep = [t for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
                 and t["function"].get("name") == name]
         if not keep:
-            raise _invalid(f"tool_choice names a function that is not in tools: {name!r}", "tool_choice")
-        _log.debug("ollama: tool_choice %r: only that tool is sent, the call is not forced", name)
+            raise invalid(f"tool_choice names a function that is not in tools: {name!r}", "tool_choice")
+        note_dropped(PROVIDER, "tool_choice=function")  # only that tool is sent; the call is not forced
         return keep
-    raise _invalid("tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice")
+    raise invalid("tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice")
 
 
-def build_body(target: TargetRuntime, body: dict, stream: bool) -> dict:
+def _format(rf: object) -> object:
+    if not isinstance(rf, dict):
+        return None
+    kind = rf.get("type")
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        schema = js.get("schema") if isinstance(js, dict) else None
+        if not isinstance(schema, dict):
+            raise invalid("response_format.json_schema.schema must be an object", "response_format")
+        return schema
+    if kind != "text":
+        raise _bad(f"response_format type {kind!r} is not supported", "response_format")
+    return None
+
+
+def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
     """The `/api/chat` request body for an OpenAI chat request."""
     n = body.get("n")
     if n is not None and n != 1:
         raise _bad("ollama returns one choice; n must be 1", "n")
-    out: dict = {"model": target.model, "messages": _messages(body.get("messages")), "stream": stream}
+    req = parse_chat(body, PROVIDER)
+    out: dict = {"model": target.model, "messages": _messages(req), "stream": stream}
     tools = _tools(body)
     if tools:
         out["tools"] = tools
+    sp = req.sampling
     options: dict = {}
-    for name in _OPTIONS:
-        value = body.get(name)
+    for name, value in (("temperature", sp.temperature), ("top_p", sp.top_p), ("seed", sp.seed),
+                        ("presence_penalty", sp.presence_penalty), ("frequency_penalty", sp.frequency_penalty)):
         if value is not None:
             options[name] = value
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    if max_tokens is not None:
-        options["num_predict"] = max_tokens
-    stop = body.get("stop")
-    if stop:
-        options["stop"] = [stop] if isinstance(stop, str) else stop
+    if sp.max_tokens is not None:
+        options["num_predict"] = sp.max_tokens
+    if sp.stop:
+        options["stop"] = sp.stop
     if options:
         out["options"] = options
-    rf = body.get("response_format")
-    if isinstance(rf, dict):
-        kind = rf.get("type")
-        if kind == "json_object":
-            out["format"] = "json"
-        elif kind == "json_schema":
-            js = rf.get("json_schema")
-            schema = js.get("schema") if isinstance(js, dict) else None
-            if not isinstance(schema, dict):
-                raise _invalid("response_format.json_schema.schema must be an object", "response_format")
-            out["format"] = schema
-        elif kind != "text":
-            raise _bad(f"response_format type {kind!r} is not supported by ollama", "response_format")
-    dropped = [k for k in _DROPPED if body.get(k) is not None]
-    if dropped:
-        _log.debug("ollama: dropped fields with no equivalent: %s", ", ".join(dropped))
+    fmt = _format(body.get("response_format"))
+    if fmt is not None:
+        out["format"] = fmt
+    for k in _DROPPED:
+        if body.get(k) is not None:
+            note_dropped(PROVIDER, k)
     return out
 
 
@@ -265,60 +254,42 @@ def _usage(obj: dict) -> dict:
     return usage_dict(p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
 
 
-class OllamaTranslator:
-    """Ollama NDJSON lines in, OpenAI `chat.completion.chunk` SSE out (one per line that carries something).
+class OllamaTranslator(StreamTranslator):
+    """Ollama NDJSON lines in, OpenAI `chat.completion.chunk` objects out (one per line that carries something;
+    deferred errors: `StreamTranslator`)."""
 
-    An error line raises at once unless the same read already produced events; those go out first and
-    the error is raised by the next `feed` or `finish`, so what the client sees does not depend on where
-    reads split the stream.
-    """
+    __slots__ = ("_tools", "_done")
 
-    __slots__ = ("_dec", "_w", "_tools", "_done", "_usage", "_error")
+    provider = PROVIDER
 
     def __init__(self, model: str, body: dict) -> None:
-        self._dec = NDJSONDecoder()
-        self._w = ChunkWriter(model, body)
+        super().__init__(model, body, NDJSONDecoder())
         self._tools = 0
         self._done = False
-        self._usage: dict | None = None
-        self._error: GatewayError | None = None
 
-    def feed(self, data: bytes) -> bytes:
-        if self._error is not None:
-            raise self._error
-        try:
-            items = self._dec.feed(data)
-        except ProtocolError as e:  # an oversized line
-            raise UpstreamProtocolError(f"ollama {e.message}", code=e.code) from None
-        out, self._error = translate_all(items, self._line)
-        return out
-
-    def finish(self) -> bytes:
-        if self._error is not None:
-            raise self._error
+    def _close(self) -> None:
         self._dec.close()
         if self._dec.has_partial:
             raise UpstreamProtocolError("ollama stream ended inside a line")
         if not self._done:
             raise UpstreamProtocolError("ollama stream ended before its final (done) line")
-        return self._w.end(self._usage)
 
-    def _line(self, line: bytes) -> bytes:
+    def _one(self, line: bytes) -> None:
         obj = json_object(line)
         if obj is None:
             raise UpstreamProtocolError("ollama sent a stream line that is not a JSON object")
         if self._done:
-            return b""  # the answer is complete at the done line; nothing follows it, and anything that does is ignored
+            return  # the answer is complete at the done line; nothing follows it, and anything that does is ignored
         err = obj.get("error")
         if err is not None:
             raise UpstreamError(err if isinstance(err, str) else orjson.dumps(err).decode(), code="ollama_error")
         w = self._w
-        out = b""
         msg = obj.get("message")
         if isinstance(msg, dict):
             text = msg.get("content")
             if text and isinstance(text, str):
-                out = w.start() + w.text(text)
+                w.start()
+                w.text(text)
             calls = msg.get("tool_calls")
             if calls and isinstance(calls, list):
                 for c in calls:
@@ -326,14 +297,13 @@ class OllamaTranslator:
                     if not isinstance(fn, dict):
                         raise UpstreamProtocolError("ollama sent a tool call without a function")
                     cid = c.get("id")
-                    out += w.tool_start(self._tools, cid if isinstance(cid, str) else "", str(fn.get("name") or ""),
-                                        arguments=_args_text(fn.get("arguments")))
+                    w.tool_start(self._tools, cid if isinstance(cid, str) else "", str(fn.get("name") or ""),
+                                 arguments=_args_text(fn.get("arguments")))
                     self._tools += 1
         if obj.get("done"):
             self._done = True
-            out += w.finish(_finish(obj.get("done_reason"), w.has_tools))
+            w.finish(_finish(obj.get("done_reason"), w.has_tools))
             self._usage = _usage(obj)
-        return out
 
 
 # --- adapter -------------------------------------------------------------------------------------------------
@@ -362,7 +332,7 @@ class OllamaAdapter:
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
                       stream: bool) -> UpstreamRequest:
         chat_only("ollama", endpoint)
-        payload = orjson.dumps(build_body(target, body, stream))
+        payload = orjson.dumps(translate_request(target, body, stream))
         return json_post(target, "/api/chat", payload, stream, bearer(target), stream_type=b"application/x-ndjson")
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> OllamaTranslator:
@@ -380,7 +350,9 @@ class OllamaAdapter:
         err = obj.get("error")
         if err is not None:
             return 502, UpstreamError(str(err), code="ollama_error").body()
-        msg = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        msg = obj.get("message")
+        if not isinstance(msg, dict):
+            msg = {}
         calls = []
         raw_calls = msg.get("tool_calls")
         for c in raw_calls if isinstance(raw_calls, list) else ():

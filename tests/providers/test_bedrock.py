@@ -31,10 +31,11 @@ from fastgw.api.errors import GatewayError
 from fastgw.proto.errors import ProtocolError
 from fastgw.proto.eventstream import encode_message, event
 from fastgw.proto.sse import SSEDecoder
-from fastgw.providers import adapter_for, bedrock
+from fastgw.providers import adapter_for, bedrock, ir
 from fastgw.providers.base import TargetRuntime
 from fastgw.providers.bedrock import BedrockAdapter, BedrockStreamTranslator, translate_request
 from tests.conftest import GatewayFactory
+from tests.providers.relay import fed, finished
 from tests.support import mock_bedrock
 from tests.support.procs import Upstream, start_upstream
 
@@ -80,7 +81,7 @@ def target(base_url: str | None = None, region: str | None = "us-east-1", model:
 def req(**body) -> dict:
     body.setdefault("model", ALIAS)
     body.setdefault("messages", [{"role": "user", "content": "hi"}])
-    return translate_request(body)
+    return translate_request(target(), body, bool(body.get("stream")))
 
 
 def refused(**body) -> GatewayError:
@@ -235,7 +236,7 @@ def test_invalid(body, param):
 
 
 def test_dropped_fields_are_logged_once(caplog, monkeypatch):
-    monkeypatch.setattr(bedrock, "_logged", set())
+    monkeypatch.setattr(ir, "_noted", set())
     with caplog.at_level(logging.INFO, logger="fastgw.providers.bedrock"):
         out = req(seed=1, frequency_penalty=0.5, user="u1", parallel_tool_calls=False)
         req(seed=2)
@@ -506,8 +507,8 @@ def translate(stream: bytes, pieces: list[bytes] | None = None, include_usage: b
     out = b""
     try:
         for p in pieces if pieces is not None else [stream]:
-            out += t.feed(p)
-        out += t.finish()
+            out += fed(t, p)
+        out += finished(t)
     except GatewayError as e:
         return sse_events(out) + [("error", e.code, e.message)]
     return sse_events(out)
@@ -612,9 +613,9 @@ def test_in_stream_exception():
 def test_exception_first_in_a_read_raises_at_once():
     t = BedrockStreamTranslator(MODEL, {})
     frames = mock_bedrock.split_frames(fixture("instream-error.eventstream"))
-    t.feed(b"".join(frames[:2]))
+    fed(t, b"".join(frames[:2]))
     with pytest.raises(UpstreamError) as e:
-        t.feed(frames[2])
+        fed(t, frames[2])
     assert e.value.code == "modelStreamErrorException"
 
 
@@ -653,12 +654,12 @@ def test_any_split_equals_whole(name, data):
 def test_protocol_error_types():
     t = BedrockStreamTranslator(MODEL, {})
     with pytest.raises(UpstreamProtocolError, match="bedrock upstream event stream") as e:  # the decoder's error,
-        t.feed(b"\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x00\x00" + b"\x00" * 4)
+        fed(t, b"\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x00\x00" + b"\x00" * 4)
     assert e.value.code == "bad_gateway"  # as an upstream error of the API layer
     t = BedrockStreamTranslator(MODEL, {})
-    t.feed(b"\x00")
+    fed(t, b"\x00")
     with pytest.raises(UpstreamProtocolError):
-        t.finish()
+        finished(t)
 
 
 # ---- the non-streamed answer and errors ------------------------------------------------------------------------
