@@ -7,8 +7,13 @@ import logging
 import os
 import sys
 
+from typing import TYPE_CHECKING
+
 from fastgw import __version__
-from fastgw.config import ConfigError, dump_config, load_config, parse_bind
+from fastgw.config import Config, ConfigError, dump_config, load_config, parse_bind
+
+if TYPE_CHECKING:
+    from fastgw.master import Runtime
 
 __all__ = ["main"]
 
@@ -51,8 +56,7 @@ def _scan(args: argparse.Namespace) -> int:
     """`fastgw scan`: try patterns on text without running a gateway."""
     import orjson
 
-    from fastgw.config import PiiDetector
-    from fastgw.policy.pii import PiiPolicy
+    from fastgw.policy.pii import PiiDetector, PiiPolicy
 
     try:
         cfg, _ = load_config(args.config, resolve_secrets=False)
@@ -74,7 +78,7 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_overrides(cfg, args) -> None:  # type: ignore[no-untyped-def]
+def _apply_overrides(cfg: Config, args: argparse.Namespace) -> None:
     if args.bind:
         for b in args.bind:
             try:
@@ -131,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(dump_config(cfg))
         print(f"# {args.config}: OK", file=sys.stderr)
         return 0
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """`fastgw serve`: load the config, compile the chain and bind once in the master, then fork and supervise."""
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     from fastgw import accesslog
@@ -149,18 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     from fastgw.master import BootError, Master, bind_sockets
     from fastgw.policy.chain import build_chain
 
-    def load_runtime():  # type: ignore[no-untyped-def]
+    def load_runtime() -> Runtime:
         """Read, check and compile the config (at start, and again on SIGHUP)."""
         c, sec = load_config(args.config)
         _apply_overrides(c, args)
         if not c.pack.enabled:
             logging.getLogger("fastgw").warning("pack %r is disabled (pack.enabled: false): no policy runs, "
                                                 "traffic passes through unchecked", c.pack.name)
-        return c, build_targets(c, sec), build_chain(c)  # Hyperscan databases compile here, before fork
+        # Hyperscan databases compile here, before fork.
+        return c, build_targets(c, sec), build_chain(c.chain_settings())
 
     try:
         targets = build_targets(cfg, secrets)
-        chain = build_chain(cfg)  # Hyperscan databases compile once, here, before fork
+        chain = build_chain(cfg.chain_settings())  # Hyperscan databases compile once, here, before fork
         sockets = sdnotify.listen_fds()  # systemd socket activation, when it started us
         inherited = bool(sockets)
         if sockets:

@@ -1,22 +1,44 @@
 """The config schema (msgspec Structs) and its loader: YAML in the "pack" layout, unknown keys rejected, errors that name file, line and key.
 
-Defaults come from `fastgw.proto.limits`, where each carries its reason.
+Defaults come from `fastgw.proto.limits` and `fastgw.api.limits`, where each carries its reason.
+Each policy owns its settings struct (`fastgw.policy.pii.PiiDetector`, ...); this module
+composes them under `policy:` and re-exports them. Ranges sit on the fields
+(`msgspec.Meta`) and are reported by the type pass; rules that span fields, or whose
+message must say more than a range, are checked after it, every one at once.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 import yaml
 
 from fastgw.api import limits as api_limits
+from fastgw.policy import audit, injection, pii, rbac, safety
+from fastgw.policy.audit import AuditLogger
+from fastgw.policy.injection import InjectionPattern, PromptInjection
+from fastgw.policy.pii import CustomPattern, PiiDetector
+from fastgw.policy.quality import QualityScorer, QualityThresholds
+from fastgw.policy.rbac import Rbac, RbacKey, RbacRole
+from fastgw.policy.safety import SafetyFilter
+from fastgw.policy.settings import Problems, join
 from fastgw.proto import limits
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_bind", "dump_config"]
+__all__ = ["Config", "ConfigError", "load_config", "parse_bind", "dump_config",
+           # the policies' own settings structs, composed here (and importable from here)
+           "AuditLogger", "CustomPattern", "InjectionPattern", "PiiDetector", "PromptInjection", "QualityScorer",
+           "QualityThresholds", "Rbac", "RbacKey", "RbacRole", "SafetyFilter"]
+
+#: Range constraints on fields: a violation reads `file:line: $.path: expected `float` > 0.0`.
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class ConfigError(Exception):
@@ -37,15 +59,15 @@ class Server(_Base):
     bind: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
     #: 0 means one worker per CPU.
     workers: int = 0
-    graceful_timeout: float = api_limits.GRACEFUL_TIMEOUT
-    worker_timeout: float = api_limits.WORKER_TIMEOUT
-    header_timeout: float = limits.HEADER_TIMEOUT
-    body_timeout: float = limits.BODY_TIMEOUT
-    keepalive_timeout: float = limits.KEEPALIVE_TIMEOUT
-    max_header_bytes: int = limits.MAX_HEADER_BYTES
-    max_headers: int = limits.MAX_HEADERS
-    max_body_bytes: int = limits.MAX_BODY_BYTES
-    send_timeout: float = limits.SEND_TIMEOUT
+    graceful_timeout: Positive = api_limits.GRACEFUL_TIMEOUT
+    worker_timeout: Positive = api_limits.WORKER_TIMEOUT
+    header_timeout: Positive = limits.HEADER_TIMEOUT
+    body_timeout: Positive = limits.BODY_TIMEOUT
+    keepalive_timeout: Positive = limits.KEEPALIVE_TIMEOUT
+    max_header_bytes: PositiveInt = limits.MAX_HEADER_BYTES
+    max_headers: PositiveInt = limits.MAX_HEADERS
+    max_body_bytes: PositiveInt = limits.MAX_BODY_BYTES
+    send_timeout: Positive = limits.SEND_TIMEOUT
     #: When set, GET /metrics requires `Authorization: Bearer <token>` (metrics name models and targets).
     metrics_token_ref: EnvRef | None = None
 
@@ -59,40 +81,31 @@ class MockOptions(_Base):
     text: str | None = None
     text_file: str | None = None
     #: Characters per streamed chunk (about one token of English).
-    chunk_size: int = 4
+    chunk_size: PositiveInt = 4
     #: Content chunks per reply; the text repeats to fill them. Default: as many as the text needs.
-    chunks: int | None = None
+    chunks: NonNegativeInt | None = None
     #: Seconds between chunks.
-    delay: float = 0.0
+    delay: NonNegative = 0.0
     #: Seconds before the first chunk.
-    ttft: float = 0.0
+    ttft: NonNegative = 0.0
 
 
-Provider = Literal["openai", "azure", "groq", "mistral", "together", "vllm", "anthropic", "gemini", "ollama",
-                   "cohere", "bedrock", "mock"]
-
-#: Where each provider lives when a target names no base_url (None: base_url is required).
-DEFAULT_BASE_URLS: dict[str, str | None] = {
-    "openai": "https://api.openai.com/v1", "groq": "https://api.groq.com/openai/v1",
-    "mistral": "https://api.mistral.ai/v1", "together": "https://api.together.xyz/v1", "vllm": None,
-    "azure": None, "anthropic": "https://api.anthropic.com", "gemini": "https://generativelanguage.googleapis.com",
-    "ollama": "http://127.0.0.1:11434", "cohere": "https://api.cohere.com", "bedrock": None,
-}
+from fastgw.providers.registry import DEFAULT_BASE_URLS, Provider  # noqa: E402 - provider names live in one place
 
 
 class Timeouts(_Base):
-    connect: float = api_limits.CONNECT_TIMEOUT
-    ttft: float = api_limits.TTFT_TIMEOUT
-    idle: float = api_limits.IDLE_TIMEOUT
-    max_duration: float = api_limits.MAX_DURATION
+    connect: Positive = api_limits.CONNECT_TIMEOUT
+    ttft: Positive = api_limits.TTFT_TIMEOUT
+    idle: Positive = api_limits.IDLE_TIMEOUT
+    max_duration: Positive = api_limits.MAX_DURATION
     #: While waiting for the first event, send `: ping` SSE comments this often (0: never). A heartbeat
     #: commits the response: after one, a failure is an in-stream error, no longer a transparent fallback.
     heartbeat: float = 0.0
 
 
 class CircuitBreaker(_Base):
-    failures: int = api_limits.BREAKER_FAILURES
-    cooldown: float = api_limits.BREAKER_COOLDOWN
+    failures: Annotated[int, msgspec.Meta(ge=1)] = api_limits.BREAKER_FAILURES
+    cooldown: Positive = api_limits.BREAKER_COOLDOWN
 
 
 class Target(_Base):
@@ -109,7 +122,7 @@ class Target(_Base):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     circuit_breaker: CircuitBreaker = msgspec.field(default_factory=CircuitBreaker)
     #: Share of traffic under `strategy: loadbalance`.
-    weight: float = 1.0
+    weight: NonNegative = 1.0
     mock: MockOptions | None = None
     #: azure: the deployment name (default: model) and the api-version query parameter.
     deployment: str | None = None
@@ -127,11 +140,11 @@ RetryOn = Literal["connect_error", "timeout", "429", "5xx"]
 
 class Retry(_Base):
     #: Tries per target, the first included (1: no retry).
-    attempts: int = 2
+    attempts: Annotated[int, msgspec.Meta(ge=1)] = 2
     #: Seconds before the first retry; doubles each time.
-    backoff: float = 0.2
+    backoff: NonNegative = 0.2
     #: The longest upstream Retry-After we are willing to wait; longer ones go to the next target instead.
-    max_retry_after: float = 10.0
+    max_retry_after: NonNegative = 10.0
     on: list[RetryOn] = msgspec.field(default_factory=lambda: ["connect_error", "timeout", "429", "5xx"])
 
 
@@ -146,110 +159,6 @@ class Route(_Base):
 
 #: Policy names a chain may hold.
 POLICY_NAMES = ("rbac", "prompt-injection", "pii-detector", "safety-filter", "quality-scorer", "audit-logger")
-
-OnError = Literal["block", "allow"]
-
-
-class CustomPattern(_Base):
-    name: str
-    regex: str
-    #: Longest match in bytes (bounds memory and the streaming holdback).
-    max_width: int | None = None
-
-
-class PiiDetector(_Base):
-    action: Literal["redact", "block", "observe"] = "redact"
-    streaming_mode: Literal["realtime", "buffered"] = "realtime"
-    #: Built-in entities to detect; all of them when not set.
-    entities: list[str] | None = None
-    #: "{entity}" is replaced by the entity name; a single character masks the span instead.
-    replacement: str = "[REDACTED:{entity}]"
-    apply_to: list[Literal["input", "output"]] = msgspec.field(default_factory=lambda: ["input", "output"])
-    custom: list[CustomPattern] = msgspec.field(default_factory=list)
-    #: A policy that fails internally refuses the request ("block", fail closed) or is skipped ("allow").
-    on_error: OnError = "block"
-
-
-class SafetyFilter(_Base):
-    action: Literal["block", "redact", "observe"] = "block"
-    streaming_mode: Literal["realtime", "buffered"] = "realtime"
-    #: Phrases matched literally (whitespace inside a phrase matches any run of whitespace).
-    terms: list[str] = msgspec.field(default_factory=list)
-    #: Hyperscan regular expressions.
-    regex: list[str] = msgspec.field(default_factory=list)
-    #: Files with one phrase per line (# comments and blank lines ignored).
-    files: list[str] = msgspec.field(default_factory=list)
-    case_insensitive: bool = True
-    #: Match with Unicode semantics (UTF-8, Unicode case folding and word classes).
-    unicode: bool = False
-    #: Longest match in bytes for `regex` entries (bounds the streaming holdback).
-    max_width: int = 256
-    replacement: str = "[FILTERED]"
-    apply_to: list[Literal["input", "output"]] = msgspec.field(default_factory=lambda: ["input", "output"])
-    on_error: OnError = "block"
-
-
-class InjectionPattern(_Base):
-    regex: str
-    weight: float = 1.0
-
-
-class PromptInjection(_Base):
-    action: Literal["block", "observe"] = "block"
-    #: Block when the summed weight of distinct matched patterns reaches this.
-    threshold: float = 1.0
-    #: Use the curated built-in phrasings.
-    builtin: bool = True
-    patterns: list[InjectionPattern] = msgspec.field(default_factory=list)
-    on_error: OnError = "block"
-
-
-class RbacKey(_Base):
-    name: str
-    #: SHA-256 of the key, hex: keys are never stored in plain text (`fastgw keys hash`).
-    sha256: str
-    roles: list[str] = msgspec.field(default_factory=list)
-
-
-class RbacRole(_Base):
-    #: Model names or globs (fnmatch) this role may use.
-    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
-    #: Endpoint paths or globs.
-    endpoints: list[str] = msgspec.field(default_factory=lambda: ["*"])
-    stream: bool = True
-
-
-class Rbac(_Base):
-    keys: list[RbacKey] = msgspec.field(default_factory=list)
-    roles: dict[str, RbacRole] = msgspec.field(default_factory=dict)
-    on_error: OnError = "block"
-
-
-class QualityThresholds(_Base):
-    min_aggregate: float = 0.7
-
-
-class QualityScorer(_Base):
-    action: Literal["block", "observe"] = "block"
-    #: Always buffered: it judges the whole answer.
-    streaming_mode: Literal["buffered"] = "buffered"
-    thresholds: QualityThresholds = msgspec.field(default_factory=QualityThresholds)
-    on_error: OnError = "block"
-
-
-class AuditLogger(_Base):
-    #: Directory for the audit files (one per worker and day); default: $STATE_DIRECTORY or ./audit.
-    #: retention_days: files older than this are deleted at start and at each daily rotation (0 keeps all).
-    path: str | None = None
-    #: Chain each record to the previous one with SHA-256 (`fastgw audit verify`).
-    immutable: bool = True
-    retention_days: int = 365
-    #: Also record requests refused by an earlier policy (401, 403, 409).
-    log_all_access: bool = True
-    #: Disk durability on top of "handed to the OS": fsync every record, every `fsync_interval`, or never.
-    fsync: Literal["always", "interval", "never"] = "interval"
-    fsync_interval: float = 1.0
-    on_error: OnError = "block"
 
 
 class PolicySettings(_Base):
@@ -283,22 +192,35 @@ class Config(_Base):
             return None
         return self.policy.pii_detector or PiiDetector()
 
+    def chain_settings(self) -> list[tuple[str, object | None]]:
+        """(name, settings or None for the defaults) of each policy in chain order; none when the pack is disabled."""
+        if not self.pack.enabled:
+            return []
+        return [(name, self.policy.get(name)) for name in self.policies.chain]
+
 
 # --- validation beyond types ----------------------------------------------------
 
-_POSITIVE = ("graceful_timeout", "worker_timeout", "header_timeout", "body_timeout", "keepalive_timeout", "send_timeout",
-             "max_header_bytes", "max_headers", "max_body_bytes")
+#: Each policy's check of its own settings; paths come back relative to `$.policy.<name>`.
+_POLICY_PROBLEMS: dict[str, Callable[[Any], Problems]] = {
+    "pii-detector": pii.problems, "safety-filter": safety.problems, "prompt-injection": injection.problems,
+    "rbac": rbac.problems, "audit-logger": audit.problems,
+}
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
-    """(key path, problem) pairs for what the types alone cannot express."""
-    errs: list[tuple[str, str]] = []
-    s = cfg.server
+def _semantic_errors(cfg: Config) -> Problems:
+    """(key path, problem) pairs for what the types alone cannot express, every one of them."""
+    ids = {t.id for t in cfg.providers.targets}
+    return [*_server_errors(cfg.server), *_target_errors(cfg.providers.targets), *_routing_errors(cfg.routing, ids),
+            *_chain_errors(cfg), *_policy_errors(cfg.policy)]
+
+
+def _server_errors(s: Server) -> Problems:
+    errs: Problems = []
     if s.workers < 0:
         errs.append(("$.server.workers", "expected an integer >= 0 (0 = one per CPU)"))
-    for name in _POSITIVE:
-        if getattr(s, name) <= 0:
-            errs.append((f"$.server.{name}", "expected a number > 0"))
     if not s.bind:
         errs.append(("$.server.bind", "expected at least one address"))
     for i, b in enumerate(s.bind):
@@ -306,43 +228,45 @@ def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
             parse_bind(b)
         except ValueError as e:
             errs.append((f"$.server.bind[{i}]", str(e)))
+    return errs
+
+
+def _target_errors(targets: list[Target]) -> Problems:
+    errs: Problems = []
+    if not targets:
+        errs.append(("$.providers.targets", "expected at least one target"))
     seen: set[str] = set()
-    for i, t in enumerate(cfg.providers.targets):
+    for i, t in enumerate(targets):
         p = f"$.providers.targets[{i}]"
         if t.id in seen:
             errs.append((f"{p}.id", f"duplicate target id {t.id!r}"))
         seen.add(t.id)
-        if t.provider != "mock":
-            if not t.base_url and DEFAULT_BASE_URLS.get(t.provider) is None and t.provider != "bedrock":
-                errs.append((f"{p}.base_url", f"required for provider {t.provider!r}"))
-            elif t.base_url and not re.match(r"^https?://[^/\s]+", t.base_url):
-                errs.append((f"{p}.base_url", f"expected an http:// or https:// URL, got {t.base_url!r}"))
-        if t.mock is not None:
-            if t.provider != "mock":
-                errs.append((f"{p}.mock", "only valid with provider: mock"))
-            if t.mock.chunk_size <= 0:
-                errs.append((f"{p}.mock.chunk_size", "expected an integer > 0"))
-            if t.mock.chunks is not None and t.mock.chunks < 0:
-                errs.append((f"{p}.mock.chunks", "expected an integer >= 0"))
-            if t.mock.delay < 0 or t.mock.ttft < 0:
-                errs.append((f"{p}.mock", "delay and ttft must be >= 0"))
-        for h in t.headers:
-            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", h) or any(c in t.headers[h] for c in "\r\n\0"):
+        errs += _provider_errors(p, t)
+        for h, v in t.headers.items():
+            if not _HEADER_NAME.fullmatch(h) or any(c in v for c in "\r\n\0"):
                 errs.append((f"{p}.headers.{h}", "not a valid header name/value"))
-        for name in ("connect", "ttft", "idle", "max_duration"):
-            if getattr(t.timeouts, name) <= 0:
-                errs.append((f"{p}.timeouts.{name}", "expected a number of seconds > 0"))
         if t.timeouts.heartbeat < 0:
             errs.append((f"{p}.timeouts.heartbeat", "expected a number of seconds >= 0 (0: no heartbeats)"))
-        if t.circuit_breaker.failures < 1 or t.circuit_breaker.cooldown <= 0:
-            errs.append((f"{p}.circuit_breaker", "expected failures >= 1 and cooldown > 0"))
-        if t.weight < 0:
-            errs.append((f"{p}.weight", "expected a number >= 0"))
-    if not cfg.providers.targets:
-        errs.append(("$.providers.targets", "expected at least one target"))
-    ids = {t.id for t in cfg.providers.targets}
+    return errs
+
+
+def _provider_errors(p: str, t: Target) -> Problems:
+    """What depends on the target's provider: where it lives, and options only one provider takes."""
+    errs: Problems = []
+    if t.provider != "mock":
+        if not t.base_url and DEFAULT_BASE_URLS.get(t.provider) is None and t.provider != "bedrock":
+            errs.append((f"{p}.base_url", f"required for provider {t.provider!r}"))
+        elif t.base_url and not re.match(r"^https?://[^/\s]+", t.base_url):
+            errs.append((f"{p}.base_url", f"expected an http:// or https:// URL, got {t.base_url!r}"))
+        if t.mock is not None:
+            errs.append((f"{p}.mock", "only valid with provider: mock"))
+    return errs
+
+
+def _routing_errors(routes: list[Route], ids: set[str]) -> Problems:
+    errs: Problems = []
     routed: set[str] = set()
-    for i, r in enumerate(cfg.routing):
+    for i, r in enumerate(routes):
         if r.model in routed:
             errs.append((f"$.routing[{i}].model", f"model {r.model!r} is routed twice"))
         routed.add(r.model)
@@ -351,105 +275,58 @@ def _semantic_errors(cfg: Config) -> list[tuple[str, str]]:
         for j, tid in enumerate(r.targets):
             if tid not in ids:
                 errs.append((f"$.routing[{i}].targets[{j}]", f"unknown target id {tid!r}"))
-        if r.retry.attempts < 1:
-            errs.append((f"$.routing[{i}].retry.attempts", "expected an integer >= 1"))
-        if r.retry.backoff < 0 or r.retry.max_retry_after < 0:
-            errs.append((f"$.routing[{i}].retry", "backoff and max_retry_after must be >= 0"))
-    for i, name in enumerate(cfg.policies.chain):
+    return errs
+
+
+def _chain_errors(cfg: Config) -> Problems:
+    """The chain names known policies once each, and every configured policy is in it."""
+    errs: Problems = []
+    chain = cfg.policies.chain
+    for i, name in enumerate(chain):
         if name not in POLICY_NAMES:
             errs.append((f"$.policies.chain[{i}]", f"unknown policy {name!r} (known: {', '.join(POLICY_NAMES)})"))
-        elif cfg.policies.chain.index(name) != i:
+        elif chain.index(name) != i:
             errs.append((f"$.policies.chain[{i}]", f"policy {name!r} appears twice"))
     for name in POLICY_NAMES:
-        if cfg.policy.get(name) is not None and name not in cfg.policies.chain:
+        if cfg.policy.get(name) is not None and name not in chain:
             errs.append((f"$.policy.{name}", f"policy {name!r} is configured but not in policies.chain "
                                              "(add it to the chain, or remove its settings)"))
-    pii = cfg.policy.pii_detector
-    if pii is not None:
-        errs.extend(_pii_errors(pii))
-    if cfg.policy.safety_filter is not None:
-        errs.extend(_safety_errors(cfg.policy.safety_filter))
-    if cfg.policy.prompt_injection is not None:
-        errs.extend(_injection_errors(cfg.policy.prompt_injection))
-    if cfg.policy.rbac is not None:
-        from fastgw.policy.rbac import RbacConfigError, RbacPolicy
-
-        try:
-            RbacPolicy(cfg.policy.rbac)
-        except RbacConfigError as e:
-            errs.append((f"$.policy.rbac.{e.path}", e.problem))
-    elif "rbac" in cfg.policies.chain:
+    if "rbac" in chain and cfg.policy.rbac is None:
         errs.append(("$.policy.rbac", "rbac is in the chain but has no keys: every request would be refused"))
-    qs = cfg.policy.quality_scorer
-    if qs is not None and not 0 <= qs.thresholds.min_aggregate <= 1:
-        errs.append(("$.policy.quality-scorer.thresholds.min_aggregate", "expected a number between 0 and 1"))
-    audit = cfg.policy.audit_logger
-    if audit is not None:
-        if audit.retention_days < 0:
-            errs.append(("$.policy.audit-logger.retention_days", "expected an integer >= 0 (0 keeps every file)"))
-        if audit.fsync_interval <= 0:
-            errs.append(("$.policy.audit-logger.fsync_interval", "expected a number > 0"))
     return errs
 
 
-def _safety_errors(sf: SafetyFilter) -> list[tuple[str, str]]:
-    from fastgw.scan.database import Pattern, PatternError, compile_patterns
-
-    errs: list[tuple[str, str]] = []
-    base = "$.policy.safety-filter"
-    for i, f in enumerate(sf.files):
-        if not Path(f).is_file():
-            errs.append((f"{base}.files[{i}]", f"no such file {f!r}"))
-    for i, rx in enumerate(sf.regex):
-        try:
-            compile_patterns([Pattern(f"regex{i}", "SAFETY_REGEX", rx.encode(), sf.max_width,
-                                      caseless=sf.case_insensitive, utf8=sf.unicode)])
-        except PatternError as e:
-            errs.append((f"{base}.regex[{i}]", str(e)))
-    if not (sf.terms or sf.regex or sf.files):
-        errs.append((base, "expected at least one of terms, regex or files"))
+def _policy_errors(settings: PolicySettings) -> Problems:
+    """Each configured policy's own problems, under `$.policy.<name>`."""
+    errs: Problems = []
+    for name, problems in _POLICY_PROBLEMS.items():
+        own = settings.get(name)
+        if own is not None:
+            base = f"$.policy.{name}"
+            errs += [(join(base, rel), what) for rel, what in problems(own)]
     return errs
 
 
-def _injection_errors(pi: PromptInjection) -> list[tuple[str, str]]:
-    from fastgw.scan.database import Pattern, PatternError, compile_patterns
-
-    errs: list[tuple[str, str]] = []
-    if not pi.threshold > 0:
-        errs.append(("$.policy.prompt-injection.threshold", "expected a number > 0"))
-    for i, c in enumerate(pi.patterns):
-        try:
-            compile_patterns([Pattern(f"custom{i}", "INJECTION", c.regex.encode(), 256, caseless=True)])
-        except PatternError as e:
-            errs.append((f"$.policy.prompt-injection.patterns[{i}].regex", str(e)))
-        if not c.weight >= 0:
-            errs.append((f"$.policy.prompt-injection.patterns[{i}].weight", "expected a number >= 0"))
-    return errs
-
-
-def _pii_errors(pii: PiiDetector) -> list[tuple[str, str]]:
-    from fastgw.scan.database import PatternError, compile_patterns
-    from fastgw.scan.patterns import ENTITIES, custom_pattern
-
-    errs: list[tuple[str, str]] = []
-    base = "$.policy.pii-detector"
-    for i, e in enumerate(pii.entities or []):
-        if e not in ENTITIES:
-            errs.append((f"{base}.entities[{i}]", f"unknown entity {e!r} (known: {', '.join(ENTITIES)})"))
-    if not pii.replacement:
-        errs.append((f"{base}.replacement", "expected a non-empty string"))
-    names: set[str] = set(ENTITIES)
-    for i, c in enumerate(pii.custom):
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", c.name) or c.name in names:
-            errs.append((f"{base}.custom[{i}].name", f"expected a new identifier (letters, digits, _), got {c.name!r}"))
-        names.add(c.name)
-        if c.max_width is not None and not 0 < c.max_width <= 65536:
-            errs.append((f"{base}.custom[{i}].max_width", "expected an integer between 1 and 65536"))
-            continue
-        try:
-            compile_patterns([custom_pattern(c.name, c.regex, c.max_width)])
-        except PatternError as e:
-            errs.append((f"{base}.custom[{i}].regex", str(e)))
+def _environment_errors(cfg: Config) -> Problems:
+    """What the environment and the file system must supply (secrets, files, a Bedrock region), every one at once."""
+    errs: Problems = []
+    ref = cfg.server.metrics_token_ref
+    if ref is not None and not os.environ.get(ref.env):
+        errs.append(("$.server.metrics_token_ref.env",
+                     f"environment variable {ref.env} is not set (the /metrics token)"))
+    for i, t in enumerate(cfg.providers.targets):
+        p = f"$.providers.targets[{i}]"
+        if t.secret_key_ref is not None and not os.environ.get(t.secret_key_ref.env):
+            errs.append((f"{p}.secret_key_ref.env", f"environment variable {t.secret_key_ref.env} is not set "
+                                                    f"(target {t.id!r} needs it for its API key)"))
+        if t.mock is not None and t.mock.text_file and not Path(t.mock.text_file).is_file():
+            errs.append((f"{p}.mock.text_file", f"no such file {t.mock.text_file!r}"))
+        if t.provider == "bedrock" and not (t.region or os.environ.get("AWS_REGION")
+                                             or os.environ.get("AWS_DEFAULT_REGION")
+                                             or (t.base_url and "bedrock-runtime." in t.base_url)):
+            errs.append((f"{p}.region", f"bedrock target {t.id!r} needs a region (set region, or AWS_REGION)"))
+        if t.ca_file and not Path(t.ca_file).is_file():
+            errs.append((f"{p}.ca_file", f"no such file {t.ca_file!r}"))
     return errs
 
 
@@ -531,40 +408,15 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
         cfg = msgspec.convert(data, Config, strict=True)
     except msgspec.ValidationError as e:
         raise ConfigError(_explain(file, root, str(e))) from None
-    errs = _semantic_errors(cfg)
+    errs = _semantic_errors(cfg) + (_environment_errors(cfg) if resolve_secrets else [])
     if errs:
         # Every problem at once, each with its place: fixing a config should not be a loop of one error a run.
         raise ConfigError("\n".join(f"{_where(file, _node_at(root, key))}: {key}: {problem}" for key, problem in errs))
     secrets: dict[str, str] = {}
-    if resolve_secrets and cfg.server.metrics_token_ref is not None:
-        if not os.environ.get(cfg.server.metrics_token_ref.env):
-            key = "$.server.metrics_token_ref.env"
-            raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: environment variable "
-                              f"{cfg.server.metrics_token_ref.env} is not set (the /metrics token)")
     if resolve_secrets:
-        for i, t in enumerate(cfg.providers.targets):
+        for t in cfg.providers.targets:
             if t.secret_key_ref is not None:
-                val = os.environ.get(t.secret_key_ref.env)
-                if not val:
-                    key = f"$.providers.targets[{i}].secret_key_ref.env"
-                    raise ConfigError(
-                        f"{_where(file, _node_at(root, key))}: {key}: environment variable "
-                        f"{t.secret_key_ref.env} is not set (target {t.id!r} needs it for its API key)"
-                    )
-                secrets[t.id] = val
-            if t.mock is not None and t.mock.text_file:
-                if not Path(t.mock.text_file).is_file():
-                    key = f"$.providers.targets[{i}].mock.text_file"
-                    raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: no such file {t.mock.text_file!r}")
-            if t.provider == "bedrock" and not (t.region or os.environ.get("AWS_REGION")
-                                                 or os.environ.get("AWS_DEFAULT_REGION")
-                                                 or (t.base_url and "bedrock-runtime." in t.base_url)):
-                key = f"$.providers.targets[{i}].region"
-                raise ConfigError(f"{_where(file, _node_at(root, f'$.providers.targets[{i}]'))}: {key}: "
-                                  f"bedrock target {t.id!r} needs a region (set region, or AWS_REGION)")
-            if t.ca_file and not Path(t.ca_file).is_file():
-                key = f"$.providers.targets[{i}].ca_file"
-                raise ConfigError(f"{_where(file, _node_at(root, key))}: {key}: no such file {t.ca_file!r}")
+                secrets[t.id] = os.environ[t.secret_key_ref.env]
     return cfg, secrets
 
 

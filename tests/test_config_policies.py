@@ -79,3 +79,86 @@ def test_fastgw_scan_redacts_stdin_and_lists_findings_without_values(tmp_path):
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
     out = orjson.loads(r.stdout)
     assert out["findings"][0] == {"entity": "EMAIL", "pattern": "EMAIL", "start": 4, "end": 20}
+
+
+def test_every_missing_secret_and_file_is_reported_at_once(tmp_path, monkeypatch):
+    for v in ("FASTGW_T_KEY_A", "FASTGW_T_KEY_B", "FASTGW_T_METRICS", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(v, raising=False)
+    p = tmp_path / "c.yaml"
+    p.write_text("pack: {name: t}\nserver: {metrics_token_ref: {env: FASTGW_T_METRICS}}\nproviders:\n  targets:\n"
+                 "    - {id: a, provider: openai, model: m, secret_key_ref: {env: FASTGW_T_KEY_A}}\n"
+                 "    - {id: b, provider: groq, model: m, secret_key_ref: {env: FASTGW_T_KEY_B}, ca_file: /nope.pem}\n"
+                 "    - {id: c, provider: bedrock, model: m}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    lines = str(exc.value).splitlines()
+    assert lines == [
+        f"{p}:2: $.server.metrics_token_ref.env: environment variable FASTGW_T_METRICS is not set (the /metrics token)",
+        f"{p}:5: $.providers.targets[0].secret_key_ref.env: environment variable FASTGW_T_KEY_A is not set "
+        "(target 'a' needs it for its API key)",
+        f"{p}:6: $.providers.targets[1].secret_key_ref.env: environment variable FASTGW_T_KEY_B is not set "
+        "(target 'b' needs it for its API key)",
+        f"{p}:6: $.providers.targets[1].ca_file: no such file '/nope.pem'",
+        f"{p}:7: $.providers.targets[2].region: bedrock target 'c' needs a region (set region, or AWS_REGION)",
+    ]
+    # without secrets (`fastgw check --no-secrets`) the same file is fine; with them set, they come back by target
+    assert load_config(p, resolve_secrets=False)[1] == {}
+    monkeypatch.setenv("FASTGW_T_KEY_A", "ka")
+    monkeypatch.setenv("FASTGW_T_KEY_B", "kb")
+    monkeypatch.setenv("FASTGW_T_METRICS", "tok")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    p.write_text(p.read_text().replace(", ca_file: /nope.pem", ""))
+    assert load_config(p)[1] == {"a": "ka", "b": "kb"}
+
+
+@pytest.mark.parametrize("extra, line, key, words", [
+    ("server: {send_timeout: 0}\n", 5, "$.server.send_timeout", "expected `float` > 0"),
+    ("server: {max_body_bytes: -1}\n", 5, "$.server.max_body_bytes", "expected `int` >= 1"),
+    ("routing:\n  - {model: x, targets: [m], retry: {attempts: 0}}\n", 6, "$.routing[0].retry.attempts",
+     "expected `int` >= 1"),
+    ("policies: {chain: [quality-scorer]}\npolicy:\n  quality-scorer: {thresholds: {min_aggregate: 1.5}}\n", 7,
+     "$.policy.quality-scorer.thresholds.min_aggregate", "expected `float` <= 1"),
+    ("policies: {chain: [prompt-injection]}\npolicy:\n  prompt-injection: {threshold: .nan}\n", 7,
+     "$.policy.prompt-injection.threshold", "expected `float` > 0"),
+    ("policies: {chain: [pii-detector]}\npolicy:\n  pii-detector:\n    custom:\n"
+     "      - {name: X, regex: x, max_width: 70000}\n", 9, "$.policy.pii-detector.custom[0].max_width",
+     "expected `int` <= 65536"),
+])
+def test_range_constraints_on_fields_name_file_line_and_key(tmp_path, extra, line, key, words):
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, extra)
+    assert str(exc.value).startswith(f"{tmp_path / 'c.yaml'}:{line}: {key}: {words}"), str(exc.value)
+
+
+def test_each_policy_reports_its_own_problems_all_at_once(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, "policies: {chain: [rbac, safety-filter, audit-logger]}\npolicy:\n  rbac:\n    keys:\n"
+                        "      - {name: a, sha256: abc, roles: [nope]}\n      - {name: a, sha256: abc}\n"
+                        "  safety-filter: {}\n  audit-logger: {retention_days: -1}\n")
+    lines = [ln.split(": ", 1)[1] for ln in str(exc.value).splitlines()]
+    assert [ln.split(": ", 1)[0] for ln in lines] == [
+        "$.policy.safety-filter", "$.policy.rbac.keys[0].sha256", "$.policy.rbac.keys[0].roles[0]",
+        "$.policy.rbac.keys[1].name", "$.policy.rbac.keys[1].sha256", "$.policy.audit-logger.retention_days",
+    ]
+    assert "duplicate key name 'a'" in lines[3] and "0 keeps every file" in lines[5]
+
+
+def test_policy_settings_live_with_their_policies_and_config_composes_them(tmp_path):
+    from fastgw import config
+    from fastgw.policy import audit, injection, pii, quality, rbac, safety
+    from fastgw.policy.chain import build_chain
+
+    for struct, home in [(config.PiiDetector, pii), (config.CustomPattern, pii), (config.SafetyFilter, safety),
+                         (config.PromptInjection, injection), (config.InjectionPattern, injection),
+                         (config.Rbac, rbac), (config.RbacKey, rbac), (config.RbacRole, rbac),
+                         (config.QualityScorer, quality), (config.QualityThresholds, quality),
+                         (config.AuditLogger, audit)]:
+        assert struct.__module__ == home.__name__
+    (cfg, _), _ = _load(tmp_path, "policies: {chain: [prompt-injection, pii-detector]}\n"
+                                  "policy:\n  pii-detector: {action: block}\n")
+    assert cfg.chain_settings() == [("prompt-injection", None), ("pii-detector", cfg.policy.pii_detector)]
+    chain = build_chain(cfg.chain_settings())
+    assert chain.order == ["prompt-injection", "pii-detector"] and chain.pii is not None
+    assert chain.pii.action == "block"
+    cfg.pack.enabled = False  # a disabled pack runs no policy
+    assert cfg.chain_settings() == [] and build_chain(cfg.chain_settings()).order == []

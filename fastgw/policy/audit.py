@@ -1,6 +1,9 @@
 """The `audit-logger` policy: an append-only JSON Lines trail of every request, one file per worker and UTC day,
 optionally hash-chained (`immutable`), written by one thread per worker so that the event loop never blocks on disk.
 
+One module on purpose, though over 500 lines: the settings, the record, the writer and `verify` share one file
+format byte for byte, and keeping them together is what keeps the writer and the checker from drifting apart.
+
 File format
 -----------
 `<dir>/audit-YYYY-MM-DD-w<worker_id>.jsonl`, one JSON object per line, keys sorted (orjson
@@ -56,15 +59,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any, Literal
 
+import msgspec
 import orjson
 
-from fastgw.config import AuditLogger
 from fastgw.policy.base import RequestContext
+from fastgw.policy.settings import OnError, Problems, Settings
 
-__all__ = ["AuditLog", "AuditError", "record_from_context", "audit_dir", "file_name", "verify", "main_verify",
-           "ZERO_HASH"]
+__all__ = ["AuditLog", "AuditLogger", "AuditError", "record_from_context", "audit_dir", "file_name", "verify",
+           "main_verify", "problems", "ZERO_HASH"]
 
 log = logging.getLogger("fastgw.audit")
 
@@ -82,6 +86,28 @@ SECONDS_PER_DAY = 86400
 _FILE_RE = re.compile(r"^audit-(\d{4})-(\d{2})-(\d{2})-w(\d+)\.jsonl$")
 _SORTED = orjson.OPT_SORT_KEYS
 _STOP = object()
+
+
+class AuditLogger(Settings):
+    #: Directory for the audit files (one per worker and day); default: $STATE_DIRECTORY or ./audit.
+    path: str | None = None
+    #: Chain each record to the previous one with SHA-256 (`fastgw audit verify`).
+    immutable: bool = True
+    #: Files older than this are deleted at start and at each daily rotation (0 keeps all).
+    retention_days: int = 365
+    #: Also record requests refused by an earlier policy (401, 403, 409).
+    log_all_access: bool = True
+    #: Disk durability on top of "handed to the OS": fsync every record, every `fsync_interval`, or never.
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    on_error: OnError = "block"
+
+
+def problems(settings: AuditLogger) -> Problems:
+    """A negative retention (its message says what 0 means, which a type constraint could not)."""
+    if settings.retention_days < 0:
+        return [("retention_days", "expected an integer >= 0 (0 keeps every file)")]
+    return []
 
 
 class AuditError(Exception):

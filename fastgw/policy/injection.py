@@ -47,14 +47,50 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from fastgw.config import PromptInjection
-from fastgw.scan.database import Pattern, PatternError, ScanDB
+import msgspec
+
+from fastgw.policy.settings import OnError, Problems, Settings
+from fastgw.scan.database import Pattern, PatternError, ScanDB, compile_patterns
 from fastgw.scan.patterns import DEFAULT_CUSTOM_WIDTH
 
-__all__ = ["InjectionPolicy", "Rule", "BUILTIN", "NAME", "PatternError"]
+__all__ = ["InjectionPolicy", "PromptInjection", "InjectionPattern", "Rule", "BUILTIN", "NAME", "PatternError",
+           "problems"]
 
 NAME = "prompt-injection"
+
+
+class InjectionPattern(Settings):
+    regex: str
+    weight: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+
+
+class PromptInjection(Settings):
+    action: Literal["block", "observe"] = "block"
+    #: Block when the summed weight of distinct matched patterns reaches this.
+    threshold: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    #: Use the curated built-in phrasings.
+    builtin: bool = True
+    patterns: list[InjectionPattern] = msgspec.field(default_factory=list)
+    on_error: OnError = "block"
+
+
+def _custom_rule(i: int, c: InjectionPattern) -> Rule:
+    # Custom rules are caseless like the built-ins: injection phrasings carry no meaning in case.
+    return Rule(c.weight, Pattern(f"custom[{i}]", "PROMPT_INJECTION", c.regex.encode(), DEFAULT_CUSTOM_WIDTH,
+                                  caseless=True))
+
+
+def problems(pi: PromptInjection) -> Problems:
+    """Custom regexes Hyperscan refuses (weights and threshold are bounded by their types)."""
+    errs: Problems = []
+    for i, c in enumerate(pi.patterns):
+        try:
+            compile_patterns([_custom_rule(i, c).pattern])
+        except PatternError as e:
+            errs.append((f"patterns[{i}].regex", str(e)))
+    return errs
 
 #: Between two words of a phrase: whitespace, in-sentence punctuation, NBSP (C2 A0), zero-width space,
 #: non-joiner, joiner (E2 80 8B-8D), narrow NBSP (E2 80 AF), word joiner (E2 81 A0), ideographic space (E3 80 80).
@@ -237,9 +273,7 @@ class InjectionPolicy:
                 raise PatternError(name, "empty regex")
             if not math.isfinite(c.weight) or c.weight < 0:
                 raise PatternError(name, f"weight must be a finite number >= 0, got {c.weight!r}")
-            # Custom rules are caseless like the built-ins: injection phrasings carry no meaning in case.
-            rules.append(Rule(c.weight, Pattern(name, "PROMPT_INJECTION", c.regex.encode(), DEFAULT_CUSTOM_WIDTH,
-                                                caseless=True)))
+            rules.append(_custom_rule(i, c))
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.weights = [r.weight for r in rules]
         # No rules (builtin off, no patterns): nothing to compile, every request scores 0.

@@ -1,15 +1,68 @@
-"""The `pii-detector` policy: the built-in PII library (plus custom patterns) as a text-scanning policy."""
+"""The `pii-detector` policy: the built-in PII library (plus custom patterns) as a text-scanning policy.
+
+Also its settings (`PiiDetector`, `CustomPattern`) and their checks beyond types (`problems`).
+"""
 
 from __future__ import annotations
 
-from fastgw.config import PiiDetector
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+from fastgw.policy.settings import OnError, Phase, Problems, Settings
 from fastgw.policy.textscan import ScanPolicy
-from fastgw.scan.database import ScanDB
+from fastgw.scan.database import PatternError, ScanDB, compile_patterns
 from fastgw.scan.patterns import ENTITIES, custom_pattern, patterns_for
 
-__all__ = ["PiiPolicy", "STREAM_BLOCK_MESSAGE"]
+__all__ = ["PiiPolicy", "PiiDetector", "CustomPattern", "STREAM_BLOCK_MESSAGE", "MAX_CUSTOM_WIDTH", "problems"]
 
 STREAM_BLOCK_MESSAGE = "Stream terminated: PII detected"
+
+#: The widest custom pattern a config may declare: the holdback per stream and choice grows with it
+#: (64 KiB, the size of a large request header block in nginx/Envoy, is far beyond any real identifier).
+MAX_CUSTOM_WIDTH = 65536
+
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+class CustomPattern(Settings):
+    name: str
+    regex: str
+    #: Longest match in bytes (bounds memory and the streaming holdback); scan.patterns.DEFAULT_CUSTOM_WIDTH if unset.
+    max_width: Annotated[int, msgspec.Meta(ge=1, le=MAX_CUSTOM_WIDTH)] | None = None
+
+
+class PiiDetector(Settings):
+    action: Literal["redact", "block", "observe"] = "redact"
+    streaming_mode: Literal["realtime", "buffered"] = "realtime"
+    #: Built-in entities to detect; all of them when not set.
+    entities: list[str] | None = None
+    #: "{entity}" is replaced by the entity name; a single character masks the span instead.
+    replacement: str = "[REDACTED:{entity}]"
+    apply_to: list[Phase] = msgspec.field(default_factory=lambda: ["input", "output"])
+    custom: list[CustomPattern] = msgspec.field(default_factory=list)
+    on_error: OnError = "block"
+
+
+def problems(pii: PiiDetector) -> Problems:
+    """What the types cannot say: unknown entities, an empty replacement, custom names and regexes Hyperscan refuses."""
+    errs: Problems = []
+    for i, e in enumerate(pii.entities or []):
+        if e not in ENTITIES:
+            errs.append((f"entities[{i}]", f"unknown entity {e!r} (known: {', '.join(ENTITIES)})"))
+    if not pii.replacement:
+        errs.append(("replacement", "expected a non-empty string"))
+    names: set[str] = set(ENTITIES)
+    for i, c in enumerate(pii.custom):
+        if not _IDENT.fullmatch(c.name) or c.name in names:
+            errs.append((f"custom[{i}].name", f"expected a new identifier (letters, digits, _), got {c.name!r}"))
+        names.add(c.name)
+        try:
+            compile_patterns([custom_pattern(c.name, c.regex, c.max_width)])
+        except PatternError as e:
+            errs.append((f"custom[{i}].regex", str(e)))
+    return errs
 
 
 class PiiPolicy(ScanPolicy):

@@ -34,12 +34,27 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from typing import Annotated, Literal
 
-from fastgw.config import QualityScorer
+import msgspec
 
-__all__ = ["QualityPolicy", "score_answer", "wants_json", "NAME"]
+from fastgw.policy.settings import OnError, Settings
+
+__all__ = ["QualityPolicy", "QualityScorer", "QualityThresholds", "score_answer", "wants_json", "NAME"]
 
 NAME = "quality-scorer"
+
+
+class QualityThresholds(Settings):
+    min_aggregate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.7
+
+
+class QualityScorer(Settings):
+    action: Literal["block", "observe"] = "block"
+    #: Always buffered: it judges the whole answer.
+    streaming_mode: Literal["buffered"] = "buffered"
+    thresholds: QualityThresholds = msgspec.field(default_factory=QualityThresholds)
+    on_error: OnError = "block"
 
 #: Finish reasons and what they say about completeness (others score 1, see above).
 _COMPLETE: dict[str | None, float] = {

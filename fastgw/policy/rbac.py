@@ -16,10 +16,13 @@ import hmac
 import re
 from collections.abc import Iterable
 
-from fastgw.config import Rbac, RbacRole
-from fastgw.policy.base import AuthError, Forbidden, RequestContext
+import msgspec
 
-__all__ = ["RbacPolicy", "RbacConfigError", "MISSING_KEY_MESSAGE", "INVALID_KEY_MESSAGE"]
+from fastgw.policy.base import AuthError, Forbidden, RequestContext
+from fastgw.policy.settings import OnError, Problems, Settings
+
+__all__ = ["RbacPolicy", "Rbac", "RbacKey", "RbacRole", "RbacConfigError", "MISSING_KEY_MESSAGE",
+           "INVALID_KEY_MESSAGE", "problems"]
 
 NAME = "rbac"
 MISSING_KEY_MESSAGE = "Missing API key: send Authorization: Bearer <key>"
@@ -34,6 +37,78 @@ _GLOB_CHARS = frozenset("*?[")
 _ENDPOINT, _MODEL, _STREAM = 0, 1, 2
 _CODES = ("endpoint_not_allowed", "model_not_allowed", "stream_not_allowed")
 
+
+# ---- settings -------------------------------------------------------------------------------
+
+class RbacKey(Settings):
+    name: str
+    #: SHA-256 of the key, hex: keys are never stored in plain text (`fastgw keys hash`).
+    sha256: str
+    roles: list[str] = msgspec.field(default_factory=list)
+
+
+class RbacRole(Settings):
+    #: Model names or globs (fnmatch) this role may use.
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    #: Endpoint paths or globs.
+    endpoints: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    stream: bool = True
+
+
+class Rbac(Settings):
+    keys: list[RbacKey] = msgspec.field(default_factory=list)
+    roles: dict[str, RbacRole] = msgspec.field(default_factory=dict)
+    on_error: OnError = "block"
+
+
+def problems(settings: Rbac) -> Problems:
+    """Every unusable setting, in the order `RbacPolicy` would meet them (paths relative to the rbac settings)."""
+    errs = _role_problems(settings.roles)
+    first_name: dict[str, int] = {}
+    first_digest: dict[str, int] = {}
+    for i, k in enumerate(settings.keys):
+        p = f"keys[{i}]"
+        if not k.name:
+            errs.append((f"{p}.name", "a key name must not be empty"))
+        elif k.name in first_name:
+            errs.append((f"{p}.name", f"duplicate key name {k.name!r} (first at keys[{first_name[k.name]}])"))
+        else:
+            first_name[k.name] = i
+        # The value is not echoed: a plain key pasted here by mistake must not reach the logs.
+        if not _HEX64.fullmatch(k.sha256):
+            got = "a non-hex character" if len(k.sha256) == 64 else f"{len(k.sha256)} characters"
+            errs.append((f"{p}.sha256", f"key {k.name!r}: expected the SHA-256 of the key as 64 hex "
+                                        f"characters, got {got} (make one with `fastgw keys hash`)"))
+        else:
+            digest = k.sha256.lower()
+            if digest in first_digest:
+                j = first_digest[digest]
+                errs.append((f"{p}.sha256", f"key {k.name!r} has the same sha256 as keys[{j}] "
+                                            f"({settings.keys[j].name!r}): one key, two names"))
+            else:
+                first_digest[digest] = i
+        for j, rname in enumerate(k.roles):
+            if rname not in settings.roles:
+                known = ", ".join(sorted(settings.roles)) or "none defined"
+                errs.append((f"{p}.roles[{j}]", f"key {k.name!r}: unknown role {rname!r} (roles: {known})"))
+    return errs
+
+
+def _role_problems(roles: dict[str, RbacRole]) -> Problems:
+    errs: Problems = []
+    for rname, role in roles.items():
+        if not rname:
+            errs.append(("roles", "a role name must not be empty"))
+        for i, ep in enumerate(role.endpoints):
+            # A glob like "chat/completions" can never match (paths start with "/"): refuse it
+            # here instead of silently refusing every request.
+            if not ep or not (ep[0] == "/" or ep[0] in _GLOB_CHARS):
+                errs.append((f"roles.{rname}.endpoints[{i}]", f"expected a path starting with '/' "
+                                                              f"(e.g. '/v1/chat/completions'), got {ep!r}"))
+    return errs
+
+
+# ---- the compiled policy ------------------------------------------------------------------
 
 class RbacConfigError(ValueError):
     """An unusable rbac setting; `path` is relative to the rbac settings (e.g. "keys[1].roles[0]")."""
@@ -103,51 +178,16 @@ class RbacPolicy:
     name = NAME
 
     def __init__(self, settings: Rbac) -> None:
-        roles: dict[str, _Role] = {}
-        for rname, role in settings.roles.items():
-            if not rname:
-                raise RbacConfigError("roles", "a role name must not be empty")
-            for i, ep in enumerate(role.endpoints):
-                # A glob like "chat/completions" can never match (paths start with "/"): refuse it
-                # here instead of silently refusing every request.
-                if not ep or not (ep[0] == "/" or ep[0] in _GLOB_CHARS):
-                    raise RbacConfigError(f"roles.{rname}.endpoints[{i}]",
-                                          f"expected a path starting with '/' (e.g. '/v1/chat/completions'), "
-                                          f"got {ep!r}")
-            roles[rname] = _Role(rname, role)
-
+        errs = problems(settings)
+        if errs:
+            raise RbacConfigError(*errs[0])
+        roles = {rname: _Role(rname, role) for rname, role in settings.roles.items()}
         self._by_digest: dict[str, _Key] = {}
         self._by_name: dict[str, _Key] = {}
-        first_name: dict[str, int] = {}
-        first_digest: dict[str, int] = {}
-        for i, k in enumerate(settings.keys):
-            p = f"keys[{i}]"
-            if not k.name:
-                raise RbacConfigError(f"{p}.name", "a key name must not be empty")
-            if k.name in first_name:
-                raise RbacConfigError(f"{p}.name",
-                                      f"duplicate key name {k.name!r} (first at keys[{first_name[k.name]}])")
-            first_name[k.name] = i
-            # The value is not echoed: a plain key pasted here by mistake must not reach the logs.
-            if not _HEX64.fullmatch(k.sha256):
-                got = "a non-hex character" if len(k.sha256) == 64 else f"{len(k.sha256)} characters"
-                raise RbacConfigError(f"{p}.sha256", f"key {k.name!r}: expected the SHA-256 of the key as 64 hex "
-                                                     f"characters, got {got} (make one with `fastgw keys hash`)")
-            digest = k.sha256.lower()
-            if digest in first_digest:
-                j = first_digest[digest]
-                raise RbacConfigError(f"{p}.sha256", f"key {k.name!r} has the same sha256 as keys[{j}] "
-                                                     f"({settings.keys[j].name!r}): one key, two names")
-            first_digest[digest] = i
-            kroles: list[_Role] = []
-            for j, rname in enumerate(k.roles):
-                if rname not in roles:
-                    known = ", ".join(sorted(roles)) or "none defined"
-                    raise RbacConfigError(f"{p}.roles[{j}]", f"key {k.name!r}: unknown role {rname!r} (roles: {known})")
-                if roles[rname] not in kroles:
-                    kroles.append(roles[rname])
-            key = _Key(k.name, digest, tuple(kroles))
-            self._by_digest[digest] = key
+        for k in settings.keys:
+            # dict.fromkeys: a role named twice on one key counts once, first place kept.
+            key = _Key(k.name, k.sha256.lower(), tuple(roles[r] for r in dict.fromkeys(k.roles)))
+            self._by_digest[key.digest] = key
             self._by_name[k.name] = key
         self.on_error = settings.on_error
 

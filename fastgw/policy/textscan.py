@@ -11,7 +11,7 @@ of any blocked span is ever sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from fastgw.policy.base import PolicyViolation, RequestContext
@@ -32,7 +32,7 @@ class ScanPolicy:
     #: What the block message says was detected ("PII", "unsafe content").
     what = ""
 
-    def __init__(self, db: ScanDB, action: str, streaming_mode: str, apply_to: list[str], replacement: str,
+    def __init__(self, db: ScanDB, action: str, streaming_mode: str, apply_to: Collection[str], replacement: str,
                  on_error: str) -> None:
         self.db = db
         self.action = action
