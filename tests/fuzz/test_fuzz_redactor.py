@@ -26,7 +26,7 @@ from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.pii import PiiPolicy
 from fastgw.policy.safety import SafetyPolicy
-from fastgw.policy.stream import StreamPolicy
+from fastgw.policy.stream import open_stream
 from fastgw.policy.textscan import ScanPolicy, process_slots
 from fastgw.proto.sse import SSEDecoder
 from fastgw.scan import validators as v
@@ -210,7 +210,7 @@ def test_stream_policy_any_split_equals_whole_text(text, data):
     events = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)]) if b > a]
     wire = build_stream(events)
     reads = split_at(wire, data.draw(st.lists(st.integers(0, len(wire)), max_size=30), "reads"))
-    sp = StreamPolicy(policies, Findings([]), _ctx())
+    sp = open_stream(policies, Findings([]), _ctx())
     dec = SSEDecoder()
     out: list[bytes] = []
     try:

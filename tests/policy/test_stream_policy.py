@@ -10,7 +10,7 @@ from fastgw.config import PiiDetector
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.pii import PiiPolicy
-from fastgw.policy.stream import StreamBlocked, StreamPolicy
+from fastgw.policy.stream import StreamBlocked, StreamPolicy, open_stream
 from fastgw.api.sse import DONE
 from fastgw.proto.sse import SSEDecoder, encode_data
 from fastgw.scan.scanner import find_spans
@@ -34,7 +34,7 @@ def policy(action: str = "redact", mode: str = "realtime") -> PiiPolicy:
 
 def run(pol: PiiPolicy, wire: bytes, cuts: list[int]) -> tuple[list[bytes], StreamBlocked | None, StreamPolicy]:
     """Feed the upstream bytes cut at `cuts`; release after every read like the relay does."""
-    sp = StreamPolicy([pol], Findings([]), _ctx())
+    sp = open_stream([pol], Findings([]), _ctx())
     dec = SSEDecoder()
     out: list[bytes] = []
     pos = 0
@@ -116,7 +116,7 @@ def test_observe_passes_everything_through_unchanged_and_records():
     pol = policy("observe")
     wire = build_stream(["mail joe", "@example.com", " now"])
     sinks: list = []
-    sp = StreamPolicy([pol], Findings(sinks), _ctx("rid-1"))
+    sp = open_stream([pol], Findings(sinks), _ctx("rid-1"))
     rec: list = []
 
     class Rec:
@@ -137,7 +137,7 @@ def test_observe_passes_everything_through_unchanged_and_records():
 def test_buffered_mode_holds_everything_until_the_end():
     pol = policy("redact", "buffered")
     wire = build_stream(["hello ", "world ", "mail joe@example.com ", "bye"])
-    sp = StreamPolicy([pol], Findings([]), _ctx())
+    sp = open_stream([pol], Findings([]), _ctx())
     events = SSEDecoder().feed(wire)
     for ev in events[:-1]:  # everything before [DONE] is held
         sp.push(ev)
@@ -152,7 +152,7 @@ def test_prose_is_held_at_most_one_event():
     pol = policy("redact")
     pieces = [" " + w for w in ("This is an ordinary answer with no personal data in it at all "
                                 "and it goes on for a while so that we can see the holdback").split()]
-    sp = StreamPolicy([pol], Findings([]), _ctx())
+    sp = open_stream([pol], Findings([]), _ctx())
     worst = 0
     for ev in SSEDecoder().feed(build_stream(pieces)):
         sp.push(ev)
@@ -165,7 +165,7 @@ def test_email_split_across_events_never_leaks_a_byte():
     pol = policy("redact")
     pieces = ["Write to user@exa", "mple.com", " today"]
     wire = build_stream(pieces)
-    sp = StreamPolicy([pol], Findings([]), _ctx())
+    sp = open_stream([pol], Findings([]), _ctx())
     written = b""
     for ev in SSEDecoder().feed(wire):
         sp.push(ev)

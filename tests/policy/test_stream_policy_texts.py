@@ -10,7 +10,7 @@ from fastgw.config import PiiDetector
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.pii import PiiPolicy
-from fastgw.policy.stream import StreamBlocked, StreamPolicy
+from fastgw.policy.stream import StreamBlocked, StreamPolicy, open_stream
 from fastgw.api.errors import GatewayError
 from fastgw.api.sse import DONE
 from fastgw.proto.sse import SSEDecoder, encode_data, encode_event
@@ -85,7 +85,7 @@ def test_chat_long_stream_texts_is_the_whole_redacted_answer():
     pieces = _pieces(N)
     wire = b"".join([_chat(role=True)] + [_chat(p) for p in pieces] + [_chat(finish="stop"), DONE])
     ctx = _ctx()
-    sp = StreamPolicy([_policy()], Findings([]), ctx)
+    sp = open_stream([_policy()], Findings([]), ctx)
     out = _drive(sp, wire)
     sp.close()
     expected = _expected("".join(pieces))
@@ -102,7 +102,7 @@ def test_chat_two_interleaved_choices_each_get_their_own_text():
         events += [_chat(pa, idx=0), _chat(pb, idx=1)]
     events += [_chat(finish="stop", idx=0), _chat(finish="stop", idx=1), DONE]
     ctx = _ctx()
-    sp = StreamPolicy([_policy()], Findings([]), ctx)
+    sp = open_stream([_policy()], Findings([]), ctx)
     out = _drive(sp, b"".join(events), every=7)
     sp.close()
     assert ctx.texts == {0: _expected("".join(a)), 1: _expected("".join(b))}
@@ -119,7 +119,7 @@ def test_chat_two_choices_in_one_event():
                                                     {"index": 0, "delta": {"content": pa}, "finish_reason": None}]})))
     events.append(DONE)
     ctx = _ctx()
-    sp = StreamPolicy([_policy()], Findings([]), ctx)
+    sp = open_stream([_policy()], Findings([]), ctx)
     _drive(sp, b"".join(events))
     sp.close()
     assert ctx.texts == {0: _expected("".join(a)), 1: _expected("".join(b))}
@@ -129,7 +129,7 @@ def test_client_gone_mid_stream_texts_is_what_was_released():
     pieces = _pieces(N)
     wire = b"".join([_chat(role=True)] + [_chat(p) for p in pieces] + [_chat(finish="stop"), DONE])
     ctx = _ctx()
-    sp = StreamPolicy([_policy()], Findings([]), ctx)
+    sp = open_stream([_policy()], Findings([]), ctx)
     out: list[bytes] = []
     for ev in SSEDecoder().feed(wire)[:N // 2]:
         sp.push(ev)
@@ -169,7 +169,7 @@ def _responses_wire(pieces: list[str]) -> bytes:
 def test_responses_long_stream_texts_and_whole_text_events():
     pieces = _pieces(N)
     ctx = _ctx("/v1/responses")
-    sp = StreamPolicy([_policy()], Findings([]), ctx, dialect="responses")
+    sp = open_stream([_policy()], Findings([]), ctx, dialect="responses")
     out = _drive(sp, _responses_wire(pieces), every=3)
     sp.close()
     expected = _expected("".join(pieces))
@@ -200,7 +200,7 @@ def test_messages_long_stream_texts():
                          event="message_delta"),
             encode_event(orjson.dumps({"type": "message_stop"}), event="message_stop")]
     ctx = _ctx("/v1/messages")
-    sp = StreamPolicy([_policy()], Findings([]), ctx, dialect="messages")
+    sp = open_stream([_policy()], Findings([]), ctx, dialect="messages")
     _drive(sp, b"".join(out))
     sp.close()
     assert ctx.texts[0] == _expected("".join(pieces))
@@ -215,7 +215,7 @@ def test_buffered_judge_sees_the_whole_text():
     def judge(c: RequestContext) -> None:
         seen.append(c.texts.get(0, ""))
 
-    sp = StreamPolicy([_policy()], Findings([]), ctx, buffered=True, judge=judge)
+    sp = open_stream([_policy()], Findings([]), ctx, buffered=True, judge=judge)
     events = SSEDecoder().feed(wire)
     for ev in events[:-1]:
         sp.push(ev)
@@ -240,7 +240,7 @@ def test_buffered_judge_block_sees_the_whole_text():
         seen.append(c.texts[0])
         raise GatewayError("low quality", status=409, type="policy_violation", code="output_blocked")
 
-    sp = StreamPolicy([_policy()], Findings([]), ctx, buffered=True, judge=judge)
+    sp = open_stream([_policy()], Findings([]), ctx, buffered=True, judge=judge)
     try:
         _drive(sp, wire)
     except StreamBlocked as b:
@@ -256,7 +256,7 @@ def test_pieces_with_multibyte_text_join_exactly():
     pieces = [("caf\u00e9 \u65e5\u672c \U0001f600" if i % 3 else f" {i}") for i in range(N)]
     wire = b"".join([_chat(p) for p in pieces] + [DONE])
     ctx = _ctx()
-    sp = StreamPolicy([_policy()], Findings([]), ctx)
+    sp = open_stream([_policy()], Findings([]), ctx)
     _drive(sp, wire, every=11)
     sp.close()
     assert ctx.texts[0] == "".join(pieces)
@@ -267,7 +267,7 @@ def test_no_policy_texts_still_collected():
     pieces = _pieces(N)
     wire = b"".join([_chat(p) for p in pieces] + [DONE])
     ctx = _ctx()
-    sp = StreamPolicy([_policy("observe")], Findings([]), ctx)
+    sp = open_stream([_policy("observe")], Findings([]), ctx)
     out = _drive(sp, wire)
     sp.close()
     assert b"".join(out) == wire

@@ -1,0 +1,409 @@
+"""The hold/release core every stream dialect shares: text streams, holdback, the hold queue, redact and block.
+
+A dialect class (chat, Responses, Messages) finds the text segments of each event and
+hands them to `_seg`; the core feeds each segment once to one Hyperscan stream per
+scanning policy, settles the streams (safe offset = the smallest over the policies
+that can change text), queues the event, and releases queued events in upstream
+order once every segment of theirs lies before its stream's safe offset. An event no
+policy changed leaves as the upstream's bytes (a structured chunk is encoded once,
+then); a changed one is rewritten through the dialect's `_apply` and encoded once.
+A blocking span ends the stream with `StreamBlocked` and the clean prefix before it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import ClassVar
+
+import msgspec
+import orjson
+
+from fastgw.api.dialects import Dialect
+from fastgw.api.errors import GatewayError
+from fastgw.policy.base import RequestContext
+from fastgw.policy.findings import Finding, Findings
+from fastgw.policy.textscan import ScanPolicy, Tagged, merge_spans, redact
+from fastgw.proto.sse import SSEEvent, encode_data, encode_event
+from fastgw.scan.scanner import StreamScanner
+
+__all__ = ["StreamPolicy", "StreamBlocked", "TextKey", "TextStream", "Segment", "Held", "unreadable"]
+
+#: The safe offset of a text no policy holds back: beyond any text's end.
+_NO_HOLD = 1 << 62
+
+
+class StreamBlocked(Exception):
+    """A policy ended the stream; `prefix` holds the events to write before the error event."""
+
+    def __init__(self, prefix: list[bytes], error: GatewayError) -> None:
+        self.prefix = prefix
+        self.error = error
+
+
+def unreadable() -> GatewayError:
+    """An event we cannot read: we cannot vouch for its text, so it must not pass."""
+    return GatewayError("upstream sent an event the output policy cannot parse", status=502, type="upstream_error",
+                        code="upstream_protocol_error")
+
+
+class TextKey(msgspec.Struct, frozen=True, gc=False):
+    """Which text a stream carries, named the same way in every dialect."""
+
+    #: Chat choice index (0 in the Responses and Messages dialects: they carry one answer).
+    choice: int
+    #: "content", "refusal", "reasoning_content", "text", or "arguments" (tool-call JSON source).
+    field: str
+    #: What it belongs to: a chat tool call's index, a Responses item_id, a Messages content block index.
+    item: object = None
+    #: Responses content_index.
+    part: object = 0
+
+
+class TextStream:
+    """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
+
+    __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes")
+
+    def __init__(self, key: TextKey, scanners: list[StreamScanner]) -> None:
+        self.key = key
+        self.scanners = scanners
+        self.safe = 0
+        #: Merged final spans (leftmost-first across policies) still to be applied to events.
+        self.spans: list[Tagged] = []
+        #: Final spans of redacting policies not merged yet (they start at or after `safe`).
+        self.pending: list[Tagged] = []
+        self.merged_to = 0
+        #: Earliest final span of a blocking policy.
+        self.block: Tagged | None = None
+        self.done = False
+        #: Backslashes ending the text so far (tool-call arguments are JSON source: escapes matter).
+        self.backslashes = 0
+
+
+class Segment(msgspec.Struct, gc=False):
+    """One event's piece of one text stream: bytes [start, end) of the stream."""
+
+    text: TextStream
+    start: int
+    end: int
+    data: bytes
+    #: Position of its choice in the event's `choices` (chat): where a changed text goes back.
+    choice_pos: int
+    #: Position of its tool call in the delta's `tool_calls` (chat), -1 when none.
+    tool_pos: int
+    #: JSON source (arguments): the backslashes ending the stream's text before it; None for prose.
+    escapes: int | None
+
+
+class Held(msgspec.Struct, gc=False):
+    """An event in the hold queue. (A Struct: one is built per event, ~4x cheaper than a slotted class.)"""
+
+    #: As the upstream sent it; None for a structured chunk (encoded when released).
+    ev: SSEEvent | None
+    #: The event as an object, when one is at hand (a structured chunk; a Responses or Messages event that
+    #: may be rewritten): changes apply to it without decoding the event again.
+    obj: dict | None
+    segs: list[Segment]
+    #: The event repeats whole texts (Responses `.done`, `response.completed`): rewritten at release.
+    whole: bool = False
+    #: Its Responses sequence_number (-1: none).
+    seq: int = -1
+
+
+class StreamPolicy:
+    """The output side of the chain for one streamed answer; a subclass per dialect says where the text is."""
+
+    #: The dialect's name ("chat", "responses", "messages") and its wire ends (done marker, error event).
+    dialect: ClassVar[str] = ""
+    wire: ClassVar[Dialect]
+    #: The fields whose released text makes up `ctx.texts` (per choice).
+    collected: ClassVar[frozenset[str]] = frozenset(("text",))
+    #: Keep the released text per stream (for events that repeat whole texts).
+    assembles: ClassVar[bool] = False
+
+    __slots__ = ("policies", "last_seq", "held", "strip_usage", "_assembled", "_rewritten", "_findings", "_ctx",
+                 "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts", "_ended")
+
+    def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
+                 buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
+        self.policies = policies
+        #: Released text per stream, as the client got it (to rewrite events that repeat whole texts).
+        self._assembled: dict[TextKey, list[str]] | None = {} if self.assembles else None
+        #: Last Responses API sequence_number sent (an error event we add continues it).
+        self.last_seq = -1
+        self._rewritten = False
+        self._findings = findings
+        self._ctx = ctx
+        self._texts: dict[TextKey, TextStream] = {}
+        self._dirty: list[TextStream] = []  # texts fed since the last release
+        self._queue: deque[Held] = deque()
+        # Observing policies record but never change text: they need no holdback.
+        self._acting = [p.action != "observe" for p in policies]
+        self._holds = any(self._acting)
+        self._buffered = buffered or any(p.buffered and p.action != "observe" for p in policies)
+        self._judge = judge
+        #: Released text per choice, in parts: joined into ctx.texts only when read (end, judge), since adding
+        #: each event to a growing str copies the whole answer every time (quadratic in its length).
+        self._parts: dict[int, list[str]] = {}
+        self._ended = False
+        #: Events held back at the last release (for the holdback benchmark and tests).
+        self.held = 0
+        #: The gateway asked this upstream for a usage chunk the client did not ask for: take it out.
+        self.strip_usage = False
+
+    # ---- input (each dialect) ---------------------------------------------------------------
+    def push(self, ev: SSEEvent) -> None:
+        """Take one upstream event: scan its text, queue it."""
+        raise NotImplementedError
+
+    def push_chunk(self, obj: dict) -> None:
+        """Take one structured event (a dict the policy owns from now on): scan its text, queue it."""
+        raise NotImplementedError
+
+    def push_done(self) -> None:
+        """The upstream says the answer is complete: every text is final."""
+        self._finish_all()
+
+    def _seg(self, key: TextKey, text: str, choice_pos: int, tool_pos: int, segs: list[Segment]) -> None:
+        """Scan the next piece of the text stream `key` (each byte once) and note where it sits in the event."""
+        t = self._texts.get(key)
+        if t is None:
+            t = self._texts[key] = TextStream(key, [StreamScanner(p.db) for p in self.policies])
+        if t.done:
+            raise GatewayError("upstream sent text after finishing the choice", status=502, type="upstream_error",
+                               code="upstream_protocol_error")
+        data = text.encode()
+        scanners = t.scanners
+        start = scanners[0].end if scanners else 0
+        for sc in scanners:
+            sc.feed(data)
+        self._dirty.append(t)
+        if key.field == "arguments":
+            segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, t.backslashes))
+            run = len(data) - len(data.rstrip(b"\\"))
+            t.backslashes = t.backslashes + run if run == len(data) else run
+        else:
+            segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, None))
+
+    # ---- settling ---------------------------------------------------------------------------------
+    def _settle(self, t: TextStream, final: bool) -> None:
+        if t.done:
+            return
+        key = t.key
+        safe = None
+        for i, (pol, sc) in enumerate(zip(self.policies, t.scanners)):
+            s, spans = sc.settle(final=final)
+            if self._acting[i]:
+                safe = s if safe is None else min(safe, s)
+            for sp in spans:
+                self._findings.record(Finding(pol.name, sp.entity, "output", sp.start, sp.end, pol.action,
+                                              self._ctx.request_id, key.choice, key.field))
+                if pol.action == "block":
+                    if t.block is None or sp.start < t.block[0].start:
+                        t.block = (sp, pol)
+                elif pol.action == "redact":
+                    t.pending.append((sp, pol))
+        if final:
+            t.done = True
+        if safe is None:  # only observers, or no policies: nothing to hold
+            safe = t.scanners[0].end if t.scanners else _NO_HOLD
+        t.safe = safe
+        if t.pending:
+            ready = [x for x in t.pending if x[0].start < safe]
+            if ready:
+                t.pending = [x for x in t.pending if x[0].start >= safe]
+                merged = merge_spans(ready, t.merged_to)
+                if merged:
+                    t.spans += merged
+                    t.merged_to = merged[-1][0].end
+
+    def _settle_choice(self, choice: int) -> None:
+        """A chat choice will say no more: its texts are final now, no need to wait for the end."""
+        for t in self._texts.values():
+            if t.key.choice == choice:
+                self._settle(t, final=True)
+
+    def _settle_item(self, item: object) -> None:
+        """A Responses item or Messages content block is finished: its texts are final now."""
+        for t in self._texts.values():
+            if t.key.item == item:
+                self._settle(t, final=True)
+
+    def _finish_all(self) -> None:
+        for t in self._texts.values():
+            self._settle(t, final=True)
+        self._ended = True
+
+    # ---- output ----------------------------------------------------------------------------------
+    def release(self) -> list[bytes]:
+        """Events that may be written now, in order (raw bytes when untouched). Raises StreamBlocked."""
+        if not self._buffered:
+            if self._dirty:
+                for t in self._dirty:
+                    self._settle(t, final=False)  # (a text fed twice settles twice; the second is cheap)
+                self._dirty.clear()
+        elif not self._ended:
+            self.held = len(self._queue)
+            return []
+        self._check_block()
+        out: list[bytes] = []
+        q = self._queue
+        hold = self._holds
+        while q:
+            h = q[0]
+            if hold and h.segs and not self._releasable(h):
+                break
+            q.popleft()
+            out.append(self._render(h))
+        self.held = len(q)
+        if self._buffered and self._judge is not None:
+            self._sync_texts()
+            try:
+                self._judge(self._ctx)  # buffered checks judge the whole answer, as the client would get it
+            except GatewayError as e:
+                raise StreamBlocked([], e) from None
+        return out
+
+    @staticmethod
+    def _releasable(h: Held) -> bool:
+        for seg in h.segs:
+            if seg.end > seg.text.safe:
+                return False
+        return True
+
+    def finish(self) -> list[bytes]:
+        """End of stream (clean, or the upstream failed): everything held is final now."""
+        if not self._ended:
+            self._finish_all()
+        out = self.release()
+        self._sync_texts()
+        return out
+
+    def _sync_texts(self) -> None:
+        """ctx.texts: the released text per choice (for the audit record, usage estimate, buffered checks)."""
+        texts = self._ctx.texts
+        for idx, parts in self._parts.items():
+            if len(parts) > 1:
+                parts[:] = ["".join(parts)]
+            texts[idx] = parts[0] if parts else ""
+
+    def close(self) -> None:
+        """Free the scanners (client gone, stream over)."""
+        self._sync_texts()
+        for t in self._texts.values():
+            for sc in t.scanners:
+                sc.close()
+
+    def _render(self, h: Held) -> bytes:
+        """The bytes of a released event: the upstream's own unless a policy changed its text."""
+        if h.seq >= 0:
+            self.last_seq = h.seq  # an error event we add continues from the last one sent
+        if h.whole:
+            return self._render_whole(h)
+        segs = h.segs
+        if not segs:
+            ev = h.ev
+            return ev.raw if ev is not None else self._untouched(h)  # no text: role, finish, usage, [DONE]
+        changes: list[tuple[Segment, bytes]] = []
+        collected = self.collected
+        parts = self._parts
+        assembled = self._assembled
+        for seg in segs:
+            t = seg.text
+            new = seg.data
+            if t.spans:
+                a, b = seg.start, seg.end
+                spans = [x for x in t.spans if x[0].start < b and x[0].end > a]
+                if spans:
+                    new = redact(new, spans, a, seg.escapes)
+                    changes.append((seg, new))
+                    t.spans = [x for x in t.spans if x[0].end > b]  # spans done with leave the list
+            key = t.key
+            if key.field in collected:
+                parts.setdefault(key.choice, []).append(new.decode())
+            if assembled is not None:
+                assembled.setdefault(key, []).append(new.decode())
+        if not changes:
+            return self._untouched(h)  # invariant 5: untouched events leave byte-identical
+        self._rewritten = True
+        return self._rewrite(h, changes)
+
+    def _untouched(self, h: Held) -> bytes:
+        ev = h.ev
+        if ev is not None:
+            return ev.raw
+        assert h.obj is not None
+        return self._encode(None, h.obj)  # a structured chunk: encoded once, here
+
+    def _rewrite(self, h: Held, changes: list[tuple[Segment, bytes]]) -> bytes:
+        """The event with the changed texts put back, encoded once."""
+        obj = h.obj
+        if obj is None:
+            assert h.ev is not None and h.ev.data is not None
+            obj = orjson.loads(h.ev.data)
+        for seg, new in changes:
+            self._apply(obj, seg, new.decode())
+        return self._encode(h.ev, obj)
+
+    def _apply(self, obj: dict, seg: Segment, text: str) -> None:
+        """Put a segment's changed text back into its event (each dialect knows where it sits)."""
+        raise NotImplementedError
+
+    def _encode(self, ev: SSEEvent | None, obj: dict) -> bytes:
+        """An event object as SSE bytes, with the upstream event's `event`/`id` fields when it came as SSE."""
+        if ev is None:
+            return encode_data(orjson.dumps(obj))
+        return encode_event(orjson.dumps(obj), event=ev.event, id=ev.id)
+
+    def _render_whole(self, h: Held) -> bytes:
+        """An event that repeats whole texts (dialects that have them say how to rewrite it)."""
+        return self._untouched(h)
+
+    # ---- block -------------------------------------------------------------------------------------
+    def _check_block(self) -> None:
+        first: tuple[int, TextStream, Tagged] | None = None  # (queue position, text, blocking span)
+        for t in self._texts.values():
+            if t.block is None:
+                continue
+            cut = t.block[0].start
+            for qpos, h in enumerate(self._queue):
+                if any(seg.text is t and seg.start <= cut < seg.end for seg in h.segs):
+                    if first is None or qpos < first[0]:
+                        first = (qpos, t, t.block)
+                    break
+        if first is None:
+            return
+        qpos, text, (sp, pol) = first
+        # Buffered: the answer is judged whole and none of it is released.
+        prefix = [] if self._buffered else self._clean_prefix(qpos, text, sp.start)
+        self._queue.clear()
+        self._ctx.decide(pol.name, "output", "block", entity=sp.entity)
+        raise StreamBlocked(prefix, pol.block_error("output", streaming=True))
+
+    def _clean_prefix(self, qpos: int, text: TextStream, cut: int) -> list[bytes]:
+        """The events before the blocking span, and the clean part of the event where it starts."""
+        prefix: list[bytes] = []
+        for i in range(qpos):
+            h = self._queue[i]
+            if h.segs and not self._releasable(h):
+                return prefix
+            prefix.append(self._render(h))
+        h = self._queue[qpos]
+        changes: list[tuple[Segment, bytes]] = []
+        for seg in h.segs:
+            t, a, b = seg.text, seg.start, seg.end
+            if t is text:
+                spans = [x for x in t.spans if x[0].start < cut and x[0].end > a]
+                changes.append((seg, redact(seg.data[:cut - a], spans, a, seg.escapes)))
+            elif b > t.safe:
+                changes.append((seg, b""))  # another stream's text that is not final yet
+            elif t.spans:
+                spans = [x for x in t.spans if x[0].start < b and x[0].end > a]
+                changes.append((seg, redact(seg.data, spans, a, seg.escapes)))
+        if any(new for seg, new in changes if seg.text is text):
+            if h.seq >= 0:
+                self.last_seq = h.seq
+            prefix.append(self._rewrite(h, changes))
+        return prefix
+
