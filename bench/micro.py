@@ -346,19 +346,6 @@ class _Transport:
         pass
 
 
-class _Proto:
-    """What a Responder reads from its HttpServerProtocol."""
-
-    __slots__ = ("transport", "closing_after_response", "flow_listener", "write_paused", "lost")
-
-    def __init__(self, transport: _Transport) -> None:
-        self.transport = transport
-        self.closing_after_response = False
-        self.flow_listener = None
-        self.write_paused = False
-        self.lost = False
-
-
 class _Source:
     """The upstream: the benchmark drives the relay's sink methods itself."""
 
@@ -414,8 +401,10 @@ def _chain(policies: tuple[str, ...]) -> Any:
 
 def _relay(policies: tuple[str, ...], text_kind: str) -> Bench:
     from fastgw.policy.base import RequestContext
-    from fastgw.proto.server import Responder
-    from fastgw.stream import PolicyRelay, SSERelay
+    from fastgw.proto.flow import FlowControl
+    from fastgw.proto.writer import Responder
+    from fastgw.policy_relay import PolicyRelay
+    from fastgw.stream import SSERelay
 
     if text_kind == "prose":
         text, events = _prose()
@@ -429,23 +418,22 @@ def _relay(policies: tuple[str, ...], text_kind: str) -> Bench:
 
     def op() -> bytes:
         t = _Transport()
-        resp = Responder(_Proto(t), True, False)  # type: ignore[arg-type]
-        resp.start_stream(200, headers)
+        resp = Responder(t, FlowControl(loop), True, False)  # type: ignore[arg-type]
         ctx = RequestContext("req_bench", "POST", "/v1/chat/completions", [])
         ctx.endpoint = "chat/completions"
-        # As App._relay / App._stream build it.
+        # As fastgw.attempt builds it: the head goes out with the first event.
         if chain is None:
-            relay = SSERelay(resp, _Source(), loop)
+            relay = SSERelay(resp, _Source(), loop, (200, headers))
             relay.usage_sink = ctx
-            relay.strip_usage = ctx.strip_usage
         else:
-            relay = PolicyRelay(resp, _Source(), loop, chain.stream_policy(ctx))
+            relay = PolicyRelay(resp, _Source(), loop, (200, headers), chain.stream_policy(ctx))
         relay.start()
         for ev in events:  # one upstream read per event: the common case for a live model
             relay.on_data(ev)
             relay.flush()
         relay.on_end()
-        assert relay.ok
+        end = relay.done.result()
+        assert end.complete and end.tail is None
         return b"".join(t.parts)
 
     def check(out: bytes) -> None:

@@ -5,19 +5,21 @@ A model's `routing` entry names its targets and a strategy: `fallback` (in order
 an entry, a model falls back across the targets that serve it, in config order.
 Circuit breakers are per target and per worker: a worker learns about a dead target
 from its own failures (a few requests per worker, then it stops trying until the
-cooldown's half-open probe).
+cooldown's half-open probe). Only upstream failures count; the attempt that ends a
+request resolves its permit once, whatever the outcome.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastgw.config import Config, Retry
 from fastgw.providers.base import TargetRuntime
 
-__all__ = ["Router", "Plan", "Breaker"]
+__all__ = ["Router", "Plan", "Breaker", "Permit", "Verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,67 +28,101 @@ class Plan:
     retry: Retry
 
 
+class Verdict:
+    """What an attempt says about its target's health."""
+
+    SUCCESS = "success"  # the target answered: close the circuit
+    FAILURE = "failure"  # the target failed (connect, timeout, 429, 5xx): count it
+    NEUTRAL = "neutral"  # nothing learned (client left, a policy acted, the upstream said 4xx): release only
+
+
+class Permit:
+    """Leave to send one request to a target; resolved exactly once (a second resolve is a no-op)."""
+
+    __slots__ = ("_breaker", "probe", "resolved")
+
+    def __init__(self, breaker: Breaker, probe: bool) -> None:
+        self._breaker = breaker
+        #: This request is the half-open probe: the circuit's fate waits on it.
+        self.probe = probe
+        self.resolved = False
+
+    def resolve(self, verdict: str) -> None:
+        if self.resolved:
+            return
+        self.resolved = True
+        self._breaker._settle(self.probe, verdict)
+
+
 class Breaker:
-    """Consecutive failures open the circuit; after the cooldown one request probes (half-open)."""
+    """Consecutive failures open the circuit; after the cooldown one request probes (half-open).
 
-    __slots__ = ("failures", "threshold", "cooldown", "opened_at", "probing")
+    Every request a breaker admits holds a `Permit`, and every permit is resolved — success, failure
+    or neutral — by the one place that ends an attempt, so a probe is always released."""
 
-    def __init__(self, threshold: int, cooldown: float) -> None:
+    __slots__ = ("failures", "threshold", "cooldown", "opened_at", "probing", "_clock")
+
+    def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.failures = 0
         self.threshold = threshold
         self.cooldown = cooldown
         self.opened_at: float | None = None
         self.probing = False
+        self._clock = clock
 
     def state(self, now: float | None = None) -> str:
         if self.opened_at is None:
             return "closed"
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         return "half-open" if now - self.opened_at >= self.cooldown else "open"
 
-    def allow(self) -> bool:
-        """May a request go to this target now? (In half-open, only one probe at a time.)"""
+    def acquire(self) -> Permit | None:
+        """A permit to try this target now, or None (open, or half-open with its one probe out)."""
         st = self.state()
         if st == "closed":
-            return True
+            return Permit(self, False)
         if st == "half-open" and not self.probing:
             self.probing = True
-            return True
-        return False
+            return Permit(self, True)
+        return None
+
+    def allow(self) -> bool:
+        """Would a request be let through now? (Takes nothing: use `acquire` to send one.)"""
+        st = self.state()
+        return st == "closed" or (st == "half-open" and not self.probing)
 
     def retry_after(self) -> float:
         if self.opened_at is None:
             return 0.0
-        return max(0.0, self.cooldown - (time.monotonic() - self.opened_at))
+        return max(0.0, self.cooldown - (self._clock() - self.opened_at))
 
-    def success(self) -> None:
-        self.failures = 0
-        self.opened_at = None
-        self.probing = False
-
-    def failure(self) -> None:
-        self.failures += 1
-        if self.probing or self.failures >= self.threshold:
-            self.opened_at = time.monotonic()  # (re)open: a failed probe waits another cooldown
-        self.probing = False
+    def _settle(self, probe: bool, verdict: str) -> None:
+        if probe:
+            self.probing = False
+        if verdict == Verdict.SUCCESS:
+            self.failures = 0
+            self.opened_at = None
+        elif verdict == Verdict.FAILURE:
+            self.failures += 1
+            if probe or self.failures >= self.threshold:
+                self.opened_at = self._clock()  # (re)open: a failed probe waits another cooldown
+        # NEUTRAL: a probe that learned nothing frees the half-open slot for the next request
 
 
 class Router:
     """Plans per model; breakers per target (this worker's view)."""
 
-    def __init__(self, cfg: Config, targets: list[TargetRuntime], rng: random.Random | None = None) -> None:
+    def __init__(self, cfg: Config, targets: list[TargetRuntime], rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._by_id = {t.id: t for t in targets}
         self._rng = rng or random.Random()
-        self.breakers = {t.id: Breaker(t.breaker_failures, t.breaker_cooldown) for t in targets}
+        self.breakers = {t.id: Breaker(t.breaker_failures, t.breaker_cooldown, clock) for t in targets}
         self._routes = {r.model: r for r in cfg.routing}
         self._serving: dict[str, list[TargetRuntime]] = {}
         for t in targets:
             for name in (t.model, *t.aliases):
                 self._serving.setdefault(name, []).append(t)
         self._default_retry = Retry()
-
-    def knows(self, model: str) -> bool:
-        return model in self._routes or model in self._serving
 
     def plan(self, model: str) -> Plan | None:
         route = self._routes.get(model)

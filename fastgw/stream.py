@@ -2,9 +2,12 @@
 
 The relay is a sink driven from the upstream protocol's `data_received`: each
 completed event is written to the client in the same loop iteration, byte-identical
-(no decode/encode), all events completed by one read in one chunk. A slow client
-pauses the upstream read; a vanished client closes the upstream. A failure after
-the first byte becomes an in-stream error event followed by `data: [DONE]`.
+(no decode/encode), all events completed by one read in one chunk; a translated
+provider's chunk objects are encoded once, here. The response head goes out with the
+first byte, so a failure before it leaves the pipeline free to fall back. A slow
+client pauses the upstream read; a vanished client closes the upstream. A failure
+after the first byte becomes the dialect's in-stream error (for chat, an error event
+and `data: [DONE]`). The relay ends by resolving `done` with a `StreamEnd`.
 """
 
 from __future__ import annotations
@@ -12,51 +15,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Protocol as TypingProtocol
+from typing import Protocol as TypingProtocol
 
 import orjson
 
+from fastgw.api import dialects
+from fastgw.api.dialects import error_event
 from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, UpstreamTimeout, from_transport
+from fastgw.api.sse import DONE
 from fastgw.metrics import EventClock
-from fastgw.policy.base import PolicyFailure, RequestContext
-from fastgw.policy.stream import StreamBlocked, StreamPolicy
+from fastgw.policy.base import RequestContext
 from fastgw.proto.client import BadResponse
 from fastgw.proto.errors import ProtocolError
 from fastgw.proto.server import Responder
-from fastgw.api.sse import DONE
-from fastgw.proto.sse import SSEDecoder, SSESplitter, encode_data, encode_event
+from fastgw.proto.sse import SSESplitter
 from fastgw.providers.base import Translator
+from fastgw.providers.chunks import encode_chunks
 
-__all__ = ["SSERelay", "PolicyRelay", "TimedSource", "TranslatedSource", "error_event", "Source"]
+__all__ = ["SSERelay", "StreamEnd", "TranslatedSource", "error_event", "Source"]
 
 _DONE_TAIL = b"[DONE]"
 
 log = logging.getLogger("fastgw.stream")
-
-
-def error_event(err: GatewayError) -> bytes:
-    """The in-stream error: an SSE data event carrying the OpenAI error envelope (SDKs raise APIError on it)."""
-    return encode_data(err.body())
-
-
-def terminal_error(dialect: str, err: GatewayError, last_seq: int = -1) -> bytes:
-    """How a stream of this dialect ends in failure: its own error event (and `[DONE]` for chat)."""
-    if dialect == "chat":
-        return error_event(err) + DONE
-    body = orjson.loads(err.body())["error"]
-    if dialect == "responses":
-        obj = {"type": "error", "code": body.get("code"), "message": body.get("message"), "param": body.get("param"),
-               "sequence_number": last_seq + 1}
-        if body.get("policy"):
-            obj["policy"] = body["policy"]
-        return encode_event(orjson.dumps(obj), event="error")
-    return encode_event(orjson.dumps({"type": "error", "error": {"type": body.get("type"),
-                                                                 "message": body.get("message")}}), event="error")
-
-
-def _done_marker(dialect: str) -> bytes:
-    """What closes a clean stream when the upstream did not send it ([DONE] is OpenAI chat's alone)."""
-    return DONE if dialect == "chat" else b""
 
 
 class Source(TypingProtocol):
@@ -68,6 +48,34 @@ class Source(TypingProtocol):
     def detach(self) -> None: ...
 
 
+class StreamEnd:
+    """How a relayed stream ended, as the relay hands it to the request pipeline."""
+
+    __slots__ = ("error", "started", "content", "tail", "complete", "client_left", "events")
+
+    def __init__(self, error: GatewayError | None, started: bool, content: bool, tail: bytes | None,
+                 complete: bool, client_left: bool, events: int) -> None:
+        #: What ended the stream early (an upstream failure, a policy block or failure), if anything.
+        self.error = error
+        #: Bytes of the response reached the socket: nothing can fall back any more.
+        self.started = started
+        #: The stream carried events for the client besides an error.
+        self.content = content
+        #: The last bytes, left for the caller to write with `SSERelay.close_with` (None: written, or nobody
+        #: to write them to).
+        self.tail = tail
+        #: The upstream ended the stream cleanly.
+        self.complete = complete
+        #: The client went away before the end.
+        self.client_left = client_left
+        self.events = events
+
+    @property
+    def before_first_byte(self) -> bool:
+        """A failure before anything reached the client: another target may still answer."""
+        return self.error is not None and not self.started and not self.content
+
+
 class SSERelay:
     """Sink for an upstream SSE body and flow listener for the client connection.
 
@@ -75,13 +83,13 @@ class SSERelay:
     still inside the same `data_received` call: no added latency, one writev per read.
     """
 
-    __slots__ = ("_client_slow", "_resp", "_source", "_splitter", "_pending", "done", "saw_done", "ok", "defer_end",
-                 "tail", "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
-                 "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at", "clock")
+    __slots__ = ("_client_slow", "_resp", "_source", "_splitter", "_pending", "done", "saw_done", "defer_end",
+                 "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
+                 "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at", "clock", "_head", "_started")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
-                 defer_end: bool = False, dialect: str = "chat") -> None:
-        self.dialect = dialect
+                 head: tuple[int, list[tuple[bytes, bytes]]], defer_end: bool = False, dialect: str = "chat") -> None:
+        self.dialect = dialects.dialect(dialect)
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self._first = False
@@ -102,16 +110,18 @@ class SSERelay:
         self._beat = 0.0  # heartbeat interval while waiting for the first event (0: none)
         self._beat_at = float("inf")
         self._resp = resp
+        #: The response head (status, headers): started with the first byte written, so a stream that fails
+        #: before it leaves the response unstarted and the caller free to fall back or answer with an error.
+        self._head = head
+        self._started = False
         self._source = source
         self._splitter = SSESplitter()
         self._pending: list[bytes] = []
-        #: Resolves when the stream is over (cleanly or not); `ok` says which.
-        self.done: asyncio.Future[None] = loop.create_future()
+        #: Resolves with how the stream ended.
+        self.done: asyncio.Future[StreamEnd] = loop.create_future()
         self.saw_done = False
-        self.ok = False
         #: Leave the last bytes for the caller to write (after the audit record is handed to the OS).
         self.defer_end = defer_end
-        self.tail: bytes | None = None
         #: The error that ended the stream (upstream failure, policy block), if any.
         self.error: GatewayError | None = None
 
@@ -152,7 +162,7 @@ class SSERelay:
             if not self._first and now >= self._beat_at:
                 # A comment keeps intermediaries from timing the connection out (data-less events would
                 # crash the openai SDK; comments it skips).
-                self._resp.write(b": ping\n\n")
+                self._emit(b": ping\n\n")
                 self._beat_at = now + self._beat
             self._schedule()
             return
@@ -176,7 +186,7 @@ class SSERelay:
         except ProtocolError as e:
             raise BadResponse(f"upstream SSE stream invalid: {e.message}") from None
         if block:
-            if not self.content and self._resp.head_pending and block.startswith(b'data: {"error"'):
+            if not self.content and not self._started and block.startswith(b'data: {"error"'):
                 self._first_event_error(block)
                 return
             if self.usage_sink is not None:
@@ -184,6 +194,18 @@ class SSERelay:
             self._pending.append(block)
             if _DONE_TAIL in block[-16:]:
                 self.saw_done = True
+
+    def on_chunks(self, chunks: list[dict]) -> None:
+        """Structured chunks from a translated provider: encoded once, here, on their way out."""
+        self._activity()
+        n = len(chunks)
+        self.events += n
+        self.clock.ticks(time.monotonic(), n)
+        if self.usage_sink is not None:
+            usage = chunks[-1].get("usage")  # a translator's usage chunk is its last
+            if isinstance(usage, dict):
+                self.usage_sink.usage = usage
+        self._pending.append(encode_chunks(chunks))
 
     def _first_event_error(self, block: bytes) -> None:
         """An upstream whose first event is an error has not answered: fail before the first byte (fallback)."""
@@ -245,7 +267,20 @@ class SSERelay:
             data = data[:-len(DONE)]
             self._pending.append(DONE)  # re-held: the tail at the end takes it
         if data:
-            self._resp.write(data)
+            self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
+        if not self._started:
+            self._started = True
+            self._resp.start_stream(*self._head)
+        self._resp.write(data)
+
+    def close_with(self, tail: bytes) -> None:
+        """Write the tail the stream left (see `StreamEnd.tail`) and end the response."""
+        if not self._started:
+            self._started = True
+            self._resp.start_stream(*self._head)
+        self._resp.end(tail)
 
     def on_end(self) -> None:
         if self.done.done():
@@ -256,35 +291,36 @@ class SSERelay:
         tail = self._take()
         if not self.saw_done:
             # A clean HTTP end without the sentinel: close the SSE stream the way OpenAI does.
-            tail += _done_marker(self.dialect)
-        self.ok = True
-        self._end(tail)
+            tail += self.dialect.done
+        self._end(tail, complete=True)
 
     def on_error(self, exc: BaseException) -> None:
         if self.done.done():
             return
         exc = from_transport(exc)
-        if self.saw_done and self.dialect == "chat":
+        if self.saw_done and self.dialect.sentinel:
             self.on_end()  # the answer was complete ([DONE] seen): a connection dropped after it is no failure
             return
         # Whole events that arrived before the failure still go out, then the error, then [DONE].
         self.error = exc
         before = self._take()
-        self._end(before + terminal_error(self.dialect, exc), bool(before))
+        self._end(before + self.dialect.terminal_error(exc), bool(before))
 
-    def _end(self, tail: bytes, content: bool = True) -> None:
+    def _end(self, tail: bytes, content: bool = True, complete: bool = False) -> None:
         """Finish: write the last bytes and the terminator now, or leave them to the caller: with defer_end,
-        and when a failure came before any content (the caller may fall back or answer with an HTTP error).
+        and when a failure came before any byte (the caller may fall back or answer with an HTTP error).
         `content`: the tail carries events for the client besides the error."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.content = self.content or content or not self._resp.head_pending
-        if self.defer_end or (self.error is not None and not content and self._resp.head_pending):
-            self.tail = tail
-        else:
-            self._resp.end(tail)
-        self.done.set_result(None)
+        before_first_byte = self.error is not None and not content and not self._started
+        self.content = self.content or content or self._started
+        left: bytes | None = tail
+        if not (self.defer_end or before_first_byte):
+            self.close_with(tail)
+            left = None
+        self.done.set_result(StreamEnd(self.error, self._started or left is None, self.content, left, complete,
+                                       False, self.events))
 
     # ---- flow listener (client side) -----------------------------------------------------
     def pause(self) -> None:
@@ -310,179 +346,13 @@ class SSERelay:
             self._timer.cancel()
             self._timer = None
         if not self.done.done():
-            self.done.set_result(None)
-
-
-class TimedSource:
-    """An in-process source: emits prepared SSE events with a first delay and a per-event delay, honouring pause."""
-
-    __slots__ = ("_loop", "_events", "_i", "_ttft", "_delay", "_sink", "_paused", "_timer", "_stopped")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, events: list[bytes], ttft: float, delay: float) -> None:
-        self._loop = loop
-        self._events = events
-        self._i = 0
-        self._ttft = ttft
-        self._delay = delay
-        self._sink: SSERelay | None = None
-        self._paused = False
-        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._stopped = False
-
-    def set_sink(self, sink: SSERelay) -> None:
-        self._sink = sink
-        self._schedule(self._ttft)
-
-    def _schedule(self, delay: float) -> None:
-        if delay > 0:
-            self._timer = self._loop.call_later(delay, self._tick)
-        else:
-            self._timer = self._loop.call_soon(self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._stopped or self._paused or self._sink is None:
-            return
-        sink = self._sink
-        events = self._events
-        if self._i < len(events):
-            sink.on_data(events[self._i])
-            self._i += 1
-        if self._i >= len(events):
-            self._stopped = True
-            sink.on_end()  # the last event and the terminator in one write
-            return
-        sink.flush()
-        self._schedule(self._delay)
-
-    def pause_reading(self) -> None:
-        self._paused = True
-
-    def resume_reading(self) -> None:
-        if self._paused:
-            self._paused = False
-            if self._timer is None and not self._stopped:
-                self._schedule(0)
-
-    def detach(self) -> None:
-        self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
-class PolicyRelay(SSERelay):
-    """An SSE relay with output policies: events are decoded, scanned, held only as long as a match could
-    still be in progress, and written (original bytes unless a policy changed them) in upstream order."""
-
-    __slots__ = ("_decoder", "_policy")
-
-    def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
-                 policy: StreamPolicy, defer_end: bool = False) -> None:
-        super().__init__(resp, source, loop, defer_end, policy.dialect)
-        self._decoder = SSEDecoder()
-        self._policy = policy
-
-    def on_data(self, data: bytes) -> None:
-        if self.done.done():
-            return
-        self._activity()
-        try:
-            for ev in self._decoder.feed(data):
-                if ev.data == "[DONE]":
-                    self.saw_done = True
-                elif (not self.content and self.dialect == "chat" and ev.data and ev.data.startswith('{"error"')
-                      and self._resp.head_pending):
-                    self._first_event_error(ev.raw)
-                    return
-                self.clock.tick(time.monotonic())
-                self._policy.push(ev)
-        except ProtocolError as e:
-            self._terminate(UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}"))
-        except GatewayError as e:
-            self._terminate(e)
-        except Exception:  # noqa: BLE001 - a policy bug fails closed: nothing unchecked reaches the client
-            log.exception("output policy failed")
-            self._fail_closed()
-
-    def _checked(self, step: Callable[[], list[bytes]]) -> list[bytes] | None:
-        """What the policy releases, or None when it ended the stream (a block, or a policy bug: fail closed)."""
-        try:
-            return step()
-        except StreamBlocked as b:
-            self._blocked(b)
-        except Exception:  # noqa: BLE001 - nothing unchecked reaches the client
-            log.exception("output policy failed")
-            self._fail_closed()
-        return None
-
-    def flush(self) -> None:
-        if self.done.done():
-            return
-        out = self._checked(self._policy.release)
-        if out:
-            self._write(out[0] if len(out) == 1 else b"".join(out))
-
-    def on_end(self) -> None:
-        if self.done.done():
-            return
-        if self._decoder.has_partial and not self.saw_done:
-            self._terminate(UpstreamProtocolError("upstream ended the stream in the middle of an event"))
-            return
-        out = self._checked(self._policy.finish)
-        if out is None:
-            return
-        if not self.saw_done:
-            out.append(_done_marker(self.dialect))
-        self._policy.close()
-        self.ok = True
-        self._end(self._take() + b"".join(out))
-
-    def on_error(self, exc: BaseException) -> None:
-        if self.saw_done and self.dialect == "chat":
-            self.on_end()  # complete already: a connection dropped after [DONE] is no failure
-            return
-        self._terminate(from_transport(exc))
-
-    def _terminate(self, err: GatewayError) -> None:
-        """A failure mid-stream: what was held is final now (released redacted), then the error and [DONE]."""
-        if self.done.done():
-            return
-        try:
-            out = self._policy.finish()
-        except StreamBlocked as b:
-            self._blocked(b)
-            return
-        except Exception:  # noqa: BLE001 - what was held cannot be vouched for: drop it
-            out = []
-        self._policy.close()
-        self._source.detach()
-        self.error = err
-        self._end(b"".join(out) + terminal_error(self.dialect, err, self._policy.last_seq), bool(out))
-
-    def _fail_closed(self) -> None:
-        """An internal policy failure: drop what is held, end with an error naming the output policies."""
-        if self.done.done():
-            return
-        self._policy.close()
-        self._source.detach()
-        self.error = PolicyFailure("output")
-        self._end(terminal_error(self.dialect, self.error, self._policy.last_seq), False)
-
-    def _blocked(self, b: StreamBlocked) -> None:
-        self._policy.close()
-        self._source.detach()  # stop the upstream generating what nobody will see
-        self.error = b.error
-        self._end(b"".join(b.prefix) + terminal_error(self.dialect, b.error, self._policy.last_seq), bool(b.prefix))
-
-    def client_lost(self) -> None:
-        self._policy.close()
-        super().client_lost()
+            self.done.set_result(StreamEnd(self.error, self._started, self.content, None, False, True, self.events))
 
 
 class TranslatedSource:
-    """A provider's streamed body seen as OpenAI SSE: sits between the upstream connection and the relay,
-    translating each read in place (same loop iteration) and passing flow control straight through."""
+    """A provider's streamed body as OpenAI chunks: sits between the upstream connection and the relay,
+    translating each read in place (same loop iteration) into chunk objects the relay encodes once, and
+    passing flow control straight through."""
 
     __slots__ = ("_conn", "_translator", "_sink")
 
@@ -503,10 +373,10 @@ class TranslatedSource:
             out = self._translator.feed(data)
         except GatewayError as e:
             self._conn.detach()
-            sink.on_error(e)  # type: ignore[arg-type]
+            sink.on_error(e)
             return
         if out:
-            sink.on_data(out)
+            sink.on_chunks(out)
 
     def flush(self) -> None:
         if self._sink is not None:
@@ -519,10 +389,10 @@ class TranslatedSource:
         try:
             out = self._translator.finish()
         except GatewayError as e:
-            sink.on_error(e)  # type: ignore[arg-type]
+            sink.on_error(e)
             return
         if out:
-            sink.on_data(out)
+            sink.on_chunks(out)
         sink.on_end()
 
     def on_error(self, exc: BaseException) -> None:

@@ -14,7 +14,7 @@ from fastgw.api.errors import render
 from fastgw.app import App, build_targets
 from fastgw.config import Config, MockOptions, Pack, Providers, Target
 from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, ServerLimits
-from fastgw import stream as stream_mod
+from fastgw import upstreams as stream_mod
 
 
 class _AppServer:

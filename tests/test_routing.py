@@ -7,7 +7,7 @@ import time
 import openai
 import pytest
 
-from fastgw.routing import Breaker
+from fastgw.routing import Breaker, Verdict
 
 
 def _target(tid: str, model: str, url: str, **extra) -> dict:
@@ -128,21 +128,58 @@ def test_only_target_open_answers_503_with_retry_after(gateway_factory, upstream
     assert 1 <= int(e.value.response.headers["retry-after"]) <= 30
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_breaker_states():
-    b = Breaker(2, 0.05)
+    clock = _Clock()
+    b = Breaker(2, 0.05, clock)
     assert b.allow()
-    b.failure()
+    b.acquire().resolve(Verdict.FAILURE)
     assert b.state() == "closed"
-    b.failure()
-    assert b.state() == "open" and not b.allow()
-    time.sleep(0.06)
-    assert b.state() == "half-open" and b.allow() and not b.allow()  # one probe at a time
-    b.failure()
+    b.acquire().resolve(Verdict.FAILURE)
+    assert b.state() == "open" and not b.allow() and b.acquire() is None
+    clock.now += 0.06
+    probe = b.acquire()
+    assert b.state() == "half-open" and probe is not None and probe.probe
+    assert not b.allow() and b.acquire() is None  # one probe at a time
+    probe.resolve(Verdict.FAILURE)
     assert b.state() == "open"
-    time.sleep(0.06)
+    clock.now += 0.06
     assert b.allow()
-    b.success()
+    b.acquire().resolve(Verdict.SUCCESS)
     assert b.state() == "closed" and b.allow()
+
+
+def test_a_probe_that_learns_nothing_frees_the_half_open_slot():
+    """A neutral end (the client left, a policy acted, the upstream said 4xx) releases the probe: the next
+    request probes again instead of the target answering 503 until the worker restarts."""
+    clock = _Clock()
+    b = Breaker(1, 0.05, clock)
+    b.acquire().resolve(Verdict.FAILURE)
+    clock.now += 0.06
+    probe = b.acquire()
+    assert probe is not None and b.acquire() is None
+    probe.resolve(Verdict.NEUTRAL)
+    assert b.state() == "half-open" and b.failures == 1
+    again = b.acquire()
+    assert again is not None and again.probe
+    again.resolve(Verdict.SUCCESS)
+    assert b.state() == "closed"
+
+
+def test_a_permit_resolves_once():
+    b = Breaker(1, 30.0, _Clock())
+    p = b.acquire()
+    p.resolve(Verdict.FAILURE)
+    p.resolve(Verdict.FAILURE)
+    p.resolve(Verdict.SUCCESS)
+    assert b.failures == 1 and b.state() == "open"
 
 
 def test_loadbalance_spreads_by_weight():

@@ -97,14 +97,14 @@ def test_usage_cut_skips_a_json_array_that_mentions_empty_choices() -> None:
     from fastgw.stream import SSERelay
 
     class _Resp:
-        head_pending = False
+        pass
 
     class _Ctx:
         usage = None
 
     loop = asyncio.new_event_loop()
     try:
-        relay = SSERelay(_Resp(), None, loop)  # type: ignore[arg-type]
+        relay = SSERelay(_Resp(), None, loop, (200, []))  # type: ignore[arg-type]
         relay.usage_sink, relay.strip_usage = _Ctx(), True  # type: ignore[assignment]
         odd = b'data: [{"choices":[]}]\n\n'
         out = relay._take_usage(odd + b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\n')

@@ -11,7 +11,7 @@ import time
 
 import msgspec
 
-from fastgw.api.errors import GatewayError
+from fastgw.api.errors import GatewayError, Origin
 
 __all__ = ["RequestContext", "Decision", "PolicyViolation", "PolicyFailure", "AuthError", "Forbidden"]
 
@@ -30,7 +30,7 @@ class RequestContext:
 
     __slots__ = ("request_id", "method", "path", "endpoint", "headers", "body", "model", "stream", "principal",
                  "roles", "client", "target", "decisions", "status", "usage", "texts", "finish", "started",
-                 "first_byte", "error", "strip_usage", "events")
+                 "first_byte", "error", "events")
 
     def __init__(self, request_id: str, method: str, path: str, headers: list[tuple[bytes, bytes]],
                  client: str = "") -> None:
@@ -57,8 +57,6 @@ class RequestContext:
         self.started = time.monotonic()
         self.first_byte: float | None = None
         self.error: str | None = None
-        #: We asked the upstream for a usage chunk the client did not ask for: take it out of the stream.
-        self.strip_usage = False
         #: Streamed events relayed (for a usage estimate when the upstream reports none).
         self.events = 0
 
@@ -78,6 +76,7 @@ class PolicyViolation(GatewayError):
     status = 409
     type = "policy_violation"
     no_retry = True
+    origin = Origin.POLICY
 
     def __init__(self, message: str, policy: str, where: str) -> None:
         super().__init__(message, code=f"{where}_blocked", extra={"policy": policy})
@@ -90,6 +89,7 @@ class PolicyFailure(GatewayError):
     status = 500
     type = "policy_error"
     code = "policy_failed"
+    origin = Origin.POLICY
 
     def __init__(self, policy: str, message: str = "") -> None:
         super().__init__(f"policy {policy} failed{': ' + message if message else ''}; the request was refused",
@@ -104,6 +104,7 @@ class AuthError(GatewayError):
     type = "invalid_request_error"
     code = "invalid_api_key"
     no_retry = True
+    origin = Origin.CLIENT
 
     def __init__(self, message: str) -> None:
         super().__init__(message, extra={"policy": "rbac"},
@@ -116,6 +117,7 @@ class Forbidden(GatewayError):
     status = 403
     type = "permission_error"
     no_retry = True
+    origin = Origin.POLICY
 
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message, code=code, extra={"policy": "rbac"})

@@ -9,16 +9,19 @@ logger records every request, refused ones included.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from fastgw.config import Config
-from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
 from fastgw.api.errors import GatewayError
+from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.findings import Findings
+from fastgw.policy.stream import StreamPolicy, open_stream
 from fastgw.policy.textscan import ScanPolicy, process_slots, request_slots, response_slots
+
+if TYPE_CHECKING:  # audit is imported when a worker starts it (its thread and files cost nothing otherwise)
+    from fastgw.policy.audit import AuditLog, AuditLogger
 
 __all__ = ["Chain", "build_chain"]
 
@@ -44,8 +47,8 @@ class Chain:
                             or (n in self.policies and isinstance(self.policies[n], ScanPolicy)
                                 and self.policies[n].input)]
         self.quality = self.policies.get("quality-scorer")
-        self.audit = None  # AuditLog, started per worker
-        self._audit_settings = self.policies.get("audit-logger")
+        self.audit: AuditLog | None = None  # started per worker
+        self._audit_settings: AuditLogger | None = self.policies.get("audit-logger")
         self._audit_redactor: ScanPolicy | None = None
 
     # ---- lifecycle (per worker) ----------------------------------------------------------------
@@ -139,12 +142,13 @@ class Chain:
     def buffered(self) -> bool:
         return self.quality is not None or any(p.buffered and p.action != "observe" for p in self.output_scanners)
 
-    def stream_policy(self, ctx: RequestContext, dialect: str = "chat") -> Any:
-        """The output engine for one streamed answer."""
-        from fastgw.policy.stream import StreamPolicy
-
-        return StreamPolicy(self.output_scanners, self.findings, ctx, buffered=self.buffered,
-                            judge=self._judge if self.quality is not None else None, dialect=dialect)
+    def stream_policy(self, ctx: RequestContext, dialect: str = "chat", strip_usage: bool = False) -> StreamPolicy:
+        """The output engine for one streamed answer, of the dialect's class ("chat", "responses", "messages");
+        `strip_usage`: take out the usage chunk the gateway asked the upstream for on the client's behalf."""
+        policy = open_stream(self.output_scanners, self.findings, ctx, buffered=self.buffered,
+                             judge=self._judge if self.quality is not None else None, dialect=dialect)
+        policy.strip_usage = strip_usage
+        return policy
 
     def _judge(self, ctx: RequestContext) -> None:
         """Buffered checks on the whole answer (as the client would receive it)."""
@@ -207,9 +211,9 @@ class Chain:
     async def record(self, ctx: RequestContext) -> None:
         """Hand the request's audit record to the OS (awaited before the response's last byte)."""
         audit = self.audit
-        if audit is None:
+        if audit is None or self._audit_settings is None:
             return
-        if not self._audit_settings.log_all_access and ctx.status in (401, 403, 409):  # type: ignore[union-attr]
+        if not self._audit_settings.log_all_access and ctx.status in (401, 403, 409):
             return  # refusals by a policy are recorded only with log_all_access
         from fastgw.policy.audit import record_from_context
 
@@ -218,8 +222,7 @@ class Chain:
     def _redact_for_audit(self, text: str) -> str:
         """Audit records never hold raw PII: the built-in detector redacts them whatever the chain did."""
         if self._audit_redactor is None:
-            from fastgw.config import PiiDetector
-            from fastgw.policy.pii import PiiPolicy
+            from fastgw.policy.pii import PiiDetector, PiiPolicy
 
             self._audit_redactor = PiiPolicy(PiiDetector())
             self._audit_redactor.allocate_scratch()
@@ -245,44 +248,42 @@ def _untrusted_texts(body: dict) -> list[str]:
     return out
 
 
-def build_chain(cfg: Config) -> Chain:
-    """Compile the enabled policies (Hyperscan databases) once, in the master, before fork."""
-    if not cfg.pack.enabled:
-        log.warning("pack %r is disabled (pack.enabled: false): NO policy runs, the gateway passes traffic "
-                    "through unchecked", cfg.pack.name)
-        return Chain()
-    policies: dict[str, Any] = {}
-    for name in cfg.policies.chain:
-        settings = cfg.policy.get(name)
-        policies[name] = _build(name, settings)
-    return Chain(list(cfg.policies.chain), policies)
+def build_chain(policies: Iterable[tuple[str, object | None]]) -> Chain:
+    """Compile the enabled policies (Hyperscan databases) once, in the master, before fork.
+
+    `policies`: (chain name, its settings struct, or None for the defaults) in chain order, as
+    `Config.chain_settings()` gives them; empty when the pack is disabled.
+    """
+    built = {name: _build(name, settings) for name, settings in policies}
+    return Chain(list(built), built)
 
 
 def _build(name: str, settings: Any) -> Any:
-    from fastgw import config as c
-
+    """One policy compiled from its own settings struct (each policy module defines it)."""
     if name == "pii-detector":
-        from fastgw.policy.pii import PiiPolicy
+        from fastgw.policy.pii import PiiDetector, PiiPolicy
 
-        return PiiPolicy(settings or c.PiiDetector())
+        return PiiPolicy(settings or PiiDetector())
     if name == "safety-filter":
-        from fastgw.policy.safety import SafetyPolicy
+        from fastgw.policy.safety import SafetyFilter, SafetyPolicy
 
-        return SafetyPolicy(settings or c.SafetyFilter())
+        return SafetyPolicy(settings or SafetyFilter())
     if name == "prompt-injection":
-        from fastgw.policy.injection import InjectionPolicy
+        from fastgw.policy.injection import InjectionPolicy, PromptInjection
 
-        return InjectionPolicy(settings or c.PromptInjection())
+        return InjectionPolicy(settings or PromptInjection())
     if name == "rbac":
-        from fastgw.policy.rbac import RbacPolicy
+        from fastgw.policy.rbac import Rbac, RbacPolicy
 
-        return RbacPolicy(settings or c.Rbac())
+        return RbacPolicy(settings or Rbac())
     if name == "quality-scorer":
-        from fastgw.policy.quality import QualityPolicy
+        from fastgw.policy.quality import QualityPolicy, QualityScorer
 
-        return QualityPolicy(settings or c.QualityScorer())
+        return QualityPolicy(settings or QualityScorer())
     if name == "audit-logger":
-        return settings or c.AuditLogger()
+        from fastgw.policy.audit import AuditLogger
+
+        return settings or AuditLogger()
     raise ValueError(f"unknown policy {name!r}")
 
 

@@ -19,8 +19,10 @@ import orjson
 
 from fastgw.api.sse import DONE
 from fastgw.proto.sse import encode_data
+from fastgw.providers.base import TargetRuntime, UpstreamRequest
+from fastgw.providers.openai import OpenAIAdapter
 
-__all__ = ["MockModel", "DEFAULT_TEXT", "Reply"]
+__all__ = ["MockModel", "MockAdapter", "DEFAULT_TEXT", "Reply"]
 
 DEFAULT_TEXT = (
     "This is fastgw's built-in mock model. It streams a deterministic answer in small chunks, "
@@ -97,7 +99,8 @@ class MockModel:
     # ---- chat completions -------------------------------------------------------------
     def chat(self, body: dict, request_id: str) -> Reply:
         pieces, finish = self._pieces(body)
-        n_choices = body.get("n") if isinstance(body.get("n"), int) and body.get("n", 1) > 0 else 1
+        n = body.get("n")
+        n_choices = n if isinstance(n, int) and n > 0 else 1
         created = int(time.time())
         cid = f"chatcmpl-mock{request_id}"
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model,
@@ -152,8 +155,8 @@ class MockModel:
         """Deterministic unit vectors derived from a hash of each input."""
         inp = body.get("input")
         items = inp if isinstance(inp, list) else [inp]
-        dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else _EMBED_DIMS
-        dims = max(1, min(dims, 4096))
+        asked = body.get("dimensions")
+        dims = max(1, min(asked, 4096)) if isinstance(asked, int) else _EMBED_DIMS
         b64 = body.get("encoding_format") == "base64"
         data = []
         tokens = 0
@@ -173,3 +176,12 @@ class MockModel:
             data.append({"object": "embedding", "index": i, "embedding": emb})
         return orjson.dumps({"object": "list", "data": data, "model": self.model,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+class MockAdapter(OpenAIAdapter):
+    """The mock speaks OpenAI: answers pass as they are. Its requests are answered in process
+    (`fastgw.upstreams.MockUpstream`), so there is no HTTP request to build."""
+
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
+                      stream: bool) -> UpstreamRequest:
+        raise TypeError("the built-in mock is answered in process; it has no HTTP request")

@@ -1,0 +1,288 @@
+"""One upstream attempt: send the request to one target and say, explicitly, how it ended.
+
+An attempt returns one of three outcomes, each carrying who caused it:
+- `Streamed`: a streamed answer ended (bytes went to the client, or only its tail
+  is left to write after the audit record); nothing can fall back any more.
+- `Retry`: a failure before any byte reached the client that another try or
+  target may fix (kind, retry-after, and the answer to give if none does).
+- `Final`: an answer to send as it is (a success body, an upstream 4xx, a policy
+  refusal, a gateway error).
+Each outcome has a breaker `verdict`: only the upstream's own failures count
+against a target; a policy that acted, a client that left or an upstream 4xx
+teach nothing about its health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+
+from fastgw import metrics
+from fastgw.api.errors import GatewayError, Origin, UpstreamError, UpstreamTimeout, from_transport
+from fastgw.policy.base import RequestContext
+from fastgw.policy.chain import Chain
+from fastgw.proto.client import TransportError, TransportTimeout
+from fastgw.proto.server import Responder
+from fastgw.providers import adapter_for
+from fastgw.providers.base import Adapter, Endpoint, TargetRuntime, UpstreamRequest
+from fastgw.providers.native import messages_request
+from fastgw.providers.openai import OpenAIAdapter
+from fastgw.routing import Verdict
+from fastgw.policy_relay import PolicyRelay
+from fastgw.stream import Source, SSERelay, StreamEnd, TranslatedSource
+from fastgw.upstreams import Call, Connection, Upstream
+
+__all__ = ["Attempt", "Streamed", "Retry", "Final", "Outcome", "Answer", "SSE_HEADERS", "JSON"]
+
+log = logging.getLogger("fastgw.attempt")
+
+JSON = (b"content-type", b"application/json")
+# Headers for streamed answers: no caching, and tell nginx not to buffer (X-Accel-Buffering).
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]
+# Upstream response headers worth passing to the client (rate-limit and request-id information SDKs read).
+_PASS_HEADERS = frozenset({b"openai-processing-ms", b"openai-version", b"openai-organization",
+                           b"retry-after", b"retry-after-ms", b"x-ratelimit-limit-requests",
+                           b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-requests",
+                           b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-requests",
+                           b"x-ratelimit-reset-tokens", b"x-should-retry"})
+_PASS = OpenAIAdapter()  # the native endpoints: the client speaks the provider's own API, nothing to translate
+_DIALECT = {Endpoint.RESPONSES: "responses", Endpoint.MESSAGES: "messages"}
+
+
+class Answer:
+    """A whole HTTP answer to send."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class Streamed:
+    """A streamed answer ended; `relay.close_with(end.tail)` writes what it left (after the audit record)."""
+
+    __slots__ = ("end", "relay", "verdict")
+
+    def __init__(self, end: StreamEnd, relay: SSERelay, verdict: str) -> None:
+        self.end = end
+        self.relay = relay
+        self.verdict = verdict
+
+
+class Retry:
+    """Nothing reached the client and another try may answer: `answer` (or `error`) if none does."""
+
+    __slots__ = ("kind", "error", "answer", "retry_after", "verdict")
+
+    def __init__(self, kind: str, error: GatewayError, answer: Answer | None = None,
+                 retry_after: float | None = None) -> None:
+        self.kind = kind  # "connect_error" | "timeout" | "429" | "5xx"
+        self.error = error
+        self.answer = answer
+        self.retry_after = retry_after
+        self.verdict = Verdict.FAILURE
+
+
+class Final:
+    """An answer to send as it is: `answer` (a body) or `error` (an error envelope)."""
+
+    __slots__ = ("answer", "error", "verdict")
+
+    def __init__(self, verdict: str, answer: Answer | None = None, error: GatewayError | None = None) -> None:
+        self.answer = answer
+        self.error = error
+        self.verdict = verdict
+
+
+Outcome = Streamed | Retry | Final
+
+
+def retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """The upstream's Retry-After (or retry-after-ms) in seconds, if it sent one that parses."""
+    for n, v in headers:
+        if n == b"retry-after-ms":
+            try:
+                return float(v) / 1000
+            except ValueError:
+                pass
+        if n == b"retry-after":
+            try:
+                return float(v)
+            except ValueError:
+                return None
+    return None
+
+
+def _kind(err: GatewayError) -> str:
+    return "timeout" if isinstance(err, UpstreamTimeout) else "5xx"
+
+
+def _ask_usage(body: dict) -> dict | None:
+    """The body with `stream_options.include_usage` set, or None when the client asked for usage already."""
+    so = body.get("stream_options")
+    if isinstance(so, dict) and so.get("include_usage"):
+        return None
+    return {**body, "stream_options": {**(so if isinstance(so, dict) else {}), "include_usage": True}}
+
+
+class Attempt:
+    """Sends one request to one target and returns its `Outcome`."""
+
+    def __init__(self, chain: Chain, loop: asyncio.AbstractEventLoop, upstreams: dict[str, Upstream],
+                 http: Upstream) -> None:
+        self.chain = chain
+        self.loop = loop
+        self._upstreams = upstreams
+        self._http = http
+
+    async def run(self, target: TargetRuntime, call: Call, resp: Responder, ctx: RequestContext) -> Outcome:
+        """Send `call` to `target`. Errors the gateway itself finds for this target (a parameter the provider
+        cannot take) are a `Final` answer; nothing here raises for an upstream failure."""
+        ctx.target = target.id
+        upstream = self._upstreams.get(target.provider, self._http)
+        try:
+            adapter, call = self._prepare(target, call, ctx)
+            request = upstream.prepare(target, adapter, call)
+        except GatewayError as e:
+            return Final(Verdict.NEUTRAL, error=e)
+        now = self.loop.time()
+        try:
+            conn = await upstream.open(target, request, call)
+        except TransportError as t:
+            err = from_transport(t)
+            kind = "timeout" if isinstance(err, UpstreamTimeout) else (
+                "5xx" if err.code == "upstream_protocol_error" else "connect_error")
+            return Retry(kind, err)
+        try:
+            status = conn.status
+            passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
+            upstream_rid = conn.header(b"x-request-id") or conn.header(b"request-id")
+            if upstream_rid is not None:
+                passed.append((b"x-upstream-request-id", upstream_rid))
+            ctype = conn.header(b"content-type") or b""
+            if call.stream and status == 200 and adapter.is_stream(ctype):
+                translator = adapter.stream_translator(target, call.body)
+                source: Source = conn if translator is None else TranslatedSource(conn, translator)
+                deadlines = (now + target.ttft_timeout, target.idle_timeout, now + target.max_duration,
+                             target.heartbeat)
+                return await self._stream(source, resp, ctx, SSE_HEADERS + passed, deadlines, call.strip_usage)
+            return await self._whole(target, adapter, call, conn, ctx, ctype, passed, now)
+        finally:
+            upstream.release(conn)
+
+    def _prepare(self, target: TargetRuntime, call: Call, ctx: RequestContext) -> tuple[Adapter, Call]:
+        """The adapter for this target, and the call as this target gets it."""
+        adapter = adapter_for(target.provider)
+        if call.endpoint == Endpoint.MESSAGES:
+            return _NativeMessages(call), call
+        if (call.stream and call.endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS)
+                and isinstance(adapter, OpenAIAdapter)):
+            asked = _ask_usage(call.body)
+            if asked is not None:
+                # Ask for the provider's own count; the extra usage chunk is taken out again on the way back.
+                call = Call(call.endpoint, asked, None, True, call.request_id, call.headers, strip_usage=True)
+        return adapter, call
+
+    async def _stream(self, source: Source, resp: Responder, ctx: RequestContext,
+                      headers: list[tuple[bytes, bytes]], deadlines: tuple[float, float, float, float],
+                      strip_usage: bool) -> Outcome:
+        chain = self.chain
+        # Deferred end: the audit record goes to the OS before the last byte, and a buffered answer that is
+        # blocked before any byte was sent can still become an HTTP 409.
+        defer = chain.audit is not None or chain.buffered
+        head = (200, headers)
+        relay: SSERelay
+        if chain.decodes_output:
+            dialect = _DIALECT.get(ctx.endpoint, "chat")
+            relay = PolicyRelay(resp, source, self.loop, head, chain.stream_policy(ctx, dialect, strip_usage),
+                                defer_end=defer)
+        else:
+            relay = SSERelay(resp, source, self.loop, head, defer_end=defer, dialect=_DIALECT.get(ctx.endpoint,
+                                                                                                 "chat"))
+            relay.usage_sink = ctx
+            relay.strip_usage = strip_usage
+        relay.arm(*deadlines)
+        metrics.stream_opened()
+        opened = time.monotonic()
+        relay.start()
+        try:
+            end = await relay.done
+        finally:
+            metrics.stream_closed(time.monotonic() - opened, relay.clock)
+        err = end.error
+        if end.before_first_byte:
+            assert err is not None
+            if err.origin == Origin.UPSTREAM:
+                return Retry(_kind(err), err)  # nothing is committed: another target may answer
+            return Final(Verdict.NEUTRAL, error=err)  # a policy refused it before any byte: never retried
+        # The target answered: a cut after the first byte is reported in-stream and does not open its circuit.
+        # A client that left or a policy that ended the stream says nothing about the target.
+        verdict = Verdict.SUCCESS
+        if end.client_left or (err is not None and err.origin != Origin.UPSTREAM):
+            verdict = Verdict.NEUTRAL
+        return Streamed(end, relay, verdict)
+
+    async def _whole(self, target: TargetRuntime, adapter: Adapter, call: Call, conn: Connection,
+                     ctx: RequestContext, ctype: bytes, passed: list[tuple[bytes, bytes]], now: float) -> Outcome:
+        try:
+            data = await conn.read_body(timeout=max(0.001, now + target.max_duration - self.loop.time()),
+                                        first_by=now + target.ttft_timeout, idle=target.idle_timeout)
+        except TransportTimeout as t:
+            return Retry("timeout", from_transport(t))
+        except TransportError as t:
+            # Reset or broken framing mid-body: nothing reached the client, so another target may answer.
+            return Retry("5xx", from_transport(t))
+        status, data = adapter.translate_response(target, call.body, conn.status, data)
+        if status >= 400:
+            answer = upstream_error_answer(status, data, passed)
+            if status == 429 or status >= 500:
+                err = UpstreamError(f"upstream answered HTTP {status}", status=status)
+                return Retry("429" if status == 429 else "5xx", err, answer, retry_after(conn.headers))
+            return Final(Verdict.NEUTRAL, answer=answer)
+        if not isinstance(adapter, OpenAIAdapter):
+            ctype = b"application/json"  # translated to an OpenAI body (OpenAI-family bodies pass as they came)
+        if call.endpoint != Endpoint.EMBEDDINGS:
+            try:
+                data = self.chain.check_output_body(ctx, data)
+            except GatewayError as e:
+                # The upstream answered; a policy refused the answer (or could not read it).
+                return Final(Verdict.NEUTRAL if e.origin != Origin.UPSTREAM else Verdict.FAILURE, error=e)
+        return Final(Verdict.SUCCESS, answer=Answer(200, [(b"content-type", ctype or b"application/json")] + passed,
+                                                    data))
+
+
+class _NativeMessages(OpenAIAdapter):
+    """The Anthropic Messages API to an anthropic target: the client's body, the target's key."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
+                      stream: bool) -> UpstreamRequest:
+        return messages_request(target, body, raw, stream, self._call.headers)
+
+
+def upstream_error_answer(status: int, data: bytes, passed: list[tuple[bytes, bytes]]) -> Answer:
+    """An upstream error relayed: its own envelope when it has one, ours otherwise, same status."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        out = data
+    else:
+        text = data[:200].decode("utf-8", "replace")
+        out = UpstreamError(f"upstream answered HTTP {status}: {text}", status=status).body()
+    headers = [JSON] + passed
+    # Retrying a request the upstream found invalid cannot help (4xx other than 408/409/429).
+    if 400 <= status < 500 and status not in (408, 409, 429) and not any(n == b"x-should-retry" for n, _ in passed):
+        headers.append((b"x-should-retry", b"false"))
+    return Answer(status, headers, out)

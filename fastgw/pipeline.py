@@ -1,0 +1,202 @@
+"""The request pipeline of a model endpoint, top to bottom: parse → input policies → plan → attempts → answer.
+
+Authentication ran before (every /v1 route needs it); the audit record and the
+access line are written by the route dispatch, for refusals too. Attempts follow
+the plan's targets in order with the retry policy; each attempt's outcome is
+explicit (`fastgw.attempt`), and its breaker permit is resolved here, in one
+place, whatever happened — success, failure, neutral, or the client leaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+
+from fastgw import metrics
+from fastgw.api.errors import GatewayError, InvalidRequest
+from fastgw.attempt import JSON, Answer, Attempt, Final, Outcome, Retry, Streamed
+from fastgw.policy.base import PolicyFailure, RequestContext
+from fastgw.policy.chain import Chain
+from fastgw.proto.server import Request, Responder
+from fastgw.providers.base import Endpoint
+from fastgw.providers.registry import NATIVE_ENDPOINTS, PROVIDERS
+from fastgw.routing import Plan, Router, Verdict
+from fastgw.upstreams import Call
+
+__all__ = ["Pipeline", "ModelNotFound", "account"]
+
+log = logging.getLogger("fastgw.pipeline")
+
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    no_retry = True
+    origin = "client"
+
+
+def account(ctx: RequestContext, partial: bool) -> None:
+    """The usage record: the provider's count when it gave one, else an estimate (marked), and `partial`
+    when the client left before the end."""
+    if ctx.usage is None:
+        prompt = 0
+        if ctx.body:
+            from fastgw.policy.textscan import request_slots
+            prompt = sum(len(c[k]) for c, k, _f, _i in request_slots(ctx.body)) // 4 + 1
+        completion = sum(len(t) for t in ctx.texts.values()) // 4 if ctx.texts else max(0, ctx.events - 3)
+        ctx.usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                     "total_tokens": prompt + completion, "estimated": True}
+    if partial:
+        ctx.usage = {**ctx.usage, "partial": True}
+
+
+def parse_body(req: Request) -> dict:
+    """The JSON object of a model request, with `model` and `stream` checked (400 otherwise)."""
+    ctype = req.header(b"content-type")
+    if ctype is not None and b"json" not in ctype.lower():
+        raise GatewayError("Content-Type must be application/json", status=415, type="invalid_request_error",
+                           code="unsupported_media_type", no_retry=True, origin="client")
+    if not req.body:
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(req.body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"We could not parse the JSON body of your request: {e.msg} "
+                             f"(line {e.lineno}, column {e.colno}).", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("you must provide a model parameter", param="model", code="missing_model")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
+    return body
+
+
+class Pipeline:
+    """Runs one model request to its answer."""
+
+    def __init__(self, chain: Chain, router: Router, attempt: Attempt) -> None:
+        self.chain = chain
+        self.router = router
+        self.attempt = attempt
+
+    async def run(self, endpoint: str, req: Request, resp: Responder, ctx: RequestContext) -> None:
+        body = parse_body(req)
+        model = body["model"]
+        stream = body.get("stream") is True and endpoint != Endpoint.EMBEDDINGS
+        ctx.endpoint, ctx.body, ctx.model, ctx.stream = endpoint, body, model, stream
+        raw: bytes | None = req.body
+        if self.chain.check_input(ctx, body):
+            raw = None  # a policy changed the request: re-encode it
+        plan = self.router.plan(model)
+        if plan is None:
+            raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
+                                param="model")
+        _check_endpoint(endpoint, model, plan)
+        call = Call(endpoint, body, raw, stream, ctx.request_id, ctx.headers)
+        outcome = await self._attempts(plan, call, resp, ctx)
+        await self._answer(outcome, resp, ctx)
+
+    async def _attempts(self, plan: Plan, call: Call, resp: Responder, ctx: RequestContext) -> Outcome:
+        """Try the plan's targets in order, retrying each per the retry policy, until one answers. Only
+        failures before the first byte to the client come back as `Retry`; after it, errors are in-stream."""
+        retry = plan.retry
+        last: Retry | None = None
+        waits: list[float] = []
+        for target in plan.targets:
+            breaker = self.router.breakers[target.id]
+            for n in range(retry.attempts):
+                permit = breaker.acquire()
+                if permit is None:
+                    waits.append(breaker.retry_after())
+                    break
+                outcome: Outcome | None = None
+                try:
+                    outcome = await self.attempt.run(target, call, resp, ctx)
+                finally:
+                    # The one place a permit is resolved: a cancelled or crashed attempt learned nothing.
+                    permit.resolve(outcome.verdict if outcome is not None else Verdict.NEUTRAL)
+                if not isinstance(outcome, Retry):
+                    metrics.upstream_attempt(target.id, "ok" if outcome.verdict == Verdict.SUCCESS else "neutral")
+                    return outcome
+                metrics.upstream_attempt(target.id, outcome.kind)
+                last = outcome
+                ctx.decide("routing", "upstream", "retry", target=target.id, kind=outcome.kind, attempt=n + 1)
+                if outcome.kind not in retry.on or n + 1 >= retry.attempts:
+                    metrics.fallback(ctx.model, outcome.kind)
+                    break
+                delay = outcome.retry_after if outcome.retry_after is not None else retry.backoff * (2 ** n)
+                if delay > retry.max_retry_after or not breaker.allow():
+                    break  # too long to wait here: the next target may answer sooner
+                await asyncio.sleep(delay)
+        if last is not None:
+            return Final(Verdict.FAILURE, answer=last.answer, error=None if last.answer else last.error)
+        after = max(1, int(min(waits) + 0.999)) if waits else 1
+        raise GatewayError("all targets for this model are unavailable (circuit open); retry later", status=503,
+                           type="upstream_error", code="upstream_unavailable",
+                           headers=[(b"retry-after", str(after).encode())])
+
+    async def _answer(self, outcome: Outcome, resp: Responder, ctx: RequestContext) -> None:
+        """Send what the attempts produced: the audit record first, then the answer's last byte."""
+        if isinstance(outcome, Streamed):
+            await self._finish_stream(outcome, resp, ctx)
+            return
+        assert isinstance(outcome, Final)
+        if outcome.error is not None:
+            raise outcome.error  # recorded and rendered by the route dispatch
+        answer = outcome.answer
+        assert answer is not None
+        ctx.status = answer.status
+        await self.record(ctx, resp)
+        resp.send(answer.status, answer.headers, answer.body)
+
+    async def _finish_stream(self, outcome: Streamed, resp: Responder, ctx: RequestContext) -> None:
+        end = outcome.end
+        if resp.first_write is not None:
+            metrics.ttft(ctx.model, ctx.target, resp.first_write - ctx.started)
+        ctx.status = 200
+        ctx.events = ctx.events or end.events
+        # The client left before the end (not a clean end, no error): what was counted is partial.
+        account(ctx, partial=end.client_left and end.error is None)
+        if end.error is not None:
+            ctx.error = end.error.code
+        if end.tail is not None:
+            await self.record(ctx, resp)
+            outcome.relay.close_with(end.tail)
+        elif self.chain.audit is not None:
+            await self.record(ctx, resp)  # written already, or the client left: the record says what happened
+
+    async def record(self, ctx: RequestContext, resp: Responder) -> None:
+        """The audit record is handed to the OS before the response's last byte (if audit is on)."""
+        if self.chain.audit is None:
+            return
+        ctx.first_byte = resp.first_write
+        if not ctx.status:
+            ctx.status = resp.status or 200
+        try:
+            await self.chain.record(ctx)
+        except Exception:  # noqa: BLE001 - an audit trail that cannot be written must not be skipped quietly
+            log.exception("audit record for %s could not be written", ctx.request_id)
+            raise PolicyFailure("audit-logger", "cannot write the audit record") from None
+
+
+def _check_endpoint(endpoint: str, model: str, plan: Plan) -> None:
+    """The first target must serve this endpoint (a provider's native API, or one it serves): a clear 400 if not."""
+    first = plan.targets[0]
+    native = NATIVE_ENDPOINTS.get(endpoint)
+    if native is not None and first.provider not in native:
+        raise InvalidRequest(f"/v1/{endpoint} is served for {', '.join(sorted(native))} targets; model `{model}` "
+                             f"is on a {first.provider} target", code="unsupported_endpoint", param="model")
+    serves = PROVIDERS[first.provider].serves
+    if serves is not None and endpoint not in serves:
+        raise InvalidRequest(f"provider {first.provider} does not serve /v1/{endpoint}", code="unsupported_endpoint",
+                             param="model")
+
+
+__all__ += ["parse_body", "JSON", "Answer"]

@@ -1,0 +1,374 @@
+"""The request pipeline in one process, with no sockets: scripted upstreams, a fake transport, a fake clock.
+
+The fast tier for routes → pipeline → attempts: each test drives the real `App` (the
+chain, the router, the attempt, the relay and the real `Responder`) with an upstream
+that answers from a script, and a clock the test moves, so breakers, retries and
+fallbacks are checked without wall-clock waits. Includes the regression tests for a
+circuit breaker whose half-open probe wedged it for good, and for an output-policy
+failure blamed on the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import orjson
+import pytest
+
+from fastgw.api.errors import render
+from fastgw.app import App, build_targets
+from fastgw.config import Config
+from fastgw.policy.chain import build_chain
+from fastgw.proto.client import ConnectFailed
+from fastgw.proto.errors import HttpError
+from fastgw.proto.flow import FlowControl
+from fastgw.proto.h1 import Request
+from fastgw.proto.writer import Responder
+from fastgw.proto.sse import encode_data
+
+EMAIL = "jane.doe@example.com"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeTransport:
+    """Collects what the responder writes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def writelines(self, parts) -> None:  # noqa: ANN001
+        for p in parts:
+            self.data += p
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def _chat_json(text: str) -> bytes:
+    return orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                      "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+
+def _chat_events(text: str) -> list[bytes]:
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    events = [encode_data(orjson.dumps({**base, "choices": [{"index": 0, "delta": {"content": piece},
+                                                                "finish_reason": None}]}))
+              for piece in (text[:5], text[5:])]
+    events.append(encode_data(orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})))
+    return events + [b"data: [DONE]\n\n"]
+
+
+_ANTHROPIC_OK = orjson.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+                              "content": [{"type": "text", "text": "Hello from claude"}], "stop_reason": "end_turn",
+                              "usage": {"input_tokens": 3, "output_tokens": 4}})
+
+
+class FakeConn:
+    """A scripted upstream response: a head, then a whole body or SSE events delivered to a sink."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, status: int, body: bytes = b"",
+                 events: list[bytes] | None = None) -> None:
+        self.loop = loop
+        self.status = status
+        ctype = b"text/event-stream" if events is not None else b"application/json"
+        self.headers = [(b"content-type", ctype)]
+        self.body = body
+        self.events = events or []
+        self.detached = False
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n == name), None)
+
+    async def read_body(self, timeout: float | None = None, first_by: float | None = None,
+                        idle: float | None = None) -> bytes:
+        return self.body
+
+    def set_sink(self, sink) -> None:  # noqa: ANN001
+        def run() -> None:
+            for ev in self.events:
+                if self.detached:
+                    return
+                sink.on_data(ev)
+                sink.flush()
+            if not self.detached:
+                sink.on_end()
+        self.loop.call_soon(run)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def detach(self) -> None:
+        self.detached = True
+
+
+class ScriptedUpstream:
+    """Answers each attempt with the next step of a script; records which target each attempt went to."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.steps: list[str] = []
+        self.calls: list[str] = []
+        self.hanging: asyncio.Future[None] | None = None
+
+    def prepare(self, target, adapter, call):  # noqa: ANN001, ANN201
+        return adapter.build_request(target, call.endpoint, call.body, call.raw, call.stream)  # as HttpUpstream
+
+    async def open(self, target, request, call):  # noqa: ANN001, ANN201
+        self.calls.append(target.id)
+        step = self.steps.pop(0)
+        if step == "connect":
+            raise ConnectFailed(f"cannot connect to {target.id}")
+        if step == "500":
+            return FakeConn(self.loop, 500, b'{"error": {"message": "boom", "type": "server_error"}}')
+        if step == "400":
+            return FakeConn(self.loop, 400, b'{"error": {"message": "bad", "type": "invalid_request_error"}}')
+        if step == "hang":
+            self.hanging = self.loop.create_future()
+            await self.hanging
+        if step == "ok":
+            return FakeConn(self.loop, 200, _chat_json("Hello there"))
+        if step == "pii":
+            return FakeConn(self.loop, 200, _chat_json(f"Write to {EMAIL} now"))
+        if step == "stream":
+            return FakeConn(self.loop, 200, events=_chat_events("Hello there"))
+        if step == "anthropic-ok":
+            return FakeConn(self.loop, 200, _ANTHROPIC_OK)
+        raise AssertionError(f"unknown step {step}")
+
+    def release(self, conn) -> None:  # noqa: ANN001
+        conn.detach()
+
+
+class Harness:
+    def __init__(self, cfg: dict) -> None:
+        self.loop = asyncio.new_event_loop()
+        config = msgspec.convert(cfg, Config)
+        self.clock = Clock()
+        chain = build_chain(config.chain_settings())
+        chain.allocate_scratch()
+        self.app = App(config, build_targets(config, {}), self.loop, chain, clock=self.clock)
+        self.upstream = ScriptedUpstream(self.loop)
+        attempt = self.app.pipeline.attempt
+        attempt._http = self.upstream  # type: ignore[assignment]
+        attempt._upstreams = {}
+
+    def close(self) -> None:
+        self.loop.close()
+
+    def breaker(self, target: str):  # noqa: ANN201
+        return self.app.router.breakers[target]
+
+    async def _call(self, body: dict, transport: FakeTransport) -> None:
+        raw = orjson.dumps(body)
+        req = Request("POST", b"/v1/chat/completions", [(b"content-type", b"application/json")], raw, "1.1", True)
+        resp = Responder(transport, FlowControl(self.loop, transport), True, False, render_error=render)
+        try:
+            await self.app(req, resp)
+        except HttpError as e:
+            resp.send_error(e)
+
+    def ask(self, model: str = "m", stream: bool = False, **extra: object) -> tuple[int, bytes]:
+        t = FakeTransport()
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream, **extra}
+        self.loop.run_until_complete(self._call(body, t))
+        head, _, rest = bytes(t.data).partition(b"\r\n\r\n")
+        return int(head[9:12]), rest
+
+    def ask_and_leave(self, model: str = "m") -> None:
+        """A request whose client goes away while the upstream has not answered (the server cancels it)."""
+        t = FakeTransport()
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        task = self.loop.create_task(self._call(body, t))
+        self.loop.run_until_complete(asyncio.sleep(0))
+        while self.upstream.hanging is None:
+            self.loop.run_until_complete(asyncio.sleep(0))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            self.loop.run_until_complete(task)
+
+
+def _target(tid: str, provider: str = "openai", model: str = "m", failures: int = 1) -> dict:
+    return {"id": tid, "provider": provider, "model": model, "base_url": f"http://{tid}.invalid/v1",
+            "circuit_breaker": {"failures": failures, "cooldown": 30}}
+
+
+def _cfg(*targets: dict, chain: list[str] | None = None, policy: dict | None = None,
+         attempts: int = 1) -> dict:
+    cfg: dict = {"pack": {"name": "t"}, "providers": {"targets": list(targets)},
+                 "routing": [{"model": targets[0]["model"], "targets": [t["id"] for t in targets],
+                              "retry": {"attempts": attempts, "backoff": 0}}]}
+    if chain:
+        cfg["policies"] = {"chain": chain}
+    if policy:
+        cfg["policy"] = policy
+    return cfg
+
+
+@pytest.fixture
+def harness():
+    made: list[Harness] = []
+
+    def make(cfg: dict) -> Harness:
+        h = Harness(cfg)
+        made.append(h)
+        return h
+    yield make
+    for h in made:
+        h.close()
+
+
+def _open_then_half_open(h: Harness, target: str) -> None:
+    h.upstream.steps.append("500")
+    status, _ = h.ask()
+    assert status == 500 and h.breaker(target).state() == "open"
+    h.clock.now += 31
+    assert h.breaker(target).state() == "half-open"
+
+
+# ---- the half-open probe is always released ---------------------------------------------------------------
+
+def test_a_probe_refused_by_the_gateway_for_its_target_releases_the_circuit(harness):
+    """`n: 2` to an Anthropic target is a 400 the gateway gives before any upstream call; the probe it held
+    must be released, so the target answers the next request (it used to answer 503 until a restart)."""
+    h = harness(_cfg(_target("claude", "anthropic", "claude")))
+    h.upstream.steps.append("500")
+    assert h.ask("claude")[0] == 500
+    h.clock.now += 31
+    status, body = h.ask("claude", n=2)
+    assert status == 400 and orjson.loads(body)["error"]["param"] == "n"
+    h.upstream.steps.append("anthropic-ok")
+    status, body = h.ask("claude")
+    assert status == 200 and orjson.loads(body)["choices"][0]["message"]["content"] == "Hello from claude"
+    assert h.breaker("claude").state() == "closed"
+    assert h.upstream.calls == ["claude", "claude"]
+
+
+def test_a_probe_whose_client_left_releases_the_circuit(harness):
+    h = harness(_cfg(_target("a")))
+    _open_then_half_open(h, "a")
+    h.upstream.steps.append("hang")
+    h.ask_and_leave()
+    assert not h.breaker("a").probing
+    h.upstream.steps.append("ok")
+    assert h.ask()[0] == 200
+    assert h.breaker("a").state() == "closed"
+
+
+def test_a_probe_whose_answer_a_policy_blocked_releases_the_circuit(harness):
+    h = harness(_cfg(_target("a"), chain=["pii-detector"], policy={"pii-detector": {"action": "block"}}))
+    _open_then_half_open(h, "a")
+    h.upstream.steps.append("pii")
+    status, body = h.ask()
+    assert status == 409 and EMAIL.encode() not in body
+    h.upstream.steps.append("ok")
+    assert h.ask()[0] == 200
+
+
+def test_a_probe_answered_with_an_upstream_4xx_is_neutral(harness):
+    h = harness(_cfg(_target("a")))
+    _open_then_half_open(h, "a")
+    h.upstream.steps.append("400")
+    assert h.ask()[0] == 400
+    assert h.breaker("a").state() == "half-open" and not h.breaker("a").probing
+    h.upstream.steps.append("ok")
+    assert h.ask()[0] == 200 and h.breaker("a").state() == "closed"
+
+
+def test_a_failed_probe_reopens_and_a_good_one_closes(harness):
+    h = harness(_cfg(_target("a")))
+    _open_then_half_open(h, "a")
+    h.upstream.steps.append("connect")
+    status, body = h.ask()
+    assert status == 502 and orjson.loads(body)["error"]["code"] == "upstream_connect_error"
+    assert h.breaker("a").state() == "open"
+    status, body = h.ask()  # open: not tried at all
+    assert status == 503 and orjson.loads(body)["error"]["code"] == "upstream_unavailable"
+    assert h.upstream.calls == ["a", "a"]
+    h.clock.now += 31
+    h.upstream.steps.append("stream")
+    status, body = h.ask(stream=True)
+    assert status == 200 and b"Hello there" not in body and b"Hello" in body and b"[DONE]" in body
+    assert h.breaker("a").state() == "closed"
+
+
+# ---- a policy failure is the policy's, not the upstream's ---------------------------------------------------
+
+def _failing_push(*_a, **_k) -> None:
+    raise RuntimeError("a bug in an output policy")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_output_policy_failure_is_not_retried_nor_blamed_on_the_upstream(harness, monkeypatch, stream):
+    """An output policy that raises on the first event used to become a retryable upstream 5xx: one client
+    request made 4 billed upstream calls and opened a healthy target's breaker."""
+    from fastgw.policy.stream.chat import ChatStreamPolicy
+    from fastgw.policy import chain as chain_mod
+
+    monkeypatch.setattr(ChatStreamPolicy, "push", _failing_push)
+    monkeypatch.setattr(chain_mod, "response_slots", _failing_push)
+    h = harness(_cfg(_target("a", failures=2), _target("b", failures=2), chain=["pii-detector"], attempts=2))
+    h.upstream.steps += ["stream" if stream else "ok"] * 4
+    status, body = h.ask(stream=stream)
+    err = orjson.loads(body)["error"]
+    assert status == 500 and err["code"] == "policy_failed"
+    assert h.upstream.calls == ["a"]  # one billed upstream call
+    for t in ("a", "b"):
+        assert h.breaker(t).state() == "closed" and h.breaker(t).failures == 0
+
+
+# ---- retries and fallbacks still do their job ----------------------------------------------------------------
+
+def test_an_upstream_failure_falls_back_to_the_next_target(harness):
+    h = harness(_cfg(_target("a", failures=5), _target("b", failures=5)))
+    h.upstream.steps += ["500", "ok"]
+    status, body = h.ask()
+    assert status == 200 and orjson.loads(body)["choices"][0]["message"]["content"] == "Hello there"
+    assert h.upstream.calls == ["a", "b"]
+    assert h.breaker("a").failures == 1 and h.breaker("b").failures == 0
+
+
+def test_a_retry_on_the_same_target_then_the_upstream_error_is_relayed(harness):
+    h = harness(_cfg(_target("a", failures=5), attempts=2))
+    h.upstream.steps += ["500", "500"]
+    status, body = h.ask()
+    assert status == 500 and orjson.loads(body)["error"]["message"] == "boom"
+    assert h.upstream.calls == ["a", "a"]
+
+
+def test_a_stream_that_fails_before_its_first_byte_falls_back(harness):
+    h = harness(_cfg(_target("a", failures=5), _target("b", failures=5)))
+    h.upstream.steps += ["connect", "stream"]
+    status, body = h.ask(stream=True)
+    assert status == 200 and body.count(b"data: ") == 4
+    assert h.upstream.calls == ["a", "b"]
