@@ -3,8 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/local.yaml
+# A non-zero exit fails the target, pytest's 5 ("no tests collected") included: a selection that matches
+# nothing is an error, never a pass.
+PYTEST := $(BIN)/python -m pytest -q
 
-.PHONY: run test check bench clean
+.PHONY: run test test-slow sysdeps check bench clean
 
 $(BIN)/fastgw: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,11 +15,33 @@ $(BIN)/fastgw: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
+# System packages the tests drive: systemd-analyze and systemd-socket-activate (Debian's systemd) for the unit
+# and socket-activation tests, nginx (Debian's nginx-light) for the bench's reference run. Installed only when
+# missing, as root with apt-get; elsewhere a warning, and the tests that need them fail with the reason.
+sysdeps:
+	@missing=""; \
+	{ command -v systemd-analyze && command -v systemd-socket-activate; } >/dev/null || missing=" systemd"; \
+	{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || missing="$$missing nginx-light"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "warning: missing system packages:$$missing (install them as root); tests that need them will fail" >&2; \
+		exit 0; \
+	fi; \
+	echo "installing$$missing with apt-get"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }
+
 run: $(BIN)/fastgw
 	$(BIN)/fastgw serve --config $(CONFIG)
 
-test: $(BIN)/fastgw
-	$(BIN)/python -m pytest -q
+# The whole suite except the long forms marked `slow` (each has a short form that runs here).
+test: $(BIN)/fastgw sysdeps
+	$(PYTEST) -m "not slow"
+
+# Only the long forms: the 600 s soak (FASTGW_SOAK_SECONDS changes it) and the full bench comparison.
+test-slow: $(BIN)/fastgw sysdeps
+	$(PYTEST) -m slow
 
 check: $(BIN)/fastgw
 	$(BIN)/fastgw check --config $(CONFIG)

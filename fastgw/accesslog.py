@@ -54,7 +54,7 @@ class _AsIs(logging.Formatter):
     """The message is the finished line: no prefix, no %-formatting."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return record.msg  # type: ignore[return-value]
+        return record.msg
 
 
 def configure(level: str = "info", fmt: str = "json", stream: IO[str] | None = None) -> None:

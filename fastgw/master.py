@@ -7,8 +7,14 @@ with its reason instead of looping; a worker whose loop stops answering is kille
 checked again, new workers start with it, and only once they serve do the old ones
 drain and exit (an invalid config keeps the old workers serving). SIGTERM/SIGINT:
 workers drain within the graceful timeout, then the master exits 0; SIGQUIT is
-immediate. SIGTTIN/SIGTTOU add or remove a worker. The master speaks sd_notify
+immediate, during a drain too. SIGTTIN/SIGTTOU add or remove a worker. The master speaks sd_notify
 (READY, RELOADING, STOPPING, WATCHDOG, STATUS) and takes systemd's sockets.
+
+The supervision logic reads time only through `Master.clock` and touches processes only
+through four methods (`_start_worker`, `_signal`, `_waitpid`, `_select`), so the unit tests
+replace them with a simulated clock and fake workers (tests/test_master_unit.py).
+Over 500 lines on purpose: the loop, its handlers and that seam read top to bottom in one
+file, as gunicorn's arbiter.py does.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ RESTART_BACKOFF_MIN = 0.1
 RESTART_BACKOFF_MAX = 5.0
 #: A worker that ran this long before dying resets the backoff.
 STABLE_AFTER = 10.0
-#: Time allowed for a worker to report it serves before the boot counts as failed.
+#: Time allowed for a worker to report it serves. At start and reload the boot then counts as failed (the
+#: master halts, or the reload is refused); a replacement that takes longer is aborted and replaced.
 BOOT_TIMEOUT = 30.0
 #: Exit status of a worker that could not boot (it also sends its reason over the pipe).
 BOOT_ERROR_EXIT = 3
@@ -99,12 +106,12 @@ def bind_sockets(binds: list[str]) -> list[socket.socket]:
 class _Worker:
     __slots__ = ("pid", "wid", "fd", "gen", "started", "ready", "last_seen", "buf", "aborted_at", "streams")
 
-    def __init__(self, pid: int, wid: int, fd: int, gen: int) -> None:
+    def __init__(self, pid: int, wid: int, fd: int, gen: int, now: float) -> None:
         self.pid = pid
         self.wid = wid
         self.fd = fd
         self.gen = gen
-        self.started = time.monotonic()
+        self.started = now
         self.ready = False
         self.last_seen = self.started
         self.buf = b""
@@ -120,8 +127,10 @@ class Master:
 
     def __init__(self, cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], workers: int,
                  chain: Chain | None = None, loader: Callable[[], Runtime] | None = None,
-                 inherited: bool = False) -> None:
+                 inherited: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
+        #: Every deadline, backoff and heartbeat age is measured on this clock (tests pass a simulated one).
+        self.clock = clock
         #: The sockets came from systemd: they are its to keep (never unlink a unix socket path it made).
         self.inherited = inherited
         self.chain = chain
@@ -134,8 +143,9 @@ class Master:
         self.workers: dict[int, _Worker] = {}
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
-        self._next_id = 1
-        self._free_ids: list[int] = []
+        # Non-blocking: the loop drains the wake pipe until empty, and a signal must never block on it.
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
         self._backoff = RESTART_BACKOFF_MIN
         self._respawn_at = 0.0
         self._stopping = False
@@ -151,8 +161,6 @@ class Master:
         self._signals.append(sig)
 
     def _install_signals(self) -> None:
-        os.set_blocking(self._wake_w, False)
-        os.set_blocking(self._wake_r, False)
         signal.set_wakeup_fd(self._wake_w)
         for sig in _HANDLED:
             signal.signal(sig, self._on_signal)
@@ -168,6 +176,14 @@ class Master:
         wid = 1
         while wid in used:
             wid += 1
+        pid, fd = self._start_worker(wid)
+        os.set_blocking(fd, False)
+        self.workers[pid] = _Worker(pid, wid, fd, self.gen, self.clock())
+        log.debug("spawned worker %d (pid %d, generation %d)", wid, pid, self.gen)
+
+    # ---- the OS seam: the only places that fork, signal, reap or wait (the unit tests replace these) ------
+    def _start_worker(self, wid: int) -> tuple[int, int]:
+        """Fork worker `wid`; returns its pid and the read end of its status pipe."""
         r, w = os.pipe()
         # Block signals across fork so the child never runs the master's handlers (a TERM arriving
         # before the worker installs its own would otherwise be queued for a loop that is not there).
@@ -196,15 +212,26 @@ class Master:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(w)
-        os.set_blocking(r, False)
-        self.workers[pid] = _Worker(pid, wid, r, self.gen)
-        log.debug("spawned worker %d (pid %d, generation %d)", wid, pid, self.gen)
+        return pid, r
 
     def _signal(self, pid: int, sig: int) -> None:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+    def _waitpid(self) -> tuple[int, int]:
+        """One exited child as (pid, wait status), or (0, 0); raises ChildProcessError when no child is left."""
+        return os.waitpid(-1, os.WNOHANG)
+
+    def _select(self, fds: list[int], timeout: float) -> list[int]:
+        """The fds of `fds` readable within `timeout` seconds (a signal wakes it through the wake pipe)."""
+        try:
+            return select.select(fds, [], [], timeout)[0]
+        except InterruptedError:
+            return []
+
+    # ---- supervision ----------------------------------------------------------------------------
 
     def _kill_all(self, sig: int) -> None:
         for pid in list(self.workers):
@@ -213,7 +240,7 @@ class Master:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = self._waitpid()
             except ChildProcessError:
                 return
             if pid == 0:
@@ -234,14 +261,15 @@ class Master:
                 # It told us it cannot boot: a restart would fail the same way (gunicorn halts too).
                 raise BootError(f"worker {w.wid} failed to boot (exit {code})"
                                 + (f": {w.buf.decode(errors='replace').strip()}" if w.buf else ""))
-            uptime = time.monotonic() - w.started
+            now = self.clock()
+            uptime = now - w.started
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             log.error("worker %d (pid %d) %s after %.1fs; replacing it", w.wid, pid, how, uptime)
             self.restarts += 1
             _metrics("worker_restarted")
-            if uptime > STABLE_AFTER:
+            if w.ready and uptime > STABLE_AFTER:  # one that never served (a hung boot) was not stable
                 self._backoff = RESTART_BACKOFF_MIN
-            self._respawn_at = time.monotonic() + self._backoff
+            self._respawn_at = now + self._backoff
             self._backoff = min(self._backoff * 2, RESTART_BACKOFF_MAX)
 
     def _read_pipe(self, w: _Worker) -> None:
@@ -252,7 +280,7 @@ class Master:
                 return
             if not data:
                 return
-            w.last_seen = time.monotonic()
+            w.last_seen = self.clock()
             if w.buf:  # the rest of an error message
                 w.buf += data
                 continue
@@ -307,29 +335,25 @@ class Master:
                 f"{self.restarts} restarts")
 
     def _wait_ready(self, gen: int) -> None:
-        deadline = time.monotonic() + BOOT_TIMEOUT
+        deadline = self.clock() + BOOT_TIMEOUT
         while True:
             current = [w for w in self.workers.values() if w.gen == gen]
             if len(current) >= self.num_workers and all(w.ready for w in current):
                 return
-            if time.monotonic() > deadline:
+            if self.clock() > deadline:
                 raise BootError(f"workers did not report ready within {BOOT_TIMEOUT:g}s")
             self._tick(timeout=0.2)
             if self._stopping:
                 return
 
     def _tick(self, timeout: float = 1.0) -> None:
+        if not self._stopping and len(self._current()) < self.num_workers:
+            # Wake for the respawn: otherwise a 0.1 s backoff would last until the next heartbeat (up to 1 s).
+            timeout = min(timeout, max(0.0, self._respawn_at - self.clock()))
         fds = [self._wake_r] + [w.fd for w in self.workers.values()]
-        try:
-            ready, _, _ = select.select(fds, [], [], timeout)
-        except InterruptedError:
-            ready = []
+        ready = self._select(fds, timeout)
         if self._wake_r in ready:
-            try:
-                while os.read(self._wake_r, 512):
-                    pass
-            except BlockingIOError:
-                pass
+            self._drain_wake()
         by_fd = {w.fd: w for w in self.workers.values()}
         for fd in ready:
             w = by_fd.get(fd)
@@ -337,21 +361,25 @@ class Master:
                 self._read_pipe(w)
                 if w.buf and not w.ready and w.gen == self.gen:
                     raise BootError(w.buf.decode(errors="replace").strip())
-        while self._signals:
-            sig = self._signals.pop(0)
-            name = signal.Signals(sig).name.lower()
-            getattr(self, f"handle_{name[3:]}")()
+        self._dispatch_signals()
         self._reap()
-        now = time.monotonic()
+        now = self.clock()
         timeout_s = self.cfg.server.worker_timeout
         healthy = True
         for w in list(self.workers.values()):
-            if not w.ready:
-                continue
             if w.aborted_at is not None:
                 if now - w.aborted_at > ABORT_GRACE:
                     self._signal(w.pid, signal.SIGKILL)
                 healthy = False
+            elif not w.ready:
+                # A replacement that hangs before `R` would otherwise count as a current worker for good: no
+                # replacement would ever be spawned and capacity would silently drop by one.
+                if now - w.started > BOOT_TIMEOUT:
+                    log.error("worker %d (pid %d) did not report ready within %gs; aborting it", w.wid, w.pid,
+                              BOOT_TIMEOUT)
+                    w.aborted_at = now
+                    self._signal(w.pid, signal.SIGABRT)  # a traceback of where it hung, then SIGKILL if need be
+                    healthy = False
             elif now - w.last_seen > timeout_s:
                 log.error("worker %d (pid %d) has not answered for %.0fs (its event loop is blocked); "
                           "aborting it", w.wid, w.pid, now - w.last_seen)
@@ -363,6 +391,25 @@ class Master:
         if self._watchdog is not None and healthy and now >= self._watchdog_at:
             sdnotify.notify(f"WATCHDOG=1\nSTATUS={self._status()}")
             self._watchdog_at = now + self._watchdog
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _dispatch_signals(self, draining: bool = False) -> None:
+        """Run `handle_<name>` for each queued signal. While draining only SIGQUIT acts: it stops at once."""
+        while self._signals:
+            sig = self._signals.pop(0)
+            if draining:
+                if sig == signal.SIGQUIT:
+                    log.warning("SIGQUIT while draining: killing the workers now")
+                    self.handle_quit()
+                continue
+            name = signal.Signals(sig).name.lower()
+            getattr(self, f"handle_{name[3:]}")()
 
     # ---- reload -------------------------------------------------------------------------------
     def _do_reload(self) -> None:
@@ -462,19 +509,30 @@ class Master:
                     raise
 
     def _wait_all(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.workers and time.monotonic() < deadline:
+        """Reap workers until none is left (True) or `timeout` has passed (False).
+
+        Signals are dispatched meanwhile, so SIGQUIT during a drain is the immediate stop README promises
+        (gunicorn's graceful stop listens for it too); a signal or SIGCHLD ends the wait through the wake pipe.
+        """
+        deadline = self.clock() + timeout
+        while self.workers:
+            self._dispatch_signals(draining=True)
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, _ = self._waitpid()
             except ChildProcessError:
                 self.workers.clear()
                 break
-            if pid == 0:
-                time.sleep(0.02)
+            if pid:
+                w = self.workers.pop(pid, None)
+                if w is not None:
+                    os.close(w.fd)
                 continue
-            w = self.workers.pop(pid, None)
-            if w is not None:
-                os.close(w.fd)
+            left = deadline - self.clock()
+            if left <= 0:
+                break
+            # Bounded: a SIGCHLD that lands between waitpid and select is then seen on the next round.
+            if self._select([self._wake_r], min(left, 0.1)):
+                self._drain_wake()
         return not self.workers
 
 

@@ -81,6 +81,8 @@ from prometheus_client import values as _values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 if TYPE_CHECKING:
+    import asyncio
+
     from fastgw.policy.base import RequestContext
 
 __all__ = ["setup_master", "cleanup_master", "worker_dead", "worker_restarted", "config_reload", "known_models",
@@ -279,13 +281,13 @@ def flush() -> None:
             _add_observations(h, counts, total)  # type: ignore[arg-type]
 
 
-def start_flusher(loop: object) -> None:
+def start_flusher(loop: asyncio.AbstractEventLoop) -> None:
     """Flush every METRICS_FLUSH_INTERVAL on `loop` (an idle worker's last counts reach the scrape too)."""
     def tick() -> None:
         if _pend or _pend_obs:
             flush()
-        loop.call_later(METRICS_FLUSH_INTERVAL, tick)  # type: ignore[attr-defined]
-    loop.call_later(METRICS_FLUSH_INTERVAL, tick)  # type: ignore[attr-defined]
+        loop.call_later(METRICS_FLUSH_INTERVAL, tick)
+    loop.call_later(METRICS_FLUSH_INTERVAL, tick)
 
 
 def _model_label(m: _Metrics, model: str | None) -> str:
@@ -498,9 +500,9 @@ def request_finished(ctx: RequestContext, route: str) -> None:
         kind = "estimated" if usage.get("estimated") else "exact"
         p = usage.get("prompt_tokens", usage.get("input_tokens"))
         c = usage.get("completion_tokens", usage.get("output_tokens"))
-        if type(p) in (int, float) and p > 0:
+        if (type(p) is int or type(p) is float) and p > 0:
             _inc(m.tokens, m.c_tokens, (model, "prompt", kind), p)
-        if type(c) in (int, float) and c > 0:
+        if (type(c) is int or type(c) is float) and c > 0:
             _inc(m.tokens, m.c_tokens, (model, "completion", kind), c)
     for dec in ctx.decisions:
         if dec.policy == "routing":

@@ -38,6 +38,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _wait(pred, timeout: float = 10.0, step: float = 0.05) -> bool:
+    """Poll `pred` until it holds (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
 def _get(gw, path: str) -> int:
     s = socket.create_connection((gw.host, gw.port), timeout=5)
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
@@ -54,24 +64,15 @@ def _mock_config(**mock) -> dict:
 
 def test_workers_start_with_titles_and_a_killed_worker_is_replaced(gateway_factory):
     gw = gateway_factory.start(_mock_config(), workers=3)
-    deadline = time.monotonic() + 10
-    kids = _children(gw.proc.pid)
     # /readyz answers as soon as one worker serves: wait for all three to have set their titles.
-    while not (len(kids) == 3 and all("fastgw: worker" in _cmdline(k) for k in kids)) \
-            and time.monotonic() < deadline:
-        time.sleep(0.1)
-        kids = _children(gw.proc.pid)
+    _wait(lambda: len(kids := _children(gw.proc.pid)) == 3 and all("fastgw: worker" in _cmdline(k) for k in kids))
+    kids = _children(gw.proc.pid)
     assert len(kids) == 3
     assert "fastgw: master" in _cmdline(gw.proc.pid)
     assert sorted(_cmdline(k).strip() for k in kids) == [f"fastgw: worker {i}" for i in (1, 2, 3)]
     victim = sorted(kids)[0]
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        now = _children(gw.proc.pid)
-        if victim not in now and len(now) == 3:
-            break
-        time.sleep(0.1)
+    _wait(lambda: victim not in (now := _children(gw.proc.pid)) and len(now) == 3)
     now = _children(gw.proc.pid)
     assert victim not in now and len(now) == 3
     for _ in range(20):  # every worker (old and new) answers
@@ -101,6 +102,25 @@ def test_sigterm_during_a_stream_lets_it_finish_then_exits_zero(gateway_factory)
     assert gw.proc.wait(timeout=15) == 0
     # the drained response told the client the connection would not be reused
     assert b"connection: close" in first.lower() or b"connection: keep-alive" in first.lower()
+
+
+def test_sigquit_during_a_drain_stops_at_once(gateway_factory):
+    """SIGQUIT is the immediate stop even while a SIGTERM drain waits for a long stream (30 s budget here)."""
+    cfg = _mock_config(chunks=1000, delay=0.05)
+    cfg["server"] = {"graceful_timeout": 30.0}
+    gw = gateway_factory.start(cfg, workers=1)
+    s = socket.create_connection((gw.host, gw.port), timeout=10)
+    body = orjson.dumps({"model": "mock-1", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    gw.proc.send_signal(signal.SIGTERM)
+    assert _wait(lambda: "stopping: draining" in gw.stderr_text()), "the master never started the drain"
+    t0 = time.monotonic()
+    gw.proc.send_signal(signal.SIGQUIT)
+    assert gw.proc.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 3
+    assert "SIGQUIT while draining" in gw.stderr_text()
 
 
 def test_idle_keepalive_connections_do_not_hold_up_shutdown(gateway_factory):
@@ -192,18 +212,22 @@ def test_unix_socket_bind(gateway_factory, tmp_path: Path):
     p.write_text(yaml.safe_dump(_mock_config()))
     proc = subprocess.Popen([sys.executable, "-m", "fastgw", "serve", "--config", str(p), "--bind",
                              f"unix:{path}", "--workers", "1"], cwd=REPO_ROOT, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                c = socket.socket(socket.AF_UNIX)
+    data = b""
+
+    def healthz() -> bool:
+        nonlocal data
+        try:
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(5)
                 c.connect(str(path))
                 c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
                 data = c.recv(65536)
-                if data:
-                    break
-            except OSError:
-                time.sleep(0.1)
+        except OSError:
+            return False
+        return bool(data)
+
+    try:
+        _wait(healthz, 15)
         assert data.startswith(b"HTTP/1.1 200")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -224,12 +248,8 @@ def test_workers_get_the_hard_open_file_limit(tmp_path: Path):
     proc = subprocess.Popen([sys.executable, "-m", "fastgw", "serve", "--config", str(p), "--bind", "127.0.0.1:0",
                              "--workers", "1"], cwd=REPO_ROOT, stderr=subprocess.DEVNULL, preexec_fn=low_soft_limit)
     try:
-        deadline = time.monotonic() + 15
-        kids: set[int] = set()
-        while not kids and time.monotonic() < deadline:
-            kids = _children(proc.pid)
-            time.sleep(0.05)
-        (worker,) = kids
+        _wait(lambda: bool(_children(proc.pid)), 15)
+        (worker,) = _children(proc.pid)
         with open(f"/proc/{worker}/limits") as f:
             line = next(ln for ln in f if ln.startswith("Max open files"))
         expected = hard if hard != resource.RLIM_INFINITY else 1 << 20

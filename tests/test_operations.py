@@ -143,14 +143,20 @@ def test_reload_under_load_fails_no_request_and_applies_the_new_config(gateway_f
         t.start()
     cfg_path = Path(gw.config_path)
     try:
-        time.sleep(0.5)
-        for i, text in enumerate(["second configuration", None, "third configuration"]):
+        assert _wait(lambda: len(results) >= 6), "no load before the first reload"
+        for text, outcome in [("second configuration", "reloaded: generation 1 serving"), (None, "reload refused"),
+                              ("third configuration", "reloaded: generation 2 serving")]:
             if text is None:
                 cfg_path.write_text("pack: {name: broken\n")  # invalid: the old workers keep serving
             else:
                 cfg_path.write_text(yaml.safe_dump(_mock_cfg(text, graceful_timeout=3.0)))
             gw.proc.send_signal(signal.SIGHUP)
-            time.sleep(1.5)
+            assert _wait(lambda: outcome in gw.stderr_text()), outcome
+            # the load goes on through the new generation while the previous one drains
+            served = len(results)
+            assert _wait(lambda: len(results) >= served + 6), "no load after the reload"
+            if text is not None:
+                assert _wait(lambda: text in results[served:]), text
     finally:
         stop.set()
         for t in threads:
@@ -252,11 +258,20 @@ def test_metrics_are_summed_across_workers_and_survive_a_restart(gateway_factory
     assert _sum(m, "fastgw_inflight_requests") == 0
 
 
+def _access_lines(gw) -> list[dict]:
+    text = gw.stderr_text()
+    whole = text[: text.rfind("\n") + 1]  # a line still being written is not read yet
+    return [orjson.loads(ln) for ln in whole.splitlines() if ln.startswith("{")]
+
+
 def test_access_log_is_one_json_line_per_request(gateway_factory):
     gw = gateway_factory.start(_mock_cfg(), workers=1)
     _ask(gw.url, stream=True)
     _ask(gw.url, stream=False)
-    lines = [orjson.loads(ln) for ln in gw.stderr_text().splitlines() if ln.startswith("{")]
+    # A worker writes its access lines once per loop iteration, after the response went out: the client can
+    # see the answer before its line is in the file.
+    assert _wait(lambda: len(_access_lines(gw)) >= 2, 10)
+    lines = _access_lines(gw)
     assert len(lines) == 2
     assert {ln["route"] for ln in lines} == {"/v1/chat/completions"} and all(ln["status"] == 200 for ln in lines)
     assert all(ln["request_id"].startswith("req_") and "duration_ms" in ln for ln in lines)

@@ -1,9 +1,10 @@
-"""The soak test (`python -m bench.soak`), short form: ~20 s of mixed traffic with injected upstream faults, client
-aborts, slow readers and policy blocks through a 2-worker gateway. It must end with no unexpected outcome, no dead
-worker, flat memory, and fds / upstream connections back to baseline; and every outcome class, every injected
-fault and both kinds of policy block must really have happened.
+"""The soak test (`python -m bench.soak`): mixed traffic with injected upstream faults, client aborts, slow readers
+and policy blocks through a 2-worker gateway. It must end with no unexpected outcome, no dead worker, flat memory,
+and fds / upstream connections back to baseline; and every outcome class, every injected fault and both kinds of
+policy block must really have happened.
 
-FASTGW_LONG=1 runs the full 600 s soak instead (concurrency 32).
+Two forms with the same checks: `test_soak_short` (20 s, concurrency 16) runs in `make test`; `test_soak_long`
+(600 s, concurrency 32; FASTGW_SOAK_SECONDS changes the length) is marked `slow` and runs in `make test-slow`.
 
 The classifier is also checked directly on hand-made responses (a 5xx no fault explains, a truncated stream, a
 leaked e-mail are "unexpected"), so a lenient classifier cannot make the soak pass.
@@ -23,19 +24,27 @@ from bench.faulty_upstream import FAULTS, expected_text
 from bench.soak import OUTCOMES, SCENARIOS, Response, classify
 
 REPO = Path(__file__).resolve().parents[1]
-LONG = os.environ.get("FASTGW_LONG") == "1"
-SECONDS = 600 if LONG else 20
-CONCURRENCY = 32 if LONG else 16
+SHORT_SECONDS = 20
+LONG_SECONDS = int(os.environ.get("FASTGW_SOAK_SECONDS", "600"))
 
 
-@pytest.mark.timeout(SECONDS + 300 if LONG else 110)
+@pytest.mark.timeout(110)
 def test_soak_short(tmp_path: Path) -> None:
+    _soak(tmp_path, SHORT_SECONDS, 16, "--warmup", "2", "--quiet", "1.5")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LONG_SECONDS + 300)
+def test_soak_long(tmp_path: Path) -> None:
+    _soak(tmp_path, LONG_SECONDS, 32)
+
+
+def _soak(tmp_path: Path, seconds: int, concurrency: int, *extra: str) -> None:
+    """Run the soak for `seconds` and check everything its JSON report says."""
     out = tmp_path / "soak.json"
-    cmd = [sys.executable, "-m", "bench.soak", "--seconds", str(SECONDS), "--concurrency", str(CONCURRENCY),
-           "--workers", "2", "--json", str(out), "-v"]
-    if not LONG:
-        cmd += ["--warmup", "2", "--quiet", "1.5"]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=SECONDS + 240)
+    cmd = [sys.executable, "-m", "bench.soak", "--seconds", str(seconds), "--concurrency", str(concurrency),
+           "--workers", "2", "--json", str(out), "-v", *extra]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=seconds + 240)
     report = p.stdout + p.stderr
     assert p.returncode == 0, f"soak failed (exit {p.returncode}):\n{report}"
     res = json.loads(out.read_text())

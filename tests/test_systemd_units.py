@@ -1,9 +1,9 @@
 """systemd/fastgw.service and fastgw.socket: they verify, the sandbox scores OK, the keys the deployment needs are set.
 
 The static checks double as documentation: each expected key carries the reason it is set.
-`systemd-analyze` comes from Debian's `systemd` package; when it is missing the session
-installs it once (root + apt-get, under a lock file), and where that is impossible the
-tests fail with the reason rather than skip (see systemd/README.md, "Tests").
+`systemd-analyze` comes from Debian's `systemd` package: `make test` installs it when missing
+(its `sysdeps` step); a bare pytest run installs it once itself (root + apt-get, under a lock file),
+and where that is impossible the tests fail with the reason rather than skip (see systemd/README.md, "Tests").
 """
 
 from __future__ import annotations

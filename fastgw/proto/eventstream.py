@@ -154,12 +154,14 @@ def _parse_headers(buf: bytes | bytearray | memoryview, start: int, end: int) ->
                 value = uuid.UUID(bytes=bytes(buf[pos:pos + 16]))
             else:
                 assert fmt is not None
-                (value,) = fmt.unpack_from(buf, pos)
+                (num,) = fmt.unpack_from(buf, pos)
                 if t == 8:
                     try:
-                        value = _EPOCH + datetime.timedelta(milliseconds=value)
+                        value = _EPOCH + datetime.timedelta(milliseconds=num)
                     except OverflowError:
                         raise _bad(f"timestamp header {name!r} out of range") from None
+                else:
+                    value = num
             pos += size
         if name in headers:
             raise _bad(f"duplicate header {name!r}")
@@ -299,7 +301,7 @@ def _encode_header(name: str, value: HeaderValue | Typed) -> bytes:
     if t == HeaderType.TIMESTAMP:
         if isinstance(v, datetime.datetime):
             v = (v - _EPOCH) // datetime.timedelta(milliseconds=1)
-        return head + bytes((t,)) + _I64.pack(v)  # type: ignore[arg-type]
+        return head + bytes((t,)) + _I64.pack(v)
     if t == HeaderType.UUID:
         return head + bytes((t,)) + (v.bytes if isinstance(v, uuid.UUID) else bytes(v))  # type: ignore[arg-type]
     fmt = {HeaderType.BYTE: _I8, HeaderType.SHORT: _I16, HeaderType.INT: _I32, HeaderType.LONG: _I64}[t]

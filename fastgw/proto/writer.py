@@ -191,13 +191,6 @@ class Responder:
         """A stream was started but nothing has been written yet: it can still become another response."""
         return self.streaming and self._head is not None
 
-    def unstart(self) -> None:
-        """Forget a stream whose head was never written, so an error response can be sent instead."""
-        if not self.head_pending:
-            raise RuntimeError("response bytes already sent")
-        self._head = None
-        self.started = self.streaming = False
-
     def write(self, data: bytes) -> None:
         """Write one chunk (empty data writes nothing, except a pending head)."""
         t = self._transport

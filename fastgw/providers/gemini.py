@@ -1,5 +1,7 @@
 """Google Gemini (Generative Language API): OpenAI chat requests become `generateContent` /
 `streamGenerateContent?alt=sse` calls; Gemini's answers become OpenAI `chat.completion` bodies and chunks.
+(Over 500 lines: the JSON-schema rewrite to Gemini's OpenAPI subset is a third of it and belongs to this wire;
+the shared parts live in `ir.py` and `chunks.py`.)
 
 Wire: `POST {base_url}/v1beta/models/{model}:generateContent` (non-stream) or
 `:streamGenerateContent?alt=sse` (stream), key in `x-goog-api-key`. A base_url that already ends in
@@ -31,7 +33,8 @@ Provider table (what happens to each OpenAI request field):
   field Google's own OpenAI-compatible endpoint uses; a client that echoes it back has it restored. For
   `gemini-3*` models a replayed assistant turn whose first tool call carries none gets Google's
   documented `skip_thought_signature_validator`.
-- dropped with a log note (once per field per process): `parallel_tool_calls`, `logit_bias`, `logprobs`,
+- dropped with a log note (once per field per worker, at INFO: `ir.note_dropped`): `parallel_tool_calls`,
+  `logit_bias`, `logprobs`,
   `top_logprobs`, `user`, `metadata`, `store`, `service_tier`, `reasoning_effort`, `prediction`,
   `modalities`, `audio`, `web_search_options`, tool `strict`, image `detail`, message `name`,
   assistant `refusal`, any unknown field; Gemini "thought" parts and non-text output parts in answers.
@@ -57,23 +60,19 @@ with a choice left unfinished is an upstream protocol error (`upstream_protocol_
 
 from __future__ import annotations
 
-import logging
 import mimetypes
 import os
 from urllib.parse import quote, urlsplit
 
 import orjson
 
-from fastgw.api.errors import UpstreamError, UpstreamProtocolError
-from fastgw.api.errors import GatewayError, envelope
-from fastgw.proto.errors import ProtocolError
-from fastgw.proto.sse import SSEDecoder
+from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
+from fastgw.proto.sse import SSEDecoder, SSEEvent
 from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, json_post, split_base_url
-from fastgw.providers.chunks import ChunkWriter, completion_body, map_finish, usage_dict
+from fastgw.providers.chunks import StreamTranslator, completion_body, map_finish, usage_dict
+from fastgw.providers.ir import ChatRequest, Message, Part, ToolCall, fold_turns, note_dropped, parse_chat
 
 __all__ = ["GeminiAdapter", "GeminiTranslator", "translate_request", "translate_schema", "usage_from"]
-
-log = logging.getLogger("fastgw.providers.gemini")
 
 
 #: Google's documented placeholder for a replayed Gemini 3 function call whose signature was lost.
@@ -116,16 +115,12 @@ _ERR_TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "pe
              404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
              422: "invalid_request_error", 429: "rate_limit_error"}
 
-_noted: set[str] = set()
-#: Distinct dropped-field notes remembered (client-chosen field names must not grow a set without bound).
-_MAX_NOTED = 256
+PROVIDER = "gemini"
 
 
 def _note(what: str) -> None:
-    """Log a dropped field once per process: visible to an operator, silent on the hot path afterwards."""
-    if what not in _noted and len(_noted) < _MAX_NOTED:
-        _noted.add(what)
-        log.info("gemini: %s is not supported by Gemini and was dropped", what)
+    """Log a dropped field once per worker (bounded: `ir.note_dropped`)."""
+    note_dropped(PROVIDER, what)
 
 
 def _bad(message: str, param: str | None, code: str = "unsupported_parameter") -> GatewayError:
@@ -193,9 +188,9 @@ def _schema(s: object, ctx: _SchemaCtx, depth: int) -> dict:
             raise _bad(f"cannot resolve JSON schema reference {ref!r}", ctx.param, "invalid_schema")
         ctx.expanding.append(ref)
         # Siblings of $ref (description, ...) override the target's own.
-        out = _schema({**target, **{k: v for k, v in s.items() if k != "$ref"}}, ctx, depth + 1)
+        inlined = _schema({**target, **{k: v for k, v in s.items() if k != "$ref"}}, ctx, depth + 1)
         ctx.expanding.pop()
-        return out
+        return inlined
     if isinstance(s.get("allOf"), list):
         return _schema(_merge_all_of(s), ctx, depth + 1)
     out: dict = {}
@@ -207,8 +202,8 @@ def _schema(s: object, ctx: _SchemaCtx, depth: int) -> dict:
         if len(kinds) == 1:
             t = kinds[0]
         elif kinds:
-            alts = [_schema({**s, "type": k}, ctx, depth + 1) for k in kinds]
-            return {"anyOf": alts, **({"nullable": True} if nullable else {})}
+            union = [_schema({**s, "type": k}, ctx, depth + 1) for k in kinds]
+            return {"anyOf": union, **({"nullable": True} if nullable else {})}
         else:
             t = None
     if t == "null":
@@ -298,21 +293,21 @@ def _url_part(url: str, param: str) -> dict:
     raise _bad("image_url must be a data: URL or an http(s):// or gs:// URL", param)
 
 
-def _parts(content: object, param: str, user: bool) -> list[dict]:
+def _parts(m: Message, user: bool) -> list[dict]:
     """Content parts of a message: text always, media only in user turns."""
+    content = m.content
     if content is None:
         return []
     if isinstance(content, str):
         return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise _bad("message content must be a string or a list of content parts", param, "invalid_value")
     out: list[dict] = []
-    for j, p in enumerate(content):
-        pp = f"{param}[{j}]"
-        kind = p.get("type") if isinstance(p, dict) else None
+    for j, part in enumerate(content):
+        pp = f"{m.param}.content[{j}]"
+        kind = part.type
+        p = part.raw
         if kind == "text":
-            if p.get("text"):
-                out.append({"text": p["text"]})
+            if part.text:
+                out.append({"text": part.text})
         elif kind == "refusal" and not user:
             _note("assistant refusal content")
         elif user and kind == "image_url":
@@ -340,17 +335,12 @@ def _parts(content: object, param: str, user: bool) -> list[dict]:
     return out
 
 
-def _text_of(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return "" if content is None else str(content)
-
-
-def _tool_response(content: object) -> dict:
+def _tool_response(content: str | list[Part] | None) -> dict:
     """A tool result as Gemini's `response` object: a JSON object as is, anything else under "output"."""
-    text = _text_of(content)
+    if isinstance(content, list):
+        text = "".join(p.text if isinstance(p.text, str) else "" for p in content if p.type == "text")
+    else:
+        text = content or ""
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -358,71 +348,53 @@ def _tool_response(content: object) -> dict:
     return value if isinstance(value, dict) else {"output": value}
 
 
-def _append(contents: list[dict], role: str, parts: list[dict]) -> None:
-    if not parts:
-        return
-    if contents and contents[-1]["role"] == role:
-        contents[-1]["parts"].extend(parts)
-    else:
-        contents.append({"role": role, "parts": parts})
+def _function_call(tc: ToolCall, param: str, first: bool, sentinel: bool) -> dict:
+    if not tc.has_function or not isinstance(tc.name, str):
+        raise _bad("a tool call needs function.name", param, "invalid_value")
+    raw_args = tc.arguments or "{}"
+    try:
+        args = orjson.loads(raw_args) if isinstance(raw_args, str) else raw_args
+    except orjson.JSONDecodeError:
+        raise _bad("tool call arguments must be JSON", f"{param}.function.arguments", "invalid_value") from None
+    if not isinstance(args, dict):
+        args = {"value": args}
+    part: dict = {"functionCall": {"name": tc.name, "args": args}}
+    extra = tc.raw.get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    sig = google.get("thought_signature") if isinstance(google, dict) else None
+    if isinstance(sig, str) and sig:
+        part["thoughtSignature"] = sig
+    elif first and sentinel:
+        part["thoughtSignature"] = SKIP_SIGNATURE
+    return part
 
 
-def _messages(messages: object, model: str) -> tuple[list[dict], list[dict]]:
-    if not isinstance(messages, list):
-        raise _bad("messages must be a list", "messages", "invalid_value")
-    system: list[dict] = []
-    contents: list[dict] = []
-    names: dict[str, str] = {}
+def _messages(req: ChatRequest, model: str) -> tuple[list[dict], list[dict]]:
+    names: dict[str, str] = {}  # tool_call_id -> function name, for the functionResponse parts that follow
     sentinel = model.removeprefix("models/").startswith("gemini-3")
-    for i, m in enumerate(messages):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _bad("each message must be an object", param, "invalid_value")
-        role = m.get("role")
-        if "name" in m:
-            _note("message name")
-        if role in ("system", "developer"):
-            system.extend(_parts(m.get("content"), param + ".content", False))
-        elif role == "user":
-            _append(contents, "user", _parts(m.get("content"), param + ".content", True))
-        elif role == "assistant":
-            parts = _parts(m.get("content"), param + ".content", False)
-            if m.get("refusal"):
-                _note("assistant refusal")
-            for j, tc in enumerate(m.get("tool_calls") or ()):
-                fn = tc.get("function") if isinstance(tc, dict) else None
-                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                    raise _bad("a tool call needs function.name", f"{param}.tool_calls[{j}]", "invalid_value")
-                raw_args = fn.get("arguments") or "{}"
-                try:
-                    args = orjson.loads(raw_args) if isinstance(raw_args, str) else raw_args
-                except orjson.JSONDecodeError:
-                    raise _bad("tool call arguments must be JSON", f"{param}.tool_calls[{j}].function.arguments",
-                               "invalid_value") from None
-                if not isinstance(args, dict):
-                    args = {"value": args}
-                if isinstance(tc.get("id"), str):
-                    names[tc["id"]] = fn["name"]
-                part: dict = {"functionCall": {"name": fn["name"], "args": args}}
-                extra = tc.get("extra_content")
-                google = extra.get("google") if isinstance(extra, dict) else None
-                sig = google.get("thought_signature") if isinstance(google, dict) else None
-                if isinstance(sig, str) and sig:
-                    part["thoughtSignature"] = sig
-                elif j == 0 and sentinel:
-                    part["thoughtSignature"] = SKIP_SIGNATURE
-                parts.append(part)
-            _append(contents, "model", parts)
-        elif role == "tool":
-            name = names.get(m.get("tool_call_id"))  # type: ignore[arg-type]
-            if name is None:
-                raise _bad("tool message's tool_call_id matches no earlier assistant tool call",
-                           param + ".tool_call_id", "invalid_value")
-            response = _tool_response(m.get("content"))
-            _append(contents, "user", [{"functionResponse": {"name": name, "response": response}}])
-        else:
-            raise _bad(f"message role {role!r} is not supported", param + ".role", "invalid_value")
-    return system, contents
+
+    def assistant(m: Message) -> list[dict]:
+        parts = _parts(m, False)
+        if m.raw.get("refusal"):
+            _note("assistant refusal")
+        for j, tc in enumerate(m.tool_calls or ()):
+            parts.append(_function_call(tc, f"{m.param}.tool_calls[{j}]", j == 0, sentinel))
+            if isinstance(tc.id, str) and isinstance(tc.name, str):
+                names[tc.id] = tc.name
+        return parts
+
+    def tool(m: Message) -> list[dict]:
+        cid = m.tool_call_id
+        name = names.get(cid) if isinstance(cid, str) else None
+        if name is None:
+            raise _bad("tool message's tool_call_id matches no earlier assistant tool call",
+                       m.param + ".tool_call_id", "invalid_value")
+        return [{"functionResponse": {"name": name, "response": _tool_response(m.content)}}]
+
+    if any("name" in m.raw for m in req.messages):
+        _note("message name")
+    return fold_turns(req, system=lambda m: _parts(m, False), user=lambda m: _parts(m, True), assistant=assistant,
+                      tool=tool, assistant_role="model", key="parts")
 
 
 def _tools(tools: object) -> list[dict]:
@@ -461,40 +433,18 @@ def _tool_choice(tc: object) -> dict:
     raise _bad("tool_choice must be auto, none, required or a function", "tool_choice", "invalid_value")
 
 
-def translate_request(target: TargetRuntime, body: dict) -> dict:
-    """The Gemini `GenerateContentRequest` for an OpenAI chat completions body (see the module docstring)."""
-    for k in _REFUSED:
-        if k in body:
-            raise _bad(f"{k} (legacy function calling) is not supported for Gemini: use tools", k)
-    for k in body:
-        if k not in _MAPPED:
-            _note(f"field {k[:64]!r}")  # repr: a client-chosen name must not forge log lines
-    system, contents = _messages(body.get("messages"), target.model)
-    req: dict = {"contents": contents}
-    if system:
-        req["systemInstruction"] = {"parts": system}
-    if body.get("tools"):
-        req["tools"] = [{"functionDeclarations": _tools(body["tools"])}]
-        if "tool_choice" in body:
-            req["toolConfig"] = {"functionCallingConfig": _tool_choice(body["tool_choice"])}
-    elif body.get("tool_choice") not in (None, "none", "auto"):
-        raise _bad("tool_choice needs tools", "tool_choice", "invalid_value")
+def _generation_config(req: ChatRequest) -> dict:
+    body = req.body
+    sp = req.sampling
     gc: dict = {}
-    for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("presence_penalty", "presencePenalty"),
-                     ("frequency_penalty", "frequencyPenalty"), ("seed", "seed")):
-        if body.get(src) is not None:
-            gc[dst] = body[src]
-    mt = body.get("max_completion_tokens")
-    if mt is None:
-        mt = body.get("max_tokens")
-    if mt is not None:
-        gc["maxOutputTokens"] = mt
-    stop = body.get("stop")
-    if stop:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
-            raise _bad("stop must be a string or a list of strings", "stop", "invalid_value")
-        gc["stopSequences"] = stops
+    for dst, value in (("temperature", sp.temperature), ("topP", sp.top_p), ("presencePenalty", sp.presence_penalty),
+                       ("frequencyPenalty", sp.frequency_penalty), ("seed", sp.seed)):
+        if value is not None:
+            gc[dst] = value
+    if sp.max_tokens is not None:
+        gc["maxOutputTokens"] = sp.max_tokens
+    if sp.stop:
+        gc["stopSequences"] = sp.stop
     n = body.get("n")
     if n is not None and n != 1:
         gc["candidateCount"] = n
@@ -510,9 +460,33 @@ def translate_request(target: TargetRuntime, body: dict) -> dict:
                 gc["responseSchema"] = translate_schema(js["schema"], "response_format.json_schema.schema")
         elif kind not in (None, "text"):
             raise _bad(f"response_format type {kind!r} is not supported", "response_format.type")
+    return gc
+
+
+def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
+    """The Gemini `GenerateContentRequest` for an OpenAI chat completions body (see the module docstring).
+    `stream` does not change the body (streaming is in the path); the signature is every provider's."""
+    for k in _REFUSED:
+        if k in body:
+            raise _bad(f"{k} (legacy function calling) is not supported for Gemini: use tools", k)
+    for k in body:
+        if k not in _MAPPED:
+            _note(k)
+    req = parse_chat(body, PROVIDER)
+    system, contents = _messages(req, target.model)
+    out: dict = {"contents": contents}
+    if system:
+        out["systemInstruction"] = {"parts": system}
+    if body.get("tools"):
+        out["tools"] = [{"functionDeclarations": _tools(body["tools"])}]
+        if "tool_choice" in body:
+            out["toolConfig"] = {"functionCallingConfig": _tool_choice(body["tool_choice"])}
+    elif body.get("tool_choice") not in (None, "none", "auto"):
+        raise _bad("tool_choice needs tools", "tool_choice", "invalid_value")
+    gc = _generation_config(req)
     if gc:
-        req["generationConfig"] = gc
-    return req
+        out["generationConfig"] = gc
+    return out
 
 
 # ---- answers ---------------------------------------------------------------------------------
@@ -564,63 +538,42 @@ def _answer_parts(c: dict) -> list[dict]:
     return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
 
 
-class GeminiTranslator:
-    """Gemini's SSE body -> OpenAI `chat.completion.chunk` SSE, incrementally (bounded by the SSE decoder)."""
+class GeminiTranslator(StreamTranslator):
+    """Gemini's SSE body -> OpenAI `chat.completion.chunk` objects, incrementally (bounded by the SSE decoder)."""
 
-    __slots__ = ("_dec", "_w", "_usage", "_calls", "_open", "_ended", "_failed")
+    __slots__ = ("_calls", "_open", "_ended")
+
+    provider = PROVIDER
 
     def __init__(self, model: str, body: dict) -> None:
-        self._dec = SSEDecoder()
-        self._w = ChunkWriter(model, body)
-        self._usage: dict | None = None
+        super().__init__(model, body, SSEDecoder())
         #: candidate index -> function calls seen so far
         self._calls: dict[int, int] = {}
         #: candidates started and not yet finished
         self._open: set[int] = set()
         #: a finishReason (or a prompt block) was seen
         self._ended = False
-        #: an error met in a read that also completed earlier events: raised on the next call
-        self._failed: GatewayError | None = None
 
-    def feed(self, data: bytes) -> bytes:
-        if self._failed is not None:
-            raise self._failed
-        out: list[bytes] = []
-        try:
-            events = self._dec.feed(data)
-        except ProtocolError as e:  # an oversized event
-            raise UpstreamProtocolError(f"gemini {e.message}", code=e.code) from None
-        for ev in events:
-            if ev.data is not None and ev.data != "[DONE]":
-                try:
-                    self._event(ev.data, out)
-                except GatewayError as e:
-                    err = e
-                except (TypeError, AttributeError, ValueError, KeyError):
-                    # Valid JSON of the wrong shape (a part that is not an object, ...): the stream is broken.
-                    err = UpstreamProtocolError("Gemini sent a stream event of an unexpected shape")
-                else:
-                    continue
-                if not out:
-                    raise err
-                # The events before the error reach the client first; the error follows on the next call
-                # (at the latest `finish`, when Gemini ends the body after its error event).
-                self._failed = err
-                break
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        if self._failed is not None:
-            raise self._failed
+    def _close(self) -> None:
         dec = self._dec
         dec.close()
         if dec.has_partial:
             raise UpstreamProtocolError("the Gemini stream ended inside an event")
         if self._open or not self._ended:
             raise UpstreamProtocolError("the Gemini stream ended before a finishReason")
-        return self._w.end(self._usage)
 
-    def _event(self, data: str, out: list[bytes]) -> None:
+    def _one(self, ev: SSEEvent) -> None:
+        if ev.data is None or ev.data == "[DONE]":
+            return
+        try:
+            self._event(ev.data)
+        except GatewayError:
+            raise
+        except (TypeError, AttributeError, ValueError, KeyError):
+            # Valid JSON of the wrong shape (a part that is not an object, ...): the stream is broken.
+            raise UpstreamProtocolError("Gemini sent a stream event of an unexpected shape") from None
+
+    def _event(self, data: str) -> None:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -635,41 +588,40 @@ class GeminiTranslator:
         um = obj.get("usageMetadata")
         if isinstance(um, dict):
             self._usage = usage_from(um)
-        w = self._w
         cands = obj.get("candidates")
         if cands:
             for c in cands:
-                self._candidate(c, out)
+                self._candidate(c)
             return
         pf = obj.get("promptFeedback")
         if isinstance(pf, dict) and pf.get("blockReason") and not self._ended:
-            out.append(w.start(0))
-            out.append(w.finish("content_filter", 0))
+            self._w.start(0)
+            self._w.finish("content_filter", 0)
             self._ended = True
 
-    def _candidate(self, c: dict, out: list[bytes]) -> None:
+    def _candidate(self, c: dict) -> None:
         w = self._w
         idx = c.get("index", 0)
         if idx in w.finished:
             return  # nothing may follow a choice's finish chunk
         if idx not in self._open:
             self._open.add(idx)
-            out.append(w.start(idx))
+            w.start(idx)
         for p in _answer_parts(c):
             if "text" in p:
                 if not p.get("thought"):
-                    out.append(w.text(p["text"], idx))
+                    w.text(p["text"], idx)
             elif "functionCall" in p:
                 fc = p["functionCall"]
                 n = self._calls.get(idx, 0)
                 self._calls[idx] = n + 1
                 args = orjson.dumps(fc.get("args") or {}).decode()
-                out.append(w.tool_start(n, fc.get("id") or "", fc.get("name") or "", idx, args))
+                w.tool_start(n, fc.get("id") or "", fc.get("name") or "", idx, args)
             else:
                 _note("answer parts other than text and functionCall")
         reason = c.get("finishReason")
         if reason and reason != "FINISH_REASON_UNSPECIFIED":
-            out.append(w.finish(_finish(reason, idx in self._calls), idx))
+            w.finish(_finish(reason, idx in self._calls), idx)
             self._open.discard(idx)
             self._ended = True
 
@@ -752,7 +704,7 @@ class GeminiAdapter:
         chat_only("gemini", endpoint)
         assert target.base_url is not None
         try:
-            payload = orjson.dumps(translate_request(target, body))
+            payload = orjson.dumps(translate_request(target, body, stream))
         except (TypeError, AttributeError, ValueError) as e:
             # A field of an unexpected JSON type somewhere deep in the body: the client's error, not ours.
             raise _bad(f"the request body could not be translated for Gemini: {e}", None, "invalid_value") from None

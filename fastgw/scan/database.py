@@ -9,7 +9,7 @@ can contain (its alphabet) and the bytes it can start with, so the holdback rule
 from __future__ import annotations
 
 import re
-import re._parser as sre_parse  # type: ignore[import-not-found]
+import re._parser as sre_parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 

@@ -1,5 +1,9 @@
 """`python -m bench run`: the mock upstream's framing, nginx/fastgw config generation, wrk output parsing,
-medians/ratios, and one real quick run (fastgw + direct) end to end; nginx end to end where installed."""
+medians/ratios, and real runs end to end.
+
+Short forms in `make test`: a quick run of fastgw + direct, and a quick nginx run (the bench installs Debian's
+nginx-light when it is missing, as `make test` does; without nginx the test fails, it is not skipped). The long
+form, marked `slow` (`make test-slow`): the full comparison of every system, as `make bench` runs it."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import pytest
 from bench import run as bench_run
 from bench import wrk
 from bench.stream import PROBE_TEXT, REPO, free_port
-from bench.systems import fastgw_yaml, nginx_conf, start_upstream
+from bench.systems import SYSTEMS, fastgw_yaml, nginx_conf, start_upstream
 from fastgw.config import load_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -183,25 +187,25 @@ def test_medians_and_ratios():
 # end to end
 # ------------------------------------------------------------------------------------------
 
-def _bench(tmp_path: Path, systems: str, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
+def _bench(tmp_path: Path, systems: str, *extra: str, quick: bool = True,
+           timeout: float = 120) -> tuple[dict, subprocess.CompletedProcess]:
     out = tmp_path / "results"
-    argv = ["run", "--systems", systems, "--quick", "--out-dir", str(out), "--json", str(tmp_path / "r.json"),
-            "--results", str(tmp_path / "RESULTS.md"), *extra]
-    p = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    argv = ["run", "--systems", systems, *(["--quick"] if quick else []), "--out-dir", str(out),
+            "--json", str(tmp_path / "r.json"), "--results", str(tmp_path / "RESULTS.md"), *extra]
+    p = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO, capture_output=True, text=True,
+                       timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return json.loads((tmp_path / "r.json").read_text()), p
 
 
-def test_run_fastgw_and_direct(tmp_path: Path):
-    real_results = (REPO / "bench" / "RESULTS.md").read_bytes()
-    data, p = _bench(tmp_path, "fastgw,direct", "--repeats", "2", "--write")
+def _check_runs(data: dict, names: list[str], repeats: int) -> None:
+    """Every system ran `repeats` interleaved rounds with sane figures and no error."""
     systems = data["systems"]
-    assert list(systems) == ["fastgw", "direct"]
-    assert data["orders"] == [["fastgw", "direct"], ["direct", "fastgw"]]  # interleaved, order rotated
-    assert data["policy_probe"] == {"fastgw": "passed through", "direct": "passed through"}
+    assert list(systems) == names
+    assert data["orders"] == [names[r % len(names):] + names[:r % len(names)] for r in range(repeats)]
     assert data["problems"] == []
     for name, o in systems.items():
-        assert len(o["runs"]) == 2
+        assert len(o["runs"]) == repeats
         for m in o["runs"] + [o["median"]]:
             for key in bench_run.METRICS:
                 assert key in m, (name, key)
@@ -213,6 +217,15 @@ def test_run_fastgw_and_direct(tmp_path: Path):
             assert 0 < m["ttft_p50_ms"] <= m["ttft_p99_ms"] < 1000
             assert 0 < m["gap_p50_ms"] <= m["gap_p99_ms"] < 1000
             assert m["errors"] == 0
+
+
+def test_run_fastgw_and_direct(tmp_path: Path):
+    real_results = (REPO / "bench" / "RESULTS.md").read_bytes()
+    data, p = _bench(tmp_path, "fastgw,direct", "--repeats", "2", "--write")
+    systems = data["systems"]
+    assert data["orders"] == [["fastgw", "direct"], ["direct", "fastgw"]]  # interleaved, order rotated
+    assert data["policy_probe"] == {"fastgw": "passed through", "direct": "passed through"}
+    _check_runs(data, ["fastgw", "direct"], 2)
     fg = systems["fastgw"]["median"]
     assert fg["stream_cpu_ms_per_req"] > 0 and fg["nonstream_cpu_ms_per_req"] > 0
     assert 5 < fg["rss_mb"] < 2000
@@ -237,10 +250,9 @@ def test_run_fastgw_and_direct(tmp_path: Path):
     assert "| fastgw | " in p.stdout
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
-                    reason="nginx not installed")
+@pytest.mark.timeout(600)  # room for the bench to install nginx-light where `make test` has not
 def test_run_nginx(tmp_path: Path):
-    data, p = _bench(tmp_path, "nginx", "--modes", "stream")
+    data, p = _bench(tmp_path, "nginx", "--modes", "stream", timeout=540)
     m = data["systems"]["nginx"]["median"]
     assert data["policy_probe"] == {"nginx": "passed through"} and data["problems"] == []
     assert m["stream_requests"] > 0 and m["stream_cpu_ms_per_req"] > 0 and m["events_per_stream"] == 53
@@ -248,3 +260,22 @@ def test_run_nginx(tmp_path: Path):
     assert data["systems"]["nginx"]["ratio_to_nginx"]["stream_rps"] == 1.0
     assert not (tmp_path / "RESULTS.md").exists()  # no --write, nothing appended
     assert "Ratio to nginx" in p.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_run_full_comparison(tmp_path: Path):
+    """The long form: `make bench` (every system, default durations, 3 repeats), written to a temporary RESULTS.md."""
+    real_results = (REPO / "bench" / "RESULTS.md").read_bytes()
+    names = list(SYSTEMS)
+    data, p = _bench(tmp_path, ",".join(names), "--write", quick=False, timeout=1700)
+    _check_runs(data, names, 3)
+    assert data["policy_probe"] == {n: "redacted" if n == "fastgw-redact" else "passed through" for n in names}
+    medians = {n: o["median"] for n, o in data["systems"].items()}
+    for n in ("fastgw", "fastgw-redact", "nginx"):
+        assert medians[n]["stream_cpu_ms_per_req"] > 0 and medians[n]["rss_mb"] > 0, n
+        assert data["systems"][n]["ratio_to_nginx"]["stream_rps"] > 0, n
+    assert data["systems"]["nginx"]["ratio_to_nginx"]["stream_rps"] == 1.0
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "Ratio to nginx" in p.stdout and all(f"\n| {n} | " in md for n in names)
+    assert (REPO / "bench" / "RESULTS.md").read_bytes() == real_results  # never the real one

@@ -168,15 +168,17 @@ def test_header_injection_is_refused(name, value):
         build_head(200, [(name, value)], [], b"", True)
 
 
-def test_unstart_then_another_response():
+def test_a_started_response_cannot_become_another():
+    """A stream is started only with its first byte (the relay holds the head until then), so there is no
+    undoing a start: a second response on the same responder is a programming error."""
     t = Rec()
     r = responder(t)
     r.start_stream(200, [])
-    r.unstart()
-    r.send(502, [], b"no")
-    assert h11_read(t.wire)[0].status_code == 502
     with pytest.raises(RuntimeError):
-        r.unstart()
+        r.send(502, [], b"no")
+    r.write(b"data: x\n\n")
+    r.end()
+    assert h11_read(t.wire)[0].status_code == 200
 
 
 def test_nothing_is_written_to_a_closing_transport_and_abort_cuts():
