@@ -35,8 +35,10 @@ sysdeps:
 run: $(BIN)/fastgw
 	$(BIN)/fastgw serve --config $(CONFIG)
 
-# The whole suite except the long forms marked `slow` (each has a short form that runs here).
+# Type checks (settings in pyproject.toml), then the whole suite except the long forms marked `slow` (each has
+# a short form that runs here).
 test: $(BIN)/fastgw sysdeps
+	$(BIN)/python -m mypy
 	$(PYTEST) -m "not slow"
 
 # Only the long forms: the 600 s soak (FASTGW_SOAK_SECONDS changes it) and the full bench comparison.
