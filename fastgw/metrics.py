@@ -44,20 +44,11 @@ to ``/v1/models/{model}``; and each labelled metric keeps at most `MAX_SERIES_PE
 after which new label sets count under ``other``. ``status`` is the HTTP status code; a request that ends
 with no status (an internal error) counts as 500, which is what the server answers.
 
-Multiprocess mode, and worker restarts
---------------------------------------
-`setup_master()` creates a fresh directory, sets ``PROMETHEUS_MULTIPROC_DIR`` and switches prometheus-client's
-value class to its mmap-backed one; workers forked afterwards write their values into per-pid files there
-(``counter_<pid>.db``, ``histogram_<pid>.db``, ``gauge_livesum_<pid>.db``), and `render()` merges every file
-with `MultiProcessCollector`, so any worker answers for all. When the master reaps a worker it calls
-`worker_dead(pid)`: that worker's *livesum gauge* file is removed (its in-flight requests and open streams
-stop counting), while its counter and histogram files stay, so totals keep counting across restarts and
-never go backwards (a restart is not a counter reset for Prometheus). The directory therefore grows by a
-few small files per worker restart; a pid reused by a later worker reopens and continues its files.
-The master's own counters (restarts, reloads) live in its own files.
-
-Crash safety: the master's directory outlives a SIGKILLed master unless it sits on a runtime dir (systemd's
-$RUNTIME_DIRECTORY is used when set, and removed when the unit stops).
+Multiprocess mode
+-----------------
+`setup_master()` gives the workers one directory of per-pid value files and `render()` merges them, so any
+worker answers for all; a dead worker's live gauges leave the totals, its counters stay. How, and what happens
+across restarts: `fastgw.metrics_multiprocess`, which holds that plumbing.
 
 Costs: a labelled call is a dict lookup of the cached child plus one mmap write per value (a lock, a struct
 pack, a 16-byte store; the pid check reads a cached pid). `request_started` + `request_finished` make about
@@ -67,18 +58,15 @@ called per SSE event except `EventClock.tick` (~0.3 µs sandboxed), which only t
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import values as _values
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from fastgw import metrics_multiprocess as _mp
+from fastgw.metrics_multiprocess import multiprocess_dir, worker_dead
 
 if TYPE_CHECKING:
     import asyncio
@@ -90,9 +78,6 @@ __all__ = ["setup_master", "cleanup_master", "worker_dead", "worker_restarted", 
            "stream_closed", "EventClock", "policy_decision", "holdback", "render", "multiprocess_dir",
            "UPSTREAM_OUTCOMES", "MAX_SERIES_PER_METRIC"]
 
-log = logging.getLogger("fastgw.metrics")
-
-_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OTHER = "other"
 
 #: Series per labelled metric and process before new label sets count as "other": a bound on memory and on the
@@ -172,56 +157,14 @@ class _Metrics:
 
 _m: _Metrics | None = None
 _known_models: frozenset[str] | None = None
-_owned_dir: str | None = None  # the directory setup_master() created (removed by cleanup_master)
-_owner_pid = 0
-_saved_env: str | None = None
-_saved_value_class: object = None
-_mp_registry: tuple[str, CollectorRegistry] | None = None
-
-
-# prometheus_client's mmap values ask `process_identifier()` on every write to notice a fork (its default,
-# os.getpid, is a syscall each time: ~0.1 µs on bare metal, ~0.8 µs sandboxed, times ~10 writes per request).
-# The pid only changes across fork(), so it is cached here and refreshed in the child by an at-fork hook: the
-# same answer as os.getpid() in every process, for the price of a list read. (Files are named after it, and
-# mark_process_dead(pid) finds them by the real pid, which is why it must stay the real pid.)
-_PID = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-
-
-def _cached_pid() -> int:
-    return _PID[0]
-
-
-def _mp_value_class() -> object:
-    return _values.MultiProcessValue(_cached_pid)
-
-
-def _multi() -> bool:
-    return _values.ValueClass is not _values.MutexValue
-
-
-def _mp_path() -> str | None:
-    """The multiprocess directory when this process writes into one."""
-    path = os.environ.get(_ENV)
-    if path and _multi() and os.path.isdir(path):
-        return path
-    return None
 
 
 def _build() -> _Metrics:
     """Create the metric objects for the current mode (lazily, so that `setup_master` can come after import)."""
     global _m
-    path = os.environ.get(_ENV)
-    if path and os.path.isdir(path):
-        if not _multi():  # prometheus_client was imported before the variable was set: switch now
-            _values.ValueClass = _mp_value_class()
-        m = _Metrics(None, path)  # multiprocess: render() reads the files, no registry holds these objects
-    else:
-        if _multi():
-            # A multiprocess value class with no directory would fail on the first write: count locally instead.
-            log.warning("%s=%r is not a directory; metrics cover this process only", _ENV, path)
-            _values.ValueClass = _values.MutexValue
-        m = _Metrics(CollectorRegistry(), None)
+    path = _mp.choose_values()
+    # multiprocess: render() reads the files, no registry holds these objects
+    m = _Metrics(CollectorRegistry(), None) if path is None else _Metrics(None, path)
     _m = m
     return m
 
@@ -400,17 +343,8 @@ def setup_master(base: str | None = None) -> str:
     """Create a fresh private directory for the workers' metric files (under `base`, else systemd's
     $RUNTIME_DIRECTORY, else the temp dir), point ``PROMETHEUS_MULTIPROC_DIR`` at it and switch
     prometheus_client to multiprocess values. Call in the master before the first fork. Returns the path."""
-    global _owned_dir, _owner_pid, _saved_env, _saved_value_class, _m
-    if _owned_dir is not None:
-        cleanup_master()
-    if base is None:
-        base = os.environ.get("RUNTIME_DIRECTORY", "").split(":", 1)[0] or None
-    path = tempfile.mkdtemp(prefix="fastgw-metrics-", dir=base)  # mode 0700: only our user reads the counts
-    _saved_env = os.environ.get(_ENV)
-    _saved_value_class = _values.ValueClass
-    os.environ[_ENV] = path
-    _values.ValueClass = _mp_value_class()
-    _owned_dir, _owner_pid = path, os.getpid()
+    global _m
+    path = _mp.setup(base)
     _m = None  # rebuilt on first use, with mmap-backed values
     return path
 
@@ -418,40 +352,9 @@ def setup_master(base: str | None = None) -> str:
 def cleanup_master() -> None:
     """Remove the directory `setup_master` created and go back to in-process metrics. Only acts in the
     process that called `setup_master` (a forked worker calling it does nothing)."""
-    global _owned_dir, _saved_env, _saved_value_class, _m, _mp_registry
-    path = _owned_dir
-    if path is None or os.getpid() != _owner_pid:
-        return
-    close = getattr(_values, "close_all_multiprocess_files", None)
-    if close is not None:
-        close()
-    _m = None
-    _mp_registry = None
-    _values.ValueClass = _saved_value_class
-    if os.environ.get(_ENV) == path:
-        if _saved_env is None:
-            del os.environ[_ENV]
-        else:
-            os.environ[_ENV] = _saved_env
-    _owned_dir = _saved_env = _saved_value_class = None
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def multiprocess_dir() -> str | None:
-    """The directory this process's metrics are written to, or None when they are in-process only."""
-    return _mp_path()
-
-
-def worker_dead(pid: int) -> None:
-    """A worker was reaped: its live gauges (in-flight requests, open streams) stop counting; its counters and
-    histograms stay in the totals."""
-    path = _mp_path()
-    if path is None:
-        return
-    try:
-        mark_process_dead(pid, path)
-    except OSError as e:  # a scrape-only concern: never let it stop the master
-        log.warning("metrics: could not drop the gauges of pid %d: %s", pid, e)
+    global _m
+    if _mp.cleanup():
+        _m = None
 
 
 def worker_restarted() -> None:
@@ -564,16 +467,10 @@ def holdback(nbytes: int) -> None:
 def render() -> tuple[bytes, str]:
     """The exposition for GET /metrics: every worker's values merged in multiprocess mode, this process's
     otherwise. Returns (body, content type)."""
-    global _mp_registry
     m = _m or _build()
     flush()  # this worker's own latest counts
     path = m.mp_path
     if path is None:
         assert m.registry is not None
         return generate_latest(m.registry), CONTENT_TYPE_LATEST
-    reg = _mp_registry
-    if reg is None or reg[0] != path:
-        r = CollectorRegistry()
-        MultiProcessCollector(r, path=path)  # reads every *.db file at each collect
-        reg = _mp_registry = (path, r)
-    return generate_latest(reg[1]), CONTENT_TYPE_LATEST
+    return _mp.merged(path), CONTENT_TYPE_LATEST

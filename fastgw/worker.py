@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 import uvloop
 from setproctitle import setproctitle
@@ -74,6 +75,29 @@ def run_worker(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.s
 
 async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], worker_id: int,
                  pipe_fd: int, loop: asyncio.AbstractEventLoop, chain: Chain | None) -> int:
+    """Boot, serve until a stop signal, drain; the master hears `R` once we serve, then heartbeats."""
+    app, tracker, servers = await _boot(cfg, targets, sockets, worker_id, loop, chain)
+    stop: asyncio.Future[int] = loop.create_future()
+
+    def request_stop(sig: int) -> None:
+        if not stop.done():
+            stop.set_result(sig)
+
+    _handle_signals(loop, request_stop)
+    master = os.getppid()
+    _send(pipe_fd, b"R")
+    _heartbeat(loop, pipe_fd, master, tracker, request_stop)
+    await stop
+    await _drain(app, servers, tracker, stop.result() == signal.SIGUSR1, worker_id, cfg.server.graceful_timeout)
+    if chain is not None:
+        chain.close()  # every audit record enqueued is written before the worker exits
+    return 0
+
+
+async def _boot(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.socket], worker_id: int,
+                loop: asyncio.AbstractEventLoop, chain: Chain | None
+                ) -> tuple[App, ConnectionTracker, list[asyncio.AbstractServer]]:
+    """The app, and servers listening on the inherited sockets."""
     s = cfg.server
     lim = ServerLimits(header_timeout=s.header_timeout, keepalive_timeout=s.keepalive_timeout,
                        max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
@@ -87,16 +111,14 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
     def on_error(exc: BaseException) -> None:
         log.error("request failed with an internal error", exc_info=exc)
 
-    servers = []
+    servers: list[asyncio.AbstractServer] = []
     for sock in sockets:
         servers.append(await loop.create_server(
             lambda: HttpServerProtocol(app, lim, tracker, loop, on_error, render), sock=sock, backlog=2048))
-    stop: asyncio.Future[int] = loop.create_future()
+    return app, tracker, servers
 
-    def request_stop(sig: int) -> None:
-        if not stop.done():
-            stop.set_result(sig)
 
+def _handle_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[int], None]) -> None:
     loop.add_signal_handler(signal.SIGTERM, request_stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
     # SIGUSR1: retire after a reload (the new workers serve already): drain as for SIGTERM, but let idle
@@ -106,32 +128,33 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
         # Test-only: SIGUSR2 blocks this worker's event loop, as a runaway computation would (the master must
         # notice and replace the worker). Never set in production.
         loop.add_signal_handler(signal.SIGUSR2, time.sleep, 3600)
-    master = os.getppid()
 
-    def heartbeat() -> None:
-        if os.getppid() != master:  # orphaned: the master died without telling us
-            request_stop(signal.SIGTERM)
-            return
-        # Alive, and how many streams are open (the master shows the sum in systemd's STATUS).
-        streams = sum(1 for c in tracker.conns if c.flow_listener is not None)
-        _send(pipe_fd, b".%d;" % streams)
-        loop.call_later(HEARTBEAT_INTERVAL, heartbeat)
 
-    _send(pipe_fd, b"R")
-    heartbeat()
-    await stop
-    # Drain: stop accepting, answer what is in flight, close the rest.
+def _heartbeat(loop: asyncio.AbstractEventLoop, pipe_fd: int, master: int, tracker: ConnectionTracker,
+               request_stop: Callable[[int], None]) -> None:
+    """Tell the master now, then every HEARTBEAT_INTERVAL, that we are alive; stop once it is gone."""
+    if os.getppid() != master:  # orphaned: the master died without telling us
+        request_stop(signal.SIGTERM)
+        return
+    # Alive, and how many streams are open (the master shows the sum in systemd's STATUS).
+    streams = sum(1 for c in tracker.conns if c.flow_listener is not None)
+    _send(pipe_fd, b".%d;" % streams)
+    loop.call_later(HEARTBEAT_INTERVAL, _heartbeat, loop, pipe_fd, master, tracker, request_stop)
+
+
+async def _drain(app: App, servers: list[asyncio.AbstractServer], tracker: ConnectionTracker, retiring: bool,
+                 worker_id: int, graceful_timeout: float) -> None:
+    """Stop accepting, answer what is in flight, close the rest; streams still open at the timeout are ended."""
     app.draining = True
     for srv in servers:
         srv.close()
-    retiring = stop.result() == signal.SIGUSR1
     tracker.shutdown(linger=retiring)
     log.debug("worker %d draining: %d connection(s) open", worker_id, len(tracker.conns))
     try:
-        await asyncio.wait_for(tracker.wait_closed(), s.graceful_timeout)
+        await asyncio.wait_for(tracker.wait_closed(), graceful_timeout)
     except asyncio.TimeoutError:
         log.warning("worker %d: %d connection(s) still open after %gs; ending their streams", worker_id,
-                    len(tracker.conns), s.graceful_timeout)
+                    len(tracker.conns), graceful_timeout)
         for c in list(tracker.conns):
             ender = getattr(c.flow_listener, "shutdown", None)
             if ender is not None:
@@ -143,6 +166,3 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
                 if c.transport is not None:
                     c.transport.abort()
     app.pool.close_all()
-    if chain is not None:
-        chain.close()  # every audit record enqueued is written before the worker exits
-    return 0

@@ -106,6 +106,27 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError(f"upstream event stream: {message}", status=502, code="bad_gateway")
 
 
+def _fixed_value(
+    buf: bytes | bytearray | memoryview, pos: int, end: int, name: str, t: int
+) -> tuple[HeaderValue, int]:
+    """The value of fixed size at buf[pos:end] of header `name` of type t (integer, timestamp, UUID), and its size."""
+    fmt = _I8 if t == 2 else _I16 if t == 3 else _I32 if t == 4 else _I64 if t in (5, 8) else None
+    size = 16 if t == 9 else fmt.size if fmt is not None else -1
+    if size < 0:
+        raise _bad(f"header {name!r} has unknown value type {t}")
+    if pos + size > end:
+        raise _bad(f"header {name!r} runs past the headers section")
+    if fmt is None:
+        return uuid.UUID(bytes=bytes(buf[pos:pos + 16])), size
+    (num,) = fmt.unpack_from(buf, pos)
+    if t != 8:
+        return num, size
+    try:
+        return _EPOCH + datetime.timedelta(milliseconds=num), size
+    except OverflowError:
+        raise _bad(f"timestamp header {name!r} out of range") from None
+
+
 def _parse_headers(buf: bytes | bytearray | memoryview, start: int, end: int) -> dict[str, HeaderValue]:
     """The headers held in buf[start:end] (already covered by a good message CRC)."""
     headers: dict[str, HeaderValue] = {}
@@ -144,24 +165,7 @@ def _parse_headers(buf: bytes | bytearray | memoryview, start: int, end: int) ->
         elif t == 1:
             value = False
         else:
-            fmt = _I8 if t == 2 else _I16 if t == 3 else _I32 if t == 4 else _I64 if t in (5, 8) else None
-            size = 16 if t == 9 else fmt.size if fmt is not None else -1
-            if size < 0:
-                raise _bad(f"header {name!r} has unknown value type {t}")
-            if pos + size > end:
-                raise _bad(f"header {name!r} runs past the headers section")
-            if t == 9:
-                value = uuid.UUID(bytes=bytes(buf[pos:pos + 16]))
-            else:
-                assert fmt is not None
-                (num,) = fmt.unpack_from(buf, pos)
-                if t == 8:
-                    try:
-                        value = _EPOCH + datetime.timedelta(milliseconds=num)
-                    except OverflowError:
-                        raise _bad(f"timestamp header {name!r} out of range") from None
-                else:
-                    value = num
+            value, size = _fixed_value(buf, pos, end, name, t)
             pos += size
         if name in headers:
             raise _bad(f"duplicate header {name!r}")

@@ -46,7 +46,7 @@ _CR = 13
 _LF = 10
 # Where a blank line starts: two line ends in a row. CRLF is one line end, so the byte pairs that hold
 # the end of one line and the start of the next line end are exactly LF LF, LF CR and CR CR; searching
-# for those three finds block ends in any mix of CR, LF and CRLF (see _cr_block, _last_boundary).
+# for those three finds block ends in any mix of CR, LF and CRLF (see SSEDecoder._run_cr, _last_boundary).
 # Three bytes.find calls beat one regex `\n[\n\r]|\r\r` by ~10x: re tries every position in Python's
 # matcher, find uses memchr-based search.
 
@@ -145,33 +145,6 @@ def _skip_blank(buf: bytes | bytearray, pos: int) -> int:
     return len(buf) if m is None else m.start()
 
 
-def _cr_block(buf: bytes | bytearray, pos: int, marks: list[int]) -> tuple[int, int] | None:
-    """End of the field lines and of the block that ends first at or after pos, in a buffer holding CRs; None if none.
-
-    marks holds the next LF LF, CR CR and LF CR at or after the previous search (len(buf): none); one is
-    searched again only once passed.
-    """
-    n = len(buf)
-    lflf, crcr, lfcr = marks
-    if lflf < pos:
-        lflf = buf.find(b"\n\n", pos)
-        marks[0] = lflf = n if lflf < 0 else lflf
-    if crcr < pos:
-        crcr = buf.find(b"\r\r", pos)
-        marks[1] = crcr = n if crcr < 0 else crcr
-    if lfcr < pos:
-        lfcr = buf.find(b"\n\r", pos)
-        marks[2] = lfcr = n if lfcr < 0 else lfcr
-    f = min(lflf, crcr, lfcr)
-    if f >= n:
-        return None
-    # f > the block's first byte (no line end), so buf[f - 1] exists and belongs to the block.
-    end = f + 2
-    if buf[f + 1] == _CR and end < n and buf[end] == _LF:
-        end += 1
-    return (f - 1 if buf[f - 1] == _CR else f), end
-
-
 class SSEDecoder:
     """Incremental event-stream parser: `feed(bytes) -> [SSEEvent]`, sans-IO.
 
@@ -226,13 +199,7 @@ class SSEDecoder:
         if held or self._start:
             held += data
             if self._start:
-                # The BOM is only skipped at the very start of the stream; wait until 3 bytes tell.
-                if len(held) < 3 and _BOM.startswith(held):
-                    if len(held) > self._max:  # (only a limit under 3 bytes gets here)
-                        self._fail()
-                    return []
-                self._start = False
-                return self._run(held, 3 if held.startswith(_BOM) else 0, -1, 13 in held, True)
+                return self._begin(held)
             return self._run(held, self._pos, self._content, self._cr or 13 in data, True)
         if not data:
             return []
@@ -240,81 +207,129 @@ class SSEDecoder:
         # returned with raw = data (a full slice of bytes is the same object, no copy).
         return self._run(data, 0, -1, 13 in data, False)
 
+    def _begin(self, held: bytearray) -> list[SSEEvent]:
+        """First bytes of the stream: the BOM is only skipped here, so wait until 3 bytes tell."""
+        if len(held) < 3 and _BOM.startswith(held):
+            if len(held) > self._max:  # (only a limit under 3 bytes gets here)
+                self._fail()
+            return []
+        self._start = False
+        return self._run(held, 3 if held.startswith(_BOM) else 0, -1, 13 in held, True)
+
     def _run(self, buf: bytes | bytearray, pos: int, content: int, cr: bool, in_held: bool) -> list[SSEEvent]:
-        """Decode every block that ends in buf; the search resumes at pos, inside a block started at content (or -1)."""
+        """Decode the blocks that end in buf, resuming at pos in the block that starts at content (-1: none)."""
+        # This LF-only loop runs for every read and keeps its ending inline (one more call costs ~5% on 64-byte reads).
+        if cr:
+            return self._run_cr(buf, pos, content, in_held)
         events: list[SSEEvent] = []
         limit = self._max
         n = len(buf)
         raw_start = 0
-        # CR path: next "\n\n", "\r\r", "\n\r" (see _cr_block), kept across blocks so a read holding many
-        # events is scanned once per pattern, not once per event.
-        marks = [-1, -1, -1]
         while True:
             if content < 0:
-                # Block start: blank lines here are empty blocks; they are not returned, their bytes
-                # stay in the next block's raw.
+                # Blank lines before a block are empty blocks: not returned, their bytes go in the next raw.
+                if pos < n and buf[pos] == _LF:
+                    pos = _skip_blank(buf, pos)
                 if pos >= n:
                     break
-                c = buf[pos]
-                if c == _LF or c == _CR:
-                    pos = _skip_blank(buf, pos)
-                    if pos >= n:
-                        break
                 content = pos
-            if cr:
-                found = _cr_block(buf, pos, marks)
-                if found is None:
-                    pos = max(content, n - 1)
+            if pos == content:
+                # Fresh block: the first LF (memchr) is usually the end of its only line, and a second LF
+                # right after it ends the block; only a multi-line block needs the two-byte search.
+                f = buf.find(b"\n", pos)
+                if f < 0 or f + 1 >= n:
                     break
-                lines_end, end = found
+                one_line = buf[f + 1] == _LF
+                if not one_line:
+                    f = buf.find(b"\n\n", f + 1)
+                    if f < 0:
+                        break
             else:
-                if pos == content and buf[pos] == 100:  # "d"
-                    # Fresh block: the first LF (memchr) is usually the end of its only line, and a second LF
-                    # right after it ends the block: one `data: ` line, the common case, built right here.
-                    f = buf.find(b"\n", pos)
-                    if 0 <= f < n - 1 and buf[f + 1] == _LF and buf[pos : pos + 6] == b"data: ":
-                        end = f + 2
-                        if end - raw_start > limit:
-                            self._fail()
-                        if type(buf) is not bytes:
-                            buf = bytes(buf)
-                        text = buf[pos + 6 : f].decode("utf-8", "replace")
-                        events.append(SSEEvent(text, None, None, None, buf[raw_start:end]))
-                        raw_start = pos = end
-                        content = -1
-                        continue
+                one_line = False
                 f = buf.find(b"\n\n", pos)
                 if f < 0:
-                    pos = max(content, n - 1)
                     break
-                lines_end = f
-                end = f + 2
+            end = f + 2
             if end - raw_start > limit:
                 self._fail()
             if type(buf) is not bytes:
                 # Held bytes: one copy of the buffer per read that completes something, then slices.
                 buf = bytes(buf)
-            events.append(_parse(buf[raw_start:end], buf[content:lines_end], cr))
+            if one_line and buf[content] == 100 and buf[content : content + 6] == b"data: ":  # "d": the common case
+                text = buf[content + 6 : f].decode("utf-8", "replace")
+                events.append(SSEEvent(text, None, None, None, buf[raw_start:end]))
+            else:
+                events.append(_parse(buf[raw_start:end], buf[content:f], False))
             raw_start = pos = end
             content = -1
-        self._hold(buf, raw_start, pos, content, cr, in_held)
-        return events
-
-    def _hold(self, buf: bytes | bytearray, raw_start: int, pos: int, content: int, cr: bool, in_held: bool) -> None:
-        """Keep buf's incomplete tail (from raw_start) for the next feed, with where its search resumes."""
         held = self._buf
         if in_held:
             if raw_start:
                 del held[:raw_start]
-                cr = cr and 13 in held
-        elif raw_start < len(buf):
+        elif raw_start < n:
             held += memoryview(buf)[raw_start:]
-            cr = cr and 13 in held
+        if len(held) > limit:
+            self._fail()
+        # An incomplete block's search resumes at its last byte: a pair that ends it may start there.
+        self._pos = (n - 1 if content >= 0 else n) - raw_start
+        self._content = content - raw_start if content >= 0 else -1
+        self._cr = False
+        return events
+
+    def _run_cr(self, buf: bytes | bytearray, pos: int, content: int, in_held: bool) -> list[SSEEvent]:
+        """_run for a buffer that holds a CR, so line ends may be CR, LF or CRLF."""
+        events: list[SSEEvent] = []
+        n = len(buf)
+        raw_start = 0
+        # Next "\n\n", "\r\r", "\n\r" at or after pos (n: none), each found again only once passed, so a
+        # read holding many events is scanned once per pattern, not once per event.
+        lflf = crcr = lfcr = -1
+        while True:
+            if content < 0:
+                if pos < n and (buf[pos] == _LF or buf[pos] == _CR):
+                    pos = _skip_blank(buf, pos)
+                if pos >= n:
+                    break
+                content = pos
+            if lflf < pos:
+                lflf = buf.find(b"\n\n", pos)
+                if lflf < 0:
+                    lflf = n
+            if crcr < pos:
+                crcr = buf.find(b"\r\r", pos)
+                if crcr < 0:
+                    crcr = n
+            if lfcr < pos:
+                lfcr = buf.find(b"\n\r", pos)
+                if lfcr < 0:
+                    lfcr = n
+            f = min(lflf, crcr, lfcr)
+            if f >= n:
+                break
+            # f > content (the content byte is no line end), so buf[f - 1] exists and belongs to the block.
+            lines_end = f - 1 if buf[f - 1] == _CR else f
+            end = f + 2
+            if buf[f + 1] == _CR and end < n and buf[end] == _LF:
+                end += 1
+            if end - raw_start > self._max:
+                self._fail()
+            if type(buf) is not bytes:
+                buf = bytes(buf)
+            events.append(_parse(buf[raw_start:end], buf[content:lines_end], True))
+            raw_start = pos = end
+            content = -1
+        held = self._buf
+        if in_held:
+            if raw_start:
+                del held[:raw_start]
+        elif raw_start < n:
+            held += memoryview(buf)[raw_start:]
         if len(held) > self._max:
             self._fail()
-        self._pos = pos - raw_start
+        self._pos = (n - 1 if content >= 0 else n) - raw_start
         self._content = content - raw_start if content >= 0 else -1
-        self._cr = cr
+        self._cr = 13 in held
+        return events
 
     def _fail(self) -> None:
         self._buf = bytearray()

@@ -173,6 +173,7 @@ def _merge_all_of(s: dict) -> dict:
 
 
 def _schema(s: object, ctx: _SchemaCtx, depth: int) -> dict:
+    """One schema node in Gemini's subset; {} for a node that is no object or is nested too deep."""
     if not isinstance(s, dict) or depth > _MAX_SCHEMA_DEPTH:
         return {}
     ctx.nodes += 1
@@ -181,54 +182,79 @@ def _schema(s: object, ctx: _SchemaCtx, depth: int) -> dict:
                    "invalid_schema")
     ref = s.get("$ref")
     if isinstance(ref, str):
-        if ref in ctx.expanding:
-            return {"type": "OBJECT"}  # recursive: Gemini's subset has no references
-        target = _resolve(ref, ctx)
-        if target is None:
-            raise _bad(f"cannot resolve JSON schema reference {ref!r}", ctx.param, "invalid_schema")
-        ctx.expanding.append(ref)
-        # Siblings of $ref (description, ...) override the target's own.
-        inlined = _schema({**target, **{k: v for k, v in s.items() if k != "$ref"}}, ctx, depth + 1)
-        ctx.expanding.pop()
-        return inlined
+        return _inline_ref(s, ref, ctx, depth)
     if isinstance(s.get("allOf"), list):
         return _schema(_merge_all_of(s), ctx, depth + 1)
+    t, kinds, nullable = _split_type(s.get("type"))
+    if kinds:
+        union = [_schema({**s, "type": k}, ctx, depth + 1) for k in kinds]
+        return {"anyOf": union, **({"nullable": True} if nullable else {})}
     out: dict = {}
-    nullable = False
-    t = s.get("type")
-    if isinstance(t, list):
-        kinds = [x for x in t if x != "null"]
-        nullable = len(kinds) < len(t)
-        if len(kinds) == 1:
-            t = kinds[0]
-        elif kinds:
-            union = [_schema({**s, "type": k}, ctx, depth + 1) for k in kinds]
-            return {"anyOf": union, **({"nullable": True} if nullable else {})}
-        else:
-            t = None
-    if t == "null":
-        nullable = True
-        t = None
     if isinstance(t, str) and t.lower() in _TYPES:
         out["type"] = _TYPES[t.lower()]
     alts = s.get("anyOf", s.get("oneOf"))
     if isinstance(alts, list):
-        kept = []
-        for a in alts:
-            if isinstance(a, dict) and a.get("type") == "null" and len(a) == 1:
-                nullable = True
-            else:
-                kept.append(_schema(a, ctx, depth + 1))
-        if len(kept) == 1 and "type" not in out:
-            inner = kept[0]
-            for k in ("description", "title", "default"):
-                if k in s:
-                    inner[k] = s[k]
-            if nullable:
-                inner["nullable"] = True
+        inner, nullable = _any_of(s, alts, out, nullable, ctx, depth)
+        if inner is not None:
             return inner
-        if kept:
-            out["anyOf"] = kept
+    _keywords(s, out)
+    _children(s, out, ctx, depth)
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def _inline_ref(s: dict, ref: str, ctx: _SchemaCtx, depth: int) -> dict:
+    if ref in ctx.expanding:
+        return {"type": "OBJECT"}  # recursive: Gemini's subset has no references
+    target = _resolve(ref, ctx)
+    if target is None:
+        raise _bad(f"cannot resolve JSON schema reference {ref!r}", ctx.param, "invalid_schema")
+    ctx.expanding.append(ref)
+    # Siblings of $ref (description, ...) override the target's own.
+    inlined = _schema({**target, **{k: v for k, v in s.items() if k != "$ref"}}, ctx, depth + 1)
+    ctx.expanding.pop()
+    return inlined
+
+
+def _split_type(t: object) -> tuple[object, list | None, bool]:
+    """`type` as (one type or None, the non-null types when there are several, whether null is allowed)."""
+    nullable = False
+    if isinstance(t, list):
+        kinds = [x for x in t if x != "null"]
+        nullable = len(kinds) < len(t)
+        if len(kinds) > 1:
+            return None, kinds, nullable
+        t = kinds[0] if kinds else None
+    if t == "null":
+        return None, None, True
+    return t, None, nullable
+
+
+def _any_of(s: dict, alts: list, out: dict, nullable: bool, ctx: _SchemaCtx, depth: int) -> tuple[dict | None, bool]:
+    """anyOf/oneOf into out; a null member makes the node nullable. Returns the node to use instead when only
+    one member is left and the node has no type of its own, and the updated nullable."""
+    kept = []
+    for a in alts:
+        if isinstance(a, dict) and a.get("type") == "null" and len(a) == 1:
+            nullable = True
+        else:
+            kept.append(_schema(a, ctx, depth + 1))
+    if len(kept) == 1 and "type" not in out:
+        inner = kept[0]
+        for k in ("description", "title", "default"):
+            if k in s:
+                inner[k] = s[k]
+        if nullable:
+            inner["nullable"] = True
+        return inner, nullable
+    if kept:
+        out["anyOf"] = kept
+    return None, nullable
+
+
+def _keywords(s: dict, out: dict) -> None:
+    """The node's own keywords that Gemini accepts: kept ones, string enums (`const` too) and known formats."""
     for k, v in s.items():
         if k in _SCHEMA_KEEP:
             out[k] = v
@@ -245,6 +271,10 @@ def _schema(s: object, ctx: _SchemaCtx, depth: int) -> dict:
         kind = out.get("type")
         if (kind == "STRING" and fmt in _STRING_FORMATS) or (kind in ("NUMBER", "INTEGER") and fmt in _NUMBER_FORMATS):
             out["format"] = fmt
+
+
+def _children(s: dict, out: dict, ctx: _SchemaCtx, depth: int) -> None:
+    """`properties` (with the `required` names they hold) and `items` (a tuple form keeps its first schema)."""
     props = s.get("properties")
     if isinstance(props, dict):
         out["properties"] = {name: _schema(p, ctx, depth + 1) for name, p in props.items()}
@@ -260,9 +290,6 @@ def _schema(s: object, ctx: _SchemaCtx, depth: int) -> dict:
     if isinstance(items, dict):
         out["items"] = _schema(items, ctx, depth + 1)
         out.setdefault("type", "ARRAY")
-    if nullable:
-        out["nullable"] = True
-    return out
 
 
 def translate_schema(schema: dict, param: str = "tools") -> dict:
