@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.request
 from pathlib import Path
 
-import openai
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,12 +19,12 @@ from fastgw.proto.sse import SSEDecoder
 from fastgw.providers import adapter_for, ir
 from fastgw.providers.anthropic import DEFAULT_MAX_TOKENS, translate_request
 from fastgw.providers.base import TargetRuntime
-from tests.conftest import GatewayFactory
 from tests.providers.relay import fed, finished
+from tests.providers.stack import ask
 from tests.support import mock_anthropic
-from tests.support.procs import Upstream, start_upstream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "anthropic"
+PROVIDER = "anthropic"  # for the `mock` and `client` fixtures (tests/providers/conftest.py)
 MODEL = "claude-sonnet-4-5"
 UPSTREAM_MODEL = "claude-sonnet-4-5-20250929"
 KEY = "sk-ant-test-key"
@@ -424,90 +422,8 @@ def test_error_without_anthropic_body():
 
 
 # ---- through the gateway, with the openai SDK -----------------------------------------------------------------
-
-
-def start_mock() -> Upstream:
-    return start_upstream(module="tests.support.mock_anthropic")
-
-
-def gw_config(mock: Upstream, **extra) -> dict:
-    return {"pack": {"name": "t"}, "providers": {"targets": [
-        {"id": "claude", "provider": "anthropic", "model": MODEL, "base_url": mock.base,
-         "secret_key_ref": {"env": "FASTGW_TEST_ANTHROPIC_KEY"},
-         # The module's tests provoke many upstream 429/529 answers on one gateway; an upstream 4xx is neutral for
-         # the breaker (it does not reset the failure count), so keep the circuit out of these tests.
-         "circuit_breaker": {"failures": 1000}}]}, **extra}
-
-
-@pytest.fixture(scope="module")
-def mock():
-    up = start_mock()
-    yield up
-    up.stop()
-
-
-@pytest.fixture(scope="module")
-def gw(mock, tmp_path_factory):
-    f = GatewayFactory(tmp_path_factory.mktemp("anthropic"))
-    yield f.start(gw_config(mock), env={"FASTGW_TEST_ANTHROPIC_KEY": KEY})
-    f.close()
-
-
-@pytest.fixture(scope="module")
-def client(gw):
-    return openai.OpenAI(base_url=gw.url, api_key="sk-client-secret", max_retries=0, timeout=20)
-
-
-def ask(text: str) -> list[dict]:
-    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
-
-
-def test_sdk_text_non_stream(client, mock):
-    r = client.chat.completions.create(model=MODEL, messages=ask("text"), max_tokens=64)
-    assert r.choices[0].message.content == "Hello! How can I help you today?"
-    assert r.choices[0].finish_reason == "stop" and r.model == UPSTREAM_MODEL
-    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (25, 15, 40)
-    seen = mock.last("/v1/messages")
-    assert seen["headers"]["x-api-key"] == KEY and seen["headers"]["anthropic-version"] == "2023-06-01"
-    assert "authorization" not in seen["headers"]
-    assert seen["body"] == {"model": MODEL, "max_tokens": 64, "system": "Be brief.",
-                            "messages": [{"role": "user", "content": "text"}]}
-
-
-def test_sdk_text_stream_with_usage(client, mock):
-    chunks = list(client.chat.completions.create(model=MODEL, messages=ask("email"), stream=True,
-                                                 stream_options={"include_usage": True}))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
-        "Sure, write to alice.smith@example.com for help."
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 43
-    assert chunks[-1].usage.completion_tokens == 14 and chunks[-1].usage.prompt_tokens_details.cached_tokens == 12
-    assert len({c.id for c in chunks}) == 1
-    assert mock.last("/v1/messages")["body"]["stream"] is True
-
-
-def test_sdk_tool_calls_stream(client):
-    with client.chat.completions.stream(model=MODEL, messages=ask("tools"), tools=[WEATHER_TOOL]) as s:
-        for _ in s:
-            pass
-        final = s.get_final_completion()
-    choice = final.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    assert choice.message.content == "Okay, let's check the weather for San Francisco, CA:"
-    [call] = choice.message.tool_calls
-    assert call.id == "toolu_01T1x1fJ34qAmk2tNTrN7Up6" and call.function.name == "get_weather"
-    assert json.loads(call.function.arguments) == {"location": "San Francisco, CA", "unit": "fahrenheit"}
-
-
-def test_sdk_parallel_tool_calls_stream_and_non_stream(client):
-    with client.chat.completions.stream(model=MODEL, messages=ask("parallel"), tools=[WEATHER_TOOL, TIME_TOOL]) as s:
-        final = s.get_final_completion()
-    r = client.chat.completions.create(model=MODEL, messages=ask("parallel"), tools=[WEATHER_TOOL, TIME_TOOL])
-    for choice in (final.choices[0], r.choices[0]):
-        assert choice.finish_reason == "tool_calls"
-        assert [(c.id, c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
-            ("toolu_01A09q90qw90lq917835lq9", "get_weather", {"location": "Paris"}),
-            ("toolu_01B19r91rx91mr918936mr8", "get_time", {"timezone": "Europe/Paris"})]
+# What every provider does the same way through the gateway is in test_contract.py; here, what is Anthropic's
+# own: the tool-result turn and thinking left out. `mock`, `client`: tests/providers/conftest.py.
 
 
 def test_sdk_tool_calls_non_stream_and_results_back(client, mock):
@@ -527,74 +443,7 @@ def test_sdk_tool_calls_non_stream_and_results_back(client, mock):
     assert sent[-2]["content"][-1]["input"] == {"location": "San Francisco, CA", "unit": "fahrenheit"}
 
 
-@pytest.mark.parametrize("name, finish", [("max_tokens", "length"), ("stop_sequence", "stop"),
-                                          ("refusal", "content_filter")])
-def test_sdk_finish_reasons(client, name, finish):
-    r = client.chat.completions.create(model=MODEL, messages=ask(name))
-    chunks = list(client.chat.completions.create(model=MODEL, messages=ask(name), stream=True))
-    assert r.choices[0].finish_reason == finish
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [finish]
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_sdk_http_errors(client, stream):
-    with pytest.raises(openai.RateLimitError) as e:
-        client.chat.completions.create(model=MODEL, messages=ask("http-429"), stream=stream)
-    assert e.value.status_code == 429 and "rate limit" in e.value.message
-    assert e.value.body["type"] == "rate_limit_error"
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=ask("http-400"), stream=stream)
-    assert "text content blocks must be non-empty" in e.value.message
-    with pytest.raises(openai.InternalServerError) as e:
-        client.chat.completions.create(model=MODEL, messages=ask("http-529"), stream=stream)
-    assert e.value.status_code == 529 and e.value.body["code"] == "overloaded_error"
-
-
-def test_sdk_refused_parameter(client):
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=ask("text"), n=2)
-    assert e.value.body["code"] == "unsupported_parameter" and e.value.body["param"] == "n"
-
-
-def test_sdk_in_stream_error(client):
-    text = ""
-    with pytest.raises(openai.APIError) as e:
-        for c in client.chat.completions.create(model=MODEL, messages=ask("error"), stream=True):
-            if c.choices:
-                text += c.choices[0].delta.content or ""
-    assert text == "Partial answer" and "Overloaded" in e.value.message
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_sdk_cut_stream(client, stream):
-    with pytest.raises(openai.APIError):
-        r = client.chat.completions.create(model=MODEL, messages=ask("cut"), stream=stream)
-        if stream:
-            for _ in r:
-                pass
-
-
 def test_sdk_thinking_left_out(client):
     chunks = list(client.chat.completions.create(model=MODEL, messages=ask("thinking"), stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "42"
     assert client.chat.completions.create(model=MODEL, messages=ask("thinking")).choices[0].message.content == "42"
-
-
-def test_pii_split_across_anthropic_events_is_redacted(gateway_factory, mock):
-    gw = gateway_factory.start(gw_config(mock, policies={"chain": ["pii-detector"]}),
-                               env={"FASTGW_TEST_ANTHROPIC_KEY": KEY})
-    c = openai.OpenAI(base_url=gw.url, api_key="x", max_retries=0, timeout=20)
-    text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-        model=MODEL, messages=ask("email"), stream=True) if ch.choices)
-    assert text == "Sure, write to [REDACTED:EMAIL] for help."
-    # The raw bytes on the wire: no piece of the address, in any event.
-    body = orjson.dumps({"model": MODEL, "messages": ask("email"), "stream": True})
-    rq = urllib.request.Request(gw.url + "/chat/completions", data=body,
-                                headers={"content-type": "application/json"})
-    with urllib.request.urlopen(rq, timeout=20) as r:
-        raw = r.read()
-    assert b"[REDACTED:EMAIL]" in raw and raw.endswith(b"data: [DONE]\n\n")
-    for piece in (b"alice", b"ith@exam", b"example.com"):
-        assert piece not in raw
-    r = c.chat.completions.create(model=MODEL, messages=ask("email"))
-    assert r.choices[0].message.content == "Sure, write to [REDACTED:EMAIL] for help."

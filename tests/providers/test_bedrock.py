@@ -34,25 +34,16 @@ from fastgw.proto.sse import SSEDecoder
 from fastgw.providers import adapter_for, bedrock, ir
 from fastgw.providers.base import TargetRuntime
 from fastgw.providers.bedrock import BedrockAdapter, BedrockStreamTranslator, translate_request
-from tests.conftest import GatewayFactory
 from tests.providers.relay import fed, finished
+from tests.providers.stack import AWS_ENV, ask, last
 from tests.support import mock_bedrock
-from tests.support.procs import Upstream, start_upstream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bedrock"
+PROVIDER = "bedrock"  # for the `mock` and `client` fixtures (tests/providers/conftest.py)
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 ALIAS = "claude-bedrock"
 ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-sonnet-20240620-v1:0"
 FROZEN = datetime.datetime(2024, 5, 17, 9, 30, 15)
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": mock_bedrock.ACCESS_KEY,
-    "AWS_SECRET_ACCESS_KEY": mock_bedrock.SECRET_KEY,
-    "AWS_SESSION_TOKEN": mock_bedrock.SESSION_TOKEN,
-    # Hermetic: no profile files, no instance metadata probing.
-    "AWS_CONFIG_FILE": "/nonexistent/fastgw-test-aws-config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/fastgw-test-aws-credentials",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city.", "strict": True,
     "parameters": {"type": "object", "properties": {"location": {"type": "string"}, "unit": {"type": "string"}},
@@ -719,83 +710,9 @@ def test_malformed_success_body_is_502():
 
 
 # ---- through the gateway, with the openai SDK -------------------------------------------------------------------
-
-
-def start_mock() -> Upstream:
-    return start_upstream(module="tests.support.mock_bedrock")
-
-
-#: The error scripts fail on purpose, many times: keep the target's circuit closed through them.
-NO_BREAKER = {"failures": 10_000, "cooldown": 1}
-
-
-def gw_config(mock: Upstream, **extra) -> dict:
-    return {"pack": {"name": "t"}, "providers": {"targets": [
-        {"id": "br", "provider": "bedrock", "model": MODEL, "aliases": [ALIAS], "region": "us-east-1",
-         "base_url": mock.base, "circuit_breaker": NO_BREAKER},
-        {"id": "br-key", "provider": "bedrock", "model": "amazon.nova-lite-v1:0", "region": "us-east-1",
-         "base_url": mock.base, "secret_key_ref": {"env": "FASTGW_TEST_BEDROCK_API_KEY"},
-         "circuit_breaker": NO_BREAKER},
-    ]}, **extra}
-
-
-GW_ENV = {**AWS_ENV, "FASTGW_TEST_BEDROCK_API_KEY": mock_bedrock.API_KEY}
-
-
-@pytest.fixture(scope="module")
-def mock():
-    up = start_mock()
-    yield up
-    up.stop()
-
-
-@pytest.fixture(scope="module")
-def gw(mock, tmp_path_factory):
-    f = GatewayFactory(tmp_path_factory.mktemp("bedrock"))
-    yield f.start(gw_config(mock), env=GW_ENV)
-    f.close()
-
-
-@pytest.fixture(scope="module")
-def client(gw):
-    return openai.OpenAI(base_url=gw.url, api_key="unused", max_retries=0, timeout=20)
-
-
-def ask(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def last_request(mock: Upstream) -> dict:
-    with urllib.request.urlopen(mock.base + "/_last", timeout=5) as r:
-        return json.loads(r.read())
-
-
-def test_sdk_text_non_stream(client, mock):
-    r = client.chat.completions.create(model=ALIAS, messages=[{"role": "system", "content": "Be brief."},
-                                                              *ask("text")], max_tokens=50, temperature=0.1)
-    assert r.choices[0].message.content == "".join(mock_bedrock.TEXT)
-    assert r.choices[0].finish_reason == "stop" and r.model == MODEL
-    assert r.usage.prompt_tokens == 13 and r.usage.completion_tokens == 18
-    seen = last_request(mock)
-    assert seen["path"] == "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
-    assert seen["model"] == MODEL
-    assert seen["body"] == {"messages": [{"role": "user", "content": [{"text": "text"}]}],
-                            "system": [{"text": "Be brief."}],
-                            "inferenceConfig": {"maxTokens": 50, "temperature": 0.1}}
-    assert seen["headers"]["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={mock_bedrock.ACCESS_KEY}/")
-    assert seen["headers"]["x-amz-security-token"] == mock_bedrock.SESSION_TOKEN
-
-
-def test_sdk_text_stream_with_usage(client, mock):
-    stream = client.chat.completions.create(model=ALIAS, messages=ask("text"), stream=True,
-                                            stream_options={"include_usage": True})
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "".join(mock_bedrock.TEXT)
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
-    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 13
-    assert len({c.id for c in chunks}) == 1
-    assert last_request(mock)["path"].endswith("/converse-stream")
+# What every provider does the same way through the gateway is in test_contract.py; here, what is Bedrock's
+# own: cache usage, the tool-result turn, a corrupt frame, the API-key target, the mock's signature check.
+# `mock`, `client`: tests/providers/conftest.py.
 
 
 def test_sdk_cache_usage(client):
@@ -807,29 +724,6 @@ def test_sdk_cache_usage(client):
     assert r.usage.prompt_tokens_details.cached_tokens == 100
 
 
-def test_sdk_tool_calls_stream(client, mock):
-    with client.chat.completions.stream(model=ALIAS, messages=ask("tool"), tools=[WEATHER_TOOL],
-                                        tool_choice="required") as s:
-        final = s.get_final_completion()
-    msg = final.choices[0].message
-    assert final.choices[0].finish_reason == "tool_calls" and msg.content == "Let me check the weather."
-    (call,) = msg.tool_calls
-    assert (call.id, call.function.name) == (mock_bedrock.WEATHER[0], "get_weather")
-    assert json.loads(call.function.arguments) == {"location": "Seattle, WA", "unit": "c"}
-    assert last_request(mock)["body"]["toolConfig"]["toolChoice"] == {"any": {}}
-
-
-def test_sdk_parallel_tool_calls_stream_and_non_stream(client):
-    with client.chat.completions.stream(model=ALIAS, messages=ask("tools2"), tools=[WEATHER_TOOL, TIME_TOOL]) as s:
-        final = s.get_final_completion()
-    r = client.chat.completions.create(model=ALIAS, messages=ask("tools2"), tools=[WEATHER_TOOL, TIME_TOOL])
-    for msg in (final.choices[0].message, r.choices[0].message):
-        assert [(c.id, c.function.name, json.loads(c.function.arguments)) for c in msg.tool_calls] == [
-            (mock_bedrock.WEATHER[0], "get_weather", {"location": "Seattle, WA", "unit": "c"}),
-            (mock_bedrock.TIME[0], "get_time", {"timezone": "America/Los_Angeles"})]
-    assert final.choices[0].finish_reason == r.choices[0].finish_reason == "tool_calls"
-
-
 def test_sdk_tool_calls_non_stream_and_results_back(client, mock):
     r = client.chat.completions.create(model=ALIAS, messages=ask("tool"), tools=[WEATHER_TOOL])
     msg = r.choices[0].message
@@ -839,7 +733,7 @@ def test_sdk_tool_calls_non_stream_and_results_back(client, mock):
               {"role": "user", "content": "text"}]
     r2 = client.chat.completions.create(model=ALIAS, messages=follow, tools=[WEATHER_TOOL])
     assert r2.choices[0].message.content == "".join(mock_bedrock.TEXT)
-    sent = last_request(mock)["body"]["messages"]
+    sent = last(mock)["body"]["messages"]
     assert sent[1]["content"][1] == {"toolUse": {"toolUseId": mock_bedrock.WEATHER[0], "name": "get_weather",
                                                  "input": {"location": "Seattle, WA", "unit": "c"}}}
     assert sent[2] == {"role": "user", "content": [
@@ -847,61 +741,16 @@ def test_sdk_tool_calls_non_stream_and_results_back(client, mock):
         {"text": "text"}]}
 
 
-@pytest.mark.parametrize("reason, finish", [("max_tokens", "length"), ("stop_sequence", "stop"),
-                                            ("guardrail_intervened", "content_filter"),
-                                            ("content_filtered", "content_filter"), ("end_turn", "stop")])
-def test_sdk_finish_reasons(client, reason, finish):
-    chunks = list(client.chat.completions.create(model=ALIAS, messages=ask(f"finish:{reason}"), stream=True))
-    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == [finish]
-    r = client.chat.completions.create(model=ALIAS, messages=ask(f"finish:{reason}"))
-    assert r.choices[0].finish_reason == finish
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_sdk_http_errors(client, stream):
-    with pytest.raises(openai.RateLimitError) as e:
-        r = client.chat.completions.create(model=ALIAS, messages=ask("error429"), stream=stream)
-        if stream:
-            list(r)
-    assert e.value.status_code == 429 and e.value.code == "ThrottlingException"
-    assert "Too many requests" in e.value.message
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=ALIAS, messages=ask("error400"), stream=stream)
-    assert e.value.code == "ValidationException"
-    with pytest.raises(openai.PermissionDeniedError):
-        client.chat.completions.create(model=ALIAS, messages=ask("error403"), stream=stream)
-    with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model=ALIAS, messages=ask("error500"), stream=stream)
-
-
-def test_sdk_refused_parameter(client):
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=ALIAS, messages=ask("text"), n=2)
-    assert e.value.code == "unsupported_parameter" and e.value.param == "n"
-
-
-@pytest.mark.parametrize("script, code", [("instream-error", "modelStreamErrorException"),
-                                          ("throttle-instream", "throttlingException"),
-                                          ("error-frame", "InternalFailure")])
-def test_sdk_in_stream_error(client, script, code):
-    got = []
-    with pytest.raises(openai.APIError) as e:
-        for c in client.chat.completions.create(model=ALIAS, messages=ask(script), stream=True):
-            got.append(c.choices[0].delta.content or "")
-    assert code in str(e.value.body) or code in e.value.message
-    assert got and "".join(got) == ("Partial answer" if script == "instream-error" else "")  # after the events
-
-
-@pytest.mark.parametrize("script", ["cut", "corrupt"])
-def test_sdk_cut_or_corrupt_stream(client, script):
+def test_sdk_corrupt_stream(client):
+    """A frame whose message CRC is wrong breaks the stream (a cut one is in the contract suite)."""
     with pytest.raises(openai.APIError):
-        list(client.chat.completions.create(model=ALIAS, messages=ask(script), stream=True))
+        list(client.chat.completions.create(model=ALIAS, messages=ask("corrupt"), stream=True))
 
 
 def test_sdk_bedrock_api_key_target(client, mock):
     r = client.chat.completions.create(model="amazon.nova-lite-v1:0", messages=ask("text"))
     assert r.choices[0].message.content == "".join(mock_bedrock.TEXT)
-    seen = last_request(mock)
+    seen = last(mock)
     assert seen["headers"]["authorization"] == f"Bearer {mock_bedrock.API_KEY}"
     assert seen["path"] == "/model/amazon.nova-lite-v1%3A0/converse"
 
@@ -928,28 +777,10 @@ def test_mock_refuses_bad_signatures(mock, aws_env, frozen_time, monkeypatch):
     assert send(tampered) == 403
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     assert send(BedrockAdapter().build_request(t, "chat/completions", body, None, False)) == 403
-    assert last_request(mock)["headers"]["authorization"].startswith("AWS4-HMAC-SHA256")
+    assert last(mock)["headers"]["authorization"].startswith("AWS4-HMAC-SHA256")
 
 
-def test_pii_split_across_bedrock_events_is_redacted(mock, tmp_path):
+def test_email_is_split_across_events():
+    """The address the contract suite's pii test redacts is in no one event of the `email` stream."""
     email = "jane.doe@example.com"
     assert all(email not in part for part in mock_bedrock.EMAIL) and email in "".join(mock_bedrock.EMAIL)
-    f = GatewayFactory(tmp_path)
-    try:
-        gw = f.start(gw_config(mock, policies={"chain": ["pii-detector"]}), env=GW_ENV)
-        c = openai.OpenAI(base_url=gw.url, api_key="unused", max_retries=0, timeout=20)
-        text = "".join(ch.choices[0].delta.content or "" for ch in
-                       c.chat.completions.create(model=ALIAS, messages=ask("email"), stream=True) if ch.choices)
-        assert "[REDACTED:EMAIL]" in text and "jane.doe" not in text
-        # the raw bytes on the wire never hold any of it either
-        req_ = urllib.request.Request(gw.url + "/chat/completions", method="POST",
-                                      data=json.dumps({"model": ALIAS, "stream": True,
-                                                       "messages": ask("email")}).encode(),
-                                      headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req_, timeout=10) as r:
-            raw = r.read()
-        assert b"[REDACTED:EMAIL]" in raw and b"jane.doe" not in raw and b"@exam" not in raw
-        r2 = c.chat.completions.create(model=ALIAS, messages=ask("email"))
-        assert "[REDACTED:EMAIL]" in r2.choices[0].message.content and "jane.doe" not in r2.choices[0].message.content
-    finally:
-        f.close()

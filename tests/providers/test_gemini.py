@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import openai
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,11 +19,11 @@ from fastgw.providers import adapter_for
 from fastgw.providers import ir
 from fastgw.providers.base import TargetRuntime
 from fastgw.providers.gemini import SKIP_SIGNATURE, GeminiTranslator, translate_request, translate_schema
-from tests.conftest import GatewayFactory
 from tests.providers.relay import fed, finished
-from tests.support.procs import REPO_ROOT, Upstream
+from tests.providers.stack import ask, last, stream_text
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gemini"
+PROVIDER = "gemini"  # for the `mock` and `client` fixtures (tests/providers/conftest.py)
 STREAMS = sorted(p.stem for p in FIXTURES.glob("*.sse") if p.stem != "error_midstream")
 MODEL = "gemini-2.5-flash"
 KEY = "gm-test-key-123"
@@ -428,115 +423,25 @@ def test_refused_requests_are_400_envelopes(body, param):
 
 
 # ---- through the gateway, with the openai SDK ------------------------------------------------------------------
+# What every provider does the same way through the gateway is in test_contract.py; here, what is Gemini's
+# own: the echo answer, the thought signature on the tool-result turn, cached and reasoning tokens.
+# `mock`, `client`: tests/providers/conftest.py.
 
 
-@pytest.fixture(scope="module")
-def mock_gemini():
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.mock_gemini", "--port", "0"], cwd=str(REPO_ROOT),
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("LISTENING "), line
-    up = Upstream(proc, int(line.split()[1]))
-    yield up
-    up.stop()
+def test_gateway_echo_answer(client):
+    """The generic echo answer, streamed in many small events."""
+    chunks = client.chat.completions.create(model=MODEL, messages=_user("hello gemini"), stream=True)
+    assert stream_text(chunks) == "Echo: hello gemini"
 
 
-def _gw_config(base: str, chain: list[str] | None = None) -> dict:
-    cfg: dict = {"pack": {"name": "t"}, "providers": {"targets": [
-        {"id": "gem", "provider": "gemini", "model": MODEL, "base_url": base,
-         "secret_key_ref": {"env": "GEMINI_KEY"}}]}}
-    if chain:
-        cfg["policies"] = {"chain": chain}
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def factory(tmp_path_factory):
-    f = GatewayFactory(tmp_path_factory.mktemp("gemini"))
-    yield f
-    f.close()
-
-
-@pytest.fixture(scope="module")
-def gw(mock_gemini, factory):
-    return factory.start(_gw_config(mock_gemini.base), env={"GEMINI_KEY": KEY})
-
-
-@pytest.fixture(scope="module")
-def pii_gw(mock_gemini, factory):
-    return factory.start(_gw_config(mock_gemini.base, ["pii-detector"]), env={"GEMINI_KEY": KEY})
-
-
-def _client(gw) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url, api_key="unused", max_retries=0, timeout=20)
-
-
-def _user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def _last(mock) -> dict:
-    with urllib.request.urlopen(mock.base + "/_last", timeout=10) as r:
-        return json.loads(r.read())
-
-
-def _stream_text(client, text: str, **kw) -> tuple[str, list]:
-    chunks = list(client.chat.completions.create(model=MODEL, messages=_user(text), stream=True, **kw))
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
-
-
-def _stream_text_msgs(client, msgs: list) -> tuple[str, list]:
-    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, stream=True, tools=[WEATHER_TOOL]))
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
-
-
-def test_gateway_text_stream_and_non_stream(gw, mock_gemini):
-    c = _client(gw)
-    text, chunks = _stream_text(c, "fixture:text")
-    assert text == "Hello there! How can I help you today?"
-    assert chunks[-1].choices[0].finish_reason == "stop" and len({ch.id for ch in chunks}) == 1
-    last = _last(mock_gemini)
-    assert last["path"] == f"/v1beta/models/{MODEL}:streamGenerateContent" and last["query"] == "alt=sse"
-    assert last["headers"]["x-goog-api-key"] == KEY and "authorization" not in last["headers"]
-    r = c.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "Be nice."},
-                                                         *_user("fixture:text")], temperature=0.5, max_tokens=50)
-    assert r.choices[0].message.content == "Hello there! How can I help you today?"
-    assert r.choices[0].finish_reason == "stop" and r.usage.total_tokens == 18
-    last = _last(mock_gemini)
-    assert last["path"] == f"/v1beta/models/{MODEL}:generateContent"
-    assert last["body"]["systemInstruction"] == {"parts": [{"text": "Be nice."}]}
-    assert last["body"]["generationConfig"] == {"temperature": 0.5, "maxOutputTokens": 50}
-    # the generic echo answer, streamed in many small events
-    assert _stream_text(c, "hello gemini")[0] == "Echo: hello gemini"
-
-
-@pytest.mark.parametrize("fixture, locations", [("tool_call", ["Paris"]), ("parallel_tools", ["Paris", "London"])])
-def test_gateway_tool_calls_stream_and_non_stream(gw, fixture, locations):
-    c = _client(gw)
-    with c.chat.completions.stream(model=MODEL, messages=_user(f"fixture:{fixture}"), tools=[WEATHER_TOOL]) as s:
-        for _ in s:
-            pass
-        final = s.get_final_completion()
-    plain = c.chat.completions.create(model=MODEL, messages=_user(f"fixture:{fixture}"), tools=[WEATHER_TOOL])
-    for r in (final, plain):
-        ch = r.choices[0]
-        assert ch.finish_reason == "tool_calls"
-        calls = ch.message.tool_calls
-        assert [json.loads(tc.function.arguments)["location"] for tc in calls] == locations
-        assert all(tc.function.name == "get_weather" and tc.id and tc.type == "function" for tc in calls)
-        assert len({tc.id for tc in calls}) == len(calls)
-
-
-def test_gateway_tool_result_round_trip(gw, mock_gemini):
-    c = _client(gw)
-    r = c.chat.completions.create(model=MODEL, messages=_user("fixture:tool_call"), tools=[WEATHER_TOOL])
+def test_gateway_tool_result_round_trip(client, mock):
+    r = client.chat.completions.create(model=MODEL, messages=_user("fixture:tool_call"), tools=[WEATHER_TOOL])
     call = r.choices[0].message.tool_calls[0]
     msgs = [*_user("fixture:tool_call"), r.choices[0].message.model_dump(exclude_none=True),
             {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 18, "sky": "sunny"}'}]
-    text, _ = _stream_text_msgs(c, msgs)
+    text = stream_text(client.chat.completions.create(model=MODEL, messages=msgs, stream=True, tools=[WEATHER_TOOL]))
     assert text == "It is 18 degrees and sunny in Paris."
-    contents = _last(mock_gemini)["body"]["contents"]
+    contents = last(mock)["body"]["contents"]
     assert contents[1]["role"] == "model" and contents[1]["parts"][0]["functionCall"]["name"] == "get_weather"
     assert contents[2] == {"role": "user", "parts": [{"functionResponse": {
         "name": "get_weather", "response": {"temp": 18, "sky": "sunny"}}}]}
@@ -544,67 +449,17 @@ def test_gateway_tool_result_round_trip(gw, mock_gemini):
     assert contents[1]["parts"][0]["thoughtSignature"] == "CiQBd3V6eXhfZ2F0ZXdheV90ZXN0X3NpZ25hdHVyZV8wMDAx"
 
 
-
-def test_gateway_usage_with_include_usage(gw):
-    _, chunks = _stream_text(_client(gw), "fixture:usage", stream_options={"include_usage": True})
+def test_gateway_usage_with_include_usage(client):
+    chunks = list(client.chat.completions.create(model=MODEL, messages=_user("fixture:usage"), stream=True,
+                                                 stream_options={"include_usage": True}))
     assert chunks[-1].choices == [] and all(ch.usage is None for ch in chunks[:-1])
     u = chunks[-1].usage
     assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (1200, 38, 1238)
     assert u.prompt_tokens_details.cached_tokens == 1024 and u.completion_tokens_details.reasoning_tokens == 30
 
 
-@pytest.mark.parametrize("fixture, finish", [("text", "stop"), ("max_tokens", "length"), ("safety", "content_filter"),
-                                             ("recitation", "content_filter"), ("prompt_blocked", "content_filter")])
-def test_gateway_finish_reasons(gw, fixture, finish):
-    c = _client(gw)
-    _, chunks = _stream_text(c, f"fixture:{fixture}")
-    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == [finish]
-    r = c.chat.completions.create(model=MODEL, messages=_user(f"fixture:{fixture}"))
-    assert r.choices[0].finish_reason == finish
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_gateway_http_errors_before_the_stream(gw, stream):
-    c = _client(gw)
-    with pytest.raises(openai.RateLimitError) as e:
-        c.chat.completions.create(model=MODEL, messages=_user("http:429"), stream=stream)
-    assert e.value.status_code == 429 and e.value.code == "RESOURCE_EXHAUSTED" and "quota" in e.value.message
-    with pytest.raises(openai.BadRequestError) as e:
-        c.chat.completions.create(model=MODEL, messages=_user("http:400"), stream=stream)
-    assert e.value.code == "INVALID_ARGUMENT" and "temperature" in e.value.message
-    with pytest.raises(openai.BadRequestError) as e:  # refused by the adapter itself
-        c.chat.completions.create(model=MODEL, messages=_user("x"), tools=[{"type": "custom", "custom": {"name": "t"}}],
-                                  stream=stream)
-    assert e.value.code == "unsupported_parameter"
-
-
-def test_gateway_in_stream_error_and_cut_stream(gw):
-    c = _client(gw)
-    for text, needle in (("fixture:error_midstream", "overloaded"), ("cut", "")):
-        got = ""
-        with pytest.raises(openai.APIError) as e:
-            for ch in c.chat.completions.create(model=MODEL, messages=_user(text), stream=True):
-                if ch.choices:
-                    got += ch.choices[0].delta.content or ""
-        assert needle in str(e.value)
-        assert got == ("Starting the answer" if needle else "Hello")  # what came before the failure
-
-
-def test_gateway_pii_split_across_gemini_events_is_redacted(pii_gw):
-    c = _client(pii_gw)
-    text, _ = _stream_text(c, "fixture:email_split")
-    assert text == "Sure, write to [REDACTED:EMAIL] and I will reply."
-    r = c.chat.completions.create(model=MODEL, messages=_user("fixture:email_split"))
-    assert r.choices[0].message.content == "Sure, write to [REDACTED:EMAIL] and I will reply."
-    # the raw bytes the client gets never hold any part of the address
-    req = urllib.request.Request(pii_gw.url + "/chat/completions", headers={"content-type": "application/json"},
-                                 data=orjson.dumps({"model": MODEL, "stream": True,
-                                                    "messages": _user("fixture:email_split")}))
-    t0 = time.monotonic()
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        raw = resp.read()
-    assert time.monotonic() - t0 < 10
-    assert b"[REDACTED:EMAIL]" in raw and b"jane" not in raw and b"example.com" not in raw and b"[DONE]" in raw
+def _user(text: str) -> list[dict]:
+    return ask(text, system=None)
 
 
 def test_malformed_bodies_are_400_not_crashes():

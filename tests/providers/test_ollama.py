@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from pathlib import Path
 
 import openai
@@ -22,12 +21,12 @@ from fastgw.proto.sse import SSEDecoder
 from fastgw.providers import adapter_for, ir
 from fastgw.providers.base import TargetRuntime
 from fastgw.providers.ollama import OllamaTranslator, translate_request
-from tests.conftest import GatewayFactory
 from tests.providers.relay import fed, finished
+from tests.providers.stack import ask
 from tests.support import mock_ollama
-from tests.support.procs import Upstream, start_upstream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ollama"
+PROVIDER = "ollama"  # for the `mock` and `client` fixtures (tests/providers/conftest.py)
 MODEL = "llama3.2"
 KEY = "ollama-proxy-key"
 WEATHER_TOOL = {"type": "function", "function": {
@@ -376,89 +375,8 @@ def test_error_without_ollama_body():
 
 
 # ---- through the gateway, with the openai SDK -----------------------------------------------------------------
-
-
-def start_mock() -> Upstream:
-    return start_upstream(module="tests.support.mock_ollama")
-
-
-def gw_config(mock: Upstream, **extra) -> dict:
-    return {"pack": {"name": "t"}, "providers": {"targets": [
-        {"id": "local", "provider": "ollama", "model": MODEL, "aliases": ["local-llama"], "base_url": mock.base,
-         "secret_key_ref": {"env": "FASTGW_TEST_OLLAMA_KEY"},
-         # Many upstream 429/5xx answers on one gateway; an upstream 4xx is neutral for the breaker (it does not
-         # reset the failure count), so keep the circuit out of these tests.
-         "circuit_breaker": {"failures": 1000}}]}, **extra}
-
-
-@pytest.fixture(scope="module")
-def mock():
-    up = start_mock()
-    yield up
-    up.stop()
-
-
-@pytest.fixture(scope="module")
-def gw(mock, tmp_path_factory):
-    f = GatewayFactory(tmp_path_factory.mktemp("ollama"))
-    yield f.start(gw_config(mock), env={"FASTGW_TEST_OLLAMA_KEY": KEY})
-    f.close()
-
-
-@pytest.fixture(scope="module")
-def client(gw):
-    return openai.OpenAI(base_url=gw.url, api_key="sk-client-secret", max_retries=0, timeout=20)
-
-
-def ask(text: str) -> list[dict]:
-    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
-
-
-def test_sdk_text_non_stream(client, mock):
-    r = client.chat.completions.create(model="local-llama", messages=ask("text"), max_tokens=64, temperature=0.2)
-    assert r.choices[0].message.content == "The sky is blue because of Rayleigh scattering."
-    assert r.choices[0].finish_reason == "stop" and r.model == MODEL
-    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (26, 9, 35)
-    seen = mock.last("/api/chat")
-    assert seen["headers"]["authorization"] == f"Bearer {KEY}"
-    assert seen["body"] == {"model": MODEL, "messages": [{"role": "system", "content": "Be brief."},
-                                                         {"role": "user", "content": "text"}],
-                            "stream": False, "options": {"temperature": 0.2, "num_predict": 64}}
-
-
-def test_sdk_text_stream_with_usage(client, mock):
-    chunks = list(client.chat.completions.create(model=MODEL, messages=ask("text"), stream=True,
-                                                 stream_options={"include_usage": True}))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
-        "The sky is blue because of Rayleigh scattering."
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == \
-        (26, 9)
-    assert len({c.id for c in chunks}) == 1
-    assert mock.last("/api/chat")["body"]["stream"] is True
-
-
-def test_sdk_tool_calls_stream(client):
-    with client.chat.completions.stream(model=MODEL, messages=ask("tools"), tools=[WEATHER_TOOL]) as s:
-        for _ in s:
-            pass
-        final = s.get_final_completion()
-    choice = final.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.content is None
-    [call] = choice.message.tool_calls
-    assert call.id.startswith("call_") and call.function.name == "get_weather"
-    assert json.loads(call.function.arguments) == {"location": "Paris, FR", "format": "celsius"}
-
-
-def test_sdk_parallel_tool_calls_stream_and_non_stream(client):
-    with client.chat.completions.stream(model=MODEL, messages=ask("parallel"), tools=[WEATHER_TOOL]) as s:
-        final = s.get_final_completion()
-    r = client.chat.completions.create(model=MODEL, messages=ask("parallel"), tools=[WEATHER_TOOL])
-    for choice in (final.choices[0], r.choices[0]):
-        assert choice.finish_reason == "tool_calls"
-        assert [(c.function.name, json.loads(c.function.arguments)["location"]) for c in choice.message.tool_calls] \
-            == [("get_weather", "Paris, FR"), ("get_weather", "Tokyo, JP")]
-        assert len({c.id for c in choice.message.tool_calls}) == 2
+# What every provider does the same way through the gateway is in test_contract.py; here, what is Ollama's
+# own: the tool-result turn and images. `mock`, `client`: tests/providers/conftest.py.
 
 
 def test_sdk_tool_results_back(client, mock):
@@ -487,71 +405,3 @@ def test_sdk_image_data_url(client, mock):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
     assert e.value.body["code"] == "unsupported_parameter"
-
-
-def test_sdk_finish_length(client):
-    r = client.chat.completions.create(model=MODEL, messages=ask("length"), max_tokens=4)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=ask("length"), stream=True, max_tokens=4))
-    assert r.choices[0].finish_reason == "length" and r.choices[0].message.content == "Once upon a time"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_sdk_http_errors(client, stream):
-    with pytest.raises(openai.RateLimitError) as e:
-        client.chat.completions.create(model=MODEL, messages=ask("http-429"), stream=stream)
-    assert e.value.status_code == 429 and "hourly usage limit" in e.value.message
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=ask("http-400"), stream=stream)
-    assert "cannot unmarshal" in e.value.message
-    with pytest.raises(openai.NotFoundError) as e:
-        client.chat.completions.create(model=MODEL, messages=ask("http-404"), stream=stream)
-    assert e.value.body["code"] == "model_not_found" and "try pulling it first" in e.value.message
-    with pytest.raises(openai.InternalServerError) as e:
-        client.chat.completions.create(model=MODEL, messages=ask("http-503"), stream=stream)
-    assert e.value.status_code == 503
-
-
-def test_sdk_in_stream_error(client):
-    text = ""
-    with pytest.raises(openai.APIError) as e:
-        for c in client.chat.completions.create(model=MODEL, messages=ask("error"), stream=True):
-            if c.choices:
-                text += c.choices[0].delta.content or ""
-    assert text == "The sky" and "unexpected EOF" in e.value.message
-    with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model=MODEL, messages=ask("error"))
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_sdk_cut_stream(client, stream):
-    with pytest.raises(openai.APIError):
-        r = client.chat.completions.create(model=MODEL, messages=ask("cut"), stream=stream)
-        if stream:
-            for _ in r:
-                pass
-
-
-def test_sdk_refused_parameter(client):
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=ask("text"), n=2)
-    assert e.value.body["code"] == "unsupported_parameter" and e.value.body["param"] == "n"
-
-
-def test_pii_split_across_ollama_lines_is_redacted(gateway_factory, mock):
-    gw = gateway_factory.start(gw_config(mock, policies={"chain": ["pii-detector"]}),
-                               env={"FASTGW_TEST_OLLAMA_KEY": KEY})
-    c = openai.OpenAI(base_url=gw.url, api_key="x", max_retries=0, timeout=20)
-    text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-        model=MODEL, messages=ask("email"), stream=True) if ch.choices)
-    assert text == "Sure, write to [REDACTED:EMAIL] any time."
-    # The raw bytes on the wire: no piece of the address, in any event.
-    body = orjson.dumps({"model": MODEL, "messages": ask("email"), "stream": True})
-    rq = urllib.request.Request(gw.url + "/chat/completions", data=body, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(rq, timeout=20) as r:
-        raw = r.read()
-    assert b"[REDACTED:EMAIL]" in raw and raw.endswith(b"data: [DONE]\n\n")
-    for piece in (b"john", b"e@example", b"example.com"):
-        assert piece not in raw
-    r = c.chat.completions.create(model=MODEL, messages=ask("email"))
-    assert r.choices[0].message.content == "Sure, write to [REDACTED:EMAIL] any time."

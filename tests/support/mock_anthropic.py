@@ -20,7 +20,6 @@ when none); `POST /_reset` forgets it.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support import mockserver
+from tests.support import mockkit
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "anthropic"
 SCENARIOS = ("text", "email", "tools", "parallel", "max_tokens", "stop_sequence", "refusal", "thinking", "error",
@@ -39,7 +38,7 @@ ALLOWED_FIELDS = {"model", "messages", "max_tokens", "system", "temperature", "t
                   "container", "mcp_servers"}
 BLOCK_TYPES = {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 
-LAST: dict[str, Any] = {}
+REC = mockkit.Recorder()
 
 
 def fixture(name: str) -> bytes:
@@ -133,8 +132,7 @@ def _scenario(body: dict) -> str:
         else:
             texts = [b.get("text", "") for b in content if b.get("type") == "text"]
             text = texts[-1] if texts else ""
-        text = text.strip().lower()
-        return text if text in SCENARIOS else "text"
+        return mockkit.pick(text, SCENARIOS)
     return "text"
 
 
@@ -143,11 +141,7 @@ def _scenario(body: dict) -> str:
 
 def events_of(stream: bytes) -> list[bytes]:
     """The fixture cut into its events (each with its blank line); a trailing partial event stays last."""
-    parts = stream.split(b"\n\n")
-    out = [p + b"\n\n" for p in parts[:-1]]
-    if parts[-1]:
-        out.append(parts[-1])
-    return out
+    return mockkit.split_keep(stream)
 
 
 def message_of(stream: bytes) -> dict:
@@ -183,18 +177,8 @@ def message_of(stream: bytes) -> dict:
     return msg
 
 
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
-
-
 async def messages(request: web.Request) -> web.StreamResponse:
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        body = None
-    LAST["/v1/messages"] = {"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}
+    _, body = await mockkit.read_json(request, REC)
     if not request.headers.get("x-api-key"):
         return fixture_error(401, "error_401.json")
     if not request.headers.get("anthropic-version"):
@@ -214,45 +198,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
     stream = fixture(f"{scenario}.sse")
 
     if not body.get("stream"):
+        if scenario == "cut":
+            return await mockkit.cut_body(request, "application/json",
+                                          b'{"id":"msg_01StreamCutMidway00001","type":"message",')
         js = FIXTURES / f"{scenario}.json"
         data = js.read_bytes() if js.exists() else json.dumps(message_of(stream)).encode()
-        if scenario == "cut":
-            resp = web.StreamResponse(status=200, headers={"content-type": "application/json"})
-            resp.content_length = 4096
-            await resp.prepare(request)
-            await resp.write(b'{"id":"msg_01StreamCutMidway00001","type":"message",')
-            await asyncio.sleep(0.05)
-            _abort(request)
-            return resp
         return web.Response(body=data, content_type="application/json", headers={"request-id": "req_mock"})
-
-    resp = web.StreamResponse(status=200, headers={"content-type": "text/event-stream; charset=utf-8",
-                                                   "cache-control": "no-cache", "request-id": "req_mock"})
-    await resp.prepare(request)
-    for ev in events_of(stream):
-        if ev.startswith(b"event: error"):
-            # The failure comes later than the text before it, as it does live: the text reaches the client first
-            # (a gateway may answer a failure that precedes every byte with an HTTP error instead).
-            await asyncio.sleep(0.05)
-        await resp.write(ev)
-    if scenario == "cut":
-        await asyncio.sleep(0.05)
-        _abort(request)
-        return resp
-    await resp.write_eof()
-    return resp
-
-
-async def last(request: web.Request) -> web.Response:
-    entry = LAST.get("/v1/messages")
-    if entry is None:
-        return web.json_response({"error": "no request seen"}, status=404)
-    return web.json_response(entry)
-
-
-async def reset(request: web.Request) -> web.Response:
-    LAST.clear()
-    return web.json_response({"ok": True})
+    return await mockkit.stream(request, events_of(stream), {
+        "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", "request-id": "req_mock"},
+        late=lambda i, ev: ev.startswith(b"event: error"), cut=scenario == "cut")
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -260,16 +214,11 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def make_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/messages", messages)
-    app.router.add_get("/_last", last)
-    app.router.add_post("/_reset", reset)
-    app.router.add_route("*", "/{tail:.*}", not_found)
-    return app
+    return mockkit.make_app(REC, [("POST", "/v1/messages", messages)], not_found)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return mockserver.main(make_app, "Mock Anthropic Messages API for fastgw tests.", argv)
+    return mockkit.main(make_app, "Mock Anthropic Messages API for fastgw tests.", argv)
 
 
 if __name__ == "__main__":

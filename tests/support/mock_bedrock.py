@@ -17,22 +17,22 @@ The answer is chosen by the last user message's text (a script name; anything el
 - `cache`: usage with cacheReadInputTokens / cacheWriteInputTokens.
 - `throttle-instream`: a throttlingException message right after messageStart.
 - `error-frame`: a `:message-type error` message (`:error-code`, `:error-message` headers).
-- `cut`: a few events, then half a frame, then the TCP connection is aborted.
+- `cut`: a few events, then half a frame, then the TCP connection is aborted (Converse: part of the body, then the
+  abort).
 - `corrupt`: a few events, then a frame whose message CRC is wrong.
 - `error429`, `error400`, `error403`, `error500`: that HTTP status before any stream, Bedrock's body
   `{"message": ...}` and `x-amzn-ErrorType`.
 
-`GET /_last` returns `{"path", "headers", "body"}` of the last model request (404 before any).
+`GET /_last` returns `{"path", "model", "operation", "headers", "body"}` of the last model request (404 before any);
+`POST /_reset` forgets it.
 `--write-fixtures` regenerates the recorded streams (from `build_fixtures()`) and exits.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import json
 import re
-import signal
 import sys
 import uuid
 from pathlib import Path
@@ -43,6 +43,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from fastgw.proto.eventstream import encode_message, event, exception
+from tests.support import mockkit, mockserver
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bedrock"
 
@@ -157,12 +158,7 @@ _ERRORS = {
 # ---------------------------------------------------------------- requests
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.last: dict | None = None
-
-
-REC = Recorder()
+REC = mockkit.Recorder()
 
 
 def error_response(status: int, kind: str, message: str) -> web.Response:
@@ -236,24 +232,13 @@ def fixture(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def abort(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-
-
 async def model_request(request: web.Request) -> web.StreamResponse:
-    raw = await request.read()
     m = _PATH.match(request.raw_path)
     if m is None or request.method != "POST":
+        await request.read()
         return error_response(404, "UnknownOperationException", f"no operation at {request.method} {request.raw_path}")
     model_id, op = unquote(m.group(1)), m.group(2)
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    REC.last = {"path": request.raw_path, "model": model_id, "operation": op,
-                "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}
+    raw, body = await mockkit.read_json(request, REC, path=request.raw_path, model=model_id, operation=op)
     denied = check_auth(request, raw)
     if denied is not None:
         return denied
@@ -265,6 +250,8 @@ async def model_request(request: web.Request) -> web.StreamResponse:
         message = json.loads(fixture(name))["message"] if name else f"mock {kind}"
         return error_response(status, kind, message)
     if op == "converse":
+        if script == "cut":
+            return await mockkit.cut_body(request, "application/json", b'{"output":{"message":{"role":"assis')
         return converse(script)
     return await converse_stream(request, script)
 
@@ -306,28 +293,17 @@ def stream_frames(script: str) -> list[bytes] | None:
 
 
 async def converse_stream(request: web.Request, script: str) -> web.StreamResponse:
-    resp = web.StreamResponse(status=200, headers={"content-type": "application/vnd.amazon.eventstream",
-                                                   "x-amzn-RequestId": str(uuid.uuid4())})
-    await resp.prepare(request)
+    headers = {"content-type": "application/vnd.amazon.eventstream", "x-amzn-RequestId": str(uuid.uuid4())}
     if script == "cut":
         frames = text_events(TEXT)
-        for f in frames[:3]:
-            await resp.write(f)
-        await resp.write(frames[3][: len(frames[3]) // 2])
-        await asyncio.sleep(0.05)
-        abort(request)
-        return resp
+        return await mockkit.stream(request, frames[:3] + [frames[3][: len(frames[3]) // 2]], headers, cut=True)
     frames = stream_frames(script)
     if frames is None:
         frames = split_frames(fixture(f"{script if script in _SCRIPTED else 'text'}.eventstream"))
-    for f in frames:
-        if b":exception-type" in f or b":error-code" in f:
-            # An exception or error frame comes after the model worked a while: the events before it are
-            # flushed to the client first, so the failure is in-stream, not an HTTP error.
-            await asyncio.sleep(0.05)
-        await resp.write(f)  # one chunk per event, as Bedrock sends them
-    await resp.write_eof()
-    return resp
+    # One chunk per event, as Bedrock sends them. An exception or error frame comes after the model worked a while:
+    # the events before it are flushed to the client first, so the failure is in-stream, not an HTTP error.
+    return await mockkit.stream(request, frames, headers,
+                                late=lambda i, f: b":exception-type" in f or b":error-code" in f)
 
 
 def split_frames(data: bytes) -> list[bytes]:
@@ -341,48 +317,12 @@ def split_frames(data: bytes) -> list[bytes]:
     return out
 
 
-async def last(request: web.Request) -> web.Response:
-    if REC.last is None:
-        return web.json_response({"error": "no request seen"}, status=404)
-    return web.json_response(REC.last)
-
-
 def make_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_get("/_last", last)
-    app.router.add_route("*", "/{tail:.*}", model_request)
-    return app
-
-
-async def serve(host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    bound = None
-    server = getattr(site, "_server", None)
-    for sock in getattr(server, "sockets", None) or ():
-        bound = sock.getsockname()[1]
-        break
-    if bound is None:
-        bound = runner.addresses[0][1]
-    print(f"LISTENING {bound}", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    try:
-        await asyncio.wait_for(runner.cleanup(), timeout=3.0)
-    except (asyncio.TimeoutError, Exception):  # shutting down: nothing left to report to
-        pass
+    return mockkit.make_app(REC, [], model_request)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Mock Amazon Bedrock runtime (Converse) for fastgw tests.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser = mockserver.parser("Mock Amazon Bedrock runtime (Converse) for fastgw tests.")
     parser.add_argument("--write-fixtures", action="store_true", help="regenerate tests/fixtures/bedrock and exit")
     args = parser.parse_args(argv)
     if args.write_fixtures:
@@ -391,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             (FIXTURES / name).write_bytes(data)
             print(FIXTURES / name)
         return 0
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(mockserver.serve(make_app, args.host, args.port))
     return 0
 
 

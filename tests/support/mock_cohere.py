@@ -18,7 +18,6 @@ none); `POST /_reset` forgets it.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support import mockserver
+from tests.support import mockkit
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cohere"
 STREAMS = {"text": "text", "email": "email_split", "tools": "tool_call", "parallel": "tool_calls_parallel",
@@ -36,7 +35,7 @@ FIELDS = {"model", "messages", "tools", "strict_tools", "documents", "citation_o
           "safety_mode", "max_tokens", "stop_sequences", "temperature", "seed", "frequency_penalty",
           "presence_penalty", "k", "p", "logprobs", "tool_choice", "thinking", "stream", "priority"}
 
-LAST: dict[str, Any] = {}
+REC = mockkit.Recorder()
 
 
 def fixture(name: str) -> bytes:
@@ -113,10 +112,8 @@ def scenario(body: dict) -> str:
         if isinstance(content, list):
             texts = [p.get("text", "") for p in content if p.get("type") == "text"]
             content = texts[-1] if texts else ""
-        text = str(content or "").strip().lower()
-        if text in ("tools", "parallel") and not body.get("tools"):
-            return "text"
-        return text if text in STREAMS or text in HTTP else "text"
+        name = mockkit.pick(str(content or ""), (*STREAMS, *HTTP))
+        return "text" if name in ("tools", "parallel") and not body.get("tools") else name
     return "text"
 
 
@@ -125,11 +122,7 @@ def scenario(body: dict) -> str:
 
 def events_of(stream: bytes) -> list[bytes]:
     """The fixture cut into its events (each with its blank line); a trailing partial event stays last."""
-    parts = stream.split(b"\n\n")
-    out = [p + b"\n\n" for p in parts[:-1]]
-    if parts[-1]:
-        out.append(parts[-1])
-    return out
+    return mockkit.split_keep(stream)
 
 
 def response_of(stream: bytes) -> dict:
@@ -168,18 +161,8 @@ def response_of(stream: bytes) -> dict:
     return {"id": rid, "finish_reason": end["finish_reason"], "message": message, "usage": end["usage"]}
 
 
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
-
-
 async def chat(request: web.Request) -> web.StreamResponse:
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        body = None
-    LAST["/v2/chat"] = {"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}
+    _, body = await mockkit.read_json(request, REC)
     auth = request.headers.get("authorization", "")
     if not auth.startswith("Bearer ") or not auth[7:].strip():
         return web.Response(body=fixture("error_401.json"), status=401, content_type="application/json")
@@ -198,42 +181,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if name == "error":
             return web.Response(body=fixture("error_500.json"), status=500, content_type="application/json")
         if name == "cut":
-            resp = web.StreamResponse(status=200, headers={"content-type": "application/json"})
-            resp.content_length = 4096
-            await resp.prepare(request)
-            await resp.write(b'{"id":"a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d","finish_re')
-            await asyncio.sleep(0.05)
-            _abort(request)
-            return resp
+            return await mockkit.cut_body(request, "application/json",
+                                          b'{"id":"a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d","finish_re')
         return web.json_response(response_of(stream))
-
-    resp = web.StreamResponse(status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
-    await resp.prepare(request)
     parts = events_of(stream)
-    for i, ev in enumerate(parts):
-        if name == "error" and i == len(parts) - 1:
-            # The failure comes a moment after the text, as from a real server, so the text reaches the client
-            # first (a gateway may turn a failure that arrives before any byte went out into an HTTP error).
-            await asyncio.sleep(0.05)
-        await resp.write(ev)
-    if name == "cut":
-        await asyncio.sleep(0.05)
-        _abort(request)
-        return resp
-    await resp.write_eof()
-    return resp
-
-
-async def last(request: web.Request) -> web.Response:
-    entry = LAST.get("/v2/chat")
-    if entry is None:
-        return web.json_response({"message": "no request seen"}, status=404)
-    return web.json_response(entry)
-
-
-async def reset(request: web.Request) -> web.Response:
-    LAST.clear()
-    return web.json_response({"ok": True})
+    return await mockkit.stream(request, parts, {"content-type": "text/event-stream", "cache-control": "no-cache"},
+                                late=lambda i, ev: name == "error" and i == len(parts) - 1, cut=name == "cut")
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -241,16 +194,11 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def make_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v2/chat", chat)
-    app.router.add_get("/_last", last)
-    app.router.add_post("/_reset", reset)
-    app.router.add_route("*", "/{tail:.*}", not_found)
-    return app
+    return mockkit.make_app(REC, [("POST", "/v2/chat", chat)], not_found)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return mockserver.main(make_app, "Mock Cohere v2 Chat API for fastgw tests.", argv)
+    return mockkit.main(make_app, "Mock Cohere v2 Chat API for fastgw tests.", argv)
 
 
 if __name__ == "__main__":

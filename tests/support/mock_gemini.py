@@ -13,7 +13,7 @@ The answer is chosen by the text of the last `user` turn of the request:
   Streams: text, email_split, tool_call (CRLF framing), parallel_tools, usage, max_tokens, safety,
   recitation, prompt_blocked, error_midstream, after_tool.
 - `http:429` / `http:400`: that status with the recorded Gemini error body (`error_429.json`, `error_400.json`),
-  stream or not.
+  stream or not; `http:500` / `http:503`: Google's INTERNAL / UNAVAILABLE body.
 - `cut`: `text.sse` up to the middle of its second event, then the TCP connection is aborted.
 
 Streamed events are written EVENT_GAP apart, so each normally reaches the gateway in a read of its own.
@@ -21,11 +21,10 @@ Streamed events are written EVENT_GAP apart, so each normally reaches the gatewa
 - anything else: `Echo: <text>` in 5-character events, STOP and a usage count.
 
 A request without `x-goog-api-key` gets Google's 403 PERMISSION_DENIED body. `GET /_last` returns
-`{"path", "query", "headers", "body"}` of the last generate request (404 when none).
+`{"path", "query", "headers", "body"}` of the last generate request (404 when none); `POST /_reset` forgets it.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
@@ -34,17 +33,21 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support import mockserver
+from tests.support import mockkit
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gemini"
 CHUNK_CHARS = 5
 MODEL_VERSION = "gemini-2.5-flash"
 #: Seconds between streamed events, so that each reaches the gateway in a read of its own (as from the real API).
 EVENT_GAP = 0.01
+#: Errors with no recording: Google's body for them (message, status).
+UNRECORDED = {500: ("An internal error has occurred. Please retry or report in https://developers.generativeai.google/"
+                    "guide/troubleshooting", "INTERNAL"),
+              503: ("The model is overloaded. Please try again later.", "UNAVAILABLE")}
 # One SSE event: everything up to and including its blank line (LF or CRLF framing).
 _EVENT = re.compile(rb".*?(?:\r\n\r\n|\n\n)", re.S)
 
-LAST: dict[str, Any] = {}
+REC = mockkit.Recorder()
 
 
 def fixture_events(name: str) -> list[bytes]:
@@ -115,36 +118,20 @@ def google_error(status: int, message: str, code: str) -> web.Response:
 
 
 async def write_stream(request: web.Request, events: list[bytes], cut_at: int | None = None) -> web.StreamResponse:
-    resp = web.StreamResponse(status=200, headers={"content-type": "text/event-stream",
-                                                   "x-content-type-options": "nosniff"})
-    await resp.prepare(request)
+    """The events EVENT_GAP apart; with `cut_at`, the first event, then the bytes up to `cut_at`, then an abort."""
     if cut_at is not None:
         whole = b"".join(events)
-        first = len(events[0])
-        await resp.write(whole[:first])
-        await asyncio.sleep(EVENT_GAP)
-        await resp.write(whole[first:cut_at])
-        await asyncio.sleep(0.05)
-        if request.transport is not None:
-            request.transport.abort()
-        return resp
-    for i, ev in enumerate(events):
-        if i:
-            await asyncio.sleep(EVENT_GAP)
-        await resp.write(ev)
-    await resp.write_eof()
-    return resp
+        events = [whole[:len(events[0])], whole[len(events[0]):cut_at]]
+    return await mockkit.stream(request, events, {"content-type": "text/event-stream",
+                                                  "x-content-type-options": "nosniff"},
+                                gap=EVENT_GAP, cut=cut_at is not None)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
     model, _, method = request.match_info["tail"].partition(":")
-    try:
-        body = json.loads(await request.read())
-    except ValueError:
+    _, body = await mockkit.read_json(request, REC, query=request.query_string)
+    if not isinstance(body, dict):
         return google_error(400, "Invalid JSON payload received.", "INVALID_ARGUMENT")
-    LAST.clear()
-    LAST.update(path=request.path, query=request.query_string, body=body,
-                headers={k.lower(): v for k, v in request.headers.items()})
     if method not in ("generateContent", "streamGenerateContent"):
         return google_error(404, f"Method {method!r} not found.", "NOT_FOUND")
     if not request.headers.get("x-goog-api-key"):
@@ -159,8 +146,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
     text, tool_result = last_user(body)
     m = re.search(r"http:(\d{3})", text)
     if m:
-        data = (FIXTURES / f"error_{m.group(1)}.json").read_bytes()
-        return web.Response(status=int(m.group(1)), body=data, content_type="application/json")
+        status = int(m.group(1))
+        if status in UNRECORDED:
+            return google_error(status, *UNRECORDED[status])
+        data = (FIXTURES / f"error_{status}.json").read_bytes()
+        return web.Response(status=status, body=data, content_type="application/json")
     m = re.search(r"fixture:([a-z_]+)", text)
     name = m.group(1) if m else ("after_tool" if tool_result else None)
     if "cut" in text.split():
@@ -175,21 +165,12 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return web.json_response(merged)
 
 
-async def last(request: web.Request) -> web.Response:
-    if not LAST:
-        return web.json_response({"error": "no request seen"}, status=404)
-    return web.json_response(LAST)
-
-
 def make_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1beta/models/{tail}", generate)
-    app.router.add_get("/_last", last)
-    return app
+    return mockkit.make_app(REC, [("POST", "/v1beta/models/{tail}", generate)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    return mockserver.main(make_app, "Mock Google Gemini API for fastgw tests.", argv)
+    return mockkit.main(make_app, "Mock Google Gemini API for fastgw tests.", argv)
 
 
 if __name__ == "__main__":

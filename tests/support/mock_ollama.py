@@ -19,7 +19,6 @@ none); `POST /_reset` forgets it.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -29,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support import mockserver
+from tests.support import mockkit
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ollama"
 STREAMS = {"text": "text", "email": "email_split", "tools": "tool_call", "parallel": "tool_calls_parallel",
@@ -37,7 +36,7 @@ STREAMS = {"text": "text", "email": "email_split", "tools": "tool_call", "parall
 HTTP = {"http-400": 400, "http-404": 404, "http-429": 429, "http-503": 503}
 NDJSON = "application/x-ndjson"
 
-LAST: dict[str, Any] = {}
+REC = mockkit.Recorder()
 
 
 def fixture(name: str) -> bytes:
@@ -122,10 +121,8 @@ def scenario(body: dict) -> str:
     """The behaviour asked for: the text of the last user message when it names one."""
     for m in reversed(body.get("messages") or []):
         if m.get("role") == "user":
-            text = str(m.get("content") or "").strip().lower()
-            if text in ("tools", "parallel") and not body.get("tools"):
-                return "text"
-            return text if text in STREAMS or text in HTTP else "text"
+            name = mockkit.pick(str(m.get("content") or ""), (*STREAMS, *HTTP))
+            return "text" if name in ("tools", "parallel") and not body.get("tools") else name
     return "text"
 
 
@@ -134,11 +131,7 @@ def scenario(body: dict) -> str:
 
 def lines_of(stream: bytes) -> list[bytes]:
     """The fixture cut into its lines (each with its LF); a trailing partial line stays last."""
-    parts = stream.split(b"\n")
-    out = [p + b"\n" for p in parts[:-1]]
-    if parts[-1]:
-        out.append(parts[-1])
-    return out
+    return mockkit.split_keep(stream, b"\n")
 
 
 def message_of(stream: bytes) -> dict:
@@ -160,18 +153,8 @@ def message_of(stream: bytes) -> dict:
     return out
 
 
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
-
-
 async def chat(request: web.Request) -> web.StreamResponse:
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        body = None
-    LAST["/api/chat"] = {"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}
+    raw, body = await mockkit.read_json(request, REC)
     if body is None:
         return error(400, "unexpected EOF" if not raw else "invalid character in request body")
     problem = validate(body)
@@ -188,42 +171,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if name == "error":
             return error(500, json.loads(lines_of(stream)[-1])["error"])
         if name == "cut":
-            resp = web.StreamResponse(status=200, headers={"content-type": "application/json; charset=utf-8"})
-            resp.content_length = 4096
-            await resp.prepare(request)
-            await resp.write(b'{"model":"llama3.2","created_at":"2024-07-22T20:33:01.123457Z","mess')
-            await asyncio.sleep(0.05)
-            _abort(request)
-            return resp
+            return await mockkit.cut_body(request, "application/json; charset=utf-8",
+                                          b'{"model":"llama3.2","created_at":"2024-07-22T20:33:01.123457Z","mess')
         return web.json_response(message_of(stream))
-
-    resp = web.StreamResponse(status=200, headers={"content-type": NDJSON})
-    await resp.prepare(request)
     parts = lines_of(stream)
-    for i, line in enumerate(parts):
-        if name == "error" and i == len(parts) - 1:
-            # The failure comes a moment after the text, as from a real server, so the text reaches the client
-            # first (a gateway may turn a failure that arrives before any byte went out into an HTTP error).
-            await asyncio.sleep(0.05)
-        await resp.write(line)
-    if name == "cut":
-        await asyncio.sleep(0.05)
-        _abort(request)
-        return resp
-    await resp.write_eof()
-    return resp
-
-
-async def last(request: web.Request) -> web.Response:
-    entry = LAST.get("/api/chat")
-    if entry is None:
-        return web.json_response({"error": "no request seen"}, status=404)
-    return web.json_response(entry)
-
-
-async def reset(request: web.Request) -> web.Response:
-    LAST.clear()
-    return web.json_response({"ok": True})
+    return await mockkit.stream(request, parts, {"content-type": NDJSON},
+                                late=lambda i, line: name == "error" and i == len(parts) - 1, cut=name == "cut")
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -231,16 +184,11 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def make_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/api/chat", chat)
-    app.router.add_get("/_last", last)
-    app.router.add_post("/_reset", reset)
-    app.router.add_route("*", "/{tail:.*}", not_found)
-    return app
+    return mockkit.make_app(REC, [("POST", "/api/chat", chat)], not_found)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return mockserver.main(make_app, "Mock Ollama native API for fastgw tests.", argv)
+    return mockkit.main(make_app, "Mock Ollama native API for fastgw tests.", argv)
 
 
 if __name__ == "__main__":
