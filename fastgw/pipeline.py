@@ -153,7 +153,8 @@ class Pipeline:
         answer = outcome.answer
         assert answer is not None
         ctx.status = answer.status
-        await self.record(ctx, resp)
+        if self.chain.audit is not None:
+            await self.record(ctx, resp)
         resp.send(answer.status, answer.headers, answer.body)
 
     async def _finish_stream(self, outcome: Streamed, resp: Responder, ctx: RequestContext) -> None:
