@@ -172,7 +172,16 @@ class Attempt:
                 deadlines = (now + target.ttft_timeout, target.idle_timeout, now + target.max_duration,
                              target.heartbeat)
                 return await self._stream(source, resp, ctx, SSE_HEADERS + passed, deadlines, call.strip_usage)
-            return await self._whole(target, adapter, call, conn, ctx, ctype, passed, now)
+            # The body is awaited here, not in a helper coroutine: one frame less on its resume.
+            try:
+                data = await conn.read_body(timeout=max(0.001, now + target.max_duration - self.loop.time()),
+                                            first_by=now + target.ttft_timeout, idle=target.idle_timeout)
+            except TransportTimeout as t:
+                return Retry("timeout", from_transport(t))
+            except TransportError as t:
+                # Reset or broken framing mid-body: nothing reached the client, so another target may answer.
+                return Retry("5xx", from_transport(t))
+            return self._whole(target, adapter, call, conn, ctx, ctype, passed, data)
         finally:
             upstream.release(conn)
 
@@ -228,16 +237,9 @@ class Attempt:
             verdict = Verdict.NEUTRAL
         return Streamed(end, relay, verdict)
 
-    async def _whole(self, target: TargetRuntime, adapter: Adapter, call: Call, conn: Connection,
-                     ctx: RequestContext, ctype: bytes, passed: list[tuple[bytes, bytes]], now: float) -> Outcome:
-        try:
-            data = await conn.read_body(timeout=max(0.001, now + target.max_duration - self.loop.time()),
-                                        first_by=now + target.ttft_timeout, idle=target.idle_timeout)
-        except TransportTimeout as t:
-            return Retry("timeout", from_transport(t))
-        except TransportError as t:
-            # Reset or broken framing mid-body: nothing reached the client, so another target may answer.
-            return Retry("5xx", from_transport(t))
+    def _whole(self, target: TargetRuntime, adapter: Adapter, call: Call, conn: Connection,
+               ctx: RequestContext, ctype: bytes, passed: list[tuple[bytes, bytes]], data: bytes) -> Outcome:
+        """The outcome of a whole (non-streamed) answer: translated, checked by the output policies."""
         status, data = adapter.translate_response(target, call.body, conn.status, data)
         if status >= 400:
             answer = upstream_error_answer(status, data, passed)

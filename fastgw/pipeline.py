@@ -101,7 +101,14 @@ class Pipeline:
         _check_endpoint(endpoint, model, plan)
         call = Call(endpoint, body, raw, stream, ctx.request_id, ctx.headers)
         outcome = await self._attempts(plan, call, resp, ctx)
-        await self._answer(outcome, resp, ctx)
+        if isinstance(outcome, Streamed):
+            await self._finish_stream(outcome, resp, ctx)
+            return
+        answer = _final_answer(outcome)
+        ctx.status = answer.status
+        if self.chain.audit is not None:
+            await self.record(ctx, resp)  # handed to the OS before the answer's last byte
+        resp.send(answer.status, answer.headers, answer.body)
 
     async def _attempts(self, plan: Plan, call: Call, resp: Responder, ctx: RequestContext) -> Outcome:
         """Try the plan's targets in order, retrying each per the retry policy, until one answers. Only
@@ -142,21 +149,6 @@ class Pipeline:
                            type="upstream_error", code="upstream_unavailable",
                            headers=[(b"retry-after", str(after).encode())])
 
-    async def _answer(self, outcome: Outcome, resp: Responder, ctx: RequestContext) -> None:
-        """Send what the attempts produced: the audit record first, then the answer's last byte."""
-        if isinstance(outcome, Streamed):
-            await self._finish_stream(outcome, resp, ctx)
-            return
-        assert isinstance(outcome, Final)
-        if outcome.error is not None:
-            raise outcome.error  # recorded and rendered by the route dispatch
-        answer = outcome.answer
-        assert answer is not None
-        ctx.status = answer.status
-        if self.chain.audit is not None:
-            await self.record(ctx, resp)
-        resp.send(answer.status, answer.headers, answer.body)
-
     async def _finish_stream(self, outcome: Streamed, resp: Responder, ctx: RequestContext) -> None:
         end = outcome.end
         if resp.first_write is not None:
@@ -185,6 +177,15 @@ class Pipeline:
         except Exception:  # noqa: BLE001 - an audit trail that cannot be written must not be skipped quietly
             log.exception("audit record for %s could not be written", ctx.request_id)
             raise PolicyFailure("audit-logger", "cannot write the audit record") from None
+
+
+def _final_answer(outcome: Outcome) -> Answer:
+    """The answer a `Final` outcome carries; its error is raised (the route dispatch records and renders it)."""
+    assert isinstance(outcome, Final)
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.answer is not None
+    return outcome.answer
 
 
 def _check_endpoint(endpoint: str, model: str, plan: Plan) -> None:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Gateway CPU per request of one or more fastgw checkouts, interleaved so that they share the box's drift:
+#   bench/cpu_ab.sh [-n ROUNDS] [-m stream|nonstream] DIR [DIR ...]
+# Each round starts, for each DIR in turn, the mock upstream (bench/upstream.py, 50 events) and a 1-worker
+# fastgw from DIR pinned to CPU 0, drives it with wrk (64 connections, CPU 1) for 1 s of warm-up and 5 s
+# measured, and prints the worker's utime+stime over the measured run divided by the requests wrk completed.
+set -euo pipefail
+rounds=3 mode=nonstream
+while getopts "n:m:" o; do case $o in n) rounds=$OPTARG;; m) mode=$OPTARG;; *) exit 2;; esac; done
+shift $((OPTIND - 1))
+here=$(cd "$(dirname "$0")/.." && pwd)
+py=$here/.venv/bin/python
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+stream=$([ "$mode" = stream ] && echo true || echo false)
+cat > "$tmp/req.lua" <<L
+wrk.method = "POST"
+wrk.body = '{"model":"bench-model","stream":$stream,"messages":[{"role":"user","content":"hi"}]}'
+wrk.headers["Content-Type"] = "application/json"
+L
+cat > "$tmp/gw.yaml" <<Y
+pack: {name: ab, version: 1.0.0, enabled: true}
+server: {bind: ["127.0.0.1:18102"], workers: 1}
+providers:
+  targets:
+    - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18101/v1"}
+Y
+cputicks() { "$py" -c "import sys; s=open(f'/proc/{sys.argv[1]}/stat').read().rsplit(')',1)[1].split(); print(int(s[11])+int(s[12]))" "$1"; }
+for ((r = 1; r <= rounds; r++)); do
+  for dir in "$@"; do
+    (cd "$here" && exec taskset -c 1 "$py" -m bench.upstream --port 18101 --events 50 >/dev/null 2>&1) & up=$!
+    sleep 0.7
+    (cd "$dir" && PYTHONPATH=$dir exec "$py" -m fastgw serve --config "$tmp/gw.yaml" >"$tmp/gw.log" 2>&1) & gw=$!
+    sleep 1.5
+    worker=$(pgrep -P "$gw" | head -1)
+    taskset -pc 0 "$worker" >/dev/null
+    taskset -c 1 wrk -t1 -c64 -d1s -s "$tmp/req.lua" http://127.0.0.1:18102/v1/chat/completions >/dev/null
+    t0=$(cputicks "$worker")
+    n=$(taskset -c 1 wrk -t1 -c64 -d5s -s "$tmp/req.lua" http://127.0.0.1:18102/v1/chat/completions | awk '/requests in/ {print $1}')
+    t1=$(cputicks "$worker")
+    hz=$(getconf CLK_TCK)
+    echo "round $r $mode $dir: $("$py" -c "print(round(($t1-$t0)/$hz*1e6/$n, 1))") µs CPU/request ($n requests)"
+    kill "$gw" "$up"; wait "$gw" "$up" 2>/dev/null || true
+  done
+done
