@@ -399,7 +399,12 @@ def _chain(policies: tuple[str, ...]) -> Any:
     return chain
 
 
-def _relay(policies: tuple[str, ...], text_kind: str) -> Bench:
+def _relay(policies: tuple[str, ...], text_kind: str, feed: str = "sse") -> Bench:
+    """feed: "sse", the upstream's SSE bytes (pass-through providers); "chunks", the chunk objects a
+    translated provider hands over (encoded once, at release); "encoded", those objects encoded to SSE
+    by the translator and decoded again by the relay (how translated streams went before d4d3a76)."""
+    import orjson
+
     from fastgw.policy.base import RequestContext
     from fastgw.proto.flow import FlowControl
     from fastgw.proto.writer import Responder
@@ -415,6 +420,8 @@ def _relay(policies: tuple[str, ...], text_kind: str) -> Bench:
     loop = _loop()
     chain = _chain(policies) if policies else None
     headers = [(b"content-type", b"text/event-stream")]
+    # The chunks as JSON: each op builds its objects afresh (what a translator does, in both feeds alike).
+    raw_objs = [ev[6:] for ev in events if not ev.startswith(b"data: [DONE]")]
 
     def op() -> bytes:
         t = _Transport()
@@ -428,9 +435,18 @@ def _relay(policies: tuple[str, ...], text_kind: str) -> Bench:
         else:
             relay = PolicyRelay(resp, _Source(), loop, (200, headers), chain.stream_policy(ctx))
         relay.start()
-        for ev in events:  # one upstream read per event: the common case for a live model
-            relay.on_data(ev)
-            relay.flush()
+        if feed == "sse":
+            for ev in events:  # one upstream read per event: the common case for a live model
+                relay.on_data(ev)
+                relay.flush()
+        elif feed == "chunks":
+            for raw in raw_objs:
+                relay.on_chunks([orjson.loads(raw)])
+                relay.flush()
+        else:
+            for raw in raw_objs:
+                relay.on_data(b"data: " + orjson.dumps(orjson.loads(raw)) + b"\n\n")
+                relay.flush()
         relay.on_end()
         end = relay.done.result()
         assert end.complete and end.tail is None
@@ -466,6 +482,9 @@ CASES: list[Case] = [
     Case("relay.pii.prose", functools.partial(_relay, ("pii-detector",), "prose")),
     Case("relay.pii+safety.prose", functools.partial(_relay, ("pii-detector", "safety-filter"), "prose")),
     Case("relay.pii+safety.pii", functools.partial(_relay, ("pii-detector", "safety-filter"), "pii")),
+    *[Case(f"relay.{feed}.{name}", functools.partial(_relay, pols, kind, feed))
+      for feed in ("encoded", "chunks")
+      for name, pols, kind in (("none", (), "prose"), ("pii+safety.pii", ("pii-detector", "safety-filter"), "pii"))],
 ]
 
 
