@@ -195,7 +195,7 @@ class Attempt:
             asked = _ask_usage(call.body)
             if asked is not None:
                 # Ask for the provider's own count; the extra usage chunk is taken out again on the way back.
-                call = Call(call.endpoint, asked, None, True, call.request_id, call.headers, strip_usage=True)
+                call = Call(call.endpoint, asked, True, call.request_id, call.headers, strip_usage=True)
         return adapter, call
 
     async def _stream(self, source: Source, resp: Responder, ctx: RequestContext,
@@ -267,9 +267,8 @@ class _NativeMessages(OpenAIAdapter):
     def __init__(self, call: Call) -> None:
         self._call = call
 
-    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
-                      stream: bool) -> UpstreamRequest:
-        return messages_request(target, body, raw, stream, self._call.headers)
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
+        return messages_request(target, body, stream, self._call.headers)
 
 
 def upstream_error_answer(status: int, data: bytes, passed: list[tuple[bytes, bytes]]) -> Answer:

@@ -91,15 +91,16 @@ class Pipeline:
         model = body["model"]
         stream = body.get("stream") is True and endpoint != Endpoint.EMBEDDINGS
         ctx.endpoint, ctx.body, ctx.model, ctx.stream = endpoint, body, model, stream
-        raw: bytes | None = req.body
-        if self.chain.check_input(ctx, body):
-            raw = None  # a policy changed the request: re-encode it
+        # One body: the upstream gets the object the policies judged, re-encoded (the client's bytes could hold a
+        # duplicated key that the policies never saw). Measured: re-encoding costs about a tenth of parsing;
+        # detecting duplicates with the stdlib's pairs hook costs 5-30 times the parse.
+        self.chain.check_input(ctx, body)
         plan = self.router.plan(model)
         if plan is None:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
                                 param="model")
         _check_endpoint(endpoint, model, plan)
-        call = Call(endpoint, body, raw, stream, ctx.request_id, ctx.headers)
+        call = Call(endpoint, body, stream, ctx.request_id, ctx.headers)
         outcome = await self._attempts(plan, call, resp, ctx)
         if isinstance(outcome, Streamed):
             await self._finish_stream(outcome, resp, ctx)

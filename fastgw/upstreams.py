@@ -24,16 +24,14 @@ _SSE = b"text/event-stream"
 
 
 class Call:
-    """One client request as every attempt sends it: endpoint, parsed body, the raw bytes when unchanged."""
+    """One client request as every attempt sends it: endpoint, the parsed body the policies judged, stream."""
 
-    __slots__ = ("endpoint", "body", "raw", "stream", "request_id", "headers", "strip_usage")
+    __slots__ = ("endpoint", "body", "stream", "request_id", "headers", "strip_usage")
 
-    def __init__(self, endpoint: str, body: dict, raw: bytes | None, stream: bool, request_id: str,
+    def __init__(self, endpoint: str, body: dict, stream: bool, request_id: str,
                  headers: list[tuple[bytes, bytes]], strip_usage: bool = False) -> None:
         self.endpoint = endpoint
         self.body = body
-        #: The client's body bytes, forwarded untouched when no policy changed the request (None otherwise).
-        self.raw = raw
         self.stream = stream
         self.request_id = request_id
         #: The client's request headers (the native Messages endpoint forwards a few of them).
@@ -75,7 +73,7 @@ class HttpUpstream:
         self.pool = pool
 
     def prepare(self, target: TargetRuntime, adapter: Adapter, call: Call) -> UpstreamRequest:
-        return adapter.build_request(target, call.endpoint, call.body, call.raw, call.stream)
+        return adapter.build_request(target, call.endpoint, call.body, call.stream)
 
     def open(self, target: TargetRuntime, request: object, call: Call) -> Awaitable[UpstreamConnection]:
         # The pool's own coroutine, not one wrapping it: one frame less to pass on every resume of the request.

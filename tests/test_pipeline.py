@@ -139,13 +139,16 @@ class ScriptedUpstream:
         self.loop = loop
         self.steps: list[str] = []
         self.calls: list[str] = []
+        #: The upstream request bytes of each attempt.
+        self.bodies: list[bytes] = []
         self.hanging: asyncio.Future[None] | None = None
 
     def prepare(self, target, adapter, call):  # noqa: ANN001, ANN201
-        return adapter.build_request(target, call.endpoint, call.body, call.raw, call.stream)  # as HttpUpstream
+        return adapter.build_request(target, call.endpoint, call.body, call.stream)  # as HttpUpstream
 
     async def open(self, target, request, call):  # noqa: ANN001, ANN201
         self.calls.append(target.id)
+        self.bodies.append(request.body)
         step = self.steps.pop(0)
         if step == "connect":
             raise ConnectFailed(f"cannot connect to {target.id}")
@@ -189,8 +192,8 @@ class Harness:
     def breaker(self, target: str):  # noqa: ANN201
         return self.app.router.breakers[target]
 
-    async def _call(self, body: dict, transport: FakeTransport) -> None:
-        raw = orjson.dumps(body)
+    async def _call(self, body: dict | bytes, transport: FakeTransport) -> None:
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
         req = Request("POST", b"/v1/chat/completions", [(b"content-type", b"application/json")], raw, "1.1", True)
         resp = Responder(transport, FlowControl(self.loop, transport), True, False, render_error=render)
         try:
@@ -202,6 +205,12 @@ class Harness:
         t = FakeTransport()
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream, **extra}
         self.loop.run_until_complete(self._call(body, t))
+        head, _, rest = bytes(t.data).partition(b"\r\n\r\n")
+        return int(head[9:12]), rest
+
+    def ask_raw(self, raw: bytes) -> tuple[int, bytes]:
+        t = FakeTransport()
+        self.loop.run_until_complete(self._call(raw, t))
         head, _, rest = bytes(t.data).partition(b"\r\n\r\n")
         return int(head[9:12]), rest
 
@@ -372,3 +381,27 @@ def test_a_stream_that_fails_before_its_first_byte_falls_back(harness):
     status, body = h.ask(stream=True)
     assert status == 200 and body.count(b"data: ") == 4
     assert h.upstream.calls == ["a", "b"]
+
+
+# ---- one body: the upstream sees what the policies judged --------------------------------------------------
+
+@pytest.mark.parametrize("dup", ["messages", "model"])
+def test_a_duplicated_key_cannot_send_the_upstream_what_the_policies_did_not_judge(harness, dup):
+    """`{"messages": [PII], "messages": [clean]}`: the policies judge the last value; forwarding the client's
+    bytes would hand the upstream both (and a first-wins parser the PII). The upstream gets the judged body."""
+    h = harness(_cfg(_target("a"), _target("b", model="other"), chain=["pii-detector"],
+                     policy={"pii-detector": {"action": "block"}}))
+    h.upstream.steps.append("ok")
+    pii = b'[{"role": "user", "content": "mail ' + EMAIL.encode() + b'"}]'
+    clean = b'[{"role": "user", "content": "hi"}]'
+    if dup == "messages":
+        raw = b'{"model": "m", "messages": ' + pii + b', "messages": ' + clean + b'}'
+    else:  # a second model key would pick the target the routing and rbac did not judge
+        raw = b'{"model": "other", "messages": ' + clean + b', "model": "m"}'
+    status, _ = h.ask_raw(raw)
+    assert status == 200 and h.upstream.calls == ["a"]
+    sent = orjson.loads(h.upstream.bodies[0])
+    assert h.upstream.bodies[0].count(b'"messages"') == 1 and h.upstream.bodies[0].count(b'"model"') == 1
+    assert EMAIL.encode() not in h.upstream.bodies[0] and sent["model"] == "m"
+    assert sent["messages"] == [{"role": "user", "content": "hi"}]
+

@@ -464,8 +464,7 @@ class AnthropicStreamTranslator(StreamTranslator):
 class AnthropicAdapter:
     """The Anthropic Messages API (`/v1/messages`, `x-api-key`, `anthropic-version`)."""
 
-    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
-                      stream: bool) -> UpstreamRequest:
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
         chat_only("anthropic", endpoint)
         assert target.base_url is not None
         prefix = split_base_url(target.base_url)[3]

@@ -157,8 +157,7 @@ class Translator(Protocol):
 class Adapter(Protocol):
     """What a provider module offers the request pipeline (pure: no sockets)."""
 
-    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
-                      stream: bool) -> UpstreamRequest: ...
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest: ...
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> Translator | None: ...
 

@@ -581,8 +581,7 @@ class BedrockAdapter:
     def __init__(self) -> None:
         self._creds = _Credentials()
 
-    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
-                      stream: bool) -> UpstreamRequest:
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
         chat_only("bedrock", endpoint)
         payload = orjson.dumps(translate_request(target, body, stream))
         # A Bedrock API key sent to an explicit base_url is the one case that needs no region (nothing is signed).

@@ -343,8 +343,7 @@ def _error_body(status: int, data: bytes) -> bytes:
 class CohereAdapter:
     """Cohere's `/v2/chat`, streamed as SSE with typed events."""
 
-    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
-                      stream: bool) -> UpstreamRequest:
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
         chat_only("cohere", endpoint)
         payload = orjson.dumps(translate_request(target, body, stream))
         return json_post(target, "/v2/chat", payload, stream, bearer(target))

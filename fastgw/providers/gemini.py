@@ -726,8 +726,7 @@ class GeminiAdapter:
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
         return f"{version}/models/{model}:{method}"
 
-    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
-                      stream: bool) -> UpstreamRequest:
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
         chat_only("gemini", endpoint)
         assert target.base_url is not None
         try:

@@ -182,6 +182,5 @@ class MockAdapter(OpenAIAdapter):
     """The mock speaks OpenAI: answers pass as they are. Its requests are answered in process
     (`fastgw.upstreams.MockUpstream`), so there is no HTTP request to build."""
 
-    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
-                      stream: bool) -> UpstreamRequest:
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
         raise TypeError("the built-in mock is answered in process; it has no HTTP request")

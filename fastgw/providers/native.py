@@ -11,12 +11,12 @@ from fastgw.providers.base import TargetRuntime, UpstreamRequest, json_post
 __all__ = ["messages_request"]
 
 
-def messages_request(target: TargetRuntime, body: dict, raw: bytes | None, stream: bool,
+def messages_request(target: TargetRuntime, body: dict, stream: bool,
                      client_headers: list[tuple[bytes, bytes]]) -> UpstreamRequest:
     """POST {base_url}/v1/messages with x-api-key; the client's anthropic-version/-beta headers are kept
     (they select API behaviour), its x-api-key / Authorization never are."""
-    if raw is None or body.get("model") != target.model:
-        raw = orjson.dumps({**body, "model": target.model})
+    # The body the policies judged, encoded once (never the client's bytes; see OpenAIAdapter.build_request).
+    raw = orjson.dumps(body if body.get("model") == target.model else {**body, "model": target.model})
     version = ANTHROPIC_VERSION
     beta: bytes | None = None
     for n, v in client_headers:

@@ -329,8 +329,7 @@ def _error_body(status: int, data: bytes) -> bytes:
 class OllamaAdapter:
     """Ollama's `/api/chat`, streamed as NDJSON."""
 
-    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
-                      stream: bool) -> UpstreamRequest:
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
         chat_only("ollama", endpoint)
         payload = orjson.dumps(translate_request(target, body, stream))
         return json_post(target, "/api/chat", payload, stream, bearer(target), stream_type=b"application/x-ndjson")

@@ -7,7 +7,7 @@ import orjson
 
 from fastgw.providers.base import TargetRuntime, Translator, UpstreamRequest, bearer, json_post
 
-__all__ = ["OpenAIAdapter", "AzureAdapter", "build_request"]
+__all__ = ["OpenAIAdapter", "AzureAdapter"]
 
 class OpenAIAdapter:
     """Any OpenAI-compatible API. Vendor extras in chunks (e.g. `x_groq.usage`) pass through untouched."""
@@ -18,15 +18,13 @@ class OpenAIAdapter:
     def auth(self, target: TargetRuntime) -> list[tuple[bytes, bytes]]:
         return bearer(target)
 
-    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None,
-                      stream: bool) -> UpstreamRequest:
-        """The client's body bytes are forwarded untouched when nothing changed them (raw given) and the
-        model name needs no rewrite (no decode/encode round trip); otherwise `body` is re-encoded.
-        The client's Authorization is never forwarded: the target's own key is used."""
+    def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
+        """The body the policies judged, encoded once with the target's model name (never the client's bytes:
+        with a duplicated key they could say something else to the upstream). The client's Authorization is
+        never forwarded: the target's own key is used."""
         assert target.base_url is not None
-        if raw is None or body.get("model") != target.model:
-            raw = orjson.dumps({**body, "model": target.model})
-        return json_post(target, self.path(target, endpoint), raw, stream, self.auth(target))
+        payload = orjson.dumps(body if body.get("model") == target.model else {**body, "model": target.model})
+        return json_post(target, self.path(target, endpoint), payload, stream, self.auth(target))
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> Translator | None:
         return None  # already OpenAI SSE: relayed byte for byte
@@ -49,12 +47,3 @@ class AzureAdapter(OpenAIAdapter):
 
     def auth(self, target: TargetRuntime) -> list[tuple[bytes, bytes]]:
         return [(b"api-key", target.api_key.encode())] if target.api_key else []
-
-
-_openai = OpenAIAdapter()
-
-
-def build_request(target: TargetRuntime, endpoint: str, body: dict, raw: bytes | None, stream: bool
-                  ) -> UpstreamRequest:
-    """Kept for callers of the first version: the OpenAI adapter's request."""
-    return _openai.build_request(target, endpoint, body, raw, stream)

@@ -190,7 +190,7 @@ def test_dropped_fields_are_logged_once(caplog, monkeypatch):
 
 def test_build_request():
     r = ADAPTER.build_request(target(), "chat/completions", {"model": MODEL, "messages": [
-        {"role": "user", "content": "hi"}]}, b"{}", True)
+        {"role": "user", "content": "hi"}]}, True)
     assert (r.scheme, r.host, r.port, r.method, r.path) == ("https", "api.anthropic.com", 443, "POST", "/v1/messages")
     h = dict(r.headers)
     assert h[b"x-api-key"] == KEY.encode() and h[b"anthropic-version"] == b"2023-06-01"
@@ -198,13 +198,12 @@ def test_build_request():
     assert orjson.loads(r.body)["stream"] is True
     r = ADAPTER.build_request(target("http://127.0.0.1:8080/anthropic/v1",
                                      extra_headers=[(b"anthropic-version", b"2024-01-01")]),
-                              "chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
-                              None, False)
+                              "chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}, False)
     assert r.path == "/anthropic/v1/messages" and r.port == 8080
     assert [v for n, v in r.headers if n == b"anthropic-version"] == [b"2024-01-01"]
     for endpoint in ("embeddings", "completions"):
         with pytest.raises(GatewayError) as e:
-            ADAPTER.build_request(target(), endpoint, {"model": MODEL, "input": "x"}, None, False)
+            ADAPTER.build_request(target(), endpoint, {"model": MODEL, "input": "x"}, False)
         assert e.value.status == 400 and e.value.code == "unsupported_endpoint"
 
 

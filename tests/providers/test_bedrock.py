@@ -239,7 +239,7 @@ def test_dropped_fields_are_logged_once(caplog, monkeypatch):
 
 def test_other_endpoints_refused(aws_env):
     with pytest.raises(GatewayError) as e:
-        BedrockAdapter().build_request(target(), "embeddings", {"input": "x"}, None, False)
+        BedrockAdapter().build_request(target(), "embeddings", {"input": "x"}, False)
     assert e.value.status == 400 and e.value.code == "unsupported_endpoint"
 
 
@@ -256,8 +256,7 @@ def headers_of(ureq) -> dict[str, str]:
 
 def test_build_request_endpoint_path_and_body(aws_env, frozen_time):
     ureq = BedrockAdapter().build_request(target(), "chat/completions",
-                                          {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}]},
-                                          b'{"ignored": true}', True)
+                                          {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}]}, True)
     assert (ureq.scheme, ureq.host, ureq.port) == ("https", "bedrock-runtime.us-east-1.amazonaws.com", 443)
     assert ureq.path == "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream"
     assert orjson.loads(ureq.body) == {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
@@ -271,13 +270,13 @@ def test_build_request_endpoint_path_and_body(aws_env, frozen_time):
         "SignedHeaders=content-type;host;x-amz-date;x-amz-security-token, Signature=")
     assert ureq.encode().startswith(b"POST /model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream HTTP/1.1")
     plain = BedrockAdapter().build_request(target(), "chat/completions", {"messages": [{"role": "user",
-                                                                                        "content": "hi"}]}, None, False)
+                                                                                        "content": "hi"}]}, False)
     assert plain.path.endswith("/converse") and headers_of(plain)["accept"] == "application/json"
 
 
 def test_arn_model_id_is_one_escaped_segment(aws_env):
     ureq = BedrockAdapter().build_request(target(model=ARN), "chat/completions",
-                                          {"messages": [{"role": "user", "content": "hi"}]}, None, False)
+                                          {"messages": [{"role": "user", "content": "hi"}]}, False)
     assert ureq.path == "/model/" + quote(ARN, safe="") + "/converse"
     assert "/" not in ureq.path[len("/model/"):-len("/converse")]
 
@@ -313,7 +312,7 @@ def reference_sigv4(method: str, path: str, headers: dict[str, str], body: bytes
 ])
 def test_sigv4_equals_botocore_and_the_spec(aws_env, frozen_time, model, base_url):
     body = {"messages": [{"role": "user", "content": "héllo"}], "temperature": 0.5}
-    ureq = BedrockAdapter().build_request(target(base_url, model=model), "chat/completions", body, None, False)
+    ureq = BedrockAdapter().build_request(target(base_url, model=model), "chat/completions", body, False)
     h = headers_of(ureq)
     auth = h.pop("authorization")
     signed_names = auth.split("SignedHeaders=")[1].split(",")[0].split(";")
@@ -353,14 +352,14 @@ def test_sign_helper_against_hand_computed_vector():
 def test_no_session_token_header_without_one(aws_env, monkeypatch):
     monkeypatch.delenv("AWS_SESSION_TOKEN")
     h = headers_of(BedrockAdapter().build_request(target(), "chat/completions",
-                                                  {"messages": [{"role": "user", "content": "x"}]}, None, False))
+                                                  {"messages": [{"role": "user", "content": "x"}]}, False))
     assert "x-amz-security-token" not in h and "x-amz-security-token" not in h["authorization"]
 
 
 def test_extra_headers_kept_unsigned(aws_env):
     t = target(extra_headers=[(b"x-amzn-bedrock-trace", b"ENABLED")])
     h = headers_of(BedrockAdapter().build_request(t, "chat/completions",
-                                                  {"messages": [{"role": "user", "content": "x"}]}, None, False))
+                                                  {"messages": [{"role": "user", "content": "x"}]}, False))
     assert h["x-amzn-bedrock-trace"] == "ENABLED" and "x-amzn-bedrock-trace" not in h["authorization"]
 
 
@@ -376,7 +375,7 @@ def test_credentials_resolved_once_per_worker(aws_env, monkeypatch):
     a = BedrockAdapter()
     body = {"messages": [{"role": "user", "content": "x"}]}
     for _ in range(3):
-        a.build_request(target(), "chat/completions", body, None, False)
+        a.build_request(target(), "chat/completions", body, False)
     assert len(calls) == 1
 
 
@@ -400,8 +399,8 @@ def test_temporary_credentials_refreshed_when_botocore_says(aws_env, monkeypatch
     monkeypatch.setattr(botocore.session, "get_session", lambda: Session())
     a = BedrockAdapter()
     body = {"messages": [{"role": "user", "content": "x"}]}
-    h1 = headers_of(a.build_request(target(), "chat/completions", body, None, False))
-    h2 = headers_of(a.build_request(target(), "chat/completions", body, None, False))
+    h1 = headers_of(a.build_request(target(), "chat/completions", body, False))
+    h2 = headers_of(a.build_request(target(), "chat/completions", body, False))
     assert "Credential=ASIATEMP1/" in h1["authorization"] and h1["x-amz-security-token"] == "token1"
     assert "Credential=ASIATEMP1/" in h2["authorization"]
     assert issued == [0, 1]  # refreshed once, when due, not per request
@@ -414,8 +413,7 @@ def test_no_credentials_is_a_clear_500(aws_env, monkeypatch):
     monkeypatch.setattr(botocore.credentials.InstanceMetadataProvider, "load", lambda self: None)
     monkeypatch.setattr(botocore.credentials.ContainerProvider, "load", lambda self: None)
     with pytest.raises(GatewayError) as e:
-        BedrockAdapter().build_request(target(), "chat/completions", {"messages": [{"role": "user", "content": "x"}]},
-                                       None, False)
+        BedrockAdapter().build_request(target(), "chat/completions", {"messages": [{"role": "user", "content": "x"}]}, False)
     assert e.value.status == 500 and e.value.code == "provider_credentials_missing"
     assert "AWS_ACCESS_KEY_ID" in e.value.message
 
@@ -424,12 +422,11 @@ def test_missing_botocore_names_the_extra(aws_env, monkeypatch):
     for name in ("botocore", "botocore.auth", "botocore.awsrequest", "botocore.session"):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(GatewayError) as e:
-        BedrockAdapter().build_request(target(), "chat/completions", {"messages": [{"role": "user", "content": "x"}]},
-                                       None, False)
+        BedrockAdapter().build_request(target(), "chat/completions", {"messages": [{"role": "user", "content": "x"}]}, False)
     assert e.value.status == 500 and "fastgw[bedrock]" in e.value.message
     # A Bedrock API key needs no botocore.
     ureq = BedrockAdapter().build_request(target(api_key="bedrock-api-key-123"), "chat/completions",
-                                          {"messages": [{"role": "user", "content": "x"}]}, None, False)
+                                          {"messages": [{"role": "user", "content": "x"}]}, False)
     h = headers_of(ureq)
     assert h["authorization"] == "Bearer bedrock-api-key-123" and "x-amz-date" not in h
     assert ureq.host == "bedrock-runtime.us-east-1.amazonaws.com"
@@ -439,7 +436,7 @@ def test_api_key_with_base_url_needs_no_region(monkeypatch):
     for k in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(k, raising=False)
     ureq = BedrockAdapter().build_request(target("http://127.0.0.1:9", region=None, api_key="k"), "chat/completions",
-                                          {"messages": [{"role": "user", "content": "x"}]}, None, False)
+                                          {"messages": [{"role": "user", "content": "x"}]}, False)
     assert (ureq.host, ureq.port) == ("127.0.0.1", 9) and headers_of(ureq)["authorization"] == "Bearer k"
 
 
@@ -463,8 +460,7 @@ def test_region_resolution(monkeypatch):
 def test_base_url_overrides_endpoint_but_region_still_signs(aws_env):
     ureq = BedrockAdapter().build_request(target("https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com/base",
                                                  region="eu-central-1"),
-                                          "chat/completions", {"messages": [{"role": "user", "content": "x"}]},
-                                          None, False)
+                                          "chat/completions", {"messages": [{"role": "user", "content": "x"}]}, False)
     assert ureq.host == "vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com"
     assert ureq.path.startswith("/base/model/")
     assert "/eu-central-1/bedrock/aws4_request" in headers_of(ureq)["authorization"]
@@ -770,13 +766,13 @@ def test_mock_refuses_bad_signatures(mock, aws_env, frozen_time, monkeypatch):
             return e.code
 
     t = target(mock.base)
-    good = BedrockAdapter().build_request(t, "chat/completions", body, None, False)
+    good = BedrockAdapter().build_request(t, "chat/completions", body, False)
     assert send(good) == 200
     tampered = type(good)(good.scheme, good.host, good.port, good.method, good.path, good.headers,
                           good.body.replace(b"text", b"tExt"))
     assert send(tampered) == 403
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    assert send(BedrockAdapter().build_request(t, "chat/completions", body, None, False)) == 403
+    assert send(BedrockAdapter().build_request(t, "chat/completions", body, False)) == 403
     assert last(mock)["headers"]["authorization"].startswith("AWS4-HMAC-SHA256")
 
 

@@ -162,17 +162,16 @@ def test_dropped_fields_are_logged(caplog, monkeypatch):
 
 def test_build_request():
     body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    r = ADAPTER.build_request(target(), "chat/completions", body, None, True)
+    r = ADAPTER.build_request(target(), "chat/completions", body, True)
     assert (r.scheme, r.host, r.port, r.method, r.path) == ("https", "api.cohere.com", 443, "POST", "/v2/chat")
     headers = dict(r.headers)
     assert headers[b"host"] == b"api.cohere.com" and headers[b"authorization"] == b"Bearer " + KEY.encode()
     assert headers[b"accept"] == b"text/event-stream"
     assert orjson.loads(r.body) == {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    r = ADAPTER.build_request(target("http://127.0.0.1:8080/cohere", api_key=None), "chat/completions", body, None,
-                              False)
+    r = ADAPTER.build_request(target("http://127.0.0.1:8080/cohere", api_key=None), "chat/completions", body, False)
     assert r.path == "/cohere/v2/chat" and b"authorization" not in dict(r.headers)
     with pytest.raises(GatewayError) as e:
-        ADAPTER.build_request(target(), "embeddings", {"model": "x", "input": "a"}, None, False)
+        ADAPTER.build_request(target(), "embeddings", {"model": "x", "input": "a"}, False)
     assert e.value.status == 400 and e.value.code == "unsupported_endpoint"
     assert ADAPTER.is_stream(b"text/event-stream; charset=utf-8") and not ADAPTER.is_stream(b"application/json")
 

@@ -22,7 +22,7 @@ TARGETS = {
 
 
 def _build(provider: str, body: dict) -> dict:
-    r = adapter_for(provider).build_request(TARGETS[provider], "chat/completions", body, None, False)
+    r = adapter_for(provider).build_request(TARGETS[provider], "chat/completions", body, False)
     return orjson.loads(r.body)
 
 
@@ -88,7 +88,7 @@ def test_cohere_and_ollama_log_once_at_info(provider, fresh_notes, caplog):
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 2}, "user": "u"}
     with caplog.at_level(logging.DEBUG, logger=f"fastgw.providers.{provider}"):
         for _ in range(3):
-            adapter_for(provider).build_request(target, "chat/completions", body, None, False)
+            adapter_for(provider).build_request(target, "chat/completions", body, False)
     lines = [r for r in caplog.records if r.name == f"fastgw.providers.{provider}"]
     assert sorted(r.getMessage() for r in lines) == [
         f"{provider}: 'logit_bias' has no {provider} counterpart and is dropped",

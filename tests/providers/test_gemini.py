@@ -278,19 +278,18 @@ def test_non_json_error_and_blocked_prompt():
 
 def test_request_path_headers_and_endpoints():
     a = adapter_for("gemini")
-    r = a.build_request(_target(), "chat/completions", {"model": "x", "messages": [{"role": "user", "content": "hi"}]},
-                        None, True)
+    r = a.build_request(_target(), "chat/completions", {"model": "x", "messages": [{"role": "user", "content": "hi"}]}, True)
     assert (r.scheme, r.host, r.port) == ("https", "generativelanguage.googleapis.com", 443)
     assert r.path == f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"
     h = dict(r.headers)
     assert h[b"x-goog-api-key"] == KEY.encode() and b"authorization" not in h
     assert orjson.loads(r.body) == {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
     r = a.build_request(_target("models/gemini-2.0-flash", "http://127.0.0.1:9/v1beta"), "chat/completions",
-                        {"messages": [{"role": "user", "content": "hi"}]}, None, False)
+                        {"messages": [{"role": "user", "content": "hi"}]}, False)
     assert r.path == "/v1beta/models/gemini-2.0-flash:generateContent" and r.port == 9
     for endpoint in ("embeddings", "completions"):
         with pytest.raises(GatewayError) as e:
-            a.build_request(_target(), endpoint, {}, None, False)
+            a.build_request(_target(), endpoint, {}, False)
         assert e.value.status == 400 and e.value.code == "unsupported_endpoint"
 
 
@@ -468,7 +467,7 @@ def test_malformed_bodies_are_400_not_crashes():
                  {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": "x"}]}]},
                  {"messages": "hi"}):
         with pytest.raises(GatewayError) as e:
-            a.build_request(_target(), "chat/completions", body, None, False)
+            a.build_request(_target(), "chat/completions", body, False)
         assert e.value.status == 400 and e.value.type == "invalid_request_error"
 
 

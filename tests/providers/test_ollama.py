@@ -157,18 +157,17 @@ def test_dropped_fields_are_logged(caplog, monkeypatch):
 
 def test_build_request():
     body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    r = ADAPTER.build_request(target("http://gpu-box:11434/ollama/"), "chat/completions", body, None, True)
+    r = ADAPTER.build_request(target("http://gpu-box:11434/ollama/"), "chat/completions", body, True)
     assert (r.scheme, r.host, r.port, r.method, r.path) == ("http", "gpu-box", 11434, "POST", "/ollama/api/chat")
     headers = dict(r.headers)
     assert headers[b"host"] == b"gpu-box:11434" and headers[b"accept"] == b"application/x-ndjson"
     assert b"authorization" not in headers
     assert orjson.loads(r.body) == {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    r = ADAPTER.build_request(target("https://ollama.example.com", api_key="k1"), "chat/completions", body, None,
-                              False)
+    r = ADAPTER.build_request(target("https://ollama.example.com", api_key="k1"), "chat/completions", body, False)
     assert dict(r.headers)[b"authorization"] == b"Bearer k1" and r.port == 443
     assert dict(r.headers)[b"accept"] == b"application/json"
     with pytest.raises(GatewayError) as e:
-        ADAPTER.build_request(target(), "embeddings", {"model": "x", "input": "a"}, None, False)
+        ADAPTER.build_request(target(), "embeddings", {"model": "x", "input": "a"}, False)
     assert e.value.status == 400 and e.value.code == "unsupported_endpoint"
     assert ADAPTER.is_stream(b"application/x-ndjson") and not ADAPTER.is_stream(b"application/json")
 
