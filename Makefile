@@ -43,6 +43,7 @@ test: $(BIN)/fastgw sysdeps
 
 # Only the long forms: the 600 s soak (FASTGW_SOAK_SECONDS changes it) and the full bench comparison.
 test-slow: $(BIN)/fastgw sysdeps
+	$(BIN)/pip install -q -e '.[test,bench]'
 	$(PYTEST) -m slow
 
 check: $(BIN)/fastgw
