@@ -112,7 +112,7 @@ class Chain:
         return changed
 
     def _injection(self, pol: Any, ctx: RequestContext, body: dict) -> None:
-        texts = _untrusted_texts(body)
+        texts = _untrusted_texts(body, getattr(pol, "roles", None), ctx.endpoint)
         blocked, score, names = pol.check(texts)
         if blocked:
             ctx.decide("prompt-injection", "input", "block", score=round(score, 3), matched=names)
@@ -230,22 +230,13 @@ class Chain:
         return self._audit_redactor.redact(data, spans).decode() if spans else text
 
 
-def _untrusted_texts(body: dict) -> list[str]:
-    """What a caller or a tool wrote: user, tool and function messages, and `prompt`. The operator's own
-    system prompt may legitimately carry role markers and is not judged as an injection."""
-    out: list[str] = []
-    msgs = body.get("messages")
-    if isinstance(msgs, list):
-        for m in msgs:
-            if isinstance(m, dict) and m.get("role") in ("user", "tool", "function", None):
-                for c, k, _f, _i in request_slots({"messages": [m]}):
-                    out.append(c[k])
-    p = body.get("prompt")
-    if isinstance(p, str):
-        out.append(p)
-    elif isinstance(p, list):
-        out += [x for x in p if isinstance(x, str)]
-    return out
+def _untrusted_texts(body: dict, roles: frozenset[str] | None = None, endpoint: str = "") -> list[str]:
+    """Every text of the request the model will read, on every endpoint, whose role is in `roles` (None: all).
+    The client chooses every role, so a gateway cannot tell the operator's system prompt from a caller's: which
+    roles count is the policy's `roles` setting (`PromptInjection.roles` maps each field to its role)."""
+    from fastgw.policy.injection import request_texts
+
+    return [text for role, text in request_texts(body, endpoint) if roles is None or role in roles]
 
 
 def build_chain(policies: Iterable[tuple[str, object | None]]) -> Chain:

@@ -44,21 +44,29 @@ two rules matching the same words ("you are now in developer mode" is both
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Iterable
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
+import orjson
 
 from fastgw.policy.settings import OnError, Problems, Settings
 from fastgw.scan.database import Pattern, PatternError, ScanDB, compile_patterns
 from fastgw.scan.patterns import DEFAULT_CUSTOM_WIDTH
 
 __all__ = ["InjectionPolicy", "PromptInjection", "InjectionPattern", "Rule", "BUILTIN", "NAME", "PatternError",
-           "problems"]
+           "ROLES", "Role", "problems", "request_texts", "scan_view"]
 
 NAME = "prompt-injection"
+
+Role = Literal["user", "system", "developer", "assistant", "tool", "function"]
+#: The message roles a request can carry, in the order the config reference lists them.
+ROLES: tuple[Role, ...] = ("user", "system", "developer", "assistant", "tool", "function")
 
 
 class InjectionPattern(Settings):
@@ -73,6 +81,20 @@ class PromptInjection(Settings):
     #: Use the curated built-in phrasings.
     builtin: bool = True
     patterns: list[InjectionPattern] = msgspec.field(default_factory=list)
+    #: Which roles' texts are judged (default: all six). The client chooses every role of a request, and a
+    #: gateway cannot tell the operator's system prompt from one a caller wrote, so all count unless the
+    #: operator narrows this. Where each endpoint's fields belong:
+    #:
+    #: - chat/completions: each message by its `role` (content strings and parts, `name`, `refusal`, tool-call
+    #:   arguments, ...); a missing or unknown role counts as `user`;
+    #: - completions: `prompt` is `user`;
+    #: - responses: `instructions` is `system`; `input` as a string is `user`; input items by their `role`,
+    #:   tool outputs (`function_call_output` and every other `*_output` item, an item's `output` field) are
+    #:   `tool`, the model's own earlier items (`function_call`, `reasoning`, other `*_call`) `assistant`;
+    #: - messages: `system` is `system`; each message by its `role`, `tool_result` blocks are `tool`;
+    #: - every endpoint: tool definitions (`tools`, `functions`: names, descriptions, schemas) are `tool`;
+    #: - embeddings: `input` is not judged (it is embedded, not followed).
+    roles: list[Role] = msgspec.field(default_factory=lambda: list(ROLES))
     on_error: OnError = "block"
 
 
@@ -90,11 +112,16 @@ def problems(pi: PromptInjection) -> Problems:
             compile_patterns([_custom_rule(i, c).pattern])
         except PatternError as e:
             errs.append((f"patterns[{i}].regex", str(e)))
+    if not pi.roles:
+        errs.append(("roles", "empty: no text would be judged (list the roles to judge, or drop the policy)"))
     return errs
 
 #: Between two words of a phrase: whitespace, in-sentence punctuation, NBSP (C2 A0), zero-width space,
 #: non-joiner, joiner (E2 80 8B-8D), narrow NBSP (E2 80 AF), word joiner (E2 81 A0), ideographic space (E3 80 80).
 _SEP = r"(?:[\s\-_*,;:~|\"'`]|\xC2\xA0|\xE2\x80[\x8B-\x8D\xAF]|\xE2\x81\xA0|\xE3\x80\x80)+"
+#: `_SEP` made optional, for the glued database (see `scan_view`): "ig<ZWSP>nore<ZWSP>all<ZWSP>previous..." uses
+#: one invisible character both inside and between words, and no single view can tell which is which.
+_SEP_GLUED = _SEP[:-1] + "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +259,216 @@ BUILTIN: tuple[Rule, ...] = (
 )
 
 
+# ---- the view the rules judge: canonical fold plus homoglyphs ----------------------------------------
+#
+# Every text is scanned as written (so `_SEP` still sees a zero-width space *between* words) and, when it
+# has any non-ASCII character, a second time as `scan_view(text)`, where nothing hides a word:
+#   1. the shared canonical fold, `fastgw.scan.fold.fold_text`, when that module exists (until then the
+#      identity: step 2 covers what it does: full-width forms, Unicode dashes and spaces to ASCII, zero-width
+#      characters and soft hyphens dropped);
+#   2. one str.translate through `_VIEW`, which maps each character, once per process and character, to:
+#      the curated homoglyphs below, then NFKD (compatibility forms: full-width, mathematical and enclosed
+#      letters, ligatures, small and superscript forms, compatibility spaces; accents split off), then the
+#      homoglyphs again (NFKD makes some look-alikes into letters that are not: "Ϲ" into "Σ"), with combining
+#      marks and invisible characters (categories Mn, Me, Cf: zero-width and bidi controls, soft hyphen,
+#      variation selectors; Hangul fillers) dropped, Unicode dashes to "-", and the Unicode tag characters of
+#      "ASCII smuggling" (U+E0020-E007E) to the ASCII they stand for. NFKD decomposes each character on its
+#      own, so mapping character by character is NFKD of the text (up to the order of dropped marks).
+# A phrase matches if it matches in either view; scores count distinct rules, so two views never add twice.
+#
+# When the text has an invisible character (`_HIDDEN`), the view has lost where words ended (an invisible
+# character can stand between words as well as inside one, and attackers mix both), so the view is scanned
+# once more with the built-in rules whose separators are optional (`_SEP_GLUED`): "ignoreallprevious
+# instructions" matches there. Only such texts get that third scan, so glued words ("godmode") cannot add
+# false positives to ordinary text.
+
+#: Look-alikes of Latin letters in the scripts attackers use for them: Unicode's confusables.txt (the
+#: entries whose prototype is one ASCII letter) for Cyrillic, Greek, Armenian and Latin small capitals
+#: and IPA, plus the few small capitals of "fancy text" generators confusables.txt maps elsewhere. Folding a
+#: whole Russian or Greek text this way gives a mix of letters, never an English phrase: the rules need
+#: letters these scripts cannot imitate (g, n, r... in "ignore"), and the benign tests pin that.
+_HOMOGLYPHS = {
+    # Cyrillic
+    "а": "a", "в": "b", "г": "r", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+    "т": "t", "у": "y", "х": "x", "ь": "b", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ѡ": "w", "ѵ": "v", "ү": "y",
+    "һ": "h", "ҽ": "e", "ӏ": "l", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ꙇ": "i", "ԍ": "g",
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T",
+    "У": "Y", "Х": "X", "Ѕ": "S", "І": "I", "Ј": "J", "Ѵ": "V", "Ү": "Y", "Һ": "H", "Ӏ": "I", "Ԁ": "D", "Ԍ": "G",
+    "Ԛ": "Q", "Ԝ": "W",
+    # Greek
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "σ": "o",
+    "τ": "t", "υ": "u", "χ": "x", "ϲ": "c", "ϳ": "j", "ϱ": "p", "ͺ": "i",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P",
+    "Τ": "T", "Υ": "Y", "Χ": "X", "Ϲ": "C", "Ϳ": "J", "Ϝ": "F", "Ϻ": "M",
+    # Armenian
+    "ա": "w", "գ": "q", "զ": "q", "հ": "h", "ո": "n", "ռ": "n", "ս": "u", "ց": "g", "ք": "f", "օ": "o",
+    "Ս": "U", "Տ": "S", "Օ": "O",
+    # Latin look-alikes: dotless i and j, IPA, small capitals
+    "ı": "i", "ȷ": "j", "ɑ": "a", "ɡ": "g", "ɣ": "y", "ɩ": "i", "ɪ": "i", "ɯ": "w", "ʋ": "u", "ʏ": "y", "ƽ": "s",
+    "ᴀ": "a", "ʙ": "b", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ғ": "f", "ɢ": "g", "ʜ": "h", "ᴊ": "j", "ᴋ": "k", "ʟ": "l",
+    "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p", "ǫ": "q", "ʀ": "r", "ꜱ": "s", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w",
+    "ᴢ": "z",
+}
+
+#: Unicode dashes and minus to "-", line and paragraph separators to a newline (NFKD keeps them).
+_PUNCT = {**{chr(c): "-" for c in (*range(0x2010, 0x2016), 0x2043, 0x2212, 0xFE58, 0xFE63)},
+          "\u2028": "\n", "\u2029": "\n"}
+
+#: Invisible characters that are not format characters by category: Hangul fillers, Khmer inherent vowels.
+_INVISIBLE = "\u115f\u1160\u17b4\u17b5\u3164\uffa0"
+
+_FIXED = {**_HOMOGLYPHS, **_PUNCT, **{c: "" for c in _INVISIBLE}}
+_DROPPED = frozenset(("Mn", "Me", "Cf"))
+
+
+def _view_char(c: str) -> str:
+    """What one character becomes in the view (see above)."""
+    cp = ord(c)
+    if 0xE0020 <= cp <= 0xE007E:
+        return chr(cp - 0xE0000)  # a tag character: the ASCII it encodes
+    out = []
+    for d in unicodedata.normalize("NFKD", _FIXED.get(c, c)):
+        d = _FIXED.get(d, d)
+        if d and unicodedata.category(d) not in _DROPPED:
+            out.append(d)
+    return "".join(out)
+
+
+class _ViewTable(dict[int, "int | str | None"]):
+    """The str.translate table of the view: each character computed by `_view_char` on first sight and kept
+    (up to `_CAP` characters, so text with all of Unicode cannot grow it without bound)."""
+
+    _CAP = 65536
+
+    def __missing__(self, cp: int) -> int | str | None:
+        v = _view_char(chr(cp))
+        out: int | str | None = cp if v == chr(cp) else (v or None)
+        if len(self) < self._CAP:
+            self[cp] = out
+        return out
+
+
+_VIEW = _ViewTable()
+
+
+def _fold_basic(text: str) -> str:
+    """Stand-in for `fastgw.scan.fold.fold_text` until it exists: `_VIEW` already does what it does."""
+    return text
+
+
+def _load_fold() -> Callable[[str], str]:
+    """The shared canonical fold, or `_fold_basic` where `fastgw.scan.fold` is absent (or not importable)."""
+    try:
+        fold = getattr(importlib.import_module("fastgw.scan.fold"), "fold_text")
+    except (ImportError, AttributeError, SyntaxError):
+        return _fold_basic
+    return fold if callable(fold) else _fold_basic
+
+
+_fold: Callable[[str], str] = _load_fold()
+
+#: Invisible characters that can separate words unseen: soft hyphen, zero-width and joiner characters, bidi
+#: controls, word joiner and invisible operators, variation selectors, BOM, Hangul fillers, tag characters.
+_HIDDEN = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+                     "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e0fff]")
+
+
+def scan_view(text: str) -> str:
+    """`text` as the second scan sees it (see above); ASCII text is its own view."""
+    if text.isascii():
+        return text
+    return _fold(text).translate(_VIEW)
+
+
+# ---- which texts, under which role ------------------------------------------------------------------------
+
+#: Keys whose values are identifiers, enums or binary payloads, never text the model reads as instructions.
+_SKIP = frozenset({"type", "role", "id", "call_id", "tool_call_id", "tool_use_id", "status", "signature",
+                   "encrypted_content", "cache_control", "image_url", "file_data", "file_id", "input_audio",
+                   "audio", "media_type", "mime_type", "detail", "index"})
+_KNOWN_ROLES = frozenset(ROLES)
+
+
+def _role(value: object) -> str:
+    """A message's role; a missing or unknown one counts as `user` (the caller wrote it)."""
+    return value if isinstance(value, str) and value in _KNOWN_ROLES else "user"
+
+
+def _item_role(item: dict) -> str:
+    """The role of one Responses `input` item."""
+    if "role" in item:
+        return _role(item["role"])
+    t = item.get("type")
+    if isinstance(t, str):
+        if t.endswith("_output"):  # function_call_output, computer_call_output, custom_tool_call_output, ...
+            return "tool"
+        if t.endswith("_call") or t == "reasoning":  # the model's own earlier turns
+            return "assistant"
+    return "user"
+
+
+def _walk(node: object, role: str, out: list[tuple[str, str]]) -> None:
+    """Every string under `node` with the role it counts as (iterative: JSON nesting is not bounded here).
+
+    Under a dict: `_SKIP` keys are left out; `data` is text only in a `{"type": "text"}` document source
+    (elsewhere it is base64); a `*tool_result` block and any `output` field count as `tool`; JSON `arguments`
+    are judged as written and, if they carry escapes, decoded; a tool_use `input` object is judged as its JSON,
+    the way chat tool-call arguments are.
+    """
+    stack: list[tuple[object, str]] = [(node, role)]
+    while stack:
+        node, role = stack.pop()
+        if isinstance(node, str):
+            if node:
+                out.append((role, node))
+        elif isinstance(node, list):
+            stack.extend((x, role) for x in node)
+        elif isinstance(node, dict):
+            t = node.get("type")
+            if isinstance(t, str) and t.endswith("tool_result"):
+                role = "tool"
+            for k, v in node.items():
+                if k in _SKIP or (k == "data" and t != "text"):
+                    continue
+                if k == "output":
+                    stack.append((v, "tool"))
+                elif k == "arguments" and isinstance(v, str):
+                    out.append((role, v))
+                    if "\\" in v:  # \\u0069gnore: judge the decoded values too
+                        try:
+                            stack.append((orjson.loads(v), role))
+                        except orjson.JSONDecodeError:
+                            pass
+                elif k == "input" and isinstance(v, dict) and t in ("tool_use", "server_tool_use"):
+                    out.append((role, orjson.dumps(v).decode()))
+                else:
+                    stack.append((v, role))
+
+
+def request_texts(body: dict, endpoint: str = "") -> list[tuple[str, str]]:
+    """(role, text) for every text of a request the model will read, on every endpoint (see
+    `PromptInjection.roles` for which role each field counts as). `endpoint` is the path after /v1/
+    ("" when unknown: `input` is then read as Responses input)."""
+    out: list[tuple[str, str]] = []
+    msgs = body.get("messages")
+    if isinstance(msgs, list):
+        for m in msgs:
+            _walk(m, _role(m.get("role")) if isinstance(m, dict) else "user", out)
+    _walk(body.get("prompt"), "user", out)  # completions: a string, strings, or token ids (not text)
+    if endpoint != "embeddings":
+        inp = body.get("input")
+        if isinstance(inp, list):
+            for item in inp:
+                _walk(item, _item_role(item) if isinstance(item, dict) else "user", out)
+        else:
+            _walk(inp, "user", out)
+    _walk(body.get("instructions"), "system", out)  # responses
+    _walk(body.get("system"), "system", out)  # messages: a string or text blocks
+    _walk(body.get("tools"), "tool", out)
+    _walk(body.get("functions"), "tool", out)
+    return out
+
+
 class _Hits:
     """Which patterns fire anywhere in one text (every candidate, no overlap resolution).
 
@@ -261,7 +498,7 @@ class _Hits:
 class InjectionPolicy:
     """Compiled prompt-injection settings (built once in the master; `allocate_scratch` in each worker)."""
 
-    __slots__ = ("db", "rules", "weights", "threshold", "action")
+    __slots__ = ("db", "glued", "rules", "weights", "threshold", "action", "roles")
 
     name = NAME
 
@@ -278,12 +515,21 @@ class InjectionPolicy:
         self.weights = [r.weight for r in rules]
         # No rules (builtin off, no patterns): nothing to compile, every request scores 0.
         self.db: ScanDB | None = ScanDB([r.pattern for r in rules]) if rules else None
+        # The built-ins again with optional separators, for the views of texts with invisible characters; its
+        # ids are the built-ins' ids (they come first in `rules`). Custom regexes have no `_SEP` to relax.
+        self.glued: ScanDB | None = ScanDB([
+            Pattern(r.name, r.pattern.entity, r.pattern.expression.replace(_SEP.encode(), _SEP_GLUED.encode()),
+                    r.pattern.max_width, caseless=r.pattern.caseless) for r in BUILTIN]) if settings.builtin else None
         self.threshold = settings.threshold
         self.action = settings.action
+        #: The roles whose texts are judged (`request_texts` says which role each field counts as).
+        self.roles: frozenset[str] = frozenset(settings.roles)
 
     def allocate_scratch(self) -> None:
         if self.db is not None:
             self.db.allocate_scratch()
+        if self.glued is not None:
+            self.glued.allocate_scratch()
 
     def score(self, texts: Iterable[str]) -> tuple[float, list[str]]:
         """(sum of the weights of the distinct rules matched in any text, their names in rule order)."""
@@ -295,6 +541,12 @@ class InjectionPolicy:
             if text:
                 # surrogatepass: JSON may carry lone surrogates; they must not make scanning fail.
                 hits.scan(db, text.encode("utf-8", "surrogatepass"))
+                view = scan_view(text)
+                if view != text:  # zero-width characters, homoglyphs, full-width letters inside words
+                    data = view.encode("utf-8", "surrogatepass")
+                    hits.scan(db, data)
+                    if self.glued is not None and _HIDDEN.search(text):
+                        hits.scan(self.glued, data)
         if not hits.found:
             return 0.0, []
         ids = sorted(hits.found)
