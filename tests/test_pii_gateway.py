@@ -219,3 +219,44 @@ def test_non_streamed_output_redaction_and_block(gateway_factory, upstream):
         client2.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "jane@example.org"}])
     assert exc.value.body["code"] == "output_blocked"
     assert exc.value.response.headers["x-should-retry"] == "false"
+
+
+# ---- every decision counted (issue 14) ---------------------------------------------------------------------
+
+def test_streamed_redactions_are_counted_in_metrics_and_audit(gateway_factory, upstream, tmp_path):
+    """A realtime stream whose output was redacted: one decision per policy and entity with the count, in
+    fastgw_policy_decisions_total{policy, action, entity} and in the audit record (never the value)."""
+    import json
+    import time
+    import urllib.request
+
+    d = tmp_path / "audit"
+    cfg = gateway_config(upstream.url)
+    cfg["policies"] = {"chain": ["pii-detector", "audit-logger"]}
+    cfg["policy"] = {"pii-detector": {"action": "redact", "apply_to": ["output"]},
+                     "audit-logger": {"path": str(d), "fsync": "never"}}
+    gw = gateway_factory.start(cfg, workers=1)
+    c = openai.OpenAI(base_url=gw.url, api_key="x", max_retries=0, timeout=20)
+    text = ""
+    for ch in c.chat.completions.create(model="gpt-test", stream=True, messages=[
+            {"role": "user", "content": "mail jane.doe@example.org or bob@example.com"}]):
+        if ch.choices:
+            text += ch.choices[0].delta.content or ""
+    assert "jane.doe@example.org" not in text and text.count("[REDACTED:EMAIL]") == 2
+    recs = [json.loads(line) for f in sorted(d.glob("audit-*.jsonl")) for line in f.read_text().splitlines()
+            if line.strip()]
+    assert len(recs) == 1
+    out = [x for x in recs[0]["decisions"] if x["phase"] == "output"]
+    assert out == [{"policy": "pii-detector", "phase": "output", "outcome": "redact",
+                    "detail": {"entity": "EMAIL", "count": 2}}]
+    raw = "\n".join(f.read_text() for f in d.glob("*.jsonl"))
+    assert "jane.doe@example.org" not in raw and "bob@example.com" not in raw
+    want = 'fastgw_policy_decisions_total{action="redact",entity="EMAIL",policy="pii-detector"}'
+    body = ""
+    for _ in range(50):
+        body = urllib.request.urlopen(gw.base + "/metrics", timeout=10).read().decode()
+        if want in body:
+            break
+        time.sleep(0.2)
+    line = [ln for ln in body.splitlines() if ln.startswith(want)]
+    assert line and float(line[0].rsplit(" ", 1)[1]) >= 1, body[-2000:]

@@ -43,6 +43,9 @@ class PiiDetector(Settings):
     apply_to: list[Phase] = msgspec.field(default_factory=lambda: ["input", "output"])
     custom: list[CustomPattern] = msgspec.field(default_factory=list)
     on_error: OnError = "block"
+    #: Logprobs tokens (and their alternatives) in answers: "redact" them as the text they spell, or "drop"
+    #: the logprobs from every answer and event that carries them.
+    logprobs: Literal["redact", "drop"] = "redact"
 
 
 def problems(pii: PiiDetector) -> Problems:
@@ -76,3 +79,4 @@ class PiiPolicy(ScanPolicy):
         patterns += [custom_pattern(c.name, c.regex, c.max_width) for c in settings.custom]
         super().__init__(ScanDB(patterns), settings.action, settings.streaming_mode, settings.apply_to,
                          settings.replacement, settings.on_error)
+        self.logprobs = settings.logprobs

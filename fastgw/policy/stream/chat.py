@@ -2,36 +2,51 @@
 a changed chunk is written back.
 
 Text streams are per (choice, field): `delta.content`, `delta.refusal`,
-`delta.reasoning_content`, `text` (completions) and each tool call's
-`function.arguments`. A choice's texts are final at its `finish_reason`, all of them
-at `[DONE]`. Chunks come as SSE events (an upstream that speaks OpenAI) or as
+`delta.reasoning_content`, `text` (completions), each tool call's `function.arguments`
+and `name`, the legacy `function_call`, every other string in the delta (`reasoning`,
+`reasoning_details`, audio transcripts, fields yet unknown: the loose view), and the
+logprobs tokens (`logprobs.content`/`refusal`, legacy `tokens`: a text stream of their
+own, see `TokenRun`; dropped instead with `logprobs: drop`). A choice's texts are final
+at its `finish_reason`, all of them at `[DONE]`. Chunks come as SSE events (an upstream that speaks OpenAI) or as
 structured chunks (`push_chunk`: a translated provider's dicts, never encoded
 before the policy has seen them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import msgspec
+import orjson
 
 from fastgw.api.dialects import CHAT
 from fastgw.api.sse import DONE
 from fastgw.policy.stream.core import Held, Segment, StreamPolicy, TextKey, unreadable
+from fastgw.policy.textscan import SKIP
 from fastgw.proto.sse import SSEEvent
 
 __all__ = ["ChatStreamPolicy"]
 
 
-# Typed view of a chunk: only the fields we read (msgspec skips everything else without building it).
-class _Fn(msgspec.Struct):
+# Typed view of a chunk: only the fields we read (msgspec skips everything else without building it). The
+# delta and its tool calls forbid unknown fields: a chunk with a field this view does not know (a provider's
+# reasoning variant, a legacy function_call, anything new) takes the loose view, whose delta is walked whole,
+# so an unknown field is scanned as text, never skipped.
+class _Fn(msgspec.Struct, forbid_unknown_fields=True):
     arguments: str | None = None
+    name: str | None = None
 
 
-class _ToolCall(msgspec.Struct):
+class _ToolCall(msgspec.Struct, forbid_unknown_fields=True):
     index: int = 0
+    id: str | None = None
+    type: str | None = None
     function: _Fn | None = None
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, forbid_unknown_fields=True):
+    role: str | None = None
     content: str | None = None
     refusal: str | None = None
     reasoning_content: str | None = None
@@ -43,6 +58,7 @@ class _Choice(msgspec.Struct):
     delta: _Delta | None = None
     text: str | None = None
     finish_reason: str | None = None
+    logprobs: dict | None = None
 
 
 class _Chunk(msgspec.Struct):
@@ -50,9 +66,26 @@ class _Chunk(msgspec.Struct):
     usage: dict | None = None
 
 
+# The loose view: the delta as a dict (walked: every string in it is text but identifiers).
+class _LooseChoice(msgspec.Struct):
+    index: int = 0
+    delta: dict | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+    logprobs: dict | None = None
+
+
+class _LooseChunk(msgspec.Struct):
+    choices: list[_LooseChoice] | None = None
+    usage: dict | None = None
+
+
 _decode = msgspec.json.Decoder(_Chunk).decode
+_decode_loose = msgspec.json.Decoder(_LooseChunk).decode
 #: The end-of-stream sentinel as an event (a structured stream's end is queued as this).
 _DONE_EVENT = SSEEvent("[DONE]", None, None, None, DONE)
+#: Delta fields whose value must be a string (or null) in any view: another type is an unreadable chunk.
+_STR_FIELDS = ("content", "refusal", "reasoning_content")
 
 
 class ChatStreamPolicy(StreamPolicy):
@@ -67,8 +100,11 @@ class ChatStreamPolicy(StreamPolicy):
     def push(self, ev: SSEEvent) -> None:
         data = ev.data
         if data is not None and data[:1] == "{":
+            chunk: _Chunk | _LooseChunk
             try:
                 chunk = _decode(data)
+            except msgspec.ValidationError:
+                chunk = self._loose(_decode_loose, data)
             except msgspec.DecodeError:
                 raise unreadable() from None
             self._take(chunk, ev, None)
@@ -80,28 +116,53 @@ class ChatStreamPolicy(StreamPolicy):
     def push_chunk(self, obj: dict) -> None:
         """Take one structured chunk; the policy owns the dict from now on and encodes it once, when released.
         The same typed view reads it as reads an SSE chunk, so both give the same answer."""
+        chunk: _Chunk | _LooseChunk
         try:
             chunk = msgspec.convert(obj, _Chunk)
         except msgspec.ValidationError:
-            raise unreadable() from None
+            chunk = self._loose(lambda o: msgspec.convert(o, _LooseChunk), obj)
         self._take(chunk, None, obj)
+
+    @staticmethod
+    def _loose(decode: Callable[[Any], _LooseChunk], data: Any) -> _LooseChunk:
+        try:
+            chunk = decode(data)
+        except msgspec.DecodeError:  # (ValidationError is one)
+            raise unreadable() from None
+        for ch in chunk.choices or ():
+            d = ch.delta
+            if d is not None and any(d.get(f) is not None and not isinstance(d.get(f), str) for f in _STR_FIELDS):
+                raise unreadable()
+        return chunk
 
     def push_done(self) -> None:
         """The structured stream's end: `data: [DONE]` is queued behind the chunks before it."""
         self.push(_DONE_EVENT)
 
-    def _take(self, chunk: _Chunk, ev: SSEEvent | None, obj: dict | None) -> None:
+    def _take(self, chunk: _Chunk | _LooseChunk, ev: SSEEvent | None, obj: dict | None) -> None:
         segs: list[Segment] = []
+        edited = False
         if chunk.choices:
-            for pos, ch in enumerate(chunk.choices):
-                self._choice_segs(ch, pos, segs)
+            choices: list[Any] = chunk.choices
+            for pos, ch in enumerate(choices):
+                if ch.logprobs is not None and self._drop:
+                    if obj is None:
+                        assert ev is not None and ev.data is not None
+                        obj = orjson.loads(ev.data)
+                    assert obj is not None
+                    obj["choices"][pos]["logprobs"] = None
+                    edited = True
+                if type(ch) is _Choice:
+                    self._choice_segs(ch, pos, segs)
+                else:
+                    self._loose_segs(ch, pos, segs)
         ctx = self._ctx
         if chunk.usage is not None:
             ctx.usage = chunk.usage
             if self.strip_usage and not chunk.choices:
                 return  # the usage chunk we asked for on the client's behalf: it does not see it
         ctx.events += 1
-        self._queue.append(Held(ev, obj, segs))
+        self._queue.append(Held(ev, obj, segs, edited=True) if edited else Held(ev, obj, segs))
 
     def _choice_segs(self, ch: _Choice, pos: int, segs: list[Segment]) -> None:
         idx = ch.index
@@ -117,13 +178,79 @@ class ChatStreamPolicy(StreamPolicy):
                 self._seg(TextKey(idx, "reasoning_content"), d.reasoning_content, pos, -1, segs)
             if d.tool_calls:
                 for tpos, tc in enumerate(d.tool_calls):
-                    if tc.function is not None and tc.function.arguments:
-                        self._seg(TextKey(idx, "arguments", tc.index), tc.function.arguments, pos, tpos, segs)
+                    fn = tc.function
+                    if fn is not None:
+                        if fn.arguments:
+                            self._seg(TextKey(idx, "arguments", tc.index), fn.arguments, pos, tpos, segs)
+                        if fn.name:
+                            self._seg(TextKey(idx, "tool_calls.function.name", tc.index), fn.name, pos, tpos,
+                                      segs, ("choices", pos, "delta", "tool_calls", tpos, "function", "name"))
+        if ch.logprobs is not None and not self._drop:
+            self._logprobs(ch.logprobs, idx, pos, segs)
         if ch.finish_reason is not None:
             self._ctx.finish[idx] = ch.finish_reason
             self._settle_choice(idx)
 
+    def _loose_segs(self, ch: _LooseChoice, pos: int, segs: list[Segment]) -> None:
+        """A choice whose delta has fields the typed view does not know: every text in the delta, walked."""
+        idx = ch.index
+        if ch.text:
+            self._seg(TextKey(idx, "text"), ch.text, pos, -1, segs)
+        d = ch.delta
+        if d:
+            base = ("choices", pos, "delta")
+            for k, v in d.items():
+                if k == "tool_calls" and isinstance(v, list):
+                    for tpos, tc in enumerate(v):
+                        if isinstance(tc, dict):
+                            tci = tc.get("index", tpos)
+                            fn = tc.get("function")
+                            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str) and fn["arguments"]:
+                                self._seg(TextKey(idx, "arguments", tci), fn["arguments"], pos, tpos, segs)
+                            rest = {x: y for x, y in tc.items() if x != "function"}
+                            self._walk(rest, "tool_calls", idx, tci, 0, base + (k, tpos), segs)
+                            if isinstance(fn, dict):
+                                self._walk({x: y for x, y in fn.items() if x != "arguments"},
+                                           "tool_calls.function", idx, tci, 0, base + (k, tpos, "function"), segs)
+                elif k == "function_call" and isinstance(v, dict):  # legacy function calling
+                    args = v.get("arguments")
+                    if isinstance(args, str) and args:
+                        self._seg(TextKey(idx, "arguments", "function_call"), args, pos, -1, segs,
+                                  base + (k, "arguments"))
+                    self._walk({x: y for x, y in v.items() if x != "arguments"}, k, idx, None, 0, base + (k,),
+                               segs)
+                elif isinstance(v, str):
+                    if v and k not in SKIP:
+                        self._seg(TextKey(idx, k), v, pos, -1, segs, None if k in _STR_FIELDS else base + (k,))
+                elif isinstance(v, (dict, list)):
+                    self._walk(v, k, idx, None, 0, base + (k,), segs)
+        if ch.logprobs is not None and not self._drop:
+            self._logprobs(ch.logprobs, idx, pos, segs)
+        if ch.finish_reason is not None:
+            self._ctx.finish[idx] = ch.finish_reason
+            self._settle_choice(idx)
+
+    def _logprobs(self, lp: dict, idx: int, pos: int, segs: list[Segment]) -> None:
+        """A choice's logprobs: chat `content`/`refusal` entries, or legacy completions `tokens`."""
+        base = ("choices", pos, "logprobs")
+        for key in ("content", "refusal"):
+            entries = lp.get(key)
+            if isinstance(entries, list):
+                self._tokens(entries, idx, "logprobs." + key, None, 0, base + (key,), segs)
+        toks = lp.get("tokens")
+        if isinstance(toks, list):
+            for i, tok in enumerate(toks):
+                if isinstance(tok, str) and tok:
+                    self._seg(TextKey(idx, "logprobs.tokens"), tok, pos, -1, segs, base + ("tokens", i))
+
     def _apply(self, obj: dict, seg: Segment, text: str) -> None:
+        if seg.path is not None:
+            super()._apply(obj, seg, text)
+            path = seg.path
+            if path[-2] == "tokens":  # a legacy completions token: its alternatives follow
+                lp = obj["choices"][path[1]]["logprobs"]
+                _legacy_top(lp, path[-1], text)
+            return
         ch = obj["choices"][seg.choice_pos]
         field = seg.text.key.field
         if field == "text":
@@ -132,3 +259,14 @@ class ChatStreamPolicy(StreamPolicy):
             ch["delta"]["tool_calls"][seg.tool_pos]["function"]["arguments"] = text
         else:
             ch["delta"][field] = text
+
+
+def _legacy_top(lp: object, i: int, text: str) -> None:
+    """A changed legacy token: its `top_logprobs` alternatives become the changed token."""
+    if not isinstance(lp, dict):
+        return
+    top = lp.get("top_logprobs")
+    if isinstance(top, list) and i < len(top) and isinstance(top[i], dict):
+        vals = lp.get("token_logprobs")
+        v = vals[i] if isinstance(vals, list) and i < len(vals) else None
+        top[i] = {text: v if v is not None else next(iter(top[i].values()), 0.0)}

@@ -23,7 +23,8 @@ from fastgw.api.dialects import Dialect
 from fastgw.api.errors import GatewayError
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Finding, Findings
-from fastgw.policy.textscan import ScanPolicy, Tagged, merge_spans, redact
+from fastgw.policy.textscan import (SKIP, ScanPolicy, Tagged, decide_counts, is_blob, merge_spans, redact,
+                                     set_token)
 from fastgw.proto.sse import SSEEvent, encode_data, encode_event
 from fastgw.scan.scanner import StreamScanner
 
@@ -31,6 +32,10 @@ __all__ = ["StreamPolicy", "StreamBlocked", "TextKey", "TextStream", "Segment", 
 
 #: The safe offset of a text no policy holds back: beyond any text's end.
 _NO_HOLD = 1 << 62
+#: Keys whose value is JSON a caller or a model chose (tool inputs, schemas, metadata): every string scanned.
+_JSON_VALUES = frozenset(("parameters", "input_schema", "schema", "metadata", "properties", "arguments"))
+_TOOL_INPUT = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
+_NOSKIP: frozenset[str] = frozenset()
 
 
 class StreamBlocked(Exception):
@@ -94,6 +99,9 @@ class Segment(msgspec.Struct, gc=False):
     tool_pos: int
     #: JSON source (arguments): the backslashes ending the stream's text before it; None for prose.
     escapes: int | None
+    #: Where the text sits in the event object (keys and list positions from its root), when the dialect
+    #: says so this way (every field but the chat fast path's); a logprobs `token` fixes its siblings too.
+    path: tuple | None = None
 
 
 class Held(msgspec.Struct, gc=False):
@@ -109,6 +117,10 @@ class Held(msgspec.Struct, gc=False):
     whole: bool = False
     #: Its Responses sequence_number (-1: none).
     seq: int = -1
+    #: The object was changed already (logprobs dropped): written back even when no text changes.
+    edited: bool = False
+    #: (path, text key) of the whole texts a Responses event repeats (rewritten as released).
+    repeats: list | None = None
 
 
 class StreamPolicy:
@@ -123,7 +135,8 @@ class StreamPolicy:
     assembles: ClassVar[bool] = False
 
     __slots__ = ("policies", "last_seq", "held", "strip_usage", "_assembled", "_rewritten", "_findings", "_ctx",
-                 "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts", "_ended")
+                 "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts", "_ended",
+                 "_drop", "_counts", "_decided", "_ev_edited", "_ev_repeats")
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
                  buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
@@ -151,6 +164,14 @@ class StreamPolicy:
         self.held = 0
         #: The gateway asked this upstream for a usage chunk the client did not ask for: take it out.
         self.strip_usage = False
+        #: `logprobs: drop`: logprobs leave no event (else their tokens are text streams of their own).
+        self._drop = any(p.logprobs == "drop" for p in policies)
+        #: Findings per (policy position, entity), for the decisions recorded when the stream ends.
+        self._counts: dict[tuple[int, str], int] = {}
+        self._decided = False
+        #: Set while a typed event is read: it was edited (logprobs dropped), the whole texts it repeats.
+        self._ev_edited = False
+        self._ev_repeats: list | None = None
 
     # ---- input (each dialect) ---------------------------------------------------------------
     def push(self, ev: SSEEvent) -> None:
@@ -165,7 +186,8 @@ class StreamPolicy:
         """The upstream says the answer is complete: every text is final."""
         self._finish_all()
 
-    def _seg(self, key: TextKey, text: str, choice_pos: int, tool_pos: int, segs: list[Segment]) -> None:
+    def _seg(self, key: TextKey, text: str, choice_pos: int, tool_pos: int, segs: list[Segment],
+             path: tuple | None = None) -> None:
         """Scan the next piece of the text stream `key` (each byte once) and note where it sits in the event."""
         t = self._texts.get(key)
         if t is None:
@@ -180,11 +202,54 @@ class StreamPolicy:
             sc.feed(data)
         self._dirty.append(t)
         if key.field == "arguments":
-            segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, t.backslashes))
+            segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, t.backslashes, path))
             run = len(data) - len(data.rstrip(b"\\"))
             t.backslashes = t.backslashes + run if run == len(data) else run
         else:
-            segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, None))
+            segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, None, path))
+
+    def _walk(self, node: object, field: str, choice: int, item: object, part: object, path: tuple,
+              segs: list[Segment], skip: frozenset[str] = SKIP, repeats: list | None = None) -> None:
+        """Every text in a JSON value inside a known container, each string a segment of the text stream
+        (choice, dotted field path, item, part): strings not under a `skip` key and not blobs. A list's
+        objects are parts (their own `index` when they carry one, else their position). With `repeats`
+        (events that repeat whole texts), a text whose stream exists already is noted there, not fed again."""
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, str):
+                    if v and k not in skip and not is_blob(node, k, v):
+                        self._text(TextKey(choice, f"{field}.{k}" if field else k, item, part), v, path + (k,),
+                                   segs, repeats)
+                elif isinstance(v, (dict, list)):
+                    sub = _NOSKIP if k in _JSON_VALUES or (k == "input" and node.get("type") in _TOOL_INPUT) \
+                        else skip
+                    self._walk(v, f"{field}.{k}" if field else k, choice, item, part, path + (k,), segs, sub,
+                               repeats)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                if isinstance(v, str):
+                    if v:
+                        self._text(TextKey(choice, field, item, (part, i)), v, path + (i,), segs, repeats)
+                elif isinstance(v, (dict, list)):
+                    sub_part = v.get("index", i) if isinstance(v, dict) else i
+                    self._walk(v, field, choice, item, (part, sub_part), path + (i,), segs, skip, repeats)
+
+    def _text(self, key: TextKey, v: str, path: tuple, segs: list[Segment], repeats: list | None) -> None:
+        if repeats is not None and key in self._texts:
+            repeats.append((path, key))
+        else:
+            self._seg(key, v, 0, -1, segs, path)
+
+    def _tokens(self, entries: list, choice: int, field: str, item: object, part: object, path: tuple,
+                segs: list[Segment]) -> None:
+        """Logprobs entries ({"token", "bytes", "top_logprobs"}): their tokens are a text stream of their own,
+        each token a segment (a token over a span is redacted like any piece of text, see TokenRun)."""
+        key = TextKey(choice, field, item, part)
+        for i, e in enumerate(entries):
+            if isinstance(e, dict):
+                tok = e.get("token")
+                if isinstance(tok, str) and tok:
+                    self._seg(key, tok, 0, -1, segs, path + (i, "token"))
 
     # ---- settling ---------------------------------------------------------------------------------
     def _settle(self, t: TextStream, final: bool) -> None:
@@ -199,6 +264,8 @@ class StreamPolicy:
             for sp in spans:
                 self._findings.record(Finding(pol.name, sp.entity, "output", sp.start, sp.end, pol.action,
                                               self._ctx.request_id, key.choice, key.field))
+                ck = (i, sp.entity)
+                self._counts[ck] = self._counts.get(ck, 0) + 1
                 if pol.action == "block":
                     if t.block is None or sp.start < t.block[0].start:
                         t.block = (sp, pol)
@@ -278,7 +345,21 @@ class StreamPolicy:
             self._finish_all()
         out = self.release()
         self._sync_texts()
+        self._decide()
         return out
+
+    def _decide(self) -> None:
+        """The stream's decisions, once: per policy and entity, the action and how many values (never a
+        value); "allow" for a policy that found nothing. A block was decided when it happened."""
+        if self._decided:
+            return
+        self._decided = True
+        ctx = self._ctx
+        blocked = {d.policy for d in ctx.decisions if d.phase == "output" and d.outcome == "block"}
+        for i, pol in enumerate(self.policies):
+            if pol.name in blocked:
+                continue
+            decide_counts(ctx, pol, "output", {(pol.name, e): n for (j, e), n in self._counts.items() if j == i})
 
     def _sync_texts(self) -> None:
         """ctx.texts: the released text per choice (for the audit record, usage estimate, buffered checks)."""
@@ -289,8 +370,9 @@ class StreamPolicy:
             texts[idx] = parts[0] if parts else ""
 
     def close(self) -> None:
-        """Free the scanners (client gone, stream over)."""
+        """Free the scanners (client gone, stream over); the decisions taken so far are recorded."""
         self._sync_texts()
+        self._decide()
         for t in self._texts.values():
             for sc in t.scanners:
                 sc.close()
@@ -299,10 +381,8 @@ class StreamPolicy:
         """The bytes of a released event: the upstream's own unless a policy changed its text."""
         if h.seq >= 0:
             self.last_seq = h.seq  # an error event we add continues from the last one sent
-        if h.whole:
-            return self._render_whole(h)
         segs = h.segs
-        if not segs:
+        if not segs and not h.whole and not h.edited:
             ev = h.ev
             return ev.raw if ev is not None else self._untouched(h)  # no text: role, finish, usage, [DONE]
         changes: list[tuple[Segment, bytes]] = []
@@ -324,9 +404,12 @@ class StreamPolicy:
                 parts.setdefault(key.choice, []).append(new.decode())
             if assembled is not None:
                 assembled.setdefault(key, []).append(new.decode())
-        if not changes:
+        if changes:
+            self._rewritten = True
+        if h.whole:
+            return self._render_whole(h, changes)
+        if not changes and not h.edited:
             return self._untouched(h)  # invariant 5: untouched events leave byte-identical
-        self._rewritten = True
         return self._rewrite(h, changes)
 
     def _untouched(self, h: Held) -> bytes:
@@ -347,8 +430,19 @@ class StreamPolicy:
         return self._encode(h.ev, obj)
 
     def _apply(self, obj: dict, seg: Segment, text: str) -> None:
-        """Put a segment's changed text back into its event (each dialect knows where it sits)."""
-        raise NotImplementedError
+        """Put a segment's changed text back into its event (each dialect knows where it sits; a segment
+        with a `path` says it itself)."""
+        path = seg.path
+        if path is None:
+            raise NotImplementedError
+        node: object = obj
+        for k in path[:-1]:
+            node = node[k]  # type: ignore[index]
+        last = path[-1]
+        if last == "token" and isinstance(node, dict):
+            set_token(node, text)  # a logprobs token: its bytes and alternatives follow
+        else:
+            node[last] = text  # type: ignore[index]
 
     def _encode(self, ev: SSEEvent | None, obj: dict) -> bytes:
         """An event object as SSE bytes, with the upstream event's `event`/`id` fields when it came as SSE."""
@@ -356,9 +450,9 @@ class StreamPolicy:
             return encode_data(orjson.dumps(obj))
         return encode_event(orjson.dumps(obj), event=ev.event, id=ev.id)
 
-    def _render_whole(self, h: Held) -> bytes:
+    def _render_whole(self, h: Held, changes: list[tuple[Segment, bytes]]) -> bytes:
         """An event that repeats whole texts (dialects that have them say how to rewrite it)."""
-        return self._untouched(h)
+        return self._rewrite(h, changes) if changes or h.edited else self._untouched(h)
 
     # ---- block -------------------------------------------------------------------------------------
     def _check_block(self) -> None:

@@ -54,7 +54,12 @@ class TypedEventPolicy(StreamPolicy):
                 s = obj.get("sequence_number")
                 seq = s if isinstance(s, int) else -1
             # The object is kept only for an event that may be rewritten (or has no bytes yet).
-            self._queue.append(Held(ev, obj if segs or whole or ev is None else None, segs, whole, seq))
+            if self._ev_edited or self._ev_repeats is not None:
+                self._queue.append(Held(ev, obj, segs, whole, seq, self._ev_edited, self._ev_repeats))
+                self._ev_edited = False
+                self._ev_repeats = None
+            else:
+                self._queue.append(Held(ev, obj if segs or whole or ev is None else None, segs, whole, seq))
         else:
             self._queue.append(Held(ev, None, segs))
 
