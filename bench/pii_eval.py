@@ -5,8 +5,9 @@
     python -m bench.pii_eval --rev HEAD --write    # fastgw as committed (git archive), append to bench/RESULTS.md
 
 The corpus is `bench.pii_corpus.make_corpus(n, seed)`: LLM-style answers in nine Faker
-locales, every PII value and decoy at a known position. Everything runs through the
-gateway's own code: the chain is `fastgw.policy.chain.build_chain` of a
+locales, every PII value and decoy at a known position. It imports fastgw internals on
+purpose, to measure the gateway's own redaction code rather than a copy: everything runs
+through it: the chain is `fastgw.policy.chain.build_chain` of a
 `fastgw.policy.pii.PiiDetector`; a whole answer goes through `Chain.check_output_body`
 (the non-streamed path: a chat.completion body) and a streamed one through
 `Chain.stream_policy` (`fastgw.policy.stream.open_stream`), fed SSE bytes as the relay
