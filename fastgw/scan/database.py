@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import hyperscan
 
-__all__ = ["Pattern", "ScanDB", "PatternError", "Span"]
+__all__ = ["Pattern", "ScanDB", "PatternError", "Span", "CONTEXT_BYTES"]
 
 _ALL = bytes(range(256))
 
@@ -28,9 +28,40 @@ class PatternError(ValueError):
         self.name = name
 
 
+#: Canonical bytes before a candidate that a `context_validator` sees: room for a label and its
+#: punctuation ("Telefon (mobil):", "| Phone number |", "SSN#") a line or a table cell away, small
+#: enough that the scanner's retained window (widest validated pattern + this) stays a few hundred bytes.
+CONTEXT_BYTES = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Pattern:
-    """One detector: `expression` is a Hyperscan regex over UTF-8 bytes; spans never exceed `max_width` bytes."""
+    """One detector: `expression` is a Hyperscan regex over the canonical bytes (`fastgw.scan.fold`: full-width
+    forms, Unicode dashes and spaces folded to ASCII, zero-width characters dropped, and in JSON-source mode
+    escapes decoded); a span never exceeds `max_width` canonical bytes, and is reported as the original bytes
+    of the characters that produced it.
+
+    Validators see canonical bytes (so `０９０－３２０５` arrives as `090-3205`):
+
+    - `validator(value) -> bool`: the matched bytes only.
+    - `context_validator(value, before) -> bool`: also the up to `CONTEXT_BYTES` canonical bytes right before
+      the match (fewer only at the start of the text), the same under every split of the stream. For labels
+      that confirm (a phone or SSN word) or veto (order, SKU, tracking) a candidate. When both are given,
+      both must accept. Nothing after the match is offered: that would need more holdback.
+
+    Blocks (`block_until`, e.g. a PEM private key): `expression` matches the *opening marker only*
+    (`-----BEGIN RSA PRIVATE KEY-----`), `block_until` the closing one (`-----END RSA PRIVATE KEY-----`; any
+    match of it after the opening marker ends the block). Once an opening marker has matched (and passed its
+    validators), the scanner holds everything from its first byte and reports the block, opening marker to
+    the end of the first closing marker, as spans of this pattern's entity. `max_width` is the bound on that
+    hold: a block longer than it is reported in consecutive pieces of `max_width` canonical bytes counted from
+    the opening marker (each piece final and released, redacted, once complete; the last ends at the
+    closing marker, or at the end of the text when none comes), so no byte of the block is ever sent
+    unredacted and memory stays bounded. Pieces after the first carry `Span.cont = True`: the policy layer
+    may remove their bytes without a second replacement. Inside a block no other pattern is reported; a
+    match reaching into a block from before it is cut at the block's start. The opening marker's own width
+    (for holdback and validation) is derived from the expression, which must therefore be bounded.
+    """
 
     name: str
     entity: str
@@ -44,6 +75,10 @@ class Pattern:
     #: Overrides for the derived alphabet / start bytes (for expressions our analysis cannot read).
     alphabet: bytes | None = None
     start: bytes | None = None
+    #: (value, up to CONTEXT_BYTES canonical bytes before it) -> accept; see the class docstring.
+    context_validator: Callable[[bytes, bytes], bool] | None = None
+    #: Closing-marker expression of a block pattern (same flags as `expression`); see the class docstring.
+    block_until: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +89,9 @@ class Span:
     end: int
     entity: str
     pattern: str
+    #: A later piece of a block longer than its pattern's bound: it continues the previous span of the same
+    #: pattern (remove its bytes; the replacement was already written for the first piece).
+    cont: bool = False
 
 
 # --- expression analysis -------------------------------------------------------------------
@@ -179,6 +217,14 @@ class ScanDB:
     max_width: int = field(init=False)
     #: Patterns grouped by (alphabet, start bytes, width): the holdback looks at each group once.
     groups: list[_Group] = field(init=False)
+    #: Per pattern, the widest match it reports: `max_width`, or for a block pattern its opening marker's.
+    widths: list[int] = field(init=False)
+    #: Canonical bytes a scanner keeps for validators: the widest validated match, plus the context.
+    window: int = field(init=False)
+    #: Hyperscan id len(patterns) + i is the closing marker of block pattern closers[i].
+    closers: list[int] = field(init=False)
+    #: Whether any pattern is a block pattern.
+    blocks: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -191,7 +237,12 @@ class ScanDB:
         # class costs one pass over every fed byte: few classes keep redaction of clean text cheap.
         classes: dict[object, tuple[set[int], set[int], int]] = {}
         letters = set(range(65, 91)) | set(range(97, 123))
-        for p in self.patterns:
+        self.widths = [_opening_width(p) if p.block_until is not None else p.max_width for p in self.patterns]
+        self.closers = [i for i, p in enumerate(self.patterns) if p.block_until is not None]
+        self.blocks = bool(self.closers)
+        context = any(p.context_validator is not None for p in self.patterns)
+        self.window = max(self.widths) + (CONTEXT_BYTES if context else 0)
+        for p, width in zip(self.patterns, self.widths):
             alphabet, start = derive_alphabet(p.expression, p.caseless)
             if p.utf8:
                 # Unicode classes and case folding reach bytes the ASCII analysis cannot see.
@@ -209,7 +260,8 @@ class ScanDB:
             else:
                 key = alphabet  # letters and spaces (IBAN groups, PEM headers): kept apart
             ca, cs, cw = classes.get(key, (set(), set(), 0))
-            classes[key] = (ca | a, cs | set(start), max(cw, p.max_width))
+            # A block pattern's holdback is its opening marker's: once that matches, the scanner holds the block.
+            classes[key] = (ca | a, cs | set(start), max(cw, width))
         self.groups = [_Group(bytes(sorted(a)), bytes(sorted(st)), w) for a, st, w in classes.values()]
         self.max_width = max(p.max_width for p in self.patterns)
         self.hs = compile_patterns(self.patterns)
@@ -219,29 +271,46 @@ class ScanDB:
         self.hs.scratch = hyperscan.Scratch(self.hs)
 
 
+def _opening_width(p: Pattern) -> int:
+    """The widest match of a block pattern's opening marker (its expression), at most `max_width`; `max_width`
+    when our analysis cannot bound it (then its holdback is as wide as the block's)."""
+    try:
+        hi = sre_parse.parse(p.expression).getwidth()[1]
+    except (re.error, ValueError, TypeError, AttributeError, OverflowError):
+        return p.max_width
+    return min(int(hi), p.max_width) if 0 < hi < sre_parse.MAXREPEAT else p.max_width
+
+
 def compile_patterns(patterns: Sequence[Pattern]) -> hyperscan.Database:
-    """One stream-mode database; a pattern Hyperscan rejects raises PatternError naming it."""
-    flags = []
+    """One stream-mode database; a pattern Hyperscan rejects raises PatternError naming it.
+
+    Ids 0..n-1 are the patterns; the closing markers of block patterns follow, in pattern order."""
+    exprs: list[tuple[Pattern, bytes, int]] = []
     for p in patterns:
         f = hyperscan.HS_FLAG_SOM_LEFTMOST
         if p.caseless:
             f |= hyperscan.HS_FLAG_CASELESS
         if p.utf8:
             f |= hyperscan.HS_FLAG_UTF8
-        flags.append(f)
+        exprs.append((p, p.expression, f))
+    for p, _, f in list(exprs):
+        if p.block_until is not None:
+            if not p.block_until:
+                raise PatternError(p.name, "empty block_until")
+            exprs.append((p, p.block_until, f))
     mode = hyperscan.HS_MODE_STREAM | hyperscan.HS_MODE_SOM_HORIZON_LARGE
     db = hyperscan.Database(mode=mode)
     try:
-        db.compile(expressions=[p.expression for p in patterns], ids=list(range(len(patterns))),
-                   elements=len(patterns), flags=flags)
+        db.compile(expressions=[e for _, e, _ in exprs], ids=list(range(len(exprs))), elements=len(exprs),
+                   flags=[f for _, _, f in exprs])
     except hyperscan.error:
         # Compile one by one to say which pattern is at fault and why.
-        for p, f in zip(patterns, flags):
+        for p, expr, f in exprs:
             one = hyperscan.Database(mode=mode)
             try:
-                one.compile(expressions=[p.expression], ids=[0], elements=1, flags=[f])
+                one.compile(expressions=[expr], ids=[0], elements=1, flags=[f])
             except hyperscan.error as e:
-                raise PatternError(p.name, f"Hyperscan cannot compile {p.expression.decode(errors='replace')!r}: "
+                raise PatternError(p.name, f"Hyperscan cannot compile {expr.decode(errors='replace')!r}: "
                                            f"{e}") from None
         raise
     return db

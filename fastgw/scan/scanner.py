@@ -1,22 +1,34 @@
-"""A per-stream scanner: Hyperscan stream mode plus the holdback rule that makes streaming redaction leak-free.
+"""A per-stream scanner: Hyperscan stream mode on the canonical view, plus the holdback rule that makes streaming
+redaction leak-free.
 
-Feed the stream's bytes in order (each byte once); `settle()` answers two things:
-up to which offset the text is final (no match can still start before it), and
-which spans, resolved leftmost-longest, lie before that offset. Redacting the
-whole text at once gives exactly the spans that settling a stream in pieces does,
-because both are the same scan and the same resolution.
+Feed the stream's original bytes in order; each piece is folded (`fastgw.scan.fold`: Unicode look-alikes to
+ASCII, zero-width characters dropped, JSON escapes decoded in JSON-source mode) and the canonical bytes are
+scanned, each once. `settle()` answers two things, in original byte offsets: up to which offset the text is
+final (no match can still start before it), and which spans, resolved leftmost-longest on the canonical
+view, lie before that offset. A span covers the original bytes from the first to the last character that
+produced its canonical bytes (dropped characters inside it included). Redacting the whole text at once gives
+exactly the spans that settling a stream in pieces does, because both are the same fold, the same scan and
+the same resolution.
 
-Holdback: for each group of patterns (same alphabet, start bytes, width) we track
-the length of the text's trailing run of bytes in that alphabet, updated from the
-new bytes only. A match still in progress lies inside such a run and within the
-group's width, so holding from the run's first possible start byte is enough.
+Holdback: for each group of patterns (same alphabet, start bytes, width) we track the length of the canonical
+text's trailing run of bytes in that alphabet, updated from the new bytes only. A match still in progress
+lies inside such a run and within the group's width, so holding from the run's first possible start byte is
+enough. The folder's pending tail (a character or escape cut short) is held too.
+
+Blocks (`Pattern.block_until`): once an opening marker matches, everything from it is held until the closing
+marker, or until `max_width` canonical bytes are held, when that piece is reported final and the hold moves
+on to the next piece (see `Pattern`).
 """
 
 from __future__ import annotations
 
-from fastgw.scan.database import ScanDB, Span
+from fastgw.scan.database import CONTEXT_BYTES, ScanDB, Span
+from fastgw.scan.fold import Folder
 
 __all__ = ["StreamScanner", "find_spans"]
+
+#: A candidate or block piece: (canonical start, canonical end, pattern index).
+_Cand = tuple[int, int, int]
 
 
 def _noop(*_args: object) -> None:
@@ -24,12 +36,17 @@ def _noop(*_args: object) -> None:
 
 
 class StreamScanner:
-    """Scanner for one text stream (one choice's content, or one tool call's arguments)."""
+    """Scanner for one text stream (one choice's content, or one tool call's arguments).
+
+    `json=True` reads the text as JSON source (tool-call arguments): escapes are decoded before scanning,
+    so `\\u0040` is an `@` to the detectors and a span covers the whole escape.
+    """
 
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
-                 "scanned", "_done_to", "_closed")
+                 "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
+                 "_blk_first", "_pieces", "_regions")
 
-    def __init__(self, db: ScanDB) -> None:
+    def __init__(self, db: ScanDB, json: bool = False) -> None:
         self._db = db
         # hyperscan 0.9.1 keeps no reference to the handler it is given: we must, for the stream's
         # whole life, or the next match calls freed memory (a segfault). A bound method stored here does.
@@ -37,34 +54,59 @@ class StreamScanner:
         stream = db.hs.stream(match_event_handler=self._on_match)
         stream.__enter__()
         self._stream = stream
+        self._fold = Folder(json=json)
         self._new: list[tuple[int, int, int]] = []
-        #: Validated candidates not yet settled: (start, end, pattern index).
-        self._cands: list[tuple[int, int, int]] = []
-        #: Recent input, newest last, at least max_width bytes when available (for validators and holdback).
+        #: Validated candidates not yet settled, canonical offsets.
+        self._cands: list[_Cand] = []
+        #: Recent canonical input, newest last, at least `_keep` bytes when available (validators, holdback).
         self._chunks: list[bytes] = []
         self._chunks_len = 0
-        #: Per holdback group: length of the trailing run of bytes in its alphabet.
+        self._keep = db.window
+        #: Per holdback group: length of the canonical text's trailing run of bytes in its alphabet.
         self._runs = [0] * len(db.groups)
-        self.end = 0  # bytes fed so far
-        #: Bytes fed to Hyperscan (each content byte exactly once: tests count it).
+        self.end = 0  # original bytes fed so far
+        #: Canonical bytes fed to Hyperscan (each exactly once: tests count it).
         self.scanned = 0
-        self._done_to = 0  # settled up to here; spans before it are final and reported
+        self._done_to = 0  # canonical: settled up to here; spans before it are final and reported
+        self._oend = 0  # original: settled up to here (what settle last answered)
         self._closed = False
+        #: The block being held: its pattern index (-1: none), opening marker start and end, current piece start.
+        self._blk = -1
+        self._blk_head = (0, 0)
+        self._blk_piece = 0
+        self._blk_first = True
+        #: Finished block pieces not settled yet, and the canonical regions of blocks (start, end; the open
+        #: one ends at -1) that other candidates must stay out of.
+        self._pieces: list[tuple[int, int, int, bool]] = []
+        self._regions: list[tuple[int, int]] = []
 
     def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> None:
         self._new.append((start, end, pid))
 
     # ---- feeding -------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        """Scan the next bytes of the stream."""
+        """Fold and scan the next original bytes of the stream."""
         if not data:
             return
         if self._closed:
             raise RuntimeError("scanner closed")
-        self._stream.scan(data)
         n = len(data)
-        self.scanned += n
         self.end += n
+        fold = self._fold
+        if fold.passthrough and data.isascii() and not (fold.json and b"\\" in data):
+            # The folder's fast path, inline (one call less on every streamed event): ASCII is canonical.
+            fold.cend += n
+            fold.consumed += n
+            self._scan(data)
+        else:
+            self._scan(fold.feed(data))
+
+    def _scan(self, data: bytes) -> None:
+        n = len(data)
+        if not n:
+            return
+        self._stream.scan(data)
+        self.scanned += n
         self._chunks.append(data)
         self._chunks_len += n
         runs = self._runs
@@ -73,15 +115,17 @@ class StreamScanner:
             runs[i] = runs[i] + n if r == n else r
         if self._new:
             self._validate()
-        keep = self._db.max_width
+        if self._blk >= 0:
+            self._grow_block()
+        keep = self._keep
         if self._chunks_len > 2 * keep + n:
-            # Compact rarely (amortised O(1) copies per byte), keeping the last max_width bytes.
+            # Compact rarely (amortised O(1) copies per byte), keeping the last `keep` bytes.
             tail = b"".join(self._chunks)[-keep:]
             self._chunks = [tail]
             self._chunks_len = len(tail)
 
     def _suffix(self, n: int) -> bytes:
-        """The last n bytes fed (n <= what is kept)."""
+        """The last n canonical bytes fed (n <= what is kept)."""
         last = self._chunks[-1]
         if n <= len(last):
             return last[-n:] if n < len(last) else last
@@ -89,19 +133,109 @@ class StreamScanner:
 
     def _validate(self) -> None:
         buf = b"".join(self._chunks)
-        base = self.end - len(buf)
-        pats = self._db.patterns
-        for start, end, pid in self._new:
+        base = self.scanned - len(buf)
+        db = self._db
+        pats = db.patterns
+        npat = len(pats)
+        new = self._new
+        if db.blocks and len(new) > 1:
+            new.sort(key=lambda m: m[1])  # block markers and candidates interact: take them in text order
+        for start, end, pid in new:
+            if pid >= npat:
+                self._closing(start, end, db.closers[pid - npat])
+                continue
             p = pats[pid]
-            if end - start > p.max_width or start < base:
+            if end - start > db.widths[pid] or start < base:
                 continue  # wider than the pattern allows: not a match (the same rule holds for whole text)
-            if p.validator is None or p.validator(buf[start - base:end - base]):
-                self._cands.append((start, end, pid))
-        self._new.clear()
+            value = buf[start - base:end - base]
+            if p.validator is not None and not p.validator(value):
+                continue
+            if p.context_validator is not None:
+                lo = start - CONTEXT_BYTES
+                before = buf[max(lo, base) - base:start - base]
+                if not p.context_validator(value, before):
+                    continue
+            if p.block_until is not None:
+                self._opening(start, end, pid)
+                continue
+            # A byte-level class can start or end inside a multi-byte character: the span takes all of it, so
+            # redaction never leaves half a character (the canonical text holds only whole characters).
+            i = start - base
+            while i > 0 and buf[i] & 0xC0 == 0x80:
+                i -= 1
+            j = end - base
+            while j < len(buf) and buf[j] & 0xC0 == 0x80:
+                j += 1
+            start, end = i + base, j + base
+            if self._regions:
+                c = self._outside_blocks(start, end)
+                if c is None:
+                    continue
+                start, end = c
+            self._cands.append((start, end, pid))
+        new.clear()
+
+    # ---- blocks ------------------------------------------------------------------------------------
+    def _opening(self, start: int, end: int, pid: int) -> None:
+        """An opening marker: start holding a block, unless it lies in one."""
+        if self._blk >= 0 or (self._regions and start < self._regions[-1][1]):
+            return
+        self._blk = pid
+        self._blk_head = (start, end)
+        self._blk_piece = start
+        self._blk_first = True
+        self._regions.append((start, -1))
+        # Candidates already found stay out of the block: inside it they are gone, across its start cut.
+        kept = []
+        for s, e, p in self._cands:
+            if s >= start:
+                continue
+            kept.append((s, min(e, start), p))
+        self._cands = kept
+
+    def _closing(self, start: int, end: int, pid: int) -> None:
+        """A closing marker: it ends the block being held if it belongs to it and follows its opening."""
+        if self._blk != pid or start < self._blk_head[1]:
+            return
+        self._end_block(end)
+
+    def _end_block(self, end: int) -> None:
+        width = self._db.patterns[self._blk].max_width
+        while end - self._blk_piece > width:
+            self._piece(self._blk_piece + width)
+        self._piece(end)
+        self._regions[-1] = (self._blk_head[0], end)
+        self._blk = -1
+
+    def _piece(self, end: int) -> None:
+        self._pieces.append((self._blk_piece, end, self._blk, not self._blk_first))
+        self._blk_piece = end
+        self._blk_first = False
+
+    def _grow_block(self) -> None:
+        """A held block past its bound: its complete pieces are final. (Strictly past: a closing marker that
+        ends at the bound may be reported only with the next byte.)"""
+        width = self._db.patterns[self._blk].max_width
+        while self.scanned - self._blk_piece > width:
+            self._piece(self._blk_piece + width)
+
+    def _outside_blocks(self, start: int, end: int) -> tuple[int, int] | None:
+        """A candidate with the parts that lie in blocks cut off (None when nothing is left)."""
+        for a, b in self._regions:
+            if b < 0:
+                if start >= a:
+                    return None
+                end = min(end, a)
+            elif start < b and end > a:
+                if start >= a:
+                    start = b
+                else:
+                    end = a
+        return (start, end) if start < end else None
 
     # ---- holdback --------------------------------------------------------------------------
     def holdback(self) -> int:
-        """Bytes at the end that could still be (part of) a match in progress."""
+        """Canonical bytes at the end that could still be (part of) a match in progress."""
         hold = 0
         runs = self._runs
         for i, g in enumerate(self._db.groups):
@@ -123,15 +257,27 @@ class StreamScanner:
 
     # ---- settling --------------------------------------------------------------------------------
     def settle(self, final: bool = False) -> tuple[int, list[Span]]:
-        """(safe offset, spans newly final before it). With final=True the stream is closed first."""
+        """(safe offset, spans newly final before it), in original bytes. With final=True the stream is
+        closed first."""
+        fold = self._fold
         if final and not self._closed:
+            self._scan(fold.flush())  # a cut escape or sequence at the very end, as it stands
             self._closed = True
             self._stream.close(match_event_handler=self._on_match)  # end-anchored matches fire here
             if self._new:
                 self._validate()
-        safe = self.end if final else self.end - self.holdback()
+            if self._blk >= 0:
+                self._end_block(self.scanned)  # a block never closed runs to the end of the text
+        cend = self.scanned
+        safe = cend if final else cend - self.holdback()
+        if self._blk >= 0 and self._blk_piece < safe:
+            safe = self._blk_piece
+        plain = fold.plain
+        if safe < cend and not plain:
+            safe = fold.snap(safe)
         cands = self._cands
-        if cands:
+        pieces = self._pieces
+        if cands or pieces:
             # A candidate that starts before the safe point but ends after it is complete (the holdback
             # would cover it if it could still grow): hold the text from its start instead.
             changed = True
@@ -141,23 +287,53 @@ class StreamScanner:
                     if s < safe < e:
                         safe = s
                         changed = True
+                for s, e, _, _ in pieces:
+                    if s < safe < e:
+                        safe = s
+                        changed = True
         if safe <= self._done_to:
-            return self._done_to, []
+            return self._oend, []
         out: list[Span] = []
-        if cands:
-            ready = sorted((c for c in cands if c[0] < safe), key=lambda c: (c[0], -c[1]))
+        if cands or pieces:
+            ready = [(s, e, p, False) for s, e, p in cands if s < safe]
             if ready:
                 self._cands = [c for c in cands if c[0] >= safe]
+            if pieces:
+                ready += [x for x in pieces if x[0] < safe]
+                self._pieces = [x for x in pieces if x[0] >= safe]
+            if ready:
+                ready.sort(key=lambda c: (c[0], -c[1]))
                 pats = self._db.patterns
                 last = self._done_to
-                for s, e, pid in ready:
+                olast = self._oend
+                delta = fold.consumed - cend
+                for s, e, pid, cont in ready:
                     if s < last:
                         continue  # overlaps a span already chosen: leftmost-longest keeps the first
                     p = pats[pid]
-                    out.append(Span(s, e, p.entity, p.name))
+                    if plain:
+                        os_, oe = s + delta, e + delta
+                    else:
+                        # Two spans may meet inside one original character (one that folds to several
+                        # bytes): the later one starts where the earlier ended, so spans never overlap.
+                        os_ = max(fold.start_of(s), olast)
+                        oe = fold.end_of(e - 1)
+                    if oe > os_:
+                        out.append(Span(os_, oe, p.entity, p.name, cont))
+                        olast = oe
                     last = e
         self._done_to = safe
-        return safe, out
+        # (A span may end past this when its last character also produced the byte at `safe`, one that folds
+        # to several: that character is held, and the rest of the span is removed when it is released.)
+        if plain:
+            osafe = safe + fold.consumed - cend
+        else:
+            osafe = fold.safe_of(safe)
+            fold.forget(safe)
+        self._oend = osafe
+        if self._regions and self._blk < 0 and self._regions[-1][1] <= safe - self._db.max_width:
+            self._regions.clear()  # no candidate can reach back into a block that far behind
+        return osafe, out
 
     def close(self) -> None:
         """Release the Hyperscan stream without settling (client gone, error)."""
@@ -176,8 +352,9 @@ class StreamScanner:
                 pass
 
 
-def find_spans(db: ScanDB, text: bytes) -> list[Span]:
-    """All spans of a whole text, resolved leftmost-longest (what a stream of the same bytes settles to)."""
-    sc = StreamScanner(db)
+def find_spans(db: ScanDB, text: bytes, json: bool = False) -> list[Span]:
+    """All spans of a whole text, in original bytes, resolved leftmost-longest on its canonical view (what a
+    stream of the same bytes settles to). `json=True`: the text is JSON source (tool-call arguments)."""
+    sc = StreamScanner(db, json)
     sc.feed(text)
     return sc.settle(final=True)[1]
