@@ -104,7 +104,7 @@ def redact(data: bytes, spans: list[Tagged], base: int = 0, json_escapes: int | 
             continue
         if sp.start > pos:
             out.append(data[pos - base:sp.start - base])
-        if sp.start >= base:
+        if sp.start >= base and not sp.cont:  # a block's later pieces only remove their bytes
             if json_escapes is not None and _escaping(data, sp.start - base, json_escapes):
                 out.append(b"\\")
             out.append(pol.replacement(sp))
@@ -258,10 +258,12 @@ def process_slots(policies: list[ScanPolicy], slots: Iterator[Slot], where: str,
         found: list[Tagged] = []
         blocker: tuple[ScanPolicy, str] | None = None
         for pol in policies:
-            spans = find_spans(pol.db, data)
+            spans = find_spans(pol.db, data, json=fld.endswith("arguments"))
             if not spans:
                 continue
             for sp in spans:
+                if sp.cont:
+                    continue  # a later piece of a long block is the same finding
                 findings.record(Finding(pol.name, sp.entity, where, sp.start, sp.end, pol.action, ctx.request_id,
                                         choice, fld))
                 k = (pol.name, sp.entity)

@@ -191,7 +191,9 @@ class StreamPolicy:
         """Scan the next piece of the text stream `key` (each byte once) and note where it sits in the event."""
         t = self._texts.get(key)
         if t is None:
-            t = self._texts[key] = TextStream(key, [StreamScanner(p.db) for p in self.policies])
+            # Tool-call arguments are JSON source: scanned with their escapes decoded (`\u0040` is an `@`).
+            json = key.field == "arguments"
+            t = self._texts[key] = TextStream(key, [StreamScanner(p.db, json=json) for p in self.policies])
         if t.done:
             raise GatewayError("upstream sent text after finishing the choice", status=502, type="upstream_error",
                                code="upstream_protocol_error")
@@ -262,10 +264,11 @@ class StreamPolicy:
             if self._acting[i]:
                 safe = s if safe is None else min(safe, s)
             for sp in spans:
-                self._findings.record(Finding(pol.name, sp.entity, "output", sp.start, sp.end, pol.action,
-                                              self._ctx.request_id, key.choice, key.field))
-                ck = (i, sp.entity)
-                self._counts[ck] = self._counts.get(ck, 0) + 1
+                if not sp.cont:  # a later piece of a long block is the same finding
+                    self._findings.record(Finding(pol.name, sp.entity, "output", sp.start, sp.end, pol.action,
+                                                  self._ctx.request_id, key.choice, key.field))
+                    ck = (i, sp.entity)
+                    self._counts[ck] = self._counts.get(ck, 0) + 1
                 if pol.action == "block":
                     if t.block is None or sp.start < t.block[0].start:
                         t.block = (sp, pol)
