@@ -14,6 +14,7 @@ from fastgw.policy.settings import OnError, Phase, Problems, Settings
 from fastgw.policy.textscan import ScanPolicy
 from fastgw.scan.database import PatternError, ScanDB, compile_patterns
 from fastgw.scan.patterns import ENTITIES, custom_pattern, patterns_for
+from fastgw.scan.phones import unknown_regions
 
 __all__ = ["PiiPolicy", "PiiDetector", "CustomPattern", "STREAM_BLOCK_MESSAGE", "MAX_CUSTOM_WIDTH", "problems"]
 
@@ -43,6 +44,12 @@ class PiiDetector(Settings):
     apply_to: list[Phase] = msgspec.field(default_factory=lambda: ["input", "output"])
     custom: list[CustomPattern] = msgspec.field(default_factory=list)
     on_error: OnError = "block"
+    #: ISO 3166 regions national-format phone numbers may come from (international `+CC` numbers are judged
+    #: for their own country whatever this says). Default `scan.phones.DEFAULT_REGIONS`: North America, the
+    #: large EU economies and neighbours, Iberia and Latin America, UK and Commonwealth, East and South Asia
+    #: (23 regions). Each region added lets more digit runs pass as "valid somewhere": list only the regions
+    #: your traffic writes numbers for.
+    regions: list[str] | None = None
     #: Logprobs tokens (and their alternatives) in answers: "redact" them as the text they spell, or "drop"
     #: the logprobs from every answer and event that carries them.
     logprobs: Literal["redact", "drop"] = "redact"
@@ -56,6 +63,11 @@ def problems(pii: PiiDetector) -> Problems:
             errs.append((f"entities[{i}]", f"unknown entity {e!r} (known: {', '.join(ENTITIES)})"))
     if not pii.replacement:
         errs.append(("replacement", "expected a non-empty string"))
+    if pii.regions is not None:
+        if not pii.regions:
+            errs.append(("regions", "expected at least one region (omit it for the default set)"))
+        for r in unknown_regions(pii.regions):
+            errs.append((f"regions[{pii.regions.index(r)}]", f"unknown phone region {r!r} (ISO 3166 alpha-2, upper case)"))
     names: set[str] = set(ENTITIES)
     for i, c in enumerate(pii.custom):
         if not _IDENT.fullmatch(c.name) or c.name in names:
@@ -75,7 +87,7 @@ class PiiPolicy(ScanPolicy):
     what = "PII"
 
     def __init__(self, settings: PiiDetector) -> None:
-        patterns = patterns_for(settings.entities if settings.entities is not None else ENTITIES)
+        patterns = patterns_for(settings.entities if settings.entities is not None else ENTITIES, regions=settings.regions)
         patterns += [custom_pattern(c.name, c.regex, c.max_width) for c in settings.custom]
         super().__init__(ScanDB(patterns), settings.action, settings.streaming_mode, settings.apply_to,
                          settings.replacement, settings.on_error)

@@ -9,6 +9,9 @@ leave checksums and ranges to `validators`. Alphabets stay tight (no `.`, no
 lower case where the value has none) because the stream holdback keeps the
 trailing run of alphabet bytes.
 
+Patterns see the scanner's canonical view (`fastgw.scan.fold`): full-width forms, Unicode dashes and
+spaces arrive as ASCII, zero-width characters and soft hyphens are gone, so one ASCII layout covers them.
+
 Boundaries are ASCII: a value glued to a letter or digit ('ref4111...', 'x123-45-6789')
 is not found by the digit patterns, on purpose: otherwise every alphanumeric id would be
 Luhn- or range-tested, and a prefix of a longer digit run could be reported. Non-ASCII
@@ -17,12 +20,14 @@ neighbours (accents, CJK, emoji) are non-word bytes, so values touching them are
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 
 from fastgw.scan import validators as v
 from fastgw.scan.database import Pattern, PatternError
+from fastgw.scan.phones import CANDIDATE, CANDIDATE_WIDTH, DEFAULT_REGIONS, PhoneValidator
 
-__all__ = ["BUILTIN", "ENTITIES", "patterns_for", "custom_pattern", "DEFAULT_CUSTOM_WIDTH"]
+__all__ = ["BUILTIN", "ENTITIES", "patterns_for", "custom_pattern", "DEFAULT_CUSTOM_WIDTH", "PEM_WIDTH"]
 
 #: Entity names, in the order config and docs list them.
 ENTITIES: tuple[str, ...] = (
@@ -46,42 +51,68 @@ _IPV6 = b"|".join((
     rb"(?:\b" + _HEX + rb"(?::" + _HEX + rb"){0,4})?::(?:" + _HEX + rb":){0,5}" + _V4 + rb"\b",
 ))
 
-_CARD = b"|".join((
-    rb"\d{13,19}",                                         # contiguous
-    rb"\d{4}(?: \d{4}){2} (?:\d{1,4}|\d{4} \d{1,3})",      # 4-4-4-(1..4)[-(1..3)], spaces
-    rb"\d{4}(?:-\d{4}){2}-(?:\d{1,4}|\d{4}-\d{1,3})",      # the same with dashes
-    rb"\d{4} \d{6} \d{4,5}",                               # Amex 4-6-5, Diners 4-6-4
-    rb"\d{4}-\d{6}-\d{4,5}",
-))
+# One separator throughout a number (mixed ones are not a card layout): space, dash, dot, or a line break
+# (a card wrapped in a narrow table cell; NBSP, thin space and ZWJ arrive folded to a space or nothing).
+_CARD_SEPS = (rb" ", rb"-", rb"\.", rb"\r?\n")
+_CARD = b"|".join((rb"\d{13,19}",) + tuple(                # contiguous
+    alt
+    for sep in _CARD_SEPS
+    for alt in (
+        rb"\d{4}(?:" + sep + rb"\d{4}){2}" + sep + rb"(?:\d{1,4}|\d{4}" + sep + rb"\d{1,3})",  # 4-4-4-(1..4)[-(1..3)]
+        rb"\d{4}" + sep + rb"\d{6}" + sep + rb"\d{4,5}",  # Amex 4-6-5, Diners 4-6-4
+    )))
 
 # Exchange and line number. The numbering plan starts exchanges with 2-9, but the numbers people write
 # as examples and test data ("555-123-4567") do not: separators already make the form strict, so any digit.
 _NANP_TAIL = rb"\d{3}[ .-]\d{4}\b"
 
+# A 2-byte UTF-8 letter (U+00C0-U+04FF: Latin, Greek, Cyrillic) in an e-mail local part.
+_U2 = rb"[\xc3-\xd3][\x80-\xbf]"
+
+_PEM_LABEL = rb"(?:(?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY|PGP PRIVATE KEY BLOCK)"
+#: Bound on a held private-key block (see PRIVATE_KEY).
+PEM_WIDTH = 16384
+
+# The validator of the built-in PHONE pattern (DEFAULT_REGIONS); patterns_for(regions=...) makes others.
+_PHONE = PhoneValidator(DEFAULT_REGIONS)
+
 # --- the detectors -------------------------------------------------------------------------------
 
 BUILTIN: tuple[Pattern, ...] = (
     # RFC 5321 4.5.3.1: a path is at most 256 octets with '<>', so an address at most 254. No trailing
-    # \b: the longest TLD wins anyway, and 'jo@example.com123' still yields the address.
+    # \b: the longest TLD wins anyway, and 'jo@example.com123' still yields the address. RFC 6531 (SMTPUTF8)
+    # allows UTF-8 in both parts: the local part takes Latin, Greek and Cyrillic letters (2-byte UTF-8,
+    # 'josé'); wider scripts only after the '@', where they cannot drag a neighbouring CJK word into the span
+    # ('例え.jp', TLD 'рф'), and punycode labels ('xn--') anywhere in the domain.
     Pattern("EMAIL", "EMAIL",
-            rb"\b\w[\w.%+-]*@(?:[A-Za-z0-9-]+\.)+(?:[A-Za-z]{2,}|xn--[A-Za-z0-9-]+)",
+            rb"(?:\b\w|" + _U2 + rb")(?:[\w.%+-]|" + _U2 + rb")*@(?:[A-Za-z0-9\x80-\xff-]+\.)+"
+            rb"(?:[A-Za-z]{2,}|xn--[A-Za-z0-9-]+|[\x80-\xff]{4,})",
             254, v.email),
-    Pattern("US_SSN", "US_SSN", rb"\b(?:\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4})\b", 11, v.ssn),
-    # ISO/IEC 7812: at most 19 digits; four separators in the 4-4-4-4-3 layout.
-    Pattern("CREDIT_CARD", "CREDIT_CARD", rb"\b(?:" + _CARD + rb")\b", 23, v.card),
-    # ITU-T E.164: at most 15 digits after '+', country code never starts with 0; 14 separators at most.
-    Pattern("PHONE_E164", "PHONE", rb"\+[1-9](?:[ .-]?\d){7,14}\b", 30),
-    # NANP: the area code starts with 2-9; '+1 (555) 123-4567' is the widest form (17).
+    # Separated: dashes (Unicode dashes fold to '-'), spaces or dots, one kind per number.
+    Pattern("US_SSN", "US_SSN", rb"\b\d{3}(?:-\d{2}-|\.\d{2}\.| \d{2} )\d{4}\b", 11, v.ssn),
+    # Bare nine digits only after an SSN word (validators.ssn_context).
+    Pattern("US_SSN_BARE", "US_SSN", rb"\b\d{9}\b", 9, v.ssn, context_validator=v.ssn_context),
+    # ISO/IEC 7812: at most 19 digits; four separators (two bytes for CRLF) in the 4-4-4-4-3 layout.
+    Pattern("CREDIT_CARD", "CREDIT_CARD", rb"\b(?:" + _CARD + rb")\b", 27, v.card),
+    # Candidates of every layout, confirmed by libphonenumber's rules (fastgw.scan.phones).
+    Pattern("PHONE", "PHONE", CANDIDATE, CANDIDATE_WIDTH, context_validator=_PHONE),
+    # NANP written in its own layout is a phone without libphonenumber's say: that layout is the evidence,
+    # and it keeps the fictional 555 numbers of examples and test data (which libphonenumber calls invalid).
+    # The area code starts with 2-9; '+1 (555) 123-4567' is the widest form (17).
     Pattern("PHONE_NANP", "PHONE",
             rb"(?:\+1[ .-]?|\b1[ .-])?\([2-9]\d{2}\)[ .-]?" + _NANP_TAIL
             + rb"|(?:\+1[ .-]?|\b1[ .-]|\b)[2-9]\d{2}[ .-]" + _NANP_TAIL,
             17),
-    Pattern("IPV4", "IP_ADDRESS", rb"\b\d{1,3}(?:\.\d{1,3}){3}\b", 15, v.ipv4),
+    # Not the tail of a longer dotted run nor a labelled version (validators.ipv4_context).
+    Pattern("IPV4", "IP_ADDRESS", rb"\b\d{1,3}(?:\.\d{1,3}){3}\b", 15, v.ipv4, context_validator=v.ipv4_context),
     # RFC 4291 2.2: 8 groups of 4 hex (39), or 6 groups and a dotted quad (45).
     Pattern("IPV6", "IP_ADDRESS", _IPV6, 45, v.ipv6),
     # ISO 13616: at most 34 characters; printed in groups of four, so 8 spaces.
     Pattern("IBAN", "IBAN",
             rb"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7} [A-Z0-9]{1,4})\b", 42, v.iban),
+    # Lower case, unspaced ('de89370400440532013000'): its alphabet has no space, so it shares the holdback
+    # of words (e-mail, keys) instead of holding every lower-case word of prose. Spaced lower case is not found.
+    Pattern("IBAN_LOWER", "IBAN", rb"\b[a-z]{2}\d{2}[a-z0-9]{11,30}\b", 34, v.iban),
     # AWS IAM unique-id prefixes (IAM User Guide, "Unique identifier prefixes"): 4 + 16 characters.
     Pattern("AWS_ACCESS_KEY", "AWS_ACCESS_KEY",
             rb"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]{16}\b", 20),
@@ -93,20 +124,29 @@ BUILTIN: tuple[Pattern, ...] = (
     # 4096: the cookie size browsers guarantee (RFC 6265 6.1); bigger tokens are reported as their first 4096.
     # No leading \b: the header check is strict enough to find a token glued to a word ('\neyJ...' in JSON).
     Pattern("JWT", "JWT", rb"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", 4096, v.jwt),
-    # RFC 7468 labels plus OpenSSH and OpenPGP armour; the header only (the body is the run after it).
-    Pattern("PRIVATE_KEY", "PRIVATE_KEY",
-            rb"-----BEGIN (?:(?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY|PGP PRIVATE KEY BLOCK)-----", 37),
+    # RFC 7468 labels plus OpenSSH and OpenPGP armour: the whole block, BEGIN line to END line (a block
+    # pattern: the scanner holds it from its header). 16 KiB: an 8192-bit RSA key in PKCS#1 PEM is ~6.3 KiB,
+    # an OpenPGP secret key with subkeys ~7-12 KiB; a longer block is removed in 16 KiB pieces, never sent.
+    Pattern("PRIVATE_KEY", "PRIVATE_KEY", rb"-----BEGIN " + _PEM_LABEL + rb"-----", PEM_WIDTH,
+            block_until=rb"-----END " + _PEM_LABEL + rb"-----"),
 )
 
 
-def patterns_for(entities: Iterable[str]) -> list[Pattern]:
-    """The built-in patterns of the given entities, in BUILTIN order; an unknown entity raises ValueError naming it."""
+def patterns_for(entities: Iterable[str], regions: Sequence[str] | None = None) -> list[Pattern]:
+    """The built-in patterns of the given entities, in BUILTIN order; an unknown entity raises ValueError naming it.
+
+    `regions` (ISO 3166 codes) are where national-format phone numbers may come from; DEFAULT_REGIONS if None.
+    """
     wanted = set()
     for e in entities:
         if e not in ENTITIES:
             raise ValueError(f"unknown entity {e!r}; known: {', '.join(ENTITIES)}")
         wanted.add(e)
-    return [p for p in BUILTIN if p.entity in wanted]
+    out = [p for p in BUILTIN if p.entity in wanted]
+    if regions is not None and tuple(regions) != DEFAULT_REGIONS:
+        phone = PhoneValidator(regions)
+        out = [dataclasses.replace(p, context_validator=phone) if p.name == "PHONE" else p for p in out]
+    return out
 
 
 def custom_pattern(name: str, regex: str, max_width: int | None = None) -> Pattern:

@@ -1,8 +1,10 @@
 """Checksum and range rules that turn a regex candidate into a detection: pure `bytes -> bool` functions.
 
-Each validator sees exactly the bytes Hyperscan matched (ASCII: the expressions
-admit nothing else) and answers whether they are a real value of the entity. They
-run on every candidate end offset, so they are cheap and never raise.
+Each validator sees exactly the bytes Hyperscan matched (canonical bytes, ASCII but
+for e-mail) and answers whether they are a real value of the entity; the `*_context`
+ones also see the canonical bytes before the match (`Pattern.context_validator`) and
+look there for a label that confirms or vetoes it. They run on every candidate end
+offset, so they are cheap and never raise.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import binascii
 import functools
 import ipaddress
 import json
+import re
 
 __all__ = [
     "IBAN_LENGTHS",
@@ -19,11 +22,13 @@ __all__ = [
     "email",
     "iban",
     "ipv4",
+    "ipv4_context",
     "ipv6",
     "jwt",
     "luhn",
     "openai_key",
     "ssn",
+    "ssn_context",
 ]
 
 _DIGITS = frozenset(b"0123456789")
@@ -72,6 +77,39 @@ def ssn(data: bytes) -> bool:
     return area != b"000" and area != b"666" and area[0] != 57 and group != b"00" and serial != b"0000"
 
 
+#: How far back (bytes, same line) a label is looked for: a label and its value sit within a few words of each
+#: other (Presidio's context enhancer looks 5 words back).
+LABEL_BYTES = 32
+
+_SSN_WORD = re.compile(rb"(?<![A-Za-z])(?:ssn|ss#|ss no|social security|soc\.? ?sec|seguro social|ssa)(?![A-Za-z])",
+                       re.IGNORECASE)
+_VERSION_WORD = re.compile(rb"(?<![A-Za-z])(?:[a-z]*version|ver|v|build|release|rev|revision|oid)(?![A-Za-z])",
+                           re.IGNORECASE)
+
+
+def _near(before: bytes) -> bytes:
+    """The last LABEL_BYTES of `before`'s last line."""
+    return before[before.rfind(b"\n") + 1:][-LABEL_BYTES:]
+
+
+def ssn_context(data: bytes, before: bytes) -> bool:
+    """A bare 9-digit SSN ('SSN 888742989'): only with an SSN word (SSN, social security, SSA ...) just before it.
+
+    Nine digits alone are order numbers, ids and zip+4 codes as often as SSNs; Presidio scores them "weak"
+    and needs the same context words to report them.
+    """
+    return _SSN_WORD.search(_near(before)) is not None
+
+
+def ipv4_context(data: bytes, before: bytes) -> bool:
+    """An address, not the tail of a dotted run ('4.20.18.6.20') nor a labelled version ('AssemblyVersion: 1.11.77.94')."""
+    near = _near(before)
+    if near[-1:] == b"." and near[-2:-1].isdigit() or near[-1:] == b"+":
+        return False  # the tail of a dotted run, or the dotted groups of a phone number ('+41.78.123.45.67')
+    # Only version words veto: the phone vetoes ('ip', 'id', 'model') would hide 'IP 10.0.0.1'.
+    return _VERSION_WORD.search(near[-16:]) is None
+
+
 def ipv4(data: bytes) -> bool:
     """Dotted-quad IPv4: four octets 0-255, no leading zeros (RFC 791; `ipaddress` refuses them: octal to inet_aton)."""
     parts = data.split(b".")
@@ -111,7 +149,7 @@ IBAN_LENGTHS: dict[bytes, int] = {
 
 def iban(data: bytes) -> bool:
     """IBAN: listed country and its length, check digits 02-98, mod-97 == 1 (ISO 13616-1, ISO 7064 MOD 97-10)."""
-    s = data.replace(b" ", b"")
+    s = data.replace(b" ", b"").upper()  # ISO 13616-1 prints capitals, but people and models write 'de89...'
     if IBAN_LENGTHS.get(s[:2]) != len(s) or not (s.isascii() and s.isalnum()):
         return False
     if not (b"02" <= s[2:4] <= b"98"):
@@ -122,18 +160,27 @@ def iban(data: bytes) -> bool:
 
 
 def email(data: bytes) -> bool:
-    """Address shape (RFC 5321 4.5.3.1): local part <= 64, no empty dot-atom, labels <= 63 not edged by '-'."""
+    """Address shape (RFC 5321 4.5.3.1, RFC 6531 for UTF-8): local part <= 64, no empty dot-atom, labels <= 63
+    bytes not edged by '-', UTF-8 well formed."""
     local, _, domain = data.rpartition(b"@")
     if not local or len(local) > 64 or len(data) > 254:
         return False
     if local.startswith(b".") or local.endswith(b".") or b".." in local:
         return False
     labels = domain.split(b".")
-    if len(labels) < 2:
+    if len(labels) < 2 or not data.isascii() and not _utf8(data):
         return False
     for label in labels:
         if not label or len(label) > 63 or label.startswith(b"-") or label.endswith(b"-"):
             return False
+    return True
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
     return True
 
 

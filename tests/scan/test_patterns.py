@@ -7,6 +7,7 @@ import base64
 import json
 import random
 
+import phonenumbers
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from fastgw.scan import validators as v
 from fastgw.scan.database import Pattern, PatternError, ScanDB, derive_alphabet
 from fastgw.scan.fold import fold_bytes, fold_text
-from fastgw.scan.patterns import BUILTIN, ENTITIES, custom_pattern, patterns_for
+from fastgw.scan.patterns import BUILTIN, ENTITIES, PEM_WIDTH, custom_pattern, patterns_for
 from fastgw.scan.scanner import StreamScanner, find_spans
 
 _ALL = bytes(range(256))
@@ -64,6 +65,17 @@ _JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZS
         "MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
 
 
+def pem_block(label: str, width: int = 0) -> str:
+    """A PEM-style block with base64 lines, `width` bytes long when given."""
+    head, foot = f"-----BEGIN {label}-----\n", f"\n-----END {label}-----"
+    body = "\n".join(["MIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgwMbRvI0MBZhpI"] * 3)
+    if width:
+        n = width - len(head) - len(foot)
+        line = "A" * 63 + "\n"
+        body = (line * (n // len(line) + 1))[:n - 1] + "A"
+    return head + body + foot
+
+
 def _widest_jwt() -> str:
     base = make_jwt({"pad": ""}, "s" * 43)
     return make_jwt({"pad": ""}, "s" * (43 + 4096 - len(base)))
@@ -75,15 +87,20 @@ def _widest_jwt() -> str:
 EXAMPLES: dict[str, list[str]] = {
     "EMAIL": ["john.doe@example.com", "a_b+tag@mail.co.uk", "x@sub-domain.example.org", "user%x@xn--bcher-kva.xn--p1ai",
               "l" * 64 + "@" + "a" * 63 + "." + "b" * 63 + "." + "c" * 57 + ".com"],
-    "US_SSN": ["123-45-6789", "078 05 1120", "665-01-0001", "899-99-9999"],
+    "US_SSN": ["123-45-6789", "078 05 1120", "665-01-0001", "899-99-9999", "123.45.6789"],
+    "US_SSN_BARE": ["123456789", "078051120"],
     "CREDIT_CARD": ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "378282246310005",
                     "3782 822463 10005", "3782-822463-10005", "3056 930902 5904", "5555555555554444",
                     "2223003122003222", "6011 1111 1111 1117", "4222222222222", luhn_complete("4" * 18),
-                    group4(luhn_complete("4" + "0" * 17))],
-    "PHONE_E164": ["+44 20 7946 0958", "+4420794609580", "+49-30-1234567", "+33.1.23.45.67.89", "+1 555 123 4567",
-                   "+1 2 3 4 5 6 7 8 9 0 1 2 3 4 5"],
+                    group4(luhn_complete("4" + "0" * 17)), "4111.1111.1111.1111", "4111\n1111\n1111\n1111",
+                    group4(luhn_complete("4" + "0" * 17), "\r\n")],
+    # '+4420794609580' (13 digits) is no longer here: libphonenumber calls it invalid (issue 14); see NEAR_MISSES.
+    "PHONE": ["+44 20 7946 0958", "+442079460958", "+49-30-1234567", "+33.1.23.45.67.89", "+44(0)20 7496 0274",
+              "+55 (41) 96492-8206", "+1-633-212-2207x547", "0151 98109301", "04.81.36.62.96",
+              "+ (4- 9- 0- 3- 0- 1- 2- 3- 4- 5- 6- 7- 8- 9- 0- 1- 2 ext. 123456"],  # widest candidate: 17 digits
+    # Fictional 555 numbers (invalid for libphonenumber) stay phones through the NANP layout.
     "PHONE_NANP": ["(555) 123-4567", "555-123-4567", "555.123.4567", "1-800-555-0199", "(555)123-4567",
-                   "+1 (555) 123-4567"],
+                   "+1 (555) 123-4567", "+1 555 123 4567"],
     "IPV4": ["192.168.1.1", "10.0.0.255", "8.8.8.8", "0.0.0.0", "255.255.255.255"],
     "IPV6": ["2001:db8::1", "fe80::1ff:fe23:4567:890a", "2001:0db8:85a3:0000:0000:8a2e:0370:7334", "::ffff:192.0.2.1",
              "2001:DB8::8A2E:370:7334", "2001:db8::", "::1:2", "64:ff9b::192.0.2.33",
@@ -93,18 +110,24 @@ EXAMPLES: dict[str, list[str]] = {
              group4(iban_complete("XK", "1212012345678906")),
              group4(iban_complete("LC", "HEMM000100010012001200023015")),
              group4(iban_complete("RU", "04452560040702810412345678901"))],  # widest assigned: 33 in 9 groups
+    "IBAN_LOWER": ["gb82west12345698765432", "de89370400440532013000", "fr1420041010050500013m02606",
+                   iban_complete("RU", "04452560040702810412345678901").lower()],
     "AWS_ACCESS_KEY": ["AKIAIOSFODNN7EXAMPLE", "ASIAY34FZKBOKMUTVV7A", "A3T0ABCDEFGHIJKLMNOP"],
     "OPENAI_KEY": ["sk-abcdefghij0123456789", "sk-proj-Ab3_dE-fGh1jK2lMnOpQrStUvWx", "sk-svcacct-0123456789abcdefghij",
                    "sk-" + "a1" * 126 + "z"],
     "ANTHROPIC_KEY": ["sk-ant-api03-abcdefghij1234567890_-xyzAA", "sk-ant-admin01-0123456789ABCDEFGHIJ",
                       "sk-ant-api03-" + "Z9" * 121 + "A"],
     "JWT": [_JWT, make_jwt({"sub": "1"}, ""), _widest_jwt()],
-    "PRIVATE_KEY": ["-----BEGIN RSA PRIVATE KEY-----", "-----BEGIN PRIVATE KEY-----", "-----BEGIN EC PRIVATE KEY-----",
-                    "-----BEGIN OPENSSH PRIVATE KEY-----", "-----BEGIN DSA PRIVATE KEY-----",
-                    "-----BEGIN PGP PRIVATE KEY BLOCK-----", "-----BEGIN ENCRYPTED PRIVATE KEY-----"],
+    # Whole blocks, BEGIN line to END line (issue 14: the body is part of the value); the last reaches the bound.
+    "PRIVATE_KEY": [pem_block(label) for label in ("RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY",
+                                                   "OPENSSH PRIVATE KEY", "DSA PRIVATE KEY", "PGP PRIVATE KEY BLOCK",
+                                                   "ENCRYPTED PRIVATE KEY")]
+                   + [pem_block("RSA PRIVATE KEY", PEM_WIDTH)],
 }
+#: Text a pattern needs just before its value (a context word); the span is still the value alone.
+_CONTEXT = {"US_SSN_BARE": "SSN "}
 #: Widest *real* value where the pattern's max_width is a format bound the examples cannot reach.
-_WIDTH_SLACK = {"IBAN": 1}  # ISO 13616 allows 34 characters (42 bytes grouped); the longest assigned is RU's 33.
+_WIDTH_SLACK = {"IBAN": 1, "IBAN_LOWER": 1}  # ISO 13616 allows 34 characters (42 grouped); the longest assigned: RU's 33.
 
 _BY_NAME = {p.name: p for p in BUILTIN}
 _TP = [(name, val) for name, vals in EXAMPLES.items() for val in vals]
@@ -121,11 +144,12 @@ def test_entities_and_builtin_names() -> None:
 @pytest.mark.parametrize(("name", "value"), _TP, ids=[f"{n}-{i}" for i, (n, _) in enumerate(_TP)])
 def test_true_positive_exact_span(db: ScanDB, name: str, value: str) -> None:
     p = _BY_NAME[name]
-    text = f"Please note: {value}, thanks.".encode()
+    ctx = _CONTEXT.get(name, "")
+    text = f"Please note: {ctx}{value}, thanks.".encode()
     assert found(db, text) == [(value.encode(), p.entity)]
     # In prose at the start and at the end of the text too.
-    assert found(db, value.encode() + b" ok") == [(value.encode(), p.entity)]
-    assert found(db, b"is " + value.encode()) == [(value.encode(), p.entity)]
+    assert found(db, ctx.encode() + value.encode() + b" ok") == [(value.encode(), p.entity)]
+    assert found(db, b"is " + ctx.encode() + value.encode()) == [(value.encode(), p.entity)]
 
 
 @pytest.mark.parametrize("pattern", BUILTIN, ids=lambda p: p.name)
@@ -136,14 +160,18 @@ def test_pattern_alone_alphabet_and_width(pattern: Pattern) -> None:
     one = ScanDB([pattern])
     one.allocate_scratch()
     widest = 0
+    ctx = _CONTEXT.get(pattern.name, "").encode()
     for value in EXAMPLES[pattern.name]:
         raw = value.encode()
-        assert set(raw) <= set(alphabet), value
+        # A block's alphabet and start are its opening marker's; the body and closing marker are held whole.
+        head = raw if pattern.block_until is None else raw[:raw.index(b"-----", 5) + 5]
+        assert set(head) <= set(alphabet), value
         assert raw[0] in start
         assert len(raw) <= pattern.max_width
         widest = max(widest, len(raw))
-        spans = find_spans(one, b"<" + raw + b">")
-        assert [(s.start, s.end, s.pattern) for s in spans] == [(1, 1 + len(raw), pattern.name)], value
+        spans = find_spans(one, b"<" + ctx + raw + b">")
+        assert [(s.start, s.end, s.pattern) for s in spans] == [(1 + len(ctx), 1 + len(ctx) + len(raw),
+                                                                 pattern.name)], value
     # max_width is the true maximum: the widest example reaches it.
     assert widest + _WIDTH_SLACK.get(pattern.name, 0) == pattern.max_width
 
@@ -181,17 +209,19 @@ NEAR_MISSES = [
     luhn_complete("272100000000000"), luhn_complete("22210000000000"),
     # SSNs: area 000 / 666 / 9xx, group 00, serial 0000, no separators, mixed separators
     "000-12-3456", "666-12-3456", "900-12-3456", "999-12-3456", "123-00-4567", "123-45-0000", "123456789",
-    "123-45 6789",
+    "123-45 6789", "666.12.3456", "123-45.6789",
     # IPv4: octet out of range, leading zeros, too few / too many parts glued to letters
     "999.1.1.1", "256.1.1.1", "1.2.3.256", "01.02.03.04", "1.2.3", "v1.2.3.4", "10.0.19041.1",
     # IPv6 look-alikes: C++ scopes, times, MAC addresses, a single group, no digit
     "std::vector<int>", "std::map", "Foo::bar", "12:34:56", "00:1a:2b:3c:4d:5e", "::1", "fe80::", "dead::beef",
     "1:2:3:4:5:6:7",
-    # IBANs: bad check digits, wrong length, unknown country, lower case
-    "GB82 WEST 1234 5698 7654 33", "GB82WEST1234569876543", "XX82WEST12345698765432", "gb82west12345698765432",
-    "GB00WEST12345698765432",
-    # phones: no separators, area code 0/1, too short, prose numbers
-    "5551234567", "(155) 123-4567", "055-123-4567", "+1234567", "call 555-1234", "+0 20 7946 0958",
+    # IBANs: bad check digits, wrong length, unknown country (lower case is found since issue 14, unless invalid
+    # or spaced)
+    "GB82 WEST 1234 5698 7654 33", "GB82WEST1234569876543", "XX82WEST12345698765432", "gb82west12345698765433",
+    "GB00WEST12345698765432", "gb82 west 1234 5698 7654 32",
+    # phones: no separators, area code 0/1, too short, invalid international (13 digits for +44), prose numbers.
+    # Since issue 14 '055-123-4567' (a Japanese layout) and 'call 555-1234' (a phone word) are phones.
+    "5551234567", "(155) 123-4567", "+1234567", "555-1234", "+0 20 7946 0958", "+4420794609580",
     # prose numbers
     "in 2024", "$1,299.99", "1,000,000", "3.14159", "v2.3.1", "2024-01-15", "10:30:00", "50%",
     # keys: too short, no digits, wrong prefix / case, glued into a word
@@ -202,6 +232,7 @@ NEAR_MISSES = [
     make_jwt({"sub": "1"}, "sig", header={"typ": "JWT"}),
     # PEM: public material
     "-----BEGIN PUBLIC KEY-----", "-----BEGIN CERTIFICATE-----", "-----BEGIN RSA PUBLIC KEY-----",
+    "-----END RSA PRIVATE KEY-----",
     # email: no TLD, one-letter TLD, no local part, dot edges
     "john@localhost", "john@example.c", "@example.com", "john.@example.com", "john..doe@example.com",
     "john@-example.com", "a@b",
@@ -214,11 +245,17 @@ def test_near_miss(db: ScanDB, text: str) -> None:
 
 
 def test_documented_ambiguities(db: ScanDB) -> None:
-    # A four-part dotted version is indistinguishable from an IPv4 address: it is reported (redacting a version
-    # number costs little; missing an address leaks it). Glued to a letter ("v1.2.3.4") it is not.
-    assert found(db, b"version 1.2.3.4 ships") == [(b"1.2.3.4", "IP_ADDRESS")]
-    # Five parts: the engine sees the leftmost four as an address.
-    assert found(db, b"oid 1.2.3.4.5") == [(b"1.2.3.4", "IP_ADDRESS")]
+    # A four-part dotted number with no label is indistinguishable from an IPv4 address: it is reported
+    # (redacting a version number costs little; missing an address leaks it). Glued to a letter ("v1.2.3.4") or
+    # labelled as a version (issue 14: 'AssemblyVersion: 1.11.77.94') it is not.
+    assert found(db, b"host 1.2.3.4 ships") == [(b"1.2.3.4", "IP_ADDRESS")]
+    assert found(db, b"version 1.2.3.4 ships") == []
+    # Five parts: the tail is never an address (the context before it is a dotted run), nor is a labelled run.
+    assert found(db, b"oid 1.2.3.4.5") == []
+    assert found(db, b"build 4.20.18.6.20") == []
+    # Known limit: an unlabelled run's leftmost four parts are still reported (the scanner offers validators
+    # no context after a match, so '.5' cannot veto them).
+    assert found(db, b"run 1.2.3.4.5") == [(b"1.2.3.4", "IP_ADDRESS")]
     # A secret longer than max_width is reported as its first max_width bytes.
     long_key = "sk-" + "a1" * 200
     assert found(db, long_key.encode()) == [(long_key[:256].encode(), "API_KEY")]
@@ -241,13 +278,21 @@ _NEIGHBOURS = [("é", "ü"), ("😀", "🔑"), ("日本", "中文"), ("Ω", "€
 @pytest.mark.parametrize(("left", "right"), _NEIGHBOURS)
 def test_utf8_neighbours(db: ScanDB, left: str, right: str) -> None:
     for name, value in _TP:
-        text = f"ab {left}{value}{right} cd".encode()
-        start = len(f"ab {left}".encode())
+        ctx = _CONTEXT.get(name, "")
+        text = f"ab {ctx}{left}{value}{right} cd".encode()
+        start = len(f"ab {ctx}{left}".encode())
         spans = find_spans(db, text)
         end = start + len(value)
+        if name == "EMAIL" and "\u00c0" <= left <= "\u04ff":
+            # A Latin, Greek or Cyrillic letter glued before an address is part of its local part (RFC 6531,
+            # 'josé@...'; issue 14): the span starts there, and a local part pushed past 64 bytes is no address.
+            start -= len(left.encode())
+            if len(value.split("@")[0].encode()) + len(left.encode()) > 64:
+                assert find_spans(db, text) == [], value
+                continue
         # A right neighbour that folds into the value's alphabet (an em dash is '-' to the scanner) joins it.
-        folded = f"ab {value}{fold_text(right)} cd".encode()
-        if find_spans(db, folded)[0].end > len(f"ab {value}"):
+        folded = f"ab {ctx}{value}{fold_text(right)} cd".encode()
+        if find_spans(db, folded)[0].end > len(f"ab {ctx}{value}"):
             end += len(right.encode())
         assert [(s.start, s.end, s.entity) for s in spans] == [(start, end, _BY_NAME[name].entity)], \
             (name, value)
@@ -279,7 +324,7 @@ def test_custom_pattern_hyperscan_rejects() -> None:
 
 
 def test_patterns_for() -> None:
-    assert [p.name for p in patterns_for(["PHONE"])] == ["PHONE_E164", "PHONE_NANP"]
+    assert [p.name for p in patterns_for(["PHONE"])] == ["PHONE", "PHONE_NANP"]
     assert [p.name for p in patterns_for(["API_KEY", "IP_ADDRESS"])] == ["IPV4", "IPV6", "OPENAI_KEY",
                                                                          "ANTHROPIC_KEY"]
     assert patterns_for(ENTITIES) == list(BUILTIN)
@@ -343,17 +388,18 @@ def _ssn(r: random.Random) -> str:
     return f"{area:03d}{sep}{r.randint(1, 99):02d}{sep}{r.randint(1, 9999):04d}"
 
 
+_E164_REGIONS = ["GB", "DE", "FR", "NL", "JP", "BR", "ES", "IT", "US", "IN", "AU", "CH", "SE", "PL", "MX", "KR"]
+
+
 def _e164(r: random.Random) -> str:
-    n = r.randint(8, 15)
-    digits = r.choice("123456789") + "".join(r.choice("0123456789") for _ in range(n - 1))
-    out, i = ["+"], 0
-    while i < n:
-        k = r.randint(1, 4)
-        if i:
-            out.append(r.choice(["", " ", "-", "."]))
-        out.append(digits[i:i + k])
-        i += k
-    return "".join(out)
+    """A valid international number (issue 14: a '+CC' number is judged for its own country), in a random layout."""
+    kind = r.choice([phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE])
+    n = phonenumbers.example_number_for_type(r.choice(_E164_REGIONS), kind)
+    assert n is not None
+    if r.random() < 0.3:
+        return phonenumbers.format_number(n, phonenumbers.PhoneNumberFormat.E164)
+    text = phonenumbers.format_number(n, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    return text.replace(" ", r.choice([" ", "-", "."]))
 
 
 def _nanp(r: random.Random) -> str:
@@ -417,7 +463,7 @@ def _jwt(r: random.Random) -> str:
 
 
 def _pem(r: random.Random) -> str:
-    return r.choice(EXAMPLES["PRIVATE_KEY"])
+    return r.choice(EXAMPLES["PRIVATE_KEY"][:-1])
 
 
 def _email(r: random.Random) -> str:
@@ -463,8 +509,14 @@ def documents(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, int, str]]]:
     prose()
     for entity in entities:
         value = _GENERATORS[entity](r).encode()
-        out.extend(r.choice(_ADJ).encode())
-        expected.append((len(out), len(out) + len(value), entity))
+        if entity == "PHONE":
+            # The prose may end in a label that vetoes a phone ('card', 'iban'; issue 14): a phone word is nearer.
+            out.extend(b"tel ")
+        adj = r.choice(_ADJ)
+        out.extend(adj.encode())
+        # A Latin letter glued before an address belongs to its local part (RFC 6531 'josé@', issue 14).
+        joined = len(adj.encode()) if entity == "EMAIL" and adj == "é" else 0
+        expected.append((len(out) - joined, len(out) + len(value), entity))
         out.extend(value)
         out.extend((r.choice(_ADJ) + r.choice(_PUNCT) + " ").encode())
         prose()
@@ -507,7 +559,9 @@ def test_stream_splits_give_the_same_spans(db: ScanDB, doc: tuple[bytes, list], 
 
 
 def test_stream_byte_by_byte(db: ScanDB) -> None:
-    values = [EXAMPLES[name][0] for name in EXAMPLES] + [EXAMPLES["JWT"][-1], EXAMPLES["EMAIL"][-1]]
+    # A context word goes last: 'SSN' is also a label that vetoes a phone number shortly after it.
+    values = ([EXAMPLES[name][0] for name in EXAMPLES if name not in _CONTEXT] + [EXAMPLES["JWT"][-1],
+              EXAMPLES["EMAIL"][-1]] + [_CONTEXT[name] + EXAMPLES[name][0] for name in _CONTEXT])
     text = " and ".join(values).encode()
     whole = find_spans(db, text)
     assert len(whole) == len(values)

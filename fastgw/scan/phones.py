@@ -1,0 +1,199 @@
+"""Phone numbers: Hyperscan finds candidates with a loose pattern, Google's libphonenumber rules confirm them.
+
+The split follows libphonenumber's own `PhoneNumberMatcher` (find broadly, confirm exactly), with a rule
+for text whose locale is unknown. Valid-in-some-region alone matches about one decoy in ten across nine
+regions (order and part numbers, epochs, dates), so:
+
+- an international number (`+CC ...`, or `00CC ...`) is judged for its own country: valid there is enough;
+- a national number must be valid for one of the configured regions *and* either have a phone word just
+  before it (`Tel.`, `call`, `anrufen`, `ligar`, `belt`, `電話`, `tel:`, a `"phone":` key), or be written the
+  way that region writes its numbers (libphonenumber's `STRICT_GROUPING` leniency, or grouped after the
+  region's trunk prefix: `0151 98109301`, `(0406)-812415`) in a shape decoys rarely take: grouped (not a
+  bare run: epochs, order numbers), 9+ digits, no slash, not a date, not thousands groups (`245 577 365`),
+  not the SSN layout (`666-12-3456`);
+- a label such as order, part, SKU, tracking, ref, invoice or ISBN just before it vetoes either kind.
+
+"Just before" is the nearest label among the last `CONTEXT_CHARS` characters on the same line: the nearest
+word wins, so `order 123, call 0151 98109301` is a phone and `call about order 0151 981093` is not.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+
+import phonenumbers
+from phonenumbers import Leniency, NumberParseException, PhoneNumberMatcher
+
+__all__ = ["DEFAULT_REGIONS", "CONTEXT_CHARS", "PhoneValidator", "phone_label", "unknown_regions", "NONE", "PHONE_WORD", "VETO",
+           "CANDIDATE", "CANDIDATE_WIDTH"]
+
+#: Regions a national-format number may belong to when none are configured: the markets of the locales
+#: LLM traffic is most often written in (North America, the large EU economies and their neighbours,
+#: Iberia and Latin America, the UK and Commonwealth, East and South Asia). Each region added lets more
+#: digit runs pass as "valid somewhere", so the list stops at the regions with the most speakers and
+#: trade; international (`+CC`) numbers of every country are found whatever this list says.
+DEFAULT_REGIONS: tuple[str, ...] = (
+    "US", "CA", "MX", "BR", "AR", "GB", "IE", "FR", "BE", "NL", "DE", "AT", "CH", "IT", "ES", "PT", "PL",
+    "SE", "JP", "KR", "CN", "IN", "AU",
+)
+
+#: How far back (characters, same line) a phone word or a vetoing label is looked for: a label and its value
+#: sit within a few words of each other (Presidio's context enhancer looks 5 words back).
+CONTEXT_CHARS = 40
+
+# --- the candidate pattern ----------------------------------------------------------------------------
+
+# Digits with at most two separators between them ('+44 (0) 20': ' (' and ') '), 7-17 digits (E.164's 15,
+# a '(0)' trunk and a national '0'), then an optional extension ('x590', 'ext. 12', '#12'). Starts at '+',
+# '(' or a word boundary; ends at a word boundary, so a prefix of a longer digit run is never a candidate.
+CANDIDATE = (rb"(?:\+[ ]?\(?|\(|\b)\d(?:[ .()/-]{0,2}\d){6,16}"
+             rb"(?:[ ]?(?:[xX]|[eE][xX][tT]\.?|#)[ ]?\d{1,6})?\b")
+#: '+ (' + 17 digits with two separators each + ' ext. ' + 6 digits.
+CANDIDATE_WIDTH = 3 + 17 + 16 * 2 + 6 + 6
+
+# --- context words ------------------------------------------------------------------------------------
+
+_PHONE_WORDS = (
+    # en
+    r"phone\w*", r"tel", r"tele?phone\w*", r"mobile?", r"cell\w*", r"fax", r"call\w*", r"dial", r"ring",
+    r"sms", r"text(?: me| us)?", r"whats ?app", r"hotline", r"helpline", r"contact", r"reach(?: \w+)? at",
+    # de, nl ('Handynummer', 'Rufnummer'; 'bel me', 'belt u')
+    r"(?:handy|mobil|ruf|fax|telefon)\w*", r"anruf\w*", r"rufen", r"erreichbar\w*", r"durchwahl",
+    r"telefoon\w*", r"mobiel\w*", r"bel", r"belt", r"bellen", r"gsm",
+    # fr, es, pt, it
+    r"t[ée]l[ée]?", r"t[ée]l[ée]phone\w*", r"portable", r"appel\w*", r"joindre", r"tel[ée]fono\w*",
+    r"m[óo]vil", r"celular", r"llam\w*", r"ligar?", r"ligue\w*", r"contato", r"chiam\w*", r"cellulare",
+    # markup
+    r"tel:", r"callto:", r"msisdn",
+)
+# Han, kana and hangul words have no word boundary to hold on to ('お電話は'): matched anywhere.
+_PHONE_CJK = (r"電話", r"携帯", r"手机", r"电话", r"전화", r"휴대폰", r"☎", r"📞")
+_VETO_WORDS = (
+    r"order\w*", r"ord", r"part", r"parts", r"p/?n", r"sku", r"tracking", r"track", r"ref\w*", r"invoice\w*",
+    r"inv", r"isbn\w*", r"issn", r"id", r"uuid", r"serial", r"s/?n", r"account", r"acct", r"iban", r"bic",
+    r"ticket", r"case", r"po", r"customer", r"item", r"article", r"model", r"version", r"build", r"v", r"zip",
+    r"postal", r"plz", r"pin", r"otp", r"code", r"ssn", r"tin", r"vat", r"ust", r"tax", r"ein", r"card", r"ip",
+    r"timestamp", r"epoch", r"ts", r"date", r"price", r"total", r"amount", r"batch", r"lot",
+    # de, nl, fr, es, pt, it
+    r"bestell\w*", r"auftrag\w*", r"rechnung\w*", r"artikel\w*", r"kunden\w*", r"sendung\w*", r"teil\w*",
+    r"bestelling\w*", r"factuur\w*", r"commande", r"facture", r"r[ée]f[ée]rence", r"pedido", r"factura",
+    r"referencia", r"fatura", r"ordine", r"fattura",
+)
+_VETO_CJK = (r"注文", r"請求", r"品番", r"型番", r"订单", r"주문")
+# The nearest label wins: a phone word or a veto, searched as whole words in the text before a candidate.
+_LABEL = re.compile(
+    r"(?P<phone>(?<!\w)(?:" + "|".join(_PHONE_WORDS) + r")(?!\w)|" + "|".join(_PHONE_CJK) + ")"
+    r"|(?P<veto>(?<!\w)(?:" + "|".join(_VETO_WORDS) + r")(?!\w)|" + "|".join(_VETO_CJK) + ")",
+    re.IGNORECASE)
+
+NONE, PHONE_WORD, VETO = 0, 1, 2
+
+
+def phone_label(before: bytes) -> int:
+    """NONE, PHONE_WORD or VETO: the nearest label in the last CONTEXT_CHARS characters of `before`'s last line."""
+    text = before.decode("utf-8", "ignore")
+    text = text[text.rfind("\n") + 1:][-CONTEXT_CHARS:]
+    last = None
+    for last in _LABEL.finditer(text):
+        pass
+    if last is None:
+        return NONE
+    return PHONE_WORD if last.group("phone") is not None else VETO
+
+
+# --- the judgement ------------------------------------------------------------------------------------
+
+_DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+# Shapes that need a phone word before a national number passes on layout alone: a bare digit run (epochs,
+# order and tracking numbers), fewer than 9 digits (times, short ids), slashes and dates, thousands groups.
+_BARE = re.compile(r"\d+")
+_DATE = re.compile(r"\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d\d|(?:19|20)\d\d[./-]\d{1,2}[./-]\d{1,2}")
+_THOUSANDS = re.compile(r"\d{1,3}(?:[ .,]\d{3})+")
+_EXTENSION = re.compile(r"\s?(?:[xX#]|[eE][xX][tT]\.?)\s?\d+$")
+_GROUPED = re.compile(r"\(?(\d+)\)?[ .()/-]+\d")
+# The SSN layout (3-2-4, one separator): an SSN the SSN validator refused ('666-12-3456') is no phone
+# unless a phone word says so; no region in DEFAULT_REGIONS writes its numbers that way.
+_SSN_SHAPE = re.compile(r"\d{3}([ .-])\d{2}\1\d{4}")
+
+
+def unknown_regions(regions: Iterable[str]) -> list[str]:
+    """The codes in `regions` libphonenumber has no metadata for."""
+    known = phonenumbers.SUPPORTED_REGIONS
+    return [r for r in regions if r not in known]
+
+
+class PhoneValidator:
+    """A `Pattern` validator for phone candidates: `(value, before) -> bool`, the rule of the module docstring."""
+
+    __slots__ = ("regions", "_trunk", "judge")
+
+    def __init__(self, regions: Sequence[str] = DEFAULT_REGIONS) -> None:
+        bad = unknown_regions(regions)
+        if bad:
+            raise ValueError(f"unknown phone regions {bad}")
+        self.regions = tuple(regions)
+        self._trunk = {}
+        for r in self.regions:
+            meta = phonenumbers.PhoneMetadata.metadata_for_region(r)
+            self._trunk[r] = meta.national_prefix if meta is not None else None
+        # The engine validates every candidate end offset, and a streamed answer repeats its numbers: a
+        # bounded cache of verdicts (text and label) keeps libphonenumber (~25 µs a parse) off repeats.
+        self.judge = functools.lru_cache(maxsize=2048)(self._judge)
+
+    def __call__(self, value: bytes, before: bytes = b"") -> bool:
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+        return self.judge(text, phone_label(before))
+
+    def _judge(self, text: str, label: int) -> bool:
+        if label == VETO or _DOTTED_QUAD.fullmatch(text):
+            return False  # a label says it is something else; four dotted numbers are an address or a version
+        try:
+            if text[0] == "+":
+                return phonenumbers.is_valid_number(phonenumbers.parse(text, None))
+            if text.startswith("00") and _intl_00(text):
+                return True
+            if label != PHONE_WORD and not _layout_alone(text):
+                return False
+            for region in self.regions:
+                n = phonenumbers.parse(text, region)
+                if not phonenumbers.is_valid_number_for_region(n, region):
+                    continue
+                if label == PHONE_WORD or self._layout(text, region):
+                    return True
+        except NumberParseException:
+            return False
+        return False
+
+    def _layout(self, text: str, region: str) -> bool:
+        """Whether `text` is written the way `region` writes national numbers."""
+        trunk = self._trunk[region]
+        if trunk:
+            # Grouped after the trunk prefix: '0151 98109301', '(0406)-812415', '04.81.36.62.96'.
+            m = _GROUPED.match(text)
+            if m is not None and m.group(1).startswith(trunk) and len(m.group(1)) > len(trunk):
+                return True
+        for match in PhoneNumberMatcher(text, region, leniency=Leniency.STRICT_GROUPING):
+            return match.start == 0 and match.end == len(text)
+        return False
+
+
+def _layout_alone(text: str) -> bool:
+    """Whether a national number without a phone word may pass on its layout: see the shapes above."""
+    main = _EXTENSION.sub("", text)
+    if ("/" in main or _BARE.fullmatch(main) or _DATE.fullmatch(main) or _THOUSANDS.fullmatch(main)
+            or _SSN_SHAPE.fullmatch(main)):
+        return False
+    return sum(c.isdigit() for c in main) >= 9
+
+
+def _intl_00(text: str) -> bool:
+    """'0049 30 1234567': the ITU international prefix 00, judged like '+49 30 1234567'."""
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse("+" + text[2:].lstrip(" "), None))
+    except NumberParseException:
+        return False

@@ -1,0 +1,165 @@
+"""Issue 14's detection misses and decoys, one test each: phones (libphonenumber-confirmed, per region, with
+context and veto words), Unicode forms, SSN with and without separators, lower-case IBAN, UTF-8 e-mail,
+dotted runs that are no IPv4, and whole PEM blocks; plus `regions` config validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastgw.policy.pii import PiiDetector, PiiPolicy, problems
+from fastgw.scan.database import ScanDB
+from fastgw.scan.patterns import BUILTIN, patterns_for
+from fastgw.scan.phones import DEFAULT_REGIONS, NONE, PHONE_WORD, VETO, PhoneValidator, phone_label, unknown_regions
+from fastgw.scan.scanner import find_spans
+
+
+@pytest.fixture(scope="module")
+def db() -> ScanDB:
+    d = ScanDB(list(BUILTIN))
+    d.allocate_scratch()
+    return d
+
+
+def found(db: ScanDB, text: str) -> list[tuple[str, str]]:
+    data = text.encode()
+    return [(data[s.start:s.end].decode(), s.entity) for s in find_spans(db, data)]
+
+
+# --- phones --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    "0151 98109301", "050 9453649", "+44(0)20 7496 0274", "+55 (41) 96492-8206", "(829)786-0297x590",
+    "+1-633-212-2207x547", "04.81.36.62.96",
+])
+def test_issue_phone_misses_are_found(db: ScanDB, value: str) -> None:
+    for text in (f"Reach Anna at {value} today.", f"| Anna | {value} |", f"Telefon: {value}"):
+        assert found(db, text) == [(value, "PHONE")], text
+
+
+def test_french_dotted_phone_is_a_phone_not_half_an_ip(db: ScanDB) -> None:
+    assert found(db, "Appelez le 04.81.36.62.96 demain") == [("04.81.36.62.96", "PHONE")]
+
+
+def test_full_width_phone(db: ScanDB) -> None:
+    assert found(db, "電話：０９０－３２０５－７９９７です") == [("０９０－３２０５－７９９７", "PHONE")]
+
+
+def test_phone_word_confirms_a_short_national_number(db: ScanDB) -> None:
+    # Doubtful but per issue 14: a national number valid in a configured region, with a phone word nearby.
+    assert found(db, "call 555-1234") == [("555-1234", "PHONE")]
+    assert found(db, "x 555-1234 y") == []
+
+
+@pytest.mark.parametrize("decoy", [
+    "Order 0151 98109301", "SKU: 050 9453649", "Tracking 1Z99999999", "Invoice 04.81.36.62.96", "ISBN 978-3-16-148410-0",
+    "epoch 1712345678", "2024-01-15", "15.01.2024", "1,299.99", "245 577 365", "666-12-3456",
+])
+def test_phone_decoys_are_not_found(db: ScanDB, decoy: str) -> None:
+    assert [e for _, e in found(db, f"See {decoy} here")] == []
+
+
+@pytest.mark.parametrize(("region", "number"), [
+    ("DE", "030 1234567"), ("GB", "020 7946 0958"), ("FR", "01 23 45 67 89"), ("NL", "020 123 4567"),
+    ("JP", "03-1234-5678"), ("BR", "(11) 91234-5678"), ("ES", "912 34 56 78"), ("IT", "06 1234 5678"),
+])
+def test_validator_per_region(region: str, number: str) -> None:
+    only = PhoneValidator([region])
+    assert only(number.encode(), b"Tel. ")
+    # Not a North American number, even with a phone word: only the configured regions count.
+    assert not PhoneValidator(["US"])(number.encode(), b"Tel. ")
+
+
+def test_validator_international_ignores_regions() -> None:
+    # '+CC' numbers are judged for their own country, whatever the configured regions.
+    only_us = PhoneValidator(["US"])
+    assert only_us(b"+49 30 1234567")
+    assert only_us(b"+81 3-1234-5678")
+    assert not only_us(b"+4420794609580")  # 13 digits: invalid for GB
+
+
+def test_validator_context_and_veto() -> None:
+    pv = PhoneValidator()
+    assert phone_label(b"Call me at ") == PHONE_WORD
+    assert phone_label("電話番号：".encode()) == PHONE_WORD
+    assert phone_label(b"Order no. ") == VETO
+    assert phone_label(b"The value was ") == NONE
+    # The nearest label wins.
+    assert phone_label(b"order 123, call ") == PHONE_WORD
+    assert phone_label(b"call about order ") == VETO
+    # A bare run needs a phone word; a veto beats a valid international number.
+    assert not pv(b"15198109301", b"The value was ")
+    assert pv(b"015198109301", b"Telefon: ")
+    assert not pv(b"+49 151 98109301", b"Order ")
+    assert pv(b"+49 151 98109301", b"")
+
+
+def test_regions_patterns_for_and_config() -> None:
+    assert unknown_regions(["DE", "XX", "de"]) == ["XX", "de"]
+    with pytest.raises(ValueError, match="XX"):
+        PhoneValidator(["XX"])
+    only_jp = {p.name: p for p in patterns_for(["PHONE"], regions=["JP"])}
+    assert only_jp["PHONE"].context_validator.regions == ("JP",)  # type: ignore[union-attr]
+    assert patterns_for(["PHONE"], regions=list(DEFAULT_REGIONS)) == patterns_for(["PHONE"])
+    assert problems(PiiDetector(regions=["DE", "XX"])) == [("regions[1]", "unknown phone region 'XX' "
+                                                                           "(ISO 3166 alpha-2, upper case)")]
+    assert problems(PiiDetector(regions=[])) != []
+    assert problems(PiiDetector(regions=["DE", "JP"])) == []
+    # The policy uses the configured regions: a German national number without a phone word is a German layout.
+    de = PiiPolicy(PiiDetector(regions=["DE"]))
+    jp = PiiPolicy(PiiDetector(regions=["JP"]))
+    assert [s.entity for s in de.scan_text("Anna: 0151 98109301")[1]] == ["PHONE"]
+    assert [s.entity for s in jp.scan_text("Anna: 0151 98109301")[1]] == []
+
+
+# --- SSN ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sep", ["\u2013", "\u2011", "\u2212", "."])
+def test_ssn_unicode_dashes_and_dots(db: ScanDB, sep: str) -> None:
+    value = f"379{sep}57{sep}2229"
+    assert found(db, f"SSN: {value}.") == [(value, "US_SSN")]
+
+
+def test_ssn_bare_needs_a_context_word(db: ScanDB) -> None:
+    assert found(db, "SSN 888742989") == [("888742989", "US_SSN")]
+    assert found(db, "Social security number: 888742989") == [("888742989", "US_SSN")]
+    assert found(db, "Order 888742989 shipped") == []
+    assert found(db, "the number 888742989 here") == []
+
+
+# --- IBAN, e-mail ---------------------------------------------------------------------------------------
+
+def test_lower_case_iban(db: ScanDB) -> None:
+    assert found(db, "iban de89370400440532013000 ok") == [("de89370400440532013000", "IBAN")]
+
+
+def test_utf8_email(db: ScanDB) -> None:
+    assert found(db, "mail josé@example.com now") == [("josé@example.com", "EMAIL")]
+    assert found(db, "mail info@bücher.de now") == [("info@bücher.de", "EMAIL")]
+    assert found(db, "mail jo@例え.テスト now") == [("jo@例え.テスト", "EMAIL")]
+
+
+# --- IPv4 and dotted runs ------------------------------------------------------------------------------
+
+def test_versions_are_not_addresses(db: ScanDB) -> None:
+    assert found(db, "AssemblyVersion: 1.11.77.94") == []
+    assert found(db, "build 4.20.18.6.20") == []
+    assert found(db, "ping 10.0.0.1 now") == [("10.0.0.1", "IP_ADDRESS")]
+    assert found(db, "IP 10.0.0.1") == [("10.0.0.1", "IP_ADDRESS")]
+
+
+# --- private keys ---------------------------------------------------------------------------------------
+
+_PEM = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgwMbRvI0MBZhpI\n"
+        "K3Nmbl9kYXRhX2hlcmU=\n-----END RSA PRIVATE KEY-----")
+
+
+def test_pem_block_redacted_header_to_footer() -> None:
+    pol = PiiPolicy(PiiDetector(action="redact"))
+    data, spans = pol.scan_text(f"Here is the key:\n{_PEM}\nKeep it safe.")
+    out = pol.redact(data, spans).decode()
+    assert out == "Here is the key:\n[REDACTED:PRIVATE_KEY]\nKeep it safe.", out
+
+
+def test_unclosed_pem_block_holds_the_rest(db: ScanDB) -> None:
+    text = "key:\n" + _PEM.split("-----END")[0] + "and more text"
+    assert found(db, text) == [(text[5:], "PRIVATE_KEY")]
