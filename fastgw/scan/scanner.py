@@ -292,6 +292,12 @@ class StreamScanner:
                         safe = s
                         changed = True
         if safe <= self._done_to:
+            if safe >= cend:
+                # Nothing new to scan, but characters folded to nothing (a trailing zero-width space) may have
+                # arrived since: at the canonical end they are released too.
+                osafe = safe + fold.consumed - cend if plain else fold.safe_of(safe)
+                if osafe > self._oend:
+                    self._oend = osafe
             return self._oend, []
         out: list[Span] = []
         if cands or pieces:
