@@ -51,9 +51,10 @@ _IPV6 = b"|".join((
     rb"(?:\b" + _HEX + rb"(?::" + _HEX + rb"){0,4})?::(?:" + _HEX + rb":){0,5}" + _V4 + rb"\b",
 ))
 
-# One separator throughout a number (mixed ones are not a card layout): space, dash, dot, or a line break
-# (a card wrapped in a narrow table cell; NBSP, thin space and ZWJ arrive folded to a space or nothing).
-_CARD_SEPS = (rb" ", rb"-", rb"\.", rb"\r?\n")
+# One separator throughout a number (mixed ones are not a card layout): space, dash or dot; a number wrapped
+# across lines (a narrow table cell, a reflowed paragraph) may mix spaces and line breaks. NBSP, thin space and
+# ZWJ arrive folded to a space or nothing.
+_CARD_SEPS = (rb" ", rb"-", rb"\.", rb"(?: |\r?\n)")
 _CARD = b"|".join((rb"\d{13,19}",) + tuple(                # contiguous
     alt
     for sep in _CARD_SEPS

@@ -163,3 +163,13 @@ def test_pem_block_redacted_header_to_footer() -> None:
 def test_unclosed_pem_block_holds_the_rest(db: ScanDB) -> None:
     text = "key:\n" + _PEM.split("-----END")[0] + "and more text"
     assert found(db, text) == [(text[5:], "PRIVATE_KEY")]
+
+
+@pytest.mark.parametrize("text", ["card 4111 1111\n1111 1111 here", "card 4111 1111 1111\r\n1111 here",
+                                  "card 4111\n1111\n1111\n1111 here", "card 4111.1111.1111.1111 here"])
+def test_a_card_wrapped_across_lines_or_dotted_is_found(db: ScanDB, text: str) -> None:
+    assert [e for _, e in found(db, text)] == ["CREDIT_CARD"]
+
+
+def test_mixed_dashes_and_spaces_are_no_card_layout(db: ScanDB) -> None:
+    assert "CREDIT_CARD" not in [e for _, e in found(db, "ref 4111-1111 1111-1111 here")]
