@@ -9,6 +9,8 @@ each dialect's text is found and rewritten is `fastgw.policy.stream`'s.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import orjson
 
 from fastgw.api.errors import GatewayError
@@ -24,7 +26,7 @@ def error_event(err: GatewayError) -> bytes:
     return encode_data(err.body())
 
 
-class Dialect:
+class Dialect(ABC):
     """One streamed-answer dialect: its name, its clean end and its failure end."""
 
     __slots__ = ()
@@ -37,9 +39,9 @@ class Dialect:
     #: after it is no failure. Only OpenAI chat has such a sentinel.
     sentinel = False
 
+    @abstractmethod
     def terminal_error(self, err: GatewayError, last_seq: int = -1) -> bytes:
         """How a stream of this dialect ends in failure (`last_seq`: the last Responses sequence_number sent)."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<dialect {self.name}>"

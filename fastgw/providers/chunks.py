@@ -11,6 +11,8 @@ SSE encoding here, no `[DONE]`: the relay encodes once and writes the terminator
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import os
 import time
 from collections.abc import Iterable
@@ -148,7 +150,7 @@ class ChunkWriter:
             self._event([], usage or usage_dict(0, 0))
 
 
-class StreamTranslator:
+class StreamTranslator(ABC):
     """The skeleton every provider's stream translator shares: a decoder, a `ChunkWriter`, deferred errors.
 
     A subclass gives `provider`, the decoder, `_one(item)` (translate one decoded item into the writer) and
@@ -177,11 +179,13 @@ class StreamTranslator:
         except ProtocolError as e:  # an oversized or corrupt event
             raise UpstreamProtocolError(f"{self.provider} {e.message}", code=e.code) from None
 
-    def _one(self, item: Any) -> None:  # pragma: no cover - every subclass has one
-        raise NotImplementedError
+    @abstractmethod
+    def _one(self, item: Any) -> None:
+        """Translate one decoded provider item into chunks (appended to the writer)."""
 
-    def _close(self) -> None:  # pragma: no cover - every subclass has one
-        raise NotImplementedError
+    @abstractmethod
+    def _close(self) -> None:
+        """The clean end of the provider's stream: check it was complete, add the last chunks."""
 
     def feed(self, data: bytes) -> list[dict]:
         """The chunks for the provider events `data` completes (see `fastgw.providers.base.Translator`)."""

@@ -12,6 +12,8 @@ A blocking span ends the stream with `StreamBlocked` and the clean prefix before
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from collections import deque
 from collections.abc import Callable
 from typing import ClassVar
@@ -123,7 +125,7 @@ class Held(msgspec.Struct, gc=False):
     repeats: list | None = None
 
 
-class StreamPolicy:
+class StreamPolicy(ABC):
     """The output side of the chain for one streamed answer; a subclass per dialect says where the text is."""
 
     #: The dialect's name ("chat", "responses", "messages") and its wire ends (done marker, error event).
@@ -174,13 +176,13 @@ class StreamPolicy:
         self._ev_repeats: list | None = None
 
     # ---- input (each dialect) ---------------------------------------------------------------
+    @abstractmethod
     def push(self, ev: SSEEvent) -> None:
         """Take one upstream event: scan its text, queue it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def push_chunk(self, obj: dict) -> None:
         """Take one structured event (a dict the policy owns from now on): scan its text, queue it."""
-        raise NotImplementedError
 
     def push_done(self) -> None:
         """The upstream says the answer is complete: every text is final."""
@@ -437,7 +439,7 @@ class StreamPolicy:
         with a `path` says it itself)."""
         path = seg.path
         if path is None:
-            raise NotImplementedError
+            raise TypeError(f"{type(self).__name__}: no path for a segment of {seg.text.key}")
         node: object = obj
         for k in path[:-1]:
             node = node[k]  # type: ignore[index]

@@ -8,6 +8,8 @@ SSE `event` field, as these APIs send it.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from typing import ClassVar
 
 import orjson
@@ -63,9 +65,9 @@ class TypedEventPolicy(StreamPolicy):
         else:
             self._queue.append(Held(ev, None, segs))
 
+    @abstractmethod
     def _event(self, kind: object, obj: dict, segs: list[Segment]) -> bool:
         """Find the event's text segments, settle what it finishes; True when it repeats whole texts."""
-        raise NotImplementedError
 
     def _encode(self, ev: SSEEvent | None, obj: dict) -> bytes:
         if ev is None:  # a structured event: its SSE `event` field is its type, as these APIs send it
