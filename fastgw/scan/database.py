@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import hyperscan
 
-__all__ = ["Pattern", "ScanDB", "PatternError", "Span", "CONTEXT_BYTES"]
+__all__ = ["Pattern", "ScanDB", "PatternError", "Span", "CONTEXT_BYTES", "DIGITS", "NOT_DIGIT", "NOT_DOTTED",
+           "MAX_LOOKAHEAD"]
 
 _ALL = bytes(range(256))
 
@@ -33,6 +34,16 @@ class PatternError(ValueError):
 #: enough that the scanner's retained window (widest validated pattern + this) stays a few hundred bytes.
 CONTEXT_BYTES = 64
 
+#: The ASCII digits, a byte set for `Pattern.not_followed_by`.
+DIGITS = b"0123456789"
+#: `not_followed_by` of a value that is not a prefix of a longer digit run ('379-57-2229' in '379-57-22290').
+NOT_DIGIT: tuple[tuple[bytes, ...], ...] = ((DIGITS,),)
+#: ... nor the front of a longer dotted-number run ('1.2.3.4' in '1.2.3.4.5'; '10.0.0.1.' at a sentence end is
+#: still an address).
+NOT_DOTTED: tuple[tuple[bytes, ...], ...] = ((DIGITS,), (b".", DIGITS))
+#: The longest `not_followed_by` sequence a pattern may have: the scanner holds a candidate that long at most.
+MAX_LOOKAHEAD = 8
+
 
 @dataclass(frozen=True, slots=True)
 class Pattern:
@@ -48,6 +59,14 @@ class Pattern:
       the match (fewer only at the start of the text), the same under every split of the stream. For labels
       that confirm (a phone or SSN word) or veto (order, SKU, tracking) a candidate. When both are given,
       both must accept. Nothing after the match is offered: that would need more holdback.
+
+    `not_followed_by` (a small lookahead, which Hyperscan lacks): sequences of byte sets, each a short run of
+    canonical bytes that must not come right after a match; a candidate whose next bytes fit any sequence is
+    dropped (`NOT_DIGIT`: no digit; `NOT_DOTTED`: no digit, nor '.' and a digit). It lets a digit-ending
+    expression drop its trailing word boundary, so a value glued to a letter ('379-57-2229Ground') is found while a
+    prefix of a longer digit run ('379-57-22290') is not. While those bytes have not arrived the scanner holds
+    the text from the candidate's start (the same decision under every split); at the end of the text a
+    sequence cut short does not match. Checked after the validators; each sequence at most `MAX_LOOKAHEAD`.
 
     Blocks (`block_until`, e.g. a PEM private key): `expression` matches the *opening marker only*
     (`-----BEGIN RSA PRIVATE KEY-----`), `block_until` the closing one (`-----END RSA PRIVATE KEY-----`; any
@@ -79,6 +98,8 @@ class Pattern:
     context_validator: Callable[[bytes, bytes], bool] | None = None
     #: Closing-marker expression of a block pattern (same flags as `expression`); see the class docstring.
     block_until: bytes | None = None
+    #: Byte-set sequences that must not follow a match (a lookahead); see the class docstring.
+    not_followed_by: tuple[tuple[bytes, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +246,8 @@ class ScanDB:
     closers: list[int] = field(init=False)
     #: Whether any pattern is a block pattern.
     blocks: bool = field(init=False)
+    #: Per pattern, its `not_followed_by` as sequences of byte sets (None: no lookahead).
+    follow: list[tuple[tuple[frozenset[int], ...], ...] | None] = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -241,7 +264,9 @@ class ScanDB:
         self.closers = [i for i, p in enumerate(self.patterns) if p.block_until is not None]
         self.blocks = bool(self.closers)
         context = any(p.context_validator is not None for p in self.patterns)
-        self.window = max(self.widths) + (CONTEXT_BYTES if context else 0)
+        self.follow = [_follow(p) for p in self.patterns]
+        lookahead = max((len(seq) for f in self.follow if f for seq in f), default=0)
+        self.window = max(self.widths) + (CONTEXT_BYTES if context else 0) + lookahead
         for p, width in zip(self.patterns, self.widths):
             alphabet, start = derive_alphabet(p.expression, p.caseless)
             if p.utf8:
@@ -269,6 +294,22 @@ class ScanDB:
     def allocate_scratch(self) -> None:
         """One scratch per worker process, allocated after fork (Hyperscan scratch is not shareable)."""
         self.hs.scratch = hyperscan.Scratch(self.hs)
+
+
+def _follow(p: Pattern) -> tuple[tuple[frozenset[int], ...], ...] | None:
+    """A pattern's `not_followed_by` as byte sets; PatternError when a sequence is empty, too long or has an
+    empty set, or the pattern is a block pattern (its end is the closing marker's)."""
+    if not p.not_followed_by:
+        return None
+    if p.block_until is not None:
+        raise PatternError(p.name, "not_followed_by is not supported on a block pattern")
+    out = []
+    for seq in p.not_followed_by:
+        if not seq or len(seq) > MAX_LOOKAHEAD or not all(seq):
+            raise PatternError(p.name, f"not_followed_by sequences need 1..{MAX_LOOKAHEAD} non-empty byte sets, "
+                                       f"got {seq!r}")
+        out.append(tuple(frozenset(b) for b in seq))
+    return tuple(out)
 
 
 def _opening_width(p: Pattern) -> int:

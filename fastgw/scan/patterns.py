@@ -4,17 +4,20 @@ Every expression is written for the engine in `database`/`scanner`: Hyperscan
 reports, per end offset, the leftmost start; candidates are checked against
 `max_width` and the validator; overlaps resolve leftmost-longest. So expressions
 start at a word boundary (or a literal such as `+`, `(`, `-----`), end at one
-where the value does (so a prefix of a longer digit run is never reported), and
-leave checksums and ranges to `validators`. Alphabets stay tight (no `.`, no
+where the value does, and leave checksums and ranges to `validators`. Digit-ending
+values (SSN, NANP phone, card, IBAN, IPv4) end with a lookahead instead
+(`Pattern.not_followed_by`): no digit may follow (for IPv4 not '.' and a digit
+either), so a prefix of a longer digit or dotted run is never reported, yet a
+value glued to the letter after it ('379-57-2229Ground') is found. Alphabets stay tight (no `.`, no
 lower case where the value has none) because the stream holdback keeps the
 trailing run of alphabet bytes.
 
 Patterns see the scanner's canonical view (`fastgw.scan.fold`): full-width forms, Unicode dashes and
 spaces arrive as ASCII, zero-width characters and soft hyphens are gone, so one ASCII layout covers them.
 
-Boundaries are ASCII: a value glued to a letter or digit ('ref4111...', 'x123-45-6789')
+Boundaries are ASCII: a value glued to a letter or digit before it ('ref4111...', 'x123-45-6789')
 is not found by the digit patterns, on purpose: otherwise every alphanumeric id would be
-Luhn- or range-tested, and a prefix of a longer digit run could be reported. Non-ASCII
+Luhn- or range-tested. Non-ASCII
 neighbours (accents, CJK, emoji) are non-word bytes, so values touching them are found.
 """
 
@@ -24,7 +27,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from fastgw.scan import validators as v
-from fastgw.scan.database import Pattern, PatternError
+from fastgw.scan.database import NOT_DIGIT, NOT_DOTTED, Pattern, PatternError
 from fastgw.scan.phones import CANDIDATE, CANDIDATE_WIDTH, DEFAULT_REGIONS, PhoneValidator
 
 __all__ = ["BUILTIN", "ENTITIES", "patterns_for", "custom_pattern", "DEFAULT_CUSTOM_WIDTH", "PEM_WIDTH"]
@@ -65,7 +68,7 @@ _CARD = b"|".join((rb"\d{13,19}",) + tuple(                # contiguous
 
 # Exchange and line number. The numbering plan starts exchanges with 2-9, but the numbers people write
 # as examples and test data ("555-123-4567") do not: separators already make the form strict, so any digit.
-_NANP_TAIL = rb"\d{3}[ .-]\d{4}\b"
+_NANP_TAIL = rb"\d{3}[ .-]\d{4}"  # then no digit (not_followed_by)
 
 # A 2-byte UTF-8 letter (U+00C0-U+04FF: Latin, Greek, Cyrillic) in an e-mail local part.
 _U2 = rb"[\xc3-\xd3][\x80-\xbf]"
@@ -90,11 +93,13 @@ BUILTIN: tuple[Pattern, ...] = (
             rb"(?:[A-Za-z]{2,}|xn--[A-Za-z0-9-]+|[\x80-\xff]{4,})",
             254, v.email),
     # Separated: dashes (Unicode dashes fold to '-'), spaces or dots, one kind per number.
-    Pattern("US_SSN", "US_SSN", rb"\b\d{3}(?:-\d{2}-|\.\d{2}\.| \d{2} )\d{4}\b", 11, v.ssn),
+    Pattern("US_SSN", "US_SSN", rb"\b\d{3}(?:-\d{2}-|\.\d{2}\.| \d{2} )\d{4}", 11, v.ssn,
+            not_followed_by=NOT_DIGIT),
     # Bare nine digits only after an SSN word (validators.ssn_context).
-    Pattern("US_SSN_BARE", "US_SSN", rb"\b\d{9}\b", 9, v.ssn, context_validator=v.ssn_context),
+    Pattern("US_SSN_BARE", "US_SSN", rb"\b\d{9}", 9, v.ssn, context_validator=v.ssn_context,
+            not_followed_by=NOT_DIGIT),
     # ISO/IEC 7812: at most 19 digits; four separators (two bytes for CRLF) in the 4-4-4-4-3 layout.
-    Pattern("CREDIT_CARD", "CREDIT_CARD", rb"\b(?:" + _CARD + rb")\b", 27, v.card),
+    Pattern("CREDIT_CARD", "CREDIT_CARD", rb"\b(?:" + _CARD + rb")", 27, v.card, not_followed_by=NOT_DIGIT),
     # Candidates of every layout, confirmed by libphonenumber's rules (fastgw.scan.phones).
     Pattern("PHONE", "PHONE", CANDIDATE, CANDIDATE_WIDTH, context_validator=_PHONE),
     # NANP written in its own layout is a phone without libphonenumber's say: that layout is the evidence,
@@ -103,14 +108,17 @@ BUILTIN: tuple[Pattern, ...] = (
     Pattern("PHONE_NANP", "PHONE",
             rb"(?:\+1[ .-]?|\b1[ .-])?\([2-9]\d{2}\)[ .-]?" + _NANP_TAIL
             + rb"|(?:\+1[ .-]?|\b1[ .-]|\b)[2-9]\d{2}[ .-]" + _NANP_TAIL,
-            17),
-    # Not the tail of a longer dotted run nor a labelled version (validators.ipv4_context).
-    Pattern("IPV4", "IP_ADDRESS", rb"\b\d{1,3}(?:\.\d{1,3}){3}\b", 15, v.ipv4, context_validator=v.ipv4_context),
+            17, not_followed_by=NOT_DIGIT),
+    # Not the tail of a longer dotted run nor a labelled version (validators.ipv4_context), nor its front
+    # (NOT_DOTTED: '1.2.3.4' of '1.2.3.4.5'; '10.0.0.1.' ending a sentence is still an address).
+    Pattern("IPV4", "IP_ADDRESS", rb"\b\d{1,3}(?:\.\d{1,3}){3}", 15, v.ipv4, context_validator=v.ipv4_context,
+            not_followed_by=NOT_DOTTED),
     # RFC 4291 2.2: 8 groups of 4 hex (39), or 6 groups and a dotted quad (45).
     Pattern("IPV6", "IP_ADDRESS", _IPV6, 45, v.ipv6),
     # ISO 13616: at most 34 characters; printed in groups of four, so 8 spaces.
     Pattern("IBAN", "IBAN",
-            rb"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7} [A-Z0-9]{1,4})\b", 42, v.iban),
+            rb"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7} [A-Z0-9]{1,4})", 42, v.iban,
+            not_followed_by=NOT_DIGIT),
     # Lower case, unspaced ('de89370400440532013000'): its alphabet has no space, so it shares the holdback
     # of words (e-mail, keys) instead of holding every lower-case word of prose. Spaced lower case is not found.
     Pattern("IBAN_LOWER", "IBAN", rb"\b[a-z]{2}\d{2}[a-z0-9]{11,30}\b", 34, v.iban),

@@ -15,6 +15,11 @@ text's trailing run of bytes in that alphabet, updated from the new bytes only. 
 lies inside such a run and within the group's width, so holding from the run's first possible start byte is
 enough. The folder's pending tail (a character or escape cut short) is held too.
 
+Lookahead (`Pattern.not_followed_by`): a candidate is checked against the canonical bytes right after its
+match as soon as they have arrived; until then it is pending and holds the text from its start, and at the end
+of the text whatever has not arrived counts as no match. The decision depends only on the canonical text, so
+it is the same under every split.
+
 Blocks (`Pattern.block_until`): once an opening marker matches, everything from it is held until the closing
 marker, or until `max_width` canonical bytes are held, when that piece is reported final and the hold moves
 on to the next piece (see `Pattern`).
@@ -22,17 +27,36 @@ on to the next piece (see `Pattern`).
 
 from __future__ import annotations
 
-from fastgw.scan.database import CONTEXT_BYTES, ScanDB, Span
+from fastgw.scan.database import CONTEXT_BYTES, MAX_LOOKAHEAD, ScanDB, Span
 from fastgw.scan.fold import Folder
 
 __all__ = ["StreamScanner", "find_spans"]
 
 #: A candidate or block piece: (canonical start, canonical end, pattern index).
 _Cand = tuple[int, int, int]
+#: A candidate waiting for the bytes its lookahead needs: (start, end, pattern index, match end).
+_Pend = tuple[int, int, int, int]
+_Follow = tuple[tuple[frozenset[int], ...], ...]
 
 
 def _noop(*_args: object) -> None:
     return None
+
+
+def _followed(follow: _Follow, after: bytes, final: bool) -> bool | None:
+    """Whether the bytes after a match fit one of its `not_followed_by` sequences: True (drop it), False (keep
+    it), None (not known until more bytes arrive). At the end of the text (`final`) a cut sequence is no fit."""
+    undecided = False
+    for seq in follow:
+        m = min(len(after), len(seq))
+        for i in range(m):
+            if after[i] not in seq[i]:
+                break
+        else:
+            if m == len(seq):
+                return True
+            undecided = undecided or not final
+    return None if undecided else False
 
 
 class StreamScanner:
@@ -44,7 +68,7 @@ class StreamScanner:
 
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
                  "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
-                 "_blk_first", "_pieces", "_regions")
+                 "_blk_first", "_pieces", "_regions", "_pend")
 
     def __init__(self, db: ScanDB, json: bool = False) -> None:
         self._db = db
@@ -58,6 +82,8 @@ class StreamScanner:
         self._new: list[tuple[int, int, int]] = []
         #: Validated candidates not yet settled, canonical offsets.
         self._cands: list[_Cand] = []
+        #: Validated candidates whose lookahead bytes have not all arrived (they hold the text from their start).
+        self._pend: list[_Pend] = []
         #: Recent canonical input, newest last, at least `_keep` bytes when available (validators, holdback).
         self._chunks: list[bytes] = []
         self._chunks_len = 0
@@ -115,6 +141,8 @@ class StreamScanner:
             runs[i] = runs[i] + n if r == n else r
         if self._new:
             self._validate()
+        if self._pend:
+            self._resolve(False)
         if self._blk >= 0:
             self._grow_block()
         keep = self._keep
@@ -158,6 +186,14 @@ class StreamScanner:
             if p.block_until is not None:
                 self._opening(start, end, pid)
                 continue
+            follow = db.follow[pid]
+            pending = False
+            if follow is not None:
+                d = _followed(follow, buf[end - base:end - base + MAX_LOOKAHEAD], False)
+                if d:
+                    continue
+                pending = d is None
+            mend = end
             # A byte-level class can start or end inside a multi-byte character: the span takes all of it, so
             # redaction never leaves half a character (the canonical text holds only whole characters).
             i = start - base
@@ -172,8 +208,27 @@ class StreamScanner:
                 if c is None:
                     continue
                 start, end = c
-            self._cands.append((start, end, pid))
+            if pending:
+                self._pend.append((start, end, pid, mend))
+            else:
+                self._cands.append((start, end, pid))
         new.clear()
+
+    def _resolve(self, final: bool) -> None:
+        """Decide the pending candidates whose lookahead bytes have arrived (all of them when `final`)."""
+        buf = b"".join(self._chunks)
+        base = self.scanned - len(buf)
+        follow = self._db.follow
+        still: list[_Pend] = []
+        for s, e, pid, mend in self._pend:
+            f = follow[pid]
+            assert f is not None
+            d = _followed(f, buf[mend - base:mend - base + MAX_LOOKAHEAD], final)
+            if d is None:
+                still.append((s, e, pid, mend))
+            elif not d:
+                self._cands.append((s, e, pid))
+        self._pend = still
 
     # ---- blocks ------------------------------------------------------------------------------------
     def _opening(self, start: int, end: int, pid: int) -> None:
@@ -192,6 +247,7 @@ class StreamScanner:
                 continue
             kept.append((s, min(e, start), p))
         self._cands = kept
+        self._pend = [(s, min(e, start), p, m) for s, e, p, m in self._pend if s < start]
 
     def _closing(self, start: int, end: int, pid: int) -> None:
         """A closing marker: it ends the block being held if it belongs to it and follows its opening."""
@@ -266,12 +322,17 @@ class StreamScanner:
             self._stream.close(match_event_handler=self._on_match)  # end-anchored matches fire here
             if self._new:
                 self._validate()
+            if self._pend:
+                self._resolve(True)
             if self._blk >= 0:
                 self._end_block(self.scanned)  # a block never closed runs to the end of the text
         cend = self.scanned
         safe = cend if final else cend - self.holdback()
         if self._blk >= 0 and self._blk_piece < safe:
             safe = self._blk_piece
+        for s, _, _, _ in self._pend:
+            if s < safe:
+                safe = s  # its lookahead bytes are still to come: hold it whole
         plain = fold.plain
         if safe < cend and not plain:
             safe = fold.snap(safe)
@@ -308,7 +369,9 @@ class StreamScanner:
                 ready += [x for x in pieces if x[0] < safe]
                 self._pieces = [x for x in pieces if x[0] >= safe]
             if ready:
-                ready.sort(key=lambda c: (c[0], -c[1]))
+                # Equal spans: the earlier pattern wins (not the order candidates were decided in, which a
+                # lookahead waiting for its bytes changes with the split).
+                ready.sort(key=lambda c: (c[0], -c[1], c[2]))
                 pats = self._db.patterns
                 last = self._done_to
                 olast = self._oend
@@ -347,6 +410,7 @@ class StreamScanner:
             self._closed = True
             self._stream.close(match_event_handler=self._on_match)
             self._new.clear()
+            self._pend.clear()
 
     def __del__(self) -> None:
         # hs streams are malloc'd and the binding frees nothing on garbage collection.

@@ -5,12 +5,14 @@ dotted runs that are no IPv4, and whole PEM blocks; plus `regions` config valida
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgw.policy.pii import PiiDetector, PiiPolicy, problems
-from fastgw.scan.database import ScanDB
+from fastgw.scan.database import Pattern, PatternError, ScanDB, Span
 from fastgw.scan.patterns import BUILTIN, patterns_for
 from fastgw.scan.phones import DEFAULT_REGIONS, NONE, PHONE_WORD, VETO, PhoneValidator, phone_label, unknown_regions
-from fastgw.scan.scanner import find_spans
+from fastgw.scan.scanner import StreamScanner, find_spans
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +175,94 @@ def test_a_card_wrapped_across_lines_or_dotted_is_found(db: ScanDB, text: str) -
 
 def test_mixed_dashes_and_spaces_are_no_card_layout(db: ScanDB) -> None:
     assert "CREDIT_CARD" not in [e for _, e in found(db, "ref 4111-1111 1111-1111 here")]
+
+
+# --- values glued to the next word: the not_followed_by lookahead -----------------------------------------------
+
+@pytest.mark.parametrize(("text", "value", "entity"), [
+    ("379-57-2229Ground floor", "379-57-2229", "US_SSN"),
+    ("(652) 402-6603Purpose of the call", "(652) 402-6603", "PHONE"),
+    ("card 4111 1111 1111 1111Exp 12/29", "4111 1111 1111 1111", "CREDIT_CARD"),
+    ("card 4111111111111111exp", "4111111111111111", "CREDIT_CARD"),
+    ("SSN 078-05-1120and more", "078-05-1120", "US_SSN"),
+    ("host 10.0.0.1abc", "10.0.0.1", "IP_ADDRESS"),
+    ("IBAN DE89370400440532013000Ground", "DE89370400440532013000", "IBAN"),
+])
+def test_a_value_is_found_whatever_letter_follows_it(db: ScanDB, text: str, value: str, entity: str) -> None:
+    assert found(db, text) == [(value, entity)]
+
+
+@pytest.mark.parametrize("text", [
+    "379-57-22290", "id 379-57-22290 here", "card 4111 1111 1111 11112 x", "4111111111111111123456",
+    "(652) 402-66031", "run 1.2.3.4.5", "run 1.2.3.4.5 now", "v 10.0.0.1.2", "IP 1.2.3.4567",
+    "DE893704004405320130001",
+])
+def test_a_prefix_of_a_longer_digit_or_dotted_run_is_not_reported(db: ScanDB, text: str) -> None:
+    assert found(db, text) == [], text
+
+
+def test_an_address_ending_a_sentence_is_still_found(db: ScanDB) -> None:
+    assert found(db, "The gateway is 10.0.0.1.") == [("10.0.0.1", "IP_ADDRESS")]
+    assert found(db, "10.0.0.1.") == [("10.0.0.1", "IP_ADDRESS")]
+    assert found(db, "10.0.0.1") == [("10.0.0.1", "IP_ADDRESS")]
+    assert found(db, "at 10.0.0.1. Next") == [("10.0.0.1", "IP_ADDRESS")]
+
+
+def _streamed(db: ScanDB, data: bytes, pieces: list[bytes]) -> list[Span]:
+    sc = StreamScanner(db)
+    spans: list[Span] = []
+    done = fed = 0
+    try:
+        for final, piece in [(False, p) for p in pieces] + [(True, b"")]:
+            sc.feed(piece)
+            fed += len(piece)
+            safe, new = sc.settle(final=final)
+            assert done <= safe <= fed
+            # A settled span is final: it lies before the safe offset, and nothing is released past a
+            # candidate whose lookahead bytes have not arrived.
+            assert all(done <= s.start and s.end <= safe for s in new), (done, safe, new)
+            spans += new
+            done = safe
+    finally:
+        sc.close()
+    assert done == len(data)
+    return spans
+
+
+_GLUE = ["379-57-2229", "(652) 402-6603", "4111 1111 1111 1111", "4111111111111111", "10.0.0.1", "1.2.3.4",
+         "DE89370400440532013000", "078-05-1120", "212-555-0134"]
+_AFTER = ["", "0", "1", ".", ".5", "..", ". ", "Ground", "x", " ", "\n", "12", ".2.3", "-"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["", " ", "run ", "IP ", "x", "\n"]), st.sampled_from(_GLUE),
+                          st.sampled_from(_AFTER)), min_size=1, max_size=4), st.data())
+def test_lookahead_whole_equals_any_split(db: ScanDB, parts: list[tuple[str, str, str]], data: st.DataObject) -> None:
+    raw = "".join(a + b + c for a, b, c in parts).encode()
+    whole = find_spans(db, raw)
+    assert _streamed(db, raw, [raw]) == whole
+    assert _streamed(db, raw, [raw[i:i + 1] for i in range(len(raw))]) == whole
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=12))
+    bounds = [0, *sorted(set(cuts) - {0, len(raw)}), len(raw)]
+    assert _streamed(db, raw, [raw[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]) == whole
+
+
+def test_pending_candidate_holds_the_text(db: ScanDB) -> None:
+    sc = StreamScanner(db)
+    sc.feed(b"ping 10.0.0.1")
+    safe, spans = sc.settle()
+    assert safe <= 5 and spans == []
+    sc.feed(b".")
+    safe, spans = sc.settle()
+    assert safe <= 5 and spans == []  # '.5' would make it the front of a dotted run
+    sc.feed(b" ok")
+    safe, spans = sc.settle()
+    assert [(s.start, s.end, s.entity) for s in spans] == [(5, 13, "IP_ADDRESS")] and safe > 13
+    sc.settle(final=True)
+
+
+def test_not_followed_by_is_checked() -> None:
+    with pytest.raises(PatternError):
+        ScanDB([Pattern("X", "X", rb"\d+", 8, not_followed_by=((),))])
+    with pytest.raises(PatternError):
+        ScanDB([Pattern("X", "X", rb"\d+", 8, not_followed_by=((b"",),))])

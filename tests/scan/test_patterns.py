@@ -253,9 +253,10 @@ def test_documented_ambiguities(db: ScanDB) -> None:
     # Five parts: the tail is never an address (the context before it is a dotted run), nor is a labelled run.
     assert found(db, b"oid 1.2.3.4.5") == []
     assert found(db, b"build 4.20.18.6.20") == []
-    # Known limit: an unlabelled run's leftmost four parts are still reported (the scanner offers validators
-    # no context after a match, so '.5' cannot veto them).
-    assert found(db, b"run 1.2.3.4.5") == [(b"1.2.3.4", "IP_ADDRESS")]
+    # Nor its front: '.5' after the first four parts vetoes them (Pattern.not_followed_by), while a full stop
+    # ending the sentence does not.
+    assert found(db, b"run 1.2.3.4.5") == []
+    assert found(db, b"run 1.2.3.4. Next") == [(b"1.2.3.4", "IP_ADDRESS")]
     # A secret longer than max_width is reported as its first max_width bytes.
     long_key = "sk-" + "a1" * 200
     assert found(db, long_key.encode()) == [(long_key[:256].encode(), "API_KEY")]
