@@ -289,12 +289,7 @@ def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
                  "messages": messages}
     if system is not None:
         out["system"] = system
-    if sp.temperature is not None:
-        out["temperature"] = sp.temperature
-    if sp.top_p is not None:
-        out["top_p"] = sp.top_p
-    if sp.stop:
-        out["stop_sequences"] = sp.stop
+    out.update(sp.named({"temperature": "temperature", "top_p": "top_p", "stop": "stop_sequences"}))
     tools = body.get("tools")
     if tools:
         # tool_choice and parallel_tool_calls mean nothing without tools (and Anthropic refuses a lone tool_choice).

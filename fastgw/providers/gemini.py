@@ -460,18 +460,16 @@ def _tool_choice(tc: object) -> dict:
     raise _bad("tool_choice must be auto, none, required or a function", "tool_choice", "invalid_value")
 
 
+#: Our sampling fields -> Gemini's generationConfig names.
+_SAMPLING = {"temperature": "temperature", "top_p": "topP", "presence_penalty": "presencePenalty",
+             "frequency_penalty": "frequencyPenalty", "seed": "seed", "max_tokens": "maxOutputTokens",
+             "stop": "stopSequences"}
+
+
 def _generation_config(req: ChatRequest) -> dict:
     body = req.body
     sp = req.sampling
-    gc: dict = {}
-    for dst, value in (("temperature", sp.temperature), ("topP", sp.top_p), ("presencePenalty", sp.presence_penalty),
-                       ("frequencyPenalty", sp.frequency_penalty), ("seed", sp.seed)):
-        if value is not None:
-            gc[dst] = value
-    if sp.max_tokens is not None:
-        gc["maxOutputTokens"] = sp.max_tokens
-    if sp.stop:
-        gc["stopSequences"] = sp.stop
+    gc = sp.named(_SAMPLING)
     n = body.get("n")
     if n is not None and n != 1:
         gc["candidateCount"] = n

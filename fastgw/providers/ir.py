@@ -112,6 +112,16 @@ class Sampling(msgspec.Struct, frozen=True, gc=False):
     presence_penalty: Any = None
     stop: list[str] | None = None
 
+    def named(self, names: dict[str, str]) -> dict:
+        """The parameters the client set, under the provider's names (`names`: our field -> theirs; a
+        non-empty `stop` counts as set)."""
+        out = {}
+        for src, dst in names.items():
+            value = getattr(self, src)
+            if value is not None and value != []:
+                out[dst] = value
+        return out
+
 
 class ChatRequest(msgspec.Struct, frozen=True):
     """An OpenAI chat completions request, parsed once."""

@@ -202,6 +202,11 @@ def _format(rf: object) -> object:
     return None
 
 
+#: Our sampling fields -> Ollama's `options` names.
+_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "presence_penalty": "presence_penalty",
+             "frequency_penalty": "frequency_penalty", "max_tokens": "num_predict", "stop": "stop"}
+
+
 def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
     """The `/api/chat` request body for an OpenAI chat request."""
     n = body.get("n")
@@ -213,15 +218,7 @@ def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
     if tools:
         out["tools"] = tools
     sp = req.sampling
-    options: dict = {}
-    for name, value in (("temperature", sp.temperature), ("top_p", sp.top_p), ("seed", sp.seed),
-                        ("presence_penalty", sp.presence_penalty), ("frequency_penalty", sp.frequency_penalty)):
-        if value is not None:
-            options[name] = value
-    if sp.max_tokens is not None:
-        options["num_predict"] = sp.max_tokens
-    if sp.stop:
-        options["stop"] = sp.stop
+    options = sp.named(_SAMPLING)
     if options:
         out["options"] = options
     fmt = _format(body.get("response_format"))
