@@ -49,7 +49,6 @@ _PASS_HEADERS = frozenset({b"openai-processing-ms", b"openai-version", b"openai-
                            b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-requests",
                            b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-requests",
                            b"x-ratelimit-reset-tokens", b"x-should-retry"})
-_PASS = OpenAIAdapter()  # the native endpoints: the client speaks the provider's own API, nothing to translate
 _DIALECT = {Endpoint.RESPONSES: "responses", Endpoint.MESSAGES: "messages"}
 
 

@@ -13,24 +13,14 @@ from hypothesis import strategies as st
 
 from fastgw.api.errors import GatewayError
 from fastgw.api.sse import DONE
-from fastgw.config import PiiDetector
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
-from fastgw.policy.pii import PiiPolicy
 from fastgw.policy.stream import StreamBlocked, StreamPolicy, core, open_stream
 from fastgw.proto.sse import SSEDecoder, encode_data
 from fastgw.scan.scanner import find_spans
-from tests.support.sse_streams import PII, WORDS, split_text
+from tests.support.sse_streams import PII, WORDS, pii_policy, split_text
 
-_POLICIES: dict[str, PiiPolicy] = {}
-
-
-def policy(action: str = "redact") -> PiiPolicy:
-    if action not in _POLICIES:
-        p = PiiPolicy(PiiDetector(action=action))
-        p.allocate_scratch()
-        _POLICIES[action] = p
-    return _POLICIES[action]
+policy = pii_policy
 
 
 def _ctx() -> RequestContext:

@@ -12,24 +12,15 @@ import pytest
 from fastgw.api import dialects
 from fastgw.api.errors import GatewayError, UpstreamTimeout
 from fastgw.api.sse import DONE
-from fastgw.config import PiiDetector
 from fastgw.policy.base import PolicyViolation, RequestContext
 from fastgw.policy.chain import Chain
 from fastgw.policy.findings import Finding, Findings
-from fastgw.policy.pii import PiiPolicy
 from fastgw.policy.stream import (ChatStreamPolicy, MessagesStreamPolicy, ResponsesStreamPolicy, StreamBlocked,
                                   StreamPolicy, TextKey, open_stream)
+from tests.support.sse_streams import pii_policy
 from fastgw.proto.sse import SSEDecoder, encode_data, encode_event
 
-_POLICIES: dict[str, PiiPolicy] = {}
-
-
-def policy(action: str = "redact") -> PiiPolicy:
-    if action not in _POLICIES:
-        p = PiiPolicy(PiiDetector(action=action))
-        p.allocate_scratch()
-        _POLICIES[action] = p
-    return _POLICIES[action]
+policy = pii_policy
 
 
 def _ctx(path: str = "/v1/chat/completions") -> RequestContext:

@@ -6,6 +6,7 @@ import orjson
 from hypothesis import strategies as st
 
 from fastgw.api.sse import DONE
+from fastgw.policy.pii import PiiDetector, PiiPolicy
 from fastgw.proto.sse import encode_data
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then", "some", "more", "text",
@@ -55,3 +56,16 @@ def streams(draw):
     if draw(st.booleans()):
         cuts = list(range(0, len(wire), draw(st.integers(1, 7))))  # down to 1-byte TCP segments
     return text, pieces, wire, cuts
+
+
+_POLICIES: dict[str, PiiPolicy] = {}
+
+
+def pii_policy(action: str = "redact") -> PiiPolicy:
+    """A default pii-detector policy with this action, compiled once per test process."""
+    if action not in _POLICIES:
+        p = PiiPolicy(PiiDetector(action=action))
+        p.allocate_scratch()
+        _POLICIES[action] = p
+    return _POLICIES[action]
+
