@@ -588,7 +588,9 @@ def _t_ticket(d: _Doc, g: _Gen) -> None:
             d.put(g.decoy(cls))
             d.add("\n")
     d.add("\n" + g.sentence() + " ")
-    _put_value(d, g, g.pick("PHONE", "EMAIL", "CREDIT_CARD", "IBAN", "US_SSN"), f"{w['contact']}: ", ".\n\n")
+    e = g.pick("PHONE", "EMAIL", "CREDIT_CARD", "IBAN", "US_SSN")
+    # (an SSN is written after its own label: the bare nine-digit form is one only there)
+    _put_value(d, g, e, f"{_label(g, e) if e == 'US_SSN' else w['contact']}: ", ".\n\n")
     d.put(g.decoy(g.pick("ISBN", "INVOICE", "EPOCH", "TIME", "VERSION")))
     d.add("\n" + w["bye"])
 

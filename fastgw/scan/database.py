@@ -43,6 +43,13 @@ NOT_DIGIT: tuple[tuple[bytes, ...], ...] = ((DIGITS,),)
 NOT_DOTTED: tuple[tuple[bytes, ...], ...] = ((DIGITS,), (b".", DIGITS))
 #: The longest `not_followed_by` sequence a pattern may have: the scanner holds a candidate that long at most.
 MAX_LOOKAHEAD = 8
+#: The longest markdown table header line the scanner remembers for `Pattern.table_context` (longer: none).
+MAX_TABLE_HEADER = 512
+
+# A markdown table's delimiter row ('| --- | :---: |', GFM 0.29 section 4.10) and a blank line, which ends a table.
+# Matched in the same database as the detectors (ids after the closing markers) when a pattern wants tables.
+_TABLE_RULE = rb"^[ ]{0,3}\|?[ ]*:?-+:?[ ]*(?:\|[ ]*:?-+:?[ ]*)+\|?[ ]*\r?$"
+_BLANK_LINE = rb"\n[ \t]*\r?\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +73,8 @@ class Pattern:
     expression drop its trailing word boundary, so a value glued to a letter ('379-57-2229Ground') is found while a
     prefix of a longer digit run ('379-57-22290') is not. While those bytes have not arrived the scanner holds
     the text from the candidate's start (the same decision under every split); at the end of the text a
-    sequence cut short does not match. Checked after the validators; each sequence at most `MAX_LOOKAHEAD`.
+    sequence cut short does not match. Checked before the validators (so they need not judge every prefix of a
+    digit run); each sequence at most `MAX_LOOKAHEAD`.
 
     Blocks (`block_until`, e.g. a PEM private key): `expression` matches the *opening marker only*
     (`-----BEGIN RSA PRIVATE KEY-----`), `block_until` the closing one (`-----END RSA PRIVATE KEY-----`; any
@@ -95,11 +103,21 @@ class Pattern:
     alphabet: bytes | None = None
     start: bytes | None = None
     #: (value, up to CONTEXT_BYTES canonical bytes before it) -> accept; see the class docstring.
-    context_validator: Callable[[bytes, bytes], bool] | None = None
+    context_validator: Callable[..., bool] | None = None
     #: Closing-marker expression of a block pattern (same flags as `expression`); see the class docstring.
     block_until: bytes | None = None
     #: Byte-set sequences that must not follow a match (a lookahead); see the class docstring.
     not_followed_by: tuple[tuple[bytes, ...], ...] = ()
+    #: Call `context_validator` with the current markdown table header too; see the class docstring.
+    table_context: bool = False
+    #: Bytes the expression matches after the value (a letter the value is glued to): cut from every match
+    #: before it is checked, validated and reported. `max_width` counts them.
+    trailing: int = 0
+    #: `hold_from(run) -> n`: of the trailing run of the pattern's alphabet (at most `max_width` bytes), how many
+    #: last bytes could be a match in progress: the holdback of a pattern whose alphabet is most of prose
+    #: (lower-case letters and spaces) without holding all of it. The pattern gets a holdback group of its
+    #: own. None: from the first possible start byte of the run.
+    hold_from: Callable[[bytes], int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,15 +235,17 @@ def derive_alphabet(expression: bytes, caseless: bool = False) -> tuple[bytes, b
 class _Group:
     """Patterns sharing alphabet, start bytes and width: the holdback treats them as one."""
 
-    __slots__ = ("alphabet", "start_re", "width")
+    __slots__ = ("alphabet", "start_re", "width", "hold_from")
 
-    def __init__(self, alphabet: bytes, start: bytes, width: int) -> None:
+    def __init__(self, alphabet: bytes, start: bytes, width: int,
+                 hold_from: Callable[[bytes], int] | None = None) -> None:
         self.alphabet = alphabet
         # None when any byte of the alphabet can start a match: the whole run is the holdback.
         starts_anywhere = set(start) >= set(alphabet)
         self.start_re = None if starts_anywhere or not start else \
             re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in start) + b"]")
         self.width = width
+        self.hold_from = hold_from
 
 
 @dataclass(slots=True)
@@ -248,6 +268,9 @@ class ScanDB:
     blocks: bool = field(init=False)
     #: Per pattern, its `not_followed_by` as sequences of byte sets (None: no lookahead).
     follow: list[tuple[tuple[frozenset[int], ...], ...] | None] = field(init=False)
+    #: Hyperscan ids of the table delimiter row and of a blank line (-1: no pattern wants table context).
+    table_rule: int = field(init=False)
+    blank_line: int = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -259,6 +282,7 @@ class ScanDB:
         # width). A merged class can only hold back more than its members would, never less, and each
         # class costs one pass over every fed byte: few classes keep redaction of clean text cheap.
         classes: dict[object, tuple[set[int], set[int], int]] = {}
+        held: dict[object, Callable[[bytes], int]] = {}
         letters = set(range(65, 91)) | set(range(97, 123))
         self.widths = [_opening_width(p) if p.block_until is not None else p.max_width for p in self.patterns]
         self.closers = [i for i, p in enumerate(self.patterns) if p.block_until is not None]
@@ -278,8 +302,11 @@ class ScanDB:
             if p.start is not None:
                 start = p.start
             a = set(alphabet)
-            if 32 not in a:
-                key: object = "no-space"  # words, keys, addresses: a space always ends their run
+            if p.hold_from is not None:
+                key: object = ("hold_from", p.name)
+                held[key] = p.hold_from
+            elif 32 not in a:
+                key = "no-space"  # words, keys, addresses: a space always ends their run
             elif not a & letters:
                 key = "spaced-digits"  # cards, SSNs, phones: digits with separators
             else:
@@ -287,9 +314,14 @@ class ScanDB:
             ca, cs, cw = classes.get(key, (set(), set(), 0))
             # A block pattern's holdback is its opening marker's: once that matches, the scanner holds the block.
             classes[key] = (ca | a, cs | set(start), max(cw, width))
-        self.groups = [_Group(bytes(sorted(a)), bytes(sorted(st)), w) for a, st, w in classes.values()]
+        self.groups = [_Group(bytes(sorted(a)), bytes(sorted(st)), w, held.get(k)) for k, (a, st, w) in classes.items()]
         self.max_width = max(p.max_width for p in self.patterns)
-        self.hs = compile_patterns(self.patterns)
+        tables = any(p.table_context for p in self.patterns)
+        if tables:
+            self.window = max(self.window, 2 * MAX_TABLE_HEADER)  # a header line and its delimiter row
+        n = len(self.patterns) + len(self.closers)
+        self.table_rule, self.blank_line = (n, n + 1) if tables else (-1, -1)
+        self.hs = compile_patterns(self.patterns, tables)
 
     def allocate_scratch(self) -> None:
         """One scratch per worker process, allocated after fork (Hyperscan scratch is not shareable)."""
@@ -322,10 +354,11 @@ def _opening_width(p: Pattern) -> int:
     return min(int(hi), p.max_width) if 0 < hi < sre_parse.MAXREPEAT else p.max_width
 
 
-def compile_patterns(patterns: Sequence[Pattern]) -> hyperscan.Database:
+def compile_patterns(patterns: Sequence[Pattern], tables: bool = False) -> hyperscan.Database:
     """One stream-mode database; a pattern Hyperscan rejects raises PatternError naming it.
 
-    Ids 0..n-1 are the patterns; the closing markers of block patterns follow, in pattern order."""
+    Ids 0..n-1 are the patterns; the closing markers of block patterns follow, in pattern order; with
+    `tables`, then the table delimiter row and the blank line."""
     exprs: list[tuple[Pattern, bytes, int]] = []
     for p in patterns:
         f = hyperscan.HS_FLAG_SOM_LEFTMOST
@@ -339,6 +372,10 @@ def compile_patterns(patterns: Sequence[Pattern]) -> hyperscan.Database:
             if not p.block_until:
                 raise PatternError(p.name, "empty block_until")
             exprs.append((p, p.block_until, f))
+    if tables:
+        marker = Pattern("(table rows)", "", b"", 1)
+        exprs.append((marker, _TABLE_RULE, hyperscan.HS_FLAG_SOM_LEFTMOST | hyperscan.HS_FLAG_MULTILINE))
+        exprs.append((marker, _BLANK_LINE, hyperscan.HS_FLAG_SOM_LEFTMOST))
     mode = hyperscan.HS_MODE_STREAM | hyperscan.HS_MODE_SOM_HORIZON_LARGE
     db = hyperscan.Database(mode=mode)
     try:

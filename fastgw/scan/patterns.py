@@ -27,8 +27,8 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from fastgw.scan import validators as v
-from fastgw.scan.database import NOT_DIGIT, NOT_DOTTED, Pattern, PatternError
-from fastgw.scan.phones import CANDIDATE, CANDIDATE_WIDTH, DEFAULT_REGIONS, PhoneValidator
+from fastgw.scan.database import DIGITS, NOT_DIGIT, NOT_DOTTED, Pattern, PatternError
+from fastgw.scan.phones import CANDIDATE, CANDIDATE_GLUED, CANDIDATE_WIDTH, DEFAULT_REGIONS, VETO, PhoneValidator, phone_label
 
 __all__ = ["BUILTIN", "ENTITIES", "patterns_for", "custom_pattern", "DEFAULT_CUSTOM_WIDTH", "PEM_WIDTH"]
 
@@ -80,6 +80,20 @@ PEM_WIDTH = 16384
 # The validator of the built-in PHONE pattern (DEFAULT_REGIONS); patterns_for(regions=...) makes others.
 _PHONE = PhoneValidator(DEFAULT_REGIONS)
 
+
+def _no_hold(run: bytes) -> int:
+    """PHONE_GLUED holds nothing of its own: a match in progress is digits the PHONE group holds."""
+    return 0
+
+
+def _not_vetoed(value: bytes, before: bytes, table: bytes = b"") -> bool:
+    """A NANP-layout number is a phone unless a label says otherwise ('Order #: 455 355 0519', an Order column)."""
+    return phone_label(before, table) != VETO
+
+
+#: A card is not followed by a digit, nor by a separator and a digit (another group of a longer number).
+NOT_GROUPED: tuple[tuple[bytes, ...], ...] = ((DIGITS,), (b" -.", DIGITS))
+
 # --- the detectors -------------------------------------------------------------------------------
 
 BUILTIN: tuple[Pattern, ...] = (
@@ -99,16 +113,22 @@ BUILTIN: tuple[Pattern, ...] = (
     Pattern("US_SSN_BARE", "US_SSN", rb"\b\d{9}", 9, v.ssn, context_validator=v.ssn_context,
             not_followed_by=NOT_DIGIT),
     # ISO/IEC 7812: at most 19 digits; four separators (two bytes for CRLF) in the 4-4-4-4-3 layout.
-    Pattern("CREDIT_CARD", "CREDIT_CARD", rb"\b(?:" + _CARD + rb")", 27, v.card, not_followed_by=NOT_DIGIT),
+    # Neither digits nor another group right before or after it: the middle of a longer grouped number is none.
+    Pattern("CREDIT_CARD", "CREDIT_CARD", rb"\b(?:" + _CARD + rb")", 27, v.card, context_validator=v.card_context,
+            not_followed_by=NOT_GROUPED),
     # Candidates of every layout, confirmed by libphonenumber's rules (fastgw.scan.phones).
-    Pattern("PHONE", "PHONE", CANDIDATE, CANDIDATE_WIDTH, context_validator=_PHONE),
+    Pattern("PHONE", "PHONE", CANDIDATE, CANDIDATE_WIDTH, context_validator=_PHONE, table_context=True),
+    # Glued to the word after it: the letter is matched, then cut off (`trailing`); the PHONE group's holdback
+    # already holds the digits while the letter has not come.
+    Pattern("PHONE_GLUED", "PHONE", CANDIDATE_GLUED, CANDIDATE_WIDTH + 1, context_validator=_PHONE,
+            table_context=True, trailing=1, hold_from=_no_hold),
     # NANP written in its own layout is a phone without libphonenumber's say: that layout is the evidence,
     # and it keeps the fictional 555 numbers of examples and test data (which libphonenumber calls invalid).
     # The area code starts with 2-9; '+1 (555) 123-4567' is the widest form (17).
     Pattern("PHONE_NANP", "PHONE",
             rb"(?:\+1[ .-]?|\b1[ .-])?\([2-9]\d{2}\)[ .-]?" + _NANP_TAIL
             + rb"|(?:\+1[ .-]?|\b1[ .-]|\b)[2-9]\d{2}[ .-]" + _NANP_TAIL,
-            17, not_followed_by=NOT_DIGIT),
+            17, not_followed_by=NOT_DIGIT, context_validator=_not_vetoed, table_context=True),
     # Not the tail of a longer dotted run nor a labelled version (validators.ipv4_context), nor its front
     # (NOT_DOTTED: '1.2.3.4' of '1.2.3.4.5'; '10.0.0.1.' ending a sentence is still an address).
     Pattern("IPV4", "IP_ADDRESS", rb"\b\d{1,3}(?:\.\d{1,3}){3}", 15, v.ipv4, context_validator=v.ipv4_context,
@@ -120,8 +140,13 @@ BUILTIN: tuple[Pattern, ...] = (
             rb"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7} [A-Z0-9]{1,4})", 42, v.iban,
             not_followed_by=NOT_DIGIT),
     # Lower case, unspaced ('de89370400440532013000'): its alphabet has no space, so it shares the holdback
-    # of words (e-mail, keys) instead of holding every lower-case word of prose. Spaced lower case is not found.
+    # of words (e-mail, keys) instead of holding every lower-case word of prose.
     Pattern("IBAN_LOWER", "IBAN", rb"\b[a-z]{2}\d{2}[a-z0-9]{11,30}\b", 34, v.iban),
+    # Lower case in groups ('gb16 lkbb 8661 5093 4659 29'): its alphabet (lower case, digits, space) is most of
+    # prose, so its holdback starts only where a match could be in progress (`hold_from`): a word of two
+    # letters and two digits and the groups after it, or a last word of at most two letters.
+    Pattern("IBAN_LOWER_GROUPED", "IBAN", rb"\b[a-z]{2}\d{2}(?: [a-z0-9]{4}){2,7} [a-z0-9]{1,4}", 42, v.iban,
+            not_followed_by=NOT_DIGIT, hold_from=v.iban_grouped_hold),
     # AWS IAM unique-id prefixes (IAM User Guide, "Unique identifier prefixes"): 4 + 16 characters.
     Pattern("AWS_ACCESS_KEY", "AWS_ACCESS_KEY",
             rb"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]{16}\b", 20),
@@ -154,7 +179,7 @@ def patterns_for(entities: Iterable[str], regions: Sequence[str] | None = None) 
     out = [p for p in BUILTIN if p.entity in wanted]
     if regions is not None and tuple(regions) != DEFAULT_REGIONS:
         phone = PhoneValidator(regions)
-        out = [dataclasses.replace(p, context_validator=phone) if p.name == "PHONE" else p for p in out]
+        out = [dataclasses.replace(p, context_validator=phone) if p.context_validator is _PHONE else p for p in out]
     return out
 
 

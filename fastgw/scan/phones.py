@@ -13,8 +13,15 @@ regions (order and part numbers, epochs, dates), so:
   not the SSN layout (`666-12-3456`);
 - a label such as order, part, SKU, tracking, ref, invoice or ISBN just before it vetoes either kind.
 
-"Just before" is the nearest label among the last `CONTEXT_CHARS` characters on the same line: the nearest
-word wins, so `order 123, call 0151 98109301` is a phone and `call about order 0151 981093` is not.
+"Just before" is the nearest label among the last `CONTEXT_CHARS` characters on the same line and in the same
+sentence: the nearest word wins, so `order 123, call 0151 98109301` is a phone and `call about order 0151 981093`
+is not, while `call Ana at 0151 98109301. Order: 2001-05-19` leaves the date alone (the phone word is in the
+sentence before). In a markdown table row the label is the one in the value's own cell, else its column's
+header (`| Phone |`, `| Bestellnummer |`): the scanner remembers the header line (`Pattern.table_context`).
+
+A national number written as one bare run of digits passes on layout alone only when it starts with its
+region's trunk prefix `0` (`04222369430`, `0684133243`): order numbers, epochs and ids rarely do, and
+national numbers in most of Europe, Brazil, Japan and Australia always do.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import phonenumbers
 from phonenumbers import Leniency, NumberParseException, PhoneNumberMatcher
 
 __all__ = ["DEFAULT_REGIONS", "CONTEXT_CHARS", "PhoneValidator", "phone_label", "unknown_regions", "NONE", "PHONE_WORD", "VETO",
-           "CANDIDATE", "CANDIDATE_WIDTH"]
+           "CANDIDATE", "CANDIDATE_GLUED", "CANDIDATE_WIDTH"]
 
 #: Regions a national-format number may belong to when none are configured: the markets of the locales
 #: LLM traffic is most often written in (North America, the large EU economies and their neighbours,
@@ -45,11 +52,17 @@ CONTEXT_CHARS = 40
 
 # --- the candidate pattern ----------------------------------------------------------------------------
 
-# Digits with at most two separators between them ('+44 (0) 20': ' (' and ') '), 7-17 digits (E.164's 15,
+# Digits with at most two separators between them ('+44 (0) 20': ' (' and ') ') or one dot ('04.81.36'; never
+# '. ', which ends a sentence, not a group), 7-17 digits (E.164's 15,
 # a '(0)' trunk and a national '0'), then an optional extension ('x590', 'ext. 12', '#12'). Starts at '+',
 # '(' or a word boundary; ends at a word boundary, so a prefix of a longer digit run is never a candidate.
-CANDIDATE = (rb"(?:\+[ ]?\(?|\(|\b)\d(?:[ .()/-]{0,2}\d){6,16}"
-             rb"(?:[ ]?(?:[xX]|[eE][xX][tT]\.?|#)[ ]?\d{1,6})?\b")
+CANDIDATE_BODY = (rb"(?:\+[ ]?\(?|\(|\b)\d(?:(?:[ ()/-]{1,2}|\.)?\d){6,16}"
+                  rb"(?:[ ]?(?:[xX]|[eE][xX][tT]\.?|#)[ ]?\d{1,6})?")
+CANDIDATE = CANDIDATE_BODY + rb"\b"
+#: The same number glued to the letter after it ('0151 98109301Ground'): the letter is matched and cut off
+#: (`Pattern.trailing`). A pattern of its own, because dropping CANDIDATE's trailing \b would report (and
+#: judge) every prefix of every digit run: +25 % CPU per event on digit-heavy text.
+CANDIDATE_GLUED = CANDIDATE_BODY + rb"[A-Za-z]"
 #: '+ (' + 17 digits with two separators each + ' ext. ' + 6 digits.
 CANDIDATE_WIDTH = 3 + 17 + 16 * 2 + 6 + 6
 
@@ -58,13 +71,13 @@ CANDIDATE_WIDTH = 3 + 17 + 16 * 2 + 6 + 6
 _PHONE_WORDS = (
     # en
     r"phone\w*", r"tel", r"tele?phone\w*", r"mobile?", r"cell\w*", r"fax", r"call\w*", r"dial", r"ring",
-    r"sms", r"text(?: me| us)?", r"whats ?app", r"hotline", r"helpline", r"contact", r"reach(?: \w+)? at",
+    r"sms", r"text(?: me| us)?", r"whats ?app", r"hotline", r"helpline", r"contact\w*", r"reach(?: \w+)? at",
     # de, nl ('Handynummer', 'Rufnummer'; 'bel me', 'belt u')
     r"(?:handy|mobil|ruf|fax|telefon)\w*", r"anruf\w*", r"rufen", r"erreichbar\w*", r"durchwahl",
     r"telefoon\w*", r"mobiel\w*", r"bel", r"belt", r"bellen", r"gsm",
     # fr, es, pt, it
     r"t[ée]l[ée]?", r"t[ée]l[ée]phone\w*", r"portable", r"appel\w*", r"joindre", r"tel[ée]fono\w*",
-    r"m[óo]vil", r"celular", r"llam\w*", r"ligar?", r"ligue\w*", r"contato", r"chiam\w*", r"cellulare",
+    r"m[óo]vil", r"celular", r"llam\w*", r"ligar?", r"ligue\w*", r"contat\w*", r"chiam\w*", r"cellulare",
     # markup
     r"tel:", r"callto:", r"msisdn",
 )
@@ -75,13 +88,15 @@ _VETO_WORDS = (
     r"inv", r"isbn\w*", r"issn", r"id", r"uuid", r"serial", r"s/?n", r"account", r"acct", r"iban", r"bic",
     r"ticket", r"case", r"po", r"customer", r"item", r"article", r"model", r"version", r"build", r"v", r"zip",
     r"postal", r"plz", r"pin", r"otp", r"code", r"ssn", r"tin", r"vat", r"ust", r"tax", r"ein", r"card", r"ip",
-    r"timestamp", r"epoch", r"ts", r"date", r"price", r"total", r"amount", r"batch", r"lot",
+    r"timestamp", r"epoch", r"ts", r"date", r"price", r"total", r"amount", r"batch", r"lot", r"rma", r"track\w*",
+    r"created\w*", r"updated\w*", r"\w+_(?:at|id|no|ts)", r"n[°º]",
     # de, nl, fr, es, pt, it
-    r"bestell\w*", r"auftrag\w*", r"rechnung\w*", r"artikel\w*", r"kunden\w*", r"sendung\w*", r"teil\w*",
-    r"bestelling\w*", r"factuur\w*", r"commande", r"facture", r"r[ée]f[ée]rence", r"pedido", r"factura",
-    r"referencia", r"fatura", r"ordine", r"fattura",
+    r"bestel\w*", r"auftrag\w*", r"rechnung\w*", r"artikel\w*", r"kunden\w*", r"sendung\w*", r"teil\w*",
+    r"datum", r"onderdeel\w*", r"totaal", r"factuur\w*", r"commande", r"facture", r"r[ée]f[ée]rence",
+    r"pedido", r"factura", r"referencia", r"fatura", r"ordine", r"fattura", r"fecha", r"data", r"c[óo]digo",
+    r"pe[çc]a", r"nota fiscal", r"rastreio", r"seguimiento", r"env[íi]o", r"spedizione", r"codice", r"articolo",
 )
-_VETO_CJK = (r"注文", r"請求", r"品番", r"型番", r"订单", r"주문")
+_VETO_CJK = (r"注文", r"請求", r"品番", r"型番", r"追跡", r"伝票", r"日付", r"订单", r"주문")
 # The nearest label wins: a phone word or a veto, searched as whole words in the text before a candidate.
 _LABEL = re.compile(
     r"(?P<phone>(?<!\w)(?:" + "|".join(_PHONE_WORDS) + r")(?!\w)|" + "|".join(_PHONE_CJK) + ")"
@@ -91,16 +106,49 @@ _LABEL = re.compile(
 NONE, PHONE_WORD, VETO = 0, 1, 2
 
 
-def phone_label(before: bytes) -> int:
-    """NONE, PHONE_WORD or VETO: the nearest label in the last CONTEXT_CHARS characters of `before`'s last line."""
-    text = before.decode("utf-8", "ignore")
-    text = text[text.rfind("\n") + 1:][-CONTEXT_CHARS:]
+# A sentence ends between a label and the value: the label belongs to the sentence before.
+# (A word of three letters or more, or a digit: 'No.', 'Nr.' and 'nº.' are abbreviations inside a label.)
+_SENTENCE_END = re.compile(r"(?:[^\W\d_]{3}|\d)[.!?;]\s|[。！？]")
+_ENDS_SENTENCE = re.compile(r"[.!?]\s")
+_PIPE = re.compile(r"(?<!\\)\|")
+
+
+def _nearest(text: str) -> int:
+    """The kind of the nearest label in `text` that shares the sentence of its end."""
     last = None
     for last in _LABEL.finditer(text):
         pass
-    if last is None:
+    if last is None or _SENTENCE_END.search(text, last.end()):
         return NONE
-    return PHONE_WORD if last.group("phone") is not None else VETO
+    if last.group("phone") is not None:
+        return PHONE_WORD
+    # A vetoing word that ends its sentence ('... senior card. (907)803-2853') labels nothing after it; short
+    # ones are abbreviations that label the value ('Ref. 0084975770', 'Art. 12-345').
+    return NONE if last.end() - last.start() >= 4 and _ENDS_SENTENCE.match(text, last.end()) else VETO
+
+
+def phone_label(before: bytes, table: bytes = b"") -> int:
+    """NONE, PHONE_WORD or VETO: the nearest label in the last CONTEXT_CHARS characters of `before`'s last line;
+    in a markdown table row (`table`: its header line), the label in the value's cell, else its column's."""
+    text = before.decode("utf-8", "ignore")
+    line = text[text.rfind("\n") + 1:]
+    if not table or not line.lstrip().startswith("|"):
+        return _nearest(line[-CONTEXT_CHARS:])
+    cells = _PIPE.split(line)
+    own = _nearest(cells[-1][-CONTEXT_CHARS:])
+    if own != NONE:
+        return own
+    head = _PIPE.split(table.decode("utf-8", "ignore").strip())
+    if head and head[0].strip() == "":
+        head = head[1:]  # a leading pipe: cells[0] is the text before it, as in the row
+    col = len(cells) - 2
+    if 0 <= col < len(head):
+        last = None
+        for last in _LABEL.finditer(head[col]):
+            pass
+        if last is not None:
+            return PHONE_WORD if last.group("phone") is not None else VETO
+    return NONE
 
 
 # --- the judgement ------------------------------------------------------------------------------------
@@ -109,6 +157,8 @@ _DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 # Shapes that need a phone word before a national number passes on layout alone: a bare digit run (epochs,
 # order and tracking numbers), fewer than 9 digits (times, short ids), slashes and dates, thousands groups.
 _BARE = re.compile(r"\d+")
+# A bare national number after the trunk prefix '0' (not the international '00'): 10 or 11 digits.
+_TRUNK_RUN = re.compile(r"0[1-9]\d{8,9}")
 _DATE = re.compile(r"\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d\d|(?:19|20)\d\d[./-]\d{1,2}[./-]\d{1,2}")
 _THOUSANDS = re.compile(r"\d{1,3}(?:[ .,]\d{3})+")
 _EXTENSION = re.compile(r"\s?(?:[xX#]|[eE][xX][tT]\.?)\s?\d+$")
@@ -142,16 +192,16 @@ class PhoneValidator:
         # bounded cache of verdicts (text and label) keeps libphonenumber (~25 µs a parse) off repeats.
         self.judge = functools.lru_cache(maxsize=2048)(self._judge)
 
-    def __call__(self, value: bytes, before: bytes = b"") -> bool:
+    def __call__(self, value: bytes, before: bytes = b"", table: bytes = b"") -> bool:
         try:
             text = value.decode("ascii")
         except UnicodeDecodeError:
             return False
-        return self.judge(text, phone_label(before))
+        return self.judge(text, phone_label(before, table))
 
     def _judge(self, text: str, label: int) -> bool:
-        if label == VETO or _DOTTED_QUAD.fullmatch(text):
-            return False  # a label says it is something else; four dotted numbers are an address or a version
+        if label == VETO or _DOTTED_QUAD.fullmatch(text) and all(int(n) < 256 for n in text.split(".")):
+            return False  # a label says it is something else; four dotted bytes are an address or a version
         try:
             if text[0] == "+":
                 return phonenumbers.is_valid_number(phonenumbers.parse(text, None))
@@ -160,7 +210,10 @@ class PhoneValidator:
             if label != PHONE_WORD and not _layout_alone(text):
                 return False
             for region in self.regions:
-                n = phonenumbers.parse(text, region)
+                try:
+                    n = phonenumbers.parse(text, region)
+                except NumberParseException:
+                    continue  # not a number of this region (too long for its plan): the next may take it
                 if not phonenumbers.is_valid_number_for_region(n, region):
                     continue
                 if label == PHONE_WORD or self._layout(text, region):
@@ -172,6 +225,8 @@ class PhoneValidator:
     def _layout(self, text: str, region: str) -> bool:
         """Whether `text` is written the way `region` writes national numbers."""
         trunk = self._trunk[region]
+        if trunk == "0" and _BARE.fullmatch(text):
+            return True  # a bare run after the trunk '0' (_layout_alone let only those through)
         if trunk:
             # Grouped after the trunk prefix: '0151 98109301', '(0406)-812415', '04.81.36.62.96'.
             m = _GROUPED.match(text)
@@ -185,8 +240,9 @@ class PhoneValidator:
 def _layout_alone(text: str) -> bool:
     """Whether a national number without a phone word may pass on its layout: see the shapes above."""
     main = _EXTENSION.sub("", text)
-    if ("/" in main or _BARE.fullmatch(main) or _DATE.fullmatch(main) or _THOUSANDS.fullmatch(main)
-            or _SSN_SHAPE.fullmatch(main)):
+    if _BARE.fullmatch(main):
+        return _TRUNK_RUN.fullmatch(main) is not None
+    if "/" in main or _DATE.fullmatch(main) or _THOUSANDS.fullmatch(main) or _SSN_SHAPE.fullmatch(main):
         return False
     return sum(c.isdigit() for c in main) >= 9
 

@@ -27,7 +27,7 @@ on to the next piece (see `Pattern`).
 
 from __future__ import annotations
 
-from fastgw.scan.database import CONTEXT_BYTES, MAX_LOOKAHEAD, ScanDB, Span
+from fastgw.scan.database import CONTEXT_BYTES, MAX_LOOKAHEAD, MAX_TABLE_HEADER, ScanDB, Span
 from fastgw.scan.fold import Folder
 
 __all__ = ["StreamScanner", "find_spans"]
@@ -59,6 +59,21 @@ def _followed(follow: _Follow, after: bytes, final: bool) -> bool | None:
     return None if undecided else False
 
 
+def _header_line(buf: bytes, rule: int, whole: bool) -> bytes:
+    """The line before the delimiter row starting at `rule` in `buf` (b"" when it is not all in `buf`, is longer
+    than MAX_TABLE_HEADER or does not look like a table row)."""
+    end = rule - 1
+    if end < 0:
+        return b""
+    if buf[end - 1:end] == b"\r":
+        end -= 1
+    nl = buf.rfind(b"\n", 0, end)
+    if nl < 0 and not whole:
+        return b""  # its start is no longer kept
+    line = buf[nl + 1:end]
+    return line if b"|" in line and len(line) <= MAX_TABLE_HEADER else b""
+
+
 class StreamScanner:
     """Scanner for one text stream (one choice's content, or one tool call's arguments).
 
@@ -68,7 +83,7 @@ class StreamScanner:
 
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
                  "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
-                 "_blk_first", "_pieces", "_regions", "_pend")
+                 "_blk_first", "_pieces", "_regions", "_pend", "_table")
 
     def __init__(self, db: ScanDB, json: bool = False) -> None:
         self._db = db
@@ -105,6 +120,8 @@ class StreamScanner:
         #: one ends at -1) that other candidates must stay out of.
         self._pieces: list[tuple[int, int, int, bool]] = []
         self._regions: list[tuple[int, int]] = []
+        #: The header line of the markdown table the text is in (b"": none); see `Pattern.table_context`.
+        self._table = b""
 
     def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> None:
         self._new.append((start, end, pid))
@@ -170,29 +187,41 @@ class StreamScanner:
             new.sort(key=lambda m: m[1])  # block markers and candidates interact: take them in text order
         for start, end, pid in new:
             if pid >= npat:
-                self._closing(start, end, db.closers[pid - npat])
+                if pid == db.table_rule:
+                    self._table = _header_line(buf, start - base, base == 0)
+                elif pid == db.blank_line:
+                    self._table = b""
+                else:
+                    self._closing(start, end, db.closers[pid - npat])
                 continue
             p = pats[pid]
             if end - start > db.widths[pid] or start < base:
                 continue  # wider than the pattern allows: not a match (the same rule holds for whole text)
-            value = buf[start - base:end - base]
-            if p.validator is not None and not p.validator(value):
-                continue
-            if p.context_validator is not None:
-                lo = start - CONTEXT_BYTES
-                before = buf[max(lo, base) - base:start - base]
-                if not p.context_validator(value, before):
-                    continue
-            if p.block_until is not None:
-                self._opening(start, end, pid)
-                continue
+            end -= p.trailing
             follow = db.follow[pid]
             pending = False
             if follow is not None:
+                # First: it is cheap, and a validator (libphonenumber) need not judge every prefix of a digit run.
                 d = _followed(follow, buf[end - base:end - base + MAX_LOOKAHEAD], False)
                 if d:
                     continue
                 pending = d is None
+            value = buf[start - base:end - base]
+            if p.validator is not None and not p.validator(value):
+                continue
+            if p.context_validator is not None:
+                if p.table_context:
+                    # The whole row so far (a column is counted by its pipes), within the kept window.
+                    before = buf[max(start - MAX_TABLE_HEADER, base) - base:start - base]
+                    ok = p.context_validator(value, before, self._table)
+                else:
+                    before = buf[max(start - CONTEXT_BYTES, base) - base:start - base]
+                    ok = p.context_validator(value, before)
+                if not ok:
+                    continue
+            if p.block_until is not None:
+                self._opening(start, end, pid)
+                continue
             mend = end
             # A byte-level class can start or end inside a multi-byte character: the span takes all of it, so
             # redaction never leaves half a character (the canonical text holds only whole characters).
@@ -300,7 +329,9 @@ class StreamScanner:
                 continue
             if r > g.width:
                 r = g.width
-            if g.start_re is None:
+            if g.hold_from is not None:
+                h = g.hold_from(self._suffix(r))
+            elif g.start_re is None:
                 h = r
             else:
                 m = g.start_re.search(self._suffix(r))

@@ -29,6 +29,8 @@ __all__ = [
     "openai_key",
     "ssn",
     "ssn_context",
+    "card_context",
+    "iban_grouped_hold",
 ]
 
 _DIGITS = frozenset(b"0123456789")
@@ -99,6 +101,27 @@ def ssn_context(data: bytes, before: bytes) -> bool:
     and needs the same context words to report them.
     """
     return _SSN_WORD.search(_near(before)) is not None
+
+
+_IBAN_GROUPED_PREFIX = re.compile(rb"(?<![A-Za-z0-9])(?:[a-z]{2}\d{2}(?: [a-z0-9]{1,4})*|[a-z]{2}\d) ?\Z")
+_LOWER = bytes(range(97, 123))
+
+
+def iban_grouped_hold(run: bytes) -> int:
+    """The holdback of a lower-case grouped IBAN in a run of lower-case letters, digits and spaces: from where a
+    match could be in progress ('... pay to gb16 lkbb 86'), or the last word of at most two letters ('... gb')."""
+    if run.translate(None, _LOWER + b" "):  # digits are left: an IBAN may have begun
+        m = _IBAN_GROUPED_PREFIX.search(run)
+        if m is not None:
+            return len(run) - m.start()
+    w = len(run) - len(run.rstrip(_LOWER))
+    return w if w <= 2 and (w == len(run) or not run[-w - 1:-w].isalnum()) else 0
+
+
+def card_context(data: bytes, before: bytes) -> bool:
+    """Not the inner groups of a longer grouped number ('9441 5625 5571 1000 6573 51': a tracking number whose
+    middle four groups pass Luhn, as one run of digits in ten does)."""
+    return not (before[-1:] in (b" ", b"-", b".") and before[-2:-1].isdigit())
 
 
 def ipv4_context(data: bytes, before: bytes) -> bool:

@@ -101,6 +101,7 @@ def test_regions_patterns_for_and_config() -> None:
         PhoneValidator(["XX"])
     only_jp = {p.name: p for p in patterns_for(["PHONE"], regions=["JP"])}
     assert only_jp["PHONE"].context_validator.regions == ("JP",)  # type: ignore[union-attr]
+    assert only_jp["PHONE_GLUED"].context_validator is only_jp["PHONE"].context_validator
     assert patterns_for(["PHONE"], regions=list(DEFAULT_REGIONS)) == patterns_for(["PHONE"])
     assert problems(PiiDetector(regions=["DE", "XX"])) == [("regions[1]", "unknown phone region 'XX' "
                                                                            "(ISO 3166 alpha-2, upper case)")]
@@ -187,6 +188,11 @@ def test_mixed_dashes_and_spaces_are_no_card_layout(db: ScanDB) -> None:
     ("SSN 078-05-1120and more", "078-05-1120", "US_SSN"),
     ("host 10.0.0.1abc", "10.0.0.1", "IP_ADDRESS"),
     ("IBAN DE89370400440532013000Ground", "DE89370400440532013000", "IBAN"),
+    # National and international numbers (PHONE_GLUED: the letter is matched, then cut off).
+    ("0151 98109301Ground", "0151 98109301", "PHONE"),
+    ("Telefon 030 1234567Zentrale", "030 1234567", "PHONE"),
+    ("+44 20 7946 0958Office", "+44 20 7946 0958", "PHONE"),
+    ("+1-633-212-2207x547Desk", "+1-633-212-2207x547", "PHONE"),
 ])
 def test_a_value_is_found_whatever_letter_follows_it(db: ScanDB, text: str, value: str, entity: str) -> None:
     assert found(db, text) == [(value, entity)]
@@ -266,3 +272,102 @@ def test_not_followed_by_is_checked() -> None:
         ScanDB([Pattern("X", "X", rb"\d+", 8, not_followed_by=((),))])
     with pytest.raises(PatternError):
         ScanDB([Pattern("X", "X", rb"\d+", 8, not_followed_by=((b"",),))])
+
+
+# --- context: tables, sentences, abbreviations (issue 14, second round) ----------------------------------
+
+_TABLE = ("| Name | Phone | E-mail | Order | Date |\n| --- | --- | --- | --- | --- |\n"
+          "| Jo Smith | {phone} | jo.smith@example.com | {order} | 2024-06-29 |\n")
+
+
+def test_a_table_column_names_its_values(db: ScanDB) -> None:
+    # A bare national number in a Phone column is one; a NANP-shaped number in an Order column is not.
+    text = _TABLE.format(phone="01314960181", order="736-860-5303")
+    assert found(db, text) == [("01314960181", "PHONE"), ("jo.smith@example.com", "EMAIL")]
+    # The same values outside a table: the order number (NANP layout, no label) is a phone, the bare run is
+    # found for its trunk '0' alone.
+    assert found(db, "Jo Smith 736-860-5303 and 01314960181") == [("736-860-5303", "PHONE"), ("01314960181", "PHONE")]
+
+
+def test_a_blank_line_ends_a_table(db: ScanDB) -> None:
+    text = _TABLE.format(phone="+44 20 7946 0958", order="12") + "\n| 736-860-5303 |\n"
+    assert ("736-860-5303", "PHONE") in found(db, text)
+
+
+def test_a_table_header_is_the_same_under_every_split(db: ScanDB) -> None:
+    text = (_TABLE.format(phone="0684133243", order="325-653-3939") * 2).encode()
+    whole = find_spans(db, text)
+    assert [text[s.start:s.end] for s in whole if s.entity == "PHONE"] == [b"0684133243"] * 2
+    for size in (1, 3, 7, 64):
+        sc = StreamScanner(db)
+        spans: list[Span] = []
+        for i in range(0, len(text), size):
+            sc.feed(text[i:i + size])
+            spans += sc.settle()[1]
+        spans += sc.settle(final=True)[1]
+        assert spans == whole, size
+
+
+def test_phone_label_in_a_table_row() -> None:
+    head = b"| Name | Phone | Bestellnummer |"
+    assert phone_label(b"| Jo | ", head) == PHONE_WORD
+    assert phone_label(b"| Jo | 0151 98109301 | ", head) == VETO
+    assert phone_label(b"| Jo | call ", head) == PHONE_WORD  # the cell's own label first
+    assert phone_label(b"| Jo | 1 | 2 | ", head) == NONE  # past the last column
+    assert phone_label(b"no row: ", head) == NONE
+
+
+def test_a_label_belongs_to_its_sentence(db: ScanDB) -> None:
+    # A veto word ('id') in the sentence before does not reach an international number...
+    assert found(db, "Earum id aliquid. +448081570912 Hic") == [("+448081570912", "PHONE")]
+    # ...nor a phone word the date after the number.
+    assert found(db, "U kunt Merel bellen op +31557303448. Datum: 2001-05-19") == [("+31557303448", "PHONE")]
+    # Abbreviations inside a label are no sentence end.
+    assert found(db, "Part No. 572-703-7494, Order no. 788-585-0309, Ref. 0084975770") == []
+    # A full vetoing word ending its sentence labels nothing after it.
+    assert found(db, "Manage play article. (267) 537-2855") == [("(267) 537-2855", "PHONE")]
+
+
+def test_nanp_layout_yields_to_a_veto(db: ScanDB) -> None:
+    assert found(db, "Order #: 455 355 0519, call 455 355 0519") == [("455 355 0519", "PHONE")]
+    assert found(db, '{"part": "742-145-1685", "phone": "742-145-1685"}') == [("742-145-1685", "PHONE")]
+
+
+def test_a_region_that_cannot_parse_the_number_does_not_hide_the_others(db: ScanDB) -> None:
+    # 'US' refuses '09832 921527' (too long) before 'DE' is tried.
+    assert found(db, "Telefon: ０９８３２\u3000９２１５２７") == [("０９８３２\u3000９２１５２７", "PHONE")]
+
+
+def test_dotted_quads_over_255_are_phones_when_labelled(db: ScanDB) -> None:
+    assert found(db, "Teléfono: 887.56.69.77") == [("887.56.69.77", "PHONE")]
+    assert found(db, "AssemblyVersion: 16.3.161.95") == []
+
+
+def test_bare_runs_need_the_trunk_zero_or_a_phone_word(db: ScanDB) -> None:
+    assert found(db, "Sie erreichen Roy unter 06082896820.") == [("06082896820", "PHONE")]
+    assert found(db, "x 3248094243 y") == []  # an Italian mobile, bare: no layout, no word
+    assert found(db, "chiamare 3248094243") == [("3248094243", "PHONE")]
+    assert found(db, "x 0012345678 y") == []  # '00' is the international prefix, not a trunk
+
+
+@pytest.mark.parametrize("text", [
+    "Tracking: 9441 5625 5571 1000 6573 51",  # Luhn-valid inner groups of a USPS number
+    "Tracking: 9401 2508 9328 1753 5740 27",
+])
+def test_inner_groups_of_a_longer_number_are_no_card(db: ScanDB, text: str) -> None:
+    assert [e for _, e in found(db, text)] == []
+
+
+def test_a_card_is_still_found_beside_other_numbers(db: ScanDB) -> None:
+    assert found(db, "card 4111 1111 1111 1111, exp 12/29") == [("4111 1111 1111 1111", "CREDIT_CARD")]
+    assert found(db, "1. 4111 1111 1111 1111\n2. 5555555555554444") == [
+        ("4111 1111 1111 1111", "CREDIT_CARD"), ("5555555555554444", "CREDIT_CARD")]
+
+
+def test_lower_case_grouped_iban_is_found_and_prose_is_not_held(db: ScanDB) -> None:
+    assert found(db, "pay to gb82 west 1234 5698 7654 32 today") == [("gb82 west 1234 5698 7654 32", "IBAN")]
+    sc = StreamScanner(db)
+    sc.feed(b"we will send it on the day after the first of the month ")
+    assert sc.holdback() == 0
+    sc.feed(b"to gb82 west 12")
+    assert sc.holdback() == len(b"gb82 west 12")
