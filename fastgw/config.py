@@ -70,10 +70,30 @@ class Server(_Base):
     send_timeout: Positive = limits.SEND_TIMEOUT
     #: When set, GET /metrics requires `Authorization: Bearer <token>` (metrics name models and targets).
     metrics_token_ref: EnvRef | None = None
+    #: Bytes/s a request body must keep up once it has taken longer than `body_timeout` (0: no floor).
+    min_body_rate: NonNegative = limits.MIN_BODY_RATE
+    #: Open client connections per worker; past it: 503 and close, logged at most once per second.
+    max_connections: PositiveInt = limits.MAX_CONNECTIONS
+    #: Request body bytes one worker buffers at once; past it: 503 with Retry-After.
+    max_buffered_body_bytes: PositiveInt = limits.MAX_BUFFERED_BODY_BYTES
+    #: CPU seconds the policies may spend on one request before it is refused.
+    max_request_cpu: Positive = api_limits.MAX_REQUEST_CPU
+    #: Proxies (IP addresses or CIDR networks) whose X-Forwarded-For is believed for the logged client address.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    #: Where access lines go and how much of them is kept.
+    access_log: AccessLogFile = msgspec.field(default_factory=lambda: AccessLogFile())
 
 
 class EnvRef(_Base):
     env: str
+
+
+class AccessLogFile(_Base):
+    #: A file for access lines; None: stdout (the journal under systemd, which has its own size limits).
+    path: str | None = None
+    #: Size-based retention of `path`: rotated at this size (`path.1` ... `path.<backups>`, oldest dropped).
+    max_bytes: PositiveInt = 100 * 1024 * 1024
+    backups: NonNegativeInt = 5
 
 
 class MockOptions(_Base):
@@ -129,6 +149,15 @@ class Target(_Base):
     api_version: str = "2024-10-21"
     #: bedrock: AWS region (default: AWS_REGION); base_url then overrides the regional endpoint.
     region: str | None = None
+    #: anthropic: client `anthropic-version` values forwarded upstream (others: 400); none listed: the client's
+    #: header is never forwarded and the adapter's own version is sent.
+    anthropic_versions: list[str] = msgspec.field(default_factory=list)
+    #: anthropic: `anthropic-beta` flags forwarded when a client asks for them (others: 400).
+    anthropic_betas: list[str] = msgspec.field(default_factory=list)
+    #: Provider-run tools (web_search, web_fetch, code execution, ...) may be requested through this target.
+    allow_server_tools: bool = False
+    #: Remote MCP servers (`mcp_servers`, Responses `mcp` tools) may be requested through this target.
+    allow_mcp: bool = False
 
 
 class Providers(_Base):

@@ -99,6 +99,13 @@ class Pipeline:
         if plan is None:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
                                 param="model")
+        rbac = self.chain.rbac
+        if rbac is not None:
+            usable = rbac.usable_targets(ctx, ctx.path, stream, plan.targets)
+            if len(usable) < len(plan.targets):
+                skipped = [t.id for t in plan.targets if t not in usable]
+                ctx.decide("rbac", "input", "allow", skipped_targets=skipped)
+                plan = Plan(usable, plan.retry)
         _check_endpoint(endpoint, model, plan)
         call = Call(endpoint, body, stream, ctx.request_id, ctx.headers)
         outcome = await self._attempts(plan, call, resp, ctx)

@@ -11,6 +11,7 @@ failure blamed on the upstream.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import msgspec
 import orjson
@@ -185,6 +186,8 @@ class Harness:
         attempt = self.app.pipeline.attempt
         attempt._http = self.upstream  # type: ignore[assignment]
         attempt._upstreams = {}
+        #: Extra request headers (an Authorization for rbac).
+        self.headers: list[tuple[bytes, bytes]] = []
 
     def close(self) -> None:
         self.loop.close()
@@ -194,7 +197,8 @@ class Harness:
 
     async def _call(self, body: dict | bytes, transport: FakeTransport) -> None:
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
-        req = Request("POST", b"/v1/chat/completions", [(b"content-type", b"application/json")], raw, "1.1", True)
+        req = Request("POST", b"/v1/chat/completions", [(b"content-type", b"application/json"), *self.headers], raw,
+                      "1.1", True)
         resp = Responder(transport, FlowControl(self.loop, transport), True, False, render_error=render)
         try:
             await self.app(req, resp)
@@ -405,3 +409,47 @@ def test_a_duplicated_key_cannot_send_the_upstream_what_the_policies_did_not_jud
     assert EMAIL.encode() not in h.upstream.bodies[0] and sent["model"] == "m"
     assert sent["messages"] == [{"role": "user", "content": "hi"}]
 
+
+
+# --- rbac: the model rules apply to the requested name and to the target's model (issue 15, item 7) ----------
+
+def _rbac_cfg(*targets: dict, models: list[str], routing_model: str, aliases: dict[str, list[str]] | None = None
+              ) -> dict:
+    cfg = _cfg(*targets, chain=["rbac"], policy={"rbac": {
+        "keys": [{"name": "team", "sha256": hashlib.sha256(b"sk-team").hexdigest(), "roles": ["r"]}],
+        "roles": {"r": {"models": models}}}}, attempts=1)
+    cfg["routing"][0]["model"] = routing_model
+    for t in cfg["providers"]["targets"]:
+        t["aliases"] = (aliases or {}).get(t["id"], [])
+    return cfg
+
+
+def test_an_alias_cannot_reach_a_model_the_role_does_not_name(harness):
+    h = harness(_rbac_cfg(_target("pro", model="o1-pro"), models=["gpt-4o*"], routing_model="gpt-4o-reasoning"))
+    h.headers = [(b"authorization", b"Bearer sk-team")]
+    h.upstream.steps = ["ok"]
+    status, body = h.ask("gpt-4o-reasoning")
+    assert status == 403, body
+    err = orjson.loads(body)["error"]
+    assert err["code"] == "model_not_allowed" and "'o1-pro'" in err["message"]
+    assert h.upstream.calls == []
+
+
+def test_a_fallback_the_role_may_not_use_is_skipped(harness):
+    h = harness(_rbac_cfg(_target("openai", model="gpt-4o"), _target("claude", "anthropic", model="claude-3-5"),
+                          _target("mini", model="gpt-4o-mini"), models=["gpt-4o*"], routing_model="gpt-4o"))
+    h.headers = [(b"authorization", b"Bearer sk-team")]
+    h.upstream.steps = ["500", "ok"]
+    status, body = h.ask("gpt-4o")
+    assert status == 200, body
+    assert h.upstream.calls == ["openai", "mini"]  # never the Claude target the role does not name
+
+
+def test_a_role_that_names_every_model_keeps_every_fallback(harness):
+    h = harness(_rbac_cfg(_target("openai", model="gpt-4o"), _target("claude", "anthropic", model="claude-3-5"),
+                          models=["gpt-4o", "claude-*"], routing_model="gpt-4o"))
+    h.headers = [(b"authorization", b"Bearer sk-team")]
+    h.upstream.steps = ["500", "anthropic-ok"]
+    status, body = h.ask("gpt-4o")
+    assert status == 200, body
+    assert h.upstream.calls == ["openai", "claude"]

@@ -28,3 +28,11 @@ MAX_DURATION = 600.0
 #: Consecutive failures that open a target's circuit, and seconds before one half-open probe (Envoy-like).
 BREAKER_FAILURES = 5
 BREAKER_COOLDOWN = 30.0
+
+#: CPU seconds the policies may spend on one request (both directions, scanning included) before it is refused
+#: (413 `request_too_expensive` before the upstream is called, an in-stream error after). A 16 MiB body scans
+#: in well under a second; the budget stops inputs built to be slow, whatever they are.
+MAX_REQUEST_CPU = 2.0
+#: Longest stretch a policy holds the event loop before it yields to other requests (seconds): large bodies are
+#: scanned in slices of about this much work.
+SCAN_SLICE = 0.002

@@ -14,7 +14,8 @@ import fnmatch
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -53,6 +54,9 @@ class RbacRole(Settings):
     #: Endpoint paths or globs.
     endpoints: list[str] = msgspec.field(default_factory=lambda: ["*"])
     stream: bool = True
+    #: This role may request provider-run tools / remote MCP servers even where the target does not allow them.
+    allow_server_tools: bool = False
+    allow_mcp: bool = False
 
 
 class Rbac(Settings):
@@ -138,6 +142,16 @@ class _Globs:
         if self.any or name in self.exact:
             return True
         return self.regex is not None and self.regex.match(name) is not None
+
+
+class _Served(Protocol):
+    """What `usable_targets` reads of a target: the model it serves."""
+
+    @property
+    def model(self) -> str: ...
+
+
+_T = TypeVar("_T", bound=_Served)
 
 
 class _Role:
@@ -246,6 +260,18 @@ class RbacPolicy:
         else:
             msg = f"{who} may not stream" + (f" model {model!r}" if model is not None else "") + " (send stream: false)"
         raise Forbidden(msg, _CODES[worst])
+
+    def usable_targets(self, ctx: RequestContext, endpoint_path: str, stream: bool, targets: Sequence[_T]) -> list[_T]:
+        """The targets, in order, whose model a role allowing this request may use too: a role's model rules apply
+        to the requested name and to the model the target serves, so an alias cannot reach a model the role does
+        not name, and a fallback target it may not use is skipped. Forbidden (403) when none is left."""
+        roles = [r for r in self._roles(ctx) if r.refusal(endpoint_path, ctx.model, stream) is None]
+        usable = [t for t in targets if any(r.models(t.model) for r in roles)]
+        if not usable:
+            served = ", ".join(dict.fromkeys(repr(t.model) for t in targets))
+            raise Forbidden(f"key {ctx.principal!r} may not use model {ctx.model!r}: it is served by {served}",
+                            _CODES[_MODEL])
+        return usable
 
     def visible_models(self, ctx: RequestContext, models: list[str]) -> list[str]:
         """The models, in order, that at least one of the principal's roles may use (by model glob alone)."""

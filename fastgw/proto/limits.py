@@ -36,6 +36,20 @@ WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
 #: Bytes per read from the socket; uvloop's default read buffer.
 READ_SIZE = 256 * 1024
+#: Slowest request body accepted once a body has taken longer than BODY_TIMEOUT (bytes/s): a body dripped to
+#: hold a connection is cut within about 2 x BODY_TIMEOUT. nginx has no rate floor; Apache mod_reqtimeout
+#: uses MinRate=500; 1 KiB/s is a 2G phone link, far below any real client.
+MIN_BODY_RATE = 1024.0
+#: Open client connections per worker; past it a new one gets 503 and is closed (never a silent reset).
+#: nginx worker_connections defaults to 512 (1024 in Debian's config); a stream costs ~16 KiB here, and the
+#: unit's LimitNOFILE leaves room for upstream sockets.
+MAX_CONNECTIONS = 4096
+#: Request body bytes a worker holds at once (all connections); past it new bodies get 503 + Retry-After.
+#: Four maximum-size bodies: a hostile client cannot take a worker's memory with uploads.
+MAX_BUFFERED_BODY_BYTES = 4 * MAX_BODY_BYTES
+#: Longest client-supplied string written to a log or audit record (model, path, ids, header values); longer
+#: ones are cut and their length noted, so one hostile request costs a few KiB of log at most.
+MAX_LOGGED_STRING = 256
 
 # --- upstream side (HTTP/1.1 client) ------------------------------------------
 
