@@ -489,8 +489,8 @@ def section(res: dict, items: list[Item], meta: dict, presidio: Presidio | None)
     locales = [loc for loc in LOCALES if any(i.locale == loc for i in items)]
     nv = sum(1 for i in items for m in i.marks if m.kind == "value")
     nd = sum(1 for i in items for m in i.marks if m.kind == "decoy")
-    L = [f"## {meta['date']} — PII detection on a multi-locale corpus: baseline before issue 14's detector work"
-         + (f" ({meta['note']})" if meta.get("note") else ""), "",
+    L = [f"## {meta['date']} — PII detection on a multi-locale corpus"
+         + (f": {meta['note']}" if meta.get("note") else ""), "",
          f"- command: `{meta['command']}`",
          f"- fastgw: {meta['fastgw']}; Python {meta['python']}; Faker {meta['faker']}; "
          f"presidio-analyzer {meta['presidio'] or 'not run'}; phonenumbers {meta['phonenumbers']}",

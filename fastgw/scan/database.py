@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import hyperscan
 
-__all__ = ["Pattern", "ScanDB", "PatternError", "Span", "CONTEXT_BYTES", "DIGITS", "NOT_DIGIT", "NOT_DOTTED",
+__all__ = ["Pattern", "ScanDB", "PatternError", "Span", "CONTEXT_BYTES", "NO_HOLD", "DIGITS", "NOT_DIGIT", "NOT_DOTTED",
            "MAX_LOOKAHEAD"]
 
 _ALL = bytes(range(256))
@@ -43,6 +43,12 @@ NOT_DIGIT: tuple[tuple[bytes, ...], ...] = ((DIGITS,),)
 NOT_DOTTED: tuple[tuple[bytes, ...], ...] = ((DIGITS,), (b".", DIGITS))
 #: The longest `not_followed_by` sequence a pattern may have: the scanner holds a candidate that long at most.
 MAX_LOOKAHEAD = 8
+def NO_HOLD(run: bytes) -> int:  # noqa: N802 - a constant in use
+    """`Pattern.hold_from` of a pattern with no holdback of its own: what could be its match in progress is held
+    by another pattern's group (PHONE_GLUED: the digits are PHONE's; the letter that ends it ends the match)."""
+    return 0
+
+
 #: The longest markdown table header line the scanner remembers for `Pattern.table_context` (longer: none).
 MAX_TABLE_HEADER = 512
 
@@ -302,6 +308,8 @@ class ScanDB:
             if p.start is not None:
                 start = p.start
             a = set(alphabet)
+            if p.hold_from is NO_HOLD:
+                continue  # its matches in progress are another pattern's (see NO_HOLD)
             if p.hold_from is not None:
                 key: object = ("hold_from", p.name)
                 held[key] = p.hold_from

@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from fastgw.scan import validators as v
-from fastgw.scan.database import DIGITS, NOT_DIGIT, NOT_DOTTED, Pattern, PatternError
+from fastgw.scan.database import DIGITS, NO_HOLD, NOT_DIGIT, NOT_DOTTED, Pattern, PatternError
 from fastgw.scan.phones import CANDIDATE, CANDIDATE_GLUED, CANDIDATE_WIDTH, DEFAULT_REGIONS, VETO, PhoneValidator, phone_label
 
 __all__ = ["BUILTIN", "ENTITIES", "patterns_for", "custom_pattern", "DEFAULT_CUSTOM_WIDTH", "PEM_WIDTH"]
@@ -81,11 +81,6 @@ PEM_WIDTH = 16384
 _PHONE = PhoneValidator(DEFAULT_REGIONS)
 
 
-def _no_hold(run: bytes) -> int:
-    """PHONE_GLUED holds nothing of its own: a match in progress is digits the PHONE group holds."""
-    return 0
-
-
 def _not_vetoed(value: bytes, before: bytes, table: bytes = b"") -> bool:
     """A NANP-layout number is a phone unless a label says otherwise ('Order #: 455 355 0519', an Order column)."""
     return phone_label(before, table) != VETO
@@ -121,7 +116,7 @@ BUILTIN: tuple[Pattern, ...] = (
     # Glued to the word after it: the letter is matched, then cut off (`trailing`); the PHONE group's holdback
     # already holds the digits while the letter has not come.
     Pattern("PHONE_GLUED", "PHONE", CANDIDATE_GLUED, CANDIDATE_WIDTH + 1, context_validator=_PHONE,
-            table_context=True, trailing=1, hold_from=_no_hold),
+            table_context=True, trailing=1, hold_from=NO_HOLD),
     # NANP written in its own layout is a phone without libphonenumber's say: that layout is the evidence,
     # and it keeps the fictional 555 numbers of examples and test data (which libphonenumber calls invalid).
     # The area code starts with 2-9; '+1 (555) 123-4567' is the widest form (17).

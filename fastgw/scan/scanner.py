@@ -32,6 +32,10 @@ from fastgw.scan.fold import Folder
 
 __all__ = ["StreamScanner", "find_spans"]
 
+#: Canonical bytes kept as one string for the holdback's suffix reads: wider than every group's run but the
+#: rare key or block ones, so a streamed event (a few bytes) costs one small concatenation, not a join.
+_TAIL = 256
+
 #: A candidate or block piece: (canonical start, canonical end, pattern index).
 _Cand = tuple[int, int, int]
 #: A candidate waiting for the bytes its lookahead needs: (start, end, pattern index, match end).
@@ -83,7 +87,7 @@ class StreamScanner:
 
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
                  "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
-                 "_blk_first", "_pieces", "_regions", "_pend", "_table")
+                 "_blk_first", "_pieces", "_regions", "_pend", "_table", "_tail")
 
     def __init__(self, db: ScanDB, json: bool = False) -> None:
         self._db = db
@@ -102,6 +106,8 @@ class StreamScanner:
         #: Recent canonical input, newest last, at least `_keep` bytes when available (validators, holdback).
         self._chunks: list[bytes] = []
         self._chunks_len = 0
+        #: The last _TAIL canonical bytes, kept whole: the holdback reads a group's trailing run from it.
+        self._tail = b""
         self._keep = db.window
         #: Per holdback group: length of the canonical text's trailing run of bytes in its alphabet.
         self._runs = [0] * len(db.groups)
@@ -151,6 +157,8 @@ class StreamScanner:
         self._stream.scan(data)
         self.scanned += n
         self._chunks.append(data)
+        tail = self._tail + data
+        self._tail = tail[-_TAIL:] if len(tail) > _TAIL else tail
         self._chunks_len += n
         runs = self._runs
         for i, g in enumerate(self._db.groups):
@@ -171,18 +179,39 @@ class StreamScanner:
 
     def _suffix(self, n: int) -> bytes:
         """The last n canonical bytes fed (n <= what is kept)."""
-        last = self._chunks[-1]
+        if n <= len(self._tail):
+            return self._tail[-n:]
+        chunks = self._chunks
+        last = chunks[-1]
         if n <= len(last):
             return last[-n:] if n < len(last) else last
-        return b"".join(self._chunks)[-n:]
+        # Join only the chunks the suffix needs: the kept window is ~1-2 KiB of small streamed pieces.
+        i = len(chunks) - 1
+        have = len(last)
+        while have < n and i > 0:
+            i -= 1
+            have += len(chunks[i])
+        return b"".join(chunks[i:])[-n:]
+
+    def _since(self, lo: int) -> tuple[bytes, int]:
+        """(the kept canonical bytes from about `lo` on, their offset): the chunks from the one holding `lo`
+        (all of them when `lo` is no longer kept), so a validation joins the context it reads, not the window."""
+        chunks = self._chunks
+        i = len(chunks)
+        base = self.scanned
+        while i > 0 and base > lo:
+            i -= 1
+            base -= len(chunks[i])
+        return (chunks[i] if i == len(chunks) - 1 else b"".join(chunks[i:])), base
 
     def _validate(self) -> None:
-        buf = b"".join(self._chunks)
-        base = self.scanned - len(buf)
         db = self._db
+        new = self._new
+        kept = self.scanned - self._chunks_len
+        reach = MAX_TABLE_HEADER + 2 if db.table_rule >= 0 else CONTEXT_BYTES
+        buf, base = self._since(min(m[0] for m in new) - reach)
         pats = db.patterns
         npat = len(pats)
-        new = self._new
         if db.blocks and len(new) > 1:
             new.sort(key=lambda m: m[1])  # block markers and candidates interact: take them in text order
         for start, end, pid in new:
@@ -195,7 +224,7 @@ class StreamScanner:
                     self._closing(start, end, db.closers[pid - npat])
                 continue
             p = pats[pid]
-            if end - start > db.widths[pid] or start < base:
+            if end - start > db.widths[pid] or start < kept:
                 continue  # wider than the pattern allows: not a match (the same rule holds for whole text)
             end -= p.trailing
             follow = db.follow[pid]
@@ -245,8 +274,7 @@ class StreamScanner:
 
     def _resolve(self, final: bool) -> None:
         """Decide the pending candidates whose lookahead bytes have arrived (all of them when `final`)."""
-        buf = b"".join(self._chunks)
-        base = self.scanned - len(buf)
+        buf, base = self._since(min(p[3] for p in self._pend))
         follow = self._db.follow
         still: list[_Pend] = []
         for s, e, pid, mend in self._pend:
