@@ -177,7 +177,7 @@ def unknown_regions(regions: Iterable[str]) -> list[str]:
 class PhoneValidator:
     """A `Pattern` validator for phone candidates: `(value, before) -> bool`, the rule of the module docstring."""
 
-    __slots__ = ("regions", "_trunk", "judge")
+    __slots__ = ("regions", "_trunk", "_lengths", "judge")
 
     def __init__(self, regions: Sequence[str] = DEFAULT_REGIONS) -> None:
         bad = unknown_regions(regions)
@@ -185,9 +185,15 @@ class PhoneValidator:
             raise ValueError(f"unknown phone regions {bad}")
         self.regions = tuple(regions)
         self._trunk = {}
+        #: National significant number lengths per region: a region no length fits is not parsed for (a parse
+        #: costs ~50 us, and a national number is tried against every region).
+        self._lengths: dict[str, frozenset[int]] = {}
         for r in self.regions:
             meta = phonenumbers.PhoneMetadata.metadata_for_region(r)
             self._trunk[r] = meta.national_prefix if meta is not None else None
+            desc = meta.general_desc if meta is not None else None
+            self._lengths[r] = frozenset((desc.possible_length or ()) + (desc.possible_length_local_only or ())) \
+                if desc is not None else frozenset()
         # The engine validates every candidate end offset, and a streamed answer repeats its numbers: a
         # bounded cache of verdicts (text and label) keeps libphonenumber (~25 µs a parse) off repeats.
         self.judge = functools.lru_cache(maxsize=2048)(self._judge)
@@ -209,7 +215,12 @@ class PhoneValidator:
                 return True
             if label != PHONE_WORD and not _layout_alone(text):
                 return False
+            digits = sum(c.isdigit() for c in _EXTENSION.sub("", text))
             for region in self.regions:
+                lengths = self._lengths[region]
+                trunk = self._trunk[region]
+                if lengths and digits not in lengths and not (trunk and digits - len(trunk) in lengths):
+                    continue
                 try:
                     n = phonenumbers.parse(text, region)
                 except NumberParseException:
