@@ -378,6 +378,69 @@ def parse_bind(b: str) -> tuple[str, str | int]:
 
 # --- loading with line numbers ------------------------------------------------------
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true/false (any case form) are booleans; `on`, `off`,
+    `yes`, `no`, `y`, `n` are strings, as YAML 1.2 (and every other modern parser) reads them. So `on:` in a
+    retry block is the key "on", not True; write `true`/`false` for a boolean."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _duplicate_keys(file: str, node: yaml.Node | None, path: str = "$") -> list[str]:
+    """Every key given twice in one mapping, with both places (YAML says keys are unique; PyYAML keeps the last)."""
+    out: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[object, yaml.Node] = {}
+        for k, v in node.value:
+            key = getattr(k, "value", None)
+            sub = f"{path}.{key}"
+            if isinstance(key, str) and key in seen:
+                first = seen[key]
+                out.append(f"{_where(file, k)}: {sub}: duplicate key (first at line {first.start_mark.line + 1})")
+            elif isinstance(key, str):
+                seen[key] = k
+            out += _duplicate_keys(file, v, sub)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += _duplicate_keys(file, v, f"{path}[{i}]")
+    return out
+
+
+def _drop(data: Any, path: str, key: str | None) -> bool:
+    """Remove the value at `path` (or its unknown `key`) from `data`, so the type pass can go on to the next
+    error; False when the path cannot be followed."""
+    parts = re.findall(r"\.([^.\[]+)|\[(\d+)\]", path)
+    if key is not None:
+        parts.append((key, ""))
+    if not parts:
+        return False
+    node = data
+    for name, idx in parts[:-1]:
+        try:
+            node = node[name] if name else node[int(idx)]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return False
+    name, idx = parts[-1]
+    try:
+        if name:
+            del node[name]
+        else:
+            node[int(idx)] = None
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False
+    return True
+
+
+#: Type errors reported from one file before giving up (each costs a conversion pass).
+_MAX_TYPE_ERRORS = 50
+
 def _node_at(node: yaml.Node | None, path: str) -> yaml.Node | None:
     """Walk a composed YAML node tree along a msgspec path like `$.a.b[0].c`; the deepest node found."""
     for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
@@ -414,7 +477,7 @@ def _unknown_key_node(node: yaml.Node | None, path: str, key: str) -> yaml.Node 
 def _where(file: str, node: yaml.Node | None) -> str:
     if node is None:
         return file
-    return f"{file}:{node.start_mark.line + 1}"
+    return f"{file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
 
 
 def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -> tuple[Config, dict[str, str]]:
@@ -425,18 +488,33 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
     except OSError as e:
         raise ConfigError(f"{file}: cannot read config: {e.strerror}") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        loc = f"{file}:{mark.line + 1}" if mark else file
+        loc = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
         raise ConfigError(f"{loc}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping at the top level (pack, server, providers)")
-    try:
-        cfg = msgspec.convert(data, Config, strict=True)
-    except msgspec.ValidationError as e:
-        raise ConfigError(_explain(file, root, str(e))) from None
+    dups = _duplicate_keys(file, root)
+    type_errors: list[str] = []
+    dropped: set[str] = set()
+    cfg: Config | None = None
+    while cfg is None:
+        try:
+            cfg = msgspec.convert(data, Config, strict=True)
+        except msgspec.ValidationError as e:
+            # Every type error at once: report this one, drop the value at fault, convert again (a required
+            # value dropped that way ends the pass: its "missing" would only repeat the error).
+            line, path, key, missing = _explain(file, root, str(e))
+            if missing and f"{path}.{key}" in dropped:
+                break
+            type_errors.append(line)
+            if len(type_errors) >= _MAX_TYPE_ERRORS or missing or not _drop(data, path, key):
+                break
+            dropped.add(f"{path}.{key}" if key else path)
+    if dups or type_errors or cfg is None:
+        raise ConfigError("\n".join(dups + type_errors))
     errs = _semantic_errors(cfg) + (_environment_errors(cfg) if resolve_secrets else [])
     if errs:
         # Every problem at once, each with its place: fixing a config should not be a loop of one error a run.
@@ -449,8 +527,9 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
     return cfg, secrets
 
 
-def _explain(file: str, root: yaml.Node | None, msg: str) -> str:
-    """Turn msgspec's 'Expected `int`, got `str` - at `$.server.workers`' into 'file:line: $.server.workers: ...'."""
+def _explain(file: str, root: yaml.Node | None, msg: str) -> tuple[str, str, str | None, bool]:
+    """Turn msgspec's 'Expected `int`, got `str` - at `$.server.workers`' into 'file:line:column: $.server.workers:
+    ...'; also the path at fault, the unknown or missing key if that is the fault, and whether it is missing."""
     m = re.match(r"^(.*?)(?: - at `([^`]*)`)?$", msg, re.S)
     problem, path = (m.group(1), m.group(2)) if m else (msg, None)
     path = path or "$"
@@ -458,13 +537,17 @@ def _explain(file: str, root: yaml.Node | None, msg: str) -> str:
     if unknown:
         node = _unknown_key_node(root, path, unknown.group(1))
         full = f"{path}.{unknown.group(1)}"
-        return f"{_where(file, node)}: {full}: unknown key (check the spelling; see the README's configuration reference)"
+        hint = "check the spelling; see the README's configuration reference"
+        if unknown.group(1) in ("true", "false", "True", "False"):
+            hint = "a YAML 1.1 boolean word such as on/off/yes/no was read as a key? quote it"
+        return f"{_where(file, node)}: {full}: unknown key ({hint})", path, unknown.group(1), False
     missing = re.match(r"Object missing required field `([^`]*)`", problem)
     if missing:
-        return f"{_where(file, _node_at(root, path))}: {path}.{missing.group(1)}: required key is missing"
+        return (f"{_where(file, _node_at(root, path))}: {path}.{missing.group(1)}: required key is missing",
+                path, missing.group(1), True)
     if problem.startswith("Invalid enum value") and path.endswith(".provider"):
         problem += " (expected one of: " + ", ".join(get_args(Provider)) + ")"
-    return f"{_where(file, _node_at(root, path))}: {path}: {problem[:1].lower() + problem[1:]}"
+    return f"{_where(file, _node_at(root, path))}: {path}: {problem[:1].lower() + problem[1:]}", path, None, False
 
 
 def dump_config(cfg: Config) -> str:

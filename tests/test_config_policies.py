@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +49,7 @@ def test_chain_enables_pii_with_defaults_and_custom_patterns(tmp_path):
     pii = cfg.pii()
     assert pii is not None and pii.action == "redact" and pii.custom[0].name == "EMPLOYEE_ID"
     # settings alone do not enable a policy: the chain does, and a forgotten chain entry is an error
-    with pytest.raises(ConfigError, match=r"c.yaml:6: \$.policy.pii-detector: .*not in policies.chain"):
+    with pytest.raises(ConfigError, match=r"c.yaml:6:\d+: \$.policy.pii-detector: .*not in policies.chain"):
         _load(tmp_path, "policy:\n  pii-detector: {action: block}\n")
 
 
@@ -91,7 +93,7 @@ def test_every_missing_secret_and_file_is_reported_at_once(tmp_path, monkeypatch
                  "    - {id: c, provider: bedrock, model: m}\n")
     with pytest.raises(ConfigError) as exc:
         load_config(p)
-    lines = str(exc.value).splitlines()
+    lines = [re.sub(r"^(.*?:\d+):\d+: ", r"\1: ", line) for line in str(exc.value).splitlines()]  # (columns aside)
     assert lines == [
         f"{p}:2: $.server.metrics_token_ref.env: environment variable FASTGW_T_METRICS is not set (the /metrics token)",
         f"{p}:5: $.providers.targets[0].secret_key_ref.env: environment variable FASTGW_T_KEY_A is not set "
@@ -127,7 +129,8 @@ def test_every_missing_secret_and_file_is_reported_at_once(tmp_path, monkeypatch
 def test_range_constraints_on_fields_name_file_line_and_key(tmp_path, extra, line, key, words):
     with pytest.raises(ConfigError) as exc:
         _load(tmp_path, extra)
-    assert str(exc.value).startswith(f"{tmp_path / 'c.yaml'}:{line}: {key}: {words}"), str(exc.value)
+    assert re.match(rf"{re.escape(str(tmp_path / 'c.yaml'))}:{line}:\d+: {re.escape(key)}: {re.escape(words)}",
+                    str(exc.value)), str(exc.value)
 
 
 def test_each_policy_reports_its_own_problems_all_at_once(tmp_path):
@@ -162,3 +165,42 @@ def test_policy_settings_live_with_their_policies_and_config_composes_them(tmp_p
     assert chain.pii.action == "block"
     cfg.pack.enabled = False  # a disabled pack runs no policy
     assert cfg.chain_settings() == [] and build_chain(cfg.chain_settings()).order == []
+
+
+# --- config as users write it (issue 17) -------------------------------------------------------------------
+
+def test_yaml_1_2_words_on_off_yes_no_are_strings(tmp_path):
+    # The README's routing example: `on:` is the retry key "on", not the boolean true.
+    p = tmp_path / "c.yaml"
+    p.write_text("pack: {name: t}\nproviders:\n  targets:\n    - {id: m, provider: mock, model: mock-1}\n"
+                 "routing:\n  - model: mock-1\n    targets: [m]\n    retry:\n      on: [connect_error, 5xx]\n")
+    cfg, _ = load_config(p)
+    assert cfg.routing[0].retry.on == ["connect_error", "5xx"]
+    q = tmp_path / "d.yaml"
+    q.write_text("pack: {name: t, enabled: off}\nproviders:\n  targets:\n    - {id: m, provider: mock, model: mock-1}\n")
+    with pytest.raises(ConfigError, match=r"d.yaml:1:\d+: \$.pack.enabled: expected `bool`, got `str`"):
+        load_config(q)
+    q.write_text("pack: {name: t, enabled: False}\nproviders:\n  targets:\n    - {id: m, provider: mock, model: mock-1}\n")
+    assert load_config(q)[0].pack.enabled is False
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("pack: {name: t}\nproviders:\n  targets:\n    - {id: m, provider: mock, model: mock-1}\n"
+                 "policies:\n  chain: [rbac]\n  chain: []\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value) == f"{p}:7:3: $.policies.chain: duplicate key (first at line 6)"
+
+
+def test_every_type_error_is_reported_at_once_with_line_and_column(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("pack: {name: t}\nserver:\n  workers: two\n  bogus: 1\nproviders:\n  targets:\n"
+                 "    - {id: m, provider: mock, model: mock-1, weight: -1}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value).splitlines() == [
+        f"{p}:3:12: $.server.workers: expected `int`, got `str`",
+        f"{p}:4:3: $.server.bogus: unknown key (check the spelling; see the README's configuration reference)",
+        f"{p}:7:54: $.providers.targets[0].weight: expected `float` >= 0.0",
+    ]
