@@ -9,19 +9,27 @@ PYTEST := $(BIN)/python -m pytest -q
 
 .PHONY: run test test-slow sysdeps check bench clean
 
-$(BIN)/fastgw: pyproject.toml
+# `make run` installs what serving needs and nothing else; `make test` adds the test extras. Each install is
+# remembered by a stamp, redone when pyproject.toml changes.
+$(VENV)/.run: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.test: $(VENV)/.run
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
 # System packages the tests drive: systemd-analyze and systemd-socket-activate (Debian's systemd) for the unit
-# and socket-activation tests, nginx (Debian's nginx-light) for the bench's reference run. Installed only when
+# and socket-activation tests, nginx (Debian's nginx-light) for the bench's reference run, redis-server (Debian's
+# Redis 7) for the quota tests, each of which starts its own server on a loopback port. Installed only when
 # missing, as root with apt-get; elsewhere a warning, and the tests that need them fail with the reason.
 sysdeps:
 	@missing=""; \
 	{ command -v systemd-analyze && command -v systemd-socket-activate; } >/dev/null || missing=" systemd"; \
 	{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || missing="$$missing nginx-light"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
 		echo "warning: missing system packages:$$missing (install them as root); tests that need them will fail" >&2; \
@@ -32,25 +40,26 @@ sysdeps:
 	apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
 		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }
 
-run: $(BIN)/fastgw
-	$(BIN)/fastgw serve --config $(CONFIG)
+# PORT=8081 serves on 127.0.0.1:8081 instead of the config's bind.
+run: $(VENV)/.run
+	$(BIN)/fastgw serve --config $(CONFIG) $(if $(PORT),--bind 127.0.0.1:$(PORT))
 
 # Type checks (settings in pyproject.toml), then the whole suite except the long forms marked `slow` (each has
 # a short form that runs here), on two pytest-xdist workers: most tests wait on the processes they start, so two
 # run side by side on a 2-core box in about two thirds of the time of one.
-test: $(BIN)/fastgw sysdeps
+test: $(VENV)/.test sysdeps
 	$(BIN)/python -m mypy
 	$(PYTEST) -m "not slow" -n 2
 
 # Only the long forms: the 600 s soak (FASTGW_SOAK_SECONDS changes it) and the full bench comparison.
-test-slow: $(BIN)/fastgw sysdeps
+test-slow: $(VENV)/.test sysdeps
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(PYTEST) -m slow
 
-check: $(BIN)/fastgw
+check: $(VENV)/.run
 	$(BIN)/fastgw check --config $(CONFIG)
 
-bench: $(BIN)/fastgw
+bench: $(VENV)/.test
 	$(BIN)/python -m bench run --systems fastgw,fastgw-redact,nginx,direct
 
 clean:
