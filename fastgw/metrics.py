@@ -27,6 +27,11 @@ Worker (app.py / stream.py / policies)::
     EventClock()  .tick(now)  .ticks(now, n)  .flush()          # per-stream inter-event gaps (hot path)
     policy_decision(policy: str, action: str, entity: str = "") -> None
     holdback(nbytes: int) -> None                   # bytes a streaming policy held back at once
+    refused(reason: str) -> None                    # a request/connection refused to protect the worker
+    log_write_error(log: str, reason: str) -> None  # audit|access, disk_full|other
+    state_error(backend: str, op: str) -> None      # shared-state backend failures
+    ratelimit_decision(limit: str, outcome: str) -> None
+    budget_spend(budget: str, principal: str, usd: float) -> None
     render() -> tuple[bytes, str]                   # (body, content type) for GET /metrics
 
 Metrics: ``fastgw_requests_total{route,model,target,status}``, ``fastgw_request_duration_seconds{route}``,
@@ -34,7 +39,10 @@ Metrics: ``fastgw_requests_total{route,model,target,status}``, ``fastgw_request_
 ``fastgw_inflight_requests`` and ``fastgw_active_streams`` (gauges, livesum), ``fastgw_ttft_seconds{model,target}``,
 ``fastgw_inter_event_seconds``, ``fastgw_stream_duration_seconds``, ``fastgw_tokens_total{model,direction,kind}``
 (direction prompt|completion, kind exact|estimated), ``fastgw_policy_decisions_total{policy,action,entity}``,
-``fastgw_holdback_bytes``, ``fastgw_worker_restarts_total``, ``fastgw_config_reloads_total{result}``.
+``fastgw_holdback_bytes``, ``fastgw_worker_restarts_total``, ``fastgw_config_reloads_total{result}``,
+``fastgw_refused_total{reason}``, ``fastgw_log_write_errors_total{log,reason}``,
+``fastgw_state_errors_total{backend,op}``, ``fastgw_ratelimit_decisions_total{limit,outcome}``,
+``fastgw_budget_spend_usd{budget,principal}`` (gauge, most recent).
 
 Label cardinality
 -----------------
@@ -75,7 +83,8 @@ if TYPE_CHECKING:
 
 __all__ = ["setup_master", "cleanup_master", "worker_dead", "worker_restarted", "config_reload", "known_models",
            "request_started", "request_finished", "upstream_attempt", "fallback", "ttft", "stream_opened",
-           "stream_closed", "EventClock", "policy_decision", "holdback", "render", "multiprocess_dir",
+           "stream_closed", "EventClock", "policy_decision", "holdback", "render", "multiprocess_dir", "refused",
+           "log_write_error", "state_error", "ratelimit_decision", "budget_spend",
            "UPSTREAM_OUTCOMES", "MAX_SERIES_PER_METRIC"]
 
 OTHER = "other"
@@ -142,6 +151,18 @@ class _Metrics:
         self.restarts = Counter("fastgw_worker_restarts_total", "Workers replaced after dying.", registry=r)
         self.reloads = Counter("fastgw_config_reloads_total", "Configuration reloads by result.", ("result",),
                                registry=r)
+        self.refused = Counter("fastgw_refused_total", "Requests and connections refused to protect the worker, "
+                               "by reason.", ("reason",), registry=r)
+        self.log_errors = Counter("fastgw_log_write_errors_total", "Failed writes of the audit or access log, by log "
+                                  "and reason (disk_full|other).", ("log", "reason"), registry=r)
+        self.state_errors = Counter("fastgw_state_errors_total", "Failed calls to the shared-state backend, by "
+                                    "backend and operation.", ("backend", "op"), registry=r)
+        self.ratelimit = Counter("fastgw_ratelimit_decisions_total", "Rate-limit and budget decisions by limit and "
+                                 "outcome (allowed|limited|unavailable|open).", ("limit", "outcome"), registry=r)
+        # The spend a worker last read back from the shared state (every instance agrees on it); the most recent
+        # value of any worker is the right one.
+        self.spend = Gauge("fastgw_budget_spend_usd", "Spend in the current period of a budget, by budget and "
+                           "principal.", ("budget", "principal"), registry=r, multiprocess_mode="mostrecent")
         _check_histogram_internals(self.inter_event, _INTER_BOUNDS)
         # Labelled children by label tuple: `labels()` validates and locks on every call; a dict hit does not.
         self.c_requests: dict[tuple, object] = {}
@@ -152,6 +173,11 @@ class _Metrics:
         self.c_tokens: dict[tuple, object] = {}
         self.c_decisions: dict[tuple, object] = {}
         self.c_reloads: dict[tuple, object] = {}
+        self.c_refused: dict[tuple, object] = {}
+        self.c_log_errors: dict[tuple, object] = {}
+        self.c_state_errors: dict[tuple, object] = {}
+        self.c_ratelimit: dict[tuple, object] = {}
+        self.c_spend: dict[tuple, object] = {}
         self.models_seen: set[str] = set()
 
 
@@ -457,6 +483,41 @@ def policy_decision(policy: str, action: str, entity: str = "") -> None:
     `request_finished`)."""
     m = _m or _build()
     _inc(m.decisions, m.c_decisions, (policy, action, entity))
+
+
+def refused(reason: str) -> None:
+    """A request or connection refused to protect the worker: max_connections, body_budget, slow_body,
+    cpu_budget, audit_unavailable, ..."""
+    m = _m or _build()
+    _inc(m.refused, m.c_refused, (reason,))
+
+
+def log_write_error(log: str, reason: str) -> None:
+    """A failed write of the `audit` or `access` log; reason `disk_full` (ENOSPC, EDQUOT) or `other`."""
+    m = _m or _build()
+    _inc(m.log_errors, m.c_log_errors, (log, reason))
+
+
+def state_error(backend: str, op: str) -> None:
+    """A failed call to the shared-state backend (`local` or `redis`; op: admit, reconcile, ...)."""
+    m = _m or _build()
+    _inc(m.state_errors, m.c_state_errors, (backend, op))
+
+
+def ratelimit_decision(limit: str, outcome: str) -> None:
+    """One limit or budget judged for one request: allowed, limited, unavailable (closed) or open."""
+    m = _m or _build()
+    _inc(m.ratelimit, m.c_ratelimit, (limit, outcome))
+
+
+def budget_spend(budget: str, principal: str, usd: float) -> None:
+    """The spend of a budget's current period as last read from the shared state (set now, not batched)."""
+    m = _m or _build()
+    key = (budget, principal)
+    child = m.c_spend.get(key)
+    if child is None:
+        child = _child(m.spend, m.c_spend, key)
+    child.set(usd)  # type: ignore[attr-defined]
 
 
 def holdback(nbytes: int) -> None:
