@@ -32,6 +32,7 @@ Worker (app.py / stream.py / policies)::
     state_error(backend: str, op: str) -> None      # shared-state backend failures
     ratelimit_decision(limit: str, outcome: str) -> None
     budget_spend(budget: str, principal: str, usd: float) -> None
+    circuit(target: str, is_open: bool) -> None     # a breaker opened / closed again
     render() -> tuple[bytes, str]                   # (body, content type) for GET /metrics
 
 Metrics: ``fastgw_requests_total{route,model,target,status}``, ``fastgw_request_duration_seconds{route}``,
@@ -42,7 +43,8 @@ Metrics: ``fastgw_requests_total{route,model,target,status}``, ``fastgw_request_
 ``fastgw_holdback_bytes``, ``fastgw_worker_restarts_total``, ``fastgw_config_reloads_total{result}``,
 ``fastgw_refused_total{reason}``, ``fastgw_log_write_errors_total{log,reason}``,
 ``fastgw_state_errors_total{backend,op}``, ``fastgw_ratelimit_decisions_total{limit,outcome}``,
-``fastgw_budget_spend_usd{budget,principal}`` (gauge, most recent).
+``fastgw_budget_spend_usd{budget,principal}`` (gauge, most recent), ``fastgw_circuit_open{target}`` (gauge, max
+over live workers).
 
 Label cardinality
 -----------------
@@ -84,7 +86,7 @@ if TYPE_CHECKING:
 __all__ = ["setup_master", "cleanup_master", "worker_dead", "worker_restarted", "config_reload", "known_models",
            "request_started", "request_finished", "upstream_attempt", "fallback", "ttft", "stream_opened",
            "stream_closed", "EventClock", "policy_decision", "holdback", "render", "multiprocess_dir", "refused",
-           "log_write_error", "state_error", "ratelimit_decision", "budget_spend",
+           "log_write_error", "state_error", "ratelimit_decision", "budget_spend", "circuit",
            "UPSTREAM_OUTCOMES", "MAX_SERIES_PER_METRIC"]
 
 OTHER = "other"
@@ -159,6 +161,8 @@ class _Metrics:
                                     "backend and operation.", ("backend", "op"), registry=r)
         self.ratelimit = Counter("fastgw_ratelimit_decisions_total", "Rate-limit and budget decisions by limit and "
                                  "outcome (allowed|limited|unavailable|open).", ("limit", "outcome"), registry=r)
+        self.circuit = Gauge("fastgw_circuit_open", "1 while a target's circuit breaker is open or half-open in some "
+                             "live worker.", ("target",), registry=r, multiprocess_mode="livemax")
         # The spend a worker last read back from the shared state (every instance agrees on it); the most recent
         # value of any worker is the right one.
         self.spend = Gauge("fastgw_budget_spend_usd", "Spend in the current period of a budget, by budget and "
@@ -178,6 +182,7 @@ class _Metrics:
         self.c_state_errors: dict[tuple, object] = {}
         self.c_ratelimit: dict[tuple, object] = {}
         self.c_spend: dict[tuple, object] = {}
+        self.c_circuit: dict[tuple, object] = {}
         self.models_seen: set[str] = set()
 
 
@@ -518,6 +523,16 @@ def budget_spend(budget: str, principal: str, usd: float) -> None:
     if child is None:
         child = _child(m.spend, m.c_spend, key)
     child.set(usd)  # type: ignore[attr-defined]
+
+
+def circuit(target: str, is_open: bool) -> None:
+    """A target's breaker opened (True) or closed again (False) in this worker (set now, not batched)."""
+    m = _m or _build()
+    key = (target,)
+    child = m.c_circuit.get(key)
+    if child is None:
+        child = _child(m.circuit, m.c_circuit, key)
+    child.set(1.0 if is_open else 0.0)  # type: ignore[attr-defined]
 
 
 def holdback(nbytes: int) -> None:

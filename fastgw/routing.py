@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fastgw import metrics
 from fastgw.config import Config, Retry
 from fastgw.providers.base import TargetRuntime
 
@@ -60,9 +61,12 @@ class Breaker:
     Every request a breaker admits holds a `Permit`, and every permit is resolved — success, failure
     or neutral — by the one place that ends an attempt, so a probe is always released."""
 
-    __slots__ = ("failures", "threshold", "cooldown", "opened_at", "probing", "_clock")
+    __slots__ = ("failures", "threshold", "cooldown", "opened_at", "probing", "_clock", "target")
 
-    def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic,
+                 target: str = "") -> None:
+        #: The target id, for the `fastgw_circuit_open` gauge (none: not exported).
+        self.target = target
         self.failures = 0
         self.threshold = threshold
         self.cooldown = cooldown
@@ -101,10 +105,14 @@ class Breaker:
             self.probing = False
         if verdict == Verdict.SUCCESS:
             self.failures = 0
+            if self.opened_at is not None and self.target:
+                metrics.circuit(self.target, False)
             self.opened_at = None
         elif verdict == Verdict.FAILURE:
             self.failures += 1
             if probe or self.failures >= self.threshold:
+                if self.opened_at is None and self.target:
+                    metrics.circuit(self.target, True)
                 self.opened_at = self._clock()  # (re)open: a failed probe waits another cooldown
         # NEUTRAL: a probe that learned nothing frees the half-open slot for the next request
 
@@ -116,7 +124,7 @@ class Router:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._by_id = {t.id: t for t in targets}
         self._rng = rng or random.Random()
-        self.breakers = {t.id: Breaker(t.breaker_failures, t.breaker_cooldown, clock) for t in targets}
+        self.breakers = {t.id: Breaker(t.breaker_failures, t.breaker_cooldown, clock, t.id) for t in targets}
         self._routes = {r.model: r for r in cfg.routing}
         self._serving: dict[str, list[TargetRuntime]] = {}
         for t in targets:
