@@ -60,7 +60,9 @@ def build_targets(cfg: Config, secrets: dict[str, str]) -> list[TargetRuntime]:
             connect_timeout=t.timeouts.connect, ttft_timeout=t.timeouts.ttft, idle_timeout=t.timeouts.idle,
             max_duration=t.timeouts.max_duration, heartbeat=t.timeouts.heartbeat,
             breaker_failures=t.circuit_breaker.failures,
-            breaker_cooldown=t.circuit_breaker.cooldown, weight=t.weight, options=options))
+            breaker_cooldown=t.circuit_breaker.cooldown, weight=t.weight, options=options,
+            anthropic_versions=tuple(t.anthropic_versions), anthropic_betas=tuple(t.anthropic_betas),
+            allow_server_tools=t.allow_server_tools, allow_mcp=t.allow_mcp))
     return out
 
 

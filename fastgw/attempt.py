@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 import orjson
 
 from fastgw import metrics
-from fastgw.api.errors import GatewayError, Origin, UpstreamError, UpstreamTimeout, from_transport
+from fastgw.api.errors import GatewayError, Origin, UpstreamAuthError, UpstreamError, UpstreamTimeout, from_transport
 from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain
 from fastgw.proto.client import TransportError, TransportTimeout
@@ -30,6 +31,7 @@ from fastgw.providers import adapter_for
 from fastgw.providers.base import Adapter, Endpoint, TargetRuntime, UpstreamRequest
 from fastgw.providers.native import messages_request
 from fastgw.providers.openai import OpenAIAdapter
+from fastgw.providers.scope import Grants, check_tools
 from fastgw.routing import Verdict
 from fastgw.policy_relay import PolicyRelay
 from fastgw.stream import Source, SSERelay, StreamEnd, TranslatedSource
@@ -44,12 +46,25 @@ JSON = (b"content-type", b"application/json")
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
 # Upstream response headers worth passing to the client (rate-limit and request-id information SDKs read).
-_PASS_HEADERS = frozenset({b"openai-processing-ms", b"openai-version", b"openai-organization",
+# Not `openai-organization`: it names the operator's OpenAI organization.
+_PASS_HEADERS = frozenset({b"openai-processing-ms", b"openai-version",
                            b"retry-after", b"retry-after-ms", b"x-ratelimit-limit-requests",
                            b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-requests",
                            b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-requests",
                            b"x-ratelimit-reset-tokens", b"x-should-retry"})
 _DIALECT = {Endpoint.RESPONSES: "responses", Endpoint.MESSAGES: "messages"}
+#: Upstream statuses that mean "the operator's credentials were refused": a 502 for the client, never relayed (an
+#: OpenAI 401 quotes the key's last characters; the client would also take it for a problem with its own key).
+_AUTH_STATUSES = frozenset({401, 403, 407})
+#: What an upstream error body may say about the operator's account, taken out before it is relayed: key-shaped
+#: strings (OpenAI quotes `sk-proj-****abcd`), organization and project ids (a 429 names `org-...`).
+_ACCOUNT_IDS = re.compile(rb"\b(?:sk|rk|pk)-[A-Za-z0-9_*\-]{3,}|\b(?:org|proj)[-_][A-Za-z0-9]{8,}"
+                          rb"|\bAIza[0-9A-Za-z_\-]{20,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+_REDACTED = b"[redacted]"
+#: Seconds between two log lines about one target's refused key or unreachable address (one per request would
+#: let every client request write an operator log line while a key or a host is broken).
+_ALARM_INTERVAL = 1.0
+_alarms: dict[tuple[str, str], float] = {}
 
 
 class Answer:
@@ -143,21 +158,26 @@ class Attempt:
     async def run(self, target: TargetRuntime, call: Call, resp: Responder, ctx: RequestContext) -> Outcome:
         """Send `call` to `target`. Errors the gateway itself finds for this target (a parameter the provider
         cannot take) are a `Final` answer; nothing here raises for an upstream failure."""
+        audit = self.chain.audit
+        if audit is not None:
+            audit.check(ctx)  # a request that cannot be audited never reaches an upstream (503 audit_unavailable)
         ctx.target = target.id
         upstream = self._upstreams.get(target.provider, self._http)
         try:
             adapter, call = self._prepare(target, call, ctx)
             request = upstream.prepare(target, adapter, call)
         except GatewayError as e:
-            return Final(Verdict.NEUTRAL, error=e)
+            return Final(Verdict.NEUTRAL, error=_styled(e, call))
         now = self.loop.time()
         try:
             conn = await upstream.open(target, request, call)
         except TransportError as t:
-            err = from_transport(t)
+            err = from_transport(t, target.id)  # the client's error names the target; the operator's log, its address
             kind = "timeout" if isinstance(err, UpstreamTimeout) else (
                 "5xx" if err.code == "upstream_protocol_error" else "connect_error")
-            return Retry(kind, err)
+            if kind == "connect_error":
+                _alarm(target.id, "connect", "target %s: %s", target.id, t)
+            return Retry(kind, _styled(err, call))
         try:
             status = conn.status
             passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
@@ -176,16 +196,18 @@ class Attempt:
                 data = await conn.read_body(timeout=max(0.001, now + target.max_duration - self.loop.time()),
                                             first_by=now + target.ttft_timeout, idle=target.idle_timeout)
             except TransportTimeout as t:
-                return Retry("timeout", from_transport(t))
+                return Retry("timeout", _styled(from_transport(t), call))
             except TransportError as t:
                 # Reset or broken framing mid-body: nothing reached the client, so another target may answer.
-                return Retry("5xx", from_transport(t))
+                return Retry("5xx", _styled(from_transport(t), call))
             return self._whole(target, adapter, call, conn, ctx, ctype, passed, data)
         finally:
             upstream.release(conn)
 
     def _prepare(self, target: TargetRuntime, call: Call, ctx: RequestContext) -> tuple[Adapter, Call]:
-        """The adapter for this target, and the call as this target gets it."""
+        """The adapter for this target, and the call as this target gets it (400 for a provider-run tool or MCP
+        server neither the target nor the caller's roles allow)."""
+        check_tools(target, call.endpoint, call.body, self._grants(ctx))
         adapter = adapter_for(target.provider)
         if call.endpoint == Endpoint.MESSAGES:
             return _NativeMessages(call), call
@@ -196,6 +218,14 @@ class Attempt:
                 # Ask for the provider's own count; the extra usage chunk is taken out again on the way back.
                 call = Call(call.endpoint, asked, True, call.request_id, call.headers, strip_usage=True)
         return adapter, call
+
+    def _grants(self, ctx: RequestContext) -> Grants:
+        """Whether one of the caller's rbac roles grants a feature (`allow_server_tools`, `allow_mcp`); asked only
+        for requests that need one. Without rbac (an open gateway) nothing is granted beyond the target's own."""
+        grants = getattr(self.chain.rbac, "grants", None)  # RbacPolicy.grants(ctx, name)
+        if grants is None:
+            return _nothing
+        return lambda name: bool(grants(ctx, name))
 
     async def _stream(self, source: Source, resp: Responder, ctx: RequestContext,
                       headers: list[tuple[bytes, bytes]], deadlines: tuple[float, float, float, float],
@@ -240,8 +270,13 @@ class Attempt:
                ctx: RequestContext, ctype: bytes, passed: list[tuple[bytes, bytes]], data: bytes) -> Outcome:
         """The outcome of a whole (non-streamed) answer: translated, checked by the output policies."""
         status, data = adapter.translate_response(target, call.body, conn.status, data)
+        if status in _AUTH_STATUSES:
+            # The operator's key was refused: say so to the operator, and to the client without the upstream's text.
+            _alarm(target.id, "auth", "target %s refused the gateway's credentials (HTTP %d); fix its "
+                   "secret_key_ref", target.id, status)
+            return Retry("auth", _styled(UpstreamAuthError(target.id, status), call))
         if status >= 400:
-            answer = upstream_error_answer(status, data, passed)
+            answer = upstream_error_answer(status, data, passed, target)
             if status == 429 or status >= 500:
                 err = UpstreamError(f"upstream answered HTTP {status}", status=status)
                 return Retry("429" if status == 429 else "5xx", err, answer, retry_after(conn.headers))
@@ -270,17 +305,47 @@ class _NativeMessages(OpenAIAdapter):
         return messages_request(target, body, stream, self._call.headers)
 
 
-def upstream_error_answer(status: int, data: bytes, passed: list[tuple[bytes, bytes]]) -> Answer:
-    """An upstream error relayed: its own envelope when it has one, ours otherwise, same status."""
+def _nothing(name: str) -> bool:
+    return False
+
+
+def _styled(err: GatewayError, call: Call) -> GatewayError:
+    """`err` in the envelope the client parses: Anthropic's on /v1/messages."""
+    return err.anthropic() if call.endpoint == Endpoint.MESSAGES else err
+
+
+def _alarm(target: str, what: str, msg: str, *args: object) -> None:
+    """An ERROR line about a target, at most once per `_ALARM_INTERVAL` per (target, what)."""
+    now = time.monotonic()
+    key = (target, what)
+    if now - _alarms.get(key, -_ALARM_INTERVAL) >= _ALARM_INTERVAL:
+        _alarms[key] = now
+        log.error(msg, *args)
+
+
+def scrub(data: bytes, target: TargetRuntime | None = None) -> bytes:
+    """An upstream error body without what it says of the operator's account: the target's key, key-shaped
+    strings and organization/project ids (`_ACCOUNT_IDS`)."""
+    key = target.api_key.encode() if target is not None and target.api_key else b""
+    if key and key in data:
+        data = data.replace(key, _REDACTED)
+    return _ACCOUNT_IDS.sub(_REDACTED, data)
+
+
+def upstream_error_answer(status: int, data: bytes, passed: list[tuple[bytes, bytes]],
+                          target: TargetRuntime | None = None) -> Answer:
+    """An upstream error relayed: its own envelope when it has one (scrubbed of account details), ours otherwise
+    (its text is the upstream's, which may be a proxy's page naming internal hosts: logged, not relayed)."""
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        out = data
+        out = scrub(data, target)
     else:
-        text = data[:200].decode("utf-8", "replace")
-        out = UpstreamError(f"upstream answered HTTP {status}: {text}", status=status).body()
+        who = f"target {target.id!r}" if target is not None else "the upstream"
+        log.warning("%s answered HTTP %d without an error envelope: %r", who, status, data[:200])
+        out = UpstreamError(f"{who} answered HTTP {status} without an error envelope", status=status).body()
     headers = [JSON] + passed
     # Retrying a request the upstream found invalid cannot help (4xx other than 408/409/429).
     if 400 <= status < 500 and status not in (408, 409, 429) and not any(n == b"x-should-retry" for n, _ in passed):

@@ -2,8 +2,11 @@
 
 Signal handlers only enqueue; the loop dispatches to `handle_<name>`. A worker
 that dies is replaced with backoff; a worker that cannot boot stops the master
-with its reason instead of looping; a worker whose loop stops answering is killed
-(SIGABRT, then SIGKILL) and replaced. SIGHUP reloads: the config is read and
+with its reason instead of looping; a worker whose loop stops answering dumps the
+stacks of its threads to the log (`STACK_DUMP_SIGNAL`, faulthandler) and is killed
+with SIGKILL a moment later, then replaced. Neither the master nor a worker can
+leave a core dump (`RLIMIT_CORE` 0, not dumpable): one would hold the upstream keys,
+the metrics token, client keys and prompts. SIGHUP reloads: the config is read and
 checked again, new workers start with it, and only once they serve do the old ones
 drain and exit (an invalid config keeps the old workers serving). SIGTERM/SIGINT:
 workers drain within the graceful timeout, then the master exits 0; SIGQUIT is
@@ -19,9 +22,12 @@ file, as gunicorn's arbiter.py does.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import faulthandler
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -42,8 +48,14 @@ __all__ = ["Master", "bind_sockets", "BootError"]
 
 log = logging.getLogger("fastgw.master")
 
-#: After SIGABRT, how long a hung worker gets to die (writing its traceback) before SIGKILL.
-ABORT_GRACE = 3.0
+#: Sent to a hung worker first: faulthandler (registered in the worker after fork) writes every thread's stack to
+#: stderr (the journal) from its C signal handler, which runs even while the event loop is blocked. A real-time
+#: signal: it means nothing else to a worker (SIGUSR1 retires it; SIGABRT would dump core where cores are allowed).
+STACK_DUMP_SIGNAL = signal.SIGRTMIN + 1
+#: After the stack-dump signal, how long a hung worker's dump gets before SIGKILL (a dump takes milliseconds).
+ABORT_GRACE = 1.0
+#: prctl(2) option: PR_SET_DUMPABLE (linux/prctl.h).
+_PR_SET_DUMPABLE = 4
 #: Restart backoff bounds for workers that die soon after starting.
 RESTART_BACKOFF_MIN = 0.1
 RESTART_BACKOFF_MAX = 5.0
@@ -64,6 +76,23 @@ _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signa
 
 class BootError(Exception):
     """Workers could not start; the message says why."""
+
+
+def no_core_dumps() -> None:
+    """Best effort, in the master and again in each worker after fork: no core file (RLIMIT_CORE 0, soft and hard)
+    and not dumpable (PR_SET_DUMPABLE 0: no core, no ptrace or /proc/<pid>/mem by other processes of the same
+    user). The process memory holds upstream keys, the metrics token, client keys and prompts."""
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError) as e:
+        log.warning("cannot disable core dumps (RLIMIT_CORE): %s", e)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_DUMPABLE, 0) failed: %s", os.strerror(ctypes.get_errno()))
+        except (OSError, AttributeError) as e:
+            log.warning("prctl(PR_SET_DUMPABLE, 0) unavailable: %s", e)
 
 
 def bind_sockets(binds: list[str]) -> list[socket.socket]:
@@ -201,6 +230,9 @@ class Master:
                 os.close(self._wake_w)
                 for other in self.workers.values():
                     os.close(other.fd)
+                no_core_dumps()  # inherited already; set again in case the master ran without `run` (tests)
+                # A hung worker's stacks, written from the C handler even while its event loop is blocked.
+                faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True, chain=False)
                 from fastgw.worker import run_worker
                 code = run_worker(self.cfg, self.targets, self.sockets, wid, w, self.chain)
             except BaseException:  # noqa: BLE001
@@ -300,6 +332,9 @@ class Master:
     def run(self) -> int:
         """Spawn workers and supervise until stopped. Returns the exit code."""
         setproctitle("fastgw: master")
+        no_core_dumps()
+        # A master hung past WatchdogSec gets SIGABRT from systemd: its stack goes to the journal (no core).
+        faulthandler.enable(all_threads=True)
         self._install_signals()
         _metrics("setup_master")  # one multiprocess metrics directory for all workers, made before fork
         try:
@@ -375,16 +410,16 @@ class Master:
                 # A replacement that hangs before `R` would otherwise count as a current worker for good: no
                 # replacement would ever be spawned and capacity would silently drop by one.
                 if now - w.started > BOOT_TIMEOUT:
-                    log.error("worker %d (pid %d) did not report ready within %gs; aborting it", w.wid, w.pid,
-                              BOOT_TIMEOUT)
+                    log.error("worker %d (pid %d) did not report ready within %gs; dumping its stacks, then "
+                              "killing it", w.wid, w.pid, BOOT_TIMEOUT)
                     w.aborted_at = now
-                    self._signal(w.pid, signal.SIGABRT)  # a traceback of where it hung, then SIGKILL if need be
+                    self._signal(w.pid, STACK_DUMP_SIGNAL)  # its stacks to the log; SIGKILL after ABORT_GRACE
                     healthy = False
             elif now - w.last_seen > timeout_s:
-                log.error("worker %d (pid %d) has not answered for %.0fs (its event loop is blocked); "
-                          "aborting it", w.wid, w.pid, now - w.last_seen)
+                log.error("worker %d (pid %d) has not answered for %.0fs (its event loop is blocked); dumping its "
+                          "stacks, then killing it", w.wid, w.pid, now - w.last_seen)
                 w.aborted_at = now
-                self._signal(w.pid, signal.SIGABRT)  # a traceback of where it hung, then SIGKILL if need be
+                self._signal(w.pid, STACK_DUMP_SIGNAL)  # its stacks to the log; SIGKILL after ABORT_GRACE
                 healthy = False
         if not self._stopping and len(self._current()) < self.num_workers and now >= self._respawn_at:
             self._spawn()

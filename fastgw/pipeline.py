@@ -17,6 +17,7 @@ import orjson
 from fastgw import metrics
 from fastgw.api.errors import GatewayError, InvalidRequest
 from fastgw.attempt import JSON, Answer, Attempt, Final, Outcome, Retry, Streamed
+from fastgw.policy.audit import AuditUnavailable
 from fastgw.policy.base import PolicyFailure, RequestContext
 from fastgw.policy.chain import Chain
 from fastgw.proto.server import Request, Responder
@@ -182,6 +183,10 @@ class Pipeline:
             ctx.status = resp.status or 200
         try:
             await self.chain.record(ctx)
+        except OSError:
+            # The disk or quota is full (or max_bytes reached, or EIO): the audit log has raised its alarm and
+            # refuses every audited request until it can write again; this one fails closed the same way.
+            raise AuditUnavailable() from None
         except Exception:  # noqa: BLE001 - an audit trail that cannot be written must not be skipped quietly
             log.exception("audit record for %s could not be written", ctx.request_id)
             raise PolicyFailure("audit-logger", "cannot write the audit record") from None

@@ -26,7 +26,8 @@ import pytest
 
 from fastgw import master as master_mod
 from fastgw.config import ConfigError, Server
-from fastgw.master import ABORT_GRACE, BOOT_ERROR_EXIT, BOOT_TIMEOUT, RESTART_BACKOFF_MIN, STABLE_AFTER, Master
+from fastgw.master import (ABORT_GRACE, BOOT_ERROR_EXIT, BOOT_TIMEOUT, RESTART_BACKOFF_MIN, STABLE_AFTER,
+                           STACK_DUMP_SIGNAL, Master)
 
 T0 = 1000.0
 #: A simulation that runs this long has lost its way (a loop that never stops): fail instead of hanging.
@@ -51,7 +52,6 @@ class Behaviour:
     boot_error: str | None = None  # sent as `E<msg>` at boot time, then it exits with BOOT_ERROR_EXIT
     crash_after: float | None = None  # seconds after boot (ready or not) at which it exits with code 1
     drain: float | None = 0.2  # seconds from SIGTERM/SIGUSR1 to exit 0; None: it ignores them
-    abort_kills: bool = True  # SIGABRT ends it; False: only SIGKILL does (a loop blocked in C code)
 
 
 @dataclass
@@ -122,7 +122,7 @@ class Sim:
         p = self.procs.get(pid)
         if p is None or not p.alive:
             return
-        if sig == signal.SIGKILL or (sig == signal.SIGABRT and p.behaviour.abort_kills):
+        if sig == signal.SIGKILL:  # the stack-dump signal never ends a worker: faulthandler writes and returns
             self.exit(p, killed(sig))
         elif sig in (signal.SIGTERM, signal.SIGUSR1) and p.behaviour.drain is not None:
             self.after(p.behaviour.drain, lambda: self.exit(p, exited(0)))
@@ -319,8 +319,8 @@ def test_restart_backoff_is_capped(sim: Sim) -> None:
 
 # ---- heartbeats ----------------------------------------------------------------------------------------------
 
-def test_a_silent_worker_is_aborted_then_killed_and_replaced(sim: Sim, caplog: pytest.LogCaptureFixture) -> None:
-    sim.plan = [Behaviour(abort_kills=False), Behaviour()]
+def test_a_silent_worker_dumps_its_stacks_then_is_killed_and_replaced(sim: Sim, caplog: pytest.LogCaptureFixture) -> None:
+    sim.plan = [Behaviour(), Behaviour()]
     m = SimMaster(sim, workers=2, worker_timeout=3.0)
     victim = None
 
@@ -333,7 +333,7 @@ def test_a_silent_worker_is_aborted_then_killed_and_replaced(sim: Sim, caplog: p
     with caplog.at_level(logging.ERROR, "fastgw.master"):
         assert m._run() == 0
     assert victim is not None
-    (aborted,) = sim.signals_to(victim, signal.SIGABRT)
+    (aborted,) = sim.signals_to(victim, STACK_DUMP_SIGNAL)
     assert T0 + 4.5 + 3.0 < aborted <= T0 + 4.5 + 3.0 + 1.0  # noticed on the next tick
     (killed_at,) = sim.signals_to(victim, signal.SIGKILL)
     assert aborted + ABORT_GRACE < killed_at <= aborted + ABORT_GRACE + 1.0
@@ -341,14 +341,15 @@ def test_a_silent_worker_is_aborted_then_killed_and_replaced(sim: Sim, caplog: p
     assert sim.spawns[2].spawned_at == pytest.approx(killed_at + RESTART_BACKOFF_MIN)
     assert "event loop is blocked" in caplog.text
     # the healthy worker was left alone
-    assert sim.signals_to(sim.spawns[1], signal.SIGABRT) == []
+    assert sim.signals_to(sim.spawns[1], STACK_DUMP_SIGNAL) == []
+    assert not any(s == signal.SIGABRT for _, _, s in sim.sent)  # never SIGABRT: it would dump core
 
 
 def test_workers_that_keep_beating_are_never_aborted(sim: Sim) -> None:
     m = SimMaster(sim, workers=3, worker_timeout=1.5)
     sim.signal_master(signal.SIGTERM, T0 + 120)
     m._run()
-    assert len(sim.spawns) == 3 and not any(s == signal.SIGABRT for _, _, s in sim.sent)
+    assert len(sim.spawns) == 3 and not any(s in (signal.SIGABRT, STACK_DUMP_SIGNAL) for _, _, s in sim.sent)
 
 
 # ---- a replacement that never reports ready -------------------------------------------------------------------
@@ -363,23 +364,25 @@ def test_a_replacement_that_hangs_before_ready_is_aborted_and_replaced(sim: Sim,
         assert m._run() == 0
     first, _, hung, fresh = sim.spawns
     assert hung.spawned_at == pytest.approx(T0 + 1.5 + 0.1)
-    (aborted,) = sim.signals_to(hung, signal.SIGABRT)
+    (aborted,) = sim.signals_to(hung, STACK_DUMP_SIGNAL)
     assert hung.spawned_at + BOOT_TIMEOUT < aborted <= hung.spawned_at + BOOT_TIMEOUT + 1.0
+    (killed_at,) = sim.signals_to(hung, signal.SIGKILL)
+    assert aborted + ABORT_GRACE < killed_at <= aborted + ABORT_GRACE + 1.0
     # the same backoff as any death: it doubled (0.1 s, then 0.2 s), and 30 s of a boot that never served
     # did not reset it as a stable run would have
-    assert fresh.spawned_at == pytest.approx(aborted + 0.2)
+    assert fresh.spawned_at == pytest.approx(killed_at + 0.2)
     assert fresh.ready_at is not None and fresh.wid == first.wid
     assert "did not report ready within" in caplog.text
     assert m.restarts == 2
 
 
-def test_a_hung_replacement_that_ignores_sigabrt_is_killed(sim: Sim) -> None:
-    sim.plan = [Behaviour(crash_after=1.0), Behaviour(boot=None, abort_kills=False)]
+def test_a_hung_replacement_is_killed_after_its_stack_dump(sim: Sim) -> None:
+    sim.plan = [Behaviour(crash_after=1.0), Behaviour(boot=None)]
     m = SimMaster(sim, workers=1)
     sim.signal_master(signal.SIGTERM, T0 + BOOT_TIMEOUT + 20)
     m._run()
     hung = sim.spawns[1]
-    (aborted,) = sim.signals_to(hung, signal.SIGABRT)
+    (aborted,) = sim.signals_to(hung, STACK_DUMP_SIGNAL)
     (k,) = sim.signals_to(hung, signal.SIGKILL)
     assert aborted + ABORT_GRACE < k <= aborted + ABORT_GRACE + 1.0
     assert len(sim.spawns) == 3 and sim.spawns[2].ready_at is not None

@@ -8,12 +8,15 @@ the OpenAI SDKs parse: {"error": {"message", "type", "param", "code"}}.
 
 from __future__ import annotations
 
+import os
+
 import orjson
 
 from fastgw.proto.errors import HttpError, ProtocolError
 
-__all__ = ["GatewayError", "Origin", "envelope", "render", "UpstreamError", "UpstreamConnectError",
-           "UpstreamTimeout", "UpstreamDisconnected", "UpstreamProtocolError", "InvalidRequest", "from_transport"]
+__all__ = ["GatewayError", "Origin", "envelope", "anthropic_envelope", "render", "UpstreamError",
+           "UpstreamConnectError", "UpstreamTimeout", "UpstreamDisconnected", "UpstreamProtocolError",
+           "UpstreamAuthError", "InvalidRequest", "from_transport"]
 
 
 class Origin:
@@ -34,6 +37,11 @@ def envelope(message: str, type_: str, code: str | None = None, param: str | Non
     return orjson.dumps({"error": err})
 
 
+def anthropic_envelope(message: str, type_: str) -> bytes:
+    """Anthropic's error envelope, `{"type": "error", "error": {"type", "message"}}`, for `/v1/messages`."""
+    return orjson.dumps({"type": "error", "error": {"type": type_, "message": message}})
+
+
 class GatewayError(HttpError):
     """An error that becomes an HTTP answer (or an in-stream error event once streaming)."""
 
@@ -41,6 +49,8 @@ class GatewayError(HttpError):
     #: Retrying the same request cannot help: tells SDKs not to retry (x-should-retry: false).
     no_retry: bool = False
     origin: str = Origin.GATEWAY
+    #: "openai" or "anthropic": the envelope `body()` renders (`/v1/messages` clients parse Anthropic's).
+    style: str = "openai"
 
     def __init__(
         self,
@@ -67,7 +77,14 @@ class GatewayError(HttpError):
         self.extra = extra
 
     def body(self) -> bytes:
+        if self.style == "anthropic":
+            return anthropic_envelope(self.message, self.type)
         return envelope(self.message, self.type, self.code, self.param, self.extra)
+
+    def anthropic(self) -> GatewayError:
+        """This error, rendered in Anthropic's envelope (what a `/v1/messages` client parses)."""
+        self.style = "anthropic"
+        return self
 
 
 class InvalidRequest(GatewayError):
@@ -104,15 +121,49 @@ class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
 
 
-def from_transport(exc: BaseException) -> GatewayError:
-    """The API error for a failure the upstream client reports (`proto.client.TransportError`), or any error."""
+class UpstreamAuthError(UpstreamError):
+    """The upstream refused the operator's credentials (HTTP 401/403): the client's request was fine, the gateway's
+    key is not, so it is a 502 and never the client's own-looking 401 (whose text would quote the key)."""
+
+    code = "upstream_auth_error"
+    no_retry = True
+
+    def __init__(self, target: str, status: int) -> None:
+        super().__init__(f"target {target!r} refused the gateway's credentials (upstream HTTP {status}); "
+                         "the operator must fix the target's key")
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """Why a connect failed, without the address: `proto.client` words its errors with host:port, which is the
+    operator's topology (and OSError.strerror from asyncio's connect quotes the address too)."""
+    import socket
+    import ssl
+
+    cause = exc.__context__  # ConnectFailed is raised `from None`: the original error is still its context
+    if isinstance(cause, TimeoutError):
+        return "connect timed out"
+    if isinstance(cause, ssl.SSLError):
+        reason = getattr(cause, "reason", None)  # e.g. CERTIFICATE_VERIFY_FAILED; str(cause) may name the host
+        return f"TLS handshake failed ({reason})" if reason else "TLS handshake failed"
+    if isinstance(cause, socket.gaierror):
+        return "cannot resolve its host name"
+    if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+        return os.strerror(cause.errno).lower()
+    return "connect failed"
+
+
+def from_transport(exc: BaseException, target: str | None = None) -> GatewayError:
+    """The API error for a failure the upstream client reports (`proto.client.TransportError`), or any error.
+
+    A connect failure names the target id (`target`), never its address."""
     from fastgw.proto import client
 
     if isinstance(exc, GatewayError):
         return exc
     message = str(exc)
     if isinstance(exc, client.ConnectFailed):
-        return UpstreamConnectError(message)
+        who = f"target {target!r}" if target else "the upstream"
+        return UpstreamConnectError(f"cannot connect to {who}: {_connect_reason(exc)}")
     if isinstance(exc, client.TransportTimeout):
         return UpstreamTimeout(message)
     if isinstance(exc, client.PeerClosed):

@@ -42,6 +42,23 @@ does not end with `\\n`, a `\\n` is written before the next record, so the torn 
 stays alone on its line. `verify` accepts such a fragment in the middle of a file when the
 next record chains to the record before it (it was never acknowledged: nothing was lost),
 and reports a torn *last* line, which means the writer has not come back since.
+
+What clients can and cannot do to it
+------------------------------------
+Every client-supplied string of a record (model, path, request id, client address, decision details, finish
+reasons, usage fields) goes through `loggable`: PII-redacted (model and path too), control characters escaped,
+cut to `MAX_LOGGED_STRING` bytes with its original length noted, so a hostile request costs a few hundred bytes
+(a `GET /v1/models/<65,000 x A>` wrote 65 KB before). Response texts are the record's purpose: redacted, not cut.
+
+Size and a full disk
+--------------------
+Beside `retention_days`, `max_bytes` bounds the bytes of audit files in the directory (all workers): past days'
+files are deleted oldest first beyond it. When a record cannot be written — the disk or quota is full (ENOSPC,
+EDQUOT), an I/O error, or today's files alone reach `max_bytes` — the log is *unavailable*: an ERROR line at most
+once a second, and every audited request is refused with 503 `audit_unavailable` before any upstream is called
+(`AuditLog.check`, counted as the audit-logger's `unavailable` decision in `fastgw_policy_decisions_total`).
+The writer retries once a second; the first record it gets out is an `{"event": "audit_unavailable"}` record
+(reason, from, how many requests were refused), so the outage is in the trail itself.
 """
 
 from __future__ import annotations
@@ -64,11 +81,13 @@ from typing import IO, Annotated, Any, Literal
 import msgspec
 import orjson
 
+from fastgw.api.errors import GatewayError, Origin
 from fastgw.policy.base import RequestContext
 from fastgw.policy.settings import OnError, Problems, Settings
+from fastgw.proto.limits import MAX_LOGGED_STRING
 
-__all__ = ["AuditLog", "AuditLogger", "AuditError", "record_from_context", "audit_dir", "file_name", "verify",
-           "main_verify", "problems", "ZERO_HASH"]
+__all__ = ["AuditLog", "AuditLogger", "AuditError", "AuditUnavailable", "record_from_context", "loggable",
+           "audit_dir", "file_name", "verify", "main_verify", "problems", "ZERO_HASH"]
 
 log = logging.getLogger("fastgw.audit")
 
@@ -82,6 +101,15 @@ MAX_BATCH = 256
 #: one long line (a big response) is read in O(length), not O(length^2).
 TAIL_BLOCK = 64 * 1024
 SECONDS_PER_DAY = 86400
+#: Characters past MAX_LOGGED_STRING that a string about to be cut is still redacted over: a value that starts
+#: before the cut is seen whole (PII patterns are at most 256 bytes wide) and redacted, never half kept.
+REDACT_MARGIN = 256
+#: While the log is unavailable, how often the writer tries again (and how often the alarm is logged), seconds.
+RETRY_INTERVAL = 1.0
+#: Bytes this worker writes between two scans of the directory's size (`max_bytes`), as a fraction of the cap,
+#: with a floor: other workers' growth is seen within `workers x max_bytes / SCAN_FRACTION`.
+SCAN_FRACTION = 1024
+MIN_SCAN_BYTES = 64 * 1024
 
 _FILE_RE = re.compile(r"^audit-(\d{4})-(\d{2})-(\d{2})-w(\d+)\.jsonl$")
 _SORTED = orjson.OPT_SORT_KEYS
@@ -95,6 +123,10 @@ class AuditLogger(Settings):
     immutable: bool = True
     #: Files older than this are deleted at start and at each daily rotation (0 keeps all).
     retention_days: int = 365
+    #: Bytes of audit files kept in the directory, every worker's: past days' files are deleted oldest first
+    #: beyond it; when today's alone reach it the log is full (503, as for a full disk) rather than erasing today's
+    #: trail. 16 GiB: weeks of typical traffic on a small VM's disk. 0: no size limit.
+    max_bytes: int = 16 * 1024 ** 3
     #: Also record requests refused by an earlier policy (401, 403, 409).
     log_all_access: bool = True
     #: Disk durability on top of "handed to the OS": fsync every record, every `fsync_interval`, or never.
@@ -104,14 +136,35 @@ class AuditLogger(Settings):
 
 
 def problems(settings: AuditLogger) -> Problems:
-    """A negative retention (its message says what 0 means, which a type constraint could not)."""
+    """Negative retention or size limits (the messages say what 0 means, which a type constraint could not)."""
+    errs: Problems = []
     if settings.retention_days < 0:
-        return [("retention_days", "expected an integer >= 0 (0 keeps every file)")]
-    return []
+        errs.append(("retention_days", "expected an integer >= 0 (0 keeps every file)"))
+    if settings.max_bytes < 0:
+        errs.append(("max_bytes", "expected an integer >= 0 (0: no size limit)"))
+    return errs
 
 
 class AuditError(Exception):
     """The audit log cannot take records (not started, closed, or its file is held by another process)."""
+
+
+class AuditUnavailable(GatewayError):
+    """The audit log cannot write (disk or quota full, I/O error, `max_bytes` reached): an audited request is
+    refused rather than served without its record. Says nothing of why: that is the operator's (ERROR log)."""
+
+    status = 503
+    type = "server_error"
+    code = "audit_unavailable"
+    origin = Origin.GATEWAY
+
+    def __init__(self) -> None:
+        super().__init__("The gateway cannot record this request in its audit log right now, so it does not serve "
+                         "it; retry later.", headers=[(b"retry-after", b"5")])
+
+
+class _CapReached(OSError):
+    """Today's audit files alone fill `max_bytes` (raised by the writer like a full disk)."""
 
 
 # ---- the record -------------------------------------------------------------------------------------------
@@ -120,14 +173,50 @@ def _iso_ms(t: float) -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: What `loggable` escapes: C0/C1 controls and DEL (a newline forges a line in any text view of a record), line and
+#: paragraph separators, bidi overrides and marks (text that displays other than it reads), lone surrogates (not
+#: encodable), and the backslash itself, so an escape in the output always means an escaped character.
+_UNSAFE = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(m: re.Match) -> str:
+    c = m.group()
+    if c == "\\":
+        return "\\\\"
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def loggable(value: str, redact: Callable[[str], str] | None = None, limit: int = MAX_LOGGED_STRING) -> str:
+    """A client-supplied string as a record may hold it: PII-redacted by `redact`, control characters escaped,
+    and cut to `limit` UTF-8 bytes, its original length noted (`AAAA…[65000 bytes]`). Linear in `limit`, not
+    in the string: a 15 MB model name is redacted and escaped over its first few hundred characters only."""
+    size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    head = value if size <= limit else value[:limit + REDACT_MARGIN]
+    if redact is not None:
+        head = redact(head)
+    if _UNSAFE.search(head) is not None:
+        head = _UNSAFE.sub(_escape, head)
+    if size <= limit and len(head) <= limit and head.isascii():
+        return head
+    data = head.encode()
+    if size <= limit and len(data) <= limit:
+        return head
+    return data[:limit].decode("utf-8", "ignore") + f"…[{size} bytes]"
+
+
+def _opt(value: str | None, redact: Callable[[str], str] | None = None) -> str | None:
+    return None if value is None else loggable(value, redact)
+
+
 def _clean(v: Any, redact: Callable[[str], str] | None) -> Any:
-    """A JSON-safe copy of a decision detail: strings redacted, containers copied, anything else as text."""
+    """A JSON-safe copy of a decision detail: strings redacted and bounded (`loggable`), containers copied,
+    anything else as text."""
     if isinstance(v, str):
-        return redact(v) if redact is not None else v
+        return loggable(v, redact)
     if v is None or isinstance(v, (bool, int, float)):
         return v
     if isinstance(v, dict):
-        return {str(k): _clean(x, redact) for k, x in v.items()}
+        return {loggable(str(k), redact): _clean(x, redact) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_clean(x, redact) for x in v]
     if isinstance(v, (set, frozenset)):
@@ -139,22 +228,23 @@ def record_from_context(ctx: RequestContext, redact: Callable[[str], str] | None
                         now: float | None = None) -> dict:
     """The audit record of a finished (or refused) request.
 
-    Only what was decided and answered: never headers, keys or the prompt. Response texts
-    and string decision details go through `redact` (a PII redactor: even in observe mode
-    no raw PII reaches the file). `path` loses its query string (it may carry a key).
+    Only what was decided and answered: never headers, keys or the prompt. Response texts,
+    model, path and string decision details go through `redact` (a PII redactor: even in
+    observe mode no raw PII reaches the file). `path` loses its query string (it may carry a
+    key). Every client-supplied string is bounded and escaped (`loggable`).
     """
     ended = time.monotonic()
     ttfb = None if ctx.first_byte is None else round((ctx.first_byte - ctx.started) * 1000.0, 3)
     texts = ctx.texts
     return {
         "ts": _iso_ms(time.time() if now is None else now),
-        "request_id": ctx.request_id,
-        "principal": ctx.principal,
-        "client": ctx.client,
-        "method": ctx.method,
-        "path": ctx.path.split("?", 1)[0],
-        "model": ctx.model,
-        "target": ctx.target,
+        "request_id": loggable(ctx.request_id),
+        "principal": _opt(ctx.principal),
+        "client": loggable(ctx.client),
+        "method": loggable(ctx.method),
+        "path": loggable(ctx.path.split("?", 1)[0], redact),
+        "model": _opt(ctx.model, redact),
+        "target": _opt(ctx.target),
         "stream": ctx.stream,
         "status": ctx.status,
         "decisions": [{"policy": d.policy, "phase": d.phase, "outcome": d.outcome,
@@ -162,8 +252,8 @@ def record_from_context(ctx: RequestContext, redact: Callable[[str], str] | None
         "usage": _clean(ctx.usage, None) if ctx.usage is not None else None,
         "timing": {"total_ms": round((ended - ctx.started) * 1000.0, 3), "ttfb_ms": ttfb},
         "response": {str(i): (redact(t) if redact is not None else t) for i, t in sorted(texts.items())},
-        "finish": {str(i): f for i, f in sorted(ctx.finish.items())},
-        "error": ctx.error,
+        "finish": {str(i): loggable(f) for i, f in sorted(ctx.finish.items())},
+        "error": _opt(ctx.error),
     }
 
 
@@ -263,7 +353,8 @@ class AuditLog:
     """One worker's audit file and its writer thread; create it after fork, `start()` it, `close()` it on drain."""
 
     __slots__ = ("settings", "worker_id", "directory", "path", "_now", "_q", "_thread", "_closed", "_fd", "_seq",
-                 "_prev", "_torn", "_dirty", "_last_sync", "_day_end", "_day")
+                 "_prev", "_torn", "_dirty", "_last_sync", "_day_end", "_day", "_down", "_down_since", "_refused",
+                 "_refused_base", "_alarm_at", "_used", "_since_scan", "_full_at", "_scan_every")
 
     def __init__(self, settings: AuditLogger, worker_id: int, now: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -284,6 +375,19 @@ class AuditLog:
         self._last_sync = 0.0
         self._day_end = 0.0
         self._day = ""
+        #: Why the log cannot write ("ENOSPC", "EDQUOT", "EIO", "max_bytes"), None while it can. Set and cleared by
+        #: the writer thread, read by the loop (`check`).
+        self._down: str | None = None
+        self._down_since = 0.0
+        #: Requests refused while down: incremented by the loop only, read by the writer (for the outage record).
+        self._refused = 0
+        self._refused_base = 0
+        self._alarm_at = -RETRY_INTERVAL
+        # Size accounting for max_bytes (writer): the directory's audit bytes at the last scan plus ours since.
+        self._used = 0
+        self._since_scan = 0
+        self._full_at = -RETRY_INTERVAL  # when a scan last found no room (past days' files all gone)
+        self._scan_every = max(MIN_SCAN_BYTES, settings.max_bytes // SCAN_FRACTION)
 
     # ---- loop side ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -295,14 +399,34 @@ class AuditLog:
         self._thread = threading.Thread(target=self._run, name=f"fastgw-audit-w{self.worker_id}", daemon=True)
         self._thread.start()
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why the log cannot take records now (e.g. "ENOSPC", "max_bytes"), or None."""
+        return self._down
+
+    def check(self, ctx: RequestContext | None = None) -> None:
+        """Refuse a request that could not be audited: `AuditUnavailable` (503) while the log cannot write,
+        recorded on `ctx` as the audit-logger's `unavailable` decision (the metric of the alarm)."""
+        reason = self._down
+        if reason is None:
+            return
+        self._refused += 1
+        if ctx is not None:
+            ctx.decide(NAME, "input", "unavailable", entity=reason)
+        raise AuditUnavailable()
+
     async def write(self, record: dict) -> None:
         """Queue a record and wait until its line was handed to the OS (and fsynced with `fsync: always`).
 
         Never blocks the loop. Raises what the write raised (OSError: disk full, EIO...), so the
-        caller can fail closed. A caller cancelled while waiting does not unqueue the record.
+        caller can fail closed. A caller cancelled while waiting does not unqueue the record. The
+        refusal of a request `check` refused is not written while the log is down: the outage record
+        counts it.
         """
         if self._thread is None or self._closed:
             raise AuditError("audit log is closed" if self._closed else "audit log not started")
+        if self._down is not None and record.get("error") == AuditUnavailable.code:
+            return
         fut = asyncio.get_running_loop().create_future()
         self._q.put((dict(record), fut))  # a copy: the writer adds seq/prev/hash from its thread
         await fut
@@ -337,10 +461,13 @@ class AuditLog:
             timeout = None
             if interval and self._dirty:
                 timeout = max(0.0, self._last_sync + self.settings.fsync_interval - time.monotonic())
+            if self._down is not None:  # try again on our own: no request gets through to try while down
+                timeout = RETRY_INTERVAL if timeout is None else min(timeout, RETRY_INTERVAL)
             try:
                 item = q.get(timeout=timeout)
             except queue.Empty:
                 self._sync_quietly()
+                self._retry()
                 continue
             batch = [item]
             while len(batch) < MAX_BATCH:
@@ -384,8 +511,11 @@ class AuditLog:
                 continue
             record, fut = item
             try:
+                self._resume()
                 self._append(record)
             except BaseException as e:  # noqa: BLE001 - the caller gets it and fails closed
+                if isinstance(e, OSError):
+                    self._went_down(e)
                 done.setdefault(fut.get_loop(), []).append((fut, e))
             else:
                 wrote.append(fut)
@@ -410,6 +540,41 @@ class AuditLog:
                 pass
         return stop
 
+    # ---- unavailable: alarm, refusals, retry ------------------------------------------------------------------
+    def _went_down(self, e: OSError) -> None:
+        """A record could not be written: the log is unavailable until one can (alarm at most once a second)."""
+        reason = "max_bytes" if isinstance(e, _CapReached) else errno.errorcode.get(e.errno or 0, "EIO")
+        if self._down is None:
+            self._down_since = time.time()
+            self._refused_base = self._refused
+        self._down = reason
+        now = time.monotonic()
+        if now - self._alarm_at >= RETRY_INTERVAL:
+            self._alarm_at = now
+            log.error("audit log unavailable (%s: %s, writing %s): audited requests are refused with 503 "
+                      "audit_unavailable until a record can be written", reason, e.strerror or e, self.path)
+
+    def _resume(self) -> None:
+        """While down: write the outage record first (raises OSError while the log still cannot write)."""
+        if self._down is None:
+            return
+        since = self._down_since
+        refused = self._refused - self._refused_base
+        self._append({"ts": _iso_ms(self._now()), "event": "audit_unavailable", "reason": self._down,
+                      "from": _iso_ms(since), "refused": refused})
+        log.warning("audit log writable again after %.1fs unavailable (%s); %d request(s) were refused meanwhile",
+                    time.time() - since, self._down, refused)
+        self._down = None
+
+    def _retry(self) -> None:
+        try:
+            self._resume()
+        except OSError as e:
+            self._went_down(e)
+        except Exception:  # noqa: BLE001 - a bug here must not end the writer thread
+            log.exception("audit writer failed")
+
+    # ---- writing ------------------------------------------------------------------------------------------
     def _append(self, record: dict) -> None:
         """Serialise, chain and write one record (writer thread)."""
         t = self._now()
@@ -425,6 +590,7 @@ class AuditLog:
         line = orjson.dumps(record, option=_SORTED | orjson.OPT_APPEND_NEWLINE)
         if self._torn:  # end the torn fragment's line first, in the same write
             line = b"\n" + line
+        self._room(len(line))
         self._write_line(line)
         if self.settings.immutable:
             self._seq += 1
@@ -487,6 +653,64 @@ class AuditLog:
         self._dirty = False
         self._last_sync = time.monotonic()
         self._purge(day_start)
+        if self.settings.max_bytes > 0:
+            self._used, self._since_scan = self._purge_size(0), 0
+
+    def _room(self, n: int) -> None:
+        """Account for n more bytes under max_bytes; `_CapReached` when they would not fit even after deleting
+        past days' files. The directory is scanned every `_scan_every` bytes (other workers write there too) or
+        when the cap is reached, and at most once a second while that scan finds no room."""
+        cap = self.settings.max_bytes
+        if cap <= 0:
+            return
+        if self._used + n <= cap and self._since_scan + n < self._scan_every:
+            self._used += n
+            self._since_scan += n
+            return
+        now = time.monotonic()
+        if self._used + n > cap and now - self._full_at < RETRY_INTERVAL:
+            raise _CapReached(errno.ENOSPC, f"today's audit files fill max_bytes ({cap})")
+        self._used, self._since_scan = self._purge_size(n), 0
+        if self._used + n > cap:
+            self._full_at = now
+            raise _CapReached(errno.ENOSPC, f"today's audit files fill max_bytes ({cap})")
+        self._used += n
+        self._since_scan += n
+
+    def _purge_size(self, n: int) -> int:
+        """Delete past days' audit files (any worker's), oldest first, until they and n more bytes fit in
+        max_bytes; returns the bytes of audit files left. Today's files are never deleted: they are being written,
+        and deleting them would erase today's trail."""
+        cap = self.settings.max_bytes
+        today = self._day
+        found: list[tuple[str, str, int]] = []
+        try:
+            with os.scandir(self.directory) as it:
+                for entry in it:
+                    m = _FILE_RE.match(entry.name)
+                    if m is None:
+                        continue
+                    try:
+                        found.append((f"{m[1]}-{m[2]}-{m[3]}", entry.name, entry.stat().st_size))
+                    except FileNotFoundError:  # another worker deleted it meanwhile
+                        continue
+        except OSError as e:
+            log.error("audit retention: cannot list %s: %s", self.directory, e)
+            return 0
+        total = sum(size for _, _, size in found)
+        for day, name, size in sorted(found):
+            if total + n <= cap or day >= today:
+                break
+            try:
+                os.unlink(os.path.join(self.directory, name))
+                log.info("audit retention: deleted %s (max_bytes %d)", name, cap)
+            except FileNotFoundError:  # another worker was first
+                pass
+            except OSError as e:
+                log.error("audit retention: cannot delete %s: %s", name, e)
+                continue
+            total -= size
+        return total
 
     def _purge(self, today_start: float) -> None:
         """Delete audit files (any worker's) whose date is more than retention_days before today."""

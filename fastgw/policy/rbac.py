@@ -155,13 +155,15 @@ _T = TypeVar("_T", bound=_Served)
 
 
 class _Role:
-    __slots__ = ("name", "models", "endpoints", "stream")
+    __slots__ = ("name", "models", "endpoints", "stream", "allow_server_tools", "allow_mcp")
 
     def __init__(self, name: str, role: RbacRole) -> None:
         self.name = name
         self.models = _Globs(role.models)
         self.endpoints = _Globs(role.endpoints)
         self.stream = role.stream
+        self.allow_server_tools = role.allow_server_tools
+        self.allow_mcp = role.allow_mcp
 
     def refusal(self, endpoint_path: str, model: str | None, stream: bool) -> int | None:
         """None when this role allows the request, else which check refused it (_ENDPOINT, _MODEL, _STREAM)."""
@@ -238,6 +240,10 @@ class RbacPolicy:
     def _roles(self, ctx: RequestContext) -> tuple[_Role, ...]:
         key = self._by_name.get(ctx.principal) if ctx.principal is not None else None
         return key.roles if key is not None else ()
+
+    def grants(self, ctx: RequestContext, name: str) -> bool:
+        """Whether one of the caller's roles sets `name` ("allow_server_tools", "allow_mcp")."""
+        return any(getattr(role, name) for role in self._roles(ctx))
 
     def authorize(self, ctx: RequestContext, endpoint_path: str, model: str | None, stream: bool) -> None:
         """Allow when any of the principal's roles allows endpoint, model (unless None) and streaming.

@@ -36,12 +36,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import orjson
-
 from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
 from fastgw.proto.sse import SSEDecoder, SSEEvent
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, json_object, json_post, split_base_url
-from fastgw.providers.chunks import StreamTranslator, completion_body, map_finish, usage_dict
+from fastgw.providers.base import (TargetRuntime, UpstreamRequest, chat_only, encode_json, json_object, json_post,
+                                   split_base_url)
+from fastgw.providers.chunks import StreamTranslator, completion_body, map_finish, upstream_json, usage_dict
 from fastgw.providers.ir import ChatRequest, Message, Part, fold_turns, invalid, note_dropped, parse_chat, unsupported
 
 __all__ = ["AnthropicAdapter", "AnthropicStreamTranslator", "translate_request", "translate_message",
@@ -348,7 +347,7 @@ def translate_message(msg: dict, model: str) -> bytes:
         elif t == "tool_use":
             calls.append({"id": block.get("id") or "", "type": "function",
                           "function": {"name": block.get("name") or "",
-                                       "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+                                       "arguments": upstream_json(block.get("input") or {})}})
     content = "".join(texts) if texts or not calls else None
     finish = map_finish(msg.get("stop_reason"), _STOP) or "stop"
     return completion_body(msg.get("model") or model, content, finish, _usage(msg.get("usage")), calls or None)
@@ -431,7 +430,7 @@ class AnthropicStreamTranslator(StreamTranslator):
         if tool is not None and idx not in self._args_seen:
             # A tool call whose input came whole in content_block_start (or empty): OpenAI always has JSON text.
             self._args_seen.add(idx)  # type: ignore[arg-type]
-            w.tool_args(idx, orjson.dumps(tool.get("input") or {}).decode())
+            w.tool_args(idx, upstream_json(tool.get("input") or {}))
 
     def _message(self, t: str, obj: dict) -> None:
         w = self._w
@@ -468,7 +467,7 @@ class AnthropicAdapter:
             auth.append((b"x-api-key", target.api_key.encode()))
         if not any(n == b"anthropic-version" for n, _ in target.extra_headers):
             auth.append((b"anthropic-version", ANTHROPIC_VERSION))
-        payload = orjson.dumps(translate_request(target, body, stream))
+        payload = encode_json(translate_request(target, body, stream), body)
         return json_post(target, "/messages" if prefix.endswith("/v1") else "/v1/messages", payload, stream, auth)
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> AnthropicStreamTranslator:

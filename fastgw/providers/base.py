@@ -15,7 +15,15 @@ import orjson
 
 from fastgw.api import limits
 
-__all__ = ["Endpoint", "UpstreamRequest", "TargetRuntime", "split_base_url", "Translator", "Adapter", "host_header"]
+__all__ = ["Endpoint", "UpstreamRequest", "TargetRuntime", "split_base_url", "Translator", "Adapter", "host_header",
+           "encode_json", "MAX_ENCODED_DEPTH"]
+
+#: Deepest JSON nesting the upstream request can carry: orjson's encoder stops at 254 levels (its guard for the C
+#: stack). A client body parses up to 1024 levels, so a body nested past this (after a provider's translation
+#: wraps it in a few levels more) is refused as the client's 400 `nesting_too_deep`, never a 500.
+MAX_ENCODED_DEPTH = 254
+#: Dict keys of the deepest path that name the parameter in that 400 (`tools[0].function.parameters`).
+_PARAM_KEYS = 3
 
 
 class Endpoint:
@@ -85,6 +93,15 @@ class TargetRuntime:
     deployment: str | None = None
     api_version: str = "2024-10-21"
     region: str | None = None
+    #: anthropic: client `anthropic-version` values forwarded on /v1/messages (none: the client's header is never
+    #: forwarded and the adapter's own version is sent).
+    anthropic_versions: tuple[str, ...] = ()
+    #: anthropic: `anthropic-beta` flags a /v1/messages client may ask for (any other: 400).
+    anthropic_betas: tuple[str, ...] = ()
+    #: Provider-run tools (web search, code execution...) may be requested through this target.
+    allow_server_tools: bool = False
+    #: Remote MCP servers (`mcp_servers`, Responses `mcp` tools) may be requested through this target.
+    allow_mcp: bool = False
 
 
 #: What the gateway calls itself upstream.
@@ -114,6 +131,50 @@ def json_post(target: TargetRuntime, path: str, payload: bytes, stream: bool,
         *target.extra_headers,
     ]
     return UpstreamRequest(scheme, host, port, "POST", prefix + path, headers, payload)
+
+
+def encode_json(obj: object, client_body: dict | None = None, at: str = "") -> bytes:
+    """`orjson.dumps(obj)`, with a body nested past `MAX_ENCODED_DEPTH` answered as the client's 400 naming the
+    deepest parameter of `client_body` (the request as the client wrote it; else `obj`, found at param `at`)."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:  # parsed JSON holds only encodable values: the nesting is what failed
+        raise _too_deep(client_body if client_body is not None else obj, at) from None
+
+
+def _deepest(obj: object) -> tuple[int, list[str | int]]:
+    """(depth, path) of the most deeply nested container in `obj` (iterative: the nesting is the client's)."""
+    best: tuple[int, list[str | int]] = (0, [])
+    stack: list[tuple[object, int, list[str | int]]] = [(obj, 0, [])]
+    while stack:
+        node, depth, path = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+        if items is None:
+            continue
+        if depth + 1 > best[0]:
+            best = (depth + 1, path)
+        for k, v in items:
+            if isinstance(v, (dict, list)):
+                stack.append((v, depth + 1, path + [k]))
+    return best
+
+
+def _too_deep(body: object, at: str = "") -> Exception:
+    from fastgw.api.errors import InvalidRequest
+
+    depth, path = _deepest(body)
+    param, keys = at, 0
+    for seg in path:
+        if isinstance(seg, int):
+            param += f"[{seg}]"
+            continue
+        if keys == _PARAM_KEYS:
+            break
+        keys += 1
+        param += f".{str(seg)[:64]}" if param else str(seg)[:64]
+    return InvalidRequest(f"The request nests JSON {depth} levels deep (at {param or 'the body'}): more than an "
+                          f"upstream request can carry ({MAX_ENCODED_DEPTH} levels once translated).",
+                          param=param or None, code="nesting_too_deep")
 
 
 def json_object(data: bytes | str) -> dict | None:

@@ -62,9 +62,9 @@ import orjson
 from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
 from fastgw.proto.errors import ProtocolError
 from fastgw.proto.eventstream import CONTENT_TYPE, EventStreamDecoder, Message
-from fastgw.providers.base import (USER_AGENT, TargetRuntime, UpstreamRequest, chat_only, host_header, json_object,
-                                   split_base_url)
-from fastgw.providers.chunks import StreamTranslator, completion_body, map_finish, usage_dict
+from fastgw.providers.base import (USER_AGENT, TargetRuntime, UpstreamRequest, chat_only, encode_json, host_header,
+                                   json_object, split_base_url)
+from fastgw.providers.chunks import StreamTranslator, completion_body, map_finish, upstream_json, usage_dict
 from fastgw.providers.ir import ChatRequest, Part, fold_turns, invalid, note_dropped, parse_chat, unsupported
 from fastgw.providers.ir import Message as ChatMessage
 
@@ -479,7 +479,7 @@ def translate_converse(obj: dict, model: str) -> bytes:
             tu = block["toolUse"]
             calls.append({"id": tu.get("toolUseId") or "", "type": "function",
                           "function": {"name": tu.get("name") or "",
-                                       "arguments": orjson.dumps(tu.get("input", {})).decode()}})
+                                       "arguments": upstream_json(tu.get("input", {}))}})
     content = "".join(texts) if texts or not calls else None
     finish = map_finish(obj.get("stopReason"), _STOP) or "stop"
     return completion_body(model, content, finish, _usage(obj.get("usage")), calls or None)
@@ -583,7 +583,7 @@ class BedrockAdapter:
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
         chat_only("bedrock", endpoint)
-        payload = orjson.dumps(translate_request(target, body, stream))
+        payload = encode_json(translate_request(target, body, stream), body)
         # A Bedrock API key sent to an explicit base_url is the one case that needs no region (nothing is signed).
         region = "" if target.api_key and target.base_url else resolve_region(target)
         scheme, host, port, prefix = split_base_url(endpoint_url(target, region))

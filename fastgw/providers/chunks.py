@@ -23,7 +23,17 @@ import orjson
 from fastgw.api.errors import GatewayError, UpstreamProtocolError
 from fastgw.proto.errors import ProtocolError
 
-__all__ = ["ChunkWriter", "StreamTranslator", "completion_body", "usage_dict", "map_finish", "encode_chunks"]
+__all__ = ["ChunkWriter", "StreamTranslator", "completion_body", "usage_dict", "map_finish", "encode_chunks",
+           "upstream_json"]
+
+
+def upstream_json(value: object) -> str:
+    """An upstream's JSON value (tool input, error object) as JSON text; nested past what orjson encodes (254
+    levels) it is the upstream's protocol error, never a crash in the middle of a read."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        raise UpstreamProtocolError("the upstream sent JSON nested too deeply to relay") from None
 
 
 def encode_chunks(chunks: list[dict]) -> bytes:

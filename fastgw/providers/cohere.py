@@ -28,12 +28,10 @@ and citations are not forwarded. HTTP errors (`{"message": ...}`) keep their sta
 
 from __future__ import annotations
 
-import orjson
-
 from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
 from fastgw.proto.sse import SSEDecoder, SSEEvent
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_object, json_post
-from fastgw.providers.chunks import StreamTranslator, completion_body, usage_dict
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, encode_json, json_object, json_post
+from fastgw.providers.chunks import StreamTranslator, completion_body, upstream_json, usage_dict
 from fastgw.providers.ir import Message, Part, invalid, map_messages, note_dropped, parse_chat, unsupported
 
 __all__ = ["CohereAdapter", "CohereTranslator", "translate_request"]
@@ -119,9 +117,11 @@ def _assistant(m: Message) -> dict:
         if not isinstance(c.name, str):
             raise invalid("tool call without a function name", f"{m.param}.tool_calls[{k}]")
         args = c.arguments
+        if not isinstance(args, str):
+            args = encode_json(args if args is not None else {},
+                               at=f"{m.param}.tool_calls[{k}].function.arguments").decode()
         tcs.append({"id": str(c.id or f"call_{m.index}_{k}"), "type": "function",
-                    "function": {"name": c.name, "arguments": args if isinstance(args, str) else orjson.dumps(
-                        args if args is not None else {}).decode()}})
+                    "function": {"name": c.name, "arguments": args}})
     msg: dict = {"role": "assistant", "tool_calls": tcs}
     if text:
         msg["tool_plan"] = text  # the text that came with the calls is what v2 calls the plan
@@ -345,7 +345,7 @@ class CohereAdapter:
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
         chat_only("cohere", endpoint)
-        payload = orjson.dumps(translate_request(target, body, stream))
+        payload = encode_json(translate_request(target, body, stream), body)
         return json_post(target, "/v2/chat", payload, stream, bearer(target))
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> CohereTranslator:
@@ -383,8 +383,8 @@ class CohereAdapter:
             args = fn.get("arguments")
             calls.append({"id": str(c.get("id") or f"call_{k}"), "type": "function",
                           "function": {"name": str(fn.get("name") or ""),
-                                       "arguments": args if isinstance(args, str) else orjson.dumps(
-                                           args if args is not None else {}).decode()}})
+                                       "arguments": args if isinstance(args, str) else upstream_json(
+                                           args if args is not None else {})}})
         plan = msg.get("tool_plan")
         # The plan streams as content ahead of the calls (tool-plan-delta); the same text leads here.
         text = (plan if isinstance(plan, str) else "") + "".join(texts)

@@ -68,8 +68,8 @@ import orjson
 
 from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
 from fastgw.proto.sse import SSEDecoder, SSEEvent
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, json_post, split_base_url
-from fastgw.providers.chunks import StreamTranslator, completion_body, map_finish, usage_dict
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, chat_only, encode_json, json_post, split_base_url
+from fastgw.providers.chunks import StreamTranslator, completion_body, map_finish, upstream_json, usage_dict
 from fastgw.providers.ir import ChatRequest, Message, Part, ToolCall, fold_turns, note_dropped, parse_chat
 
 __all__ = ["GeminiAdapter", "GeminiTranslator", "translate_request", "translate_schema", "usage_from"]
@@ -640,7 +640,7 @@ class GeminiTranslator(StreamTranslator):
                 fc = p["functionCall"]
                 n = self._calls.get(idx, 0)
                 self._calls[idx] = n + 1
-                args = orjson.dumps(fc.get("args") or {}).decode()
+                args = upstream_json(fc.get("args") or {})
                 w.tool_start(n, fc.get("id") or "", fc.get("name") or "", idx, args)
             else:
                 _note("answer parts other than text and functionCall")
@@ -660,7 +660,7 @@ def _choice(c: dict) -> tuple[int, str | None, list[dict], str]:
                 texts.append(p["text"])
         elif "functionCall" in p:
             fc = p["functionCall"]
-            args = orjson.dumps(fc.get("args") or {}).decode()
+            args = upstream_json(fc.get("args") or {})
             call: dict = {"id": fc.get("id") or _call_id(), "type": "function",
                           "function": {"name": fc.get("name") or "", "arguments": args}}
             if p.get("thoughtSignature"):
@@ -728,7 +728,7 @@ class GeminiAdapter:
         chat_only("gemini", endpoint)
         assert target.base_url is not None
         try:
-            payload = orjson.dumps(translate_request(target, body, stream))
+            payload = encode_json(translate_request(target, body, stream), body)
         except (TypeError, AttributeError, ValueError) as e:
             # A field of an unexpected JSON type somewhere deep in the body: the client's error, not ours.
             raise _bad(f"the request body could not be translated for Gemini: {e}", None, "invalid_value") from None

@@ -32,12 +32,10 @@ import base64
 import os
 from urllib.parse import unquote_to_bytes
 
-import orjson
-
 from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, envelope
 from fastgw.proto.ndjson import NDJSONDecoder
-from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, json_object, json_post
-from fastgw.providers.chunks import StreamTranslator, completion_body, usage_dict
+from fastgw.providers.base import TargetRuntime, UpstreamRequest, bearer, chat_only, encode_json, json_object, json_post
+from fastgw.providers.chunks import StreamTranslator, completion_body, upstream_json, usage_dict
 from fastgw.providers.ir import ChatRequest, Message, invalid, map_messages, note_dropped, parse_chat, unsupported
 
 __all__ = ["OllamaAdapter", "OllamaTranslator", "translate_request"]
@@ -236,7 +234,7 @@ def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
 def _args_text(args: object) -> str:
     if isinstance(args, str):
         return args
-    return orjson.dumps(args if args is not None else {}).decode()
+    return upstream_json(args if args is not None else {})
 
 
 def _finish(reason: object, tools: bool) -> str:
@@ -279,7 +277,7 @@ class OllamaTranslator(StreamTranslator):
             return  # the answer is complete at the done line; nothing follows it, and anything that does is ignored
         err = obj.get("error")
         if err is not None:
-            raise UpstreamError(err if isinstance(err, str) else orjson.dumps(err).decode(), code="ollama_error")
+            raise UpstreamError(err if isinstance(err, str) else upstream_json(err), code="ollama_error")
         w = self._w
         msg = obj.get("message")
         if isinstance(msg, dict):
@@ -328,7 +326,7 @@ class OllamaAdapter:
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
         chat_only("ollama", endpoint)
-        payload = orjson.dumps(translate_request(target, body, stream))
+        payload = encode_json(translate_request(target, body, stream), body)
         return json_post(target, "/api/chat", payload, stream, bearer(target), stream_type=b"application/x-ndjson")
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> OllamaTranslator:

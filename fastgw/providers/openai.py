@@ -3,9 +3,7 @@ client sent it (model rewritten if aliased), the answer comes back as it is."""
 
 from __future__ import annotations
 
-import orjson
-
-from fastgw.providers.base import TargetRuntime, Translator, UpstreamRequest, bearer, json_post
+from fastgw.providers.base import TargetRuntime, Translator, UpstreamRequest, bearer, encode_json, json_post
 
 __all__ = ["OpenAIAdapter", "AzureAdapter"]
 
@@ -23,7 +21,7 @@ class OpenAIAdapter:
         with a duplicated key they could say something else to the upstream). The client's Authorization is
         never forwarded: the target's own key is used."""
         assert target.base_url is not None
-        payload = orjson.dumps(body if body.get("model") == target.model else {**body, "model": target.model})
+        payload = encode_json(body if body.get("model") == target.model else {**body, "model": target.model}, body)
         return json_post(target, self.path(target, endpoint), payload, stream, self.auth(target))
 
     def stream_translator(self, target: TargetRuntime, body: dict) -> Translator | None:

@@ -359,8 +359,11 @@ def test_write_error_reaches_the_caller_and_the_chain_survives(tmp_path: Path,
     [f] = files(tmp_path)
     assert verify(str(f)) == []
     raw = f.read_bytes().splitlines()
-    assert len(raw) == 5 and len(raw[2]) == 10  # the fragment alone on its line
-    assert [orjson.loads(x)["seq"] for x in raw[:2] + raw[3:]] == [1, 2, 3, 4]
+    assert len(raw) == 6 and len(raw[2]) == 10  # the fragment alone on its line
+    recs = [orjson.loads(x) for x in raw[:2] + raw[3:]]
+    assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
+    # the outage is in the trail: the first record written once the disk took writes again
+    assert recs[2]["event"] == "audit_unavailable" and recs[2]["reason"] == "ENOSPC"
 
 
 def test_unserialisable_record_fails_alone(tmp_path: Path) -> None:

@@ -432,14 +432,16 @@ def test_sdk_tool_results_back(client, mock):
 
 
 def test_sdk_auth_error(mock, tmp_path):
-    """A target without its key: Cohere's 401 comes back as the SDK's AuthenticationError."""
+    """A target without its key: Cohere's 401 is the operator's problem, a 502 `upstream_auth_error` (the SDK's
+    InternalServerError) without Cohere's text: the client must not take it for its own key's."""
     cfg = gw_config({"cohere": mock})
     del cfg["providers"]["targets"][0]["secret_key_ref"]
     f = GatewayFactory(tmp_path)
     try:
         c = client_for(f.start(cfg), "x")
-        with pytest.raises(openai.AuthenticationError) as e:
+        with pytest.raises(openai.InternalServerError) as e:
             c.chat.completions.create(model=MODEL, messages=ask("text"))
-        assert e.value.body["message"] == "invalid api token"
+        assert e.value.status_code == 502 and e.value.body["code"] == "upstream_auth_error"
+        assert "invalid api token" not in str(e.value.body)
     finally:
         f.close()

@@ -216,7 +216,8 @@ CONTRACTS = {
             ("content_filtered", "content_filter"), ("end_turn", "stop"))),
         errors=(HttpError("error429", openai.RateLimitError, 429, {"code": "ThrottlingException"}, "Too many requests"),
                 HttpError("error400", openai.BadRequestError, 400, {"code": "ValidationException"}),
-                HttpError("error403", openai.PermissionDeniedError, 403),
+                # the operator's credentials refused: 502 upstream_auth_error, never relayed as the client's 403
+                HttpError("error403", openai.InternalServerError, 502, {"body.code": "upstream_auth_error"}),
                 HttpError("error500", openai.InternalServerError, 500)),
         in_stream=(InStream("instream-error", "Partial answer", "modelStreamErrorException", in_body=True),
                    InStream("throttle-instream", "", "throttlingException", in_body=True),
