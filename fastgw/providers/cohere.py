@@ -14,10 +14,10 @@ Request (OpenAI -> Cohere v2):
   into Cohere's [0, 1]); `response_format` json_object ->
   `{"type": "json_object"}`, json_schema -> `{"type": "json_object", "json_schema": schema}`; `stream`.
 - dropped, logged once per worker at INFO (logger `fastgw.providers.cohere`, `ir.note_dropped`):
-  `logprobs`, `top_logprobs`, `logit_bias`,
+  `logprobs: false`, `top_logprobs`, `logit_bias`,
   `reasoning_effort`, `prediction`, `parallel_tool_calls`, `user`, `metadata`, `store`, `service_tier`;
   a message's `name` (silently).
-- refused (400 `unsupported_parameter`): `n` > 1; audio/file parts; images outside user messages.
+- refused (400 `unsupported_parameter`): `n` > 1; `logprobs: true`; audio/file parts; images outside user messages.
 
 Answer: `content-delta` text and `tool-plan-delta` text (the model's plan before it calls tools) become
 content; `tool-call-start`/`-delta` become streamed tool calls; `message-end` finish reasons COMPLETE and
@@ -199,6 +199,9 @@ def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
     n = body.get("n")
     if n is not None and n != 1:
         raise _bad("cohere returns one choice; n must be 1", "n")
+    if body.get("logprobs"):
+        # A client that asks for logprobs reads them: an answer without them is not the answer it asked for.
+        raise _bad("logprobs are not supported for Cohere targets", "logprobs")
     req = parse_chat(body, PROVIDER)
     out: dict = {"model": target.model, "messages": map_messages(req, _ROLES), "stream": stream}
     _tools(body, out)

@@ -34,11 +34,11 @@ Provider table (what happens to each OpenAI request field):
   `gemini-3*` models a replayed assistant turn whose first tool call carries none gets Google's
   documented `skip_thought_signature_validator`.
 - dropped with a log note (once per field per worker, at INFO: `ir.note_dropped`): `parallel_tool_calls`,
-  `logit_bias`, `logprobs`,
+  `logit_bias`, `logprobs: false`,
   `top_logprobs`, `user`, `metadata`, `store`, `service_tier`, `reasoning_effort`, `prediction`,
   `modalities`, `audio`, `web_search_options`, tool `strict`, image `detail`, message `name`,
   assistant `refusal`, any unknown field; Gemini "thought" parts and non-text output parts in answers.
-- refused (400 invalid_request_error, code `unsupported_parameter`): legacy `functions`/`function_call`,
+- refused (400 invalid_request_error, code `unsupported_parameter`): `logprobs: true`, legacy `functions`/`function_call`,
   tools that are not functions, content parts other than the above (and `file_id` files, data: URLs that
   are not base64), `response_format` types other than text/json_object/json_schema. Malformed input is
   400 too (code `invalid_value`: a tool result whose `tool_call_id` matches no earlier assistant tool
@@ -494,6 +494,9 @@ def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
     for k in _REFUSED:
         if k in body:
             raise _bad(f"{k} (legacy function calling) is not supported for Gemini: use tools", k)
+    if body.get("logprobs"):
+        # A client that asks for logprobs reads them: an answer without them is not the answer it asked for.
+        raise _bad("logprobs are not supported for Gemini targets", "logprobs")
     for k in body:
         if k not in _MAPPED:
             _note(k)
