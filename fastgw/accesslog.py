@@ -1,5 +1,5 @@
-"""The access log: one line per request, JSON by default, on stdout (the journal under systemd), through the
-dedicated `fastgw.access` logger.
+"""The access log: one line per response, JSON by default, on stdout (the journal under systemd) or in a file with
+size-based retention, through the dedicated `fastgw.access` logger.
 
 API
 ---
@@ -8,45 +8,84 @@ API
     configure(level: str = "info", fmt: str = "json", stream: IO[str] | None = None) -> None
         # level: a logging level name, or "off"; fmt: "json" | "text"; stream: default sys.stdout.
         # Call once at start (master, before fork); log_request configures the defaults on first use.
-    log_request(ctx: RequestContext, route: str, nbytes: int | None = None) -> None
-        # once per finished request, next to metrics.request_finished (nbytes: resp.bytes_sent)
+    use_file(path: str, max_bytes: int, backups: int) -> None
+        # a worker at start: lines go to `path`, rotated by size (see "Files" below)
+    set_redactor(redact: Callable[[str], str] | None, known: Iterable[str] = ()) -> None
+        # a worker at start: what model names and paths pass through before they are written
+    log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forwarded: str | None = None) -> None
+        # once per response (nbytes: resp.bytes_sent; forwarded: the X-Forwarded-For chain of a trusted proxy)
 
 Line (JSON, one object, no spaces, `\\n`-terminated)::
 
     {"ts": "2025-01-31T12:00:00.123Z", "request_id", "principal", "client", "method", "route", "model",
      "target", "stream", "status", "ttft_ms", "duration_ms", "bytes",
      "tokens": {"prompt", "completion", "estimated"[, "partial"]} | null,
-     "policy": {"<policy>": "<most severe outcome>"}, "retries", "error"}
+     "policy": {"<policy>": "<most severe outcome>"}, "retries", "error"
+     [, "route_len", "model_len", "forwarded", "forwarded_len"]}
 
 `principal` is the key's *name* from the rbac config, never the key; the route loses its query string; no
-header, prompt or answer text is ever read, so none can be written. The `text` format carries the same
-fields as ``key=value`` pairs for a terminal. Cost: one dict, one `orjson.dumps` and one `write` + `flush`
-per request (with only our handler attached, no `LogRecord` is built; see `log_request`).
+header, prompt or answer text is ever read, so none can be written. `client` is the peer's address, or, when
+the peer is one of `server.trusted_proxies`, the rightmost address of its X-Forwarded-For that is not a
+trusted proxy (`forwarded` then holds the chain as received).
+
+**What a client can put in a line is bounded.** Every client-supplied string (route, model, client,
+forwarded, request id) is cut to `limits.MAX_LOGGED_STRING` bytes, ending in "…", and its original length in
+bytes is noted beside it (`route_len`, `model_len`, `forwarded_len`) when it was cut: a hostile request
+costs at most a few KiB of log. Route and model then pass PII redaction (the chain's `pii-detector` when it
+has one, plus a built-in pass for API keys — `sk-…`, `fgw-…` and kin — long tokens and e-mail addresses)
+unless they are names the config itself defines. Control characters cannot forge a line: JSON escapes them,
+and the line escapes the separators JSON leaves raw (DEL, U+0085, U+2028, U+2029); the `text` format
+writes any value that is not plain printable ASCII as a JSON string (ASCII-escaped).
+
+Files
+-----
+With `server.access_log.path` set, every worker opens the same file with O_APPEND: each batch of lines is one
+write(2), which the kernel appends whole, so lines of several workers never interleave. Rotation is done by
+whichever worker first sees the file reach `max_bytes` (fstat after its write), under an flock(2) on the
+file's directory: it renames `path.N-1` → `path.N` … `path` → `path.1` (the oldest beyond `backups` is
+dropped; `backups: 0` only truncates by starting a new file) and opens a new `path`. A worker that holds the
+renamed file notices on its next write (its file is past `max_bytes` and no longer has `path`'s inode) and
+reopens `path` under the same lock, so a rotation happens once however many workers race to it, and a file
+exceeds `max_bytes` by at most one batch per worker. One shared file rather than one per worker keeps the
+names the config documents and one place to read; the master takes no part.
+
+Cost: one dict, one `orjson.dumps` and one `write` per loop iteration for all the lines finished in it
+(with only our handler attached, no `LogRecord` is built; see `log_request`), plus one fstat per write
+when writing to a file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import logging
+import os
+import re
 import sys
 import time
+from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING
 
 import orjson
 
+from fastgw.proto.limits import MAX_LOGGED_STRING
+
 if TYPE_CHECKING:
     from fastgw.policy.base import RequestContext
 
-__all__ = ["configure", "log_request", "access_record", "LOGGER_NAME"]
+__all__ = ["configure", "use_file", "set_redactor", "log_request", "access_record", "cap", "redact", "LOGGER_NAME"]
 
 LOGGER_NAME = "fastgw.access"
 _log = logging.getLogger(LOGGER_NAME)
+_diag = logging.getLogger("fastgw.accesslog")  # problems of the access log itself (stderr)
 _OFF = logging.CRITICAL + 10
 
 #: When one policy decided several times (input and output), the line shows its most severe outcome.
 _SEVERITY = {"allow": 1, "observe": 2, "redact": 3, "error": 4, "deny": 5, "block": 6}
 
 _fmt = "json"
+_level = "info"
 _handler: logging.Handler | None = None
 
 
@@ -57,9 +96,9 @@ class _AsIs(logging.Formatter):
         return record.msg
 
 
-def configure(level: str = "info", fmt: str = "json", stream: IO[str] | None = None) -> None:
+def configure(level: str = "info", fmt: str = "json", stream: IO[str] | RotatingFile | None = None) -> None:
     """Send access lines to `stream` (default stdout) in `fmt`, at `level` ("off" disables them)."""
-    global _fmt, _handler
+    global _fmt, _handler, _level
     if fmt not in ("json", "text"):
         raise ValueError(f"access log format must be 'json' or 'text', not {fmt!r}")
     lvl = _OFF if level.lower() in ("off", "none", "disabled") else logging.getLevelName(level.upper())
@@ -70,10 +109,162 @@ def configure(level: str = "info", fmt: str = "json", stream: IO[str] | None = N
     if _handler is not None:
         _handler.flush()
         _log.removeHandler(_handler)  # not closed: the stream is not ours
+        old = getattr(_handler, "stream", None)
+        if isinstance(old, RotatingFile) and old is not stream:
+            old.close()
     _log.addHandler(handler)
     _log.setLevel(lvl)
     _log.propagate = False  # the root logger's format (stderr, prefixed) is for diagnostics, not this
-    _handler, _fmt = handler, fmt
+    _handler, _fmt, _level = handler, fmt, level
+
+
+def use_file(path: str, max_bytes: int, backups: int) -> None:
+    """Write access lines to `path` (format and level unchanged), rotated at `max_bytes` keeping `backups` files."""
+    configure(_level, _fmt, RotatingFile(path, max_bytes, backups))
+
+
+# ---- the file --------------------------------------------------------------------------------------------------
+
+class RotatingFile:
+    """An O_APPEND file shared by the workers, rotated by size (see "Files" in the module docstring). Text in,
+    one write(2) per `write`."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        self.path = os.path.abspath(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._dir = os.path.dirname(self.path)
+        self._fd = -1
+        self._ino = 0
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        self._ino = os.fstat(fd).st_ino
+
+    def write(self, text: str) -> int:
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        while data:
+            n = os.write(self._fd, data)
+            data = data[n:]
+        if os.fstat(self._fd).st_size >= self.max_bytes:
+            self._rotate()
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # every write is a write(2)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _rotate(self) -> None:
+        dfd = os.open(self._dir, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(dfd, fcntl.LOCK_EX)
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            if st is None or st.st_ino != self._ino:
+                self._open()  # another worker rotated (or the file was removed): follow the name
+                return
+            if st.st_size < self.max_bytes:
+                return
+            if self.backups > 0:
+                for i in range(self.backups - 1, 0, -1):
+                    src = f"{self.path}.{i}"
+                    if os.path.exists(src):
+                        os.replace(src, f"{self.path}.{i + 1}")
+                os.replace(self.path, self.path + ".1")
+            else:
+                os.unlink(self.path)
+            self._open()
+        finally:
+            os.close(dfd)  # releases the lock
+
+
+# ---- client strings: capped, redacted, escaped -----------------------------------------------------------------
+
+# Built-in redaction, whatever the chain: API keys by their usual prefixes, long opaque tokens, e-mail addresses.
+_SECRETS = re.compile(
+    r"(?i)(?<![A-Za-z0-9])(?:sk|pk|rk|fgw|sess|key|api|token|secret|ghp|gho|ghs|github_pat|xox[abprs]|akia|aiza|"
+    r"bearer)[-_A-Za-z0-9]{8,}"
+    r"|[A-Za-z0-9_\-]{40,}"
+    r"|[^\s@/\"<>]+@[^\s@/\"<>]+\.[A-Za-z]{2,}")
+_REDACTED = "[REDACTED]"
+# Characters a JSON encoder leaves raw that line-splitting readers (Python's splitlines, some viewers) break on.
+_JSON_RAW_BREAKS = re.compile("[\x7f\x85\u2028\u2029]")
+# What the text format writes as is; anything else is JSON-quoted (no space, quote, backslash or control).
+_PLAIN = re.compile(r"[!#-\[\]-~]+")
+
+_redactor: Callable[[str], str] | None = None
+_known: frozenset[str] = frozenset()
+#: Redactions of client strings seen lately (bounded; a hostile client varying them only fills it).
+_cache: dict[str, str] = {}
+_CACHE_MAX = 1024
+
+
+def set_redactor(redact: Callable[[str], str] | None, known: Iterable[str] = ()) -> None:
+    """Route and model go through `redact` (e.g. the pii-detector's scanner) before they are written, except
+    the `known` names the config defines (its models, aliases and routes)."""
+    global _redactor, _known
+    _redactor = redact
+    _known = frozenset(known)
+    _cache.clear()
+
+
+def cap(value: str, limit: int = MAX_LOGGED_STRING) -> tuple[str, int | None]:
+    """`value` cut to `limit` UTF-8 bytes (ending in "…"), and its original length in bytes when it was cut."""
+    if len(value) <= limit // 4:  # short enough whatever its characters (UTF-8: 4 bytes at most)
+        return value, None
+    raw = value.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return value, None
+    return raw[:limit - 3].decode("utf-8", "ignore") + "…", len(raw)
+
+
+def redact(value: str) -> str:
+    """A client string as it may be logged: known names as they are, others through the redactor and the
+    built-in secret patterns."""
+    if value in _known:
+        return value
+    done = _cache.get(value)
+    if done is not None:
+        return done
+    out = value
+    if _redactor is not None:
+        try:
+            out = _redactor(out)
+        except Exception:  # noqa: BLE001 - a log line must never cost the request; nothing raw is written
+            out = _REDACTED
+    out = _SECRETS.sub(_REDACTED, out)
+    if len(_cache) >= _CACHE_MAX:
+        _cache.clear()
+    _cache[value] = out
+    return out
+
+
+#: Characters past the cut still redacted over: a value that starts before the cut is seen whole and redacted,
+#: never half kept (redaction patterns are at most this wide).
+_REDACT_MARGIN = 256
+
+
+def _client_string(rec: dict, key: str, value: str, scrub: bool) -> None:
+    """rec[key]: `value` redacted (`scrub`) and cut to MAX_LOGGED_STRING bytes; rec[key + "_len"]: its original
+    length in bytes when it was longer. Redaction runs before the cut, over a margin past it, so a value that
+    starts before the cut is seen whole; never over more, so a 15 MB model name costs a few hundred characters."""
+    size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    head = value if size <= MAX_LOGGED_STRING else value[:MAX_LOGGED_STRING + _REDACT_MARGIN]
+    if scrub:
+        head = redact(head)
+    rec[key] = cap(head)[0]
+    if size > MAX_LOGGED_STRING:
+        rec[key + "_len"] = size
 
 
 # ---- the record ---------------------------------------------------------------------------------------------
@@ -106,7 +297,7 @@ def _tokens(usage: dict | None) -> dict | None:
 
 
 def access_record(ctx: RequestContext, route: str, nbytes: int | None = None, now: float | None = None,
-                  wall: float | None = None) -> dict:
+                  wall: float | None = None, forwarded: str | None = None) -> dict:
     """The fields of one access line (see the module docstring). `now` (monotonic) and `wall` (epoch) are
     for tests."""
     end = time.monotonic() if now is None else now
@@ -123,14 +314,16 @@ def access_record(ctx: RequestContext, route: str, nbytes: int | None = None, no
     if "?" in route:
         route = route.split("?", 1)[0]  # a query string may carry a key
     fb = ctx.first_byte
-    return {
+    client = ctx.client or None
+    model = ctx.model
+    rec = {
         "ts": _ts(time.time() if wall is None else wall),
-        "request_id": ctx.request_id,
+        "request_id": ctx.request_id,  # the app's, or a client's only when short and token-like
         "principal": ctx.principal,
-        "client": ctx.client or None,
-        "method": ctx.method,
+        "client": client,
+        "method": ctx.method,  # a token of at most 64 bytes (proto.h1)
         "route": route,
-        "model": ctx.model,
+        "model": model,
         "target": ctx.target,
         "stream": ctx.stream,
         "status": ctx.status or 500,  # no status: an internal error, which the server answers with 500
@@ -143,6 +336,29 @@ def access_record(ctx: RequestContext, route: str, nbytes: int | None = None, no
         "retries": retries,
         "error": ctx.error,
     }
+    # Client strings: the names the config defines pass as they are (the common case, one set lookup each).
+    if route not in _known:
+        _client_string(rec, "route", route, True)
+    if model is not None and model not in _known:
+        _client_string(rec, "model", model, True)
+    if client is not None and len(client) > 45:  # longer than any IP address: from X-Forwarded-For
+        _client_string(rec, "client", client, False)
+    if len(ctx.request_id) > 128:
+        _client_string(rec, "request_id", ctx.request_id, False)
+    if forwarded is not None:
+        _client_string(rec, "forwarded", forwarded, False)
+    return rec
+
+
+def _tv(v: object) -> str:
+    """One value of a text line: as is when plain printable ASCII, else a JSON string with every non-ASCII
+    character escaped (so no newline, quote or separator from a client reaches the line raw)."""
+    if v is None or v == "":
+        return "-"
+    s = str(v)
+    if _PLAIN.fullmatch(s):
+        return s
+    return json.dumps(s)  # ensure_ascii: \uXXXX for every non-ASCII character
 
 
 def _text(r: dict) -> str:
@@ -150,41 +366,57 @@ def _text(r: dict) -> str:
     tokens = "-" if tok is None else (f"{tok['prompt']}/{tok['completion']}"
                                       + ("~" if tok["estimated"] else "") + ("+partial" if tok.get("partial") else ""))
     pol = ",".join(f"{k}:{v}" for k, v in r["policy"].items()) or "-"
-    return (f"{r['ts']} {r['request_id']} {r['principal'] or '-'} {r['method']} {r['route']} {r['status']} "
-            f"model={r['model'] or '-'} target={r['target'] or '-'} ttft_ms={r['ttft_ms']} "
-            f"duration_ms={r['duration_ms']} bytes={r['bytes']} tokens={tokens} policy={pol} "
-            f"retries={r['retries']} error={r['error'] or '-'}")
+    extra = "".join(f" {k}={_tv(r[k])}" for k in ("route_len", "model_len", "client_len", "forwarded", "forwarded_len",
+                                                  "request_id_len") if k in r)
+    return (f"{r['ts']} {_tv(r['request_id'])} {_tv(r['principal'])} {_tv(r['method'])} {_tv(r['route'])} "
+            f"{r['status']} model={_tv(r['model'])} target={_tv(r['target'])} "
+            f"ttft_ms={r['ttft_ms']} duration_ms={r['duration_ms']} bytes={r['bytes']} tokens={tokens} policy={pol} "
+            f"retries={r['retries']} error={_tv(r['error'])} client={_tv(r['client'])}{extra}")
+
+
+def _json(r: dict) -> str:
+    line = orjson.dumps(r).decode()
+    if not line.isascii():
+        line = _JSON_RAW_BREAKS.sub(lambda m: "\\u%04x" % ord(m.group()), line)
+    return line
 
 
 _pending: list[str] = []
+_write_errors = 0
+_write_error_at = 0.0
 
 
 def flush() -> None:
     """Write the access lines waiting for the end of this loop iteration (also called at worker exit)."""
+    global _write_errors, _write_error_at
     if not _pending:
         return
     lines = "\n".join(_pending) + "\n"
+    n = len(_pending)
     _pending.clear()
     h = _handler
     try:
         stream = h.stream  # type: ignore[union-attr]
         stream.write(lines)
         stream.flush()
-    except Exception:  # noqa: BLE001 - report it the way logging does (handleError)
-        _log.handle(logging.LogRecord(LOGGER_NAME, logging.ERROR, "", 0, "access log write failed", None,
-                                      sys.exc_info()))
+    except Exception as e:  # noqa: BLE001 - a full disk must not cost requests; it is reported, at most 1/s
+        _write_errors += n
+        now = time.monotonic()
+        if now - _write_error_at >= 1.0:
+            _write_error_at = now
+            _diag.error("access log write failed (%s): %d line(s) lost so far", e, _write_errors)
 
 
-def log_request(ctx: RequestContext, route: str, nbytes: int | None = None) -> None:
-    """Write the access line of a finished request (call once, from the request's `finally`)."""
+def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forwarded: str | None = None) -> None:
+    """Write the access line of a response (call once per response, from the request's `finally`)."""
     h = _handler
     if h is None:
         configure()
         h = _handler
     if not _log.isEnabledFor(logging.INFO):  # cached by logging: the disabled case costs one dict lookup
         return
-    rec = access_record(ctx, route, nbytes)
-    msg = orjson.dumps(rec).decode() if _fmt == "json" else _text(rec)
+    rec = access_record(ctx, route, nbytes, forwarded=forwarded)
+    msg = _json(rec) if _fmt == "json" else _text(rec)
     handlers = _log.handlers
     if len(handlers) == 1 and handlers[0] is h and not _log.filters and not h.filters:
         # Only our handler, whose formatter prints the message as is: write what StreamHandler.emit would,

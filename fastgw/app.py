@@ -3,12 +3,25 @@
 One `App` per worker. A model endpoint's request goes to the pipeline
 (`fastgw.pipeline`); health, readiness, metrics and the model list are answered
 here. Every /v1 request is authenticated, recorded (refusals too) and counted.
+
+The App is also the HTTP server's `ServerHooks`:
+
+- `on_head` judges a request on its head, before its body is read: two `Authorization` (or `api-key`,
+  `x-api-key`) headers are ambiguous (400); with `rbac` in the chain, a /v1 request without a valid key is
+  refused (401), and one whose key may not use the endpoint too (403). The connection then closes.
+- `refused` answers such a request (audited and counted like any /v1 refusal).
+- `answered` writes the access line of what the server answered by itself (400, 408, 413, 431, 505, ...).
+
+Every response gets one access line (`fastgw.accesslog`), except successful health and readiness probes (a
+load balancer probes every second or so; their 200s say nothing). The line's `client` is the peer's address,
+or, when the peer is in `server.trusted_proxies`, the rightmost address of X-Forwarded-For that is not one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import itertools
 import logging
 import os
@@ -19,13 +32,15 @@ from typing import Awaitable, Callable
 import orjson
 
 from fastgw import accesslog, metrics
-from fastgw.api.errors import GatewayError
+from fastgw.api.errors import GatewayError, InvalidRequest
 from fastgw.attempt import Attempt
 from fastgw.config import DEFAULT_BASE_URLS, Config
 from fastgw.pipeline import JSON, ModelNotFound, Pipeline
 from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain
 from fastgw.proto.client import UpstreamPool
+from fastgw.proto.errors import HttpError
+from fastgw.proto.limits import MAX_LOGGED_STRING
 from fastgw.proto.server import Request, Responder
 from fastgw.providers.base import Endpoint, TargetRuntime
 from fastgw.providers.mock import MockModel
@@ -36,6 +51,15 @@ __all__ = ["App", "build_targets"]
 
 log = logging.getLogger("fastgw.app")
 _RID_OK = re.compile(rb"[A-Za-z0-9._:-]+")
+_GET = frozenset({"GET", "HEAD"})
+#: Answered 2xx, these are not access-logged (see the module docstring).
+_PROBES = frozenset({"/healthz", "/readyz"})
+#: Credential headers that must not come twice: which one would count is a guess an attacker could exploit.
+_CREDENTIALS = (b"authorization", b"api-key", b"x-api-key")
+#: Peers whose trust was decided, remembered (bounded: an address parse per connection otherwise).
+_TRUST_CACHE_MAX = 4096
+#: Longest error message sent (characters): errors that quote a client string (a model name, a path) are cut.
+_MAX_MESSAGE = 1024
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
 ModelHandler = Callable[[Request, Responder, RequestContext], Awaitable[None]]
@@ -89,7 +113,9 @@ class App:
         ref = cfg.server.metrics_token_ref
         token = os.environ.get(ref.env, "") if ref is not None else ""
         self._metrics_auth = b"Bearer " + token.encode() if token else None
-        get = frozenset({"GET", "HEAD"})
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in cfg.server.trusted_proxies]
+        self._trusted: dict[str, bool] = {}
+        get = _GET
         #: Routes outside /v1: no key, no audit.
         self.plain: dict[str, tuple[frozenset[str], Handler]] = {
             "/healthz": (get, self._healthz),
@@ -102,46 +128,173 @@ class App:
             "/v1/models": (get, self._models),
             **{"/v1/" + endpoint: (post, endpoint) for endpoint in Endpoint.ALL},
         }
+        # Model names and paths in access lines pass the pii-detector (when the chain has one) and the built-in
+        # secret patterns, except the names this config defines.
+        accesslog.set_redactor(self.chain.redact_for_log if self.chain.pii is not None else None,
+                               [*names, *self.plain, *self.routes])
 
     # ---- dispatch -----------------------------------------------------------------------
     async def __call__(self, req: Request, resp: Responder) -> None:
         path = req.path
         plain = self.plain.get(path)
-        if plain is not None:
-            _check_method(req, plain[0])
-            await plain[1](req, resp)
+        if plain is not None and path in _PROBES and req.method in plain[0]:
+            await plain[1](req, resp)  # the hot probe path: no context, no line unless it failed
+            if resp.status >= 300:
+                self._log(self._context(req), req, resp)
             return
-        route = self.routes.get(path)
-        if route is None and path.startswith("/v1/models/"):
-            route = (frozenset({"GET", "HEAD"}), self._model)
-        if route is None:
-            raise GatewayError(f"Unknown request URL: {req.method} {path}. See the gateway's README for the "
-                               "endpoints it serves.", status=404, type="invalid_request_error",
-                               code="unknown_url", no_retry=True)
-        _check_method(req, route[0])
-        # Every /v1 request runs the chain and is audited, refused ones included.
-        ctx = RequestContext(self._request_id(req), req.method, path, req.headers)
-        resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))
-        metrics.request_started()
+        # Set at head time when rbac authenticated the request there (see on_head).
+        authed = isinstance(req.context, RequestContext)
+        ctx = req.context if isinstance(req.context, RequestContext) else self._context(req)
         try:
-            self.chain.authenticate(ctx)
-            target = route[1]
-            if isinstance(target, str):
-                await self.pipeline.run(target, req, resp, ctx)
-            else:
-                await target(req, resp, ctx)
-        except GatewayError as e:
-            ctx.status = e.status
-            ctx.error = e.code
-            await self.pipeline.record(ctx, resp)
+            if plain is not None:
+                _check_method(req, plain[0])
+                await plain[1](req, resp)
+                ctx.status = resp.status
+                return
+            route = self._route(path)
+            if route is None:
+                raise GatewayError(f"Unknown request URL: {req.method} {_shown(path)}. See the gateway's README for "
+                                   "the endpoints it serves.", status=404, type="invalid_request_error",
+                                   code="unknown_url", no_retry=True)
+            _check_method(req, route[0])
+            # Every /v1 request runs the chain and is audited, refused ones included.
+            resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))
+            metrics.request_started()
+            try:
+                if not authed:
+                    self.chain.authenticate(ctx)
+                target = route[1]
+                if isinstance(target, str):
+                    await self.pipeline.run(target, req, resp, ctx)
+                else:
+                    await target(req, resp, ctx)
+            except GatewayError as e:
+                ctx.status = e.status
+                ctx.error = e.code
+                await self.pipeline.record(ctx, resp)
+                raise
+            finally:
+                if not ctx.status:
+                    ctx.status = resp.status or 499  # the client left before an answer
+                if ctx.first_byte is None:
+                    ctx.first_byte = resp.first_write
+                metrics.request_finished(ctx, path)
+        except HttpError as e:
+            ctx.status = ctx.status or e.status
+            ctx.error = ctx.error or e.code
+            if len(e.message) > _MAX_MESSAGE:  # a message quoting a client string never amplifies the request
+                e.message = e.message[:_MAX_MESSAGE] + "… (cut)"
+            raise
+        except Exception:
+            ctx.status, ctx.error = 500, "internal_error"  # the server answers a bug with 500
             raise
         finally:
-            if not ctx.status:
-                ctx.status = resp.status or 499  # the client left before an answer
-            if ctx.first_byte is None:
-                ctx.first_byte = resp.first_write
-            metrics.request_finished(ctx, path)
-            accesslog.log_request(ctx, path, resp.bytes_sent)
+            self._log(ctx, req, resp)
+
+    def _route(self, path: str) -> tuple[frozenset[str], ModelHandler | str] | None:
+        route = self.routes.get(path)
+        if route is None and path.startswith("/v1/models/"):
+            return (_GET, self._model)
+        return route
+
+    def _context(self, req: Request) -> RequestContext:
+        return RequestContext(self._request_id(req), req.method, req.path, req.headers, self._client(req))
+
+    def _log(self, ctx: RequestContext, req: Request | None, resp: Responder) -> None:
+        if not ctx.status:
+            ctx.status = resp.status or 499
+        if ctx.first_byte is None:
+            ctx.first_byte = resp.first_write
+        forwarded = None
+        if req is not None and self._proxies and self._is_trusted(req.peer):
+            forwarded = _forwarded_for(req.headers)
+        accesslog.log_request(ctx, ctx.path, resp.bytes_sent, forwarded)
+
+    # ---- the server's hooks ------------------------------------------------------------
+    def on_head(self, req: Request) -> HttpError | None:
+        """Judge a request on its head (see the module docstring); None lets its body be read."""
+        seen = 0
+        for name, _ in req.headers:
+            if name in _CREDENTIALS:
+                bit = 1 << _CREDENTIALS.index(name)
+                if seen & bit:
+                    return InvalidRequest(f"more than one {name.decode()} header: send the key once",
+                                          code="ambiguous_credentials")
+                seen |= bit
+        rbac = self.chain.rbac
+        if rbac is None:
+            return None
+        route = self._route(req.path)
+        if route is None or req.method not in route[0]:
+            return None  # 404 / 405 once read, as without rbac
+        ctx = self._context(req)
+        req.context = ctx
+        try:
+            self.chain.authenticate(ctx)
+            # What the head decides: the endpoint (the model and streaming need the body).
+            rbac.authorize(ctx, "/v1/models" if req.path.startswith("/v1/models/") else req.path, None, False)
+        except GatewayError as e:
+            return e
+        return None
+
+    async def refused(self, req: Request, resp: Responder) -> None:
+        """Answer a request refused on its head: audited and counted like a /v1 refusal, then the error."""
+        err = req.refusal
+        assert err is not None
+        ctx = req.context if isinstance(req.context, RequestContext) else self._context(req)
+        ctx.status, ctx.error = err.status, err.code
+        try:
+            if self._route(req.path) is not None:
+                resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))
+                metrics.request_started()
+                try:
+                    await self.pipeline.record(ctx, resp)
+                finally:
+                    metrics.request_finished(ctx, req.path)
+        finally:
+            self._log(ctx, req, resp)
+        raise err
+
+    def answered(self, err: HttpError, resp: Responder, peer: str) -> None:
+        """Access line of an error the server answered by itself (framing, limits, timeouts)."""
+        req = err.request
+        if req is not None:
+            ctx = self._context(req)
+        else:
+            ctx = RequestContext(f"req_{self._id_prefix}{next(self._ids):06x}", "", "", [], peer)
+        ctx.status, ctx.error = err.status, err.code
+        if resp.first_write is not None:  # the context is made after the answer: it began no later than that
+            ctx.started = min(ctx.started, resp.first_write)
+        self._log(ctx, req, resp)
+
+    # ---- the client's address -----------------------------------------------------------
+    def _is_trusted(self, peer: str) -> bool:
+        known = self._trusted.get(peer)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(peer)
+                known = any(addr in net for net in self._proxies)
+            except ValueError:
+                known = False
+            if len(self._trusted) >= _TRUST_CACHE_MAX:
+                self._trusted.clear()
+            self._trusted[peer] = known
+        return known
+
+    def _client(self, req: Request) -> str:
+        """The peer, or behind trusted proxies the rightmost X-Forwarded-For address that is not one of them."""
+        peer = req.peer
+        if not self._proxies or not self._is_trusted(peer):
+            return peer
+        chain = _forwarded_for(req.headers)
+        if chain is None:
+            return peer
+        hops = [h.strip() for h in chain.split(",")]
+        for hop in reversed(hops):
+            if hop and not self._is_trusted(hop):
+                # Whatever the client wrote there (the audit record keeps it too): capped like any client string.
+                return accesslog.cap(hop)[0]
+        return next((h for h in hops if h), peer)  # every hop a proxy: the farthest one
 
     def _request_id(self, req: Request) -> str:
         """The client's x-request-id when it is a sane token (tracing across hops), else a fresh one."""
@@ -198,15 +351,30 @@ class App:
             if entry is not None and not rbac.visible_models(ctx, [name]):
                 entry = None  # not for this caller: as if it did not exist
         if entry is None:
-            raise ModelNotFound(f"The model `{name}` does not exist on this gateway.", param="model")
+            raise ModelNotFound(f"The model `{_shown(name)}` does not exist on this gateway.", param="model")
         ctx.status = 200
         await self.pipeline.record(ctx, resp)
         resp.send(200, [JSON], orjson.dumps(entry))
 
 
+def _shown(client_string: str) -> str:
+    """A client string as an error message may echo it: capped, so an answer never amplifies a request."""
+    if len(client_string) <= MAX_LOGGED_STRING:
+        return client_string
+    return client_string[:MAX_LOGGED_STRING] + f"… ({len(client_string)} characters)"
+
+
+def _forwarded_for(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Every X-Forwarded-For line, in order, as one comma-separated chain (None without one)."""
+    values = [v for n, v in headers if n == b"x-forwarded-for"]
+    if not values:
+        return None
+    return b",".join(values).decode("latin-1")
+
+
 def _check_method(req: Request, methods: frozenset[str]) -> None:
     if req.method not in methods:
         allow = ", ".join(sorted(methods))
-        raise GatewayError(f"Method {req.method} not allowed on {req.path}; use {allow}", status=405,
+        raise GatewayError(f"Method {req.method} not allowed on {_shown(req.path)}; use {allow}", status=405,
                            type="invalid_request_error", code="method_not_allowed", no_retry=True,
                            headers=[(b"allow", allow.encode())])

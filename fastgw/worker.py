@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -35,6 +36,10 @@ log = logging.getLogger("fastgw.worker")
 
 #: How often a worker tells the master it is alive (seconds).
 HEARTBEAT_INTERVAL = 1.0
+#: File descriptors a worker keeps for itself beside its connections (listening sockets, pipes, epoll, log and
+#: audit files, the upstream pool's idle sockets): max_connections is lowered to leave them, and one upstream
+#: socket per client connection, so a flood meets a 503 rather than EMFILE (which libuv answers with a reset).
+FD_RESERVE = 64
 
 
 def _send(fd: int, msg: bytes) -> None:
@@ -101,12 +106,17 @@ async def _boot(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.
     s = cfg.server
     lim = ServerLimits(header_timeout=s.header_timeout, keepalive_timeout=s.keepalive_timeout,
                        max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
-                       max_body_bytes=s.max_body_bytes, send_timeout=s.send_timeout, body_timeout=s.body_timeout)
+                       max_body_bytes=s.max_body_bytes, send_timeout=s.send_timeout, body_timeout=s.body_timeout,
+                       min_body_rate=s.min_body_rate)
     if chain is not None:
         chain.start(worker_id)  # one Hyperscan scratch per worker after fork, and the audit writer
+    if s.access_log.path:
+        accesslog.use_file(s.access_log.path, s.access_log.max_bytes, s.access_log.backups)
     app = App(cfg, targets, loop, chain)
     metrics.start_flusher(loop)
-    tracker = ConnectionTracker()
+    tracker = ConnectionTracker(max_connections=_max_connections(s.max_connections, worker_id),
+                                max_buffered_body_bytes=s.max_buffered_body_bytes)
+    loop.set_exception_handler(_loop_exception)
 
     def on_error(exc: BaseException) -> None:
         log.error("request failed with an internal error", exc_info=exc)
@@ -114,8 +124,35 @@ async def _boot(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.
     servers: list[asyncio.AbstractServer] = []
     for sock in sockets:
         servers.append(await loop.create_server(
-            lambda: HttpServerProtocol(app, lim, tracker, loop, on_error, render), sock=sock, backlog=2048))
+            lambda: HttpServerProtocol(app, lim, tracker, loop, on_error, render, hooks=app), sock=sock,
+            backlog=2048))
     return app, tracker, servers
+
+
+def _max_connections(configured: int, worker_id: int) -> int:
+    """`server.max_connections`, lowered when the open-file limit could not hold that many client sockets, an
+    upstream socket each and FD_RESERVE (then a warning says so)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    fits = max(1, (soft - FD_RESERVE) // 2)
+    if fits < configured:
+        log.warning("worker %d: open-file limit %d holds %d connections (each may need an upstream socket); "
+                    "max_connections lowered from %d to %d (raise LimitNOFILE to lift it)", worker_id, soft, fits,
+                    configured, fits)
+        return fits
+    return configured
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """Errors no callback caught (an accept failing with EMFILE, a transport callback raising) are logged and
+    the worker serves on: one line, never a dead worker."""
+    exc = context.get("exception")
+    msg = context.get("message", "event loop error")
+    if isinstance(exc, OSError):
+        log.error("%s: %s", msg, exc)
+    else:
+        log.error("%s", msg, exc_info=exc)
 
 
 def _handle_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[int], None]) -> None:

@@ -19,6 +19,7 @@ from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolat
 from fastgw.policy.findings import Findings
 from fastgw.policy.stream import StreamPolicy, open_stream
 from fastgw.policy.textscan import ScanPolicy, process_slots, request_slots, response_slots
+from fastgw.scan.scanner import find_spans
 
 if TYPE_CHECKING:  # audit is imported when a worker starts it (its thread and files cost nothing otherwise)
     from fastgw.policy.audit import AuditLog, AuditLogger
@@ -218,6 +219,32 @@ class Chain:
         from fastgw.policy.audit import record_from_context
 
         await audit.write(record_from_context(ctx, self._redact_for_audit))
+
+    def redact_for_log(self, text: str) -> str:
+        """`text` (a short client-supplied value: a model name, a path; <= 256 bytes) with what the chain's
+        pii-detector finds replaced by `[REDACTED:<ENTITY>]`; unchanged without a pii-detector. Never raises:
+        a log value is best effort (on any failure the value is withheld whole)."""
+        pii = self.pii
+        if pii is None or not text:
+            return text
+        try:
+            data = text.encode("utf-8", "surrogatepass")
+            spans = find_spans(pii.db, data)
+            if not spans:
+                return text
+            out: list[bytes] = []
+            pos = 0
+            for sp in spans:
+                if sp.start > pos:
+                    out.append(data[pos:sp.start])
+                if sp.start >= pos and not sp.cont:
+                    out.append(b"[REDACTED:" + sp.entity.encode() + b"]")
+                pos = max(pos, sp.end)
+            out.append(data[pos:])
+            return b"".join(out).decode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - best effort: a value we could not check is not logged as it is
+            log.exception("redacting a log value failed")
+            return "[REDACTED]"
 
     def _redact_for_audit(self, text: str) -> str:
         """Audit records never hold raw PII: the built-in detector redacts them whatever the chain did."""

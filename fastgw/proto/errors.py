@@ -8,7 +8,12 @@ answer with; `close` says the byte stream can no longer be trusted.
 
 from __future__ import annotations
 
-__all__ = ["HttpError", "ProtocolError", "LimitError"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastgw.proto.h1 import Request
+
+__all__ = ["HttpError", "ProtocolError", "LimitError", "overloaded"]
 
 
 class HttpError(Exception):
@@ -18,6 +23,10 @@ class HttpError(Exception):
     code: str | None = None
     #: Close the connection after answering (framing errors: the byte stream can no longer be trusted).
     close: bool = False
+    #: The request whose head was read when the error struck (method, path, headers for the access log), if any.
+    request: Request | None = None
+    #: Bytes to send instead of an HTTP/1.1 response (an HTTP/2 GOAWAY to an h2 client), if any.
+    raw: bytes | None = None
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
                  close: bool | None = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -42,3 +51,9 @@ class ProtocolError(HttpError):
 
 class LimitError(ProtocolError):
     """A configured size or time limit was exceeded (413, 414, 431, 408)."""
+
+
+def overloaded(message: str) -> HttpError:
+    """503 with Retry-After, then close: the worker is at a capacity limit (connections, buffered bodies).
+    Not a ProtocolError: the request was fine and retrying later is the right thing to do."""
+    return HttpError(message, status=503, code="server_overloaded", close=True, headers=[(b"retry-after", b"1")])

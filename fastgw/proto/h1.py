@@ -5,6 +5,10 @@ It owns httptools (llhttp), the `FramingGuard` that bounds what llhttp does not,
 heads llhttp refuses but that deserve a better answer. No socket, loop or timer: the shell reads
 `state` after each `feed` to arm its header and body timers, and answers `events` in order.
 
+`on_head` lets the layer above judge a request on its head alone, before a byte of its body is read
+(a missing key, a worker with no room for another body): a refused head is queued as a `Request`
+with `refusal` set and nothing after it is read.
+
 The connection's lifecycle is one enum (`ReaderState`) with one transition table (`TRANSITIONS`),
 as in h11's `_state.py`; an illegal transition raises `StateError` naming the state and the event.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from typing import Callable
 
 import httptools
 
@@ -35,6 +40,13 @@ _MAX_METHOD = 64
 _MAX_REPLAYS = 16
 # llhttp's reasons for refusing a Transfer-Encoding that may only need its OWS or empty elements removed.
 _TE_REFUSALS = frozenset({"Invalid `Transfer-Encoding` header value", "Request has invalid `Transfer-Encoding`"})
+# The server connection preface (an empty SETTINGS frame, RFC 9113 §3.4) and a GOAWAY with last stream 0 and
+# HTTP_1_1_REQUIRED (0xd, §7): what an h2 prior-knowledge client can read and report ("HTTP/1.1 required"),
+# where an HTTP/1.1 status line is to it a protocol error with no reason.
+_GOAWAY_DEBUG = b"this port speaks HTTP/1.1 only"
+H2_GOAWAY = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+             + (8 + len(_GOAWAY_DEBUG)).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"
+             + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0d" + _GOAWAY_DEBUG)
 
 
 class ReaderState(enum.Enum):
@@ -44,7 +56,7 @@ class ReaderState(enum.Enum):
     HEAD = "HEAD"  # a request head is being received
     BODY = "BODY"  # the head was accepted; its body is being received
     REPLAY = "REPLAY"  # llhttp refused a head; its bytes are collected to answer it better or parse it anew
-    MUST_CLOSE = "MUST_CLOSE"  # an Upgrade/CONNECT request: answer what is queued, read nothing more
+    MUST_CLOSE = "MUST_CLOSE"  # an Upgrade/CONNECT request or a refused head: answer what is queued, read nothing more
     FAILED = "FAILED"  # a framing or limit error was queued: nothing after it is read
     CLOSED = "CLOSED"  # the connection is gone
 
@@ -58,6 +70,7 @@ class ReaderEvent(enum.Enum):
     REFUSE = "REFUSE"  # llhttp refused a head that may deserve 501 or a normalised Transfer-Encoding
     REPARSE = "REPARSE"  # the refused head is parsed anew by a fresh parser
     UPGRADE = "UPGRADE"  # llhttp stopped after an Upgrade/CONNECT request
+    STOP = "STOP"  # `on_head` refused a head: it is answered, nothing after it is read
     FAIL = "FAIL"  # an error answers in order, then the connection closes
     CLOSE = "CLOSE"  # the transport is gone
 
@@ -70,7 +83,7 @@ _BEGIN, _HEAD_DONE, _END = _E.BEGIN, _E.HEAD_DONE, _E.END
 #: The whole lifecycle: state -> {event: next state}. Anything missing is a bug in the reader or its shell.
 TRANSITIONS: dict[ReaderState, dict[ReaderEvent, ReaderState]] = {
     IDLE: {_BEGIN: HEAD, _E.REFUSE: REPLAY, _E.UPGRADE: MUST_CLOSE, _E.FAIL: FAILED, _E.CLOSE: CLOSED},
-    HEAD: {_HEAD_DONE: BODY, _E.REFUSE: REPLAY, _E.FAIL: FAILED, _E.CLOSE: CLOSED},
+    HEAD: {_HEAD_DONE: BODY, _E.REFUSE: REPLAY, _E.STOP: MUST_CLOSE, _E.FAIL: FAILED, _E.CLOSE: CLOSED},
     BODY: {_END: IDLE, _E.REFUSE: REPLAY, _E.FAIL: FAILED, _E.CLOSE: CLOSED},
     REPLAY: {_E.REPARSE: IDLE, _E.FAIL: FAILED, _E.CLOSE: CLOSED},
     MUST_CLOSE: {_E.CLOSE: CLOSED},
@@ -89,12 +102,17 @@ class StateError(RuntimeError):
 
 
 class Request:
-    """One parsed request. Header names are lower-cased bytes; values are raw bytes."""
+    """One parsed request. Header names are lower-cased bytes; values are raw bytes.
 
-    __slots__ = ("method", "target", "path", "query", "headers", "body", "version", "keep_alive", "seq")
+    `refusal`: the error `on_head` answered its head with (the body was never read); `peer`: the client's
+    address as the connection gives it; `context`: whatever the layer above attached at head time.
+    """
+
+    __slots__ = ("method", "target", "path", "query", "headers", "body", "version", "keep_alive", "seq", "refusal",
+                 "peer", "context")
 
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-                 version: str, keep_alive: bool) -> None:
+                 version: str, keep_alive: bool, peer: str = "") -> None:
         self.method = method
         if target[:7] == b"http://" or target[:8] == b"https://":
             # Absolute form (RFC 9112 §3.2.2: a server MUST accept it): route by its path.
@@ -109,6 +127,9 @@ class Request:
         self.version = version
         self.keep_alive = keep_alive
         self.seq = 0
+        self.refusal: HttpError | None = None
+        self.peer = peer
+        self.context: object = None
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a header (name lower-case), or None."""
@@ -119,9 +140,16 @@ class Request:
 
 
 def _h2_preface() -> ProtocolError:
-    # The HTTP/2 connection preface (prior knowledge, RFC 9113 §3.4): this port speaks HTTP/1.1.
-    return ProtocolError("HTTP/2 is not supported on this port; use HTTP/1.1", status=505,
-                         code="http_version_not_supported")
+    # The HTTP/2 connection preface (prior knowledge, RFC 9113 §3.4): this port speaks HTTP/1.1. The answer is
+    # in HTTP/2 (SETTINGS, GOAWAY HTTP_1_1_REQUIRED), the only thing such a client can read.
+    err = ProtocolError("HTTP/2 is not supported on this port; use HTTP/1.1", status=505,
+                        code="http_version_not_supported")
+    err.raw = H2_GOAWAY
+    return err
+
+
+class _Refused(Exception):
+    """Raised from on_headers_complete to stop llhttp at a head `on_head` refused."""
 
 
 def _header_limit(max_header_bytes: int) -> LimitError:
@@ -188,9 +216,10 @@ class RequestReader:
     in line, and still waits for its body: the shell sends the interim response if it is idle.
     """
 
-    __slots__ = ("state", "events", "continue_due", "heads", "version", "_max_header_bytes", "_max_headers",
-                 "_max_body_bytes", "_parser", "_guard", "_url", "_headers", "_head_bytes", "_body", "_body_size",
-                 "_continue_seq", "_replay", "_replay_kind", "_replay_reason", "_replays")
+    __slots__ = ("state", "events", "continue_due", "heads", "version", "on_head", "peer", "body_expected",
+                 "counted_total", "_max_header_bytes", "_max_headers", "_max_body_bytes", "_parser", "_guard", "_url",
+                 "_headers", "_head_bytes", "_body", "_body_size", "_continue_seq", "_replay", "_replay_kind",
+                 "_replay_reason", "_replays", "_req", "_cont")
 
     def __init__(self, max_header_bytes: int = limits.MAX_HEADER_BYTES, max_headers: int = limits.MAX_HEADERS,
                  max_body_bytes: int = limits.MAX_BODY_BYTES) -> None:
@@ -202,6 +231,14 @@ class RequestReader:
         self.heads = 0
         #: Of the current message, as the head settled it.
         self.version = "1.1"
+        #: Judges each accepted head before its body is read: an HttpError refuses it (see the module docstring).
+        self.on_head: Callable[[Request], HttpError | None] | None = None
+        #: The client's address, copied into each request.
+        self.peer = ""
+        #: Of the current message: its Content-Length, -1 when chunked, 0 without a body (set before `on_head`).
+        self.body_expected = 0
+        #: Body bytes of chunked messages received on this connection (their size is known only as they come).
+        self.counted_total = 0
         self._max_header_bytes = max_header_bytes
         self._max_headers = max_headers
         self._max_body_bytes = max_body_bytes
@@ -218,6 +255,10 @@ class RequestReader:
         self._replay_kind = ""
         self._replay_reason = ""
         self._replays = 0  # heads parsed anew (bounded: each copies the rest of its read)
+        self._req: Request | None = None  # the request whose head was accepted, until it is complete
+        # An Upgrade request whose body is read by a fresh parser (httptools skips the body of any Upgrade
+        # request): that parser's own head only frames the body, and its callbacks fill this request.
+        self._cont: Request | None = None
 
     # ---- state ----------------------------------------------------------------------------------------
     def _to(self, event: ReaderEvent) -> None:
@@ -237,12 +278,26 @@ class RequestReader:
         return self.state is HEAD or self.state is BODY or self.state is REPLAY
 
     @property
+    def body_received(self) -> int:
+        """Body bytes of the current message so far."""
+        return self._body_size
+
+    @property
+    def body_remaining(self) -> int:
+        """Content-Length bytes of the current body still to come (0 when chunked or none)."""
+        if self.state is BODY and self.body_expected > 0:
+            return self.body_expected - self._body_size
+        return 0
+
+    @property
     def stopped(self) -> bool:
         """Nothing more is read: an error was queued, an Upgrade stopped the parser, or the connection closed."""
         return self.state is FAILED or self.state is MUST_CLOSE or self.state is CLOSED
 
     def fail(self, err: HttpError) -> None:
         """Queue an error to answer in order; it closes the connection and nothing after it is read."""
+        if err.request is None and self._req is not None and (self.state is HEAD or self.state is BODY):
+            err.request = self._req  # its method, path and headers, for the access line
         self._to(_E.FAIL)
         self.continue_due = False
         err.close = True
@@ -286,16 +341,20 @@ class RequestReader:
             if self._guard.head_bytes > self._max_header_bytes:
                 # httptools buffers a header name/value until it ends: bound that buffer too.
                 raise _header_limit(self._max_header_bytes)
-        except httptools.HttpParserUpgrade:
-            # We speak HTTP/1.1 only: answer the request as plain HTTP, then close (RFC 9110 §7.8: ignoring
-            # Upgrade is allowed). Nothing after the head is read.
-            self._to(_E.UPGRADE)
+            if self.state is HEAD and self._req is None and not self._headers and self._url:
+                self._check_simple_request(raw)
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade(e, data, raw)
         except HttpError as e:
             self.fail(e)
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
             if isinstance(ctx, StateError):
                 raise ctx from None
+            if isinstance(ctx, _Refused):
+                self._to(_E.STOP)
+                self.continue_due = False
+                return
             self.fail(ctx if isinstance(ctx, HttpError) else ProtocolError(f"malformed request: {e}"))
         except httptools.HttpParserInvalidMethodError as e:
             # llhttp knows a fixed list of methods: a well-formed unknown one deserves 501, garbage 400.
@@ -311,6 +370,37 @@ class RequestReader:
                 self.fail(_h2_preface())
             else:
                 self.fail(ProtocolError(f"malformed request: {e}"))
+
+    def _check_simple_request(self, raw: bytes) -> None:
+        """An HTTP/0.9 request line (`GET /path` then LF, no version): llhttp would wait for header lines
+        that never come, so it is refused at once (400) instead of at the header timeout."""
+        if self._parser.get_http_version() != "0.0":
+            return  # a version was parsed: an ordinary head still arriving
+        k = min(self._guard.head_bytes, len(raw))  # this head's bytes in this read (it is unfinished: last)
+        tail = raw[len(raw) - k:]
+        nl = tail.find(b"\n")
+        if nl >= 0 and b" HTTP/" not in tail[:nl]:
+            raise ProtocolError("HTTP/0.9 requests are not supported", code="unsupported_http_version")
+
+    def _upgrade(self, e: httptools.HttpParserUpgrade, data: bytes, raw: bytes) -> None:
+        """llhttp stopped after a request asking to switch protocols. We speak HTTP/1.1 only and answer it as
+        plain HTTP (RFC 9110 §7.8 lets a server ignore Upgrade). A CONNECT or a body-less Upgrade request
+        is answered, then the connection closes (nothing after its head is read). An Upgrade request with a
+        body (`curl --http2` POSTs with `Upgrade: h2c`) is an ordinary request: httptools skipped its body,
+        so a fresh parser reads it, framed as the head announced, and goes on with what follows."""
+        events = self.events
+        req = events[-1] if events and isinstance(events[-1], Request) else None
+        if req is None or req.method == "CONNECT" or self.body_expected == 0 or self.state is not IDLE:
+            if req is not None:
+                req.keep_alive = False  # its answer says close: nothing after it is read
+            self._to(_E.UPGRADE)
+            return
+        events.pop()
+        self._cont = req
+        self._parser = self._new_parser()
+        framing = (b"transfer-encoding: chunked\r\n" if self.body_expected < 0
+                   else b"content-length: %d\r\n" % self.body_expected)
+        self._feed(b"POST / HTTP/1.1\r\nhost: x\r\n" + framing + b"\r\n" + data[e.args[0]:], raw)
 
     def _forget_from_guard_error(self) -> None:
         # httptools accepted what the guard refuses: forget requests from the faulty one on.
@@ -398,6 +488,7 @@ class RequestReader:
         self._head_bytes = 0
         self._body = []
         self._body_size = 0
+        self._req = self._cont
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -423,7 +514,14 @@ class RequestReader:
         self._headers.append((name.lower(), value.rstrip(b" \t") if value[-1:] in (b" ", b"\t") else value))
 
     def on_headers_complete(self) -> None:
-        version = self.version = _check_version(self._parser.get_http_version())
+        if self._cont is not None:  # the framing head of an Upgrade request's body (see _upgrade)
+            self.state = BODY
+            return
+        parser = self._parser
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        req = self._req = Request(parser.get_method().decode("ascii", "replace"), url, self._headers, b"",
+                                  "1.1", parser.should_keep_alive(), self.peer)
+        version = req.version = self.version = _check_version(parser.get_http_version())
         te: bytes | None = None
         cl: bytes | None = None
         hosts = 0
@@ -454,9 +552,24 @@ class RequestReader:
             length = int(cl)  # llhttp has validated digits-only and rejected duplicates and CL+TE
             if length > self._max_body_bytes:
                 raise _body_limit(self._max_body_bytes)
+        self.body_expected = -1 if chunked else length
+        if self.on_head is not None:
+            refusal = self.on_head(req)
+            if refusal is not None:
+                # Answered in order; the body is never read, nor anything after it.
+                refusal.close = True
+                refusal.request = req
+                req.refusal = refusal
+                req.keep_alive = False
+                req.seq = self.heads
+                self.heads += 1
+                self.events.append(req)
+                self._req = None
+                raise _Refused()
         if expect is not None:
             self._expect(expect, version == "1.1" and (chunked or length > 0))
         self._guard.push_framing(chunked, None if cl is None else length)
+        req.seq = self.heads
         self.heads += 1
         nxt = TRANSITIONS[self.state].get(_HEAD_DONE)
         if nxt is None:
@@ -475,6 +588,8 @@ class RequestReader:
         self._body_size += len(body)
         if self._body_size > self._max_body_bytes:
             raise _body_limit(self._max_body_bytes)
+        if self.body_expected < 0:
+            self.counted_total += len(body)
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -483,11 +598,13 @@ class RequestReader:
             raise StateError(self.state, _END)
         self.state = nxt
         self.continue_due = False
-        parser = self._parser
-        method = parser.get_method().decode("ascii", "replace")
-        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        req = Request(method, url, self._headers, body, self.version, parser.should_keep_alive())
-        req.seq = self.heads - 1
+        req = self._req
+        assert req is not None
+        self._req = None
+        req.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        if self._cont is None:
+            req.keep_alive = self._parser.should_keep_alive()
+        else:
+            self._cont = None
         self._body = []
         self.events.append(req)

@@ -181,6 +181,7 @@ class Responder:
             raise RuntimeError("response already started")
         self.started = True
         self.streaming = True
+        self._flow.limit_send_buffer()  # bounds what a client that reads nothing makes us relay and keep
         if self._body is CLOSE_DELIMITED and not self._head_only:
             self.keep_alive = False  # the end of the body is the end of the connection
         self._head = build_head(status, headers, self.extra_headers, self._body.header, self.keep_alive)

@@ -28,6 +28,7 @@ import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fastgw.proto.h1 import H2_GOAWAY
 from fastgw.proto.server import Request, Responder, ServerLimits
 from tests.fuzz.fuzzing import fuzz, mutated, serve, split_at, splits
 
@@ -299,7 +300,6 @@ _NEXT = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
     (b"G\x01T /echo HTTP/1.1\r\n\r\n", [400], []),
     (b"GET /echo HTTP/1.2\r\nHost: x\r\n\r\n" + _NEXT, [200, 200], [b"", b""]),
     (b"GET /echo HTTP/3.0\r\nHost: x\r\n\r\n" + _NEXT, [505], []),
-    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", [505], []),
 ])
 def test_refused_heads_every_split(stream, statuses, bodies):
     for p in range(len(stream) + 1):
@@ -312,6 +312,17 @@ def test_refused_heads_every_split(stream, statuses, bodies):
             assert [c.body for c in app.calls] == bodies
             if statuses[-1] >= 400:
                 assert t.closed
+
+
+def test_h2_preface_gets_goaway_under_every_split():
+    # RFC 9113 §3.4 prior knowledge on an HTTP/1.1 port: an HTTP/2 SETTINGS + GOAWAY(HTTP_1_1_REQUIRED) that h2
+    # clients can read, then close; never an HTTP/1.1 status line they cannot.
+    stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    for p in range(len(stream) + 1):
+        app = App()
+        t, _, errors = serve(_loop, split_at(stream, [p]), app, LIM)
+        assert not errors and not app.calls
+        assert t.output == H2_GOAWAY and t.closed, p
 
 
 def test_http10_stream_is_close_delimited():

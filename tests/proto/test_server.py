@@ -604,7 +604,11 @@ def test_slow_body_timeout_408():
 
 
 def test_a_body_that_keeps_coming_is_not_timed_out():
-    loop, t, proto, _, _ = _fake()
+    # body_timeout is an idle timer: with no rate floor a slow body that keeps coming is served (the floor,
+    # min_body_rate, has its own tests in test_server_abuse.py).
+    loop, t, proto, _, _ = _fake(ServerLimits(header_timeout=10.0, keepalive_timeout=75.0, max_header_bytes=4096,
+                                              max_headers=20, max_body_bytes=1000, send_timeout=60.0,
+                                              body_timeout=30.0, min_body_rate=0))
     proto.data_received(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
     for b in (b"ab", b"cd", b"ef"):
         loop.advance(20.0)  # each gap under the 30 s body timeout, the whole body over it
