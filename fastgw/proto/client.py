@@ -12,6 +12,7 @@ that allowed keep-alive; anything else is closed, never pooled.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections import deque
@@ -273,8 +274,9 @@ class UpstreamConnection(asyncio.Protocol):
         return None
 
     def set_sink(self, sink: Sink) -> None:
-        """Direct the body to `sink`; bytes that arrived with the head are delivered first."""
+        """Direct the body to `sink` (a stream relay); bytes that arrived with the head are delivered first."""
         self._sink = sink
+        self._limit_receive_buffer()
         try:
             if self._held:
                 self._deliver(sink)
@@ -377,6 +379,18 @@ class UpstreamConnection(asyncio.Protocol):
         """True only after a complete response that allowed keep-alive, on an open connection."""
         return (self._complete and self._keep_alive and not self.closed and self._error is None
                 and self.transport is not None and not self.transport.is_closing())
+
+    def _limit_receive_buffer(self) -> None:
+        """A stream: cap the kernel receive buffer (STREAM_RCVBUF), so what the client has not read waits at the
+        provider, not in this host's memory. Whole bodies (read_body) keep the autotuned buffer."""
+        t = self.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is None:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limits.STREAM_RCVBUF)
+        except OSError:
+            pass  # not a socket that has one (a test transport)
 
     def pause_reading(self) -> None:
         t = self.transport

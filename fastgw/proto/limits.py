@@ -36,6 +36,10 @@ WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
 #: Bytes per read from the socket; uvloop's default read buffer.
 READ_SIZE = 256 * 1024
+#: Kernel receive buffer of an upstream connection once it carries a stream (SO_RCVBUF; Linux doubles it).
+#: Autotuned it grows to tens of MiB: a provider could push that much of an answer the client has not read into
+#: the kernel (charged to the service's memory). 256 KiB is seconds of any token stream and one read.
+STREAM_RCVBUF = 256 * 1024
 #: Slowest request body accepted once a body has taken longer than BODY_TIMEOUT (bytes/s): a body dripped to
 #: hold a connection is cut within about 2 x BODY_TIMEOUT. nginx has no rate floor; Apache mod_reqtimeout
 #: uses MinRate=500; 1 KiB/s is a 2G phone link, far below any real client.
