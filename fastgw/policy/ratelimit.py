@@ -1,0 +1,588 @@
+"""The `rate-limiter` policy: request, token and concurrency limits and spend budgets that hold across workers
+(`state.backend: local`) and instances (`state.backend: redis`).
+
+Per request the policy plans what applies (every limit whose `models` globs match the requested model, once
+per subject its `per` names; every budget), then makes one atomic admission against the shared state:
+1 request from each request bucket, the estimated tokens (prompt estimate + max_tokens, or
+`completion_reserve`, times `n`) from each token bucket, a leased slot in each concurrency set, and the
+worst-case cost against each budget's current period — all of it or none. The answer is a `Reservation`
+(with OpenAI's x-ratelimit-* header values) or a `Refusal` (which limit, retry-after, the error to send).
+When the answer ends, whatever the path, `reconcile` replaces the reservation by the real usage in one
+more round trip: token buckets refunded or charged the difference, the reserved cost replaced by the real
+cost, the slots released. A slot whose worker died is freed when its lease (`SLOT_LEASE`) runs out;
+a long answer keeps it with `renew` every `RENEW_EVERY` seconds.
+
+Errors are data: `Refusal.error()` builds the `GatewayError` the HTTP layer renders (429 rate_limit_exceeded
+with retry-after; 429 insufficient_quota with x-should-retry: false; 503 quota_unavailable with
+retry-after when the state is unreachable and `state.on_failure` is closed; with `open` the request is
+admitted and counted in this worker's memory until the state answers again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import fnmatch
+import logging
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, NamedTuple
+
+import msgspec
+
+from fastgw.api.errors import GatewayError, Origin
+from fastgw.policy.settings import OnError, Problems, Settings
+from fastgw.state import (Admission, Ask, Backend, MemoryBackend, Rate, Settle, Slot, Spend, StateUnavailable, Usage,
+                          key, new_holder, unescape)
+from fastgw.state.model import KIND_BUDGET, KIND_REQUESTS, KIND_SLOTS, KIND_TOKENS
+
+__all__ = ["NAME", "RateLimiter", "Limit", "Budget", "problems", "RateLimitPolicy", "Pricing", "Reservation",
+           "Refusal", "go_duration", "requested_completion", "SLOT_LEASE", "RENEW_EVERY", "ANONYMOUS"]
+
+log = logging.getLogger("fastgw.policy.ratelimit")
+
+NAME = "rate-limiter"
+
+#: Seconds a concurrency slot lives without a renewal: a slot held by a worker that died is free after at most
+#: this long. Long enough that a renewal every RENEW_EVERY survives a missed one; short enough that a crash
+#: costs a minute of one slot, not the limit.
+SLOT_LEASE = 60.0
+#: How often a request still in flight renews its slots (a third of the lease: two renewals may fail).
+RENEW_EVERY = SLOT_LEASE / 3
+#: retry-after for a full concurrency limit: when a slot frees cannot be known (answers end when they end); one
+#: second is the header's granularity, and the SDKs back off further on a repeated 429.
+CONCURRENCY_RETRY = 1.0
+#: The principal when no rbac key names the caller: every anonymous caller shares one per-key bucket.
+ANONYMOUS = "-"
+#: The role subject of a caller with no roles (per: role limits and budgets still apply to it).
+NO_ROLE = "-"
+#: A budget key is kept this long after its period ends, so `fastgw usage` can show the last period.
+RETENTION = 40 * 86400
+#: Plans cached per (principal, roles, model); a gateway sees few distinct ones, this bounds a flood of models.
+PLAN_CACHE = 4096
+#: Settlements kept while the state is unreachable, to apply when it answers again (older ones are dropped: their
+#: reservations then stay charged at their worst case, which over-counts and never under-counts).
+PENDING_MAX = 10_000
+
+Per = Literal["key", "role", "model", "key+model", "global"]
+BudgetPer = Literal["key", "role", "global"]
+Period = Literal["day", "month", "total"]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+# ---- settings (issue 16's names) ------------------------------------------------------------------------------
+
+class Limit(Settings):
+    #: Names the limit in keys, headers, metrics and `fastgw usage`: letters, digits, '_', '.', '-'.
+    name: str
+    #: One bucket (and concurrency set) per caller key, per role of the caller, per model, per key and model, or one.
+    per: Per = "key"
+    #: Globs (fnmatch) on the requested model; the limit applies only to those.
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    requests_per_minute: PositiveInt | None = None
+    #: Requests that pass at once after idle (default: requests_per_minute).
+    request_burst: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    #: Tokens that pass at once after idle (default: tokens_per_minute); one request can never take more.
+    token_burst: PositiveInt | None = None
+    #: Requests in flight at once.
+    concurrent: PositiveInt | None = None
+
+
+class Budget(Settings):
+    name: str
+    usd: Annotated[float, msgspec.Meta(gt=0)]
+    per: BudgetPer = "key"
+    #: Calendar periods in UTC; total never resets.
+    period: Period = "month"
+
+
+class RateLimiter(Settings):
+    limits: list[Limit] = msgspec.field(default_factory=list)
+    budgets: list[Budget] = msgspec.field(default_factory=list)
+    #: Output tokens reserved (and counted against token limits and budgets) when a request sets no max_tokens.
+    completion_reserve: PositiveInt = 1024
+    #: An internal failure of the policy (not an unreachable state: that is state.on_failure) refuses or skips.
+    on_error: OnError = "block"
+
+
+def problems(settings: RateLimiter) -> Problems:
+    """Every unusable setting, paths relative to the rate-limiter settings."""
+    errs: Problems = []
+    for what, names in (("limits", [x.name for x in settings.limits]), ("budgets", [x.name for x in settings.budgets])):
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if not _NAME.fullmatch(name):
+                errs.append((f"{what}[{i}].name", f"expected letters, digits, '_', '.' or '-', got {name!r}"))
+            elif name in seen:
+                errs.append((f"{what}[{i}].name", f"duplicate name {name!r} (first at {what}[{seen[name]}])"))
+            else:
+                seen[name] = i
+    for i, lim in enumerate(settings.limits):
+        p = f"limits[{i}]"
+        if lim.requests_per_minute is None and lim.tokens_per_minute is None and lim.concurrent is None:
+            errs.append((p, "sets no limit: expected requests_per_minute, tokens_per_minute or concurrent"))
+        if lim.request_burst is not None and lim.requests_per_minute is None:
+            errs.append((f"{p}.request_burst", "needs requests_per_minute"))
+        if lim.token_burst is not None and lim.tokens_per_minute is None:
+            errs.append((f"{p}.token_burst", "needs tokens_per_minute"))
+        burst = lim.token_burst or lim.tokens_per_minute
+        if lim.tokens_per_minute is not None and burst is not None and burst <= settings.completion_reserve:
+            errs.append((f"{p}.token_burst" if lim.token_burst else f"{p}.tokens_per_minute",
+                         f"{burst} tokens at once is no more than completion_reserve ({settings.completion_reserve}): "
+                         "a request without max_tokens could never pass"))
+        if not lim.models:
+            errs.append((f"{p}.models", "expected at least one glob (omit models for every model)"))
+        for j, g in enumerate(lim.models):
+            if not g:
+                errs.append((f"{p}.models[{j}]", "expected a model name or glob"))
+    return errs
+
+
+# ---- answers ----------------------------------------------------------------------------------------------------
+
+class Pricing(NamedTuple):
+    """A target's price in USD per million tokens (`providers.targets[].pricing`)."""
+
+    input: float
+    output: float
+
+
+def go_duration(seconds: float) -> str:
+    """A duration the way OpenAI writes x-ratelimit-reset-* (Go's time.Duration, ms precision): "20ms", "1s",
+    "6m0s", "1.5s", "1h2m3s". Rounded up, so that waiting that long is enough."""
+    ms = math.ceil(seconds * 1000 - 1e-6)
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, frac = divmod(rest, 1000)
+    sec = f"{s}.{frac:03d}".rstrip("0") if frac else str(s)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    return f"{m}m{sec}s" if m else f"{sec}s"
+
+
+def _retry_headers(seconds: float) -> list[tuple[bytes, bytes]]:
+    # retry-after in whole seconds (HTTP), retry-after-ms for the SDKs that read it (openai-python does)
+    return [(b"retry-after", str(max(1, math.ceil(seconds - 1e-6))).encode()),
+            (b"retry-after-ms", str(max(1, math.ceil(seconds * 1000 - 1e-6))).encode())]
+
+
+@dataclass(slots=True)
+class Refusal:
+    """Why a request was not admitted; `error()` is the answer."""
+
+    #: requests | tokens | too_large | concurrency | budget | unavailable
+    kind: str
+    #: The limit or budget that refused ("" when the state was unavailable).
+    limit: str
+    message: str
+    #: Seconds until the request would pass (None: not before the budget's period ends, or never).
+    retry_after: float | None
+    #: OpenAI's x-ratelimit-* headers, as of this refusal.
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        return 503 if self.kind == "unavailable" else 429
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind not in ("budget", "too_large")
+
+    def error(self) -> GatewayError:
+        """The GatewayError to answer with (its envelope, status and headers)."""
+        headers = list(self.headers)
+        if self.retry_after is not None and self.retryable:
+            headers += _retry_headers(self.retry_after)
+        if self.kind == "unavailable":
+            return GatewayError(self.message, status=503, type="server_error", code="quota_unavailable",
+                                headers=headers, origin=Origin.GATEWAY, extra={"policy": NAME})
+        if self.kind == "budget":
+            return GatewayError(self.message, status=429, type="insufficient_quota", code="insufficient_quota",
+                                no_retry=True, headers=headers, origin=Origin.POLICY,
+                                extra={"policy": NAME, "limit": self.limit})
+        return GatewayError(self.message, status=429, type="tokens" if self.kind in ("tokens", "too_large")
+                            else "requests", code="rate_limit_exceeded", no_retry=not self.retryable,
+                            headers=headers, origin=Origin.POLICY, extra={"policy": NAME, "limit": self.limit})
+
+
+class Reservation:
+    """What one admitted request holds until `reconcile`: it must be reconciled exactly once, on every path."""
+
+    __slots__ = ("holder", "backend", "tokens", "token_rates", "slots", "spends", "pricing", "headers", "limits",
+                 "fallback", "done")
+
+    def __init__(self, holder: str, backend: Backend, tokens: int, token_rates: tuple[tuple[str, float], ...],
+                 slots: tuple[str, ...], spends: tuple[tuple[str, int], ...], pricing: Pricing | None,
+                 headers: list[tuple[bytes, bytes]], limits: tuple[str, ...], fallback: bool) -> None:
+        self.holder = holder
+        self.backend = backend
+        #: Tokens reserved in each token bucket.
+        self.tokens = tokens
+        self.token_rates = token_rates  #: (key, interval)
+        self.slots = slots
+        self.spends = spends  #: (key, nano-USD reserved)
+        self.pricing = pricing
+        #: OpenAI's x-ratelimit-* headers for the response.
+        self.headers = headers
+        #: Names of the limits and budgets that applied (for metrics).
+        self.limits = limits
+        #: Admitted by this worker's memory while the shared state was unreachable (state.on_failure: open).
+        self.fallback = fallback
+        self.done = False
+
+
+# ---- planning ---------------------------------------------------------------------------------------------------
+
+class _Globs:
+    """fnmatch globs compiled once ("*" alone matches everything without a regex)."""
+
+    __slots__ = ("any", "regex")
+
+    def __init__(self, globs: Iterable[str]) -> None:
+        globs = list(globs)
+        self.any = "*" in globs
+        self.regex = re.compile("|".join(fnmatch.translate(g) for g in globs)) if globs and not self.any else None
+
+    def __call__(self, name: str) -> bool:
+        return self.any or (self.regex is not None and self.regex.match(name) is not None)
+
+
+class _Shape(NamedTuple):
+    """What applies to one (principal, roles, model), costs aside."""
+
+    requests: tuple[tuple[str, float, int, Limit], ...]  #: (key, interval µs, burst, limit)
+    tokens: tuple[tuple[str, float, int, Limit], ...]
+    slots: tuple[tuple[str, int], ...]
+    budgets: tuple[tuple[str, Budget, int], ...]  #: (key before the period, budget, its limit in nano-USD)
+    names: tuple[str, ...]
+
+
+def _subjects(per: str, principal: str, roles: Sequence[str], model: str) -> list[tuple[str, ...]]:
+    if per == "key":
+        return [(principal,)]
+    if per == "role":
+        return [(r,) for r in roles] or [(NO_ROLE,)]
+    if per == "model":
+        return [(model,)]
+    if per == "key+model":
+        return [(principal, model)]
+    return [()]
+
+
+def requested_completion(body: dict[str, Any]) -> tuple[int | None, int]:
+    """(max output tokens the request asks for, or None; choices `n`) from an OpenAI-style body."""
+    cap = None
+    for k in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        v = body.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            cap = v
+            break
+    n = body.get("n")
+    return cap, n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
+def _period(kind: str, unix: float) -> tuple[str, int]:
+    """(the period's name in keys, Unix s when its key may go: the period's end + RETENTION; 0 for total)."""
+    if kind == "total":
+        return "total", 0
+    t = time.gmtime(unix)
+    if kind == "day":
+        return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}", calendar.timegm(
+            (t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400 + RETENTION
+    y, m = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}", calendar.timegm((y, m, 1, 0, 0, 0)) + RETENTION
+
+
+class RateLimitPolicy:
+    """The compiled rate-limiter: built once in the master from its settings and the state backend; the backend
+    opens its connection in each worker on first use."""
+
+    name = NAME
+
+    def __init__(self, settings: RateLimiter, backend: Backend, *, on_failure: str = "closed",
+                 lease: float = SLOT_LEASE, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.on_failure = on_failure
+        self.lease = lease
+        self.clock = clock
+        #: on_failure: open counts here (per worker) while the backend is unreachable.
+        self.fallback = MemoryBackend(backend.prefix, clock)
+        self._limits = [(lim, _Globs(lim.models)) for lim in settings.limits]
+        self._shapes: dict[tuple[str, tuple[str, ...], str], _Shape] = {}
+        self._periods: dict[tuple[str, int], tuple[str, int]] = {}
+        self._pending: deque[Settle] = deque(maxlen=PENDING_MAX)
+        self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
+        #: State errors seen by this worker (fastgw_state_errors_total).
+        self.state_errors = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.settings.limits or self.settings.budgets)
+
+    def _shape(self, principal: str, roles: tuple[str, ...], model: str) -> _Shape:
+        ck = (principal, roles, model)
+        shape = self._shapes.get(ck)
+        if shape is not None:
+            return shape
+        p = self.backend.prefix
+        req: list[tuple[str, float, int, Limit]] = []
+        tok: list[tuple[str, float, int, Limit]] = []
+        slots: list[tuple[str, int]] = []
+        names: list[str] = []
+        for lim, globs in self._limits:
+            if not globs(model):
+                continue
+            names.append(lim.name)
+            for subj in _subjects(lim.per, principal, roles, model):
+                if lim.requests_per_minute:
+                    req.append((key(p, KIND_REQUESTS, lim.name, *subj), 60e6 / lim.requests_per_minute,
+                                lim.request_burst or lim.requests_per_minute, lim))
+                if lim.tokens_per_minute:
+                    tok.append((key(p, KIND_TOKENS, lim.name, *subj), 60e6 / lim.tokens_per_minute,
+                                lim.token_burst or lim.tokens_per_minute, lim))
+                if lim.concurrent:
+                    slots.append((key(p, KIND_SLOTS, lim.name, *subj), lim.concurrent))
+        budgets = []
+        for b in self.settings.budgets:
+            names.append(b.name)
+            for subj in _subjects(b.per, principal, roles, model):
+                budgets.append((key(p, KIND_BUDGET, b.name, *subj), b, math.floor(b.usd * 1e9 + 1e-6)))
+        shape = _Shape(tuple(req), tuple(tok), tuple(slots), tuple(budgets), tuple(names))
+        if len(self._shapes) >= PLAN_CACHE:
+            self._shapes.clear()
+        self._shapes[ck] = shape
+        return shape
+
+    def estimate(self, prompt_tokens: int, max_tokens: int | None, n: int = 1) -> tuple[int, int]:
+        """(total tokens to reserve, of which completion): prompt estimate + (max_tokens or completion_reserve) × n."""
+        completion = (max_tokens if max_tokens is not None else self.settings.completion_reserve) * max(1, n)
+        return max(0, prompt_tokens) + completion, completion
+
+    @staticmethod
+    def cost(pricing: Pricing | None, prompt_tokens: int, completion_tokens: int) -> int:
+        """nano-USD for so many tokens at `pricing` (USD per million tokens = 1000 nano-USD per token), rounded up."""
+        if pricing is None:
+            return 0
+        return max(0, math.ceil((prompt_tokens * pricing.input + completion_tokens * pricing.output) * 1000 - 1e-6))
+
+    def plan(self, principal: str | None, roles: Sequence[str], model: str, pricing: Pricing | None,
+             prompt_tokens: int, max_tokens: int | None = None, n: int = 1) -> tuple[Ask, _Shape, int] | None:
+        """The admission for one request (None when no limit or budget applies), its shape and its tokens."""
+        shape = self._shape(principal or ANONYMOUS, tuple(roles), model)
+        if not shape.names:
+            return None
+        tokens, completion = self.estimate(prompt_tokens, max_tokens, n)
+        spends: tuple[Spend, ...] = ()
+        if shape.budgets:
+            worst = self.cost(pricing, max(0, prompt_tokens), completion)
+            day = int(self.clock() // 86400)
+            out = []
+            for base, b, limit in shape.budgets:
+                pk = (b.period, day)
+                period = self._periods.get(pk)
+                if period is None:  # once per period kind and UTC day
+                    if len(self._periods) > 64:
+                        self._periods.clear()
+                    period = self._periods[pk] = _period(b.period, day * 86400.0)
+                out.append(Spend(f"{base}:{period[0]}", limit, worst, period[1]))
+            spends = tuple(out)
+        ask = Ask(new_holder(),
+                  (*(Rate(k, iv, burst, 1) for k, iv, burst, _ in shape.requests),
+                   *(Rate(k, iv, burst, tokens) for k, iv, burst, _ in shape.tokens)),
+                  tuple(Slot(k, lim) for k, lim in shape.slots), spends, self.lease)
+        return ask, shape, tokens
+
+    # ---- the request path ---------------------------------------------------------------------------------------
+
+    async def admit(self, principal: str | None, roles: Sequence[str], model: str, pricing: Pricing | None,
+                    prompt_tokens: int, max_tokens: int | None = None, n: int = 1) -> Reservation | Refusal | None:
+        """One atomic admission (one round trip). None: nothing applies to this request (no headers either)."""
+        planned = self.plan(principal, roles, model, pricing, prompt_tokens, max_tokens, n)
+        if planned is None:
+            return None
+        ask, shape, tokens = planned
+        backend: Backend = self.backend
+        try:
+            adm = await backend.admit(ask)
+        except StateUnavailable as e:
+            self.state_errors += 1
+            if self.on_failure != "open":
+                return Refusal("unavailable", "", "The quota service is unavailable, so the request was not "
+                               "admitted; please retry shortly.", max(e.retry_after, 1.0))
+            log.warning("state unavailable (%s): admitting and counting in this worker", e)
+            backend = self.fallback
+            adm = await backend.admit(ask)
+        else:
+            if self._pending and not self._flushing:  # the state answers again: settle what failed meanwhile
+                self._flushing = True
+                self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        headers = _headers(shape, ask, adm)
+        if not adm.ok:
+            return _refusal(shape, ask, adm, tokens, headers, self.clock())
+        return Reservation(ask.holder, backend, tokens, tuple((r.key, r.interval) for r in ask.rates[len(
+            shape.requests):]), tuple(s.key for s in ask.slots), tuple((b.key, b.cost) for b in ask.spends),
+            pricing, headers, shape.names, backend is self.fallback)
+
+    async def reconcile(self, res: Reservation, prompt_tokens: int, completion_tokens: int) -> bool:
+        """Replace the reservation by real usage (one round trip); idempotent. False when the state did not answer:
+        the settlement is kept and applied after the next successful admission; the slots' leases run out."""
+        if res.done:
+            return True
+        res.done = True
+        used = max(0, prompt_tokens) + max(0, completion_tokens)
+        delta = used - res.tokens
+        actual = self.cost(res.pricing, max(0, prompt_tokens), max(0, completion_tokens))
+        settle = Settle(res.holder, tuple((k, iv, delta) for k, iv in res.token_rates if delta), res.slots,
+                        tuple((k, reserved, actual) for k, reserved in res.spends))
+        try:
+            await res.backend.reconcile(settle)
+        except StateUnavailable as e:
+            self.state_errors += 1
+            log.warning("state unavailable at reconcile (%s): kept for later", e)
+            self._pending.append(settle)
+            return False
+        return True
+
+    async def renew(self, res: Reservation) -> bool:
+        """Push the lease of the reservation's concurrency slots (call every RENEW_EVERY s while it streams)."""
+        if res.done or not res.slots:
+            return True
+        try:
+            await res.backend.renew(res.holder, res.slots, self.lease)
+        except StateUnavailable:
+            self.state_errors += 1
+            return False
+        return True
+
+    async def _flush(self) -> None:
+        """Apply settlements that failed while the state was unreachable (one round trip each, oldest first)."""
+        try:
+            while self._pending:
+                settle = self._pending[0]
+                await self.backend.reconcile(settle)
+                self._pending.popleft()
+        except StateUnavailable:
+            self.state_errors += 1
+        finally:
+            self._flushing = False
+
+    # ---- fastgw usage ---------------------------------------------------------------------------------------------
+
+    def usage_rows(self, usage: Usage, principal: str | None = None) -> list[dict[str, Any]]:
+        """The live state as rows for `fastgw usage`: one per bucket, concurrency set and budget period."""
+        limits = {lim.name: lim for lim in self.settings.limits}
+        budgets = {b.name: b for b in self.settings.budgets}
+        rows: list[dict[str, Any]] = []
+        now = usage.now
+
+        def split(k: str) -> tuple[str, str, list[str]]:
+            parts = k.split(":")
+            return parts[1], unescape(parts[2]), [unescape(p) for p in parts[3:]]
+
+        def mine(per: str, subj: list[str]) -> bool:
+            return principal is None or (per in ("key", "key+model") and bool(subj) and subj[0] == principal)
+
+        for k, tat in usage.rates.items():
+            kind, name, subj = split(k)
+            lim = limits.get(name)
+            if lim is None or not mine(lim.per, subj):
+                continue
+            per_minute = lim.requests_per_minute if kind == KIND_REQUESTS else lim.tokens_per_minute
+            burst = (lim.request_burst if kind == KIND_REQUESTS else lim.token_burst) or per_minute
+            if not per_minute or not burst:
+                continue
+            interval = 60e6 / per_minute
+            remaining = max(0, math.floor((now + interval * burst - tat) / interval + 1e-9))
+            rows.append({"kind": "requests" if kind == KIND_REQUESTS else "tokens", "limit": name, "per": lim.per,
+                         "subject": subj, "limit_per_minute": per_minute, "burst": burst, "remaining": remaining,
+                         "reset_s": round(max(0.0, tat - now) / 1e6, 3)})
+        for k, holders in usage.slots.items():
+            kind, name, subj = split(k)
+            lim = limits.get(name)
+            if lim is None or not mine(lim.per, subj):
+                continue
+            rows.append({"kind": "concurrent", "limit": name, "per": lim.per, "subject": subj,
+                         "in_flight": len(holders), "max": lim.concurrent})
+        for k, (used, held) in usage.spends.items():
+            kind, name, parts = split(k)
+            b = budgets.get(name)
+            if b is None or not parts or not mine(b.per, parts[:-1]):
+                continue
+            rows.append({"kind": "budget", "budget": name, "per": b.per, "subject": parts[:-1], "period": parts[-1],
+                         "spent_usd": round((used - held) / 1e9, 9), "reserved_usd": round(held / 1e9, 9),
+                         "limit_usd": b.usd})
+        rows.sort(key=lambda r: (r["kind"], r.get("limit", r.get("budget")), r["subject"]))
+        return rows
+
+
+# ---- answers from an admission ------------------------------------------------------------------------------------
+
+def _headers(shape: _Shape, ask: Ask, adm: Admission) -> list[tuple[bytes, bytes]]:
+    """OpenAI's x-ratelimit-* headers: for requests and for tokens, the bucket with the least left."""
+    out: list[tuple[bytes, bytes]] = []
+    nreq = len(shape.requests)
+    for what, templates, states in (("requests", shape.requests, adm.rates[:nreq]),
+                                    ("tokens", shape.tokens, adm.rates[nreq:])):
+        if not states:
+            continue
+        i = 0 if len(states) == 1 else min(range(len(states)), key=lambda j: (states[j].remaining, -states[j].reset))
+        lim = templates[i][3]
+        per_minute = lim.requests_per_minute if what == "requests" else lim.tokens_per_minute
+        out += [(b"x-ratelimit-limit-" + what.encode(), str(per_minute).encode()),
+                (b"x-ratelimit-remaining-" + what.encode(), str(states[i].remaining).encode()),
+                (b"x-ratelimit-reset-" + what.encode(), go_duration(states[i].reset).encode())]
+    return out
+
+
+def _refusal(shape: _Shape, ask: Ask, adm: Admission, tokens: int, headers: list[tuple[bytes, bytes]],
+             unix: float) -> Refusal:
+    """The one refusal to report: a spent budget (final for its period), then a request too large to ever pass,
+    then the rate limit with the longest wait, then a full concurrency limit."""
+    for (_, b, _), spent in zip(shape.budgets, adm.spends):
+        if not spent.ok:
+            after = None
+            if b.period != "total":
+                _, expires = _period(b.period, unix)
+                after = max(0.0, expires - RETENTION - unix)
+            return Refusal("budget", b.name, f"You exceeded your current quota: budget {b.name!r} (${b.usd:g} per "
+                           f"{b.period}) has no room for this request's worst-case cost. Check your plan and "
+                           "billing details.", after, headers)
+    templates = shape.requests + shape.tokens
+    nreq = len(shape.requests)
+    worst: tuple[float, int] | None = None
+    for i, st in enumerate(adm.rates):
+        lim = templates[i][3]
+        if st.never:
+            return Refusal("too_large", lim.name, f"Request too large for limit {lim.name!r} on tokens per minute "
+                           f"(TPM): Limit {lim.tokens_per_minute}, burst {templates[i][2]}, Requested {tokens}. "
+                           "Reduce the input or max_tokens to run successfully.", None, headers)
+        if not st.ok and (worst is None or st.wait > worst[0]):
+            worst = (st.wait, i)
+    if worst is not None:
+        wait, i = worst
+        lim = templates[i][3]
+        if i < nreq:
+            msg = (f"Rate limit reached for requests per minute (RPM) on limit {lim.name!r}: Limit "
+                   f"{lim.requests_per_minute}, Remaining 0. Please try again in {go_duration(wait)}.")
+            return Refusal("requests", lim.name, msg, wait, headers)
+        msg = (f"Rate limit reached for tokens per minute (TPM) on limit {lim.name!r}: Limit {lim.tokens_per_minute}"
+               f", Remaining {adm.rates[i].remaining}, Requested {tokens}. Please try again in {go_duration(wait)}.")
+        return Refusal("tokens", lim.name, msg, wait, headers)
+    for (k, limit), slot in zip(shape.slots, adm.slots):
+        if not slot.ok:
+            name = unescape(k.split(":")[2])
+            return Refusal("concurrency", name, f"Too many requests in flight on limit {name!r}: Limit {limit}. "
+                           "Please try again when one has finished.", CONCURRENCY_RETRY, headers)
+    raise AssertionError("a refused admission names no refusing limit")
