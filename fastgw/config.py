@@ -19,12 +19,15 @@ import msgspec
 import yaml
 
 from fastgw.api import limits as api_limits
-from fastgw.policy import audit, injection, pii, rbac, safety
+from fastgw import state as state_layer
+from fastgw.policy import audit, injection, pii, ratelimit, rbac, safety
 from fastgw.policy.audit import AuditLogger
 from fastgw.policy.injection import InjectionPattern, PromptInjection
 from fastgw.policy.pii import CustomPattern, PiiDetector
 from fastgw.policy.quality import QualityScorer, QualityThresholds
+from fastgw.policy.ratelimit import RateLimiter
 from fastgw.policy.rbac import Rbac, RbacKey, RbacRole
+from fastgw.state.settings import State
 from fastgw.policy.safety import SafetyFilter
 from fastgw.policy.settings import Problems, join
 from fastgw.proto import limits
@@ -126,6 +129,14 @@ class Timeouts(_Base):
 class CircuitBreaker(_Base):
     failures: Annotated[int, msgspec.Meta(ge=1)] = api_limits.BREAKER_FAILURES
     cooldown: Positive = api_limits.BREAKER_COOLDOWN
+    #: Count failures and hold the half-open probe through `state`: every worker of every instance together.
+    shared: bool = False
+
+
+class Pricing(_Base):
+    #: USD per million input (prompt) and output (completion) tokens: what budgets charge.
+    input: NonNegative
+    output: NonNegative
 
 
 class Target(_Base):
@@ -158,6 +169,8 @@ class Target(_Base):
     allow_server_tools: bool = False
     #: Remote MCP servers (`mcp_servers`, Responses `mcp` tools) may be requested through this target.
     allow_mcp: bool = False
+    #: USD per million tokens; budgets need it (a target without it costs nothing).
+    pricing: Pricing | None = None
 
 
 class Providers(_Base):
@@ -187,7 +200,8 @@ class Route(_Base):
 # --- policies -------------------------------------------------------------------------------
 
 #: Policy names a chain may hold.
-POLICY_NAMES = ("rbac", "prompt-injection", "pii-detector", "safety-filter", "quality-scorer", "audit-logger")
+POLICY_NAMES = ("rbac", "rate-limiter", "prompt-injection", "pii-detector", "safety-filter", "quality-scorer",
+                "audit-logger")
 
 
 class PolicySettings(_Base):
@@ -197,6 +211,7 @@ class PolicySettings(_Base):
     rbac: Rbac | None = None
     quality_scorer: QualityScorer | None = msgspec.field(default=None, name="quality-scorer")
     audit_logger: AuditLogger | None = msgspec.field(default=None, name="audit-logger")
+    rate_limiter: RateLimiter | None = msgspec.field(default=None, name="rate-limiter")
 
     def get(self, name: str) -> object:
         """The settings struct of a policy by its chain name (None when not configured)."""
@@ -214,6 +229,7 @@ class Config(_Base):
     policies: Policies = msgspec.field(default_factory=Policies)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     routing: list[Route] = msgspec.field(default_factory=list)
+    state: State = msgspec.field(default_factory=State)
 
     def pii(self) -> PiiDetector | None:
         """The pii-detector settings when the chain enables it (defaults if it has no settings)."""
@@ -233,7 +249,7 @@ class Config(_Base):
 #: Each policy's check of its own settings; paths come back relative to `$.policy.<name>`.
 _POLICY_PROBLEMS: dict[str, Callable[[Any], Problems]] = {
     "pii-detector": pii.problems, "safety-filter": safety.problems, "prompt-injection": injection.problems,
-    "rbac": rbac.problems, "audit-logger": audit.problems,
+    "rbac": rbac.problems, "audit-logger": audit.problems, "rate-limiter": ratelimit.problems,
 }
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -243,7 +259,19 @@ def _semantic_errors(cfg: Config) -> Problems:
     """(key path, problem) pairs for what the types alone cannot express, every one of them."""
     ids = {t.id for t in cfg.providers.targets}
     return [*_server_errors(cfg.server), *_target_errors(cfg.providers.targets), *_routing_errors(cfg.routing, ids),
-            *_chain_errors(cfg), *_policy_errors(cfg.policy)]
+            *_chain_errors(cfg), *_policy_errors(cfg.policy), *_state_errors(cfg)]
+
+
+def _state_errors(cfg: Config) -> Problems:
+    """The state section, and what quotas need from the targets: a budget charges `pricing`."""
+    errs: Problems = [(join("$.state", rel), what) for rel, what in state_layer.problems(cfg.state)]
+    rl = cfg.policy.rate_limiter
+    if rl is not None and rl.budgets and "rate-limiter" in cfg.policies.chain:
+        for i, t in enumerate(cfg.providers.targets):
+            if t.pricing is None and t.provider != "mock":
+                errs.append((f"$.providers.targets[{i}].pricing", f"budgets are configured: target {t.id!r} needs "
+                                                                  "pricing {input, output} (USD per million tokens)"))
+    return errs
 
 
 def _server_errors(s: Server) -> Problems:
