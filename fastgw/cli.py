@@ -49,7 +49,59 @@ def _parser() -> argparse.ArgumentParser:
     scan = sub.add_parser("scan", help="redact text from stdin with the config's pii-detector and list findings")
     scan.add_argument("--config", required=True, metavar="PATH")
     scan.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    usage = sub.add_parser("usage", help="print the rate-limiter's live buckets, requests in flight and spend")
+    usage.add_argument("--config", required=True, metavar="PATH")
+    usage.add_argument("--principal", metavar="NAME", help="only this key's rows (its rbac key name)")
+    usage.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     return p
+
+
+def _usage(args: argparse.Namespace) -> int:
+    """`fastgw usage`: read the shared state the rate-limiter keeps (local file or Redis), as every instance sees it."""
+    import asyncio
+
+    import orjson
+
+    from fastgw.policy.ratelimit import RateLimiter, RateLimitPolicy
+    from fastgw.state import StateUnavailable, open_backend
+
+    try:
+        cfg, _ = load_config(args.config, resolve_secrets=False)
+    except ConfigError as e:
+        print(f"fastgw: config error: {e}", file=sys.stderr)
+        return 1
+    settings = cfg.policy.rate_limiter or RateLimiter()
+    backend = open_backend(cfg.state)
+    policy = RateLimitPolicy(settings, backend, on_failure=cfg.state.on_failure)
+
+    async def read() -> list[dict]:
+        try:
+            return policy.usage_rows(await backend.usage(), args.principal)
+        finally:
+            await backend.close()
+
+    try:
+        rows = asyncio.run(read())
+    except StateUnavailable as e:
+        print(f"fastgw: the {cfg.state.backend} state cannot be read: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(orjson.dumps({"backend": cfg.state.backend, "rows": rows}).decode() + "\n")
+        return 0
+    if not rows:
+        print(f"no rate-limiter state in the {cfg.state.backend} backend"
+              + (f" for {args.principal!r}" if args.principal else ""))
+    for r in rows:
+        subject = "/".join(r["subject"]) or "-"
+        if r["kind"] in ("requests", "tokens"):
+            print(f"{r['kind']:<10} {r['limit']:<16} {r['per']:<9} {subject:<24} {r['remaining']}/{r['burst']} left, "
+                  f"{r['limit_per_minute']}/min, full in {r['reset_s']} s")
+        elif r["kind"] == "concurrent":
+            print(f"{'concurrent':<10} {r['limit']:<16} {r['per']:<9} {subject:<24} {r['in_flight']}/{r['max']} in flight")
+        else:
+            print(f"{'budget':<10} {r['budget']:<16} {r['per']:<9} {subject:<24} {r['period']}: "
+                  f"${r['spent_usd']:.6f} spent + ${r['reserved_usd']:.6f} reserved of ${r['limit_usd']:.2f}")
+    return 0
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -117,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "scan":
         return _scan(args)
+    if args.command == "usage":
+        return _usage(args)
     if args.command == "keys":
         from fastgw import keys
 
