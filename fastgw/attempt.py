@@ -200,7 +200,7 @@ class Attempt:
             except TransportError as t:
                 # Reset or broken framing mid-body: nothing reached the client, so another target may answer.
                 return Retry("5xx", _styled(from_transport(t), call))
-            return self._whole(target, adapter, call, conn, ctx, ctype, passed, data)
+            return await self._whole(target, adapter, call, conn, ctx, ctype, passed, data)
         finally:
             upstream.release(conn)
 
@@ -266,7 +266,7 @@ class Attempt:
             verdict = Verdict.NEUTRAL
         return Streamed(end, relay, verdict)
 
-    def _whole(self, target: TargetRuntime, adapter: Adapter, call: Call, conn: Connection,
+    async def _whole(self, target: TargetRuntime, adapter: Adapter, call: Call, conn: Connection,
                ctx: RequestContext, ctype: bytes, passed: list[tuple[bytes, bytes]], data: bytes) -> Outcome:
         """The outcome of a whole (non-streamed) answer: translated, checked by the output policies."""
         status, data = adapter.translate_response(target, call.body, conn.status, data)
@@ -285,7 +285,7 @@ class Attempt:
             ctype = b"application/json"  # translated to an OpenAI body (OpenAI-family bodies pass as they came)
         if call.endpoint != Endpoint.EMBEDDINGS:
             try:
-                data = self.chain.check_output_body(ctx, data)
+                data = await self.chain.check_output_body_async(ctx, data)  # in slices when it is large
             except GatewayError as e:
                 # The upstream answered; a policy refused the answer (or could not read it).
                 return Final(Verdict.NEUTRAL if e.origin != Origin.UPSTREAM else Verdict.FAILURE, error=e)

@@ -9,26 +9,32 @@ logger records every request, refused ones included.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from fastgw.api.errors import GatewayError
+from fastgw.api.limits import MAX_REQUEST_CPU
 from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.stream import StreamPolicy, open_stream
-from fastgw.policy.textscan import ScanPolicy, process_slots, request_slots, response_slots
+from fastgw.policy.textscan import (RequestTooExpensive, ScanPolicy, Slicer, process_slots, process_slots_sliced,
+                                     request_slots, response_slots)
 from fastgw.scan.scanner import find_spans
 
 if TYPE_CHECKING:  # audit is imported when a worker starts it (its thread and files cost nothing otherwise)
     from fastgw.policy.audit import AuditLog, AuditLogger
 
-__all__ = ["Chain", "build_chain"]
+__all__ = ["Chain", "build_chain", "RequestTooExpensive", "Slicer"]
 
 log = logging.getLogger("fastgw.policy")
 
-_REFUSALS = (PolicyViolation, AuthError, Forbidden)
+_REFUSALS = (PolicyViolation, AuthError, Forbidden, RequestTooExpensive)
+
+#: Non-streamed answers up to this size are checked in one go by `check_output_body_async` (see
+#: `fastgw.pipeline.SYNC_INPUT_BYTES` for the trade-off: the same for answers).
+SYNC_OUTPUT_BYTES = 16384
 
 
 class Chain:
@@ -51,6 +57,12 @@ class Chain:
         self.audit: AuditLog | None = None  # started per worker
         self._audit_settings: AuditLogger | None = self.policies.get("audit-logger")
         self._audit_redactor: ScanPolicy | None = None
+        #: CPU seconds the policies may spend on one request, both directions (`server.max_request_cpu`: the
+        #: app sets it from the config; the default is `fastgw.api.limits.MAX_REQUEST_CPU`).
+        self.max_request_cpu = MAX_REQUEST_CPU
+        #: Input-policy CPU of requests whose large body was checked in slices, by id(ctx), while the request
+        #: runs (the pipeline notes and forgets it): their stream policy gets what is left of the budget.
+        self._input_cpu: dict[int, float] = {}
 
     # ---- lifecycle (per worker) ----------------------------------------------------------------
     @property
@@ -112,9 +124,47 @@ class Chain:
                     [pol], request_slots(body), "input", self.findings, ctx)))
         return changed
 
+    async def check_input_async(self, ctx: RequestContext, body: dict, slicer: Slicer | None = None) -> bool:
+        """`check_input` in slices of the event loop, within the request's CPU budget (`Slicer`): the same
+        decisions and the same body, for bodies too large to check in one go. Raises RequestTooExpensive past
+        the budget (the slicer's, else `max_request_cpu`)."""
+        sl = slicer if slicer is not None else Slicer(self.max_request_cpu)
+        changed = False
+        for name in self.input_steps:
+            pol = self.policies[name]
+            if name == "rbac":
+                self._guarded(name, "input", ctx, lambda: pol.authorize(ctx, ctx.path, ctx.model, ctx.stream))
+                ctx.decide(name, "input", "allow", principal=ctx.principal)
+            elif name == "prompt-injection":
+                await self._guarded_async(name, "input", ctx, lambda: self._injection_sliced(pol, ctx, body, sl))
+            else:
+                changed |= bool(await self._guarded_async(name, "input", ctx, lambda: process_slots_sliced(
+                    [pol], request_slots(body), "input", self.findings, ctx, sl)))
+            if sl.due():
+                await sl.pause()
+        sl.charge()
+        return changed
+
+    def note_input_cpu(self, ctx: RequestContext, seconds: float) -> None:
+        """The input policies' CPU time of a request still running (its stream policy gets the rest)."""
+        self._input_cpu[id(ctx)] = seconds
+
+    def forget(self, ctx: RequestContext) -> None:
+        """The request is over (see `note_input_cpu`)."""
+        self._input_cpu.pop(id(ctx), None)
+
     def _injection(self, pol: Any, ctx: RequestContext, body: dict) -> None:
         texts = _untrusted_texts(body, getattr(pol, "roles", None), ctx.endpoint)
-        blocked, score, names = pol.check(texts)
+        self._injection_verdict(ctx, *pol.check(texts))
+
+    async def _injection_sliced(self, pol: Any, ctx: RequestContext, body: dict, slicer: Slicer) -> None:
+        from fastgw.policy.injection import iter_request_texts
+
+        roles = getattr(pol, "roles", None)
+        texts = (text for role, text in iter_request_texts(body, ctx.endpoint) if roles is None or role in roles)
+        self._injection_verdict(ctx, *await pol.check_sliced(texts, slicer))
+
+    def _injection_verdict(self, ctx: RequestContext, blocked: bool, score: float, names: list[str]) -> None:
         if blocked:
             ctx.decide("prompt-injection", "input", "block", score=round(score, 3), matched=names)
             raise PolicyViolation("Request blocked: prompt injection detected", "prompt-injection", "input")
@@ -128,15 +178,27 @@ class Chain:
         except _REFUSALS:
             raise
         except Exception as e:  # noqa: BLE001 - a policy bug must not crash the worker or let the request slip
-            pol = self.policies.get(name)
-            if getattr(pol, "on_error", "block") == "allow":
-                log.exception("policy %s failed on request %s; on_error: allow lets it pass", name,
-                              ctx.request_id)
-                ctx.decide(name, phase, "error", allowed=True, error=type(e).__name__)
-                return None
-            log.exception("policy %s failed on request %s; failing closed", name, ctx.request_id)
-            ctx.decide(name, phase, "error", allowed=False, error=type(e).__name__)
-            raise PolicyFailure(name) from None
+            return self._failed(name, phase, ctx, e)
+
+    async def _guarded_async(self, name: str, phase: str, ctx: RequestContext, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """`_guarded` for a step that awaits (a sliced check)."""
+        try:
+            return await fn()
+        except _REFUSALS:
+            raise
+        except Exception as e:  # noqa: BLE001 - a policy bug must not crash the worker or let the request slip
+            return self._failed(name, phase, ctx, e)
+
+    def _failed(self, name: str, phase: str, ctx: RequestContext, e: Exception) -> Any:
+        """A policy step raised: let the request pass (on_error: allow, recorded) or fail closed (PolicyFailure)."""
+        pol = self.policies.get(name)
+        if getattr(pol, "on_error", "block") == "allow":
+            log.exception("policy %s failed on request %s; on_error: allow lets it pass", name, ctx.request_id)
+            ctx.decide(name, phase, "error", allowed=True, error=type(e).__name__)
+            return None
+        log.exception("policy %s failed on request %s; failing closed", name, ctx.request_id)
+        ctx.decide(name, phase, "error", allowed=False, error=type(e).__name__)
+        raise PolicyFailure(name) from None
 
     # ---- output -----------------------------------------------------------------------------------
     @property
@@ -149,6 +211,9 @@ class Chain:
         policy = open_stream(self.output_scanners, self.findings, ctx, buffered=self.buffered,
                              judge=self._judge if self.quality is not None else None, dialect=dialect)
         policy.strip_usage = strip_usage
+        # What the input policies left of the request's CPU budget (a small body's input costs are not metered).
+        policy.cpu_budget = self.max_request_cpu
+        policy.cpu_left = self.max_request_cpu - self._input_cpu.get(id(ctx), 0.0)
         return policy
 
     def _judge(self, ctx: RequestContext) -> None:
@@ -186,6 +251,26 @@ class Chain:
         if self.output_scanners:
             changed = bool(self._guarded("output", "output", ctx, lambda: process_slots(
                 self.output_scanners, response_slots(obj), "output", self.findings, ctx)))
+        self._collect(ctx, obj)
+        if self.quality is not None:
+            self._judge(ctx)
+        return orjson.dumps(obj) if changed else data
+
+    async def check_output_body_async(self, ctx: RequestContext, data: bytes) -> bytes:
+        """`check_output_body` in slices of the event loop, within what the input left of the request's CPU
+        budget (RequestTooExpensive past it): the same answer, for bodies too large to check in one go."""
+        if not self.decodes_output or len(data) <= SYNC_OUTPUT_BYTES or not self.output_scanners:
+            return self.check_output_body(ctx, data)
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return self.check_output_body(ctx, data)  # refused as unreadable there
+        if not isinstance(obj, dict):
+            return data
+        slicer = Slicer(self.max_request_cpu, self._input_cpu.get(id(ctx), 0.0))
+        changed = bool(await self._guarded_async("output", "output", ctx, lambda: process_slots_sliced(
+            self.output_scanners, response_slots(obj), "output", self.findings, ctx, slicer)))
+        slicer.charge()
         self._collect(ctx, obj)
         if self.quality is not None:
             self._judge(ctx)
@@ -272,7 +357,8 @@ def build_chain(policies: Iterable[tuple[str, object | None]]) -> Chain:
     `policies`: (chain name, its settings struct, or None for the defaults) in chain order, as
     `Config.chain_settings()` gives them; empty when the pack is disabled.
     """
-    built = {name: _build(name, settings) for name, settings in policies}
+    # The rate-limiter is not a step of the chain: the pipeline admits and settles through it (fastgw.quota).
+    built = {name: _build(name, settings) for name, settings in policies if name != "rate-limiter"}
     return Chain(list(built), built)
 
 

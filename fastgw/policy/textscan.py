@@ -11,16 +11,88 @@ of any blocked span is ever sent.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Collection, Iterator
 from typing import Any
 
+from fastgw.api.errors import GatewayError, Origin
+from fastgw.api.limits import MAX_REQUEST_CPU, SCAN_SLICE
 from fastgw.policy.base import PolicyViolation, RequestContext
 from fastgw.policy.findings import Finding, Findings
 from fastgw.scan.database import ScanDB, Span
-from fastgw.scan.scanner import find_spans
+from fastgw.scan.scanner import ScanBudget, StreamScanner, find_spans
 
-__all__ = ["ScanPolicy", "Tagged", "merge_spans", "redact", "process_slots", "request_slots", "response_slots",
-           "walk", "TokenRun", "SKIP", "is_blob", "set_token", "decide_counts"]
+__all__ = ["ScanPolicy", "Tagged", "merge_spans", "redact", "process_slots", "process_slots_sliced", "request_slots",
+           "response_slots", "walk", "TokenRun", "SKIP", "is_blob", "set_token", "decide_counts", "Slicer",
+           "RequestTooExpensive", "SLICE_PIECE"]
+
+#: Smallest piece of a long text fed to its scanners between two looks at the clock (characters or bytes):
+#: ~1.5 ms at the slowest text found (bench/scan_worst.py), so a slice overruns by less than one.
+SLICE_PIECE = 1024
+#: Largest piece (clean prose scans at ~50 MB/s: a quarter of a 2 ms slice is ~25 KB).
+_PIECE_MAX = 65536
+#: Spans redacted between two looks at the clock (~1 ms).
+_SPAN_RUN = 2048
+#: Spans recorded as findings between two looks at the clock (a finding is logged: ~5 µs each).
+_RECORD_RUN = 256
+
+
+class RequestTooExpensive(GatewayError):
+    """The policies spent more CPU on one request than `server.max_request_cpu` allows: 413 before the
+    upstream is called, an in-stream error after. Not worth retrying as it is."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_expensive"
+    no_retry = True
+    origin = Origin.CLIENT
+
+    def __init__(self, budget: float) -> None:
+        super().__init__(f"This request needs more than the {budget:g} s of policy CPU time a request may use "
+                         f"(server.max_request_cpu); send less text or split it into several requests.")
+        self.budget = budget
+
+
+class Slicer:
+    """Cuts the policy work of one request into slices of about `slice` seconds of the event loop, and keeps its
+    CPU time under `budget`.
+
+    Work calls `due()` at its checkpoints (a clock read) and `await pause()` when it says so: the CPU time
+    of the slice (`time.thread_time`) is charged, `RequestTooExpensive` raised past the budget, and the loop
+    gets a turn (`asyncio.sleep(0)`) before the next slice starts."""
+
+    __slots__ = ("slice", "budget", "spent", "yields", "_t0", "_deadline")
+
+    def __init__(self, budget: float = MAX_REQUEST_CPU, spent: float = 0.0, slice_s: float = SCAN_SLICE) -> None:
+        self.slice = slice_s
+        self.budget = budget
+        #: CPU seconds charged so far (this request's policies, both directions).
+        self.spent = spent
+        #: Turns given to the loop (tests count them).
+        self.yields = 0
+        self._t0 = time.thread_time()
+        self._deadline = time.perf_counter() + slice_s
+
+    def due(self) -> bool:
+        """Whether this slice is used up."""
+        return time.perf_counter() >= self._deadline
+
+    def charge(self) -> None:
+        """Add the CPU time since the slice started; past the budget, refuse the request."""
+        now = time.thread_time()
+        self.spent += now - self._t0
+        self._t0 = now
+        if self.spent > self.budget:
+            raise RequestTooExpensive(self.budget)
+
+    async def pause(self) -> None:
+        """End the slice: charge it, let the loop run, start the next."""
+        self.charge()
+        self.yields += 1
+        await asyncio.sleep(0)
+        self._t0 = time.thread_time()
+        self._deadline = time.perf_counter() + self.slice
 
 #: A final span and the policy that found it.
 Tagged = tuple[Span, "ScanPolicy"]
@@ -115,11 +187,19 @@ def redact(data: bytes, spans: list[Tagged], base: int = 0, json_escapes: int | 
 
 def _escaping(data: bytes, i: int, before: int) -> bool:
     """Whether data[i] follows an odd run of backslashes (counting `before` that end the earlier text)."""
-    head = data[:i]
-    run = len(head) - len(head.rstrip(b"\\"))
-    if run == len(head):
+    run = _backslashes(data, i)
+    if run == i:
         run += before
     return run % 2 == 1
+
+
+def _backslashes(data: bytes, i: int) -> int:
+    """The backslashes right before data[i] (counted back, never copying the text before it: a long text with
+    many spans would be copied once per span)."""
+    j = i
+    while j > 0 and data[j - 1] == 92:
+        j -= 1
+    return i - j
 
 
 # ---- whole texts -------------------------------------------------------------------------------
@@ -240,56 +320,184 @@ def process_slots(policies: list[ScanPolicy], slots: Iterator[Slot], where: str,
 
     Decisions: one per policy and entity found (`entity`, `count`: never the value), "allow" for a policy
     that found nothing."""
-    changed = False
-    hits: dict[tuple[str, str], int] = {}
-    drop = any(p.logprobs == "drop" for p in policies)
+    run = _SlotRun(policies, where, findings, ctx)
+    for slot in slots:
+        run.slot(slot)
+    return run.done()
+
+
+async def process_slots_sliced(policies: list[ScanPolicy], slots: Iterator[Slot], where: str, findings: Findings,
+                               ctx: RequestContext, slicer: Slicer) -> bool:
+    """`process_slots` in slices of the event loop (`Slicer`): the same decisions and the same texts, for
+    bodies too large to check in one go. A long text is fed to its scanners in pieces, settled as it goes,
+    and redacted in runs of spans; the walk over the body yields too."""
+    run = _SlotRun(policies, where, findings, ctx)
     for container, key, fld, choice in slots:
+        if slicer.due():
+            await slicer.pause()
+        if isinstance(container, TokenRun) or len(container[key]) <= SLICE_PIECE:
+            run.slot((container, key, fld, choice))
+            continue
+        data = container[key].encode()
+        json = fld.endswith("arguments")
+        per = [await _spans_sliced(pol.db, data, json, run.budgets[i], slicer) for i, pol in enumerate(policies)]
+        for i in range(0, max(map(len, per), default=0), _RECORD_RUN):
+            # Findings a run of spans at a time (a text of values has one every few bytes; each is recorded).
+            run.record([spans[i:i + _RECORD_RUN] for spans in per], fld, choice)
+            if slicer.due():
+                await slicer.pause()
+        acting = [(pol, spans) for pol, spans in zip(policies, per) if spans and pol.action == "redact"]
+        if len(acting) == 1 and not any(spans and pol.action == "block" for pol, spans in zip(policies, per)):
+            # One policy redacts (the chain runs one at a time): its spans are in order and apart already, and
+            # are tagged a run at a time as they are applied.
+            pol, spans = acting[0]
+            run.judge(per, fld, choice, recorded=True, merge=False)
+            text = await _redact_sliced(data, spans, pol, 0 if json else None, slicer)
+        else:
+            merged = run.judge(per, fld, choice, recorded=True)
+            if not merged:
+                continue
+            text = await _redact_sliced(data, [sp for sp, _ in merged], merged, 0 if json else None, slicer)
+        container[key] = text.decode()
+        run.changed = True
+    return run.done()
+
+
+class _SlotRun:
+    """One `process_slots` run: the budgets, the counts, the refusal, the redaction of each text."""
+
+    __slots__ = ("policies", "where", "findings", "ctx", "changed", "hits", "drop", "budgets")
+
+    def __init__(self, policies: list[ScanPolicy], where: str, findings: Findings, ctx: RequestContext) -> None:
+        self.policies = policies
+        self.where = where
+        self.findings = findings
+        self.ctx = ctx
+        self.changed = False
+        self.hits: dict[tuple[str, str], int] = {}
+        self.drop = any(p.logprobs == "drop" for p in policies)
+        #: One per policy for the whole request: a body of many small texts gets no more judging than one text
+        #: of their size (ScanBudget).
+        self.budgets = [ScanBudget() for _ in policies]
+
+    def slot(self, slot: Slot) -> None:
+        """Scan one text whole, then record, refuse or redact."""
+        container, key, fld, choice = slot
         run: TokenRun | None = None
         if isinstance(container, TokenRun):
-            if drop:
+            if self.drop:
                 container.drop()
-                changed = True
-                continue
+                self.changed = True
+                return
             run = container
             pieces = [p.encode() for p in run.pieces()]
             data = b"".join(pieces)
         else:
             data = container[key].encode()
-        found: list[Tagged] = []
-        blocker: tuple[ScanPolicy, str] | None = None
-        for pol in policies:
-            spans = find_spans(pol.db, data, json=fld.endswith("arguments"))
-            if not spans:
-                continue
+        json = fld.endswith("arguments")
+        merged = self.judge([find_spans(pol.db, data, json, self.budgets[i]) for i, pol in enumerate(self.policies)],
+                            fld, choice)
+        if not merged:
+            return
+        if run is not None:
+            base = 0
+            for i, piece in enumerate(pieces):
+                new = redact(piece, merged, base)
+                if new != piece:
+                    run.set(i, new.decode(errors="replace"))
+                base += len(piece)
+        else:
+            container[key] = redact(data, merged, json_escapes=0 if json else None).decode()
+        self.changed = True
+
+    def record(self, per: list[list[Span]], fld: str, choice: int | None) -> None:
+        """Record the spans each policy found (findings, and the counts the decisions give)."""
+        hits = self.hits
+        for pol, spans in zip(self.policies, per):
             for sp in spans:
                 if sp.cont:
                     continue  # a later piece of a long block is the same finding
-                findings.record(Finding(pol.name, sp.entity, where, sp.start, sp.end, pol.action, ctx.request_id,
-                                        choice, fld))
+                self.findings.record(Finding(pol.name, sp.entity, self.where, sp.start, sp.end, pol.action,
+                                             self.ctx.request_id, choice, fld))
                 k = (pol.name, sp.entity)
                 hits[k] = hits.get(k, 0) + 1
+
+    def judge(self, per: list[list[Span]], fld: str, choice: int | None, recorded: bool = False,
+              merge: bool = True) -> list[Tagged]:
+        """Record the spans each policy found in one text (unless `recorded` already), refuse it (the first
+        blocking policy in chain order), or return the spans to redact, merged (`merge=False`: the caller
+        only needs the refusal)."""
+        found: list[Tagged] = []
+        blocker: tuple[ScanPolicy, str] | None = None
+        hits = self.hits
+        if not recorded:
+            self.record(per, fld, choice)
+        for pol, spans in zip(self.policies, per):
+            if not spans:
+                continue
             if pol.action == "block" and blocker is None:
                 blocker = (pol, spans[0].entity)
-            elif pol.action == "redact":
+            elif pol.action == "redact" and merge:
                 found += [(sp, pol) for sp in spans]
         if blocker is not None:
-            _decide(ctx, policies, where, hits, blocker)
-            raise blocker[0].block_error(where)
-        if found:
-            merged = merge_spans(found)
-            if run is not None:
-                base = 0
-                for i, piece in enumerate(pieces):
-                    new = redact(piece, merged, base)
-                    if new != piece:
-                        run.set(i, new.decode(errors="replace"))
-                    base += len(piece)
-            else:
-                escapes = 0 if fld.endswith("arguments") else None
-                container[key] = redact(data, merged, json_escapes=escapes).decode()
-            changed = True
-    _decide(ctx, policies, where, hits, None)
-    return changed
+            _decide(self.ctx, self.policies, self.where, hits, blocker)
+            raise blocker[0].block_error(self.where)
+        if not found:
+            return found
+        # One policy's spans are already in order and apart (its scanner resolved them): nothing to merge.
+        return found if len(found) == 1 or all(t[1] is found[0][1] for t in found) else merge_spans(found)
+
+    def done(self) -> bool:
+        _decide(self.ctx, self.policies, self.where, self.hits, None)
+        return self.changed
+
+
+async def _spans_sliced(db: ScanDB, data: bytes, json: bool, budget: ScanBudget, slicer: Slicer) -> list[Span]:
+    """`find_spans` of a long text, fed and settled in pieces sized to the slice (what the whole text gives:
+    a scanner's spans do not depend on how its text is cut)."""
+    sc = StreamScanner(db, json, budget)
+    out: list[Span] = []
+    try:
+        i = 0
+        piece = SLICE_PIECE
+        n = len(data)
+        while i < n:
+            t0 = time.perf_counter()
+            sc.feed(data[i:i + piece])
+            out += sc.settle()[1]
+            i += piece
+            # The next piece: about a quarter of a slice at the rate this one took.
+            rate = (time.perf_counter() - t0) / piece
+            piece = int(min(_PIECE_MAX, max(SLICE_PIECE, slicer.slice / 4 / rate))) if rate > 0 else _PIECE_MAX
+            if slicer.due():
+                await slicer.pause()
+        out += sc.settle(final=True)[1]
+    finally:
+        sc.close()
+    return out
+
+
+async def _redact_sliced(data: bytes, spans: list[Span], tags: ScanPolicy | list[Tagged], json_escapes: int | None,
+                         slicer: Slicer) -> bytes:
+    """`redact` of a long text with many spans (in order and apart), a run of spans at a time; `tags`: the one
+    policy they all belong to, or the tagged spans (one per span)."""
+    out: list[bytes] = []
+    pos = 0
+    for k in range(0, len(spans), _SPAN_RUN):
+        run: list[Tagged] = [(sp, tags) for sp in spans[k:k + _SPAN_RUN]] if isinstance(tags, ScanPolicy) \
+            else tags[k:k + _SPAN_RUN]
+        last = k + _SPAN_RUN >= len(spans)
+        upto = len(data) if last else max(pos, run[-1][0].end)
+        esc = None
+        if json_escapes is not None:
+            esc = _backslashes(data, pos)
+            if esc == pos:
+                esc += json_escapes
+        out.append(redact(data[pos:upto], run, pos, esc))
+        pos = upto
+        if slicer.due():
+            await slicer.pause()
+    return b"".join(out)
 
 
 def _decide(ctx: RequestContext, policies: list[ScanPolicy], where: str, hits: dict[tuple[str, str], int],

@@ -27,8 +27,9 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from fastgw.scan import validators as v
-from fastgw.scan.database import DIGITS, NO_HOLD, NOT_DIGIT, NOT_DOTTED, Pattern, PatternError
-from fastgw.scan.phones import CANDIDATE, CANDIDATE_GLUED, CANDIDATE_WIDTH, DEFAULT_REGIONS, VETO, PhoneValidator, phone_label
+from fastgw.scan.database import NO_HOLD, NOT_DIGIT, NOT_DOTTED, Pattern, PatternError
+from fastgw.scan.phones import (CANDIDATE, CANDIDATE_GLUED, CANDIDATE_LOOSE, CANDIDATE_WIDTH, DEFAULT_REGIONS, VETO,
+                                PhoneValidator, phone_label)
 
 __all__ = ["BUILTIN", "ENTITIES", "patterns_for", "custom_pattern", "DEFAULT_CUSTOM_WIDTH", "PEM_WIDTH"]
 
@@ -86,9 +87,6 @@ def _not_vetoed(value: bytes, before: bytes, table: bytes = b"") -> bool:
     return phone_label(before, table) != VETO
 
 
-#: A card is not followed by a digit, nor by a separator and a digit (another group of a longer number).
-NOT_GROUPED: tuple[tuple[bytes, ...], ...] = ((DIGITS,), (b" -.", DIGITS))
-
 # --- the detectors -------------------------------------------------------------------------------
 
 BUILTIN: tuple[Pattern, ...] = (
@@ -108,15 +106,17 @@ BUILTIN: tuple[Pattern, ...] = (
     Pattern("US_SSN_BARE", "US_SSN", rb"\b\d{9}", 9, v.ssn, context_validator=v.ssn_context,
             not_followed_by=NOT_DIGIT),
     # ISO/IEC 7812: at most 19 digits; four separators (two bytes for CRLF) in the 4-4-4-4-3 layout.
-    # Neither digits nor another group right before or after it: the middle of a longer grouped number is none.
-    Pattern("CREDIT_CARD", "CREDIT_CARD", rb"\b(?:" + _CARD + rb")", 27, v.card, context_validator=v.card_context,
-            not_followed_by=NOT_GROUPED),
+    # A card next to another grouped number ('9441 5625 5571 1000 6573 51', a tracking number whose middle
+    # groups pass Luhn) is still reported: telling the two apart would leak two cards written side by side.
+    Pattern("CREDIT_CARD", "CREDIT_CARD", rb"\b(?:" + _CARD + rb")", 27, v.card, not_followed_by=NOT_DIGIT),
     # Candidates of every layout, confirmed by libphonenumber's rules (fastgw.scan.phones).
-    Pattern("PHONE", "PHONE", CANDIDATE, CANDIDATE_WIDTH, context_validator=_PHONE, table_context=True),
+    # Hyperscan compiles the unbounded form (`loose`); libphonenumber's judgements are budgeted (`costly`).
+    Pattern("PHONE", "PHONE", CANDIDATE, CANDIDATE_WIDTH, context_validator=_PHONE, table_context=True,
+            loose=CANDIDATE_LOOSE, costly=True),
     # Glued to the word after it: the letter is matched, then cut off (`trailing`); the PHONE group's holdback
     # already holds the digits while the letter has not come.
     Pattern("PHONE_GLUED", "PHONE", CANDIDATE_GLUED, CANDIDATE_WIDTH + 1, context_validator=_PHONE,
-            table_context=True, trailing=1, hold_from=NO_HOLD),
+            table_context=True, trailing=1, hold_from=NO_HOLD, costly=True),
     # NANP written in its own layout is a phone without libphonenumber's say: that layout is the evidence,
     # and it keeps the fictional 555 numbers of examples and test data (which libphonenumber calls invalid).
     # The area code starts with 2-9; '+1 (555) 123-4567' is the widest form (17).

@@ -31,10 +31,11 @@ import re
 from collections.abc import Iterable, Sequence
 
 import phonenumbers
+import phonenumbers.re_util
 from phonenumbers import Leniency, NumberParseException, PhoneNumberMatcher
 
 __all__ = ["DEFAULT_REGIONS", "CONTEXT_CHARS", "PhoneValidator", "phone_label", "unknown_regions", "NONE", "PHONE_WORD", "VETO",
-           "CANDIDATE", "CANDIDATE_GLUED", "CANDIDATE_WIDTH"]
+           "CANDIDATE", "CANDIDATE_GLUED", "CANDIDATE_LOOSE", "CANDIDATE_WIDTH"]
 
 #: Regions a national-format number may belong to when none are configured: the markets of the locales
 #: LLM traffic is most often written in (North America, the large EU economies and their neighbours,
@@ -59,6 +60,10 @@ CONTEXT_CHARS = 40
 CANDIDATE_BODY = (rb"(?:\+[ ]?\(?|\(|\b)\d(?:(?:[ ()/-]{1,2}|\.)?\d){6,16}"
                   rb"(?:[ ]?(?:[xX]|[eE][xX][tT]\.?|#)[ ]?\d{1,6})?")
 CANDIDATE = CANDIDATE_BODY + rb"\b"
+#: CANDIDATE with no upper bound on its digits, for Hyperscan (`Pattern.loose`): the bounded repeat costs its
+#: start-of-match tracking 0.23 µs per byte of '1 1 1 ...'; the scanner finds each report's true start itself.
+CANDIDATE_LOOSE = CANDIDATE.replace(rb"{6,16}", rb"{6,}")
+assert CANDIDATE_LOOSE != CANDIDATE
 #: The same number glued to the letter after it ('0151 98109301Ground'): the letter is matched and cut off
 #: (`Pattern.trailing`). A pattern of its own, because dropping CANDIDATE's trailing \b would report (and
 #: judge) every prefix of every digit run: +25 % CPU per event on digit-heavy text.
@@ -105,6 +110,10 @@ _LABEL = re.compile(
 
 NONE, PHONE_WORD, VETO = 0, 1, 2
 
+# libphonenumber compiles its metadata's expressions through `re`, whose cache (512) the 23 default regions
+# overflow: every judgement recompiled a few. Its own cache keeps them (bounded by the metadata), ~10 % a parse.
+phonenumbers.re_util.enable_pattern_cache()
+
 
 # A sentence ends between a label and the value: the label belongs to the sentence before.
 # (A word of three letters or more, or a digit: 'No.', 'Nr.' and 'nº.' are abbreviations inside a label.)
@@ -113,8 +122,17 @@ _ENDS_SENTENCE = re.compile(r"[.!?]\s")
 _PIPE = re.compile(r"(?<!\\)\|")
 
 
+# Every label has a letter (Han, kana and hangul are letters too) or is one of the two phone signs: a context
+# without any is NONE at the cost of one search (a run of digits and separators needs no label search).
+_LABEL_CHAR = re.compile(r"[^\W\d_]|[☎📞]")
+
+
+@functools.lru_cache(maxsize=4096)
 def _nearest(text: str) -> int:
-    """The kind of the nearest label in `text` that shares the sentence of its end."""
+    """The kind of the nearest label in `text` that shares the sentence of its end. (Cached: a streamed answer
+    and a list of numbers repeat their contexts, and the label search costs ~15 µs.)"""
+    if _LABEL_CHAR.search(text) is None:
+        return NONE
     last = None
     for last in _LABEL.finditer(text):
         pass
@@ -177,7 +195,7 @@ def unknown_regions(regions: Iterable[str]) -> list[str]:
 class PhoneValidator:
     """A `Pattern` validator for phone candidates: `(value, before) -> bool`, the rule of the module docstring."""
 
-    __slots__ = ("regions", "_trunk", "_lengths", "judge")
+    __slots__ = ("regions", "_trunk", "_lengths", "_verdicts", "cost")
 
     def __init__(self, regions: Sequence[str] = DEFAULT_REGIONS) -> None:
         bad = unknown_regions(regions)
@@ -195,8 +213,21 @@ class PhoneValidator:
             self._lengths[r] = frozenset((desc.possible_length or ()) + (desc.possible_length_local_only or ())) \
                 if desc is not None else frozenset()
         # The engine validates every candidate end offset, and a streamed answer repeats its numbers: a
-        # bounded cache of verdicts (text and label) keeps libphonenumber (~25 µs a parse) off repeats.
-        self.judge = functools.lru_cache(maxsize=2048)(self._judge)
+        # bounded cache of verdicts (text and label) keeps libphonenumber (~25 µs a parse) off repeats. A dict,
+        # not functools.lru_cache, so `quick` can look without judging.
+        self._verdicts: dict[tuple[str, int], bool] = {}
+        #: libphonenumber work done so far, in parses (a strict-grouping match counts 3): the scanner charges a
+        #: full judgement's share of it to the request's budget (`Pattern.costly`).
+        self.cost = 0
+        self._warm()
+
+    def _warm(self) -> None:
+        """Judge a few shapes once, so libphonenumber compiles its expressions for these regions now (in the
+        master, before fork) and not in the first request that needs them (~10 ms each, 30 ms in all)."""
+        for text in ("0151 98109301", "1 2 3 4 5 6 7 8 9", "12 34 56 78 90", "(0406)-812415", "+49 30 1234567"):
+            for label in (NONE, PHONE_WORD):
+                self._judge(text, label)
+        self.cost = 0
 
     def __call__(self, value: bytes, before: bytes = b"", table: bytes = b"") -> bool:
         try:
@@ -205,22 +236,50 @@ class PhoneValidator:
             return False
         return self.judge(text, phone_label(before, table))
 
+    def quick(self, value: bytes, before: bytes = b"", table: bytes = b"") -> bool | None:
+        """The verdict when cheap checks or a cached verdict give it; None when only libphonenumber can
+        (`Pattern.costly`: the scanner draws that from its budget)."""
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+        label = phone_label(before, table)
+        known = self._verdicts.get((text, label))
+        return known if known is not None else _cheap(text, label)
+
+    def judge(self, text: str, label: int) -> bool:
+        """The verdict on a candidate's text under its label (cached)."""
+        key = (text, label)
+        v = self._verdicts.get(key)
+        if v is None:
+            v = self._judge(text, label)
+            if len(self._verdicts) >= _VERDICTS:
+                del self._verdicts[next(iter(self._verdicts))]  # the oldest: repeats come close together
+            self._verdicts[key] = v
+        return v
+
     def _judge(self, text: str, label: int) -> bool:
-        if label == VETO or _DOTTED_QUAD.fullmatch(text) and all(int(n) < 256 for n in text.split(".")):
-            return False  # a label says it is something else; four dotted bytes are an address or a version
+        cheap = _cheap(text, label)
+        if cheap is not None:
+            return cheap
         try:
             if text[0] == "+":
+                self.cost += 1
                 return phonenumbers.is_valid_number(phonenumbers.parse(text, None))
-            if text.startswith("00") and _intl_00(text):
-                return True
+            if text.startswith("00"):
+                self.cost += 1
+                if _intl_00(text):
+                    return True
             if label != PHONE_WORD and not _layout_alone(text):
                 return False
-            digits = sum(c.isdigit() for c in _EXTENSION.sub("", text))
+            main = _EXTENSION.sub("", text)
+            digits = len(main) - len(main.translate(_NO_DIGITS))
             for region in self.regions:
                 lengths = self._lengths[region]
                 trunk = self._trunk[region]
                 if lengths and digits not in lengths and not (trunk and digits - len(trunk) in lengths):
                     continue
+                self.cost += 1
                 try:
                     n = phonenumbers.parse(text, region)
                 except NumberParseException:
@@ -243,19 +302,46 @@ class PhoneValidator:
             m = _GROUPED.match(text)
             if m is not None and m.group(1).startswith(trunk) and len(m.group(1)) > len(trunk):
                 return True
-        for match in PhoneNumberMatcher(text, region, leniency=Leniency.STRICT_GROUPING):
+        # One try: only a match of the whole text counts, and that can only be the matcher's first candidate
+        # parsed whole; the inner candidates it tries after a failure (~10 parses) start or end inside it.
+        self.cost += 3  # a parse, the grouping check and formatting
+        for match in PhoneNumberMatcher(text, region, leniency=Leniency.STRICT_GROUPING, max_tries=1):
             return match.start == 0 and match.end == len(text)
         return False
 
 
+#: Verdicts a validator keeps (text and label): a few KB of strings; repeats come within a text or a stream.
+_VERDICTS = 4096
+
+
+def _cheap(text: str, label: int) -> bool | None:
+    """`PhoneValidator._judge`'s verdict where no libphonenumber call is needed to give it, else None."""
+    if label == VETO or _DOTTED_QUAD.fullmatch(text) and all(int(n) < 256 for n in text.split(".")):
+        return False  # a label says it is something else; four dotted bytes are an address or a version
+    if text[0] == "+" or text.startswith("00"):
+        return None  # international: libphonenumber judges it for its own country
+    if label != PHONE_WORD and not _layout_alone(text):
+        return False
+    return None
+
+
 def _layout_alone(text: str) -> bool:
     """Whether a national number without a phone word may pass on its layout: see the shapes above."""
-    main = _EXTENSION.sub("", text)
-    if _BARE.fullmatch(main):
+    # (Cheapest tests first: a text of digit groups offers a candidate every few bytes.)
+    main = _EXTENSION.sub("", text) if _EXT_CHARS.search(text) else text
+    if main.isdigit():  # ASCII (the caller decoded it so): `_BARE`
         return _TRUNK_RUN.fullmatch(main) is not None
-    if "/" in main or _DATE.fullmatch(main) or _THOUSANDS.fullmatch(main) or _SSN_SHAPE.fullmatch(main):
+    if len(main) - len(main.translate(_NO_DIGITS)) < 9 or "/" in main:
         return False
-    return sum(c.isdigit() for c in main) >= 9
+    return not (_DATE.fullmatch(main) or _THOUSANDS.fullmatch(main) or _SSN_SHAPE.fullmatch(main))
+
+
+#: What an extension (`_EXTENSION`) starts with.
+_EXT_CHARS = re.compile(r"[xX#eE]")
+
+
+#: str.translate table deleting the ASCII digits (a count of digits at C speed; candidates are ASCII).
+_NO_DIGITS = dict.fromkeys(range(48, 58))
 
 
 def _intl_00(text: str) -> bool:

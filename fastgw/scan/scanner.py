@@ -23,6 +23,13 @@ it is the same under every split.
 Blocks (`Pattern.block_until`): once an opening marker matches, everything from it is held until the closing
 marker, or until `max_width` canonical bytes are held, when that piece is reported final and the hold moves
 on to the next piece (see `Pattern`).
+
+Cost (linear, with a small constant per byte, whatever the text): a run of overlapping candidates of one pattern
+is judged up to `DENSE_RUN` candidates, the rest of it only counted (in the match callback); a `Pattern.loose`
+expression keeps Hyperscan's start tracking cheap; the costly validators (libphonenumber) draw from a
+`ScanBudget` per request and policy, and past it a candidate counts unjudged (fails closed). All of it depends
+only on the canonical text, so it is the same under every split; past the budget, how much is judged may
+depend on how a request's texts are split, never whether a value is redacted.
 """
 
 from __future__ import annotations
@@ -30,7 +37,22 @@ from __future__ import annotations
 from fastgw.scan.database import CONTEXT_BYTES, MAX_LOOKAHEAD, MAX_TABLE_HEADER, ScanDB, Span
 from fastgw.scan.fold import Folder
 
-__all__ = ["StreamScanner", "find_spans"]
+__all__ = ["StreamScanner", "ScanBudget", "find_spans", "DENSE_RUN", "BUDGET_BURST", "BUDGET_BYTES"]
+
+#: Candidates of one pattern in one run of overlapping matches (counted by distinct start) that are judged; the
+#: rest of the run is not, and yields nothing. No value is 32 overlapping candidates of one pattern (a phone
+#: number is at most ~5, a list of numbers separated by single spaces a handful per number), while a run such as
+#: '1 1 1 ...' or 'a:a:a:...' reports a candidate at every offset: one report then costs a comparison, not a
+#: validator call (libphonenumber: up to ~1 ms). Reports that only grow one candidate (same start: a key, a
+#: token) are one candidate: its longest valid end is still found.
+DENSE_RUN = 32
+#: Work units (libphonenumber parses, ~25-40 µs each; a phone judgement takes 1 to ~25) the `Pattern.costly`
+#: validators may spend on one request per policy before further candidates count as matches unconfirmed (fail
+#: closed): ~15-20 ms; the densest answer of the evaluation corpus (`bench.pii_eval`) needs a fifth of it ...
+BUDGET_BURST = 512
+#: ... plus one unit per this many canonical bytes scanned: past the burst, judging costs at most ~0.15 µs per
+#: byte, whatever the text. (A text is never refused for it: what cannot be judged is redacted.)
+BUDGET_BYTES = 256
 
 #: Canonical bytes kept as one string for the holdback's suffix reads: wider than every group's run but the
 #: rare key or block ones, so a streamed event (a few bytes) costs one small concatenation, not a join.
@@ -78,6 +100,22 @@ def _header_line(buf: bytes, rule: int, whole: bool) -> bytes:
     return line if b"|" in line and len(line) <= MAX_TABLE_HEADER else b""
 
 
+class ScanBudget:
+    """The work the costly validators (`Pattern.costly`) of one request and policy may still do: the burst plus
+    one unit per `BUDGET_BYTES` canonical bytes scanned, shared by every text of the request (a request of many
+    small texts gets no more than one of their total size)."""
+
+    __slots__ = ("used", "scanned")
+
+    def __init__(self) -> None:
+        self.used = 0
+        self.scanned = 0
+
+    def left(self) -> bool:
+        """Whether another judgement may start (one may overdraw by its own cost, a few dozen units at most)."""
+        return self.used < BUDGET_BURST + self.scanned // BUDGET_BYTES
+
+
 class StreamScanner:
     """Scanner for one text stream (one choice's content, or one tool call's arguments).
 
@@ -87,10 +125,19 @@ class StreamScanner:
 
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
                  "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
-                 "_blk_first", "_pieces", "_regions", "_pend", "_table", "_tail")
+                 "_blk_first", "_pieces", "_regions", "_pend", "_table", "_tail", "_budget", "_cl_end",
+                 "_cl_start", "_cl_n")
 
-    def __init__(self, db: ScanDB, json: bool = False) -> None:
+    def __init__(self, db: ScanDB, json: bool = False, budget: ScanBudget | None = None) -> None:
         self._db = db
+        #: Costly judgements left (shared by the texts of one request; a text of its own otherwise).
+        self._budget = budget if budget is not None else ScanBudget()
+        #: Per pattern, the run of overlapping candidates it is in (see DENSE_RUN): its end, its last
+        #: candidate's start, and how many candidates (distinct starts) it had.
+        n = len(db.patterns)
+        self._cl_end = [-1] * n
+        self._cl_start = [-1] * n
+        self._cl_n = [0] * n
         # hyperscan 0.9.1 keeps no reference to the handler it is given: we must, for the stream's
         # whole life, or the next match calls freed memory (a segfault). A bound method stored here does.
         self._on_match = self._match
@@ -130,6 +177,18 @@ class StreamScanner:
         self._table = b""
 
     def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> None:
+        # A report inside a run past DENSE_RUN is only counted, here: a run such as '1 1 1 ...' reports at
+        # every offset, and this is most of what each of those reports costs.
+        # (The same run bookkeeping as `_validate`'s for a report it would skip.)
+        n = self._cl_n
+        if pid < len(n) and n[pid] > DENSE_RUN and start < self._cl_end[pid]:
+            db = self._db
+            if db.tails[pid] is not None:
+                self._cl_end[pid] = end
+            elif end - start <= db.widths[pid] and start >= self.scanned - self._chunks_len \
+                    and end > self._cl_end[pid]:
+                self._cl_end[pid] = end
+            return
         self._new.append((start, end, pid))
 
     # ---- feeding -------------------------------------------------------------------------------
@@ -156,6 +215,7 @@ class StreamScanner:
             return
         self._stream.scan(data)
         self.scanned += n
+        self._budget.scanned += n
         self._chunks.append(data)
         tail = self._tail + data
         self._tail = tail[-_TAIL:] if len(tail) > _TAIL else tail
@@ -212,6 +272,9 @@ class StreamScanner:
         buf, base = self._since(min(m[0] for m in new) - reach)
         pats = db.patterns
         npat = len(pats)
+        widths = db.widths
+        tails = db.tails
+        cl_end, cl_start, cl_n = self._cl_end, self._cl_start, self._cl_n
         if db.blocks and len(new) > 1:
             new.sort(key=lambda m: m[1])  # block markers and candidates interact: take them in text order
         for start, end, pid in new:
@@ -223,9 +286,40 @@ class StreamScanner:
                 else:
                     self._closing(start, end, db.closers[pid - npat])
                 continue
+            tail = tails[pid]
+            if tail is None:
+                if end - start > widths[pid] or start < kept:
+                    continue  # wider than the pattern allows: not a match (the same rule holds for whole text)
+                # A run of overlapping candidates (DENSE_RUN): judged up to its limit, then only counted.
+                if start < cl_end[pid]:
+                    if start != cl_start[pid]:
+                        cl_start[pid] = start
+                        cl_n[pid] += 1
+                    if end > cl_end[pid]:
+                        cl_end[pid] = end
+                    if cl_n[pid] > DENSE_RUN:
+                        continue
+                else:
+                    cl_end[pid], cl_start[pid], cl_n[pid] = end, start, 1
+            else:
+                # A loose expression's reports in one chain share its (loose) start: each is a candidate.
+                if start < cl_end[pid]:
+                    cl_end[pid] = end
+                    cl_n[pid] += 1
+                    if cl_n[pid] > DENSE_RUN:
+                        continue
+                else:
+                    cl_end[pid], cl_n[pid] = end, 1
+                if end - start <= widths[pid] and start >= kept and tail[0].fullmatch(buf, start - base, end - base):
+                    pass  # a match of `expression` too, from the same (leftmost) start: the common case
+                else:
+                    m = tail[1].search(buf, max(end - widths[pid] - 1, base) - base, end - base)
+                    if m is None:
+                        continue  # the loose expression's match only (too many repeats, or too wide)
+                    start = m.start() + base
+                    if start < kept:
+                        continue
             p = pats[pid]
-            if end - start > db.widths[pid] or start < kept:
-                continue  # wider than the pattern allows: not a match (the same rule holds for whole text)
             end -= p.trailing
             follow = db.follow[pid]
             pending = False
@@ -238,14 +332,27 @@ class StreamScanner:
             value = buf[start - base:end - base]
             if p.validator is not None and not p.validator(value):
                 continue
-            if p.context_validator is not None:
+            cv = p.context_validator
+            if cv is not None:
                 if p.table_context:
                     # The whole row so far (a column is counted by its pipes), within the kept window.
-                    before = buf[max(start - MAX_TABLE_HEADER, base) - base:start - base]
-                    ok = p.context_validator(value, before, self._table)
+                    args: tuple[bytes, ...] = (value, buf[max(start - MAX_TABLE_HEADER, base) - base:start - base],
+                                               self._table)
                 else:
-                    before = buf[max(start - CONTEXT_BYTES, base) - base:start - base]
-                    ok = p.context_validator(value, before)
+                    args = (value, buf[max(start - CONTEXT_BYTES, base) - base:start - base])
+                if p.costly:
+                    ok = cv.quick(*args)  # type: ignore[attr-defined]
+                    if ok is None:
+                        # A full judgement, while the budget lasts; then the candidate counts (fails closed).
+                        budget = self._budget
+                        if budget.left():
+                            c0 = cv.cost  # type: ignore[attr-defined]
+                            ok = cv(*args)
+                            budget.used += cv.cost - c0  # type: ignore[attr-defined]
+                        else:
+                            ok = True
+                else:
+                    ok = cv(*args)
                 if not ok:
                     continue
             if p.block_until is not None:
@@ -481,9 +588,50 @@ class StreamScanner:
                 pass
 
 
-def find_spans(db: ScanDB, text: bytes, json: bool = False) -> list[Span]:
+#: Texts up to this long (ASCII prose) are first scanned for any report at all: a request of many short fields
+#: (content parts, metadata values) then costs one Hyperscan stream per field, not a scanner each (~3x).
+_SMALL = 256
+
+
+class _Any:
+    """Whether a Hyperscan stream reports anything (it halts at the first report)."""
+
+    __slots__ = ("hit", "on_match")
+
+    def __init__(self) -> None:
+        self.hit = False
+        self.on_match = self._match  # kept for the stream's life (see StreamScanner.__init__)
+
+    def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> bool:
+        self.hit = True
+        return True  # halt: one report is the answer
+
+
+def _reports(db: ScanDB, data: bytes) -> bool:
+    """Whether `data` (a whole text) makes `db` report any match, end-anchored ones included."""
+    a = _Any()
+    stream = db.hs.stream(match_event_handler=a.on_match)
+    stream.__enter__()
+    try:
+        stream.scan(data)
+    except Exception:  # noqa: BLE001 - a halted scan may raise: it reported
+        a.hit = True
+    finally:
+        try:
+            stream.close(match_event_handler=a.on_match)
+        except Exception:  # noqa: BLE001 - an end-anchored match halting the close: it reported
+            a.hit = True
+    return a.hit
+
+
+def find_spans(db: ScanDB, text: bytes, json: bool = False, budget: ScanBudget | None = None) -> list[Span]:
     """All spans of a whole text, in original bytes, resolved leftmost-longest on its canonical view (what a
-    stream of the same bytes settles to). `json=True`: the text is JSON source (tool-call arguments)."""
-    sc = StreamScanner(db, json)
+    stream of the same bytes settles to). `json=True`: the text is JSON source (tool-call arguments).
+    `budget`: the request's (see ScanBudget); a text of its own otherwise."""
+    if len(text) <= _SMALL and not json and text.isascii() and not _reports(db, text):
+        if budget is not None:
+            budget.scanned += len(text)
+        return []  # ASCII is its own canonical view, and nothing in it is even a candidate
+    sc = StreamScanner(db, json, budget)
     sc.feed(text)
     return sc.settle(final=True)[1]

@@ -29,11 +29,12 @@ __all__ = [
     "openai_key",
     "ssn",
     "ssn_context",
-    "card_context",
     "iban_grouped_hold",
 ]
 
 _DIGITS = frozenset(b"0123456789")
+_DIGIT_BYTES = b"0123456789"
+_HEX_COLON = b"0123456789abcdefABCDEF:"
 _LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
@@ -85,8 +86,10 @@ LABEL_BYTES = 32
 
 _SSN_WORD = re.compile(rb"(?<![A-Za-z])(?:ssn|ss#|ss no|social security|soc\.? ?sec|seguro social|ssa)(?![A-Za-z])",
                        re.IGNORECASE)
-_VERSION_WORD = re.compile(rb"(?<![A-Za-z])(?:[a-z]*version|ver|v|build|release|rev|revision|oid)(?![A-Za-z])",
-                           re.IGNORECASE)
+# The last word before the value, up to six separators away ('AssemblyVersion("1.2.3.4', 'build: ', 'v '):
+# a version word further back labels something else ('Q V 日本, 10.0.0.1').
+_VERSION_WORD = re.compile(rb"(?<![A-Za-z])(?:[a-z]*version|ver|v|build|release|rev|revision|oid)"
+                           rb"[^A-Za-z0-9\x80-\xff]{0,6}\Z", re.IGNORECASE)
 
 
 def _near(before: bytes) -> bytes:
@@ -118,12 +121,6 @@ def iban_grouped_hold(run: bytes) -> int:
     return w if w <= 2 and (w == len(run) or not run[-w - 1:-w].isalnum()) else 0
 
 
-def card_context(data: bytes, before: bytes) -> bool:
-    """Not the inner groups of a longer grouped number ('9441 5625 5571 1000 6573 51': a tracking number whose
-    middle four groups pass Luhn, as one run of digits in ten does)."""
-    return not (before[-1:] in (b" ", b"-", b".") and before[-2:-1].isdigit())
-
-
 def ipv4_context(data: bytes, before: bytes) -> bool:
     """An address, not the tail of a dotted run ('4.20.18.6.20') nor a labelled version ('AssemblyVersion: 1.11.77.94')."""
     near = _near(before)
@@ -146,14 +143,24 @@ def ipv4(data: bytes) -> bool:
 
 def ipv6(data: bytes) -> bool:
     """IPv6 text (RFC 4291 2.2, via `ipaddress`) with 2+ non-empty groups and a decimal digit (not `d::`, `dead::beef`)."""
+    # The cheap conditions first: a run such as '::1 ::1 ...' or 'a:a:a:...' offers a candidate every few bytes.
+    if len(data.translate(None, _DIGIT_BYTES)) == len(data) or not data.isascii():
+        return False
+    groups = data.split(b":")
+    if len(groups) - groups.count(b"") < 2:
+        return False
+    if len(groups) == 8 and b"" not in groups and max(map(len, groups)) <= 4 and not data.translate(None, _HEX_COLON):
+        return True  # eight groups of 1-4 hex digits: always an address
+    return _ipv6_text(data)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ipv6_text(data: bytes) -> bool:
     try:
-        text = data.decode("ascii")
-        ipaddress.IPv6Address(text)
-    except (UnicodeDecodeError, ValueError):
+        ipaddress.IPv6Address(data.decode("ascii"))
+    except ValueError:
         return False
-    if sum(1 for g in text.split(":") if g) < 2:
-        return False
-    return any(c in _DIGITS for c in data)
+    return True
 
 
 #: IBAN length per country (SWIFT IBAN Registry, release 98, 2024); an unlisted country is not an IBAN.

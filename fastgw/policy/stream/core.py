@@ -8,12 +8,17 @@ order once every segment of theirs lies before its stream's safe offset. An even
 policy changed leaves as the upstream's bytes (a structured chunk is encoded once,
 then); a changed one is rewritten through the dialect's `_apply` and encoded once.
 A blocking span ends the stream with `StreamBlocked` and the clean prefix before it.
+
+A text piece longer than `DEFER_BYTES` in one event is not scanned inside `push`: it is queued, with every
+settling that must follow it, and `work(deadline)` scans it a piece at a time (the relay calls it in slices of
+the loop); `release` and `finish` first do what is still queued, so a caller that does not slice sees no
+difference.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-
 from collections import deque
 from collections.abc import Callable
 from typing import ClassVar
@@ -28,12 +33,19 @@ from fastgw.policy.findings import Finding, Findings
 from fastgw.policy.textscan import (SKIP, ScanPolicy, Tagged, decide_counts, is_blob, merge_spans, redact,
                                      set_token)
 from fastgw.proto.sse import SSEEvent, encode_data, encode_event
-from fastgw.scan.scanner import StreamScanner
+from fastgw.scan.scanner import ScanBudget, StreamScanner
 
 __all__ = ["StreamPolicy", "StreamBlocked", "TextKey", "TextStream", "Segment", "Held", "unreadable"]
 
 #: The safe offset of a text no policy holds back: beyond any text's end.
 _NO_HOLD = 1 << 62
+#: A text piece longer than this (bytes) is scanned as deferred work, in pieces between looks at the clock
+#: (`StreamPolicy.work`), instead of inside `push`: one upstream event may carry up to 1 MiB of text (the SSE
+#: limit), ~20 ms to scan as clean prose and far more as the slowest text.
+DEFER_BYTES = 16384
+#: Piece sizes of deferred scanning: the smallest (~1.5 ms at the slowest text found) and the largest.
+_PIECE_MIN = 1024
+_PIECE_MAX = 65536
 #: Keys whose value is JSON a caller or a model chose (tool inputs, schemas, metadata): every string scanned.
 _JSON_VALUES = frozenset(("parameters", "input_schema", "schema", "metadata", "properties", "arguments"))
 _TOOL_INPUT = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
@@ -70,7 +82,7 @@ class TextKey(msgspec.Struct, frozen=True, gc=False):
 class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
-    __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes")
+    __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes", "fed")
 
     def __init__(self, key: TextKey, scanners: list[StreamScanner]) -> None:
         self.key = key
@@ -86,6 +98,8 @@ class TextStream:
         self.done = False
         #: Backslashes ending the text so far (tool-call arguments are JSON source: escapes matter).
         self.backslashes = 0
+        #: Bytes of the text taken (scanned, or queued to be: `StreamPolicy.work`).
+        self.fed = 0
 
 
 class Segment(msgspec.Struct, gc=False):
@@ -138,7 +152,8 @@ class StreamPolicy(ABC):
 
     __slots__ = ("policies", "last_seq", "held", "strip_usage", "_assembled", "_rewritten", "_findings", "_ctx",
                  "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts", "_ended",
-                 "_drop", "_counts", "_decided", "_ev_edited", "_ev_repeats")
+                 "_drop", "_counts", "_decided", "_ev_edited", "_ev_repeats", "_budgets", "_jobs", "cpu_left",
+                 "cpu_budget")
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
                  buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
@@ -174,6 +189,14 @@ class StreamPolicy(ABC):
         #: Set while a typed event is read: it was edited (logprobs dropped), the whole texts it repeats.
         self._ev_edited = False
         self._ev_repeats: list | None = None
+        #: Costly judgements left per policy, shared by every text of the answer (see ScanBudget).
+        self._budgets = [ScanBudget() for _ in policies]
+        #: Deferred work, in order: ("feed", text, data, offset) and ("settle", text, final) (see `work`).
+        self._jobs: deque[list] = deque()
+        #: CPU seconds the policies may still spend on this answer, and the request's whole budget (the chain
+        #: sets both; the relay meters its work against them).
+        self.cpu_left = float("inf")
+        self.cpu_budget = float("inf")
 
     # ---- input (each dialect) ---------------------------------------------------------------
     @abstractmethod
@@ -195,15 +218,19 @@ class StreamPolicy(ABC):
         if t is None:
             # Tool-call arguments are JSON source: scanned with their escapes decoded (`\u0040` is an `@`).
             json = key.field == "arguments"
-            t = self._texts[key] = TextStream(key, [StreamScanner(p.db, json=json) for p in self.policies])
+            t = self._texts[key] = TextStream(key, [StreamScanner(p.db, json, b)
+                                                    for p, b in zip(self.policies, self._budgets)])
         if t.done:
             raise GatewayError("upstream sent text after finishing the choice", status=502, type="upstream_error",
                                code="upstream_protocol_error")
         data = text.encode()
-        scanners = t.scanners
-        start = scanners[0].end if scanners else 0
-        for sc in scanners:
-            sc.feed(data)
+        start = t.fed
+        t.fed += len(data)
+        if len(data) > DEFER_BYTES or self._jobs:
+            self._jobs.append(["feed", t, data, 0])  # scanned by `work`, a piece at a time
+        else:
+            for sc in t.scanners:
+                sc.feed(data)
         self._dirty.append(t)
         if key.field == "arguments":
             segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, t.backslashes, path))
@@ -255,8 +282,49 @@ class StreamPolicy(ABC):
                 if isinstance(tok, str) and tok:
                     self._seg(key, tok, 0, -1, segs, path + (i, "token"))
 
+    # ---- deferred work ------------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        """Text waits to be scanned (a long piece): call `work` before `release` (or `finish`)."""
+        return bool(self._jobs)
+
+    def work(self, deadline: float) -> None:
+        """Scan queued text, in pieces, until it is all done or `time.perf_counter()` passes `deadline`. Each
+        piece is settled as it goes, so no later step has a whole long text's spans to handle at once."""
+        jobs = self._jobs
+        piece = _PIECE_MIN
+        while jobs:
+            job = jobs[0]
+            t = job[1]
+            if job[0] == "settle":
+                jobs.popleft()
+                self._settle_now(t, job[2])
+            else:
+                data, i = job[2], job[3]
+                t0 = time.perf_counter()
+                chunk = data[i:i + piece]
+                for sc in t.scanners:
+                    sc.feed(chunk)
+                job[3] = i + len(chunk)
+                if job[3] >= len(data):
+                    jobs.popleft()
+                if not t.done:
+                    self._settle_now(t, False)
+                took = time.perf_counter() - t0
+                # The next piece: about a quarter of what is left of the slice at this one's rate.
+                piece = int(min(_PIECE_MAX, max(_PIECE_MIN, len(chunk) * max(deadline - time.perf_counter(), 0.0)
+                                                / 4 / took))) if took > 0 else _PIECE_MAX
+            if time.perf_counter() >= deadline:
+                return
+
     # ---- settling ---------------------------------------------------------------------------------
     def _settle(self, t: TextStream, final: bool) -> None:
+        if self._jobs:
+            self._jobs.append(["settle", t, final])  # after the text queued before it
+            return
+        self._settle_now(t, final)
+
+    def _settle_now(self, t: TextStream, final: bool) -> None:
         if t.done:
             return
         key = t.key
@@ -309,7 +377,10 @@ class StreamPolicy(ABC):
 
     # ---- output ----------------------------------------------------------------------------------
     def release(self) -> list[bytes]:
-        """Events that may be written now, in order (raw bytes when untouched). Raises StreamBlocked."""
+        """Events that may be written now, in order (raw bytes when untouched). Raises StreamBlocked. Text
+        still queued is scanned first, whole (a caller that slices calls `work` until `has_work` is false)."""
+        if self._jobs:
+            self.work(float("inf"))
         if not self._buffered:
             if self._dirty:
                 for t in self._dirty:
@@ -345,7 +416,10 @@ class StreamPolicy(ABC):
         return True
 
     def finish(self) -> list[bytes]:
-        """End of stream (clean, or the upstream failed): everything held is final now."""
+        """End of stream (clean, or the upstream failed): everything held is final now (queued text is
+        scanned first: an error path while a long event was being scanned)."""
+        if self._jobs:
+            self.work(float("inf"))
         if not self._ended:
             self._finish_all()
         out = self.release()

@@ -1,0 +1,141 @@
+"""Bounded scan cost (issue 15, item 1): the mechanisms that keep a pathological text linear with a small constant
+(a run that reports at every offset, a loose expression for Hyperscan, the budget of costly judgements, the
+short-text prefilter) and that they change no detection a text of real values gets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fastgw.scan import scanner
+from fastgw.scan.database import Pattern, ScanDB
+from fastgw.scan.patterns import BUILTIN
+from fastgw.scan.phones import CANDIDATE, CANDIDATE_LOOSE, CANDIDATE_WIDTH
+from fastgw.scan.scanner import BUDGET_BURST, BUDGET_BYTES, DENSE_RUN, ScanBudget, StreamScanner, find_spans
+
+
+def _db(*patterns: Pattern) -> ScanDB:
+    db = ScanDB(list(patterns))
+    db.allocate_scratch()
+    return db
+
+
+class _Every(StreamScanner):
+    """A scanner that keeps every validated candidate (before overlaps are resolved)."""
+
+    __slots__ = ("all",)
+
+    def __init__(self, db: ScanDB) -> None:
+        super().__init__(db)
+        self.all: list[tuple[int, int, int]] = []
+
+    def _validate(self) -> None:
+        super()._validate()
+        self.all.extend(self._cands)
+        self._cands.clear()
+
+
+def _candidates(db: ScanDB, text: bytes, cuts: list[int] | None = None) -> list[tuple[int, int, int]]:
+    sc = _Every(db)
+    prev = 0
+    for c in (cuts or []) + [len(text)]:
+        sc.feed(text[prev:c])
+        prev = c
+    sc.settle(final=True)
+    return sorted(sc.all)
+
+
+def test_loose_phone_expression_gives_exactly_the_bounded_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PHONE's Hyperscan expression is the unbounded `{6,}` (its start tracking is 20x cheaper); the scanner finds
+    each report's true start: the candidates are the bounded expression's, whole and under any split."""
+    monkeypatch.setattr(scanner, "DENSE_RUN", 10 ** 9)  # every candidate, however dense
+    exact = _db(Pattern("P", "PHONE", CANDIDATE, CANDIDATE_WIDTH))
+    loose = _db(Pattern("P", "PHONE", CANDIDATE, CANDIDATE_WIDTH, loose=CANDIDATE_LOOSE))
+    rnd = random.Random(7)
+    alphabet = "0123456789 ()/-.+xXext#a\n"
+    for i in range(3000):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 120))).encode()
+        want = _candidates(exact, text)
+        assert _candidates(loose, text) == want, text
+        if i % 5 == 0:
+            cuts = sorted(rnd.sample(range(1, len(text) + 1), min(len(text), rnd.randint(1, 6))))
+            assert _candidates(loose, text, cuts) == want, (text, cuts)
+
+
+def test_a_run_reporting_at_every_offset_is_judged_up_to_its_limit() -> None:
+    """'1 1 1 1 ...' makes a digit-group pattern report at every digit: DENSE_RUN candidates of the run are judged,
+    the rest only counted; a value after the run is a run of its own and is found."""
+    calls = []
+
+    def judge(value: bytes) -> bool:
+        calls.append(value)
+        return value == b"9 8 7 6"
+
+    db = _db(Pattern("G", "G", rb"\b\d(?: \d){3}\b", 7, validator=judge))
+    text = b"1 " * 50_000 + b"x 9 8 7 6 y"
+    spans = find_spans(db, text)
+    assert DENSE_RUN <= len(calls) <= DENSE_RUN + 2
+    assert [(s.start, s.end) for s in spans] == [(len(text) - 9, len(text) - 2)]
+
+
+def test_a_growing_candidate_is_one_candidate_not_a_dense_run() -> None:
+    """Reports that only grow one candidate (a long key: same start) are all judged: its longest valid end is found,
+    as before (a key past the width is reported as its first 256 bytes)."""
+    db = _db(*[p for p in BUILTIN if p.name in ("OPENAI_KEY", "ANTHROPIC_KEY")])
+    key = b"sk-" + b"a1" * 400
+    spans = find_spans(db, b"key " + key + b" end")
+    assert [(s.start, s.end, s.entity) for s in spans] == [(4, 4 + 256, "API_KEY")]
+
+
+class _Costly:
+    """A costly context validator: `quick` never knows, a full judgement says no and costs 10 units."""
+
+    def __init__(self) -> None:
+        self.cost = 0
+        self.calls = 0
+
+    def quick(self, value: bytes, before: bytes) -> bool | None:
+        return None
+
+    def __call__(self, value: bytes, before: bytes) -> bool:
+        self.calls += 1
+        self.cost += 10
+        return False
+
+
+def test_costly_judgements_are_budgeted_and_fail_closed() -> None:
+    """Past the budget (burst + one unit per BUDGET_BYTES), candidates are matches unjudged: redacted, never leaked;
+    the judging done stays within the budget (one judgement may overdraw by its own cost)."""
+    v = _Costly()
+    db = _db(Pattern("C", "C", rb"\bq\d{3}\b", 4, context_validator=v, costly=True))
+    n = 2000
+    text = b"q123 " * n
+    spans = find_spans(db, text)
+    allowed = BUDGET_BURST + len(text) // BUDGET_BYTES
+    assert v.cost <= allowed + 10
+    assert v.calls == pytest.approx(allowed / 10, abs=2)
+    assert len(spans) == n - v.calls  # every candidate past the budget counts (fails closed)
+
+
+def test_the_budget_is_shared_by_the_texts_of_a_request() -> None:
+    """Many small texts get no more judging than one text of their total size."""
+    v = _Costly()
+    db = _db(Pattern("C", "C", rb"\bq\d{3}\b", 4, context_validator=v, costly=True))
+    budget = ScanBudget()
+    for _ in range(2000):
+        find_spans(db, b"q123 q456", budget=budget)
+    assert v.cost <= BUDGET_BURST + 2000 * 9 // BUDGET_BYTES + 10
+
+
+def test_short_text_prefilter_gives_what_the_scanner_gives() -> None:
+    """Short ASCII texts are first checked for any report at all: the same spans as the full scanner."""
+    db = _db(*BUILTIN)
+    rnd = random.Random(3)
+    pieces = ["a@b.co", "192.168.1.1", "555-123-4567", "hello", " ", "sk-" + "a1" * 12, "-----BEGIN ", "x",
+              "4111 1111 1111 1111", "DE89370400440532013000", "\n", ":", "1"]
+    for _ in range(500):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12))).encode()
+        sc = StreamScanner(db)
+        sc.feed(text)
+        assert find_spans(db, text) == sc.settle(final=True)[1], text
