@@ -42,6 +42,7 @@ from fastgw.proto.client import UpstreamPool
 from fastgw.proto.errors import HttpError
 from fastgw.proto.limits import MAX_LOGGED_STRING
 from fastgw.proto.server import Request, Responder
+from fastgw.quota import Quota
 from fastgw.providers.base import Endpoint, TargetRuntime
 from fastgw.providers.mock import MockModel
 from fastgw.routing import Router
@@ -98,11 +99,13 @@ class App:
         self.cfg = cfg
         self.loop = loop
         self.chain = chain or Chain()
+        self.chain.max_request_cpu = cfg.server.max_request_cpu
         self.pool = UpstreamPool(loop)
         self.router = Router(cfg, targets, clock=clock)
         upstreams: dict[str, Upstream] = {"mock": MockUpstream(loop)}
         self.pipeline = Pipeline(self.chain, self.router,
-                                 Attempt(self.chain, loop, upstreams, HttpUpstream(self.pool)))
+                                 Attempt(self.chain, loop, upstreams, HttpUpstream(self.pool)),
+                                 Quota.from_config(cfg))
         self.draining = False
         self._ids = itertools.count(1)
         # Unique across workers and restarts without a getrandom syscall per request: pid and a random salt.

@@ -27,6 +27,10 @@ def _complete(block: dict) -> dict:
     if "policy" in cfg:
         chain = cfg.setdefault("policies", {}).setdefault("chain", [])
         chain += [name for name in cfg["policy"] if name not in chain]
+    if "rbac" in cfg.get("policies", {}).get("chain", []) and "rbac" not in cfg.get("policy", {}):
+        # A fragment that shows a chain with rbac but not its keys (they are shown in their own block).
+        cfg.setdefault("policy", {})["rbac"] = {"keys": [{"name": "k", "sha256": "0" * 64, "roles": ["r"]}],
+                                                "roles": {"r": {}}}
     return cfg
 
 
