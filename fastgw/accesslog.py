@@ -57,6 +57,7 @@ when writing to a file.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import logging
@@ -69,6 +70,7 @@ from typing import IO, TYPE_CHECKING
 
 import orjson
 
+from fastgw import metrics
 from fastgw.proto.limits import MAX_LOGGED_STRING
 
 if TYPE_CHECKING:
@@ -401,6 +403,8 @@ def flush() -> None:
         stream.flush()
     except Exception as e:  # noqa: BLE001 - a full disk must not cost requests; it is reported, at most 1/s
         _write_errors += n
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        metrics.log_write_error("access", "disk_full" if full else "other")
         now = time.monotonic()
         if now - _write_error_at >= 1.0:
             _write_error_at = now
