@@ -414,6 +414,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_future = None
         self._sink = None
         self.idle_since = time.monotonic()
+        # A stream that ended while its client's buffer held the relay paused leaves reading paused: an idle
+        # connection must be read (to see a close, or stray bytes), and its next response must be.
+        self.resume_reading()
 
     def detach(self) -> None:
         """Stop delivering to the current sink (its consumer is gone) and close."""
