@@ -42,7 +42,7 @@ from fastgw.proto.client import UpstreamPool
 from fastgw.proto.errors import HttpError
 from fastgw.proto.limits import MAX_LOGGED_STRING
 from fastgw.proto.server import Request, Responder
-from fastgw.quota import Quota
+from fastgw.quota import Quota, SharedBreakers
 from fastgw.providers.base import Endpoint, TargetRuntime
 from fastgw.providers.mock import MockModel
 from fastgw.routing import Router
@@ -85,7 +85,8 @@ def build_targets(cfg: Config, secrets: dict[str, str]) -> list[TargetRuntime]:
             connect_timeout=t.timeouts.connect, ttft_timeout=t.timeouts.ttft, idle_timeout=t.timeouts.idle,
             max_duration=t.timeouts.max_duration, heartbeat=t.timeouts.heartbeat,
             breaker_failures=t.circuit_breaker.failures,
-            breaker_cooldown=t.circuit_breaker.cooldown, weight=t.weight, options=options,
+            breaker_cooldown=t.circuit_breaker.cooldown, breaker_shared=t.circuit_breaker.shared, weight=t.weight,
+            options=options,
             anthropic_versions=tuple(t.anthropic_versions), anthropic_betas=tuple(t.anthropic_betas),
             allow_server_tools=t.allow_server_tools, allow_mcp=t.allow_mcp))
     return out
@@ -105,7 +106,7 @@ class App:
         upstreams: dict[str, Upstream] = {"mock": MockUpstream(loop)}
         self.pipeline = Pipeline(self.chain, self.router,
                                  Attempt(self.chain, loop, upstreams, HttpUpstream(self.pool)),
-                                 Quota.from_config(cfg))
+                                 Quota.from_config(cfg), SharedBreakers.from_config(cfg))
         self.draining = False
         self._ids = itertools.count(1)
         # Unique across workers and restarts without a getrandom syscall per request: pid and a random salt.

@@ -22,7 +22,7 @@ from fastgw.policy.audit import AuditUnavailable
 from fastgw.policy.base import PolicyFailure, RequestContext
 from fastgw.policy.chain import Chain, Slicer
 from fastgw.proto.server import Request, Responder
-from fastgw.quota import Quota
+from fastgw.quota import Quota, SharedBreakers
 from fastgw.providers.base import Endpoint
 from fastgw.providers.registry import NATIVE_ENDPOINTS, PROVIDERS
 from fastgw.routing import Plan, Router, Verdict
@@ -88,12 +88,15 @@ def parse_body(req: Request) -> dict:
 class Pipeline:
     """Runs one model request to its answer."""
 
-    def __init__(self, chain: Chain, router: Router, attempt: Attempt, quota: Quota | None = None) -> None:
+    def __init__(self, chain: Chain, router: Router, attempt: Attempt, quota: Quota | None = None,
+                 shared: SharedBreakers | None = None) -> None:
         self.chain = chain
         self.router = router
         self.attempt = attempt
         #: The rate-limiter (issue 16), when the chain has one.
         self.quota = quota
+        #: Breakers counted in the shared state, for targets with `circuit_breaker.shared: true`.
+        self.shared = shared
 
     async def run(self, endpoint: str, req: Request, resp: Responder, ctx: RequestContext) -> None:
         body = parse_body(req)
@@ -158,7 +161,12 @@ class Pipeline:
         waits: list[float] = []
         for target in plan.targets:
             breaker = self.router.breakers[target.id]
+            shared = self.shared if target.breaker_shared else None
             for n in range(retry.attempts):
+                may = await shared.may_try(target) if shared is not None else None
+                if may is not None and not may[0]:
+                    waits.append(may[1])
+                    break
                 permit = breaker.acquire()
                 if permit is None:
                     waits.append(breaker.retry_after())
@@ -169,6 +177,8 @@ class Pipeline:
                 finally:
                     # The one place a permit is resolved: a cancelled or crashed attempt learned nothing.
                     permit.resolve(outcome.verdict if outcome is not None else Verdict.NEUTRAL)
+                if shared is not None and may is not None:
+                    await shared.learned(target, outcome.verdict, getattr(outcome, "retry_after", None))
                 if not isinstance(outcome, Retry):
                     metrics.upstream_attempt(target.id, "ok" if outcome.verdict == Verdict.SUCCESS else "neutral")
                     return outcome

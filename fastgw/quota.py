@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from fastgw import metrics
 from fastgw.policy.ratelimit import RENEW_EVERY, Pricing, RateLimitPolicy, Refusal, Reservation, requested_completion
-from fastgw.state import open_backend
+from fastgw.state import Backend, StateUnavailable, open_backend
 
 if TYPE_CHECKING:
     from fastgw.config import Config
+    from fastgw.providers.base import TargetRuntime
     from fastgw.policy.base import RequestContext
     from fastgw.proto.writer import Responder
     from fastgw.routing import Plan
 
-__all__ = ["Quota", "prompt_estimate"]
+__all__ = ["Quota", "SharedBreakers", "prompt_estimate"]
 
 log = logging.getLogger("fastgw.quota")
 
@@ -130,3 +131,48 @@ class Quota:
                 await asyncio.sleep(RENEW_EVERY)
                 if not await self.policy.renew(res):
                     metrics.state_error(self.backend_kind, "renew")
+
+
+class SharedBreakers:
+    """Circuit breakers counted in the shared state for targets with `circuit_breaker.shared: true`: a target that
+    fails is skipped by every worker of every instance after `failures` failures in total, with one half-open
+    probe at a time across all of them, and a provider's retry-after is honoured everywhere. One round trip
+    before an attempt (may it go?) and one after (what it taught). While the state cannot be reached, each
+    worker's own breaker decides (the gateway keeps serving)."""
+
+    __slots__ = ("backend", "backend_kind")
+
+    def __init__(self, backend: Backend, backend_kind: str) -> None:
+        self.backend = backend
+        self.backend_kind = backend_kind
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> SharedBreakers | None:
+        """None when no target shares its breaker."""
+        if not any(t.circuit_breaker.shared for t in cfg.providers.targets):
+            return None
+        return cls(open_backend(cfg.state), cfg.state.backend)
+
+    async def may_try(self, target: TargetRuntime) -> tuple[bool, float] | None:
+        """(may this attempt go, seconds until the target may be tried); None: the state did not answer."""
+        try:
+            st = await self.backend.breaker_try_probe(target.id, target.ttft_timeout)
+        except StateUnavailable:
+            metrics.state_error(self.backend_kind, "breaker")
+            return None
+        return st.probe, st.retry_in
+
+    async def learned(self, target: TargetRuntime, verdict: str, retry_after: float | None = None) -> None:
+        """Record what an attempt taught: a failure counts, a success closes; a retry-after holds the target."""
+        from fastgw.routing import Verdict
+
+        try:
+            if verdict == Verdict.FAILURE:
+                st = await self.backend.breaker_fail(target.id, target.breaker_failures, target.breaker_cooldown)
+                metrics.circuit(target.id, st.state != "closed")
+                if retry_after:
+                    await self.backend.upstream_hint(target.id, retry_after)
+            elif verdict == Verdict.SUCCESS:
+                await self.backend.breaker_success(target.id)
+        except StateUnavailable:
+            metrics.state_error(self.backend_kind, "breaker")

@@ -178,3 +178,63 @@ def test_redis_killed_mid_load(tmp_path: Path, on_failure: str) -> None:
             gw.stop()
     finally:
         redis.stop()
+
+
+class _Dead:
+    """A target that accepts connections and closes them at once, counting them (every attempt is one)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING)
+def test_a_shared_breaker_counts_failures_across_instances(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    dead = _Dead()
+    gws: list[Gateway] = []
+    try:
+        cfg = {
+            "pack": {"name": "breaker"},
+            "state": {"backend": "redis", "url": redis.url, "timeout": 0.5},
+            "providers": {"targets": [
+                {"id": "dead", "provider": "openai", "model": "gpt-x", "base_url": f"http://127.0.0.1:{dead.port}/v1",
+                 "circuit_breaker": {"failures": 3, "cooldown": 30, "shared": True}},
+                {"id": "backup", "provider": "mock", "model": "mock-backup"}]},
+            "routing": [{"model": "gpt-x", "targets": ["dead", "backup"], "retry": {"attempts": 1}}],
+        }
+        gws = [start_gateway(cfg, tmp_path / f"gw{i}", workers=2) for i in range(3)]
+        for i in range(12):
+            body = orjson.dumps({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]})
+            req = urllib.request.Request(f"{gws[i % 3].url}/chat/completions", body,
+                                         {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200  # the backup answers
+        assert dead.accepted == 3, dead.accepted  # 3 in total, not 3 per worker (18)
+    finally:
+        for gw in gws:
+            gw.stop()
+        dead.close()
+        redis.stop()

@@ -88,6 +88,8 @@ class TargetRuntime:
     heartbeat: float = 0.0
     breaker_failures: int = limits.BREAKER_FAILURES
     breaker_cooldown: float = limits.BREAKER_COOLDOWN
+    #: The breaker is counted in the shared state (every worker of every instance), not this worker's alone.
+    breaker_shared: bool = False
     weight: float = 1.0
     options: object = None
     deployment: str | None = None
