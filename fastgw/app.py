@@ -142,13 +142,16 @@ class App:
         path = req.path
         plain = self.plain.get(path)
         if plain is not None and path in _PROBES and req.method in plain[0]:
-            await plain[1](req, resp)  # the hot probe path: no context, no line unless it failed
+            # The hot probe path: no context, no line unless it failed; its id still names the answer.
+            resp.extra_headers.append((b"x-request-id", self._request_id(req).encode()))
+            await plain[1](req, resp)
             if resp.status >= 300:
                 self._log(self._context(req), req, resp)
             return
         # Set at head time when rbac authenticated the request there (see on_head).
         authed = isinstance(req.context, RequestContext)
         ctx = req.context if isinstance(req.context, RequestContext) else self._context(req)
+        resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))  # every answer, 404 and 405 too
         try:
             if plain is not None:
                 _check_method(req, plain[0])
@@ -162,7 +165,6 @@ class App:
                                    code="unknown_url", no_retry=True)
             _check_method(req, route[0])
             # Every /v1 request runs the chain and is audited, refused ones included.
-            resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))
             metrics.request_started()
             try:
                 if not authed:
@@ -248,8 +250,8 @@ class App:
         ctx = req.context if isinstance(req.context, RequestContext) else self._context(req)
         ctx.status, ctx.error = err.status, err.code
         try:
+            resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))
             if self._route(req.path) is not None:
-                resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))
                 metrics.request_started()
                 try:
                     await self.pipeline.record(ctx, resp)
