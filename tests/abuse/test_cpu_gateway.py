@@ -39,7 +39,7 @@ def gw(tmp_path_factory):  # type: ignore[no-untyped-def]
         factory.close()
 
 
-def test_pathological_text_does_not_stall_the_worker(gw) -> None:  # type: ignore[no-untyped-def]
+def test_pathological_text_does_not_stall_the_worker(gw, tmp_path) -> None:  # type: ignore[no-untyped-def]
     pids = C.worker_pids(gw)
     assert len(pids) == 1
     assert C.healthz_ms(gw) < 1000  # warm
@@ -57,17 +57,19 @@ def test_pathological_text_does_not_stall_the_worker(gw) -> None:  # type: ignor
     t0 = time.monotonic()
     for t in threads:
         t.start()
-    polls: list[float] = []
+    poller = C.HealthzPoller(gw, str(tmp_path))
     while any(t.is_alive() for t in threads) and time.monotonic() - t0 < 60:
-        polls.append(C.healthz_ms(gw))
         time.sleep(0.02)
     for t in threads:
         t.join(timeout=5)
+    polls = poller.finish()
     streamed = stream.finish()
 
     assert len(polls) >= 10, "the attack ended before /healthz could be watched"
-    worst = sorted(polls)[-1]
-    assert worst < 100, f"/healthz took {worst:.0f} ms during the attack (polls: {sorted(polls)[-5:]})"
+    # Within 100 ms, every poll but one: a 2-core CI box also runs another test worker, and the OS may deschedule
+    # the poller itself once; that one may not exceed 250 ms (a loop held by a scan would show in many polls).
+    worst = sorted(polls)
+    assert worst[-2] < 100 and worst[-1] < 250, f"/healthz slow during the attack (worst polls: {worst[-5:]} ms)"
     assert C.Stream.complete(streamed), streamed[-300:]
     for (unit, size), r in zip(HOSTILE, results):
         assert not isinstance(r, BaseException), f"{unit!r}: {r!r}"
