@@ -22,7 +22,7 @@ from fastgw.policy.audit import AuditUnavailable
 from fastgw.policy.base import PolicyFailure, RequestContext
 from fastgw.policy.chain import Chain, Slicer
 from fastgw.proto.server import Request, Responder
-from fastgw.quota import Quota, SharedBreakers
+from fastgw.quota import Quota, SharedBreakers, prompt_estimate
 from fastgw.providers.base import Endpoint
 from fastgw.providers.registry import NATIVE_ENDPOINTS, PROVIDERS
 from fastgw.routing import Plan, Router, Verdict
@@ -50,10 +50,7 @@ def account(ctx: RequestContext, partial: bool) -> None:
     """The usage record: the provider's count when it gave one, else an estimate (marked), and `partial`
     when the client left before the end."""
     if ctx.usage is None:
-        prompt = 0
-        if ctx.body:
-            from fastgw.policy.textscan import request_slots
-            prompt = sum(len(c[k]) for c, k, _f, _i in request_slots(ctx.body)) // 4 + 1
+        prompt = prompt_estimate(ctx.body) if ctx.body else 0
         completion = sum(len(t) for t in ctx.texts.values()) // 4 if ctx.texts else max(0, ctx.events - 3)
         ctx.usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                      "total_tokens": prompt + completion, "estimated": True}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastgw import metrics
 from fastgw.policy.ratelimit import RENEW_EVERY, Pricing, RateLimitPolicy, Refusal, Reservation, requested_completion
+from fastgw.policy.textscan import request_slots
 from fastgw.state import Backend, StateUnavailable, open_backend
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ log = logging.getLogger("fastgw.quota")
 
 def prompt_estimate(body: dict[str, Any]) -> int:
     """The prompt's tokens as the usage record estimates them: a token per four characters of every text field."""
-    from fastgw.policy.textscan import request_slots
-
     return sum(len(c[k]) for c, k, _f, _i in request_slots(body)) // 4 + 1
 
 
