@@ -227,7 +227,7 @@ class SSERelay:
         n = block.count(b"data:")
         self.events += n
         self.clock.ticks(time.monotonic(), n)
-        i = block.find(b'"choices":[]')
+        i = _empty_choices(block, 0)
         while i >= 0:
             start = block.rfind(b"\n\n", 0, i)
             start = 0 if start < 0 else start + 2
@@ -244,9 +244,9 @@ class SSERelay:
                 if self.strip_usage:
                     self.events -= 1
                     block = block[:start] + block[end:]
-                    i = block.find(b'"choices":[]', start)
+                    i = _empty_choices(block, start)
                     continue
-            i = block.find(b'"choices":[]', end)
+            i = _empty_choices(block, end)
         return block
 
     def _take(self) -> bytes:
@@ -347,6 +347,14 @@ class SSERelay:
             self._timer = None
         if not self.done.done():
             self.done.set_result(StreamEnd(self.error, self._started, self.content, None, False, True, self.events))
+
+
+def _empty_choices(block: bytes, start: int) -> int:
+    """Where the next `"choices":[]` is in `block` from `start` (-1: none). OpenAI writes compact JSON; servers
+    that write Python's `json.dumps` default put a space after the colon, and their usage must count too."""
+    i = block.find(b'"choices":[]', start)
+    j = block.find(b'"choices": []', start)
+    return i if j < 0 or 0 <= i < j else j
 
 
 class TranslatedSource:

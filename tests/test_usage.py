@@ -111,3 +111,26 @@ def test_usage_cut_skips_a_json_array_that_mentions_empty_choices() -> None:
         assert out == odd and relay.usage_sink.usage == {"prompt_tokens": 3}
     finally:
         loop.close()
+
+
+def test_usage_chunk_written_with_spaces_is_counted_and_cut() -> None:
+    """An upstream that writes `json.dumps`'s default (`"choices": []`, a space after the colon) still has its
+    usage read and its usage chunk cut: otherwise quotas would settle streams on the gateway's estimate."""
+    import asyncio
+
+    from fastgw.stream import SSERelay
+
+    class _Ctx:
+        usage = None
+
+    loop = asyncio.new_event_loop()
+    try:
+        relay = SSERelay(object(), None, loop, (200, []))  # type: ignore[arg-type]
+        relay.usage_sink, relay.strip_usage = _Ctx(), True  # type: ignore[assignment]
+        finish = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+        out = relay._take_usage(finish + b'data: {"choices": [], "usage": {"prompt_tokens": 8, '
+                                         b'"completion_tokens": 40}}\n\ndata: [DONE]\n\n')
+        assert out == finish + b"data: [DONE]\n\n"
+        assert relay.usage_sink.usage == {"prompt_tokens": 8, "completion_tokens": 40}
+    finally:
+        loop.close()
