@@ -41,7 +41,7 @@ from bench import plots, wrk
 from bench.loadgen import LoadSpec, build_request, chat_body, percentile, run_load, summarize
 from bench.stream import (BENCH_KEY, MODEL, REPO, RESULTS, CpuProbe, Server, _f, baseline_offsets, busy_cpu_seconds,
                           free_port, holdback_stats, load_run, machine, policy_probe, rss_mb, tree)
-from bench.systems import SYSTEMS, System, start_system, start_upstream
+from bench.systems import DEFAULT_SYSTEMS, SYSTEMS, System, redis_round_trips, start_system, start_upstream
 from bench.trace import TraceSpec, run_trace
 from bench.upstream import PACED_MODEL
 
@@ -58,7 +58,8 @@ METRICS = ["stream_rps", "stream_events_per_s", "stream_cpu_ms_per_req", "nonstr
 EXTRA = ["stream_latency_p50_ms", "stream_latency_p99_ms", "nonstream_latency_p50_ms", "nonstream_latency_p99_ms",
          "stream_upstream_cpu_ms_per_req", "nonstream_upstream_cpu_ms_per_req", "stream_requests",
          "nonstream_requests", "stream_rss_mb", "nonstream_rss_mb", "pss_mb", "events_per_stream", "ttft_p50_ms",
-         "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms", "errors"]
+         "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms", "errors", "stream_redis_calls_per_req",
+         "nonstream_redis_calls_per_req"]
 #: Metrics whose ratio to nginx is reported (absolute TTFT/gap too: "added" over a ~0 nginx value is noise).
 RATIOS = ["stream_rps", "stream_events_per_s", "stream_cpu_ms_per_req", "nonstream_rps", "nonstream_cpu_ms_per_req",
           "ttft_p50_ms", "ttft_p99_ms", "added_ttft_p50_ms", "added_ttft_p99_ms", "gap_p99_ms",
@@ -76,7 +77,8 @@ _SCALED = {"seconds": (5, 1), "warmup": (1, 0), "repeats": (3, 1), "c1_requests"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `python -m bench run`."""
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {', '.join(SYSTEMS)}")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help=f"comma-separated, from {', '.join(SYSTEMS)} [{','.join(DEFAULT_SYSTEMS)}]")
     p.add_argument("--seconds", type=int, help="measured seconds per load run (whole seconds: wrk's unit) [5]")
     p.add_argument("--warmup", type=int, help="unmeasured seconds of the same load before each run [1]")
     p.add_argument("--connections", "-c", type=int, default=64, help="connections in flight (closed loop)")
@@ -190,6 +192,7 @@ def load_pass(args, system: System, upstream: Server, mode: str, scripts: dict[s
     probes = [CpuProbe(p) for p in (system.pid, upstream.pid) if p]
     for p in probes:
         p.start()
+    calls0 = redis_round_trips(system.redis_port) if system.redis_port else 0
     proc = wrk.start(url, scripts[mode], args.seconds, args.connections, **kw)
     peak, peak_pss = 0.0, 0.0
     try:
@@ -206,7 +209,9 @@ def load_pass(args, system: System, upstream: Server, mode: str, scripts: dict[s
     cpu = [p.stop()[0] for p in probes]
     sys_cpu, up_cpu = (cpu[0], cpu[1]) if system.pid else (None, cpu[0])
     n = res.requests
-    return {pfx + "rps": res.rps, pfx + "requests": n,
+    # wrk abandons up to --connections requests in flight at its end: they were admitted but are not counted.
+    calls = (redis_round_trips(system.redis_port) - calls0) / n if system.redis_port and n else None
+    return {pfx + "rps": res.rps, pfx + "requests": n, pfx + "redis_calls_per_req": calls,
             pfx + "cpu_ms_per_req": sys_cpu * 1000 / n if sys_cpu is not None and n else None,
             pfx + "upstream_cpu_ms_per_req": up_cpu * 1000 / n if n else None,
             pfx + "latency_p50_ms": res.latency_ms.get("p50"), pfx + "latency_p99_ms": res.latency_ms.get("p99"),
@@ -404,7 +409,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         servers.append(upstream)
         upstream.wait_ready(30)
         for name in args.system_list:
-            s = start_system(name, tmp, free_port(), up_port, args.gw_cpus, args.log_level, args.source)
+            s = start_system(name, tmp, free_port(), up_port, args.gw_cpus, args.log_level, args.source,
+                             args.load_cpus)
             systems[name] = s
             if s.server:
                 servers.append(s.server)

@@ -5,6 +5,10 @@
     nginx          Debian's nginx as a streaming reverse proxy: 1 worker, proxy_buffering off,
                    HTTP/1.1 upstream keep-alive, chunked pass-through (the reference)
     direct         no system at all: the load hits the mock upstream itself (the baseline for "added")
+    fastgw-limit-local   fastgw with the rate-limiter on (`state.backend: local`): a request, token and concurrency
+                   limit per key and a budget, set so high nothing is refused (what admission + settlement cost)
+    fastgw-limit-redis   the same on `state.backend: redis`, against a redis-server the bench starts on the
+                   load CPUs (its CPU is not the gateway's; `redis_calls_per_req` counts the round trips)
 
 Every system is started once, in its own session, pinned to the system CPUs, and stopped at the end.
 """
@@ -21,9 +25,12 @@ from pathlib import Path
 from bench.stream import MODEL, PROBE_MODEL, REPO, Server, server_cmd
 from bench.upstream import PACED_MODEL
 
-__all__ = ["SYSTEMS", "System", "fastgw_yaml", "nginx_conf", "ensure_nginx", "start_upstream", "start_system"]
+__all__ = ["SYSTEMS", "DEFAULT_SYSTEMS", "System", "redis_round_trips", "fastgw_yaml", "nginx_conf", "ensure_nginx", "start_upstream", "start_system"]
 
-SYSTEMS = ("fastgw", "fastgw-redact", "nginx", "direct")
+#: Run by default.
+DEFAULT_SYSTEMS = ("fastgw", "fastgw-redact", "nginx", "direct")
+#: Every system `--systems` may name.
+SYSTEMS = DEFAULT_SYSTEMS + ("fastgw-limit-local", "fastgw-limit-redis")
 
 # Own template rather than bench.stream.GATEWAY_YAML: the paced model needs a third target.
 _FASTGW_YAML = """\
@@ -40,12 +47,41 @@ _REDACT_POLICY = ("policies: {chain: [pii-detector, safety-filter]}\n"
                   "  safety-filter: {action: redact, terms: [forbidden fruit, secret sauce]}\n")
 
 
-def fastgw_yaml(port: int, upstream_port: int, redact: bool = False) -> str:
-    """fastgw config: one worker, every bench model forwarded (provider openai) to the mock upstream."""
+# Limits no bench load reaches: every request is admitted and settled, none refused (the cost, not the refusals).
+_LIMIT_POLICY = ("{state}"
+                 "policies: {{chain: [rate-limiter]}}\n"
+                 "policy:\n"
+                 "  rate-limiter:\n"
+                 "    limits:\n"
+                 "      - {{name: per-key, per: key, requests_per_minute: 1000000000, tokens_per_minute: 1000000000000,"
+                 " concurrent: 100000}}\n"
+                 "    budgets:\n"
+                 "      - {{name: monthly, per: key, usd: 1000000000, period: month}}\n")
+
+
+def fastgw_yaml(port: int, upstream_port: int, redact: bool = False, state: str | None = None) -> str:
+    """fastgw config: one worker, every bench model forwarded (provider openai) to the mock upstream; `state`: the
+    `state:` block of a rate-limited system (its limits set out of reach)."""
+    pricing = ", pricing: {input: 0.15, output: 0.6}" if state is not None else ""
     targets = "\n".join(
-        f'    - {{id: {tid}, provider: openai, model: {m}, base_url: "http://127.0.0.1:{upstream_port}/v1"}}'
+        f'    - {{id: {tid}, provider: openai, model: {m}, base_url: "http://127.0.0.1:{upstream_port}/v1"{pricing}}}'
         for tid, m in (("up", MODEL), ("paced", PACED_MODEL), ("probe", PROBE_MODEL)))
-    return _FASTGW_YAML.format(port=port, targets=targets, policy=_REDACT_POLICY if redact else "")
+    policy = _REDACT_POLICY if redact else _LIMIT_POLICY.format(state=state) if state is not None else ""
+    return _FASTGW_YAML.format(port=port, targets=targets, policy=policy)
+
+
+def redis_round_trips(port: int) -> int:
+    """Commands clients have sent this redis-server (EVALSHA and the like; not those scripts run inside, not INFO):
+    each one is a round trip, since the gateway's client sends one at a time per request."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "info", "commandstats"], capture_output=True, text=True,
+                         timeout=10, check=True).stdout
+    total = 0
+    for line in out.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_evalsha_ro", "cmdstat_script", "cmdstat_ping",
+                    "cmdstat_hello", "cmdstat_auth", "cmdstat_select"):
+            total += int(rest.split(",")[0].split("=")[1])
+    return total
 
 
 def nginx_conf(port: int, upstream_port: int, prefix: Path) -> str:
@@ -118,6 +154,9 @@ class System:
     name: str
     port: int
     server: Server | None = None  # None for direct
+    #: The redis-server of fastgw-limit-redis (its port), stopped with the system.
+    redis: subprocess.Popen | None = None
+    redis_port: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -126,6 +165,9 @@ class System:
     def stop(self) -> None:
         if self.server:
             self.server.stop()
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(10)
 
 
 def start_upstream(tmp: Path, port: int, events: int, delay: float, cpus: list[int] | None) -> Server:
@@ -136,7 +178,7 @@ def start_upstream(tmp: Path, port: int, events: int, delay: float, cpus: list[i
 
 
 def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list[int] | None,
-                 log_level: str = "warning", source: Path = REPO) -> System:
+                 log_level: str = "warning", source: Path = REPO, load_cpus: list[int] | None = None) -> System:
     """Start `name` (one of SYSTEMS) on `port` in front of the upstream; call wait_ready() on its server.
     `source`: the directory whose `fastgw` package runs (e.g. a worktree of an older commit, for before/after)."""
     if name == "direct":
@@ -154,4 +196,43 @@ def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list
         conf.write_text(nginx_conf(port, upstream_port, prefix))
         cmd = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
         return System(name, port, Server(name, cmd, port, tmp / "nginx.log", cpus))
+    if name in ("fastgw-limit-local", "fastgw-limit-redis"):
+        redis = redis_port = None
+        if name == "fastgw-limit-redis":
+            redis_port = _free_port()
+            binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+            pre = (lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None
+            redis = subprocess.Popen([binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, preexec_fn=pre)
+            _wait_port(redis_port)
+            state = f"state: {{backend: redis, url: 'redis://127.0.0.1:{redis_port}/0'}}\n"
+        else:
+            state = f"state: {{backend: local, path: '{tmp / 'state'}'}}\n"
+        cfg = tmp / f"{name}.yaml"
+        cfg.write_text(fastgw_yaml(port, upstream_port, state=state))
+        return System(name, port, Server(name, server_cmd(cfg, port, 1, log_level), port, tmp / f"{name}.log",
+                                         cpus, source), redis, redis_port)
     raise ValueError(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"redis-server did not listen on {port} within {timeout:g} s")
