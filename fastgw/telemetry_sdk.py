@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import os
 import time
-import uuid
 
 import msgspec
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -136,17 +135,15 @@ def _endpoint(base: str | None, signal_env: str, signal: str) -> str | None:
 
 
 def _resource(worker_id: int) -> Resource:
-    """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES as the SDK reads them, service.name "fastgw" unless they
-    name one, and an instance id per worker (each worker exports its own cumulative series: two with the same
-    identity would be added up wrongly by a backend)."""
+    """The SDK's resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, a `service.instance.id` per process: each
+    worker exports its own cumulative series, which a backend must not add up as one), with service.name
+    "fastgw" unless the environment names one, and the worker's number and pid."""
     base = Resource.create({})
     extra: dict[str, str | int] = {"service.version": __version__, "process.pid": os.getpid(),
                                    "fastgw.worker": worker_id}
     name = base.attributes.get("service.name")
     if not isinstance(name, str) or name.startswith("unknown_service"):
         extra["service.name"] = "fastgw"
-    if "service.instance.id" not in base.attributes:
-        extra["service.instance.id"] = str(uuid.uuid4())
     return base.merge(Resource(extra))
 
 

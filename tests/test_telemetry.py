@@ -314,3 +314,80 @@ def _worker_maps_mention(gw: Gateway, *needles: str) -> bool:
     assert workers
     maps = Path(f"/proc/{workers[0]}/maps").read_text()
     return any(n in maps for n in needles)
+
+
+# ---- the config section, the environment (in process) ------------------------------------------------------
+
+BASE = "pack: {name: t}\nproviders:\n  targets:\n    - {id: m, provider: mock, model: m}\n"
+
+
+def _load(tmp_path: Path, extra: str):
+    from fastgw.config import load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text(BASE + extra)
+    return load_config(p)[0]
+
+
+def test_the_section_is_off_when_absent_and_takes_the_issue_s_form(tmp_path):
+    assert _load(tmp_path, "").telemetry is None
+    t = _load(tmp_path, "telemetry: {otlp_endpoint: http://127.0.0.1:4318, traces: true, metrics: true, "
+                        "sample_ratio: 1.0}\n").telemetry
+    assert (t.otlp_endpoint, t.traces, t.metrics, t.sample_ratio) == ("http://127.0.0.1:4318", True, True, 1.0)
+    t = _load(tmp_path, "telemetry: {}\n").telemetry
+    assert (t.otlp_endpoint, t.traces, t.metrics, t.sample_ratio) == (None, True, True, 1.0)
+
+
+@pytest.mark.parametrize("extra, where, words", [
+    ("telemetry:\n  otlp_endpoint: 127.0.0.1:4318\n", "c.yaml:6:18: $.telemetry.otlp_endpoint", "http://"),
+    ("telemetry:\n  sample_ratio: 1.5\n", "c.yaml:6:17: $.telemetry.sample_ratio", "<= 1"),
+    ("telemetry:\n  sample_ratio: -0.1\n", "c.yaml:6:17: $.telemetry.sample_ratio", ">= 0"),
+    ("telemetry:\n  traces: false\n  metrics: false\n", "c.yaml:6:3: $.telemetry", "remove the section"),
+    ("telemetry:\n  endpoint: http://x\n", "c.yaml:6:3: $.telemetry.endpoint", "unknown key"),
+])
+def test_section_errors_name_file_line_column_and_key(tmp_path, extra, where, words):
+    from fastgw.config import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, extra)
+    assert where in str(exc.value) and words in str(exc.value), str(exc.value)
+
+
+def test_endpoint_precedence(monkeypatch):
+    from fastgw.telemetry_sdk import _endpoint
+
+    env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318")
+    # The config's base URL wins over the generic variable...
+    assert _endpoint("http://cfg:4318/", env, "traces") == "http://cfg:4318/v1/traces"
+    # ...without one the exporter reads the environment itself (the generic variable, else localhost)...
+    assert _endpoint(None, env, "traces") is None
+    # ...and the per-signal variable wins over both (the exporter reads it).
+    monkeypatch.setenv(env, "http://signal:4318/v1/traces")
+    assert _endpoint("http://cfg:4318", env, "traces") is None
+
+
+def test_resource_names_fastgw_unless_the_environment_does(monkeypatch):
+    from fastgw.telemetry_sdk import _resource
+
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    a = _resource(3).attributes
+    assert a["service.name"] == "fastgw" and a["fastgw.worker"] == 3 and a["process.pid"] == os.getpid()
+    assert a["service.instance.id"]  # the SDK's, one per process (so per worker: made after fork)
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs,service.instance.id=i-1")
+    a = _resource(0).attributes
+    assert a["service.name"] == "from-attrs" and a["service.instance.id"] == "i-1"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-name")
+    assert _resource(0).attributes["service.name"] == "from-name"
+
+
+def test_every_provider_and_endpoint_has_a_semconv_name():
+    from fastgw.providers.base import Endpoint
+    from fastgw.providers.registry import PROVIDERS
+    from fastgw.telemetry_sdk import OPERATIONS, PROVIDER_NAMES
+
+    assert set(PROVIDER_NAMES) == set(PROVIDERS)
+    assert set(OPERATIONS) == set(Endpoint.ALL)
+    assert PROVIDER_NAMES["gemini"] == "gcp.gemini" and PROVIDER_NAMES["bedrock"] == "aws.bedrock"
