@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 
 import msgspec
@@ -195,12 +196,20 @@ class Recorder:
         return f"traces {'on' if self._spans else 'off'}, metrics {'on' if self._meters else 'off'}"
 
     def shutdown(self) -> None:
-        ms = int(SHUTDOWN_TIMEOUT * 1000)
+        """Export what is held and stop, for at most SHUTDOWN_TIMEOUT: the SDK's own flush waits as long as its
+        exporter does (which retries until its timeout), so it runs in a thread that the exit does not wait for."""
+        done = threading.Thread(target=self._shutdown, name="fastgw-telemetry-shutdown", daemon=True)
+        done.start()
+        done.join(SHUTDOWN_TIMEOUT)
+        if done.is_alive():
+            log.warning("telemetry: the last export did not finish within %gs; what it held is dropped",
+                        SHUTDOWN_TIMEOUT)
+
+    def _shutdown(self) -> None:
         if self._spans is not None:
-            self._spans.force_flush(ms)
-            self._spans.shutdown()
+            self._spans.shutdown()  # exports everything queued, then stops its thread
         if self._meters is not None:
-            self._meters.shutdown(timeout_millis=ms)
+            self._meters.shutdown(timeout_millis=SHUTDOWN_TIMEOUT * 1000)  # one last collection and export
 
     # ---- the request path -----------------------------------------------------------------------------------
     def _begin(self, ctx: RequestContext) -> Trace:

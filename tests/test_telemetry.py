@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -277,6 +278,20 @@ def test_sample_ratio_zero_and_the_flush_at_exit(upstream, tmp_path):
         assert sum(p.count for p in points) == 2
     finally:
         rx.stop()
+
+
+def test_a_collector_that_hangs_does_not_hold_a_worker_s_exit(upstream, tmp_path):
+    """The exit's export is bounded: a collector that accepts and never answers would hold the SDK's flush for
+    its exporter's timeout and retries (past the stop's SIGKILL), the worker still exits 0."""
+    with socket.socket() as hang:
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(16)
+        url = f"http://127.0.0.1:{hang.getsockname()[1]}"
+        env = {**FAST_EXPORT, "OTEL_EXPORTER_OTLP_TIMEOUT": "30000"}
+        gw = start_gateway(_config(upstream.url, {"otlp_endpoint": url}), tmp_path, env=env)
+        assert _post(gw, _chat("gpt-test"))[0] == 200
+        assert gw.stop() == 0, gw.stderr_text()
+        assert "the last export did not finish" in gw.stderr_text()
 
 
 def test_off_by_default_exports_nothing_and_never_loads_the_sdk(upstream, tmp_path):
