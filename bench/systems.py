@@ -2,6 +2,8 @@
 
     fastgw         fastgw serve, 1 worker, provider openai, no policy chain (pass-through)
     fastgw-redact  the same with the realtime chain pii-detector (redact) + safety-filter (redact)
+    fastgw-otel    fastgw with `telemetry:` on (traces at sample_ratio 1.0 and metrics) to an OTLP/HTTP sink
+                   (bench.otlp_sink, a thread of the harness): the cost of OpenTelemetry
     nginx          Debian's nginx as a streaming reverse proxy: 1 worker, proxy_buffering off,
                    HTTP/1.1 upstream keep-alive, chunked pass-through (the reference)
     direct         no system at all: the load hits the mock upstream itself (the baseline for "added")
@@ -18,12 +20,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.otlp_sink import OtlpSink
 from bench.stream import MODEL, PROBE_MODEL, REPO, Server, server_cmd
 from bench.upstream import PACED_MODEL
 
 __all__ = ["SYSTEMS", "System", "fastgw_yaml", "nginx_conf", "ensure_nginx", "start_upstream", "start_system"]
 
-SYSTEMS = ("fastgw", "fastgw-redact", "nginx", "direct")
+SYSTEMS = ("fastgw", "fastgw-redact", "fastgw-otel", "nginx", "direct")
 
 # Own template rather than bench.stream.GATEWAY_YAML: the paced model needs a third target.
 _FASTGW_YAML = """\
@@ -40,12 +43,16 @@ _REDACT_POLICY = ("policies: {chain: [pii-detector, safety-filter]}\n"
                   "  safety-filter: {action: redact, terms: [forbidden fruit, secret sauce]}\n")
 
 
-def fastgw_yaml(port: int, upstream_port: int, redact: bool = False) -> str:
-    """fastgw config: one worker, every bench model forwarded (provider openai) to the mock upstream."""
+def fastgw_yaml(port: int, upstream_port: int, redact: bool = False, otlp: str | None = None) -> str:
+    """fastgw config: one worker, every bench model forwarded (provider openai) to the mock upstream; with
+    `otlp`, telemetry on to that OTLP/HTTP base URL."""
     targets = "\n".join(
         f'    - {{id: {tid}, provider: openai, model: {m}, base_url: "http://127.0.0.1:{upstream_port}/v1"}}'
         for tid, m in (("up", MODEL), ("paced", PACED_MODEL), ("probe", PROBE_MODEL)))
-    return _FASTGW_YAML.format(port=port, targets=targets, policy=_REDACT_POLICY if redact else "")
+    extra = _REDACT_POLICY if redact else ""
+    if otlp is not None:
+        extra += f"telemetry: {{otlp_endpoint: {otlp!r}, traces: true, metrics: true, sample_ratio: 1.0}}\n"
+    return _FASTGW_YAML.format(port=port, targets=targets, policy=extra)
 
 
 def nginx_conf(port: int, upstream_port: int, prefix: Path) -> str:
@@ -118,6 +125,7 @@ class System:
     name: str
     port: int
     server: Server | None = None  # None for direct
+    sink: OtlpSink | None = None  # fastgw-otel's OTLP receiver
 
     @property
     def pid(self) -> int | None:
@@ -126,6 +134,9 @@ class System:
     def stop(self) -> None:
         if self.server:
             self.server.stop()
+        if self.sink:
+            print(f"bench: {self.name}'s OTLP sink received {self.sink.summary()}", file=sys.stderr, flush=True)
+            self.sink.stop()
 
 
 def start_upstream(tmp: Path, port: int, events: int, delay: float, cpus: list[int] | None) -> Server:
@@ -141,11 +152,13 @@ def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list
     `source`: the directory whose `fastgw` package runs (e.g. a worktree of an older commit, for before/after)."""
     if name == "direct":
         return System(name, upstream_port)
-    if name in ("fastgw", "fastgw-redact"):
+    if name in ("fastgw", "fastgw-redact", "fastgw-otel"):
+        sink = OtlpSink() if name == "fastgw-otel" else None
         cfg = tmp / f"{name}.yaml"
-        cfg.write_text(fastgw_yaml(port, upstream_port, redact=name == "fastgw-redact"))
+        cfg.write_text(fastgw_yaml(port, upstream_port, redact=name == "fastgw-redact",
+                                   otlp=sink.url if sink is not None else None))
         return System(name, port, Server(name, server_cmd(cfg, port, 1, log_level), port, tmp / f"{name}.log",
-                                         cpus, source))
+                                         cpus, source), sink)
     if name == "nginx":
         binary = ensure_nginx()
         prefix = tmp / "nginx"

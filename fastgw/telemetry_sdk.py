@@ -20,7 +20,6 @@ clients call: per request, with the client's model), with the bucket boundaries 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -256,8 +255,10 @@ class Recorder:
                                                                          b"01" if tr.sampled else b"00")))
                 if tr.state:
                     headers.append((b"tracestate", tr.state.to_header().encode("latin-1")))
-                # A new request: the adapter's header list may be shared (a target's fixed headers).
-                request = dataclasses.replace(request, headers=headers)
+                # A new request: the adapter's header list may be shared (a target's fixed headers). Built field by
+                # field: dataclasses.replace introspects the fields on every call (3x the cost).
+                r = request
+                request = UpstreamRequest(r.scheme, r.host, r.port, r.method, r.path, headers, r.body)
         elif self._spans is not None:
             a.span_id = self._ids.generate_span_id()  # the in-process mock: a span, no header to carry
         return request
