@@ -32,7 +32,8 @@ TOP = "top"
 OTEL_MODULE = "fastgw.telemetry_sdk"
 OTEL_LOADER = "fastgw.telemetry"
 #: The only bench modules that import fastgw: they measure its functions in-process (their docstrings say why).
-BENCH_INTERNALS = frozenset({"bench/micro.py", "bench/pii_eval.py", "bench/scan_worst.py"})
+BENCH_INTERNALS = frozenset({"bench/micro.py", "bench/pii_eval.py", "bench/scan_worst.py",
+                             "bench/telemetry_cost.py"})
 
 
 @dataclass(frozen=True)

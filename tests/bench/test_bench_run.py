@@ -133,6 +133,31 @@ def test_fastgw_config_loads(tmp_path: Path, redact: bool):
     assert list(cfg.policies.chain) == (["pii-detector", "safety-filter"] if redact else [])
 
 
+def test_fastgw_otel_config_and_sink(tmp_path: Path):
+    """fastgw-otel: telemetry on (traces at 1.0, metrics) to the sink, which counts the spans it decodes."""
+    import urllib.request
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    from bench.otlp_sink import OtlpSink
+
+    sink = OtlpSink()
+    try:
+        path = tmp_path / "gw.yaml"
+        path.write_text(fastgw_yaml(8080, 9001, otlp=sink.url))
+        t = load_config(path)[0].telemetry
+        assert t is not None and (t.otlp_endpoint, t.traces, t.metrics, t.sample_ratio) == (sink.url, True, True, 1.0)
+        body = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(
+            spans=[Span(name="a"), Span(name="b")])])]).SerializeToString()
+        req = urllib.request.Request(sink.url + "/v1/traces", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200
+        assert sink.summary().startswith("2 spans in 1 trace exports")
+    finally:
+        sink.stop()
+
+
 WRK_OUT = """Running 1s test @ http://127.0.0.1:1/v1/chat/completions
   1 threads and 64 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
@@ -279,3 +304,13 @@ def test_run_full_comparison(tmp_path: Path):
     md = (tmp_path / "RESULTS.md").read_text()
     assert "Ratio to nginx" in p.stdout and all(f"\n| {n} | " in md for n in names)
     assert (REPO / "bench" / "RESULTS.md").read_bytes() == real_results  # never the real one
+
+
+def test_telemetry_cost_runs():
+    """`python -m bench.telemetry_cost` (tiny): every configuration is timed, spans are encoded, off is a flag."""
+    r = subprocess.run([sys.executable, "-m", "bench.telemetry_cost", "--n", "20"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("off: ") and len(lines) == 6, r.stdout
+    assert "at 2.00 spans/request" in lines[2] and "metrics only: request path" in lines[4]
