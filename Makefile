@@ -60,7 +60,7 @@ check: $(VENV)/.run
 	$(BIN)/fastgw check --config $(CONFIG)
 
 bench: $(VENV)/.test
-	$(BIN)/python -m bench run --systems fastgw,fastgw-redact,nginx,direct
+	$(BIN)/python -m bench run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,6 +1,6 @@
 """`python -m bench run`: run several systems side by side under the same load and compare them.
 
-    load generator ──► system under test (fastgw | fastgw-redact | nginx) ──► mock upstream (bench/upstream.py)
+    load generator ──► system under test (fastgw | fastgw-redact | fastgw-otel | nginx) ──► mock upstream (bench/upstream.py)
     load generator ─────────────────────────────────────────────────────────► mock upstream   ("direct")
 
 Method (per repeat, systems interleaved, their order rotated from one repeat to the next):

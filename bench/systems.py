@@ -2,6 +2,8 @@
 
     fastgw         fastgw serve, 1 worker, provider openai, no policy chain (pass-through)
     fastgw-redact  the same with the realtime chain pii-detector (redact) + safety-filter (redact)
+    fastgw-otel    fastgw with `telemetry:` on (traces at sample_ratio 1.0 and metrics) to an OTLP/HTTP sink
+                   (bench.otlp_sink, a thread of the harness): the cost of OpenTelemetry
     nginx          Debian's nginx as a streaming reverse proxy: 1 worker, proxy_buffering off,
                    HTTP/1.1 upstream keep-alive, chunked pass-through (the reference)
     direct         no system at all: the load hits the mock upstream itself (the baseline for "added")
@@ -22,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.otlp_sink import OtlpSink
 from bench.stream import MODEL, PROBE_MODEL, REPO, Server, server_cmd
 from bench.upstream import PACED_MODEL
 
@@ -30,7 +33,7 @@ __all__ = ["SYSTEMS", "DEFAULT_SYSTEMS", "System", "redis_round_trips", "fastgw_
 #: Run by default.
 DEFAULT_SYSTEMS = ("fastgw", "fastgw-redact", "nginx", "direct")
 #: Every system `--systems` may name.
-SYSTEMS = DEFAULT_SYSTEMS + ("fastgw-limit-local", "fastgw-limit-redis")
+SYSTEMS = DEFAULT_SYSTEMS + ("fastgw-otel", "fastgw-limit-local", "fastgw-limit-redis")
 
 # Own template rather than bench.stream.GATEWAY_YAML: the paced model needs a third target.
 _FASTGW_YAML = """\
@@ -59,14 +62,18 @@ _LIMIT_POLICY = ("{state}"
                  "      - {{name: monthly, per: key, usd: 1000000000, period: month}}\n")
 
 
-def fastgw_yaml(port: int, upstream_port: int, redact: bool = False, state: str | None = None) -> str:
+def fastgw_yaml(port: int, upstream_port: int, redact: bool = False, state: str | None = None,
+                otlp: str | None = None) -> str:
     """fastgw config: one worker, every bench model forwarded (provider openai) to the mock upstream; `state`: the
-    `state:` block of a rate-limited system (its limits set out of reach)."""
+    `state:` block of a rate-limited system (its limits set out of reach); with `otlp`, telemetry on to that
+    OTLP/HTTP base URL."""
     pricing = ", pricing: {input: 0.15, output: 0.6}" if state is not None else ""
     targets = "\n".join(
         f'    - {{id: {tid}, provider: openai, model: {m}, base_url: "http://127.0.0.1:{upstream_port}/v1"{pricing}}}'
         for tid, m in (("up", MODEL), ("paced", PACED_MODEL), ("probe", PROBE_MODEL)))
     policy = _REDACT_POLICY if redact else _LIMIT_POLICY.format(state=state) if state is not None else ""
+    if otlp is not None:
+        policy += f"telemetry: {{otlp_endpoint: {otlp!r}, traces: true, metrics: true, sample_ratio: 1.0}}\n"
     return _FASTGW_YAML.format(port=port, targets=targets, policy=policy)
 
 
@@ -157,6 +164,7 @@ class System:
     #: The redis-server of fastgw-limit-redis (its port), stopped with the system.
     redis: subprocess.Popen | None = None
     redis_port: int | None = None
+    sink: OtlpSink | None = None  # fastgw-otel's OTLP receiver
 
     @property
     def pid(self) -> int | None:
@@ -168,6 +176,9 @@ class System:
         if self.redis is not None:
             self.redis.terminate()
             self.redis.wait(10)
+        if self.sink:
+            print(f"bench: {self.name}'s OTLP sink received {self.sink.summary()}", file=sys.stderr, flush=True)
+            self.sink.stop()
 
 
 def start_upstream(tmp: Path, port: int, events: int, delay: float, cpus: list[int] | None) -> Server:
@@ -183,11 +194,13 @@ def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list
     `source`: the directory whose `fastgw` package runs (e.g. a worktree of an older commit, for before/after)."""
     if name == "direct":
         return System(name, upstream_port)
-    if name in ("fastgw", "fastgw-redact"):
+    if name in ("fastgw", "fastgw-redact", "fastgw-otel"):
+        sink = OtlpSink() if name == "fastgw-otel" else None
         cfg = tmp / f"{name}.yaml"
-        cfg.write_text(fastgw_yaml(port, upstream_port, redact=name == "fastgw-redact"))
+        cfg.write_text(fastgw_yaml(port, upstream_port, redact=name == "fastgw-redact",
+                                   otlp=sink.url if sink is not None else None))
         return System(name, port, Server(name, server_cmd(cfg, port, 1, log_level), port, tmp / f"{name}.log",
-                                         cpus, source))
+                                         cpus, source), sink)
     if name == "nginx":
         binary = ensure_nginx()
         prefix = tmp / "nginx"

@@ -31,7 +31,7 @@ from typing import Awaitable, Callable
 
 import orjson
 
-from fastgw import accesslog, metrics
+from fastgw import accesslog, metrics, telemetry
 from fastgw.api.errors import GatewayError, InvalidRequest
 from fastgw.attempt import Attempt
 from fastgw.config import DEFAULT_BASE_URLS, Config
@@ -185,6 +185,8 @@ class App:
                 if ctx.first_byte is None:
                     ctx.first_byte = resp.first_write
                 metrics.request_finished(ctx, path)
+                if telemetry.ON:
+                    telemetry.request_finished(ctx, path)
         except HttpError as e:
             ctx.status = ctx.status or e.status
             ctx.error = ctx.error or e.code
@@ -257,6 +259,8 @@ class App:
                     await self.pipeline.record(ctx, resp)
                 finally:
                     metrics.request_finished(ctx, req.path)
+                    if telemetry.ON:
+                        telemetry.request_finished(ctx, req.path)
         finally:
             self._log(ctx, req, resp)
         raise err

@@ -21,7 +21,7 @@ import time
 
 import orjson
 
-from fastgw import metrics
+from fastgw import metrics, telemetry
 from fastgw.api.errors import GatewayError, Origin, UpstreamAuthError, UpstreamError, UpstreamTimeout, from_transport
 from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain
@@ -168,6 +168,8 @@ class Attempt:
             request = upstream.prepare(target, adapter, call)
         except GatewayError as e:
             return Final(Verdict.NEUTRAL, error=_styled(e, call))
+        if telemetry.ON:
+            request = telemetry.attempt_started(ctx, target, request)  # + traceparent
         now = self.loop.time()
         try:
             conn = await upstream.open(target, request, call)

@@ -35,7 +35,7 @@ from fastgw.proto import limits
 __all__ = ["Config", "ConfigError", "load_config", "parse_bind", "dump_config",
            # the policies' own settings structs, composed here (and importable from here)
            "AuditLogger", "CustomPattern", "InjectionPattern", "PiiDetector", "PromptInjection", "QualityScorer",
-           "QualityThresholds", "Rbac", "RbacKey", "RbacRole", "SafetyFilter"]
+           "QualityThresholds", "Rbac", "RbacKey", "RbacRole", "SafetyFilter", "Telemetry"]
 
 #: Range constraints on fields: a violation reads `file:line: $.path: expected `float` > 0.0`.
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -222,6 +222,18 @@ class Policies(_Base):
     chain: list[str] = msgspec.field(default_factory=list)
 
 
+class Telemetry(_Base):
+    """OpenTelemetry export (fastgw.telemetry): on when this section is present."""
+
+    #: OTLP/HTTP base URL (`/v1/traces` and `/v1/metrics` are appended). None: OTEL_EXPORTER_OTLP_ENDPOINT, else
+    #: http://localhost:4318. OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / _METRICS_ENDPOINT override it per signal.
+    otlp_endpoint: str | None = None
+    traces: bool = True
+    metrics: bool = True
+    #: Share of new traces recorded (a client's traceparent decides for its own trace: parent-based).
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+
 class Config(_Base):
     pack: Pack
     providers: Providers
@@ -230,6 +242,8 @@ class Config(_Base):
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     routing: list[Route] = msgspec.field(default_factory=list)
     state: State = msgspec.field(default_factory=State)
+    #: None (absent): no telemetry, and the OpenTelemetry SDK is never imported.
+    telemetry: Telemetry | None = None
 
     def pii(self) -> PiiDetector | None:
         """The pii-detector settings when the chain enables it (defaults if it has no settings)."""
@@ -259,7 +273,20 @@ def _semantic_errors(cfg: Config) -> Problems:
     """(key path, problem) pairs for what the types alone cannot express, every one of them."""
     ids = {t.id for t in cfg.providers.targets}
     return [*_server_errors(cfg.server), *_target_errors(cfg.providers.targets), *_routing_errors(cfg.routing, ids),
-            *_chain_errors(cfg), *_policy_errors(cfg.policy), *_state_errors(cfg)]
+            *_chain_errors(cfg), *_policy_errors(cfg.policy), *_state_errors(cfg),
+            *_telemetry_errors(cfg.telemetry)]
+
+
+def _telemetry_errors(t: Telemetry | None) -> Problems:
+    errs: Problems = []
+    if t is None:
+        return errs
+    if t.otlp_endpoint is not None and not re.match(r"^https?://[^/\s]+", t.otlp_endpoint):
+        errs.append(("$.telemetry.otlp_endpoint", f"expected an http:// or https:// URL (OTLP/HTTP), got "
+                                                  f"{t.otlp_endpoint!r}"))
+    if not t.traces and not t.metrics:
+        errs.append(("$.telemetry", "traces and metrics are both false: remove the section to turn telemetry off"))
+    return errs
 
 
 def _state_errors(cfg: Config) -> Problems:

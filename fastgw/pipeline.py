@@ -15,7 +15,7 @@ import logging
 import msgspec
 import orjson
 
-from fastgw import metrics
+from fastgw import metrics, telemetry
 from fastgw.api.errors import GatewayError, InvalidRequest
 from fastgw.attempt import JSON, Answer, Attempt, Final, Outcome, Retry, Streamed
 from fastgw.policy.audit import AuditUnavailable
@@ -174,6 +174,8 @@ class Pipeline:
                 finally:
                     # The one place a permit is resolved: a cancelled or crashed attempt learned nothing.
                     permit.resolve(outcome.verdict if outcome is not None else Verdict.NEUTRAL)
+                    if telemetry.ON:
+                        telemetry.attempt_ended(ctx, outcome)
                 if shared is not None and may is not None:
                     await shared.learned(target, outcome.verdict, getattr(outcome, "retry_after", None))
                 if not isinstance(outcome, Retry):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import uvloop
 from setproctitle import setproctitle
 
-from fastgw import accesslog, metrics
+from fastgw import accesslog, metrics, telemetry
 from fastgw.app import App
 from fastgw.config import Config
 from fastgw.policy.chain import Chain
@@ -96,6 +96,7 @@ async def _serve(cfg: Config, targets: list[TargetRuntime], sockets: list[socket
     await _drain(app, servers, tracker, stop.result() == signal.SIGUSR1, worker_id, cfg.server.graceful_timeout)
     if chain is not None:
         chain.close()  # every audit record enqueued is written before the worker exits
+    telemetry.shutdown()  # the spans and metric points still queued are exported
     return 0
 
 
@@ -114,6 +115,7 @@ async def _boot(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.
         accesslog.use_file(s.access_log.path, s.access_log.max_bytes, s.access_log.backups)
     app = App(cfg, targets, loop, chain)
     metrics.start_flusher(loop)
+    telemetry.setup(cfg, targets, worker_id)  # after fork: the exporters' threads are this worker's own
     tracker = ConnectionTracker(max_connections=_max_connections(s.max_connections, worker_id),
                                 max_buffered_body_bytes=s.max_buffered_body_bytes)
     loop.set_exception_handler(_loop_exception)

@@ -27,8 +27,13 @@ ALLOWED: dict[str, frozenset[str]] = {
     "state": frozenset({"state"}),
 }
 TOP = "top"
+#: The only module that imports the OpenTelemetry SDK, and the only one that imports it: `fastgw.telemetry`, lazily
+#: (in a function), so that a gateway without `telemetry:` never loads it (see fastgw/telemetry.py).
+OTEL_MODULE = "fastgw.telemetry_sdk"
+OTEL_LOADER = "fastgw.telemetry"
 #: The only bench modules that import fastgw: they measure its functions in-process (their docstrings say why).
-BENCH_INTERNALS = frozenset({"bench/micro.py", "bench/pii_eval.py", "bench/scan_worst.py"})
+BENCH_INTERNALS = frozenset({"bench/micro.py", "bench/pii_eval.py", "bench/scan_worst.py",
+                             "bench/telemetry_cost.py"})
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,66 @@ def test_bench_starts_fastgw_but_imports_it_only_to_measure_internals() -> None:
     for f in BENCH_INTERNALS:
         doc = ast.get_docstring(ast.parse((ROOT / f).read_text(encoding="utf-8"))) or ""
         assert "imports fastgw" in doc, f"{f}'s docstring must say why it imports fastgw internals"
+
+
+def otel_violations(root: Path) -> list[str]:
+    """Imports of `opentelemetry` outside OTEL_MODULE, and imports of OTEL_MODULE other than OTEL_LOADER's lazy
+    one (TYPE_CHECKING imports cost nothing at run time and are allowed)."""
+    out: list[str] = []
+    for path in sorted((root / "fastgw").rglob("*.py")):
+        module = _module_name(path, root)
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node, at_import in _type_checked_or_not(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            where = f"{path.relative_to(root)}:{node.lineno}"
+            for name in names:
+                if name.split(".")[0] == "opentelemetry" and module != OTEL_MODULE and at_import is not None:
+                    out.append(f"{where}: {module} imports {name}: only {OTEL_MODULE} may")
+                if name == OTEL_MODULE and at_import is not None and (module != OTEL_LOADER or at_import):
+                    out.append(f"{where}: {module} imports {name}: only {OTEL_LOADER} may, inside a function")
+    return out
+
+
+def _type_checked_or_not(node: ast.AST, at_import: bool = True
+                         ) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool | None]]:
+    """Every import with whether it runs at import time (True), later (False) or never (None: TYPE_CHECKING)."""
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        yield node, at_import
+        return
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        at_import = False
+    if isinstance(node, ast.If) and _is_type_checking(node.test):
+        for s in node.body:
+            for imp, _ in _import_nodes(s):
+                yield imp, None
+        for s in node.orelse:
+            yield from _type_checked_or_not(s, at_import)
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from _type_checked_or_not(child, at_import)
+
+
+def test_only_the_telemetry_sdk_module_imports_opentelemetry_and_only_lazily() -> None:
+    problems = otel_violations(ROOT)
+    assert not problems, _report("import(s) of the OpenTelemetry SDK outside its place", problems)
+
+
+def test_the_otel_rule_reports_eager_and_stray_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "fastgw"
+    pkg.mkdir()
+    (pkg / "telemetry.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                      "    from fastgw.telemetry_sdk import R\ndef setup():\n"
+                                      "    from fastgw.telemetry_sdk import R\n")
+    (pkg / "telemetry_sdk.py").write_text("import opentelemetry.sdk\n")
+    assert otel_violations(tmp_path) == []
+    (pkg / "app.py").write_text("from opentelemetry import trace\nimport fastgw.telemetry_sdk\n")
+    (pkg / "telemetry.py").write_text("from fastgw.telemetry_sdk import R\n")
+    assert otel_violations(tmp_path) == [
+        "fastgw/app.py:1: fastgw.app imports opentelemetry: only fastgw.telemetry_sdk may",
+        "fastgw/app.py:2: fastgw.app imports fastgw.telemetry_sdk: only fastgw.telemetry may, inside a function",
+        "fastgw/telemetry.py:1: fastgw.telemetry imports fastgw.telemetry_sdk: only fastgw.telemetry may, inside a "
+        "function",
+    ]
 
 
 def test_the_walker_sees_what_the_rules_need() -> None:

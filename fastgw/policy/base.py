@@ -30,7 +30,7 @@ class RequestContext:
 
     __slots__ = ("request_id", "method", "path", "endpoint", "headers", "body", "model", "stream", "principal",
                  "roles", "client", "target", "decisions", "status", "usage", "texts", "finish", "started",
-                 "first_byte", "error", "events")
+                 "first_byte", "error", "events", "trace")
 
     def __init__(self, request_id: str, method: str, path: str, headers: list[tuple[bytes, bytes]],
                  client: str = "") -> None:
@@ -59,6 +59,8 @@ class RequestContext:
         self.error: str | None = None
         #: Streamed events relayed (for a usage estimate when the upstream reports none).
         self.events = 0
+        #: The request's trace notes while telemetry is on (`fastgw.telemetry_sdk.Trace`); None otherwise.
+        self.trace: object = None
 
     def header(self, name: bytes) -> bytes | None:
         for n, v in self.headers:

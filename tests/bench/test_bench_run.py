@@ -21,7 +21,7 @@ import pytest
 from bench import run as bench_run
 from bench import wrk
 from bench.stream import PROBE_TEXT, REPO, free_port
-from bench.systems import SYSTEMS, fastgw_yaml, nginx_conf, start_upstream
+from bench.systems import DEFAULT_SYSTEMS, fastgw_yaml, nginx_conf, start_upstream
 from fastgw.config import load_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -131,6 +131,31 @@ def test_fastgw_config_loads(tmp_path: Path, redact: bool):
     assert {t.model for t in cfg.providers.targets} == {"bench-model", "bench-paced", "bench-probe"}
     assert all(t.base_url == "http://127.0.0.1:9001/v1" for t in cfg.providers.targets)
     assert list(cfg.policies.chain) == (["pii-detector", "safety-filter"] if redact else [])
+
+
+def test_fastgw_otel_config_and_sink(tmp_path: Path):
+    """fastgw-otel: telemetry on (traces at 1.0, metrics) to the sink, which counts the spans it decodes."""
+    import urllib.request
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    from bench.otlp_sink import OtlpSink
+
+    sink = OtlpSink()
+    try:
+        path = tmp_path / "gw.yaml"
+        path.write_text(fastgw_yaml(8080, 9001, otlp=sink.url))
+        t = load_config(path)[0].telemetry
+        assert t is not None and (t.otlp_endpoint, t.traces, t.metrics, t.sample_ratio) == (sink.url, True, True, 1.0)
+        body = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(
+            spans=[Span(name="a"), Span(name="b")])])]).SerializeToString()
+        req = urllib.request.Request(sink.url + "/v1/traces", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200
+        assert sink.summary().startswith("2 spans in 1 trace exports")
+    finally:
+        sink.stop()
 
 
 WRK_OUT = """Running 1s test @ http://127.0.0.1:1/v1/chat/completions
@@ -265,9 +290,9 @@ def test_run_nginx(tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_run_full_comparison(tmp_path: Path):
-    """The long form: `make bench` (every system, default durations, 3 repeats), written to a temporary RESULTS.md."""
+    """The long form: `make bench` (the default systems, default durations, 3 repeats), written to a temporary RESULTS.md."""
     real_results = (REPO / "bench" / "RESULTS.md").read_bytes()
-    names = list(SYSTEMS)
+    names = list(DEFAULT_SYSTEMS)
     data, p = _bench(tmp_path, ",".join(names), "--write", quick=False, timeout=1700)
     _check_runs(data, names, 3)
     assert data["policy_probe"] == {n: "redacted" if n == "fastgw-redact" else "passed through" for n in names}
@@ -279,3 +304,13 @@ def test_run_full_comparison(tmp_path: Path):
     md = (tmp_path / "RESULTS.md").read_text()
     assert "Ratio to nginx" in p.stdout and all(f"\n| {n} | " in md for n in names)
     assert (REPO / "bench" / "RESULTS.md").read_bytes() == real_results  # never the real one
+
+
+def test_telemetry_cost_runs():
+    """`python -m bench.telemetry_cost` (tiny): every configuration is timed, spans are encoded, off is a flag."""
+    r = subprocess.run([sys.executable, "-m", "bench.telemetry_cost", "--n", "20"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("off: ") and len(lines) == 6, r.stdout
+    assert "at 2.00 spans/request" in lines[2] and "metrics only: request path" in lines[4]
