@@ -23,7 +23,8 @@ import re
 
 import orjson
 
-__all__ = ["plan_calls", "tool_result_text", "call_id", "last_user_text", "MAX_VALUES", "MAX_DEPTH", "MAX_QUOTED"]
+__all__ = ["plan_calls", "tool_result_text", "call_id", "last_user_text", "MAX_VALUES", "MAX_DEPTH", "MAX_QUOTED",
+           "MAX_SCANNED"]
 
 #: Values one argument object may hold: a schema of nested arrays with `minItems` cannot grow without bound.
 MAX_VALUES = 512
@@ -31,10 +32,17 @@ MAX_VALUES = 512
 MAX_DEPTH = 16
 #: Characters of user text or of a tool result the mock copies into an argument or an answer.
 MAX_QUOTED = 1000
+#: Characters of the last user message read for function names and `key: value` settings: the rules look at
+#: what a person types, and a megabyte of prompt must not cost a scan per declared function.
+MAX_SCANNED = 16 * 1024
 #: `minItems` honoured up to this many items per array.
 _MAX_ITEMS = 8
 _CONNECTORS = frozenset({"for", "in", "on", "with", "about", "of", "to", "at", "from", "by", "using", "please"})
-_CLAUSE_END = re.compile(r"[.!?](?:\s|$)|[,;\n]|(?<![A-Za-z0-9_-])and(?![A-Za-z0-9_-])|[A-Za-z0-9_-]+\s*[:=]")
+# The `key:` alternative starts only at a word's start: a long run of word characters is scanned once, not once
+# per position.
+_CLAUSE_END = re.compile(r"[.!?](?:\s|$)|[,;\n]|(?<![A-Za-z0-9_-])(?:and(?![A-Za-z0-9_-])|[A-Za-z0-9_-]+\s*[:=])")
+#: What follows `key` in a setting: `:` or `=`, then a quoted value or one up to a comma, semicolon or line end.
+_VALUE = r"""\s*[:=]\s*(?:"([^"]{0,%d})"|'([^']{0,%d})'|([^,;\n]{1,%d}))""" % ((MAX_QUOTED,) * 3)
 _FORMATS = {"date": "2024-01-01", "date-time": "2024-01-01T00:00:00Z", "time": "00:00:00", "email": "user@example.com",
             "uri": "https://example.com", "url": "https://example.com", "uuid": "00000000-0000-4000-8000-000000000000",
             "ipv4": "192.0.2.1", "ipv6": "2001:db8::1", "hostname": "example.com"}
@@ -51,7 +59,7 @@ def _text(content: object) -> str:
 def _last_user_text(msgs: list) -> str:
     for m in reversed(msgs):
         if isinstance(m, dict) and m.get("role") == "user":
-            return _text(m.get("content"))
+            return _text(m.get("content"))[:MAX_SCANNED]
     return ""
 
 
@@ -126,6 +134,7 @@ def _subject(said: str, name: str, others: list[str]) -> str:
 
 
 def _clause(text: str, name: str, others: list[str]) -> str:
+    text = text[:2 * MAX_QUOTED]  # what lies further cannot reach the (cut) subject
     ends = [_CLAUSE_END.search(text)] + [_word(o).search(text) for o in others if o != name]
     cut = min((e.start() for e in ends if e is not None), default=len(text))
     words = text[:cut].split()
@@ -136,8 +145,7 @@ def _clause(text: str, name: str, others: list[str]) -> str:
 
 def _given(said: str, key: str) -> str | None:
     """A value the user set explicitly: `key=value`, `key: value`, quoted or up to a comma, semicolon or line end."""
-    m = re.search(r"(?<![A-Za-z0-9_-])" + re.escape(key) + r"""\s*[:=]\s*(?:"([^"]*)"|'([^']*)'|([^,;\n]+))""",
-                  said)
+    m = re.search(r"(?<![A-Za-z0-9_-])" + re.escape(key) + _VALUE, said)
     if m is None:
         return None
     v = m.group(1) if m.group(1) is not None else m.group(2) if m.group(2) is not None else m.group(3)
