@@ -2,8 +2,10 @@
 
 It needs no key and no network. The reply is a fixed text (configurable, or read
 from a file), cut into `chunk_size`-character chunks; each chunk counts as one
-completion token. The same request always gets the same answer, byte for byte
-except `created`.
+completion token. With `tools`, it answers tool calls by the rules of `mock_tools`;
+after the tool results, a text that reports them. Requests OpenAI would refuse are
+refused before (`mock_validate`, applied by `fastgw.upstreams.MockUpstream`). The
+same request always gets the same answer, byte for byte except `created`.
 """
 
 from __future__ import annotations
