@@ -14,6 +14,7 @@ from typing import Protocol
 
 from fastgw.providers.base import Adapter, TargetRuntime, UpstreamRequest
 from fastgw.providers.mock import MockModel
+from fastgw.providers.mock_validate import refusal
 from fastgw.proto.client import Sink, UpstreamConnection, UpstreamPool
 from fastgw.stream import SSERelay
 
@@ -94,9 +95,9 @@ class MockConnection:
     __slots__ = ("status", "headers", "_loop", "_body", "_source", "_wait")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, events: list[bytes], body: bytes, stream: bool,
-                 ttft: float, delay: float) -> None:
-        self.status = 200
-        self.headers = [(b"content-type", _SSE if stream else _JSON)]
+                 ttft: float, delay: float, status: int = 200) -> None:
+        self.status = status
+        self.headers = [(b"content-type", _SSE if stream and status == 200 else _JSON)]
         self._loop = loop
         self._body = body
         self._source = TimedSource(loop, events, ttft, delay)
@@ -145,6 +146,10 @@ class MockUpstream:
     async def _open(self, target: TargetRuntime, call: Call) -> Connection:
         mock = target.options
         assert isinstance(mock, MockModel)
+        refused = refusal(call.endpoint, call.body)
+        if refused is not None:
+            # What OpenAI answers a request it finds invalid, and as fast: no pacing.
+            return MockConnection(self._loop, [], refused, False, 0.0, 0.0, status=400)
         if call.endpoint == "embeddings":
             return MockConnection(self._loop, [], mock.embeddings(call.body), False, 0.0, 0.0)
         reply = (mock.chat(call.body, call.request_id) if call.endpoint == "chat/completions"

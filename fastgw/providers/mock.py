@@ -2,8 +2,10 @@
 
 It needs no key and no network. The reply is a fixed text (configurable, or read
 from a file), cut into `chunk_size`-character chunks; each chunk counts as one
-completion token. The same request always gets the same answer, byte for byte
-except `created`.
+completion token. With `tools`, it answers tool calls by the rules of `mock_tools`;
+after the tool results, a text that reports them. Requests OpenAI would refuse are
+refused before (`mock_validate`, applied by `fastgw.upstreams.MockUpstream`). The
+same request always gets the same answer, byte for byte except `created`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import orjson
 
 from fastgw.api.sse import DONE
 from fastgw.proto.sse import encode_data
+from fastgw.providers import mock_tools
 from fastgw.providers.base import TargetRuntime, UpstreamRequest
 from fastgw.providers.openai import OpenAIAdapter
 
@@ -41,6 +44,12 @@ class Reply:
     json: bytes
     ttft: float
     delay: float
+
+
+def _cap(body: dict) -> int | None:
+    """The client's completion token cap (`max_completion_tokens`, else `max_tokens`), when it is an integer."""
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0 else None
 
 
 def _prompt_tokens(body: dict) -> int:
@@ -80,15 +89,18 @@ class MockModel:
         self.delay = delay
         self.ttft = ttft
 
-    def _pieces(self, body: dict) -> tuple[list[str], str]:
+    def _pieces(self, body: dict, text: str | None = None) -> tuple[list[str], str]:
+        """The reply cut into chunks (the configured text, or `text` as it is: `chunks` repeats only the
+        configured one), and its finish reason (`length` when `max_tokens` cuts it)."""
         size = self.chunk_size
-        text = self.text
-        n = self.chunks if self.chunks is not None else -(-len(text) // size)
-        cap = body.get("max_completion_tokens", body.get("max_tokens"))
+        chunks = self.chunks if text is None else None
+        text = self.text if text is None else text
+        n = chunks if chunks is not None else -(-len(text) // size)
+        cap = _cap(body)
         finish = "stop"
-        if isinstance(cap, int) and not isinstance(cap, bool) and 0 <= cap < n:
+        if cap is not None and cap < n:
             n, finish = cap, "length"
-        if self.chunks is not None and n * size > len(text):
+        if chunks is not None and n * size > len(text):
             text = text * (n * size // max(len(text), 1) + 1)  # repeat to fill the configured chunk count
         return [text[i * size:(i + 1) * size] for i in range(n)], finish
 
@@ -98,39 +110,89 @@ class MockModel:
 
     # ---- chat completions -------------------------------------------------------------
     def chat(self, body: dict, request_id: str) -> Reply:
-        pieces, finish = self._pieces(body)
+        """The answer to a chat request: tool calls when `mock_tools.plan_calls` says so, else text (the
+        configured text, or a report of the tool results that end the conversation)."""
         n = body.get("n")
         n_choices = n if isinstance(n, int) and n > 0 else 1
         created = int(time.time())
         cid = f"chatcmpl-mock{request_id}"
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model,
                 "system_fingerprint": "fp_mock"}
+        calls = mock_tools.plan_calls(body)
+        if calls is not None:
+            per_choice, messages, finish, tokens = self._tool_calls(body, calls, n_choices)
+        else:
+            pieces, finish = self._pieces(body, mock_tools.tool_result_text(body))
+            per_choice = [[{"content": p} for p in pieces]] * n_choices
+            content = "".join(pieces)
+            messages = [{"role": "assistant", "content": content, "refusal": None}] * n_choices
+            tokens = len(pieces) * n_choices
         events: list[bytes] = []
-        for i in range(n_choices):
-            events.append(encode_data(orjson.dumps({**base, "choices": [
-                {"index": i, "delta": {"role": "assistant", "content": "", "refusal": None},
-                 "logprobs": None, "finish_reason": None}]})))
-        for piece in pieces:
+        if calls is None:
             for i in range(n_choices):
                 events.append(encode_data(orjson.dumps({**base, "choices": [
-                    {"index": i, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}]})))
+                    {"index": i, "delta": {"role": "assistant", "content": "", "refusal": None},
+                     "logprobs": None, "finish_reason": None}]})))
+        # Choices interleaved, one delta of each in turn, as OpenAI streams n > 1.
+        for k in range(max((len(d) for d in per_choice), default=0)):
+            for i, deltas in enumerate(per_choice):
+                if k < len(deltas):
+                    events.append(encode_data(orjson.dumps({**base, "choices": [
+                        {"index": i, "delta": deltas[k], "logprobs": None, "finish_reason": None}]})))
         for i in range(n_choices):
             events.append(encode_data(orjson.dumps({**base, "choices": [
                 {"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}]})))
-        usage = self._usage(body, len(pieces) * n_choices)
+        usage = self._usage(body, tokens)
         so = body.get("stream_options")
         if isinstance(so, dict) and so.get("include_usage"):
             events.append(encode_data(orjson.dumps({**base, "choices": [], "usage": usage})))
         events.append(DONE)
-        content = "".join(pieces)
         whole = orjson.dumps({
             "id": cid, "object": "chat.completion", "created": created, "model": self.model,
             "system_fingerprint": "fp_mock",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": content, "refusal": None},
-                         "logprobs": None, "finish_reason": finish} for i in range(n_choices)],
+            "choices": [{"index": i, "message": messages[i], "logprobs": None, "finish_reason": finish}
+                        for i in range(n_choices)],
             "usage": usage,
         })
         return Reply(events, whole, self.ttft, self.delay)
+
+    def _tool_calls(self, body: dict, calls: list[tuple[str, str]], n_choices: int
+                    ) -> tuple[list[list[dict]], list[dict], str, int]:
+        """Each choice's stream deltas and whole message for `calls`, the finish reason and the completion tokens.
+
+        Streamed as OpenAI streams calls: a delta opening each call (`index`, `id`, `type`, the name and
+        `arguments: ""`; the first also carries the role), then its arguments in `chunk_size` fragments, each
+        with the call's `index`. Each fragment counts as one completion token; `max_tokens` cuts the arguments
+        (finish reason `length`, as OpenAI does)."""
+        size = self.chunk_size
+        frags = [(k, args[j:j + size]) for k, (_, args) in enumerate(calls) for j in range(0, len(args), size)]
+        cap = _cap(body)
+        finish = "tool_calls"
+        if cap is not None and cap < len(frags):
+            frags, finish = frags[:cap], "length"
+        # A call none of whose arguments fit is not opened (the first always is).
+        opened = {0} | {k for k, _ in frags}
+        said = mock_tools.last_user_text(body)
+        per_choice: list[list[dict]] = []
+        messages: list[dict] = []
+        for i in range(n_choices):
+            ids = [mock_tools.call_id(name, said, k, i) for k, (name, _) in enumerate(calls)]
+            deltas: list[dict] = []
+            args = ["" for _ in calls]
+            for k in sorted(opened):
+                head = {"index": k, "id": ids[k], "type": "function",
+                        "function": {"name": calls[k][0], "arguments": ""}}
+                deltas.append({"tool_calls": [head]} if deltas else
+                              {"role": "assistant", "content": None, "tool_calls": [head], "refusal": None})
+                for fk, frag in frags:
+                    if fk == k:
+                        args[k] += frag
+                        deltas.append({"tool_calls": [{"index": k, "function": {"arguments": frag}}]})
+            per_choice.append(deltas)
+            messages.append({"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+                {"id": ids[k], "type": "function", "function": {"name": calls[k][0], "arguments": args[k]}}
+                for k in sorted(opened)]})
+        return per_choice, messages, finish, len(frags) * n_choices
 
     # ---- legacy completions ------------------------------------------------------------
     def completion(self, body: dict, request_id: str) -> Reply:
