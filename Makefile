@@ -44,10 +44,20 @@ sysdeps:
 run: $(VENV)/.run
 	$(BIN)/fastgw serve --config $(CONFIG) $(if $(PORT),--bind 127.0.0.1:$(PORT))
 
+# The Node clients the tests drive (tests/test_node_sdks.py), exactly as tests/node/package-lock.json pins them;
+# redone when the lockfile changes. Without node and npm: a warning, and those tests fail with the reason.
+NODE_DIR := tests/node
+$(NODE_DIR)/node_modules/.stamp: $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
+	@if ! command -v npm >/dev/null || ! command -v node >/dev/null; then \
+		echo "warning: node and npm (Node 20+) are missing; the Node client tests will fail" >&2; \
+		exit 0; \
+	fi; \
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error >/dev/null && touch node_modules/.stamp
+
 # Type checks (settings in pyproject.toml), then the whole suite except the long forms marked `slow` (each has
 # a short form that runs here), on two pytest-xdist workers: most tests wait on the processes they start, so two
 # run side by side on a 2-core box in about two thirds of the time of one.
-test: $(VENV)/.test sysdeps
+test: $(VENV)/.test sysdeps $(NODE_DIR)/node_modules/.stamp
 	$(BIN)/python -m mypy
 	$(PYTEST) -m "not slow" -n 2
 
@@ -63,4 +73,4 @@ bench: $(VENV)/.test
 	$(BIN)/python -m bench run
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis $(NODE_DIR)/node_modules

@@ -2,8 +2,8 @@
 
 `python -m tests.support.upstream --host 127.0.0.1 --port 0` binds, prints one line
 `LISTENING <port>` once it serves, and answers under `/v1` the way api.openai.com does:
-chat completions (stream and not, `n`, `max_tokens`, tool calls), legacy completions,
-embeddings (float and base64) and the model list. It imports nothing from fastgw.
+chat completions (stream and not, `n`, `max_tokens`, tool calls), responses (stream and not,
+text and function calls), legacy completions, embeddings (float and base64) and the model list. It imports nothing from fastgw.
 
 Fault knobs are chosen by the request's `model`, so they survive any gateway:
 
@@ -163,29 +163,37 @@ def _value_for(name: str, schema: Any) -> Any:
     return "x"
 
 
-def tool_call_for(body: dict) -> dict | None:
-    """A tool call when the request has tools and the last user message asks for weather."""
-    tools = body.get("tools")
-    if not tools or "weather" not in last_user_text(body.get("messages") or []).lower():
-        return None
-    if body.get("tool_choice") == "none":
+def _weather_function(body: dict, user_text: str, functions: list[Any]) -> tuple[str, str] | None:
+    """(name, JSON arguments) of the function to call: the weather one, else the last, when the user asks for
+    weather and tools are allowed."""
+    if not functions or "weather" not in user_text.lower() or body.get("tool_choice") == "none":
         return None
     fn = None
-    for tool in tools:
-        if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("function"), dict):
-            fn = tool["function"]
-            if "weather" in str(fn.get("name", "")).lower():
-                break
+    for f in functions:
+        fn = f
+        if "weather" in str(f.get("name", "")).lower():
+            break
     if fn is None:
         return None
     params = fn.get("parameters") or {}
     props = params.get("properties") or {}
     args = {name: _value_for(name, schema) for name, schema in props.items()}
-    return {
-        "id": "call_" + hashlib.sha1(fn.get("name", "").encode()).hexdigest()[:24],
-        "type": "function",
-        "function": {"name": fn.get("name", ""), "arguments": json.dumps(args, separators=(",", ":"))},
-    }
+    return str(fn.get("name", "")), json.dumps(args, separators=(",", ":"))
+
+
+def call_id(name: str) -> str:
+    return "call_" + hashlib.sha1(name.encode()).hexdigest()[:24]
+
+
+def tool_call_for(body: dict) -> dict | None:
+    """A tool call when the request has tools and the last user message asks for weather."""
+    functions = [t["function"] for t in body.get("tools") or []
+                 if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)]
+    call = _weather_function(body, last_user_text(body.get("messages") or []), functions)
+    if call is None:
+        return None
+    name, arguments = call
+    return {"id": call_id(name), "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 # ---------------------------------------------------------------- recording
@@ -511,10 +519,19 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
     part = {"type": "output_text", "text": text, "annotations": []}
     item = {"id": mid, "type": "message", "role": "assistant", "status": "completed", "content": [part]}
-    if not body.get("stream"):
-        REC.record(request, body)
-        return web.json_response(response_obj("completed", [item]))
+    # Responses function tools are flat: {"type": "function", "name", "parameters"}.
+    call = _weather_function(body, user, [t for t in body.get("tools") or []
+                                          if isinstance(t, dict) and t.get("type") == "function"])
+    if call is not None:
+        name, arguments = call
+        text = arguments
+        item = {"id": "fc_" + uuid.uuid4().hex[:16], "type": "function_call", "status": "completed",
+                "call_id": call_id(name), "name": name, "arguments": arguments}
+        usage = {**usage, "output_tokens": count_tokens(arguments),
+                 "total_tokens": count_tokens(user) + count_tokens(arguments)}
     REC.record(request, body)
+    if not body.get("stream"):
+        return web.json_response(response_obj("completed", [item]))
     resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await resp.prepare(request)
     seq = 0
@@ -527,6 +544,17 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
     await send("response.created", response=response_obj("in_progress", []))
     await send("response.in_progress", response=response_obj("in_progress", []))
+    if item["type"] == "function_call":
+        await send("response.output_item.added", output_index=0, item={**item, "status": "in_progress",
+                                                                       "arguments": ""})
+        for i in range(0, len(text), 5):
+            await send("response.function_call_arguments.delta", item_id=item["id"], output_index=0,
+                       delta=text[i:i + 5])
+        await send("response.function_call_arguments.done", item_id=item["id"], output_index=0, arguments=text)
+        await send("response.output_item.done", output_index=0, item=item)
+        await send("response.completed", response=response_obj("completed", [item]))
+        await resp.write_eof()
+        return resp
     await send("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
     await send("response.content_part.added", item_id=mid, output_index=0, content_index=0,
                part={"type": "output_text", "text": "", "annotations": []})
