@@ -61,7 +61,7 @@ class ResponsesFront(Front):
         for k, v in body.items():
             if k in _STATEFUL and v not in (None, False, 0, ""):
                 raise refuse(f"{k}: {_STATEFUL[k]}; {_SERVED_BY}", k)
-            if k not in _KNOWN and k not in _IGNORED:
+            if k not in _KNOWN and k not in _IGNORED and k not in _STATEFUL:
                 raise refuse(f"Unknown parameter: '{k[:64]}'.", k[:64], "unknown_parameter")
         messages: list[dict] = []
         instructions = body.get("instructions")
@@ -138,7 +138,9 @@ def _usage(usage: dict | None) -> dict | None:
     c = int(usage.get("completion_tokens") or 0)
     pd = obj_of(usage.get("prompt_tokens_details"))
     cd = obj_of(usage.get("completion_tokens_details"))
-    return {"input_tokens": p, "input_tokens_details": {"cached_tokens": int(pd.get("cached_tokens") or 0)},
+    # cache_write_tokens: required by the current spec; chat usage has no such count (0).
+    return {"input_tokens": p, "input_tokens_details": {"cached_tokens": int(pd.get("cached_tokens") or 0),
+                                                        "cache_write_tokens": int(pd.get("cache_write_tokens") or 0)},
             "output_tokens": c, "output_tokens_details": {"reasoning_tokens": int(cd.get("reasoning_tokens") or 0)},
             "total_tokens": int(usage.get("total_tokens") or p + c)}
 
