@@ -500,7 +500,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
     rid, mid = "resp_" + uuid.uuid4().hex[:16], "msg_" + uuid.uuid4().hex[:16]
     usage = {"input_tokens": count_tokens(user), "output_tokens": count_tokens(text),
              "total_tokens": count_tokens(user) + count_tokens(text),
-             "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+             "output_tokens_details": {"reasoning_tokens": 0}}
 
     def response_obj(status: str, output: list) -> dict:
         return {"id": rid, "object": "response", "created_at": int(time.time()), "status": status, "model": model,
