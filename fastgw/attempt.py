@@ -24,6 +24,7 @@ import orjson
 from fastgw import metrics
 from fastgw.api.errors import GatewayError, Origin, UpstreamAuthError, UpstreamError, UpstreamTimeout, from_transport
 from fastgw.front import FRONTS, Front, FrontSource, front_for
+from fastgw.front.messages import anthropic_error
 from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain
 from fastgw.proto.client import TransportError, TransportTimeout
@@ -311,6 +312,8 @@ class Attempt:
             answer = upstream_error_answer(status, data, passed, target)
             if front is not None:
                 answer.body = front.error_body(status, answer.body)
+            elif call.endpoint in _ANTHROPIC:
+                answer.body = anthropic_error(status, answer.body)  # one the gateway wrote for a bare upstream error
             if status == 429 or status >= 500:
                 err = UpstreamError(f"upstream answered HTTP {status}", status=status)
                 return Retry("429" if status == 429 else "5xx", err, answer, retry_after(conn.headers))

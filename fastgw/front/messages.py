@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import orjson
 
-from fastgw.api.errors import anthropic_envelope, anthropic_type
+from fastgw.api.errors import ANTHROPIC_TYPES, anthropic_envelope, anthropic_type
 from fastgw.front.common import Front, StreamWriter, event, new_id, read_completion, refuse, text_of
 
-__all__ = ["MessagesFront", "MessagesWriter", "STOP_REASONS"]
+__all__ = ["MessagesFront", "MessagesWriter", "STOP_REASONS", "anthropic_error"]
 
 _KNOWN = frozenset({"model", "messages", "max_tokens", "system", "temperature", "top_p", "stop_sequences", "stream",
                     "tools", "tool_choice", "metadata", "output_format", "output_config"})
@@ -37,6 +37,7 @@ _REFUSED = {"container": "needs Anthropic's code execution containers",
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
 _TEXT = frozenset({"text"})
+_ERROR_TYPES = frozenset(ANTHROPIC_TYPES.values())
 _SERVED_BY = "this model is served through chat completions"
 
 
@@ -110,13 +111,22 @@ class MessagesFront(Front):
         return MessagesWriter(str(self.body.get("model", "")), input_estimate)
 
     def error_body(self, status: int, data: bytes) -> bytes:
-        """An upstream's OpenAI error envelope as Anthropic's, its type by the status."""
-        try:
-            err = orjson.loads(data).get("error")
-        except (orjson.JSONDecodeError, AttributeError):
-            err = None
-        message = err.get("message") if isinstance(err, dict) else None
-        return anthropic_envelope(str(message or f"upstream answered HTTP {status}"), anthropic_type(status))
+        return anthropic_error(status, data)
+
+
+def anthropic_error(status: int, data: bytes) -> bytes:
+    """An upstream error body as Anthropic's envelope: Anthropic's own as it is, an OpenAI envelope's message with
+    the Anthropic type of the status."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict) and obj.get("type") == "error" and isinstance(obj.get("error"), dict) \
+            and obj["error"].get("type") in _ERROR_TYPES:
+        return data
+    err = obj.get("error") if isinstance(obj, dict) else None
+    message = err.get("message") if isinstance(err, dict) else None
+    return anthropic_envelope(str(message or f"upstream answered HTTP {status}"), anthropic_type(status))
 
 
 def _input(arguments: str) -> dict:

@@ -68,7 +68,10 @@ def _extra_targets(up: Upstream) -> list[dict]:
              "circuit_breaker": NO_BREAKER},
             {"id": "compat-500", "model": "fault-500", **compat},
             {"id": "compat-cut", "model": "fault-close-midstream", **compat},
-            {"id": "mock", "provider": "mock", "model": "mock-1"}]
+            {"id": "mock", "provider": "mock", "model": "mock-1"},
+            # An anthropic target whose server answers in OpenAI's envelope (a 404 for an unknown URL).
+            {"id": "not-anthropic", "provider": "anthropic", "model": "claude-elsewhere", "base_url": up.url,
+             "circuit_breaker": NO_BREAKER}]
 
 
 class FrontStacks(Stacks):

@@ -385,6 +385,9 @@ def test_gateway_errors_on_messages_in_anthropic_envelope(stacks, gw):
         "invalid_request_error"
     status, body = refused(gw, "", {**ok, "container": "c"})
     assert status == 400 and set(body) == {"type", "error"}
+    # A native Messages target whose server answers in OpenAI's envelope: relayed in Anthropic's.
+    assert refused(gw, "", {**ok, "model": "claude-elsewhere"}) == (404, {"type": "error", "error": {
+        "type": "not_found_error", "message": "Invalid URL (POST /v1/v1/messages)"}})
     guarded = stacks.front_gateway("guarded")
     assert refused(guarded, "", ok)[1]["error"]["type"] == "authentication_error"
     assert refused(guarded, CHAT_KEY, ok)[1]["error"]["type"] == "permission_error"

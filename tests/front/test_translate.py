@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 
 from fastgw.api.errors import GatewayError, UpstreamError, anthropic_type
 from fastgw.front import FrontSource, front_for
-from fastgw.front.messages import MessagesFront
+from fastgw.front.messages import MessagesFront, anthropic_error
 from fastgw.front.responses import ResponsesFront
 from fastgw.proto.sse import SSEDecoder
 
@@ -235,6 +235,10 @@ def test_whole_answer_as_a_message():
 def test_upstream_error_body_in_anthropic_envelope():
     body = MessagesFront({"model": "m"}).error_body(429, b'{"error":{"message":"slow down","type":"x"}}')
     assert orjson.loads(body) == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    own = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    assert anthropic_error(529, own) == own  # Anthropic's own, as it came
+    assert orjson.loads(anthropic_error(502, b"<html>bad gateway</html>")) == {"type": "error", "error": {
+        "type": "api_error", "message": "upstream answered HTTP 502"}}
     assert [anthropic_type(s) for s in (400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504, 529)] == [
         "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
         "invalid_request_error", "request_too_large", "invalid_request_error", "rate_limit_error", "api_error",
