@@ -63,6 +63,9 @@ class ResponsesFront(Front):
                 raise refuse(f"{k}: {_STATEFUL[k]}; {_SERVED_BY}", k)
             if k not in _KNOWN and k not in _IGNORED and k not in _STATEFUL:
                 raise refuse(f"Unknown parameter: '{k[:64]}'.", k[:64], "unknown_parameter")
+        for k in ("reasoning", "text"):
+            if body.get(k) is not None and not isinstance(body[k], dict):
+                raise refuse(f"{k}: expected an object", k, "invalid_type")
         messages: list[dict] = []
         instructions = body.get("instructions")
         if instructions is not None:
@@ -148,14 +151,13 @@ def _usage(usage: dict | None) -> dict | None:
 def response_object(body: dict, rid: str, created: int, model: str, status: str, output: list, usage: dict | None,
                     incomplete: str | None = None, error: dict | None = None) -> dict:
     """A Responses API `response` object for this request (its parameters echoed as OpenAI does)."""
-    text = body.get("text") if isinstance(body.get("text"), dict) else {}
-    assert isinstance(text, dict)
+    text = obj_of(body.get("text"))
     return {"id": rid, "object": "response", "created_at": created, "status": status, "background": False,
             "error": error, "incomplete_details": {"reason": incomplete} if incomplete else None,
             "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
             "max_tool_calls": None, "model": model, "output": output,
             "parallel_tool_calls": body.get("parallel_tool_calls", True), "previous_response_id": None,
-            "reasoning": {"effort": (body.get("reasoning") or {}).get("effort"), "summary": None},
+            "reasoning": {"effort": obj_of(body.get("reasoning")).get("effort"), "summary": None},
             "store": False, "temperature": body.get("temperature", 1.0),
             "text": {"format": text.get("format") or {"type": "text"}},
             "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
@@ -262,7 +264,9 @@ def _tool_choice(choice: object) -> object:
 
 def _format(text: object) -> dict | None:
     fmt = text.get("format") if isinstance(text, dict) else None
-    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+    if fmt is not None and not isinstance(fmt, dict):
+        raise refuse("text.format: expected an object", "text.format", "invalid_type")
+    if fmt is None or fmt.get("type") in (None, "text"):
         return None
     if fmt.get("type") == "json_object":
         return {"type": "json_object"}

@@ -128,6 +128,8 @@ def test_responses_request_as_chat():
      "input[0].content[0]"),
     ({"input": 3}, "input"),
     ({"text": {"format": {"type": "grammar"}}}, "text.format.type"),
+    ({"text": {"format": "json"}}, "text.format"),
+    ({"reasoning": "high"}, "reasoning"),
 ])
 def test_responses_refusals_name_the_parameter(extra, param):
     with pytest.raises(GatewayError) as e:
