@@ -32,7 +32,7 @@ from typing import Awaitable, Callable
 import orjson
 
 from fastgw import accesslog, metrics, telemetry
-from fastgw.api.errors import GatewayError, InvalidRequest
+from fastgw.api.errors import ANTHROPIC_PATH, GatewayError, InvalidRequest
 from fastgw.attempt import Attempt
 from fastgw.config import DEFAULT_BASE_URLS, Config
 from fastgw.pipeline import JSON, ModelNotFound, Pipeline
@@ -131,6 +131,7 @@ class App:
         self.routes: dict[str, tuple[frozenset[str], ModelHandler | str]] = {
             "/v1/models": (get, self._models),
             **{"/v1/" + endpoint: (post, endpoint) for endpoint in Endpoint.ALL},
+            "/v1/" + Endpoint.COUNT_TOKENS: (post, self.pipeline.count_tokens),
         }
         # Model names and paths in access lines pass the pii-detector (when the chain has one) and the built-in
         # secret patterns, except the names this config defines.
@@ -190,6 +191,8 @@ class App:
         except HttpError as e:
             ctx.status = ctx.status or e.status
             ctx.error = ctx.error or e.code
+            if isinstance(e, GatewayError) and path.startswith(ANTHROPIC_PATH):
+                e.anthropic()  # every error on /v1/messages in Anthropic's envelope: auth, rbac, limits, upstream
             if len(e.message) > _MAX_MESSAGE:  # a message quoting a client string never amplifies the request
                 e.message = e.message[:_MAX_MESSAGE] + "… (cut)"
             raise
@@ -251,6 +254,8 @@ class App:
         assert err is not None
         ctx = req.context if isinstance(req.context, RequestContext) else self._context(req)
         ctx.status, ctx.error = err.status, err.code
+        if isinstance(err, GatewayError) and req.path.startswith(ANTHROPIC_PATH):
+            err.anthropic()
         try:
             resp.extra_headers.append((b"x-request-id", ctx.request_id.encode()))
             if self._route(req.path) is not None:

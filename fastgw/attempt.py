@@ -23,17 +23,20 @@ import orjson
 
 from fastgw import metrics, telemetry
 from fastgw.api.errors import GatewayError, Origin, UpstreamAuthError, UpstreamError, UpstreamTimeout, from_transport
+from fastgw.front import FRONTS, Front, FrontSource, front_for
+from fastgw.front.messages import anthropic_error
 from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain
 from fastgw.proto.client import TransportError, TransportTimeout
 from fastgw.proto.server import Responder
 from fastgw.providers import adapter_for
-from fastgw.providers.base import Adapter, Endpoint, TargetRuntime, UpstreamRequest
+from fastgw.providers.base import Adapter, Endpoint, TargetRuntime, Translator, UpstreamRequest
 from fastgw.providers.native import messages_request
 from fastgw.providers.openai import OpenAIAdapter
 from fastgw.providers.scope import Grants, check_tools
 from fastgw.routing import Verdict
 from fastgw.policy_relay import PolicyRelay
+from fastgw.quota import prompt_estimate
 from fastgw.stream import Source, SSERelay, StreamEnd, TranslatedSource
 from fastgw.upstreams import Call, Connection, Upstream
 
@@ -53,6 +56,10 @@ _PASS_HEADERS = frozenset({b"openai-processing-ms", b"openai-version",
                            b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-requests",
                            b"x-ratelimit-reset-tokens", b"x-should-retry"})
 _DIALECT = {Endpoint.RESPONSES: "responses", Endpoint.MESSAGES: "messages"}
+#: Endpoints whose clients parse Anthropic's error envelope.
+_ANTHROPIC = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
+#: Endpoints whose answers carry no generated text for the output policies.
+_NO_OUTPUT = frozenset({Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS})
 #: Upstream statuses that mean "the operator's credentials were refused": a 502 for the client, never relayed (an
 #: OpenAI 401 quotes the key's last characters; the client would also take it for a problem with its own key).
 _AUTH_STATUSES = frozenset({401, 403, 407})
@@ -163,11 +170,12 @@ class Attempt:
             audit.check(ctx)  # a request that cannot be audited never reaches an upstream (503 audit_unavailable)
         ctx.target = target.id
         upstream = self._upstreams.get(target.provider, self._http)
+        endpoint = call.endpoint  # the client's (a front sends the target a chat call)
         try:
-            adapter, call = self._prepare(target, call, ctx)
+            adapter, call, front = self._prepare(target, call, ctx)
             request = upstream.prepare(target, adapter, call)
         except GatewayError as e:
-            return Final(Verdict.NEUTRAL, error=_styled(e, call))
+            return Final(Verdict.NEUTRAL, error=_styled(e, endpoint))
         if telemetry.ON:
             request = telemetry.attempt_started(ctx, target, request)  # + traceparent
         now = self.loop.time()
@@ -179,7 +187,7 @@ class Attempt:
                 "5xx" if err.code == "upstream_protocol_error" else "connect_error")
             if kind == "connect_error":
                 _alarm(target.id, "connect", "target %s: %s", target.id, t)
-            return Retry(kind, _styled(err, call))
+            return Retry(kind, _styled(err, endpoint))
         try:
             status = conn.status
             passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
@@ -189,37 +197,49 @@ class Attempt:
             ctype = conn.header(b"content-type") or b""
             if call.stream and status == 200 and adapter.is_stream(ctype):
                 translator = adapter.stream_translator(target, call.body)
-                source: Source = conn if translator is None else TranslatedSource(conn, translator)
                 deadlines = (now + target.ttft_timeout, target.idle_timeout, now + target.max_duration,
                              target.heartbeat)
+                if front is not None:
+                    return await self._front_stream(front, conn, translator, resp, ctx, SSE_HEADERS + passed,
+                                                    deadlines)
+                source: Source = conn if translator is None else TranslatedSource(conn, translator)
                 return await self._stream(source, resp, ctx, SSE_HEADERS + passed, deadlines, call.strip_usage)
             # The body is awaited here, not in a helper coroutine: one frame less on its resume.
             try:
                 data = await conn.read_body(timeout=max(0.001, now + target.max_duration - self.loop.time()),
                                             first_by=now + target.ttft_timeout, idle=target.idle_timeout)
             except TransportTimeout as t:
-                return Retry("timeout", _styled(from_transport(t), call))
+                return Retry("timeout", _styled(from_transport(t), endpoint))
             except TransportError as t:
                 # Reset or broken framing mid-body: nothing reached the client, so another target may answer.
-                return Retry("5xx", _styled(from_transport(t), call))
-            return await self._whole(target, adapter, call, conn, ctx, ctype, passed, data)
+                return Retry("5xx", _styled(from_transport(t), endpoint))
+            return await self._whole(target, adapter, call, conn, ctx, ctype, passed, data, front)
         finally:
             upstream.release(conn)
 
-    def _prepare(self, target: TargetRuntime, call: Call, ctx: RequestContext) -> tuple[Adapter, Call]:
-        """The adapter for this target, and the call as this target gets it (400 for a provider-run tool or MCP
-        server neither the target nor the caller's roles allow)."""
+    def _prepare(self, target: TargetRuntime, call: Call, ctx: RequestContext) -> tuple[Adapter, Call, Front | None]:
+        """The adapter for this target, the call as this target gets it (400 for a provider-run tool or MCP
+        server neither the target nor the caller's roles allow), and the front that translates a client API
+        the target lacks (Responses, Messages) to a chat call and its answer back."""
         check_tools(target, call.endpoint, call.body, self._grants(ctx))
         adapter = adapter_for(target.provider)
-        if call.endpoint == Endpoint.MESSAGES:
-            return _NativeMessages(call), call
+        if call.endpoint in FRONTS:
+            front = front_for(call.endpoint, target.provider, call.body)
+            if front is not None:
+                return adapter, Call(Endpoint.CHAT, front.chat_request(), call.stream, call.request_id,
+                                     call.headers), front
+            if call.endpoint == Endpoint.MESSAGES:
+                return _NativeMessages(call), call, None
+            return adapter, call, None
+        if call.endpoint == Endpoint.COUNT_TOKENS:
+            return _NativeMessages(call, "/v1/messages/count_tokens"), call, None
         if (call.stream and call.endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS)
                 and isinstance(adapter, OpenAIAdapter)):
             asked = _ask_usage(call.body)
             if asked is not None:
                 # Ask for the provider's own count; the extra usage chunk is taken out again on the way back.
                 call = Call(call.endpoint, asked, True, call.request_id, call.headers, strip_usage=True)
-        return adapter, call
+        return adapter, call, None
 
     def _grants(self, ctx: RequestContext) -> Grants:
         """Whether one of the caller's rbac roles grants a feature (`allow_server_tools`, `allow_mcp`); asked only
@@ -268,24 +288,47 @@ class Attempt:
             verdict = Verdict.NEUTRAL
         return Streamed(end, relay, verdict)
 
+    async def _front_stream(self, front: Front, conn: Connection, translator: Translator | None,
+                            resp: Responder, ctx: RequestContext, headers: list[tuple[bytes, bytes]],
+                            deadlines: tuple[float, float, float, float]) -> Outcome:
+        """A chat stream relayed as the client API's events (`fastgw.front`); its usage is the upstream's."""
+        estimate = prompt_estimate(ctx.body) if ctx.endpoint == Endpoint.MESSAGES and ctx.body else 0
+        source = FrontSource(conn, translator, front.writer(estimate))
+        outcome = await self._stream(source, resp, ctx, headers, deadlines, False)
+        if source.writer.usage is not None:
+            ctx.usage = source.writer.usage  # chat names: what the usage record and the quota settlement read
+        return outcome
+
     async def _whole(self, target: TargetRuntime, adapter: Adapter, call: Call, conn: Connection,
-               ctx: RequestContext, ctype: bytes, passed: list[tuple[bytes, bytes]], data: bytes) -> Outcome:
-        """The outcome of a whole (non-streamed) answer: translated, checked by the output policies."""
+                     ctx: RequestContext, ctype: bytes, passed: list[tuple[bytes, bytes]], data: bytes,
+                     front: Front | None = None) -> Outcome:
+        """The outcome of a whole (non-streamed) answer: translated (to the client API's body through `front`),
+        checked by the output policies."""
         status, data = adapter.translate_response(target, call.body, conn.status, data)
         if status in _AUTH_STATUSES:
             # The operator's key was refused: say so to the operator, and to the client without the upstream's text.
             _alarm(target.id, "auth", "target %s refused the gateway's credentials (HTTP %d); fix its "
                    "secret_key_ref", target.id, status)
-            return Retry("auth", _styled(UpstreamAuthError(target.id, status), call))
+            return Retry("auth", _styled(UpstreamAuthError(target.id, status), ctx.endpoint))
         if status >= 400:
             answer = upstream_error_answer(status, data, passed, target)
+            if front is not None:
+                answer.body = front.error_body(status, answer.body)
+            elif call.endpoint in _ANTHROPIC:
+                answer.body = anthropic_error(status, answer.body)  # one the gateway wrote for a bare upstream error
             if status == 429 or status >= 500:
                 err = UpstreamError(f"upstream answered HTTP {status}", status=status)
                 return Retry("429" if status == 429 else "5xx", err, answer, retry_after(conn.headers))
             return Final(Verdict.NEUTRAL, answer=answer)
         if not isinstance(adapter, OpenAIAdapter):
             ctype = b"application/json"  # translated to an OpenAI body (OpenAI-family bodies pass as they came)
-        if call.endpoint != Endpoint.EMBEDDINGS:
+        if front is not None:
+            try:
+                data = front.whole(data)
+            except GatewayError as e:
+                return Retry("5xx", _styled(e, ctx.endpoint))  # not a chat completion: another target may answer
+            ctype = b"application/json"
+        if call.endpoint not in _NO_OUTPUT:
             try:
                 data = await self.chain.check_output_body_async(ctx, data)  # in slices when it is large
             except GatewayError as e:
@@ -296,24 +339,25 @@ class Attempt:
 
 
 class _NativeMessages(OpenAIAdapter):
-    """The Anthropic Messages API to an anthropic target: the client's body, the target's key."""
+    """The Anthropic Messages API (or its token count) to an anthropic target: the client's body, the target's key."""
 
-    __slots__ = ("_call",)
+    __slots__ = ("_call", "_path")
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, path: str = "/v1/messages") -> None:
         self._call = call
+        self._path = path
 
     def build_request(self, target: TargetRuntime, endpoint: str, body: dict, stream: bool) -> UpstreamRequest:
-        return messages_request(target, body, stream, self._call.headers)
+        return messages_request(target, body, stream, self._call.headers, self._path)
 
 
 def _nothing(name: str) -> bool:
     return False
 
 
-def _styled(err: GatewayError, call: Call) -> GatewayError:
-    """`err` in the envelope the client parses: Anthropic's on /v1/messages."""
-    return err.anthropic() if call.endpoint == Endpoint.MESSAGES else err
+def _styled(err: GatewayError, endpoint: str) -> GatewayError:
+    """`err` in the envelope the client parses: Anthropic's on /v1/messages (and its count_tokens)."""
+    return err.anthropic() if endpoint in _ANTHROPIC else err
 
 
 def _alarm(target: str, what: str, msg: str, *args: object) -> None:

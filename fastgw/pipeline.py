@@ -18,6 +18,7 @@ import orjson
 from fastgw import metrics, telemetry
 from fastgw.api.errors import GatewayError, InvalidRequest
 from fastgw.attempt import JSON, Answer, Attempt, Final, Outcome, Retry, Streamed
+from fastgw.front import FRONTS
 from fastgw.policy.audit import AuditUnavailable
 from fastgw.policy.base import PolicyFailure, RequestContext
 from fastgw.policy.chain import Chain, Slicer
@@ -150,6 +151,31 @@ class Pipeline:
             if sliced:
                 chain.forget(ctx)
 
+    async def count_tokens(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
+        """`/v1/messages/count_tokens`: Anthropic's own count for an anthropic target (its native endpoint, through
+        the model's anthropic targets in order), else the gateway's prompt estimate (`quota.prompt_estimate`).
+        Input policies and rbac apply as on /v1/messages; the rate-limiter does not (nothing is generated)."""
+        body = parse_body(req)
+        model = body["model"]
+        ctx.endpoint, ctx.body, ctx.model, ctx.stream = Endpoint.COUNT_TOKENS, body, model, False
+        if not isinstance(body.get("messages"), list):
+            raise InvalidRequest("messages: Field required (a list)", param="messages")
+        self.chain.check_input(ctx, body)
+        plan = self.router.plan(model)
+        if plan is None:
+            raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+        rbac = self.chain.rbac
+        targets = plan.targets if rbac is None else rbac.usable_targets(ctx, ctx.path, False, plan.targets)  # or 403
+        if targets[0].provider == "anthropic":
+            native = Plan([t for t in targets if t.provider == "anthropic"], plan.retry)
+            call = Call(Endpoint.COUNT_TOKENS, body, False, ctx.request_id, ctx.headers)
+            answer = _final_answer(await self._attempts(native, call, resp, ctx))
+        else:
+            answer = Answer(200, [JSON], orjson.dumps({"input_tokens": prompt_estimate(body)}))
+        ctx.status = answer.status
+        await self.record(ctx, resp)
+        resp.send(answer.status, answer.headers, answer.body)
+
     async def _attempts(self, plan: Plan, call: Call, resp: Responder, ctx: RequestContext) -> Outcome:
         """Try the plan's targets in order, retrying each per the retry policy, until one answers. Only
         failures before the first byte to the client come back as `Retry`; after it, errors are in-stream."""
@@ -264,14 +290,15 @@ def _final_answer(outcome: Outcome) -> Answer:
 
 
 def _check_endpoint(endpoint: str, model: str, plan: Plan) -> None:
-    """The first target must serve this endpoint (a provider's native API, or one it serves): a clear 400 if not."""
+    """The first target must serve this endpoint (one it serves; Responses and Messages through chat completions
+    where it lacks them natively, `fastgw.front`): a clear 400 if not."""
     first = plan.targets[0]
-    native = NATIVE_ENDPOINTS.get(endpoint)
-    if native is not None and first.provider not in native:
-        raise InvalidRequest(f"/v1/{endpoint} is served for {', '.join(sorted(native))} targets; model `{model}` "
-                             f"is on a {first.provider} target", code="unsupported_endpoint", param="model")
     serves = PROVIDERS[first.provider].serves
-    if serves is not None and endpoint not in serves:
+    if serves is None:
+        return
+    if endpoint in FRONTS and first.provider not in NATIVE_ENDPOINTS.get(endpoint, ()):
+        endpoint = Endpoint.CHAT  # what the target is sent
+    if endpoint not in serves:
         raise InvalidRequest(f"provider {first.provider} does not serve /v1/{endpoint}", code="unsupported_endpoint",
                              param="model")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Protocol as TypingProtocol
 
@@ -35,6 +36,7 @@ from fastgw.providers.chunks import encode_chunks
 __all__ = ["SSERelay", "StreamEnd", "TranslatedSource", "error_event", "Source"]
 
 _DONE_TAIL = b"[DONE]"
+_SEQ = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
 
 log = logging.getLogger("fastgw.stream")
 
@@ -85,7 +87,8 @@ class SSERelay:
 
     __slots__ = ("_client_slow", "_resp", "_source", "_splitter", "_pending", "done", "saw_done", "defer_end",
                  "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
-                 "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at", "clock", "_head", "_started")
+                 "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at", "clock", "_head", "_started",
+                 "last_seq", "_sequenced")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  head: tuple[int, list[tuple[bytes, bytes]]], defer_end: bool = False, dialect: str = "chat") -> None:
@@ -124,6 +127,10 @@ class SSERelay:
         self.defer_end = defer_end
         #: The error that ended the stream (upstream failure, policy block), if any.
         self.error: GatewayError | None = None
+        #: The last Responses `sequence_number` relayed (an error event we add continues it); read from the bytes
+        #: only for that dialect.
+        self.last_seq = -1
+        self._sequenced = self.dialect is dialects.RESPONSES
 
     def start(self) -> None:
         self._resp.set_listener(self)
@@ -191,9 +198,18 @@ class SSERelay:
                 return
             if self.usage_sink is not None:
                 block = self._take_usage(block)
+            if self._sequenced:
+                self._note_seq(block)
             self._pending.append(block)
             if _DONE_TAIL in block[-16:]:
                 self.saw_done = True
+
+    def _note_seq(self, block: bytes) -> None:
+        """The last `sequence_number` of a block of Responses events (a JSON string escapes its quotes, so the
+        key in quotes is the event's own)."""
+        m = _SEQ.search(block, max(0, block.rfind(b'"sequence_number"')))
+        if m is not None:
+            self.last_seq = int(m.group(1))
 
     def on_chunks(self, chunks: list[dict]) -> None:
         """Structured chunks from a translated provider: encoded once, here, on their way out."""
@@ -304,7 +320,7 @@ class SSERelay:
         # Whole events that arrived before the failure still go out, then the error, then [DONE].
         self.error = exc
         before = self._take()
-        self._end(before + self.dialect.terminal_error(exc), bool(before))
+        self._end(before + self.dialect.terminal_error(exc, self.last_seq), bool(before))
 
     def _end(self, tail: bytes, content: bool = True, complete: bool = False) -> None:
         """Finish: write the last bytes and the terminator now, or leave them to the caller: with defer_end,

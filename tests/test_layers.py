@@ -24,6 +24,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "providers": frozenset({"providers", "api", "proto"}),
     # proto for its codecs; state is the shared-counter package the quota policies will use.
     "policy": frozenset({"policy", "scan", "api", "proto", "state"}),
+    # The client APIs served through the chat core: chat requests and chunks in, another API's bodies and events out.
+    "front": frozenset({"front", "api", "proto", "providers"}),
     "state": frozenset({"state"}),
 }
 TOP = "top"

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 
 import orjson
 
-from fastgw.api.errors import GatewayError
+from fastgw.api.errors import GatewayError, anthropic_type
 from fastgw.api.sse import DONE
 from fastgw.proto.sse import encode_data, encode_event
 
@@ -75,15 +75,15 @@ class ResponsesDialect(Dialect):
 
 
 class MessagesDialect(Dialect):
-    """Anthropic Messages: an `error` event with Anthropic's error object."""
+    """Anthropic Messages: an `error` event with Anthropic's error object (its type by the error's status)."""
 
     __slots__ = ()
     name = "messages"
 
     def terminal_error(self, err: GatewayError, last_seq: int = -1) -> bytes:
-        body = orjson.loads(err.body())["error"]
-        return encode_event(orjson.dumps({"type": "error", "error": {"type": body.get("type"),
-                                                                     "message": body.get("message")}}), event="error")
+        # Only Anthropic's own error types: its SDKs (and @ai-sdk/anthropic) lose the message on any other.
+        return encode_event(orjson.dumps({"type": "error", "error": {"type": anthropic_type(err.status),
+                                                                     "message": err.message}}), event="error")
 
 
 CHAT = ChatDialect()

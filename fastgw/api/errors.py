@@ -14,7 +14,9 @@ import orjson
 
 from fastgw.proto.errors import HttpError, ProtocolError
 
-__all__ = ["GatewayError", "Origin", "envelope", "anthropic_envelope", "render", "UpstreamError",
+__all__ = ["GatewayError", "Origin", "envelope", "anthropic_envelope", "anthropic_type", "ANTHROPIC_TYPES", "ANTHROPIC_PATH",
+           "render",
+           "UpstreamError",
            "UpstreamConnectError", "UpstreamTimeout", "UpstreamDisconnected", "UpstreamProtocolError",
            "UpstreamAuthError", "InvalidRequest", "from_transport"]
 
@@ -35,6 +37,22 @@ def envelope(message: str, type_: str, code: str | None = None, param: str | Non
     if extra:
         err.update(extra)
     return orjson.dumps({"error": err})
+
+
+#: Anthropic's error types by HTTP status (docs.anthropic.com/en/api/errors): the only types its SDKs know. Other
+#: statuses take the type of their class (`anthropic_type`).
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                   503: "overloaded_error", 529: "overloaded_error"}
+
+
+def anthropic_type(status: int) -> str:
+    """The Anthropic error type for an error of this HTTP status (a policy's 409 is an invalid request, an
+    upstream's 502 or 504 an api_error)."""
+    known = ANTHROPIC_TYPES.get(status)
+    if known is not None:
+        return known
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
 
 
 def anthropic_envelope(message: str, type_: str) -> bytes:
@@ -78,7 +96,7 @@ class GatewayError(HttpError):
 
     def body(self) -> bytes:
         if self.style == "anthropic":
-            return anthropic_envelope(self.message, self.type)
+            return anthropic_envelope(self.message, anthropic_type(self.status))
         return envelope(self.message, self.type, self.code, self.param, self.extra)
 
     def anthropic(self) -> GatewayError:
@@ -173,16 +191,24 @@ def from_transport(exc: BaseException, target: str | None = None) -> GatewayErro
     return GatewayError("internal error", code="internal_error")
 
 
+#: Requests under this path speak Anthropic's API (`/v1/messages`, `/v1/messages/count_tokens`): their errors are
+#: in Anthropic's envelope.
+ANTHROPIC_PATH = "/v1/messages"
+
+
 def render(err: HttpError) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Headers and body of the HTTP answer for any error: the OpenAI envelope, and `x-should-retry: false` when
-    retrying cannot help (the Stainless-built SDKs read it)."""
+    """Headers and body of the HTTP answer for any error: the OpenAI envelope (Anthropic's for a request under
+    `ANTHROPIC_PATH`), and `x-should-retry: false` when retrying cannot help (the Stainless-built SDKs read it)."""
     headers = [(b"content-type", b"application/json")]
     if isinstance(err, GatewayError):
         body = err.body()
         no_retry = err.no_retry
     else:
-        type_ = "invalid_request_error" if err.status < 500 else "server_error"
-        body = envelope(err.message, type_, err.code)
+        if err.request is not None and err.request.path.startswith(ANTHROPIC_PATH):
+            body = anthropic_envelope(err.message, anthropic_type(err.status))  # what its SDK parses
+        else:
+            type_ = "invalid_request_error" if err.status < 500 else "server_error"
+            body = envelope(err.message, type_, err.code)
         no_retry = isinstance(err, ProtocolError)
     if no_retry:
         headers.append((b"x-should-retry", b"false"))

@@ -35,6 +35,8 @@ class Endpoint:
     RESPONSES = "responses"
     MESSAGES = "messages"
     ALL = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES)
+    #: Anthropic's token count: answered by the route itself (the provider's count or the gateway's estimate).
+    COUNT_TOKENS = "messages/count_tokens"
 
 
 @dataclass(frozen=True, slots=True)

@@ -391,6 +391,8 @@ def test_gateway_anthropic_sdk_system_and_tool_result(gateway_factory, anthropic
                                                  "content": OBFUSCATED["zero-width space inside a word"]}]}]}):
         with pytest.raises(anthropic.APIStatusError) as e:
             client.messages.create(model="claude-gateway-test", max_tokens=100, **kw)
-        assert e.value.status_code == 409 and "prompt-injection" in str(e.value.body)
+        # Anthropic's envelope (its types only): the refusal says what blocked it in its message.
+        assert e.value.status_code == 409 and e.value.body["error"] == {
+            "type": "invalid_request_error", "message": "Request blocked: prompt injection detected"}
     msg = client.messages.create(model="claude-gateway-test", max_tokens=100, system=BENIGN[3], messages=[user])
     assert msg.content[0].text

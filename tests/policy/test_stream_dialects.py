@@ -57,8 +57,10 @@ def test_terminal_errors_per_dialect():
     assert orjson.loads(dialects.RESPONSES.terminal_error(UpstreamTimeout("slow"))[len(b"event: error\ndata: "):]) == {
         "type": "error", "code": "upstream_timeout", "message": "slow", "param": None, "sequence_number": 0}
     msg = dialects.MESSAGES.terminal_error(err)
-    assert msg == (b'event: error\ndata: {"type":"error","error":{"type":"policy_violation",'
+    # Anthropic's own error types only (a policy's 409 is an invalid request; an upstream's 504 an api_error).
+    assert msg == (b'event: error\ndata: {"type":"error","error":{"type":"invalid_request_error",'
                    b'"message":"Stream terminated: PII detected"}}\n\n')
+    assert b'"type":"api_error"' in dialects.MESSAGES.terminal_error(UpstreamTimeout("slow"))
 
 
 # ---- one class per dialect ----------------------------------------------------------------------------------------

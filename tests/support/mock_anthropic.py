@@ -15,6 +15,8 @@ it; 529 when not streamed),
 `http-529`. Streamed answers send the fixture's bytes exactly, one write per event; non-streamed
 answers send `<name>.json` when it exists, else the message the stream adds up to.
 
+`POST /v1/messages/count_tokens` answers `{"input_tokens": 1000 + words}` (see `count_tokens`).
+
 `GET /_last` returns `{"headers": {...}, "body": ...}` of the last `/v1/messages` request (404
 when none); `POST /_reset` forgets it.
 """
@@ -209,12 +211,26 @@ async def messages(request: web.Request) -> web.StreamResponse:
         late=lambda i, ev: ev.startswith(b"event: error"), cut=scenario == "cut")
 
 
+async def count_tokens(request: web.Request) -> web.Response:
+    """`POST /v1/messages/count_tokens`: `{"input_tokens": 1000 + the words of every text}` (1000 more than any
+    estimate of these small prompts, so a test can tell the provider's count from the gateway's)."""
+    _, body = await mockkit.read_json(request, REC)
+    if not request.headers.get("x-api-key"):
+        return fixture_error(401, "error_401.json")
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not isinstance(body.get("messages"),
+                                                                                               list):
+        return error(400, "invalid_request_error", "model and messages: Field required")
+    words = len(json.dumps([body.get("system"), body["messages"], body.get("tools")]).split())
+    return web.json_response({"input_tokens": 1000 + words}, headers={"request-id": "req_mock"})
+
+
 async def not_found(request: web.Request) -> web.Response:
     return error(404, "not_found_error", f"Not found: {request.method} {request.path}")
 
 
 def make_app() -> web.Application:
-    return mockkit.make_app(REC, [("POST", "/v1/messages", messages)], not_found)
+    return mockkit.make_app(REC, [("POST", "/v1/messages", messages), ("POST", "/v1/messages/count_tokens",
+                                                                         count_tokens)], not_found)
 
 
 def main(argv: list[str] | None = None) -> int:

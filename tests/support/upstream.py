@@ -7,8 +7,8 @@ text and function calls), legacy completions, embeddings (float and base64) and 
 
 Fault knobs are chosen by the request's `model`, so they survive any gateway:
 
-- `fault-close-midstream`: a few chunks, then the TCP connection is aborted (no
-  chunked terminator, no `[DONE]`).
+- `fault-close-midstream`: a few chunks (Responses: text deltas), then the TCP connection is
+  aborted (no chunked terminator, no `[DONE]`).
 - `fault-500`: HTTP 500 with an OpenAI error envelope.
 - `fault-429`: HTTP 429, `retry-after: 1`, with an OpenAI error envelope.
 - `fault-slow`: one chunk every 50 ms for 40 chunks.
@@ -508,7 +508,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
     rid, mid = "resp_" + uuid.uuid4().hex[:16], "msg_" + uuid.uuid4().hex[:16]
     usage = {"input_tokens": count_tokens(user), "output_tokens": count_tokens(text),
              "total_tokens": count_tokens(user) + count_tokens(text),
-             "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+             "output_tokens_details": {"reasoning_tokens": 0}}
 
     def response_obj(status: str, output: list) -> dict:
         return {"id": rid, "object": "response", "created_at": int(time.time()), "status": status, "model": model,
@@ -558,7 +559,11 @@ async def responses(request: web.Request) -> web.StreamResponse:
     await send("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
     await send("response.content_part.added", item_id=mid, output_index=0, content_index=0,
                part={"type": "output_text", "text": "", "annotations": []})
-    for i in range(0, len(text), 5):
+    for n, i in enumerate(range(0, len(text), 5)):
+        if model == "fault-close-midstream" and n == CLOSE_AFTER_CHUNKS:
+            await asyncio.sleep(0.05)
+            abort(request)  # no terminator: the stream is cut mid-answer
+            return resp
         await send("response.output_text.delta", item_id=mid, output_index=0, content_index=0, delta=text[i:i + 5],
                    logprobs=[])
     await send("response.output_text.done", item_id=mid, output_index=0, content_index=0, text=text, logprobs=[])
