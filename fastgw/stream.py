@@ -22,7 +22,7 @@ import orjson
 from fastgw.api import dialects
 from fastgw.api.dialects import error_event
 from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, UpstreamTimeout, from_transport
-from fastgw.api.sse import DONE
+from fastgw.api.sse import DONE, drop_null_usage
 from fastgw.metrics import EventClock
 from fastgw.policy.base import RequestContext
 from fastgw.proto.client import BadResponse
@@ -219,7 +219,8 @@ class SSERelay:
         self.on_error(UpstreamError(f"upstream error before the first token: {message}"))
 
     def _take_usage(self, block: bytes) -> bytes:
-        """Count events; read the usage chunk (the one with `"choices":[]` and a usage), and cut it out if asked to.
+        """Count events; read the usage chunk (the one with `"choices":[]` and a usage), and cut it out if asked to
+        (with the other chunks' `"usage": null`).
 
         Only an event that carries usage is cut: other `"choices":[]` events (Azure's first chunk holds
         `prompt_filter_results`) are the client's, as on the decoding path; each such event in the block is
@@ -247,7 +248,8 @@ class SSERelay:
                     i = block.find(b'"choices":[]', start)
                     continue
             i = block.find(b'"choices":[]', end)
-        return block
+        # ... and the `"usage": null` the upstream wrote on every other chunk because we asked (whole events here).
+        return drop_null_usage(block) if self.strip_usage else block
 
     def _take(self) -> bytes:
         p = self._pending

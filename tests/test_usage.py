@@ -4,8 +4,10 @@ an estimate when there is none, and `partial` when the client leaves early — a
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -111,3 +113,52 @@ def test_usage_cut_skips_a_json_array_that_mentions_empty_choices() -> None:
         assert out == odd and relay.usage_sink.usage == {"prompt_tokens": 3}
     finally:
         loop.close()
+
+
+def test_null_usage_members_dropped_with_the_usage_chunk() -> None:
+    """Asked for on the client's behalf, `"usage": null` on every chunk goes with the usage chunk (a legacy
+    completion may not carry a null usage); a client that asked keeps them, as the provider sends them."""
+    import asyncio
+
+    from fastgw.api.sse import drop_null_usage, drop_null_usage_text
+    from fastgw.stream import SSERelay
+
+    class _Ctx:
+        usage = None
+
+    chunk = b'data: {"choices":[{"text":"a"}],"usage":null}\n\ndata: {"choices":[{"text":"b"}], "usage": null}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\n'
+    clean = b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[{"text":"b"}]}\n\n'
+    assert drop_null_usage(chunk) == clean
+    assert drop_null_usage_text(chunk.decode()) == clean.decode()
+    text = b'data: {"choices":[{"text":"say ,\\"usage\\":null"}]}\n\n'  # the words in a text are text
+    assert drop_null_usage(text) == text
+    loop = asyncio.new_event_loop()
+    try:
+        for strip, expected in ((True, clean), (False, chunk + usage)):
+            relay = SSERelay(object(), None, loop, (200, []))  # type: ignore[arg-type]
+            relay.usage_sink, relay.strip_usage = _Ctx(), strip  # type: ignore[assignment]
+            assert relay._take_usage(chunk + usage) == expected
+    finally:
+        loop.close()
+
+
+def test_no_usage_member_reaches_a_client_that_did_not_ask(gateway_factory, upstream):
+    """Both relays (byte for byte, and through an output policy), chat and legacy completions: no `usage` at all."""
+    cfg = gateway_config(upstream.url)
+    plain = gateway_factory.start(cfg)
+    pii = gateway_factory.start({**cfg, "policies": {"chain": ["pii-detector"]}})
+    for gw in (plain, pii):
+        for path, body in (("/chat/completions", {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}),
+                           ("/completions", {"model": "instruct-test", "prompt": "hi"})):
+            rq = urllib.request.Request(gw.url + path, data=orjson.dumps({**body, "stream": True}),
+                                        headers={"content-type": "application/json"})
+            with urllib.request.urlopen(rq, timeout=20) as r:
+                raw = r.read()
+            assert raw.count(b"data: {") > 3 and raw.endswith(b"data: [DONE]\n\n"), raw[-200:]
+            assert b'"usage"' not in raw, (gw.base, path, raw[:300])
+            asked = {**body, "stream": True, "stream_options": {"include_usage": True}}
+            rq = urllib.request.Request(gw.url + path, data=orjson.dumps(asked),
+                                        headers={"content-type": "application/json"})
+            with urllib.request.urlopen(rq, timeout=20) as r:
+                assert re.search(rb'"usage": ?null', r.read())  # asked for: the upstream's chunks as they are
