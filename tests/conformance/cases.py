@@ -107,7 +107,7 @@ ROWS: dict[str, Row] = {
         model="gpt-test",
         text=Ask("hello"),
         tools=Ask("what is the weather in Paris?", {"tools": [WEATHER_TOOL], "tool_choice": "required"}),
-        parallel=Ask("hello", {"n": 2}),
+        parallel=Ask("hello", {"n": 2}),  # its mock makes one tool call: two choices interleaved instead
         length=Ask("hello", {"max_tokens": 3}),
         http_errors=((Ask("hello", {"model": "fault-500"}), 500), (Ask("hello", {"model": "fault-429"}), 429),
                      (Ask("hello", {"model": BARE_ERRORS_MODEL}), 404)),
@@ -164,6 +164,9 @@ class Endpoint:
     usage: bool = True  # has stream_options.include_usage
 
 
+#: The Responses API on every provider is one more entry, e.g. `Endpoint("/v1/responses", _responses)` (a body of
+#: `input` and `tools`), with `judges.DIALECTS["/v1/responses"] = Dialect("Response", "ResponseStreamEvent")`; the
+#: Messages API on every provider is `providers=tuple(ROWS)` below.
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/v1/chat/completions", _chat),
     Endpoint("/v1/completions", _completion, providers=("openai", "mock"),

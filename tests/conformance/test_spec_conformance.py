@@ -66,6 +66,18 @@ def test_the_spec_catches_what_issue_17_found() -> None:
                                                           "code": None}}) == []
 
 
+def test_every_dialect_names_schemas_the_judges_have() -> None:
+    import anthropic.types
+
+    known = openapi.schema_names()
+    for path, d in DIALECTS.items():
+        for name in (d.body, d.event, d.event_usage, d.error):
+            if name is not None:
+                assert (hasattr(anthropic.types, name) if d.anthropic else name in known), (path, name)
+    for case in cases():
+        assert case.schema is None or case.schema in known, case.id
+
+
 def test_without_nullable_keeps_null_where_the_spec_says() -> None:
     schema = {"type": "string", "enum": ["a"], "nullable": True, "properties": {"nullable": {"type": "string"}}}
     assert openapi.without_nullable(schema) == {
