@@ -236,15 +236,20 @@ class Attempt:
         defer = chain.audit is not None or chain.buffered
         head = (200, headers)
         relay: SSERelay
+        # With the usage chunk, a legacy completion loses the `"usage": null` its other chunks got because we asked
+        # (the spec allows no null usage there; a chat chunk's null usage is allowed and left: no cost per event).
+        null_usage = strip_usage and ctx.endpoint == Endpoint.COMPLETIONS
         if chain.decodes_output:
             dialect = _DIALECT.get(ctx.endpoint, "chat")
-            relay = PolicyRelay(resp, source, self.loop, head, chain.stream_policy(ctx, dialect, strip_usage),
-                                defer_end=defer)
+            policy = chain.stream_policy(ctx, dialect, strip_usage)
+            policy.strip_null_usage = null_usage
+            relay = PolicyRelay(resp, source, self.loop, head, policy, defer_end=defer)
         else:
             relay = SSERelay(resp, source, self.loop, head, defer_end=defer, dialect=_DIALECT.get(ctx.endpoint,
                                                                                                  "chat"))
             relay.usage_sink = ctx
             relay.strip_usage = strip_usage
+            relay.strip_null_usage = null_usage
         relay.arm(*deadlines)
         metrics.stream_opened()
         opened = time.monotonic()

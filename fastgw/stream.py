@@ -85,7 +85,7 @@ class SSERelay:
 
     __slots__ = ("_client_slow", "_resp", "_source", "_splitter", "_pending", "done", "saw_done", "defer_end",
                  "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
-                 "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at", "clock", "_head", "_started")
+                 "usage_sink", "strip_usage", "strip_null_usage", "events", "content", "_beat", "_beat_at", "clock", "_head", "_started")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  head: tuple[int, list[tuple[bytes, bytes]]], defer_end: bool = False, dialect: str = "chat") -> None:
@@ -100,6 +100,8 @@ class SSERelay:
         #: must be taken out of the stream (we asked for it, the client did not).
         self.usage_sink: RequestContext | None = None
         self.strip_usage = False
+        #: ... and the other chunks' `"usage": null` too (legacy completions, whose spec allows no null usage).
+        self.strip_null_usage = False
         self.events = 0
         #: Whether the stream carried events for the client before it ended (then a failure is in-stream).
         self.content = False
@@ -220,7 +222,7 @@ class SSERelay:
 
     def _take_usage(self, block: bytes) -> bytes:
         """Count events; read the usage chunk (the one with `"choices":[]` and a usage), and cut it out if asked to
-        (with the other chunks' `"usage": null`).
+        (with the other chunks' `"usage": null` where `strip_null_usage` says).
 
         Only an event that carries usage is cut: other `"choices":[]` events (Azure's first chunk holds
         `prompt_filter_results`) are the client's, as on the decoding path; each such event in the block is
@@ -249,7 +251,7 @@ class SSERelay:
                     continue
             i = block.find(b'"choices":[]', end)
         # ... and the `"usage": null` the upstream wrote on every other chunk because we asked (whole events here).
-        return drop_null_usage(block) if self.strip_usage else block
+        return drop_null_usage(block) if self.strip_null_usage else block
 
     def _take(self) -> bytes:
         p = self._pending

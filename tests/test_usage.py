@@ -116,8 +116,9 @@ def test_usage_cut_skips_a_json_array_that_mentions_empty_choices() -> None:
 
 
 def test_null_usage_members_dropped_with_the_usage_chunk() -> None:
-    """Asked for on the client's behalf, `"usage": null` on every chunk goes with the usage chunk (a legacy
-    completion may not carry a null usage); a client that asked keeps them, as the provider sends them."""
+    """Asked for on the client's behalf, `"usage": null` on every legacy completion chunk goes with the usage chunk
+    (the spec allows it no null usage; a chat chunk's is allowed and left, at no cost per event); a client that
+    asked keeps them, as the provider sends them."""
     import asyncio
 
     from fastgw.api.sse import drop_null_usage, drop_null_usage_text
@@ -135,16 +136,18 @@ def test_null_usage_members_dropped_with_the_usage_chunk() -> None:
     assert drop_null_usage(text) == text
     loop = asyncio.new_event_loop()
     try:
-        for strip, expected in ((True, clean), (False, chunk + usage)):
+        for strip, null, expected in ((True, True, clean), (True, False, chunk), (False, False, chunk + usage)):
             relay = SSERelay(object(), None, loop, (200, []))  # type: ignore[arg-type]
             relay.usage_sink, relay.strip_usage = _Ctx(), strip  # type: ignore[assignment]
+            relay.strip_null_usage = null
             assert relay._take_usage(chunk + usage) == expected
     finally:
         loop.close()
 
 
-def test_no_usage_member_reaches_a_client_that_did_not_ask(gateway_factory, upstream):
-    """Both relays (byte for byte, and through an output policy), chat and legacy completions: no `usage` at all."""
+def test_no_usage_member_reaches_a_legacy_completion_client_that_did_not_ask(gateway_factory, upstream):
+    """Both relays (byte for byte, and through an output policy): no `usage` at all on a legacy completion stream;
+    a chat stream keeps the null usage the spec allows on its chunks, and loses the usage chunk."""
     cfg = gateway_config(upstream.url)
     plain = gateway_factory.start(cfg)
     pii = gateway_factory.start({**cfg, "policies": {"chain": ["pii-detector"]}})
@@ -156,7 +159,10 @@ def test_no_usage_member_reaches_a_client_that_did_not_ask(gateway_factory, upst
             with urllib.request.urlopen(rq, timeout=20) as r:
                 raw = r.read()
             assert raw.count(b"data: {") > 3 and raw.endswith(b"data: [DONE]\n\n"), raw[-200:]
-            assert b'"usage"' not in raw, (gw.base, path, raw[:300])
+            if path == "/completions":
+                assert b'"usage"' not in raw, (gw.base, path, raw[:300])
+            else:
+                assert b'"usage":{' not in raw and b'"usage":null' in raw, (gw.base, path, raw[:300])
             asked = {**body, "stream": True, "stream_options": {"include_usage": True}}
             rq = urllib.request.Request(gw.url + path, data=orjson.dumps(asked),
                                         headers={"content-type": "application/json"})

@@ -142,7 +142,7 @@ class ChatStreamPolicy(StreamPolicy):
     def _take(self, chunk: _Chunk | _LooseChunk, ev: SSEEvent | None, obj: dict | None) -> None:
         segs: list[Segment] = []
         edited = False
-        if self.strip_usage and chunk.usage is None and ev is not None and ev.data is not None:
+        if self.strip_null_usage and chunk.usage is None and ev is not None and ev.data is not None:
             # The usage we asked for on the client's behalf: the other chunks' `"usage": null` goes too.
             data = drop_null_usage_text(ev.data)
             if len(data) != len(ev.data):
