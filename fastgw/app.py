@@ -195,7 +195,9 @@ class App:
                 e.anthropic()  # every error on /v1/messages in Anthropic's envelope: auth, rbac, limits, upstream
             if len(e.message) > _MAX_MESSAGE:  # a message quoting a client string never amplifies the request
                 e.message = e.message[:_MAX_MESSAGE] + "… (cut)"
-            raise
+            if resp.started:
+                raise
+            resp.send_error(e)  # here rather than in the server: the access line counts the answer's bytes
         except Exception:
             ctx.status, ctx.error = 500, "internal_error"  # the server answers a bug with 500
             raise
@@ -267,8 +269,9 @@ class App:
                     if telemetry.ON:
                         telemetry.request_finished(ctx, req.path)
         finally:
+            if not resp.started:
+                resp.send_error(err)  # before the access line, which counts the answer's bytes
             self._log(ctx, req, resp)
-        raise err
 
     def answered(self, err: HttpError, resp: Responder, peer: str) -> None:
         """Access line of an error the server answered by itself (framing, limits, timeouts)."""

@@ -258,15 +258,20 @@ class Attempt:
         defer = chain.audit is not None or chain.buffered
         head = (200, headers)
         relay: SSERelay
+        # With the usage chunk, a legacy completion loses the `"usage": null` its other chunks got because we asked
+        # (the spec allows no null usage there; a chat chunk's null usage is allowed and left: no cost per event).
+        null_usage = strip_usage and ctx.endpoint == Endpoint.COMPLETIONS
         if chain.decodes_output:
             dialect = _DIALECT.get(ctx.endpoint, "chat")
-            relay = PolicyRelay(resp, source, self.loop, head, chain.stream_policy(ctx, dialect, strip_usage),
-                                defer_end=defer)
+            policy = chain.stream_policy(ctx, dialect, strip_usage)
+            policy.strip_null_usage = null_usage
+            relay = PolicyRelay(resp, source, self.loop, head, policy, defer_end=defer)
         else:
             relay = SSERelay(resp, source, self.loop, head, defer_end=defer, dialect=_DIALECT.get(ctx.endpoint,
                                                                                                  "chat"))
             relay.usage_sink = ctx
             relay.strip_usage = strip_usage
+            relay.strip_null_usage = null_usage
         relay.arm(*deadlines)
         metrics.stream_opened()
         opened = time.monotonic()
@@ -378,16 +383,38 @@ def scrub(data: bytes, target: TargetRuntime | None = None) -> bytes:
     return _ACCOUNT_IDS.sub(_REDACTED, data)
 
 
+def _full_envelope(parsed: dict, data: bytes, status: int) -> bytes:
+    """An upstream's OpenAI error envelope with the four fields the spec requires of it (`message`, `type`, `param`,
+    `code`; strings, `param` and `code` may be null), the upstream's own values kept: the bytes as they came when
+    nothing is missing. Anthropic's envelope (`"type": "error"`, native /v1/messages) keeps its own shape."""
+    err = parsed["error"]
+    if parsed.get("type") == "error":
+        return data
+    fixed = dict(err)
+    if not isinstance(fixed.get("message"), str):
+        fixed["message"] = f"the upstream answered HTTP {status}" if fixed.get("message") is None else \
+            orjson.dumps(fixed["message"]).decode()
+    if not isinstance(fixed.get("type"), str):
+        fixed["type"] = "invalid_request_error" if status < 500 else "server_error"
+    for name in ("param", "code"):
+        value = fixed.get(name)
+        fixed[name] = value if value is None or isinstance(value, str) else str(value)  # Gemini-style numeric codes
+    if fixed == err:
+        return data
+    return orjson.dumps({**parsed, "error": fixed})
+
+
 def upstream_error_answer(status: int, data: bytes, passed: list[tuple[bytes, bytes]],
                           target: TargetRuntime | None = None) -> Answer:
-    """An upstream error relayed: its own envelope when it has one (scrubbed of account details), ours otherwise
-    (its text is the upstream's, which may be a proxy's page naming internal hosts: logged, not relayed)."""
+    """An upstream error relayed: its own envelope when it has one (completed to the four fields OpenAI's have,
+    scrubbed of account details), ours otherwise (its text is the upstream's, which may be a proxy's page naming
+    internal hosts: logged, not relayed)."""
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        out = scrub(data, target)
+        out = scrub(_full_envelope(parsed, data, status), target)
     else:
         who = f"target {target.id!r}" if target is not None else "the upstream"
         log.warning("%s answered HTTP %d without an error envelope: %r", who, status, data[:200])

@@ -1,4 +1,6 @@
-"""The `fastgw` command: `serve` runs the gateway, `check` validates a config and prints the effective one."""
+"""The `fastgw` command: `serve` runs the gateway, `check` validates a config and prints the effective one; `keys`,
+`audit verify`, `scan` and `usage` are the operator's tools. The README's "Command line" block lists every
+command and option (a test holds them together)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=os.environ.get("FASTGW_LOG_LEVEL", "info"),
                        choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", default=os.environ.get("FASTGW_ACCESS_LOG", "json"),
-                       choices=["json", "text", "off"], help="one line per request on stdout (default json)")
+                       choices=["json", "text", "off"], help="access line format, or off: one line per request on stdout (default json; also "
+                       "FASTGW_ACCESS_LOG)")
     check = sub.add_parser("check", help="validate a config and print the effective one")
     check.add_argument("--config", required=True, metavar="PATH")
     check.add_argument("--bind", action="append", metavar="HOST:PORT")

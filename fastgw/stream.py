@@ -23,7 +23,7 @@ import orjson
 from fastgw.api import dialects
 from fastgw.api.dialects import error_event
 from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, UpstreamTimeout, from_transport
-from fastgw.api.sse import DONE
+from fastgw.api.sse import DONE, drop_null_usage
 from fastgw.metrics import EventClock
 from fastgw.policy.base import RequestContext
 from fastgw.proto.client import BadResponse
@@ -87,8 +87,8 @@ class SSERelay:
 
     __slots__ = ("_client_slow", "_resp", "_source", "_splitter", "_pending", "done", "saw_done", "defer_end",
                  "error", "dialect", "_loop", "_timer", "_first", "_last", "_ttft_at", "_idle", "_max_at",
-                 "usage_sink", "strip_usage", "events", "content", "_beat", "_beat_at", "clock", "_head", "_started",
-                 "last_seq", "_sequenced")
+                 "usage_sink", "strip_usage", "strip_null_usage", "events", "content", "_beat", "_beat_at",
+                 "clock", "_head", "_started", "last_seq", "_sequenced")
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  head: tuple[int, list[tuple[bytes, bytes]]], defer_end: bool = False, dialect: str = "chat") -> None:
@@ -103,6 +103,8 @@ class SSERelay:
         #: must be taken out of the stream (we asked for it, the client did not).
         self.usage_sink: RequestContext | None = None
         self.strip_usage = False
+        #: ... and the other chunks' `"usage": null` too (legacy completions, whose spec allows no null usage).
+        self.strip_null_usage = False
         self.events = 0
         #: Whether the stream carried events for the client before it ended (then a failure is in-stream).
         self.content = False
@@ -235,7 +237,8 @@ class SSERelay:
         self.on_error(UpstreamError(f"upstream error before the first token: {message}"))
 
     def _take_usage(self, block: bytes) -> bytes:
-        """Count events; read the usage chunk (the one with `"choices":[]` and a usage), and cut it out if asked to.
+        """Count events; read the usage chunk (the one with `"choices":[]` and a usage), and cut it out if asked to
+        (with the other chunks' `"usage": null` where `strip_null_usage` says).
 
         Only an event that carries usage is cut: other `"choices":[]` events (Azure's first chunk holds
         `prompt_filter_results`) are the client's, as on the decoding path; each such event in the block is
@@ -263,7 +266,8 @@ class SSERelay:
                     i = _empty_choices(block, start)
                     continue
             i = _empty_choices(block, end)
-        return block
+        # ... and the `"usage": null` the upstream wrote on every other chunk because we asked (whole events here).
+        return drop_null_usage(block) if self.strip_null_usage else block
 
     def _take(self) -> bytes:
         p = self._pending

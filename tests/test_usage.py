@@ -4,8 +4,10 @@ an estimate when there is none, and `partial` when the client leaves early — a
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -134,3 +136,58 @@ def test_usage_chunk_written_with_spaces_is_counted_and_cut() -> None:
         assert relay.usage_sink.usage == {"prompt_tokens": 8, "completion_tokens": 40}
     finally:
         loop.close()
+
+
+def test_null_usage_members_dropped_with_the_usage_chunk() -> None:
+    """Asked for on the client's behalf, `"usage": null` on every legacy completion chunk goes with the usage chunk
+    (the spec allows it no null usage; a chat chunk's is allowed and left, at no cost per event); a client that
+    asked keeps them, as the provider sends them."""
+    import asyncio
+
+    from fastgw.api.sse import drop_null_usage, drop_null_usage_text
+    from fastgw.stream import SSERelay
+
+    class _Ctx:
+        usage = None
+
+    chunk = b'data: {"choices":[{"text":"a"}],"usage":null}\n\ndata: {"choices":[{"text":"b"}], "usage": null}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\n'
+    clean = b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[{"text":"b"}]}\n\n'
+    assert drop_null_usage(chunk) == clean
+    assert drop_null_usage_text(chunk.decode()) == clean.decode()
+    text = b'data: {"choices":[{"text":"say ,\\"usage\\":null"}]}\n\n'  # the words in a text are text
+    assert drop_null_usage(text) == text
+    loop = asyncio.new_event_loop()
+    try:
+        for strip, null, expected in ((True, True, clean), (True, False, chunk), (False, False, chunk + usage)):
+            relay = SSERelay(object(), None, loop, (200, []))  # type: ignore[arg-type]
+            relay.usage_sink, relay.strip_usage = _Ctx(), strip  # type: ignore[assignment]
+            relay.strip_null_usage = null
+            assert relay._take_usage(chunk + usage) == expected
+    finally:
+        loop.close()
+
+
+def test_no_usage_member_reaches_a_legacy_completion_client_that_did_not_ask(gateway_factory, upstream):
+    """Both relays (byte for byte, and through an output policy): no `usage` at all on a legacy completion stream;
+    a chat stream keeps the null usage the spec allows on its chunks, and loses the usage chunk."""
+    cfg = gateway_config(upstream.url)
+    plain = gateway_factory.start(cfg)
+    pii = gateway_factory.start({**cfg, "policies": {"chain": ["pii-detector"]}})
+    for gw in (plain, pii):
+        for path, body in (("/chat/completions", {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}),
+                           ("/completions", {"model": "instruct-test", "prompt": "hi"})):
+            rq = urllib.request.Request(gw.url + path, data=orjson.dumps({**body, "stream": True}),
+                                        headers={"content-type": "application/json"})
+            with urllib.request.urlopen(rq, timeout=20) as r:
+                raw = r.read()
+            assert raw.count(b"data: {") > 3 and raw.endswith(b"data: [DONE]\n\n"), raw[-200:]
+            if path == "/completions":
+                assert b'"usage"' not in raw, (gw.base, path, raw[:300])
+            else:
+                assert b'"usage":{' not in raw and b'"usage":null' in raw, (gw.base, path, raw[:300])
+            asked = {**body, "stream": True, "stream_options": {"include_usage": True}}
+            rq = urllib.request.Request(gw.url + path, data=orjson.dumps(asked),
+                                        headers={"content-type": "application/json"})
+            with urllib.request.urlopen(rq, timeout=20) as r:
+                assert re.search(rb'"usage": ?null', r.read())  # asked for: the upstream's chunks as they are

@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
-__all__ = ["DONE"]
+__all__ = ["DONE", "drop_null_usage", "drop_null_usage_text"]
 
 #: The OpenAI end-of-stream sentinel event (chat and legacy completions streams end with it).
 DONE = b"data: [DONE]\n\n"
+
+#: The `"usage": null` member an OpenAI-compatible server writes on every chunk once `stream_options.include_usage`
+#: is set: compact (OpenAI, vLLM) or spaced (Python's json.dumps). `,"` only stands outside a JSON string (a quote
+#: inside one is escaped), so these bytes are always a member of an object, never text.
+_NULL_USAGE = (b',"usage":null', b', "usage": null')
+_NULL_USAGE_TEXT = tuple(n.decode() for n in _NULL_USAGE)
+
+
+def drop_null_usage(data: bytes) -> bytes:
+    """Whole SSE events without their `"usage": null` members. The gateway asks the upstream for usage on a client's
+    behalf; a client that did not ask gets chunks without the member, as the provider would send them (the spec
+    allows no null usage on a legacy completion)."""
+    if b'"usage"' not in data:
+        return data
+    for n in _NULL_USAGE:
+        data = data.replace(n, b"")
+    return data
+
+
+def drop_null_usage_text(data: str) -> str:
+    """`drop_null_usage` for an event's decoded data."""
+    if '"usage"' not in data:
+        return data
+    for n in _NULL_USAGE_TEXT:
+        data = data.replace(n, "")
+    return data

@@ -5,7 +5,8 @@ One `ChunkWriter` per stream: one `id` and `created` for the whole stream; the f
 delta of a choice carries `role`; tool calls get contiguous indexes from 0, with
 `id`/`type`/`function.name` only in their first delta; `usage: null` on every chunk
 when the client set `stream_options.include_usage`, then one final chunk with
-`choices: []` and the usage. Chunks are dicts handed to the relay as they are (no
+`choices: []` and the usage. No `system_fingerprint`: a translated provider has none, and the spec types it as
+a string, so it is left out rather than sent as null. Chunks are dicts handed to the relay as they are (no
 SSE encoding here, no `[DONE]`: the relay encodes once and writes the terminator).
 """
 
@@ -105,7 +106,7 @@ class ChunkWriter:
 
     def _event(self, choices: list, usage: object = None) -> None:
         obj: dict = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                     "system_fingerprint": None, "choices": choices}
+                     "choices": choices}
         if self.include_usage:
             obj["usage"] = usage
         self.out.append(obj)
@@ -233,6 +234,6 @@ def completion_body(model: str, content: str | None, finish: str, usage: dict | 
     if tool_calls:
         message["tool_calls"] = tool_calls
     return orjson.dumps({"id": _new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()),
-                         "model": model, "system_fingerprint": None,
-                         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                         "model": model, "choices": [{"index": 0, "message": message, "logprobs": None,
+                                                      "finish_reason": finish}],
                          "usage": usage or usage_dict(0, 0)})

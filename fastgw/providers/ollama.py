@@ -15,9 +15,9 @@ Request (OpenAI -> Ollama):
 - best effort, logged once per worker at INFO (logger `fastgw.providers.ollama`, `ir.note_dropped`):
   `tool_choice` "required" (tools sent,
   the model is not forced), `tool_choice` naming a function (only that tool is sent, not forced).
-- dropped, logged: `logprobs`, `top_logprobs`, `logit_bias`, `reasoning_effort`, `prediction`,
+- dropped, logged: `logprobs: false`, `top_logprobs`, `logit_bias`, `reasoning_effort`, `prediction`,
   `parallel_tool_calls`, `user`, `metadata`, `store`, `service_tier`; a message's `name` (silently).
-- refused (400 `unsupported_parameter`): `n` > 1; image parts with an http(s) URL (Ollama cannot
+- refused (400 `unsupported_parameter`): `n` > 1; `logprobs: true`; image parts with an http(s) URL (Ollama cannot
   fetch them; send a data: URL); audio/file parts; images outside user messages.
 
 Answer: text, whole tool calls (arguments re-encoded as a JSON string), `done_reason` stop/length
@@ -210,6 +210,9 @@ def translate_request(target: TargetRuntime, body: dict, stream: bool) -> dict:
     n = body.get("n")
     if n is not None and n != 1:
         raise _bad("ollama returns one choice; n must be 1", "n")
+    if body.get("logprobs"):
+        # A client that asks for logprobs reads them: an answer without them is not the answer it asked for.
+        raise _bad("logprobs are not supported for Ollama targets", "logprobs")
     req = parse_chat(body, PROVIDER)
     out: dict = {"model": target.model, "messages": _messages(req), "stream": stream}
     tools = _tools(body)

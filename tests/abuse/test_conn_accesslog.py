@@ -69,12 +69,35 @@ def _lines_since(gw, n: int, want: int, timeout: float = 5.0) -> list[dict]:  # 
 ])
 def test_every_response_gets_a_line_with_the_peer(gw, name, raw, status, error):
     before = len(G.access_lines(gw))
+    body = None
     with G.connect(gw) as s:
         s.sendall(raw)
-        G.closed_soon(s, 4) if status in (505, 408) else G.read_response(s)
+        if status in (505, 408):
+            G.closed_soon(s, 4)
+        else:
+            body = G.read_response(s)[2]
     lines = _lines_since(gw, before, 1)
     assert [(ln["status"], ln["error"]) for ln in lines] == [(status, error)], name
     assert lines[0]["client"] == "127.0.0.1"
+    if body is not None:  # the bytes of the body sent, not 0 (issue 17)
+        assert lines[0]["bytes"] == len(body) > 0, name
+
+
+@pytest.mark.parametrize("body, status", [
+    (b"{not json", 400),
+    (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}', 404),
+    (b'{"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}', 200),
+])
+def test_the_line_counts_the_bytes_of_error_answers_and_whole_answers_tokens(gw, body, status):
+    marker = f"req-bytes-{status}"
+    raw = (b"POST /v1/chat/completions HTTP/1.1\r\n" + H + AUTH + b"x-request-id: " + marker.encode() + b"\r\n"
+           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    got, _, answer = G.request(gw, raw)
+    assert got == status
+    line = _line_for(gw, marker)
+    assert line["status"] == status and line["bytes"] == len(answer) > 0
+    if status == 200:  # a whole (non-streamed) answer's usage is on its line
+        assert line["tokens"]["prompt"] > 0 and line["tokens"]["completion"] > 0
 
 
 def test_a_successful_probe_is_not_logged_but_a_failed_one_would_be(gw):

@@ -29,7 +29,7 @@ def _ctx() -> RequestContext:
 
 def _chunk(choices: list[dict], usage: object = "absent") -> dict:
     obj: dict = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                 "system_fingerprint": None, "choices": choices}
+                 "choices": choices}
     if usage != "absent":
         obj["usage"] = usage
     return obj

@@ -242,7 +242,7 @@ def translate(stream: bytes, pieces: list[bytes] | None = None, include_usage: b
 
 
 def chunk(delta: dict, finish: str | None = None, usage: bool = False) -> dict:
-    c = {"object": "chat.completion.chunk", "model": UPSTREAM_MODEL, "system_fingerprint": None,
+    c = {"object": "chat.completion.chunk", "model": UPSTREAM_MODEL,
          "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
     if usage:
         c["usage"] = None
@@ -258,7 +258,7 @@ def test_text_stream_events():
 def test_usage_chunk():
     events = translate(fixture("email.sse"), include_usage=True)
     assert all(e["usage"] is None for e in events[:-2])
-    assert events[-2] == {"object": "chat.completion.chunk", "model": UPSTREAM_MODEL, "system_fingerprint": None,
+    assert events[-2] == {"object": "chat.completion.chunk", "model": UPSTREAM_MODEL,
                           "choices": [], "usage": {"prompt_tokens": 43, "completion_tokens": 14, "total_tokens": 57,
                                                    "prompt_tokens_details": {"cached_tokens": 12}}}
     assert events[-1] == "[DONE]"

@@ -502,7 +502,7 @@ def translate(stream: bytes, pieces: list[bytes] | None = None, include_usage: b
 
 
 def chunk(delta: dict, finish: str | None = None, usage: bool = False) -> dict:
-    c = {"object": "chat.completion.chunk", "model": MODEL, "system_fingerprint": None,
+    c = {"object": "chat.completion.chunk", "model": MODEL,
          "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
     if usage:
         c["usage"] = None
@@ -521,7 +521,7 @@ def test_text_stream_events():
 def test_usage_chunk():
     events = translate(fixture("email.eventstream"), include_usage=True)
     assert events[0] == chunk({"role": "assistant", "content": ""}, usage=True)
-    assert events[-2] == {"object": "chat.completion.chunk", "model": MODEL, "system_fingerprint": None,
+    assert events[-2] == {"object": "chat.completion.chunk", "model": MODEL,
                           "choices": [], "usage": {"prompt_tokens": 13, "completion_tokens": 9, "total_tokens": 22}}
     assert events[-1] == "[DONE]"
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2]) == "".join(mock_bedrock.EMAIL)

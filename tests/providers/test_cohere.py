@@ -211,7 +211,7 @@ def translate(stream: bytes, pieces: list[bytes] | None = None, include_usage: b
 
 
 def chunk(delta: dict, finish: str | None = None) -> dict:
-    return {"object": "chat.completion.chunk", "model": MODEL, "system_fingerprint": None,
+    return {"object": "chat.completion.chunk", "model": MODEL,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
 

@@ -14,7 +14,7 @@ from fastgw import config
 from fastgw.api.errors import GatewayError
 from fastgw.proto.sse import SSEDecoder
 from fastgw.providers import adapter_for, registry
-from fastgw.providers.chunks import ChunkWriter, encode_chunks
+from fastgw.providers.chunks import ChunkWriter, completion_body, encode_chunks
 from fastgw.providers.ir import fold_turns, parse_chat
 
 TRANSLATED = ("anthropic", "bedrock", "cohere", "gemini", "ollama")
@@ -138,3 +138,16 @@ def test_chunk_writer_builds_dicts_and_encode_chunks_writes_sse_once():
     assert data.count(b"\n\n") == len(chunks) and b"[DONE]" not in data
     assert [orjson.loads(e.data) for e in SSEDecoder().feed(data)] == chunks
     assert encode_chunks([]) == b""
+
+
+def test_translated_chunks_and_bodies_have_no_null_system_fingerprint():
+    # The spec types it as a string; a translated provider has none, so it is left out (issue 17).
+    w = ChunkWriter("m", {})
+    w.start()
+    w.text("hi")
+    w.finish("stop")
+    w.end(None)
+    chunks = w.take()
+    assert chunks and not any("system_fingerprint" in c or "usage" in c for c in chunks)
+    body = orjson.loads(completion_body("m", "hi", "stop", None))
+    assert "system_fingerprint" not in body and body["object"] == "chat.completion"

@@ -150,9 +150,9 @@ def test_refused(body, param):
 def test_dropped_fields_are_logged(caplog, monkeypatch):
     monkeypatch.setattr(ir, "_noted", set())
     with caplog.at_level("INFO", logger="fastgw.providers.ollama"):
-        out = req(logprobs=True, user="u1", parallel_tool_calls=False, reasoning_effort="low")
+        out = req(logprobs=False, user="u1", parallel_tool_calls=False, reasoning_effort="low")
     assert not {"logprobs", "user", "parallel_tool_calls", "reasoning_effort"} & set(out)
-    assert "logprobs" in caplog.text and "reasoning_effort" in caplog.text
+    assert "logprobs" in caplog.text and "reasoning_effort" in caplog.text  # logprobs: true is refused
 
 
 def test_build_request():
@@ -213,7 +213,7 @@ def translate(stream: bytes, pieces: list[bytes] | None = None, include_usage: b
 
 
 def chunk(delta: dict, finish: str | None = None, usage: bool = False) -> dict:
-    c = {"object": "chat.completion.chunk", "model": MODEL, "system_fingerprint": None,
+    c = {"object": "chat.completion.chunk", "model": MODEL,
          "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
     if usage:
         c["usage"] = None
@@ -229,7 +229,7 @@ def test_text_stream_events():
 def test_usage_chunk():
     events = translate(fixture("email_split.ndjson"), include_usage=True)
     assert all(e["usage"] is None for e in events[:-2])
-    assert events[-2] == {"object": "chat.completion.chunk", "model": MODEL, "system_fingerprint": None,
+    assert events[-2] == {"object": "chat.completion.chunk", "model": MODEL,
                           "choices": [], "usage": {"prompt_tokens": 31, "completion_tokens": 8, "total_tokens": 39}}
     assert events[-1] == "[DONE]"
 

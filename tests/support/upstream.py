@@ -8,7 +8,8 @@ text and function calls), legacy completions, embeddings (float and base64) and 
 Fault knobs are chosen by the request's `model`, so they survive any gateway:
 
 - `fault-close-midstream`: a few chunks (Responses: text deltas), then the TCP connection is
-  aborted (no chunked terminator, no `[DONE]`).
+  aborted (no chunked terminator, no `[DONE]`); not streamed, a third of the body, then the abort (chat
+  and completions).
 - `fault-500`: HTTP 500 with an OpenAI error envelope.
 - `fault-429`: HTTP 429, `retry-after: 1`, with an OpenAI error envelope.
 - `fault-slow`: one chunk every 50 ms for 40 chunks.
@@ -268,6 +269,18 @@ def abort(request: web.Request) -> None:
         transport.abort()
 
 
+async def cut_body(request: web.Request, payload: dict) -> web.StreamResponse:
+    """A non-streamed answer cut: a third of the promised body, then the connection is aborted."""
+    raw = json.dumps(payload).encode()
+    resp = web.StreamResponse(status=200, headers={"content-type": "application/json"})
+    resp.content_length = len(raw)
+    await resp.prepare(request)
+    await resp.write(raw[: len(raw) // 3])
+    await asyncio.sleep(0.05)
+    abort(request)
+    return resp
+
+
 async def hang(request: web.Request, content_type: str) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers={"content-type": content_type})
     await resp.prepare(request)  # StreamResponse sends its headers at once
@@ -401,14 +414,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "system_fingerprint": FINGERPRINT,
         }
         if model == "fault-close-midstream":
-            raw = json.dumps(payload).encode()
-            resp = web.StreamResponse(status=200, headers={"content-type": "application/json"})
-            resp.content_length = len(raw)
-            await resp.prepare(request)
-            await resp.write(raw[: len(raw) // 3])
-            await asyncio.sleep(0.05)
-            abort(request)
-            return resp
+            return await cut_body(request, payload)
         return web.json_response(payload)
 
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -597,20 +603,21 @@ async def completions(request: web.Request) -> web.StreamResponse:
         "total_tokens": prompt_tokens + completion_tokens,
     }
     if not stream:
-        return web.json_response(
-            {
-                "id": rid,
-                "object": "text_completion",
-                "created": CREATED,
-                "model": model,
-                "system_fingerprint": FINGERPRINT,
-                "choices": [
-                    {"text": t, "index": i, "logprobs": None, "finish_reason": f}
-                    for i, (t, f) in enumerate(replies)
-                ],
-                "usage": usage,
-            }
-        )
+        payload = {
+            "id": rid,
+            "object": "text_completion",
+            "created": CREATED,
+            "model": model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [
+                {"text": t, "index": i, "logprobs": None, "finish_reason": f}
+                for i, (t, f) in enumerate(replies)
+            ],
+            "usage": usage,
+        }
+        if model == "fault-close-midstream":
+            return await cut_body(request, payload)
+        return web.json_response(payload)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     def chunk(choices: list[dict], usage_value: Any = None) -> bytes:

@@ -21,7 +21,7 @@ import msgspec
 import orjson
 
 from fastgw.api.dialects import CHAT
-from fastgw.api.sse import DONE
+from fastgw.api.sse import DONE, drop_null_usage, drop_null_usage_text
 from fastgw.policy.stream.core import Held, Segment, StreamPolicy, TextKey, unreadable
 from fastgw.policy.textscan import SKIP
 from fastgw.proto.sse import SSEEvent
@@ -142,6 +142,11 @@ class ChatStreamPolicy(StreamPolicy):
     def _take(self, chunk: _Chunk | _LooseChunk, ev: SSEEvent | None, obj: dict | None) -> None:
         segs: list[Segment] = []
         edited = False
+        if self.strip_null_usage and chunk.usage is None and ev is not None and ev.data is not None:
+            # The usage we asked for on the client's behalf: the other chunks' `"usage": null` goes too.
+            data = drop_null_usage_text(ev.data)
+            if len(data) != len(ev.data):
+                ev = msgspec.structs.replace(ev, data=data, raw=drop_null_usage(ev.raw))
         if chunk.choices:
             choices: list[Any] = chunk.choices
             for pos, ch in enumerate(choices):

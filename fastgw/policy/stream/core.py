@@ -150,10 +150,10 @@ class StreamPolicy(ABC):
     #: Keep the released text per stream (for events that repeat whole texts).
     assembles: ClassVar[bool] = False
 
-    __slots__ = ("policies", "last_seq", "held", "strip_usage", "_assembled", "_rewritten", "_findings", "_ctx",
-                 "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts", "_ended",
-                 "_drop", "_counts", "_decided", "_ev_edited", "_ev_repeats", "_budgets", "_jobs", "cpu_left",
-                 "cpu_budget")
+    __slots__ = ("policies", "last_seq", "held", "strip_usage", "strip_null_usage", "_assembled", "_rewritten",
+                 "_findings", "_ctx", "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts",
+                 "_ended", "_drop", "_counts", "_decided", "_ev_edited", "_ev_repeats", "_budgets", "_jobs",
+                 "cpu_left", "cpu_budget")
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
                  buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
@@ -181,6 +181,8 @@ class StreamPolicy(ABC):
         self.held = 0
         #: The gateway asked this upstream for a usage chunk the client did not ask for: take it out.
         self.strip_usage = False
+        #: ... and the other chunks' `"usage": null` too (legacy completions, whose spec allows no null usage).
+        self.strip_null_usage = False
         #: `logprobs: drop`: logprobs leave no event (else their tokens are text streams of their own).
         self._drop = any(p.logprobs == "drop" for p in policies)
         #: Findings per (policy position, entity), for the decisions recorded when the stream ends.
