@@ -47,7 +47,6 @@ class Case:
     #: the schema of a 200 body, where the request decides it (else the endpoint's, `judges.DIALECTS`)
     schema: str | None = None
     #: a violation another change of issue 17 fixes: the case must fail until then (strict xfail), and pass after
-    pending: str | None = None
 
     @property
     def asked_usage(self) -> bool:
@@ -282,19 +281,10 @@ def _own() -> list[Case]:
     return out
 
 
-#: Cases whose violations another change of issue 17 fixes (the gateway's own errors on /v1/messages in Anthropic's
-#: envelope and error types): case id prefix -> what is wrong.
-PENDING = {
-    "anthropic/messages-block": "a policy block on /v1/messages answers OpenAI's envelope / type policy_violation",
-    "anthropic/messages-cut": "a cut upstream on /v1/messages is an error of type upstream_error",
-    "own-messages-": "the gateway's own refusals on /v1/messages answer OpenAI's envelope",
-}
-
-
 def cases() -> list[Case]:
     out: list[Case] = []
     for ep in ENDPOINTS:
         for provider in ep.providers:
             out += _provider_cases(provider, ROWS[provider], ep)
     out += _refusals() + _embeddings() + _own()
-    return [replace(c, pending=next((why for k, why in PENDING.items() if c.id.startswith(k)), None)) for c in out]
+    return out

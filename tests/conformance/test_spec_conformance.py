@@ -16,8 +16,7 @@ from tests.conformance.gateways import Gateways
 from tests.conformance.judges import DIALECTS, JUDGED, dialect_of, judge
 from tests.conformance.wire import exchange, sse_objects
 
-CASES = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.pending)] if c.pending else [])
-         for c in cases()]
+CASES = [pytest.param(c, id=c.id) for c in cases()]
 
 
 @pytest.mark.parametrize("case", CASES)
