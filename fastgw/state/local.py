@@ -82,6 +82,11 @@ _PUT = "INSERT OR REPLACE INTO kv (key, t, a, b, c) VALUES (?, ?, ?, ?, ?)"
 
 T = TypeVar("T")
 
+#: This process's pid, kept by a fork hook: `os.getpid()` is a system call, and every transaction asks whether its
+#: connection crossed a fork.
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
 
 def _marks(n: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - a deliberate memo
     s = _cache.get(n)
@@ -121,7 +126,7 @@ class LocalBackend:
         except sqlite3.Error:
             db.close()
             raise
-        self._db, self._pid = db, os.getpid()
+        self._db, self._pid = db, _pid[0]
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoints, args=(self._stop,), name="fastgw-state-wal",
                                               daemon=True)
@@ -156,7 +161,7 @@ class LocalBackend:
 
     def _conn(self) -> sqlite3.Connection:
         # A connection must not cross a fork: a worker opens its own (the parent's is left alone, not closed).
-        if self._db is None or self._pid != os.getpid():
+        if self._db is None or self._pid != _pid[0]:
             return self._open()
         return self._db
 
@@ -315,7 +320,7 @@ class LocalBackend:
         await self._tx(self._breaker_op, target, op)
 
     async def close(self) -> None:
-        if self._db is not None and self._pid == os.getpid():
+        if self._db is not None and self._pid == _pid[0]:
             self._stop.set()
             if self._checkpointer is not None:
                 self._checkpointer.join(5)
