@@ -290,3 +290,47 @@ def test_a_shared_breaker_counts_failures_across_instances(tmp_path: Path) -> No
             gw.stop()
         dead.close()
         redis.stop()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING)
+def test_a_providers_retry_after_is_honoured_by_every_instance(tmp_path: Path) -> None:
+    """A target's 429 with `retry-after: 1` seen by one worker keeps every worker of every instance off that
+    target for that second (the backup answers), then the target is asked again."""
+    from tests.support.procs import start_upstream
+
+    redis = RedisServer(tmp_path / "redis").start()
+    upstream = start_upstream()
+    gws: list[Gateway] = []
+    try:
+        cfg = {
+            "pack": {"name": "hint"},
+            "state": {"backend": "redis", "url": redis.url, "timeout": 0.5},
+            "providers": {"targets": [
+                {"id": "busy", "provider": "openai", "model": "fault-429", "base_url": f"{upstream.url}",
+                 "circuit_breaker": {"failures": 100, "cooldown": 30, "shared": True}},
+                {"id": "backup", "provider": "mock", "model": "mock-backup"}]},
+            "routing": [{"model": "fault-429", "targets": ["busy", "backup"], "retry": {"attempts": 1}}],
+        }
+        gws = [start_gateway(cfg, tmp_path / f"gw{i}", workers=2) for i in range(3)]
+
+        def ask(i: int) -> int:
+            body = orjson.dumps({"model": "fault-429", "messages": [{"role": "user", "content": "hi"}]})
+            req = urllib.request.Request(f"{gws[i % 3].url}/chat/completions", body,
+                                         {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+
+        upstream.reset()
+        assert ask(0) == 200  # the 429 is met once, the backup answers
+        assert upstream.count("/v1/chat/completions") == 1
+        for i in range(1, 13):  # within the second, every instance and worker skips the target
+            assert ask(i) == 200
+        assert upstream.count("/v1/chat/completions") == 1
+        time.sleep(1.3)
+        assert ask(1) == 200
+        assert upstream.count("/v1/chat/completions") == 2  # after it, the target is asked again
+    finally:
+        for gw in gws:
+            gw.stop()
+        upstream.stop()
+        redis.stop()
