@@ -114,7 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delay", type=float, help=f"seconds between the upstream's events [{d['delay']}]")
     g.add_argument("--duration", type=float, help=f"measured window, every stream open (s) [{d['duration']}]")
     g.add_argument("--settle", type=float, help=f"seconds between the end of the ramp and the window [{d['settle']}]")
-    g.add_argument("--open-rate", type=float, default=1500.0,
+    g.add_argument("--open-rate", type=float, default=500.0,
                    help="streams opened per second over the ramp (ramp = streams / rate, at least 0.5 s)")
     g.add_argument("--stall", type=float, default=1.0, help="an inter-event gap above this many seconds is a stall")
     g.add_argument("--clients", type=int, default=2, help="stream client processes")
@@ -407,8 +407,8 @@ def md_streams(args, t: dict) -> list[str]:
          f"{args.stall * 1000:g} ms):", "",
          "| streams | open in window | events/s (nominal) | gateway µs/event (net of idle) | net vs fewest "
          "| gateway cores (full?) | worker RSS idle → steady MB | RSS per open stream KB | window gap p50 / p99 / max "
-         "ms | whole-stream max gap ms | stalls | client loop lag max ms |",
-         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+         "ms | whole-stream max gap ms | stalls | TTFB p50 / p99 ms | client loop lag max ms |",
+         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         g = r["gap_ms"]
         L.append(f"| {r['streams']:,} | {r['open']:,} | {_f(r['events_per_s'], 0)} ({_f(r['nominal_events_per_s'], 0)}) "
@@ -416,7 +416,7 @@ def md_streams(args, t: dict) -> list[str]:
                  f"{_f(r['gateway_cores'], 2)} ({'full' if r['cpu_full'] else 'no'}) | {_f(r['rss_idle_mb'])} → "
                  f"{_f(r['rss_steady_mb'])} | {_f(r['kb_per_stream'])} | {_f(g.get('p50'))} / {_f(g.get('p99'))} / "
                  f"{_f(g.get('max'))} | {_f(r['gaps_all_ms'].get('max'))} | {r['stalls']} | "
-                 f"{_f(r['client_lag_ms'].get('max'))} |")
+                 f"{_f(r['ttfb_ms'].get('p50'))} / {_f(r['ttfb_ms'].get('p99'))} | {_f(r['client_lag_ms'].get('max'))} |")
     return L
 
 
