@@ -12,7 +12,8 @@ redact on PII text, CPU per event and holdback in events). `python -m bench.stre
 concurrent long-lived paced streams (2,000 at 20 ms per event by default) through one worker and reports
 the inter-event gaps at the client (stalls), TTFB, and the worker's RSS per open stream.
 
-`python -m bench run` runs systems side by side (fastgw, fastgw with the redaction chain, nginx as the
+`python -m bench scale` measures the costs that should stay flat as the work grows (stream length, concurrent
+streams on one worker, safety-filter term count, workers; bench/scale.py). `python -m bench run` runs systems side by side (fastgw, fastgw with the redaction chain, nginx as the
 reference, the upstream directly) and writes the table, JSON and plots; `python -m bench.micro` times the
 hot-path pieces in-process (SSE decode/split, chunk framing, event JSON decoding, scanning, the relays), so a
 regression shows up where it happens; `bench/locustfile.py` is a locust user for operators load-testing their

@@ -23,9 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="compare systems side by side", description=run.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_arguments(r)
+    from bench import scale
+    sc = sub.add_parser("scale", help="costs that should stay flat as the work grows", description=scale.__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    scale.add_arguments(sc)
     args = p.parse_args(argv)
     if args.command == "run":
         return run.main(args, argv)
+    if args.command == "scale":
+        return scale.main(args, argv)
     p.error(f"unknown command {args.command}")
     return 2
 

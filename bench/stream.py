@@ -74,6 +74,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / CLK_TCK if f else 0.0
 
 
+def task_cpu_seconds(pid: int) -> float:
+    """CPU time of one live process to the nanosecond: the sum of its threads' run time from
+    /proc/<pid>/task/*/schedstat (utime+stime counts whole clock ticks, 10 ms, too coarse for a few
+    hundred events). Falls back to cpu_seconds() where schedstat is missing; 0 if the process is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    ns = 0
+    for tid in tids:
+        try:
+            ns += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except FileNotFoundError:
+            continue  # a thread that just ended
+        except (OSError, ValueError, IndexError):
+            return cpu_seconds(pid)
+    return ns / 1e9
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid`, by scanning /proc (…/task/*/children needs CONFIG_PROC_CHILDREN)."""
     out = []
@@ -120,16 +139,21 @@ class CpuProbe:
     t0: float = 0.0
     cpu0: dict[int, float] = field(default_factory=dict)
     pids_changed: bool = False
+    #: Read task_cpu_seconds (ns resolution) rather than utime+stime (clock ticks).
+    precise: bool = False
+
+    def _read(self, pid: int) -> float:
+        return task_cpu_seconds(pid) if self.precise else cpu_seconds(pid)
 
     def start(self) -> None:
         self.t0 = time.monotonic()
-        self.cpu0 = {p: cpu_seconds(p) for p in tree(self.root)}
+        self.cpu0 = {p: self._read(p) for p in tree(self.root)}
 
     def stop(self) -> tuple[float, float]:
         """(CPU seconds, wall seconds) since start(). A process that appeared counts from 0;
         one that vanished loses its last interval, which is flagged in pids_changed."""
         t1 = time.monotonic()
-        cpu1 = {p: cpu_seconds(p) for p in tree(self.root)}
+        cpu1 = {p: self._read(p) for p in tree(self.root)}
         self.pids_changed = set(cpu1) != set(self.cpu0)
         used = sum(c - self.cpu0.get(p, 0.0) for p, c in cpu1.items())
         return used, t1 - self.t0

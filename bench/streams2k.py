@@ -387,9 +387,12 @@ def _workers(master: int) -> list[int]:
     return [p for p in tree(master) if p != master]
 
 
-def run_pass(args, target: str, port: int, gateway: Server | None, upstream: Server) -> dict:
-    """Open args.streams streams over the ramp, measure the window, wait for the streams to end."""
-    req = build_request("127.0.0.1", port, "/v1/chat/completions", chat_body(MODEL, True), _AUTH)
+def run_pass(args, target: str, port: int, gateway: Server | None, upstream: Server, model: str = MODEL,
+             precise_cpu: bool = False) -> dict:
+    """Open args.streams streams over the ramp, measure the window, wait for the streams to end. `model`: the one
+    the streams ask for (bench.upstream paces only its paced model; fastgw's mock paces every answer);
+    `precise_cpu`: server CPU from schedstat (ns) rather than clock ticks (see CpuProbe)."""
+    req = build_request("127.0.0.1", port, "/v1/chat/completions", chat_body(model, True), _AUTH)
     t0 = _now() + 0.5  # time for the client processes to fork and start their loops
     ws = t0 + args.ramp + args.settle
     we = ws + args.duration
@@ -410,12 +413,12 @@ def run_pass(args, target: str, port: int, gateway: Server | None, upstream: Ser
             p.start()
             tx.close()
             procs.append((p, rx))
-        probes = {"upstream": CpuProbe(upstream.pid), "clients": None}
+        probes = {"upstream": CpuProbe(upstream.pid, precise=precise_cpu), "clients": None}
         if gateway:
-            probes["gateway"] = CpuProbe(gateway.pid)
+            probes["gateway"] = CpuProbe(gateway.pid, precise=precise_cpu)
         # CPU over the ramp and settle time: connection set-up (accept, request, upstream connect, head) plus the
         # events of the streams already open.
-        ramp_probes = {k: CpuProbe(pr.root) for k, pr in probes.items() if pr}
+        ramp_probes = {k: CpuProbe(pr.root, precise=precise_cpu) for k, pr in probes.items() if pr}
         time.sleep(max(0.0, t0 - _now()))
         for pr in ramp_probes.values():
             pr.start()

@@ -38,7 +38,7 @@ SYSTEMS = DEFAULT_SYSTEMS + ("fastgw-otel", "fastgw-limit-local", "fastgw-limit-
 # Own template rather than bench.stream.GATEWAY_YAML: the paced model needs a third target.
 _FASTGW_YAML = """\
 pack: {{name: bench-run, version: 1.0.0, enabled: true}}
-server: {{bind: ["127.0.0.1:{port}"], workers: 1}}
+server: {{bind: ["127.0.0.1:{port}"], workers: 1{server}}}
 providers:
   targets:
 {targets}
@@ -63,10 +63,10 @@ _LIMIT_POLICY = ("{state}"
 
 
 def fastgw_yaml(port: int, upstream_port: int, redact: bool = False, state: str | None = None,
-                otlp: str | None = None) -> str:
+                otlp: str | None = None, max_connections: int | None = None) -> str:
     """fastgw config: one worker, every bench model forwarded (provider openai) to the mock upstream; `state`: the
     `state:` block of a rate-limited system (its limits set out of reach); with `otlp`, telemetry on to that
-    OTLP/HTTP base URL."""
+    OTLP/HTTP base URL; `max_connections`: `server.max_connections` (client connections per worker)."""
     pricing = ", pricing: {input: 0.15, output: 0.6}" if state is not None else ""
     targets = "\n".join(
         f'    - {{id: {tid}, provider: openai, model: {m}, base_url: "http://127.0.0.1:{upstream_port}/v1"{pricing}}}'
@@ -74,7 +74,8 @@ def fastgw_yaml(port: int, upstream_port: int, redact: bool = False, state: str 
     policy = _REDACT_POLICY if redact else _LIMIT_POLICY.format(state=state) if state is not None else ""
     if otlp is not None:
         policy += f"telemetry: {{otlp_endpoint: {otlp!r}, traces: true, metrics: true, sample_ratio: 1.0}}\n"
-    return _FASTGW_YAML.format(port=port, targets=targets, policy=policy)
+    server = f", max_connections: {max_connections}" if max_connections is not None else ""
+    return _FASTGW_YAML.format(port=port, targets=targets, policy=policy, server=server)
 
 
 def redis_round_trips(port: int) -> int:
@@ -181,11 +182,13 @@ class System:
             self.sink.stop()
 
 
-def start_upstream(tmp: Path, port: int, events: int, delay: float, cpus: list[int] | None) -> Server:
-    """The mock upstream (bench.upstream) in its own session; call wait_ready() on it."""
+def start_upstream(tmp: Path, port: int, events: int, delay: float, cpus: list[int] | None,
+                   processes: int = 1, name: str = "upstream") -> Server:
+    """The mock upstream (bench.upstream, `processes` serving processes) in its own session, logging to
+    `tmp`/`name`.log; call wait_ready() on it."""
     cmd = [sys.executable, "-m", "bench.upstream", "--port", str(port), "--events", str(events),
-           "--delay", str(delay)]
-    return Server("upstream", cmd, port, tmp / "upstream.log", cpus, REPO)
+           "--delay", str(delay), "--processes", str(processes)]
+    return Server(name, cmd, port, tmp / f"{name}.log", cpus, REPO)
 
 
 def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list[int] | None,

@@ -16,7 +16,7 @@ POST /v1/chat/completions answers, by the request body:
     redacting system under test really redacts.
 GET /readyz answers 200 (readiness for the harness, also through a proxy). Keep-alive throughout.
 
-Run `python -m bench.upstream --port 9000`. Nothing is imported from fastgw.
+Run `python -m bench.upstream --port 9000` (`--processes N`: N serving processes on SO_REUSEPORT sockets). Nothing is imported from fastgw.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -166,8 +167,9 @@ class _Conn(asyncio.Protocol):
                 self.busy = True
                 t0 = self.loop.time()
                 self.tr.write(a.paced_parts[0])
-                for i in range(1, len(a.paced_parts)):
-                    self.loop.call_at(t0 + i * self.delay, self._paced, i, keep_alive)
+                # One timer per stream at a time (the next is set when one fires), still on the absolute
+                # schedule: thousands of open streams do not fill the loop's timer heap with every event upfront.
+                self.loop.call_at(t0 + self.delay, self._paced, 1, keep_alive, t0)
                 return
             probe = PROBE_MODEL.encode() in body
             out = (a.probe_stream if probe else a.stream) if stream else (a.probe_nonstream if probe else a.nonstream)
@@ -179,11 +181,13 @@ class _Conn(asyncio.Protocol):
         if not keep_alive:
             self.tr.close()
 
-    def _paced(self, i: int, keep_alive: bool) -> None:
+    def _paced(self, i: int, keep_alive: bool, t0: float) -> None:
         if self.tr.is_closing():
             return
         self.tr.write(self.a.paced_parts[i])
-        if i == len(self.a.paced_parts) - 1:
+        if i < len(self.a.paced_parts) - 1:
+            self.loop.call_at(t0 + (i + 1) * self.delay, self._paced, i + 1, keep_alive, t0)
+        else:
             self.busy = False
             if not keep_alive:
                 self.tr.close()
@@ -194,11 +198,11 @@ class _Conn(asyncio.Protocol):
         self.queue.clear()
 
 
-async def serve(host: str, port: int, answers: Answers, delay: float) -> None:
+async def serve(host: str, port: int, answers: Answers, delay: float, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Conn(answers, delay, loop), host, port, backlog=4096,
-                                      reuse_address=True)
+                                      reuse_address=True, reuse_port=reuse_port or None)
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
@@ -215,8 +219,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay", type=float, default=0.005,
                    help=f"seconds between events of a streamed answer to model {PACED_MODEL} (default 0.005; "
                         "every other answer is written at once)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="serving processes, each with its own SO_REUSEPORT socket on the port (default 1): one "
+                        "process is the bottleneck in front of many gateway workers")
     args = p.parse_args(argv)
-    uvloop.run(serve(args.host, args.port, render(args.events, args.chunk_size), args.delay))
+    answers = render(args.events, args.chunk_size)
+    if args.processes <= 1:
+        uvloop.run(serve(args.host, args.port, answers, args.delay))
+        return 0
+    kids = []
+    for _ in range(args.processes):  # forked after rendering: the answers are built once
+        pid = os.fork()
+        if pid == 0:
+            try:
+                uvloop.run(serve(args.host, args.port, answers, args.delay, reuse_port=True))
+            finally:
+                os._exit(0)
+        kids.append(pid)
+
+    def _stop(signum: int, frame: object) -> None:
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    for k in kids:
+        try:
+            os.waitpid(k, 0)  # PEP 475: retried after the signal handler ran
+        except ChildProcessError:
+            pass
     return 0
 
 
