@@ -148,6 +148,13 @@ def _usage(usage: dict | None) -> dict | None:
             "total_tokens": int(usage.get("total_tokens") or p + c)}
 
 
+def _tool_echo(tool: dict) -> dict:
+    """A request's function tool as a `response` echoes it: every field the schema requires, `strict` false when
+    the request left it out (chat completions, which serves it, does not enforce a schema unless asked)."""
+    return {"type": "function", "name": tool["name"], "description": tool.get("description"),
+            "parameters": tool.get("parameters"), "strict": bool(tool.get("strict"))}
+
+
 def response_object(body: dict, rid: str, created: int, model: str, status: str, output: list, usage: dict | None,
                     incomplete: str | None = None, error: dict | None = None) -> dict:
     """A Responses API `response` object for this request (its parameters echoed as OpenAI does)."""
@@ -160,7 +167,7 @@ def response_object(body: dict, rid: str, created: int, model: str, status: str,
             "reasoning": {"effort": obj_of(body.get("reasoning")).get("effort"), "summary": None},
             "store": False, "temperature": body.get("temperature", 1.0),
             "text": {"format": text.get("format") or {"type": "text"}},
-            "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
+            "tool_choice": body.get("tool_choice", "auto"), "tools": [_tool_echo(t) for t in body.get("tools") or []],
             "top_p": body.get("top_p", 1.0), "truncation": "disabled", "usage": usage, "user": body.get("user"),
             "metadata": body.get("metadata") or {}}
 

@@ -46,7 +46,8 @@ class Case:
     stream_error: bool | None = False
     #: the schema of a 200 body, where the request decides it (else the endpoint's, `judges.DIALECTS`)
     schema: str | None = None
-    #: a violation another change of issue 17 fixes: the case must fail until then (strict xfail), and pass after
+    #: the scenario (a `Row` field): `length` and `tools` also check the answer says so (`judges.meaning`)
+    scenario: str = ""
 
     @property
     def asked_usage(self) -> bool:
@@ -118,7 +119,8 @@ ROWS: dict[str, Row] = {
     # the built-in mock model
     "mock": Row(
         model="mock-1",
-        tools=Ask("what is the weather in Paris?", {"tools": [WEATHER_TOOL, TIME_TOOL]}),
+        # the mock calls the functions the message names (two here: parallel calls)
+        tools=Ask("what is the weather in Paris? use get_weather and get_time", {"tools": [WEATHER_TOOL, TIME_TOOL]}),
         length=Ask("text", {"max_tokens": 2}),
         email=Ask("text", {"model": "mock-pii"}),
         completions="mock-1",
@@ -142,6 +144,19 @@ def _completion(row: Row, ask: Ask) -> dict:
     return {"model": row.completions or row.model, "prompt": ask.text, **extra}
 
 
+def _responses(row: Row, ask: Ask) -> dict:
+    extra = {k: v for k, v in ask.extra.items() if k not in ("tools", "max_tokens", "n")}
+    if "max_tokens" in ask.extra:
+        extra["max_output_tokens"] = ask.extra["max_tokens"]
+    if "tools" in ask.extra:  # Responses function tools are flat
+        extra["tools"] = [{"type": "function", "name": t["function"]["name"],
+                           "description": t["function"].get("description", ""),
+                           "parameters": t["function"]["parameters"],
+                           **({"strict": t["function"]["strict"]} if "strict" in t["function"] else {})}
+                          for t in ask.extra["tools"]]
+    return {"model": row.model, "input": ask.text, **extra}
+
+
 def _messages(row: Row, ask: Ask) -> dict:
     extra = {k: v for k, v in ask.extra.items() if k not in ("tools", "tool_choice", "n")}
     if "tools" in ask.extra:
@@ -163,17 +178,15 @@ class Endpoint:
     usage: bool = True  # has stream_options.include_usage
 
 
-#: The Responses API on every provider is one more entry, e.g. `Endpoint("/v1/responses", _responses)` (a body of
-#: `input` and `tools`), with `judges.DIALECTS["/v1/responses"] = Dialect("Response", "ResponseStreamEvent")`; the
-#: Messages API on every provider is `providers=tuple(ROWS)` below.
+#: The Responses API and Anthropic Messages on every provider: native on openai (Responses) and anthropic
+#: (Messages), translated through chat completions by `fastgw.front` on the others. Neither has `include_usage`
+#: (both always report usage).
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/v1/chat/completions", _chat),
     Endpoint("/v1/completions", _completion, providers=("openai", "mock"),
              scenarios=("text", "length", "http_errors", "in_stream", "email")),
-    # Native Messages: an anthropic target only, for now (other targets come with the Messages translation).
-    Endpoint("/v1/messages", _messages, providers=("anthropic",),
-             scenarios=("text", "tools", "parallel", "length", "http_errors", "in_stream", "cut", "email"),
-             usage=False),
+    Endpoint("/v1/responses", _responses, usage=False),
+    Endpoint("/v1/messages", _messages, usage=False),
 )
 
 
@@ -193,12 +206,15 @@ def _provider_cases(provider: str, row: Row, ep: Endpoint) -> list[Case]:
         for vid, body in _variants(ep, f"{tag}-{scenario}", ep.body(row, ask)):
             streamed = body["stream"]
             out.append(Case(vid, gateway, ep.path, body, status=stream_status if streamed else status,
-                            stream_error=stream_error if streamed and stream_status == 200 else False))
+                            stream_error=stream_error if streamed and stream_status == 200 else False,
+                            scenario=scenario))
 
     if "text" in ep.scenarios:
         add("text", row.text)
     for scenario in ("tools", "parallel", "length"):
         ask = getattr(row, scenario)
+        if scenario == "parallel" and ask is not None and "n" in ask.extra and ep.path != "/v1/chat/completions":
+            continue  # `n` is chat's (and legacy completions'): without it the ask is `text` again
         if scenario in ep.scenarios and ask is not None:
             add(scenario, ask)
     if "http_errors" in ep.scenarios:
@@ -241,7 +257,8 @@ def _embeddings() -> list[Case]:
 
 
 def _own() -> list[Case]:
-    """Answers the gateway makes itself: its refusals (400, 401, 403, 404, 405, 429) and its model list."""
+    """Answers the gateway makes itself: its refusals (400, 401, 403, 404, 405, 429) on chat, Responses, Messages
+    and count_tokens, and its model list."""
     chat = {"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}
     key = {"authorization": f"Bearer {GUARDED_KEY}"}
     out = [
@@ -268,16 +285,64 @@ def _own() -> list[Case]:
              headers=key, status=429),
         Case("own-200-guarded", "guarded", "/v1/chat/completions", chat, headers=key),
     ]
-    messages = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": chat["messages"]}
-    out += [
-        Case("own-messages-400-invalid-json", "plain", "/v1/messages", b"{not json", status=400),
-        Case("own-messages-404-unknown-model", "plain", "/v1/messages", {**messages, "model": "no-such-model"},
-             status=404),
-        Case("own-messages-401-no-key", "guarded", "/v1/messages", messages, status=401),
-    ]
+    out += _own_refusals("/v1/responses", {"model": "mock-1", "input": "hi"}, "max_output_tokens",
+                         {"previous_response_id": "resp_1"})
+    out += _own_refusals("/v1/messages", {"model": "mock-1", "max_tokens": 16, "messages": chat["messages"]},
+                         "max_tokens", {"container": "container_1"})
+    out += [Case("own-messages-400-no-max-tokens", "plain", "/v1/messages",
+                 {"model": "mock-1", "messages": chat["messages"]}, status=400),
+            Case("own-messages-404-unknown-model-anthropic-name", "plain", "/v1/messages",
+                 {"model": "claude-no-such-model", "max_tokens": 16, "messages": chat["messages"]}, status=404)]
     # The same refusals for a streamed request (they come before any byte: an HTTP error, not an event).
     out += [replace(c, id=c.id + "-stream", body={**c.body, "stream": True}) for c in out
-            if isinstance(c.body, dict) and c.path == "/v1/chat/completions" and c.method == "POST"]
+            if isinstance(c.body, dict) and c.path in ("/v1/chat/completions", "/v1/responses", "/v1/messages")]
+    out += _count_tokens()
+    return out
+
+
+def _own_refusals(path: str, body: dict, max_key: str, front_refused: dict) -> list[Case]:
+    """The gateway's own refusals on a client API other than chat: 400 (bad JSON, no model, a field the front
+    cannot serve), 401, 403, 404, 429, and a 200 through the guarded gateway."""
+    key = {"authorization": f"Bearer {GUARDED_KEY}"}
+    tag = "own-" + path.removeprefix("/v1/").replace("/", "-")
+    return [
+        Case(f"{tag}-400-invalid-json", "plain", path, b"{not json", status=400),
+        Case(f"{tag}-400-body-not-object", "plain", path, b"[1, 2]", status=400),
+        Case(f"{tag}-400-no-model", "plain", path, {k: v for k, v in body.items() if k != "model"}, status=400),
+        Case(f"{tag}-400-front-refuses", "plain", path, {**body, **front_refused}, status=400),
+        Case(f"{tag}-404-unknown-model", "plain", path, {**body, "model": "no-such-model"}, status=404),
+        Case(f"{tag}-401-no-key", "guarded", path, body, status=401),
+        Case(f"{tag}-401-wrong-key", "guarded", path, body, headers={"authorization": "Bearer fgw-wrong"},
+             status=401),
+        Case(f"{tag}-403-model-not-allowed", "guarded", path, {**body, "model": FORBIDDEN_MODEL}, headers=key,
+             status=403),
+        Case(f"{tag}-429-over-token-limit", "guarded", path, {**body, max_key: 5000}, headers=key, status=429),
+        Case(f"{tag}-200-guarded", "guarded", path, body, headers=key),
+    ]
+
+
+COUNT_TOKENS = "/v1/messages/count_tokens"
+
+
+def _count_tokens() -> list[Case]:
+    """`/v1/messages/count_tokens` on every provider (Anthropic's own count, the gateway's estimate elsewhere), and
+    its refusals."""
+    messages = [{"role": "user", "content": "how many tokens is this?"}]
+    out = [Case(f"{provider}-count-tokens", "plain", COUNT_TOKENS, {"model": row.model, "messages": messages})
+           for provider, row in ROWS.items()]
+    key = {"authorization": f"Bearer {GUARDED_KEY}"}
+    body = {"model": "mock-1", "messages": messages}
+    out += [
+        Case("own-count-tokens-400-invalid-json", "plain", COUNT_TOKENS, b"{not json", status=400),
+        Case("own-count-tokens-400-no-messages", "plain", COUNT_TOKENS, {"model": "mock-1"}, status=400),
+        Case("own-count-tokens-400-no-model", "plain", COUNT_TOKENS, {"messages": messages}, status=400),
+        Case("own-count-tokens-404-unknown-model", "plain", COUNT_TOKENS, {**body, "model": "no-such-model"},
+             status=404),
+        Case("own-count-tokens-401-no-key", "guarded", COUNT_TOKENS, body, status=401),
+        Case("own-count-tokens-403-model-not-allowed", "guarded", COUNT_TOKENS, {**body, "model": FORBIDDEN_MODEL},
+             headers=key, status=403),
+        Case("own-count-tokens-200-guarded", "guarded", COUNT_TOKENS, body, headers=key),
+    ]
     return out
 
 

@@ -1,8 +1,10 @@
 """Which schema judges each JSON object an endpoint answers with, and the judging itself.
 
-OpenAI-dialect endpoints are judged by the vendored OpenAPI spec (`openapi.py`); `/v1/messages` by the official
-`anthropic` SDK's pydantic types in strict mode (`Message`, `RawMessageStreamEvent`, `ErrorResponse`; `ping` is an
-event the SDK skips, so it is checked by hand). A new endpoint is one `DIALECTS` entry.
+OpenAI-dialect endpoints are judged by the vendored OpenAPI spec (`openapi.py`; a Responses stream event by the
+member of `ResponseStreamEvent` its `type` names, its `error` event included); `/v1/messages` and its
+`count_tokens` by the official `anthropic` SDK's pydantic types in strict mode (`Message`, `RawMessageStreamEvent`,
+`ErrorResponse`, `MessageTokensCount`; `ping` is an event the SDK skips, so it is checked by hand). A new endpoint
+is one `DIALECTS` entry.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ class Dialect:
     anthropic: bool = False
     #: the schema of a stream event when the client set `stream_options.include_usage` (default: `event`)
     event_usage: str | None = None
+    #: `event` is a union of typed events: each is judged by the member its `type` names (`openapi.member`)
+    typed: bool = False
+    #: a stream ends with `data: [DONE]` (OpenAI chat and completions; not Responses, not Anthropic)
+    done: bool = True
+    #: stream events carry `sequence_number` 0, 1, 2, ... (Responses)
+    sequenced: bool = False
 
 
 DIALECTS: dict[str, Dialect] = {
@@ -37,8 +45,13 @@ DIALECTS: dict[str, Dialect] = {
                                event_usage="CreateCompletionResponse+streamed+usage"),
     "/v1/embeddings": Dialect("CreateEmbeddingResponse"),
     "/v1/models": Dialect("ListModelsResponse"),
-    "/v1/messages": Dialect("Message", "RawMessageStreamEvent", "ErrorResponse", anthropic=True),
+    "/v1/responses": Dialect("Response", "ResponseStreamEvent", typed=True, done=False, sequenced=True),
+    "/v1/messages": Dialect("Message", "RawMessageStreamEvent", "ErrorResponse", anthropic=True, done=False),
+    "/v1/messages/count_tokens": Dialect("MessageTokensCount", anthropic=True),
 }
+
+#: The schemas of an in-stream error: the chat envelope as a data event, the Responses `error` event, Anthropic's.
+STREAM_ERRORS = frozenset({"ErrorResponse", "ResponseErrorEvent", "anthropic.types.ErrorResponse"})
 
 
 def dialect_of(path: str) -> Dialect:
@@ -56,15 +69,23 @@ def judge(dialect: Dialect, status: int, streamed: bool, event: str, obj: Any, b
     decides it (embeddings in base64), `asked_usage` says the client set `stream_options.include_usage`."""
     if dialect.anthropic:
         return _judge_anthropic(dialect, status, streamed, event, obj)
+    problems = []
     if status != 200 or (isinstance(obj, dict) and "error" in obj and "object" not in obj):
         name = dialect.error
+    elif streamed and dialect.typed and dialect.event:
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        if event != kind:
+            problems.append(f"SSE event name {event!r} is not the data's type {kind!r}")
+        name = openapi.member(dialect.event, kind) or "?"
+        if name == "?":
+            return dialect.event, [*problems, f"{dialect.event}: no event has the type {kind!r}"]
     elif streamed:
         name = (asked_usage and dialect.event_usage) or dialect.event or "?"
     else:
         name = body or dialect.body or "?"
     if name == "?":
         return name, [f"no schema for a {'stream event' if streamed else 'body'} of this endpoint"]
-    return name, openapi.violations(name, obj)
+    return name, problems + openapi.violations(name, obj)
 
 
 @functools.cache

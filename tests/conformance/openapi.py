@@ -7,7 +7,8 @@ as `anyOf: [<the schema>, {"type": "null"}]` before validation, so `null` is all
 (`unixtime`, `float`).
 
 Where OpenAI's own answers depart from its spec, a derived schema says so (`DERIVED`), named `<schema>+<why>` and
-added beside the original; nothing else is loosened.
+added beside the original, or, for a schema other schemas `$ref` (the Responses `Response` inside every event),
+the one field is changed in place (`PATCHED`); nothing else is loosened.
 """
 
 from __future__ import annotations
@@ -76,11 +77,35 @@ DERIVED: dict[str, tuple[str, Callable[[dict], dict]]] = {
 }
 
 
+def _or_null(schemas: dict, *path: str | int) -> None:
+    """Allow `null` for the schema at `path` (under `components.schemas`)."""
+    *up, last = path
+    node: Any = schemas
+    for key in up:
+        node = node[key]
+    node[last] = {"anyOf": [node[last], {"type": "null"}]}
+
+
+def _nullable_response_usage_user(schemas: dict) -> None:
+    """A `response` carries `"usage": null` until it ends (`response.created`, `.in_progress`, `.failed`) and
+    `"user": null` when the request set none: the spec's own examples of `ResponseCreatedEvent` and
+    `ResponseInProgressEvent` show both, and the openai SDKs type them `Optional`; the schemas say object and
+    string."""
+    _or_null(schemas, "Response", "allOf", 2, "properties", "usage")
+    _or_null(schemas, "ModelResponseProperties", "properties", "user")
+
+
+#: Changes to the spec's own schemas, each where OpenAI's answers (and the spec's own examples) differ from them.
+PATCHED: tuple[Callable[[dict], None], ...] = (_nullable_response_usage_user,)
+
+
 @functools.cache
 def _registry() -> tuple[Registry, dict]:
     with gzip.open(SPEC, "rb") as f:
         doc = without_nullable(yaml.load(f, Loader=_Loader))
     schemas = doc["components"]["schemas"]
+    for patch in PATCHED:
+        patch(schemas)
     for name, (base, change) in DERIVED.items():
         schemas[name] = change(copy.deepcopy(schemas[base]))
     resource = Resource.from_contents(doc, default_specification=DRAFT202012)
@@ -99,6 +124,24 @@ def validator(name: str) -> Draft202012Validator:
     if name not in doc["components"]["schemas"]:
         raise KeyError(f"the OpenAPI spec has no schema {name!r}")
     return Draft202012Validator({"$ref": f"{_URI}#/components/schemas/{name}"}, registry=registry)
+
+
+@functools.cache
+def _members(union: str) -> dict[str, str]:
+    """The schemas of a union of typed events (`ResponseStreamEvent`), by the `type` each one's enum fixes."""
+    schemas = _registry()[1]["components"]["schemas"]
+    out = {}
+    for ref in schemas[union]["anyOf"]:
+        name = ref["$ref"].rsplit("/", 1)[1]
+        for kind in schemas[name]["properties"]["type"].get("enum", ()):
+            out[kind] = name
+    return out
+
+
+def member(union: str, kind: object) -> str | None:
+    """The schema of the `union` member whose `type` is `kind` (None: no member has it). Judging an event by its
+    own schema, not the union, names the field that is wrong instead of 58 branches that do not match."""
+    return _members(union).get(kind) if isinstance(kind, str) else None
 
 
 def violations(name: str, obj: Any) -> list[str]:

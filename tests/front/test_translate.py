@@ -226,6 +226,18 @@ def test_whole_answer_as_a_response():
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
 
 
+def test_response_echoes_tools_with_every_field_the_spec_requires():
+    # issue 17 (conformance, mock/responses-tools): the request's tool was echoed as given, without `strict`
+    tools = [{"type": "function", "name": "get_time"},
+             {"type": "function", "name": "get_weather", "parameters": WEATHER, "strict": True, "description": "d"}]
+    body = {"model": "m", "input": "hi", "tools": tools}
+    echoed = orjson.loads(ResponsesFront(body).whole(orjson.dumps(COMPLETION)))["tools"]
+    assert echoed == [
+        {"type": "function", "name": "get_time", "description": None, "parameters": None, "strict": False},
+        {"type": "function", "name": "get_weather", "description": "d", "parameters": WEATHER, "strict": True}]
+    assert responses_stream(TEXT_STREAM, body)[0]["response"]["tools"] == echoed
+
+
 def test_whole_answer_as_a_message():
     m = at.Message.model_validate(orjson.loads(MessagesFront({"model": "m", "max_tokens": 9, "messages": []}).whole(
         orjson.dumps(COMPLETION))))

@@ -3,15 +3,15 @@
 `python -m tests.support.upstream --host 127.0.0.1 --port 0` binds, prints one line
 `LISTENING <port>` once it serves, and answers under `/v1` the way api.openai.com does:
 chat completions (stream and not, `n`, `max_tokens`, tool calls), responses (stream and not,
-text and function calls), legacy completions, embeddings (float and base64) and the model list. It imports nothing from fastgw.
+text and function calls, `max_output_tokens` → `incomplete`), legacy completions, embeddings (float and base64) and the model list. It imports nothing from fastgw.
 
 Fault knobs are chosen by the request's `model`, so they survive any gateway:
 
 - `fault-close-midstream`: a few chunks (Responses: text deltas), then the TCP connection is
-  aborted (no chunked terminator, no `[DONE]`); not streamed, a third of the body, then the abort (chat
-  and completions).
-- `fault-500`: HTTP 500 with an OpenAI error envelope.
-- `fault-429`: HTTP 429, `retry-after: 1`, with an OpenAI error envelope.
+  aborted (no chunked terminator, no `[DONE]`); not streamed, a third of the body, then the abort (chat,
+  completions and responses).
+- `fault-500`: HTTP 500 with an OpenAI error envelope (chat and responses).
+- `fault-429`: HTTP 429, `retry-after: 1`, with an OpenAI error envelope (chat and responses).
 - `fault-slow`: one chunk every 50 ms for 40 chunks.
 - `fault-hang`: response headers, then nothing for 60 s.
 
@@ -510,7 +510,11 @@ async def responses(request: web.Request) -> web.StreamResponse:
         user = last_user_text([{"role": i.get("role", "user"), "content": i.get("content")} for i in inp or []
                                if isinstance(i, dict)])
     model = str(body.get("model", ""))
-    text = reply_for(user, 0)
+    fault = status_fault(model)
+    if fault is not None:
+        return fault
+    text, finish = limit_words(reply_for(user, 0), body.get("max_output_tokens"))
+    incomplete = {"reason": "max_output_tokens"} if finish == "length" else None
     rid, mid = "resp_" + uuid.uuid4().hex[:16], "msg_" + uuid.uuid4().hex[:16]
     usage = {"input_tokens": count_tokens(user), "output_tokens": count_tokens(text),
              "total_tokens": count_tokens(user) + count_tokens(text),
@@ -520,12 +524,14 @@ async def responses(request: web.Request) -> web.StreamResponse:
     def response_obj(status: str, output: list) -> dict:
         return {"id": rid, "object": "response", "created_at": int(time.time()), "status": status, "model": model,
                 "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-                "usage": usage if status == "completed" else None, "error": None, "incomplete_details": None,
+                "usage": usage if status in ("completed", "incomplete") else None, "error": None,
+                "incomplete_details": incomplete if status == "incomplete" else None,
                 "instructions": None, "metadata": {}, "temperature": 1.0, "top_p": 1.0, "text": {"format":
                 {"type": "text"}}}
 
-    part = {"type": "output_text", "text": text, "annotations": []}
-    item = {"id": mid, "type": "message", "role": "assistant", "status": "completed", "content": [part]}
+    status = "incomplete" if incomplete else "completed"
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    item = {"id": mid, "type": "message", "role": "assistant", "status": status, "content": [part]}
     # Responses function tools are flat: {"type": "function", "name", "parameters"}.
     call = _weather_function(body, user, [t for t in body.get("tools") or []
                                           if isinstance(t, dict) and t.get("type") == "function"])
@@ -538,7 +544,9 @@ async def responses(request: web.Request) -> web.StreamResponse:
                  "total_tokens": count_tokens(user) + count_tokens(arguments)}
     REC.record(request, body)
     if not body.get("stream"):
-        return web.json_response(response_obj("completed", [item]))
+        if model == "fault-close-midstream":
+            return await cut_body(request, response_obj(status, [item]))
+        return web.json_response(response_obj(status, [item]))
     resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await resp.prepare(request)
     seq = 0
@@ -557,14 +565,15 @@ async def responses(request: web.Request) -> web.StreamResponse:
         for i in range(0, len(text), 5):
             await send("response.function_call_arguments.delta", item_id=item["id"], output_index=0,
                        delta=text[i:i + 5])
-        await send("response.function_call_arguments.done", item_id=item["id"], output_index=0, arguments=text)
+        await send("response.function_call_arguments.done", item_id=item["id"], output_index=0, name=item["name"],
+                   arguments=text)
         await send("response.output_item.done", output_index=0, item=item)
         await send("response.completed", response=response_obj("completed", [item]))
         await resp.write_eof()
         return resp
     await send("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
     await send("response.content_part.added", item_id=mid, output_index=0, content_index=0,
-               part={"type": "output_text", "text": "", "annotations": []})
+               part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
     for n, i in enumerate(range(0, len(text), 5)):
         if model == "fault-close-midstream" and n == CLOSE_AFTER_CHUNKS:
             await asyncio.sleep(0.05)
@@ -575,7 +584,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     await send("response.output_text.done", item_id=mid, output_index=0, content_index=0, text=text, logprobs=[])
     await send("response.content_part.done", item_id=mid, output_index=0, content_index=0, part=part)
     await send("response.output_item.done", output_index=0, item=item)
-    await send("response.completed", response=response_obj("completed", [item]))
+    await send(f"response.{status}", response=response_obj(status, [item]))
     await resp.write_eof()
     return resp
 
