@@ -3,7 +3,6 @@ stream mode and the same zero-leak holdback as PII; and its settings."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,6 +12,7 @@ from fastgw.policy.settings import OnError, Phase, Problems, Settings
 from fastgw.policy.textscan import ScanPolicy
 from fastgw.scan.database import Pattern, PatternError, ScanDB, compile_patterns
 from fastgw.scan.patterns import DEFAULT_CUSTOM_WIDTH
+from fastgw.scan.terms import term_expression
 
 __all__ = ["SafetyPolicy", "SafetyFilter", "load_terms", "term_expression", "problems"]
 
@@ -67,25 +67,6 @@ def load_terms(path: str) -> list[str]:
     return out
 
 
-_ASCII_WORD = re.compile(r"[A-Za-z0-9_]")
-
-
-def term_expression(term: str) -> bytes:
-    """A phrase as a Hyperscan expression: literal, any whitespace run between words, whole words at the ends.
-
-    Word boundaries are ASCII (Hyperscan has no Unicode \b), so an end that is a non-ASCII letter is not
-    bounded: "école" also matches inside "préécole".
-    """
-    words = [re.escape(w) for w in term.split()]
-    expr = r"\s+".join(words)
-    t = term.strip()
-    if _ASCII_WORD.match(t[:1]):
-        expr = r"\b" + expr
-    if _ASCII_WORD.match(t[-1:]):
-        expr = expr + r"\b"
-    return expr.encode()
-
-
 class SafetyPolicy(ScanPolicy):
     """Compiled safety-filter settings."""
 
@@ -101,7 +82,7 @@ class SafetyPolicy(ScanPolicy):
             # Width: the phrase with each separator allowed to grow to a few whitespace bytes.
             width = len(t.encode()) + 8 * (len(t.split()) - 1) + (len(t.encode()) if settings.unicode else 0)
             patterns.append(Pattern(f"term{i}", "SAFETY_TERM", term_expression(t), max(width, 1),
-                                    caseless=settings.case_insensitive, utf8=settings.unicode))
+                                    caseless=settings.case_insensitive, utf8=settings.unicode, term=t))
         patterns += [_regex_pattern(i, rx, settings) for i, rx in enumerate(settings.regex)]
         if not patterns:
             raise ValueError("safety-filter has no terms, regex or files")

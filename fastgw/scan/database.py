@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import hyperscan
 import msgspec
 
+from fastgw.scan.terms import exact_holdback, prefix_expressions, term_expression
+
 __all__ = ["Pattern", "ScanDB", "PatternError", "Span", "CONTEXT_BYTES", "NO_HOLD", "DIGITS", "NOT_DIGIT", "NOT_DOTTED",
            "MAX_LOOKAHEAD"]
 
@@ -137,6 +139,11 @@ class Pattern:
     #: judgements are drawn from the scan's `ScanBudget` (per request and policy), and with none left the
     #: candidate counts as a match (fails closed: redacted, never leaked).
     costly: bool = False
+    #: The phrase this pattern is (`expression` must be `fastgw.scan.terms.term_expression(term)`): its holdback
+    #: is exact and shared by every phrase of the database: the longest suffix of the text that is a prefix of
+    #: a match of any of them, which Hyperscan reports (see `ScanDB.prefix_ids`). No alphabet-run group per
+    #: phrase, so the cost per byte does not grow with the number of phrases.
+    term: str | None = None
 
 
 class Span(msgspec.Struct, frozen=True, gc=False):
@@ -293,6 +300,11 @@ class ScanDB:
     #: Per pattern with a `loose` expression: its `expression` (`re`), as is and anchored at the end (for true
     #: starts).
     tails: list[tuple[re.Pattern[bytes], re.Pattern[bytes]] | None] = field(init=False)
+    #: Hyperscan ids from this one on are the phrases' prefix expressions (`Pattern.term`); a report of one ending
+    #: at the text's end is a phrase match in progress, from the report's start.
+    prefix_ids: int = field(init=False)
+    #: The widest phrase with a prefix expression (0: none): the most their holdback holds.
+    term_width: int = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -314,7 +326,15 @@ class ScanDB:
         self.tails = [_tail(p) for p in self.patterns]
         lookahead = max((len(seq) for f in self.follow if f for seq in f), default=0)
         self.window = max(self.widths) + (CONTEXT_BYTES if context else 0) + lookahead
+        terms: dict[tuple[bool, bool], list[str]] = {}  # (caseless, utf8) -> phrases
+        self.term_width = 0
         for p, width in zip(self.patterns, self.widths):
+            if p.term is not None and p.block_until is None and exact_holdback(p.term):
+                if p.expression != term_expression(p.term):
+                    raise PatternError(p.name, "a term pattern's expression must be term_expression(term)")
+                terms.setdefault((p.caseless, p.utf8), []).append(p.term)
+                self.term_width = max(self.term_width, width)
+                continue  # held by the prefix expressions, not by an alphabet-run group
             alphabet, start = derive_alphabet(p.expression, p.caseless)
             if p.utf8:
                 # Unicode classes and case folding reach bytes the ASCII analysis cannot see.
@@ -346,7 +366,13 @@ class ScanDB:
             self.window = max(self.window, 2 * MAX_TABLE_HEADER)  # a header line and its delimiter row
         n = len(self.patterns) + len(self.closers)
         self.table_rule, self.blank_line = (n, n + 1) if tables else (-1, -1)
-        self.hs = compile_patterns(self.patterns, tables)
+        self.prefix_ids = n + 2 if tables else n
+        prefixes = []
+        for (caseless, utf8), ts in terms.items():
+            f = hyperscan.HS_FLAG_SOM_LEFTMOST | (hyperscan.HS_FLAG_CASELESS if caseless else 0) | \
+                (hyperscan.HS_FLAG_UTF8 if utf8 else 0)
+            prefixes += [(e, f) for e in prefix_expressions(ts, utf8, caseless)]
+        self.hs = compile_patterns(self.patterns, tables, prefixes)
 
     def allocate_scratch(self) -> None:
         """One scratch per worker process, allocated after fork (Hyperscan scratch is not shareable)."""
@@ -393,11 +419,13 @@ def _opening_width(p: Pattern) -> int:
     return min(int(hi), p.max_width) if 0 < hi < sre_parse.MAXREPEAT else p.max_width
 
 
-def compile_patterns(patterns: Sequence[Pattern], tables: bool = False) -> hyperscan.Database:
+def compile_patterns(patterns: Sequence[Pattern], tables: bool = False,
+                     prefixes: Sequence[tuple[bytes, int]] = ()) -> hyperscan.Database:
     """One stream-mode database; a pattern Hyperscan rejects raises PatternError naming it.
 
     Ids 0..n-1 are the patterns; the closing markers of block patterns follow, in pattern order; with
-    `tables`, then the table delimiter row and the blank line."""
+    `tables`, then the table delimiter row and the blank line; then the `prefixes` (expression, flags) of the
+    phrases (`Pattern.term`)."""
     exprs: list[tuple[Pattern, bytes, int]] = []
     for p in patterns:
         f = hyperscan.HS_FLAG_SOM_LEFTMOST
@@ -415,6 +443,8 @@ def compile_patterns(patterns: Sequence[Pattern], tables: bool = False) -> hyper
         marker = Pattern("(table rows)", "", b"", 1)
         exprs.append((marker, _TABLE_RULE, hyperscan.HS_FLAG_SOM_LEFTMOST | hyperscan.HS_FLAG_MULTILINE))
         exprs.append((marker, _BLANK_LINE, hyperscan.HS_FLAG_SOM_LEFTMOST))
+    marker = Pattern("(term prefixes)", "", b"", 1)
+    exprs += [(marker, e, f) for e, f in prefixes]
     mode = hyperscan.HS_MODE_STREAM | hyperscan.HS_MODE_SOM_HORIZON_LARGE
     db = hyperscan.Database(mode=mode)
     try:

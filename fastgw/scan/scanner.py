@@ -13,7 +13,9 @@ the same resolution.
 Holdback: for each group of patterns (same alphabet, start bytes, width) we track the length of the canonical
 text's trailing run of bytes in that alphabet, updated from the new bytes only. A match still in progress
 lies inside such a run and within the group's width, so holding from the run's first possible start byte is
-enough. The folder's pending tail (a character or escape cut short) is held too.
+enough. The folder's pending tail (a character or escape cut short) is held too. Phrases (`Pattern.term`) have
+no group: Hyperscan reports where a suffix of the text is a prefix of a phrase match (`fastgw.scan.terms`), and
+the report at the end, with its leftmost start, is their holdback, exact and flat in the number of phrases.
 
 Lookahead (`Pattern.not_followed_by`): a candidate is checked against the canonical bytes right after its
 match as soon as they have arrived; until then it is pending and holds the text from its start, and at the end
@@ -126,7 +128,7 @@ class StreamScanner:
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
                  "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
                  "_blk_first", "_pieces", "_regions", "_pend", "_table", "_tail", "_budget", "_cl_end",
-                 "_cl_start", "_cl_n")
+                 "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end")
 
     def __init__(self, db: ScanDB, json: bool = False, budget: ScanBudget | None = None) -> None:
         self._db = db
@@ -138,6 +140,10 @@ class StreamScanner:
         self._cl_end = [-1] * n
         self._cl_start = [-1] * n
         self._cl_n = [0] * n
+        #: Reports with ids from `_pfx` on are phrase prefixes: the latest one's end and (leftmost) start.
+        self._pfx = db.prefix_ids
+        self._pfx_start = 0
+        self._pfx_end = -1
         # hyperscan 0.9.1 keeps no reference to the handler it is given: we must, for the stream's
         # whole life, or the next match calls freed memory (a segfault). A bound method stored here does.
         self._on_match = self._match
@@ -177,6 +183,14 @@ class StreamScanner:
         self._table = b""
 
     def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> None:
+        if pid >= self._pfx:
+            # A phrase prefix: only the one at the end of the text matters (see `holdback`), and of those ending
+            # there the longest (the prefix expressions are several).
+            if end > self._pfx_end:
+                self._pfx_end, self._pfx_start = end, start
+            elif end == self._pfx_end and start < self._pfx_start:
+                self._pfx_start = start
+            return
         # A report inside a run past DENSE_RUN is only counted, here: a run such as '1 1 1 ...' reports at
         # every offset, and this is most of what each of those reports costs.
         # (The same run bookkeeping as `_validate`'s for a report it would skip.)
@@ -457,6 +471,9 @@ class StreamScanner:
     def holdback(self) -> int:
         """Canonical bytes at the end that could still be (part of) a match in progress."""
         hold = 0
+        if self._pfx_end == self.scanned:
+            # A phrase match may be in progress from the prefix's start; none is wider than the widest phrase.
+            hold = min(self.scanned - self._pfx_start, self._db.term_width)
         runs = self._runs
         for i, g in enumerate(self._db.groups):
             r = runs[i]
@@ -594,22 +611,25 @@ _SMALL = 256
 
 
 class _Any:
-    """Whether a Hyperscan stream reports anything (it halts at the first report)."""
+    """Whether a Hyperscan stream reports anything but a phrase prefix (it halts at the first such report)."""
 
-    __slots__ = ("hit", "on_match")
+    __slots__ = ("hit", "on_match", "prefixes")
 
-    def __init__(self) -> None:
+    def __init__(self, prefixes: int) -> None:
         self.hit = False
+        self.prefixes = prefixes
         self.on_match = self._match  # kept for the stream's life (see StreamScanner.__init__)
 
     def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> bool:
+        if pid >= self.prefixes:
+            return False  # a prefix of a phrase is no match
         self.hit = True
         return True  # halt: one report is the answer
 
 
 def _reports(db: ScanDB, data: bytes) -> bool:
     """Whether `data` (a whole text) makes `db` report any match, end-anchored ones included."""
-    a = _Any()
+    a = _Any(db.prefix_ids)
     stream = db.hs.stream(match_event_handler=a.on_match)
     stream.__enter__()
     try:
