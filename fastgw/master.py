@@ -214,6 +214,7 @@ class Master:
     def _start_worker(self, wid: int) -> tuple[int, int]:
         """Fork worker `wid`; returns its pid and the read end of its status pipe."""
         r, w = os.pipe()
+        _trim_heap()  # the free memory compiling left in the heap is not copied into every worker's pages
         # Block signals across fork so the child never runs the master's handlers (a TERM arriving
         # before the worker installs its own would otherwise be queued for a loop that is not there).
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
@@ -578,3 +579,18 @@ def _metrics(name: str, *args: object) -> None:
         getattr(metrics, name)(*args)
     except Exception:  # noqa: BLE001
         pass
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc's `malloc_trim`; nothing elsewhere): compiling the
+    Hyperscan databases and loading the config leave free memory the allocator keeps, which a worker forked then
+    would carry in its RSS."""
+    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC is not None else None
+    if trim is not None:
+        trim(0)
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None)
+except OSError:  # no C library to ask: nothing to trim
+    _LIBC = None
