@@ -71,6 +71,7 @@ from typing import IO, TYPE_CHECKING
 import orjson
 
 from fastgw import metrics
+from fastgw.api.limits import ACCESS_LOG_BATCH_BYTES, ACCESS_LOG_FLUSH_DELAY
 from fastgw.proto.limits import MAX_LOGGED_STRING
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ def configure(level: str = "info", fmt: str = "json", stream: IO[str] | Rotating
     handler = logging.StreamHandler(sys.stdout if stream is None else stream)  # flushes after every line
     handler.setFormatter(_AsIs())
     if _handler is not None:
+        flush()  # lines waiting go where they were meant to
         _handler.flush()
         _log.removeHandler(_handler)  # not closed: the stream is not ours
         old = getattr(_handler, "stream", None)
@@ -377,7 +379,7 @@ def _text(r: dict) -> str:
             f"retries={r['retries']} error={_tv(r['error'])} client={_tv(r['client'])}{extra}")
 
 
-def _json(r: dict) -> str:
+def _json(r: object) -> str:
     line = orjson.dumps(r).decode()
     if not line.isascii():
         line = _JSON_RAW_BREAKS.sub(_escape_break, line)
@@ -390,9 +392,10 @@ def _escape_break(m: re.Match[str]) -> str:
 
 # ---- the JSON line of a common request, from parts encoded once ------------------------------------------------
 
-#: JSON text of values that repeat from line to line (principals, peer addresses, error codes; the run of method,
-#: route, model, target and stream), encoded and escaped once rather than per line. Bounded: a worker facing more
-#: distinct values than this (many peers) clears it and encodes again, which costs what the general path does.
+#: JSON text of the fields that repeat from line to line — principal, client, method, route, model, target,
+#: stream — per combination seen, encoded and checked once rather than per line; and of error codes. Bounded: a
+#: worker facing more distinct combinations (many peers) clears it and encodes again, which costs what the general
+#: path does. Holds only combinations that need no redaction or capping (see `_run`).
 _enc_cache: dict[object, str] = {}
 _ENC_MAX = 4096
 #: A request id written as is: what the app generates and the client ids it accepts (no character JSON escapes).
@@ -400,61 +403,71 @@ _PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
 _PARTIAL = ',"partial":true}'
 
 
-def _enc(value: str | None) -> str:
-    """`value` as a JSON string (escaped like `_json`), or null."""
+def _enc(value: str) -> str:
+    """`value` as a JSON string (escaped like `_json`), encoded once."""
     done = _enc_cache.get(value)
     if done is None:
-        done = _json(value)  # type: ignore[arg-type]  # None -> "null"
+        done = _json(value)
         if len(_enc_cache) >= _ENC_MAX:
             _enc_cache.clear()
         _enc_cache[value] = done
     return done
 
 
-def _run(method: str, route: str, model: str | None, target: str | None, stream: bool) -> str:
-    """`"method":…,"route":…,"model":…,"target":…,"stream":…` of one combination, encoded once."""
-    key = (method, route, model, target, stream)
-    done = _enc_cache.get(key)
-    if done is None:
-        done = _json({"method": method, "route": route, "model": model, "target": target, "stream": stream})[1:-1]
-        if len(_enc_cache) >= _ENC_MAX:
-            _enc_cache.clear()
-        _enc_cache[key] = done
+def _run(key: tuple[str | None, str, str, str, str | None, str | None, bool]) -> str | None:
+    """`"principal":…,"client":…,"method":…,"route":…,"model":…,"target":…,"stream":…` of `key` (the values in
+    that order, client "" for none), or None when the general path must write the line: a route or model the
+    config does not define (redaction; a query string), a client longer than any address (capping)."""
+    principal, client, method, route, model, target, stream = key
+    if route not in _known or (model is not None and model not in _known) or len(client) > 45:
+        return None
+    done = _json({"principal": principal, "client": client or None, "method": method, "route": route,
+                  "model": model, "target": target, "stream": stream})[1:-1]
+    if len(_enc_cache) >= _ENC_MAX:
+        _enc_cache.clear()
+    _enc_cache[key] = done
     return done
+
+
+_ts_ms = -1
+_ts_text = ""
 
 
 def _fast_json(ctx: RequestContext, route: str, nbytes: int | None, now: float | None = None,
                wall: float | None = None) -> str | None:
-    """The JSON line of `ctx` without building the record, when nothing in it needs capping or redaction: route
-    and model are names the config defines, the peer address and request id are short. Else None (the general
-    path, `access_record`). Same fields, order and values as `_json(access_record(...))` (a test holds them
-    equal); only the per-line numbers are formatted here, every string is encoded once per distinct value."""
-    model = ctx.model
-    client = ctx.client or None
-    rid = ctx.request_id
-    known = _known
-    if (route not in known or (model is not None and model not in known)
-            or (client is not None and len(client) > 45)):
-        return None  # "?" or anything unknown in the route: the general path splits and redacts it
-    if _PLAIN_ID(rid) is None:
-        if len(rid) > 128:
+    """The JSON line of `ctx` without building the record, when nothing in it needs capping or redaction (see
+    `_run`; a request id the app would not accept goes the general way too). Else None: the general path,
+    `_json(access_record(...))`, whose line this is character for character (a test holds them equal). Per line
+    only the numbers are formatted; the strings come encoded from `_enc_cache`."""
+    global _ts_ms, _ts_text
+    key = (ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target, ctx.stream)
+    run = _enc_cache.get(key)
+    if run is None:
+        run = _run(key)
+        if run is None:
             return None
-        rid_json = _json(rid)  # type: ignore[arg-type]
-    else:
-        rid_json = f'"{rid}"'
+    rid = ctx.request_id
+    if _PLAIN_ID(rid) is None:
+        return None
     end = time.monotonic() if now is None else now
-    policy: dict[str, str] | None = None
+    t = time.time() if wall is None else wall
+    ms = int(t * 1000)
+    if ms != _ts_ms:  # lines finished in the same millisecond share their time stamp's text
+        _ts_ms, _ts_text = ms, _ts(t)
+    policy = "{}"
     retries = 0
-    for d in ctx.decisions:
-        name = d.policy
-        if name == "routing":
-            retries += 1
-            continue
-        if policy is None:
-            policy = {}
-        prev = policy.get(name)
-        if prev is None or _SEVERITY.get(d.outcome, 0) > _SEVERITY.get(prev, 0):
-            policy[name] = d.outcome
+    if ctx.decisions:
+        pol: dict[str, str] = {}
+        for d in ctx.decisions:
+            name = d.policy
+            if name == "routing":
+                retries += 1
+                continue
+            prev = pol.get(name)
+            if prev is None or _SEVERITY.get(d.outcome, 0) > _SEVERITY.get(prev, 0):
+                pol[name] = d.outcome
+        if pol:
+            policy = _json(pol)
     usage = ctx.usage
     if not usage:
         tokens = "null"
@@ -466,26 +479,31 @@ def _fast_json(ctx: RequestContext, route: str, nbytes: int | None, now: float |
     fb = ctx.first_byte
     started = ctx.started
     err = ctx.error
-    # Milliseconds as in access_record: int(µs) / 1000; repr() is the shortest round-trip form, as orjson writes.
-    return (f'{{"ts":"{_ts(time.time() if wall is None else wall)}","request_id":{rid_json},'
-            f'"principal":{_enc(ctx.principal)},"client":{_enc(client)},'
-            f'{_run(ctx.method, route, model, ctx.target, ctx.stream)},"status":{ctx.status or 500},'
+    # Milliseconds as in access_record: int(µs) / 1000, whose repr() is orjson's text (the shortest round trip).
+    return (f'{{"ts":"{_ts_text}","request_id":"{rid}",{run},"status":{ctx.status or 500},'
             f'"ttft_ms":{"null" if fb is None else repr(int((fb - started) * 1e6) / 1000)},'
             f'"duration_ms":{int((end - started) * 1e6) / 1000!r},"bytes":{"null" if nbytes is None else nbytes},'
-            f'"tokens":{tokens},"policy":{"{}" if policy is None else _json(policy)},"retries":{retries},'
-            f'"error":{"null" if err is None else _enc(err)}}}')
+            f'"tokens":{tokens},"policy":{policy},"retries":{retries},"error":{"null" if err is None else _enc(err)}}}')
 
 
 _pending: list[str] = []
+_pending_bytes = 0  # what `_pending` will write: UTF-8 bytes, newlines included
+#: The timer that writes `_pending` (None while nothing waits).
+_flush_timer: asyncio.TimerHandle | None = None
 _write_errors = 0
 _write_error_at = 0.0
 
 
 def flush() -> None:
-    """Write the access lines waiting for the end of this loop iteration (also called at worker exit)."""
-    global _write_errors, _write_error_at
+    """Write the access lines waiting for their batch to go out (the timer's callback; also called at worker
+    exit, when the batch is full, and before the stream changes)."""
+    global _write_errors, _write_error_at, _flush_timer, _pending_bytes
+    if _flush_timer is not None:
+        _flush_timer.cancel()  # a no-op when the timer itself is calling
+        _flush_timer = None
     if not _pending:
         return
+    _pending_bytes = 0
     lines = "\n".join(_pending) + "\n"
     n = len(_pending)
     _pending.clear()
@@ -506,6 +524,7 @@ def flush() -> None:
 
 def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forwarded: str | None = None) -> None:
     """Write the access line of a response (call once per response, from the request's `finally`)."""
+    global _flush_timer, _pending_bytes
     h = _handler
     if h is None:
         configure()
@@ -520,16 +539,18 @@ def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forw
     if len(handlers) == 1 and handlers[0] is h and not _log.filters and not h.filters:
         # Only our handler, whose formatter prints the message as is: write what StreamHandler.emit would,
         # without building a LogRecord (pid, thread and process names, time: several µs per request).
-        if not _pending:
-            try:
-                # One write per loop iteration for all the lines finished in it, not one syscall per request
-                # (a busy worker finishes many requests per iteration); the line waits for no timer.
-                asyncio.get_running_loop().call_soon(flush)
-            except RuntimeError:  # no loop (tests, CLI): write it now
-                _pending.append(msg)
-                flush()
-                return
+        size = len(msg) + 1 if msg.isascii() else len(msg.encode("utf-8", "backslashreplace")) + 1
+        if _pending_bytes + size > ACCESS_LOG_BATCH_BYTES and _pending:
+            flush()  # the batch is full: each write stays within PIPE_BUF (unless one line is longer)
         _pending.append(msg)
+        _pending_bytes += size
+        if _flush_timer is None:
+            try:
+                # One write(2) per ACCESS_LOG_FLUSH_DELAY (or full batch) for the lines finished in it, not one
+                # per request: a busy worker finishes about one request per loop iteration.
+                _flush_timer = asyncio.get_running_loop().call_later(ACCESS_LOG_FLUSH_DELAY, flush)
+            except RuntimeError:  # no loop (tests, CLI): write it now
+                flush()
         return
     # Through logging (other handlers or filters attached, or a write error to report). Logger.info() would
     # also walk the stack for the caller's file and line (findCaller) that this line never shows.

@@ -418,7 +418,9 @@ def test_per_request_updates_are_added_up_and_written_once_per_flush(local: None
     assert writes == [100.0, 1.0]
 
 
-def test_access_lines_of_one_loop_iteration_go_out_in_one_write(monkeypatch) -> None:  # noqa: ANN001
+def test_access_lines_go_out_in_one_write_per_flush_delay(monkeypatch) -> None:  # noqa: ANN001
+    from fastgw.api.limits import ACCESS_LOG_FLUSH_DELAY
+
     class Counting(io.StringIO):
         writes = 0
 
@@ -433,15 +435,54 @@ def test_access_lines_of_one_loop_iteration_go_out_in_one_write(monkeypatch) -> 
     monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
 
     async def main() -> None:
-        for i in range(10):  # ten requests finishing in one iteration
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i in range(10):  # ten requests finishing in several loop iterations
             accesslog.log_request(_ctx(), "/v1/chat/completions", i)
-        assert buf.getvalue() == ""  # not yet: at the end of this iteration
-        await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        assert buf.getvalue() == ""  # not yet: they wait for the batch's timer
+        while not buf.getvalue() and loop.time() - t0 < 5:
+            await asyncio.sleep(0.001)
+        waited = loop.time() - t0
         assert Counting.writes == 1 and len(buf.getvalue().splitlines()) == 10
+        assert ACCESS_LOG_FLUSH_DELAY * 0.5 <= waited < ACCESS_LOG_FLUSH_DELAY + 1.0  # one timer, not per line
 
     try:
         asyncio.run(main())
         accesslog.log_request(_ctx(), "/v1/chat/completions", 0)  # no loop: written at once
         assert Counting.writes == 2 and len(buf.getvalue().splitlines()) == 11
+    finally:
+        accesslog.configure("info", "json", stream=io.StringIO())
+
+
+def test_a_full_batch_of_access_lines_is_written_at_once(monkeypatch) -> None:  # noqa: ANN001
+    from fastgw.api.limits import ACCESS_LOG_BATCH_BYTES
+
+    class Writes(io.StringIO):
+        sizes: list[int] = []
+
+        def write(self, s: str) -> int:
+            Writes.sizes.append(len(s.encode()))
+            return super().write(s)
+
+    buf = Writes()
+    accesslog.configure("info", "json", stream=buf)
+    import logging
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+
+    async def main() -> None:
+        one = len(accesslog._json(accesslog.access_record(_ctx("modèle-é"), "/v1/chat/completions", 0)).encode()) + 1
+        fit = ACCESS_LOG_BATCH_BYTES // one
+        for i in range(fit):
+            accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", 0)
+        assert Writes.sizes == []  # they fit: waiting for the timer
+        accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", 0)  # would pass the bound: the batch goes
+        assert Writes.sizes == [fit * one] and fit * one <= ACCESS_LOG_BATCH_BYTES
+        assert len(accesslog._pending) == 1
+        accesslog.configure("info", "json", stream=io.StringIO())  # a new stream: waiting lines go to the old one
+        assert Writes.sizes == [fit * one, one] and len(buf.getvalue().splitlines()) == fit + 1
+
+    try:
+        asyncio.run(main())
     finally:
         accesslog.configure("info", "json", stream=io.StringIO())
