@@ -455,8 +455,8 @@ def test_access_lines_go_out_in_one_write_per_flush_delay(monkeypatch) -> None: 
         accesslog.configure("info", "json", stream=io.StringIO())
 
 
-def test_a_full_batch_of_access_lines_is_written_at_once(monkeypatch) -> None:  # noqa: ANN001
-    from fastgw.api.limits import ACCESS_LOG_BATCH_BYTES
+def test_a_full_batch_of_access_lines_is_written_at_once_in_pipe_buf_writes(monkeypatch) -> None:  # noqa: ANN001
+    from fastgw.api.limits import ACCESS_LOG_BATCH_BYTES, ACCESS_LOG_BATCH_LINES
 
     class Writes(io.StringIO):
         sizes: list[int] = []
@@ -471,16 +471,20 @@ def test_a_full_batch_of_access_lines_is_written_at_once(monkeypatch) -> None:  
     monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
 
     async def main() -> None:
-        one = len(accesslog._json(accesslog.access_record(_ctx("modèle-é"), "/v1/chat/completions", 0)).encode()) + 1
-        fit = ACCESS_LOG_BATCH_BYTES // one
-        for i in range(fit):
-            accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", 0)
-        assert Writes.sizes == []  # they fit: waiting for the timer
-        accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", 0)  # would pass the bound: the batch goes
-        assert Writes.sizes == [fit * one] and fit * one <= ACCESS_LOG_BATCH_BYTES
-        assert len(accesslog._pending) == 1
+        for i in range(ACCESS_LOG_BATCH_LINES - 1):
+            accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", i)  # UTF-8: bytes, not characters
+        assert Writes.sizes == []  # waiting for the timer
+        accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", 0)  # the batch is full: written now
+        lines = buf.getvalue().splitlines(keepends=True)
+        assert len(lines) == ACCESS_LOG_BATCH_LINES and sum(Writes.sizes) == len(buf.getvalue().encode())
+        one = len(lines[0].encode())
+        # Writes of whole lines, as many as PIPE_BUF holds: each write atomic on a pipe shared by the workers.
+        assert len(Writes.sizes) > 1 and all(one <= n <= ACCESS_LOG_BATCH_BYTES for n in Writes.sizes)
+        assert all(n + one > ACCESS_LOG_BATCH_BYTES for n in Writes.sizes[:-1])
+        assert accesslog._flush_timer is None and not accesslog._pending
+        accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", 0)
         accesslog.configure("info", "json", stream=io.StringIO())  # a new stream: waiting lines go to the old one
-        assert Writes.sizes == [fit * one, one] and len(buf.getvalue().splitlines()) == fit + 1
+        assert len(buf.getvalue().splitlines()) == ACCESS_LOG_BATCH_LINES + 1
 
     try:
         asyncio.run(main())
