@@ -39,19 +39,33 @@ writes any value that is not plain printable ASCII as a JSON string (ASCII-escap
 
 Files
 -----
-With `server.access_log.path` set, every worker opens the same file with O_APPEND: each batch of lines is one
-write(2), which the kernel appends whole, so lines of several workers never interleave. Rotation is done by
+With `server.access_log.path` set, every worker opens the same file with O_APPEND: each write(2) holds whole lines,
+which the kernel appends whole, so lines of several workers never interleave. Rotation is done by
 whichever worker first sees the file reach `max_bytes` (fstat after its write), under an flock(2) on the
 file's directory: it renames `path.N-1` → `path.N` … `path` → `path.1` (the oldest beyond `backups` is
 dropped; `backups: 0` only truncates by starting a new file) and opens a new `path`. A worker that holds the
 renamed file notices on its next write (its file is past `max_bytes` and no longer has `path`'s inode) and
 reopens `path` under the same lock, so a rotation happens once however many workers race to it, and a file
-exceeds `max_bytes` by at most one batch per worker. One shared file rather than one per worker keeps the
+exceeds `max_bytes` by at most one write (ACCESS_LOG_BATCH_BYTES) per worker. One shared file rather than one per worker keeps the
 names the config documents and one place to read; the master takes no part.
 
-Cost: one dict, one `orjson.dumps` and one `write` per loop iteration for all the lines finished in it
-(with only our handler attached, no `LogRecord` is built; see `log_request`), plus one fstat per write
-when writing to a file.
+Batches
+-------
+A line waits in the worker until ACCESS_LOG_FLUSH_DELAY (10 ms) after the first line of its batch, or until 128
+lines wait; then the batch goes out in writes of whole lines of at most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic
+on a pipe the workers share). A busy worker finishes about one request per loop iteration, so the write per
+iteration this replaced was a syscall per request. A worker that stops (SIGTERM, reload, a boot error) writes its
+waiting lines before it exits; a hard crash (SIGKILL, the master killing a hung worker, a segfault) loses the
+lines of its last 10 ms at most.
+
+Cost
+----
+A request whose route and model the config defines (every successful one) gets its line from `_fast_json`: the
+strings that repeat — principal, peer, method, route, model, target, stream — are encoded, escaped and checked
+once per combination, only numbers are formatted per line (no dict, no `orjson.dumps`, no redaction pass; a test
+holds its line equal to the general path's, character for character). Other requests (unknown routes, models
+the config does not define, long client strings) take `access_record` + `_json`, which caps and redacts. With
+only our handler attached no `LogRecord` is built (see `log_request`). One fstat per write to a file.
 """
 
 from __future__ import annotations
