@@ -4,12 +4,17 @@
     load generator ─────────────────────────────────────────────────────────► mock upstream   ("direct")
 
 Method (per repeat, systems interleaved, their order rotated from one repeat to the next):
-  1. load, per mode (stream / nonstream): closed-loop wrk (or bench.loadgen) with `--connections`
-     in flight, a `--warmup` run then a `--seconds` measured run; requests/s, events/s (requests/s ×
-     SSE events per stream), latency percentiles, CPU ms per request = utime+stime of the system's
-     process tree (master + workers) over the run / requests completed, peak RSS of that tree (with
-     wrk the CPU reading spans wrk's whole life, so the ≤ `--connections` requests it abandons in flight
-     at the end cost CPU without being counted: well under 1% of a 5 s run);
+  1. load, per upstream profile (`--upstream-profiles`) and mode (stream / nonstream): closed-loop wrk
+     (or bench.loadgen) with `--connections` in flight, a `--warmup` run then a `--seconds` measured run;
+     requests/s, events/s (requests/s × SSE events per stream), latency percentiles, CPU ms per request =
+     utime+stime of the system's process tree (master + workers) over the run / requests completed, peak
+     RSS of that tree (with wrk the CPU reading spans wrk's whole life, so the ≤ `--connections` requests
+     it abandons in flight at the end cost CPU without being counted: well under 1% of a 5 s run).
+     Upstream profiles: `fast`, every answer in one write (a proxy reads a whole stream in one or two
+     reads); `peer`, the answer written as the peer-gateway harness's upstream wrote it, one event per
+     write and loop iteration (model bench-peer of bench/upstream.py; metrics prefixed `peer_`). The same
+     system costs more CPU per request behind `peer` (nginx ~1.4×: one read and one write per event)
+     and its ratio to nginx changes with it, so both are reported;
   2. TTFT at concurrency 1: bench.loadgen in count mode, sequential streamed requests on one
      connection; added TTFT = the system's percentile minus direct's in the same repeat;
   3. inter-event timing: the upstream paced at `--gap-delay` per event (model bench-paced),
@@ -43,25 +48,32 @@ from bench.stream import (BENCH_KEY, MODEL, REPO, RESULTS, CpuProbe, Server, _f,
                           free_port, holdback_stats, load_run, machine, policy_probe, rss_mb, tree)
 from bench.systems import DEFAULT_SYSTEMS, SYSTEMS, System, redis_round_trips, start_system, start_upstream
 from bench.trace import TraceSpec, run_trace
-from bench.upstream import PACED_MODEL
+from bench.upstream import PACED_MODEL, PEER_MODEL
 
 __all__ = ["add_arguments", "main", "METRICS"]
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
+#: Upstream profiles of the load passes: the model each is asked for (bench/upstream.py writes them differently).
+PROFILES = {"fast": MODEL, "peer": PEER_MODEL}
 _HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
 
 #: The reported metrics (medians over repeats in the JSON and the table). "added" = minus direct, same repeat.
 METRICS = ["stream_rps", "stream_events_per_s", "stream_cpu_ms_per_req", "nonstream_rps", "nonstream_cpu_ms_per_req",
+           "peer_stream_rps", "peer_stream_cpu_ms_per_req", "peer_nonstream_rps", "peer_nonstream_cpu_ms_per_req",
            "added_ttft_p50_ms", "added_ttft_p99_ms", "added_event_delay_p50_ms", "added_event_delay_p99_ms",
            "added_gap_p50_ms", "added_gap_p99_ms", "rss_mb"]
 #: Also kept per run and as medians in the JSON (absolute values behind the "added" ones, cross-checks).
 EXTRA = ["stream_latency_p50_ms", "stream_latency_p99_ms", "nonstream_latency_p50_ms", "nonstream_latency_p99_ms",
          "stream_upstream_cpu_ms_per_req", "nonstream_upstream_cpu_ms_per_req", "stream_requests",
-         "nonstream_requests", "stream_rss_mb", "nonstream_rss_mb", "pss_mb", "events_per_stream", "ttft_p50_ms",
+         "nonstream_requests", "stream_rss_mb", "nonstream_rss_mb", "peer_stream_latency_p50_ms",
+         "peer_stream_latency_p99_ms", "peer_nonstream_latency_p50_ms", "peer_nonstream_latency_p99_ms",
+         "peer_stream_upstream_cpu_ms_per_req", "peer_nonstream_upstream_cpu_ms_per_req", "peer_stream_requests",
+         "peer_nonstream_requests", "pss_mb", "events_per_stream", "ttft_p50_ms",
          "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms", "errors", "stream_redis_calls_per_req",
          "nonstream_redis_calls_per_req"]
 #: Metrics whose ratio to nginx is reported (absolute TTFT/gap too: "added" over a ~0 nginx value is noise).
 RATIOS = ["stream_rps", "stream_events_per_s", "stream_cpu_ms_per_req", "nonstream_rps", "nonstream_cpu_ms_per_req",
+          "peer_stream_rps", "peer_stream_cpu_ms_per_req", "peer_nonstream_rps", "peer_nonstream_cpu_ms_per_req",
           "ttft_p50_ms", "ttft_p99_ms", "added_ttft_p50_ms", "added_ttft_p99_ms", "gap_p99_ms",
           "added_event_delay_p99_ms", "rss_mb"]
 
@@ -84,6 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connections", "-c", type=int, default=64, help="connections in flight (closed loop)")
     p.add_argument("--events", type=int, default=50, help="content chunks per streamed answer")
     p.add_argument("--modes", default="stream,nonstream", help="load modes: stream,nonstream")
+    p.add_argument("--upstream-profiles", default=None,
+                   help=f"how the mock upstream writes answers for the load passes: {','.join(PROFILES)} "
+                        "(fast: one write per answer; peer: one write per event, as the peer harness's "
+                        "upstream) [fast,peer with wrk; fast with loadgen]")
     p.add_argument("--repeats", type=int, help="rounds of all systems (order rotated per round) [3]")
     p.add_argument("--c1-requests", type=int, help="sequential streamed requests for TTFT at concurrency 1 [500]")
     p.add_argument("--c1-warmup", type=int, help="unrecorded requests before them [50]")
@@ -126,6 +142,13 @@ def _resolve(args: argparse.Namespace) -> None:
         args.load_tool = "wrk" if wrk.available() else "loadgen"
     if args.load_tool == "wrk" and not wrk.available():
         raise SystemExit("bench run: wrk not found (apt-get install wrk) — or --load-tool loadgen")
+    if args.upstream_profiles is None:
+        args.upstream_profiles = ",".join(PROFILES) if args.load_tool == "wrk" else "fast"
+    args.profile_list = [x.strip() for x in args.upstream_profiles.split(",") if x.strip()]
+    if not args.profile_list or any(x not in PROFILES for x in args.profile_list):
+        raise SystemExit(f"bench run: bad --upstream-profiles {args.upstream_profiles!r} (from {','.join(PROFILES)})")
+    if args.load_tool == "loadgen" and args.profile_list != ["fast"]:
+        raise SystemExit("bench run: --upstream-profiles peer needs --load-tool wrk")
 
 
 def _cpus(args: argparse.Namespace) -> tuple[list[int] | None, list[int] | None, str]:
@@ -170,9 +193,12 @@ def _tree_mem(pid: int) -> tuple[float, float]:
             sum(r for p in pids if (r := _pss_mb(p)) is not None))
 
 
-def load_pass(args, system: System, upstream: Server, mode: str, scripts: dict[str, Path]) -> dict:
-    """One closed-loop run (after its warm-up) against `system`: throughput, CPU per request, RSS."""
-    pfx = mode + "_"
+def load_pass(args, system: System, upstream: Server, mode: str, scripts: dict[str, Path],
+              profile: str = "fast") -> dict:
+    """One closed-loop run (after its warm-up) against `system` behind the upstream `profile`: throughput, CPU per
+    request, RSS (keys prefixed `peer_` for the peer profile)."""
+    pfx = ("" if profile == "fast" else profile + "_") + mode + "_"
+    script = scripts[pfx + "lua"]
     if args.load_tool == "loadgen":
         # bench.stream.load_run: shared absolute window, /proc read at its edges, RSS sampled inside it.
         ns = SimpleNamespace(warmup=args.warmup, duration=args.seconds, connections=args.connections, clients=1,
@@ -188,12 +214,12 @@ def load_pass(args, system: System, upstream: Server, mode: str, scripts: dict[s
     url = f"http://127.0.0.1:{system.port}/v1/chat/completions"
     kw = dict(threads=args.wrk_threads, cpus=args.load_cpus)
     if args.warmup:
-        wrk.run(url, scripts[mode], args.warmup, args.connections, **kw)
+        wrk.run(url, script, args.warmup, args.connections, **kw)
     probes = [CpuProbe(p) for p in (system.pid, upstream.pid) if p]
     for p in probes:
         p.start()
     calls0 = redis_round_trips(system.redis_port) if system.redis_port else 0
-    proc = wrk.start(url, scripts[mode], args.seconds, args.connections, **kw)
+    proc = wrk.start(url, script, args.seconds, args.connections, **kw)
     peak, peak_pss = 0.0, 0.0
     try:
         while proc.poll() is None:  # memory of the system's tree, sampled while the load runs
@@ -327,6 +353,24 @@ def table(results: dict) -> list[str]:
             r = o["ratio_to_nginx"]
             lines.append(f"| {name} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.2f}×" for _, k in rc)
                          + " |")
+    if any(o["median"].get("peer_stream_cpu_ms_per_req") or o["median"].get("peer_nonstream_cpu_ms_per_req")
+           for o in results.values()):
+        lines += ["", "Both upstream profiles (CPU ms per request, and its ratio to nginx's in the same profile): "
+                      "fast = every answer in one upstream write, peer = one write per event, as the peer "
+                      "harness's upstream:", "",
+                  "| system | stream fast | stream peer | non-stream fast | non-stream peer | "
+                  "× nginx stream fast / peer | × nginx non-stream fast / peer |",
+                  "| --- |" + " ---: |" * 6]
+        for name, o in results.items():
+            m, r = o["median"], o["ratio_to_nginx"]
+
+            def x(k: str) -> str:
+                return "-" if r.get(k) is None else f"{r[k]:.2f}×"
+            lines.append(f"| {name} | {_f(m.get('stream_cpu_ms_per_req'), 3)} | "
+                         f"{_f(m.get('peer_stream_cpu_ms_per_req'), 3)} | {_f(m.get('nonstream_cpu_ms_per_req'), 3)} "
+                         f"| {_f(m.get('peer_nonstream_cpu_ms_per_req'), 3)} | {x('stream_cpu_ms_per_req')} / "
+                         f"{x('peer_stream_cpu_ms_per_req')} | {x('nonstream_cpu_ms_per_req')} / "
+                         f"{x('peer_nonstream_cpu_ms_per_req')} |")
     return lines
 
 
@@ -346,7 +390,8 @@ def markdown(args, meta: dict, results: dict, pngs: dict[str, Path], notes: list
              f"- method: closed-loop {args.load_tool} load, {args.connections} connections, {args.warmup} s warm-up + "
              f"{args.seconds} s measured per run, modes {', '.join(args.mode_list)}; streamed answers of "
              f"{args.events} content chunks + role, finish and [DONE] ({args.events + 3} events) from a zero-delay "
-             f"mock upstream (bench/upstream.py); CPU pinning: {meta['pinning']}; {args.repeats} repeat(s), systems "
+             f"mock upstream (bench/upstream.py), upstream profiles {', '.join(args.profile_list)} (fast: one write "
+             f"per answer; peer: one write per event and loop iteration); CPU pinning: {meta['pinning']}; {args.repeats} repeat(s), systems "
              f"interleaved with the order rotated per repeat, medians shown. CPU ms/req = utime+stime of the "
              f"system's processes (master + worker) over the run / requests completed; RSS / PSS = peak sum over "
              f"them under load (RSS counts pages shared by master and worker twice, PSS splits them). TTFT: "
@@ -392,9 +437,11 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     args.json = args.json or args.out_dir / f"run-{stamp}.json"
     tmp = Path(tempfile.mkdtemp(prefix="fastgw-bench-run-"))
     scripts = {}
-    for mode in ("stream", "nonstream"):
-        scripts[mode] = tmp / f"{mode}.lua"
-        scripts[mode].write_text(wrk.lua_script(chat_body(MODEL, mode == "stream"), _HEADERS))
+    for profile, model in PROFILES.items():
+        for mode in ("stream", "nonstream"):
+            key = ("" if profile == "fast" else profile + "_") + mode + "_lua"
+            scripts[key] = tmp / f"{profile}-{mode}.lua"
+            scripts[key].write_text(wrk.lua_script(chat_body(model, mode == "stream"), _HEADERS))
     servers: list[Server] = []
     systems: dict[str, System] = {}
     runs: list[dict[str, dict]] = []
@@ -437,14 +484,15 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
             order = args.system_list[k:] + args.system_list[:k]
             cur: dict[str, dict] = {n: {} for n in order}
             offsets: dict[str, list[list[float]]] = {}
-            for mode in args.mode_list:
-                for n in order:
-                    _alive(servers)
-                    print(f"[{r + 1}/{args.repeats}] {mode} load: {n} ...", flush=True)
-                    m = load_pass(args, systems[n], upstream, mode, scripts)
-                    for x in m.pop("_warnings"):  # a saturated Python client is context, not a failure
-                        (notes if "load generator at" in x else problems).append(f"{n} (repeat {r + 1}): {x}")
-                    cur[n].update(m)
+            for profile in args.profile_list:
+                for mode in args.mode_list:
+                    for n in order:
+                        _alive(servers)
+                        print(f"[{r + 1}/{args.repeats}] {mode} load, {profile} upstream: {n} ...", flush=True)
+                        m = load_pass(args, systems[n], upstream, mode, scripts, profile)
+                        for x in m.pop("_warnings"):  # a saturated Python client is context, not a failure
+                            (notes if "load generator at" in x else problems).append(f"{n} (repeat {r + 1}): {x}")
+                        cur[n].update(m)
             for n in order:
                 _alive(servers)
                 print(f"[{r + 1}/{args.repeats}] TTFT c=1 and paced gaps: {n} ...", flush=True)
@@ -459,7 +507,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 if m.get("stream_rps") is not None and m.get("events_per_stream"):
                     m["stream_events_per_s"] = m["stream_rps"] * m["events_per_stream"]
                 for k in ("rss_mb", "pss_mb"):
-                    m[k] = max((m[x] for x in (f"stream_{k}", f"nonstream_{k}") if m.get(x)), default=None)
+                    keys = [f"{pf}{md}_{k}" for pf in ("", "peer_") for md in ("stream", "nonstream")]
+                    m[k] = max((m[x] for x in keys if m.get(x)), default=None)
                 m["repeat"], m["position"] = r + 1, order.index(n) + 1
             add_relative(cur, offsets, args.gap_delay)
             for m in cur.values():  # every metric in every run: None where it does not apply (direct's CPU)

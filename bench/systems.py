@@ -1,11 +1,15 @@
 """The systems `python -m bench run` compares, and the mock upstream they all forward to.
 
-    fastgw         fastgw serve, 1 worker, provider openai, no policy chain (pass-through)
+    fastgw         fastgw serve, 1 worker, provider openai, no policy chain (pass-through); its default JSON access
+                   log on (stdout, which the bench sends to a file)
+    fastgw-nolog   the same with `--access-log off`: fastgw minus its access log
     fastgw-redact  the same with the realtime chain pii-detector (redact) + safety-filter (redact)
     fastgw-otel    fastgw with `telemetry:` on (traces at sample_ratio 1.0 and metrics) to an OTLP/HTTP sink
                    (bench.otlp_sink, a thread of the harness): the cost of OpenTelemetry
     nginx          Debian's nginx as a streaming reverse proxy: 1 worker, proxy_buffering off,
-                   HTTP/1.1 upstream keep-alive, chunked pass-through (the reference)
+                   HTTP/1.1 upstream keep-alive, chunked pass-through (the reference); access_log off
+    nginx-log      the same with a JSON access_log of fastgw's fields (those nginx knows) to a file, unbuffered
+                   (one write(2) per request, nginx's default): nginx plus its access log
     direct         no system at all: the load hits the mock upstream itself (the baseline for "added")
     fastgw-limit-local   fastgw with the rate-limiter on (`state.backend: local`): a request, token and concurrency
                    limit per key and a budget, set so high nothing is refused (what admission + settlement cost)
@@ -26,14 +30,15 @@ from pathlib import Path
 
 from bench.otlp_sink import OtlpSink
 from bench.stream import MODEL, PROBE_MODEL, REPO, Server, server_cmd
-from bench.upstream import PACED_MODEL
+from bench.upstream import PACED_MODEL, PEER_MODEL
 
 __all__ = ["SYSTEMS", "DEFAULT_SYSTEMS", "System", "redis_round_trips", "fastgw_yaml", "nginx_conf", "ensure_nginx", "start_upstream", "start_system"]
 
-#: Run by default.
-DEFAULT_SYSTEMS = ("fastgw", "fastgw-redact", "nginx", "direct")
+#: Run by default. fastgw-nolog beside fastgw: nginx runs with its access log off, so the like-with-like ratio
+#: to nginx is fastgw-nolog's, and the difference between the two is what fastgw's default access log costs.
+DEFAULT_SYSTEMS = ("fastgw", "fastgw-nolog", "fastgw-redact", "nginx", "direct")
 #: Every system `--systems` may name.
-SYSTEMS = DEFAULT_SYSTEMS + ("fastgw-otel", "fastgw-limit-local", "fastgw-limit-redis")
+SYSTEMS = DEFAULT_SYSTEMS + ("nginx-log", "fastgw-otel", "fastgw-limit-local", "fastgw-limit-redis")
 
 # Own template rather than bench.stream.GATEWAY_YAML: the paced model needs a third target.
 _FASTGW_YAML = """\
@@ -70,7 +75,7 @@ def fastgw_yaml(port: int, upstream_port: int, redact: bool = False, state: str 
     pricing = ", pricing: {input: 0.15, output: 0.6}" if state is not None else ""
     targets = "\n".join(
         f'    - {{id: {tid}, provider: openai, model: {m}, base_url: "http://127.0.0.1:{upstream_port}/v1"{pricing}}}'
-        for tid, m in (("up", MODEL), ("paced", PACED_MODEL), ("probe", PROBE_MODEL)))
+        for tid, m in (("up", MODEL), ("paced", PACED_MODEL), ("probe", PROBE_MODEL), ("peer", PEER_MODEL)))
     policy = _REDACT_POLICY if redact else _LIMIT_POLICY.format(state=state) if state is not None else ""
     if otlp is not None:
         policy += f"telemetry: {{otlp_endpoint: {otlp!r}, traces: true, metrics: true, sample_ratio: 1.0}}\n"
@@ -92,13 +97,25 @@ def redis_round_trips(port: int) -> int:
     return total
 
 
-def nginx_conf(port: int, upstream_port: int, prefix: Path) -> str:
+#: nginx-log's line: fastgw's access-line fields that nginx knows (no model, principal, tokens or policy: it
+#: reads no body), JSON-escaped by nginx (escape=json), numbers nginx may print as "-" quoted.
+_NGINX_LOG_FORMAT = ("log_format fastgw escape=json '{\"ts\":\"$time_iso8601\",\"request_id\":\"$request_id\","
+                     "\"principal\":null,\"client\":\"$remote_addr\",\"method\":\"$request_method\","
+                     "\"route\":\"$uri\",\"model\":null,\"target\":\"$upstream_addr\",\"stream\":null,"
+                     "\"status\":$status,\"ttft_ms\":\"$upstream_header_time\",\"duration_ms\":$request_time,"
+                     "\"bytes\":$body_bytes_sent,\"tokens\":null,\"policy\":{},\"retries\":0,\"error\":null}';")
+
+
+def nginx_conf(port: int, upstream_port: int, prefix: Path, access_log: bool = False) -> str:
     """nginx.conf for a streaming reverse proxy equivalent to fastgw's pass-through path.
 
     proxy_buffering off: each upstream read is sent on at once (what a streaming gateway must do);
     HTTP/1.1 + `Connection ""` + keepalive: upstream connections are reused, like fastgw's pool;
     nginx de-chunks the upstream body and re-chunks it to the client read by read (chunked pass-through).
+    `access_log`: a JSON line per request to `prefix`/access.log (nginx-log), else none.
     """
+    log = (f"    {_NGINX_LOG_FORMAT}\n    access_log {prefix}/access.log fastgw;" if access_log
+           else "    access_log off;")
     temp = "\n".join(f"    {k}_temp_path {prefix}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     # Running as root, nginx would switch its worker to `nobody`, which cannot use a 0700 temp dir.
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -109,7 +126,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 8192; multi_accept on; }}
 http {{
-    access_log off;
+{log}
 {temp}
     keepalive_requests 10000000;
     keepalive_timeout 75s;
@@ -197,21 +214,21 @@ def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list
     `source`: the directory whose `fastgw` package runs (e.g. a worktree of an older commit, for before/after)."""
     if name == "direct":
         return System(name, upstream_port)
-    if name in ("fastgw", "fastgw-redact", "fastgw-otel"):
+    if name in ("fastgw", "fastgw-nolog", "fastgw-redact", "fastgw-otel"):
         sink = OtlpSink() if name == "fastgw-otel" else None
         cfg = tmp / f"{name}.yaml"
         cfg.write_text(fastgw_yaml(port, upstream_port, redact=name == "fastgw-redact",
                                    otlp=sink.url if sink is not None else None))
-        return System(name, port, Server(name, server_cmd(cfg, port, 1, log_level), port, tmp / f"{name}.log",
-                                         cpus, source), sink)
-    if name == "nginx":
+        cmd = server_cmd(cfg, port, 1, log_level) + (["--access-log", "off"] if name == "fastgw-nolog" else [])
+        return System(name, port, Server(name, cmd, port, tmp / f"{name}.log", cpus, source), sink)
+    if name in ("nginx", "nginx-log"):
         binary = ensure_nginx()
-        prefix = tmp / "nginx"
+        prefix = tmp / name
         prefix.mkdir(exist_ok=True)
         conf = prefix / "nginx.conf"
-        conf.write_text(nginx_conf(port, upstream_port, prefix))
+        conf.write_text(nginx_conf(port, upstream_port, prefix, access_log=name == "nginx-log"))
         cmd = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-        return System(name, port, Server(name, cmd, port, tmp / "nginx.log", cpus))
+        return System(name, port, Server(name, cmd, port, tmp / f"{name}.log", cpus))
     if name in ("fastgw-limit-local", "fastgw-limit-redis"):
         redis = redis_port = None
         if name == "fastgw-limit-redis":

@@ -13,7 +13,14 @@ POST /v1/chat/completions answers, by the request body:
     schedule (event i at t_request + i × delay, so the pacing does not drift) — the baseline for
     inter-event gaps;
   * model `--probe-model`: the answer text is `--probe-text` (one email address), to check that a
-    redacting system under test really redacts.
+    redacting system under test really redacts;
+  * model `bench-peer` (PEER_MODEL): the same answers as `bench-model`, written in smaller pieces, like
+    the peer harness's upstream (the "peer" upstream profile of `bench run`): a streamed answer in
+    writes of about `--peer-write` bytes of whole events, each in its own loop iteration (one TCP
+    segment each, and for a fast proxy one read each), a non-streamed answer's head and body in two
+    writes. The default answers are one write each, so a proxy reads a whole 53-event stream in one
+    or two reads: nginx costs ~0.021 ms of CPU per streamed request behind them against 0.030 ms
+    behind the peer harness, which moves every ratio to nginx; the peer profile reproduces that.
 GET /readyz answers 200 (readiness for the harness, also through a proxy). Keep-alive throughout.
 
 Run `python -m bench.upstream --port 9000` (`--processes N`: N serving processes on SO_REUSEPORT sockets). Nothing is imported from fastgw.
@@ -37,9 +44,15 @@ import uvloop
 from bench.stream import MODEL, PROBE_MODEL, PROBE_TEXT
 from bench.text import make_text
 
-__all__ = ["PACED_MODEL", "Answers", "render", "serve", "main"]
+__all__ = ["PACED_MODEL", "PEER_MODEL", "PEER_WRITE", "Answers", "render", "serve", "main"]
 
 PACED_MODEL = "bench-paced"
+#: The model whose answers come as the peer harness wrote them (see the module docstring).
+PEER_MODEL = "bench-peer"
+#: Bytes per write of a PEER_MODEL stream: ~11 events of the default answer, 5 writes per stream. Chosen by
+#: measurement (bench/RESULTS.md, issue 18): nginx then costs ~1.4× its CPU per streamed request behind the one-write
+#: answers, as behind the peer harness (0.030 vs 0.021 ms); one event per write cost it 4.7×.
+PEER_WRITE = 2048
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 
 
@@ -95,12 +108,15 @@ class Answers:
     probe_stream: bytes
     probe_nonstream: bytes
     paced_parts: list[bytes]  # head + first event chunk, then one chunk per event, the last with the terminator
+    peer_parts: list[bytes]   # the same for PEER_MODEL, written back to back, one per loop iteration
+    peer_nonstream: list[bytes]  # head, body
     ready: bytes = _json_response(b'{"status":"ready"}')
     not_found: bytes = _json_response(b'{"error":{"message":"not found"}}', b"404 Not Found")
 
 
-def render(events: int = 50, chunk_size: int = 4, text: str | None = None) -> Answers:
-    """Pre-render all answers. `text`: the content (default: generated prose, no PII, seed 1)."""
+def render(events: int = 50, chunk_size: int = 4, text: str | None = None, peer_write: int = PEER_WRITE) -> Answers:
+    """Pre-render all answers. `text`: the content (default: generated prose, no PII, seed 1); `peer_write`: the
+    bytes of a PEER_MODEL stream per write (whole events, so each write is at least this much)."""
     if text is None:
         text, _ = make_text("prose", events * chunk_size)
     evs = sse_events(MODEL, text, chunk_size, events)
@@ -109,12 +125,20 @@ def render(events: int = 50, chunk_size: int = 4, text: str | None = None) -> An
     paced = [_chunk(e) for e in sse_events(PACED_MODEL, text, chunk_size, events)]
     paced[0] = _SSE_HEAD + paced[0]
     paced[-1] += b"0\r\n\r\n"
+    peer: list[bytes] = [_SSE_HEAD]
+    for e in sse_events(PEER_MODEL, text, chunk_size, events):  # whole events, about peer_write bytes a write
+        if len(peer[-1]) >= peer_write:
+            peer.append(b"")
+        peer[-1] += _chunk(e)
+    peer[-1] += b"0\r\n\r\n"
+    whole = _json_response(completion_json(PEER_MODEL, content, events))
+    split = whole.index(b"\r\n\r\n") + 4
     return Answers(
         stream=_SSE_HEAD + b"".join(_chunk(e) for e in evs) + b"0\r\n\r\n",
         nonstream=_json_response(completion_json(MODEL, content, events)),
         probe_stream=_SSE_HEAD + b"".join(_chunk(e) for e in pevs) + b"0\r\n\r\n",
         probe_nonstream=_json_response(completion_json(PROBE_MODEL, PROBE_TEXT, len(pevs) - 3)),
-        paced_parts=paced)
+        paced_parts=paced, peer_parts=peer, peer_nonstream=[whole[:split], whole[split:]])
 
 
 class _Conn(asyncio.Protocol):
@@ -171,6 +195,16 @@ class _Conn(asyncio.Protocol):
                 # schedule: thousands of open streams do not fill the loop's timer heap with every event upfront.
                 self.loop.call_at(t0 + self.delay, self._paced, 1, keep_alive, t0)
                 return
+            if PEER_MODEL.encode() in body:
+                if stream:
+                    self.busy = True
+                    self._peer(0, keep_alive)
+                    return
+                for part in a.peer_nonstream:
+                    self.tr.write(part)
+                if not keep_alive:
+                    self.tr.close()
+                return
             probe = PROBE_MODEL.encode() in body
             out = (a.probe_stream if probe else a.stream) if stream else (a.probe_nonstream if probe else a.nonstream)
         elif method == b"GET" and url.startswith(b"/readyz"):
@@ -193,6 +227,21 @@ class _Conn(asyncio.Protocol):
                 self.tr.close()
             elif self.queue:
                 self._answer(*self.queue.pop(0))
+
+    def _peer(self, i: int, keep_alive: bool) -> None:
+        """Event i of a PEER_MODEL stream now, the next one in the next loop iteration."""
+        if self.tr.is_closing():
+            return
+        parts = self.a.peer_parts
+        self.tr.write(parts[i])
+        if i + 1 < len(parts):
+            self.loop.call_soon(self._peer, i + 1, keep_alive)
+            return
+        self.busy = False
+        if not keep_alive:
+            self.tr.close()
+        elif self.queue:
+            self._answer(*self.queue.pop(0))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.queue.clear()
@@ -222,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=1,
                    help="serving processes, each with its own SO_REUSEPORT socket on the port (default 1): one "
                         "process is the bottleneck in front of many gateway workers")
+    p.add_argument("--peer-write", type=int, default=PEER_WRITE,
+                   help=f"bytes per write of a streamed answer to model {PEER_MODEL} (default {PEER_WRITE})")
     args = p.parse_args(argv)
-    answers = render(args.events, args.chunk_size)
+    answers = render(args.events, args.chunk_size, peer_write=args.peer_write)
     if args.processes <= 1:
         uvloop.run(serve(args.host, args.port, answers, args.delay))
         return 0

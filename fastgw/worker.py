@@ -73,7 +73,7 @@ def run_worker(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.s
         traceback.print_exc(file=sys.stderr)
         return 3  # master.BOOT_ERROR_EXIT
     finally:
-        accesslog.flush()  # lines of the last loop iteration
+        accesslog.flush()  # access lines still waiting for their batch (ACCESS_LOG_FLUSH_DELAY)
         metrics.flush()  # counts added up since the last flush
         loop.close()
 

@@ -418,7 +418,9 @@ def test_per_request_updates_are_added_up_and_written_once_per_flush(local: None
     assert writes == [100.0, 1.0]
 
 
-def test_access_lines_of_one_loop_iteration_go_out_in_one_write(monkeypatch) -> None:  # noqa: ANN001
+def test_access_lines_go_out_in_one_write_per_flush_delay(monkeypatch) -> None:  # noqa: ANN001
+    from fastgw.api.limits import ACCESS_LOG_FLUSH_DELAY
+
     class Counting(io.StringIO):
         writes = 0
 
@@ -433,15 +435,58 @@ def test_access_lines_of_one_loop_iteration_go_out_in_one_write(monkeypatch) -> 
     monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
 
     async def main() -> None:
-        for i in range(10):  # ten requests finishing in one iteration
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i in range(10):  # ten requests finishing in several loop iterations
             accesslog.log_request(_ctx(), "/v1/chat/completions", i)
-        assert buf.getvalue() == ""  # not yet: at the end of this iteration
-        await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        assert buf.getvalue() == ""  # not yet: they wait for the batch's timer
+        while not buf.getvalue() and loop.time() - t0 < 5:
+            await asyncio.sleep(0.001)
+        waited = loop.time() - t0
         assert Counting.writes == 1 and len(buf.getvalue().splitlines()) == 10
+        assert ACCESS_LOG_FLUSH_DELAY * 0.5 <= waited < ACCESS_LOG_FLUSH_DELAY + 1.0  # one timer, not per line
 
     try:
         asyncio.run(main())
         accesslog.log_request(_ctx(), "/v1/chat/completions", 0)  # no loop: written at once
         assert Counting.writes == 2 and len(buf.getvalue().splitlines()) == 11
+    finally:
+        accesslog.configure("info", "json", stream=io.StringIO())
+
+
+def test_a_full_batch_of_access_lines_is_written_at_once_in_pipe_buf_writes(monkeypatch) -> None:  # noqa: ANN001
+    from fastgw.api.limits import ACCESS_LOG_BATCH_BYTES, ACCESS_LOG_BATCH_LINES
+
+    class Writes(io.StringIO):
+        sizes: list[int] = []
+
+        def write(self, s: str) -> int:
+            Writes.sizes.append(len(s.encode()))
+            return super().write(s)
+
+    buf = Writes()
+    accesslog.configure("info", "json", stream=buf)
+    import logging
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+
+    async def main() -> None:
+        for i in range(ACCESS_LOG_BATCH_LINES - 1):
+            accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", i)  # UTF-8: bytes, not characters
+        assert Writes.sizes == []  # waiting for the timer
+        accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", 0)  # the batch is full: written now
+        lines = buf.getvalue().splitlines(keepends=True)
+        assert len(lines) == ACCESS_LOG_BATCH_LINES and sum(Writes.sizes) == len(buf.getvalue().encode())
+        one = len(lines[0].encode())
+        # Writes of whole lines, as many as PIPE_BUF holds: each write atomic on a pipe shared by the workers.
+        assert len(Writes.sizes) > 1 and all(one <= n <= ACCESS_LOG_BATCH_BYTES for n in Writes.sizes)
+        assert all(n + one > ACCESS_LOG_BATCH_BYTES for n in Writes.sizes[:-1])
+        assert accesslog._flush_timer is None and not accesslog._pending
+        accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", 0)
+        accesslog.configure("info", "json", stream=io.StringIO())  # a new stream: waiting lines go to the old one
+        assert len(buf.getvalue().splitlines()) == ACCESS_LOG_BATCH_LINES + 1
+
+    try:
+        asyncio.run(main())
     finally:
         accesslog.configure("info", "json", stream=io.StringIO())

@@ -278,6 +278,26 @@ def test_access_log_is_one_json_line_per_request(gateway_factory):
     assert all(isinstance(ln["ttft_ms"], float) and 0 <= ln["ttft_ms"] <= ln["duration_ms"] for ln in lines)
 
 
+def test_access_lines_of_requests_answered_just_before_sigterm_are_all_written(gateway_factory, tmp_path):
+    """Lines wait up to ACCESS_LOG_FLUSH_DELAY for their batch; a worker told to stop writes them before it exits."""
+    import http.client
+
+    path = tmp_path / "access.log"
+    gw = gateway_factory.start(_mock_cfg(access_log={"path": str(path)}), workers=1)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    body = b'{"model":"mock-1","messages":[{"role":"user","content":"hi"}]}'
+    ids = [f"last-{i}" for i in range(100)]
+    for rid in ids:  # keep-alive, back to back: the last ones are answered moments before the signal
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json", "x-request-id": rid})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read()
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(15) == 0
+    conn.close()
+    lines = [orjson.loads(ln) for ln in path.read_text().splitlines()]
+    assert [ln["request_id"] for ln in lines] == ids  # every one, whole, in order
+
+
 def test_metrics_token(gateway_factory):
     import urllib.error
     import urllib.request

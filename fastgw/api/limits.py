@@ -13,6 +13,16 @@ from __future__ import annotations
 WORKER_TIMEOUT = 30.0
 #: Drain budget on SIGTERM before in-flight streams are cut. gunicorn graceful_timeout is 30 s.
 GRACEFUL_TIMEOUT = 30.0
+#: Access lines wait at most this long in the worker before one write(2) takes them all: a busy worker finishes
+#: about one request per loop iteration, so a write per iteration was a syscall per request (~2 % of its CPU).
+#: What a hard crash (SIGKILL, segfault) can lose; an orderly exit writes them all.
+ACCESS_LOG_FLUSH_DELAY = 0.01
+#: Bytes per write(2) at most (a line longer than this alone excepted): PIPE_BUF, so on a pipe shared by the
+#: workers (stdout under a supervisor) each write is atomic and lines never interleave; it also bounds how far a
+#: rotated file passes its `max_bytes`.
+ACCESS_LOG_BATCH_BYTES = 4096
+#: ... and written at once when this many are waiting (bounds the memory a burst of requests holds in lines).
+ACCESS_LOG_BATCH_LINES = 128
 
 # --- upstream ---------------------------------------------------------------------
 

@@ -96,10 +96,36 @@ def test_upstream_framing_parsed_with_h11(upstream: int):
                        for d in data[:-1])
         assert text == PROBE_TEXT
 
+        # The peer profile's model: the same events (its own model name), non-streamed the same answer.
+        resp, data, _ = _exchange(sock, conn, {"model": "bench-peer", "stream": True, "messages": []})
+        peer = [json.loads(bytes(d.data)[6:]) for d in data[:-1]]
+        assert len(data) == 53 and bytes(data[-1].data) == b"data: [DONE]\n\n" and all(d.chunk_start for d in data)
+        assert [c["choices"] for c in peer] == [c["choices"] for c in chunks] and peer[0]["model"] == "bench-peer"
+        resp, data, _ = _exchange(sock, conn, {"model": "bench-peer", "stream": False, "messages": []})
+        obj = json.loads(b"".join(bytes(d.data) for d in data))
+        assert obj["choices"][0]["message"]["content"] == content and obj["model"] == "bench-peer"
+
         # The paced model: the same 53 events, one every 2 ms on an absolute schedule.
         resp, data, took = _exchange(sock, conn, {"model": "bench-paced", "stream": True})
         assert len(data) == 53 and bytes(data[-1].data) == b"data: [DONE]\n\n"
         assert 52 * 0.002 * 0.8 <= took < 2.0  # uvloop timers have millisecond resolution
+
+
+def test_peer_profile_writes_smaller_pieces():
+    """bench-peer's stream is cut into writes of whole events of at least `peer_write` bytes (the last may be
+    shorter), which put together are the one-write answer's framing; its non-streamed answer is head + body."""
+    from bench.upstream import PEER_WRITE, render
+
+    a = render()
+    parts = a.peer_parts
+    assert 4 <= len(parts) <= 8 and all(len(p) >= PEER_WRITE for p in parts[:-1])
+    assert all(p.endswith(b"\n\n\r\n") for p in parts[:-1]) and parts[-1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    whole = b"".join(parts)
+    assert whole.startswith(a.stream[:a.stream.index(b"\r\n\r\n") + 4])  # the same head
+    assert whole.count(b"data: ") == a.stream.count(b"data: ") == 53
+    head, body = a.peer_nonstream
+    assert head.endswith(b"\r\n\r\n") and b"Content-Length: %d\r\n" % len(body) in head
+    assert len(render(peer_write=100_000).peer_parts) == 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -113,13 +139,17 @@ def test_nginx_conf_is_a_streaming_keepalive_proxy(tmp_path: Path):
                    "listen 127.0.0.1:8081", "chunked_transfer_encoding on;", "proxy_request_buffering off;",
                    f"pid {tmp_path}/nginx.pid;"):
         assert needle in conf, needle
-    assert conf.count("{") == conf.count("}")
+    assert conf.count("{") == conf.count("}") and "access_log off;" in conf
+    logged = nginx_conf(8081, 9001, tmp_path, access_log=True)
+    assert "access_log off;" not in logged and f"access_log {tmp_path}/access.log fastgw;" in logged
+    assert "log_format fastgw escape=json" in logged
     if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
-        (tmp_path / "nginx.conf").write_text(conf)
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        r = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                            "-e", str(tmp_path / "error.log")], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+        for text in (conf, logged):
+            (tmp_path / "nginx.conf").write_text(text)
+            r = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                                "-e", str(tmp_path / "error.log")], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("redact", [False, True])
@@ -128,7 +158,7 @@ def test_fastgw_config_loads(tmp_path: Path, redact: bool):
     path.write_text(fastgw_yaml(8080, 9001, redact=redact))
     cfg, _ = load_config(path)
     assert cfg.server.workers == 1
-    assert {t.model for t in cfg.providers.targets} == {"bench-model", "bench-paced", "bench-probe"}
+    assert {t.model for t in cfg.providers.targets} == {"bench-model", "bench-paced", "bench-probe", "bench-peer"}
     assert all(t.base_url == "http://127.0.0.1:9001/v1" for t in cfg.providers.targets)
     assert list(cfg.policies.chain) == (["pii-detector", "safety-filter"] if redact else [])
 
@@ -285,6 +315,46 @@ def test_run_nginx(tmp_path: Path):
     assert data["systems"]["nginx"]["ratio_to_nginx"]["stream_rps"] == 1.0
     assert not (tmp_path / "RESULTS.md").exists()  # no --write, nothing appended
     assert "Ratio to nginx" in p.stdout
+
+
+def test_run_access_log_systems_and_profiles(tmp_path: Path):
+    """fastgw-nolog writes no access line where fastgw writes one per request; nginx-log writes a JSON line of
+    fastgw's fields per request; both upstream profiles are measured and tabled, with ratios to nginx-log."""
+    data, p = _bench(tmp_path, "fastgw,fastgw-nolog,nginx-log", "--modes", "nonstream", "--c1-requests", "5",
+                     "--gap-requests", "1", "--keep-logs")
+    logs = Path(p.stdout.rsplit("logs kept in ", 1)[1].strip())
+    try:
+        gw = [json.loads(x) for x in (logs / "fastgw.log").read_text().splitlines() if x.startswith("{")]
+        assert len(gw) >= data["systems"]["fastgw"]["median"]["nonstream_requests"] > 0
+        assert not [x for x in (logs / "fastgw-nolog.log").read_text().splitlines() if x.startswith("{")]
+        ng = [json.loads(x) for x in (logs / "nginx-log" / "access.log").read_text().splitlines()]
+        assert len(ng) >= data["systems"]["nginx-log"]["median"]["nonstream_requests"]
+        assert set(ng[-1]) <= set(gw[-1]) and {"ts", "request_id", "route", "status", "bytes"} <= set(ng[-1])
+        assert {x["route"] for x in ng} == {"/readyz", "/v1/chat/completions"} and ng[-1]["status"] == 200
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
+    for name, o in data["systems"].items():
+        m = o["median"]
+        assert m["nonstream_cpu_ms_per_req"] > 0 and m["peer_nonstream_cpu_ms_per_req"] > 0, name
+        assert m["nonstream_requests"] > 0 and m["peer_nonstream_requests"] > 0 and m["errors"] == 0, name
+        assert m["stream_cpu_ms_per_req"] is None and m["peer_stream_cpu_ms_per_req"] is None, name
+    assert data["args"]["profile_list"] == ["fast", "peer"]
+    assert "Both upstream profiles" in p.stdout and "\n| fastgw-nolog | - | - | " in p.stdout
+    assert data["systems"]["fastgw"]["ratio_to_nginx"] == {}  # nginx-log is not the reference
+
+
+def test_upstream_profiles_option():
+    ns = bench_run.argparse.ArgumentParser()
+    bench_run.add_arguments(ns)
+    args = ns.parse_args(["--upstream-profiles", "fast", "--load-tool", "loadgen"])
+    bench_run._resolve(args)
+    assert args.profile_list == ["fast"]
+    for bad in (["--upstream-profiles", "slow"], ["--upstream-profiles", "peer", "--load-tool", "loadgen"]):
+        with pytest.raises(SystemExit):
+            bench_run._resolve(ns.parse_args(bad))
+    args = ns.parse_args(["--load-tool", "loadgen"])
+    bench_run._resolve(args)
+    assert args.profile_list == ["fast"]  # peer needs wrk's per-model scripts
 
 
 @pytest.mark.slow

@@ -1,0 +1,86 @@
+"""The access line of a common request is built from parts encoded once (`accesslog._fast_json`): it must be,
+character for character, the line the general path writes (`_json(access_record(...))`), whatever the strings
+hold, and it must leave to the general path every request whose route or model needs redaction or capping."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastgw import accesslog
+from fastgw.policy.base import RequestContext
+
+ROUTE, MODEL = "/v1/chat/completions", "gpt-x"
+WALL = 1738324800.125
+
+_text = st.text(st.characters(codec="utf-8"), max_size=60) | st.sampled_from(
+    ["", "a\u2028b", "q\"uote\\", "\x7f\x85", "tab\tnew\nline", "é€😀"])
+_usage = st.none() | st.just({}) | st.fixed_dictionaries(
+    {}, optional={"prompt_tokens": st.integers(0, 10**9) | st.none() | st.just("7"),
+                  "completion_tokens": st.integers(0, 10**9), "input_tokens": st.integers(0, 99),
+                  "output_tokens": st.integers(0, 99), "estimated": st.booleans(), "partial": st.booleans()})
+
+
+@pytest.fixture(autouse=True)
+def known_names():
+    accesslog.set_redactor(None, [ROUTE, MODEL, "/v1/models"])
+    yield
+    accesslog.set_redactor(None, ())
+
+
+def _ctx(rid: str = "req_abc", principal: str | None = "team-a", client: str = "10.0.0.7", model: str | None = MODEL,
+         target: str | None = "t1", error: str | None = None, usage: dict | None = None, status: int = 200,
+         first: float | None = 0.25, decisions: tuple = ()) -> RequestContext:
+    ctx = RequestContext(rid, "POST", ROUTE, [], client)
+    ctx.model, ctx.target, ctx.status, ctx.stream, ctx.principal = model, target, status, True, principal
+    ctx.error, ctx.usage = error, usage
+    ctx.first_byte = None if first is None else ctx.started + first
+    for policy, outcome in decisions:
+        ctx.decide(policy, "input", outcome)
+    return ctx
+
+
+def _both(ctx: RequestContext, route: str = ROUTE, nbytes: int | None = 1234) -> tuple[str | None, str]:
+    now = ctx.started + 1.5
+    return (accesslog._fast_json(ctx, route, nbytes, now=now, wall=WALL),
+            accesslog._json(accesslog.access_record(ctx, route, nbytes, now=now, wall=WALL)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rid=st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True) | _text.filter(lambda s: 0 < len(s) <= 128),
+       principal=st.none() | _text, client=_text.filter(lambda s: len(s) <= 45), error=st.none() | _text,
+       usage=_usage, status=st.sampled_from([0, 200, 404, 499]), first=st.none() | st.floats(0, 1e5),
+       nbytes=st.none() | st.integers(0, 2**40), target=st.none() | _text, model=st.sampled_from([None, MODEL]),
+       decisions=st.lists(st.tuples(st.sampled_from(["rbac", "pii", "routing", "a\"b"]),
+                                    st.sampled_from(["allow", "observe", "redact", "block", "deny", "x"])),
+                          max_size=5))
+def test_the_fast_line_is_the_general_line(rid, principal, client, error, usage, status, first, nbytes, target,
+                                           model, decisions) -> None:
+    ctx = _ctx(rid, principal, client, model, target, error, usage, status, first, tuple(decisions))
+    fast, general = _both(ctx, nbytes=nbytes)
+    if accesslog._PLAIN_ID(rid) is None:
+        assert fast is None  # an id the app would not have accepted: the general path escapes or caps it
+        return
+    assert fast == general
+    # And repeated (the parts now come from the cache): the same line.
+    assert _both(ctx, nbytes=nbytes)[0] == general
+
+
+@pytest.mark.parametrize("ctx, route", [
+    (_ctx(model="sk-" + "a" * 40), ROUTE),       # a model the config does not define: redacted on the general path
+    (_ctx(), "/v1/models/sk-" + "b" * 40),       # an unknown route
+    (_ctx(), ROUTE + "?api_key=x"),              # a query string
+    (_ctx(client="1" * 46), ROUTE),              # an X-Forwarded-For value longer than an address: capped
+    (_ctx(rid="r" * 129), ROUTE),                # a request id longer than the app accepts: capped
+])
+def test_what_needs_redaction_or_capping_takes_the_general_path(ctx: RequestContext, route: str) -> None:
+    fast, general = _both(ctx, route)
+    assert fast is None and "sk-" not in general
+
+
+def test_a_config_reload_forgets_the_encoded_parts() -> None:
+    ctx = _ctx()
+    assert _both(ctx)[0] is not None
+    accesslog.set_redactor(None, [ROUTE])  # the model is no longer a configured name
+    assert _both(ctx)[0] is None and not accesslog._enc_cache
