@@ -117,6 +117,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self.closed = False
+        #: The receive buffer is capped already (`_limit_receive_buffer`): a socket option stays set, so one
+        #: setsockopt per connection rather than per request.
+        self._rcvbuf_capped = False
         self._head_future: asyncio.Future[None] | None = None
         # Per-response state, declared here with its types; `_reset` gives it its values.
         self._parser: httptools.HttpResponseParser
@@ -383,6 +386,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _limit_receive_buffer(self) -> None:
         """A stream: cap the kernel receive buffer (STREAM_RCVBUF), so what the client has not read waits at the
         provider, not in this host's memory. Whole bodies (read_body) keep the autotuned buffer."""
+        if self._rcvbuf_capped:
+            return
         t = self.transport
         sock = t.get_extra_info("socket") if t is not None else None
         if sock is None:
@@ -391,6 +396,7 @@ class UpstreamConnection(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limits.STREAM_RCVBUF)
         except OSError:
             pass  # not a socket that has one (a test transport)
+        self._rcvbuf_capped = True
 
     def pause_reading(self) -> None:
         t = self.transport
