@@ -301,6 +301,8 @@ class UpstreamConnection(asyncio.Protocol):
         fut: asyncio.Future[bytes] = self._loop.create_future()
         collector = _Collector(limit, fut)
         self.set_sink(collector)
+        if fut.done():
+            return fut.result()  # the whole body came with the head (or failed): no deadline to keep
         loop = self._loop
         end_by = loop.time() + timeout if timeout is not None else float("inf")
         state = _BodyWatch(loop.time())
