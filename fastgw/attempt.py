@@ -272,10 +272,13 @@ class Attempt:
             relay.usage_sink = ctx
             relay.strip_usage = strip_usage
             relay.strip_null_usage = null_usage
-        relay.arm(*deadlines)
         metrics.stream_opened()
         opened = time.monotonic()
         relay.start()
+        if not relay.done.done():
+            # Armed after the bytes that came with the head: a stream they completed needs no timer at all,
+            # and one they began gets its idle deadline at once (not a TTFT timer cancelled and set again).
+            relay.arm(*deadlines)
         try:
             end = await relay.done
         finally:

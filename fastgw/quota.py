@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastgw import metrics
 from fastgw.policy.ratelimit import RENEW_EVERY, Pricing, RateLimitPolicy, Refusal, Reservation, requested_completion
-from fastgw.policy.textscan import request_slots
+from fastgw.policy.textscan import text_chars
 from fastgw.state import Backend, StateUnavailable, open_backend
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ log = logging.getLogger("fastgw.quota")
 
 def prompt_estimate(body: dict[str, Any]) -> int:
     """The prompt's tokens as the usage record estimates them: a token per four characters of every text field."""
-    return sum(len(c[k]) for c, k, _f, _i in request_slots(body)) // 4 + 1
+    return text_chars(body) // 4 + 1  # the texts `request_slots` yields, counted without building them
 
 
 class Quota:

@@ -32,11 +32,15 @@ from fastgw.proto.server import Responder
 from fastgw.proto.sse import SSESplitter
 from fastgw.providers.base import Translator
 from fastgw.providers.chunks import encode_chunks
+from fastgw.scan.literals import Literals
 
 __all__ = ["SSERelay", "StreamEnd", "TranslatedSource", "error_event", "Source"]
 
 _DONE_TAIL = b"[DONE]"
 _SEQ = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
+#: Both spellings `_empty_choices` looks for: most reads have neither, and one Hyperscan pass says so for ~1/8 of
+#: what the two `bytes.find` over the whole read cost (measured: 1.8 vs 14 µs on a 12 KB read of 53 events).
+_EMPTY_CHOICES = Literals(b'"choices":[]', b'"choices": []')
 
 log = logging.getLogger("fastgw.stream")
 
@@ -246,7 +250,7 @@ class SSERelay:
         n = block.count(b"data:")
         self.events += n
         self.clock.ticks(time.monotonic(), n)
-        i = _empty_choices(block, 0)
+        i = _empty_choices(block, 0) if _EMPTY_CHOICES.found(block) else -1
         while i >= 0:
             start = block.rfind(b"\n\n", 0, i)
             start = 0 if start < 0 else start + 2

@@ -23,7 +23,7 @@ from fastgw.policy.findings import Finding, Findings
 from fastgw.scan.database import ScanDB, Span
 from fastgw.scan.scanner import ScanBudget, StreamScanner, find_spans
 
-__all__ = ["ScanPolicy", "Tagged", "merge_spans", "redact", "process_slots", "process_slots_sliced", "request_slots",
+__all__ = ["ScanPolicy", "Tagged", "merge_spans", "redact", "process_slots", "process_slots_sliced", "request_slots", "text_chars",
            "response_slots", "walk", "TokenRun", "SKIP", "is_blob", "set_token", "decide_counts", "Slicer",
            "RequestTooExpensive", "SLICE_PIECE"]
 
@@ -253,6 +253,30 @@ def walk(node: object, field: str, choice: int | None, skip: frozenset[str] = SK
                     yield node, i, field, choice
             elif isinstance(v, (dict, list)):
                 yield from walk(v, field, choice, skip)
+
+
+def text_chars(node: object, skip: frozenset[str] = SKIP) -> int:
+    """The characters of every text `walk(node, ...)` yields, summed without building its slots (the usage
+    estimate needs only their length: a third of the cost of summing `request_slots`)."""
+    n = 0
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "":
+                continue  # walk's `omit`
+            if isinstance(v, str):
+                if v and (k not in skip) and not is_blob(node, k, v):
+                    n += len(v)
+            elif isinstance(v, (dict, list)):
+                sub = _NOSKIP if (k in _JSON_VALUES or (k == "input" and node.get("type") in _TOOL_INPUT)) \
+                    else skip
+                n += text_chars(v, sub)
+    elif isinstance(node, list):
+        for v in node:
+            if isinstance(v, str):
+                n += len(v)
+            elif isinstance(v, (dict, list)):
+                n += text_chars(v, skip)
+    return n
 
 
 class TokenRun:

@@ -117,7 +117,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self.closed = False
+        #: The receive buffer is capped already (`_limit_receive_buffer`): a socket option stays set, so one
+        #: setsockopt per connection rather than per request.
+        self._rcvbuf_capped = False
         self._head_future: asyncio.Future[None] | None = None
+        #: The response-head deadline: one timer per connection rather than one set and cancelled per request. A
+        #: request leaves a later timer running; when it fires for a head that is not late, it waits on.
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_due = 0.0  # loop time the head awaited now is late
+        self._head_timeout = 0.0
         # Per-response state, declared here with its types; `_reset` gives it its values.
         self._parser: httptools.HttpResponseParser
         self.status: int
@@ -242,14 +250,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_future = fut = self._loop.create_future()
         assert self.transport is not None
         self.transport.write(data)
-        timer = self._loop.call_later(timeout, self._on_head_timeout, timeout)
-        try:
-            await fut
-        finally:
-            timer.cancel()
+        self._head_timeout = timeout
+        self._head_due = due = self._loop.time() + timeout
+        timer = self._head_timer
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._head_timer = self._loop.call_at(due, self._check_head)
+        await fut
 
-    def _on_head_timeout(self, timeout: float) -> None:
-        self._fail(TransportTimeout("upstream sent no response head within %gs" % timeout))
+    def _check_head(self) -> None:
+        self._head_timer = None
+        fut = self._head_future
+        if fut is None or fut.done() or self.closed:
+            return  # no head awaited: the next request sets the timer again
+        if self._head_due - self._loop.time() > 1e-3:  # set for an earlier request: this head is not late yet
+            self._head_timer = self._loop.call_at(self._head_due, self._check_head)
+            return
+        self._fail(TransportTimeout("upstream sent no response head within %gs" % self._head_timeout))
 
     def _reset(self) -> None:
         """Per-response state, fresh for each request on this connection."""
@@ -298,6 +316,8 @@ class UpstreamConnection(asyncio.Protocol):
         fut: asyncio.Future[bytes] = self._loop.create_future()
         collector = _Collector(limit, fut)
         self.set_sink(collector)
+        if fut.done():
+            return fut.result()  # the whole body came with the head (or failed): no deadline to keep
         loop = self._loop
         end_by = loop.time() + timeout if timeout is not None else float("inf")
         state = _BodyWatch(loop.time())
@@ -383,6 +403,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _limit_receive_buffer(self) -> None:
         """A stream: cap the kernel receive buffer (STREAM_RCVBUF), so what the client has not read waits at the
         provider, not in this host's memory. Whole bodies (read_body) keep the autotuned buffer."""
+        if self._rcvbuf_capped:
+            return
         t = self.transport
         sock = t.get_extra_info("socket") if t is not None else None
         if sock is None:
@@ -391,6 +413,7 @@ class UpstreamConnection(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limits.STREAM_RCVBUF)
         except OSError:
             pass  # not a socket that has one (a test transport)
+        self._rcvbuf_capped = True
 
     def pause_reading(self) -> None:
         t = self.transport
@@ -405,6 +428,9 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close for good (abort: unread bytes must not be mistaken for the next response)."""
         self.closed = True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         t = self.transport
         if t is not None:
             t.abort()

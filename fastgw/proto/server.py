@@ -227,7 +227,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self._timed_body = -1  # the body (reader.heads once its head was accepted) the body clock runs for
         self._body_start = 0.0  # loop time that body began
         self._body_at = 0.0  # loop time of the last read while a body was due
+        #: One keep-alive timer per connection, not per request: a request arriving leaves it running, and when it
+        #: fires it closes only a connection idle for the whole timeout since `_idle_since` (else waits on).
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0  # loop time the last answer left the connection idle
         self._send_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
 
@@ -313,9 +316,6 @@ class HttpServerProtocol(asyncio.Protocol):
         st = self._reader.state
         if st is not IDLE and st is not HEAD and st is not BODY and st is not REPLAY:
             return  # an error or an Upgrade stopped reading
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
-            self._keepalive_timer = None
         if len(data) > _PARSE_SLICE:
             self._ingest(data)
             return
@@ -530,6 +530,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._current is None and not self._queue and self._backlog is None:
             st = self._reader.state
             if st is IDLE:
+                self._idle_since = self._loop.time()
                 if self._keepalive_timer is None:
                     self._keepalive_timer = self._loop.call_later(self._lim.keepalive_timeout,
                                                                   self._on_keepalive_timeout)
@@ -641,8 +642,13 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def _on_keepalive_timeout(self) -> None:
         self._keepalive_timer = None
-        if self._idle:
-            self._close()
+        if not self._idle:
+            return  # busy: the next answer that leaves it idle sets the timer again
+        left = self._idle_since + self._lim.keepalive_timeout - self._loop.time()
+        if left > 1e-3:  # it was busy meanwhile: idle only since its last answer
+            self._keepalive_timer = self._loop.call_later(left, self._on_keepalive_timeout)
+            return
+        self._close()
 
     def _on_send_timeout(self) -> None:
         # The client stopped reading: holding its buffer forever would let it pin memory.

@@ -189,3 +189,34 @@ def test_tls_with_ca_file_and_verification_failure(tls_files):
         conn = await pool.exchange(key_, REQ, connect_timeout=2, head_timeout=2, ca_file=str(cert))
         assert await conn.read_body() == b"secure"
     run(main())
+
+
+def test_head_deadline_of_a_reused_connection_counts_from_each_request():
+    """One head timer per connection: a request on a reused connection gets its own whole head timeout (the
+    timer a first request set fires early for it and waits on), and a shorter timeout takes effect at once."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        pool = UpstreamPool(loop)
+
+        async def late(w):
+            await asyncio.sleep(0.5)  # within its own 0.6 s, past the first request's deadline
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await w.drain()
+
+        async def hang(w):
+            await asyncio.sleep(5)
+        srv = Scripted([reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), late, hang])
+        port = await srv.start()
+        key = ("http", "127.0.0.1", port)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=0.6)
+        assert await conn.read_body() == b"ok"
+        pool.release(conn)
+        await asyncio.sleep(0.3)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=0.6)  # the same connection
+        assert srv.connections == 1 and await conn.read_body() == b"ok"
+        pool.release(conn)
+        t0 = loop.time()
+        with pytest.raises(TransportTimeout, match="within 0.1s"):
+            await pool.exchange(key, REQ, connect_timeout=2, head_timeout=0.1)
+        assert loop.time() - t0 < 0.4  # the shorter deadline, not the timer already set
+    run(main())

@@ -625,9 +625,26 @@ def test_fake_keepalive_timeout_closes_an_idle_connection_only():
     assert t.out.startswith(b"HTTP/1.1 200") and not t.closed
     loop.advance(74.9)
     assert not t.closed
-    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")  # the next request cancels the timer
+    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")  # the idle clock restarts with its answer
     loop.run()
     loop.advance(74.9)
+    assert not t.closed
+    loop.advance(0.2)
+    assert t.closed and not t.aborted
+
+
+def test_fake_keepalive_timer_firing_mid_request_waits_for_the_next_idle_period():
+    loop, t, proto, _, _ = _fake()
+    proto.data_received(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run()
+    loop.advance(74.0)
+    proto.data_received(b"GET /echo HTTP/1.1\r\n")  # a head under way when the keep-alive time is up
+    loop.advance(2.0)
+    assert not t.closed
+    proto.data_received(b"Host: x\r\n\r\n")
+    loop.run()
+    assert t.out.count(b"HTTP/1.1 200") == 2
+    loop.advance(74.9)  # a whole keep-alive timeout from the second answer
     assert not t.closed
     loop.advance(0.2)
     assert t.closed and not t.aborted

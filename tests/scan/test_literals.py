@@ -1,0 +1,48 @@
+"""fastgw.scan.literals: the one-pass "any of these literals?" check the usage scan of a stream relies on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fastgw.scan.literals import Literals
+
+
+def test_finds_any_literal_anywhere() -> None:
+    lits = Literals(b'"choices":[]', b'"choices": []')
+    assert lits.found(b'data: {"choices":[],"usage":{}}\n\n')
+    assert lits.found(b'x' * 10000 + b'"choices": []')
+    assert lits.found(b'"choices":[]')  # the whole input
+    assert not lits.found(b'data: {"choices":[{"index":0}]}\n\n')
+    assert not lits.found(b'"choices":[ ]')
+    assert not lits.found(b"")
+
+
+def test_literals_are_bytes_not_patterns() -> None:
+    lits = Literals(b"a.b", b"[x]")
+    assert lits.found(b"--a.b--") and lits.found(b"[x]")
+    assert not lits.found(b"aXb") and not lits.found(b"x")
+
+
+def test_answers_again_after_a_hit() -> None:
+    lits = Literals(b"needle")
+    assert lits.found(b"a needle")
+    assert not lits.found(b"hay")  # no report carried over from the last scan
+
+
+def test_recompiled_in_a_forked_child() -> None:
+    lits = Literals(b"needle")
+    assert lits.found(b"needle")
+    pid = os.fork()
+    if pid == 0:  # the child scans with its own database and scratch
+        os._exit(0 if lits.found(b"a needle") and not lits.found(b"hay") else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_needs_literals() -> None:
+    with pytest.raises(ValueError):
+        Literals()
+    with pytest.raises(ValueError):
+        Literals(b"")
