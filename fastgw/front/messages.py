@@ -122,7 +122,7 @@ def anthropic_error(status: int, data: bytes) -> bytes:
     except orjson.JSONDecodeError:
         obj = None
     if isinstance(obj, dict) and obj.get("type") == "error" and isinstance(obj.get("error"), dict) \
-            and obj["error"].get("type") in _ERROR_TYPES:
+            and isinstance(obj["error"].get("type"), str) and obj["error"]["type"] in _ERROR_TYPES:
         return data
     err = obj.get("error") if isinstance(obj, dict) else None
     message = err.get("message") if isinstance(err, dict) else None

@@ -243,7 +243,7 @@ def walk(node: object, field: str, choice: int | None, skip: frozenset[str] = SK
                 if v and (k not in skip) and not is_blob(node, k, v):
                     yield node, k, f"{field}.{k}" if field else k, choice
             elif isinstance(v, (dict, list)):
-                sub = _NOSKIP if (k in _JSON_VALUES or (k == "input" and node.get("type") in _TOOL_INPUT)) \
+                sub = _NOSKIP if (k in _JSON_VALUES or (k == "input" and _tool_input(node))) \
                     else skip
                 yield from walk(v, f"{field}.{k}" if field else k, choice, sub)
     elif isinstance(node, list):
@@ -253,6 +253,13 @@ def walk(node: object, field: str, choice: int | None, skip: frozenset[str] = SK
                     yield node, i, field, choice
             elif isinstance(v, (dict, list)):
                 yield from walk(v, field, choice, skip)
+
+
+def _tool_input(node: dict) -> bool:
+    """The object is a tool call whose `input` holds the call's JSON arguments (any `type` a client sends is
+    looked at: a list or an object there is no tool call, and no error)."""
+    t = node.get("type")
+    return isinstance(t, str) and t in _TOOL_INPUT
 
 
 def text_chars(node: object, skip: frozenset[str] = SKIP) -> int:
@@ -267,7 +274,7 @@ def text_chars(node: object, skip: frozenset[str] = SKIP) -> int:
                 if v and (k not in skip) and not is_blob(node, k, v):
                     n += len(v)
             elif isinstance(v, (dict, list)):
-                sub = _NOSKIP if (k in _JSON_VALUES or (k == "input" and node.get("type") in _TOOL_INPUT)) \
+                sub = _NOSKIP if (k in _JSON_VALUES or (k == "input" and _tool_input(node))) \
                     else skip
                 n += text_chars(v, sub)
     elif isinstance(node, list):

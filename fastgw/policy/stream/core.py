@@ -254,7 +254,8 @@ class StreamPolicy(ABC):
                         self._text(TextKey(choice, f"{field}.{k}" if field else k, item, part), v, path + (k,),
                                    segs, repeats)
                 elif isinstance(v, (dict, list)):
-                    sub = _NOSKIP if k in _JSON_VALUES or (k == "input" and node.get("type") in _TOOL_INPUT) \
+                    sub = _NOSKIP if k in _JSON_VALUES or (k == "input" and isinstance(node.get("type"), str)
+                                                                 and node["type"] in _TOOL_INPUT) \
                         else skip
                     self._walk(v, f"{field}.{k}" if field else k, choice, item, part, path + (k,), segs, sub,
                                repeats)
