@@ -102,6 +102,21 @@ def _run(tmp_path: Path, *extra: str, timeout: float = 300) -> tuple[subprocess.
     return p, json.loads(out.read_text()), res.read_text()
 
 
+def test_quick_run_three_tables(tmp_path: Path):
+    """The short form in `make test`: the length, patterns and workers tables (the streams table's own form, ~15 s
+    of paced streams, runs with the slow tests below)."""
+    _, d, md = _run(tmp_path, "--quick", "--tables", "length,patterns,workers")
+    t = d["tables"]
+    assert set(t) == {"length", "patterns", "workers"} and not d["problems"]
+    assert [r["events"] for r in t["length"]["rows"]] == [20, 200]
+    assert all(r[pol]["us_per_event"] > 0 for r in t["length"]["rows"] for pol in ("none", "chain"))
+    assert [r["config"] for r in t["patterns"]["rows"]] == ["pass-through", "built-ins", "+100"]
+    assert [r["workers"] for r in t["workers"]["rows"]] == [1, 2]
+    assert "CPU per event vs stream length" in md and "Requests/s vs workers" in md
+    assert "RSS per stream vs concurrent streams" not in md  # only the tables asked for
+
+
+@pytest.mark.slow
 def test_quick_run_every_table(tmp_path: Path):
     _, d, md = _run(tmp_path, "--quick", "--streams", "5,20", "--idle-seconds", "0.3")
     t = d["tables"]
