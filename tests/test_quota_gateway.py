@@ -216,6 +216,14 @@ def test_redis_failing_mid_load(tmp_path: Path, on_failure: str, fault: str) -> 
         redis.stop()
 
 
+def _status(gw: Gateway, model: str) -> int:
+    """The status of a keyless chat request for `model` (errors raise: these tests expect answers)."""
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    req = urllib.request.Request(f"{gw.url}/chat/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status
+
+
 class _Dead:
     """A target that accepts connections and closes them at once, counting them (every attempt is one)."""
 
@@ -267,11 +275,7 @@ def test_a_shared_breaker_counts_failures_across_instances(tmp_path: Path) -> No
         gws = [start_gateway(cfg, tmp_path / f"gw{i}", workers=2) for i in range(3)]
 
         def ask(i: int) -> int:
-            body = orjson.dumps({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]})
-            req = urllib.request.Request(f"{gws[i % 3].url}/chat/completions", body,
-                                         {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status
+            return _status(gws[i % 3], "gpt-x")
 
         for i in range(12):
             assert ask(i) == 200  # the backup answers
@@ -314,11 +318,7 @@ def test_a_providers_retry_after_is_honoured_by_every_instance(tmp_path: Path) -
         gws = [start_gateway(cfg, tmp_path / f"gw{i}", workers=2) for i in range(3)]
 
         def ask(i: int) -> int:
-            body = orjson.dumps({"model": "fault-429", "messages": [{"role": "user", "content": "hi"}]})
-            req = urllib.request.Request(f"{gws[i % 3].url}/chat/completions", body,
-                                         {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status
+            return _status(gws[i % 3], "fault-429")
 
         upstream.reset()
         assert ask(0) == 200  # the 429 is met once, the backup answers
