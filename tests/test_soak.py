@@ -24,7 +24,7 @@ from bench.faulty_upstream import FAULTS, expected_text
 from bench.soak import OUTCOMES, SCENARIOS, Response, classify
 
 REPO = Path(__file__).resolve().parents[1]
-SHORT_SECONDS = 20
+SHORT_SECONDS = 14
 LONG_SECONDS = int(os.environ.get("FASTGW_SOAK_SECONDS", "600"))
 
 

@@ -276,7 +276,7 @@ def _check_runs(data: dict, names: list[str], repeats: int) -> None:
 
 def test_run_fastgw_and_direct(tmp_path: Path):
     real_results = (REPO / "bench" / "RESULTS.md").read_bytes()
-    data, p = _bench(tmp_path, "fastgw,direct", "--repeats", "2", "--write")
+    data, p = _bench(tmp_path, "fastgw,direct", "--repeats", "2", "--write", "--upstream-profiles", "fast")
     systems = data["systems"]
     assert data["orders"] == [["fastgw", "direct"], ["direct", "fastgw"]]  # interleaved, order rotated
     assert data["policy_probe"] == {"fastgw": "passed through", "direct": "passed through"}
