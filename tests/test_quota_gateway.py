@@ -16,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from tests.state.redis_server import MISSING, REDIS_SERVER, RedisServer
+from tests.state.redis_server import RedisServer
 from tests.support.procs import Gateway, start_gateway
 
 KEY = "fgw-quota-test-key"
@@ -126,7 +126,6 @@ def test_a_budget_holds_under_concurrency_and_across_restarts(tmp_path: Path) ->
         gw.stop()
 
 
-@pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING)
 def test_redis_limits_are_exact_across_three_instances(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis").start()
     gws: list[Gateway] = []
@@ -176,7 +175,6 @@ def _durations_ms(gw: Gateway, request_ids: set[str]) -> list[float]:
         time.sleep(0.05)
 
 
-@pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING)
 @pytest.mark.parametrize("fault", ["killed", "hung"])
 @pytest.mark.parametrize("on_failure", ["closed", "open"])
 def test_redis_failing_mid_load(tmp_path: Path, on_failure: str, fault: str) -> None:
@@ -257,7 +255,6 @@ class _Dead:
 COOLDOWN = 2
 
 
-@pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING)
 def test_a_shared_breaker_counts_failures_across_instances(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis").start()
     dead = _Dead()
@@ -296,7 +293,6 @@ def test_a_shared_breaker_counts_failures_across_instances(tmp_path: Path) -> No
         redis.stop()
 
 
-@pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING)
 def test_a_providers_retry_after_is_honoured_by_every_instance(tmp_path: Path) -> None:
     """A target's 429 with `retry-after: 1` seen by one worker keeps every worker of every instance off that
     target for that second (the backup answers), then the target is asked again."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.state.redis_server import MISSING, REDIS_SERVER, RedisServer
+from tests.state.redis_server import RedisServer
 from tests.support.procs import Gateway, start_gateway, start_upstream
 
 KEY = "fgw-load-key"
@@ -213,7 +213,6 @@ def _run(tmp_path: Path, seconds: float, backend: str) -> None:
         upstream.stop()
 
 
-@pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING)
 def test_three_instances_on_redis_hold_every_limit(tmp_path: Path) -> None:
     _run(tmp_path, 4.0, "redis")
 
@@ -223,7 +222,6 @@ def test_one_instance_on_the_local_backend_holds_every_limit(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING)
 def test_three_instances_on_redis_hold_every_limit_for_20s(tmp_path: Path) -> None:
     _run(tmp_path, 20.0, "redis")
 

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 
 import anthropic
 import openai
 import orjson
 import pytest
 
-from fastgw import app as app_mod
 from fastgw.api.errors import GatewayError
 from fastgw.attempt import Attempt
 from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain
-from fastgw.policy.rbac import RbacPolicy
 from fastgw.providers.base import Endpoint, TargetRuntime
 from fastgw.providers.scope import MCP, SERVER_TOOLS, check_tools, requested
 from tests.abuse._h3support import CannedUpstream, request
@@ -30,8 +27,6 @@ CUSTOM = {"name": "get_weather", "description": "w", "input_schema": {"type": "o
 MESSAGES = {"model": "claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": "text"}]}
 FUNCTION = {"type": "function", "name": "f", "parameters": {"type": "object"}}
 #: The target's settings reach TargetRuntime once fastgw/app.py's build_targets passes them (see the report).
-PLUMBED = "allow_server_tools" in inspect.getsource(app_mod.build_targets)
-ROLES_PLUMBED = hasattr(RbacPolicy, "grants")
 
 
 def no(name: str) -> bool:
@@ -200,7 +195,6 @@ def test_responses_function_tools_and_chat_search_options(stack) -> None:
     assert status == 400 and orjson.loads(body)["error"]["param"] == "web_search_options"
 
 
-@pytest.mark.skipif(not PLUMBED, reason="fastgw/app.py build_targets does not pass the target's allow_* yet")
 def test_a_target_that_allows_them_forwards_them(stack) -> None:
     gw, mock, _, key = stack
     extra = {"mcp_servers": [{"type": "url", "url": "https://mcp.example/sse", "name": "x"}],
@@ -209,7 +203,6 @@ def test_a_target_that_allows_them_forwards_them(stack) -> None:
     assert mock.last("/v1/messages")["body"]["mcp_servers"] == extra["mcp_servers"]
 
 
-@pytest.mark.skipif(not ROLES_PLUMBED, reason="fastgw/policy/rbac.py has no RbacPolicy.grants yet")
 def test_a_role_that_allows_them_forwards_them(stack) -> None:
     gw, mock, _, key = stack
     extra = {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}

@@ -48,7 +48,6 @@ def _wait(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
     return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc are Linux's")
 def test_no_core_dumps_sets_the_limit_and_the_dumpable_flag() -> None:
     code = ("import ctypes, resource\n"
             "from fastgw.master import no_core_dumps\n"

@@ -23,7 +23,7 @@ _prefixes = itertools.count()
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if REDIS_SERVER is None:
-        pytest.skip(MISSING)
+        pytest.fail(MISSING)
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
@@ -33,7 +33,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def fresh_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start a server of this test's own (aof=True for persistence); stopped at teardown."""
     if REDIS_SERVER is None:
-        pytest.skip(MISSING)
+        pytest.fail(MISSING)
     started: list[RedisServer] = []
 
     def start(aof: bool = False) -> RedisServer:
