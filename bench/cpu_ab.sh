@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Gateway CPU per request of one or more fastgw checkouts, interleaved so that they share the box's drift:
-#   bench/cpu_ab.sh [-n ROUNDS] [-m stream|nonstream] DIR [DIR ...]
+#   bench/cpu_ab.sh [-n ROUNDS] [-m stream|nonstream] [-p] DIR [DIR ...]
 # Each round starts, for each DIR in turn, the mock upstream (bench/upstream.py, 50 events) and a 1-worker
 # fastgw from DIR pinned to CPU 0, drives it with wrk (64 connections, CPU 1) for 1 s of warm-up and 5 s
 # measured, and prints the worker's utime+stime over the measured run divided by the requests wrk completed.
+# DIR@off runs DIR with its access log off (`--access-log off`), to compare a checkout with itself.
+# -p: with bench run's fastgw-redact chain (pii-detector redact + safety-filter redact).
 set -euo pipefail
-rounds=3 mode=nonstream
-while getopts "n:m:" o; do case $o in n) rounds=$OPTARG;; m) mode=$OPTARG;; *) exit 2;; esac; done
+rounds=3 mode=nonstream chain=
+while getopts "n:m:p" o; do case $o in n) rounds=$OPTARG;; m) mode=$OPTARG;; p) chain=1;; *) exit 2;; esac; done
 shift $((OPTIND - 1))
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=$here/.venv/bin/python
@@ -24,12 +26,20 @@ providers:
   targets:
     - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18101/v1"}
 Y
+[ -n "$chain" ] && cat >> "$tmp/gw.yaml" <<Y
+policies: {chain: [pii-detector, safety-filter]}
+policy:
+  pii-detector: {action: redact}
+  safety-filter: {action: redact, terms: [forbidden fruit, secret sauce]}
+Y
 cputicks() { "$py" -c "import sys; s=open(f'/proc/{sys.argv[1]}/stat').read().rsplit(')',1)[1].split(); print(int(s[11])+int(s[12]))" "$1"; }
 for ((r = 1; r <= rounds; r++)); do
-  for dir in "$@"; do
+  for arg in "$@"; do
+    dir=${arg%@off} alog=json
+    [ "$dir" != "$arg" ] && alog=off
     (cd "$here" && exec taskset -c 1 "$py" -m bench.upstream --port 18101 --events 50 >/dev/null 2>&1) & up=$!
     sleep 0.7
-    (cd "$dir" && PYTHONPATH=$dir exec "$py" -m fastgw serve --config "$tmp/gw.yaml" >"$tmp/gw.log" 2>&1) & gw=$!
+    (cd "$dir" && PYTHONPATH=$dir exec "$py" -m fastgw serve --config "$tmp/gw.yaml" --access-log "$alog" >"$tmp/gw.log" 2>&1) & gw=$!
     sleep 1.5
     worker=$(pgrep -P "$gw" | head -1)
     taskset -pc 0 "$worker" >/dev/null
@@ -38,7 +48,7 @@ for ((r = 1; r <= rounds; r++)); do
     n=$(taskset -c 1 wrk -t1 -c64 -d5s -s "$tmp/req.lua" http://127.0.0.1:18102/v1/chat/completions | awk '/requests in/ {print $1}')
     t1=$(cputicks "$worker")
     hz=$(getconf CLK_TCK)
-    echo "round $r $mode $dir: $("$py" -c "print(round(($t1-$t0)/$hz*1e6/$n, 1))") µs CPU/request ($n requests)"
+    echo "round $r $mode $arg: $("$py" -c "print(round(($t1-$t0)/$hz*1e6/$n, 1))") µs CPU/request ($n requests)"
     kill "$gw" "$up"; wait "$gw" "$up" 2>/dev/null || true
   done
 done
