@@ -15,6 +15,10 @@
             event. Reported: events/s delivered, gateway CPU µs per event and cores (full = ≥ 0.9 of its one
             core), worker RSS idle → steady (median of samples in the window) and the growth per open stream,
             inter-event gap percentiles and stalls (a gap > `--stall` s, far above the pacing).
+  idle      worker RSS per open idle stream (`--idle-streams`, default 1,000, 2,000 on ONE worker, a fresh gateway
+            per size): every stream got its head and first event, and the upstream (model bench-paced, one event
+            an hour) sends nothing more; RSS after all are open, minus the worker's RSS before, ÷ streams. The
+            state a stream holds while it waits (kernel socket buffers are not RSS).
   patterns  redaction CPU per event vs pattern count: pass-through (reference), the built-ins (pii-detector
             redact + safety-filter with 2 terms), and `--terms` more generated safety-filter terms (default
             +100, +1,000; distinct two-word phrases, from a file), 50-event streamed answers, measured like
@@ -34,6 +38,7 @@ ratios, not absolutes. `--quick` is a tiny smoke run (about a minute).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as _dt
 import json
 import math
@@ -59,7 +64,7 @@ from bench.upstream import PACED_MODEL
 
 __all__ = ["add_arguments", "main", "safety_terms", "TABLES"]
 
-TABLES = ("length", "streams", "patterns", "workers")
+TABLES = ("length", "streams", "idle", "patterns", "workers")
 OUT_DIR = Path(__file__).resolve().parent / "results"
 _AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 
@@ -67,7 +72,7 @@ _AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 _SCALED = {"lengths": ("50,500,5000", "20,200"), "length_events": (300_000, 6_000), "repeats": (3, 1),
            "streams": ("10,100,1000,5000", "5,40"), "delay": (0.2, 0.05), "duration": (5.0, 1.0),
            "settle": (1.0, 0.5), "terms": ("100,1000", "100"), "pattern_events": (150_000, 3_000),
-           "workers": ("1,2", "1,2"), "seconds": (3, 1), "warmup": (1, 0)}
+           "workers": ("1,2", "1,2"), "seconds": (3, 1), "warmup": (1, 0), "idle_streams": ("1000,2000", "50,200")}
 
 #: The chain of `length` and `patterns` (as bench.systems' fastgw-redact), with room for a file of extra terms.
 _CHAIN = ("policies: {{chain: [pii-detector, safety-filter]}}\n"
@@ -119,6 +124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stall", type=float, default=1.0, help="an inter-event gap above this many seconds is a stall")
     g.add_argument("--clients", type=int, default=2, help="stream client processes")
     g.add_argument("--idle-seconds", type=float, default=2.0, help="idle gateway CPU measured before each pass (s)")
+    g = p.add_argument_group("idle (worker RSS per open idle stream)")
+    g.add_argument("--idle-streams", help=f"open idle streams per row [{d['idle_streams']}]")
     g = p.add_argument_group("patterns (redaction CPU per event vs safety-filter terms)")
     g.add_argument("--terms", help=f"extra generated safety-filter terms per row, besides the built-ins [{d['terms']}]")
     g.add_argument("--pattern-events", type=int, help=f"events delivered per cell and repeat [{d['pattern_events']}]")
@@ -162,9 +169,10 @@ def _resolve(args: argparse.Namespace) -> None:
     if bad or not args.table_list:
         raise SystemExit(f"bench scale: unknown --tables {bad or args.tables!r} (known: {', '.join(TABLES)})")
     args.length_list, args.stream_list = _ints(args.lengths), _ints(args.streams)
+    args.idle_list = _ints(args.idle_streams)
     args.term_list, args.worker_list = [0] + [n for n in _ints(args.terms) if n], _ints(args.workers)
-    if min(args.length_list + args.stream_list + args.worker_list, default=0) < 1 or args.delay <= 0:
-        raise SystemExit("bench scale: --lengths, --streams, --workers and --delay must be positive")
+    if min(args.length_list + args.stream_list + args.worker_list + args.idle_list, default=0) < 1 or args.delay <= 0:
+        raise SystemExit("bench scale: --lengths, --streams, --idle-streams, --workers and --delay must be positive")
     if args.stall <= args.delay:
         raise SystemExit("bench scale: --stall must exceed --delay")
     avail = sorted(os.sched_getaffinity(0))
@@ -421,6 +429,103 @@ def md_streams(args, t: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
+# table 2b: worker RSS per open idle stream
+# ------------------------------------------------------------------------------------------
+
+#: The idle table's upstream paces its events an hour apart: after the head and the first event, nothing comes.
+_IDLE_DELAY = 3600.0
+#: Streams the idle table's harness opens at once (each waits for its first event before the next opens).
+_IDLE_OPENING = 100
+
+
+async def _open_idle(port: int, n: int, held: list) -> None:
+    """Open `n` streams to model bench-paced, each kept once its first event arrived."""
+    req = build_request("127.0.0.1", port, "/v1/chat/completions", chat_body(PACED_MODEL, True), _AUTH)
+    gate = asyncio.Semaphore(_IDLE_OPENING)
+
+    async def one() -> None:
+        async with gate:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(req)
+            got = b""
+            while b"data:" not in got:
+                chunk = await r.read(65536)
+                if not chunk:
+                    raise RuntimeError(f"idle stream closed before its first event: {got[:200]!r}")
+                got += chunk
+            held.append(w)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+def _smaps_kb(pid: int) -> dict[str, int]:
+    """/proc/<pid>/smaps_rollup in KB (Rss, Pss, Private_Dirty, ...); {} when unreadable."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            k, _, v = line.partition(":")
+            out[k] = int(v.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def table_idle(args, tmp: Path, problems: list[str]) -> dict:
+    rows = []
+    for n in args.idle_list:
+        servers: list[Server] = []
+        held: list = []
+        try:
+            up = start_upstream(tmp, free_port(), 2, _IDLE_DELAY, args.one_load_cpus, name=f"upstream-idle{n}")
+            servers.append(up)
+            up.wait_ready(30)
+            gw = _start_gateway(f"idle{n}", tmp, up.port, "", 1, args.one_gw_cpus, args.log_level,
+                                max_connections=max(4096, n + 256))
+            servers.append(gw)
+            gw.wait_ready(60)
+            if warm_up(gw.port, 20) != 20:
+                problems.append(f"idle {n}: warm-up requests through the gateway failed")
+            worker = _workers(gw.pid)[0]
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(_open_idle(gw.port, 20, held))  # first use of the streamed path
+                for w in held:
+                    w.close()
+                held.clear()
+                loop.run_until_complete(asyncio.sleep(1.0))
+                before = _smaps_kb(worker)
+                print(f"[idle] opening {n:,} idle streams ...", flush=True)
+                loop.run_until_complete(_open_idle(gw.port, n, held))
+                loop.run_until_complete(asyncio.sleep(1.5))
+                after = _smaps_kb(worker)
+                for w in held:
+                    w.close()
+            finally:
+                loop.close()
+        finally:
+            for s in reversed(servers):
+                s.stop()
+        grown = {k: (after.get(k, 0) - before.get(k, 0)) / n for k in ("Rss", "Pss", "Anonymous")}
+        rows.append({"streams": n, "rss_idle_mb": before.get("Rss", 0) / 1024, "rss_open_mb": after.get("Rss", 0) / 1024,
+                     "kb_per_stream": grown["Rss"], "anon_kb_per_stream": grown["Anonymous"],
+                     "pss_kb_per_stream": grown["Pss"]})
+        time.sleep(0.5)
+    return {"rows": rows}
+
+
+def md_idle(args, t: dict) -> list[str]:
+    L = [f"Open idle streams on one gateway worker (pass-through; each stream has its head and first event, then the "
+         f"upstream sends nothing for {_IDLE_DELAY:g} s; a fresh gateway per row; RSS from /proc/<worker>/smaps_rollup "
+         f"1.5 s after the last stream opened, minus the RSS before; kernel socket buffers are not in it):", "",
+         "| open idle streams | worker RSS before → open MB | RSS per stream KB | anonymous per stream KB "
+         "| PSS per stream KB |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for r in t["rows"]:
+        L.append(f"| {r['streams']:,} | {_f(r['rss_idle_mb'])} → {_f(r['rss_open_mb'])} | {_f(r['kb_per_stream'])} | "
+                 f"{_f(r['anon_kb_per_stream'])} | {_f(r['pss_kb_per_stream'])} |")
+    return L
+
+
+# ------------------------------------------------------------------------------------------
 # table 3: redaction cost vs pattern count
 # ------------------------------------------------------------------------------------------
 
@@ -655,6 +760,7 @@ def md_workers(args, t: dict) -> list[str]:
 
 _RUN = {"length": (table_length, md_length, "CPU per event vs stream length"),
         "streams": (table_streams, md_streams, "CPU per event and RSS per stream vs concurrent streams"),
+        "idle": (table_idle, md_idle, "Worker RSS per open idle stream"),
         "patterns": (table_patterns, md_patterns, "Redaction cost per event vs pattern count"),
         "workers": (table_workers, md_workers, "Requests/s vs workers")}
 

@@ -189,6 +189,12 @@ def _peer(transport: asyncio.BaseTransport) -> str:
 class HttpServerProtocol(asyncio.Protocol):
     """One client connection."""
 
+    # No instance dict: one lives as long as its connection (~1.2 KB less per open stream; issue 18).
+    __slots__ = ("_handler", "render_error", "_lim", "_tracker", "_loop", "_on_error", "_hooks", "transport", "peer",
+                 "_reader", "_queue", "_flow", "_current", "_resp", "closing_after_response", "_backlog", "_held",
+                 "_lingering", "_overflow", "_paused_at", "_header_timer", "_timed_head", "_body_timer", "_timed_body",
+                 "_body_start", "_body_at", "_keepalive_timer", "_idle_since", "_send_timer", "_linger_timer")
+
     # ---- construction: per-connection state ----------------------------------------------
     def __init__(self, handler: Handler, lim: ServerLimits, tracker: ConnectionTracker,
                  loop: asyncio.AbstractEventLoop | None = None, on_error: Callable[[BaseException], None] | None = None,
@@ -445,7 +451,7 @@ class HttpServerProtocol(asyncio.Protocol):
         flow = self._flow
         if self._current is not None or not self._queue or flow.lost or flow.write_paused or self._lingering:
             return  # one at a time; and the next answer waits until the client has read the last one
-        item = self._queue.popleft()
+        item = self._queue.pop(0)
         if isinstance(item, HttpError):
             self._answer_error(item)
             return

@@ -141,7 +141,9 @@ def encode_json(obj: object, client_body: dict | None = None, at: str = "") -> b
     """`orjson.dumps(obj)`, with a body nested past `MAX_ENCODED_DEPTH` answered as the client's 400 naming the
     deepest parameter of `client_body` (the request as the client wrote it; else `obj`, found at param `at`)."""
     try:
-        return orjson.dumps(obj)
+        # An exact-size copy: orjson's bytes keep its whole output buffer (4 KiB at least), and an upstream body
+        # lives as long as its request: ~4 KB of every open stream (issue 18); the copy costs ~0.3 µs.
+        return bytes(memoryview(orjson.dumps(obj)))
     except orjson.JSONEncodeError:  # parsed JSON holds only encodable values: the nesting is what failed
         raise _too_deep(client_body if client_body is not None else obj, at) from None
 

@@ -78,8 +78,10 @@ _PEM_LABEL = rb"(?:(?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY|PGP PRIVATE
 #: Bound on a held private-key block (see PRIVATE_KEY).
 PEM_WIDTH = 16384
 
-# The validator of the built-in PHONE pattern (DEFAULT_REGIONS); patterns_for(regions=...) makes others.
-_PHONE = PhoneValidator(DEFAULT_REGIONS)
+# The validator of the built-in PHONE pattern (DEFAULT_REGIONS); patterns_for(regions=...) makes others. Loaded
+# when patterns_for hands it out (in the master, before fork) or at its first judgement, not at import: every
+# worker imports these patterns, and libphonenumber is ~1.5 MB of a worker that never judges a phone (issue 18).
+_PHONE = PhoneValidator(DEFAULT_REGIONS, load=False)
 
 
 def _not_vetoed(value: bytes, before: bytes, table: bytes = b"") -> bool:
@@ -175,6 +177,8 @@ def patterns_for(entities: Iterable[str], regions: Sequence[str] | None = None) 
     if regions is not None and tuple(regions) != DEFAULT_REGIONS:
         phone = PhoneValidator(regions)
         out = [dataclasses.replace(p, context_validator=phone) if p.context_validator is _PHONE else p for p in out]
+    elif "PHONE" in wanted:
+        _PHONE.load()
     return out
 
 

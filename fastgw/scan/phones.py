@@ -30,10 +30,6 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 
-import phonenumbers
-import phonenumbers.re_util
-from phonenumbers import Leniency, NumberParseException, PhoneNumberMatcher
-
 __all__ = ["DEFAULT_REGIONS", "CONTEXT_CHARS", "PhoneValidator", "phone_label", "unknown_regions", "NONE", "PHONE_WORD", "VETO",
            "CANDIDATE", "CANDIDATE_GLUED", "CANDIDATE_LOOSE", "CANDIDATE_WIDTH"]
 
@@ -110,11 +106,6 @@ _LABEL = re.compile(
 
 NONE, PHONE_WORD, VETO = 0, 1, 2
 
-# libphonenumber compiles its metadata's expressions through `re`, whose cache (512) the 23 default regions
-# overflow: every judgement recompiled a few. Its own cache keeps them (bounded by the metadata), ~10 % a parse.
-phonenumbers.re_util.enable_pattern_cache()
-
-
 # A sentence ends between a label and the value: the label belongs to the sentence before.
 # (A word of three letters or more, or a digit: 'No.', 'Nr.' and 'nº.' are abbreviations inside a label.)
 _SENTENCE_END = re.compile(r"(?:[^\W\d_]{3}|\d)[.!?;]\s|[。！？]")
@@ -188,6 +179,8 @@ _SSN_SHAPE = re.compile(r"\d{3}([ .-])\d{2}\1\d{4}")
 
 def unknown_regions(regions: Iterable[str]) -> list[str]:
     """The codes in `regions` libphonenumber has no metadata for."""
+    import phonenumbers  # lazily: ~1 MB of modules a worker without the PHONE entity never needs (issue 18)
+
     known = phonenumbers.SUPPORTED_REGIONS
     return [r for r in regions if r not in known]
 
@@ -195,23 +188,17 @@ def unknown_regions(regions: Iterable[str]) -> list[str]:
 class PhoneValidator:
     """A `Pattern` validator for phone candidates: `(value, before) -> bool`, the rule of the module docstring."""
 
-    __slots__ = ("regions", "_trunk", "_lengths", "_verdicts", "cost")
+    __slots__ = ("regions", "_trunk", "_lengths", "_verdicts", "cost", "_loaded")
 
-    def __init__(self, regions: Sequence[str] = DEFAULT_REGIONS) -> None:
-        bad = unknown_regions(regions)
-        if bad:
-            raise ValueError(f"unknown phone regions {bad}")
+    def __init__(self, regions: Sequence[str] = DEFAULT_REGIONS, *, load: bool = True) -> None:
+        """`load=False` defers checking the regions and loading libphonenumber to `load()` or the first
+        judgement: the built-in PHONE pattern's validator exists in every process that imports the patterns,
+        and libphonenumber with 23 regions' metadata is ~1.5 MB in a worker that never judges a phone."""
         self.regions = tuple(regions)
-        self._trunk = {}
+        self._trunk: dict[str, str | None] = {}
         #: National significant number lengths per region: a region no length fits is not parsed for (a parse
         #: costs ~50 us, and a national number is tried against every region).
         self._lengths: dict[str, frozenset[int]] = {}
-        for r in self.regions:
-            meta = phonenumbers.PhoneMetadata.metadata_for_region(r)
-            self._trunk[r] = meta.national_prefix if meta is not None else None
-            desc = meta.general_desc if meta is not None else None
-            self._lengths[r] = frozenset((desc.possible_length or ()) + (desc.possible_length_local_only or ())) \
-                if desc is not None else frozenset()
         # The engine validates every candidate end offset, and a streamed answer repeats its numbers: a
         # bounded cache of verdicts (text and label) keeps libphonenumber (~25 µs a parse) off repeats. A dict,
         # not functools.lru_cache, so `quick` can look without judging.
@@ -219,6 +206,32 @@ class PhoneValidator:
         #: libphonenumber work done so far, in parses (a strict-grouping match counts 3): the scanner charges a
         #: full judgement's share of it to the request's budget (`Pattern.costly`).
         self.cost = 0
+        self._loaded = False
+        if load:
+            self.load()
+
+    def load(self) -> None:
+        """Check the regions, read their metadata and warm libphonenumber (idempotent; raises ValueError naming
+        unknown regions)."""
+        if self._loaded:
+            return
+        import phonenumbers  # lazily: see __init__
+        import phonenumbers.re_util
+
+        bad = unknown_regions(self.regions)
+        if bad:
+            raise ValueError(f"unknown phone regions {bad}")
+        # libphonenumber compiles its metadata's expressions through `re`, whose cache (512) the 23 default
+        # regions overflow: every judgement recompiled a few. Its own cache keeps them (bounded by the metadata),
+        # ~10 % a parse.
+        phonenumbers.re_util.enable_pattern_cache()
+        for r in self.regions:
+            meta = phonenumbers.PhoneMetadata.metadata_for_region(r)
+            self._trunk[r] = meta.national_prefix if meta is not None else None
+            desc = meta.general_desc if meta is not None else None
+            self._lengths[r] = frozenset((desc.possible_length or ()) + (desc.possible_length_local_only or ())) \
+                if desc is not None else frozenset()
+        self._loaded = True
         self._warm()
 
     def _warm(self) -> None:
@@ -262,6 +275,11 @@ class PhoneValidator:
         cheap = _cheap(text, label)
         if cheap is not None:
             return cheap
+        if not self._loaded:
+            self.load()
+        import phonenumbers  # lazily: see __init__ (a dict lookup once loaded; a judgement costs ~25 µs)
+        from phonenumbers import NumberParseException
+
         try:
             if text[0] == "+":
                 self.cost += 1
@@ -304,6 +322,8 @@ class PhoneValidator:
                 return True
         # One try: only a match of the whole text counts, and that can only be the matcher's first candidate
         # parsed whole; the inner candidates it tries after a failure (~10 parses) start or end inside it.
+        from phonenumbers import Leniency, PhoneNumberMatcher  # lazily: see __init__
+
         self.cost += 3  # a parse, the grouping check and formatting
         for match in PhoneNumberMatcher(text, region, leniency=Leniency.STRICT_GROUPING, max_tries=1):
             return match.start == 0 and match.end == len(text)
@@ -346,6 +366,9 @@ _NO_DIGITS = dict.fromkeys(range(48, 58))
 
 def _intl_00(text: str) -> bool:
     """'0049 30 1234567': the ITU international prefix 00, judged like '+49 30 1234567'."""
+    import phonenumbers  # lazily: see PhoneValidator
+    from phonenumbers import NumberParseException
+
     try:
         return phonenumbers.is_valid_number(phonenumbers.parse("+" + text[2:].lstrip(" "), None))
     except NumberParseException:

@@ -371,3 +371,20 @@ def test_lower_case_grouped_iban_is_found_and_prose_is_not_held(db: ScanDB) -> N
     assert sc.holdback() == 0
     sc.feed(b"to gb82 west 12")
     assert sc.holdback() == len(b"gb82 west 12")
+
+
+def test_libphonenumber_loads_only_for_the_phone_entity() -> None:
+    """A worker imports the patterns whatever its config; libphonenumber (~1.5 MB of its RSS with the default
+    regions' metadata) comes only with a PHONE pattern, loaded and warmed when patterns_for hands it out (issue 18)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import fastgw.master, fastgw.cli\n"
+            "from fastgw.scan import patterns\n"
+            "assert 'phonenumbers' not in sys.modules, 'imported without a PHONE pattern'\n"
+            "patterns.patterns_for(['EMAIL', 'IP_ADDRESS'])\n"
+            "assert 'phonenumbers' not in sys.modules, 'imported for other entities'\n"
+            "patterns.patterns_for(['PHONE'])\n"
+            "assert 'phonenumbers' in sys.modules and patterns._PHONE._loaded\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
