@@ -188,6 +188,8 @@ class Attempt:
             if kind == "connect_error":
                 _alarm(target.id, "connect", "target %s: %s", target.id, t)
             return Retry(kind, _styled(err, endpoint))
+        # Written: an open stream's frame keeps neither the encoded request nor its headers (issue 18).
+        del request
         try:
             status = conn.status
             passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
@@ -197,13 +199,16 @@ class Attempt:
             ctype = conn.header(b"content-type") or b""
             if call.stream and status == 200 and adapter.is_stream(ctype):
                 translator = adapter.stream_translator(target, call.body)
+                strip_usage = call.strip_usage
+                # Nor this attempt's call: its body may be a copy made for `include_usage` (`_ask_usage`).
+                del call
                 deadlines = (now + target.ttft_timeout, target.idle_timeout, now + target.max_duration,
                              target.heartbeat)
                 if front is not None:
                     return await self._front_stream(front, conn, translator, resp, ctx, SSE_HEADERS + passed,
                                                     deadlines)
                 source: Source = conn if translator is None else TranslatedSource(conn, translator)
-                return await self._stream(source, resp, ctx, SSE_HEADERS + passed, deadlines, call.strip_usage)
+                return await self._stream(source, resp, ctx, SSE_HEADERS + passed, deadlines, strip_usage)
             # The body is awaited here, not in a helper coroutine: one frame less on its resume.
             try:
                 data = await conn.read_body(timeout=max(0.001, now + target.max_duration - self.loop.time()),

@@ -328,7 +328,8 @@ class EventClock:
 
     def __init__(self, start: float | None = None) -> None:
         self.last = start
-        self.counts = [0] * _N_INTER
+        #: Per-bucket counts, made at the first gap: an open stream that has had one event holds none (issue 18).
+        self.counts: list[int] | None = None
         self.total = 0.0
 
     def tick(self, now: float) -> None:
@@ -339,7 +340,10 @@ class EventClock:
         if last is not None:
             gap = now - last
             self.total += gap
-            self.counts[bisect_left(_INTER_BOUNDS, gap)] += 1  # le semantics: first bound >= gap
+            counts = self.counts
+            if counts is None:
+                counts = self.counts = [0] * _N_INTER
+            counts[bisect_left(_INTER_BOUNDS, gap)] += 1  # le semantics: first bound >= gap
 
     def ticks(self, now: float, n: int) -> None:
         """`n` events arrived together at `now` (one upstream read): the first after the gap since the last
@@ -348,12 +352,15 @@ class EventClock:
             return
         self.tick(now)
         if n > 1:
-            self.counts[0] += n - 1  # a gap of 0 falls in the first bucket (all bounds are >= 0)
+            counts = self.counts
+            if counts is None:
+                counts = self.counts = [0] * _N_INTER
+            counts[0] += n - 1  # a gap of 0 falls in the first bucket (all bounds are >= 0)
 
     def flush(self) -> None:
         """Add what was counted to the shared histogram and start counting afresh (idempotent)."""
         counts = self.counts
-        if any(counts):
+        if counts is not None and any(counts):
             m = _m or _build()
             p = _pend_obs.get(m.inter_event)
             if p is None:
@@ -364,7 +371,7 @@ class EventClock:
                     if n:
                         pending[i] += n
                 p[1] += self.total
-            self.counts = [0] * _N_INTER
+            self.counts = None
             self.total = 0.0
 
 

@@ -271,6 +271,26 @@ def test_event_clock_ticks_batches_and_start(local: None) -> None:
     assert _value(body, "fastgw_inter_event_seconds_bucket", le="+Inf") == 4
 
 
+def test_event_clock_holds_no_buckets_until_a_gap(local: None) -> None:
+    """Issue 18: an open stream that has had one event holds no bucket list (~0.2 KB); a first read with several
+    events, or a second event, counts as before."""
+    clock = metrics.EventClock()
+    clock.tick(1.0)
+    assert clock.counts is None
+    clock.flush()  # nothing counted: nothing to add
+    assert _value(metrics.render()[0], "fastgw_inter_event_seconds_count") in (None, 0)
+    batch = metrics.EventClock()
+    batch.ticks(2.0, 3)  # the first read, three events: two gaps of 0
+    assert batch.counts is not None and sum(batch.counts) == 2
+    batch.flush()
+    assert batch.counts is None
+    batch.tick(2.5)
+    batch.flush()
+    body = metrics.render()[0]
+    assert _value(body, "fastgw_inter_event_seconds_count") == 3
+    assert _value(body, "fastgw_inter_event_seconds_sum") == pytest.approx(0.5)
+
+
 # ---- labels, single process ---------------------------------------------------------------------------------
 
 def test_without_a_multiprocess_dir_everything_works_in_process(local: None) -> None:

@@ -11,7 +11,9 @@ failure blamed on the upstream.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import types
 
 import msgspec
 import orjson
@@ -150,7 +152,13 @@ class ScriptedUpstream:
     async def open(self, target, request, call):  # noqa: ANN001, ANN201
         self.calls.append(target.id)
         self.bodies.append(request.body)
+        self.last = (request, call)
         step = self.steps.pop(0)
+        if step == "held":  # a stream that has sent its first event and waits
+            conn = FakeConn(self.loop, 200, events=_chat_events("Hello there")[:1])
+            conn.set_sink = lambda sink: self.loop.call_soon(lambda: (sink.on_data(conn.events[0]), sink.flush()))
+            self.held = conn
+            return conn
         if step == "connect":
             raise ConnectFailed(f"cannot connect to {target.id}")
         if step == "500":
@@ -453,3 +461,24 @@ def test_a_role_that_names_every_model_keeps_every_fallback(harness):
     status, body = h.ask("gpt-4o")
     assert status == 200, body
     assert h.upstream.calls == ["openai", "claude"]
+
+
+def test_an_open_stream_keeps_neither_its_upstream_request_nor_the_call_made_for_usage(harness):
+    """Issue 18: once the request is written, an open stream's coroutine frames hold neither the encoded upstream
+    request nor the call whose body is the copy with `stream_options.include_usage` (~0.9 KB per open stream)."""
+    h = harness(_cfg(_target("a")))
+    h.upstream.steps.append("held")
+    t = FakeTransport()
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    task = h.loop.create_task(h._call(body, t))
+    for _ in range(20):
+        h.loop.run_until_complete(asyncio.sleep(0))
+    assert b"Hello" in t.data and not task.done()  # the stream is open, its first event sent
+    request, call = h.upstream.last
+    assert call.strip_usage and call.body["stream_options"] == {"include_usage": True}  # the copy, asked for usage
+    gc.collect()
+    for obj in (request, call, call.body):
+        assert not [r for r in gc.get_referrers(obj) if isinstance(r, types.CoroutineType)], obj
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        h.loop.run_until_complete(task)

@@ -301,6 +301,8 @@ class UpstreamConnection(asyncio.Protocol):
         """Direct the body to `sink` (a stream relay); bytes that arrived with the head are delivered first."""
         self._sink = sink
         self._limit_receive_buffer()
+        if not isinstance(sink, _Collector):
+            self._stream_started()
         try:
             if self._held:
                 self._deliver(sink)
@@ -314,6 +316,17 @@ class UpstreamConnection(asyncio.Protocol):
         elif self._complete:
             self._ended = True
             sink.on_end()
+
+    def _stream_started(self) -> None:
+        """A stream's relay took the body: drop what only the head needed, which would otherwise stay as long as the
+        stream (issue 18). The head timer would stay armed until it lapses (~0.5 KB; the relay keeps its own
+        deadlines); the response headers were read by the attempt before (a provider sends 10-30: 0.3-3 KB). A
+        whole body (read_body) is short and keeps both: the timer serves the connection's next request too."""
+        timer = self._head_timer
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = None
+        self.headers = []
 
     async def read_body(self, limit: int = limits.MAX_UPSTREAM_BODY_BYTES, timeout: float | None = None,
                         first_by: float | None = None, idle: float | None = None) -> bytes:

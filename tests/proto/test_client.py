@@ -220,3 +220,50 @@ def test_head_deadline_of_a_reused_connection_counts_from_each_request():
             await pool.exchange(key, REQ, connect_timeout=2, head_timeout=0.1)
         assert loop.time() - t0 < 0.4  # the shorter deadline, not the timer already set
     run(main())
+
+
+class _Relay:
+    """A stream sink that keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def on_data(self, data: bytes) -> None:
+        self.data += data
+
+    def flush(self) -> None:
+        pass
+
+    def on_end(self) -> None:
+        pass
+
+    def on_error(self, exc: Exception) -> None:
+        pass
+
+
+def test_a_stream_drops_the_head_timer_and_headers_a_whole_body_keeps_them():
+    """Issue 18: what only the head needed does not stay as long as a stream does (the head timer would stay armed
+    until it lapses; the response headers were read before the relay took the body). A whole body keeps both:
+    its timer serves the connection's next request."""
+    async def main():
+        head = b"HTTP/1.1 200 OK\r\nx-ratelimit-remaining-requests: 9\r\ntransfer-encoding: chunked\r\n\r\n"
+        srv = Scripted([reply(head + b"5\r\nhello\r\n0\r\n\r\n"), reply(head + b"7\r\ndata: 1\r\n")])
+        port = await srv.start()
+        pool = UpstreamPool(asyncio.get_running_loop())
+        key = ("http", "127.0.0.1", port)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=30)
+        assert await conn.read_body(timeout=2) == b"hello"
+        assert conn._head_timer is not None and conn.header(b"x-ratelimit-remaining-requests") == b"9"
+        pool.release(conn)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=30)  # the same connection
+        assert conn.header(b"x-ratelimit-remaining-requests") == b"9" and conn._head_timer is not None
+        relay = _Relay()
+        conn.set_sink(relay)
+        assert conn._head_timer is None and conn.headers == []
+        for _ in range(50):
+            if relay.data:
+                break
+            await asyncio.sleep(0.01)
+        assert relay.data == b"data: 1"
+        conn.close()
+    run(main())
