@@ -197,8 +197,30 @@ def start_gateway(
     env: dict | None = None,
     ready_timeout: float = GATEWAY_READY_TIMEOUT,
 ) -> Gateway:
-    """Write `config` as YAML in `tmp_dir`, start the gateway on a free port, wait for /readyz 200."""
-    tmp_dir = Path(tmp_dir)
+    """Write `config` as YAML in `tmp_dir`, start the gateway on a free port, wait for /readyz 200.
+
+    The port was free a moment before the gateway binds it; a process started meanwhile (by a test running beside
+    this one) may take it. Then our gateway exits (address in use) while /readyz may answer 200 from the other
+    process: so ready means our own master said so (its "fastgw ready" line), and a taken port is tried anew."""
+    for attempt in range(PORT_TRIES):
+        try:
+            return _start_gateway_once(config, Path(tmp_dir), workers, extra_args, env, ready_timeout)
+        except _PortTaken:
+            if attempt == PORT_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+#: Ports tried by `start_gateway` when another process took the free one first.
+PORT_TRIES = 5
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _start_gateway_once(config: dict, tmp_dir: Path, workers: int, extra_args: Iterable[str], env: dict | None,
+                        ready_timeout: float) -> Gateway:
     tmp_dir.mkdir(parents=True, exist_ok=True)
     host = "127.0.0.1"
     port = free_port(host)
@@ -226,11 +248,14 @@ def start_gateway(
     deadline = time.monotonic() + ready_timeout
     while True:
         if proc.poll() is not None:
+            out = gw.stderr_text()
+            if "Address already in use" in out:
+                raise _PortTaken(port)
             raise RuntimeError(
                 f"gateway exited with {proc.returncode} before it was ready\n"
-                f"command: {' '.join(cmd)}\n--- output ---\n{gw.stderr_text()}"
+                f"command: {' '.join(cmd)}\n--- output ---\n{out}"
             )
-        if _http_status(f"{gw.base}/readyz") == 200:
+        if "fastgw ready" in gw.stderr_text() and _http_status(f"{gw.base}/readyz") == 200:
             return gw
         if time.monotonic() > deadline:
             gw.stop(timeout=5)
