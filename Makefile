@@ -7,15 +7,29 @@ CONFIG ?= examples/local.yaml
 # nothing is an error, never a pass.
 PYTEST := $(BIN)/python -m pytest -q
 
-.PHONY: run test test-slow sysdeps check bench clean
+.PHONY: run test test-slow sysdeps check bench clean compiled
 
 # `make run` installs what serving needs and nothing else; `make test` adds the test extras. Each install is
 # remembered by a stamp, redone when pyproject.toml changes.
 $(VENV)/.run: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[compile]'
 	@touch $@
+
+# The hot modules compiled with mypyc (issue 18: the scanner and the canonical fold, most of the redaction
+# chain's CPU per event; measured in bench/RESULTS.md). Each is compiled alone, so its helper library stays in
+# the package; the .so beside each .py wins the import. The .py stays the source: any change to it rebuilds here,
+# and the stamp holds the sources' hashes, which tests/scan/test_compiled.py compares (a stale .so fails there).
+COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py
+$(VENV)/.compiled: $(VENV)/.run $(COMPILED)
+	@rm -f $(foreach m,$(COMPILED),$(m:.py=).cpython-*.so $(m:.py=)__mypyc.cpython-*.so)
+	@rm -rf build/mypyc && mkdir -p build/mypyc && ln -s ../../fastgw build/mypyc/fastgw
+	@for m in $(COMPILED); do echo "mypyc $$m"; \
+		(cd build/mypyc && ../../$(BIN)/mypyc $$m >build.log 2>&1) || { cat build/mypyc/build.log; exit 1; }; done
+	@sha256sum $(COMPILED) > $@
+
+compiled: $(VENV)/.compiled
 
 $(VENV)/.test: $(VENV)/.run
 	$(BIN)/pip install -q -e '.[test]'
@@ -41,7 +55,7 @@ sysdeps:
 		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }
 
 # PORT=8081 serves on 127.0.0.1:8081 instead of the config's bind.
-run: $(VENV)/.run
+run: $(VENV)/.compiled
 	$(BIN)/fastgw serve --config $(CONFIG) $(if $(PORT),--bind 127.0.0.1:$(PORT))
 
 # The Node clients the tests drive (tests/test_node_sdks.py), exactly as tests/node/package-lock.json pins them;
@@ -57,7 +71,7 @@ $(NODE_DIR)/node_modules/.stamp: $(NODE_DIR)/package-lock.json $(NODE_DIR)/packa
 # Type checks (settings in pyproject.toml), then the whole suite except the long forms marked `slow` (each has
 # a short form that runs here), on two pytest-xdist workers: most tests wait on the processes they start, so two
 # run side by side on a 2-core box in about two thirds of the time of one.
-test: $(VENV)/.test sysdeps $(NODE_DIR)/node_modules/.stamp
+test: $(VENV)/.test $(VENV)/.compiled sysdeps $(NODE_DIR)/node_modules/.stamp
 	$(BIN)/python -m mypy
 	$(PYTEST) -m "not slow" -n 2
 
@@ -74,3 +88,4 @@ bench: $(VENV)/.test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis $(NODE_DIR)/node_modules
+	rm -f $(foreach m,$(COMPILED),$(m:.py=).cpython-*.so $(m:.py=)__mypyc.cpython-*.so)

@@ -128,7 +128,7 @@ class StreamScanner:
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
                  "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
                  "_blk_first", "_pieces", "_regions", "_pend", "_table", "_tail", "_budget", "_cl_end",
-                 "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end")
+                 "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end", "collect")
 
     def __init__(self, db: ScanDB, json: bool = False, budget: ScanBudget | None = None) -> None:
         self._db = db
@@ -181,6 +181,9 @@ class StreamScanner:
         self._regions: list[tuple[int, int]] = []
         #: The header line of the markdown table the text is in (b"": none); see `Pattern.table_context`.
         self._table = b""
+        #: Tests only: when a list, every validated candidate is moved into it before overlaps are resolved (a
+        #: hook rather than a subclass: the module may be compiled, and compiled classes take no Python subclass).
+        self.collect: list[tuple[int, int, int]] | None = None
 
     def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> None:
         if pid >= self._pfx:
@@ -240,6 +243,8 @@ class StreamScanner:
             runs[i] = runs[i] + n if r == n else r
         if self._new:
             self._validate()
+            if self.collect is not None:
+                self._collect()
         if self._pend:
             self._resolve(False)
         if self._blk >= 0:
@@ -393,6 +398,11 @@ class StreamScanner:
                 self._cands.append((start, end, pid))
         new.clear()
 
+    def _collect(self) -> None:
+        assert self.collect is not None
+        self.collect.extend(self._cands)
+        self._cands.clear()
+
     def _resolve(self, final: bool) -> None:
         """Decide the pending candidates whose lookahead bytes have arrived (all of them when `final`)."""
         buf, base = self._since(min(p[3] for p in self._pend))
@@ -505,6 +515,8 @@ class StreamScanner:
             self._stream.close(match_event_handler=self._on_match)  # end-anchored matches fire here
             if self._new:
                 self._validate()
+                if self.collect is not None:
+                    self._collect()
             if self._pend:
                 self._resolve(True)
             if self._blk >= 0:

@@ -21,29 +21,15 @@ def _db(*patterns: Pattern) -> ScanDB:
     return db
 
 
-class _Every(StreamScanner):
-    """A scanner that keeps every validated candidate (before overlaps are resolved)."""
-
-    __slots__ = ("all",)
-
-    def __init__(self, db: ScanDB) -> None:
-        super().__init__(db)
-        self.all: list[tuple[int, int, int]] = []
-
-    def _validate(self) -> None:
-        super()._validate()
-        self.all.extend(self._cands)
-        self._cands.clear()
-
-
 def _candidates(db: ScanDB, text: bytes, cuts: list[int] | None = None) -> list[tuple[int, int, int]]:
-    sc = _Every(db)
+    sc = StreamScanner(db)
+    sc.collect = []  # every validated candidate, before overlaps are resolved
     prev = 0
     for c in (cuts or []) + [len(text)]:
         sc.feed(text[prev:c])
         prev = c
     sc.settle(final=True)
-    return sorted(sc.all)
+    return sorted(sc.collect)
 
 
 def test_loose_phone_expression_gives_exactly_the_bounded_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
