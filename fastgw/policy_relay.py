@@ -71,11 +71,16 @@ class PolicyRelay(SSERelay):
         self._seen += len(data)
         t0 = time.thread_time() if self._seen > METER_FROM else -1.0
         try:
-            for ev in self._decoder.feed(data):
-                if self._backlog is not None:
-                    self._backlog.append(ev)
-                elif not self._push(ev):
-                    return
+            if not self._started:
+                # Until the first byte is out, what is final goes out at once rather than after the rest of the
+                # read: time to first event waits neither for the decoding nor for the scan of a read that brought
+                # the whole answer (at most one more write per stream). The decoder takes any split.
+                cut = data.find(b"\n\n") + 2
+                if 1 < cut < len(data):
+                    if not self._judge(self._decoder.feed(data[:cut])):
+                        return
+                    data = data[cut:]
+            self._judge(self._decoder.feed(data))
         except ProtocolError as e:
             self._terminate(UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}"))
         except GatewayError as e:
@@ -85,6 +90,19 @@ class PolicyRelay(SSERelay):
             self._fail_closed()
         finally:
             self._meter(t0)
+
+    def _judge(self, events: list[SSEEvent]) -> bool:
+        """Events into the policy (or behind the deferred scan); False when the relay ended on one."""
+        for ev in events:
+            if self._backlog is not None:
+                self._backlog.append(ev)
+            elif not self._push(ev):
+                return False
+            elif not self._started:
+                self.flush()
+                if self.done.done():
+                    return False
+        return True
 
     def _push(self, ev: SSEEvent) -> bool:
         """One event into the policy; False when the relay ended on it. Starts deferred scanning if it needs."""

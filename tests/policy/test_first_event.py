@@ -1,0 +1,58 @@
+"""Time to first event through the output policies: when one upstream read brings the whole answer, the first
+final event is written before the rest of the read is scanned, and the answer is the same."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastgw.policy.base import RequestContext
+from fastgw.policy_relay import PolicyRelay
+from fastgw.proto.flow import FlowControl
+from fastgw.proto.server import Responder
+from tests.policy.test_cpu_stream import _chain, _event, _Source, _texts, _Transport
+
+
+class _Writes(_Transport):
+    """Records each write separately (a writev is one write)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.writes.append(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        super().writelines(parts)
+        self.writes.append(b"".join(parts))
+
+
+async def _one_read(words: list[str]) -> tuple[_Writes, str]:
+    loop = asyncio.get_running_loop()
+    t = _Writes()
+    resp = Responder(t, FlowControl(loop), True, False)  # type: ignore[arg-type]
+    ctx = RequestContext("r", "POST", "/v1/chat/completions", [])
+    ctx.endpoint = "chat/completions"
+    relay = PolicyRelay(resp, _Source(), loop, (200, [(b"content-type", b"text/event-stream")]),
+                        _chain().stream_policy(ctx))
+    relay.start()
+    relay.on_data(b"".join(_event(w) for w in words) + b"data: [DONE]\n\n")  # the whole answer, one read
+    relay.flush()
+    relay.on_end()
+    end = await relay.done
+    if end.tail is not None:
+        relay.close_with(end.tail)
+    text, errors = _texts(b"".join(t.parts))
+    assert not errors
+    return t, text
+
+
+def test_the_first_final_event_leaves_before_the_rest_of_the_read_is_scanned() -> None:
+    words = [f"word{i} " for i in range(40)] + ["mail jo@example.com now"]
+    t, text = asyncio.run(_one_read(words))
+    assert len(t.writes) >= 2
+    first = t.writes[0]
+    assert first.startswith(b"HTTP/1.1 200") and b"word0 " in first  # the head with the first event
+    assert b"word39" not in first and b"mail" not in first  # written before the rest was judged
+    assert text == "".join(words[:-1]) + "mail [REDACTED:EMAIL] now"  # the same answer, redacted as in one go
