@@ -1009,6 +1009,11 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(gw)
         up.wait_ready(20)
         gw.wait_ready(30)
+        # /readyz answers once one worker serves: the others may still be booting, and the run's baseline is
+        # every worker's (a worker missing at the start would read as one that appeared, i.e. a restart).
+        deadline = time.monotonic() + 30
+        while len(children(gw.pid)) < args.workers and time.monotonic() < deadline:
+            time.sleep(0.05)
         print(f"gateway pid {gw.pid} on :{gw_port} (workers {sorted(children(gw.pid))}), faulty upstream pid "
               f"{up.pid} on :{up_port} (fallback :{fb_port}); logs in {tmp}", flush=True)
         import uvloop

@@ -220,6 +220,8 @@ class Master:
         r, w = os.pipe()
         # Collected, then frozen: the worker's collections never write the GC headers of what it inherits, so
         # it shares those pages with the master instead of copying them (its private memory: ~16 -> ~6 MB).
+        # Frozen objects stay frozen until a reload (`_do_reload`): the next fork's collection walks only what
+        # was allocated since, so N workers start back to back rather than one full collection apart.
         gc.collect()
         gc.freeze()
         _trim_heap()  # the free memory compiling left in the heap is not copied into every worker's pages
@@ -251,7 +253,6 @@ class Master:
                 sys.stderr.flush()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        gc.unfreeze()  # the master's own collector still frees what a reload leaves behind
         os.close(w)
         return pid, r
 
@@ -472,6 +473,7 @@ class Master:
             sdnotify.notify(f"READY=1\nSTATUS=reload refused (invalid config); {self._status()}")
             return
         old = (self.cfg, self.targets, self.chain, self.gen)
+        gc.unfreeze()  # what the previous config leaves behind (cycles too) is the collector's again
         self.cfg, self.targets, self.chain = cfg, targets, chain
         self.gen += 1
         for _ in range(self.num_workers):
