@@ -1,6 +1,6 @@
 """What one admitted request costs in each state backend: CPU per admit + reconcile, latency, under contention.
 
-    python -m tests.state.cost                      # memory, local (SQLite), redis; 1 process, then 4 at once
+    python -m tests.state.cost                      # memory, local (shared table), redis; 1 process, then 4 at once
     python -m tests.state.cost --requests 20000 --processes 8
 
 The admission is the issue's default shape: one limit with a request bucket, a token bucket and a concurrency
