@@ -2,11 +2,14 @@
 all-or-nothing even when its process is SIGKILLed halfway, and the file keeps the records across restarts.
 
     t = Table(path)
+    kb, h = stored_key(b"fastgw:rq:per-key:alice")
     if t.try_lock():            # non-blocking: False while another process holds it (retry from the caller's loop)
         try:
             i, rec = t.find(kb, h)                 # rec: (tag, klen, hash, a, b, c, d, e, key) or None
-            t.put(i if rec else t.slot(kb, h), BUCKET, kb, h, a=...)
+            t.put(i, rec is None, BUCKET, kb, h, a=tat)
             t.commit()                             # the redo record, then the records, all or nothing
+        except NeedsReplace:                       # past half full: t.replace(live records), then run it again
+            ...
         finally:
             t.unlock()
 
@@ -53,7 +56,7 @@ __all__ = ["Table", "TableFull", "TableError", "NeedsReplace", "stored_key", "EM
 ENTRY = 128
 #: Key bytes a record holds; a state key is `prefix:kind:name:subject[:period]`, ~30-60 bytes in practice.
 KEY_MAX = 72
-#: Records of a new file (64 KiB... grows by `replace`); a power of two.
+#: Records of a new file (512 KiB, plus the header and redo area: ~1.1 MiB); a power of two, grown by `replace`.
 INITIAL_CAPACITY = 4096
 #: At most this many records (512 MiB of file): an insert past MAX_LOAD of it that a sweep cannot bring under 3/8
 #: is `TableFull`, a clear error, never a silent loss (~2 M live keys: buckets, budget periods, requests in flight).
