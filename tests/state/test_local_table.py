@@ -71,7 +71,7 @@ def test_a_torn_redo_record_is_not_applied(tmp_path: Path) -> None:
     assert _crash(tmp_path, "marked").returncode == -9
     f = tmp_path / TABLE_NAME
     data = bytearray(f.read_bytes())
-    data[table._REDO_AT + 8 + 20] ^= 0xFF  # a byte of the first logged record
+    data[table._REDO_RECS + 20] ^= 0xFF  # a byte of the first logged record
     f.write_bytes(bytes(data))
     u = _usage(tmp_path)
     assert _mark(tmp_path) == 0 and not u.spends and not u.slots
