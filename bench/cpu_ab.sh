@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Gateway CPU per request of one or more fastgw checkouts, interleaved so that they share the box's drift:
-#   bench/cpu_ab.sh [-n ROUNDS] [-m stream|nonstream] DIR [DIR ...]
+#   bench/cpu_ab.sh [-n ROUNDS] [-m stream|nonstream] [-l] DIR [DIR ...]
+# -l: with the rate-limiter on `state.backend: local` (bench run's fastgw-limit-local limits: one limit per key
+# with requests, tokens and a slot, one budget, out of reach), its state in a fresh directory per run.
 # Each round starts, for each DIR in turn, the mock upstream (bench/upstream.py, 50 events) and a 1-worker
 # fastgw from DIR pinned to CPU 0, drives it with wrk (64 connections, CPU 1) for 1 s of warm-up and 5 s
 # measured, and prints the worker's utime+stime over the measured run divided by the requests wrk completed.
 set -euo pipefail
-rounds=3 mode=nonstream
-while getopts "n:m:" o; do case $o in n) rounds=$OPTARG;; m) mode=$OPTARG;; *) exit 2;; esac; done
+rounds=3 mode=nonstream limit=
+while getopts "n:m:l" o; do case $o in n) rounds=$OPTARG;; m) mode=$OPTARG;; l) limit=1;; *) exit 2;; esac; done
 shift $((OPTIND - 1))
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=$here/.venv/bin/python
@@ -22,11 +24,23 @@ pack: {name: ab, version: 1.0.0, enabled: true}
 server: {bind: ["127.0.0.1:18102"], workers: 1}
 providers:
   targets:
-    - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18101/v1"}
+    - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18101/v1"$([ -n "$limit" ] && echo ", pricing: {input: 0.15, output: 0.6}")}
 Y
+if [ -n "$limit" ]; then cat >> "$tmp/gw.yaml" <<Y
+state: {backend: local, path: "$tmp/state"}
+policies: {chain: [rate-limiter]}
+policy:
+  rate-limiter:
+    limits:
+      - {name: per-key, per: key, requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, concurrent: 100000}
+    budgets:
+      - {name: monthly, per: key, usd: 1000000000, period: month}
+Y
+fi
 cputicks() { "$py" -c "import sys; s=open(f'/proc/{sys.argv[1]}/stat').read().rsplit(')',1)[1].split(); print(int(s[11])+int(s[12]))" "$1"; }
 for ((r = 1; r <= rounds; r++)); do
   for dir in "$@"; do
+    rm -rf "$tmp/state"
     (cd "$here" && exec taskset -c 1 "$py" -m bench.upstream --port 18101 --events 50 >/dev/null 2>&1) & up=$!
     sleep 0.7
     (cd "$dir" && PYTHONPATH=$dir exec "$py" -m fastgw serve --config "$tmp/gw.yaml" >"$tmp/gw.log" 2>&1) & gw=$!
