@@ -326,7 +326,7 @@ class RateLimitPolicy:
         self.fallback = MemoryBackend(backend.prefix, clock)
         self._limits = [(lim, _Globs(lim.models)) for lim in settings.limits]
         self._shapes: dict[tuple[str, tuple[str, ...], str], _Shape] = {}
-        self._periods: dict[tuple[str, int], tuple[str, int]] = {}
+        self._budget_keys: dict[tuple[str, tuple[str, ...], str], tuple[int, tuple[tuple[str, int, int], ...]]] = {}
         self._pending: deque[Settle] = deque(maxlen=PENDING_MAX)
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
@@ -377,6 +377,22 @@ class RateLimitPolicy:
         self._shapes[ck] = shape
         return shape
 
+    def _spend_keys(self, ck: tuple[str, tuple[str, ...], str], shape: _Shape) -> tuple[tuple[str, int, int], ...]:
+        """(key of the current period, limit, expiry) of each budget of a shape: built once per shape and UTC day."""
+        day = int(self.clock() // 86400)
+        got = self._budget_keys.get(ck)
+        if got is not None and got[0] == day:
+            return got[1]
+        out = []
+        for base, b, limit in shape.budgets:
+            name, expires = _period(b.period, day * 86400.0)
+            out.append((f"{base}:{name}", limit, expires))
+        if len(self._budget_keys) >= PLAN_CACHE:
+            self._budget_keys.clear()
+        keys = tuple(out)
+        self._budget_keys[ck] = (day, keys)
+        return keys
+
     def estimate(self, prompt_tokens: int, max_tokens: int | None, n: int = 1) -> tuple[int, int]:
         """(total tokens to reserve, of which completion): prompt estimate + (max_tokens or completion_reserve) × n."""
         completion = (max_tokens if max_tokens is not None else self.settings.completion_reserve) * max(1, n)
@@ -392,26 +408,22 @@ class RateLimitPolicy:
     def plan(self, principal: str | None, roles: Sequence[str], model: str, pricing: Pricing | None,
              prompt_tokens: int, max_tokens: int | None = None, n: int = 1) -> tuple[Ask, _Shape, int] | None:
         """The admission for one request (None when no limit or budget applies), its shape and its tokens."""
-        shape = self._shape(principal or ANONYMOUS, tuple(roles), model)
+        ck = (principal or ANONYMOUS, tuple(roles), model)
+        shape = self._shapes.get(ck) or self._shape(*ck)
         if not shape.names:
             return None
-        tokens, completion = self.estimate(prompt_tokens, max_tokens, n)
+        prompt_tokens = max(0, prompt_tokens)
+        completion = (max_tokens if max_tokens is not None else self.settings.completion_reserve) * max(1, n)
+        tokens = prompt_tokens + completion
         spends: tuple[Spend, ...] = ()
         if shape.budgets:
-            worst = self.cost(pricing, max(0, prompt_tokens), completion)
-            day = int(self.clock() // 86400)
-            out = []
-            for base, b, limit in shape.budgets:
-                pk = (b.period, day)
-                period = self._periods.get(pk)
-                if period is None:  # once per period kind and UTC day
-                    if len(self._periods) > 64:
-                        self._periods.clear()
-                    period = self._periods[pk] = _period(b.period, day * 86400.0)
-                out.append(Spend(f"{base}:{period[0]}", limit, worst, period[1]))
-            spends = tuple(out)
-        if shape.tokens:
-            rates = shape.request_rates + tuple(Rate(k, iv, burst, tokens) for k, iv, burst, _ in shape.tokens)
+            worst = self.cost(pricing, prompt_tokens, completion)
+            spends = tuple([Spend(k, limit, worst, expires) for k, limit, expires in self._spend_keys(ck, shape)])
+        if len(shape.tokens) == 1:
+            k, iv, burst, _ = shape.tokens[0]
+            rates = shape.request_rates + (Rate(k, iv, burst, tokens),)
+        elif shape.tokens:
+            rates = shape.request_rates + tuple([Rate(k, iv, burst, tokens) for k, iv, burst, _ in shape.tokens])
         else:
             rates = shape.request_rates
         ask = Ask(new_holder(), rates, shape.slot_asks, spends, self.lease)
