@@ -17,7 +17,7 @@ Why this and not SQLite (the store until issue 18) or a state process: measured 
 VM (tests/state/cost.py: admit + reconcile of a request bucket, a token bucket, a slot and a budget, one process,
 c=1), SQLite in WAL mode cost 99-103 µs of CPU per pair and this table 45-47 µs (the in-memory semantics alone:
 8 µs); through a gateway worker (one limit and one budget on every request, wrk c=64, streamed) the limiter added
-0.23-0.28 ms per request on SQLite and 0.11-0.14 ms on the table. SQLite's floor is its statement machinery and
+0.19-0.28 ms per request on SQLite and 0.09-0.14 ms on the table. SQLite's floor is its statement machinery and
 the WAL append of every commit; the table's is Python's own work (a lock pair ~1 µs, a record read ~0.6 µs, a
 commit ~2 µs). A hand-made structure in shared memory was rejected before because a worker SIGKILLed mid-update
 leaves half an update; the redo record of `fastgw.state.table` solves that (tests kill a writer at each step of a
