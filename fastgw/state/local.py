@@ -101,7 +101,7 @@ class LocalBackend:
         t = self._t
         if t is None or self._pid != _pid[0]:
             os.makedirs(self.path, mode=0o750, exist_ok=True)
-            t = self._t = Table(os.path.join(self.path, TABLE_NAME), self._import)
+            t = self._t = Table(os.path.join(self.path, TABLE_NAME), self._import, self._imported)
             self._pid = _pid[0]
             self._stop = threading.Event()
             self._syncer = threading.Thread(target=self._syncs, args=(self._stop, t.path), name="fastgw-state-sync",
@@ -214,12 +214,15 @@ class LocalBackend:
             con.close()
         clock = self._clock()
         recs = _live(recs, (clock - EPOCH) * 1e6, clock)
-        os.replace(db, db + ".imported")
-        for side in ("-wal", "-shm"):
+        log.warning("state: importing %d records from %s", len(recs), db)
+        return recs
+
+    def _imported(self) -> None:
+        """The table holding what `_import` read is in place: the SQLite file is renamed, never read again."""
+        db = os.path.join(self.path, DB_NAME)
+        for side in ("", "-wal", "-shm"):
             if os.path.exists(db + side):
                 os.replace(db + side, db + ".imported" + side)
-        log.warning("state: imported %d records from %s (renamed %s.imported)", len(recs), db, DB_NAME)
-        return recs
 
     # ---- quotas -----------------------------------------------------------------------------------------------
 

@@ -135,12 +135,17 @@ class NeedsReplace(Exception):
 class Table:
     """One process's handle on the shared file (open it in each process: a handle must not cross a fork)."""
 
-    __slots__ = ("path", "initial", "fd", "mm", "ino", "cap", "mask", "used", "w", "shifts", "rebooted", "_locked")
+    __slots__ = ("path", "initial", "created", "fd", "mm", "ino", "cap", "mask", "used", "w", "shifts", "rebooted",
+                 "_locked")
 
-    def __init__(self, path: str, initial: Callable[[], Iterable[Record]] = tuple) -> None:
+    def __init__(self, path: str, initial: Callable[[], Iterable[Record]] = tuple,
+                 created: Callable[[], None] | None = None) -> None:
         self.path = path
-        #: The records of a file created here (e.g. imported from an older store).
+        #: The records of a file created here (e.g. imported from an older store)...
         self.initial = initial
+        #: ...and what to do once that file is in place (e.g. retire the older store: not before, so that a death in
+        #: between leaves the older store to import again).
+        self.created = created
         self.fd = -1
         self.mm: mmap.mmap | None = None
         self.ino = 0
@@ -195,6 +200,8 @@ class Table:
                 if self._path_moved():
                     return False
                 self.replace(self.initial())  # a new file (or one whose creator died before writing it)
+                if self.created is not None:
+                    self.created()
                 return False
             if size < _TABLE_AT:
                 raise TableError(f"{self.path}: not a state table ({size} bytes)")

@@ -163,10 +163,11 @@ def test_a_concurrency_set_stays_exact_through_churn_and_dead_leases(tmp_path: P
     uvloop.run(go())
 
 
-def test_state_persists_across_restarts_and_an_old_sqlite_file_is_imported(tmp_path: Path) -> None:
+def _old_sqlite_file(where: Path) -> None:
+    """A state.db as the SQLite backend (before issue 18) wrote it, prefix "i"."""
     unix = time.time()
     now = (unix - EPOCH) * 1e6
-    db = sqlite3.connect(tmp_path / DB_NAME)
+    db = sqlite3.connect(where / DB_NAME)
     db.executescript("CREATE TABLE kv (key TEXT PRIMARY KEY, t INTEGER, a REAL, b INTEGER, c INTEGER);"
                      "CREATE TABLE slot (key TEXT, holder TEXT, until REAL, PRIMARY KEY (key, holder));"
                      "CREATE TABLE breaker (key TEXT PRIMARY KEY, state TEXT, failures INTEGER, until REAL,"
@@ -178,6 +179,10 @@ def test_state_persists_across_restarts_and_an_old_sqlite_file_is_imported(tmp_p
     db.execute("INSERT INTO breaker VALUES ('i:br:up', 'open', 5, ?, 0, 0)", (now + 30e6,))
     db.commit()
     db.close()
+
+
+def test_state_persists_across_restarts_and_an_old_sqlite_file_is_imported(tmp_path: Path) -> None:
+    _old_sqlite_file(tmp_path)
 
     async def read() -> Usage:
         b = LocalBackend(str(tmp_path), "i", 1.0)
@@ -254,3 +259,19 @@ def test_exact_counts_with_processes_admitting_and_settling_while_the_file_grows
     assert not usage.slots.get(pairs.SET)  # every slot released
     assert len([k for k in usage.rates if ":own:" in k]) == 3 * 1500  # each process's own keys, none lost
     assert (tmp_path / TABLE_NAME).stat().st_size > table._TABLE_AT + table.INITIAL_CAPACITY * table.ENTRY
+
+
+def test_a_worker_killed_while_importing_leaves_the_sqlite_file_to_import_again(tmp_path: Path) -> None:
+    _old_sqlite_file(tmp_path)
+    assert _crash(tmp_path, "replacing").returncode == -9  # the first admission creates the table: killed there
+    assert (tmp_path / DB_NAME).exists() and not (tmp_path / f"{DB_NAME}.imported").exists()
+
+    async def read() -> Usage:
+        b = LocalBackend(str(tmp_path), "i", 1.0)
+        try:
+            return await b.usage()
+        finally:
+            await b.close()
+
+    assert uvloop.run(read()).spends == {"i:bg:m:alice:2026-12": (5000, 1000)}
+    assert not (tmp_path / DB_NAME).exists() and (tmp_path / f"{DB_NAME}.imported").exists()
