@@ -19,12 +19,13 @@ wrk.method = "POST"
 wrk.body = '{"model":"bench-model","stream":$stream,"messages":[{"role":"user","content":"hi"}]}'
 wrk.headers["Content-Type"] = "application/json"
 L
+pricing=$([ -n "$limit" ] && echo ", pricing: {input: 0.15, output: 0.6}" || true)
 cat > "$tmp/gw.yaml" <<Y
 pack: {name: ab, version: 1.0.0, enabled: true}
 server: {bind: ["127.0.0.1:18102"], workers: 1}
 providers:
   targets:
-    - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18101/v1"$([ -n "$limit" ] && echo ", pricing: {input: 0.15, output: 0.6}")}
+    - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18101/v1"$pricing}
 Y
 if [ -n "$limit" ]; then cat >> "$tmp/gw.yaml" <<Y
 state: {backend: local, path: "$tmp/state"}
@@ -32,7 +33,8 @@ policies: {chain: [rate-limiter]}
 policy:
   rate-limiter:
     limits:
-      - {name: per-key, per: key, requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, concurrent: 100000}
+      - {name: per-key, per: key, requests_per_minute: 1000000000, tokens_per_minute: 1000000000000,
+         concurrent: 100000}
     budgets:
       - {name: monthly, per: key, usd: 1000000000, period: month}
 Y

@@ -10,8 +10,9 @@ so TATs advance in commit order.
 Records: a GCRA bucket (a = TAT; one at or before now reads as full, and stays until a sweep drops it), a budget
 ledger (a = expiry in Unix s or 0, b = used, c = held, nano-USD), a concurrency set (b = holders, a = a lower bound
 on their earliest lease end, c = 1 when that bound may be stale; kept at 0 holders until a sweep) with one record
-per holder (key `set\\0holder`, a = lease end, b = the set's hash), and a breaker. A set's count is exact because a holder whose lease ran out is removed as soon as the bound says one may
-have (`a <= now`); the exact earliest end (a refusal's wait) is searched for only when the bound is stale.
+per holder (key `set\\0holder`, a = lease end, b = the set's hash), and a breaker. A set's count is exact because
+a holder whose lease ran out is removed as soon as the bound says one may have (`a <= now`); the exact earliest
+end (a refusal's wait) is searched for only when the bound is stale.
 
 Why this and not SQLite (the store until issue 18) or a state process: measured side by side on the shared 2-core
 VM (tests/state/cost.py: admit + reconcile of a request bucket, a token bucket, a slot and a budget, one process,

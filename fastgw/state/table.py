@@ -49,8 +49,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
 
-__all__ = ["Table", "TableFull", "TableError", "NeedsReplace", "stored_key", "EMPTY", "BUCKET", "LEDGER", "SET", "HOLDER",
-           "BREAKER", "KEY_MAX", "ENTRY", "INITIAL_CAPACITY", "MAX_CAPACITY", "MAX_LOAD", "REDO_MAX"]
+__all__ = ["Table", "TableFull", "TableError", "NeedsReplace", "stored_key", "EMPTY", "BUCKET", "LEDGER", "SET",
+           "HOLDER", "BREAKER", "KEY_MAX", "ENTRY", "INITIAL_CAPACITY", "MAX_CAPACITY", "MAX_LOAD", "REDO_MAX"]
 
 #: Record size: one cache-line pair; 32 records a page, so a record never straddles a page.
 ENTRY = 128

@@ -21,8 +21,9 @@ PREFIX = "crash"
 
 
 def ask(holder: str = "h1") -> Ask:
-    return Ask(holder, (Rate(f"{PREFIX}:rq:l:x", 60e6 / 100, 100, 1), Rate(f"{PREFIX}:tk:l:x", 60e6 / 10**6, 10**6, 500)),
-               (Slot(f"{PREFIX}:cc:l:x", 10),), (Spend(f"{PREFIX}:bg:b:x:total", 10**9, 7_000, 0),), 60.0)
+    rates = (Rate(f"{PREFIX}:rq:l:x", 60e6 / 100, 100, 1), Rate(f"{PREFIX}:tk:l:x", 60e6 / 10**6, 10**6, 500))
+    return Ask(holder, rates, (Slot(f"{PREFIX}:cc:l:x", 10),), (Spend(f"{PREFIX}:bg:b:x:total", 10**9, 7_000, 0),),
+               60.0)
 
 
 async def main(where: str, step: str, keys: int) -> None:

@@ -4,7 +4,6 @@ and exact counts with several processes admitting and settling at once while the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
