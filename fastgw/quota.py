@@ -76,7 +76,7 @@ class Quota:
     def _plan_price(self, plan: Plan) -> Pricing | None:
         """The dearest input and output price among the plan's targets: the reservation covers any fallback."""
         ts = plan.targets
-        ck: object = ts[0].id if len(ts) == 1 else tuple(sorted(t.id for t in ts))
+        ck: object = ts[0].id if len(ts) == 1 else tuple(sorted(t.id for t in ts))  # (an empty plan: ())
         try:
             return self._plan_prices[ck]
         except KeyError:

@@ -31,9 +31,9 @@ lock, marks the old file moved, and renames the new one over the path; a process
 sees the mark and reopens the path (if the path still names the same file, the replacement died before its
 rename: the mark is cleared). So a replacement is all-or-nothing too: the rename is its commit.
 
-Durability: the mapping is the page cache, so a finished update survives its process at once; `fsync` by a
-thread of each writing process every `SYNC_EVERY` s bounds what an OS crash or power loss loses (like SQLite's
-WAL with synchronous=NORMAL between checkpoints). The header keeps the boot id of the last replacement; after
+Durability: the mapping is the page cache, so a finished update survives its process at once; an `fsync` by a
+thread of each writing process (every `fastgw.state.local.SYNC_EVERY` s) bounds what an OS crash or power loss
+loses (like SQLite's WAL with synchronous=NORMAL between checkpoints). The header keeps the boot id of the last replacement; after
 a reboot the owner rebuilds the file once (`rebooted`), so that counts derived from several records (which the
 kernel may have written back at different times) are recomputed.
 """
