@@ -33,9 +33,9 @@ rename: the mark is cleared). So a replacement is all-or-nothing too: the rename
 
 Durability: the mapping is the page cache, so a finished update survives its process at once; an `fsync` by a
 thread of each writing process (every `fastgw.state.local.SYNC_EVERY` s) bounds what an OS crash or power loss
-loses (like SQLite's WAL with synchronous=NORMAL between checkpoints). The header keeps the boot id of the last replacement; after
-a reboot the owner rebuilds the file once (`rebooted`), so that counts derived from several records (which the
-kernel may have written back at different times) are recomputed.
+loses (like SQLite's WAL with synchronous=NORMAL between checkpoints). The header keeps the boot id of the last
+replacement; after a reboot the owner rebuilds the file once (`rebooted`), so that counts derived from several
+records (which the kernel may have written back at different times) are recomputed.
 """
 
 from __future__ import annotations
