@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Gateway CPU per request of one or more fastgw checkouts, interleaved so that they share the box's drift:
-#   bench/cpu_ab.sh [-n ROUNDS] [-m stream|nonstream] [-p] DIR [DIR ...]
+#   bench/cpu_ab.sh [-n ROUNDS] [-m stream|nonstream] [-p] [-l] DIR [DIR ...]
+# -l: with the rate-limiter on `state.backend: local` (bench run's fastgw-limit-local limits: one limit per key
+# with requests, tokens and a slot, one budget, out of reach), its state in a fresh directory per run.
 # Each round starts, for each DIR in turn, the mock upstream (bench/upstream.py, 50 events) and a 1-worker
 # fastgw from DIR pinned to CPU 0, drives it with wrk (64 connections, CPU 1) for 1 s of warm-up and 5 s
 # measured, and prints the worker's utime+stime over the measured run divided by the requests wrk completed.
 # DIR@off runs DIR with its access log off (`--access-log off`), to compare a checkout with itself.
 # -p: with bench run's fastgw-redact chain (pii-detector redact + safety-filter redact).
 set -euo pipefail
-rounds=3 mode=nonstream chain=
-while getopts "n:m:p" o; do case $o in n) rounds=$OPTARG;; m) mode=$OPTARG;; p) chain=1;; *) exit 2;; esac; done
+rounds=3 mode=nonstream limit= chain=
+while getopts "n:m:pl" o; do case $o in n) rounds=$OPTARG;; m) mode=$OPTARG;; p) chain=1;; l) limit=1;; *) exit 2;; esac; done
+[ -n "$chain" ] && [ -n "$limit" ] && { echo "cpu_ab.sh: -p and -l are exclusive" >&2; exit 2; }
 shift $((OPTIND - 1))
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=$here/.venv/bin/python
@@ -19,24 +22,39 @@ wrk.method = "POST"
 wrk.body = '{"model":"bench-model","stream":$stream,"messages":[{"role":"user","content":"hi"}]}'
 wrk.headers["Content-Type"] = "application/json"
 L
+pricing=$([ -n "$limit" ] && echo ", pricing: {input: 0.15, output: 0.6}" || true)
 cat > "$tmp/gw.yaml" <<Y
 pack: {name: ab, version: 1.0.0, enabled: true}
 server: {bind: ["127.0.0.1:18102"], workers: 1}
 providers:
   targets:
-    - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18101/v1"}
+    - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18101/v1"$pricing}
 Y
-[ -n "$chain" ] && cat >> "$tmp/gw.yaml" <<Y
+if [ -n "$chain" ]; then cat >> "$tmp/gw.yaml" <<Y
 policies: {chain: [pii-detector, safety-filter]}
 policy:
   pii-detector: {action: redact}
   safety-filter: {action: redact, terms: [forbidden fruit, secret sauce]}
 Y
+fi
+if [ -n "$limit" ]; then cat >> "$tmp/gw.yaml" <<Y
+state: {backend: local, path: "$tmp/state"}
+policies: {chain: [rate-limiter]}
+policy:
+  rate-limiter:
+    limits:
+      - {name: per-key, per: key, requests_per_minute: 1000000000, tokens_per_minute: 1000000000000,
+         concurrent: 100000}
+    budgets:
+      - {name: monthly, per: key, usd: 1000000000, period: month}
+Y
+fi
 cputicks() { "$py" -c "import sys; s=open(f'/proc/{sys.argv[1]}/stat').read().rsplit(')',1)[1].split(); print(int(s[11])+int(s[12]))" "$1"; }
 for ((r = 1; r <= rounds; r++)); do
   for arg in "$@"; do
     dir=${arg%@off} alog=json
     [ "$dir" != "$arg" ] && alog=off
+    rm -rf "$tmp/state"
     (cd "$here" && exec taskset -c 1 "$py" -m bench.upstream --port 18101 --events 50 >/dev/null 2>&1) & up=$!
     sleep 0.7
     (cd "$dir" && PYTHONPATH=$dir exec "$py" -m fastgw serve --config "$tmp/gw.yaml" --access-log "$alog" >"$tmp/gw.log" 2>&1) & gw=$!

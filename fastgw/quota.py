@@ -11,13 +11,13 @@ The policy itself (what applies, the atomic admission, the reconcile arithmetic)
 the principal and roles rbac found, the model asked for, the prompt estimate the usage record uses, the
 price of the dearest target the plan may reach (a fallback may serve the request), and at the end the usage
 the provider reported (else the gateway's estimate of what was sent and emitted) priced at the target that
-served it. A request still streaming renews its concurrency slots every `RENEW_EVERY` seconds.
+served it. A request still streaming renews its concurrency slots: one task per worker renews, every
+`RENEW_EVERY` seconds, the slots of every reservation still streaming (not a task per request).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,9 @@ __all__ = ["Quota", "SharedBreakers", "prompt_estimate"]
 
 log = logging.getLogger("fastgw.quota")
 
+#: Target lists whose dearest price is kept (a gateway has few routes; this bounds a churn of rbac subsets).
+PLAN_PRICES = 1024
+
 
 def prompt_estimate(body: dict[str, Any]) -> int:
     """The prompt's tokens as the usage record estimates them: a token per four characters of every text field."""
@@ -46,13 +49,18 @@ def prompt_estimate(body: dict[str, Any]) -> int:
 class Quota:
     """Admission and settlement of one worker's requests against the shared state."""
 
-    __slots__ = ("policy", "pricing", "backend_kind")
+    __slots__ = ("policy", "pricing", "backend_kind", "_plan_prices", "_streaming", "_renewer")
 
     def __init__(self, policy: RateLimitPolicy, pricing: dict[str, Pricing], backend_kind: str) -> None:
         self.policy = policy
         #: Target id -> its price (USD per million input / output tokens); a target without one costs nothing.
         self.pricing = pricing
         self.backend_kind = backend_kind
+        #: The dearest price of each target list a plan had (by target ids): computed once, not per request.
+        self._plan_prices: dict[object, Pricing | None] = {}
+        #: Reservations still streaming (an ordered set), whose slots the renewer keeps alive.
+        self._streaming: dict[Reservation, None] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> Quota | None:
@@ -67,10 +75,18 @@ class Quota:
 
     def _plan_price(self, plan: Plan) -> Pricing | None:
         """The dearest input and output price among the plan's targets: the reservation covers any fallback."""
-        prices = [self.pricing[t.id] for t in plan.targets if t.id in self.pricing]
-        if not prices:
-            return None
-        return Pricing(max(p.input for p in prices), max(p.output for p in prices))
+        ts = plan.targets
+        ck: object = ts[0].id if len(ts) == 1 else tuple(sorted(t.id for t in ts))  # (an empty plan: ())
+        try:
+            return self._plan_prices[ck]
+        except KeyError:
+            pass
+        prices = [self.pricing[t.id] for t in ts if t.id in self.pricing]
+        price = Pricing(max(p.input for p in prices), max(p.output for p in prices)) if prices else None
+        if len(self._plan_prices) >= PLAN_PRICES:
+            self._plan_prices.clear()
+        self._plan_prices[ck] = price
+        return price
 
     async def admit(self, ctx: RequestContext, body: dict[str, Any], plan: Plan, resp: Responder) -> Reservation | None:
         """Admit the request or raise its refusal (429 rate_limit_exceeded / insufficient_quota, 503
@@ -92,11 +108,11 @@ class Quota:
         resp.extra_headers.extend(got.headers)
         return got
 
-    async def settle(self, ctx: RequestContext, res: Reservation | None, renewing: asyncio.Task[None] | None = None
+    async def settle(self, ctx: RequestContext, res: Reservation | None, renewing: Reservation | None = None
                      ) -> None:
         """Replace the reservation by what the request really used (never raises: the answer is already out)."""
         if renewing is not None:
-            renewing.cancel()
+            self._streaming.pop(renewing, None)
         if res is None or res.done:
             return
         usage = ctx.usage
@@ -118,18 +134,27 @@ class Quota:
         if not ok:
             metrics.state_error(self.backend_kind, "reconcile")
 
-    def renew_while_streaming(self, res: Reservation | None) -> asyncio.Task[None] | None:
-        """A task renewing the reservation's slot leases until it is cancelled (None when it holds no slot)."""
+    def renew_while_streaming(self, res: Reservation | None) -> Reservation | None:
+        """Keep the reservation's slot leases alive until `settle` (None when it holds no slot): the worker's one
+        renewer renews them every RENEW_EVERY s, from its first round after this call."""
         if res is None or not res.slots:
             return None
-        return asyncio.get_running_loop().create_task(self._renew(res))
+        self._streaming[res] = None
+        if self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(self._renew())
+        return res
 
-    async def _renew(self, res: Reservation) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            while not res.done:
+    async def _renew(self) -> None:
+        try:
+            while self._streaming:
                 await asyncio.sleep(RENEW_EVERY)
-                if not await self.policy.renew(res):
-                    metrics.state_error(self.backend_kind, "renew")
+                for res in list(self._streaming):
+                    if res.done:
+                        self._streaming.pop(res, None)
+                    elif not await self.policy.renew(res):
+                        metrics.state_error(self.backend_kind, "renew")
+        finally:
+            self._renewer = None
 
 
 class SharedBreakers:

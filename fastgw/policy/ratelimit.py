@@ -258,13 +258,19 @@ class _Globs:
 
 
 class _Shape(NamedTuple):
-    """What applies to one (principal, roles, model), costs aside."""
+    """What applies to one (principal, roles, model), costs aside, with what every request of it reuses built once
+    (the keys, the request buckets' takes, the slots, the headers' limits)."""
 
     requests: tuple[tuple[str, float, int, Limit], ...]  #: (key, interval µs, burst, limit)
     tokens: tuple[tuple[str, float, int, Limit], ...]
     slots: tuple[tuple[str, int], ...]
     budgets: tuple[tuple[str, Budget, int], ...]  #: (key before the period, budget, its limit in nano-USD)
     names: tuple[str, ...]
+    request_rates: tuple[Rate, ...]  #: one request from each request bucket
+    token_rates: tuple[tuple[str, float], ...]  #: (key, interval) of each token bucket
+    slot_asks: tuple[Slot, ...]
+    slot_keys: tuple[str, ...]
+    limit_headers: tuple[tuple[bytes, bytes] | None, tuple[bytes, bytes] | None]  #: x-ratelimit-limit-*, one bucket
 
 
 def _subjects(per: str, principal: str, roles: Sequence[str], model: str) -> list[tuple[str, ...]]:
@@ -320,7 +326,7 @@ class RateLimitPolicy:
         self.fallback = MemoryBackend(backend.prefix, clock)
         self._limits = [(lim, _Globs(lim.models)) for lim in settings.limits]
         self._shapes: dict[tuple[str, tuple[str, ...], str], _Shape] = {}
-        self._periods: dict[tuple[str, int], tuple[str, int]] = {}
+        self._budget_keys: dict[tuple[str, tuple[str, ...], str], tuple[int, tuple[tuple[str, int, int], ...]]] = {}
         self._pending: deque[Settle] = deque(maxlen=PENDING_MAX)
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
@@ -359,11 +365,33 @@ class RateLimitPolicy:
             names.append(b.name)
             for subj in _subjects(b.per, principal, roles, model):
                 budgets.append((key(p, KIND_BUDGET, b.name, *subj), b, math.floor(b.usd * 1e9 + 1e-6)))
-        shape = _Shape(tuple(req), tuple(tok), tuple(slots), tuple(budgets), tuple(names))
+        heads = tuple((b"x-ratelimit-limit-" + what, str(ts[0][3].requests_per_minute if what == b"requests" else
+                                                          ts[0][3].tokens_per_minute).encode())
+                      if len(ts) == 1 else None for what, ts in ((b"requests", req), (b"tokens", tok)))
+        shape = _Shape(tuple(req), tuple(tok), tuple(slots), tuple(budgets), tuple(names),
+                       tuple(Rate(k, iv, burst, 1) for k, iv, burst, _ in req), tuple((k, iv) for k, iv, _, _ in tok),
+                       tuple(Slot(k, lim) for k, lim in slots), tuple(k for k, _ in slots),
+                       heads)  # type: ignore[arg-type]
         if len(self._shapes) >= PLAN_CACHE:
             self._shapes.clear()
         self._shapes[ck] = shape
         return shape
+
+    def _spend_keys(self, ck: tuple[str, tuple[str, ...], str], shape: _Shape) -> tuple[tuple[str, int, int], ...]:
+        """(key of the current period, limit, expiry) of each budget of a shape: built once per shape and UTC day."""
+        day = int(self.clock() // 86400)
+        got = self._budget_keys.get(ck)
+        if got is not None and got[0] == day:
+            return got[1]
+        out = []
+        for base, b, limit in shape.budgets:
+            name, expires = _period(b.period, day * 86400.0)
+            out.append((f"{base}:{name}", limit, expires))
+        if len(self._budget_keys) >= PLAN_CACHE:
+            self._budget_keys.clear()
+        keys = tuple(out)
+        self._budget_keys[ck] = (day, keys)
+        return keys
 
     def estimate(self, prompt_tokens: int, max_tokens: int | None, n: int = 1) -> tuple[int, int]:
         """(total tokens to reserve, of which completion): prompt estimate + (max_tokens or completion_reserve) × n."""
@@ -380,28 +408,25 @@ class RateLimitPolicy:
     def plan(self, principal: str | None, roles: Sequence[str], model: str, pricing: Pricing | None,
              prompt_tokens: int, max_tokens: int | None = None, n: int = 1) -> tuple[Ask, _Shape, int] | None:
         """The admission for one request (None when no limit or budget applies), its shape and its tokens."""
-        shape = self._shape(principal or ANONYMOUS, tuple(roles), model)
+        ck = (principal or ANONYMOUS, tuple(roles), model)
+        shape = self._shapes.get(ck) or self._shape(*ck)
         if not shape.names:
             return None
-        tokens, completion = self.estimate(prompt_tokens, max_tokens, n)
+        prompt_tokens = max(0, prompt_tokens)
+        completion = (max_tokens if max_tokens is not None else self.settings.completion_reserve) * max(1, n)
+        tokens = prompt_tokens + completion
         spends: tuple[Spend, ...] = ()
         if shape.budgets:
-            worst = self.cost(pricing, max(0, prompt_tokens), completion)
-            day = int(self.clock() // 86400)
-            out = []
-            for base, b, limit in shape.budgets:
-                pk = (b.period, day)
-                period = self._periods.get(pk)
-                if period is None:  # once per period kind and UTC day
-                    if len(self._periods) > 64:
-                        self._periods.clear()
-                    period = self._periods[pk] = _period(b.period, day * 86400.0)
-                out.append(Spend(f"{base}:{period[0]}", limit, worst, period[1]))
-            spends = tuple(out)
-        ask = Ask(new_holder(),
-                  (*(Rate(k, iv, burst, 1) for k, iv, burst, _ in shape.requests),
-                   *(Rate(k, iv, burst, tokens) for k, iv, burst, _ in shape.tokens)),
-                  tuple(Slot(k, lim) for k, lim in shape.slots), spends, self.lease)
+            worst = self.cost(pricing, prompt_tokens, completion)
+            spends = tuple([Spend(k, limit, worst, expires) for k, limit, expires in self._spend_keys(ck, shape)])
+        if len(shape.tokens) == 1:
+            k, iv, burst, _ = shape.tokens[0]
+            rates = shape.request_rates + (Rate(k, iv, burst, tokens),)
+        elif shape.tokens:
+            rates = shape.request_rates + tuple([Rate(k, iv, burst, tokens) for k, iv, burst, _ in shape.tokens])
+        else:
+            rates = shape.request_rates
+        ask = Ask(new_holder(), rates, shape.slot_asks, spends, self.lease)
         return ask, shape, tokens
 
     # ---- the request path ---------------------------------------------------------------------------------------
@@ -431,9 +456,9 @@ class RateLimitPolicy:
         headers = _headers(shape, ask, adm)
         if not adm.ok:
             return _refusal(shape, ask, adm, tokens, headers, self.clock())
-        return Reservation(ask.holder, backend, tokens, tuple((r.key, r.interval) for r in ask.rates[len(
-            shape.requests):]), tuple(s.key for s in ask.slots), tuple((b.key, b.cost) for b in ask.spends),
-            pricing, headers, shape.names, backend is self.fallback)
+        return Reservation(ask.holder, backend, tokens, shape.token_rates, shape.slot_keys,
+                           tuple([(b.key, b.cost) for b in ask.spends]) if ask.spends else (), pricing, headers,
+                           shape.names, backend is self.fallback)
 
     async def reconcile(self, res: Reservation, prompt_tokens: int, completion_tokens: int) -> bool:
         """Replace the reservation by real usage (one round trip); idempotent. False when the state did not answer:
@@ -533,16 +558,19 @@ def _headers(shape: _Shape, ask: Ask, adm: Admission) -> list[tuple[bytes, bytes
     """OpenAI's x-ratelimit-* headers: for requests and for tokens, the bucket with the least left."""
     out: list[tuple[bytes, bytes]] = []
     nreq = len(shape.requests)
-    for what, templates, states in (("requests", shape.requests, adm.rates[:nreq]),
-                                    ("tokens", shape.tokens, adm.rates[nreq:])):
+    for what, templates, states, head in ((b"requests", shape.requests, adm.rates[:nreq], shape.limit_headers[0]),
+                                          (b"tokens", shape.tokens, adm.rates[nreq:], shape.limit_headers[1])):
         if not states:
             continue
-        i = 0 if len(states) == 1 else min(range(len(states)), key=lambda j: (states[j].remaining, -states[j].reset))
-        lim = templates[i][3]
-        per_minute = lim.requests_per_minute if what == "requests" else lim.tokens_per_minute
-        out += [(b"x-ratelimit-limit-" + what.encode(), str(per_minute).encode()),
-                (b"x-ratelimit-remaining-" + what.encode(), str(states[i].remaining).encode()),
-                (b"x-ratelimit-reset-" + what.encode(), go_duration(states[i].reset).encode())]
+        if head is not None:  # one bucket (the usual case): its limit header was built with the shape
+            st = states[0]
+        else:
+            i = min(range(len(states)), key=lambda j: (states[j].remaining, -states[j].reset))
+            st, lim = states[i], templates[i][3]
+            head = (b"x-ratelimit-limit-" + what, str(lim.requests_per_minute if what == b"requests"
+                                                      else lim.tokens_per_minute).encode())
+        out += [head, (b"x-ratelimit-remaining-" + what, b"%d" % st.remaining),
+                (b"x-ratelimit-reset-" + what, go_duration(st.reset).encode())]
     return out
 
 

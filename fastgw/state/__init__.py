@@ -1,7 +1,7 @@
 """Shared counters behind one small interface (`Backend`): GCRA buckets, concurrency sets with leases, spend
 ledgers and circuit breakers, each operation atomic and bounded by a timeout. Knows nothing of HTTP.
 
-- `local` (`LocalBackend`): a SQLite file in WAL mode, shared by the workers of one machine, no server.
+- `local` (`LocalBackend`): a file-backed shared table (`table`), shared by the workers of one machine, no server.
 - `redis` (`RedisBackend`): one Lua script per operation, shared by every instance using the same Redis.
 - `memory` (`MemoryBackend`): one process's dicts: what `on_failure: open` counts in, and tests.
 

@@ -1,4 +1,4 @@
-"""The semantics of every operation in Python, on values a store has loaded: the `local` (SQLite) and in-memory
+"""The semantics of every operation in Python, on values a store has loaded: the `local` (shared table) and in-memory
 backends call these inside their transaction; the Redis backend's Lua scripts are the same lines in Lua.
 
 The GCRA formula and its constants are written out in `fastgw.state.model`'s docstring.

@@ -1,28 +1,39 @@
-"""The `local` backend: one SQLite file (WAL mode) shared by every worker of the machine, no server.
+"""The `local` backend: one file-backed shared table (`fastgw.state.table`) used by every worker of the machine,
+no server.
 
-Each operation is one `BEGIN IMMEDIATE` transaction running `fastgw.state.core` on the rows it reads:
-SQLite's write lock (an fcntl lock on the file, released by the kernel if the holder dies) makes it atomic
-across processes, so limits are exact across the workers of one instance, and the file keeps budgets
-(and buckets) across restarts. The clock is read inside the lock, so TATs advance in commit order.
+Each operation is one update of the table under its lock, running `fastgw.state.core` on the records it reads:
+the lock (an flock, released by the kernel if its holder dies) makes it atomic across processes, so limits are
+exact across the workers of one instance; the table's redo record makes it all-or-nothing even when a worker is
+SIGKILLed halfway; and the file keeps budgets (and buckets) across restarts. The clock is read inside the lock,
+so TATs advance in commit order.
 
-Why SQLite and not a state process or shared memory: SQLite is atomic even when a worker is SIGKILLed in
-the middle of an update (a hand-made structure in shared memory is not: the kernel frees the lock, the half
-update stays), persists without a writer of our own, and has no process to supervise. A state process would
-move work rather than save it: a pipelined unix-socket round trip costs ~9 µs in the caller (the RESP client
-of `fastgw.state.resp`, measured) plus at least as much in a single-threaded server every worker queues on.
+Records: a GCRA bucket (a = TAT; one at or before now reads as full, and stays until a sweep drops it), a budget
+ledger (a = expiry in Unix s or 0, b = used, c = held, nano-USD), a concurrency set (b = holders, a = a lower bound
+on their earliest lease end, c = 1 when that bound may be stale; kept at 0 holders until a sweep) with one record
+per holder (key `set\\0holder`, a = lease end, b = the set's hash), and a breaker. A set's count is exact because
+a holder whose lease ran out is removed as soon as the bound says one may have (`a <= now`); the exact earliest
+end (a refusal's wait) is searched for only when the bound is stale.
 
-Waiting: the lock is held for one transaction (tens of µs). A worker that finds it taken does not sleep in
-SQLite's busy handler (that blocks the whole event loop, 1 ms at a time): it yields to its loop and tries
-again, up to `timeout`, then raises `StateUnavailable`. Durability: WAL with `synchronous=NORMAL`: a committed
-transaction survives the process (a gateway restart, a SIGKILL); an OS crash or power loss may lose the
-transactions since the last checkpoint. Checkpoints (the only fsyncs) run in a thread of each worker that
-wrote, every `CHECKPOINT_EVERY` s, never in a commit on the event loop; once the WAL passes `WAL_RESTART_BYTES`
-the thread also restarts it, so the file (and the WAL index every read searches) stays bounded under load.
+Why this and not SQLite (the store until issue 18) or a state process: measured side by side on the shared 2-core
+VM (tests/state/cost.py: admit + reconcile of a request bucket, a token bucket, a slot and a budget, one process,
+c=1), SQLite in WAL mode cost 99-103 µs of CPU per pair and this table 45-47 µs (the in-memory semantics alone:
+8 µs); through a gateway worker (one limit and one budget on every request, wrk c=64, streamed) the limiter added
+0.19-0.28 ms per request on SQLite and 0.09-0.14 ms on the table. SQLite's floor is its statement machinery and
+the WAL append of every commit; the table's is Python's own work (a lock pair ~1 µs, a record read ~0.6 µs, a
+commit ~2 µs). A hand-made structure in shared memory was rejected before because a worker SIGKILLed mid-update
+leaves half an update; the redo record of `fastgw.state.table` solves that (tests kill a writer at each step of a
+commit and of a file replacement). A state process would move work rather than save it: a pipelined unix-socket
+round trip costs ~9 µs in the caller (the RESP client of `fastgw.state.resp`, measured) plus at least as much in
+a single-threaded server every worker queues on.
 
-Cost (tests/state/cost.py, 2-vCPU VM shared with other work, uvloop, c=1): ~45-60 µs of CPU per admit +
-reconcile of one limit (request + token bucket + slot) and one budget, p50 ~45-55 µs; the in-memory
-semantics alone are ~6 µs, the rest is SQLite (BEGIN ~2.5, one read ~6, one write ~4-6, COMMIT's WAL append
-~5-7 µs per transaction).
+Waiting: the lock is held for one update (a few µs). A worker that finds it taken does not block its event loop:
+it yields to the loop and tries again, up to `timeout`, then raises `StateUnavailable`. Durability: an update is
+in the page cache when the operation returns, so it survives the process (a gateway restart, a SIGKILL); each
+worker that wrote fsyncs the file from a thread every `SYNC_EVERY` s, so an OS crash or power loss loses at most
+the updates since (as SQLite's WAL with synchronous=NORMAL lost those since its last checkpoint).
+
+Upgrading from the SQLite store: the first worker to create the table imports the rows of an existing `state.db`
+(buckets, budgets, slots, breakers) and renames that file to `state.db.imported`.
 """
 
 from __future__ import annotations
@@ -30,69 +41,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from fastgw.state import core
 from fastgw.state.model import (EPOCH, KIND_BREAKER, Admission, Ask, BreakerState, Settle, StateUnavailable,
                                 Usage, key, unescape)
+from fastgw.state.table import (BREAKER, BUCKET, HOLDER, LEDGER, SET, NeedsReplace, Record, Table, TableError,
+                                stored_key)
 
-__all__ = ["LocalBackend", "DB_NAME"]
+__all__ = ["LocalBackend", "TABLE_NAME", "DB_NAME"]
 
 log = logging.getLogger("fastgw.state")
 
+TABLE_NAME = "state.tbl"
+#: The SQLite file of earlier versions, imported once when the table is created.
 DB_NAME = "state.db"
-#: Seconds a worker may wait for the schema lock when the file is first created by several workers at once.
-SETUP_TIMEOUT = 5.0
-#: Transactions between two sweeps of expired rows (full buckets, dead leases, budgets of past periods).
-SWEEP_EVERY = 10_000
-#: First yields to the loop while the write lock is taken are free of any timer (another worker holds the
-#: lock for tens of µs); after this many seconds of trying, each retry waits a timer tick instead.
+#: First yields to the loop while the lock is taken are free of any timer (another worker holds it for a few
+#: µs); after this many seconds of trying, each retry waits a timer tick instead.
 SPIN = 0.0005
-#: Seconds between two WAL checkpoints by a worker that wrote meanwhile. A checkpoint copies the WAL into the
-#: database file and fsyncs it (synchronous=NORMAL); done by SQLite at commit time, that fsync blocked the event
-#: loop for milliseconds every few hundred transactions (p99 of admit+reconcile 5 ms -> 0.25-1.3 ms off it).
-CHECKPOINT_EVERY = 0.5
-#: A WAL past this many bytes is restarted from its beginning after the round's checkpoint. Under steady writes a
-#: PASSIVE checkpoint never catches up with the writers, so SQLite never rewinds the WAL by itself: it grew by ~8 KB
-#: per transaction (600 MB in 12 s at 3,000 requests/s), and every read searched a longer WAL index.
-WAL_RESTART_BYTES = 1 << 20
-#: The WAL file is cut back to this size when it is restarted (after a burst, the disk is given back).
-WAL_KEEP_BYTES = 4 << 20
-#: How long (ms) the checkpointer's restart keeps trying for the write lock between the workers' transactions
-#: (writers are not held up while it tries; once it has the lock, only for the few frames left to copy and the
-#: transactions in progress, which are all short). If it cannot get in, the next round tries again.
-WAL_RESTART_WAIT_MS = 200
+#: Seconds between two fsyncs of the table by a worker that wrote meanwhile (off the event loop, in a thread).
+SYNC_EVERY = 0.5
+#: Stored forms of keys kept per process (a key is encoded and hashed once); cleared when full.
+KEY_CACHE = 8192
 
-# Buckets and ledgers share one table, so that an admission reads all it needs in one statement and writes it in
-# one more: t=0 a GCRA bucket (a = TAT); t=1 a budget ledger (a = expiry in Unix s or 0, b = used, c = held).
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, t INTEGER NOT NULL, a REAL NOT NULL, b INTEGER NOT NULL,
-                               c INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS slot (key TEXT NOT NULL, holder TEXT NOT NULL, until REAL NOT NULL,
-                                 PRIMARY KEY (key, holder)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS breaker (key TEXT PRIMARY KEY, state TEXT NOT NULL, failures INTEGER NOT NULL,
-                                    until REAL NOT NULL, probe_until REAL NOT NULL, hint_until REAL NOT NULL)
-                                    WITHOUT ROWID;
-"""
-_PUT = "INSERT OR REPLACE INTO kv (key, t, a, b, c) VALUES (?, ?, ?, ?, ?)"
+_STATES = ("closed", "open", "half_open")
+_CODE = {s: i for i, s in enumerate(_STATES)}
 
 T = TypeVar("T")
+_BUSY = object()
 
-#: This process's pid, kept by a fork hook: `os.getpid()` is a system call, and every transaction asks whether its
-#: connection crossed a fork.
+#: This process's pid, kept by a fork hook: `os.getpid()` is a system call, and every operation asks whether its
+#: table handle crossed a fork.
 _pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
-
-
-def _marks(n: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - a deliberate memo
-    s = _cache.get(n)
-    if s is None:
-        s = _cache[n] = ",".join("?" * n)
-    return s
 
 
 class LocalBackend:
@@ -104,201 +88,318 @@ class LocalBackend:
         self.prefix = prefix
         self.timeout = timeout
         self._clock = clock
-        self._db: sqlite3.Connection | None = None
+        self._t: Table | None = None
         self._pid = 0
-        self._txs = 0
+        self._keys: dict[str, tuple[bytes, int]] = {}
+        self._writes = 0
         self._stop = threading.Event()
-        self._checkpointer: threading.Thread | None = None
+        self._syncer: threading.Thread | None = None
 
-    # ---- connection and transactions ----------------------------------------------------------------------
+    # ---- the table and its updates ----------------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        os.makedirs(self.path, mode=0o750, exist_ok=True)
-        db = sqlite3.connect(os.path.join(self.path, DB_NAME), isolation_level=None, timeout=SETUP_TIMEOUT,
-                             check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (and their fsync) run off the loop: _checkpointer
-            db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
-            db.executescript(_SCHEMA)
-            db.execute("PRAGMA busy_timeout=0")  # from here on, waits are ours (see the module docstring)
-        except sqlite3.Error:
-            db.close()
-            raise
-        self._db, self._pid = db, _pid[0]
-        self._stop = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoints, args=(self._stop,), name="fastgw-state-wal",
-                                              daemon=True)
-        self._checkpointer.start()
-        return db
+    def _table(self) -> Table:
+        # A handle must not cross a fork: a worker opens its own (the parent's is left alone, not closed).
+        t = self._t
+        if t is None or self._pid != _pid[0]:
+            os.makedirs(self.path, mode=0o750, exist_ok=True)
+            t = self._t = Table(os.path.join(self.path, TABLE_NAME), self._import, self._imported)
+            self._pid = _pid[0]
+            self._stop = threading.Event()
+            self._syncer = threading.Thread(target=self._syncs, args=(self._stop, t.path), name="fastgw-state-sync",
+                                            daemon=True)
+            self._syncer.start()
+        return t
 
-    def _checkpoints(self, stop: threading.Event) -> None:
-        """A thread of the worker: PASSIVE checkpoints (they never block writers) on its own connection."""
-        db: sqlite3.Connection | None = None
+    def _syncs(self, stop: threading.Event, path: str) -> None:
+        """A thread of the worker: fsync the table (whatever file the path names now) after writes."""
         done = 0
-        wal = os.path.join(self.path, DB_NAME + "-wal")
-        try:
-            while not stop.wait(CHECKPOINT_EVERY):
-                if self._txs == done:
-                    continue
-                done = self._txs
+        while not stop.wait(SYNC_EVERY):
+            if self._writes == done:
+                continue
+            done = self._writes
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    if db is None:
-                        db = sqlite3.connect(os.path.join(self.path, DB_NAME), isolation_level=None,
-                                             check_same_thread=False)
-                        db.execute(f"PRAGMA busy_timeout={WAL_RESTART_WAIT_MS}")
-                        db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    if os.path.getsize(wal) > WAL_RESTART_BYTES:
-                        # Only the frames written since the PASSIVE one are left to copy: writers wait a moment.
-                        db.execute("PRAGMA wal_checkpoint(RESTART)")
-                except (sqlite3.Error, OSError) as e:  # another worker's checkpoint, a full disk: the next round tries
-                    log.debug("state checkpoint: %s", e)
-        finally:
-            if db is not None:
-                db.close()
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:  # a full disk, a replacement in between: the next round tries again
+                log.debug("state sync: %s", e)
 
-    def _conn(self) -> sqlite3.Connection:
-        # A connection must not cross a fork: a worker opens its own (the parent's is left alone, not closed).
-        if self._db is None or self._pid != _pid[0]:
-            return self._open()
-        return self._db
+    def _key(self, k: str) -> tuple[bytes, int]:
+        got = self._keys.get(k)
+        if got is None:
+            if len(self._keys) >= KEY_CACHE:
+                self._keys.clear()
+            got = self._keys[k] = stored_key(k.encode())
+        return got
 
     async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(db, now, *args)` in one write transaction, retrying while another process holds the lock."""
+        """Run `fn(table, now, *args)` as one update, retrying while another process holds the lock."""
+        out = self._try(fn, args)
+        if out is _BUSY:
+            out = await self._wait(fn, args)
+        return out  # type: ignore[return-value]
+
+    async def _wait(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         start = time.monotonic()
         while True:
+            waited = time.monotonic() - start
+            if waited >= self.timeout:
+                raise StateUnavailable(f"state table locked for {waited * 1e3:.0f} ms", self.timeout)
+            await asyncio.sleep(0 if waited < SPIN else 0.001)
+            out = self._try(fn, args)
+            if out is not _BUSY:
+                return out  # type: ignore[return-value]
+
+    def _try(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T | object:
+        """One attempt: `fn`'s result, or _BUSY when another process holds the lock."""
+        while True:
             try:
-                db = self._conn()
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                if e.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                    raise StateUnavailable(f"state database: {e}") from e
-                waited = time.monotonic() - start
-                if waited >= self.timeout:
-                    raise StateUnavailable(f"state database locked for {waited * 1e3:.0f} ms", self.timeout) from e
-                await asyncio.sleep(0 if waited < SPIN else 0.001)
-                continue
-            except sqlite3.Error as e:
-                raise StateUnavailable(f"state database: {e}") from e
+                t = self._t if self._pid == _pid[0] and self._t is not None else self._table()
+                if not t.try_lock():
+                    return _BUSY
+            except (OSError, TableError) as e:
+                raise StateUnavailable(f"state table: {e}") from e
             try:
-                out = fn(db, (self._clock() - EPOCH) * 1e6, *args)
-                self._txs += 1
-                if self._txs % SWEEP_EVERY == 0:
-                    self._sweep(db)
-                db.execute("COMMIT")
-                return out
-            except BaseException as e:
                 try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                if isinstance(e, sqlite3.Error):
-                    raise StateUnavailable(f"state database: {e}") from e
-                raise
+                    if t.rebooted:
+                        raise NeedsReplace
+                    out = fn(t, (self._clock() - EPOCH) * 1e6, *args)
+                    t.commit()
+                    self._writes += 1
+                    return out
+                except NeedsReplace:
+                    self._sweep(t)
+            except (OSError, TableError) as e:
+                raise StateUnavailable(f"state table: {e}") from e
+            finally:
+                t.unlock()
 
-    def _sweep(self, db: sqlite3.Connection) -> None:
-        now = (self._clock() - EPOCH) * 1e6
-        db.execute("DELETE FROM kv WHERE (t = 0 AND a <= ?) OR (t = 1 AND a > 0 AND a < ?)", (now, self._clock()))
-        db.execute("DELETE FROM slot WHERE until <= ?", (now,))
+    def _sweep(self, t: Table) -> None:
+        """Replace the file by its live records, sized for them: full buckets, dead leases and budgets of past
+        periods go; each set's count and earliest lease end are recomputed from its holders."""
+        t.w.clear()
+        t.replace(_live(t.records(), (self._clock() - EPOCH) * 1e6, self._clock()))
 
-    # ---- quotas ---------------------------------------------------------------------------------------------
+    def _import(self) -> list[Record]:
+        """The records of an earlier version's SQLite file, if there is one (renamed once read)."""
+        db = os.path.join(self.path, DB_NAME)
+        if not os.path.exists(db):
+            return []
+        import sqlite3
+
+        recs: list[Record] = []
+        try:
+            con = sqlite3.connect(db)
+        except sqlite3.Error as e:
+            raise TableError(f"{db}: {e}") from e
+        try:
+            for k, t, a, b, c in con.execute("SELECT key, t, a, b, c FROM kv"):
+                kb, h = stored_key(k.encode())
+                recs.append((BUCKET, len(kb), h, a, 0, 0, 0.0, 0.0, kb) if t == 0 else
+                            (LEDGER, len(kb), h, a, b, c, 0.0, 0.0, kb))
+            for k, holder, until in con.execute("SELECT key, holder, until FROM slot"):
+                sb, sh = stored_key(k.encode())
+                hb, hh = stored_key(k.encode() + b"\0" + holder.encode())
+                recs.append((SET, len(sb), sh, until, 0, 1, 0.0, 0.0, sb))
+                recs.append((HOLDER, len(hb), hh, until, sh, 0, 0.0, 0.0, hb))
+            for k, state, failures, until, probe_until, hint_until in con.execute(
+                    "SELECT key, state, failures, until, probe_until, hint_until FROM breaker"):
+                kb, h = stored_key(k.encode())
+                recs.append((BREAKER, len(kb), h, until, failures, _CODE.get(state, 0), probe_until, hint_until,
+                             kb))
+        except sqlite3.Error as e:
+            raise TableError(f"{db}: cannot import: {e}") from e
+        finally:
+            con.close()
+        clock = self._clock()
+        recs = _live(recs, (clock - EPOCH) * 1e6, clock)
+        log.warning("state: importing %d records from %s", len(recs), db)
+        return recs
+
+    def _imported(self) -> None:
+        """The table holding what `_import` read is in place: the SQLite file is renamed, never read again."""
+        db = os.path.join(self.path, DB_NAME)
+        for side in ("", "-wal", "-shm"):
+            if os.path.exists(db + side):
+                os.replace(db + side, db + ".imported" + side)
+
+    # ---- quotas -----------------------------------------------------------------------------------------------
 
     async def admit(self, ask: Ask) -> Admission:
         return await self._tx(self._admit, ask)
 
-    @staticmethod
-    def _read(db: sqlite3.Connection, now: float, keys: list[str],
-              slot_keys: list[str]) -> dict[str, tuple[float, int, int]]:
-        """key -> (a, b, c) of the kv rows, and for each concurrency set (earliest lease end, live holders, 0)."""
-        sql = f"SELECT key, a, b, c FROM kv WHERE key IN ({_marks(len(keys))})"
-        if slot_keys:
-            sql += (f" UNION ALL SELECT key, min(until), count(*), 0 FROM slot WHERE key IN ({_marks(len(slot_keys))})"
-                    " AND until > ? GROUP BY key")
-            return {k: (a, b, c) for k, a, b, c in db.execute(sql, [*keys, *slot_keys, now])}
-        return {k: (a, b, c) for k, a, b, c in db.execute(sql, keys)}
+    def _set(self, t: Table, kb: bytes, h: int, now: float, exact: bool) -> tuple[int, float | None]:
+        """(live holders, earliest lease end) of a set, removing the holders whose lease ran out when its bound
+        says one may have (and searching for the exact earliest end when `exact` and the bound is stale)."""
+        i, rec = t.find(kb, h)
+        if rec is None:
+            return 0, None
+        n, first, stale = rec[4], rec[3], rec[5]
+        if n <= 0:
+            return 0, None
+        if first > now and not (exact and stale):
+            return n, first
+        found = t.holders_of(h)
+        live = [r[3] for _, r in found if r[3] > now]
+        dead = [r for _, r in found if r[3] <= now]
+        for r in dead:  # each found again: a deletion may move the others
+            t.delete(t.find(r[8][:r[1]], r[2])[0])
+        if dead:
+            i, rec = t.find(kb, h)
+            assert rec is not None
+        if not live:
+            t.put(i, False, SET, kb, h, 0.0, 0, 0)
+            return 0, None
+        first = min(live)
+        t.put(i, False, SET, kb, h, first, len(live), 0)
+        return len(live), first
 
-    @staticmethod
-    def _admit(db: sqlite3.Connection, now: float, ask: Ask) -> Admission:
-        slot_keys = [s.key for s in ask.slots]
-        got = LocalBackend._read(db, now, [*(r.key for r in ask.rates), *(b.key for b in ask.spends)], slot_keys)
-        no = (0.0, 0, 0)
-        tats = [got[r.key][0] if r.key in got else None for r in ask.rates]
-        slots = [(got[k][1], got[k][0]) if k in got else (0, None) for k in slot_keys]
-        spends = [got.get(b.key, no) for b in ask.spends]
-        adm, new_tats = core.decide(now, ask, tats, slots, [u for _, u, _ in spends])
-        if adm.ok:
-            rows: list[tuple[str, int, float, int, int]] = [(r.key, 0, t, 0, 0) for r, t in zip(ask.rates, new_tats)]
-            rows += [(b.key, 1, float(b.expires), u + b.cost, h + b.cost) for b, (_, u, h) in zip(ask.spends, spends)]
-            db.executemany(_PUT, rows)
-            if slot_keys:
-                # a lease that ran out is replaced in place (its row may still be there)
-                end = now + ask.lease * 1e6
-                db.executemany("INSERT OR REPLACE INTO slot (key, holder, until) VALUES (?, ?, ?)",
-                               [(k, ask.holder, end) for k in slot_keys])
-        elif slot_keys and not all(s.ok for s in adm.slots):
-            db.execute(f"DELETE FROM slot WHERE key IN ({_marks(len(slot_keys))}) AND until <= ?", [*slot_keys, now])
+    def _admit(self, t: Table, now: float, ask: Ask) -> Admission:
+        key_of = self._key
+        find = t.find
+        tats: list[float | None] = []
+        found: list[tuple[int, Record | None]] = []
+        for r in ask.rates:
+            got = find(*key_of(r.key))
+            found.append(got)
+            rec = got[1]
+            tats.append(rec[3] if rec is not None and rec[3] > now else None)
+        slots = [self._set(t, *key_of(s.key), now, False) for s in ask.slots]
+        used: list[int] = []
+        for b in ask.spends:
+            got = find(*key_of(b.key))
+            found.append(got)
+            used.append(got[1][4] if got[1] is not None else 0)
+        adm, new_tats = core.decide(now, ask, tats, slots, used)
+        if not adm.ok:
+            if ask.slots and any(not s.ok for s in adm.slots):
+                # the wait is until the earliest lease end: exact, not the bound
+                for s, st in zip(ask.slots, adm.slots):
+                    if not st.ok:
+                        first = self._set(t, *key_of(s.key), now, True)[1]
+                        st.wait = 0.0 if first is None else max(0.0, (first - now) / 1e6)
+            return adm
+        # A record found above is still where it was unless something was deleted since (`shifts`); a new key's
+        # place may have been taken by another new key: found again.
+        put = t.put
+        fresh = t.shifts == 0
+        k = 0
+        for r, tat in zip(ask.rates, new_tats):
+            kb, h = key_of(r.key)
+            i, rec = found[k] if fresh and found[k][1] is not None else find(kb, h)
+            k += 1
+            put(i, rec is None, BUCKET, kb, h, tat)  # a TAT <= now reads as full; the sweep drops it
+        if ask.slots:
+            end = now + ask.lease * 1e6
+            hb = ask.holder.encode()
+            for s in ask.slots:
+                kb, h = key_of(s.key)
+                i, rec = find(kb, h)
+                if rec is None or rec[4] <= 0:
+                    put(i, rec is None, SET, kb, h, end, 1, 0)
+                else:
+                    put(i, False, SET, kb, h, min(rec[3], end), rec[4] + 1, rec[5])
+                hkb, hh = stored_key(kb + b"\0" + hb)
+                j, old = find(hkb, hh)
+                put(j, old is None, HOLDER, hkb, hh, end, h)
+        for b in ask.spends:
+            kb, h = key_of(b.key)
+            i, rec = found[k] if fresh and found[k][1] is not None else find(kb, h)
+            k += 1
+            u, held = (rec[4], rec[5]) if rec is not None else (0, 0)
+            put(i, rec is None, LEDGER, kb, h, float(b.expires), u + b.cost, held + b.cost)
         return adm
 
     async def reconcile(self, settle: Settle) -> None:
         await self._tx(self._reconcile, settle)
 
-    @staticmethod
-    def _reconcile(db: sqlite3.Connection, now: float, settle: Settle) -> None:
-        keys = [k for k, _, _ in settle.rates] + [k for k, _, _ in settle.spends]
-        if keys:
-            got = LocalBackend._read(db, now, keys, [])
-            rows: list[tuple[str, int, float, int, int]] = []
-            for k, interval, delta in settle.rates:
-                rows.append((k, 0, core.adjust(now, got[k][0] if k in got else None, interval, delta), 0, 0))
-            for k, reserved, actual in settle.spends:
-                exp, used, held = got.get(k, (0.0, 0, 0))
-                rows.append((k, 1, exp, used + actual - reserved, held - reserved))
-            db.executemany(_PUT, rows)
+    def _reconcile(self, t: Table, now: float, settle: Settle) -> None:
+        key_of = self._key
+        find, put = t.find, t.put
+        for k, interval, delta in settle.rates:
+            kb, h = key_of(k)
+            i, rec = find(kb, h)
+            tat = core.adjust(now, rec[3] if rec is not None else None, interval, delta)
+            if tat > now or rec is not None:  # a TAT <= now reads as full: kept for the next take, swept later
+                put(i, rec is None, BUCKET, kb, h, tat)
+        for k, reserved, actual in settle.spends:
+            kb, h = key_of(k)
+            i, rec = find(kb, h)
+            exp, u, held = (rec[3], rec[4], rec[5]) if rec is not None else (0.0, 0, 0)
+            put(i, rec is None, LEDGER, kb, h, exp, u + actual - reserved, held - reserved)
         if settle.slots:
-            db.executemany("DELETE FROM slot WHERE key = ? AND holder = ?", [(k, settle.holder) for k in settle.slots])
+            hb = settle.holder.encode()
+            for k in settle.slots:
+                kb, h = key_of(k)
+                hkb, hh = stored_key(kb + b"\0" + hb)
+                j, holder = find(hkb, hh)
+                if holder is None:
+                    continue  # settled twice, or its lease ran out and it was removed
+                t.delete(j)
+                i, rec = find(kb, h)
+                if rec is not None and rec[4] > 0:  # an empty set stays for the next admission; swept later
+                    put(i, False, SET, kb, h, rec[3], rec[4] - 1, 1 if holder[3] <= rec[3] else rec[5])
 
     async def renew(self, holder: str, slots: Sequence[str], lease: float) -> None:
         if slots:
             await self._tx(self._renew, holder, slots, lease)
 
-    @staticmethod
-    def _renew(db: sqlite3.Connection, now: float, holder: str, slots: Sequence[str], lease: float) -> None:
-        db.executemany("UPDATE slot SET until = ? WHERE key = ? AND holder = ? AND until > ?",
-                       [(now + lease * 1e6, k, holder, now) for k in slots])
+    def _renew(self, t: Table, now: float, holder: str, slots: Sequence[str], lease: float) -> None:
+        hb = holder.encode()
+        for k in slots:
+            kb, h = self._key(k)
+            hkb, hh = stored_key(kb + b"\0" + hb)
+            j, rec = t.find(hkb, hh)
+            if rec is None or rec[3] <= now:
+                continue
+            t.put(j, False, HOLDER, hkb, hh, now + lease * 1e6, h)
+            i, s = t.find(kb, h)
+            if s is not None and rec[3] <= s[3]:  # it held the earliest end: the bound may be stale now
+                t.put(i, False, SET, kb, h, s[3], s[4], 1)
 
     async def usage(self) -> Usage:
         return await self._tx(self._usage)
 
-    def _usage(self, db: sqlite3.Connection, now: float) -> Usage:
-        like = self.prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+    def _usage(self, t: Table, now: float) -> Usage:
+        unix = self._clock()
+        mine = (self.prefix + ":").encode()
         u = Usage(now)
-        for k, t, a, b, c in db.execute("SELECT key, t, a, b, c FROM kv WHERE key LIKE ? ESCAPE '\\'", (like,)):
-            if t == 0 and a > now:
-                u.rates[k] = a
-            elif t == 1 and (not a or a >= self._clock()):
-                u.spends[k] = (b, c)
-        for k, h, until in db.execute("SELECT key, holder, until FROM slot WHERE key LIKE ? ESCAPE '\\' "
-                                      "AND until > ?", (like, now)):
-            u.slots.setdefault(k, {})[h] = until
+        sets: dict[int, str] = {}
+        holders: list[Record] = []
         head = len(key(self.prefix, KIND_BREAKER, ""))
-        for row in db.execute("SELECT key, state, failures, until, probe_until, hint_until FROM breaker "
-                              "WHERE key LIKE ? ESCAPE '\\'", (like,)):
-            u.breakers[unescape(row[0][head:])] = core.Breaker(*row[1:]).view(now)
+        for rec in t.records():
+            tag, kb = rec[0], rec[8][:rec[1]]
+            if not kb.startswith(mine):
+                continue
+            k = kb.decode(errors="replace")
+            if tag == BUCKET and rec[3] > now:
+                u.rates[k] = rec[3]
+            elif tag == LEDGER and (not rec[3] or rec[3] >= unix):
+                u.spends[k] = (rec[4], rec[5])
+            elif tag == SET:
+                sets[rec[2]] = k
+            elif tag == HOLDER and rec[3] > now:
+                holders.append(rec)
+            elif tag == BREAKER:
+                u.breakers[unescape(k[head:])] = _breaker(rec).view(now)
+        for rec in holders:
+            set_key = sets.get(rec[4])
+            if set_key is not None:
+                name = rec[8][:rec[1]].decode(errors="replace")
+                u.slots.setdefault(set_key, {})[name.partition("\0")[2] or name] = rec[3]
         return u
 
-    # ---- shared breakers ------------------------------------------------------------------------------------
+    # ---- shared breakers ----------------------------------------------------------------------------------------
 
-    def _breaker_op(self, db: sqlite3.Connection, now: float, target: str,
+    def _breaker_op(self, t: Table, now: float, target: str,
                     op: Callable[[core.Breaker, float], BreakerState]) -> BreakerState:
-        k = key(self.prefix, KIND_BREAKER, target)
-        row = db.execute("SELECT state, failures, until, probe_until, hint_until FROM breaker WHERE key = ?",
-                         (k,)).fetchone()
-        b = core.Breaker(*row) if row else core.Breaker()
+        kb, h = self._key(key(self.prefix, KIND_BREAKER, target))
+        i, rec = t.find(kb, h)
+        b = _breaker(rec) if rec is not None else core.Breaker()
         out = op(b, now)
-        db.execute("INSERT OR REPLACE INTO breaker VALUES (?, ?, ?, ?, ?, ?)",
-                   (k, b.state, b.failures, b.until, b.probe_until, b.hint_until))
+        t.put(i, rec is None, BREAKER, kb, h, b.until, b.failures, _CODE[b.state], b.probe_until, b.hint_until)
         return out
 
     async def breaker_fail(self, target: str, failures: int, cooldown: float) -> BreakerState:
@@ -320,10 +421,43 @@ class LocalBackend:
         await self._tx(self._breaker_op, target, op)
 
     async def close(self) -> None:
-        if self._db is not None and self._pid == _pid[0]:
+        if self._t is not None and self._pid == _pid[0]:
             self._stop.set()
-            if self._checkpointer is not None:
-                self._checkpointer.join(5)
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self._db.close()
-        self._db = None
+            if self._syncer is not None:
+                self._syncer.join(5)
+            self._t.close()
+        self._t = None
+
+
+def _breaker(rec: Record) -> core.Breaker:
+    return core.Breaker(_STATES[rec[5]] if 0 <= rec[5] < 3 else "closed", rec[4], rec[3], rec[6], rec[7])
+
+
+def _live(records: Iterable[Record], now: float, unix: float) -> list[Record]:
+    """What a sweep keeps: buckets not yet full, ledgers of live periods, breakers, holders whose lease runs, and
+    each set with its holders counted and its exact earliest lease end (a set without holders goes)."""
+    out: list[Record] = []
+    sets: dict[int, Record] = {}
+    counts: dict[int, list[float]] = {}
+    for rec in records:
+        tag = rec[0]
+        if tag == BUCKET:
+            if rec[3] > now:
+                out.append(rec)
+        elif tag == LEDGER:
+            if not (rec[3] > 0 and rec[3] < unix):
+                out.append(rec)
+        elif tag == SET:
+            sets[rec[2]] = rec
+        elif tag == HOLDER:
+            if rec[3] > now:
+                out.append(rec)
+                counts.setdefault(rec[4], []).append(rec[3])
+        else:
+            out.append(rec)
+    for h, rec in sets.items():
+        ends = counts.get(h)
+        if ends:
+            out.append((SET, rec[1], h, min(ends), len(ends), 0, 0.0, 0.0, rec[8]))
+    # a holder whose set record is missing (an OS crash wrote back one page and not the other) goes too
+    return [r for r in out if r[0] != HOLDER or r[4] in sets]

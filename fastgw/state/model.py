@@ -194,14 +194,12 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-_PROCESS = os.urandom(6).hex()
+_PROCESS = [os.urandom(6).hex() + "."]
 _SERIAL = count(1)
-_PID = os.getpid()
+# forked: the parent's random prefix would repeat in every child (a hook, not a getpid() system call per request)
+os.register_at_fork(after_in_child=lambda: _PROCESS.__setitem__(0, os.urandom(6).hex() + "."))
 
 
 def new_holder() -> str:
     """A reservation id unique across processes and instances: 48 random bits per process, then a serial."""
-    global _PROCESS, _PID
-    if os.getpid() != _PID:  # forked: the parent's random prefix would repeat in every child
-        _PROCESS, _PID = os.urandom(6).hex(), os.getpid()
-    return f"{_PROCESS}.{next(_SERIAL)}"
+    return _PROCESS[0] + str(next(_SERIAL))

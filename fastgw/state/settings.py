@@ -20,7 +20,7 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 #: Seconds per Redis call: a loopback or same-zone Redis answers in well under a millisecond, so 50 ms only
 #: fires when it is stalled or gone, and a refused request then costs the client no more than that.
 DEFAULT_TIMEOUT = 0.05
-#: Where `local` keeps its SQLite file (state.db): a directory the service may write (systemd StateDirectory).
+#: Where `local` keeps its table (state.tbl): a directory the service may write (systemd StateDirectory).
 DEFAULT_PATH = "/var/lib/fastgw/state"
 
 
@@ -35,7 +35,7 @@ class State(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False, kw_
     timeout: Annotated[float, msgspec.Meta(gt=0)] = DEFAULT_TIMEOUT
     #: closed: 503 quota_unavailable while the state is unreachable; open: admit, counting per worker meanwhile.
     on_failure: Literal["closed", "open"] = "closed"
-    #: local only: the directory of the SQLite file that keeps budgets and buckets across restarts.
+    #: local only: the directory of the table file that keeps budgets and buckets across restarts.
     path: str = DEFAULT_PATH
 
 

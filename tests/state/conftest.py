@@ -1,5 +1,5 @@
 """Fixtures of the state tests: a shared redis-server for the session, fresh ones for the tests that kill it,
-and `store`: a factory of backends of one kind that share one store (Redis, or one SQLite file), so that a
+and `store`: a factory of backends of one kind that share one store (Redis, or one local table file), so that a
 test can play several workers or instances."""
 
 from __future__ import annotations

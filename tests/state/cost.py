@@ -1,13 +1,20 @@
 """What one admitted request costs in each state backend: CPU per admit + reconcile, latency, under contention.
 
-    python -m tests.state.cost                      # memory, local (SQLite), redis; 1 process, then 4 at once
+    python -m tests.state.cost                      # memory, local (shared table), redis; 1 process, then 4 at once
     python -m tests.state.cost --requests 20000 --processes 8
+    python -m tests.state.cost --glue               # the gateway side too: fastgw.quota's admit + settle
 
 The admission is the issue's default shape: one limit with a request bucket, a token bucket and a concurrency
 slot, and one budget; the reconcile refunds tokens, moves spend and releases the slot. Each process runs its
 loop sequentially (c=1) on uvloop with the production timeout (0.05 s) and reports CPU (user+sys) per
 request, wall p50/p99 per admit+reconcile, and state errors. Redis is started here (loopback, no persistence).
 It lives with the tests, not in `bench/`, because it imports fastgw's state package (bench/ must not).
+
+`--glue` measures what `fastgw.quota.Quota` adds around the store (the request's prompt estimate, the plan, the
+Ask, the x-ratelimit-* headers, the reservation, the settlement), one process, c=1, with the same limit and
+budget as `bench run`'s fastgw-limit-* systems: on a store that answers at once without storing (`null`: the
+glue alone), on `memory` and on `local`. Through a gateway the same work costs 2-3x more (a worker's caches hold
+far more than this loop's), so read these as the split, and `bench run` for the figure.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
-from fastgw.state import (Ask, LocalBackend, MemoryBackend, Rate, RedisBackend, Settle, Slot, Spend,
-                          StateUnavailable, new_holder)
+from fastgw.state import (Admission, Ask, LocalBackend, MemoryBackend, Rate, RateState, RedisBackend, Settle, Slot,
+                          SlotState, Spend, SpendState, StateUnavailable, new_holder)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,12 +73,69 @@ async def _loop(kind: str, where: str, n: int, start_at: float) -> dict[str, flo
             "per_s": n / wall, "errors": errors}
 
 
+class _Null:
+    """A store that admits everything at once and keeps nothing: what is left is the glue around it."""
+
+    kind = "null"
+    prefix = "fastgw"
+
+    async def admit(self, ask: Ask) -> Admission:
+        return Admission(True, [RateState(True, 5, 0.1, 0.0) for _ in ask.rates],
+                         [SlotState(True, 0, 0.0) for _ in ask.slots], [SpendState(True, 0) for _ in ask.spends])
+
+    async def reconcile(self, settle: Settle) -> None:
+        return None
+
+
+async def _glue(kind: str, where: str, n: int) -> dict[str, float]:
+    import types
+
+    import msgspec
+
+    from fastgw.policy.ratelimit import Pricing, RateLimiter, RateLimitPolicy
+    from fastgw.quota import Quota
+
+    settings = msgspec.convert({"limits": [{"name": "per-key", "per": "key", "requests_per_minute": 10**9,
+                                            "tokens_per_minute": 10**12, "concurrent": 100000}],
+                                "budgets": [{"name": "monthly", "per": "key", "usd": 10**9, "period": "month"}]},
+                               RateLimiter)
+    backend: Any = _Null() if kind == "null" else MemoryBackend() if kind == "memory" else LocalBackend(where)
+    q = Quota(RateLimitPolicy(settings, backend), {"up": Pricing(0.15, 0.6)}, backend.kind)
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    plan: Any = types.SimpleNamespace(targets=[types.SimpleNamespace(id="up")])
+
+    async def one() -> None:
+        ctx: Any = types.SimpleNamespace(principal=None, roles=(), model="m", target="up", body=body, texts=None,
+                                         usage={"prompt_tokens": 1, "completion_tokens": 50}, request_id="r")
+        resp: Any = types.SimpleNamespace(extra_headers=[])
+        res = await q.admit(ctx, body, plan, resp)
+        await q.settle(ctx, res, q.renew_while_streaming(res))
+
+    for _ in range(200):
+        await one()
+    c0 = time.process_time()
+    for _ in range(n):
+        await one()
+    cpu = time.process_time() - c0
+    if kind == "local":
+        await backend.close()
+    return {"cpu_us": cpu / n * 1e6}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=10000)
     ap.add_argument("--processes", type=int, default=4)
+    ap.add_argument("--glue", action="store_true", help="fastgw.quota's admit + settle around null, memory, local")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.glue:
+        tmp = tempfile.mkdtemp(prefix="state-cost-")
+        print(f"{'quota on':8} {'CPU µs/req':>10}")
+        for kind in ("null", "memory", "local"):
+            r = uvloop.run(_glue(kind, f"{tmp}/{kind}", a.requests))
+            print(f"{kind:8} {r['cpu_us']:10.1f}")
+        return 0
     if a.child:
         print(json.dumps(uvloop.run(_loop(a.child[0], a.child[1], int(a.child[2]), float(a.child[3])))))
         return 0

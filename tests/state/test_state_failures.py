@@ -1,11 +1,12 @@
-"""When the state cannot answer: a killed or stalled Redis, a locked SQLite file. Every call ends within the
+"""When the state cannot answer: a killed or stalled Redis, a held lock on the local table. Every call ends within the
 timeout (+50 ms) with `StateUnavailable`, none hangs; service resumes within 1 s of Redis returning; and a
 Redis with AOF keeps budgets across its own restart. Also the client's URL forms and connection set-up."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import fcntl
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import uvloop
 
 from fastgw.state import Ask, LocalBackend, Rate, RedisBackend, Slot, Spend, StateUnavailable, new_holder
-from fastgw.state.local import DB_NAME
+from fastgw.state.local import TABLE_NAME
 from fastgw.state.resp import BACKOFF_MAX, parse_url
 from tests.state.redis_server import RedisServer
 
@@ -124,13 +125,13 @@ def test_budget_survives_a_redis_restart_with_aof(fresh_redis: Callable[..., Red
     assert uvloop.run(read()) == (4_242, 4_242)
 
 
-def test_locked_sqlite_file_fails_within_the_timeout_without_blocking_the_loop(tmp_path: Path) -> None:
+def test_a_held_lock_fails_within_the_timeout_without_blocking_the_loop(tmp_path: Path) -> None:
     b = LocalBackend(str(tmp_path), "l", TIMEOUT)
 
     async def go() -> None:
-        assert (await b.admit(_ask("l"))).ok
-        other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")  # another worker holding the write lock
+        assert (await b.admit(Ask("a", (Rate("l:rq:l:x", 60e6, 10, 1),), (), (), 60.0))).ok
+        fd = os.open(tmp_path / TABLE_NAME, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another worker holding the lock
         ticks = 0
 
         async def ticker() -> None:
@@ -141,13 +142,15 @@ def test_locked_sqlite_file_fails_within_the_timeout_without_blocking_the_loop(t
 
         t = asyncio.ensure_future(ticker())
         try:
-            assert await _timed_failure(b, "l") < TIMEOUT + SLACK
+            t0 = time.monotonic()
+            with pytest.raises(StateUnavailable):
+                await b.admit(Ask("b", (Rate("l:rq:l:x", 60e6, 10, 1),), (), (), 60.0))
+            assert time.monotonic() - t0 < TIMEOUT + SLACK
             assert ticks >= 5  # the loop kept running while the backend waited for the lock
         finally:
             t.cancel()
-            other.execute("ROLLBACK")
-            other.close()
-        assert (await b.admit(_ask("l"))).ok
+            os.close(fd)
+        assert (await b.admit(Ask("c", (Rate("l:rq:l:x", 60e6, 10, 1),), (), (), 60.0))).ok
         await b.close()
 
     uvloop.run(go())

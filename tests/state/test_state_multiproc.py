@@ -1,5 +1,5 @@
 """Exactness across processes: several "workers" (separate processes, each with its own connection) admit at once
-against one Redis, and against one SQLite file. Nothing is reconciled, so the totals must be exact: a budget
+against one Redis, and against one local state table. Nothing is reconciled, so the totals must be exact: a budget
 admits floor(limit / cost), a bucket its burst, a concurrency set its limit — never one more."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_exact_across_processes_on_one_redis(redis_server: RedisServer) -> None:
     _check(_hammer("redis", redis_server.url, "mp"))
 
 
-def test_exact_across_processes_on_one_sqlite_file(tmp_path: Path) -> None:
+def test_exact_across_processes_on_one_state_table(tmp_path: Path) -> None:
     _check(_hammer("local", str(tmp_path / "state"), "mp"))
 
 
