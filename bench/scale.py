@@ -343,6 +343,23 @@ def md_length(args, t: dict) -> list[str]:
 # table 2: concurrent paced streams on one worker
 # ------------------------------------------------------------------------------------------
 
+def _one_worker_pair(args: argparse.Namespace, tmp: Path, servers: list[Server], problems: list[str], tag: str,
+                     chunks: int, delay: float, streams: int) -> tuple[Server, Server]:
+    """A paced upstream and a one-worker gateway in front of it for `streams` open streams, both ready and warmed
+    up (a failed warm-up is added to `problems`); each is appended to `servers` as soon as it runs. Returns
+    (upstream, gateway)."""
+    up = start_upstream(tmp, free_port(), chunks, delay, args.one_load_cpus, name=f"upstream-{tag}")
+    servers.append(up)
+    up.wait_ready(30)
+    gw = _start_gateway(tag, tmp, up.port, "", 1, args.one_gw_cpus, args.log_level,
+                        max_connections=max(4096, streams + 256))
+    servers.append(gw)
+    gw.wait_ready(60)
+    if warm_up(gw.port, 20) != 20:
+        problems.append(f"{tag}: warm-up requests through the gateway failed")
+    return up, gw
+
+
 def table_streams(args, tmp: Path, problems: list[str]) -> dict:
     rows = []
     for n in args.stream_list:
@@ -354,15 +371,7 @@ def table_streams(args, tmp: Path, problems: list[str]) -> dict:
                              stall=args.stall, tolerance=args.delay * 0.5)
         servers: list[Server] = []
         try:
-            up = start_upstream(tmp, free_port(), chunks, args.delay, args.one_load_cpus, name=f"upstream-streams{n}")
-            servers.append(up)
-            up.wait_ready(30)
-            gw = _start_gateway(f"streams{n}", tmp, up.port, "", 1, args.one_gw_cpus, args.log_level,
-                                max_connections=max(4096, n + 256))
-            servers.append(gw)
-            gw.wait_ready(60)
-            if warm_up(gw.port, 20) != 20:
-                problems.append(f"streams {n}: warm-up requests through the gateway failed")
+            up, gw = _one_worker_pair(args, tmp, servers, problems, f"streams{n}", chunks, args.delay, n)
             time.sleep(0.5)
             idle = _worker_rss(gw.pid)
             # The idle worker's own CPU (timers, metric flushes): a floor under the per-event figure at low rates.
@@ -476,15 +485,7 @@ def table_idle(args, tmp: Path, problems: list[str]) -> dict:
         servers: list[Server] = []
         held: list = []
         try:
-            up = start_upstream(tmp, free_port(), 2, _IDLE_DELAY, args.one_load_cpus, name=f"upstream-idle{n}")
-            servers.append(up)
-            up.wait_ready(30)
-            gw = _start_gateway(f"idle{n}", tmp, up.port, "", 1, args.one_gw_cpus, args.log_level,
-                                max_connections=max(4096, n + 256))
-            servers.append(gw)
-            gw.wait_ready(60)
-            if warm_up(gw.port, 20) != 20:
-                problems.append(f"idle {n}: warm-up requests through the gateway failed")
+            up, gw = _one_worker_pair(args, tmp, servers, problems, f"idle{n}", 2, _IDLE_DELAY, n)
             worker = _workers(gw.pid)[0]
             loop = asyncio.new_event_loop()
             try:

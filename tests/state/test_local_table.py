@@ -23,9 +23,9 @@ from tests.state import crasher
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _usage(where: Path) -> Usage:
+def _usage(where: Path, prefix: str = crasher.PREFIX) -> Usage:
     async def go() -> Usage:
-        b = LocalBackend(str(where), crasher.PREFIX, 2.0)
+        b = LocalBackend(str(where), prefix, 2.0)
         try:
             return await b.usage()
         finally:
@@ -183,15 +183,8 @@ def _old_sqlite_file(where: Path) -> None:
 def test_state_persists_across_restarts_and_an_old_sqlite_file_is_imported(tmp_path: Path) -> None:
     _old_sqlite_file(tmp_path)
 
-    async def read() -> Usage:
-        b = LocalBackend(str(tmp_path), "i", 1.0)
-        try:
-            return await b.usage()
-        finally:
-            await b.close()
-
     for _ in range(2):  # imported once, then read back from the table by a "restarted" gateway
-        u = uvloop.run(read())
+        u = _usage(tmp_path, "i")
         assert u.spends == {"i:bg:m:alice:2026-12": (5000, 1000)}
         assert list(u.rates) == ["i:rq:l:alice"] and list(u.slots["i:cc:l:alice"]) == ["w1"]
         assert u.breakers["up"].state == "open" and u.breakers["up"].failures == 5
@@ -244,14 +237,7 @@ def test_exact_counts_with_processes_admitting_and_settling_while_the_file_grows
     from tests.state import pairs
     got = _pairs(tmp_path, "p", 300, 1500)
     assert sum(r["errors"] for r in got) == 0
-    async def read() -> Usage:
-        b = LocalBackend(str(tmp_path), "p", 2.0)
-        try:
-            return await b.usage()
-        finally:
-            await b.close()
-
-    usage = uvloop.run(read())
+    usage = _usage(tmp_path, "p")
     admitted = sum(r["admitted"] for r in got)
     assert admitted == 3 * 300
     assert usage.spends[pairs.LEDGER] == (admitted * pairs.ACTUAL, 0)  # every settlement applied, exactly once
@@ -265,12 +251,5 @@ def test_a_worker_killed_while_importing_leaves_the_sqlite_file_to_import_again(
     assert _crash(tmp_path, "replacing").returncode == -9  # the first admission creates the table: killed there
     assert (tmp_path / DB_NAME).exists() and not (tmp_path / f"{DB_NAME}.imported").exists()
 
-    async def read() -> Usage:
-        b = LocalBackend(str(tmp_path), "i", 1.0)
-        try:
-            return await b.usage()
-        finally:
-            await b.close()
-
-    assert uvloop.run(read()).spends == {"i:bg:m:alice:2026-12": (5000, 1000)}
+    assert _usage(tmp_path, "i").spends == {"i:bg:m:alice:2026-12": (5000, 1000)}
     assert not (tmp_path / DB_NAME).exists() and (tmp_path / f"{DB_NAME}.imported").exists()
