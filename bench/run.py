@@ -45,7 +45,7 @@ from types import SimpleNamespace
 from bench import plots, wrk
 from bench.loadgen import LoadSpec, build_request, chat_body, percentile, run_load, summarize
 from bench.stream import (BENCH_KEY, MODEL, REPO, RESULTS, CpuProbe, Server, _f, baseline_offsets, busy_cpu_seconds,
-                          free_port, holdback_stats, load_run, machine, policy_probe, rss_mb, tree)
+                          finish_run, free_port, holdback_stats, load_run, machine, policy_probe, rss_mb, tree)
 from bench.systems import DEFAULT_SYSTEMS, SYSTEMS, System, redis_round_trips, start_system, start_upstream
 from bench.trace import TraceSpec, run_trace
 from bench.upstream import PACED_MODEL, PEER_MODEL
@@ -546,15 +546,4 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     lines = markdown(args, meta, results, pngs, notes + [f"CHECK {p}" for p in problems])
     print("\n" + "\n".join(lines))
     print(f"JSON: {args.json}; plots: {', '.join(str(p) for p in pngs.values())}")
-    if args.write and rc == 0:  # an interrupted or failed run is not a result worth keeping
-        new = not args.results.exists()
-        with open(args.results, "a", encoding="utf-8") as fh:
-            fh.write(("# fastgw benchmark results\n\n" if new else "\n") + "\n".join(lines) + "\n")
-        print(f"appended to {args.results}")
-    if args.keep_logs:
-        print(f"logs kept in {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if rc == 0 and problems:
-        rc = 2
-    return rc
+    return finish_run(args, lines, rc, problems, tmp)

@@ -45,7 +45,6 @@ import math
 import os
 import random
 import shlex
-import shutil
 import signal
 import statistics
 import sys
@@ -56,9 +55,10 @@ from types import SimpleNamespace
 
 from bench import wrk
 from bench.loadgen import LoadSpec, build_request, chat_body, parse_cpus, run_load
-from bench.stream import (BENCH_KEY, MODEL, RESULTS, CpuProbe, Server, busy_cpu_seconds, free_port, machine,
-                          policy_probe, rss_mb, server_cmd, task_cpu_seconds, tree)
+from bench.stream import (BENCH_KEY, MODEL, RESULTS, CpuProbe, Server, busy_cpu_seconds, finish_run, free_port,
+                          machine, policy_probe, rss_mb, server_cmd, task_cpu_seconds, tree)
 from bench.streams2k import raise_nofile, run_pass, warm_up
+from bench.soak import tcp_sockets
 from bench.systems import fastgw_yaml, start_upstream
 from bench.upstream import PACED_MODEL
 
@@ -608,17 +608,8 @@ def md_patterns(args, t: dict) -> list[str]:
 
 def _listen_conn_inodes(port: int) -> set[int]:
     """Socket inodes of the established TCP connections whose local port is `port` (the server side)."""
-    out: set[int] = set()
-    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(f).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            p = line.split()
-            if p[3] == "01" and int(p[1].rsplit(":", 1)[1], 16) == port:
-                out.add(int(p[9]))
-    return out
+    return {ino for ino, (local, _remote, state, _tx, _rx) in tcp_sockets().items()
+            if state == "ESTABLISHED" and local == port}
 
 
 def _socket_inodes(pid: int) -> set[int]:
@@ -833,15 +824,4 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**meta, "tables": tables, "problems": problems}, indent=2, default=str))
         print(f"JSON: {args.json}")
-    if args.write and rc == 0 and tables:
-        new = not args.results.exists()
-        with open(args.results, "a", encoding="utf-8") as fh:
-            fh.write(("# fastgw benchmark results\n\n" if new else "\n") + "\n".join(lines) + "\n")
-        print(f"appended to {args.results}")
-    if args.keep_logs:
-        print(f"logs kept in {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if rc == 0 and problems:
-        rc = 2
-    return rc
+    return finish_run(args, lines, rc, problems, tmp, write=bool(tables))

@@ -678,6 +678,24 @@ def rows(args, results: list[Result]) -> list[dict]:
     return out
 
 
+def finish_run(args, lines: list[str], rc: int, problems: list[str], tmp: Path, write: bool = True) -> int:
+    """The end every harness run shares: its markdown appended to `args.results` with `--write` (only a run that
+    completed, and had something to write), its logs kept with `--keep-logs` or removed, and its exit code (2
+    when it completed with problems)."""
+    if args.write and rc == 0 and write:  # an interrupted or failed run is not a result worth keeping
+        new = not args.results.exists()
+        with open(args.results, "a", encoding="utf-8") as fh:
+            fh.write(("# fastgw benchmark results\n\n" if new else "\n") + "\n".join(lines) + "\n")
+        print(f"appended to {args.results}")
+    if args.keep_logs:
+        print(f"logs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if rc == 0 and problems:
+        rc = 2
+    return rc
+
+
 def machine(source: Path = REPO) -> dict:
     model = "?"
     try:

@@ -315,14 +315,11 @@ def _tokens(usage: dict | None) -> dict | None:
     return out
 
 
-def access_record(ctx: RequestContext, route: str, nbytes: int | None = None, now: float | None = None,
-                  wall: float | None = None, forwarded: str | None = None) -> dict:
-    """The fields of one access line (see the module docstring). `now` (monotonic) and `wall` (epoch) are
-    for tests."""
-    end = time.monotonic() if now is None else now
+def _outcomes(decisions: list) -> tuple[dict[str, str], int]:
+    """Each policy's most severe outcome, and the retries (the routing decisions)."""
     policy: dict[str, str] = {}
     retries = 0
-    for d in ctx.decisions:
+    for d in decisions:
         name = d.policy
         if name == "routing":
             retries += 1
@@ -330,6 +327,15 @@ def access_record(ctx: RequestContext, route: str, nbytes: int | None = None, no
         prev = policy.get(name)
         if prev is None or _SEVERITY.get(d.outcome, 0) > _SEVERITY.get(prev, 0):
             policy[name] = d.outcome
+    return policy, retries
+
+
+def access_record(ctx: RequestContext, route: str, nbytes: int | None = None, now: float | None = None,
+                  wall: float | None = None, forwarded: str | None = None) -> dict:
+    """The fields of one access line (see the module docstring). `now` (monotonic) and `wall` (epoch) are
+    for tests."""
+    end = time.monotonic() if now is None else now
+    policy, retries = _outcomes(ctx.decisions)
     if "?" in route:
         route = route.split("?", 1)[0]  # a query string may carry a key
     fb = ctx.first_byte
@@ -377,7 +383,7 @@ def _tv(v: object) -> str:
     s = str(v)
     if _PLAIN.fullmatch(s):
         return s
-    return json.dumps(s)  # ensure_ascii: \uXXXX for every non-ASCII character
+    return json.dumps(s)  # ensure_ascii: every non-ASCII character as a \u escape
 
 
 def _text(r: dict) -> str:
@@ -474,15 +480,7 @@ def _fast_json(ctx: RequestContext, route: str, nbytes: int | None, now: float |
     policy = "{}"
     retries = 0
     if ctx.decisions:
-        pol: dict[str, str] = {}
-        for d in ctx.decisions:
-            name = d.policy
-            if name == "routing":
-                retries += 1
-                continue
-            prev = pol.get(name)
-            if prev is None or _SEVERITY.get(d.outcome, 0) > _SEVERITY.get(prev, 0):
-                pol[name] = d.outcome
+        pol, retries = _outcomes(ctx.decisions)
         if pol:
             policy = _json(pol)
     usage = ctx.usage
