@@ -94,6 +94,16 @@ def _wrong_type(param: str, expected: str, value: object) -> Refused:
                    "invalid_type")
 
 
+def _object(parent: dict, key: str, param: str) -> dict:
+    """`parent[key]`, which must be present and an object (else OpenAI's refusal naming `param`)."""
+    value = parent.get(key)
+    if value is None:
+        raise _missing(param)
+    if not isinstance(value, dict):
+        raise _wrong_type(param, "an object", value)
+    return value
+
+
 def _bad_value(param: str, value: object, allowed: tuple[str, ...]) -> Refused:
     return Refused(f"Invalid value: '{value}'. Supported values are: {_listed(allowed)}.", param, "invalid_value")
 
@@ -290,11 +300,7 @@ def _tools(body: dict) -> list[str]:
             raise _bad_value(f"{p}.type", kind, _TOOL_TYPES)
         if kind == "custom":
             continue
-        fn = t.get("function")
-        if fn is None:
-            raise _missing(f"{p}.function")
-        if not isinstance(fn, dict):
-            raise _wrong_type(f"{p}.function", "an object", fn)
+        fn = _object(t, "function", f"{p}.function")
         name = fn.get("name")
         if name is None:
             raise _missing(f"{p}.function.name")
@@ -326,11 +332,7 @@ def _tool_choice(body: dict, names: list[str]) -> None:
     if not isinstance(choice, dict):
         # Sic: OpenAI's message says "one of one of".
         raise _wrong_type("tool_choice", f"one of one of {_listed(_TOOL_CHOICES, 'or')} or object", choice)
-    fn = choice.get("function")
-    if fn is None:
-        raise _missing("tool_choice.function")
-    if not isinstance(fn, dict):
-        raise _wrong_type("tool_choice.function", "an object", fn)
+    fn = _object(choice, "function", "tool_choice.function")
     name = fn.get("name")
     if name is None:
         raise _missing("tool_choice.function.name")
@@ -366,11 +368,7 @@ def _response_format(body: dict) -> None:
                       "'json_object'.", "messages", None)
     if kind != "json_schema":
         return
-    js = rf.get("json_schema")
-    if js is None:
-        raise _missing("response_format.json_schema")
-    if not isinstance(js, dict):
-        raise _wrong_type("response_format.json_schema", "an object", js)
+    js = _object(rf, "json_schema", "response_format.json_schema")
     name = js.get("name")
     if name is None:
         raise _missing("response_format.json_schema.name")
