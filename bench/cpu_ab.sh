@@ -9,6 +9,8 @@
 # DIR@off runs DIR with its access log off (`--access-log off`), to compare a checkout with itself.
 # -p: with bench run's fastgw-redact chain (pii-detector redact + safety-filter redact).
 set -euo pipefail
+# One run at a time on the box: two would share the ports and CPUs, and measure each other.
+exec 9>"${TMPDIR:-/tmp}/fastgw-cpu_ab.lock"; flock 9
 rounds=3 mode=nonstream limit= chain=
 while getopts "n:m:pl" o; do case $o in n) rounds=$OPTARG;; m) mode=$OPTARG;; p) chain=1;; l) limit=1;; *) exit 2;; esac; done
 [ -n "$chain" ] && [ -n "$limit" ] && { echo "cpu_ab.sh: -p and -l are exclusive" >&2; exit 2; }
