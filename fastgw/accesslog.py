@@ -439,7 +439,9 @@ def _text(r: dict) -> str:
 
 def _json(r: object) -> str:
     line = orjson.dumps(r).decode()
-    if not line.isascii():
+    # DEL is ASCII: escaped whatever the rest holds, so that a part encoded alone (`_enc`, `_run`) reads as it
+    # does in a whole line.
+    if not line.isascii() or "\x7f" in line:
         line = _JSON_RAW_BREAKS.sub(_escape_break, line)
     return line
 

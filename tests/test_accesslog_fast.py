@@ -74,6 +74,13 @@ def test_the_fast_line_is_the_general_line(rid, principal, client, error, usage,
     assert _both(ctx, nbytes=nbytes)[0] == general
 
 
+def test_del_reads_the_same_in_a_part_encoded_alone_and_in_a_whole_line() -> None:
+    # An ASCII error code with DEL in a line that is not ASCII elsewhere (the client): the general path escapes
+    # the whole line, the fast one writes the error encoded alone.
+    fast, general = _both(_ctx(rid="0", client="\x80", error="\x7f"))
+    assert fast == general and "\\u007f" in general and "\x7f" not in general
+
+
 @pytest.mark.parametrize("ctx, route", [
     (_ctx(model="sk-" + "a" * 40), ROUTE),       # a model the config does not define: redacted on the general path
     (_ctx(), "/v1/models/sk-" + "b" * 40),       # an unknown route
