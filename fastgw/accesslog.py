@@ -53,8 +53,8 @@ Batches
 -------
 A line waits in the worker until ACCESS_LOG_FLUSH_DELAY (10 ms) after the first line of its batch, or until 128
 lines wait; then the batch is formatted and goes out in writes of whole lines of at most ACCESS_LOG_BATCH_BYTES
-(PIPE_BUF: atomic on a pipe the workers share). A busy worker finishes about one request per loop iteration, so the write per
-iteration this replaced was a syscall per request. A worker that stops (SIGTERM, reload, a boot error) writes its
+(PIPE_BUF: atomic on a pipe the workers share). A busy worker finishes about one request per loop iteration, so
+the write per iteration this replaced was a syscall per request. A worker that stops (SIGTERM, reload, a boot error) writes its
 waiting lines before it exits; a hard crash (SIGKILL, the master killing a hung worker, a segfault) loses the
 lines of its last 10 ms at most.
 
@@ -63,15 +63,16 @@ Cost
 At the response's end a line is only its values (`_values`: strings, numbers, and a dict of plain values for the
 usage and one for the policy outcomes, none of which the garbage collector walks; a usage dict with nested
 details is reduced to the fields the line reads); the batch's lines are formatted in one loop at its write
-(`flush`). Formatting there rather than per request costs ~5 µs less CPU per request (bench/RESULTS.md,
-issue 18): in a request's end its code ran cold, once between everything else, at several times its cost in a
-loop. A request whose route and model the config defines (every successful one) gets its line from
-`_fast_line`: the strings that repeat — principal, peer, method, route, model, target, stream — are encoded,
-escaped and checked once per combination, only numbers are formatted per line (no dict, no `orjson.dumps`, no
-redaction pass; a test holds its line equal to the general path's, character for character). Other requests
-(unknown routes, models the config does not define, long client strings) take `_record` + `_json`, which caps
-and redacts. With only our handler attached no `LogRecord` is built (see `log_request`). One fstat per write to
-a file.
+(`flush`). That measured ~2 µs less worker CPU per request than formatting each line at its request's end
+(bench/RESULTS.md, "issue 18: the access log's cost"), while a profile gives the log's own functions the same ~5 %
+either way: the saving shows in the request's other code, which the formatting no longer runs in between.
+
+A request whose route and model the config defines (every successful one) gets its line from `_fast_line`: the
+strings that repeat — principal, peer, method, route, model, target, stream — are encoded, escaped and checked
+once per combination, only numbers are formatted per line (no dict, no `orjson.dumps`, no redaction pass; a test
+holds its line equal to the general path's, character for character). Other requests (unknown routes, models the
+config does not define, long client strings) take `_record` + `_json`, which caps and redacts. With only our
+handler attached no `LogRecord` is built (see `log_request`). One fstat per write to a file.
 """
 
 from __future__ import annotations
