@@ -52,20 +52,27 @@ names the config documents and one place to read; the master takes no part.
 Batches
 -------
 A line waits in the worker until ACCESS_LOG_FLUSH_DELAY (10 ms) after the first line of its batch, or until 128
-lines wait; then the batch goes out in writes of whole lines of at most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic
-on a pipe the workers share). A busy worker finishes about one request per loop iteration, so the write per
-iteration this replaced was a syscall per request. A worker that stops (SIGTERM, reload, a boot error) writes its
+lines wait; then the batch is formatted and goes out in writes of whole lines of at most ACCESS_LOG_BATCH_BYTES
+(PIPE_BUF: atomic on a pipe the workers share). A busy worker finishes about one request per loop iteration, so
+the write per iteration this replaced was a syscall per request. A worker that stops (SIGTERM, reload, a boot error) writes its
 waiting lines before it exits; a hard crash (SIGKILL, the master killing a hung worker, a segfault) loses the
 lines of its last 10 ms at most.
 
 Cost
 ----
-A request whose route and model the config defines (every successful one) gets its line from `_fast_json`: the
+At the response's end a line is only its values (`_values`: strings, numbers, and a dict of plain values for the
+usage and one for the policy outcomes, none of which the garbage collector walks; a usage dict with nested
+details is reduced to the fields the line reads); the batch's lines are formatted in one loop at its write
+(`flush`). That measured ~2 µs less worker CPU per request than formatting each line at its request's end
+(bench/RESULTS.md, "issue 18: the access log's cost"), while a profile gives the log's own functions the same ~5 %
+either way: the saving shows in the request's other code, which the formatting no longer runs in between.
+
+A request whose route and model the config defines (every successful one) gets its line from `_fast_line`: the
 strings that repeat — principal, peer, method, route, model, target, stream — are encoded, escaped and checked
 once per combination, only numbers are formatted per line (no dict, no `orjson.dumps`, no redaction pass; a test
-holds its line equal to the general path's, character for character). Other requests (unknown routes, models
-the config does not define, long client strings) take `access_record` + `_json`, which caps and redacts. With
-only our handler attached no `LogRecord` is built (see `log_request`). One fstat per write to a file.
+holds its line equal to the general path's, character for character). Other requests (unknown routes, models the
+config does not define, long client strings) take `_record` + `_json`, which caps and redacts. With only our
+handler attached no `LogRecord` is built (see `log_request`). One fstat per write to a file.
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ import os
 import re
 import sys
 import time
+from gc import is_tracked as _is_tracked
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING
 
@@ -231,6 +239,7 @@ def set_redactor(redact: Callable[[str], str] | None, known: Iterable[str] = ())
     """Route and model go through `redact` (e.g. the pii-detector's scanner) before they are written, except
     the `known` names the config defines (its models, aliases and routes)."""
     global _redactor, _known
+    flush()  # lines waiting are written as the configuration they were logged under said
     _redactor = redact
     _known = frozenset(known)
     _cache.clear()
@@ -334,32 +343,62 @@ def access_record(ctx: RequestContext, route: str, nbytes: int | None = None, no
                   wall: float | None = None, forwarded: str | None = None) -> dict:
     """The fields of one access line (see the module docstring). `now` (monotonic) and `wall` (epoch) are
     for tests."""
-    end = time.monotonic() if now is None else now
-    policy, retries = _outcomes(ctx.decisions)
+    return _record(_values(ctx, route, nbytes, forwarded, now, wall))
+
+
+#: What a line needs of its request, taken at the response's end (`_values`) and formatted at the batch's write
+#: (see "Cost").
+_Values = tuple
+
+
+def _values(ctx: RequestContext, route: str, nbytes: int | None, forwarded: str | None, now: float | None = None,
+            wall: float | None = None) -> _Values:
+    """The line's values of `ctx`: principal, client, method, route, model, target, stream (the `_enc_cache`
+    key, in this order), request id, status, first byte, start, end, wall clock, bytes, usage, policy outcomes
+    (None: no decision), retries, error, forwarded."""
+    usage = ctx.usage
+    if usage and _is_tracked(usage):  # nested (usage details): only what the line reads is held
+        usage = _plain_usage(usage)
+    decisions = ctx.decisions
+    policy, retries = _outcomes(decisions) if decisions else (None, 0)
+    return (ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target, ctx.stream, ctx.request_id,
+            ctx.status, ctx.first_byte, ctx.started, time.monotonic() if now is None else now,
+            time.time() if wall is None else wall, nbytes, usage, policy, retries, ctx.error, forwarded)
+
+
+def _plain_usage(usage: dict) -> dict:
+    """The usage fields a line reads, as plain values (a line writes a value that is not an int as null)."""
+    p = usage.get("prompt_tokens", usage.get("input_tokens"))
+    c = usage.get("completion_tokens", usage.get("output_tokens"))
+    return {"prompt_tokens": p if type(p) is int else None, "completion_tokens": c if type(c) is int else None,
+            "estimated": bool(usage.get("estimated")), "partial": bool(usage.get("partial"))}
+
+
+def _record(v: _Values) -> dict:
+    (principal, client, method, route, model, target, stream, rid, status, fb, started, end, wall, nbytes, usage,
+     policy, retries, err, forwarded) = v
     if "?" in route:
         route = route.split("?", 1)[0]  # a query string may carry a key
-    fb = ctx.first_byte
-    client = ctx.client or None
-    model = ctx.model
+    client = client or None
     rec = {
-        "ts": _ts(time.time() if wall is None else wall),
-        "request_id": ctx.request_id,  # the app's, or a client's only when short and token-like
-        "principal": ctx.principal,
+        "ts": _ts(wall),
+        "request_id": rid,  # the app's, or a client's only when short and token-like
+        "principal": principal,
         "client": client,
-        "method": ctx.method,  # a token of at most 64 bytes (proto.h1)
+        "method": method,  # a token of at most 64 bytes (proto.h1)
         "route": route,
         "model": model,
-        "target": ctx.target,
-        "stream": ctx.stream,
-        "status": ctx.status or 500,  # no status: an internal error, which the server answers with 500
+        "target": target,
+        "stream": stream,
+        "status": status or 500,  # no status: an internal error, which the server answers with 500
         # int(µs) / 1000: milliseconds with 3 decimals, a few times cheaper than round(x, 3).
-        "ttft_ms": None if fb is None else int((fb - ctx.started) * 1e6) / 1000,
-        "duration_ms": int((end - ctx.started) * 1e6) / 1000,
+        "ttft_ms": None if fb is None else int((fb - started) * 1e6) / 1000,
+        "duration_ms": int((end - started) * 1e6) / 1000,
         "bytes": nbytes,
-        "tokens": _tokens(ctx.usage),
-        "policy": policy,
+        "tokens": _tokens(usage),
+        "policy": policy or {},
         "retries": retries,
-        "error": ctx.error,
+        "error": err,
     }
     # Client strings: the names the config defines pass as they are (the common case, one set lookup each).
     if route not in _known:
@@ -368,8 +407,8 @@ def access_record(ctx: RequestContext, route: str, nbytes: int | None = None, no
         _client_string(rec, "model", model, True)
     if client is not None and len(client) > 45:  # longer than any IP address: from X-Forwarded-For
         _client_string(rec, "client", client, False)
-    if len(ctx.request_id) > 128:
-        _client_string(rec, "request_id", ctx.request_id, False)
+    if len(rid) > 128:
+        _client_string(rec, "request_id", rid, False)
     if forwarded is not None:
         _client_string(rec, "forwarded", forwarded, False)
     return rec
@@ -401,7 +440,9 @@ def _text(r: dict) -> str:
 
 def _json(r: object) -> str:
     line = orjson.dumps(r).decode()
-    if not line.isascii():
+    # DEL is ASCII: escaped whatever the rest holds, so that a part encoded alone (`_enc`, `_run`) reads as it
+    # does in a whole line.
+    if not line.isascii() or "\x7f" in line:
         line = _JSON_RAW_BREAKS.sub(_escape_break, line)
     return line
 
@@ -454,36 +495,31 @@ _MILLIS = [f".{i:03d}Z" for i in range(1000)]
 
 def _fast_json(ctx: RequestContext, route: str, nbytes: int | None, now: float | None = None,
                wall: float | None = None) -> str | None:
-    """The JSON line of `ctx` without building the record, when nothing in it needs capping or redaction (see
+    """`_fast_line` of `ctx` (`now`, `wall`: for tests)."""
+    return _fast_line(_values(ctx, route, nbytes, None, now, wall))
+
+
+def _fast_line(v: _Values) -> str | None:
+    """The JSON line of `v` without building the record, when nothing in it needs capping or redaction (see
     `_run`; a request id the app would not accept goes the general way too); else None: the general path,
-    `_json(access_record(...))`, whose line this is character for character (a test holds them equal). Only the
-    numbers are formatted per line; the strings come encoded from `_enc_cache`. Formatted at once rather than
-    at the batch's write: what waits is a str, which the garbage collector never visits, where the request's
-    usage dict and decision list held for the batch cost a promotion through its generations (~3 µs a request)."""
+    `_json(_record(v))`, whose line this is character for character (a test holds them equal). Only the
+    numbers are formatted per line; the strings come encoded from `_enc_cache`."""
     global _ts_second, _ts_prefix
-    key = (ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target, ctx.stream)
+    key = v[:7]
     run = _enc_cache.get(key)
     if run is None:
         run = _run(key)
         if run is None:
             return None
-    rid = ctx.request_id
+    rid = v[7]
     if _PLAIN_ID(rid) is None:
         return None
-    end = time.monotonic() if now is None else now
-    if wall is None:
-        wall = time.time()
+    _, _, _, _, _, _, _, _, status, fb, started, end, wall, nbytes, usage, pol, retries, err, _ = v
     sec = int(wall)
     if sec != _ts_second:
         _ts_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         _ts_second = sec
-    policy = "{}"
-    retries = 0
-    if ctx.decisions:
-        pol, retries = _outcomes(ctx.decisions)
-        if pol:
-            policy = _json(pol)
-    usage = ctx.usage
+    policy = _json(pol) if pol else "{}"
     if not usage:
         tokens = "null"
     else:
@@ -491,18 +527,26 @@ def _fast_json(ctx: RequestContext, route: str, nbytes: int | None, now: float |
         c = usage.get("completion_tokens", usage.get("output_tokens"))
         tokens = (f'{{"prompt":{p if type(p) is int else "null"},"completion":{c if type(c) is int else "null"},'
                   f'"estimated":{"true" if usage.get("estimated") else "false"}{_PARTIAL if usage.get("partial") else "}"}')
-    fb = ctx.first_byte
-    started = ctx.started
-    err = ctx.error
-    # Milliseconds as in access_record: int(µs) / 1000, whose repr() is orjson's text (the shortest round trip).
+    # Milliseconds as in _record: int(µs) / 1000, whose repr() is orjson's text (the shortest round trip).
     return (f'{{"ts":"{_ts_prefix}{_MILLIS[int((wall - sec) * 1000)]}","request_id":"{rid}",{run},'
-            f'"status":{ctx.status or 500},"ttft_ms":{"null" if fb is None else repr(int((fb - started) * 1e6) / 1000)},'
+            f'"status":{status or 500},"ttft_ms":{"null" if fb is None else repr(int((fb - started) * 1e6) / 1000)},'
             f'"duration_ms":{int((end - started) * 1e6) / 1000!r},"bytes":{"null" if nbytes is None else nbytes},'
             f'"tokens":{tokens},"policy":{policy},"retries":{retries},"error":{"null" if err is None else _enc(err)}}}')
 
 
-#: Lines waiting for their batch.
-_pending: list[str] = []
+def _line(v: _Values) -> str:
+    """The access line of `v` in the configured format."""
+    if _fmt == "json":
+        if v[18] is None:
+            line = _fast_line(v)
+            if line is not None:
+                return line
+        return _json(_record(v))
+    return _text(_record(v))
+
+
+#: Lines waiting for their batch, as the values they are formatted from (`_values`).
+_pending: list[_Values] = []
 #: The timer that writes `_pending` (None while nothing waits).
 _flush_timer: asyncio.TimerHandle | None = None
 _write_errors = 0
@@ -530,27 +574,39 @@ def _batches(lines: list[str]) -> list[str]:
 def flush() -> None:
     """Write the access lines waiting for their batch (the timer's callback; also called at worker exit, when
     the batch is full, and before the stream changes)."""
-    global _write_errors, _write_error_at, _flush_timer
+    global _flush_timer
     if _flush_timer is not None:
         _flush_timer.cancel()  # a no-op when the timer itself is calling
         _flush_timer = None
     if not _pending:
         return
-    lines = _pending[:]
+    values = _pending[:]
     _pending.clear()
+    lines = []
+    for v in values:  # in one loop, while its code is warm (see "Cost")
+        try:
+            lines.append(_line(v))
+        except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself, not its batch
+            _lost(e, 1)
     stream = getattr(_handler, "stream", None)
-    for i, chunk in enumerate(_batches(lines)):
+    for chunk in _batches(lines):
         try:
             stream.write(chunk)  # type: ignore[union-attr]
             stream.flush()  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - a full disk must not cost requests; it is reported, at most 1/s
-            _write_errors += chunk.count("\n")
-            full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-            metrics.log_write_error("access", "disk_full" if full else "other")
-            now = time.monotonic()
-            if now - _write_error_at >= 1.0:
-                _write_error_at = now
-                _diag.error("access log write failed (%s): %d line(s) lost so far", e, _write_errors)
+            _lost(e, chunk.count("\n"))
+
+
+def _lost(e: Exception, lines: int) -> None:
+    """Count `lines` lost to `e` (a failed write, or a line that could not be formatted); report it at most 1/s."""
+    global _write_errors, _write_error_at
+    _write_errors += lines
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    metrics.log_write_error("access", "disk_full" if full else "other")
+    now = time.monotonic()
+    if now - _write_error_at >= 1.0:
+        _write_error_at = now
+        _diag.error("access log write failed (%s): %d line(s) lost so far", e, _write_errors)
 
 
 def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forwarded: str | None = None) -> None:
@@ -563,15 +619,10 @@ def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forw
     if not _log.isEnabledFor(logging.INFO):  # cached by logging: the disabled case costs one dict lookup
         return
     handlers = _log.handlers
-    only_ours = len(handlers) == 1 and handlers[0] is h and not _log.filters and not h.filters
-    msg = _fast_json(ctx, route, nbytes) if _fmt == "json" and forwarded is None else None
-    if msg is None:
-        rec = access_record(ctx, route, nbytes, forwarded=forwarded)
-        msg = _json(rec) if _fmt == "json" else _text(rec)
-    if only_ours:
+    if len(handlers) == 1 and handlers[0] is h and not _log.filters and not h.filters:
         # Only our handler, whose formatter prints the message as is: write what StreamHandler.emit would,
         # without building a LogRecord (pid, thread and process names, time: several µs per request).
-        _pending.append(msg)
+        _pending.append(_values(ctx, route, nbytes, forwarded))
         if _flush_timer is None:
             try:
                 # One write(2) per ACCESS_LOG_FLUSH_DELAY for the lines finished in it (or a full batch), not
@@ -584,4 +635,5 @@ def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forw
         return
     # Through logging (other handlers or filters attached, or a write error to report). Logger.info() would
     # also walk the stack for the caller's file and line (findCaller) that this line never shows.
+    msg = _line(_values(ctx, route, nbytes, forwarded))
     _log.handle(logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, msg, None, None))

@@ -8,6 +8,7 @@ import io
 import logging
 
 from fastgw import accesslog, metrics
+from fastgw.policy.base import RequestContext
 
 
 class _FullDisk(io.StringIO):
@@ -20,7 +21,8 @@ def test_a_full_disk_counts_and_alarms_without_raising(caplog) -> None:  # noqa:
     try:
         with caplog.at_level(logging.ERROR):
             for _ in range(3):
-                accesslog._pending.append('{"x": 1}')
+                accesslog._pending.append(accesslog._values(RequestContext("r", "GET", "/v1/models", []), "/v1/models",
+                                                            None, None))
                 accesslog.flush()  # never raises
         metrics.flush()
         body = metrics.render()[0].decode()

@@ -4,6 +4,13 @@ hold, and it must leave to the general path every request whose route or model n
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,6 +74,13 @@ def test_the_fast_line_is_the_general_line(rid, principal, client, error, usage,
     assert _both(ctx, nbytes=nbytes)[0] == general
 
 
+def test_del_reads_the_same_in_a_part_encoded_alone_and_in_a_whole_line() -> None:
+    # An ASCII error code with DEL in a line that is not ASCII elsewhere (the client): the general path escapes
+    # the whole line, the fast one writes the error encoded alone.
+    fast, general = _both(_ctx(rid="0", client="\x80", error="\x7f"))
+    assert fast == general and "\\u007f" in general and "\x7f" not in general
+
+
 @pytest.mark.parametrize("ctx, route", [
     (_ctx(model="sk-" + "a" * 40), ROUTE),       # a model the config does not define: redacted on the general path
     (_ctx(), "/v1/models/sk-" + "b" * 40),       # an unknown route
@@ -84,3 +98,101 @@ def test_a_config_reload_forgets_the_encoded_parts() -> None:
     assert _both(ctx)[0] is not None
     accesslog.set_redactor(None, [ROUTE])  # the model is no longer a configured name
     assert _both(ctx)[0] is None and not accesslog._enc_cache
+
+
+# ---- lines wait as values, formatted at the batch's write ------------------------------------------------------
+
+@pytest.fixture
+def batched() -> Iterator[io.StringIO]:
+    """The access log into a buffer (each test then leaves it only its own handler: pytest's log capture, which
+    attaches its own for the test's call, would take the logging path)."""
+    buf = io.StringIO()
+    accesslog.configure("info", "json", buf)
+    yield buf
+    accesslog.configure("info", "json", io.StringIO())
+
+
+def test_a_waiting_line_holds_its_requests_values_at_the_end_and_nothing_the_collector_walks(batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    # Usage with details (a nested dict: tracked by the collector) and a decision: what waits holds neither.
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 1}}
+    ctx = _ctx(usage=usage, decisions=(("pii", "redact"),))
+    formatted: list[str] = []
+    line_of = accesslog._line
+    monkeypatch.setattr(accesslog, "_line", lambda v: formatted.append(line_of(v)) or formatted[-1])
+
+    async def main() -> None:
+        accesslog.log_request(ctx, ROUTE, 10)
+        assert batched.getvalue() == "" and len(accesslog._pending) == 1  # waiting for the batch's timer
+        assert formatted == []  # not formatted yet: that is done at the batch's write
+        assert not any(gc.is_tracked(value) for value in accesslog._pending[0])  # no container the collector walks
+        # The request object changes after its line was taken (it is not what waits).
+        ctx.status, ctx.error = 503, "late"
+        usage["completion_tokens"] = 99
+        ctx.decide("pii", "output", "block")
+        while not batched.getvalue():
+            await asyncio.sleep(0.002)
+
+    asyncio.run(main())
+    assert batched.getvalue() == formatted[0] + "\n"
+    line = orjson.loads(batched.getvalue())
+    assert (line["status"], line["error"], line["bytes"]) == (200, None, 10)
+    assert line["tokens"] == {"prompt": 3, "completion": 4, "estimated": False}
+    assert line["policy"] == {"pii": "redact"}
+
+
+def test_lines_of_every_path_waiting_together_are_the_lines_written_at_once(batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    ctxs = [(_ctx(), ROUTE), (_ctx(model="sk-" + "a" * 40), ROUTE), (_ctx(rid="r" * 129), ROUTE),
+            (_ctx(usage={"input_tokens": 5, "partial": True}, error="upstream_timeout", first=None), ROUTE + "?k=v")]
+    for ctx, route in ctxs:  # no loop: each written at once
+        accesslog.log_request(ctx, route, 7)
+    at_once = batched.getvalue().splitlines()
+    batched.truncate(0), batched.seek(0)
+
+    async def main() -> None:
+        for ctx, route in ctxs:
+            accesslog.log_request(ctx, route, 7)
+        assert batched.getvalue() == ""
+        while not batched.getvalue():
+            await asyncio.sleep(0.002)
+
+    asyncio.run(main())
+    batched_lines = batched.getvalue().splitlines()
+    assert len(batched_lines) == len(at_once) == 4 and "sk-" not in batched.getvalue()
+    for a, b in zip(at_once, batched_lines):  # the same but for the clocks
+        ra, rb = orjson.loads(a), orjson.loads(b)
+        for r in (ra, rb):
+            del r["ts"], r["duration_ms"]
+        assert ra == rb
+
+
+def test_a_new_redactor_writes_the_lines_waiting_under_the_old_one_first(batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    async def main() -> None:
+        accesslog.log_request(_ctx(), ROUTE, 1)
+        accesslog.set_redactor(lambda s: "[X]", [ROUTE])  # the model is no longer a configured name
+        accesslog.log_request(_ctx(), ROUTE, 2)
+        accesslog.flush()
+
+    asyncio.run(main())
+    assert [orjson.loads(ln)["model"] for ln in batched.getvalue().splitlines()] == [MODEL, "[X]"]
+
+
+def test_a_line_that_cannot_be_formatted_costs_itself_not_its_batch(batched: io.StringIO,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    monkeypatch.setattr(accesslog, "_write_error_at", 0.0)  # its report's once-a-second clock, for the next test
+    monkeypatch.setattr(accesslog, "_write_errors", 0)
+
+    async def main() -> None:
+        accesslog.log_request(_ctx(rid="a"), ROUTE, 1)
+        accesslog.log_request(_ctx(rid="b", error="\ud800"), ROUTE, 2)  # a lone surrogate: no JSON encoder takes it
+        accesslog.log_request(_ctx(rid="c"), ROUTE, 3)
+        accesslog.flush()
+        assert not accesslog._pending  # nothing stays behind to fail every later batch
+        accesslog.log_request(_ctx(rid="d"), ROUTE, 4)
+        accesslog.flush()
+
+    asyncio.run(main())
+    assert [orjson.loads(ln)["request_id"] for ln in batched.getvalue().splitlines()] == ["a", "c", "d"]
