@@ -22,6 +22,8 @@ $(VENV)/.run: pyproject.toml
 # the package; the .so beside each .py wins the import. The .py stays the source: any change to it rebuilds here,
 # and the stamp holds the sources' hashes, which tests/scan/test_compiled.py compares (a stale .so fails there).
 COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py
+# issue 18: the `local` state backend's table, its semantics and its operations (the rate-limiter's cost per request)
+COMPILED += fastgw/state/table.py fastgw/state/core.py fastgw/state/local.py
 $(VENV)/.compiled: $(VENV)/.run $(COMPILED)
 	@rm -f $(foreach m,$(COMPILED),$(m:.py=).cpython-*.so $(m:.py=)__mypyc.cpython-*.so)
 	@rm -rf build/mypyc && mkdir -p build/mypyc && ln -s ../../fastgw build/mypyc/fastgw
