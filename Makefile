@@ -19,7 +19,8 @@ $(VENV)/.run: pyproject.toml
 
 # The hot modules compiled with mypyc (issue 18; measured in bench/RESULTS.md): the scanner and the canonical fold
 # (most of the redaction chain's CPU per event) and the HTTP/1.1 layer on both sides (reader, framing guard,
-# chunked and SSE framing, the response writer, the server and upstream protocols, flow control). One group, so
+# chunked and SSE framing, the response writer, the server and upstream protocols, flow control) and the `local`
+# state backend (its table, the limits' semantics and its operations: the rate-limiter's cost). One group, so
 # calls between them stay native: their code is in fastgw/native__mypyc.*.so, and the small .so beside each .py
 # wins its import. The .py stays the source: any change to one rebuilds here (every .so under fastgw/ is this
 # step's and is removed first, so a module taken off the list is never shadowed by an old build), and the stamp
@@ -27,7 +28,8 @@ $(VENV)/.run: pyproject.toml
 # build/mypyc, where no pyproject.toml is read (setuptools would validate ours as a package's).
 COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/proto/h1.py fastgw/proto/framing_guard.py fastgw/proto/chunked.py fastgw/proto/sse.py \
-	fastgw/proto/writer.py fastgw/proto/flow.py fastgw/proto/server.py fastgw/proto/client.py
+	fastgw/proto/writer.py fastgw/proto/flow.py fastgw/proto/server.py fastgw/proto/client.py \
+	fastgw/state/table.py fastgw/state/core.py fastgw/state/local.py
 MYPYCIFY := import sys; from setuptools import setup; from mypyc.build import mypycify; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \
 	ext_modules=mypycify(sys.argv[1:], group_name="fastgw.native", target_dir="c", opt_level="3"))

@@ -19,10 +19,11 @@ STAMP = ROOT / ".venv" / ".compiled"
 #: The Makefile's COMPILED (its continuation lines joined).
 _LIST = re.search(r"^COMPILED := ((?:.*\\\n)*.*)$", (ROOT / "Makefile").read_text(), re.M)
 COMPILED = _LIST[1].replace("\\\n", " ").split() if _LIST else []
-#: The compiled modules' own tests, run again on the pure-Python sources (~20 s): the scanner's, the fold's and
-#: the HTTP/1.1 layer's.
+#: The compiled modules' own tests, run again on the pure-Python sources (~25 s): the scanner's, the fold's, the
+#: HTTP/1.1 layer's and the local state backend's.
 PURE_TESTS = ["tests/scan/test_scanner.py", "tests/scan/test_fold.py", "tests/scan/test_fold_redaction.py",
-              "tests/scan/test_scan_cost.py", "tests/proto"]
+              "tests/scan/test_scan_cost.py", "tests/proto", "tests/state/test_local_table.py",
+              "tests/state/test_state_backends.py", "tests/state/test_ratelimit_policy.py"]
 
 
 def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() -> None:
@@ -49,7 +50,7 @@ def test_the_pure_python_form_passes_the_compiled_modules_tests(tmp_path: Path) 
     tests, on the sources."""
     copy = tmp_path / "src"
     shutil.copytree(ROOT / "fastgw", copy / "fastgw", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    for part in ("tests/scan", "tests/proto", "tests/support"):
+    for part in ("tests/scan", "tests/proto", "tests/state", "tests/support"):
         shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     for part in ("tests/conftest.py", "pyproject.toml"):
         shutil.copy(ROOT / part, copy / part)
