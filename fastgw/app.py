@@ -32,10 +32,10 @@ from typing import Awaitable, Callable
 import orjson
 
 from fastgw import accesslog, metrics, telemetry
-from fastgw.api.errors import ANTHROPIC_PATH, GatewayError, InvalidRequest
+from fastgw.api.errors import ANTHROPIC_PATH, GatewayError, InvalidRequest, ModelNotFound
 from fastgw.attempt import Attempt
 from fastgw.config import DEFAULT_BASE_URLS, Config
-from fastgw.pipeline import JSON, ModelNotFound, Pipeline
+from fastgw.pipeline import JSON, Pipeline
 from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain
 from fastgw.proto.client import UpstreamPool

@@ -172,15 +172,15 @@ class Attempt:
         upstream = self._upstreams.get(target.provider, self._http)
         endpoint = call.endpoint  # the client's (a front sends the target a chat call)
         try:
-            adapter, call, front = self._prepare(target, call, ctx)
-            request = upstream.prepare(target, adapter, call)
+            adapter, sent, front = self._prepare(target, call, ctx)
+            request = upstream.prepare(target, adapter, sent)
         except GatewayError as e:
             return Final(Verdict.NEUTRAL, error=_styled(e, endpoint))
         if telemetry.ON:
             request = telemetry.attempt_started(ctx, target, request)  # + traceparent
         now = self.loop.time()
         try:
-            conn = await upstream.open(target, request, call)
+            conn = await upstream.open(target, request, sent)
         except TransportError as t:
             err = from_transport(t, target.id)  # the client's error names the target; the operator's log, its address
             kind = "timeout" if isinstance(err, UpstreamTimeout) else (
@@ -197,11 +197,11 @@ class Attempt:
             if upstream_rid is not None:
                 passed.append((b"x-upstream-request-id", upstream_rid))
             ctype = conn.header(b"content-type") or b""
-            if call.stream and status == 200 and adapter.is_stream(ctype):
-                translator = adapter.stream_translator(target, call.body)
-                strip_usage = call.strip_usage
-                # Nor this attempt's call: its body may be a copy made for `include_usage` (`_ask_usage`).
-                del call
+            if sent.stream and status == 200 and adapter.is_stream(ctype):
+                translator = adapter.stream_translator(target, sent.body)
+                strip_usage = sent.strip_usage
+                # Nor the call as sent: its body may be a copy made for `include_usage` (`_ask_usage`).
+                del sent
                 deadlines = (now + target.ttft_timeout, target.idle_timeout, now + target.max_duration,
                              target.heartbeat)
                 if front is not None:
@@ -218,7 +218,7 @@ class Attempt:
             except TransportError as t:
                 # Reset or broken framing mid-body: nothing reached the client, so another target may answer.
                 return Retry("5xx", _styled(from_transport(t), endpoint))
-            return await self._whole(target, adapter, call, conn, ctx, ctype, passed, data, front)
+            return await self._whole(target, adapter, sent, conn, ctx, ctype, passed, data, front)
         finally:
             upstream.release(conn)
 

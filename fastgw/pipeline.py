@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import msgspec
 import orjson
 
 from fastgw import metrics, telemetry
-from fastgw.api.errors import GatewayError, InvalidRequest
+from fastgw.api.errors import GatewayError, InvalidRequest, ModelNotFound
+from fastgw.api.usage import usage_of
 from fastgw.attempt import JSON, Answer, Attempt, Final, Outcome, Retry, Streamed
 from fastgw.front import FRONTS
 from fastgw.policy.audit import AuditUnavailable
@@ -29,7 +29,7 @@ from fastgw.providers.registry import NATIVE_ENDPOINTS, PROVIDERS
 from fastgw.routing import Plan, Router, Verdict
 from fastgw.upstreams import Call
 
-__all__ = ["Pipeline", "ModelNotFound", "account"]
+__all__ = ["Pipeline", "account"]
 
 log = logging.getLogger("fastgw.pipeline")
 
@@ -37,14 +37,6 @@ log = logging.getLogger("fastgw.pipeline")
 #: no await); larger ones in slices of `SCAN_SLICE`. One go holds the loop ~0.5 ms for 16 KiB of prose and
 #: at most ~25 ms at the slowest text found (`python -m bench.scan_worst`); the sliced path costs ~10 µs more.
 SYNC_INPUT_BYTES = 16384
-
-
-class ModelNotFound(GatewayError):
-    status = 404
-    type = "invalid_request_error"
-    code = "model_not_found"
-    no_retry = True
-    origin = "client"
 
 
 def account(ctx: RequestContext, partial: bool) -> None:
@@ -140,7 +132,7 @@ class Pipeline:
                 answer = _final_answer(outcome)
                 ctx.status = answer.status
                 if ctx.usage is None and answer.status == 200:
-                    ctx.usage = _usage_of(answer.body)
+                    ctx.usage = usage_of(answer.body)
                 if self.chain.audit is not None:
                     await self.record(ctx, resp)  # handed to the OS before the answer's last byte
                 resp.send(answer.status, answer.headers, answer.body)
@@ -194,14 +186,18 @@ class Pipeline:
                 if permit is None:
                     waits.append(breaker.retry_after())
                     break
-                outcome: Outcome | None = None
+                # The one place a permit is resolved: a cancelled or crashed attempt learned nothing. (Not one
+                # `finally` over an Optional outcome: compiled, its narrowed type fails there when the await raised.)
                 try:
                     outcome = await self.attempt.run(target, call, resp, ctx)
-                finally:
-                    # The one place a permit is resolved: a cancelled or crashed attempt learned nothing.
-                    permit.resolve(outcome.verdict if outcome is not None else Verdict.NEUTRAL)
+                except BaseException:
+                    permit.resolve(Verdict.NEUTRAL)
                     if telemetry.ON:
-                        telemetry.attempt_ended(ctx, outcome)
+                        telemetry.attempt_ended(ctx, None)
+                    raise
+                permit.resolve(outcome.verdict)
+                if telemetry.ON:
+                    telemetry.attempt_ended(ctx, outcome)
                 if shared is not None and may is not None:
                     await shared.learned(target, outcome.verdict, getattr(outcome, "retry_after", None))
                 if not isinstance(outcome, Retry):
@@ -256,28 +252,6 @@ class Pipeline:
         except Exception:  # noqa: BLE001 - an audit trail that cannot be written must not be skipped quietly
             log.exception("audit record for %s could not be written", ctx.request_id)
             raise PolicyFailure("audit-logger", "cannot write the audit record") from None
-
-
-class _UsageOnly(msgspec.Struct):
-    usage: dict | None = None
-
-
-# Only `usage` is decoded (msgspec skips the rest without building it): a few µs for a whole answer.
-_USAGE = msgspec.json.Decoder(_UsageOnly)
-
-
-def _usage_of(body: bytes) -> dict | None:
-    """The `usage` object of a whole answer (chat, completions, Responses, Messages), when it has one."""
-    try:
-        usage = _USAGE.decode(body).usage
-    except msgspec.DecodeError:
-        return None
-    if usage is None:
-        return None
-    if "prompt_tokens" not in usage and "input_tokens" in usage:  # Responses and Messages name them so
-        usage = {**usage, "prompt_tokens": usage.get("input_tokens") or 0,
-                 "completion_tokens": usage.get("output_tokens") or 0}
-    return usage
 
 
 def _final_answer(outcome: Outcome) -> Answer:

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from fastgw import metrics
 from fastgw.config import Config, Retry
@@ -32,9 +33,9 @@ class Plan:
 class Verdict:
     """What an attempt says about its target's health."""
 
-    SUCCESS = "success"  # the target answered: close the circuit
-    FAILURE = "failure"  # the target failed (connect, timeout, 429, 5xx): count it
-    NEUTRAL = "neutral"  # nothing learned (client left, a policy acted, the upstream said 4xx): release only
+    SUCCESS: Final = "success"  # the target answered: close the circuit
+    FAILURE: Final = "failure"  # the target failed (connect, timeout, 429, 5xx): count it
+    NEUTRAL: Final = "neutral"  # nothing learned (client left, a policy acted, the upstream said 4xx): release only
 
 
 class Permit:

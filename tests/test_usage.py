@@ -3,6 +3,7 @@ an estimate when there is none, and `partial` when the client leaves early — a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 import openai
 import orjson
 
+from fastgw.proto.flow import FlowControl
+from fastgw.proto.writer import Responder
 from tests.conftest import gateway_config
 from tests.support.scripted_upstream import ScriptedUpstream
 from tests.support.sse_streams import build_stream
@@ -92,21 +95,23 @@ def test_usage_chunk_stripped_on_the_pass_through_path_too(gateway, upstream):
     assert sum(1 for ch in asked if not ch.choices and ch.usage is not None) == 1
 
 
+def _idle_responder(loop: asyncio.AbstractEventLoop) -> Responder:
+    """A response writer no byte is written to (these tests call the relay's usage cut directly)."""
+    return Responder(object(), FlowControl(loop), True, False)  # type: ignore[arg-type]
+
+
 def test_usage_cut_skips_a_json_array_that_mentions_empty_choices() -> None:
     """A hostile event that is JSON but no object, holding `"choices":[]`, neither raises nor hides the usage chunk."""
     import asyncio
 
     from fastgw.stream import SSERelay
 
-    class _Resp:
-        pass
-
     class _Ctx:
         usage = None
 
     loop = asyncio.new_event_loop()
     try:
-        relay = SSERelay(_Resp(), None, loop, (200, []))  # type: ignore[arg-type]
+        relay = SSERelay(_idle_responder(loop), None, loop, (200, []))  # type: ignore[arg-type]
         relay.usage_sink, relay.strip_usage = _Ctx(), True  # type: ignore[assignment]
         odd = b'data: [{"choices":[]}]\n\n'
         out = relay._take_usage(odd + b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\n')
@@ -127,7 +132,7 @@ def test_usage_chunk_written_with_spaces_is_counted_and_cut() -> None:
 
     loop = asyncio.new_event_loop()
     try:
-        relay = SSERelay(object(), None, loop, (200, []))  # type: ignore[arg-type]
+        relay = SSERelay(_idle_responder(loop), None, loop, (200, []))  # type: ignore[arg-type]
         relay.usage_sink, relay.strip_usage = _Ctx(), True  # type: ignore[assignment]
         finish = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
         out = relay._take_usage(finish + b'data: {"choices": [], "usage": {"prompt_tokens": 8, '
@@ -160,7 +165,7 @@ def test_null_usage_members_dropped_with_the_usage_chunk() -> None:
     loop = asyncio.new_event_loop()
     try:
         for strip, null, expected in ((True, True, clean), (True, False, chunk), (False, False, chunk + usage)):
-            relay = SSERelay(object(), None, loop, (200, []))  # type: ignore[arg-type]
+            relay = SSERelay(_idle_responder(loop), None, loop, (200, []))  # type: ignore[arg-type]
             relay.usage_sink, relay.strip_usage = _Ctx(), strip  # type: ignore[assignment]
             relay.strip_null_usage = null
             assert relay._take_usage(chunk + usage) == expected

@@ -15,7 +15,7 @@ import orjson
 from fastgw.proto.errors import HttpError, ProtocolError
 
 __all__ = ["GatewayError", "Origin", "envelope", "anthropic_envelope", "anthropic_type", "ANTHROPIC_TYPES", "ANTHROPIC_PATH",
-           "render",
+           "render", "ModelNotFound",
            "UpstreamError",
            "UpstreamConnectError", "UpstreamTimeout", "UpstreamDisconnected", "UpstreamProtocolError",
            "UpstreamAuthError", "InvalidRequest", "from_transport"]
@@ -111,6 +111,16 @@ class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+    no_retry = True
+    origin = Origin.CLIENT
+
+
+class ModelNotFound(GatewayError):
+    """No model of that name on this gateway, or none the caller may use: 404."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
     no_retry = True
     origin = Origin.CLIENT
 

@@ -469,8 +469,8 @@ class RateLimitPolicy:
         used = max(0, prompt_tokens) + max(0, completion_tokens)
         delta = used - res.tokens
         actual = self.cost(res.pricing, max(0, prompt_tokens), max(0, completion_tokens))
-        settle = Settle(res.holder, tuple((k, iv, delta) for k, iv in res.token_rates if delta), res.slots,
-                        tuple((k, reserved, actual) for k, reserved in res.spends))
+        settle = Settle(res.holder, tuple([(k, iv, delta) for k, iv in res.token_rates]) if delta else (),
+                        res.slots, tuple([(k, reserved, actual) for k, reserved in res.spends]) if res.spends else ())
         try:
             await res.backend.reconcile(settle)
         except StateUnavailable as e:
@@ -556,8 +556,21 @@ class RateLimitPolicy:
 
 def _headers(shape: _Shape, ask: Ask, adm: Admission) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-* headers: for requests and for tokens, the bucket with the least left."""
-    out: list[tuple[bytes, bytes]] = []
     nreq = len(shape.requests)
+    hr, ht = shape.limit_headers
+    if (hr is not None or not nreq) and (ht is not None or not shape.tokens):  # at most one bucket of each kind
+        rates = adm.rates
+        out: list[tuple[bytes, bytes]] = []
+        if hr is not None:
+            st = rates[0]
+            out += (hr, (b"x-ratelimit-remaining-requests", b"%d" % st.remaining),
+                    (b"x-ratelimit-reset-requests", go_duration(st.reset).encode()))
+        if ht is not None:
+            st = rates[nreq]
+            out += (ht, (b"x-ratelimit-remaining-tokens", b"%d" % st.remaining),
+                    (b"x-ratelimit-reset-tokens", go_duration(st.reset).encode()))
+        return out
+    out = []
     for what, templates, states, head in ((b"requests", shape.requests, adm.rates[:nreq], shape.limit_headers[0]),
                                           (b"tokens", shape.tokens, adm.rates[nreq:], shape.limit_headers[1])):
         if not states:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fastgw.proto.h1 import Request
+    from fastgw.proto.h1 import ReaderEvent, ReaderState, Request
 
-__all__ = ["HttpError", "ProtocolError", "LimitError", "overloaded"]
+__all__ = ["HttpError", "ProtocolError", "LimitError", "StateError", "overloaded"]
 
 
 class HttpError(Exception):
@@ -57,3 +57,12 @@ def overloaded(message: str) -> HttpError:
     """503 with Retry-After, then close: the worker is at a capacity limit (connections, buffered bodies).
     Not a ProtocolError: the request was fine and retrying later is the right thing to do."""
     return HttpError(message, status=503, code="server_overloaded", close=True, headers=[(b"retry-after", b"1")])
+
+
+class StateError(RuntimeError):
+    """An event the current state does not allow: a bug in the reader or its shell, never the peer's doing."""
+
+    def __init__(self, state: ReaderState, event: ReaderEvent) -> None:
+        super().__init__(f"can't handle event {event.name} in state {state.name}")
+        self.state = state
+        self.event = event

@@ -21,7 +21,7 @@ from typing import Callable
 import httptools
 
 from fastgw.proto import limits
-from fastgw.proto.errors import HttpError, LimitError, ProtocolError
+from fastgw.proto.errors import HttpError, LimitError, ProtocolError, StateError
 from fastgw.proto.framing_guard import FramingGuard
 
 __all__ = ["Request", "RequestReader", "ReaderState", "ReaderEvent", "TRANSITIONS", "StateError"]
@@ -95,15 +95,6 @@ TRANSITIONS: dict[ReaderState, dict[ReaderEvent, ReaderState]] = {
     FAILED: {_E.CLOSE: CLOSED},
     CLOSED: {},
 }
-
-
-class StateError(RuntimeError):
-    """An event the current state does not allow: a bug in the reader or its shell, never the peer's doing."""
-
-    def __init__(self, state: ReaderState, event: ReaderEvent) -> None:
-        super().__init__(f"can't handle event {event.name} in state {state.name}")
-        self.state = state
-        self.event = event
 
 
 class Request:

@@ -255,11 +255,14 @@ class SSEDecoder:
             if type(buf) is not bytes:
                 # Held bytes: one copy of the buffer per read that completes something, then slices.
                 buf = bytes(buf)
+            # The whole read is one event: its raw is the read itself (CPython's full slice is the same object;
+            # compiled, a slice always copies).
+            raw = buf if end == n and not raw_start else buf[raw_start:end]
             if one_line and buf[content] == 100 and buf[content : content + 6] == b"data: ":  # "d": the common case
                 text = buf[content + 6 : f].decode("utf-8", "replace")
-                events.append(SSEEvent(text, None, None, None, buf[raw_start:end]))
+                events.append(SSEEvent(text, None, None, None, raw))
             else:
-                events.append(_parse(buf[raw_start:end], buf[content:f], False))
+                events.append(_parse(raw, buf[content:f], False))
             raw_start = pos = end
             content = -1
         held = self._buf
@@ -315,7 +318,8 @@ class SSEDecoder:
                 self._fail()
             if type(buf) is not bytes:
                 buf = bytes(buf)
-            events.append(_parse(buf[raw_start:end], buf[content:lines_end], True))
+            raw = buf if end == n and not raw_start else buf[raw_start:end]
+            events.append(_parse(raw, buf[content:lines_end], True))
             raw_start = pos = end
             content = -1
         held = self._buf

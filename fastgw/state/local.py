@@ -233,14 +233,19 @@ class LocalBackend:
     def _set(self, t: Table, kb: bytes, h: int, now: float, exact: bool) -> tuple[int, float | None]:
         """(live holders, earliest lease end) of a set, removing the holders whose lease ran out when its bound
         says one may have (and searching for the exact earliest end when `exact` and the bound is stale)."""
+        return self._set_at(t, kb, h, now, exact)[:2]
+
+    def _set_at(self, t: Table, kb: bytes, h: int, now: float, exact: bool
+                ) -> tuple[int, float | None, int, Record | None]:
+        """`_set`, with the set's index and record as found when this left it as it was (else record None)."""
         i, rec = t.find(kb, h)
         if rec is None:
-            return 0, None
+            return 0, None, i, None
         n, first, stale = rec[4], rec[3], rec[5]
         if n <= 0:
-            return 0, None
+            return 0, None, i, rec
         if first > now and not (exact and stale):
-            return n, first
+            return n, first, i, rec
         found = t.holders_of(h)
         live = [r[3] for _, r in found if r[3] > now]
         dead = [r for _, r in found if r[3] <= now]
@@ -251,10 +256,10 @@ class LocalBackend:
             assert rec is not None
         if not live:
             t.put(i, False, SET, kb, h, 0.0, 0, 0)
-            return 0, None
+            return 0, None, i, None
         first = min(live)
         t.put(i, False, SET, kb, h, first, len(live), 0)
-        return len(live), first
+        return len(live), first, i, None
 
     def _admit(self, t: Table, now: float, ask: Ask) -> Admission:
         key_of = self._key
@@ -266,7 +271,8 @@ class LocalBackend:
             found.append(got)
             rec = got[1]
             tats.append(rec[3] if rec is not None and rec[3] > now else None)
-        slots = [self._set(t, *key_of(s.key), now, False) for s in ask.slots]
+        sets = [self._set_at(t, *key_of(s.key), now, False) for s in ask.slots] if ask.slots else []
+        slots = [(n, first) for n, first, _, _ in sets]
         used: list[int] = []
         for b in ask.spends:
             got = find(*key_of(b.key))
@@ -294,9 +300,10 @@ class LocalBackend:
         if ask.slots:
             end = now + ask.lease * 1e6
             hb = ask.holder.encode()
-            for s in ask.slots:
+            for s, (_, _, i, rec) in zip(ask.slots, sets):
                 kb, h = key_of(s.key)
-                i, rec = find(kb, h)
+                if not fresh or rec is None or i in t.w:  # moved, rewritten, or new (its place may be taken)
+                    i, rec = find(kb, h)
                 if rec is None or rec[4] <= 0:
                     put(i, rec is None, SET, kb, h, end, 1, 0)
                 else:

@@ -88,6 +88,8 @@ _TABLE_AT = _REDO_RECS + -(-REDO_MAX * ENTRY // _PAGE) * _PAGE
 _REC = struct.Struct("<BB6xqdqqdd72s")  # tag, key length, hash, a, b, c, d, e, key
 _KEYHEAD = struct.Struct("<BB6xq")
 _IDX = struct.Struct("<Q")
+#: The redo record's index list of an update of n records, compiled once for the small n of the request path.
+_IDXS = [struct.Struct(f"<{n}Q") for n in range(17)]
 _ZERO = bytes(ENTRY)
 assert _REC.size == ENTRY and KEY_MAX == 72
 
@@ -344,7 +346,7 @@ class Table:
         mm = self.mm
         assert mm is not None
         # the redo record: the indices, then the records (two C-level joins, no per-record packing)
-        idx = struct.pack(f"<{n}Q", *w)
+        idx = (_IDXS[n] if n < 17 else struct.Struct(f"<{n}Q")).pack(*w)
         recs = b"".join(w.values())
         mm[_REDO_AT:_REDO_AT + 8 * n] = idx
         mm[_REDO_RECS:_REDO_RECS + n * ENTRY] = recs

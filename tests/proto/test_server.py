@@ -453,10 +453,12 @@ class _Task:
     def done(self) -> bool:
         return self._done
 
-    def cancel(self) -> None:
-        if not self._done:
-            self._done = True
-            self.coro.close()
+    def cancel(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        self.coro.close()
+        return True
 
     def step(self) -> None:
         try:
