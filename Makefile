@@ -21,8 +21,9 @@ $(VENV)/.run: pyproject.toml
 # (most of the redaction chain's CPU per event), the HTTP/1.1 layer on both sides (reader, framing guard, chunked
 # and SSE framing, the response writer, the server and upstream protocols, flow control), the stream and policy
 # relays, routing and metrics (the per-event and per-request path above it), and the `local` state backend (the
-# rate-limiter's cost). app.py, pipeline.py and attempt.py stay interpreted: compiled, they pass the suite but an
-# SDK in the provider tests now and then saw a keep-alive connection reset (not yet explained). One group, so
+# rate-limiter's cost). app.py, pipeline.py and attempt.py stay interpreted (bench/RESULTS.md, "compiled
+# modules"): all three compiled, an SDK in the provider tests now and then saw a kept-alive connection reset;
+# pipeline without app, ten pipeline tests ended in CancelledError; attempt alone saved nothing. One group, so
 # calls between them stay native: their code is in fastgw/native__mypyc.*.so, and the small .so beside each .py
 # wins its import. The .py stays the source: any change to one rebuilds here (every .so under fastgw/ is this
 # step's and is removed first, so a module taken off the list is never shadowed by an old build), and the stamp
