@@ -85,10 +85,12 @@ $(NODE_DIR)/node_modules/.stamp: $(NODE_DIR)/package-lock.json $(NODE_DIR)/packa
 
 # Type checks (settings in pyproject.toml), then the whole suite except the long forms marked `slow` (each has
 # a short form that runs here), on two pytest-xdist workers: most tests wait on the processes they start, so two
-# run side by side on a 2-core box in about two thirds of the time of one.
+# run side by side on a 2-core box in about two thirds of the time of one. `--dist worksteal`: a worker that runs
+# out takes tests queued for the other, so the long ones (the short soak, the bench runs) do not leave one worker
+# finishing alone.
 test: $(VENV)/.test $(VENV)/.compiled sysdeps $(NODE_DIR)/node_modules/.stamp
 	$(BIN)/python -m mypy
-	$(PYTEST) -m "not slow" -n 2
+	$(PYTEST) -m "not slow" -n 2 --dist worksteal
 
 # Only the long forms: the 600 s soak (FASTGW_SOAK_SECONDS changes it) and the full bench comparison.
 test-slow: $(VENV)/.test sysdeps

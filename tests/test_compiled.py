@@ -20,13 +20,12 @@ STAMP = ROOT / ".venv" / ".compiled"
 #: The Makefile's COMPILED (its continuation lines joined).
 _LIST = re.search(r"^COMPILED := ((?:.*\\\n)*.*)$", (ROOT / "Makefile").read_text(), re.M)
 COMPILED = _LIST[1].replace("\\\n", " ").split() if _LIST else []
-#: The compiled modules' own tests, run again on the pure-Python sources (~15 s of one xdist worker; the suite's
-#: 5-minute budget keeps out what is slow and exercises the same code through sockets: tests/proto/test_server.py,
-#: Redis's half of tests/state/test_state_backends.py).
-PURE_TESTS = ["tests/scan/test_scanner.py", "tests/scan/test_fold.py", "tests/scan/test_fold_redaction.py",
-              "tests/scan/test_scan_cost.py", "tests/proto/test_h1_reader.py", "tests/proto/test_h1_abuse.py",
-              "tests/proto/test_framing_guard.py", "tests/proto/test_chunked.py", "tests/proto/test_sse.py",
-              "tests/proto/test_sse_vectors.py", "tests/proto/test_writer.py", "tests/proto/test_flow.py",
+#: The compiled modules' own tests, run again on the pure-Python sources (~10 s of one xdist worker; the suite's
+#: 5-minute budget keeps out the slower ones, which exercise the same code compiled: the fold's redaction corpus,
+#: the server through sockets, the h1 abuse and SSE vector files, Redis's half of the state backends).
+PURE_TESTS = ["tests/scan/test_scanner.py", "tests/scan/test_fold.py", "tests/scan/test_scan_cost.py",
+              "tests/proto/test_h1_reader.py", "tests/proto/test_framing_guard.py", "tests/proto/test_chunked.py",
+              "tests/proto/test_sse.py", "tests/proto/test_writer.py", "tests/proto/test_flow.py",
               "tests/proto/test_client.py", "tests/state/test_local_table.py", "tests/state/test_ratelimit_policy.py"]
 
 

@@ -212,8 +212,13 @@ def test_the_in_process_mock_has_a_client_span_without_an_address(traced, receiv
 
 def test_genai_metrics_with_semconv_names_units_buckets_and_token_counts(traced, upstream, receiver):
     body = _chat("gpt-test", stream=True, stream_options={"include_usage": True})
-    status, raw = _post(traced, body)
-    assert status == 200
+    # Self-contained (this module's other tests may run on another xdist worker): a model the config does not
+    # serve, a target that refuses connections, and three answers of its own.
+    assert _post(traced, _chat("no-such-model"))[0] == 404
+    assert _post(traced, _chat("gpt-dead"))[0] >= 500
+    for _ in range(3):
+        status, raw = _post(traced, body)
+        assert status == 200
     events = [json.loads(line[6:]) for line in raw.decode().splitlines()
               if line.startswith("data: {")]
     usage = next(e["usage"] for e in events if e.get("usage"))
