@@ -556,34 +556,22 @@ class RateLimitPolicy:
 
 def _headers(shape: _Shape, ask: Ask, adm: Admission) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-* headers: for requests and for tokens, the bucket with the least left."""
+    rates = adm.rates
     nreq = len(shape.requests)
-    hr, ht = shape.limit_headers
-    if (hr is not None or not nreq) and (ht is not None or not shape.tokens):  # at most one bucket of each kind
-        rates = adm.rates
-        out: list[tuple[bytes, bytes]] = []
-        if hr is not None:
-            st = rates[0]
-            out += (hr, (b"x-ratelimit-remaining-requests", b"%d" % st.remaining),
-                    (b"x-ratelimit-reset-requests", go_duration(st.reset).encode()))
-        if ht is not None:
-            st = rates[nreq]
-            out += (ht, (b"x-ratelimit-remaining-tokens", b"%d" % st.remaining),
-                    (b"x-ratelimit-reset-tokens", go_duration(st.reset).encode()))
-        return out
-    out = []
-    for what, templates, states, head in ((b"requests", shape.requests, adm.rates[:nreq], shape.limit_headers[0]),
-                                          (b"tokens", shape.tokens, adm.rates[nreq:], shape.limit_headers[1])):
-        if not states:
+    out: list[tuple[bytes, bytes]] = []
+    for what, templates, lo, hi, head in ((b"requests", shape.requests, 0, nreq, shape.limit_headers[0]),
+                                          (b"tokens", shape.tokens, nreq, len(rates), shape.limit_headers[1])):
+        if lo == hi:
             continue
         if head is not None:  # one bucket (the usual case): its limit header was built with the shape
-            st = states[0]
+            st = rates[lo]
         else:
-            i = min(range(len(states)), key=lambda j: (states[j].remaining, -states[j].reset))
-            st, lim = states[i], templates[i][3]
+            i = min(range(lo, hi), key=lambda j: (rates[j].remaining, -rates[j].reset))
+            st, lim = rates[i], templates[i - lo][3]
             head = (b"x-ratelimit-limit-" + what, str(lim.requests_per_minute if what == b"requests"
                                                       else lim.tokens_per_minute).encode())
-        out += [head, (b"x-ratelimit-remaining-" + what, b"%d" % st.remaining),
-                (b"x-ratelimit-reset-" + what, go_duration(st.reset).encode())]
+        out += (head, (b"x-ratelimit-remaining-" + what, b"%d" % st.remaining),
+                (b"x-ratelimit-reset-" + what, go_duration(st.reset).encode()))
     return out
 
 
