@@ -340,10 +340,7 @@ class EventClock:
         if last is not None:
             gap = now - last
             self.total += gap
-            counts = self.counts
-            if counts is None:
-                counts = self.counts = [0] * _N_INTER
-            counts[bisect_left(_INTER_BOUNDS, gap)] += 1  # le semantics: first bound >= gap
+            self._buckets()[bisect_left(_INTER_BOUNDS, gap)] += 1  # le semantics: first bound >= gap
 
     def ticks(self, now: float, n: int) -> None:
         """`n` events arrived together at `now` (one upstream read): the first after the gap since the last
@@ -352,10 +349,13 @@ class EventClock:
             return
         self.tick(now)
         if n > 1:
-            counts = self.counts
-            if counts is None:
-                counts = self.counts = [0] * _N_INTER
-            counts[0] += n - 1  # a gap of 0 falls in the first bucket (all bounds are >= 0)
+            self._buckets()[0] += n - 1  # a gap of 0 falls in the first bucket (all bounds are >= 0)
+
+    def _buckets(self) -> list[int]:
+        counts = self.counts
+        if counts is None:
+            counts = self.counts = [0] * _N_INTER
+        return counts
 
     def flush(self) -> None:
         """Add what was counted to the shared histogram and start counting afresh (idempotent)."""

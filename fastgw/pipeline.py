@@ -186,18 +186,15 @@ class Pipeline:
                 if permit is None:
                     waits.append(breaker.retry_after())
                     break
-                # The one place a permit is resolved: a cancelled or crashed attempt learned nothing. (Not one
-                # `finally` over an Optional outcome: compiled, its narrowed type fails there when the await raised.)
+                outcome: Outcome | None = None
                 try:
                     outcome = await self.attempt.run(target, call, resp, ctx)
-                except BaseException:
-                    permit.resolve(Verdict.NEUTRAL)
+                finally:
+                    # The one place a permit is resolved: a cancelled or crashed attempt learned nothing. (The
+                    # shape tests/test_compiled.py refuses in a compiled module: this one stays interpreted.)
+                    permit.resolve(outcome.verdict if outcome is not None else Verdict.NEUTRAL)
                     if telemetry.ON:
-                        telemetry.attempt_ended(ctx, None)
-                    raise
-                permit.resolve(outcome.verdict)
-                if telemetry.ON:
-                    telemetry.attempt_ended(ctx, outcome)
+                        telemetry.attempt_ended(ctx, outcome)
                 if shared is not None and may is not None:
                     await shared.learned(target, outcome.verdict, getattr(outcome, "retry_after", None))
                 if not isinstance(outcome, Retry):

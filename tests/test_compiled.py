@@ -20,7 +20,7 @@ STAMP = ROOT / ".venv" / ".compiled"
 #: The Makefile's COMPILED (its continuation lines joined).
 _LIST = re.search(r"^COMPILED := ((?:.*\\\n)*.*)$", (ROOT / "Makefile").read_text(), re.M)
 COMPILED = _LIST[1].replace("\\\n", " ").split() if _LIST else []
-#: The compiled modules' own tests, run again on the pure-Python sources (~10 s of one xdist worker; the suite's
+#: The compiled modules' own tests, run again on the pure-Python sources (~13 s of one xdist worker; the suite's
 #: 5-minute budget keeps out the slower ones, which exercise the same code compiled: the fold's redaction corpus,
 #: the server through sockets, the h1 abuse and SSE vector files, Redis's half of the state backends).
 PURE_TESTS = ["tests/scan/test_scanner.py", "tests/scan/test_fold.py", "tests/scan/test_scan_cost.py",

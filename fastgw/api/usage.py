@@ -1,7 +1,7 @@
 """The `usage` object of a whole answer, read without decoding the rest.
 
-Its own module, not the pipeline's: the pipeline is compiled with mypyc, which rewrites a class's annotations,
-and a msgspec Struct declared there no longer decodes its fields.
+Its own module, not the pipeline's, so that the pipeline can be compiled with mypyc: a msgspec Struct declared in
+a compiled module no longer decodes (mypyc rewrites its annotations; tests/test_compiled.py).
 """
 
 from __future__ import annotations
