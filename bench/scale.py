@@ -14,7 +14,10 @@
             clients open the streams over a ramp (one connection each, `--clients` processes) and stamp every
             event. Reported: events/s delivered, gateway CPU µs per event and cores (full = ≥ 0.9 of its one
             core), worker RSS idle → steady (median of samples in the window) and the growth per open stream,
-            inter-event gap percentiles and stalls (a gap > `--stall` s, far above the pacing).
+            inter-event gap percentiles and stalls (a gap > `--stall` s, far above the pacing). With `--nginx`,
+            each size also through nginx (bench run's streaming proxy, one worker, pinned like the gateway) in
+            front of a fresh paced upstream: the same events' cost in a C proxy on the same box, since most of
+            a paced event's CPU is the kernel's (a wake-up, a read and a write per event) whoever proxies it.
   idle      worker RSS per open idle stream (`--idle-streams`, default 1,000, 2,000 on ONE worker, a fresh gateway
             per size): every stream got its head and first event, and the upstream (model bench-paced, one event
             an hour) sends nothing more; RSS after all are open, minus the worker's RSS before, ÷ streams. The
@@ -59,7 +62,7 @@ from bench.stream import (BENCH_KEY, MODEL, RESULTS, CpuProbe, Server, busy_cpu_
                           machine, policy_probe, rss_mb, server_cmd, task_cpu_seconds, tree)
 from bench.streams2k import raise_nofile, run_pass, warm_up
 from bench.soak import tcp_sockets
-from bench.systems import fastgw_yaml, start_upstream
+from bench.systems import ensure_nginx, fastgw_yaml, nginx_conf, start_upstream
 from bench.upstream import PACED_MODEL
 
 __all__ = ["add_arguments", "main", "safety_terms", "TABLES"]
@@ -124,6 +127,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stall", type=float, default=1.0, help="an inter-event gap above this many seconds is a stall")
     g.add_argument("--clients", type=int, default=2, help="stream client processes")
     g.add_argument("--idle-seconds", type=float, default=2.0, help="idle gateway CPU measured before each pass (s)")
+    g.add_argument("--nginx", action="store_true", help="each size through nginx too (the reference: a C proxy's "
+                                                        "CPU per paced event on the same box)")
     g = p.add_argument_group("idle (worker RSS per open idle stream)")
     g.add_argument("--idle-streams", help=f"open idle streams per row [{d['idle_streams']}]")
     g = p.add_argument_group("patterns (redaction CPU per event vs safety-filter terms)")
@@ -360,31 +365,66 @@ def _one_worker_pair(args: argparse.Namespace, tmp: Path, servers: list[Server],
     return up, gw
 
 
+def _nginx_pair(args: argparse.Namespace, tmp: Path, servers: list[Server], problems: list[str], tag: str,
+                chunks: int, delay: float, streams: int) -> tuple[Server, Server]:
+    """`_one_worker_pair` with nginx (bench run's streaming proxy config, one worker) in place of the gateway."""
+    up = start_upstream(tmp, free_port(), chunks, delay, args.one_load_cpus, name=f"upstream-{tag}")
+    servers.append(up)
+    up.wait_ready(30)
+    port = free_port()
+    prefix = tmp / tag
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx_conf(port, up.port, prefix, connections=max(8192, 2 * streams + 256)))
+    gw = Server(tag, [ensure_nginx(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")], port,
+                tmp / f"{tag}.log", args.one_gw_cpus)
+    servers.append(gw)
+    gw.wait_ready(30)
+    if warm_up(gw.port, 20) != 20:
+        problems.append(f"{tag}: warm-up requests through nginx failed")
+    return up, gw
+
+
+def _streams_pass(args: argparse.Namespace, tmp: Path, problems: list[str], n: int, nginx: bool) -> tuple[dict, dict]:
+    """One pass of `n` paced streams through a fresh one-worker gateway (or nginx): (run_pass's figures, the
+    proxy's idle RSS and cores)."""
+    ramp = max(0.5, n / args.open_rate)
+    chunks = math.ceil((ramp + args.settle + args.duration + 0.5) / args.delay)
+    ns = SimpleNamespace(streams=n, chunks=chunks, delay=args.delay, ramp=ramp, settle=args.settle,
+                         duration=args.duration, grace=5.0, clients=args.clients,
+                         client_cpus=",".join(map(str, args.one_load_cpus)) if args.one_load_cpus else None,
+                         stall=args.stall, tolerance=args.delay * 0.5)
+    servers: list[Server] = []
+    try:
+        pair = _nginx_pair if nginx else _one_worker_pair
+        up, gw = pair(args, tmp, servers, problems, f"{'nginx' if nginx else 'streams'}{n}", chunks, args.delay, n)
+        time.sleep(0.5)
+        idle = _worker_rss(gw.pid)
+        # The idle worker's own CPU (timers, metric flushes): a floor under the per-event figure at low rates.
+        probe = CpuProbe(gw.pid, precise=True)
+        probe.start()
+        time.sleep(args.idle_seconds)
+        c, w = probe.stop()
+        print(f"[streams] {n} streams paced {args.delay * 1000:g} ms, {chunks} events each"
+              f"{' through nginx' if nginx else ''} ...", flush=True)
+        p = run_pass(ns, "gateway", gw.port, gw, up, model=PACED_MODEL, precise_cpu=True)
+    finally:
+        for s in reversed(servers):
+            s.stop()
+    return p, {"rss_idle_mb": idle, "idle_cores": c / w, "chunks": chunks, "ramp": ramp}
+
+
+def _net_us(p: dict, idle_cores: float) -> float | None:
+    """Gateway CPU µs per event over the window, net of the idle process's own."""
+    return ((p["cpu_cores"]["gateway"] - idle_cores) * 1e6 / p["events_per_s_window"]
+            if p["events_per_s_window"] and "gateway" in p["cpu_cores"] else None)
+
+
 def table_streams(args, tmp: Path, problems: list[str]) -> dict:
     rows = []
     for n in args.stream_list:
-        ramp = max(0.5, n / args.open_rate)
-        chunks = math.ceil((ramp + args.settle + args.duration + 0.5) / args.delay)
-        ns = SimpleNamespace(streams=n, chunks=chunks, delay=args.delay, ramp=ramp, settle=args.settle,
-                             duration=args.duration, grace=5.0, clients=args.clients,
-                             client_cpus=",".join(map(str, args.one_load_cpus)) if args.one_load_cpus else None,
-                             stall=args.stall, tolerance=args.delay * 0.5)
-        servers: list[Server] = []
-        try:
-            up, gw = _one_worker_pair(args, tmp, servers, problems, f"streams{n}", chunks, args.delay, n)
-            time.sleep(0.5)
-            idle = _worker_rss(gw.pid)
-            # The idle worker's own CPU (timers, metric flushes): a floor under the per-event figure at low rates.
-            probe = CpuProbe(gw.pid, precise=True)
-            probe.start()
-            time.sleep(args.idle_seconds)
-            c, w = probe.stop()
-            idle_cores = c / w
-            print(f"[streams] {n} streams paced {args.delay * 1000:g} ms, {chunks} events each ...", flush=True)
-            p = run_pass(ns, "gateway", gw.port, gw, up, model=PACED_MODEL, precise_cpu=True)
-        finally:
-            for s in reversed(servers):
-                s.stop()
+        p, info = _streams_pass(args, tmp, problems, n, False)
+        idle, idle_cores, chunks, ramp = info["rss_idle_mb"], info["idle_cores"], info["chunks"], info["ramp"]
         samples = p.get("gw_rss_samples_mb") or []
         steady = _median(samples)
         n_open = min(p["open_window_start"], p["open_window_end"])
@@ -394,8 +434,7 @@ def table_streams(args, tmp: Path, problems: list[str]) -> dict:
                "events_per_s": p["events_per_s_window"], "nominal_events_per_s": n / args.delay,
                "us_per_event": p["us_per_event"].get("gateway"), "gateway_cores": p["cpu_cores"].get("gateway"),
                "idle_cores": idle_cores,
-               "us_per_event_net": ((p["cpu_cores"]["gateway"] - idle_cores) * 1e6 / p["events_per_s_window"]
-                                    if p["events_per_s_window"] and "gateway" in p["cpu_cores"] else None),
+               "us_per_event_net": _net_us(p, idle_cores),
                "clients_cores": p["cpu_cores"].get("clients"), "upstream_cores": p["cpu_cores"].get("upstream"),
                "box_busy_cores": p["box_busy_cores"], "rss_idle_mb": idle, "rss_steady_mb": steady,
                "kb_per_stream": per_kb, "gap_ms": g, "gaps_all_ms": p["gaps_all_ms"],
@@ -410,6 +449,16 @@ def table_streams(args, tmp: Path, problems: list[str]) -> dict:
         if n_open < n:
             problems.append(f"streams {n}: only {n_open} open over the whole window")
         time.sleep(1.0)
+        if args.nginx:
+            q, qi = _streams_pass(args, tmp, problems, n, True)
+            row["nginx"] = {"us_per_event": q["us_per_event"].get("gateway"), "us_per_event_net": _net_us(q, qi["idle_cores"]),
+                            "cores": q["cpu_cores"].get("gateway"), "events_per_s": q["events_per_s_window"],
+                            "open": min(q["open_window_start"], q["open_window_end"]), "gap_ms": q["gaps_window_ms"],
+                            "stalls": q["stalls_all"]}
+            if q["errors"] or q["unfinished"] or q["never_connected"] or q["fatal"]:
+                problems.append(f"nginx streams {n}: errors {q['errors']}, cut {q['unfinished']}, never connected "
+                                f"{q['never_connected']}, client failures {q['fatal']}")
+            time.sleep(1.0)
     return {"rows": rows}
 
 
@@ -434,6 +483,18 @@ def md_streams(args, t: dict) -> list[str]:
                  f"{_f(r['rss_steady_mb'])} | {_f(r['kb_per_stream'])} | {_f(g.get('p50'))} / {_f(g.get('p99'))} / "
                  f"{_f(g.get('max'))} | {_f(r['gaps_all_ms'].get('max'))} | {r['stalls']} | "
                  f"{_f(r['ttfb_ms'].get('p50'))} / {_f(r['ttfb_ms'].get('p99'))} | {_f(r['client_lag_ms'].get('max'))} |")
+    ref = [r for r in rows if "nginx" in r]
+    if ref:
+        L += ["", "The same streams through nginx (`--nginx`: bench run's streaming proxy, one worker, pinned like the "
+              "gateway, a fresh paced upstream per size), the reference for the per-event figure:", "",
+              "| streams | nginx open in window | nginx events/s | nginx µs/event (net of idle) | nginx cores "
+              "| nginx window gap p99 ms | nginx stalls | fastgw ÷ nginx (net) |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in ref:
+            x = r["nginx"]
+            L.append(f"| {r['streams']:,} | {x['open']:,} | {_f(x['events_per_s'], 0)} | {_f(x['us_per_event'])} "
+                     f"({_f(x['us_per_event_net'])}) | {_f(x['cores'], 2)} | {_f(x['gap_ms'].get('p99'))} | "
+                     f"{x['stalls']} | {_x(r['us_per_event_net'], x['us_per_event_net'])} |")
     return L
 
 

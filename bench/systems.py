@@ -106,13 +106,14 @@ _NGINX_LOG_FORMAT = ("log_format fastgw escape=json '{\"ts\":\"$time_iso8601\",\
                      "\"bytes\":$body_bytes_sent,\"tokens\":null,\"policy\":{},\"retries\":0,\"error\":null}';")
 
 
-def nginx_conf(port: int, upstream_port: int, prefix: Path, access_log: bool = False) -> str:
+def nginx_conf(port: int, upstream_port: int, prefix: Path, access_log: bool = False, connections: int = 8192) -> str:
     """nginx.conf for a streaming reverse proxy equivalent to fastgw's pass-through path.
 
     proxy_buffering off: each upstream read is sent on at once (what a streaming gateway must do);
     HTTP/1.1 + `Connection ""` + keepalive: upstream connections are reused, like fastgw's pool;
     nginx de-chunks the upstream body and re-chunks it to the client read by read (chunked pass-through).
-    `access_log`: a JSON line per request to `prefix`/access.log (nginx-log), else none.
+    `access_log`: a JSON line per request to `prefix`/access.log (nginx-log), else none. `connections`: the
+    worker's connection limit (a proxied stream holds two).
     """
     log = (f"    {_NGINX_LOG_FORMAT}\n    access_log {prefix}/access.log fastgw;" if access_log
            else "    access_log off;")
@@ -124,7 +125,7 @@ daemon off;
 master_process on;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 8192; multi_accept on; }}
+events {{ worker_connections {connections}; multi_accept on; }}
 http {{
 {log}
 {temp}
