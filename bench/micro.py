@@ -20,7 +20,7 @@ of ~4 characters, finish chunk, `data: [DONE]`) unless the case says otherwise:
 - `relay.*`: a whole request through `SSERelay` / `PolicyRelay` with a fake client transport and the
   upstream delivering one event per read (`on_data` + `flush`, then `on_end`), as `App._relay` builds
   them: no policy, pii-detector redact, and pii-detector + safety-filter redact on clean prose and on
-  prose with PII values.
+  prose with PII values; `relay.read.*`: the whole answer in one read (a fast upstream, as in `bench run`).
 
 Each case checks its output once before timing (event count, framed bytes parsing back, redacted text as
 expected), so a broken case fails loudly instead of timing nothing. Unlike the rest of `bench`, this
@@ -400,7 +400,8 @@ def _chain(policies: tuple[str, ...]) -> Any:
 
 
 def _relay(policies: tuple[str, ...], text_kind: str, feed: str = "sse") -> Bench:
-    """feed: "sse", the upstream's SSE bytes (pass-through providers); "chunks", the chunk objects a
+    """feed: "sse", the upstream's SSE bytes (pass-through providers), one event per read; "read", the same
+    bytes in one read; "chunks", the chunk objects a
     translated provider hands over (encoded once, at release); "encoded", those objects encoded to SSE
     by the translator and decoded again by the relay (how translated streams went before d4d3a76)."""
     import orjson
@@ -443,6 +444,9 @@ def _relay(policies: tuple[str, ...], text_kind: str, feed: str = "sse") -> Benc
             for raw in raw_objs:
                 relay.on_chunks([orjson.loads(raw)])
                 relay.flush()
+        elif feed == "read":
+            relay.on_data(b"".join(events))  # the whole answer in one read (a fast upstream)
+            relay.flush()
         else:
             for raw in raw_objs:
                 relay.on_data(b"data: " + orjson.dumps(orjson.loads(raw)) + b"\n\n")
@@ -483,7 +487,7 @@ CASES: list[Case] = [
     Case("relay.pii+safety.prose", functools.partial(_relay, ("pii-detector", "safety-filter"), "prose")),
     Case("relay.pii+safety.pii", functools.partial(_relay, ("pii-detector", "safety-filter"), "pii")),
     *[Case(f"relay.{feed}.{name}", functools.partial(_relay, pols, kind, feed))
-      for feed in ("encoded", "chunks")
+      for feed in ("encoded", "chunks", "read")
       for name, pols, kind in (("none", (), "prose"), ("pii+safety.pii", ("pii-detector", "safety-filter"), "pii"))],
 ]
 

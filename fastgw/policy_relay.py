@@ -70,6 +70,7 @@ class PolicyRelay(SSERelay):
         self._activity()
         self._seen += len(data)
         t0 = time.thread_time() if self._seen > METER_FROM else -1.0
+        now = time.monotonic()  # the read's events arrived together (deferred ones are counted on arrival too)
         try:
             if not self._started:
                 # Until the first byte is out, what is final goes out at once rather than after the rest of the
@@ -77,10 +78,10 @@ class PolicyRelay(SSERelay):
                 # the whole answer (at most one more write per stream). The decoder takes any split.
                 cut = data.find(b"\n\n") + 2
                 if 1 < cut < len(data):
-                    if not self._judge(self._decoder.feed(data[:cut])):
+                    if not self._judge(self._decoder.feed(data[:cut]), now):
                         return
                     data = data[cut:]
-            self._judge(self._decoder.feed(data))
+            self._judge(self._decoder.feed(data), now)
         except ProtocolError as e:
             self._terminate(UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}"))
         except GatewayError as e:
@@ -91,8 +92,10 @@ class PolicyRelay(SSERelay):
         finally:
             self._meter(t0)
 
-    def _judge(self, events: list[SSEEvent]) -> bool:
-        """Events into the policy (or behind the deferred scan); False when the relay ended on one."""
+    def _judge(self, events: list[SSEEvent], now: float) -> bool:
+        """Events (arrived at `now`) into the policy (or behind the deferred scan); False when the relay ended on
+        one."""
+        self.clock.ticks(now, len(events))
         for ev in events:
             if self._backlog is not None:
                 self._backlog.append(ev)
@@ -112,7 +115,6 @@ class PolicyRelay(SSERelay):
               and not self._started):
             self._first_event_error(ev.raw)
             return False
-        self.clock.tick(time.monotonic())
         self._policy.push(ev)
         if self._policy.has_work:
             self._defer()
@@ -124,12 +126,12 @@ class PolicyRelay(SSERelay):
         self._activity()
         self._seen += _CHUNK_BYTES * len(chunks)
         t0 = time.thread_time() if self._seen > METER_FROM else -1.0
+        self.clock.ticks(time.monotonic(), len(chunks))
         try:
             for obj in chunks:
                 if self._backlog is not None:
                     self._backlog.append(obj)
                     continue
-                self.clock.tick(time.monotonic())
                 self._policy.push_chunk(obj)
                 if self._policy.has_work:
                     self._defer()
@@ -170,7 +172,6 @@ class PolicyRelay(SSERelay):
                     break
                 item = backlog.popleft()
                 if isinstance(item, dict):
-                    self.clock.tick(time.monotonic())
                     policy.push_chunk(item)
                 elif not self._push(item):
                     return

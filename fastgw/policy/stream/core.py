@@ -2,7 +2,7 @@
 
 A dialect class (chat, Responses, Messages) finds the text segments of each event and
 hands them to `_seg`; the core feeds each segment once to one Hyperscan stream per
-scanning policy, settles the streams (safe offset = the smallest over the policies
+scanning policy (the segments of one upstream read in one call, when the text is next settled), settles the streams (safe offset = the smallest over the policies
 that can change text), queues the event, and releases queued events in upstream
 order once every segment of theirs lies before its stream's safe offset. An event no
 policy changed leaves as the upstream's bytes (a structured chunk is encoded once,
@@ -52,6 +52,16 @@ _TOOL_INPUT = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
 _NOSKIP: frozenset[str] = frozenset()
 
 
+def _feed(t: TextStream) -> None:
+    """Give the text's waiting pieces to its scanners, in one call each."""
+    parts = t.unfed
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    t.unfed = []
+    t.unfed_n = 0
+    for sc in t.scanners:
+        sc.feed(data)
+
+
 class StreamBlocked(Exception):
     """A policy ended the stream; `prefix` holds the events to write before the error event."""
 
@@ -82,7 +92,8 @@ class TextKey(msgspec.Struct, frozen=True, gc=False):
 class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
-    __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes", "fed")
+    __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes", "fed",
+                 "unfed", "unfed_n")
 
     def __init__(self, key: TextKey, scanners: list[StreamScanner]) -> None:
         self.key = key
@@ -100,6 +111,10 @@ class TextStream:
         self.backslashes = 0
         #: Bytes of the text taken (scanned, or queued to be: `StreamPolicy.work`).
         self.fed = 0
+        #: Pieces taken but not yet given to the scanners, and their length: the events of one upstream read are
+        #: scanned in one call per policy when the text is next settled (see `StreamPolicy._seg`).
+        self.unfed: list[bytes] = []
+        self.unfed_n = 0
 
 
 class Segment(msgspec.Struct, gc=False):
@@ -229,10 +244,17 @@ class StreamPolicy(ABC):
         start = t.fed
         t.fed += len(data)
         if len(data) > DEFER_BYTES or self._jobs:
+            if t.unfed:
+                _feed(t)  # what came before it, first
             self._jobs.append(["feed", t, data, 0])  # scanned by `work`, a piece at a time
         else:
-            for sc in t.scanners:
-                sc.feed(data)
+            # Scanned when the text is next settled (the release after this read), with the rest of the read's
+            # pieces of it: one scanner call per policy and text per read, not per event. Never more than
+            # DEFER_BYTES waits, so no settle scans more at once than one deferred piece would.
+            t.unfed.append(data)
+            t.unfed_n += len(data)
+            if t.unfed_n > DEFER_BYTES:
+                _feed(t)
         self._dirty.append(t)
         if key.field == "arguments":
             segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, t.backslashes, path))
@@ -330,6 +352,8 @@ class StreamPolicy(ABC):
     def _settle_now(self, t: TextStream, final: bool) -> None:
         if t.done:
             return
+        if t.unfed:
+            _feed(t)
         key = t.key
         safe = None
         for i, (pol, sc) in enumerate(zip(self.policies, t.scanners)):

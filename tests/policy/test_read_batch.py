@@ -1,0 +1,127 @@
+"""All events of one upstream read are scanned in one call per policy and text (issue 18): the pieces a push
+takes wait on their text stream until it is settled, never more than DEFER_BYTES of them, and the answer is
+the same as when each event is scanned alone."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastgw.policy.base import RequestContext
+from fastgw.policy.stream.core import DEFER_BYTES, StreamPolicy
+from fastgw.policy_relay import PolicyRelay
+from fastgw.proto.flow import FlowControl
+from fastgw.proto.server import Responder
+from fastgw.proto.sse import SSEDecoder
+from tests.policy.test_cpu_stream import _chain, _event, _Source, _texts, _Transport
+
+
+class _Counting:
+    """A scanner that counts its feed calls and the bytes they bring, and is otherwise the scanner."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.feeds: list[int] = []
+
+    def feed(self, data: bytes) -> None:
+        self.feeds.append(len(data))
+        self.inner.feed(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _policy() -> StreamPolicy:
+    ctx = RequestContext("r", "POST", "/v1/chat/completions", [])
+    ctx.endpoint = "chat/completions"
+    return _chain().stream_policy(ctx)
+
+
+def _push(policy: StreamPolicy, text: str) -> None:
+    for ev in SSEDecoder().feed(_event(text)):
+        policy.push(ev)
+
+
+def _counted(policy: StreamPolicy) -> list[_Counting]:
+    """Wrap the scanners of the policy's one text stream (it exists after the first push)."""
+    (t,) = policy._texts.values()
+    t.scanners = [_Counting(sc) for sc in t.scanners]
+    return t.scanners  # type: ignore[return-value]
+
+
+def test_the_events_of_a_read_reach_each_scanner_in_one_call() -> None:
+    policy = _policy()
+    _push(policy, "first ")
+    scanners = _counted(policy)
+    assert len(scanners) == 2  # pii-detector and safety-filter
+    words = [f"word{i} " for i in range(30)]
+    for w in words:
+        _push(policy, w)
+    assert all(sc.feeds == [] for sc in scanners)  # taken, not scanned yet
+    out = policy.release()
+    n = len("first ") + sum(len(w) for w in words)
+    for sc in scanners:
+        assert sc.feeds == [n]  # the first push's piece and the read's thirty, in one call
+        assert sc.inner.end == n
+    assert out  # and released after that one scan
+    assert policy.release() == [] and all(sc.feeds == [n] for sc in scanners)  # nothing fed twice
+
+
+def test_no_more_than_defer_bytes_wait() -> None:
+    policy = _policy()
+    _push(policy, "a ")
+    scanners = _counted(policy)
+    piece = "lorem ipsum " * 100  # 1,200 bytes
+    for _ in range(3 * DEFER_BYTES // len(piece)):
+        _push(policy, piece)
+        (t,) = policy._texts.values()
+        assert t.unfed_n <= DEFER_BYTES
+    for sc in scanners:
+        assert len(sc.feeds) >= 2 and max(sc.feeds) <= DEFER_BYTES + len(piece)
+
+
+def test_a_long_piece_after_waiting_ones_keeps_their_order() -> None:
+    """A piece long enough to be scanned as deferred work goes after the pieces waiting before it."""
+    policy = _policy()
+    _push(policy, "mail jo@exa")
+    _push(policy, "mple.com and " + "x" * (DEFER_BYTES + 10) + " end")
+    assert policy.has_work
+    out = b"".join(policy.finish())
+    body = b"".join(e.raw for e in SSEDecoder().feed(out))
+    assert b"jo@exa" not in body and b"mple.com" not in body and b"[REDACTED:EMAIL]" in body
+
+
+async def _relay(reads: list[bytes]) -> str:
+    loop = asyncio.get_running_loop()
+    t = _Transport()
+    resp = Responder(t, FlowControl(loop), True, False)  # type: ignore[arg-type]
+    ctx = RequestContext("r", "POST", "/v1/chat/completions", [])
+    ctx.endpoint = "chat/completions"
+    relay = PolicyRelay(resp, _Source(), loop, (200, [(b"content-type", b"text/event-stream")]),
+                        _chain().stream_policy(ctx))
+    relay.start()
+    for data in reads:
+        relay.on_data(data)
+        relay.flush()
+    relay.on_end()
+    end = await relay.done
+    if end.tail is not None:
+        relay.close_with(end.tail)
+    text, errors = _texts(b"".join(t.parts))
+    assert not errors
+    return text
+
+
+def test_the_same_answer_whether_a_read_brings_one_event_or_all() -> None:
+    values = ["jo@example.com", "+44 20 7946 0958", "bomb making", "123-45-6789"]
+    words = []
+    for v in values:
+        # each value cut across three events, so that only the batched scan sees it whole within one call
+        words += [f"see {v[:3]}", v[3:8], f"{v[8:]} ok. "]
+    events = [_event(w) for w in words] + [b"data: [DONE]\n\n"]
+    one_each = asyncio.run(_relay(events))
+    all_at_once = asyncio.run(_relay([b"".join(events)]))
+    halves = asyncio.run(_relay([b"".join(events[:5]), b"".join(events[5:])]))
+    assert one_each == all_at_once == halves
+    assert one_each == ("see [REDACTED:EMAIL] ok. see [REDACTED:PHONE] ok. see [FILTERED] ok. "
+                        "see [REDACTED:US_SSN] ok. ")
