@@ -14,7 +14,8 @@
             clients open the streams over a ramp (one connection each, `--clients` processes) and stamp every
             event. Reported: events/s delivered, gateway CPU µs per event and cores (full = ≥ 0.9 of its one
             core), worker RSS idle → steady (median of samples in the window) and the growth per open stream,
-            inter-event gap percentiles and stalls (a gap > `--stall` s, far above the pacing). With `--nginx`,
+            inter-event gap percentiles and stalls (a gap > `--stall` s, far above the pacing). With `--chain`,
+            each size also through a gateway with the pii-detector (redact) + safety-filter chain. With `--nginx`,
             each size also through nginx (bench run's streaming proxy, one worker, pinned like the gateway) in
             front of a fresh paced upstream: the same events' cost in a C proxy on the same box, since most of
             a paced event's CPU is the kernel's (a wake-up, a read and a write per event) whoever proxies it.
@@ -127,8 +128,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stall", type=float, default=1.0, help="an inter-event gap above this many seconds is a stall")
     g.add_argument("--clients", type=int, default=2, help="stream client processes")
     g.add_argument("--idle-seconds", type=float, default=2.0, help="idle gateway CPU measured before each pass (s)")
-    g.add_argument("--nginx", action="store_true", help="each size through nginx too (the reference: a C proxy's "
-                                                        "CPU per paced event on the same box)")
+    g.add_argument("--chain", dest="streams_chain", action="store_true",
+                   help="each size with the pii-detector (redact) + safety-filter chain too")
+    g.add_argument("--nginx", dest="streams_nginx", action="store_true",
+                   help="each size through nginx too (the reference: a C proxy's CPU per paced event on the same box)")
     g = p.add_argument_group("idle (worker RSS per open idle stream)")
     g.add_argument("--idle-streams", help=f"open idle streams per row [{d['idle_streams']}]")
     g = p.add_argument_group("patterns (redaction CPU per event vs safety-filter terms)")
@@ -349,14 +352,14 @@ def md_length(args, t: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------
 
 def _one_worker_pair(args: argparse.Namespace, tmp: Path, servers: list[Server], problems: list[str], tag: str,
-                     chunks: int, delay: float, streams: int) -> tuple[Server, Server]:
-    """A paced upstream and a one-worker gateway in front of it for `streams` open streams, both ready and warmed
-    up (a failed warm-up is added to `problems`); each is appended to `servers` as soon as it runs. Returns
-    (upstream, gateway)."""
+                     chunks: int, delay: float, streams: int, policy: str = "") -> tuple[Server, Server]:
+    """A paced upstream and a one-worker gateway (with `policy`, config lines) in front of it for `streams` open
+    streams, both ready and warmed up (a failed warm-up is added to `problems`); each is appended to `servers` as
+    soon as it runs. Returns (upstream, gateway)."""
     up = start_upstream(tmp, free_port(), chunks, delay, args.one_load_cpus, name=f"upstream-{tag}")
     servers.append(up)
     up.wait_ready(30)
-    gw = _start_gateway(tag, tmp, up.port, "", 1, args.one_gw_cpus, args.log_level,
+    gw = _start_gateway(tag, tmp, up.port, policy, 1, args.one_gw_cpus, args.log_level,
                         max_connections=max(4096, streams + 256))
     servers.append(gw)
     gw.wait_ready(60)
@@ -385,9 +388,13 @@ def _nginx_pair(args: argparse.Namespace, tmp: Path, servers: list[Server], prob
     return up, gw
 
 
-def _streams_pass(args: argparse.Namespace, tmp: Path, problems: list[str], n: int, nginx: bool) -> tuple[dict, dict]:
-    """One pass of `n` paced streams through a fresh one-worker gateway (or nginx): (run_pass's figures, the
-    proxy's idle RSS and cores)."""
+#: The streams table's passes: the gateway, and the extra ones each size may get (`--chain`, `--nginx`).
+_STREAM_KINDS = {"gateway": "", "chain": " with pii-detector redact + safety-filter", "nginx": " through nginx"}
+
+
+def _streams_pass(args: argparse.Namespace, tmp: Path, problems: list[str], n: int, kind: str) -> tuple[dict, dict]:
+    """One pass of `n` paced streams through a fresh one-worker gateway, pass-through or with the chain, or
+    nginx (`kind`, a key of _STREAM_KINDS): (run_pass's figures, the proxy's idle RSS and cores)."""
     ramp = max(0.5, n / args.open_rate)
     chunks = math.ceil((ramp + args.settle + args.duration + 0.5) / args.delay)
     ns = SimpleNamespace(streams=n, chunks=chunks, delay=args.delay, ramp=ramp, settle=args.settle,
@@ -396,8 +403,12 @@ def _streams_pass(args: argparse.Namespace, tmp: Path, problems: list[str], n: i
                          stall=args.stall, tolerance=args.delay * 0.5)
     servers: list[Server] = []
     try:
-        pair = _nginx_pair if nginx else _one_worker_pair
-        up, gw = pair(args, tmp, servers, problems, f"{'nginx' if nginx else 'streams'}{n}", chunks, args.delay, n)
+        tag = f"{'streams' if kind == 'gateway' else kind}{n}"
+        if kind == "nginx":
+            up, gw = _nginx_pair(args, tmp, servers, problems, tag, chunks, args.delay, n)
+        else:
+            up, gw = _one_worker_pair(args, tmp, servers, problems, tag, chunks, args.delay, n,
+                                      _chain() if kind == "chain" else "")
         time.sleep(0.5)
         idle = _worker_rss(gw.pid)
         # The idle worker's own CPU (timers, metric flushes): a floor under the per-event figure at low rates.
@@ -405,8 +416,8 @@ def _streams_pass(args: argparse.Namespace, tmp: Path, problems: list[str], n: i
         probe.start()
         time.sleep(args.idle_seconds)
         c, w = probe.stop()
-        print(f"[streams] {n} streams paced {args.delay * 1000:g} ms, {chunks} events each"
-              f"{' through nginx' if nginx else ''} ...", flush=True)
+        print(f"[streams] {n} streams paced {args.delay * 1000:g} ms, {chunks} events each{_STREAM_KINDS[kind]} ...",
+              flush=True)
         p = run_pass(ns, "gateway", gw.port, gw, up, model=PACED_MODEL, precise_cpu=True)
     finally:
         for s in reversed(servers):
@@ -423,7 +434,7 @@ def _net_us(p: dict, idle_cores: float) -> float | None:
 def table_streams(args, tmp: Path, problems: list[str]) -> dict:
     rows = []
     for n in args.stream_list:
-        p, info = _streams_pass(args, tmp, problems, n, False)
+        p, info = _streams_pass(args, tmp, problems, n, "gateway")
         idle, idle_cores, chunks, ramp = info["rss_idle_mb"], info["idle_cores"], info["chunks"], info["ramp"]
         samples = p.get("gw_rss_samples_mb") or []
         steady = _median(samples)
@@ -449,14 +460,14 @@ def table_streams(args, tmp: Path, problems: list[str]) -> dict:
         if n_open < n:
             problems.append(f"streams {n}: only {n_open} open over the whole window")
         time.sleep(1.0)
-        if args.nginx:
-            q, qi = _streams_pass(args, tmp, problems, n, True)
-            row["nginx"] = {"us_per_event": q["us_per_event"].get("gateway"), "us_per_event_net": _net_us(q, qi["idle_cores"]),
-                            "cores": q["cpu_cores"].get("gateway"), "events_per_s": q["events_per_s_window"],
-                            "open": min(q["open_window_start"], q["open_window_end"]), "gap_ms": q["gaps_window_ms"],
-                            "stalls": q["stalls_all"]}
+        for kind in [k for k in ("chain", "nginx") if getattr(args, f"streams_{k}")]:
+            q, qi = _streams_pass(args, tmp, problems, n, kind)
+            row[kind] = {"us_per_event": q["us_per_event"].get("gateway"), "us_per_event_net": _net_us(q, qi["idle_cores"]),
+                         "cores": q["cpu_cores"].get("gateway"), "events_per_s": q["events_per_s_window"],
+                         "open": min(q["open_window_start"], q["open_window_end"]), "gap_ms": q["gaps_window_ms"],
+                         "stalls": q["stalls_all"]}
             if q["errors"] or q["unfinished"] or q["never_connected"] or q["fatal"]:
-                problems.append(f"nginx streams {n}: errors {q['errors']}, cut {q['unfinished']}, never connected "
+                problems.append(f"{kind} streams {n}: errors {q['errors']}, cut {q['unfinished']}, never connected "
                                 f"{q['never_connected']}, client failures {q['fatal']}")
             time.sleep(1.0)
     return {"rows": rows}
@@ -483,15 +494,20 @@ def md_streams(args, t: dict) -> list[str]:
                  f"{_f(r['rss_steady_mb'])} | {_f(r['kb_per_stream'])} | {_f(g.get('p50'))} / {_f(g.get('p99'))} / "
                  f"{_f(g.get('max'))} | {_f(r['gaps_all_ms'].get('max'))} | {r['stalls']} | "
                  f"{_f(r['ttfb_ms'].get('p50'))} / {_f(r['ttfb_ms'].get('p99'))} | {_f(r['client_lag_ms'].get('max'))} |")
-    ref = [r for r in rows if "nginx" in r]
-    if ref:
-        L += ["", "The same streams through nginx (`--nginx`: bench run's streaming proxy, one worker, pinned like the "
-              "gateway, a fresh paced upstream per size), the reference for the per-event figure:", "",
-              "| streams | nginx open in window | nginx events/s | nginx µs/event (net of idle) | nginx cores "
-              "| nginx window gap p99 ms | nginx stalls | fastgw ÷ nginx (net) |",
+    titles = {"chain": "The same streams through a gateway with the pii-detector (redact) + safety-filter chain "
+                       "(`--chain`; a fresh gateway and paced upstream per size):",
+              "nginx": "The same streams through nginx (`--nginx`: bench run's streaming proxy, one worker, pinned "
+                       "like the gateway, a fresh paced upstream per size), the reference for the per-event figure:"}
+    for kind, title in titles.items():
+        ref = [r for r in rows if kind in r]
+        if not ref:
+            continue
+        L += ["", title, "",
+              f"| streams | {kind}: open in window | events/s | µs/event (net of idle) | cores | window gap p99 ms "
+              "| stalls | pass-through fastgw ÷ this (net) |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in ref:
-            x = r["nginx"]
+            x = r[kind]
             L.append(f"| {r['streams']:,} | {x['open']:,} | {_f(x['events_per_s'], 0)} | {_f(x['us_per_event'])} "
                      f"({_f(x['us_per_event_net'])}) | {_f(x['cores'], 2)} | {_f(x['gap_ms'].get('p99'))} | "
                      f"{x['stalls']} | {_x(r['us_per_event_net'], x['us_per_event_net'])} |")

@@ -118,7 +118,7 @@ def test_quick_run_three_tables(tmp_path: Path):
 
 @pytest.mark.slow
 def test_quick_run_every_table(tmp_path: Path):
-    _, d, md = _run(tmp_path, "--quick", "--streams", "5,20", "--idle-seconds", "0.3", "--nginx")
+    _, d, md = _run(tmp_path, "--quick", "--streams", "5,20", "--idle-seconds", "0.3", "--nginx", "--chain")
     t = d["tables"]
     assert set(t) == set(scale.TABLES) and not d["problems"]
     rows = t["length"]["rows"]
@@ -131,9 +131,10 @@ def test_quick_run_every_table(tmp_path: Path):
     for r in rows:
         assert r["open"] == r["streams"] and r["us_per_event"] > 0 and r["rss_steady_mb"] > 0
         assert r["gap_ms"]["n"] > 0 and r["stalls"] == 0
-        x = r["nginx"]  # the reference pass: the same streams through nginx
-        assert x["open"] == r["streams"] and x["us_per_event"] > 0 and x["gap_ms"]["n"] > 0 and x["stalls"] == 0
-    assert "The same streams through nginx" in md
+        for kind in ("chain", "nginx"):  # the same streams with the policy chain, and through nginx
+            x = r[kind]
+            assert x["open"] == r["streams"] and x["us_per_event"] > 0 and x["gap_ms"]["n"] > 0 and x["stalls"] == 0
+    assert "The same streams through nginx" in md and "with the pii-detector (redact) + safety-filter chain" in md
     assert [r["streams"] for r in t["idle"]["rows"]] == [50, 200]
     assert all(r["kb_per_stream"] > 0 for r in t["idle"]["rows"])
     assert "Worker RSS per open idle stream" in md
