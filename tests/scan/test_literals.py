@@ -36,9 +36,21 @@ def test_recompiled_in_a_forked_child() -> None:
     assert lits.found(b"needle")
     pid = os.fork()
     if pid == 0:  # the child scans with its own database and scratch
-        os._exit(0 if lits.found(b"a needle") and not lits.found(b"hay") else 1)
+        os._exit(0 if lits.found(b"a needle") and not lits.found(b"hay") and lits._pid == os.getpid() else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_no_system_call_per_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`found` runs once per streamed read: it asks no process id of the kernel (the fork hook keeps it)."""
+    lits = Literals(b"needle")
+    assert lits.found(b"needle")
+
+    def getpid() -> int:
+        raise AssertionError("os.getpid() called by a scan")
+
+    monkeypatch.setattr(os, "getpid", getpid)
+    assert lits.found(b"a needle") and not lits.found(b"hay")
 
 
 def test_needs_literals() -> None:
