@@ -22,10 +22,15 @@ class _Counting:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.feeds: list[int] = []
+        self.settles = 0
 
     def feed(self, data: bytes) -> None:
         self.feeds.append(len(data))
         self.inner.feed(data)
+
+    def settle(self, final: bool = False) -> Any:
+        self.settles += 1
+        return self.inner.settle(final)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -63,6 +68,7 @@ def test_the_events_of_a_read_reach_each_scanner_in_one_call() -> None:
     for sc in scanners:
         assert sc.feeds == [n]  # the first push's piece and the read's thirty, in one call
         assert sc.inner.end == n
+        assert sc.settles == 1  # and settled once, not once per event that fed it
     assert out  # and released after that one scan
     assert policy.release() == [] and all(sc.feeds == [n] for sc in scanners)  # nothing fed twice
 

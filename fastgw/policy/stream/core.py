@@ -93,7 +93,7 @@ class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
     __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes", "fed",
-                 "unfed", "unfed_n")
+                 "unfed", "unfed_n", "dirty")
 
     def __init__(self, key: TextKey, scanners: list[StreamScanner]) -> None:
         self.key = key
@@ -115,6 +115,8 @@ class TextStream:
         #: scanned in one call per policy when the text is next settled (see `StreamPolicy._seg`).
         self.unfed: list[bytes] = []
         self.unfed_n = 0
+        #: In the policy's list of texts to settle at the next release (once, however many events fed it).
+        self.dirty = False
 
 
 class Segment(msgspec.Struct, gc=False):
@@ -181,7 +183,7 @@ class StreamPolicy(ABC):
         self._findings = findings
         self._ctx = ctx
         self._texts: dict[TextKey, TextStream] = {}
-        self._dirty: list[TextStream] = []  # texts fed since the last release
+        self._dirty: list[TextStream] = []  # texts fed since the last release, each once
         self._queue: deque[Held] = deque()
         # Observing policies record but never change text: they need no holdback.
         self._acting = [p.action != "observe" for p in policies]
@@ -255,7 +257,9 @@ class StreamPolicy(ABC):
             t.unfed_n += len(data)
             if t.unfed_n > DEFER_BYTES:
                 _feed(t)
-        self._dirty.append(t)
+        if not t.dirty:
+            t.dirty = True
+            self._dirty.append(t)
         if key.field == "arguments":
             segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, t.backslashes, path))
             run = len(data) - len(data.rstrip(b"\\"))
@@ -411,7 +415,8 @@ class StreamPolicy(ABC):
         if not self._buffered:
             if self._dirty:
                 for t in self._dirty:
-                    self._settle(t, final=False)  # (a text fed twice settles twice; the second is cheap)
+                    t.dirty = False
+                    self._settle(t, final=False)
                 self._dirty.clear()
         elif not self._ended:
             self.held = len(self._queue)
