@@ -20,10 +20,10 @@ $(VENV)/.run: pyproject.toml
 # The hot modules compiled with mypyc (issue 18; measured in bench/RESULTS.md): the scanner and the canonical fold
 # (most of the redaction chain's CPU per event), the HTTP/1.1 layer on both sides (reader, framing guard, chunked
 # and SSE framing, the response writer, the server and upstream protocols, flow control), the stream and policy
-# relays, routing and metrics (the per-event and per-request path above it), and the `local` state backend (the
-# rate-limiter's cost). app.py, pipeline.py and attempt.py stay interpreted (bench/RESULTS.md, "compiled
-# modules"): all three compiled, an SDK in the provider tests now and then saw a kept-alive connection reset;
-# pipeline without app, ten pipeline tests ended in CancelledError; attempt alone saved nothing. One group, so
+# relays, routing and metrics (the per-event and per-request path above it), the `local` state backend (the
+# rate-limiter's cost), and the request's coroutines (app.py, pipeline.py, attempt.py: written so that no compiled
+# coroutine awaits inside an `except` or `finally`, which mypyc runs with the exception left as the thread's
+# handled one for other tasks; tests/test_compiled.py refuses the shape). One group, so
 # calls between them stay native: their code is in fastgw/native__mypyc.*.so, and the small .so beside each .py
 # wins its import. The .py stays the source: any change to one rebuilds here (every .so under fastgw/ is this
 # step's and is removed first, so a module taken off the list is never shadowed by an old build), and the stamp
@@ -33,7 +33,8 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/proto/h1.py fastgw/proto/framing_guard.py fastgw/proto/chunked.py fastgw/proto/sse.py \
 	fastgw/proto/writer.py fastgw/proto/flow.py fastgw/proto/server.py fastgw/proto/client.py \
 	fastgw/state/table.py fastgw/state/core.py fastgw/state/local.py \
-	fastgw/stream.py fastgw/policy_relay.py fastgw/routing.py fastgw/metrics.py
+	fastgw/stream.py fastgw/policy_relay.py fastgw/routing.py fastgw/metrics.py \
+	fastgw/app.py fastgw/pipeline.py fastgw/attempt.py
 MYPYCIFY := import sys; from setuptools import setup; from mypyc.build import mypycify; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \
 	ext_modules=mypycify(sys.argv[1:], group_name="fastgw.native", target_dir="c", opt_level="3"))

@@ -167,19 +167,29 @@ class App:
             _check_method(req, route[0])
             # Every /v1 request runs the chain and is audited, refused ones included.
             metrics.request_started()
+            refused: GatewayError | None = None
             try:
-                if not authed:
-                    self.chain.authenticate(ctx)
-                target = route[1]
-                if isinstance(target, str):
-                    await self.pipeline.run(target, req, resp, ctx)
-                else:
-                    await target(req, resp, ctx)
-            except GatewayError as e:
-                ctx.status = e.status
-                ctx.error = e.code
-                await self.pipeline.record(ctx, resp)
-                raise
+                try:
+                    if not authed:
+                        self.chain.authenticate(ctx)
+                    target = route[1]
+                    if isinstance(target, str):
+                        await self.pipeline.run(target, req, resp, ctx)
+                    else:
+                        await target(req, resp, ctx)
+                except GatewayError as e:
+                    ctx.status = e.status
+                    ctx.error = e.code
+                    refused = e
+                if refused is not None:
+                    # Recorded after its handler, not inside it: a coroutine compiled with mypyc that awaits while
+                    # handling an exception leaves it as the thread's handled exception for the tasks that run
+                    # meanwhile (tests/test_compiled.py refuses the shape).
+                    try:
+                        await self.pipeline.record(ctx, resp)
+                        raise refused
+                    finally:
+                        refused = None  # (no frame-traceback cycle left behind)
             finally:
                 if not ctx.status:
                     ctx.status = resp.status or 499  # the client left before an answer

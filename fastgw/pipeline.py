@@ -123,25 +123,41 @@ class Pipeline:
             # Quotas: one admission before any upstream (429/503 refusals raise), one settlement on every path.
             res = await quota.admit(ctx, body, plan, resp) if quota is not None else None
             renewing = quota.renew_while_streaming(res) if quota is not None and stream else None
+            # Settled on every path, a client gone (CancelledError) included; the settlement is awaited after the
+            # handler rather than in a `finally`: a coroutine compiled with mypyc that awaits while handling an
+            # exception leaves it as the thread's handled exception for the tasks that run meanwhile
+            # (tests/test_compiled.py refuses the shape).
+            failed: BaseException | None = None
             try:
-                call = Call(endpoint, body, stream, ctx.request_id, ctx.headers)
-                outcome = await self._attempts(plan, call, resp, ctx)
-                if isinstance(outcome, Streamed):
-                    await self._finish_stream(outcome, resp, ctx)
-                    return
-                answer = _final_answer(outcome)
-                ctx.status = answer.status
-                if ctx.usage is None and answer.status == 200:
-                    ctx.usage = usage_of(answer.body)
-                if self.chain.audit is not None:
-                    await self.record(ctx, resp)  # handed to the OS before the answer's last byte
-                resp.send(answer.status, answer.headers, answer.body)
-            finally:
-                if quota is not None:
-                    await quota.settle(ctx, res, renewing)
+                await self._answer(plan, endpoint, body, stream, resp, ctx)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, once settled
+                failed = e
+            if quota is not None:
+                await quota.settle(ctx, res, renewing)
+            if failed is not None:
+                try:
+                    raise failed
+                finally:
+                    failed = None  # (no frame-traceback cycle left behind)
         finally:
             if sliced:
                 chain.forget(ctx)
+
+    async def _answer(self, plan: Plan, endpoint: str, body: dict, stream: bool, resp: Responder,
+                      ctx: RequestContext) -> None:
+        """The attempts and the answer: a stream finished, or a whole answer recorded (audit) and sent."""
+        call = Call(endpoint, body, stream, ctx.request_id, ctx.headers)
+        outcome = await self._attempts(plan, call, resp, ctx)
+        if isinstance(outcome, Streamed):
+            await self._finish_stream(outcome, resp, ctx)
+            return
+        answer = _final_answer(outcome)
+        ctx.status = answer.status
+        if ctx.usage is None and answer.status == 200:
+            ctx.usage = usage_of(answer.body)
+        if self.chain.audit is not None:
+            await self.record(ctx, resp)  # handed to the OS before the answer's last byte
+        resp.send(answer.status, answer.headers, answer.body)
 
     async def count_tokens(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
         """`/v1/messages/count_tokens`: Anthropic's own count for an anthropic target (its native endpoint, through
@@ -186,15 +202,19 @@ class Pipeline:
                 if permit is None:
                     waits.append(breaker.retry_after())
                     break
-                outcome: Outcome | None = None
                 try:
                     outcome = await self.attempt.run(target, call, resp, ctx)
-                finally:
-                    # The one place a permit is resolved: a cancelled or crashed attempt learned nothing. (The
-                    # shape tests/test_compiled.py refuses in a compiled module: this one stays interpreted.)
-                    permit.resolve(outcome.verdict if outcome is not None else Verdict.NEUTRAL)
+                except BaseException:
+                    # A cancelled or crashed attempt learned nothing. (Not a `finally` reading `outcome`: compiled,
+                    # a task cancelled in that await finds it None there whatever its type says; see
+                    # tests/test_compiled.py.)
+                    permit.resolve(Verdict.NEUTRAL)
                     if telemetry.ON:
-                        telemetry.attempt_ended(ctx, outcome)
+                        telemetry.attempt_ended(ctx, None)
+                    raise
+                permit.resolve(outcome.verdict)
+                if telemetry.ON:
+                    telemetry.attempt_ended(ctx, outcome)
                 if shared is not None and may is not None:
                     await shared.learned(target, outcome.verdict, getattr(outcome, "retry_after", None))
                 if not isinstance(outcome, Retry):
