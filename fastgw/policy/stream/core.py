@@ -2,9 +2,10 @@
 
 A dialect class (chat, Responses, Messages) finds the text segments of each event and
 hands them to `_seg`; the core feeds each segment once to one Hyperscan stream per
-scanning policy (the segments of one upstream read in one call, when the text is next settled), settles the streams (safe offset = the smallest over the policies
-that can change text), queues the event, and releases queued events in upstream
-order once every segment of theirs lies before its stream's safe offset. An event no
+scanning policy (a text's segments from one upstream read in one call, when it is next
+settled), settles the streams (safe offset = the smallest over the policies that can
+change text), queues the event, and releases queued events in upstream order once
+every segment of theirs lies before its stream's safe offset. An event no
 policy changed leaves as the upstream's bytes (a structured chunk is encoded once,
 then); a changed one is rewritten through the dialect's `_apply` and encoded once.
 A blocking span ends the stream with `StreamBlocked` and the clean prefix before it.
