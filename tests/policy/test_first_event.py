@@ -28,23 +28,30 @@ class _Writes(_Transport):
         self.writes.append(b"".join(parts))
 
 
-async def _one_read(words: list[str]) -> tuple[_Writes, str]:
+async def relay_reads(reads: list[bytes], t: _Transport) -> str:
+    """The client's text of an answer through the chain's policy relay, the upstream's bytes coming in `reads`."""
     loop = asyncio.get_running_loop()
-    t = _Writes()
     resp = Responder(t, FlowControl(loop), True, False)  # type: ignore[arg-type]
     ctx = RequestContext("r", "POST", "/v1/chat/completions", [])
     ctx.endpoint = "chat/completions"
     relay = PolicyRelay(resp, _Source(), loop, (200, [(b"content-type", b"text/event-stream")]),
                         _chain().stream_policy(ctx))
     relay.start()
-    relay.on_data(b"".join(_event(w) for w in words) + b"data: [DONE]\n\n")  # the whole answer, one read
-    relay.flush()
+    for data in reads:
+        relay.on_data(data)
+        relay.flush()
     relay.on_end()
     end = await relay.done
     if end.tail is not None:
         relay.close_with(end.tail)
     text, errors = _texts(b"".join(t.parts))
     assert not errors
+    return text
+
+
+async def _one_read(words: list[str]) -> tuple[_Writes, str]:
+    t = _Writes()
+    text = await relay_reads([b"".join(_event(w) for w in words) + b"data: [DONE]\n\n"], t)  # the whole answer
     return t, text
 
 

@@ -9,11 +9,9 @@ from typing import Any
 
 from fastgw.policy.base import RequestContext
 from fastgw.policy.stream.core import DEFER_BYTES, StreamPolicy
-from fastgw.policy_relay import PolicyRelay
-from fastgw.proto.flow import FlowControl
-from fastgw.proto.server import Responder
 from fastgw.proto.sse import SSEDecoder
-from tests.policy.test_cpu_stream import _chain, _event, _Source, _texts, _Transport
+from tests.policy.test_cpu_stream import _chain, _event, _Transport
+from tests.policy.test_first_event import relay_reads
 
 
 class _Counting:
@@ -97,25 +95,8 @@ def test_a_long_piece_after_waiting_ones_keeps_their_order() -> None:
     assert b"jo@exa" not in body and b"mple.com" not in body and b"[REDACTED:EMAIL]" in body
 
 
-async def _relay(reads: list[bytes]) -> str:
-    loop = asyncio.get_running_loop()
-    t = _Transport()
-    resp = Responder(t, FlowControl(loop), True, False)  # type: ignore[arg-type]
-    ctx = RequestContext("r", "POST", "/v1/chat/completions", [])
-    ctx.endpoint = "chat/completions"
-    relay = PolicyRelay(resp, _Source(), loop, (200, [(b"content-type", b"text/event-stream")]),
-                        _chain().stream_policy(ctx))
-    relay.start()
-    for data in reads:
-        relay.on_data(data)
-        relay.flush()
-    relay.on_end()
-    end = await relay.done
-    if end.tail is not None:
-        relay.close_with(end.tail)
-    text, errors = _texts(b"".join(t.parts))
-    assert not errors
-    return text
+def _relay(reads: list[bytes]) -> str:
+    return asyncio.run(relay_reads(reads, _Transport()))
 
 
 def test_the_same_answer_whether_a_read_brings_one_event_or_all() -> None:
@@ -125,9 +106,9 @@ def test_the_same_answer_whether_a_read_brings_one_event_or_all() -> None:
         # each value cut across three events, so that only the batched scan sees it whole within one call
         words += [f"see {v[:3]}", v[3:8], f"{v[8:]} ok. "]
     events = [_event(w) for w in words] + [b"data: [DONE]\n\n"]
-    one_each = asyncio.run(_relay(events))
-    all_at_once = asyncio.run(_relay([b"".join(events)]))
-    halves = asyncio.run(_relay([b"".join(events[:5]), b"".join(events[5:])]))
+    one_each = _relay(events)
+    all_at_once = _relay([b"".join(events)])
+    halves = _relay([b"".join(events[:5]), b"".join(events[5:])])
     assert one_each == all_at_once == halves
     assert one_each == ("see [REDACTED:EMAIL] ok. see [REDACTED:PHONE] ok. see [FILTERED] ok. "
                         "see [REDACTED:US_SSN] ok. ")
