@@ -93,7 +93,7 @@ def _header_line(buf: bytes, rule: int, whole: bool) -> bytes:
     end = rule - 1
     if end < 0:
         return b""
-    if buf[end - 1:end] == b"\r":
+    if end and buf[end - 1] == 13:  # "\r" (compiled, a bytes slice whose end falls before its start raises)
         end -= 1
     nl = buf.rfind(b"\n", 0, end)
     if nl < 0 and not whole:

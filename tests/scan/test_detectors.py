@@ -308,6 +308,21 @@ def test_a_table_header_is_the_same_under_every_split(db: ScanDB) -> None:
         assert spans == whole, size
 
 
+@pytest.mark.parametrize("before", ["", "\n", "\r\n", "\n\n", " "])
+def test_a_delimiter_row_at_the_very_start(db: ScanDB, before: str) -> None:
+    """A delimiter row with no header line before it (the text starts with it, or with one line end): no header,
+    and no failure (compiled with mypyc, `buf[-1:0]` raised SystemError where Python gives b"")."""
+    text = before + "| --- | --- |\n| a | 736-860-5303 |\n"
+    assert found(db, text) == [("736-860-5303", "PHONE")]
+    data = text.encode()
+    sc = StreamScanner(db)
+    spans: list[Span] = []
+    for i in range(len(data)):
+        sc.feed(data[i:i + 1])
+        spans += sc.settle()[1]
+    assert spans + sc.settle(final=True)[1] == find_spans(db, data)
+
+
 def test_phone_label_in_a_table_row() -> None:
     head = b"| Name | Phone | Bestellnummer |"
     assert phone_label(b"| Jo | ", head) == PHONE_WORD
