@@ -129,7 +129,18 @@ class Pipeline:
             # (tests/test_compiled.py refuses the shape).
             failed: BaseException | None = None
             try:
-                await self._answer(plan, endpoint, body, stream, resp, ctx)
+                call = Call(endpoint, body, stream, ctx.request_id, ctx.headers)
+                outcome = await self._attempts(plan, call, resp, ctx)
+                if isinstance(outcome, Streamed):
+                    await self._finish_stream(outcome, resp, ctx)
+                else:
+                    answer = _final_answer(outcome)
+                    ctx.status = answer.status
+                    if ctx.usage is None and answer.status == 200:
+                        ctx.usage = usage_of(answer.body)
+                    if self.chain.audit is not None:
+                        await self.record(ctx, resp)  # handed to the OS before the answer's last byte
+                    resp.send(answer.status, answer.headers, answer.body)
             except BaseException as e:  # noqa: BLE001 - re-raised below, once settled
                 failed = e
             if quota is not None:
@@ -142,22 +153,6 @@ class Pipeline:
         finally:
             if sliced:
                 chain.forget(ctx)
-
-    async def _answer(self, plan: Plan, endpoint: str, body: dict, stream: bool, resp: Responder,
-                      ctx: RequestContext) -> None:
-        """The attempts and the answer: a stream finished, or a whole answer recorded (audit) and sent."""
-        call = Call(endpoint, body, stream, ctx.request_id, ctx.headers)
-        outcome = await self._attempts(plan, call, resp, ctx)
-        if isinstance(outcome, Streamed):
-            await self._finish_stream(outcome, resp, ctx)
-            return
-        answer = _final_answer(outcome)
-        ctx.status = answer.status
-        if ctx.usage is None and answer.status == 200:
-            ctx.usage = usage_of(answer.body)
-        if self.chain.audit is not None:
-            await self.record(ctx, resp)  # handed to the OS before the answer's last byte
-        resp.send(answer.status, answer.headers, answer.body)
 
     async def count_tokens(self, req: Request, resp: Responder, ctx: RequestContext) -> None:
         """`/v1/messages/count_tokens`: Anthropic's own count for an anthropic target (its native endpoint, through
