@@ -352,39 +352,29 @@ def md_length(args, t: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------
 
 def _one_worker_pair(args: argparse.Namespace, tmp: Path, servers: list[Server], problems: list[str], tag: str,
-                     chunks: int, delay: float, streams: int, policy: str = "") -> tuple[Server, Server]:
-    """A paced upstream and a one-worker gateway (with `policy`, config lines) in front of it for `streams` open
-    streams, both ready and warmed up (a failed warm-up is added to `problems`); each is appended to `servers` as
-    soon as it runs. Returns (upstream, gateway)."""
+                     chunks: int, delay: float, streams: int, policy: str = "",
+                     nginx: bool = False) -> tuple[Server, Server]:
+    """A paced upstream and a one-worker gateway (with `policy`, config lines; or nginx, bench run's streaming proxy
+    config) in front of it for `streams` open streams, both ready and warmed up (a failed warm-up is added to
+    `problems`); each is appended to `servers` as soon as it runs. Returns (upstream, gateway)."""
     up = start_upstream(tmp, free_port(), chunks, delay, args.one_load_cpus, name=f"upstream-{tag}")
     servers.append(up)
     up.wait_ready(30)
-    gw = _start_gateway(tag, tmp, up.port, policy, 1, args.one_gw_cpus, args.log_level,
-                        max_connections=max(4096, streams + 256))
+    if nginx:
+        port = free_port()
+        prefix = tmp / tag
+        prefix.mkdir(exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(nginx_conf(port, up.port, prefix, connections=max(8192, 2 * streams + 256)))
+        gw = Server(tag, [ensure_nginx(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")], port,
+                    tmp / f"{tag}.log", args.one_gw_cpus)
+    else:
+        gw = _start_gateway(tag, tmp, up.port, policy, 1, args.one_gw_cpus, args.log_level,
+                            max_connections=max(4096, streams + 256))
     servers.append(gw)
     gw.wait_ready(60)
     if warm_up(gw.port, 20) != 20:
-        problems.append(f"{tag}: warm-up requests through the gateway failed")
-    return up, gw
-
-
-def _nginx_pair(args: argparse.Namespace, tmp: Path, servers: list[Server], problems: list[str], tag: str,
-                chunks: int, delay: float, streams: int) -> tuple[Server, Server]:
-    """`_one_worker_pair` with nginx (bench run's streaming proxy config, one worker) in place of the gateway."""
-    up = start_upstream(tmp, free_port(), chunks, delay, args.one_load_cpus, name=f"upstream-{tag}")
-    servers.append(up)
-    up.wait_ready(30)
-    port = free_port()
-    prefix = tmp / tag
-    prefix.mkdir(exist_ok=True)
-    conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(port, up.port, prefix, connections=max(8192, 2 * streams + 256)))
-    gw = Server(tag, [ensure_nginx(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")], port,
-                tmp / f"{tag}.log", args.one_gw_cpus)
-    servers.append(gw)
-    gw.wait_ready(30)
-    if warm_up(gw.port, 20) != 20:
-        problems.append(f"{tag}: warm-up requests through nginx failed")
+        problems.append(f"{tag}: warm-up requests through the {'nginx' if nginx else 'gateway'} failed")
     return up, gw
 
 
@@ -404,11 +394,8 @@ def _streams_pass(args: argparse.Namespace, tmp: Path, problems: list[str], n: i
     servers: list[Server] = []
     try:
         tag = f"{'streams' if kind == 'gateway' else kind}{n}"
-        if kind == "nginx":
-            up, gw = _nginx_pair(args, tmp, servers, problems, tag, chunks, args.delay, n)
-        else:
-            up, gw = _one_worker_pair(args, tmp, servers, problems, tag, chunks, args.delay, n,
-                                      _chain() if kind == "chain" else "")
+        up, gw = _one_worker_pair(args, tmp, servers, problems, tag, chunks, args.delay, n,
+                                  _chain() if kind == "chain" else "", nginx=kind == "nginx")
         time.sleep(0.5)
         idle = _worker_rss(gw.pid)
         # The idle worker's own CPU (timers, metric flushes): a floor under the per-event figure at low rates.
