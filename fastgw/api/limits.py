@@ -33,6 +33,9 @@ GC_YOUNG_THRESHOLD = 5000
 
 #: TCP + TLS connect to a provider. Envoy connect_timeout default 5 s (1 s is too tight for TLS across regions).
 CONNECT_TIMEOUT = 5.0
+#: Encoded request heads a target keeps (one per path, accept and credentials: a handful in practice); a client
+#: that varies a forwarded header (anthropic-beta) can only make the cache start over, never grow.
+REQUEST_HEADS = 64
 #: Request sent -> first upstream event (or the response head of a non-streamed call). Reasoning models think
 #: for a minute or more before their first token; peers default between 60 s (LiteLLM) and none.
 TTFT_TIMEOUT = 120.0

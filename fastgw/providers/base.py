@@ -16,7 +16,7 @@ import orjson
 from fastgw.api import limits
 
 __all__ = ["Endpoint", "UpstreamRequest", "TargetRuntime", "split_base_url", "Translator", "Adapter", "host_header",
-           "encode_json", "MAX_ENCODED_DEPTH"]
+           "encode_json", "request_head", "MAX_ENCODED_DEPTH"]
 
 #: Deepest JSON nesting the upstream request can carry: orjson's encoder stops at 254 levels (its guard for the C
 #: stack). A client body parses up to 1024 levels, so a body nested past this (after a provider's translation
@@ -39,9 +39,10 @@ class Endpoint:
     COUNT_TOKENS = "messages/count_tokens"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamRequest:
-    """One HTTP request to an upstream, ready to frame."""
+    """One HTTP request to an upstream, ready to frame. Not frozen: a frozen dataclass sets each field through
+    object.__setattr__ (~0.75 µs a request, issue 18); nothing changes one after it is built (a new one is)."""
 
     scheme: str
     host: str
@@ -50,15 +51,24 @@ class UpstreamRequest:
     path: str
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    #: The request line and `headers` as encoded bytes, when the builder has them already (`json_post` keeps them
+    #: per target); None: `encode` builds them.
+    head: bytes | None = field(default=None, repr=False, compare=False)
 
     def encode(self) -> bytes:
         """The request as HTTP/1.1 bytes with Content-Length framing (one write)."""
-        head = [b"%s %s HTTP/1.1\r\n" % (self.method.encode(), self.path.encode())]
-        for n, v in self.headers:
-            head += (n, b": ", v, b"\r\n")
-        head.append(b"content-length: %d\r\n\r\n" % len(self.body))
-        head.append(self.body)
-        return b"".join(head)
+        head = self.head
+        if head is None:
+            head = request_head(self.method, self.path, self.headers)
+        return b"%scontent-length: %d\r\n\r\n%s" % (head, len(self.body), self.body)
+
+
+def request_head(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The request line and `headers` of an HTTP/1.1 request (without the framing header and the blank line)."""
+    head = [b"%s %s HTTP/1.1\r\n" % (method.encode(), path.encode())]
+    for n, v in headers:
+        head += (n, b": ", v, b"\r\n")
+    return b"".join(head)
 
 
 @functools.lru_cache(maxsize=256)  # pure, and called per request with one of a handful of target URLs
@@ -106,6 +116,9 @@ class TargetRuntime:
     allow_server_tools: bool = False
     #: Remote MCP servers (`mcp_servers`, Responses `mcp` tools) may be requested through this target.
     allow_mcp: bool = False
+    #: `json_post`'s header lists and encoded heads, by path, accept and credentials (bounded: REQUEST_HEADS).
+    heads: dict[tuple[object, ...], tuple[list[tuple[bytes, bytes]], bytes]] = field(
+        default_factory=dict, repr=False, compare=False)
 
 
 #: What the gateway calls itself upstream.
@@ -123,18 +136,29 @@ def chat_only(provider: str, endpoint: str) -> None:
 
 def json_post(target: TargetRuntime, path: str, payload: bytes, stream: bool,
               auth: list[tuple[bytes, bytes]], stream_type: bytes = b"text/event-stream") -> UpstreamRequest:
-    """A JSON POST to `{target.base_url}{path}` with the target's own credentials and extra headers."""
+    """A JSON POST to `{target.base_url}{path}` with the target's own credentials and extra headers. The header
+    list and its encoded head are built once per target, path, accept and credentials (`TargetRuntime.heads`),
+    not per request: the request shares them (a caller that adds a header builds a new list)."""
     assert target.base_url is not None
     scheme, host, port, prefix = split_base_url(target.base_url)
-    headers: list[tuple[bytes, bytes]] = [
-        (b"host", host_header(scheme, host, port)),
-        (b"content-type", b"application/json"),
-        (b"accept", stream_type if stream else b"application/json"),
-        (b"user-agent", USER_AGENT),
-        *auth,
-        *target.extra_headers,
-    ]
-    return UpstreamRequest(scheme, host, port, "POST", prefix + path, headers, payload)
+    accept = stream_type if stream else b"application/json"
+    key = (path, accept, *auth)
+    heads = target.heads
+    built = heads.get(key)
+    if built is None:
+        headers: list[tuple[bytes, bytes]] = [
+            (b"host", host_header(scheme, host, port)),
+            (b"content-type", b"application/json"),
+            (b"accept", accept),
+            (b"user-agent", USER_AGENT),
+            *auth,
+            *target.extra_headers,
+        ]
+        built = (headers, request_head("POST", prefix + path, headers))
+        if len(heads) >= limits.REQUEST_HEADS:
+            heads.clear()
+        heads[key] = built
+    return UpstreamRequest(scheme, host, port, "POST", prefix + path, built[0], payload, built[1])
 
 
 def encode_json(obj: object, client_body: dict | None = None, at: str = "") -> bytes:

@@ -151,3 +151,32 @@ def test_translated_chunks_and_bodies_have_no_null_system_fingerprint():
     assert chunks and not any("system_fingerprint" in c or "usage" in c for c in chunks)
     body = orjson.loads(completion_body("m", "hi", "stop", None))
     assert "system_fingerprint" not in body and body["object"] == "chat.completion"
+
+
+def test_json_post_reuses_a_targets_encoded_head_and_frames_like_the_header_list():
+    """The request line and headers are encoded once per target, path, accept and credentials (issue 18); the
+    bytes sent are what the header list says, whatever the body, and the cache stays bounded."""
+    from fastgw.api import limits
+    from fastgw.providers.base import TargetRuntime, UpstreamRequest, json_post
+
+    t = TargetRuntime("up", "openai", "m", base_url="http://127.0.0.1:9/v1", api_key="k",
+                      extra_headers=[(b"x-team", b"a")])
+    auth = [(b"authorization", b"Bearer k")]
+    a = json_post(t, "/chat/completions", b'{"a":1}', True, auth)
+    b = json_post(t, "/chat/completions", b'{"b":22}', True, list(auth))
+    assert a.headers is b.headers and a.head is b.head  # built once
+    for r, body in ((a, b'{"a":1}'), (b, b'{"b":22}')):
+        plain = UpstreamRequest(r.scheme, r.host, r.port, r.method, r.path, list(r.headers), body)
+        assert plain.head is None and r.encode() == plain.encode()
+        assert r.encode() == (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"
+                              b"content-type: application/json\r\naccept: text/event-stream\r\n"
+                              b"user-agent: fastgw/0.1\r\nauthorization: Bearer k\r\nx-team: a\r\n"
+                              b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    # Another accept, path or credential is another head, never the first one's.
+    c = json_post(t, "/chat/completions", b"{}", False, auth)
+    d = json_post(t, "/chat/completions", b"{}", True, [(b"authorization", b"Bearer other")])
+    assert b"accept: application/json\r\n" in c.encode() and b"Bearer other" in d.encode()
+    assert b"Bearer k" not in d.encode()
+    for i in range(3 * limits.REQUEST_HEADS):  # a client varying a forwarded header
+        json_post(t, f"/p{i}", b"{}", True, auth)
+    assert 0 < len(t.heads) <= limits.REQUEST_HEADS
