@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from fastgw import metrics
@@ -24,10 +23,15 @@ from fastgw.providers.base import TargetRuntime
 __all__ = ["Router", "Plan", "Breaker", "Permit", "Verdict"]
 
 
-@dataclass(frozen=True, slots=True)
 class Plan:
-    targets: list[TargetRuntime]
-    retry: Retry
+    """The targets a request may try, in order, and how it retries. A plain class, not a frozen dataclass: one is
+    built per request, and a frozen dataclass's __init__ sets each field through object.__setattr__ in Python."""
+
+    __slots__ = ("targets", "retry")
+
+    def __init__(self, targets: list[TargetRuntime], retry: Retry) -> None:
+        self.targets = targets
+        self.retry = retry
 
 
 class Verdict:

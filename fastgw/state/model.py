@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import NamedTuple, Protocol
 
+import msgspec
+
 __all__ = ["EPOCH", "TOLERANCE", "Rate", "Slot", "Spend", "Ask", "RateState", "SlotState", "SpendState",
            "Admission", "Settle", "BreakerState", "Usage", "StateUnavailable", "Backend", "new_holder", "key",
            "unescape", "KIND_REQUESTS", "KIND_TOKENS", "KIND_SLOTS", "KIND_BUDGET", "KIND_BREAKER"]
@@ -94,8 +96,12 @@ class Ask(NamedTuple):
     lease: float  #: seconds a concurrency slot lives without a renewal
 
 
-@dataclass(slots=True)
-class RateState:
+# The answers of an admission are msgspec Structs, not dataclasses: one admission builds four or five of them, and
+# a dataclass's __init__ is a Python function (~0.25 µs each in a loop, a few times that in a busy worker; issue
+# 18) where a Struct's is C. Mutable (a refusal's wait is filled in after the decision), compared by value.
+
+
+class RateState(msgspec.Struct):
     ok: bool
     remaining: int  #: units left after this take (before it, when refused)
     reset: float  #: seconds until the bucket is full again
@@ -103,21 +109,18 @@ class RateState:
     never: bool = False  #: the take is larger than the burst: it can never pass
 
 
-@dataclass(slots=True)
-class SlotState:
+class SlotState(msgspec.Struct):
     ok: bool
     in_use: int  #: live holders before this one
     wait: float  #: seconds until the earliest lease runs out (an upper bound on when a slot frees), when refused
 
 
-@dataclass(slots=True)
-class SpendState:
+class SpendState(msgspec.Struct):
     ok: bool
     used: int  #: nano-USD committed before this reservation (spent + reserved in flight)
 
 
-@dataclass(slots=True)
-class Admission:
+class Admission(msgspec.Struct):
     ok: bool
     rates: list[RateState]
     slots: list[SlotState]
