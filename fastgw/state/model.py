@@ -97,8 +97,8 @@ class Ask(NamedTuple):
 
 
 # The answers of an admission are msgspec Structs, not dataclasses: one admission builds four or five of them, and
-# a dataclass's __init__ is a Python function (~0.25 µs each in a loop, a few times that in a busy worker; issue
-# 18) where a Struct's is C. Mutable (a refusal's wait is filled in after the decision), compared by value.
+# a dataclass's __init__ is a Python function (~0.25 µs each in a loop; issue 18) where a Struct's is C. Mutable
+# (a refusal's wait is filled in after the decision), compared by value.
 
 
 class RateState(msgspec.Struct):
