@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_PROBE = "import fastgw.proto.sse as s, fastgw.proto.h1 as h, fastgw.scan.scanner as c; print(s.__file__, h.__file__, c.__file__)"
+_PROBE = ("import fastgw.proto.sse as s, fastgw.proto.h1 as h, fastgw.scan.scanner as c; "
+          "print(s.__file__, h.__file__, c.__file__)")
 
 
 @pytest.fixture(scope="module")
