@@ -27,7 +27,7 @@ def pure(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = tmp_path_factory.mktemp("pure")
     shutil.copytree(ROOT / "fastgw", copy / "fastgw", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     (copy / "tests" / "support").mkdir(parents=True)
-    for name in ("__init__.py", "differential.py"):
+    for name in ("__init__.py", "differential.py", "sse_streams.py"):
         shutil.copy(ROOT / "tests" / "support" / name, copy / "tests" / "support" / name)
     (copy / "tests" / "__init__.py").touch()
     return copy
