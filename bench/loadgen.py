@@ -12,8 +12,10 @@ coordinated-omission question about a schedule; latency under load is the
 latency of a server kept busy with exactly `connections` requests in flight.
 
 What is measured, per request:
-  * TTFB: from the `write()` of the request to the arrival of the body chunk that
-    holds the first `data:` of the SSE stream (non-streamed: the first body byte);
+  * TTFB: from the `write()` of the request to the read that brought the body chunk
+    holding the first `data:` of the SSE stream (non-streamed: the first body byte),
+    stamped when the read arrives, before it is parsed: a server that sends the whole
+    answer in one write is not charged for the client parsing and counting all of it;
   * completion time: from the write to the end of the response;
   * events: `data:` lines in the body (role chunk, content chunks, finish chunk and
     `data: [DONE]` for the mock);
@@ -72,6 +74,9 @@ class LoadSpec:
     requests: int = 0
     warmup_requests: int = 0
     timeout: float = 60.0
+    #: Seconds each connection waits between a response's end and its next request (0: back to back). An idle
+    #: gap keeps the server's work after the last byte (logs, metrics, settlement) out of the next TTFT.
+    gap: float = 0.0
     #: CPUs the client processes are pinned to (None: no pinning).
     cpus: list[int] | None = None
 
@@ -165,8 +170,8 @@ class _Run:
 class _Conn(asyncio.Protocol):
     """One keep-alive connection running requests back to back."""
 
-    __slots__ = ("run", "tr", "parser", "busy", "idx", "t0", "t_first", "status", "events", "tail", "last",
-                 "nbody")
+    __slots__ = ("run", "tr", "parser", "busy", "idx", "t0", "t_first", "t_read", "status", "events", "tail",
+                 "last", "nbody")
 
     def __init__(self, run: _Run) -> None:
         self.run = run
@@ -202,6 +207,7 @@ class _Conn(asyncio.Protocol):
         self.tr.write(run.request)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
+        self.t_read = _now()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -215,7 +221,7 @@ class _Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.t_first == 0.0 and not self.run.stream:
-            self.t_first = _now()
+            self.t_first = self.t_read
         self.nbody += len(body)
         if self.run.stream:
             # Count `data:` without joining the body; only the 4+4 bytes around a chunk
@@ -225,7 +231,7 @@ class _Conn(asyncio.Protocol):
                 n += (self.tail + body[:4]).count(b"data:")
             if n:
                 if self.t_first == 0.0:
-                    self.t_first = _now()
+                    self.t_first = self.t_read
                 self.events += n
             self.tail = body[-4:]
             self.last = body[-16:] if len(body) >= 16 else (self.last + body)[-16:]
@@ -255,6 +261,9 @@ class _Conn(asyncio.Protocol):
                 run.ev_max = self.events
         if not self.parser.should_keep_alive():
             self.tr.close()  # type: ignore[union-attr]  # connection_lost reconnects
+            return
+        if run.spec.gap > 0 and run.may_send():
+            run.loop.call_later(run.spec.gap, self._next)
             return
         self._next()
 

@@ -103,6 +103,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, help="rounds of all systems (order rotated per round) [3]")
     p.add_argument("--c1-requests", type=int, help="sequential streamed requests for TTFT at concurrency 1 [500]")
     p.add_argument("--c1-warmup", type=int, help="unrecorded requests before them [50]")
+    p.add_argument("--c1-gap", type=float, default=0.0,
+                   help="idle seconds between the c=1 requests (0: back to back, the next request meets the "
+                        "previous one's after-work) [0]")
     p.add_argument("--gap-requests", type=int, help="paced streams traced per system and repeat [20]")
     p.add_argument("--gap-warmup", type=int, help="untraced paced streams before them [3]")
     p.add_argument("--gap-delay", type=float, help="upstream pacing for the gap pass, seconds per event [0.005]")
@@ -250,7 +253,8 @@ def c1_pass(args, system: System) -> tuple[dict, list[float]]:
     req = build_request("127.0.0.1", system.port, "/v1/chat/completions", chat_body(MODEL, True),
                         {"Authorization": _HEADERS["Authorization"]})
     spec = LoadSpec(host="127.0.0.1", port=system.port, request=req, mode="stream", connections=1, clients=1,
-                    requests=args.c1_requests, warmup_requests=args.c1_warmup, timeout=60.0, cpus=args.load_cpus)
+                    requests=args.c1_requests, warmup_requests=args.c1_warmup, cpus=args.load_cpus, gap=args.c1_gap,
+                    timeout=60.0 + (args.c1_requests + args.c1_warmup) * args.c1_gap)
     t = time.monotonic()
     raw = run_load(spec)
     s = summarize(raw, time.monotonic() - t)
@@ -395,7 +399,8 @@ def markdown(args, meta: dict, results: dict, pngs: dict[str, Path], notes: list
              f"interleaved with the order rotated per repeat, medians shown. CPU ms/req = utime+stime of the "
              f"system's processes (master + worker) over the run / requests completed; RSS / PSS = peak sum over "
              f"them under load (RSS counts pages shared by master and worker twice, PSS splits them). TTFT: "
-             f"bench.loadgen, {args.c1_requests} sequential streamed requests (concurrency 1); added = the system's "
+             f"bench.loadgen, {args.c1_requests} sequential streamed requests (concurrency 1"
+             f"{f', {args.c1_gap * 1000:g} ms idle between them' if args.c1_gap else ', back to back'}); added = the system's "
              f"percentile minus direct's. Event delay and gaps: upstream paced at {args.gap_delay * 1000:g} ms per "
              f"event, {args.gap_requests} streams traced per system (bench.trace); added event delay = (t_i − t_0) "
              f"minus direct's median for the same event index; added gap = inter-event gap percentile minus "
