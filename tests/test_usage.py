@@ -196,3 +196,81 @@ def test_no_usage_member_reaches_a_legacy_completion_client_that_did_not_ask(gat
                                         headers={"content-type": "application/json"})
             with urllib.request.urlopen(rq, timeout=20) as r:
                 assert re.search(rb'"usage": ?null', r.read())  # asked for: the upstream's chunks as they are
+
+
+class _Wire:
+    """A client transport that keeps what is written, and what the relay had counted at each write."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.counted_at_write: list[int] = []
+        self.relay = None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.writelines((data,))
+
+    def writelines(self, parts) -> None:  # type: ignore[no-untyped-def]
+        self.counted_at_write.append(self.relay.events)  # type: ignore[attr-defined]
+        self.data += b"".join(parts)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _NoSource:
+    def set_sink(self, sink) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def detach(self) -> None:
+        pass
+
+
+def test_pass_through_counts_the_events_it_relayed_after_writing_them() -> None:
+    """The byte-for-byte relay's event count (the usage estimate's input, `end.events`) is the number of events the
+    client got — a usage chunk cut out is not one — whatever the reads' boundaries; and a read's events are
+    counted after they are written (counting 12 KB stands between the upstream's bytes and the client's first
+    byte otherwise)."""
+    import random
+
+    from fastgw.stream import SSERelay
+
+    class _Ctx:
+        usage = None
+
+    events = [b'data: {"choices":[{"index":0,"delta":{"content":"w%d"}}]}\n\n' % i for i in range(40)]
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":40}}\n\n'
+    stream = b"".join(events) + usage + b"data: [DONE]\n\n"
+    rng = random.Random(18)
+    loop = asyncio.new_event_loop()
+    try:
+        for case in range(60):
+            strip = case % 2 == 0
+            cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(0, 12)))
+            wire = _Wire()
+            relay = SSERelay(Responder(wire, FlowControl(loop), True, False), _NoSource(), loop,  # type: ignore[arg-type]
+                             (200, []))
+            wire.relay = relay  # type: ignore[assignment]
+            relay.usage_sink, relay.strip_usage = _Ctx(), strip  # type: ignore[assignment]
+            relay.start()
+            for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+                relay.on_data(stream[a:b])
+                relay.flush()
+            relay.on_end()
+            end = relay.done.result()
+            body = wire.data.split(b"\r\n\r\n", 1)[1]
+            relayed = b"".join(part for i, part in enumerate(body.split(b"\r\n")) if i % 2)  # the chunks' data
+            assert relayed == (stream.replace(usage, b"") if strip else stream), (case, cuts)
+            assert end.events == relayed.count(b"data:") == 42 - strip, (case, cuts, end.events)
+            assert relay.usage_sink.usage == {"prompt_tokens": 3, "completion_tokens": 40}
+            assert wire.counted_at_write[0] == 0, wire.counted_at_write  # the first write came before any count
+    finally:
+        loop.close()
