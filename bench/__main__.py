@@ -5,7 +5,8 @@ Commands:
         turn (interleaved, repeated) and report medians and ratios to nginx (bench/run.py).
 
 The older single-purpose benchmarks stay runnable as modules: `python -m bench.stream`, `bench.pii`,
-`bench.streams2k`, `bench.loadgen`, `bench.upstream`.
+`bench.streams2k`, `bench.loadgen`, `bench.upstream`, `bench.ttft_split` (the c=1 time to first event, split into
+the request's and the answer's way through the system).
 """
 
 from __future__ import annotations

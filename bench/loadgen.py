@@ -74,6 +74,8 @@ class LoadSpec:
     requests: int = 0
     warmup_requests: int = 0
     timeout: float = 60.0
+    #: Keep each recorded request's absolute write and first-event times (`t0s`, `firsts`: count mode, one client).
+    times: bool = False
     #: Seconds each connection waits between a response's end and its next request (0: back to back). An idle
     #: gap keeps the server's work after the last byte (logs, metrics, settlement) out of the next TTFT.
     gap: float = 0.0
@@ -123,6 +125,8 @@ class _Run:
         self.window = spec.window_end > 0
         self.ttfb = array("d")
         self.total = array("d")
+        self.t0s = array("d")
+        self.firsts = array("d")
         self.ok = 0
         self.events = 0
         self.ev_min = 1 << 62
@@ -253,6 +257,9 @@ class _Conn(asyncio.Protocol):
             run.ok += 1
             run.ttfb.append(self.t_first - self.t0)
             run.total.append(t - self.t0)
+            if run.spec.times:
+                run.t0s.append(self.t0)
+                run.firsts.append(self.t_first)
             run.events += self.events
             run.body_bytes += self.nbody
             if self.events < run.ev_min:
@@ -309,6 +316,7 @@ async def _drive(spec: LoadSpec, connections: int) -> dict:
         "stalled": stalled, "events": run.events, "body_bytes": run.body_bytes,
         "ev_min": run.ev_min if run.ok else 0, "ev_max": run.ev_max,
         "ttfb": run.ttfb.tobytes(), "total": run.total.tobytes(), "cpu_s": cpu,
+        "t0s": run.t0s.tobytes(), "firsts": run.firsts.tobytes(),
     }
 
 
@@ -381,7 +389,7 @@ def run_load(spec: LoadSpec) -> dict:
 def _merge(results: list[dict]) -> dict:
     out: dict = {"ok": 0, "errors": Counter(), "errors_outside_window": 0, "stalled": 0, "events": 0,
                  "body_bytes": 0, "ev_min": None, "ev_max": 0, "ttfb": array("d"), "total": array("d"),
-                 "client_cpu_s": [], "fatal": []}
+                 "t0s": array("d"), "firsts": array("d"), "client_cpu_s": [], "fatal": []}
     for r in results:
         if "fatal" in r:
             out["fatal"].append(r["fatal"])
@@ -394,6 +402,8 @@ def _merge(results: list[dict]) -> dict:
             out["ev_max"] = max(out["ev_max"], r["ev_max"])
         out["ttfb"].frombytes(r["ttfb"])
         out["total"].frombytes(r["total"])
+        out["t0s"].frombytes(r["t0s"])
+        out["firsts"].frombytes(r["firsts"])
         out["client_cpu_s"].append(r["cpu_s"])
     out["errors"] = dict(out["errors"])
     return out

@@ -23,6 +23,11 @@ POST /v1/chat/completions answers, by the request body:
     behind the peer harness, which moves every ratio to nginx; the peer profile reproduces that.
 GET /readyz answers 200 (readiness for the harness, also through a proxy). Keep-alive throughout.
 
+`--times FILE`: the upstream notes, for every answer written at once (not paced, not peer), when the read that
+completed its request arrived and when the answer's write began (`time.monotonic()`, system-wide; not when it
+returned: the write wakes the reader, which may run first), and writes them to FILE when it stops:
+`bench.ttft_split` lines them up with the client's own times.
+
 Run `python -m bench.upstream --port 9000` (`--processes N`: N serving processes on SO_REUSEPORT sockets). Nothing is imported from fastgw.
 """
 
@@ -54,6 +59,8 @@ PEER_MODEL = "bench-peer"
 #: answers, as behind the peer harness (0.030 vs 0.021 ms); one event per write cost it 4.7×.
 PEER_WRITE = 2048
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+#: (read arrived, write began) per answer written at once, while `--times` is on (None: off, one check a read).
+_TIMES: list[float] | None = None
 
 
 def _chunk(data: bytes) -> bytes:
@@ -144,7 +151,7 @@ def render(events: int = 50, chunk_size: int = 4, text: str | None = None, peer_
 class _Conn(asyncio.Protocol):
     """One keep-alive connection. Requests are answered in order; a paced answer holds the next ones."""
 
-    __slots__ = ("a", "delay", "loop", "tr", "parser", "body", "url", "busy", "queue", "closing")
+    __slots__ = ("a", "delay", "loop", "tr", "parser", "body", "url", "busy", "queue", "closing", "t_read")
 
     def __init__(self, answers: Answers, delay: float, loop: asyncio.AbstractEventLoop) -> None:
         self.a, self.delay, self.loop = answers, delay, loop
@@ -161,6 +168,8 @@ class _Conn(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if _TIMES is not None:
+            self.t_read = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -211,6 +220,8 @@ class _Conn(asyncio.Protocol):
             out = a.ready
         else:
             out = a.not_found
+        if _TIMES is not None and method == b"POST":
+            _TIMES.extend((self.t_read, time.monotonic()))
         self.tr.write(out)
         if not keep_alive:
             self.tr.close()
@@ -271,13 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=1,
                    help="serving processes, each with its own SO_REUSEPORT socket on the port (default 1): one "
                         "process is the bottleneck in front of many gateway workers")
+    p.add_argument("--times", help="note each immediate answer's read and write times, written to this file at exit")
     p.add_argument("--peer-write", type=int, default=PEER_WRITE,
                    help=f"bytes per write of a streamed answer to model {PEER_MODEL} (default {PEER_WRITE})")
     args = p.parse_args(argv)
     answers = render(args.events, args.chunk_size, peer_write=args.peer_write)
     if args.processes <= 1:
+        global _TIMES
+        if args.times:
+            _TIMES = []
         uvloop.run(serve(args.host, args.port, answers, args.delay))
+        if _TIMES is not None:
+            with open(args.times, "w") as f:
+                f.write(" ".join(repr(t) for t in _TIMES))
         return 0
+    if args.times:
+        p.error("--times needs one serving process")
     kids = []
     for _ in range(args.processes):  # forked after rendering: the answers are built once
         pid = os.fork()
