@@ -192,11 +192,23 @@ class Attempt:
         del request
         try:
             status = conn.status
-            passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
-            upstream_rid = conn.header(b"x-request-id") or conn.header(b"request-id")
+            # One pass over the upstream's headers: those passed on, its request id, the content type (each the
+            # first of its name).
+            passed: list[tuple[bytes, bytes]] = []
+            rid = alt_rid = ctype_seen = None
+            for n, v in conn.headers:
+                if n in _PASS_HEADERS:
+                    passed.append((n, v))
+                elif n == b"content-type":
+                    ctype_seen = v if ctype_seen is None else ctype_seen
+                elif n == b"x-request-id":
+                    rid = v if rid is None else rid
+                elif n == b"request-id":
+                    alt_rid = v if alt_rid is None else alt_rid
+            upstream_rid = rid or alt_rid
             if upstream_rid is not None:
                 passed.append((b"x-upstream-request-id", upstream_rid))
-            ctype = conn.header(b"content-type") or b""
+            ctype = ctype_seen or b""
             if sent.stream and status == 200 and adapter.is_stream(ctype):
                 translator = adapter.stream_translator(target, sent.body)
                 strip_usage = sent.strip_usage
@@ -277,9 +289,9 @@ class Attempt:
             relay.usage_sink = ctx
             relay.strip_usage = strip_usage
             relay.strip_null_usage = null_usage
-        metrics.stream_opened()
         opened = time.monotonic()
-        relay.start()
+        relay.start()  # the bytes that came with the head go out first; the gauge below can wait for them
+        metrics.stream_opened()
         if not relay.done.done():
             # Armed after the bytes that came with the head: a stream they completed needs no timer at all,
             # and one they began gets its idle deadline at once (not a TTFT timer cancelled and set again).

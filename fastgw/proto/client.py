@@ -107,6 +107,23 @@ class _BodyWatch:
         self.timer: asyncio.TimerHandle | None = None
 
 
+class _ParserCallbacks:
+    """What a response parser calls back: the connection's methods, and for each body chunk the held list's own
+    `append` (a C call, no method of ours: a streamed answer comes as one chunk per SSE event, and a fast upstream
+    sends dozens in one read; issue 18). Made once per connection: a parser reads its callbacks at creation."""
+
+    __slots__ = ("on_message_begin", "on_status", "on_header", "on_headers_complete", "on_body",
+                 "on_message_complete")
+
+    def __init__(self, conn: UpstreamConnection, held: list[bytes]) -> None:
+        self.on_message_begin = conn.on_message_begin
+        self.on_status = conn.on_status
+        self.on_header = conn.on_header
+        self.on_headers_complete = conn.on_headers_complete
+        self.on_body = held.append
+        self.on_message_complete = conn.on_message_complete
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream; carries one request/response at a time."""
 
@@ -114,7 +131,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("key", "_loop", "transport", "reused", "idle_since", "closed", "_rcvbuf_capped", "_head_future",
                  "_head_timer", "_head_due", "_head_timeout", "_parser", "status", "headers", "_head_bytes",
                  "_got_bytes", "_headers_done", "_complete", "_keep_alive", "_close_delimited", "_sink", "_held",
-                 "_error", "_ended")
+                 "_error", "_ended", "_callbacks")
 
     def __init__(self, key: PoolKey, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
@@ -143,7 +160,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive: bool
         self._close_delimited: bool
         self._sink: Sink | None
-        self._held: list[bytes]
+        #: Body bytes not yet handed to a sink: one list for the connection's life, which its parsers append to.
+        self._held: list[bytes] = []
+        self._callbacks = _ParserCallbacks(self, self._held)
         self._error: TransportError | None
         self._ended: bool
         self._reset()
@@ -233,15 +252,13 @@ class UpstreamConnection(asyncio.Protocol):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def on_body(self, body: bytes) -> None:
-        # Gathered and handed to the sink once per read (`_deliver`): an upstream that frames every SSE event
-        # as its own chunk would otherwise cost a sink call per event.
-        self._held.append(body)
-
     def _deliver(self, sink: Sink) -> None:
+        # The body is gathered (`_ParserCallbacks.on_body`) and handed to the sink once per read: an upstream that
+        # frames every SSE event as its own chunk would otherwise cost a sink call per event.
         held = self._held
-        self._held = []
-        sink.on_data(held[0] if len(held) == 1 else b"".join(held))
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        sink.on_data(data)
 
     def on_message_complete(self) -> None:
         if not self._headers_done:
@@ -277,7 +294,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _reset(self) -> None:
         """Per-response state, fresh for each request on this connection."""
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = httptools.HttpResponseParser(self._callbacks)
         self.status = 0
         self.headers = []
         self._head_bytes = 0
@@ -287,7 +304,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False
         self._close_delimited = False
         self._sink = None
-        self._held = []
+        self._held.clear()
         self._error = None
         self._ended = False
 

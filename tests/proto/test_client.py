@@ -267,3 +267,43 @@ def test_a_stream_drops_the_head_timer_and_headers_a_whole_body_keeps_them():
         assert relay.data == b"data: 1"
         conn.close()
     run(main())
+
+
+def test_chunked_bodies_over_many_reads_and_responses_reach_the_sink_whole():
+    """The parser appends body chunks straight to the connection's held list (issue 18: no method call per chunk),
+    so that list must stay the one the parser was given: bodies of many chunks, cut into reads at every kind of
+    place, over several responses on one keep-alive connection, each reach their sink exactly and in order."""
+    events = [b"data: {\"n\": %d}\n\n" % i for i in range(40)]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    whole = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + body
+
+    def in_pieces(cuts: list[int]):
+        async def act(w: asyncio.StreamWriter):
+            for a, b in zip([0, *cuts], [*cuts, len(whole)]):
+                w.write(whole[a:b])
+                await w.drain()
+                await asyncio.sleep(0.002)  # separate reads
+        return act
+
+    cuttings = [[], [len(whole) - 1], [40, 41, 300, 301, 302], list(range(60, len(whole), 97)), [5, 70, 71, 72]]
+
+    async def main():
+        srv = Scripted([in_pieces(c) for c in cuttings] + [in_pieces([100])])
+        port = await srv.start()
+        pool = UpstreamPool(asyncio.get_running_loop())
+        key = ("http", "127.0.0.1", port)
+        for _ in cuttings:
+            conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+            relay = _Relay()
+            ended = asyncio.get_running_loop().create_future()
+            relay.on_end = lambda: ended.done() or ended.set_result(None)  # type: ignore[method-assign]
+            conn.set_sink(relay)
+            await asyncio.wait_for(ended, 5)
+            assert relay.data == b"".join(events)
+            assert conn._callbacks.on_body.__self__ is conn._held and conn._held == []  # type: ignore[attr-defined]
+            pool.release(conn)
+        # A whole body, through the default collector, on the same connection.
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+        assert await conn.read_body(timeout=2) == b"".join(events)
+        assert srv.connections == 1
+    run(main())
