@@ -220,20 +220,6 @@ class _Wire:
         return 0
 
 
-class _NoSource:
-    def set_sink(self, sink) -> None:  # type: ignore[no-untyped-def]
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def detach(self) -> None:
-        pass
-
-
 def test_pass_through_counts_the_events_it_relayed_after_writing_them() -> None:
     """The byte-for-byte relay's event count (the usage estimate's input, `end.events`) is the number of events the
     client got — a usage chunk cut out is not one — whatever the reads' boundaries; and a read's events are
@@ -242,6 +228,7 @@ def test_pass_through_counts_the_events_it_relayed_after_writing_them() -> None:
     import random
 
     from fastgw.stream import SSERelay
+    from tests.policy.test_cpu_stream import _Source
 
     class _Ctx:
         usage = None
@@ -256,7 +243,7 @@ def test_pass_through_counts_the_events_it_relayed_after_writing_them() -> None:
             strip = case % 2 == 0
             cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(0, 12)))
             wire = _Wire()
-            relay = SSERelay(Responder(wire, FlowControl(loop), True, False), _NoSource(), loop,  # type: ignore[arg-type]
+            relay = SSERelay(Responder(wire, FlowControl(loop), True, False), _Source(), loop,  # type: ignore[arg-type]
                              (200, []))
             wire.relay = relay  # type: ignore[assignment]
             relay.usage_sink, relay.strip_usage = _Ctx(), strip  # type: ignore[assignment]
