@@ -76,8 +76,8 @@ class LoadSpec:
     timeout: float = 60.0
     #: Keep each recorded request's absolute write and first-event times (`t0s`, `firsts`: count mode, one client).
     times: bool = False
-    #: Seconds each connection waits between a response's end and its next request (0: back to back). An idle
-    #: gap keeps the server's work after the last byte (logs, metrics, settlement) out of the next TTFT.
+    #: Seconds each connection waits between a response's end and its next request (0: back to back). With a gap
+    #: a request never meets the server's work after the previous answer's last byte (logs, metrics, settlement).
     gap: float = 0.0
     #: CPUs the client processes are pinned to (None: no pinning).
     cpus: list[int] | None = None

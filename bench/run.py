@@ -104,8 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--c1-requests", type=int, help="sequential streamed requests for TTFT at concurrency 1 [500]")
     p.add_argument("--c1-warmup", type=int, help="unrecorded requests before them [50]")
     p.add_argument("--c1-gap", type=float, default=0.0,
-                   help="idle seconds between the c=1 requests (0: back to back, the next request meets the "
-                        "previous one's after-work) [0]")
+                   help="idle seconds between the c=1 requests (0: back to back; with a gap every request finds the "
+                        "system idle, its work after the previous answer done) [0]")
     p.add_argument("--gap-requests", type=int, help="paced streams traced per system and repeat [20]")
     p.add_argument("--gap-warmup", type=int, help="untraced paced streams before them [3]")
     p.add_argument("--gap-delay", type=float, help="upstream pacing for the gap pass, seconds per event [0.005]")
