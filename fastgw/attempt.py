@@ -192,23 +192,11 @@ class Attempt:
         del request
         try:
             status = conn.status
-            # One pass over the upstream's headers: those passed on, its request id, the content type (each the
-            # first of its name).
-            passed: list[tuple[bytes, bytes]] = []
-            rid = alt_rid = ctype_seen = None
-            for n, v in conn.headers:
-                if n in _PASS_HEADERS:
-                    passed.append((n, v))
-                elif n == b"content-type":
-                    ctype_seen = v if ctype_seen is None else ctype_seen
-                elif n == b"x-request-id":
-                    rid = v if rid is None else rid
-                elif n == b"request-id":
-                    alt_rid = v if alt_rid is None else alt_rid
-            upstream_rid = rid or alt_rid
+            passed = [(n, v) for n, v in conn.headers if n in _PASS_HEADERS]
+            upstream_rid = conn.header(b"x-request-id") or conn.header(b"request-id")
             if upstream_rid is not None:
                 passed.append((b"x-upstream-request-id", upstream_rid))
-            ctype = ctype_seen or b""
+            ctype = conn.header(b"content-type") or b""
             if sent.stream and status == 200 and adapter.is_stream(ctype):
                 translator = adapter.stream_translator(target, sent.body)
                 strip_usage = sent.strip_usage

@@ -96,7 +96,7 @@ class SSERelay:
 
     def __init__(self, resp: Responder, source: Source, loop: asyncio.AbstractEventLoop,
                  head: tuple[int, list[tuple[bytes, bytes]]], defer_end: bool = False, dialect: str = "chat") -> None:
-        self.dialect = dialects.DIALECTS.get(dialect) or dialects.dialect(dialect)  # (the call: its error)
+        self.dialect = dialects.dialect(dialect)
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self._first = False
