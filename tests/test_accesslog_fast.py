@@ -1,4 +1,4 @@
-"""The access line of a common request is built from parts encoded once (`accesslog._fast_json`): it must be,
+"""The access line of a common request is encoded by msgspec (`accesslog._fast_json`, a batch at a time): it must be,
 character for character, the line the general path writes (`_json(access_record(...))`), whatever the strings
 hold, and it must leave to the general path every request whose route or model needs redaction or capping."""
 
@@ -70,13 +70,13 @@ def test_the_fast_line_is_the_general_line(rid, principal, client, error, usage,
         assert fast is None  # an id the app would not have accepted: the general path escapes or caps it
         return
     assert fast == general
-    # And repeated (the parts now come from the cache): the same line.
-    assert _both(ctx, nbytes=nbytes)[0] == general
+    # And among others, a batch encoded at once (`flush`): the same line.
+    assert accesslog._encode_run([accesslog._fast_struct(accesslog._values(ctx, ROUTE, nbytes, None, ctx.started + 1.5,
+                                                                             WALL))] * 3) == (general + "\n").encode() * 3
 
 
 def test_del_reads_the_same_in_a_part_encoded_alone_and_in_a_whole_line() -> None:
-    # An ASCII error code with DEL in a line that is not ASCII elsewhere (the client): the general path escapes
-    # the whole line, the fast one writes the error encoded alone.
+    # An ASCII error code with DEL in a line that is not ASCII elsewhere (the client): both paths escape DEL.
     fast, general = _both(_ctx(rid="0", client="\x80", error="\x7f"))
     assert fast == general and "\\u007f" in general and "\x7f" not in general
 
@@ -93,11 +93,11 @@ def test_what_needs_redaction_or_capping_takes_the_general_path(ctx: RequestCont
     assert fast is None and "sk-" not in general
 
 
-def test_a_config_reload_forgets_the_encoded_parts() -> None:
+def test_a_config_reload_sends_a_model_it_no_longer_defines_the_general_way() -> None:
     ctx = _ctx()
     assert _both(ctx)[0] is not None
     accesslog.set_redactor(None, [ROUTE])  # the model is no longer a configured name
-    assert _both(ctx)[0] is None and not accesslog._enc_cache
+    assert _both(ctx)[0] is None
 
 
 # ---- lines wait as values, formatted at the batch's write ------------------------------------------------------
@@ -117,9 +117,9 @@ def test_a_waiting_line_holds_its_requests_values_at_the_end_and_nothing_the_col
     # Usage with details (a nested dict: tracked by the collector) and a decision: what waits holds neither.
     usage = {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 1}}
     ctx = _ctx(usage=usage, decisions=(("pii", "redact"),))
-    formatted: list[str] = []
-    line_of = accesslog._line
-    monkeypatch.setattr(accesslog, "_line", lambda v: formatted.append(line_of(v)) or formatted[-1])
+    formatted: list[tuple] = []  # the values each line was formatted from, when it was
+    struct_of = accesslog._fast_struct
+    monkeypatch.setattr(accesslog, "_fast_struct", lambda v: formatted.append(v) or struct_of(v))
 
     async def main() -> None:
         accesslog.log_request(ctx, ROUTE, 10)
@@ -134,7 +134,7 @@ def test_a_waiting_line_holds_its_requests_values_at_the_end_and_nothing_the_col
             await asyncio.sleep(0.002)
 
     asyncio.run(main())
-    assert batched.getvalue() == formatted[0] + "\n"
+    assert len(formatted) == 1 and batched.getvalue().count("\n") == 1
     line = orjson.loads(batched.getvalue())
     assert (line["status"], line["error"], line["bytes"]) == (200, None, 10)
     assert line["tokens"] == {"prompt": 3, "completion": 4, "estimated": False}
@@ -196,3 +196,20 @@ def test_a_line_that_cannot_be_formatted_costs_itself_not_its_batch(batched: io.
 
     asyncio.run(main())
     assert [orjson.loads(ln)["request_id"] for ln in batched.getvalue().splitlines()] == ["a", "c", "d"]
+
+
+def test_lines_go_to_a_text_streams_binary_buffer_after_the_text_written_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = io.BytesIO()
+    text = io.TextIOWrapper(raw, encoding="utf-8")
+    accesslog.configure("info", "json", text)
+    try:
+        monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+        text.write("a line through logging, still in the text layer\n")
+        accesslog._pending.extend([accesslog._values(_ctx(rid="é"), ROUTE, 1, None),  # the general path
+                                   accesslog._values(_ctx(rid="r2"), ROUTE, 2, None)])  # the fast one
+        accesslog.flush()
+        first, *lines = raw.getvalue().decode().splitlines()
+        assert first.startswith("a line through logging")
+        assert [(ln["request_id"], ln["bytes"]) for ln in map(orjson.loads, lines)] == [("é", 1), ("r2", 2)]
+    finally:
+        accesslog.configure("info", "json", io.StringIO())
