@@ -58,3 +58,16 @@ def test_needs_literals() -> None:
         Literals()
     with pytest.raises(ValueError):
         Literals(b"")
+
+
+def test_first_is_where_the_earliest_literal_starts() -> None:
+    lits = Literals(b'"choices":[]', b'"choices": []')
+    a, b = b'"choices":[]', b'"choices": []'
+    for data in [b"", b"x" * 50, a, b, b"xx" + a, b"x" * 9000 + b + b"y" + a, b"x" * 10 + a + b"..." + b,
+                 b + b + a, b'"choices": [' + a, b'"choices":["choices": []']:
+        want = min((i for i in (data.find(a), data.find(b)) if i >= 0), default=-1)
+        assert lits.first(data) == want, data[:40]
+        for start in (0, 1, 11, 13, len(data) // 2, len(data), len(data) + 5):
+            want = min((i for i in (data.find(a, start), data.find(b, start)) if i >= 0), default=-1)
+            assert lits.first(data, start) == want, (data[:40], start)
+    assert lits.first(b"x" + a) == 1 and not lits.found(b"hay")  # the two questions do not mix
