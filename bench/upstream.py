@@ -9,6 +9,9 @@ POST /v1/chat/completions answers, by the request body:
   * `"stream": true` — `text/event-stream`, chunked: a role chunk, `--events` content chunks of
     `--chunk-size` characters, a finish chunk and `data: [DONE]`; each SSE event is its own HTTP chunk;
   * otherwise — one `chat.completion` JSON object with Content-Length;
+  * `"stream_options": {"include_usage": true}` (streamed) — as OpenAI answers it: every chunk carries
+    `"usage": null` and a last chunk before `[DONE]` has `"choices": []` and the usage (fastgw asks for it on
+    every stream, so its streams carry what a real provider's would; a client that did not ask gets neither);
   * model `--paced-model` (streamed): the same events, one every `--delay` seconds on an absolute
     schedule (event i at t_request + i × delay, so the pacing does not drift) — the baseline for
     inter-event gaps;
@@ -59,6 +62,7 @@ PEER_MODEL = "bench-peer"
 #: answers, as behind the peer harness (0.030 vs 0.021 ms); one event per write cost it 4.7×.
 PEER_WRITE = 2048
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_INCLUDE_USAGE = re.compile(rb'"include_usage"\s*:\s*true')
 #: (read arrived, write began) per answer written at once, while `--times` is on (None: off, one check a read).
 _TIMES: list[float] | None = None
 
@@ -68,8 +72,9 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def sse_events(model: str, text: str, chunk_size: int, events: int | None = None) -> list[bytes]:
-    """The SSE events of a streamed chat answer: role, content chunks, finish, [DONE]."""
+def sse_events(model: str, text: str, chunk_size: int, events: int | None = None, usage: bool = False) -> list[bytes]:
+    """The SSE events of a streamed chat answer: role, content chunks, finish, [DONE]; with `usage`, as for
+    `include_usage`: `"usage": null` on each chunk and the usage chunk before [DONE]."""
     n = events if events is not None else -(-len(text) // chunk_size)
     if events is not None and n * chunk_size > len(text):  # repeat to fill the requested chunk count
         text = text * (n * chunk_size // max(len(text), 1) + 1)
@@ -78,11 +83,18 @@ def sse_events(model: str, text: str, chunk_size: int, events: int | None = None
 
     def ev(delta: dict, finish: str | None = None) -> bytes:
         obj = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if usage:
+            obj["usage"] = None
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
     out = [ev({"role": "assistant", "content": ""})]
     out += [ev({"content": text[i * chunk_size:(i + 1) * chunk_size]}) for i in range(n)]
-    out += [ev({}, "stop"), b"data: [DONE]\n\n"]
+    out.append(ev({}, "stop"))
+    if usage:
+        counts = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
+        out.append(b"data: " + json.dumps({**base, "choices": [], "usage": counts}, separators=(",", ":")).encode()
+                   + b"\n\n")
+    out.append(b"data: [DONE]\n\n")
     return out
 
 
@@ -117,23 +129,28 @@ class Answers:
     paced_parts: list[bytes]  # head + first event chunk, then one chunk per event, the last with the terminator
     peer_parts: list[bytes]   # the same for PEER_MODEL, written back to back, one per loop iteration
     peer_nonstream: list[bytes]  # head, body
+    #: The same answers for a request with `include_usage` (streams with the usage chunk); None on that set.
+    with_usage: Answers | None = None
     ready: bytes = _json_response(b'{"status":"ready"}')
     not_found: bytes = _json_response(b'{"error":{"message":"not found"}}', b"404 Not Found")
 
 
-def render(events: int = 50, chunk_size: int = 4, text: str | None = None, peer_write: int = PEER_WRITE) -> Answers:
+def render(events: int = 50, chunk_size: int = 4, text: str | None = None, peer_write: int = PEER_WRITE,
+           usage: bool = False) -> Answers:
     """Pre-render all answers. `text`: the content (default: generated prose, no PII, seed 1); `peer_write`: the
-    bytes of a PEER_MODEL stream per write (whole events, so each write is at least this much)."""
+    bytes of a PEER_MODEL stream per write (whole events, so each write is at least this much); `usage`: the set
+    for `include_usage` (otherwise it is rendered too, as `with_usage`)."""
     if text is None:
         text, _ = make_text("prose", events * chunk_size)
-    evs = sse_events(MODEL, text, chunk_size, events)
-    content = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in evs[:-1])
-    pevs = sse_events(PROBE_MODEL, PROBE_TEXT, chunk_size)
-    paced = [_chunk(e) for e in sse_events(PACED_MODEL, text, chunk_size, events)]
+    evs = sse_events(MODEL, text, chunk_size, events, usage)
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in (json.loads(e[6:]) for e in evs[:-1])
+                      if c["choices"])
+    pevs = sse_events(PROBE_MODEL, PROBE_TEXT, chunk_size, usage=usage)
+    paced = [_chunk(e) for e in sse_events(PACED_MODEL, text, chunk_size, events, usage)]
     paced[0] = _SSE_HEAD + paced[0]
     paced[-1] += b"0\r\n\r\n"
     peer: list[bytes] = [_SSE_HEAD]
-    for e in sse_events(PEER_MODEL, text, chunk_size, events):  # whole events, about peer_write bytes a write
+    for e in sse_events(PEER_MODEL, text, chunk_size, events, usage):  # whole events, about peer_write bytes a write
         if len(peer[-1]) >= peer_write:
             peer.append(b"")
         peer[-1] += _chunk(e)
@@ -144,8 +161,9 @@ def render(events: int = 50, chunk_size: int = 4, text: str | None = None, peer_
         stream=_SSE_HEAD + b"".join(_chunk(e) for e in evs) + b"0\r\n\r\n",
         nonstream=_json_response(completion_json(MODEL, content, events)),
         probe_stream=_SSE_HEAD + b"".join(_chunk(e) for e in pevs) + b"0\r\n\r\n",
-        probe_nonstream=_json_response(completion_json(PROBE_MODEL, PROBE_TEXT, len(pevs) - 3)),
-        paced_parts=paced, peer_parts=peer, peer_nonstream=[whole[:split], whole[split:]])
+        probe_nonstream=_json_response(completion_json(PROBE_MODEL, PROBE_TEXT, len(pevs) - (4 if usage else 3))),
+        paced_parts=paced, peer_parts=peer, peer_nonstream=[whole[:split], whole[split:]],
+        with_usage=None if usage else render(events, chunk_size, text, peer_write, usage=True))
 
 
 class _Conn(asyncio.Protocol):
@@ -196,18 +214,20 @@ class _Conn(asyncio.Protocol):
         a, url = self.a, self.url
         if method == b"POST" and url.startswith(b"/v1/chat/completions"):
             stream = _STREAM_TRUE.search(body) is not None
+            if stream and a.with_usage is not None and _INCLUDE_USAGE.search(body) is not None:
+                a = a.with_usage
             if stream and self.delay > 0 and PACED_MODEL.encode() in body:
                 self.busy = True
                 t0 = self.loop.time()
                 self.tr.write(a.paced_parts[0])
                 # One timer per stream at a time (the next is set when one fires), still on the absolute
                 # schedule: thousands of open streams do not fill the loop's timer heap with every event upfront.
-                self.loop.call_at(t0 + self.delay, self._paced, 1, keep_alive, t0)
+                self.loop.call_at(t0 + self.delay, self._paced, 1, keep_alive, t0, a.paced_parts)
                 return
             if PEER_MODEL.encode() in body:
                 if stream:
                     self.busy = True
-                    self._peer(0, keep_alive)
+                    self._peer(0, keep_alive, a.peer_parts)
                     return
                 for part in a.peer_nonstream:
                     self.tr.write(part)
@@ -226,12 +246,12 @@ class _Conn(asyncio.Protocol):
         if not keep_alive:
             self.tr.close()
 
-    def _paced(self, i: int, keep_alive: bool, t0: float) -> None:
+    def _paced(self, i: int, keep_alive: bool, t0: float, parts: list[bytes]) -> None:
         if self.tr.is_closing():
             return
-        self.tr.write(self.a.paced_parts[i])
-        if i < len(self.a.paced_parts) - 1:
-            self.loop.call_at(t0 + (i + 1) * self.delay, self._paced, i + 1, keep_alive, t0)
+        self.tr.write(parts[i])
+        if i < len(parts) - 1:
+            self.loop.call_at(t0 + (i + 1) * self.delay, self._paced, i + 1, keep_alive, t0, parts)
         else:
             self.busy = False
             if not keep_alive:
@@ -239,14 +259,13 @@ class _Conn(asyncio.Protocol):
             elif self.queue:
                 self._answer(*self.queue.pop(0))
 
-    def _peer(self, i: int, keep_alive: bool) -> None:
+    def _peer(self, i: int, keep_alive: bool, parts: list[bytes]) -> None:
         """Event i of a PEER_MODEL stream now, the next one in the next loop iteration."""
         if self.tr.is_closing():
             return
-        parts = self.a.peer_parts
         self.tr.write(parts[i])
         if i + 1 < len(parts):
-            self.loop.call_soon(self._peer, i + 1, keep_alive)
+            self.loop.call_soon(self._peer, i + 1, keep_alive, parts)
             return
         self.busy = False
         if not keep_alive:

@@ -90,6 +90,16 @@ def test_upstream_framing_parsed_with_h11(upstream: int):
         obj = json.loads(body)
         assert obj["object"] == "chat.completion" and obj["choices"][0]["message"]["content"] == content
 
+        # Asked for usage (as fastgw asks on every stream): OpenAI's form, `"usage": null` on each chunk and the
+        # usage chunk (no choices) before [DONE]; the same text.
+        resp, data, _ = _exchange(sock, conn, {"model": "bench-model", "stream": True, "messages": [],
+                                               "stream_options": {"include_usage": True}})
+        asked = [json.loads(bytes(d.data)[6:]) for d in data[:-1]]
+        assert len(data) == 54 and bytes(data[-1].data) == b"data: [DONE]\n\n"
+        assert all(c["usage"] is None and c["choices"] for c in asked[:-1]) and asked[-1]["choices"] == []
+        assert asked[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 50, "total_tokens": 55}
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in asked[:-1]) == content
+
         # The probe model answers with the probe text (one email).
         resp, data, _ = _exchange(sock, conn, {"model": "bench-probe", "stream": True})
         text = "".join(json.loads(bytes(d.data)[6:])["choices"][0]["delta"].get("content", "")
@@ -126,6 +136,13 @@ def test_peer_profile_writes_smaller_pieces():
     head, body = a.peer_nonstream
     assert head.endswith(b"\r\n\r\n") and b"Content-Length: %d\r\n" % len(body) in head
     assert len(render(peer_write=100_000).peer_parts) == 1
+    # Asked for usage, each profile's stream has the usage chunk, once, before [DONE].
+    u = a.with_usage
+    assert u is not None and u.with_usage is None
+    for whole in (u.stream, b"".join(u.peer_parts), b"".join(u.paced_parts), u.probe_stream):
+        assert whole.count(b'"choices":[]') == 1 and whole.index(b'"choices":[]') < whole.index(b"data: [DONE]")
+        assert whole.count(b"data: ") - 2 == whole.count(b'"usage":null')
+    assert b'"usage"' not in a.stream + b"".join(a.peer_parts + a.paced_parts)
 
 
 # ------------------------------------------------------------------------------------------
