@@ -74,8 +74,8 @@ the f-string of parts encoded once that it replaced: 1.53 against 2.08 µs a lin
 writing), and no difference a worker shows (bench/RESULTS.md, "the access log's lines encoded by msgspec"): the
 log's cost there is mostly not its own code. Other requests (unknown routes, models the config does not define,
 long client strings) take `_record` + `_json`, which caps and redacts. Lines go out as bytes (to a text stream's
-binary buffer: stdout). With only our
-handler attached no `LogRecord` is built (see `log_request`). One fstat per write to a file.
+binary buffer: stdout). With only our handler attached no `LogRecord` is built (see `log_request`). One fstat per
+write to a file.
 """
 
 from __future__ import annotations
