@@ -22,10 +22,10 @@ os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 class Literals:
-    """`found(data)`: whether `data` contains at least one of `literals` (exact bytes); `first(data, start)`:
-    where the first one starts."""
+    """`first(data, start)`: where the first of `literals` (exact bytes) in `data` from `start` begins;
+    `found(data)`: whether there is one."""
 
-    __slots__ = ("_literals", "_sizes", "_db", "_pid", "_hit", "_at", "_on_match", "_on_first")
+    __slots__ = ("_literals", "_sizes", "_db", "_pid", "_at", "_on_match")
 
     def __init__(self, *literals: bytes) -> None:
         if not literals or not all(literals):
@@ -34,10 +34,8 @@ class Literals:
         self._sizes = [len(x) for x in literals]
         self._db: hyperscan.Database | None = None
         self._pid = 0
-        self._hit = False
         self._at = -1
         self._on_match = self._match  # one bound method for every scan
-        self._on_first = self._first
 
     def _compile(self) -> hyperscan.Database:
         # Compiled (with its scratch) in the process that scans: Hyperscan scratch is not shared across a fork.
@@ -49,22 +47,10 @@ class Literals:
         return db
 
     def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> None:
-        self._hit = True
-
-    def _first(self, pid: int, start: int, end: int, flags: int, ctx: object) -> None:
         # Each literal reports its first match only (SINGLEMATCH); the earliest start of those is the answer.
         at = end - self._sizes[pid]
         if self._at < 0 or at < self._at:
             self._at = at
-
-    def found(self, data: bytes) -> bool:
-        """Whether any literal occurs in `data`."""
-        db = self._db
-        if db is None or self._pid != _PID[0]:
-            db = self._compile()
-        self._hit = False
-        db.scan(data, match_event_handler=self._on_match)
-        return self._hit
 
     def first(self, data: bytes, start: int = 0) -> int:
         """Where the first occurrence of any literal in `data[start:]` starts (an index into `data`), or -1."""
@@ -74,5 +60,11 @@ class Literals:
         if db is None or self._pid != _PID[0]:
             db = self._compile()
         self._at = -1
-        db.scan(data[start:] if start else data, match_event_handler=self._on_first)
+        # A view from `start`, not a copy of the rest (the extension takes any buffer; its stub says bytes).
+        view = memoryview(data)[start:] if start else data
+        db.scan(view, match_event_handler=self._on_match)  # type: ignore[type-var]
         return self._at if self._at < 0 else self._at + start
+
+    def found(self, data: bytes) -> bool:
+        """Whether any literal occurs in `data`."""
+        return self.first(data) >= 0
