@@ -44,7 +44,8 @@ import re
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import httptools
 import uvloop
@@ -135,16 +136,9 @@ class Answers:
     not_found: bytes = _json_response(b'{"error":{"message":"not found"}}', b"404 Not Found")
 
 
-def render(events: int = 50, chunk_size: int = 4, text: str | None = None, peer_write: int = PEER_WRITE,
-           usage: bool = False) -> Answers:
-    """Pre-render all answers. `text`: the content (default: generated prose, no PII, seed 1); `peer_write`: the
-    bytes of a PEER_MODEL stream per write (whole events, so each write is at least this much); `usage`: the set
-    for `include_usage` (otherwise it is rendered too, as `with_usage`)."""
-    if text is None:
-        text, _ = make_text("prose", events * chunk_size)
+def _streams(text: str, chunk_size: int, events: int, peer_write: int, usage: bool) -> dict[str, Any]:
+    """The streamed answers of `Answers` (with `usage`: for `include_usage`)."""
     evs = sse_events(MODEL, text, chunk_size, events, usage)
-    content = "".join(c["choices"][0]["delta"].get("content", "") for c in (json.loads(e[6:]) for e in evs[:-1])
-                      if c["choices"])
     pevs = sse_events(PROBE_MODEL, PROBE_TEXT, chunk_size, usage=usage)
     paced = [_chunk(e) for e in sse_events(PACED_MODEL, text, chunk_size, events, usage)]
     paced[0] = _SSE_HEAD + paced[0]
@@ -155,15 +149,28 @@ def render(events: int = 50, chunk_size: int = 4, text: str | None = None, peer_
             peer.append(b"")
         peer[-1] += _chunk(e)
     peer[-1] += b"0\r\n\r\n"
+    return {"stream": _SSE_HEAD + b"".join(_chunk(e) for e in evs) + b"0\r\n\r\n",
+            "probe_stream": _SSE_HEAD + b"".join(_chunk(e) for e in pevs) + b"0\r\n\r\n",
+            "paced_parts": paced, "peer_parts": peer}
+
+
+def render(events: int = 50, chunk_size: int = 4, text: str | None = None, peer_write: int = PEER_WRITE) -> Answers:
+    """Pre-render all answers. `text`: the content (default: generated prose, no PII, seed 1); `peer_write`: the
+    bytes of a PEER_MODEL stream per write (whole events, so each write is at least this much). The streams asked
+    for `include_usage` are `with_usage` (the same answers otherwise)."""
+    if text is None:
+        text, _ = make_text("prose", events * chunk_size)
+    evs = sse_events(MODEL, text, chunk_size, events)
+    content = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in evs[:-1])
+    probe_chunks = len(sse_events(PROBE_MODEL, PROBE_TEXT, chunk_size)) - 3  # less role, finish and [DONE]
     whole = _json_response(completion_json(PEER_MODEL, content, events))
     split = whole.index(b"\r\n\r\n") + 4
-    return Answers(
-        stream=_SSE_HEAD + b"".join(_chunk(e) for e in evs) + b"0\r\n\r\n",
+    answers = Answers(
         nonstream=_json_response(completion_json(MODEL, content, events)),
-        probe_stream=_SSE_HEAD + b"".join(_chunk(e) for e in pevs) + b"0\r\n\r\n",
-        probe_nonstream=_json_response(completion_json(PROBE_MODEL, PROBE_TEXT, len(pevs) - (4 if usage else 3))),
-        paced_parts=paced, peer_parts=peer, peer_nonstream=[whole[:split], whole[split:]],
-        with_usage=None if usage else render(events, chunk_size, text, peer_write, usage=True))
+        probe_nonstream=_json_response(completion_json(PROBE_MODEL, PROBE_TEXT, probe_chunks)),
+        peer_nonstream=[whole[:split], whole[split:]], **_streams(text, chunk_size, events, peer_write, False))
+    answers.with_usage = replace(answers, **_streams(text, chunk_size, events, peer_write, True))
+    return answers
 
 
 class _Conn(asyncio.Protocol):
