@@ -293,12 +293,10 @@ def test_every_response_carries_a_request_id_generated_or_propagated(gateway):
 @pytest.mark.parametrize("chain", [False, True])
 def test_vendor_extras_pass_through_untouched(gateway_factory, chain):
     """Groq puts usage in `x_groq`; vLLM and others add their own fields: relayed as sent, policy or not."""
-    import uuid
-
-    from tests.support.scripted_upstream import ScriptedUpstream
+    from tests.support.scripted_upstream import ScriptedUpstream, script_key
     up = ScriptedUpstream()
     try:
-        key = uuid.uuid4().hex
+        key = script_key()
         base = {"id": "chatcmpl-g", "object": "chat.completion.chunk", "created": 1, "model": "llama"}
         events = [
             {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],

@@ -9,7 +9,6 @@ import re
 import socket
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import openai
@@ -18,7 +17,7 @@ import orjson
 from fastgw.proto.flow import FlowControl
 from fastgw.proto.writer import Responder
 from tests.conftest import gateway_config
-from tests.support.scripted_upstream import ScriptedUpstream
+from tests.support.scripted_upstream import ScriptedUpstream, script_key
 from tests.support.sse_streams import build_stream
 
 
@@ -52,7 +51,7 @@ def test_usage_injected_counted_and_stripped(gateway_factory, upstream, tmp_path
 def test_usage_estimated_when_the_upstream_reports_none(gateway_factory, tmp_path):
     up = ScriptedUpstream()
     try:
-        key = uuid.uuid4().hex
+        key = script_key()
         up.scripts[key] = [build_stream(["one ", "two ", "three ", "four"])]  # no usage chunk at all
         d = tmp_path / "a"
         cfg = {"pack": {"name": "t"}, "providers": {"targets": [
