@@ -52,13 +52,15 @@ $(VENV)/.test: $(VENV)/.run
 	@touch $@
 
 # System packages the tests drive: systemd-analyze and systemd-socket-activate (Debian's systemd) for the unit
-# and socket-activation tests, nginx (Debian's nginx-light) for the bench's reference run, redis-server (Debian's
-# Redis 7) for the quota tests, each of which starts its own server on a loopback port. Installed only when
+# and socket-activation tests, nginx (Debian's nginx-light) for the bench's reference run, wrk for the bench's load
+# passes (the peer upstream profile needs its per-request scripts), redis-server (Debian's Redis 7) for the quota
+# tests, each of which starts its own server on a loopback port. Installed only when
 # missing, as root with apt-get; elsewhere a warning, and the tests that need them fail with the reason.
 sysdeps:
 	@missing=""; \
 	{ command -v systemd-analyze && command -v systemd-socket-activate; } >/dev/null || missing=" systemd"; \
 	{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || missing="$$missing nginx-light"; \
+	{ command -v wrk || test -x /usr/bin/wrk; } >/dev/null || missing="$$missing wrk"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
