@@ -21,6 +21,10 @@ of ~4 characters, finish chunk, `data: [DONE]`) unless the case says otherwise:
   upstream delivering one event per read (`on_data` + `flush`, then `on_end`), as `App._relay` builds
   them: no policy, pii-detector redact, and pii-detector + safety-filter redact on clean prose and on
   prose with PII values; `relay.read.*`: the whole answer in one read (a fast upstream, as in `bench run`).
+- `texts.*`: the output stream policy (pii-detector redact), one event pushed and released at a time, on answers
+  of many texts: `texts.responses.N`, a Responses answer of N message items (4 events each: added, delta, text
+  done, item done); `texts.tools.N`, a chat answer of N tool calls (a name and arguments each: 2N texts). The
+  per-event figure should not grow with N (issue 18: costs that stay flat as the work grows).
 
 Each case checks its output once before timing (event count, framed bytes parsing back, redacted text as
 expected), so a broken case fails loudly instead of timing nothing. Unlike the rest of `bench`, this
@@ -471,6 +475,56 @@ def _relay(policies: tuple[str, ...], text_kind: str, feed: str = "sse") -> Benc
     return Bench(op, check, N_EVENTS)
 
 
+def _many_texts(kind: str, n: int) -> Bench:
+    from fastgw.policy.base import RequestContext
+    from fastgw.policy.findings import Findings
+    from fastgw.policy.stream import open_stream
+    from fastgw.proto.sse import encode_event
+
+    if kind == "responses":
+        objs: list[dict] = []
+        for i in range(n):
+            iid, seq = f"msg_{i}", 4 * i
+            item = {"id": iid, "type": "message", "role": "assistant", "content": []}
+            done = {**item, "content": [{"type": "output_text", "text": "hello ", "annotations": []}]}
+            objs += [{"type": "response.output_item.added", "output_index": i, "item": item, "sequence_number": seq},
+                     {"type": "response.output_text.delta", "item_id": iid, "output_index": i, "content_index": 0,
+                      "delta": "hello ", "sequence_number": seq + 1},
+                     {"type": "response.output_text.done", "item_id": iid, "output_index": i, "content_index": 0,
+                      "text": "hello ", "sequence_number": seq + 2},
+                     {"type": "response.output_item.done", "output_index": i, "item": done,
+                      "sequence_number": seq + 3}]
+        wire = b"".join(encode_event(orjson.dumps(o), event=o["type"]) for o in objs)
+        endpoint = "responses"
+    else:
+        objs = [{**_BASE, "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": i, "id": f"call_{i}", "type": "function", "function": {"name": "lookup",
+                                                                               "arguments": '{"q": 1}'}}]}}]}
+            for i in range(n)]
+        objs.append({**_BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        wire = b"".join(encode_data(orjson.dumps(o)) for o in objs) + DONE
+        endpoint = "chat/completions"
+    events = SSEDecoder().feed(wire)
+    policies = [_pii_policy("redact")]
+
+    def op() -> int:
+        ctx = RequestContext("req_bench", "POST", "/v1/" + endpoint, [])
+        ctx.endpoint = endpoint
+        sp = open_stream(policies, Findings([]), ctx, dialect="responses" if kind == "responses" else "chat")
+        out = 0
+        for ev in events:
+            sp.push(ev)
+            out += len(sp.release())
+        out += len(sp.finish())
+        sp.close()
+        return out
+
+    def check(out: int) -> None:
+        assert out == len(events), f"{out} events released of {len(events)}"
+
+    return Bench(op, check, len(events))
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 CASES: list[Case] = [
@@ -489,6 +543,8 @@ CASES: list[Case] = [
     *[Case(f"relay.{feed}.{name}", functools.partial(_relay, pols, kind, feed))
       for feed in ("encoded", "chunks", "read")
       for name, pols, kind in (("none", (), "prose"), ("pii+safety.pii", ("pii-detector", "safety-filter"), "pii"))],
+    *[Case(f"texts.{kind}.{n}", functools.partial(_many_texts, kind, n))
+      for kind in ("responses", "tools") for n in (100, 2000)],
 ]
 
 

@@ -54,3 +54,10 @@ MAX_REQUEST_CPU = 2.0
 #: Longest stretch a policy holds the event loop before it yields to other requests (seconds): large bodies are
 #: scanned in slices of about this much work.
 SCAN_SLICE = 0.002
+#: Texts one streamed answer may open for the output policies (a choice's content, a tool call's arguments, a
+#: Responses part, a Messages block): each holds a Hyperscan stream and its state per scanning policy (~3 KB)
+#: until it is final, so an upstream that opened texts without end held memory without end (20,000 tool calls,
+#: 3.4 MB of events: 60 MB, measured in process). Real answers open a few dozen; a heavy agentic answer (many
+#: server-tool results, each result's fields a text) a few hundred. Past it the stream ends with
+#: `upstream_protocol_error`.
+MAX_STREAM_TEXTS = 4096

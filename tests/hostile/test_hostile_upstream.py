@@ -49,6 +49,7 @@ import h11
 import orjson
 import pytest
 
+from fastgw.api.limits import MAX_STREAM_TEXTS
 from fastgw.proto.limits import MAX_SSE_EVENT_BYTES
 from tests.conftest import GatewayFactory
 from tests.hostile.hostile_upstream import Bytewise, Close, Drip, Flood, Hang, HostileUpstream, Pause, Reset, Send
@@ -520,13 +521,8 @@ def _status_kb(pid: int, field_name: str) -> int:
     raise AssertionError(f"no {field_name} for {pid}")
 
 
-@pytest.mark.parametrize("shape", ["one-line", "many-lines"])
-def test_fast_endless_garbage_keeps_worker_memory_bounded(gw, hostile, shape):
-    """50 MB of one SSE line (or of data lines that never end their event), as fast as the gateway reads: the
-    client gets the error after the events before it, the worker's resident memory stays within +50 MB."""
-    key = f"flood-{shape}"
-    unit = ck(b"x" * 65536) if shape == "one-line" else ck(b"data: xxxxxxxxxxxxxxxx\n" * 2800)
-    hostile.scripts[key] = [Send(HEAD + ck(E1)), Pause(P), Send(ck(b'data: {"x": "')), Flood(unit, 50 << 20), Hang()]
+def _request_measured(gw: Gateway, key: str) -> tuple[int, bytes, int]:
+    """`_request`, and how far the worker's resident memory rose above where it was before (KiB, at its peak)."""
     pid = gw.worker_pid  # type: ignore[attr-defined]
     base = _status_kb(pid, "VmRSS")
     peak = {"rss": base}
@@ -544,20 +540,53 @@ def test_fast_endless_garbage_keeps_worker_memory_bounded(gw, hostile, shape):
         hwm = False
     t = threading.Thread(target=sample, daemon=True)
     t.start()
-    n = len(hostile.requests)
     try:
         status, body = _request(gw, key)
     finally:
         stop.set()
         t.join()
+    return status, body, max(peak["rss"], _status_kb(pid, "VmHWM") if hwm else 0) - base
+
+
+@pytest.mark.parametrize("shape", ["one-line", "many-lines"])
+def test_fast_endless_garbage_keeps_worker_memory_bounded(gw, hostile, shape):
+    """50 MB of one SSE line (or of data lines that never end their event), as fast as the gateway reads: the
+    client gets the error after the events before it, the worker's resident memory stays within +50 MB."""
+    key = f"flood-{shape}"
+    unit = ck(b"x" * 65536) if shape == "one-line" else ck(b"data: xxxxxxxxxxxxxxxx\n" * 2800)
+    hostile.scripts[key] = [Send(HEAD + ck(E1)), Pause(P), Send(ck(b'data: {"x": "')), Flood(unit, 50 << 20), Hang()]
+    n = len(hostile.requests)
+    status, body, growth = _request_measured(gw, key)
     _check_outcome(Events(E1, PROTO), status, body)
-    growth = max(peak["rss"], _status_kb(pid, "VmHWM") if hwm else 0) - base
     assert growth < 50 * 1024, f"worker RSS grew by {growth} KiB"
     (cid,) = [c for c, _ in hostile.requests[n:]]
     assert hostile.wait_peer_closed(cid)
     # The gateway stopped reading the endless body: the flood was cut short (kernel buffers aside).
     assert hostile.flooded[cid] < 40 << 20, hostile.flooded[cid]
     _check_connection(gw, hostile, key, [cid], discard=True, server_closed=False)
+
+
+def test_an_answer_that_opens_texts_without_end_is_cut_and_costs_bounded_memory(hostile, gateways):
+    """12,000 tool calls in 2.5 MB of events, each a name and arguments (24,000 texts for the output policy, each
+    holding a Hyperscan stream and its state, ~3 KB, until the choice ends): the redacting gateway ends the answer
+    with `upstream_protocol_error` once it passes MAX_STREAM_TEXTS, its worker's resident memory rises by less
+    than 25 MB, and it serves the next request. (Before the limit: a 413 once the walks over every text per event
+    had spent the request's CPU budget.)"""
+    calls = [b'data: {"id":"chatcmpl-h","object":"chat.completion.chunk","created":1,"model":"gpt-test","choices":'
+             b'[{"index":0,"delta":{"tool_calls":[{"index":%d,"id":"call_%d","type":"function","function":'
+             b'{"name":"f","arguments":"{}"}}]},"finish_reason":null}]}\n\n' % (i, i) for i in range(12_000)]
+    hostile.scripts["texts-without-end"] = [Send(HEAD + ck(E1)), Pause(P),
+                                            *[Send(ck(b"".join(calls[i:i + 500]))) for i in range(0, len(calls), 500)],
+                                            Hang()]
+    gw = gateways["pii"]
+    status, body, growth = _request_measured(gw, "texts-without-end")
+    assert status == 200
+    before, err = _split_error(body)
+    assert err["code"] == "upstream_protocol_error" and f"more than {MAX_STREAM_TEXTS} texts" in err["message"], err
+    assert before.startswith(E1)
+    assert growth < 25 * 1024, f"worker RSS grew by {growth} KiB"
+    _alive(gw)
+    _ok(gw, hostile)
 
 
 def test_non_streamed_lone_surrogate_does_not_bypass_redaction(hostile, gateways):

@@ -29,6 +29,7 @@ import orjson
 
 from fastgw.api.dialects import Dialect
 from fastgw.api.errors import GatewayError
+from fastgw.api.limits import MAX_STREAM_TEXTS
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Finding, Findings
 from fastgw.policy.textscan import (SKIP, ScanPolicy, Tagged, decide_counts, is_blob, merge_spans, redact,
@@ -51,6 +52,10 @@ _PIECE_MAX = 65536
 _JSON_VALUES = frozenset(("parameters", "input_schema", "schema", "metadata", "properties", "arguments"))
 _TOOL_INPUT = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
 _NOSKIP: frozenset[str] = frozenset()
+
+
+def _order(t: TextStream) -> int:
+    return t.order
 
 
 def _feed(t: TextStream) -> None:
@@ -94,10 +99,12 @@ class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
     __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes", "fed",
-                 "unfed", "unfed_n", "dirty")
+                 "unfed", "unfed_n", "dirty", "order", "_scanned")
 
-    def __init__(self, key: TextKey, scanners: list[StreamScanner]) -> None:
+    def __init__(self, key: TextKey, scanners: list[StreamScanner], order: int = 0) -> None:
         self.key = key
+        #: Its position among the answer's texts (the first block found is the earliest text's, on a tie).
+        self.order = order
         self.scanners = scanners
         self.safe = 0
         #: Merged final spans (leftmost-first across policies) still to be applied to events.
@@ -118,6 +125,20 @@ class TextStream:
         self.unfed_n = 0
         #: In the policy's list of texts to settle at the next release (once, however many events fed it).
         self.dirty = False
+        #: Bytes each policy's scanner took, kept when the scanners are dropped (`drop_scanners`).
+        self._scanned: list[int] = []
+
+    def scanned(self) -> list[int]:
+        """Bytes each policy's Hyperscan stream took (each byte exactly once), open or dropped."""
+        return [sc.scanned for sc in self.scanners] if self.scanners else self._scanned
+
+    def drop_scanners(self) -> None:
+        """The text is final and its spans reported: its scanners (~2 KB each, most of a text's memory) go now,
+        not at the answer's end, so an answer of many items or choices holds those still open alone."""
+        self._scanned = [sc.scanned for sc in self.scanners]
+        for sc in self.scanners:
+            sc.close()
+        self.scanners = []
 
 
 class Segment(msgspec.Struct, gc=False):
@@ -171,7 +192,7 @@ class StreamPolicy(ABC):
     __slots__ = ("policies", "last_seq", "held", "strip_usage", "strip_null_usage", "_assembled", "_rewritten",
                  "_findings", "_ctx", "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts",
                  "_ended", "_drop", "_counts", "_decided", "_ev_edited", "_ev_repeats", "_budgets", "_jobs",
-                 "cpu_left", "cpu_budget")
+                 "cpu_left", "cpu_budget", "_by_choice", "_by_item", "_blocked")
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
                  buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
@@ -184,6 +205,12 @@ class StreamPolicy(ABC):
         self._findings = findings
         self._ctx = ctx
         self._texts: dict[TextKey, TextStream] = {}
+        # The texts of each choice and of each item, and those a blocking policy found a span in: a choice's or an
+        # item's end and each release look at those alone, so the cost of an event does not grow with the number
+        # of texts the answer has had (thousands of tool calls or items).
+        self._by_choice: dict[int, list[TextStream]] = {}
+        self._by_item: dict[object, list[TextStream]] = {}
+        self._blocked: list[TextStream] = []
         self._dirty: list[TextStream] = []  # texts fed since the last release, each once
         self._queue: deque[Held] = deque()
         # Observing policies record but never change text: they need no holdback.
@@ -236,10 +263,16 @@ class StreamPolicy(ABC):
         """Scan the next piece of the text stream `key` (each byte once) and note where it sits in the event."""
         t = self._texts.get(key)
         if t is None:
+            if len(self._texts) >= MAX_STREAM_TEXTS:
+                raise GatewayError(f"upstream answer opened more than {MAX_STREAM_TEXTS} texts (choices, tool calls, "
+                                   "items) for the output policies to scan", status=502, type="upstream_error",
+                                   code="upstream_protocol_error")
             # Tool-call arguments are JSON source: scanned with their escapes decoded (`\u0040` is an `@`).
             json = key.field == "arguments"
             t = self._texts[key] = TextStream(key, [StreamScanner(p.db, json, b)
-                                                    for p, b in zip(self.policies, self._budgets)])
+                                                    for p, b in zip(self.policies, self._budgets)], len(self._texts))
+            self._by_choice.setdefault(key.choice, []).append(t)
+            self._by_item.setdefault(key.item, []).append(t)
         if t.done:
             raise GatewayError("upstream sent text after finishing the choice", status=502, type="upstream_error",
                                code="upstream_protocol_error")
@@ -372,15 +405,19 @@ class StreamPolicy(ABC):
                     ck = (i, sp.entity)
                     self._counts[ck] = self._counts.get(ck, 0) + 1
                 if pol.action == "block":
-                    if t.block is None or sp.start < t.block[0].start:
+                    if t.block is None:
+                        self._blocked.append(t)
+                        t.block = (sp, pol)
+                    elif sp.start < t.block[0].start:
                         t.block = (sp, pol)
                 elif pol.action == "redact":
                     t.pending.append((sp, pol))
-        if final:
-            t.done = True
         if safe is None:  # only observers, or no policies: nothing to hold
             safe = t.scanners[0].end if t.scanners else _NO_HOLD
         t.safe = safe
+        if final:
+            t.done = True
+            t.drop_scanners()
         if t.pending:
             ready = [x for x in t.pending if x[0].start < safe]
             if ready:
@@ -392,15 +429,17 @@ class StreamPolicy(ABC):
 
     def _settle_choice(self, choice: int) -> None:
         """A chat choice will say no more: its texts are final now, no need to wait for the end."""
-        for t in self._texts.values():
-            if t.key.choice == choice:
-                self._settle(t, final=True)
+        for t in self._by_choice.get(choice, ()):
+            self._settle(t, final=True)
 
     def _settle_item(self, item: object) -> None:
         """A Responses item or Messages content block is finished: its texts are final now."""
-        for t in self._texts.values():
-            if t.key.item == item:
-                self._settle(t, final=True)
+        try:
+            texts = self._by_item.get(item, ())
+        except TypeError:  # an unhashable value from the upstream: no text's key holds it (keys are dict keys)
+            return
+        for t in texts:
+            self._settle(t, final=True)
 
     def _finish_all(self) -> None:
         for t in self._texts.values():
@@ -568,10 +607,11 @@ class StreamPolicy(ABC):
 
     # ---- block -------------------------------------------------------------------------------------
     def _check_block(self) -> None:
+        if not self._blocked:
+            return
         first: tuple[int, TextStream, Tagged] | None = None  # (queue position, text, blocking span)
-        for t in self._texts.values():
-            if t.block is None:
-                continue
+        for t in sorted(self._blocked, key=_order) if len(self._blocked) > 1 else self._blocked:
+            assert t.block is not None
             cut = t.block[0].start
             for qpos, h in enumerate(self._queue):
                 if any(seg.text is t and seg.start <= cut < seg.end for seg in h.segs):
