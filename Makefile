@@ -20,11 +20,12 @@ $(VENV)/.run: pyproject.toml
 # The hot modules compiled with mypyc (issue 18; measured in bench/RESULTS.md): the scanner and the canonical fold
 # (most of the redaction chain's CPU per event), the HTTP/1.1 layer on both sides (reader, framing guard, chunked
 # and SSE framing, the response writer, the server and upstream protocols, flow control), the stream and policy
-# relays, routing and metrics (the per-event and per-request path above it), the `local` state backend (the
-# rate-limiter's cost), and the request's coroutines (app.py, pipeline.py, attempt.py: written so that no compiled
-# coroutine awaits inside an `except` or `finally`, which mypyc runs with the exception left as the thread's
-# handled one for other tasks; tests/test_compiled.py refuses the shape). One group, so
-# calls between them stay native: their code is in fastgw/native__mypyc.*.so, and the small .so beside each .py
+# relays, the output stream policy (core and its dialects: the chain's per-event path; its msgspec Structs stay
+# interpreted in records.py and chat_view.py), routing and metrics (the per-event and per-request path above
+# it), the `local` state backend (the rate-limiter's cost), and the request's coroutines (app.py, pipeline.py,
+# attempt.py: written so that no compiled coroutine awaits inside an `except` or `finally`, which mypyc runs with
+# the exception left as the thread's handled one for other tasks; tests/test_compiled.py refuses the shape). One
+# group, so calls between them stay native: their code is in fastgw/native__mypyc.*.so, and the small .so beside each .py
 # wins its import. The .py stays the source: any change to one rebuilds here (every .so under fastgw/ is this
 # step's and is removed first, so a module taken off the list is never shadowed by an old build), and the stamp
 # holds the sources' hashes, which tests/test_compiled.py compares (a stale .so fails there). Built in
@@ -34,6 +35,8 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/proto/writer.py fastgw/proto/flow.py fastgw/proto/server.py fastgw/proto/client.py \
 	fastgw/state/table.py fastgw/state/core.py fastgw/state/local.py \
 	fastgw/stream.py fastgw/policy_relay.py fastgw/routing.py fastgw/metrics.py \
+	fastgw/policy/stream/core.py fastgw/policy/stream/chat.py fastgw/policy/stream/typed.py \
+	fastgw/policy/stream/responses.py fastgw/policy/stream/messages.py \
 	fastgw/app.py fastgw/pipeline.py fastgw/attempt.py
 MYPYCIFY := import sys; from setuptools import setup; from mypyc.build import mypycify; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \

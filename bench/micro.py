@@ -241,12 +241,9 @@ def _frame_chunk() -> Bench:
 
 def _chunk_decoder() -> Callable[[str], Any]:
     """The typed decoder the output policy reads chunks with (private to fastgw.policy.stream)."""
-    from fastgw.policy import stream as ps
+    from fastgw.policy.stream import chat_view
 
-    dec = getattr(ps, "_decode", None)
-    if dec is None:
-        dec = msgspec.json.Decoder(ps._Chunk).decode  # the Struct is what matters: what it skips
-    return dec
+    return chat_view.decode_chunk
 
 
 def _json_datas() -> list[str]:

@@ -20,14 +20,17 @@ STAMP = ROOT / ".venv" / ".compiled"
 #: The Makefile's COMPILED (its continuation lines joined).
 _LIST = re.search(r"^COMPILED := ((?:.*\\\n)*.*)$", (ROOT / "Makefile").read_text(), re.M)
 COMPILED = _LIST[1].replace("\\\n", " ").split() if _LIST else []
-#: The compiled modules' own tests, run again on the pure-Python sources (~16 s of one xdist worker; the suite's
+#: The compiled modules' own tests, run again on the pure-Python sources (~22 s of one xdist worker; the suite's
 #: 5-minute budget keeps out the slower ones, which exercise the same code compiled: the fold's redaction corpus,
 #: the server through sockets, the h1 abuse and SSE vector files, Redis's half of the state backends).
 PURE_TESTS = ["tests/scan/test_scanner.py", "tests/scan/test_fold.py", "tests/scan/test_scan_cost.py",
               "tests/proto/test_h1_reader.py", "tests/proto/test_framing_guard.py", "tests/proto/test_chunked.py",
               "tests/proto/test_sse.py", "tests/proto/test_writer.py", "tests/proto/test_flow.py",
               "tests/proto/test_client.py", "tests/state/test_local_table.py", "tests/state/test_ratelimit_policy.py",
-              "tests/test_pipeline.py", "tests/test_cancellation.py"]
+              "tests/test_pipeline.py", "tests/test_cancellation.py", "tests/policy/test_stream_policy.py",
+              "tests/policy/test_stream_policy_texts.py", "tests/policy/test_stream_chunks.py",
+              "tests/policy/test_stream_dialects.py", "tests/policy/test_stream_texts.py",
+              "tests/policy/test_read_batch.py"]
 
 
 def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() -> None:
@@ -54,7 +57,7 @@ def test_the_pure_python_form_passes_the_compiled_modules_tests(tmp_path: Path) 
     tests, on the sources."""
     copy = tmp_path / "src"
     shutil.copytree(ROOT / "fastgw", copy / "fastgw", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    for part in ("tests/scan", "tests/proto", "tests/state", "tests/support"):
+    for part in ("tests/scan", "tests/proto", "tests/state", "tests/support", "tests/policy"):
         shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     for part in ("tests/conftest.py", "pyproject.toml",
                  *[t for t in PURE_TESTS if t.count("/") == 1]):  # the pipeline's tests sit at the top
@@ -147,6 +150,7 @@ _REVIEWED_SLICES = {
     ("fastgw/state/table.py", "recs[k * ENTRY:(k + 1) * ENTRY]"),
     ("fastgw/stream.py", "block[start:end]"),  # start <= i <= end
     ("fastgw/stream.py", "block[6:end if end > 0 else len(block)]"),  # the block starts with 'data: {"error"'
+    ("fastgw/policy/stream/core.py", "data[i:i + piece]"),  # piece >= _PIECE_MIN > 0
 }
 
 

@@ -356,10 +356,12 @@ def _failing_push(*_a, **_k) -> None:
 def test_an_output_policy_failure_is_not_retried_nor_blamed_on_the_upstream(harness, monkeypatch, stream):
     """An output policy that raises on the first event used to become a retryable upstream 5xx: one client
     request made 4 billed upstream calls and opened a healthy target's breaker."""
-    from fastgw.policy.stream.chat import ChatStreamPolicy
+    from fastgw.policy.stream import chat
     from fastgw.policy import chain as chain_mod
 
-    monkeypatch.setattr(ChatStreamPolicy, "push", _failing_push)
+    # The chat policy's push fails on the first event (through its chunk decoder: a compiled class's methods
+    # cannot be replaced).
+    monkeypatch.setattr(chat, "decode_chunk", _failing_push)
     monkeypatch.setattr(chain_mod, "response_slots", _failing_push)
     h = harness(_cfg(_target("a", failures=2), _target("b", failures=2), chain=["pii-detector"], attempts=2))
     h.upstream.steps += ["stream" if stream else "ok"] * 4

@@ -128,7 +128,7 @@ class StreamScanner:
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
                  "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
                  "_blk_first", "_pieces", "_regions", "_pend", "_table", "_tail", "_budget", "_cl_end",
-                 "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end", "collect")
+                 "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end", "collect", "feeds", "settles")
 
     def __init__(self, db: ScanDB, json: bool = False, budget: ScanBudget | None = None) -> None:
         self._db = db
@@ -184,6 +184,10 @@ class StreamScanner:
         #: Tests only: when a list, every validated candidate is moved into it before overlaps are resolved (a
         #: hook rather than a subclass: the module may be compiled, and compiled classes take no Python subclass).
         self.collect: list[tuple[int, int, int]] | None = None
+        #: Calls of `feed` with bytes, and of `settle`: the stream policy batches a read's events into one of
+        #: each per text (tests count them; a compiled scanner takes no wrapper in its place).
+        self.feeds = 0
+        self.settles = 0
 
     def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> None:
         if pid >= self._pfx:
@@ -215,6 +219,7 @@ class StreamScanner:
             return
         if self._closed:
             raise RuntimeError("scanner closed")
+        self.feeds += 1
         n = len(data)
         self.end += n
         fold = self._fold
@@ -508,6 +513,7 @@ class StreamScanner:
     def settle(self, final: bool = False) -> tuple[int, list[Span]]:
         """(safe offset, spans newly final before it), in original bytes. With final=True the stream is
         closed first."""
+        self.settles += 1
         fold = self._fold
         if final and not self._closed:
             self._scan(fold.flush())  # a cut escape or sequence at the very end, as it stands

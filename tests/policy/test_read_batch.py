@@ -5,33 +5,12 @@ the same as when each event is scanned alone."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
 from fastgw.policy.base import RequestContext
 from fastgw.policy.stream.core import DEFER_BYTES, StreamPolicy
 from fastgw.proto.sse import SSEDecoder
+from fastgw.scan.scanner import StreamScanner
 from tests.policy.test_cpu_stream import _chain, _event, _Transport
 from tests.policy.test_first_event import relay_reads
-
-
-class _Counting:
-    """A scanner that counts its feed calls and the bytes they bring, and is otherwise the scanner."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.feeds: list[int] = []
-        self.settles = 0
-
-    def feed(self, data: bytes) -> None:
-        self.feeds.append(len(data))
-        self.inner.feed(data)
-
-    def settle(self, final: bool = False) -> Any:
-        self.settles += 1
-        return self.inner.settle(final)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def _policy() -> StreamPolicy:
@@ -45,43 +24,46 @@ def _push(policy: StreamPolicy, text: str) -> None:
         policy.push(ev)
 
 
-def _counted(policy: StreamPolicy) -> list[_Counting]:
-    """Wrap the scanners of the policy's one text stream (it exists after the first push)."""
+def _scanners(policy: StreamPolicy) -> list[StreamScanner]:
+    """The scanners of the policy's one text stream (it exists after the first push)."""
     (t,) = policy._texts.values()
-    t.scanners = [_Counting(sc) for sc in t.scanners]
-    return t.scanners  # type: ignore[return-value]
+    return t.scanners
 
 
 def test_the_events_of_a_read_reach_each_scanner_in_one_call() -> None:
     policy = _policy()
     _push(policy, "first ")
-    scanners = _counted(policy)
+    scanners = _scanners(policy)
     assert len(scanners) == 2  # pii-detector and safety-filter
     words = [f"word{i} " for i in range(30)]
     for w in words:
         _push(policy, w)
-    assert all(sc.feeds == [] for sc in scanners)  # taken, not scanned yet
+    assert all((sc.feeds, sc.end, sc.settles) == (0, 0, 0) for sc in scanners)  # taken, not scanned yet
     out = policy.release()
     n = len("first ") + sum(len(w) for w in words)
     for sc in scanners:
-        assert sc.feeds == [n]  # the first push's piece and the read's thirty, in one call
-        assert sc.inner.end == n
+        assert (sc.feeds, sc.end) == (1, n)  # the first push's piece and the read's thirty, in one call
         assert sc.settles == 1  # and settled once, not once per event that fed it
     assert out  # and released after that one scan
-    assert policy.release() == [] and all(sc.feeds == [n] for sc in scanners)  # nothing fed twice
+    assert policy.release() == [] and all((sc.feeds, sc.end) == (1, n) for sc in scanners)  # nothing fed twice
 
 
 def test_no_more_than_defer_bytes_wait() -> None:
     policy = _policy()
     _push(policy, "a ")
-    scanners = _counted(policy)
+    scanners = _scanners(policy)
     piece = "lorem ipsum " * 100  # 1,200 bytes
+    fed = [0, 0]
     for _ in range(3 * DEFER_BYTES // len(piece)):
         _push(policy, piece)
         (t,) = policy._texts.values()
         assert t.unfed_n <= DEFER_BYTES
+        for i, sc in enumerate(scanners):  # each call took at most what waited plus the piece that tipped it
+            if sc.end > fed[i]:
+                assert sc.end - fed[i] <= DEFER_BYTES + len(piece)
+                fed[i] = sc.end
     for sc in scanners:
-        assert len(sc.feeds) >= 2 and max(sc.feeds) <= DEFER_BYTES + len(piece)
+        assert sc.feeds >= 2
 
 
 def test_a_long_piece_after_waiting_ones_keeps_their_order() -> None:

@@ -15,7 +15,7 @@ from fastgw.api.errors import GatewayError
 from fastgw.api.sse import DONE
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
-from fastgw.policy.stream import StreamBlocked, StreamPolicy, core, open_stream
+from fastgw.policy.stream import StreamBlocked, StreamPolicy, open_stream
 from fastgw.proto.sse import SSEDecoder, encode_data
 from fastgw.scan.scanner import find_spans
 from tests.support.sse_streams import PII, WORDS, pii_policy, split_text
@@ -154,26 +154,30 @@ def test_identical_under_redaction_and_block_with_pii_split_across_chunks():
         assert b"joe" not in b"".join(b for step in bout for b in step)
 
 
-class _Counting:
-    """Stands in for orjson in the core module: counts encodes and decodes."""
+_dumps, _loads = orjson.dumps, orjson.loads
 
-    def __init__(self) -> None:
+
+class _Counting:
+    """Stands in for orjson's dumps and loads (what the stream policy calls them through, compiled or not):
+    counts encodes and decodes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.dumps_n = 0
         self.loads_n = 0
-        self.JSONDecodeError = orjson.JSONDecodeError
+        monkeypatch.setattr(orjson, "dumps", self.dumps)
+        monkeypatch.setattr(orjson, "loads", self.loads)
 
     def dumps(self, obj: object) -> bytes:
         self.dumps_n += 1
-        return orjson.dumps(obj)
+        return _dumps(obj)
 
     def loads(self, data: str | bytes) -> object:
         self.loads_n += 1
-        return orjson.loads(data)
+        return _loads(data)
 
 
 def test_a_dict_is_encoded_once_when_released_and_never_decoded(monkeypatch: pytest.MonkeyPatch):
-    counting = _Counting()
-    monkeypatch.setattr(core, "orjson", counting)
+    counting = _Counting(monkeypatch)
     objs = ([_chunk([_choice(0, {"content": p})]) for p in ["hello ", "mail joe@exa", "mple.com", " bye"]]
             + [_chunk([_choice(0, {}, "stop")])])
     sp = open_stream([policy("redact")], Findings([]), _ctx())
@@ -181,7 +185,7 @@ def test_a_dict_is_encoded_once_when_released_and_never_decoded(monkeypatch: pyt
         sp.push_chunk(o)
     assert counting.dumps_n == 0  # nothing is encoded before release
     out = sp.release()
-    assert out == [b"data: " + orjson.dumps(objs[0]) + b"\n\n"]  # untouched: data: + orjson.dumps + \n\n
+    assert out == [b"data: " + _dumps(objs[0]) + b"\n\n"]  # untouched: data: + orjson.dumps + \n\n
     assert counting.dumps_n == 1
     for o in objs[2:]:
         sp.push_chunk(o)
@@ -191,20 +195,20 @@ def test_a_dict_is_encoded_once_when_released_and_never_decoded(monkeypatch: pyt
     assert counting.dumps_n == len(objs)  # one encode per chunk, changed or not
     assert counting.loads_n == 0  # a dict is never decoded
     assert out[-1] == DONE
-    assert orjson.loads(out[1][6:])["choices"][0]["delta"]["content"] == "mail [REDACTED:EMAIL]"
-    assert orjson.loads(out[2][6:])["choices"][0]["delta"]["content"] == ""
+    assert _loads(out[1][6:])["choices"][0]["delta"]["content"] == "mail [REDACTED:EMAIL]"
+    assert _loads(out[2][6:])["choices"][0]["delta"]["content"] == ""
 
 
 def test_sse_untouched_events_are_not_encoded_changed_ones_once(monkeypatch: pytest.MonkeyPatch):
-    counting = _Counting()
-    monkeypatch.setattr(core, "orjson", counting)
     objs = [_chunk([_choice(0, {"content": p})]) for p in ["hello ", "mail joe@exa", "mple.com", " bye"]]
+    wire = _wire(objs)
+    counting = _Counting(monkeypatch)
     sp = open_stream([policy("redact")], Findings([]), _ctx())
-    for ev in SSEDecoder().feed(_wire(objs)):
+    for ev in SSEDecoder().feed(wire):
         sp.push(ev)
     out = sp.release() + sp.finish()
     sp.close()
-    assert out[0] == encode_data(orjson.dumps(objs[0])) and out[-1] == DONE
+    assert out[0] == encode_data(_dumps(objs[0])) and out[-1] == DONE
     assert (counting.loads_n, counting.dumps_n) == (2, 2)  # the two events the e-mail touches
 
 

@@ -176,3 +176,25 @@ def test_an_answer_opens_at_most_max_stream_texts(case: str) -> None:
     # (A tool call's arguments hold their events back until the choice ends: JSON source may go on.)
     assert released > 0 or case == "chat tool calls"
     sp.close()
+
+
+@pytest.mark.parametrize("dialect,event", [
+    ("chat", {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": [0], "function": {"arguments": "{}"}}]}}]}),
+    ("responses", {"type": "response.output_text.delta", "item_id": {"id": 1}, "content_index": 0, "delta": "hi"}),
+    ("responses", {"type": "response.output_text.delta", "item_id": "m", "content_index": [0], "delta": "hi"}),
+    ("messages", {"type": "content_block_delta", "index": [1], "delta": {"type": "text_delta", "text": "hi"}}),
+])
+def test_a_text_named_by_a_list_or_an_object_is_unreadable(dialect: str, event: dict) -> None:
+    """An index or id the upstream sent as a list or an object names no text (it is no dict key): the event is
+    the upstream's protocol error, not a policy failure (which logged a traceback and answered `policy_failed`)."""
+    for structured in (False, True):
+        sp = _policy(dialect)
+        with pytest.raises(GatewayError) as e:
+            if structured:
+                sp.push_chunk(event)
+            else:
+                (ev,) = SSEDecoder().feed(encode_data(orjson.dumps(event)))
+                sp.push(ev)
+            sp.release()
+        assert e.value.code == "upstream_protocol_error"
+        sp.close()

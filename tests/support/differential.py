@@ -2,7 +2,7 @@
 line by line: the compiled modules (the package as installed) and the pure-Python sources (a copy of the package
 without its .so files first on PYTHONPATH). See tests/test_compiled_differential.py.
 
-    python -m tests.support.differential SEED CASES [KIND,...]     # KIND: sse, h1, scan (default all)
+    python -m tests.support.differential SEED CASES [KIND,...]     # KIND: sse, h1, scan, stream (default all)
 
 Every case is generated from SEED alone (random.Random), so both runs see the same bytes and the same splits.
 A line is `KIND INDEX | output | output ...`: what each feed returned (events, requests, spans, the scanner's safe
@@ -15,12 +15,17 @@ import random
 import sys
 from collections.abc import Iterator
 
+import orjson
+
+from fastgw.policy.base import RequestContext
+from fastgw.policy.findings import Findings
+from fastgw.policy.stream import StreamBlocked, open_stream
 from fastgw.proto import h1, sse
 from fastgw.scan import fold
 from fastgw.scan.database import ScanDB
 from fastgw.scan.patterns import BUILTIN
 from fastgw.scan.scanner import StreamScanner, find_spans
-from tests.support.sse_streams import PII
+from tests.support.sse_streams import PII, pii_policy
 
 Case = tuple[str, list[str]]
 
@@ -173,7 +178,137 @@ def scan_cases(rng: random.Random, n: int) -> Iterator[Case]:
         yield f"scan {k}", out
 
 
-KINDS = {"sse": sse_cases, "h1": h1_cases, "scan": scan_cases}
+# ---- the output stream policy ---------------------------------------------------------------------------------------
+
+#: Values a field may take where a well-formed stream has a string or an index: wrong types, unhashable ones.
+_ODD = (None, 0, 1, -1, 2.5, True, "", "0", [], [1], {}, {"a": 1}, "x" * 3)
+
+
+def _piece(rng: random.Random) -> object:
+    return "".join(rng.choice(_TEXT) for _ in range(rng.randint(0, 4))) if rng.random() < 0.85 else rng.choice(_ODD)
+
+
+def _chat_event(rng: random.Random) -> object:
+    if rng.random() < 0.05:
+        return rng.choice(("[DONE]", "42", "[1]", '"s"', "{", "not json"))
+    idx = rng.choice((0, 0, 0, 1, 2)) if rng.random() < 0.95 else rng.choice(_ODD)
+    delta: dict = {}
+    r = rng.random()
+    if r < 0.5:
+        delta["content"] = _piece(rng)
+    elif r < 0.7:
+        fn = {"arguments": _piece(rng)}
+        if rng.random() < 0.3:
+            fn["name"] = _piece(rng)
+        tc = {"index": rng.choice((0, 1, 2)) if rng.random() < 0.9 else rng.choice(_ODD), "function": fn}
+        if rng.random() < 0.2:
+            tc["extra"] = _piece(rng)
+        delta["tool_calls"] = [tc] if rng.random() < 0.95 else rng.choice(_ODD)
+    elif r < 0.8:
+        delta[rng.choice(("reasoning_content", "refusal", "reasoning", "audio"))] = _piece(rng)
+    elif r < 0.85:
+        delta["function_call"] = {"arguments": _piece(rng), "name": _piece(rng)}
+    choice: dict = {"index": idx, "delta": delta if rng.random() < 0.95 else rng.choice(_ODD)}
+    if rng.random() < 0.15:
+        choice["logprobs"] = {"content": [{"token": _piece(rng), "logprob": -0.1, "bytes": [1],
+                                           "top_logprobs": []}]} if rng.random() < 0.8 else rng.choice(_ODD)
+    if rng.random() < 0.1:
+        choice["finish_reason"] = rng.choice(("stop", "tool_calls", None, 3))
+    obj: dict = {"id": "c", "object": "chat.completion.chunk", "choices": [choice] if rng.random() < 0.95
+                 else rng.choice(_ODD)}
+    if rng.random() < 0.05:
+        obj["usage"] = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    return obj
+
+
+def _responses_event(rng: random.Random) -> object:
+    iid = rng.choice(("msg_1", "msg_2", "fc_1")) if rng.random() < 0.9 else rng.choice(_ODD)
+    r = rng.random()
+    if r < 0.45:
+        kind = rng.choice(("response.output_text.delta", "response.function_call_arguments.delta",
+                           "response.reasoning_summary_text.delta", "response.refusal.delta"))
+        return {"type": kind, "item_id": iid, "content_index": rng.choice((0, 1)), "delta": _piece(rng),
+                "sequence_number": rng.randint(0, 9)}
+    if r < 0.65:
+        kind = rng.choice(("response.output_text.done", "response.function_call_arguments.done"))
+        return {"type": kind, "item_id": iid, "content_index": 0, "text": _piece(rng), "arguments": _piece(rng)}
+    if r < 0.85:
+        item = {"id": iid, "type": rng.choice(("message", "function_call", "reasoning")),
+                "content": [{"type": "output_text", "text": _piece(rng), "annotations": []}], "arguments": _piece(rng)}
+        return {"type": rng.choice(("response.output_item.added", "response.output_item.done")), "item": item}
+    if r < 0.9:
+        return {"type": "response.completed", "response": {"output": [{"id": iid, "type": "message", "content": [
+            {"type": "output_text", "text": _piece(rng)}]}], "output_text": _piece(rng)}}
+    return rng.choice(({"type": rng.choice(_ODD)}, {"no": "type"}, "text", [1]))
+
+
+def _messages_event(rng: random.Random) -> object:
+    idx = rng.choice((0, 1)) if rng.random() < 0.9 else rng.choice(_ODD)
+    r = rng.random()
+    if r < 0.5:
+        delta = ({"type": "text_delta", "text": _piece(rng)} if rng.random() < 0.6
+                 else {"type": "input_json_delta", "partial_json": _piece(rng)})
+        return {"type": "content_block_delta", "index": idx, "delta": delta}
+    if r < 0.7:
+        block = rng.choice(({"type": "text", "text": _piece(rng)}, {"type": "tool_use", "id": "t", "name": "f",
+                                                                     "input": {"q": _piece(rng)}},
+                            {"type": "web_search_tool_result", "content": [{"title": _piece(rng), "url": "u"}]}))
+        return {"type": "content_block_start", "index": idx, "content_block": block}
+    if r < 0.9:
+        return {"type": "content_block_stop", "index": idx}
+    return rng.choice(({"type": "message_stop"}, {"type": "message_delta", "delta": {"stop_reason": "end_turn"}},
+                       {"type": rng.choice(_ODD)}, "x"))
+
+
+_DIALECTS = {"chat": ("chat/completions", _chat_event), "responses": ("responses", _responses_event),
+             "messages": ("messages", _messages_event)}
+
+
+def _sse(obj: object, dialect: str) -> bytes:
+    data = obj.encode() if isinstance(obj, str) else orjson.dumps(obj)
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    head = b"event: %s\n" % kind.encode() if dialect != "chat" and isinstance(kind, str) else b""
+    return head + b"data: " + data + b"\n\n"
+
+
+def stream_cases(rng: random.Random, n: int) -> Iterator[Case]:
+    """Streams of each dialect, from well-formed to hostile (wrong types, unhashable indices, events that are no
+    objects), pushed as SSE events or as structured chunks through the pii-detector stream policy (redact or
+    block), released at random points: what each push and release gave, and the texts and decisions at the end."""
+    for k in range(n):
+        dialect = rng.choice(tuple(_DIALECTS))
+        endpoint, make = _DIALECTS[dialect]
+        action = rng.choice(("redact", "redact", "block"))
+        objs = [make(rng) for _ in range(rng.randint(0, 12))]
+        structured = rng.random() < 0.3
+        ctx = RequestContext("r", "POST", "/v1/" + endpoint, [])
+        ctx.endpoint = endpoint
+        out: list[str] = []
+        sp = open_stream([pii_policy(action)], Findings([]), ctx, dialect=dialect)
+        try:
+            if structured:
+                for o in objs:
+                    sp.push_chunk(o)
+                    if rng.random() < 0.5:
+                        out.append(repr(sp.release()))
+                sp.push_done()
+            else:
+                for ev in sse.SSEDecoder().feed(b"".join(_sse(o, dialect) for o in objs)):
+                    sp.push(ev)
+                    if rng.random() < 0.5:
+                        out.append(repr(sp.release()))
+            out.append(repr(sp.finish()))
+        except StreamBlocked as e:
+            out.append(f"BLOCKED {e.prefix!r} {e.error.code}")
+        except Exception as e:  # noqa: BLE001
+            out.append(_exc(e))
+        finally:
+            sp.close()
+        out.append(repr((sorted(ctx.texts.items()), [(d.policy, d.phase, d.outcome) for d in ctx.decisions])))
+        yield f"stream {k}", out
+
+
+KINDS = {"sse": sse_cases, "h1": h1_cases, "scan": scan_cases, "stream": stream_cases}
 
 
 def main(argv: list[str]) -> int:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.stream.chat import ChatStreamPolicy
-from fastgw.policy.stream.chat import _Chunk, _decode  # noqa: F401 - bench/micro.py reads the typed chunk view here
-from fastgw.policy.stream.core import Held, Segment, StreamBlocked, StreamPolicy, TextKey, TextStream
+from fastgw.policy.stream.core import StreamBlocked, StreamPolicy, TextStream
+from fastgw.policy.stream.records import Held, Segment, TextKey
 from fastgw.policy.stream.messages import MessagesStreamPolicy
 from fastgw.policy.stream.responses import ResponsesStreamPolicy
 from fastgw.policy.textscan import ScanPolicy

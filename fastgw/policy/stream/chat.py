@@ -22,66 +22,15 @@ import orjson
 
 from fastgw.api.dialects import CHAT
 from fastgw.api.sse import DONE, drop_null_usage, drop_null_usage_text
-from fastgw.policy.stream.core import Held, Segment, StreamPolicy, TextKey, unreadable
+from fastgw.policy.stream.chat_view import Choice, Chunk, LooseChoice, LooseChunk, decode_chunk, decode_loose
+from fastgw.policy.stream.core import StreamPolicy, unreadable
+from fastgw.policy.stream.records import Held, Segment, TextKey
 from fastgw.policy.textscan import SKIP
 from fastgw.proto.sse import SSEEvent
 
 __all__ = ["ChatStreamPolicy"]
 
 
-# Typed view of a chunk: only the fields we read (msgspec skips everything else without building it). The
-# delta and its tool calls forbid unknown fields: a chunk with a field this view does not know (a provider's
-# reasoning variant, a legacy function_call, anything new) takes the loose view, whose delta is walked whole,
-# so an unknown field is scanned as text, never skipped.
-class _Fn(msgspec.Struct, forbid_unknown_fields=True):
-    arguments: str | None = None
-    name: str | None = None
-
-
-class _ToolCall(msgspec.Struct, forbid_unknown_fields=True):
-    index: int = 0
-    id: str | None = None
-    type: str | None = None
-    function: _Fn | None = None
-
-
-class _Delta(msgspec.Struct, forbid_unknown_fields=True):
-    role: str | None = None
-    content: str | None = None
-    refusal: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[_ToolCall] | None = None
-
-
-class _Choice(msgspec.Struct):
-    index: int = 0
-    delta: _Delta | None = None
-    text: str | None = None
-    finish_reason: str | None = None
-    logprobs: dict | None = None
-
-
-class _Chunk(msgspec.Struct):
-    choices: list[_Choice] | None = None
-    usage: dict | None = None
-
-
-# The loose view: the delta as a dict (walked: every string in it is text but identifiers).
-class _LooseChoice(msgspec.Struct):
-    index: int = 0
-    delta: dict | None = None
-    text: str | None = None
-    finish_reason: str | None = None
-    logprobs: dict | None = None
-
-
-class _LooseChunk(msgspec.Struct):
-    choices: list[_LooseChoice] | None = None
-    usage: dict | None = None
-
-
-_decode = msgspec.json.Decoder(_Chunk).decode
-_decode_loose = msgspec.json.Decoder(_LooseChunk).decode
 #: The end-of-stream sentinel as an event (a structured stream's end is queued as this).
 _DONE_EVENT = SSEEvent("[DONE]", None, None, None, DONE)
 #: Delta fields whose value must be a string (or null) in any view: another type is an unreadable chunk.
@@ -100,11 +49,11 @@ class ChatStreamPolicy(StreamPolicy):
     def push(self, ev: SSEEvent) -> None:
         data = ev.data
         if data is not None and data[:1] == "{":
-            chunk: _Chunk | _LooseChunk
+            chunk: Chunk | LooseChunk
             try:
-                chunk = _decode(data)
+                chunk = decode_chunk(data)
             except msgspec.ValidationError:
-                chunk = self._loose(_decode_loose, data)
+                chunk = self._loose(decode_loose, data)
             except msgspec.DecodeError:
                 raise unreadable() from None
             self._take(chunk, ev, None)
@@ -113,18 +62,18 @@ class ChatStreamPolicy(StreamPolicy):
             self._finish_all()
         self._queue.append(Held(ev, None, []))
 
-    def push_chunk(self, obj: dict) -> None:
+    def push_chunk(self, obj: Any) -> None:
         """Take one structured chunk; the policy owns the dict from now on and encodes it once, when released.
         The same typed view reads it as reads an SSE chunk, so both give the same answer."""
-        chunk: _Chunk | _LooseChunk
+        chunk: Chunk | LooseChunk
         try:
-            chunk = msgspec.convert(obj, _Chunk)
+            chunk = msgspec.convert(obj, Chunk)
         except msgspec.ValidationError:
-            chunk = self._loose(lambda o: msgspec.convert(o, _LooseChunk), obj)
+            chunk = self._loose(lambda o: msgspec.convert(o, LooseChunk), obj)
         self._take(chunk, None, obj)
 
     @staticmethod
-    def _loose(decode: Callable[[Any], _LooseChunk], data: Any) -> _LooseChunk:
+    def _loose(decode: Callable[[Any], LooseChunk], data: Any) -> LooseChunk:
         try:
             chunk = decode(data)
         except msgspec.DecodeError:  # (ValidationError is one)
@@ -139,7 +88,7 @@ class ChatStreamPolicy(StreamPolicy):
         """The structured stream's end: `data: [DONE]` is queued behind the chunks before it."""
         self.push(_DONE_EVENT)
 
-    def _take(self, chunk: _Chunk | _LooseChunk, ev: SSEEvent | None, obj: dict | None) -> None:
+    def _take(self, chunk: Chunk | LooseChunk, ev: SSEEvent | None, obj: dict | None) -> None:
         segs: list[Segment] = []
         edited = False
         if self.strip_null_usage and chunk.usage is None and ev is not None and ev.data is not None:
@@ -157,7 +106,7 @@ class ChatStreamPolicy(StreamPolicy):
                     assert obj is not None
                     obj["choices"][pos]["logprobs"] = None
                     edited = True
-                if type(ch) is _Choice:
+                if type(ch) is Choice:
                     self._choice_segs(ch, pos, segs)
                 else:
                     self._loose_segs(ch, pos, segs)
@@ -169,7 +118,7 @@ class ChatStreamPolicy(StreamPolicy):
         ctx.events += 1
         self._queue.append(Held(ev, obj, segs, edited=True) if edited else Held(ev, obj, segs))
 
-    def _choice_segs(self, ch: _Choice, pos: int, segs: list[Segment]) -> None:
+    def _choice_segs(self, ch: Choice, pos: int, segs: list[Segment]) -> None:
         idx = ch.index
         if ch.text:
             self._seg(TextKey(idx, "text"), ch.text, pos, -1, segs)
@@ -196,7 +145,7 @@ class ChatStreamPolicy(StreamPolicy):
             self._ctx.finish[idx] = ch.finish_reason
             self._settle_choice(idx)
 
-    def _loose_segs(self, ch: _LooseChoice, pos: int, segs: list[Segment]) -> None:
+    def _loose_segs(self, ch: LooseChoice, pos: int, segs: list[Segment]) -> None:
         """A choice whose delta has fields the typed view does not know: every text in the delta, walked."""
         idx = ch.index
         if ch.text:

@@ -22,9 +22,8 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
-import msgspec
 import orjson
 
 from fastgw.api.dialects import Dialect
@@ -32,6 +31,7 @@ from fastgw.api.errors import GatewayError
 from fastgw.api.limits import MAX_STREAM_TEXTS
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Finding, Findings
+from fastgw.policy.stream.records import Held, Segment, TextKey
 from fastgw.policy.textscan import (SKIP, ScanPolicy, Tagged, decide_counts, is_blob, merge_spans, redact,
                                      set_token)
 from fastgw.proto.sse import SSEEvent, encode_data, encode_event
@@ -82,19 +82,6 @@ def unreadable() -> GatewayError:
                         code="upstream_protocol_error")
 
 
-class TextKey(msgspec.Struct, frozen=True, gc=False):
-    """Which text a stream carries, named the same way in every dialect."""
-
-    #: Chat choice index (0 in the Responses and Messages dialects: they carry one answer).
-    choice: int
-    #: "content", "refusal", "reasoning_content", "text", or "arguments" (tool-call JSON source).
-    field: str
-    #: What it belongs to: a chat tool call's index, a Responses item_id, a Messages content block index.
-    item: object = None
-    #: Responses content_index.
-    part: object = 0
-
-
 class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
@@ -139,43 +126,6 @@ class TextStream:
         for sc in self.scanners:
             sc.close()
         self.scanners = []
-
-
-class Segment(msgspec.Struct, gc=False):
-    """One event's piece of one text stream: bytes [start, end) of the stream."""
-
-    text: TextStream
-    start: int
-    end: int
-    data: bytes
-    #: Position of its choice in the event's `choices` (chat): where a changed text goes back.
-    choice_pos: int
-    #: Position of its tool call in the delta's `tool_calls` (chat), -1 when none.
-    tool_pos: int
-    #: JSON source (arguments): the backslashes ending the stream's text before it; None for prose.
-    escapes: int | None
-    #: Where the text sits in the event object (keys and list positions from its root), when the dialect
-    #: says so this way (every field but the chat fast path's); a logprobs `token` fixes its siblings too.
-    path: tuple | None = None
-
-
-class Held(msgspec.Struct, gc=False):
-    """An event in the hold queue. (A Struct: one is built per event, ~4x cheaper than a slotted class.)"""
-
-    #: As the upstream sent it; None for a structured chunk (encoded when released).
-    ev: SSEEvent | None
-    #: The event as an object, when one is at hand (a structured chunk; a Responses or Messages event that
-    #: may be rewritten): changes apply to it without decoding the event again.
-    obj: dict | None
-    segs: list[Segment]
-    #: The event repeats whole texts (Responses `.done`, `response.completed`): rewritten at release.
-    whole: bool = False
-    #: Its Responses sequence_number (-1: none).
-    seq: int = -1
-    #: The object was changed already (logprobs dropped): written back even when no text changes.
-    edited: bool = False
-    #: (path, text key) of the whole texts a Responses event repeats (rewritten as released).
-    repeats: list | None = None
 
 
 class StreamPolicy(ABC):
@@ -251,8 +201,9 @@ class StreamPolicy(ABC):
         """Take one upstream event: scan its text, queue it."""
 
     @abstractmethod
-    def push_chunk(self, obj: dict) -> None:
-        """Take one structured event (a dict the policy owns from now on): scan its text, queue it."""
+    def push_chunk(self, obj: Any) -> None:
+        """Take one structured event (a dict the policy owns from now on): scan its text, queue it. Anything but
+        a dict is unreadable. (Typed Any: a compiled `dict` parameter would refuse it with a TypeError first.)"""
 
     def push_done(self) -> None:
         """The upstream says the answer is complete: every text is final."""
@@ -261,7 +212,7 @@ class StreamPolicy(ABC):
     def _seg(self, key: TextKey, text: str, choice_pos: int, tool_pos: int, segs: list[Segment],
              path: tuple | None = None) -> None:
         """Scan the next piece of the text stream `key` (each byte once) and note where it sits in the event."""
-        t = self._texts.get(key)
+        t = self._text_of(key)
         if t is None:
             if len(self._texts) >= MAX_STREAM_TEXTS:
                 raise GatewayError(f"upstream answer opened more than {MAX_STREAM_TEXTS} texts (choices, tool calls, "
@@ -301,6 +252,14 @@ class StreamPolicy(ABC):
         else:
             segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, None, path))
 
+    def _text_of(self, key: TextKey) -> TextStream | None:
+        """The text stream `key` names, if opened. An index or id the upstream sent as a list or an object cannot
+        name one (it is no dict key): the event is unreadable, not a policy failure."""
+        try:
+            return self._texts.get(key)
+        except TypeError:
+            raise unreadable() from None
+
     def _walk(self, node: object, field: str, choice: int, item: object, part: object, path: tuple,
               segs: list[Segment], skip: frozenset[str] = SKIP, repeats: list | None = None) -> None:
         """Every text in a JSON value inside a known container, each string a segment of the text stream
@@ -329,7 +288,7 @@ class StreamPolicy(ABC):
                     self._walk(v, field, choice, item, (part, sub_part), path + (i,), segs, skip, repeats)
 
     def _text(self, key: TextKey, v: str, path: tuple, segs: list[Segment], repeats: list | None) -> None:
-        if repeats is not None and key in self._texts:
+        if repeats is not None and self._text_of(key) is not None:
             repeats.append((path, key))
         else:
             self._seg(key, v, 0, -1, segs, path)

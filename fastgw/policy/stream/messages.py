@@ -12,7 +12,7 @@ identifiers and signatures is text). A block's texts are final at its `content_b
 from __future__ import annotations
 
 from fastgw.api.dialects import MESSAGES
-from fastgw.policy.stream.core import Segment, TextKey
+from fastgw.policy.stream.records import Segment, TextKey
 from fastgw.policy.stream.typed import TypedEventPolicy
 
 __all__ = ["MessagesStreamPolicy"]

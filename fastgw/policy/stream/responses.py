@@ -16,8 +16,11 @@ event we add continues the sequence.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastgw.api.dialects import RESPONSES
-from fastgw.policy.stream.core import _JSON_VALUES, _NOSKIP, Held, Segment, TextKey
+from fastgw.policy.stream.core import _JSON_VALUES, _NOSKIP
+from fastgw.policy.stream.records import Held, Segment, TextKey
 from fastgw.policy.stream.typed import TypedEventPolicy
 from fastgw.policy.textscan import SKIP, is_blob, set_token
 
@@ -187,7 +190,7 @@ class ResponsesStreamPolicy(TypedEventPolicy):
         if self._drop:
             owner[k] = []
             self._ev_edited = True
-        elif key in self._texts:
+        elif self._text_of(key) is not None:
             repeats.append((path, key))
         else:
             self._tokens(owner[k], 0, key.field, key.item, key.part, path, segs)
@@ -207,7 +210,7 @@ class ResponsesStreamPolicy(TypedEventPolicy):
                 parts = self._assembled.get(key)
                 if parts is None:
                     continue
-                node = obj
+                node: Any = obj
                 for p in path[:-1]:
                     node = node[p]
                 last = path[-1]

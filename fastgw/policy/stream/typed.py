@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import orjson
 
-from fastgw.policy.stream.core import Held, Segment, StreamPolicy, unreadable
+from fastgw.policy.stream.core import StreamPolicy, unreadable
+from fastgw.policy.stream.records import Held, Segment
 from fastgw.proto.sse import SSEEvent, encode_event
 
 __all__ = ["TypedEventPolicy", "parse_object"]
@@ -41,7 +42,7 @@ class TypedEventPolicy(StreamPolicy):
     def push(self, ev: SSEEvent) -> None:
         self._take(ev, parse_object(ev.data))
 
-    def push_chunk(self, obj: dict) -> None:
+    def push_chunk(self, obj: Any) -> None:
         if not isinstance(obj, dict):
             raise unreadable()
         self._take(None, obj)

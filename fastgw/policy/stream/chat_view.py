@@ -1,0 +1,65 @@
+"""The typed view of an OpenAI chat chunk the chat stream policy reads (`fastgw.policy.stream.chat`): msgspec
+Structs of only the fields it reads (msgspec skips everything else without building it), apart from the policy
+because a Struct class cannot be built inside a module mypyc compiles.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["Fn", "ToolCall", "Delta", "Choice", "Chunk", "LooseChoice", "LooseChunk", "decode_chunk", "decode_loose"]
+
+
+# Typed view of a chunk: only the fields we read (msgspec skips everything else without building it). The
+# delta and its tool calls forbid unknown fields: a chunk with a field this view does not know (a provider's
+# reasoning variant, a legacy function_call, anything new) takes the loose view, whose delta is walked whole,
+# so an unknown field is scanned as text, never skipped.
+class Fn(msgspec.Struct, forbid_unknown_fields=True):
+    arguments: str | None = None
+    name: str | None = None
+
+
+class ToolCall(msgspec.Struct, forbid_unknown_fields=True):
+    index: int = 0
+    id: str | None = None
+    type: str | None = None
+    function: Fn | None = None
+
+
+class Delta(msgspec.Struct, forbid_unknown_fields=True):
+    role: str | None = None
+    content: str | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class Choice(msgspec.Struct):
+    index: int = 0
+    delta: Delta | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+    logprobs: dict | None = None
+
+
+class Chunk(msgspec.Struct):
+    choices: list[Choice] | None = None
+    usage: dict | None = None
+
+
+# The loose view: the delta as a dict (walked: every string in it is text but identifiers).
+class LooseChoice(msgspec.Struct):
+    index: int = 0
+    delta: dict | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+    logprobs: dict | None = None
+
+
+class LooseChunk(msgspec.Struct):
+    choices: list[LooseChoice] | None = None
+    usage: dict | None = None
+
+
+decode_chunk = msgspec.json.Decoder(Chunk).decode
+decode_loose = msgspec.json.Decoder(LooseChunk).decode
