@@ -25,8 +25,8 @@ $(VENV)/.run: pyproject.toml
 # it), the `local` state backend (the rate-limiter's cost), and the request's coroutines (app.py, pipeline.py,
 # attempt.py: written so that no compiled coroutine awaits inside an `except` or `finally`, which mypyc runs with
 # the exception left as the thread's handled one for other tasks; tests/test_compiled.py refuses the shape). One
-# group, so calls between them stay native: their code is in fastgw/native__mypyc.*.so, and the small .so beside each .py
-# wins its import. The .py stays the source: any change to one rebuilds here (every .so under fastgw/ is this
+# group, so calls between them stay native: their code is in fastgw/native__mypyc.*.so, and the small .so beside
+# each .py wins its import. The .py stays the source: any change to one rebuilds here (every .so under fastgw/ is this
 # step's and is removed first, so a module taken off the list is never shadowed by an old build), and the stamp
 # holds the sources' hashes, which tests/test_compiled.py compares (a stale .so fails there). Built in
 # build/mypyc, where no pyproject.toml is read (setuptools would validate ours as a package's).

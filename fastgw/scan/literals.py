@@ -1,9 +1,9 @@
-"""Whether a byte string holds any of a few fixed literals, and where the first one starts, in one Hyperscan pass.
+"""Where the first of a few fixed literals starts in a byte string (or that none is there), in one Hyperscan pass.
 
 For the pass-through hot path: CPython's `bytes.find` walks JSON text at a few bytes per nanosecond for a
 needle whose last byte is common (`]`, `:`), a full pass per needle, while Hyperscan answers for all of them in
-one pass. Measured on the mock's 53-event answer with the usage chunk (12 KB, bench/RESULTS.md 21:30): `found`
-and then two `find`s for where, 11.2 µs; `first`, 1.75 µs; a read without the chunk costs both ~1.5 µs.
+one pass. Measured on the mock's 53-event answer with the usage chunk (12 KB, bench/RESULTS.md 21:30): a scan
+for whether and then two `find`s for where, 11.2 µs; `first`, 1.75 µs; a read without the chunk costs both ~1.5 µs.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ import hyperscan
 __all__ = ["Literals"]
 
 #: This process's id, kept current across forks: `os.getpid()` is a system call each time (~0.8 µs sandboxed),
-#: and `found` runs once per streamed read of every pass-through stream.
+#: and `first` runs once per streamed read of every pass-through stream.
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 class Literals:
-    """`first(data, start)`: where the first of `literals` (exact bytes) in `data` from `start` begins;
-    `found(data)`: whether there is one."""
+    """`first(data, start)`: where the first of `literals` (exact bytes) in `data` from `start` begins, or -1."""
 
     __slots__ = ("_literals", "_sizes", "_db", "_pid", "_at", "_on_match")
 
@@ -64,7 +63,3 @@ class Literals:
         view = memoryview(data)[start:] if start else data
         db.scan(view, match_event_handler=self._on_match)  # type: ignore[type-var]
         return self._at if self._at < 0 else self._at + start
-
-    def found(self, data: bytes) -> bool:
-        """Whether any literal occurs in `data`."""
-        return self.first(data) >= 0

@@ -1,7 +1,5 @@
-"""The typed view of an OpenAI chat chunk the chat stream policy reads (`fastgw.policy.stream.chat`): msgspec
-Structs of only the fields it reads (msgspec skips everything else without building it), apart from the policy
-because a Struct class cannot be built inside a module mypyc compiles.
-"""
+"""The typed view of an OpenAI chat chunk the chat stream policy reads (`fastgw.policy.stream.chat`), apart from
+the policy because a Struct class cannot be built inside a module mypyc compiles."""
 
 from __future__ import annotations
 

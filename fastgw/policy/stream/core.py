@@ -54,10 +54,6 @@ _TOOL_INPUT = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
 _NOSKIP: frozenset[str] = frozenset()
 
 
-def _order(t: TextStream) -> int:
-    return t.order
-
-
 def _feed(t: TextStream) -> None:
     """Give the text's waiting pieces to its scanners, in one call each."""
     parts = t.unfed
@@ -86,12 +82,10 @@ class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
     __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes", "fed",
-                 "unfed", "unfed_n", "dirty", "order", "_scanned")
+                 "unfed", "unfed_n", "dirty", "_scanned")
 
-    def __init__(self, key: TextKey, scanners: list[StreamScanner], order: int = 0) -> None:
+    def __init__(self, key: TextKey, scanners: list[StreamScanner]) -> None:
         self.key = key
-        #: Its position among the answer's texts (the first block found is the earliest text's, on a tie).
-        self.order = order
         self.scanners = scanners
         self.safe = 0
         #: Merged final spans (leftmost-first across policies) still to be applied to events.
@@ -221,7 +215,7 @@ class StreamPolicy(ABC):
             # Tool-call arguments are JSON source: scanned with their escapes decoded (`\u0040` is an `@`).
             json = key.field == "arguments"
             t = self._texts[key] = TextStream(key, [StreamScanner(p.db, json, b)
-                                                    for p, b in zip(self.policies, self._budgets)], len(self._texts))
+                                                    for p, b in zip(self.policies, self._budgets)])
             self._by_choice.setdefault(key.choice, []).append(t)
             self._by_item.setdefault(key.item, []).append(t)
         if t.done:
@@ -569,7 +563,9 @@ class StreamPolicy(ABC):
         if not self._blocked:
             return
         first: tuple[int, TextStream, Tagged] | None = None  # (queue position, text, blocking span)
-        for t in sorted(self._blocked, key=_order) if len(self._blocked) > 1 else self._blocked:
+        # Two blocked texts (the stream ends at this release): the earliest opened wins a tie, as it always did.
+        blocked = self._blocked if len(self._blocked) == 1 else [t for t in self._texts.values() if t.block is not None]
+        for t in blocked:
             assert t.block is not None
             cut = t.block[0].start
             for qpos, h in enumerate(self._queue):
