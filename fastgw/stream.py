@@ -366,12 +366,16 @@ class SSERelay:
     # ---- flow listener (client side) -----------------------------------------------------
     def pause(self) -> None:
         self._client_slow = True
-        self._source.pause_reading()
+        if not self.done.done():
+            # Once done, the upstream connection may be back in the pool, or serving another request: the last
+            # bytes (a deferred end) still fill the client's buffer, and must not pause a reader not ours.
+            self._source.pause_reading()
 
     def resume(self) -> None:
         self._client_slow = False
         self._last = self._loop.time()  # the upstream was held by us, not silent: its idle time starts now
-        self._source.resume_reading()
+        if not self.done.done():
+            self._source.resume_reading()
 
     def shutdown(self) -> None:
         """The drain budget is spent: end the stream with the error envelope (not a silent cut)."""
@@ -381,8 +385,11 @@ class SSERelay:
                                        type="server_error", code="server_shutdown"))
 
     def client_lost(self) -> None:
-        # Nobody to read the answer: stop the upstream generating (and billing) it.
-        self._source.detach()
+        if not self.done.done():
+            # Nobody to read the answer: stop the upstream generating (and billing) it. Once done, the connection
+            # went back to the pool, or already carries another request: closing it would leave that one
+            # waiting for ever (its connection marked ended, so neither a head nor an error reaches it).
+            self._source.detach()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
