@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
@@ -73,6 +74,15 @@ BudgetPer = Literal["key", "role", "global"]
 Period = Literal["day", "month", "total"]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+#: Settlements and releases left running by requests cancelled meanwhile: the loop keeps only weak references
+#: to tasks, so these hold them until they end.
+_running: set[asyncio.Task[Any]] = set()
+
+
+def _keep(task: asyncio.Task[Any]) -> None:
+    _running.add(task)
+    task.add_done_callback(_running.discard)
 
 
 # ---- settings (issue 16's names) ------------------------------------------------------------------------------
@@ -440,7 +450,10 @@ class RateLimitPolicy:
         ask, shape, tokens = planned
         backend: Backend = self.backend
         try:
-            adm = await backend.admit(ask)
+            # Remote: an admission the request stops waiting for (its deadline, its client gone) may still be
+            # applied; the state's late answer then releases it at once (nothing reached an upstream).
+            adm = await (backend.admit(ask, self._orphan(ask, shape, tokens, pricing)) if backend.remote
+                         else backend.admit(ask))
         except StateUnavailable as e:
             self.state_errors += 1
             if self.on_failure != "open":
@@ -456,13 +469,27 @@ class RateLimitPolicy:
         headers = _headers(shape, ask, adm)
         if not adm.ok:
             return _refusal(shape, ask, adm, tokens, headers, self.clock())
+        return self._reservation(ask, shape, tokens, pricing, backend, headers)
+
+    def _reservation(self, ask: Ask, shape: _Shape, tokens: int, pricing: Pricing | None, backend: Backend,
+                     headers: list[tuple[bytes, bytes]]) -> Reservation:
         return Reservation(ask.holder, backend, tokens, shape.token_rates, shape.slot_keys,
                            tuple([(b.key, b.cost) for b in ask.spends]) if ask.spends else (), pricing, headers,
                            shape.names, backend is self.fallback)
 
+    def _orphan(self, ask: Ask, shape: _Shape, tokens: int, pricing: Pricing | None) -> Callable[[Admission], None]:
+        """What releases an admission nobody waited for: without it, its slots stay held for a whole lease and its
+        worst-case cost against the budget for good."""
+        def release(adm: Admission) -> None:
+            if adm.ok:  # every token refunded, no cost: the request never reached an upstream
+                res = self._reservation(ask, shape, tokens, pricing, self.backend, [])
+                _keep(asyncio.get_running_loop().create_task(self.reconcile(res, 0, 0)))
+        return release
+
     async def reconcile(self, res: Reservation, prompt_tokens: int, completion_tokens: int) -> bool:
         """Replace the reservation by real usage (one round trip); idempotent. False when the state did not answer:
-        the settlement is kept and applied after the next successful admission; the slots' leases run out."""
+        the settlement is kept and applied after the next successful admission; the slots' leases run out.
+        A caller cancelled meanwhile (its client left) does not cut it short: the settlement runs to its end."""
         if res.done:
             return True
         res.done = True
@@ -471,14 +498,41 @@ class RateLimitPolicy:
         actual = self.cost(res.pricing, max(0, prompt_tokens), max(0, completion_tokens))
         settle = Settle(res.holder, tuple([(k, iv, delta) for k, iv in res.token_rates]) if delta else (),
                         res.slots, tuple([(k, reserved, actual) for k, reserved in res.spends]) if res.spends else ())
+        backend = res.backend
+        if backend.remote:
+            # A command may be applied without its reply being read, or not sent yet (connecting, or resent
+            # whole after NOSCRIPT): only a task of its own knows which, and finishes it.
+            task = asyncio.get_running_loop().create_task(self._settle(backend, settle))
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                _keep(task)
+                raise
         try:
-            await res.backend.reconcile(settle)
+            return await self._settle(backend, settle)
+        except asyncio.CancelledError:
+            # A local operation runs whole or not at all, with no suspension inside: cancelled, it did not run.
+            _keep(asyncio.get_running_loop().create_task(self._settle(backend, settle)))
+            raise
+
+    async def _settle(self, backend: Backend, settle: Settle) -> bool:
+        try:
+            await (backend.reconcile(settle, partial(self._ran, settle)) if backend.remote
+                   else backend.reconcile(settle))
         except StateUnavailable as e:
             self.state_errors += 1
             log.warning("state unavailable at reconcile (%s): kept for later", e)
             self._pending.append(settle)
             return False
         return True
+
+    def _ran(self, settle: Settle) -> None:
+        """A settlement kept for later after its deadline did run (Redis answered late): never apply it again. (Its
+        late answer comes before any later command's on the connection, so before a flush could resend it.)"""
+        try:
+            self._pending.remove(settle)
+        except ValueError:
+            pass
 
     async def renew(self, res: Reservation) -> bool:
         """Push the lease of the reservation's concurrency slots (call every RENEW_EVERY s while it streams)."""
@@ -496,8 +550,11 @@ class RateLimitPolicy:
         try:
             while self._pending:
                 settle = self._pending[0]
-                await self.backend.reconcile(settle)
-                self._pending.popleft()
+                backend = self.backend
+                await (backend.reconcile(settle, partial(self._ran, settle)) if backend.remote
+                       else backend.reconcile(settle))
+                if self._pending and self._pending[0] is settle:
+                    self._pending.popleft()
         except StateUnavailable:
             self.state_errors += 1
         finally:

@@ -81,6 +81,7 @@ os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 class LocalBackend:
     kind = "local"
+    remote = False
 
     def __init__(self, path: str, prefix: str = "fastgw", timeout: float = 0.05,
                  clock: Callable[[], float] = time.time) -> None:
@@ -227,7 +228,7 @@ class LocalBackend:
 
     # ---- quotas -----------------------------------------------------------------------------------------------
 
-    async def admit(self, ask: Ask) -> Admission:
+    async def admit(self, ask: Ask, orphan: Callable[[Admission], None] | None = None) -> Admission:
         return await self._tx(self._admit, ask)
 
     def _set(self, t: Table, kb: bytes, h: int, now: float, exact: bool) -> tuple[int, float | None]:
@@ -319,7 +320,7 @@ class LocalBackend:
             put(i, rec is None, LEDGER, kb, h, float(b.expires), u + b.cost, held + b.cost)
         return adm
 
-    async def reconcile(self, settle: Settle) -> None:
+    async def reconcile(self, settle: Settle, ran: Callable[[], None] | None = None) -> None:
         await self._tx(self._reconcile, settle)
 
     def _reconcile(self, t: Table, now: float, settle: Settle) -> None:

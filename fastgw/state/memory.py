@@ -18,6 +18,7 @@ __all__ = ["MemoryBackend"]
 
 class MemoryBackend:
     kind = "memory"
+    remote = False
 
     def __init__(self, prefix: str = "fastgw", clock: Callable[[], float] = time.time) -> None:
         self.prefix = prefix
@@ -38,7 +39,7 @@ class MemoryBackend:
             del holders[h]
         return holders
 
-    async def admit(self, ask: Ask) -> Admission:
+    async def admit(self, ask: Ask, orphan: Callable[[Admission], None] | None = None) -> Admission:
         now = self._now()
         tats = [self.tats.get(r.key) for r in ask.rates]
         live = [self._live(s.key, now) for s in ask.slots]
@@ -65,7 +66,7 @@ class MemoryBackend:
             rec = self.spends[key] = [0, 0, 0]
         return rec
 
-    async def reconcile(self, settle: Settle) -> None:
+    async def reconcile(self, settle: Settle, ran: Callable[[], None] | None = None) -> None:
         now = self._now()
         for k, interval, delta in settle.rates:
             tat = core.adjust(now, self.tats.get(k), interval, delta)

@@ -25,7 +25,7 @@ A bucket absent from the store is full (TAT <= now); stores drop it once full ag
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from typing import NamedTuple, Protocol
@@ -171,10 +171,18 @@ class Backend(Protocol):
 
     kind: str
     prefix: str
+    #: Every operation is a round trip (Redis): a call can end (its deadline, its caller cancelled) after the state
+    #: received it, and the state apply it all the same. A local operation runs whole, or not at all when its call
+    #: ended first, with no suspension inside.
+    remote: bool
 
-    async def admit(self, ask: Ask) -> Admission: ...
+    async def admit(self, ask: Ask, orphan: Callable[[Admission], None] | None = None) -> Admission:
+        """One atomic admission. `orphan` (remote backends): given the admission when the call ended before the
+        state answered and the answer came later: the caller releases what nobody will use."""
 
-    async def reconcile(self, settle: Settle) -> None: ...
+    async def reconcile(self, settle: Settle, ran: Callable[[], None] | None = None) -> None:
+        """Apply a settlement. `ran` (remote backends): called when the call ended by its deadline before the state
+        answered and the answer came later: it ran, and must not be applied again."""
 
     async def renew(self, holder: str, slots: Sequence[str], lease: float) -> None:
         """Push the lease of `holder` in each concurrency set to now + `lease` (where it still holds one)."""

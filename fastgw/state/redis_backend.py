@@ -15,7 +15,7 @@ The client is `fastgw.state.resp` (why not redis-py or coredis: measured there).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastgw.state.model import (EPOCH, KIND_BREAKER, KIND_BUDGET, KIND_REQUESTS, KIND_SLOTS, KIND_TOKENS,
@@ -191,10 +191,12 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, client: RespClient, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        reply = await client.send(pack("EVALSHA", self.sha, len(keys), *keys, *args))
+    async def __call__(self, client: RespClient, keys: Sequence[str], args: Sequence[Any],
+                       late: Callable[[Any], None] | None = None) -> Any:
+        """The script's reply (`late`: see `RespClient.send`; a NOSCRIPT it gets means the script did not run)."""
+        reply = await client.send(pack("EVALSHA", self.sha, len(keys), *keys, *args), late)
         if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
-            reply = await client.send(pack("EVAL", self.source, len(keys), *keys, *args))
+            reply = await client.send(pack("EVAL", self.source, len(keys), *keys, *args), late)
         if isinstance(reply, ReplyError):
             raise StateUnavailable(f"redis refused the script: {reply}")
         return reply
@@ -203,18 +205,43 @@ class Script:
 _ADMIT, _RECONCILE, _RENEW, _BREAKER = Script(ADMIT), Script(RECONCILE), Script(RENEW), Script(BREAKER)
 
 
+def _admission(ask: Ask, out: list[Any]) -> Admission:
+    i = 1
+    rates = []
+    for _ in ask.rates:
+        rates.append(RateState(out[i] == 1, out[i + 1], out[i + 2] / 1e6, out[i + 3] / 1e6, out[i + 4] == 1))
+        i += 5
+    slots = []
+    for _ in ask.slots:
+        slots.append(SlotState(out[i] == 1, out[i + 1], out[i + 2] / 1e6))
+        i += 3
+    spends = []
+    for _ in ask.spends:
+        spends.append(SpendState(out[i] == 1, out[i + 1]))
+        i += 2
+    return Admission(out[0] == 1, rates, slots, spends)
+
+
 def _breaker_state(reply: list[Any]) -> BreakerState:
     return BreakerState(reply[0].decode(), int(reply[1]), reply[2] / 1e6, bool(reply[3]))
 
 
 class RedisBackend:
     kind = "redis"
+    remote = True
 
     def __init__(self, url: str, prefix: str = "fastgw", timeout: float = 0.05) -> None:
         self.prefix = prefix
-        self.client = RespClient(parse_url(url), timeout)
+        # The scripts are loaded with every connection: no first call pays a NOSCRIPT round trip, and none meets
+        # NOSCRIPT unless Redis's script cache is flushed under a live connection (then a call resends it whole).
+        self.client = RespClient(parse_url(url), timeout,
+                                 tuple(pack("SCRIPT", "LOAD", s.source) for s in (_ADMIT, _RECONCILE, _RENEW, _BREAKER)))
 
-    async def admit(self, ask: Ask) -> Admission:
+    async def admit(self, ask: Ask, orphan: Callable[[Admission], None] | None = None) -> Admission:
+        """`orphan`: given the admission when this call failed by its deadline or was cancelled after Redis had the
+        script, and Redis answered later (it may have admitted: the caller releases what nobody will use)."""
+        late = None if orphan is None else (lambda out: orphan(_admission(ask, out)) if isinstance(out, list)
+                                            else None)
         keys = [r.key for r in ask.rates]
         keys += [s.key for s in ask.slots]
         keys += [b.key for b in ask.spends]
@@ -225,23 +252,11 @@ class RedisBackend:
             args.append(s.limit)
         for b in ask.spends:
             args += (b.limit, b.cost, b.expires)
-        out = await _ADMIT(self.client, keys, args)
-        i = 1
-        rates = []
-        for _ in ask.rates:
-            rates.append(RateState(out[i] == 1, out[i + 1], out[i + 2] / 1e6, out[i + 3] / 1e6, out[i + 4] == 1))
-            i += 5
-        slots = []
-        for _ in ask.slots:
-            slots.append(SlotState(out[i] == 1, out[i + 1], out[i + 2] / 1e6))
-            i += 3
-        spends = []
-        for _ in ask.spends:
-            spends.append(SpendState(out[i] == 1, out[i + 1]))
-            i += 2
-        return Admission(out[0] == 1, rates, slots, spends)
+        return _admission(ask, await _ADMIT(self.client, keys, args, late))
 
-    async def reconcile(self, settle: Settle) -> None:
+    async def reconcile(self, settle: Settle, ran: Callable[[], None] | None = None) -> None:
+        """`ran`: called when this call failed by its deadline after Redis had the script, and Redis answered
+        later that it ran (a settlement kept for a retry must not be applied twice)."""
         keys = [k for k, _, _ in settle.rates]
         keys += settle.slots
         keys += [k for k, _, _ in settle.spends]
@@ -250,7 +265,7 @@ class RedisBackend:
             args += (repr(interval), delta)
         for _, reserved, actual in settle.spends:
             args += (actual - reserved, -reserved)
-        await _RECONCILE(self.client, keys, args)
+        await _RECONCILE(self.client, keys, args, None if ran is None else (lambda out: ran() if out == 1 else None))
 
     async def renew(self, holder: str, slots: Sequence[str], lease: float) -> None:
         if slots:

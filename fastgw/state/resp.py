@@ -21,18 +21,22 @@ Failure handling, which the backend's guarantees rest on:
 - after a failed connect, calls fail at once for a backoff (0.05 s doubling to 0.5 s), so a dead Redis costs
   nothing per request and a returning one is found within 0.5 s;
 - a reply that does not come within the deadline fails the call; the connection stays (replies are matched
-  in order, a late one is dropped), unless it is stuck: no reply at all for a whole timeout closes it.
+  in order, a late one is dropped or handed to the call's `late` callback), unless it is stuck: no reply at
+  all for a whole timeout retires it (new calls get a new connection; the old one is read RETIRED_GRACE s
+  longer, so a Redis that stalled and resumed still tells what the commands it was sent did).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import ssl
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -47,6 +51,11 @@ ReplyError = hiredis.ReplyError
 BACKOFF_MIN = 0.05
 #: Longest wait between connects: bounds how long after Redis returns the gateway still refuses (issue 16: 1 s).
 BACKOFF_MAX = 0.5
+
+#: How long a connection retired as stuck is still read for late replies before it is closed.
+RETIRED_GRACE = 5.0
+
+log = logging.getLogger("fastgw.state.resp")
 
 
 class RedisAddress:
@@ -95,7 +104,13 @@ class _Conn(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.WriteTransport | None = None
+        #: Not to be used for new calls (closed, or retired as stuck).
         self.lost = False
+        #: Closed: no reply will come any more.
+        self.dead = False
+        #: Calls that stopped waiting (deadline, or their caller cancelled) after their command was written, and
+        #: asked for its reply anyway: the reply, if it comes, goes to the callback (`RespClient.send`'s `late`).
+        self.orphans: dict[asyncio.Future[Any], Callable[[Any], None]] = {}
         #: Since when the oldest waiting call has seen no progress (the last reply, or its own send).
         self.quiet_since = time.monotonic()
 
@@ -119,20 +134,39 @@ class _Conn(asyncio.Protocol):
             if not self.waiting:
                 continue
             fut = self.waiting.popleft()
-            if not fut.done():  # a call that timed out left its future behind: its reply is dropped here
+            if not fut.done():
                 fut.set_result(reply)
+            elif self.orphans:  # a call that timed out or was cancelled: its reply is dropped, or handed on
+                late = self.orphans.pop(fut, None)
+                if late is not None:
+                    try:
+                        late(reply)
+                    except Exception:  # noqa: BLE001 - one bad callback must not stop the replies behind it
+                        log.exception("handling a late redis reply failed")
+            if self.lost and not self.waiting and self.transport is not None:
+                self.transport.close()  # retired, and every reply it owed has come
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(StateUnavailable(f"redis connection lost: {exc or 'closed by the server'}"))
 
     def fail(self, err: StateUnavailable) -> None:
-        self.lost = True
+        self.lost = self.dead = True
+        self.orphans.clear()  # their commands may or may not have run: no reply will tell
         while self.waiting:
             fut = self.waiting.popleft()
             if not fut.done():
                 fut.set_exception(err)
         if self.transport is not None:
             self.transport.close()
+
+    def retire(self, err: StateUnavailable) -> None:
+        """No reply for a whole timeout: fail the calls waiting, take no new ones, but read on for a while (a
+        Redis that stalled and resumed still answers, and a late answer may tell what a command did)."""
+        self.lost = True
+        for fut in self.waiting:
+            if not fut.done():
+                fut.set_exception(err)
+        self.loop.call_later(RETIRED_GRACE, self.fail, err)
 
     def send(self, data: bytes) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self.loop.create_future()
@@ -158,9 +192,11 @@ def _expire(fut: asyncio.Future[Any], timeout: float) -> None:
 class RespClient:
     """Commands to one Redis over one connection per process, each bounded by `timeout` seconds."""
 
-    def __init__(self, address: RedisAddress, timeout: float) -> None:
+    def __init__(self, address: RedisAddress, timeout: float, setup: tuple[bytes, ...] = ()) -> None:
         self.address = address
         self.timeout = timeout
+        #: Packed commands sent on every new connection, after AUTH and SELECT (the backend's SCRIPT LOADs).
+        self.setup = setup
         self._conn: _Conn | None = None
         self._connecting: asyncio.Future[_Conn] | None = None
         self._down_until = 0.0
@@ -184,7 +220,10 @@ class RespClient:
         """Send one command, return its reply (a `ReplyError` is returned, not raised: scripts look at it)."""
         return await self.send(pack(*args))
 
-    async def send(self, packed: bytes) -> Any:
+    async def send(self, packed: bytes, late: Callable[[Any], None] | None = None) -> Any:
+        """Send one packed command, return its reply. `late`: if this call fails by its deadline or is cancelled
+        after the command was written, the reply that still comes (the command ran, or was refused) is given to
+        it; when the connection is lost first, nothing is (whether the command ran cannot be known)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         conn = self._conn
@@ -193,12 +232,20 @@ class RespClient:
         elif conn.waiting and time.monotonic() - conn.quiet_since > self.timeout:
             # Requests are waiting and nothing has come back for a whole timeout: the peer is stuck or gone
             # without a FIN. Fail them now and start afresh rather than queue behind them.
-            conn.fail(StateUnavailable(f"redis gave no reply for {self.timeout * 1e3:.0f} ms"))
+            conn.retire(StateUnavailable(f"redis gave no reply for {self.timeout * 1e3:.0f} ms"))
             conn = await self._connect(deadline)
         fut = conn.send(packed)
         timer = loop.call_at(deadline, _expire, fut, self.timeout)
         try:
             return await fut
+        except BaseException:
+            if late is None:
+                raise
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                late(fut.result())  # answered, but the caller was cancelled before it could read the answer
+            elif not conn.dead:
+                conn.orphans[fut] = late
+            raise
         finally:
             timer.cancel()
 
@@ -238,6 +285,7 @@ class RespClient:
                                            else pack("AUTH", a.password)))
                 if a.db:
                     hello.append(conn.send(pack("SELECT", a.db)))
+                hello += [conn.send(packed) for packed in self.setup]
                 for reply in await asyncio.gather(*hello):
                     if isinstance(reply, ReplyError):
                         conn.fail(StateUnavailable(f"redis refused the connection set-up: {reply}"))

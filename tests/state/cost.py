@@ -77,6 +77,7 @@ class _Null:
     """A store that admits everything at once and keeps nothing: what is left is the glue around it."""
 
     kind = "null"
+    remote = False
     prefix = "fastgw"
 
     async def admit(self, ask: Ask) -> Admission:
