@@ -417,14 +417,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail(exc)
 
     def _fail(self, exc: TransportError, stale: bool = False) -> None:
+        fut = self._head_future
+        if fut is not None and not fut.done():
+            # An exchange waits for its head: whatever ended the connection, it hears of it (never left waiting).
+            self._error = exc
+            self.close()
+            fut.set_exception(_StaleConnection() if stale else exc)
+            return
         if self._error is not None or self._ended:
             return
         self._error = exc
         self.close()
-        fut = self._head_future
-        if fut is not None and not fut.done():
-            fut.set_exception(_StaleConnection() if stale else exc)
-            return
         sink = self._sink
         if sink is not None:
             self._ended = True
@@ -481,7 +484,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.resume_reading()
 
     def detach(self) -> None:
-        """Stop delivering to the current sink (its consumer is gone) and close."""
+        """Stop delivering to the current sink (its consumer is gone) and close. Without a sink there is no consumer
+        to be gone: the connection is parked, or carries a new exchange not yet streaming, and the call comes late
+        from an earlier exchange's consumer; it is ignored (closing would cut that new exchange)."""
+        if self._sink is None:
+            return
         self._sink = None
         self._ended = True
         self.close()

@@ -307,3 +307,35 @@ def test_chunked_bodies_over_many_reads_and_responses_reach_the_sink_whole():
         assert await conn.read_body(timeout=2) == b"".join(events)
         assert srv.connections == 1
     run(main())
+
+
+def test_a_late_detach_from_an_earlier_stream_never_strands_the_next_exchange():
+    """A stream's consumer that learns late that its client left (after the connection went back to the pool and
+    was taken by the next request) must not cut that next request: its detach is ignored, and the next request
+    gets its answer. (Before, the connection closed with the next request's head still awaited, and that await
+    was never told: the request hung until its client gave up.)"""
+    async def main():
+        async def late(w):
+            await asyncio.sleep(0.2)
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await w.drain()
+        srv = Scripted([reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), late])
+        port = await srv.start()
+        pool = UpstreamPool(asyncio.get_running_loop())
+        key = ("http", "127.0.0.1", port)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=5)
+        relay = _Relay()
+        conn.set_sink(relay)
+        for _ in range(100):
+            if conn.reusable:
+                break
+            await asyncio.sleep(0.01)
+        assert relay.data == b"hello"
+        pool.release(conn)
+        nxt = asyncio.ensure_future(pool.exchange(key, REQ, connect_timeout=2, head_timeout=5))
+        await asyncio.sleep(0.05)  # the next request is written on the pooled connection and awaits its head
+        conn.detach()  # the first stream's consumer, told late that its client left
+        got = await asyncio.wait_for(nxt, 3)
+        assert got is conn and await got.read_body(timeout=2) == b"ok"
+        assert srv.connections == 1
+    run(main())
