@@ -37,7 +37,8 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/stream.py fastgw/policy_relay.py fastgw/routing.py fastgw/metrics.py \
 	fastgw/policy/stream/core.py fastgw/policy/stream/chat.py fastgw/policy/stream/typed.py \
 	fastgw/policy/stream/responses.py fastgw/policy/stream/messages.py \
-	fastgw/app.py fastgw/pipeline.py fastgw/attempt.py
+	fastgw/app.py fastgw/pipeline.py fastgw/attempt.py fastgw/policy/ratelimit.py fastgw/quota.py \
+	fastgw/policy/textkeys.py
 MYPYCIFY := import sys; from setuptools import setup; from mypyc.build import mypycify; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \
 	ext_modules=mypycify(sys.argv[1:], group_name="fastgw.native", target_dir="c", opt_level="3"))

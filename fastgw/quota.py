@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastgw import metrics
 from fastgw.policy.ratelimit import RENEW_EVERY, Pricing, RateLimitPolicy, Refusal, Reservation, requested_completion
-from fastgw.policy.textscan import text_chars
+from fastgw.policy.textkeys import text_chars
 from fastgw.state import Backend, StateUnavailable, open_backend
 
 if TYPE_CHECKING:

@@ -10,8 +10,12 @@ import pytest
 import uvloop
 
 from fastgw import quota as quota_mod
+from fastgw.config import Retry
 from fastgw.policy.ratelimit import Limit, RateLimiter, RateLimitPolicy, Reservation
+from fastgw.proto.flow import FlowControl
+from fastgw.proto.writer import Responder
 from fastgw.quota import Quota
+from fastgw.routing import Plan
 from fastgw.state import MemoryBackend
 
 
@@ -26,13 +30,14 @@ def test_streaming_reservations_keep_their_slots_until_settled(monkeypatch: pyte
     q = _quota(backend)
     ctx = types.SimpleNamespace(principal="alice", roles=(), model="m", usage={"prompt_tokens": 1,
                                 "completion_tokens": 1}, target=None, body={}, texts=None, request_id="r")
-    plan = types.SimpleNamespace(targets=[types.SimpleNamespace(id="up")])
-    resp = types.SimpleNamespace(extra_headers=[])
+    plan = Plan([types.SimpleNamespace(id="up")], Retry())  # type: ignore[list-item]
 
     async def holders() -> int:
         return sum(len(h) for h in (await backend.usage()).slots.values())
 
     async def go() -> None:
+        # A response writer no byte is written to (the admission only adds its headers to it).
+        resp = Responder(object(), FlowControl(asyncio.get_running_loop()), True, False)  # type: ignore[arg-type]
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         streaming = [await q.admit(ctx, body, plan, resp) for _ in range(2)]  # type: ignore[arg-type]
         idle = await q.admit(ctx, body, plan, resp)  # type: ignore[arg-type]
