@@ -416,7 +416,7 @@ class RateLimitPolicy:
     async def reconcile(self, res: Reservation, prompt_tokens: int, completion_tokens: int) -> bool:
         """Replace the reservation by real usage (one round trip); idempotent. False when the state did not answer:
         the settlement is kept and applied after the next successful admission; the slots' leases run out.
-        A caller cancelled meanwhile (its client left) does not cut it short: the settlement runs to its end."""
+        A caller cancelled meanwhile (its client left) does not cut it short: the settlement still runs."""
         if res.done:
             return True
         res.done = True
@@ -426,25 +426,18 @@ class RateLimitPolicy:
         settle = Settle(res.holder, tuple([(k, iv, delta) for k, iv in res.token_rates]) if delta else (),
                         res.slots, tuple([(k, reserved, actual) for k, reserved in res.spends]) if res.spends else ())
         backend = res.backend
-        if backend.remote:
-            # A command may be applied without its reply being read, or not sent yet (connecting, or resent
-            # whole after NOSCRIPT): only a task of its own knows which, and finishes it.
-            task = asyncio.get_running_loop().create_task(self._settle(backend, settle))
-            try:
-                return await asyncio.shield(task)
-            except asyncio.CancelledError:
-                _keep(task)
-                raise
         try:
             return await self._settle(backend, settle)
         except asyncio.CancelledError:
-            # A local operation runs whole or not at all, with no suspension inside: cancelled, it did not run.
-            _keep(asyncio.get_running_loop().create_task(self._settle(backend, settle)))
+            if not backend.remote:
+                # A local operation runs whole or not at all, with no suspension inside: cancelled, it did not
+                # run. (A remote one reports what became of it to `_late`.)
+                _keep(asyncio.get_running_loop().create_task(self._settle(backend, settle)))
             raise
 
     async def _settle(self, backend: Backend, settle: Settle) -> bool:
         try:
-            await (backend.reconcile(settle, partial(self._ran, settle)) if backend.remote
+            await (backend.reconcile(settle, partial(self._late, backend, settle)) if backend.remote
                    else backend.reconcile(settle))
         except StateUnavailable as e:
             self.state_errors += 1
@@ -453,9 +446,17 @@ class RateLimitPolicy:
             return False
         return True
 
-    def _ran(self, settle: Settle) -> None:
-        """A settlement kept for later after its deadline did run (Redis answered late): never apply it again. (Its
-        late answer comes before any later command's on the connection, so before a flush could resend it.)"""
+    def _late(self, backend: Backend, settle: Settle, ran: bool) -> None:
+        """What Redis did with a settlement whose call ended before its answer. Ran: one kept for a retry (its
+        deadline passed) is dropped, never applied twice (its late answer comes before any later command's on the
+        connection, so before a flush could resend it). Did not run (its caller was cancelled before it was
+        sent, or Redis had lost the script): one kept for a retry waits for it; any other is sent again now."""
+        if ran:
+            self._drop_pending(settle)
+        elif settle not in self._pending:
+            _keep(asyncio.get_running_loop().create_task(self._settle(backend, settle)))
+
+    def _drop_pending(self, settle: Settle) -> None:
         try:
             self._pending.remove(settle)
         except ValueError:
@@ -478,7 +479,7 @@ class RateLimitPolicy:
             while self._pending:
                 settle = self._pending[0]
                 backend = self.backend
-                await (backend.reconcile(settle, partial(self._ran, settle)) if backend.remote
+                await (backend.reconcile(settle, partial(self._late, backend, settle)) if backend.remote
                        else backend.reconcile(settle))
                 if self._pending and self._pending[0] is settle:
                     self._pending.popleft()

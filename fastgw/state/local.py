@@ -320,7 +320,7 @@ class LocalBackend:
             put(i, rec is None, LEDGER, kb, h, float(b.expires), u + b.cost, held + b.cost)
         return adm
 
-    async def reconcile(self, settle: Settle, ran: Callable[[], None] | None = None) -> None:
+    async def reconcile(self, settle: Settle, late: Callable[[bool], None] | None = None) -> None:
         await self._tx(self._reconcile, settle)
 
     def _reconcile(self, t: Table, now: float, settle: Settle) -> None:

@@ -66,7 +66,7 @@ class MemoryBackend:
             rec = self.spends[key] = [0, 0, 0]
         return rec
 
-    async def reconcile(self, settle: Settle, ran: Callable[[], None] | None = None) -> None:
+    async def reconcile(self, settle: Settle, late: Callable[[bool], None] | None = None) -> None:
         now = self._now()
         for k, interval, delta in settle.rates:
             tat = core.adjust(now, self.tats.get(k), interval, delta)

@@ -180,9 +180,9 @@ class Backend(Protocol):
         """One atomic admission. `orphan` (remote backends): given the admission when the call ended before the
         state answered and the answer came later: the caller releases what nobody will use."""
 
-    async def reconcile(self, settle: Settle, ran: Callable[[], None] | None = None) -> None:
-        """Apply a settlement. `ran` (remote backends): called when the call ended by its deadline before the state
-        answered and the answer came later: it ran, and must not be applied again."""
+    async def reconcile(self, settle: Settle, late: Callable[[bool], None] | None = None) -> None:
+        """Apply a settlement. `late(ran)` (remote backends): when the call ended (its deadline, its caller
+        cancelled) before the state answered, whether the settlement ran, once that is known."""
 
     async def renew(self, holder: str, slots: Sequence[str], lease: float) -> None:
         """Push the lease of `holder` in each concurrency set to now + `lease` (where it still holds one)."""

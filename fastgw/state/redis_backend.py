@@ -254,9 +254,9 @@ class RedisBackend:
             args += (b.limit, b.cost, b.expires)
         return _admission(ask, await _ADMIT(self.client, keys, args, late))
 
-    async def reconcile(self, settle: Settle, ran: Callable[[], None] | None = None) -> None:
-        """`ran`: called when this call failed by its deadline after Redis had the script, and Redis answered
-        later that it ran (a settlement kept for a retry must not be applied twice)."""
+    async def reconcile(self, settle: Settle, late: Callable[[bool], None] | None = None) -> None:
+        """`late(ran)`: when this call ended (its deadline, its caller cancelled) before Redis's answer, what that
+        answer said once it came: True, the settlement ran; False, it did not (never sent, or NOSCRIPT)."""
         keys = [k for k, _, _ in settle.rates]
         keys += settle.slots
         keys += [k for k, _, _ in settle.spends]
@@ -265,7 +265,7 @@ class RedisBackend:
             args += (repr(interval), delta)
         for _, reserved, actual in settle.spends:
             args += (actual - reserved, -reserved)
-        await _RECONCILE(self.client, keys, args, None if ran is None else (lambda out: ran() if out == 1 else None))
+        await _RECONCILE(self.client, keys, args, None if late is None else (lambda out: late(out == 1)))
 
     async def renew(self, holder: str, slots: Sequence[str], lease: float) -> None:
         if slots:

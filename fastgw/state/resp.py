@@ -44,7 +44,8 @@ import hiredis
 
 from fastgw.state.model import StateUnavailable
 
-__all__ = ["RespClient", "ReplyError", "pack", "parse_url", "RedisAddress", "BACKOFF_MIN", "BACKOFF_MAX"]
+__all__ = ["RespClient", "ReplyError", "pack", "parse_url", "RedisAddress", "BACKOFF_MIN", "BACKOFF_MAX",
+           "NOT_SENT"]
 
 ReplyError = hiredis.ReplyError
 #: First wait after a failed connect: short, so a restarted Redis is found quickly.
@@ -54,6 +55,8 @@ BACKOFF_MAX = 0.5
 
 #: How long a connection retired as stuck is still read for late replies before it is closed.
 RETIRED_GRACE = 5.0
+#: What `RespClient.send` gives its `late` callback for a call cancelled before its command was written.
+NOT_SENT = object()
 
 log = logging.getLogger("fastgw.state.resp")
 
@@ -223,17 +226,23 @@ class RespClient:
     async def send(self, packed: bytes, late: Callable[[Any], None] | None = None) -> Any:
         """Send one packed command, return its reply. `late`: if this call fails by its deadline or is cancelled
         after the command was written, the reply that still comes (the command ran, or was refused) is given to
-        it; when the connection is lost first, nothing is (whether the command ran cannot be known)."""
+        it; if it is cancelled before the command was written (while connecting), NOT_SENT is; when the
+        connection is lost first, nothing is (whether the command ran cannot be known)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         conn = self._conn
-        if conn is None or conn.lost or conn.loop is not loop:  # (another loop: a test's, or a forked child's)
-            conn = await self._connect(deadline)
-        elif conn.waiting and time.monotonic() - conn.quiet_since > self.timeout:
-            # Requests are waiting and nothing has come back for a whole timeout: the peer is stuck or gone
-            # without a FIN. Fail them now and start afresh rather than queue behind them.
-            conn.retire(StateUnavailable(f"redis gave no reply for {self.timeout * 1e3:.0f} ms"))
-            conn = await self._connect(deadline)
+        if conn is None or conn.lost or conn.loop is not loop or (
+                conn.waiting and time.monotonic() - conn.quiet_since > self.timeout):
+            if conn is not None and not conn.lost and conn.loop is loop:
+                # Requests are waiting and nothing has come back for a whole timeout: the peer is stuck or gone
+                # without a FIN. Fail them now and start afresh rather than queue behind them.
+                conn.retire(StateUnavailable(f"redis gave no reply for {self.timeout * 1e3:.0f} ms"))
+            try:
+                conn = await self._connect(deadline)
+            except asyncio.CancelledError:
+                if late is not None:
+                    late(NOT_SENT)
+                raise
         fut = conn.send(packed)
         timer = loop.call_at(deadline, _expire, fut, self.timeout)
         try:

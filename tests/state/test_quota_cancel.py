@@ -232,3 +232,31 @@ def test_the_scripts_come_with_the_connection(fresh_redis: Callable[..., RedisSe
         assert "cmdstat_evalsha:calls=2," in stats and "cmdstat_eval:" not in stats, stats
 
     _run(go)
+
+
+def test_a_settlement_whose_client_left_while_reconnecting_still_runs(fresh_redis: Callable[..., RedisServer]) -> None:
+    """The connection was lost, and the settlement's call was cancelled while a new one was being set up (before
+    its command was written): it is sent once the state answers again."""
+    server = fresh_redis()
+    rl = _limiter(RedisBackend(server.url, "p", 5.0))
+
+    async def go() -> None:
+        res = await _admitted(rl)
+        admin = RespClient(parse_url(server.url), 5.0)
+        assert await admin.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") == 1  # the limiter's
+        await admin.close()
+        await asyncio.sleep(0.05)  # its close is seen: the next call connects anew
+        _stopped(server)  # the TCP connect completes (the kernel's backlog); the set-up commands get no answer
+        try:
+            task = asyncio.ensure_future(rl.reconcile(res, 10, 5))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            server.resume()
+        u = await _until(_nothing_held, rl)
+        assert u.spends[BUDGET][0] == rl.cost(PRICE, 10, 5)
+        await rl.reconcile(await _admitted(rl), 10, 5)
+
+    _run(go)
