@@ -20,11 +20,7 @@ from fastgw.api.errors import GatewayError, Origin
 from fastgw.api.limits import MAX_REQUEST_CPU, SCAN_SLICE
 from fastgw.policy.base import PolicyViolation, RequestContext
 from fastgw.policy.findings import Finding, Findings
-from fastgw.policy.textkeys import JSON_VALUES as _JSON_VALUES
-from fastgw.policy.textkeys import NOSKIP as _NOSKIP
-from fastgw.policy.textkeys import SKIP, is_blob, text_chars
-from fastgw.policy.textkeys import TOOL_INPUT as _TOOL_INPUT
-from fastgw.policy.textkeys import tool_input as _tool_input
+from fastgw.policy.textkeys import JSON_VALUES, NOSKIP, SKIP, is_blob, text_chars, tool_input
 from fastgw.scan.database import ScanDB, Span
 from fastgw.scan.scanner import ScanBudget, StreamScanner, find_spans
 
@@ -224,7 +220,7 @@ def walk(node: object, field: str, choice: int | None, skip: frozenset[str] = SK
                 if v and (k not in skip) and not is_blob(node, k, v):
                     yield node, k, f"{field}.{k}" if field else k, choice
             elif isinstance(v, (dict, list)):
-                sub = _NOSKIP if (k in _JSON_VALUES or (k == "input" and _tool_input(node))) \
+                sub = NOSKIP if (k in JSON_VALUES or (k == "input" and tool_input(node))) \
                     else skip
                 yield from walk(v, f"{field}.{k}" if field else k, choice, sub)
     elif isinstance(node, list):
@@ -554,7 +550,7 @@ def _output_item(item: dict) -> Iterator[Slot]:
             if v and k not in SKIP and not is_blob(item, k, v):
                 yield item, k, k if k != "arguments" else "tool_calls.arguments", 0
         elif isinstance(v, (dict, list)):
-            yield from walk(v, k, 0, _NOSKIP if k in _JSON_VALUES else SKIP)
+            yield from walk(v, k, 0, NOSKIP if k in JSON_VALUES else SKIP)
     if isinstance(content, list):
         for part in content:
             if not isinstance(part, dict):

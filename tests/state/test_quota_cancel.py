@@ -54,6 +54,19 @@ def _stopped(server: RedisServer) -> None:
         time.sleep(0.001)
 
 
+async def _cancelled_while_stopped(server: RedisServer, call: Awaitable[Any]) -> None:
+    """Run `call` with Redis stopped, cancel it once its command is on its way (its client left), resume Redis."""
+    _stopped(server)
+    try:
+        task = asyncio.ensure_future(call)
+        await asyncio.sleep(0.05)  # written (or connecting); Redis acts on it when it wakes
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        server.resume()
+
+
 async def _until(cond: Callable[[Usage], bool], rl: RateLimitPolicy, within: float = 2.0) -> Usage:
     deadline = time.monotonic() + within
     while True:
@@ -80,15 +93,7 @@ def test_an_admission_whose_client_left_is_released(fresh_redis: Callable[..., R
 
     async def go() -> None:
         await rl.reconcile(await _admitted(rl), 0, 0)  # connected and the scripts known, before Redis stops
-        _stopped(server)
-        try:
-            task = asyncio.ensure_future(rl.admit("k", [], "m", PRICE, 10, 1000))
-            await asyncio.sleep(0.05)  # written; Redis will run it when it wakes
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        finally:
-            server.resume()
+        await _cancelled_while_stopped(server, rl.admit("k", [], "m", PRICE, 10, 1000))
         # Redis admitted it after all: its late answer releases the slot and the reserved cost at once (the
         # lease would have held the slot for 60 s, the budget's hold never ends).
         u = await _until(_nothing_held, rl)
@@ -126,15 +131,8 @@ def test_a_settlement_whose_client_left_still_runs(fresh_redis: Callable[..., Re
         admin = RespClient(parse_url(server.url), 5.0)
         assert await admin.send(pack("SCRIPT", "FLUSH")) == b"OK"
         await admin.close()
-        _stopped(server)
-        try:
-            task = asyncio.ensure_future(rl.reconcile(res, 10, 5))
-            await asyncio.sleep(0.05)
-            task.cancel()  # the client closed its connection after reading the answer
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        finally:
-            server.resume()
+        # The client closed its connection after reading the answer.
+        await _cancelled_while_stopped(server, rl.reconcile(res, 10, 5))
         u = await _until(_nothing_held, rl)
         assert u.spends[BUDGET][0] == rl.cost(PRICE, 10, 5)  # the real cost, once
         await rl.reconcile(await _admitted(rl), 10, 5)
@@ -246,15 +244,8 @@ def test_a_settlement_whose_client_left_while_reconnecting_still_runs(fresh_redi
         assert await admin.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") == 1  # the limiter's
         await admin.close()
         await asyncio.sleep(0.05)  # its close is seen: the next call connects anew
-        _stopped(server)  # the TCP connect completes (the kernel's backlog); the set-up commands get no answer
-        try:
-            task = asyncio.ensure_future(rl.reconcile(res, 10, 5))
-            await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        finally:
-            server.resume()
+        # Stopped, Redis still completes the TCP connect (the kernel's backlog); the set-up commands get no answer.
+        await _cancelled_while_stopped(server, rl.reconcile(res, 10, 5))
         u = await _until(_nothing_held, rl)
         assert u.spends[BUDGET][0] == rl.cost(PRICE, 10, 5)
         await rl.reconcile(await _admitted(rl), 10, 5)

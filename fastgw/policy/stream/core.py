@@ -32,6 +32,7 @@ from fastgw.api.limits import MAX_STREAM_TEXTS
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Finding, Findings
 from fastgw.policy.stream.records import Held, Segment, TextKey
+from fastgw.policy.textkeys import JSON_VALUES, NOSKIP, tool_input
 from fastgw.policy.textscan import (SKIP, ScanPolicy, Tagged, decide_counts, is_blob, merge_spans, redact,
                                      set_token)
 from fastgw.proto.sse import SSEEvent, encode_data, encode_event
@@ -48,10 +49,9 @@ DEFER_BYTES = 16384
 #: Piece sizes of deferred scanning: the smallest (~1.5 ms at the slowest text found) and the largest.
 _PIECE_MIN = 1024
 _PIECE_MAX = 65536
-#: Keys whose value is JSON a caller or a model chose (tool inputs, schemas, metadata): every string scanned.
-_JSON_VALUES = frozenset(("parameters", "input_schema", "schema", "metadata", "properties", "arguments"))
-_TOOL_INPUT = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
-_NOSKIP: frozenset[str] = frozenset()
+#: Keys whose value is JSON a caller or a model chose (tool inputs, schemas, metadata): every string scanned. (The
+#: request side's `JSON_VALUES`, and a streamed event's `arguments`.)
+_JSON_VALUES = JSON_VALUES | {"arguments"}
 
 
 def _feed(t: TextStream) -> None:
@@ -267,9 +267,7 @@ class StreamPolicy(ABC):
                         self._text(TextKey(choice, f"{field}.{k}" if field else k, item, part), v, path + (k,),
                                    segs, repeats)
                 elif isinstance(v, (dict, list)):
-                    sub = _NOSKIP if k in _JSON_VALUES or (k == "input" and isinstance(node.get("type"), str)
-                                                                 and node["type"] in _TOOL_INPUT) \
-                        else skip
+                    sub = NOSKIP if k in _JSON_VALUES or (k == "input" and tool_input(node)) else skip
                     self._walk(v, f"{field}.{k}" if field else k, choice, item, part, path + (k,), segs, sub,
                                repeats)
         elif isinstance(node, list):

@@ -19,9 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastgw.api.dialects import RESPONSES
-from fastgw.policy.stream.core import _JSON_VALUES, _NOSKIP
+from fastgw.policy.stream.core import _JSON_VALUES
 from fastgw.policy.stream.records import Held, Segment, TextKey
 from fastgw.policy.stream.typed import TypedEventPolicy
+from fastgw.policy.textkeys import NOSKIP
 from fastgw.policy.textscan import SKIP, is_blob, set_token
 
 __all__ = ["ResponsesStreamPolicy"]
@@ -159,7 +160,7 @@ class ResponsesStreamPolicy(TypedEventPolicy):
                     field = _ITEM_STREAMED.get((typ, k), k) if isinstance(typ, str) else k
                     self._text(TextKey(0, field, iid, 0), v, path + (k,), segs, repeats)
             elif isinstance(v, (dict, list)):
-                self._walk(v, k, 0, iid, 0, path + (k,), segs, _NOSKIP if k in _JSON_VALUES else SKIP, repeats)
+                self._walk(v, k, 0, iid, 0, path + (k,), segs, NOSKIP if k in _JSON_VALUES else SKIP, repeats)
 
     def _part(self, part: dict, iid: object, ci: object, listkey: str, path: tuple, segs: list[Segment],
               repeats: list) -> None:
