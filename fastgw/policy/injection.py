@@ -530,12 +530,13 @@ class InjectionPolicy:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.weights = [r.weight for r in rules]
         # No rules (builtin off, no patterns): nothing to compile, every request scores 0.
-        self.db: ScanDB | None = ScanDB([r.pattern for r in rules]) if rules else None
+        self.db: ScanDB | None = ScanDB([r.pattern for r in rules], prefilter=False) if rules else None
         # The built-ins again with optional separators, for the views of texts with invisible characters; its
         # ids are the built-ins' ids (they come first in `rules`). Custom regexes have no `_SEP` to relax.
         self.glued: ScanDB | None = ScanDB([
             Pattern(r.name, r.pattern.entity, r.pattern.expression.replace(_SEP.encode(), _SEP_GLUED.encode()),
-                    r.pattern.max_width, caseless=r.pattern.caseless) for r in BUILTIN]) if settings.builtin else None
+                    r.pattern.max_width, caseless=r.pattern.caseless) for r in BUILTIN], prefilter=False) \
+            if settings.builtin else None
         self.threshold = settings.threshold
         self.action = settings.action
         #: The roles whose texts are judged (`request_texts` says which role each field counts as).

@@ -624,42 +624,23 @@ class StreamScanner:
 
 
 #: Texts up to this long (ASCII prose) are first scanned for any report at all: a request of many short fields
-#: (content parts, metadata values) then costs one Hyperscan stream per field, not a scanner each (~3x).
+#: (content parts, metadata values) then costs one block scan per field, not a scanner each.
 _SMALL = 256
 
 
-class _Any:
-    """Whether a Hyperscan stream reports anything but a phrase prefix (it halts at the first such report)."""
-
-    __slots__ = ("hit", "on_match", "prefixes")
-
-    def __init__(self, prefixes: int) -> None:
-        self.hit = False
-        self.prefixes = prefixes
-        self.on_match = self._match  # kept for the stream's life (see StreamScanner.__init__)
-
-    def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> bool:
-        if pid >= self.prefixes:
-            return False  # a prefix of a phrase is no match
-        self.hit = True
-        return True  # halt: one report is the answer
+def _halt(pid: int, start: int, end: int, flags: int, ctx: object) -> bool:
+    return True  # one report is the answer
 
 
 def _reports(db: ScanDB, data: bytes) -> bool:
-    """Whether `data` (a whole text) makes `db` report any match, end-anchored ones included."""
-    a = _Any(db.prefix_ids)
-    stream = db.hs.stream(match_event_handler=a.on_match)
-    stream.__enter__()
+    """Whether `data` (a whole text) makes `db` report any match, end-anchored ones included (`ScanDB.any`)."""
+    if db.any is None:
+        return True
     try:
-        stream.scan(data)
-    except Exception:  # noqa: BLE001 - a halted scan may raise: it reported
-        a.hit = True
-    finally:
-        try:
-            stream.close(match_event_handler=a.on_match)
-        except Exception:  # noqa: BLE001 - an end-anchored match halting the close: it reported
-            a.hit = True
-    return a.hit
+        db.any.scan(data, match_event_handler=_halt)
+    except Exception:  # noqa: BLE001 - halted at a report (ScanTerminated); any other failure: look closer
+        return True
+    return False
 
 
 def find_spans(db: ScanDB, text: bytes, json: bool = False, budget: ScanBudget | None = None) -> list[Span]:

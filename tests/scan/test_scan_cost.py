@@ -125,3 +125,44 @@ def test_short_text_prefilter_gives_what_the_scanner_gives() -> None:
         sc = StreamScanner(db)
         sc.feed(text)
         assert find_spans(db, text) == sc.settle(final=True)[1], text
+
+
+def _stream_reports(db: ScanDB, text: bytes) -> bool:
+    """Whether the stream database reports anything but a phrase prefix on `text` (the reference)."""
+    hits: list[int] = []
+
+    def on(pid: int, start: int, end: int, flags: int, ctx: object) -> None:
+        if pid < db.prefix_ids:
+            hits.append(pid)
+
+    stream = db.hs.stream(match_event_handler=on)
+    stream.__enter__()
+    stream.scan(text)
+    stream.close(match_event_handler=on)  # end-anchored reports fire here
+    return bool(hits)
+
+
+def test_the_block_prefilter_reports_exactly_when_the_stream_database_does() -> None:
+    """`find_spans` looks at a short text with the block database `ScanDB.any` first: it must report on exactly
+    the texts the stream database reports on (end-anchored expressions, block patterns' closers and the table
+    rows included; a phrase's prefix is no report), or a value would pass unscanned."""
+    from fastgw.config import SafetyFilter
+    from fastgw.policy.safety import SafetyPolicy
+
+    safety = SafetyPolicy(SafetyFilter(action="redact", terms=["forbidden fruit", "secret sauce", "x y"],
+                                       regex=[r"end\s*$"]))
+    safety.allocate_scratch()
+    pii = _db(*BUILTIN)
+    assert pii.any is not None and pii.any.mode == 1  # HS_MODE_BLOCK: no stream opened per text
+    pieces = ["a@b.co", "192.168.1.1", "555-123-4567", "hello", " ", "\n", "| a | b |", "\n| --- | --- |\n", "x",
+              "-----BEGIN RSA PRIVATE KEY-----", "-----END", "4111 1111 1111 1111", "forbidden", " fruit", "secret",
+              "sauce", "x y", "end", "DE89370400440532013000", "+49 30 1234567", "1"]
+    rnd = random.Random(7)
+    seen = {True: 0, False: 0}
+    for _ in range(1500):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 6))).encode()
+        for db in (pii, safety.db):
+            want = _stream_reports(db, text)
+            assert scanner._reports(db, text) is want, (text, db.patterns[0].name)
+            seen[want] += 1
+    assert min(seen.values()) > 500  # both answers, often
