@@ -21,6 +21,9 @@ of ~4 characters, finish chunk, `data: [DONE]`) unless the case says otherwise:
   upstream delivering one event per read (`on_data` + `flush`, then `on_end`), as `App._relay` builds
   them: no policy, pii-detector redact, and pii-detector + safety-filter redact on clean prose and on
   prose with PII values; `relay.read.*`: the whole answer in one read (a fast upstream, as in `bench run`).
+- `whole.*`: the whole-text path of a non-streamed request through pii-detector + safety-filter redact:
+  `whole.input.*`, `Chain.check_input` on a chat request (the bench's "hi", or the PII text); `whole.output.*`,
+  `Chain.check_output_body` on a chat.completion answer of the 200-character text (clean prose, or with PII).
 - `texts.*`: the output stream policy (pii-detector redact), one event pushed and released at a time, on answers
   of many texts: `texts.responses.N`, a Responses answer of N message items (4 events each: added, delta, text
   done, item done); `texts.tools.N`, a chat answer of N tool calls (a name and arguments each: 2N texts). The
@@ -522,6 +525,51 @@ def _many_texts(kind: str, n: int) -> Bench:
     return Bench(op, check, len(events))
 
 
+def _whole(policies: tuple[str, ...], where: str, text_kind: str) -> Bench:
+    """The whole-text path of a non-streamed request: `Chain.check_input` on a chat request (the bench's
+    one-message request for "prose", the PII text as its message for "pii"), or `Chain.check_output_body` on a
+    chat.completion answer whose content is the 200-character text. One op: a fresh request context and body."""
+    import orjson
+
+    from fastgw.policy.base import RequestContext
+
+    chain = _chain(policies)
+    if text_kind == "prose":
+        text, _ = _prose()
+        values: list[tuple[int, str, str]] = []
+    else:
+        text, values, _ = _with_pii()
+    ask = "hi" if text_kind == "prose" else text
+    request = orjson.dumps({"model": "bench-model", "stream": False, "messages": [{"role": "user", "content": ask}]})
+    answer = orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1741569952,
+                           "model": "bench-model", "system_fingerprint": "fp_bench",
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                                        "logprobs": None, "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 5, "completion_tokens": 50, "total_tokens": 55}})
+
+    def ctx() -> RequestContext:
+        c = RequestContext("bench", "POST", "/v1/chat/completions", [])
+        c.endpoint, c.model = "chat/completions", "bench-model"
+        return c
+
+    if where == "input":
+        def op() -> Any:
+            body = orjson.loads(request)
+            chain.check_input(ctx(), body)
+            return body
+    else:
+        def op() -> Any:
+            return orjson.loads(chain.check_output_body(ctx(), answer))
+
+    def check(out: Any) -> None:
+        got = out["messages"][0]["content"] if where == "input" else out["choices"][0]["message"]["content"]
+        want = (ask if where == "input" else text) if not values else expected_redaction(ask if where == "input"
+                                                                                          else text, values)
+        assert got == want, f"{got!r} != {want!r}"
+
+    return Bench(op, check)
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 CASES: list[Case] = [
@@ -542,6 +590,10 @@ CASES: list[Case] = [
       for name, pols, kind in (("none", (), "prose"), ("pii+safety.pii", ("pii-detector", "safety-filter"), "pii"))],
     *[Case(f"texts.{kind}.{n}", functools.partial(_many_texts, kind, n))
       for kind in ("responses", "tools") for n in (100, 2000)],
+    *[Case(f"whole.{where}.{name}", functools.partial(_whole, pols, where, kind))
+      for where in ("input", "output")
+      for name, pols, kind in (("pii+safety.prose", ("pii-detector", "safety-filter"), "prose"),
+                               ("pii+safety.pii", ("pii-detector", "safety-filter"), "pii"))],
 ]
 
 

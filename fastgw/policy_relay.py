@@ -14,11 +14,10 @@ from collections import deque
 from typing import Callable
 
 from fastgw.api import dialects
-from fastgw.api.errors import GatewayError, UpstreamProtocolError, from_transport
+from fastgw.api.errors import GatewayError, RequestTooExpensive, UpstreamProtocolError, from_transport
 from fastgw.api.limits import SCAN_SLICE
 from fastgw.policy.base import PolicyFailure
 from fastgw.policy.stream import StreamBlocked, StreamPolicy
-from fastgw.policy.textscan import RequestTooExpensive
 from fastgw.proto.errors import ProtocolError
 from fastgw.proto.server import Responder
 from fastgw.proto.sse import SSEDecoder, SSEEvent

@@ -31,7 +31,8 @@ PURE_TESTS = ["tests/scan/test_scanner.py", "tests/scan/test_fold.py", "tests/sc
               "tests/test_pipeline.py", "tests/test_cancellation.py", "tests/policy/test_stream_policy.py",
               "tests/policy/test_stream_policy_texts.py", "tests/policy/test_stream_chunks.py",
               "tests/policy/test_stream_dialects.py", "tests/policy/test_stream_texts.py",
-              "tests/policy/test_read_batch.py"]
+              "tests/policy/test_read_batch.py", "tests/policy/test_chain.py", "tests/policy/test_cpu_slices.py",
+              "tests/policy/test_fields_coverage.py"]
 
 
 def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() -> None:
@@ -152,6 +153,11 @@ _REVIEWED_SLICES = {
     ("fastgw/stream.py", "block[start:end]"),  # start <= i <= end
     ("fastgw/stream.py", "block[6:end if end > 0 else len(block)]"),  # the block starts with 'data: {"error"'
     ("fastgw/policy/stream/core.py", "data[i:i + piece]"),  # piece >= _PIECE_MIN > 0
+    ("fastgw/policy/textscan.py", "data[i:i + piece]"),  # piece >= SLICE_PIECE > 0
+    ("fastgw/policy/textscan.py", "data[pos - base:sp.start - base]"),  # under `if sp.start > pos`
+    ("fastgw/policy/textscan.py", "data[pos:upto]"),  # upto = max(pos, ...), or len(data) >= every span's end
+    ("fastgw/policy/textscan.py", "spans[i:i + _RECORD_RUN]"), ("fastgw/policy/textscan.py", "spans[k:k + _SPAN_RUN]"),
+    ("fastgw/policy/textscan.py", "tags[k:k + _SPAN_RUN]"),  # lists, and the end is the start plus a run
 }
 
 

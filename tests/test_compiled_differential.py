@@ -3,8 +3,9 @@
 mypyc has miscompiled code here before (a bytes slice whose end fell before its start raised SystemError where
 Python gives b""; see bench/RESULTS.md): unit tests pass on both forms, but only random input finds the corner a
 test did not think of. Each run feeds the same generated cases (tests/support/differential.py: SSE streams, HTTP/1.1
-requests, text for the PII scanner and the Unicode fold, cut at random points, and chat, Responses and Messages
-streams from well-formed to hostile through the output stream policy) to the package as installed
+requests, text for the PII scanner and the Unicode fold, cut at random points, chat, Responses and Messages
+streams from well-formed to hostile through the output stream policy, and whole requests and non-streamed answers
+through the whole-text policy path) to the package as installed
 (compiled) and to a copy of its sources without any .so, and compares every output line.
 """
 
@@ -19,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 _PROBE = ("import fastgw.proto.sse as s, fastgw.proto.h1 as h, fastgw.scan.scanner as c, "
-          "fastgw.policy.stream.core as p; print(s.__file__, h.__file__, c.__file__, p.__file__)")
+          "fastgw.policy.stream.core as p, fastgw.policy.textscan as t; "
+          "print(s.__file__, h.__file__, c.__file__, p.__file__, t.__file__)")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def _run(where: Path | None, *args: str) -> list[str]:
 
 def _compare(pure: Path, seed: int, cases: int) -> None:
     compiled, interpreted = _run(None, str(seed), str(cases)), _run(pure, str(seed), str(cases))
-    assert len(compiled) == len(interpreted) == 4 * cases
+    assert len(compiled) == len(interpreted) == 5 * cases
     for a, b in zip(compiled, interpreted):
         assert a == b, f"the compiled form differs from the sources:\ncompiled: {a[:2000]}\nsources:  {b[:2000]}"
     # The cases reach what they are for (a generator gone blind would compare nothing).
@@ -64,6 +66,10 @@ def _compare(pure: Path, seed: int, cases: int) -> None:
     assert sum("BLOCKED" in line for line in streams) > cases // 50  # and blocked
     assert sum("cannot parse" in line for line in streams) > cases // 20  # and refused what it cannot read
     assert not [line for line in streams if "EXC" in line and "EXC GatewayError" not in line]  # never failed
+    texts = [line for line in compiled if line.startswith("texts ")]
+    assert sum("'redact'" in line for line in texts) > cases // 10  # whole texts redacted
+    assert sum("EXC PolicyViolation" in line for line in texts) > cases // 50  # and refused
+    assert not [line for line in texts if "EXC" in line and "EXC PolicyViolation" not in line]  # never failed
 
 
 def test_compiled_and_pure_agree_on_hostile_input(pure: Path) -> None:

@@ -15,7 +15,7 @@ import orjson
 from fastgw.proto.errors import HttpError, ProtocolError
 
 __all__ = ["GatewayError", "Origin", "envelope", "anthropic_envelope", "anthropic_type", "ANTHROPIC_TYPES", "ANTHROPIC_PATH",
-           "render", "ModelNotFound",
+           "render", "ModelNotFound", "RequestTooExpensive",
            "UpstreamError",
            "UpstreamConnectError", "UpstreamTimeout", "UpstreamDisconnected", "UpstreamProtocolError",
            "UpstreamAuthError", "InvalidRequest", "from_transport"]
@@ -123,6 +123,22 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
     no_retry = True
     origin = Origin.CLIENT
+
+
+class RequestTooExpensive(GatewayError):
+    """The policies spent more CPU on one request than `server.max_request_cpu` allows: 413 before the
+    upstream is called, an in-stream error after. Not worth retrying as it is."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_expensive"
+    no_retry = True
+    origin = Origin.CLIENT
+
+    def __init__(self, budget: float) -> None:
+        super().__init__(f"This request needs more than the {budget:g} s of policy CPU time a request may use "
+                         f"(server.max_request_cpu); send less text or split it into several requests.")
+        self.budget = budget
 
 
 class UpstreamError(GatewayError):

@@ -83,12 +83,9 @@ def problems(pii: PiiDetector) -> Problems:
 class PiiPolicy(ScanPolicy):
     """Compiled pii-detector settings."""
 
-    name = "pii-detector"
-    what = "PII"
-
     def __init__(self, settings: PiiDetector) -> None:
         patterns = patterns_for(settings.entities if settings.entities is not None else ENTITIES, regions=settings.regions)
         patterns += [custom_pattern(c.name, c.regex, c.max_width) for c in settings.custom]
-        super().__init__(ScanDB(patterns), settings.action, settings.streaming_mode, settings.apply_to,
-                         settings.replacement, settings.on_error)
+        super().__init__("pii-detector", "PII", ScanDB(patterns), settings.action, settings.streaming_mode,
+                         settings.apply_to, settings.replacement, settings.on_error)
         self.logprobs = settings.logprobs

@@ -70,9 +70,6 @@ def load_terms(path: str) -> list[str]:
 class SafetyPolicy(ScanPolicy):
     """Compiled safety-filter settings."""
 
-    name = "safety-filter"
-    what = "unsafe content"
-
     def __init__(self, settings: SafetyFilter) -> None:
         terms = list(settings.terms)
         for f in settings.files:
@@ -86,5 +83,5 @@ class SafetyPolicy(ScanPolicy):
         patterns += [_regex_pattern(i, rx, settings) for i, rx in enumerate(settings.regex)]
         if not patterns:
             raise ValueError("safety-filter has no terms, regex or files")
-        super().__init__(ScanDB(patterns), settings.action, settings.streaming_mode, settings.apply_to,
-                         settings.replacement, settings.on_error)
+        super().__init__("safety-filter", "unsafe content", ScanDB(patterns), settings.action,
+                         settings.streaming_mode, settings.apply_to, settings.replacement, settings.on_error)

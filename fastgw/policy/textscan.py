@@ -16,7 +16,9 @@ import time
 from collections.abc import Collection, Iterator
 from typing import Any
 
-from fastgw.api.errors import GatewayError, Origin
+from mypy_extensions import mypyc_attr
+
+from fastgw.api.errors import RequestTooExpensive
 from fastgw.api.limits import MAX_REQUEST_CPU, SCAN_SLICE
 from fastgw.policy.base import PolicyViolation, RequestContext
 from fastgw.policy.findings import Finding, Findings
@@ -37,22 +39,6 @@ _PIECE_MAX = 65536
 _SPAN_RUN = 2048
 #: Spans recorded as findings between two looks at the clock (a finding is logged: ~5 µs each).
 _RECORD_RUN = 256
-
-
-class RequestTooExpensive(GatewayError):
-    """The policies spent more CPU on one request than `server.max_request_cpu` allows: 413 before the
-    upstream is called, an in-stream error after. Not worth retrying as it is."""
-
-    status = 413
-    type = "invalid_request_error"
-    code = "request_too_expensive"
-    no_retry = True
-    origin = Origin.CLIENT
-
-    def __init__(self, budget: float) -> None:
-        super().__init__(f"This request needs more than the {budget:g} s of policy CPU time a request may use "
-                         f"(server.max_request_cpu); send less text or split it into several requests.")
-        self.budget = budget
 
 
 class Slicer:
@@ -99,17 +85,17 @@ class Slicer:
 Tagged = tuple[Span, "ScanPolicy"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # pii-detector and safety-filter: their settings are msgspec Structs
 class ScanPolicy:
-    """A compiled text-scanning policy (built in the master; `allocate_scratch` in each worker)."""
+    """A compiled text-scanning policy (built in the master; `allocate_scratch` in each worker). `name`: the
+    policy's; `what`: what its block message says was detected ("PII", "unsafe content")."""
 
-    name = ""
-    #: What the block message says was detected ("PII", "unsafe content").
-    what = ""
-    #: Logprobs tokens: "redact" (as the text they spell) or "drop" (removed from the answer).
-    logprobs = "redact"
-
-    def __init__(self, db: ScanDB, action: str, streaming_mode: str, apply_to: Collection[str], replacement: str,
-                 on_error: str) -> None:
+    def __init__(self, name: str, what: str, db: ScanDB, action: str, streaming_mode: str, apply_to: Collection[str],
+                 replacement: str, on_error: str) -> None:
+        self.name = name
+        self.what = what
+        #: Logprobs tokens: "redact" (as the text they spell) or "drop" (removed from the answer).
+        self.logprobs = "redact"
         self.db = db
         self.action = action
         self.buffered = streaming_mode == "buffered"

@@ -2,7 +2,7 @@
 line by line: the compiled modules (the package as installed) and the pure-Python sources (a copy of the package
 without its .so files first on PYTHONPATH). See tests/test_compiled_differential.py.
 
-    python -m tests.support.differential SEED CASES [KIND,...]     # KIND: sse, h1, scan, stream (default all)
+    python -m tests.support.differential SEED CASES [KIND,...]     # KIND: sse, h1, scan, stream, texts (default all)
 
 Every case is generated from SEED alone (random.Random), so both runs see the same bytes and the same splits.
 A line is `KIND INDEX | output | output ...`: what each feed returned (events, requests, spans, the scanner's safe
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import orjson
 
 from fastgw.policy.base import RequestContext
+from fastgw.policy import textscan
 from fastgw.policy.findings import Findings
 from fastgw.policy.stream import StreamBlocked, open_stream
 from fastgw.proto import h1, sse
@@ -308,7 +309,71 @@ def stream_cases(rng: random.Random, n: int) -> Iterator[Case]:
         yield f"stream {k}", out
 
 
-KINDS = {"sse": sse_cases, "h1": h1_cases, "scan": scan_cases, "stream": stream_cases}
+# ---- whole texts: a request, a non-streamed answer -------------------------------------------------------------------
+
+def _value(rng: random.Random, depth: int = 0) -> object:
+    """A JSON value a client or an upstream might send where text is expected, texts mostly."""
+    r = rng.random()
+    if r < 0.6 or depth > 2:
+        return _piece(rng)
+    if r < 0.8:
+        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    keys = ("content", "text", "type", "id", "data", "arguments", "input", "metadata", "name", "role", "x")
+    return {rng.choice(keys): _value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def _answer(rng: random.Random) -> dict:
+    """A non-streamed chat, Responses or Messages answer, from well-formed to odd."""
+    r = rng.random()
+    if r < 0.5:
+        msg: dict = {"role": "assistant", "content": _piece(rng)}
+        if rng.random() < 0.3:
+            msg["tool_calls"] = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": _piece(rng)}}]
+        ch: dict = {"index": rng.choice((0, 1, _ODD[0])), "message": msg if rng.random() < 0.9 else _value(rng),
+                    "finish_reason": "stop"}
+        if rng.random() < 0.3:
+            ch["logprobs"] = {"content": [{"token": _piece(rng), "logprob": -0.1, "bytes": [1], "top_logprobs": [
+                {"token": _piece(rng), "logprob": -1.0, "bytes": [2]}]} for _ in range(rng.randint(0, 4))]}
+        return {"id": "c", "object": "chat.completion", "choices": [ch] if rng.random() < 0.95 else _value(rng)}
+    if r < 0.8:
+        part: dict = {"type": "output_text", "text": _piece(rng), "annotations": []}
+        if rng.random() < 0.3:
+            part["logprobs"] = [{"token": _piece(rng), "logprob": -0.1} for _ in range(rng.randint(0, 4))]
+        return {"object": "response", "output": [{"id": "m", "type": "message", "content": [part]},
+                                                 {"type": "function_call", "arguments": _piece(rng)}],
+                "output_text": _piece(rng)}
+    return {"type": "message", "content": [{"type": "text", "text": _piece(rng)},
+                                           {"type": "tool_use", "id": "t", "name": "f", "input": _value(rng)}]}
+
+
+def text_cases(rng: random.Random, n: int) -> Iterator[Case]:
+    """Requests (any JSON in a message list, metadata, tools) and non-streamed answers through the whole-text path
+    (`fastgw.policy.textscan.process_slots`), one or two pii-detector policies (redact, block): whether it changed
+    the body, the body after, the decisions, or the refusal."""
+    for k in range(n):
+        where = rng.choice(("input", "output"))
+        policies = [pii_policy(rng.choice(("redact", "redact", "block"))) for _ in range(rng.choice((1, 1, 2)))]
+        if where == "input":
+            body: dict = {"model": "m", "messages": [{"role": "user", "content": _value(rng)}
+                                                     for _ in range(rng.randint(0, 3))]}
+            if rng.random() < 0.3:
+                body["metadata"] = _value(rng)
+            slots = textscan.request_slots(body)
+        else:
+            body = _answer(rng)
+            slots = textscan.response_slots(body)
+        ctx = RequestContext("r", "POST", "/v1/chat/completions", [])
+        out: list[str] = []
+        try:
+            out.append(repr(textscan.process_slots(policies, slots, where, Findings([]), ctx)))
+        except Exception as e:  # noqa: BLE001 - a refusal (PolicyViolation) is an outcome
+            out.append(_exc(e))
+        out.append(orjson.dumps(body).decode())
+        out.append(repr([(d.policy, d.phase, d.outcome, sorted(d.detail.items())) for d in ctx.decisions]))
+        yield f"texts {k}", out
+
+
+KINDS = {"sse": sse_cases, "h1": h1_cases, "scan": scan_cases, "stream": stream_cases, "texts": text_cases}
 
 
 def main(argv: list[str]) -> int:
