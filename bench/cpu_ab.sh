@@ -57,11 +57,18 @@ for ((r = 1; r <= rounds; r++)); do
     dir=${arg%@off} alog=json
     [ "$dir" != "$arg" ] && alog=off
     rm -rf "$tmp/state"
-    (cd "$here" && exec taskset -c 1 "$py" -m bench.upstream --port 18101 --events 50 >/dev/null 2>&1) & up=$!
+    # The servers do not inherit the lock's descriptor (a run that failed would leave it held).
+    (cd "$here" && exec taskset -c 1 "$py" -m bench.upstream --port 18101 --events 50 >/dev/null 2>&1 9>&-) & up=$!
     sleep 0.7
-    (cd "$dir" && PYTHONPATH=$dir exec "$py" -m fastgw serve --config "$tmp/gw.yaml" --access-log "$alog" >"$tmp/gw.log" 2>&1) & gw=$!
-    sleep 1.5
+    (cd "$dir" && PYTHONPATH=$dir exec "$py" -m fastgw serve --config "$tmp/gw.yaml" --access-log "$alog" \
+      >"$tmp/gw.log" 2>&1 9>&-) & gw=$!
+    # Ready when the worker answers (a chain's databases take a while to compile on a slow box).
+    for _ in $(seq 100); do
+      curl -s -o /dev/null http://127.0.0.1:18102/healthz && break
+      sleep 0.1
+    done
     worker=$(pgrep -P "$gw" | head -1)
+    [ -n "$worker" ] || { echo "cpu_ab.sh: no worker for $arg" >&2; cat "$tmp/gw.log" >&2; kill "$gw" "$up"; exit 1; }
     taskset -pc 0 "$worker" >/dev/null
     taskset -c 1 wrk -t1 -c64 -d1s -s "$tmp/req.lua" http://127.0.0.1:18102/v1/chat/completions >/dev/null
     t0=$(cputicks "$worker")

@@ -19,8 +19,8 @@ from fastgw.api.limits import MAX_REQUEST_CPU
 from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.stream import StreamPolicy, open_stream
-from fastgw.policy.textscan import (RequestTooExpensive, ScanPolicy, Slicer, process_slots, process_slots_sliced,
-                                     request_slots, response_slots)
+from fastgw.policy.textscan import (Prefilter, RequestTooExpensive, ScanPolicy, Slicer, process_slots,
+                                     process_slots_sliced, request_slots, response_slots)
 from fastgw.scan.scanner import find_spans
 
 if TYPE_CHECKING:  # audit is imported when a worker starts it (its thread and files cost nothing otherwise)
@@ -53,6 +53,11 @@ class Chain:
         self.input_steps = [n for n in self.order if n in ("rbac", "prompt-injection")
                             or (n in self.policies and isinstance(self.policies[n], ScanPolicy)
                                 and self.policies[n].input)]
+        #: Each direction's scanning policies as one block database: a body none of them can find anything in is
+        #: decided with one block scan per text (`Prefilter`).
+        scanning_input = [self.policies[n] for n in self.input_steps if isinstance(self.policies[n], ScanPolicy)]
+        self._input_filter = Prefilter(scanning_input) if scanning_input else None
+        self._output_filter = Prefilter(self.output_scanners) if self.output_scanners else None
         self.quality = self.policies.get("quality-scorer")
         self.audit: AuditLog | None = None  # started per worker
         self._audit_settings: AuditLogger | None = self.policies.get("audit-logger")
@@ -85,6 +90,9 @@ class Chain:
             alloc = getattr(p, "allocate_scratch", None)
             if alloc is not None:
                 alloc()
+        for flt in (self._input_filter, self._output_filter):
+            if flt is not None:
+                flt.allocate_scratch()
         if self._audit_redactor is not None:
             self._audit_redactor.allocate_scratch()
 
@@ -111,6 +119,7 @@ class Chain:
     def check_input(self, ctx: RequestContext, body: dict) -> bool:
         """Input policies in chain order. Refusals raise; returns True when the body was changed."""
         changed = False
+        clean: bool | None = None  # whether no scanning policy can find anything in the body (`Prefilter`)
         for name in self.input_steps:
             pol = self.policies[name]
             if name == "rbac":
@@ -120,8 +129,12 @@ class Chain:
             elif name == "prompt-injection":
                 self._guarded(name, "input", ctx, lambda: self._injection(pol, ctx, body))
             else:
+                if clean is None:
+                    flt = self._input_filter
+                    clean = bool(flt is not None and self._guarded(name, "input", ctx,
+                                                                   lambda: flt.clean(list(request_slots(body)))))
                 changed |= bool(self._guarded(name, "input", ctx, lambda: process_slots(
-                    [pol], request_slots(body), "input", self.findings, ctx)))
+                    [pol], iter(()) if clean else request_slots(body), "input", self.findings, ctx)))
         return changed
 
     async def check_input_async(self, ctx: RequestContext, body: dict, slicer: Slicer | None = None) -> bool:
@@ -249,12 +262,20 @@ class Chain:
             return data
         changed = False
         if self.output_scanners:
-            changed = bool(self._guarded("output", "output", ctx, lambda: process_slots(
-                self.output_scanners, response_slots(obj), "output", self.findings, ctx)))
+            changed = bool(self._guarded("output", "output", ctx, lambda: self._output_texts(ctx, obj)))
         self._collect(ctx, obj)
         if self.quality is not None:
             self._judge(ctx)
         return orjson.dumps(obj) if changed else data
+
+    def _output_texts(self, ctx: RequestContext, obj: dict) -> bool:
+        """The output scanning policies on a non-streamed answer's texts (decided at once when `Prefilter` finds
+        nothing for any of them); True when a text changed."""
+        slots = list(response_slots(obj))
+        flt = self._output_filter
+        if flt is not None and flt.clean(slots):
+            slots = []
+        return process_slots(self.output_scanners, iter(slots), "output", self.findings, ctx)
 
     async def check_output_body_async(self, ctx: RequestContext, data: bytes) -> bytes:
         """`check_output_body` in slices of the event loop, within what the input left of the request's CPU

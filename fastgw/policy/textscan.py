@@ -16,6 +16,7 @@ import time
 from collections.abc import Collection, Iterator
 from typing import Any
 
+import hyperscan
 from mypy_extensions import mypyc_attr
 
 from fastgw.api.errors import RequestTooExpensive
@@ -23,10 +24,10 @@ from fastgw.api.limits import MAX_REQUEST_CPU, SCAN_SLICE
 from fastgw.policy.base import PolicyViolation, RequestContext
 from fastgw.policy.findings import Finding, Findings
 from fastgw.policy.textkeys import JSON_VALUES, NOSKIP, SKIP, is_blob, text_chars, tool_input
-from fastgw.scan.database import ScanDB, Span
-from fastgw.scan.scanner import ScanBudget, StreamScanner, find_spans
+from fastgw.scan.database import ScanDB, Span, compile_any
+from fastgw.scan.scanner import ScanBudget, StreamScanner, block_reports, find_spans
 
-__all__ = ["ScanPolicy", "Tagged", "merge_spans", "redact", "process_slots", "process_slots_sliced", "request_slots", "text_chars",
+__all__ = ["ScanPolicy", "Prefilter", "Tagged", "merge_spans", "redact", "process_slots", "process_slots_sliced", "request_slots", "text_chars",
            "response_slots", "walk", "TokenRun", "SKIP", "is_blob", "set_token", "decide_counts", "Slicer",
            "RequestTooExpensive", "SLICE_PIECE"]
 
@@ -274,6 +275,32 @@ def set_token(entry: dict, text: str) -> None:
                 a["token"] = text
                 if isinstance(a.get("bytes"), list):
                     a["bytes"] = list(text.encode())
+
+
+class Prefilter:
+    """The scanning policies of one direction as one block database (`compile_any` of all their patterns): a body
+    whose texts are all ASCII, none JSON source nor logprobs tokens, and make it report nothing, needs no policy's
+    scan — one block scan per text for the chain, where each policy would take its own look at each text (and
+    a long clean text its scanner). A text's canonical view is the text itself only when it is ASCII and not JSON
+    source (`fastgw.scan.fold`): any other body goes to the policies as it is."""
+
+    def __init__(self, policies: list[ScanPolicy]) -> None:
+        self.db = compile_any([p for pol in policies for p in pol.db.patterns],
+                              any(pol.db.table_rule >= 0 for pol in policies))
+
+    def allocate_scratch(self) -> None:
+        self.db.scratch = hyperscan.Scratch(self.db)
+
+    def clean(self, slots: list[Slot]) -> bool:
+        """Whether no policy of the set can find anything in these texts."""
+        db = self.db
+        for container, key, fld, _ in slots:
+            if isinstance(container, TokenRun) or fld.endswith("arguments"):
+                return False
+            text = container[key]
+            if not isinstance(text, str) or not text.isascii() or block_reports(db, text.encode()):
+                return False
+        return True
 
 
 def process_slots(policies: list[ScanPolicy], slots: Iterator[Slot], where: str, findings: Findings,

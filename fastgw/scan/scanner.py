@@ -36,10 +36,12 @@ depend on how a request's texts are split, never whether a value is redacted.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastgw.scan.database import CONTEXT_BYTES, MAX_LOOKAHEAD, MAX_TABLE_HEADER, ScanDB, Span
 from fastgw.scan.fold import Folder
 
-__all__ = ["StreamScanner", "ScanBudget", "find_spans", "DENSE_RUN", "BUDGET_BURST", "BUDGET_BYTES"]
+__all__ = ["StreamScanner", "ScanBudget", "find_spans", "block_reports", "DENSE_RUN", "BUDGET_BURST", "BUDGET_BYTES"]
 
 #: Candidates of one pattern in one run of overlapping matches (counted by distinct start) that are judged; the
 #: rest of the run is not, and yields nothing. No value is 32 overlapping candidates of one pattern (a phone
@@ -634,10 +636,13 @@ def _halt(pid: int, start: int, end: int, flags: int, ctx: object) -> bool:
 
 def _reports(db: ScanDB, data: bytes) -> bool:
     """Whether `data` (a whole text) makes `db` report any match, end-anchored ones included (`ScanDB.any`)."""
-    if db.any is None:
-        return True
+    return db.any is None or block_reports(db.any, data)
+
+
+def block_reports(block: Any, data: bytes) -> bool:
+    """Whether `data` makes a block database of `compile_any` report anything (a failed scan counts as a report)."""
     try:
-        db.any.scan(data, match_event_handler=_halt)
+        block.scan(data, match_event_handler=_halt)
     except Exception:  # noqa: BLE001 - halted at a report (ScanTerminated); any other failure: look closer
         return True
     return False
