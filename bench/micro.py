@@ -22,8 +22,9 @@ of ~4 characters, finish chunk, `data: [DONE]`) unless the case says otherwise:
   them: no policy, pii-detector redact, and pii-detector + safety-filter redact on clean prose and on
   prose with PII values; `relay.read.*`: the whole answer in one read (a fast upstream, as in `bench run`).
 - `whole.*`: the whole-text path of a non-streamed request through pii-detector + safety-filter redact:
-  `whole.input.*`, `Chain.check_input` on a chat request (the bench's "hi", or the PII text); `whole.output.*`,
-  `Chain.check_output_body` on a chat.completion answer of the 200-character text (clean prose, or with PII).
+  `whole.input.*`, `Chain.check_input` on a chat request (the bench's "hi", the PII text, or for `long` 4,000
+  characters of clean prose); `whole.output.*`, `Chain.check_output_body` on a chat.completion answer of the
+  200-character text (clean prose, or with PII).
 - `texts.*`: the output stream policy (pii-detector redact), one event pushed and released at a time, on answers
   of many texts: `texts.responses.N`, a Responses answer of N message items (4 events each: added, delta, text
   done, item done); `texts.tools.N`, a chat answer of N tool calls (a name and arguments each: 2N texts). The
@@ -534,12 +535,12 @@ def _whole(policies: tuple[str, ...], where: str, text_kind: str) -> Bench:
     from fastgw.policy.base import RequestContext
 
     chain = _chain(policies)
-    if text_kind == "prose":
+    values: list[tuple[int, str, str]] = []
+    if text_kind in ("prose", "long"):
         text, _ = _prose()
-        values: list[tuple[int, str, str]] = []
     else:
         text, values, _ = _with_pii()
-    ask = "hi" if text_kind == "prose" else text
+    ask = {"prose": "hi", "long": make_text("prose", 4000, seed=7)[0]}.get(text_kind, text)
     request = orjson.dumps({"model": "bench-model", "stream": False, "messages": [{"role": "user", "content": ask}]})
     answer = orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1741569952,
                            "model": "bench-model", "system_fingerprint": "fp_bench",
@@ -590,10 +591,8 @@ CASES: list[Case] = [
       for name, pols, kind in (("none", (), "prose"), ("pii+safety.pii", ("pii-detector", "safety-filter"), "pii"))],
     *[Case(f"texts.{kind}.{n}", functools.partial(_many_texts, kind, n))
       for kind in ("responses", "tools") for n in (100, 2000)],
-    *[Case(f"whole.{where}.{name}", functools.partial(_whole, pols, where, kind))
-      for where in ("input", "output")
-      for name, pols, kind in (("pii+safety.prose", ("pii-detector", "safety-filter"), "prose"),
-                               ("pii+safety.pii", ("pii-detector", "safety-filter"), "pii"))],
+    *[Case(f"whole.{where}.pii+safety.{kind}", functools.partial(_whole, ("pii-detector", "safety-filter"), where, kind))
+      for where in ("input", "output") for kind in ("prose", "pii", "long") if (where, kind) != ("output", "long")],
 ]
 
 
