@@ -591,7 +591,8 @@ CASES: list[Case] = [
       for name, pols, kind in (("none", (), "prose"), ("pii+safety.pii", ("pii-detector", "safety-filter"), "pii"))],
     *[Case(f"texts.{kind}.{n}", functools.partial(_many_texts, kind, n))
       for kind in ("responses", "tools") for n in (100, 2000)],
-    *[Case(f"whole.{where}.pii+safety.{kind}", functools.partial(_whole, ("pii-detector", "safety-filter"), where, kind))
+    *[Case(f"whole.{where}.pii+safety.{kind}",
+           functools.partial(_whole, ("pii-detector", "safety-filter"), where, kind))
       for where in ("input", "output") for kind in ("prose", "pii", "long") if (where, kind) != ("output", "long")],
 ]
 

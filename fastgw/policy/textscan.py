@@ -27,9 +27,9 @@ from fastgw.policy.textkeys import JSON_VALUES, NOSKIP, SKIP, is_blob, text_char
 from fastgw.scan.database import ScanDB, Span, compile_any
 from fastgw.scan.scanner import ScanBudget, StreamScanner, block_reports, find_spans
 
-__all__ = ["ScanPolicy", "Prefilter", "Tagged", "merge_spans", "redact", "process_slots", "process_slots_sliced", "request_slots", "text_chars",
-           "response_slots", "walk", "TokenRun", "SKIP", "is_blob", "set_token", "decide_counts", "Slicer",
-           "RequestTooExpensive", "SLICE_PIECE"]
+__all__ = ["ScanPolicy", "Prefilter", "Tagged", "merge_spans", "redact", "process_slots", "process_slots_sliced",
+           "request_slots", "text_chars", "response_slots", "walk", "TokenRun", "SKIP", "is_blob", "set_token",
+           "decide_counts", "Slicer", "RequestTooExpensive", "SLICE_PIECE"]
 
 #: Smallest piece of a long text fed to its scanners between two looks at the clock (characters or bytes):
 #: ~1.5 ms at the slowest text found (bench/scan_worst.py), so a slice overruns by less than one.

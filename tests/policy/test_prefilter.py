@@ -20,9 +20,9 @@ from fastgw.policy.textscan import request_slots, response_slots
 
 #: Clean words, values, disguises (full-width digits, a zero-width split, an escaped @ in JSON source), phrases.
 PIECES = ("hello", " ", "the quick brown fox", "\n", "1234", "a@b.co", "joe@example.com", "+1 415 555 0100",
-          "０９０－３２０５－１２３４", "j\u200bo\u200be@example.com", "joe\\u0040example.com", "4111 1111 1111 1111",
-          "192.168.1.1", "forbidden fruit", "forbidden", " fruit", "secret sauce", "é", "| Phone |\n| --- |\n| 5551234 |",
-          "sk-" + "a1" * 20, "-----BEGIN RSA PRIVATE KEY-----")
+          "０９０－３２０５－１２３４", "j\u200bo\u200be@example.com", "joe\\u0040example.com",
+          "4111 1111 1111 1111", "192.168.1.1", "forbidden fruit", "forbidden", " fruit", "secret sauce", "é",
+          "| Phone |\n| --- |\n| 5551234 |", "sk-" + "a1" * 20, "-----BEGIN RSA PRIVATE KEY-----")
 
 
 def _chains(pii_action: str) -> tuple[Chain, Chain]:
@@ -111,9 +111,12 @@ def test_clean_bodies_are_decided_by_the_prefilter_and_anything_else_goes_to_the
     def clean(body: dict) -> bool:
         return flt.clean(list(request_slots(body)))
 
-    assert clean({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "x" * 5000}]})
+    def body(text: str) -> dict:
+        return {"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": text}]}
+
+    assert clean(body("x" * 5000))
     for odd in ("joe@example.com", "forbidden fruit", "call ０９０－３２０５－１２３４", "é", "4111 1111 1111 1111"):
-        assert not clean({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": odd}]})
+        assert not clean(body(odd))
     args = {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
                                                  "function": {"name": "f", "arguments": "{}"}}]}
     assert not clean({"model": "m", "messages": [args]})  # JSON source: escapes fold to what they spell
