@@ -474,7 +474,7 @@ def _expressions(patterns: Sequence[Pattern], tables: bool) -> list[tuple[Patter
 #: Databases this process compiled, serialized, by what they were compiled from (mode, expressions, flags), the
 #: least recently used dropped past COMPILED_KEPT: building the same patterns again (a reload whose policies did
 #: not change, the audit log's redactor beside the pii-detector, a test process's many gateways) loads a copy in
-#: ~1 ms instead of compiling (~0.4 s for the built-in detectors). A copy, never the object: each database has its
+#: a few ms instead of compiling (~0.4 s for the built-in detectors). A copy, never the object: each database has its
 #: own scratch, and two users of one (the audit writer's thread and the event loop) would share it.
 _compiled: OrderedDict[tuple[int, tuple[tuple[bytes, int], ...]], bytes] = OrderedDict()
 #: Serialized databases kept (the built-in detectors' pair is ~0.9 MB).
