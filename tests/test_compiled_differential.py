@@ -68,6 +68,8 @@ def _compare(pure: Path, seed: int, cases: int) -> None:
     assert not [line for line in streams if "EXC" in line and "EXC GatewayError" not in line]  # never failed
     texts = [line for line in compiled if line.startswith("texts ")]
     assert sum("'redact'" in line for line in texts) > cases // 10  # whole texts redacted
+    verdicts = [line.split(" | ")[1] for line in texts]
+    assert verdicts.count("True") > cases // 50 and verdicts.count("False") > cases // 50  # the prefilter, both ways
     assert sum("EXC PolicyViolation" in line for line in texts) > cases // 50  # and refused
     assert not [line for line in texts if "EXC" in line and "EXC PolicyViolation" not in line]  # never failed
 

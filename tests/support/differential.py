@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import orjson
 
-from fastgw.policy.base import RequestContext
 from fastgw.policy import textscan
+from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.stream import StreamBlocked, open_stream
 from fastgw.proto import h1, sse
@@ -348,24 +348,30 @@ def _answer(rng: random.Random) -> dict:
 
 def text_cases(rng: random.Random, n: int) -> Iterator[Case]:
     """Requests (any JSON in a message list, metadata, tools) and non-streamed answers through the whole-text path
-    (`fastgw.policy.textscan.process_slots`), one or two pii-detector policies (redact, block): whether it changed
-    the body, the body after, the decisions, or the refusal."""
+    (`fastgw.policy.textscan`), one or two pii-detector policies (redact, block): the prefilter's verdict, whether
+    the policies changed the body, the body after, the decisions, or the refusal."""
+    prefilters: dict[tuple[str, ...], textscan.Prefilter] = {}
     for k in range(n):
         where = rng.choice(("input", "output"))
-        policies = [pii_policy(rng.choice(("redact", "redact", "block"))) for _ in range(rng.choice((1, 1, 2)))]
+        actions = tuple(rng.choice(("redact", "redact", "block")) for _ in range(rng.choice((1, 1, 2))))
+        policies = [pii_policy(a) for a in actions]
+        if actions not in prefilters:
+            prefilters[actions] = textscan.Prefilter(policies)
+            prefilters[actions].allocate_scratch()
         if where == "input":
             body: dict = {"model": "m", "messages": [{"role": "user", "content": _value(rng)}
                                                      for _ in range(rng.randint(0, 3))]}
             if rng.random() < 0.3:
                 body["metadata"] = _value(rng)
-            slots = textscan.request_slots(body)
+            slots = list(textscan.request_slots(body))
         else:
             body = _answer(rng)
-            slots = textscan.response_slots(body)
+            slots = list(textscan.response_slots(body))
         ctx = RequestContext("r", "POST", "/v1/chat/completions", [])
         out: list[str] = []
         try:
-            out.append(repr(textscan.process_slots(policies, slots, where, Findings([]), ctx)))
+            out.append(repr(prefilters[actions].clean(slots)))
+            out.append(repr(textscan.process_slots(policies, iter(slots), where, Findings([]), ctx)))
         except Exception as e:  # noqa: BLE001 - a refusal (PolicyViolation) is an outcome
             out.append(_exc(e))
         out.append(orjson.dumps(body).decode())
