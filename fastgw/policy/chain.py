@@ -19,7 +19,7 @@ from fastgw.api.limits import MAX_REQUEST_CPU
 from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.stream import StreamPolicy, open_stream
-from fastgw.policy.textscan import (Prefilter, RequestTooExpensive, ScanPolicy, Slicer, process_slots,
+from fastgw.policy.textscan import (Prefilter, RequestTooExpensive, ScanPolicy, Slicer, Slot, process_slots,
                                      process_slots_sliced, request_slots, response_slots)
 from fastgw.scan.scanner import find_spans
 
@@ -119,7 +119,9 @@ class Chain:
     def check_input(self, ctx: RequestContext, body: dict) -> bool:
         """Input policies in chain order. Refusals raise; returns True when the body was changed."""
         changed = False
-        clean: bool | None = None  # whether no scanning policy can find anything in the body (`Prefilter`)
+        #: The body's texts, walked once for every scanning policy (a redaction replaces a text in its container,
+        #: where the next policy reads it), and whether `Prefilter` finds nothing in them.
+        texts: tuple[list[Slot], bool] | None = None
         for name in self.input_steps:
             pol = self.policies[name]
             if name == "rbac":
@@ -129,13 +131,18 @@ class Chain:
             elif name == "prompt-injection":
                 self._guarded(name, "input", ctx, lambda: self._injection(pol, ctx, body))
             else:
-                if clean is None:
-                    flt = self._input_filter
-                    clean = bool(flt is not None and self._guarded(name, "input", ctx,
-                                                                   lambda: flt.clean(list(request_slots(body)))))
+                if texts is None:
+                    texts = self._guarded(name, "input", ctx, lambda: self._input_texts(body))
+                looked = texts
                 changed |= bool(self._guarded(name, "input", ctx, lambda: process_slots(
-                    [pol], iter(()) if clean else request_slots(body), "input", self.findings, ctx)))
+                    [pol], request_slots(body) if looked is None else iter(() if looked[1] else looked[0]), "input",
+                    self.findings, ctx)))
         return changed
+
+    def _input_texts(self, body: dict) -> tuple[list[Slot], bool]:
+        slots = list(request_slots(body))
+        flt = self._input_filter
+        return slots, flt is not None and flt.clean(slots)
 
     async def check_input_async(self, ctx: RequestContext, body: dict, slicer: Slicer | None = None) -> bool:
         """`check_input` in slices of the event loop, within the request's CPU budget (`Slicer`): the same
