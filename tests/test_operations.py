@@ -21,10 +21,10 @@ import yaml
 from tests.support.procs import REPO_ROOT, free_port
 
 
-def _mock_cfg(text: str = "first configuration", **server) -> dict:
+def _mock_cfg(text: str = "first configuration", delay: float = 0.01, **server) -> dict:
     return {"pack": {"name": "t"}, "server": server, "providers": {"targets": [
         {"id": "mock", "provider": "mock", "model": "mock-1", "mock": {"text": text, "chunk_size": 5,
-                                                                        "delay": 0.01}}]}}
+                                                                        "delay": delay}}]}}
 
 
 def _children(pid: int) -> list[int]:
@@ -285,7 +285,8 @@ def test_access_lines_of_requests_answered_just_before_sigterm_are_all_written(g
     import http.client
 
     path = tmp_path / "access.log"
-    gw = gateway_factory.start(_mock_cfg(access_log={"path": str(path)}), workers=1)
+    # No mock delay: the 100 answers come back to back (with it, 4 s of waiting).
+    gw = gateway_factory.start(_mock_cfg(delay=0.0, access_log={"path": str(path)}), workers=1)
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
     body = b'{"model":"mock-1","messages":[{"role":"user","content":"hi"}]}'
     ids = [f"last-{i}" for i in range(100)]

@@ -58,7 +58,7 @@ from tests.support.procs import Gateway, gateway_config
 # ---- upstream bytes ----------------------------------------------------------------------------------------
 
 #: Timeouts of the hostile target: short, so answers that never end end quickly.
-TIMEOUTS = {"connect": 2.0, "ttft": 1.0, "idle": 1.0, "max_duration": 3.0}
+TIMEOUTS = {"connect": 2.0, "ttft": 1.0, "idle": 1.0, "max_duration": 2.0}
 #: A pause long enough for the gateway to take what came before it as a read of its own.
 P = 0.15
 
