@@ -170,7 +170,7 @@ class App:
             refused: GatewayError | None = None
             try:
                 try:
-                    if not authed:
+                    if not authed and self.chain.rbac is not None:
                         self.chain.authenticate(ctx)
                     target = route[1]
                     if isinstance(target, str):

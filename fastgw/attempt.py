@@ -341,7 +341,7 @@ class Attempt:
             except GatewayError as e:
                 return Retry("5xx", _styled(e, ctx.endpoint))  # not a chat completion: another target may answer
             ctype = b"application/json"
-        if call.endpoint not in _NO_OUTPUT:
+        if call.endpoint not in _NO_OUTPUT and self.chain.decodes_output:
             try:
                 data = await self.chain.check_output_body_async(ctx, data)  # in slices when it is large
             except GatewayError as e:

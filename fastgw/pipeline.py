@@ -99,7 +99,8 @@ class Pipeline:
         chain = self.chain
         sliced = len(req.body) > SYNC_INPUT_BYTES and bool(chain.input_steps)
         if not sliced:
-            chain.check_input(ctx, body)  # the common case: in one go, no clock read
+            if chain.input_steps:
+                chain.check_input(ctx, body)  # the common case: in one go, no clock read
         else:
             # A large body: checked in slices of the loop, within the request's CPU budget (413 past it); its
             # stream gets what is left of the budget.

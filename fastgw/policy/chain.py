@@ -61,6 +61,17 @@ class Chain:
         self.quality = self.policies.get("quality-scorer")
         self.audit: AuditLog | None = None  # started per worker
         self._audit_settings: AuditLogger | None = self.policies.get("audit-logger")
+        # What every request asks of the chain, as attributes (the chain does not change once built): properties
+        # were interpreted calls on every request's path, a chain or none (issue 18).
+        pii = self.policies.get("pii-detector")
+        self.pii: ScanPolicy | None = pii if isinstance(pii, ScanPolicy) else None
+        self.rbac: Any = self.policies.get("rbac")
+        #: Whether answers must be decoded (anything inspects, holds or records them).
+        self.decodes_output = (bool(self.output_scanners) or self.quality is not None
+                               or self._audit_settings is not None)
+        #: Whether a streamed answer is held until it is judged whole.
+        self.buffered = self.quality is not None or any(p.buffered and p.action != "observe"
+                                                        for p in self.output_scanners)
         self._audit_redactor: ScanPolicy | None = None
         #: CPU seconds the policies may spend on one request, both directions (`server.max_request_cpu`: the
         #: app sets it from the config; the default is `fastgw.api.limits.MAX_REQUEST_CPU`).
@@ -70,20 +81,6 @@ class Chain:
         self._input_cpu: dict[int, float] = {}
 
     # ---- lifecycle (per worker) ----------------------------------------------------------------
-    @property
-    def pii(self) -> ScanPolicy | None:
-        p = self.policies.get("pii-detector")
-        return p if isinstance(p, ScanPolicy) else None
-
-    @property
-    def rbac(self) -> Any:
-        return self.policies.get("rbac")
-
-    @property
-    def decodes_output(self) -> bool:
-        """Whether answers must be decoded (anything inspects, holds or records them)."""
-        return bool(self.output_scanners) or self.quality is not None or self._audit_settings is not None
-
     def allocate_scratch(self) -> None:
         """Per-worker scan state (Hyperscan scratch), after fork."""
         for p in self.policies.values():
@@ -221,10 +218,6 @@ class Chain:
         raise PolicyFailure(name) from None
 
     # ---- output -----------------------------------------------------------------------------------
-    @property
-    def buffered(self) -> bool:
-        return self.quality is not None or any(p.buffered and p.action != "observe" for p in self.output_scanners)
-
     def stream_policy(self, ctx: RequestContext, dialect: str = "chat", strip_usage: bool = False) -> StreamPolicy:
         """The output engine for one streamed answer, of the dialect's class ("chat", "responses", "messages");
         `strip_usage`: take out the usage chunk the gateway asked the upstream for on the client's behalf."""

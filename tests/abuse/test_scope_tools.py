@@ -104,9 +104,8 @@ class _Rbac:
 
 
 def test_attempt_asks_the_rbac_policy_for_the_callers_roles() -> None:
-    chain = Chain()
     rbac = _Rbac({SERVER_TOOLS})
-    chain.policies["rbac"] = rbac
+    chain = Chain(["rbac"], {"rbac": rbac})
     attempt = Attempt(chain, asyncio.new_event_loop(), {}, None)  # type: ignore[arg-type]
     ctx = RequestContext("r", "POST", "/v1/messages", [])
     ctx.principal = "team"
