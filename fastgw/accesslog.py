@@ -547,7 +547,7 @@ def _encode_run(run: list[_Line]) -> bytes:
             except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself
                 _lost(e, 1)
         data = b"".join(parts)
-    if not data.isascii() or b"\x7f" in data:
+    if not data.isascii() or 127 in data:  # DEL; an int, not b"\x7f" (see sse.py's `13 in b`)
         data = _RAW_BREAKS_UTF8.sub(_escape_break_utf8, data)
     return data
 

@@ -216,7 +216,7 @@ class SSERelay:
             if self._sequenced:
                 self._note_seq(block)
             self._pending.append(block)
-            if _DONE_TAIL in block[-16:]:
+            if block.find(_DONE_TAIL, -16) >= 0:  # (not `in`: a bytes needle raises and clears a TypeError)
                 self.saw_done = True
 
     def _note_seq(self, block: bytes) -> None:

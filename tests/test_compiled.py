@@ -103,6 +103,29 @@ def test_no_compiled_module_reads_an_awaited_local_on_the_way_out() -> None:
     assert _awaited_then_read_on_the_way_out(sample) == [(6, "out")]  # the check sees the shape
 
 
+def _bytes_needles(tree: ast.AST) -> list[int]:
+    """Lines of each `needle in haystack` (or `not in`) whose needle is a bytes literal or a module constant bound
+    to one."""
+    consts = {t.id for node in getattr(tree, "body", []) if isinstance(node, (ast.Assign, ast.AnnAssign))
+              and isinstance(node.value, ast.Constant) and isinstance(node.value.value, bytes)
+              for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    return sorted(n.lineno for n in ast.walk(tree) if isinstance(n, ast.Compare)
+                  and any(isinstance(op, (ast.In, ast.NotIn)) for op in n.ops)
+                  and ((isinstance(n.left, ast.Constant) and isinstance(n.left.value, bytes))
+                       or (isinstance(n.left, ast.Name) and n.left.id in consts)))
+
+
+def test_no_compiled_module_looks_for_a_bytes_needle_with_in() -> None:
+    """`b"x" in data` first tries the needle as an int (`13 in data`), raising and clearing a TypeError on every
+    call (~1,800 instructions): the request path had four of them, each run per request or per read. The compiled
+    modules use an int needle (memchr) or `find`."""
+    bad = [f"{path}:{line}" for path in COMPILED for line in _bytes_needles(ast.parse((ROOT / path).read_text()))]
+    assert not bad, bad
+    sample = ast.parse('TAIL = b"[DONE]"\nif b"json" in c or TAIL in b[-16:] or 13 in b or "s" in t or x in y:\n'
+                       '    pass\n')
+    assert _bytes_needles(sample) == [2, 2]  # the check sees both shapes (and not an int, str or unknown needle)
+
+
 def _awaits_while_handling(tree: ast.AST) -> list[int]:
     """Lines of each `await` (`async for`, `async with`) inside an `except` handler or a `finally` block."""
     found = []

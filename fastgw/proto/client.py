@@ -243,7 +243,7 @@ class UpstreamConnection(asyncio.Protocol):
         chunked = False
         has_length = False
         for n, v in self.headers:
-            if n == b"transfer-encoding" and b"chunked" in v.lower():
+            if n == b"transfer-encoding" and v.lower().find(b"chunked") >= 0:  # (not `in`: see sse.py's `13 in b`)
                 chunked = True
             elif n == b"content-length":
                 has_length = True

@@ -377,7 +377,7 @@ class RequestReader:
         k = min(self._guard.head_bytes, len(raw))  # this head's bytes in this read (it is unfinished: last)
         tail = raw[len(raw) - k:]
         nl = tail.find(b"\n")
-        if nl >= 0 and b" HTTP/" not in tail[:nl]:
+        if nl >= 0 and tail.find(b" HTTP/", 0, nl) < 0:
             raise ProtocolError("HTTP/0.9 requests are not supported", code="unsupported_http_version")
 
     def _upgrade(self, e: httptools.HttpParserUpgrade, data: bytes, raw: bytes) -> None:

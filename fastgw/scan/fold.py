@@ -17,8 +17,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_right
+from typing import Final
 
-__all__ = ["FOLD", "Folder", "fold_bytes", "fold_char", "fold_text", "MAX_PENDING"]
+__all__ = ["BACKSLASH", "FOLD", "Folder", "fold_bytes", "fold_char", "fold_text", "MAX_PENDING"]
 
 #: Longest incomplete tail kept pending: a high-surrogate escape and a low one cut one byte short
 #: (`\ud83d\ude0`, 11 bytes); a UTF-8 sequence cut short is at most 3.
@@ -26,6 +27,9 @@ MAX_PENDING = 11
 
 _DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"
 _SPACES = "\u00a0" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
+#: `BACKSLASH in data` is memchr; with a bytes needle (`b"\\" in data`) CPython first tries the needle as an int,
+#: raising and clearing a TypeError on every call.
+BACKSLASH: Final = 0x5C
 _INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
 
 #: The 256-code-point blocks holding every character whose fold is ASCII (tests/scan/test_fold.py checks
@@ -167,7 +171,7 @@ class Folder:
         """Canonical bytes for the next original bytes (an incomplete tail is kept for the next call)."""
         # Fast path, the common case on every streamed event: ASCII (and, in JSON mode, no escape) folds to
         # itself, and the map's last identity run just grows.
-        if not self._pend and data.isascii() and not (self.json and b"\\" in data):
+        if not self._pend and data.isascii() and not (self.json and BACKSLASH in data):
             n = len(data)
             if not self._ident and n:
                 self._pc.append(self.cend)
