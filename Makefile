@@ -20,8 +20,8 @@ $(VENV)/.run: pyproject.toml
 # The hot modules compiled with mypyc (issue 18; measured in bench/RESULTS.md): the scanner and the canonical fold
 # (most of the redaction chain's CPU per event), the HTTP/1.1 layer on both sides (reader, framing guard, chunked
 # and SSE framing, the response writer, the server and upstream protocols, flow control), the stream and policy
-# relays, the output stream policy (core and its dialects: the chain's per-event path; its msgspec Structs stay
-# interpreted in records.py and chat_view.py), the whole-text policy work (textscan.py: a request's texts and a
+# relays, the output stream policy (core and its dialects: the chain's per-event path; its records, native classes
+# in records.py; the chunk view's msgspec Structs stay interpreted in chat_view.py), the whole-text policy work (textscan.py: a request's texts and a
 # non-streamed answer's; pii.py and safety.py subclass its ScanPolicy interpreted, their settings being msgspec
 # Structs), routing and metrics (the per-event and per-request path above
 # it), the `local` state backend (the rate-limiter's cost), and the request's coroutines (app.py, pipeline.py,
@@ -40,7 +40,7 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/policy/stream/core.py fastgw/policy/stream/chat.py fastgw/policy/stream/typed.py \
 	fastgw/policy/stream/responses.py fastgw/policy/stream/messages.py \
 	fastgw/app.py fastgw/pipeline.py fastgw/attempt.py fastgw/policy/ratelimit.py fastgw/quota.py \
-	fastgw/policy/textkeys.py fastgw/policy/textscan.py
+	fastgw/policy/textkeys.py fastgw/policy/textscan.py fastgw/policy/stream/records.py
 MYPYCIFY := import sys; from setuptools import setup; from mypyc.build import mypycify; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \
 	ext_modules=mypycify(sys.argv[1:], group_name="fastgw.native", target_dir="c", opt_level="3"))

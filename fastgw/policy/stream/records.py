@@ -1,14 +1,17 @@
-"""The records the output stream policy keeps per text and per event, as msgspec Structs: one of each is built
-per event (a Struct ~4x cheaper than a slotted class in CPython), and a Struct class cannot be built inside a
-module mypyc compiles, so they live here, apart from the policy (`fastgw.policy.stream.core`) that uses them.
+"""The records the output stream policy keeps per text and per event (`fastgw.policy.stream.core`).
+
+Compiled with mypyc with the policy: `Segment` and `Held` are native classes, so the policy reads their fields
+as C struct members (as msgspec Structs they were ~8 generic attribute lookups per event from compiled code, the
+largest single cost of a redacted stream) and builds them without a Python-level call. `TextKey` stays a frozen
+msgspec Struct (a dict key, hashed and compared in C), in `fastgw.policy.stream.textkey`: a Struct with an
+`object` field cannot be built in a compiled module.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import msgspec
-
+from fastgw.policy.stream.textkey import TextKey
 from fastgw.proto.sse import SSEEvent
 
 if TYPE_CHECKING:
@@ -17,51 +20,49 @@ if TYPE_CHECKING:
 __all__ = ["TextKey", "Segment", "Held"]
 
 
-class TextKey(msgspec.Struct, frozen=True, gc=False):
-    """Which text a stream carries, named the same way in every dialect."""
-
-    #: Chat choice index (0 in the Responses and Messages dialects: they carry one answer).
-    choice: int
-    #: "content", "refusal", "reasoning_content", "text", or "arguments" (tool-call JSON source).
-    field: str
-    #: What it belongs to: a chat tool call's index, a Responses item_id, a Messages content block index.
-    item: object = None
-    #: Responses content_index.
-    part: object = 0
-
-
-class Segment(msgspec.Struct, gc=False):
+class Segment:
     """One event's piece of one text stream: bytes [start, end) of the stream."""
 
-    text: TextStream
-    start: int
-    end: int
-    data: bytes
-    #: Position of its choice in the event's `choices` (chat): where a changed text goes back.
-    choice_pos: int
-    #: Position of its tool call in the delta's `tool_calls` (chat), -1 when none.
-    tool_pos: int
-    #: JSON source (arguments): the backslashes ending the stream's text before it; None for prose.
-    escapes: int | None
-    #: Where the text sits in the event object (keys and list positions from its root), when the dialect
-    #: says so this way (every field but the chat fast path's); a logprobs `token` fixes its siblings too.
-    path: tuple | None = None
+    __slots__ = ("text", "start", "end", "data", "choice_pos", "tool_pos", "escapes", "path")
+
+    def __init__(self, text: TextStream, start: int, end: int, data: bytes, choice_pos: int, tool_pos: int,
+                 escapes: int | None, path: tuple | None = None) -> None:
+        self.text = text
+        self.start = start
+        self.end = end
+        self.data = data
+        #: Position of its choice in the event's `choices` (chat): where a changed text goes back.
+        self.choice_pos = choice_pos
+        #: Position of its tool call in the delta's `tool_calls` (chat), -1 when none.
+        self.tool_pos = tool_pos
+        #: JSON source (arguments): the backslashes ending the stream's text before it; None for prose.
+        self.escapes = escapes
+        #: Where the text sits in the event object (keys and list positions from its root), when the dialect
+        #: says so this way (every field but the chat fast path's); a logprobs `token` fixes its siblings too.
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Segment({self.start}, {self.end}, {self.data!r})"
 
 
-class Held(msgspec.Struct, gc=False):
+class Held:
     """An event in the hold queue."""
 
-    #: As the upstream sent it; None for a structured chunk (encoded when released).
-    ev: SSEEvent | None
-    #: The event as an object, when one is at hand (a structured chunk; a Responses or Messages event that
-    #: may be rewritten): changes apply to it without decoding the event again.
-    obj: dict | None
-    segs: list[Segment]
-    #: The event repeats whole texts (Responses `.done`, `response.completed`): rewritten at release.
-    whole: bool = False
-    #: Its Responses sequence_number (-1: none).
-    seq: int = -1
-    #: The object was changed already (logprobs dropped): written back even when no text changes.
-    edited: bool = False
-    #: (path, text key) of the whole texts a Responses event repeats (rewritten as released).
-    repeats: list | None = None
+    __slots__ = ("ev", "obj", "segs", "whole", "seq", "edited", "repeats")
+
+    def __init__(self, ev: SSEEvent | None, obj: dict | None, segs: list[Segment], whole: bool = False,
+                 seq: int = -1, edited: bool = False, repeats: list | None = None) -> None:
+        #: As the upstream sent it; None for a structured chunk (encoded when released).
+        self.ev = ev
+        #: The event as an object, when one is at hand (a structured chunk; a Responses or Messages event that
+        #: may be rewritten): changes apply to it without decoding the event again.
+        self.obj = obj
+        self.segs = segs
+        #: The event repeats whole texts (Responses `.done`, `response.completed`): rewritten at release.
+        self.whole = whole
+        #: Its Responses sequence_number (-1: none).
+        self.seq = seq
+        #: The object was changed already (logprobs dropped): written back even when no text changes.
+        self.edited = edited
+        #: (path, text key) of the whole texts a Responses event repeats (rewritten as released).
+        self.repeats = repeats
