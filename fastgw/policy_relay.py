@@ -108,10 +108,11 @@ class PolicyRelay(SSERelay):
 
     def _push(self, ev: SSEEvent) -> bool:
         """One event into the policy; False when the relay ended on it. Starts deferred scanning if it needs."""
-        if ev.data == "[DONE]":
+        data = ev.data  # (an SSEEvent's fields are generic attribute lookups from compiled code: read once)
+        if data == "[DONE]":
             self.saw_done = True
-        elif (not self.content and self.dialect is dialects.CHAT and ev.data and ev.data.startswith('{"error"')
-              and not self._started):
+        elif (not self._started and not self.content and self.dialect is dialects.CHAT and data
+              and data.startswith('{"error"')):
             self._first_event_error(ev.raw)
             return False
         self._policy.push(ev)

@@ -91,15 +91,17 @@ class ChatStreamPolicy(StreamPolicy):
     def _take(self, chunk: Chunk | LooseChunk, ev: SSEEvent | None, obj: dict | None) -> None:
         segs: list[Segment] = []
         edited = False
-        if self.strip_null_usage and chunk.usage is None and ev is not None and ev.data is not None:
+        # The view's fields are generic attribute lookups from compiled code (msgspec Structs): each read once.
+        usage = chunk.usage
+        choices: list[Any] | None = chunk.choices
+        if self.strip_null_usage and usage is None and ev is not None and ev.data is not None:
             # The usage we asked for on the client's behalf: the other chunks' `"usage": null` goes too.
             data = drop_null_usage_text(ev.data)
             if len(data) != len(ev.data):
                 ev = msgspec.structs.replace(ev, data=data, raw=drop_null_usage(ev.raw))
-        if chunk.choices:
-            choices: list[Any] = chunk.choices
+        if choices:
             for pos, ch in enumerate(choices):
-                if ch.logprobs is not None and self._drop:
+                if self._drop and ch.logprobs is not None:
                     if obj is None:
                         assert ev is not None and ev.data is not None
                         obj = orjson.loads(ev.data)
@@ -111,9 +113,9 @@ class ChatStreamPolicy(StreamPolicy):
                 else:
                     self._loose_segs(ch, pos, segs)
         ctx = self._ctx
-        if chunk.usage is not None:
-            ctx.usage = chunk.usage
-            if self.strip_usage and not chunk.choices:
+        if usage is not None:
+            ctx.usage = usage
+            if self.strip_usage and not choices:
                 return  # the usage chunk we asked for on the client's behalf: it does not see it
         ctx.events += 1
         self._queue.append(Held(ev, obj, segs, edited=True) if edited else Held(ev, obj, segs))
@@ -139,8 +141,10 @@ class ChatStreamPolicy(StreamPolicy):
                         if fn.name:
                             self._seg(TextKey(idx, "tool_calls.function.name", tc.index), fn.name, pos, tpos,
                                       segs, ("choices", pos, "delta", "tool_calls", tpos, "function", "name"))
-        if ch.logprobs is not None and not self._drop:
-            self._logprobs(ch.logprobs, idx, pos, segs)
+        if not self._drop:
+            lp = ch.logprobs
+            if lp is not None:
+                self._logprobs(lp, idx, pos, segs)
         if ch.finish_reason is not None:
             self._ctx.finish[idx] = ch.finish_reason
             self._settle_choice(idx)
@@ -178,8 +182,10 @@ class ChatStreamPolicy(StreamPolicy):
                         self._seg(TextKey(idx, k), v, pos, -1, segs, None if k in _STR_FIELDS else base + (k,))
                 elif isinstance(v, (dict, list)):
                     self._walk(v, k, idx, None, 0, base + (k,), segs)
-        if ch.logprobs is not None and not self._drop:
-            self._logprobs(ch.logprobs, idx, pos, segs)
+        if not self._drop:
+            lp = ch.logprobs
+            if lp is not None:
+                self._logprobs(lp, idx, pos, segs)
         if ch.finish_reason is not None:
             self._ctx.finish[idx] = ch.finish_reason
             self._settle_choice(idx)

@@ -81,11 +81,18 @@ def unreadable() -> GatewayError:
 class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
-    __slots__ = ("key", "scanners", "safe", "spans", "pending", "merged_to", "block", "done", "backslashes", "fed",
-                 "unfed", "unfed_n", "dirty", "_scanned")
+    __slots__ = ("key", "json", "choice", "collect", "scanners", "safe", "spans", "pending", "merged_to", "block",
+                 "done", "backslashes", "fed", "unfed", "unfed_n", "dirty", "_scanned")
 
     def __init__(self, key: TextKey, scanners: list[StreamScanner]) -> None:
         self.key = key
+        # What every event of the text asks of its key, read once (a TextKey is a Struct: each of its fields is a
+        # generic attribute lookup from compiled code).
+        #: Tool-call arguments: JSON source, scanned with its escapes decoded.
+        self.json = key.field == "arguments"
+        self.choice = key.choice
+        #: Its released text is kept per choice (`ctx.texts`): the dialect's `collected` fields.
+        self.collect = False
         self.scanners = scanners
         self.safe = 0
         #: Merged final spans (leftmost-first across policies) still to be applied to events.
@@ -216,6 +223,7 @@ class StreamPolicy(ABC):
             json = key.field == "arguments"
             t = self._texts[key] = TextStream(key, [StreamScanner(p.db, json, b)
                                                     for p, b in zip(self.policies, self._budgets)])
+            t.collect = key.field in self.collected
             self._by_choice.setdefault(key.choice, []).append(t)
             self._by_item.setdefault(key.item, []).append(t)
         if t.done:
@@ -239,7 +247,7 @@ class StreamPolicy(ABC):
         if not t.dirty:
             t.dirty = True
             self._dirty.append(t)
-        if key.field == "arguments":
+        if t.json:
             segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, t.backslashes, path))
             run = len(data) - len(data.rstrip(b"\\"))
             t.backslashes = t.backslashes + run if run == len(data) else run
@@ -488,7 +496,6 @@ class StreamPolicy(ABC):
             ev = h.ev
             return ev.raw if ev is not None else self._untouched(h)  # no text: role, finish, usage, [DONE]
         changes: list[tuple[Segment, bytes]] = []
-        collected = self.collected
         parts = self._parts
         assembled = self._assembled
         for seg in segs:
@@ -501,11 +508,10 @@ class StreamPolicy(ABC):
                     new = redact(new, spans, a, seg.escapes)
                     changes.append((seg, new))
                     t.spans = [x for x in t.spans if x[0].end > b]  # spans done with leave the list
-            key = t.key
-            if key.field in collected:
-                parts.setdefault(key.choice, []).append(new.decode())
+            if t.collect:
+                parts.setdefault(t.choice, []).append(new.decode())
             if assembled is not None:
-                assembled.setdefault(key, []).append(new.decode())
+                assembled.setdefault(t.key, []).append(new.decode())
         if changes:
             self._rewritten = True
         if h.whole:
