@@ -18,39 +18,8 @@ shift $((OPTIND - 1))
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=$here/.venv/bin/python
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-stream=$([ "$mode" = stream ] && echo true || echo false)
-cat > "$tmp/req.lua" <<L
-wrk.method = "POST"
-wrk.body = '{"model":"bench-model","stream":$stream,"messages":[{"role":"user","content":"hi"}]}'
-wrk.headers["Content-Type"] = "application/json"
-L
-pricing=$([ -n "$limit" ] && echo ", pricing: {input: 0.15, output: 0.6}" || true)
-cat > "$tmp/gw.yaml" <<Y
-pack: {name: ab, version: 1.0.0, enabled: true}
-server: {bind: ["127.0.0.1:18102"], workers: 1}
-providers:
-  targets:
-    - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18101/v1"$pricing}
-Y
-if [ -n "$chain" ]; then cat >> "$tmp/gw.yaml" <<Y
-policies: {chain: [pii-detector, safety-filter]}
-policy:
-  pii-detector: {action: redact}
-  safety-filter: {action: redact, terms: [forbidden fruit, secret sauce]}
-Y
-fi
-if [ -n "$limit" ]; then cat >> "$tmp/gw.yaml" <<Y
-state: {backend: local, path: "$tmp/state"}
-policies: {chain: [rate-limiter]}
-policy:
-  rate-limiter:
-    limits:
-      - {name: per-key, per: key, requests_per_minute: 1000000000, tokens_per_minute: 1000000000000,
-         concurrent: 100000}
-    budgets:
-      - {name: monthly, per: key, usd: 1000000000, period: month}
-Y
-fi
+. "$here/bench/ab_setup.sh"
+ab_setup "$tmp" "$mode" "$chain" "$limit" 18102 18101
 cputicks() { "$py" -c "import sys; s=open(f'/proc/{sys.argv[1]}/stat').read().rsplit(')',1)[1].split(); print(int(s[11])+int(s[12]))" "$1"; }
 for ((r = 1; r <= rounds; r++)); do
   for arg in "$@"; do

@@ -10,45 +10,16 @@
 # DIR@off: its access log off. -p: bench run's fastgw-redact chain. -l: the rate-limiter on `local`, as cpu_ab.sh.
 set -uo pipefail
 exec 9>"${TMPDIR:-/tmp}/fastgw-ir_ab.lock"; flock 9
-mode=nonstream chain= secs=8
-while getopts "m:pls:" o; do case $o in m) mode=$OPTARG;; p) chain=chain;; l) chain=limit;; s) secs=$OPTARG;; *) exit 2;; esac; done
+mode=nonstream chain= limit= secs=8
+while getopts "m:pls:" o; do case $o in m) mode=$OPTARG;; p) chain=1;; l) limit=1;; s) secs=$OPTARG;; *) exit 2;; esac; done
+[ -n "$chain" ] && [ -n "$limit" ] && { echo "ir_ab.sh: -p and -l are exclusive" >&2; exit 2; }
 shift $((OPTIND - 1))
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || { echo "ir_ab.sh: needs valgrind" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=$here/.venv/bin/python
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-stream=$([ "$mode" = stream ] && echo true || echo false)
-cat > "$tmp/req.lua" <<L
-wrk.method = "POST"
-wrk.body = '{"model":"bench-model","stream":$stream,"messages":[{"role":"user","content":"hi"}]}'
-wrk.headers["Content-Type"] = "application/json"
-L
-pricing=$([ "$chain" = limit ] && echo ", pricing: {input: 0.15, output: 0.6}" || true)
-cat > "$tmp/gw.yaml" <<Y
-pack: {name: ab, version: 1.0.0, enabled: true}
-server: {bind: ["127.0.0.1:18112"], workers: 1}
-providers:
-  targets:
-    - {id: up, provider: openai, model: bench-model, base_url: "http://127.0.0.1:18111/v1"$pricing}
-Y
-if [ "$chain" = chain ]; then cat >> "$tmp/gw.yaml" <<Y
-policies: {chain: [pii-detector, safety-filter]}
-policy:
-  pii-detector: {action: redact}
-  safety-filter: {action: redact, terms: [forbidden fruit, secret sauce]}
-Y
-elif [ "$chain" = limit ]; then cat >> "$tmp/gw.yaml" <<Y
-state: {backend: local, path: "$tmp/state"}
-policies: {chain: [rate-limiter]}
-policy:
-  rate-limiter:
-    limits:
-      - {name: per-key, per: key, requests_per_minute: 1000000000, tokens_per_minute: 1000000000000,
-         concurrent: 100000}
-    budgets:
-      - {name: monthly, per: key, usd: 1000000000, period: month}
-Y
-fi
+. "$here/bench/ab_setup.sh"
+ab_setup "$tmp" "$mode" "$chain" "$limit" 18112 18111
 for arg in "$@"; do
   dir=${arg%@off} alog=json
   [ "$dir" != "$arg" ] && alog=off
@@ -67,5 +38,5 @@ for arg in "$@"; do
   callgrind_control -d "$worker" >/dev/null 2>&1
   kill "$gw" "$up"; wait "$gw" "$up" 2>/dev/null
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$tmp/cg.$worker".*)
-  echo "$mode ${chain:-pass-through} $arg: $("$py" -c "print(round($ir / $n))") Ir/request ($n requests)"
+  echo "$mode $([ -n "$chain" ] && echo chain || { [ -n "$limit" ] && echo limit || echo pass-through; }) $arg: $("$py" -c "print(round($ir / $n))") Ir/request ($n requests)"
 done
