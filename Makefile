@@ -21,9 +21,9 @@ $(VENV)/.run: pyproject.toml
 # (most of the redaction chain's CPU per event), the HTTP/1.1 layer on both sides (reader, framing guard, chunked
 # and SSE framing, the response writer, the server and upstream protocols, flow control), the stream and policy
 # relays, the output stream policy (core and its dialects: the chain's per-event path; its records, native classes
-# in records.py; the chunk view's msgspec Structs stay interpreted in chat_view.py), the whole-text policy work (textscan.py: a request's texts and a
-# non-streamed answer's; pii.py and safety.py subclass its ScanPolicy interpreted, their settings being msgspec
-# Structs), routing and metrics (the per-event and per-request path above
+# in records.py; the chunk view's msgspec Structs stay interpreted in chat_view.py), the whole-text policy work
+# (textscan.py: a request's texts and a non-streamed answer's; pii.py and safety.py subclass its ScanPolicy
+# interpreted, their settings being msgspec Structs), routing and metrics (the per-event and per-request path above
 # it), the `local` state backend (the rate-limiter's cost), and the request's coroutines (app.py, pipeline.py,
 # attempt.py: written so that no compiled coroutine awaits inside an `except` or `finally`, which mypyc runs with
 # the exception left as the thread's handled one for other tasks; tests/test_compiled.py refuses the shape). One
