@@ -118,7 +118,7 @@ class ChatStreamPolicy(StreamPolicy):
             if self.strip_usage and not choices:
                 return  # the usage chunk we asked for on the client's behalf: it does not see it
         ctx.events += 1
-        self._queue.append(Held(ev, obj, segs, edited=True) if edited else Held(ev, obj, segs))
+        self._queue.append(Held(ev, obj, segs, edited=edited))
 
     def _choice_segs(self, ch: Choice, pos: int, segs: list[Segment]) -> None:
         idx = ch.index

@@ -84,15 +84,15 @@ class TextStream:
     __slots__ = ("key", "json", "choice", "collect", "scanners", "safe", "spans", "pending", "merged_to", "block",
                  "done", "backslashes", "fed", "unfed", "unfed_n", "dirty", "_scanned")
 
-    def __init__(self, key: TextKey, scanners: list[StreamScanner]) -> None:
+    def __init__(self, key: TextKey, scanners: list[StreamScanner], json: bool, collect: bool) -> None:
         self.key = key
-        # What every event of the text asks of its key, read once (a TextKey is a Struct: each of its fields is a
+        # What every event of the text asks of its key, kept here (a TextKey is a Struct: each of its fields is a
         # generic attribute lookup from compiled code).
         #: Tool-call arguments: JSON source, scanned with its escapes decoded.
-        self.json = key.field == "arguments"
+        self.json = json
         self.choice = key.choice
-        #: Its released text is kept per choice (`ctx.texts`): the dialect's `collected` fields.
-        self.collect = False
+        #: Its released text is kept per choice (`ctx.texts`): one of the dialect's `collected` fields.
+        self.collect = collect
         self.scanners = scanners
         self.safe = 0
         #: Merged final spans (leftmost-first across policies) still to be applied to events.
@@ -222,8 +222,8 @@ class StreamPolicy(ABC):
             # Tool-call arguments are JSON source: scanned with their escapes decoded (`\u0040` is an `@`).
             json = key.field == "arguments"
             t = self._texts[key] = TextStream(key, [StreamScanner(p.db, json, b)
-                                                    for p, b in zip(self.policies, self._budgets)])
-            t.collect = key.field in self.collected
+                                                    for p, b in zip(self.policies, self._budgets)],
+                                              json, key.field in self.collected)
             self._by_choice.setdefault(key.choice, []).append(t)
             self._by_item.setdefault(key.item, []).append(t)
         if t.done:

@@ -1,8 +1,8 @@
 """The records the output stream policy keeps per text and per event (`fastgw.policy.stream.core`).
 
 Compiled with mypyc with the policy: `Segment` and `Held` are native classes, so the policy reads their fields
-as C struct members (as msgspec Structs they were ~8 generic attribute lookups per event from compiled code, the
-largest single cost of a redacted stream) and builds them without a Python-level call. `TextKey` stays a frozen
+as C struct members and builds them without a Python-level call (as msgspec Structs, each field read from
+compiled code was a generic attribute lookup: a redacted stream cost 7.6 % more instructions, bench/RESULTS.md). `TextKey` stays a frozen
 msgspec Struct (a dict key, hashed and compared in C), in `fastgw.policy.stream.textkey`: a Struct with an
 `object` field cannot be built in a compiled module.
 """
@@ -40,9 +40,6 @@ class Segment:
         #: Where the text sits in the event object (keys and list positions from its root), when the dialect
         #: says so this way (every field but the chat fast path's); a logprobs `token` fixes its siblings too.
         self.path = path
-
-    def __repr__(self) -> str:
-        return f"Segment({self.start}, {self.end}, {self.data!r})"
 
 
 class Held:
