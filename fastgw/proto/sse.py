@@ -26,6 +26,7 @@ no Python code runs per byte, and Python code runs per line only for multi-line 
 from __future__ import annotations
 
 import re
+from typing import Final
 
 import msgspec
 
@@ -41,9 +42,9 @@ __all__ = [
     "encode_event",
 ]
 
-_BOM = b"\xef\xbb\xbf"
-_CR = 13
-_LF = 10
+_BOM: Final = b"\xef\xbb\xbf"
+_CR: Final = 13
+_LF: Final = 10
 # Where a blank line starts: two line ends in a row. CRLF is one line end, so the byte pairs that hold
 # the end of one line and the start of the next line end are exactly LF LF, LF CR and CR CR; searching
 # for those three finds block ends in any mix of CR, LF and CRLF (see SSEDecoder._run_cr, _last_boundary).
@@ -51,8 +52,8 @@ _LF = 10
 # matcher, find uses memchr-based search.
 
 # First byte that is not a line end: skips the blank lines that may precede a block.
-_CONTENT = re.compile(rb"[^\r\n]")
-_NO_COMMENTS: tuple[str, ...] = ()
+_CONTENT: Final = re.compile(rb"[^\r\n]")
+_NO_COMMENTS: Final[tuple[str, ...]] = ()
 
 
 class SSEEvent(msgspec.Struct, frozen=True, gc=False):
@@ -200,12 +201,25 @@ class SSEDecoder:
             held += data
             if self._start:
                 return self._begin(held)
-            return self._run(held, self._pos, self._content, self._cr or 13 in data, True)
+            if self._cr or 13 in data:
+                return self._run_cr(held, self._pos, self._content, True)
+            if self._content >= 0 and held.find(b"\n\n", self._pos) < 0:
+                # The held block goes on: nothing completes, so no copy of what is held (a block dripped in
+                # small reads would be copied whole per read), only where the next search resumes moves.
+                if len(held) > self._max:
+                    self._fail()
+                self._pos = len(held) - 1
+                return []
+            # One copy per read that may complete something: the loop then works on bytes, whose finds and
+            # indexing are native calls when compiled (on `bytes | bytearray` each is a generic method call).
+            return self._run(bytes(held), self._pos, self._content, True)
         if not data:
             return []
         # Common case: nothing held, so work on the read itself; an event that is the whole read is
         # returned with raw = data (a full slice of bytes is the same object, no copy).
-        return self._run(data, 0, -1, 13 in data, False)
+        if 13 in data:
+            return self._run_cr(data, 0, -1, False)
+        return self._run(data, 0, -1, False)
 
     def _begin(self, held: bytearray) -> list[SSEEvent]:
         """First bytes of the stream: the BOM is only skipped here, so wait until 3 bytes tell."""
@@ -214,13 +228,15 @@ class SSEDecoder:
                 self._fail()
             return []
         self._start = False
-        return self._run(held, 3 if held.startswith(_BOM) else 0, -1, 13 in held, True)
+        pos = 3 if held.startswith(_BOM) else 0
+        if 13 in held:
+            return self._run_cr(held, pos, -1, True)
+        return self._run(bytes(held), pos, -1, True)
 
-    def _run(self, buf: bytes | bytearray, pos: int, content: int, cr: bool, in_held: bool) -> list[SSEEvent]:
-        """Decode the blocks that end in buf, resuming at pos in the block that starts at content (-1: none)."""
+    def _run(self, buf: bytes, pos: int, content: int, in_held: bool) -> list[SSEEvent]:
+        """Decode the blocks that end in buf (no CR in it: `_run_cr` takes those), resuming at pos in the block
+        that starts at content (-1: none). With `in_held`, buf is a copy of `_buf`, which keeps what is left."""
         # This LF-only loop runs for every read and keeps its ending inline (one more call costs ~5% on 64-byte reads).
-        if cr:
-            return self._run_cr(buf, pos, content, in_held)
         events: list[SSEEvent] = []
         limit = self._max
         n = len(buf)
@@ -252,9 +268,6 @@ class SSEDecoder:
             end = f + 2
             if end - raw_start > limit:
                 self._fail()
-            if type(buf) is not bytes:
-                # Held bytes: one copy of the buffer per read that completes something, then slices.
-                buf = bytes(buf)
             # The whole read is one event: its raw is the read itself (CPython's full slice is the same object;
             # compiled, a slice always copies).
             raw = buf if end == n and not raw_start else buf[raw_start:end]
