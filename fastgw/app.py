@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Final
 
 import orjson
 
@@ -51,16 +51,16 @@ from fastgw.upstreams import HttpUpstream, MockUpstream, Upstream
 __all__ = ["App", "build_targets"]
 
 log = logging.getLogger("fastgw.app")
-_RID_OK = re.compile(rb"[A-Za-z0-9._:-]+")
-_GET = frozenset({"GET", "HEAD"})
+_RID_OK: Final = re.compile(rb"[A-Za-z0-9._:-]+")
+_GET: Final = frozenset({"GET", "HEAD"})
 #: Answered 2xx, these are not access-logged (see the module docstring).
-_PROBES = frozenset({"/healthz", "/readyz"})
+_PROBES: Final = frozenset({"/healthz", "/readyz"})
 #: Credential headers that must not come twice: which one would count is a guess an attacker could exploit.
-_CREDENTIALS = (b"authorization", b"api-key", b"x-api-key")
+_CREDENTIALS: Final = (b"authorization", b"api-key", b"x-api-key")
 #: Peers whose trust was decided, remembered (bounded: an address parse per connection otherwise).
-_TRUST_CACHE_MAX = 4096
+_TRUST_CACHE_MAX: Final = 4096
 #: Longest error message sent (characters): errors that quote a client string (a model name, a path) are cut.
-_MAX_MESSAGE = 1024
+_MAX_MESSAGE: Final = 1024
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
 ModelHandler = Callable[[Request, Responder, RequestContext], Awaitable[None]]

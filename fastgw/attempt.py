@@ -18,6 +18,7 @@ import asyncio
 import logging
 import re
 import time
+import typing
 
 import orjson
 
@@ -44,34 +45,34 @@ __all__ = ["Attempt", "Streamed", "Retry", "Final", "Outcome", "Answer", "SSE_HE
 
 log = logging.getLogger("fastgw.attempt")
 
-JSON = (b"content-type", b"application/json")
+JSON: typing.Final = (b"content-type", b"application/json")
 # Headers for streamed answers: no caching, and tell nginx not to buffer (X-Accel-Buffering).
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+SSE_HEADERS: typing.Final = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
 # Upstream response headers worth passing to the client (rate-limit and request-id information SDKs read).
 # Not `openai-organization`: it names the operator's OpenAI organization.
-_PASS_HEADERS = frozenset({b"openai-processing-ms", b"openai-version",
+_PASS_HEADERS: typing.Final = frozenset({b"openai-processing-ms", b"openai-version",
                            b"retry-after", b"retry-after-ms", b"x-ratelimit-limit-requests",
                            b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-requests",
                            b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-requests",
                            b"x-ratelimit-reset-tokens", b"x-should-retry"})
-_DIALECT = {Endpoint.RESPONSES: "responses", Endpoint.MESSAGES: "messages"}
+_DIALECT: typing.Final = {Endpoint.RESPONSES: "responses", Endpoint.MESSAGES: "messages"}
 #: Endpoints whose clients parse Anthropic's error envelope.
-_ANTHROPIC = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
+_ANTHROPIC: typing.Final = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
 #: Endpoints whose answers carry no generated text for the output policies.
-_NO_OUTPUT = frozenset({Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS})
+_NO_OUTPUT: typing.Final = frozenset({Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS})
 #: Upstream statuses that mean "the operator's credentials were refused": a 502 for the client, never relayed (an
 #: OpenAI 401 quotes the key's last characters; the client would also take it for a problem with its own key).
-_AUTH_STATUSES = frozenset({401, 403, 407})
+_AUTH_STATUSES: typing.Final = frozenset({401, 403, 407})
 #: What an upstream error body may say about the operator's account, taken out before it is relayed: key-shaped
 #: strings (OpenAI quotes `sk-proj-****abcd`), organization and project ids (a 429 names `org-...`).
-_ACCOUNT_IDS = re.compile(rb"\b(?:sk|rk|pk)-[A-Za-z0-9_*\-]{3,}|\b(?:org|proj)[-_][A-Za-z0-9]{8,}"
+_ACCOUNT_IDS: typing.Final = re.compile(rb"\b(?:sk|rk|pk)-[A-Za-z0-9_*\-]{3,}|\b(?:org|proj)[-_][A-Za-z0-9]{8,}"
                           rb"|\bAIza[0-9A-Za-z_\-]{20,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
-_REDACTED = b"[redacted]"
+_REDACTED: typing.Final = b"[redacted]"
 #: Seconds between two log lines about one target's refused key or unreachable address (one per request would
 #: let every client request write an operator log line while a key or a host is broken).
-_ALARM_INTERVAL = 1.0
-_alarms: dict[tuple[str, str], float] = {}
+_ALARM_INTERVAL: typing.Final = 1.0
+_alarms: typing.Final[dict[tuple[str, str], float]] = {}
 
 
 class Answer:

@@ -71,7 +71,7 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Iterable
+from typing import Final, Iterable, TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -89,20 +89,20 @@ __all__ = ["setup_master", "cleanup_master", "worker_dead", "worker_restarted", 
            "log_write_error", "state_error", "ratelimit_decision", "budget_spend", "circuit",
            "UPSTREAM_OUTCOMES", "MAX_SERIES_PER_METRIC"]
 
-OTHER = "other"
+OTHER: Final = "other"
 
 #: Series per labelled metric and process before new label sets count as "other": a bound on memory and on the
 #: multiprocess files should a label ever carry a client-chosen value (Prometheus advises keeping a metric's
 #: cardinality well under this).
 MAX_SERIES_PER_METRIC = 1000
 #: Seconds a worker adds up its metric updates before writing them (one write per series, not per request).
-METRICS_FLUSH_INTERVAL = 1.0
+METRICS_FLUSH_INTERVAL: Final = 1.0
 #: Distinct model names counted before `known_models()` is called (the rest are "other").
 MAX_UNVETTED_MODELS = 100
 
 UPSTREAM_OUTCOMES = ("ok", "connect_error", "timeout", "http_429", "http_5xx", "error_frame")
 # The retry kinds app.py already uses, so its call site can pass them as they are.
-_OUTCOME_ALIASES = {"429": "http_429", "5xx": "http_5xx"}
+_OUTCOME_ALIASES: Final = {"429": "http_429", "5xx": "http_5xx"}
 
 # Buckets (upper bounds, seconds or bytes). Chosen for LLM traffic: TTFT from tens of ms to a minute; token
 # gaps from sub-ms (batched chunks) to the seconds of a stalled upstream; streams up to the 10 min max_duration.
@@ -112,8 +112,8 @@ STREAM_DURATION_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120
 REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 HOLDBACK_BUCKETS = (0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0)
 
-_INTER_BOUNDS = INTER_EVENT_BUCKETS + (math.inf,)  # as the Histogram stores them (+Inf appended)
-_N_INTER = len(_INTER_BOUNDS)
+_INTER_BOUNDS: Final = INTER_EVENT_BUCKETS + (math.inf,)  # as the Histogram stores them (+Inf appended)
+_N_INTER: Final = len(INTER_EVENT_BUCKETS) + 1  # (compiled, a Final tuple cannot be read while its module initialises)
 
 
 class _Metrics:
@@ -226,9 +226,9 @@ def _inc(metric: object, cache: dict, key: tuple, amount: float = 1.0) -> None:
 # METRICS_FLUSH_INTERVAL (on the next request finishing, or the worker's timer when idle), before it renders
 # /metrics, and at exit. The price: a scrape may miss up to one interval of another worker's requests, and a
 # SIGKILLed worker loses its last interval of counts.
-_pend: dict[object, float] = {}  # counter or gauge (or labelled child) -> amount to add
-_pend_obs: dict[object, list] = {}  # histogram (or child) -> [per-bucket counts, sum of values]
-_flush_at = [0.0]
+_pend: Final[dict[object, float]] = {}  # counter or gauge (or labelled child) -> amount to add
+_pend_obs: Final[dict[object, list]] = {}  # histogram (or child) -> [per-bucket counts, sum of values]
+_flush_at: Final = [0.0]
 
 
 def _observe(h: object, value: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 
 import orjson
 
@@ -36,7 +37,7 @@ log = logging.getLogger("fastgw.pipeline")
 #: Request bodies up to this size have their input policies run in one go (the common case: no clock reads,
 #: no await); larger ones in slices of `SCAN_SLICE`. One go holds the loop ~0.5 ms for 16 KiB of prose and
 #: at most ~25 ms at the slowest text found (`python -m bench.scan_worst`); the sliced path costs ~10 µs more.
-SYNC_INPUT_BYTES = 16384
+SYNC_INPUT_BYTES: typing.Final = 16384
 
 
 def account(ctx: RequestContext, partial: bool) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Final
 
 from fastgw.api import dialects
 from fastgw.api.errors import GatewayError, RequestTooExpensive, UpstreamProtocolError, from_transport
@@ -30,9 +30,9 @@ log = logging.getLogger("fastgw.stream")
 #: Bytes a stream receives before its policy work is metered against the request's CPU budget: below it no
 #: stream can spend a meaningful share of the budget (~0.1 s at the slowest text found), and a clock read per
 #: read would cost the common short answer ~4 % of its policy CPU.
-METER_FROM = 65536
+METER_FROM: Final = 65536
 #: What a structured chunk (a translated provider's) counts toward METER_FROM: a generous token's event.
-_CHUNK_BYTES = 256
+_CHUNK_BYTES: Final = 256
 
 
 class PolicyRelay(SSERelay):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, TYPE_CHECKING
 
 from fastgw import metrics
 from fastgw.policy.ratelimit import RENEW_EVERY, Pricing, RateLimitPolicy, Refusal, Reservation, requested_completion
@@ -38,7 +38,7 @@ __all__ = ["Quota", "SharedBreakers", "prompt_estimate"]
 log = logging.getLogger("fastgw.quota")
 
 #: Target lists whose dearest price is kept (a gateway has few routes; this bounds a churn of rbac subsets).
-PLAN_PRICES = 1024
+PLAN_PRICES: Final = 1024
 
 
 def prompt_estimate(body: dict[str, Any]) -> int:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import re
 import time
-from typing import Protocol as TypingProtocol
+from typing import Final, Protocol as TypingProtocol
 
 import orjson
 
@@ -36,12 +36,12 @@ from fastgw.scan.literals import Literals
 
 __all__ = ["SSERelay", "StreamEnd", "TranslatedSource", "error_event", "Source"]
 
-_DONE_TAIL = b"[DONE]"
-_SEQ = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
+_DONE_TAIL: Final = b"[DONE]"
+_SEQ: Final = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
 #: `"choices":[]` as OpenAI writes it and as Python's `json.dumps` default does (a server of that kind must have
 #: its usage counted too): most reads have neither, and one Hyperscan pass says so, or where the first starts,
 #: for a fraction of what two `bytes.find` over the read cost (see `fastgw.scan.literals`).
-_EMPTY_CHOICES = Literals(b'"choices":[]', b'"choices": []')
+_EMPTY_CHOICES: Final = Literals(b'"choices":[]', b'"choices": []')
 
 log = logging.getLogger("fastgw.stream")
 

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from fastgw.api.errors import GatewayError, Origin
 from fastgw.policy.ratelimit_settings import Budget, Limit, RateLimiter, problems
@@ -44,7 +44,7 @@ __all__ = ["NAME", "RateLimiter", "Limit", "Budget", "problems", "RateLimitPolic
 
 log = logging.getLogger("fastgw.policy.ratelimit")
 
-NAME = "rate-limiter"
+NAME: Final = "rate-limiter"
 
 #: Seconds a concurrency slot lives without a renewal: a slot held by a worker that died is free after at most
 #: this long. Long enough that a renewal every RENEW_EVERY survives a missed one; short enough that a crash
@@ -54,18 +54,18 @@ SLOT_LEASE = 60.0
 RENEW_EVERY = SLOT_LEASE / 3
 #: retry-after for a full concurrency limit: when a slot frees cannot be known (answers end when they end); one
 #: second is the header's granularity, and the SDKs back off further on a repeated 429.
-CONCURRENCY_RETRY = 1.0
+CONCURRENCY_RETRY: Final = 1.0
 #: The principal when no rbac key names the caller: every anonymous caller shares one per-key bucket.
-ANONYMOUS = "-"
+ANONYMOUS: Final = "-"
 #: The role subject of a caller with no roles (per: role limits and budgets still apply to it).
-NO_ROLE = "-"
+NO_ROLE: Final = "-"
 #: A budget key is kept this long after its period ends, so `fastgw usage` can show the last period.
-RETENTION = 40 * 86400
+RETENTION: Final = 40 * 86400
 #: Plans cached per (principal, roles, model); a gateway sees few distinct ones, this bounds a flood of models.
-PLAN_CACHE = 4096
+PLAN_CACHE: Final = 4096
 #: Settlements kept while the state is unreachable, to apply when it answers again (older ones are dropped: their
 #: reservations then stay charged at their worst case, which over-counts and never under-counts).
-PENDING_MAX = 10_000
+PENDING_MAX: Final = 10_000
 
 
 #: Settlements and releases left running by requests cancelled meanwhile: the loop keeps only weak references

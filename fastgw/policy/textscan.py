@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection, Iterator
-from typing import Any
+from typing import Any, Final
 
 import hyperscan
 from mypy_extensions import mypyc_attr
@@ -33,13 +33,13 @@ __all__ = ["ScanPolicy", "Prefilter", "Tagged", "merge_spans", "redact", "proces
 
 #: Smallest piece of a long text fed to its scanners between two looks at the clock (characters or bytes):
 #: ~1.5 ms at the slowest text found (bench/scan_worst.py), so a slice overruns by less than one.
-SLICE_PIECE = 1024
+SLICE_PIECE: Final = 1024
 #: Largest piece (clean prose scans at ~50 MB/s: a quarter of a 2 ms slice is ~25 KB).
-_PIECE_MAX = 65536
+_PIECE_MAX: Final = 65536
 #: Spans redacted between two looks at the clock (~1 ms).
-_SPAN_RUN = 2048
+_SPAN_RUN: Final = 2048
 #: Spans recorded as findings between two looks at the clock (a finding is logged: ~5 µs each).
-_RECORD_RUN = 256
+_RECORD_RUN: Final = 256
 
 
 class Slicer:

@@ -9,11 +9,12 @@ server's response writer (`writer.Responder`) uses; `write_chunk` is its per-chu
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 __all__ = ["LAST_CHUNK", "CHUNKED", "ChunkedWriter", "Writelines", "frame_chunk", "write_chunk"]
 
 #: Zero-size chunk and no trailers: ends a chunked body.
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 #: A transport's `writelines`: every framing call hands it one tuple, so one call is one writev.
 Writelines = Callable[[tuple[bytes, ...]], object]
@@ -50,10 +51,10 @@ class ChunkedWriter:
 
 
 #: The one chunked framer (stateless, shared by every response).
-CHUNKED = ChunkedWriter()
+CHUNKED: Final = ChunkedWriter()
 
 #: Frame one chunk through one `writelines` call: `write_chunk(writelines, data)`.
-write_chunk = CHUNKED.data
+write_chunk: Final = CHUNKED.data
 
 
 def frame_chunk(data: bytes) -> bytes:

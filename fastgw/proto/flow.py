@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Protocol
+from typing import Final, Protocol
 
 __all__ = ["FlowControl", "FlowListener", "STREAM_SNDBUF"]
 
@@ -21,7 +21,7 @@ __all__ = ["FlowControl", "FlowListener", "STREAM_SNDBUF"]
 #: fills the write buffer and pauses the upstream: 2.3-2.5 MB of worker memory per unread stream, measured.
 #: Capped, an unread stream costs about 100 KB; 64 KiB (128 KiB in the kernel) is 40 ms of a 3 MB/s stream,
 #: far beyond any token stream. Whole (non-streamed) answers keep the autotuned buffer.
-STREAM_SNDBUF = 64 * 1024
+STREAM_SNDBUF: Final = 64 * 1024
 
 
 class FlowListener(Protocol):

@@ -18,24 +18,25 @@ that spans reads (`_prefix`, at most one head, so bounded by the header limit) f
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from fastgw.proto import limits
 from fastgw.proto.errors import LimitError, ProtocolError
 
 __all__ = ["FramingGuard"]
 
-_HEAD = 0  # in (or before) a request head, looking for CRLFCRLF
-_BODY_LENGTH = 1  # skipping a Content-Length body
-_CHUNK_LINE = 2  # reading a chunk-size line (size and extensions) up to its LF
-_CHUNK_DATA = 3  # skipping chunk data and the CRLF after it
-_TRAILERS = 4  # after the last chunk: trailer fields up to an empty line
-_STATE_NAMES = ("HEAD", "BODY_LENGTH", "CHUNK_LINE", "CHUNK_DATA", "TRAILERS")
+_HEAD: Final = 0  # in (or before) a request head, looking for CRLFCRLF
+_BODY_LENGTH: Final = 1  # skipping a Content-Length body
+_CHUNK_LINE: Final = 2  # reading a chunk-size line (size and extensions) up to its LF
+_CHUNK_DATA: Final = 3  # skipping chunk data and the CRLF after it
+_TRAILERS: Final = 4  # after the last chunk: trailer fields up to an empty line
+_STATE_NAMES: Final = ("HEAD", "BODY_LENGTH", "CHUNK_LINE", "CHUNK_DATA", "TRAILERS")
 
-_CRLFCRLF = b"\r\n\r\n"
+_CRLFCRLF: Final = b"\r\n\r\n"
 # llhttp skips empty lines before a request line (RFC 9112 §2.2), so the guard must too.
-_NOT_EOL = re.compile(rb"[^\r\n]")
+_NOT_EOL: Final = re.compile(rb"[^\r\n]")
 # chunk-size = 1*HEXDIG (RFC 9112 §7.1), then BWS and ";" extensions.
-_HEXDIGITS = b"0123456789abcdefABCDEF"
+_HEXDIGITS: Final = b"0123456789abcdefABCDEF"
 
 
 class FramingGuard:

@@ -16,7 +16,7 @@ as in h11's `_state.py`; an illegal transition raises `StateError` naming the st
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from typing import Callable, Final
 
 import httptools
 
@@ -27,23 +27,23 @@ from fastgw.proto.framing_guard import FramingGuard
 __all__ = ["Request", "RequestReader", "ReaderState", "ReaderEvent", "TRANSITIONS", "StateError"]
 
 # tchar (RFC 9110 §5.6.2): what a method token is made of; bytes.translate deletes them to test a token.
-_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # What a Host value (RFC 9110 §7.2: uri-host [":" port], RFC 3986 §3.2.2) is made of: reg-name (unreserved,
 # pct-encoded, sub-delims), IP-literal brackets and the port colon. Anything else (space, "/", "@", "?", "#",
 # controls, obs-text) is an invalid Host, refused with 400 (RFC 9112 §3.2).
-_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
+_HOST_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
 # A method token still growing past this is refused (400); the longest registered method is 17 bytes.
-_MAX_METHOD = 64
+_MAX_METHOD: Final = 64
 # Heads parsed anew per connection. Each copies the rest of its read and nests one call deeper (a
 # pipelined head after it may need the same), so a client sending thousands must not get them all.
-_MAX_REPLAYS = 16
+_MAX_REPLAYS: Final = 16
 # llhttp's reasons for refusing a Transfer-Encoding that may only need its OWS or empty elements removed.
-_TE_REFUSALS = frozenset({"Invalid `Transfer-Encoding` header value", "Request has invalid `Transfer-Encoding`"})
+_TE_REFUSALS: Final = frozenset({"Invalid `Transfer-Encoding` header value", "Request has invalid `Transfer-Encoding`"})
 # The server connection preface (an empty SETTINGS frame, RFC 9113 §3.4) and a GOAWAY with last stream 0 and
 # HTTP_1_1_REQUIRED (0xd, §7): what an h2 prior-knowledge client can read and report ("HTTP/1.1 required"),
 # where an HTTP/1.1 status line is to it a protocol error with no reason.
-_GOAWAY_DEBUG = b"this port speaks HTTP/1.1 only"
-H2_GOAWAY = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_GOAWAY_DEBUG: Final = b"this port speaks HTTP/1.1 only"
+H2_GOAWAY: Final = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
              + (8 + len(_GOAWAY_DEBUG)).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"
              + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0d" + _GOAWAY_DEBUG)
 
@@ -86,7 +86,7 @@ IDLE, HEAD, BODY, REPLAY, MUST_CLOSE, FAILED, CLOSED = (
 _BEGIN, _HEAD_DONE, _END = _E.BEGIN, _E.HEAD_DONE, _E.END
 
 #: The whole lifecycle: state -> {event: next state}. Anything missing is a bug in the reader or its shell.
-TRANSITIONS: dict[ReaderState, dict[ReaderEvent, ReaderState]] = {
+TRANSITIONS: Final[dict[ReaderState, dict[ReaderEvent, ReaderState]]] = {
     IDLE: {_BEGIN: HEAD, _E.REFUSE: REPLAY, _E.UPGRADE: MUST_CLOSE, _E.FAIL: FAILED, _E.CLOSE: CLOSED},
     HEAD: {_HEAD_DONE: BODY, _E.REFUSE: REPLAY, _E.STOP: MUST_CLOSE, _E.FAIL: FAILED, _E.CLOSE: CLOSED},
     BODY: {_END: IDLE, _E.REFUSE: REPLAY, _E.FAIL: FAILED, _E.CLOSE: CLOSED},

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Final, Protocol
 
 from fastgw.proto import limits
 from fastgw.proto.errors import HttpError, LimitError, overloaded
@@ -42,21 +42,21 @@ __all__ = ["Request", "Responder", "ServerLimits", "HttpServerProtocol", "Connec
 log = logging.getLogger("fastgw.proto.server")
 
 # Pipelined requests parsed ahead of the one being answered; beyond this we stop reading (bounded memory).
-_MAX_QUEUED = 8
+_MAX_QUEUED: Final = 8
 # Bytes parsed at once when a read is larger: one 256 KiB read of tiny pipelined requests would otherwise become
 # thousands of Request objects before reading can pause. What is not parsed waits in `_backlog` (one read at most).
-_PARSE_SLICE = 16 * 1024
+_PARSE_SLICE: Final = 16 * 1024
 # Seconds a connection closed after an error answer keeps reading and dropping what the client still sends (an
 # upload refused on its head): nginx lingers up to 5 s per read and 30 s in all. 2 s lets a client that sends its
 # whole body before reading (most SDKs) finish a few MB on a fast link and read the answer; a slower one is reset.
-_LINGER_TIMEOUT = 2.0
+_LINGER_TIMEOUT: Final = 2.0
 # The same for a connection refused at max_connections: it is not counted, so it lingers less, and at most
 # _OVERFLOW_LINGERING of them at once (a flood of new connections must not turn lingering into EMFILE, which
 # libuv answers by accepting and closing connections in silence); past that one is closed at once.
-_OVERFLOW_LINGER = 0.5
-_OVERFLOW_LINGERING = 16
+_OVERFLOW_LINGER: Final = 0.5
+_OVERFLOW_LINGERING: Final = 16
 # Seconds between two "connections refused" warnings at most.
-_REFUSAL_LOG_INTERVAL = 1.0
+_REFUSAL_LOG_INTERVAL: Final = 1.0
 
 
 class ServerLimits:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Final, Protocol, TYPE_CHECKING
 
 from fastgw.proto.chunked import CHUNKED, ChunkedWriter, Writelines
 from fastgw.proto.errors import HttpError
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["Responder", "build_head", "plain_error", "CloseDelimitedWriter", "CLOSE_DELIMITED", "RenderError",
            "CONTINUE"]
 
-_REASONS = {
+_REASONS: Final = {
     100: b"Continue", 200: b"OK", 201: b"Created", 204: b"No Content", 400: b"Bad Request",
     401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
     408: b"Request Timeout", 409: b"Conflict", 413: b"Content Too Large", 415: b"Unsupported Media Type",
@@ -34,7 +34,7 @@ _REASONS = {
 }
 
 #: The interim response to `Expect: 100-continue` (RFC 9110 §10.1.1).
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 #: How an error becomes headers and a body (the API layer passes its envelope; the default is plain text).
 RenderError = Callable[[HttpError], "tuple[list[tuple[bytes, bytes]], bytes]"]
@@ -62,7 +62,7 @@ class _Date:
         return self.value
 
 
-_date = _Date()
+_date: Final = _Date()
 
 
 def _valid_header_value(v: bytes) -> bool:
@@ -107,7 +107,7 @@ class CloseDelimitedWriter:
             writelines((data,))
 
 
-CLOSE_DELIMITED = CloseDelimitedWriter()
+CLOSE_DELIMITED: Final = CloseDelimitedWriter()
 
 
 class _Transport(Protocol):

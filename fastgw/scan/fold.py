@@ -23,18 +23,18 @@ __all__ = ["BACKSLASH", "FOLD", "Folder", "fold_bytes", "fold_char", "fold_text"
 
 #: Longest incomplete tail kept pending: a high-surrogate escape and a low one cut one byte short
 #: (`\ud83d\ude0`, 11 bytes); a UTF-8 sequence cut short is at most 3.
-MAX_PENDING = 11
+MAX_PENDING: Final = 11
 
-_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"
-_SPACES = "\u00a0" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
+_DASHES: Final = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"
+_SPACES: Final = "\u00a0" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
 #: `BACKSLASH in data` is memchr; with a bytes needle (`b"\\" in data`) CPython first tries the needle as an int,
 #: raising and clearing a TypeError on every call.
 BACKSLASH: Final = 0x5C
-_INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
+_INVISIBLE: Final = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
 
 #: The 256-code-point blocks holding every character whose fold is ASCII (tests/scan/test_fold.py checks
 #: this list against all of Unicode; scanning only these keeps the import at a few milliseconds).
-_BLOCKS = (0x00, 0x01, 0x02, 0x03, 0x1D, 0x1F, 0x20, 0x21, 0x22, 0x24, 0x2A, 0x2C, 0x30, 0x32, 0x33, 0xA7,
+_BLOCKS: Final = (0x00, 0x01, 0x02, 0x03, 0x1D, 0x1F, 0x20, 0x21, 0x22, 0x24, 0x2A, 0x2C, 0x30, 0x32, 0x33, 0xA7,
            0xFB, 0xFE, 0xFF, 0x107, 0x1D4, 0x1D5, 0x1D6, 0x1D7, 0x1F1, 0x1FB)
 
 
@@ -68,10 +68,10 @@ def _build() -> dict[str, str]:
 
 
 #: Character -> the ASCII it folds to ("" when dropped).
-FOLD: dict[str, str] = _build()
+FOLD: Final[dict[str, str]] = _build()
 #: Character -> (its fold as bytes, its own UTF-8 length): what `Folder._fold_plain` needs per character.
-_FOLD_BYTES = {c: (r.encode(), len(c.encode("utf-8"))) for c, r in FOLD.items()}
-_TRANSLATE = {ord(k): v for k, v in FOLD.items()}
+_FOLD_BYTES: Final = {c: (r.encode(), len(c.encode("utf-8"))) for c, r in FOLD.items()}
+_TRANSLATE: Final = {ord(k): v for k, v in FOLD.items()}
 
 def _ranges(chars: list[str]) -> str:
     """A character class of `chars` as ranges of consecutive code points."""
@@ -88,19 +88,19 @@ def _ranges(chars: list[str]) -> str:
 # Every character that folds. `re` tests a class of BMP characters with a bitmap, but one that also holds astral
 # characters (mathematical letters, enclosed ones) as a list, item by item: 0.33 µs per character of any
 # non-ASCII text. So the astral ones are a branch of their own, entered only at an astral character.
-_CLASS = ("(?:" + _ranges([c for c in FOLD if ord(c) <= 0xFFFF]) + "|(?=[\U00010000-\U0010ffff])"
+_CLASS: Final = ("(?:" + _ranges([c for c in FOLD if ord(c) <= 0xFFFF]) + "|(?=[\U00010000-\U0010ffff])"
           + _ranges([c for c in FOLD if ord(c) > 0xFFFF]) + ")")
-_PLAIN_RE = re.compile(_CLASS)
+_PLAIN_RE: Final = re.compile(_CLASS)
 # JSON source: escapes (a surrogate pair first, so it is read as one character), a possibly cut escape
 # (only at the end of the text is it pending; elsewhere it is invalid JSON: the backslash is left as it
 # is and what follows is read as text), foldables.
-_JSON_RE = re.compile(
+_JSON_RE: Final = re.compile(
     r"\\(?:u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
     r"|u([0-9a-fA-F]{4})"
     r"|([\"\\/bfnrt])"
     r"|(u[0-9a-fA-F]{0,3}|))"
     r"|" + _CLASS, re.S)
-_SIMPLE_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_SIMPLE_ESCAPES: Final = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
 def fold_text(text: str, json: bool = False) -> str:

@@ -36,7 +36,7 @@ depend on how a request's texts are split, never whether a value is redacted.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from fastgw.scan.database import CONTEXT_BYTES, MAX_LOOKAHEAD, MAX_TABLE_HEADER, ScanDB, Span
 from fastgw.scan.fold import BACKSLASH, Folder
@@ -53,14 +53,14 @@ DENSE_RUN = 32
 #: Work units (libphonenumber parses, ~25-40 µs each; a phone judgement takes 1 to ~25) the `Pattern.costly`
 #: validators may spend on one request per policy before further candidates count as matches unconfirmed (fail
 #: closed): ~15-20 ms; the densest answer of the evaluation corpus (`bench.pii_eval`) needs a fifth of it ...
-BUDGET_BURST = 512
+BUDGET_BURST: Final = 512
 #: ... plus one unit per this many canonical bytes scanned: past the burst, judging costs at most ~0.15 µs per
 #: byte, whatever the text. (A text is never refused for it: what cannot be judged is redacted.)
-BUDGET_BYTES = 256
+BUDGET_BYTES: Final = 256
 
 #: Canonical bytes kept as one string for the holdback's suffix reads: wider than every group's run but the
 #: rare key or block ones, so a streamed event (a few bytes) costs one small concatenation, not a join.
-_TAIL = 256
+_TAIL: Final = 256
 
 #: A candidate or block piece: (canonical start, canonical end, pattern index).
 _Cand = tuple[int, int, int]
@@ -627,7 +627,7 @@ class StreamScanner:
 
 #: Texts up to this long (ASCII prose) are first scanned for any report at all: a request of many short fields
 #: (content parts, metadata values) then costs one block scan per field, not a scanner each.
-_SMALL = 256
+_SMALL: Final = 256
 
 
 def _halt(pid: int, start: int, end: int, flags: int, ctx: object) -> bool:

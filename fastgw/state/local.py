@@ -44,7 +44,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from fastgw.state import core
 from fastgw.state.model import (EPOCH, KIND_BREAKER, Admission, Ask, BreakerState, Settle, StateUnavailable,
@@ -56,26 +56,26 @@ __all__ = ["LocalBackend", "TABLE_NAME", "DB_NAME"]
 
 log = logging.getLogger("fastgw.state")
 
-TABLE_NAME = "state.tbl"
+TABLE_NAME: Final = "state.tbl"
 #: The SQLite file of earlier versions, imported once when the table is created.
-DB_NAME = "state.db"
+DB_NAME: Final = "state.db"
 #: First yields to the loop while the lock is taken are free of any timer (another worker holds it for a few
 #: µs); after this many seconds of trying, each retry waits a timer tick instead.
-SPIN = 0.0005
+SPIN: Final = 0.0005
 #: Seconds between two fsyncs of the table by a worker that wrote meanwhile (off the event loop, in a thread).
-SYNC_EVERY = 0.5
+SYNC_EVERY: Final = 0.5
 #: Stored forms of keys kept per process (a key is encoded and hashed once); cleared when full.
-KEY_CACHE = 8192
+KEY_CACHE: Final = 8192
 
-_STATES = ("closed", "open", "half_open")
-_CODE = {s: i for i, s in enumerate(_STATES)}
+_STATES: Final = ("closed", "open", "half_open")
+_CODE: Final = {s: i for i, s in enumerate(_STATES)}
 
 T = TypeVar("T")
-_BUSY = object()
+_BUSY: Final = object()
 
 #: This process's pid, kept by a fork hook: `os.getpid()` is a system call, and every operation asks whether its
 #: table handle crossed a fork.
-_pid = [os.getpid()]
+_pid: Final = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 

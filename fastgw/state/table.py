@@ -48,49 +48,50 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
+from typing import Final
 
 __all__ = ["Table", "TableFull", "TableError", "NeedsReplace", "stored_key", "EMPTY", "BUCKET", "LEDGER", "SET",
            "HOLDER", "BREAKER", "KEY_MAX", "ENTRY", "INITIAL_CAPACITY", "MAX_CAPACITY", "MAX_LOAD", "REDO_MAX"]
 
 #: Record size: one cache-line pair; 32 records a page, so a record never straddles a page.
-ENTRY = 128
+ENTRY: Final = 128
 #: Key bytes a record holds; a state key is `prefix:kind:name:subject[:period]`, ~30-60 bytes in practice.
-KEY_MAX = 72
+KEY_MAX: Final = 72
 #: Records of a new file (512 KiB, plus the header and redo area: ~1.1 MiB); a power of two, grown by `replace`.
-INITIAL_CAPACITY = 4096
+INITIAL_CAPACITY: Final = 4096
 #: At most this many records (512 MiB of file): an insert past MAX_LOAD of it that a sweep cannot bring under 3/8
 #: is `TableFull`, a clear error, never a silent loss (~2 M live keys: buckets, budget periods, requests in flight).
 MAX_CAPACITY = 1 << 22
 #: A file is replaced (swept, then grown if still needed) when an insert would fill more than this fraction:
 #: linear probing stays at ~2.5 probes per miss up to one half.
-MAX_LOAD = 0.5
+MAX_LOAD: Final = 0.5
 #: Records one update may change (its redo record's room). An admission changes a handful; a sweep of many dead
 #: leases that would change more is done by `replace` instead.
-REDO_MAX = 4096
+REDO_MAX: Final = 4096
 
 EMPTY, BUCKET, LEDGER, SET, HOLDER, BREAKER = 0, 1, 2, 3, 4, 5
 
-_MAGIC = b"FGWTBL02"
-_PAGE = 4096
+_MAGIC: Final = b"FGWTBL02"
+_PAGE: Final = 4096
 # header: magic, version, record size, capacity, live records | moved (32) | redo mark (33) | redo n, crc, used
 # (40) | boot id (64). The format's version is in the magic: another layout is refused, not misread.
-_HEAD = struct.Struct("<8sIIQQ")
-_OFF_USED = 24
-_OFF_MOVED = 32
-_OFF_MARK = 33
-_REDO_HEAD = struct.Struct("<IIQ")
-_OFF_REDO_HEAD = 40
-_OFF_BOOT = 64
-_REDO_AT = _PAGE  # the redo record: REDO_MAX indices (u64), then REDO_MAX records
-_REDO_RECS = _REDO_AT + 8 * REDO_MAX
-_TABLE_AT = _REDO_RECS + -(-REDO_MAX * ENTRY // _PAGE) * _PAGE
+_HEAD: Final = struct.Struct("<8sIIQQ")
+_OFF_USED: Final = 24
+_OFF_MOVED: Final = 32
+_OFF_MARK: Final = 33
+_REDO_HEAD: Final = struct.Struct("<IIQ")
+_OFF_REDO_HEAD: Final = 40
+_OFF_BOOT: Final = 64
+_REDO_AT: Final = _PAGE  # the redo record: REDO_MAX indices (u64), then REDO_MAX records
+_REDO_RECS: Final = _REDO_AT + 8 * REDO_MAX
+_TABLE_AT: Final = _REDO_RECS + -(-REDO_MAX * ENTRY // _PAGE) * _PAGE
 
-_REC = struct.Struct("<BB6xqdqqdd72s")  # tag, key length, hash, a, b, c, d, e, key
-_KEYHEAD = struct.Struct("<BB6xq")
-_IDX = struct.Struct("<Q")
+_REC: Final = struct.Struct("<BB6xqdqqdd72s")  # tag, key length, hash, a, b, c, d, e, key
+_KEYHEAD: Final = struct.Struct("<BB6xq")
+_IDX: Final = struct.Struct("<Q")
 #: The redo record's index list of an update of n records, compiled once for the small n of the request path.
-_IDXS = [struct.Struct(f"<{n}Q") for n in range(17)]
-_ZERO = bytes(ENTRY)
+_IDXS: Final = [struct.Struct(f"<{n}Q") for n in range(17)]
+_ZERO: Final = bytes(ENTRY)
 assert _REC.size == ENTRY and KEY_MAX == 72
 
 Record = tuple[int, int, int, float, int, int, float, float, bytes]

@@ -15,7 +15,7 @@ before the policy has seen them).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import orjson
@@ -32,9 +32,9 @@ __all__ = ["ChatStreamPolicy"]
 
 
 #: The end-of-stream sentinel as an event (a structured stream's end is queued as this).
-_DONE_EVENT = SSEEvent("[DONE]", None, None, None, DONE)
+_DONE_EVENT: Final = SSEEvent("[DONE]", None, None, None, DONE)
 #: Delta fields whose value must be a string (or null) in any view: another type is an unreadable chunk.
-_STR_FIELDS = ("content", "refusal", "reasoning_content")
+_STR_FIELDS: Final = ("content", "refusal", "reasoning_content")
 
 
 class ChatStreamPolicy(StreamPolicy):
@@ -117,7 +117,7 @@ class ChatStreamPolicy(StreamPolicy):
             ctx.usage = usage
             if self.strip_usage and not choices:
                 return  # the usage chunk we asked for on the client's behalf: it does not see it
-        ctx.events += 1
+        self.events += 1
         self._queue.append(Held(ev, obj, segs, edited=edited))
 
     def _choice_segs(self, ch: Choice, pos: int, segs: list[Segment]) -> None:

@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import orjson
 
@@ -41,17 +41,17 @@ from fastgw.scan.scanner import ScanBudget, StreamScanner
 __all__ = ["StreamPolicy", "StreamBlocked", "TextKey", "TextStream", "Segment", "Held", "unreadable"]
 
 #: The safe offset of a text no policy holds back: beyond any text's end.
-_NO_HOLD = 1 << 62
+_NO_HOLD: Final = 1 << 62
 #: A text piece longer than this (bytes) is scanned as deferred work, in pieces between looks at the clock
 #: (`StreamPolicy.work`), instead of inside `push`: one upstream event may carry up to 1 MiB of text (the SSE
 #: limit), ~20 ms to scan as clean prose and far more as the slowest text.
-DEFER_BYTES = 16384
+DEFER_BYTES: Final = 16384
 #: Piece sizes of deferred scanning: the smallest (~1.5 ms at the slowest text found) and the largest.
-_PIECE_MIN = 1024
-_PIECE_MAX = 65536
+_PIECE_MIN: Final = 1024
+_PIECE_MAX: Final = 65536
 #: Keys whose value is JSON a caller or a model chose (tool inputs, schemas, metadata): every string scanned. (The
 #: request side's `JSON_VALUES`, and a streamed event's `arguments`.)
-_JSON_VALUES = JSON_VALUES | {"arguments"}
+_JSON_VALUES: Final = JSON_VALUES | {"arguments"}
 
 
 def _feed(t: TextStream) -> None:
@@ -143,7 +143,7 @@ class StreamPolicy(ABC):
     __slots__ = ("policies", "last_seq", "held", "strip_usage", "strip_null_usage", "_assembled", "_rewritten",
                  "_findings", "_ctx", "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts",
                  "_ended", "_drop", "_counts", "_decided", "_ev_edited", "_ev_repeats", "_budgets", "_jobs",
-                 "cpu_left", "cpu_budget", "_by_choice", "_by_item", "_blocked")
+                 "cpu_left", "cpu_budget", "_by_choice", "_by_item", "_blocked", "events", "_events_before")
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
                  buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
@@ -195,6 +195,10 @@ class StreamPolicy(ABC):
         #: sets both; the relay meters its work against them).
         self.cpu_left = float("inf")
         self.cpu_budget = float("inf")
+        #: Events queued, a dialect's count for `ctx.events` (the usage estimate's fallback), kept here and given
+        #: to the context with the texts: an attribute of the interpreted context costs a generic lookup per event.
+        self.events = 0
+        self._events_before = ctx.events
 
     # ---- input (each dialect) ---------------------------------------------------------------
     @abstractmethod
@@ -473,7 +477,10 @@ class StreamPolicy(ABC):
 
     def _sync_texts(self) -> None:
         """ctx.texts: the released text per choice (for the audit record, usage estimate, buffered checks)."""
-        texts = self._ctx.texts
+        ctx = self._ctx
+        if self.events:
+            ctx.events = self._events_before + self.events
+        texts = ctx.texts
         for idx, parts in self._parts.items():
             if len(parts) > 1:
                 parts[:] = ["".join(parts)]

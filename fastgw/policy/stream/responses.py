@@ -16,7 +16,7 @@ event we add continues the sequence.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from fastgw.api.dialects import RESPONSES
 from fastgw.policy.stream.core import _JSON_VALUES
@@ -27,21 +27,21 @@ from fastgw.policy.textscan import SKIP, is_blob, set_token
 
 __all__ = ["ResponsesStreamPolicy"]
 
-_DELTAS = {"response.output_text.delta": "text", "response.refusal.delta": "refusal",
+_DELTAS: Final = {"response.output_text.delta": "text", "response.refusal.delta": "refusal",
            "response.function_call_arguments.delta": "arguments", "response.mcp_call_arguments.delta": "arguments"}
 #: Delta events that carry no text (base64 audio).
-_BLOB_DELTAS = frozenset(("response.audio.delta",))
+_BLOB_DELTAS: Final = frozenset(("response.audio.delta",))
 #: Events that end the response and repeat every text.
-_RESPONSE_DONE = frozenset(("response.completed", "response.incomplete", "response.failed"))
+_RESPONSE_DONE: Final = frozenset(("response.completed", "response.incomplete", "response.failed"))
 #: The field of an item that a delta stream carries, per item type (the rest are whole texts).
-_ITEM_STREAMED = {("mcp_call", "arguments"): "arguments", ("function_call", "arguments"): "arguments",
+_ITEM_STREAMED: Final = {("mcp_call", "arguments"): "arguments", ("function_call", "arguments"): "arguments",
                   ("custom_tool_call", "input"): "custom_tool_call_input",
                   ("code_interpreter_call", "code"): "code_interpreter_call_code"}
 #: Text fields continued by deltas: a piece of them in an `.added` event is not final yet.
-_STREAMED_FIELDS = frozenset(("text", "refusal", "arguments", "custom_tool_call_input", "code_interpreter_call_code",
+_STREAMED_FIELDS: Final = frozenset(("text", "refusal", "arguments", "custom_tool_call_input", "code_interpreter_call_code",
                               "reasoning_summary_text", "reasoning_text", "logprobs", "audio.transcript"))
 #: The whole-text field a `.done` event of a delta stream repeats.
-_DONE_TEXT = ("text", "refusal", "arguments", "input", "code", "transcript")
+_DONE_TEXT: Final = ("text", "refusal", "arguments", "input", "code", "transcript")
 
 
 def _field(kind: str) -> str:
