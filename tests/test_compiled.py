@@ -126,6 +126,33 @@ def test_no_compiled_module_looks_for_a_bytes_needle_with_in() -> None:
     assert _bytes_needles(sample) == [2, 2]  # the check sees both shapes (and not an int, str or unknown needle)
 
 
+#: Module constants a test patches (a Final is inlined where it is read, so patching it would change nothing).
+_PATCHED_CONSTANTS = {("fastgw/scan/scanner.py", "DENSE_RUN"), ("fastgw/state/table.py", "MAX_CAPACITY"),
+                      ("fastgw/metrics.py", "MAX_SERIES_PER_METRIC"), ("fastgw/metrics.py", "MAX_UNVETTED_MODELS"),
+                      ("fastgw/policy/ratelimit.py", "SLOT_LEASE"), ("fastgw/policy/ratelimit.py", "RENEW_EVERY")}
+
+
+def _plain_constants(tree: ast.Module) -> list[str]:
+    """Module-level UPPER_CASE names bound to a literal (or arithmetic on literals and names) without `Final`."""
+    def literal(v: ast.expr) -> bool:
+        if isinstance(v, ast.BinOp):
+            return literal(v.left) and literal(v.right)
+        return isinstance(v, ast.UnaryOp) and literal(v.operand) or isinstance(v, (ast.Constant, ast.Name))
+    return [t.id for node in tree.body if isinstance(node, ast.Assign) and literal(node.value)
+            for t in node.targets if isinstance(t, ast.Name) and t.id.lstrip("_")[:1].isupper() and t.id.isupper()]
+
+
+def test_compiled_modules_constants_are_final() -> None:
+    """A plain module global read by compiled code is a lookup in the module's dict each time (two per event in
+    the SSE decoder and two per text piece in the stream policy before they were Final); mypyc inlines a Final
+    literal or keeps the value in a C static."""
+    bad = [f"{path}:{name}" for path in COMPILED for name in _plain_constants(ast.parse((ROOT / path).read_text()))
+           if (path, name) not in _PATCHED_CONSTANTS]
+    assert not bad, bad
+    sample = ast.parse("A = 1\n_B: Final = 2\nC = A * 4 + -1\nd = 3\nE = f()\nF: int = 5\n")
+    assert _plain_constants(sample) == ["A", "C"]  # (not a call's result, a lower-case name or an annotated one)
+
+
 def _awaits_while_handling(tree: ast.AST) -> list[int]:
     """Lines of each `await` (`async for`, `async with`) inside an `except` handler or a `finally` block."""
     found = []
