@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Final, Protocol
 
 from fastgw.providers.base import Adapter, TargetRuntime, UpstreamRequest
 from fastgw.providers.mock import MockModel
 from fastgw.providers.mock_validate import refusal
 from fastgw.proto.client import Sink, UpstreamConnection, UpstreamPool
-from fastgw.stream import SSERelay
 
 __all__ = ["Upstream", "Connection", "HttpUpstream", "MockUpstream", "Call", "TimedSource"]
 
-_JSON = b"application/json"
-_SSE = b"text/event-stream"
+_JSON: Final = b"application/json"
+_SSE: Final = b"text/event-stream"
 
 
 class Call:
@@ -117,7 +116,7 @@ class MockConnection:
         return self._body
 
     def set_sink(self, sink: Sink) -> None:
-        self._source.set_sink(sink)  # type: ignore[arg-type]  # the mock's sink is always a relay
+        self._source.set_sink(sink)
 
     def pause_reading(self) -> None:
         self._source.pause_reading()
@@ -171,12 +170,14 @@ class TimedSource:
         self._i = 0
         self._ttft = ttft
         self._delay = delay
-        self._sink: SSERelay | None = None
+        # Any sink (a relay, or a front's translating source): typed by the protocol, as a compiled method checks
+        # its argument's type.
+        self._sink: Sink | None = None
         self._paused = False
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._stopped = False
 
-    def set_sink(self, sink: SSERelay) -> None:
+    def set_sink(self, sink: Sink) -> None:
         self._sink = sink
         self._schedule(self._ttft)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -21,22 +21,22 @@ __all__ = ["Endpoint", "UpstreamRequest", "TargetRuntime", "split_base_url", "Tr
 #: Deepest JSON nesting the upstream request can carry: orjson's encoder stops at 254 levels (its guard for the C
 #: stack). A client body parses up to 1024 levels, so a body nested past this (after a provider's translation
 #: wraps it in a few levels more) is refused as the client's 400 `nesting_too_deep`, never a 500.
-MAX_ENCODED_DEPTH = 254
+MAX_ENCODED_DEPTH: Final = 254
 #: Dict keys of the deepest path that name the parameter in that 400 (`tools[0].function.parameters`).
-_PARAM_KEYS = 3
+_PARAM_KEYS: Final = 3
 
 
 class Endpoint:
     """The OpenAI endpoints the gateway serves (path suffix after /v1/)."""
 
-    CHAT = "chat/completions"
-    COMPLETIONS = "completions"
-    EMBEDDINGS = "embeddings"
-    RESPONSES = "responses"
-    MESSAGES = "messages"
-    ALL = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES)
+    CHAT: Final = "chat/completions"
+    COMPLETIONS: Final = "completions"
+    EMBEDDINGS: Final = "embeddings"
+    RESPONSES: Final = "responses"
+    MESSAGES: Final = "messages"
+    ALL: Final = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES)
     #: Anthropic's token count: answered by the route itself (the provider's count or the gateway's estimate).
-    COUNT_TOKENS = "messages/count_tokens"
+    COUNT_TOKENS: Final = "messages/count_tokens"
 
 
 @dataclass(slots=True)
@@ -103,7 +103,9 @@ class TargetRuntime:
     #: The breaker is counted in the shared state (every worker of every instance), not this worker's alone.
     breaker_shared: bool = False
     weight: float = 1.0
-    options: object = None
+    #: The provider's own settings (a MockModel, Bedrock's signer...): typed Any, as a compiled dataclass cannot
+    #: declare an `object` field (its annotations are looked up by name when the class is built).
+    options: Any = None
     deployment: str | None = None
     api_version: str = "2024-10-21"
     region: str | None = None
@@ -122,7 +124,7 @@ class TargetRuntime:
 
 
 #: What the gateway calls itself upstream.
-USER_AGENT = b"fastgw/0.1"
+USER_AGENT: Final = b"fastgw/0.1"
 
 
 def chat_only(provider: str, endpoint: str) -> None:
