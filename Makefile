@@ -41,7 +41,7 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/policy/stream/responses.py fastgw/policy/stream/messages.py \
 	fastgw/app.py fastgw/pipeline.py fastgw/attempt.py fastgw/policy/ratelimit.py fastgw/quota.py \
 	fastgw/policy/textkeys.py fastgw/policy/textscan.py fastgw/policy/stream/records.py \
-	fastgw/providers/base.py fastgw/upstreams.py
+	fastgw/providers/base.py fastgw/providers/openai.py fastgw/upstreams.py
 MYPYCIFY := import sys; from setuptools import setup; from mypyc.build import mypycify; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \
 	ext_modules=mypycify(sys.argv[1:], group_name="fastgw.native", target_dir="c", opt_level="3"))

@@ -3,10 +3,13 @@ client sent it (model rewritten if aliased), the answer comes back as it is."""
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from fastgw.providers.base import TargetRuntime, Translator, UpstreamRequest, bearer, encode_json, json_post
 
 __all__ = ["OpenAIAdapter", "AzureAdapter"]
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the built-in mock's adapter (providers/mock.py) is one
 class OpenAIAdapter:
     """Any OpenAI-compatible API. Vendor extras in chunks (e.g. `x_groq.usage`) pass through untouched."""
 
