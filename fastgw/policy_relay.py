@@ -268,7 +268,10 @@ class PolicyRelay(SSERelay):
         if not self.saw_done:
             out.append(self.dialect.done)
         self._policy.close()
-        self._end(self._take() + b"".join(out), complete=True)
+        held = self._take()
+        if held:
+            out.insert(0, held)
+        self._end(b"".join(out), complete=True)  # (one copy of the answer's rest, not a join and a concatenation)
 
     def on_error(self, exc: BaseException) -> None:
         if self.saw_done and self.dialect.sentinel:

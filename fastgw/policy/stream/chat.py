@@ -98,7 +98,7 @@ class ChatStreamPolicy(StreamPolicy):
             # The usage we asked for on the client's behalf: the other chunks' `"usage": null` goes too.
             data = drop_null_usage_text(ev.data)
             if len(data) != len(ev.data):
-                ev = msgspec.structs.replace(ev, data=data, raw=drop_null_usage(ev.raw))
+                ev = ev.replace(data, drop_null_usage(ev.raw))
         if choices:
             for pos, ch in enumerate(choices):
                 if self._drop and ch.logprobs is not None:
