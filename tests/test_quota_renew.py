@@ -14,6 +14,7 @@ from fastgw.config import Retry
 from fastgw.policy.ratelimit import Limit, RateLimiter, RateLimitPolicy, Reservation
 from fastgw.proto.flow import FlowControl
 from fastgw.proto.writer import Responder
+from fastgw.providers.base import TargetRuntime
 from fastgw.quota import Quota
 from fastgw.routing import Plan
 from fastgw.state import MemoryBackend
@@ -30,7 +31,7 @@ def test_streaming_reservations_keep_their_slots_until_settled(monkeypatch: pyte
     q = _quota(backend)
     ctx = types.SimpleNamespace(principal="alice", roles=(), model="m", usage={"prompt_tokens": 1,
                                 "completion_tokens": 1}, target=None, body={}, texts=None, request_id="r")
-    plan = Plan([types.SimpleNamespace(id="up")], Retry())  # type: ignore[list-item]
+    plan = Plan([TargetRuntime(id="up", provider="openai", model="m")], Retry())
 
     async def holders() -> int:
         return sum(len(h) for h in (await backend.usage()).slots.values())

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+from typing import Any
 
 import orjson
 import uvloop
@@ -14,7 +15,26 @@ from fastgw.api.errors import render
 from fastgw.app import App, build_targets
 from fastgw.config import Config, MockOptions, Pack, Providers, Target
 from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, ServerLimits
-from fastgw import upstreams as stream_mod
+from fastgw.upstreams import TimedSource
+
+
+class _Recording:
+    """The mock upstream, recording the source of every answer it opens."""
+
+    def __init__(self, inner: Any, sources: list[TimedSource]) -> None:
+        self.inner = inner
+        self.sources = sources
+
+    def prepare(self, target: Any, adapter: Any, call: Any) -> object:
+        return self.inner.prepare(target, adapter, call)
+
+    async def open(self, target: Any, request: object, call: Any) -> Any:
+        conn = await self.inner.open(target, request, call)
+        self.sources.append(conn._source)
+        return conn
+
+    def release(self, conn: Any) -> None:
+        self.inner.release(conn)
 
 
 class _AppServer:
@@ -22,23 +42,18 @@ class _AppServer:
 
     def __init__(self, cfg: Config) -> None:
         self.loop = uvloop.new_event_loop()
-        self.sources: list[stream_mod.TimedSource] = []
+        self.sources: list[TimedSource] = []
         ready = threading.Event()
-        orig = stream_mod.TimedSource.__init__
-        sources = self.sources
-
-        def tracking_init(obj, *a, **k):  # record every source the app creates
-            orig(obj, *a, **k)
-            sources.append(obj)
-
-        self._patch = (orig, tracking_init)
-        stream_mod.TimedSource.__init__ = tracking_init  # type: ignore[method-assign]
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
 
             async def start() -> None:
                 app = App(cfg, build_targets(cfg, {}), self.loop)
+                # Every source the mock opens, recorded (the compiled mock builds its sources natively: no patch
+                # of the class reaches them).
+                upstreams = app.pipeline.attempt._upstreams
+                upstreams["mock"] = _Recording(upstreams["mock"], self.sources)
                 self.tracker = ConnectionTracker()
                 srv = await self.loop.create_server(
                     lambda: HttpServerProtocol(app, ServerLimits(send_timeout=30), self.tracker, self.loop, render_error=render),
@@ -54,7 +69,6 @@ class _AppServer:
         assert ready.wait(5)
 
     def stop(self) -> None:
-        stream_mod.TimedSource.__init__ = self._patch[0]  # type: ignore[method-assign]
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 

@@ -89,12 +89,18 @@ class _Null:
 
 
 async def _glue(kind: str, where: str, n: int) -> dict[str, float]:
+    import asyncio
     import types
 
     import msgspec
 
+    from fastgw.config import Retry
     from fastgw.policy.ratelimit import Pricing, RateLimiter, RateLimitPolicy
+    from fastgw.proto.flow import FlowControl
+    from fastgw.proto.writer import Responder
+    from fastgw.providers.base import TargetRuntime
     from fastgw.quota import Quota
+    from fastgw.routing import Plan
 
     settings = msgspec.convert({"limits": [{"name": "per-key", "per": "key", "requests_per_minute": 10**9,
                                             "tokens_per_minute": 10**12, "concurrent": 100000}],
@@ -103,12 +109,13 @@ async def _glue(kind: str, where: str, n: int) -> dict[str, float]:
     backend: Any = _Null() if kind == "null" else MemoryBackend() if kind == "memory" else LocalBackend(where)
     q = Quota(RateLimitPolicy(settings, backend), {"up": Pricing(0.15, 0.6)}, backend.kind)
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    plan: Any = types.SimpleNamespace(targets=[types.SimpleNamespace(id="up")])
+    plan = Plan([TargetRuntime(id="up", provider="openai", model="m")], Retry())
 
     async def one() -> None:
         ctx: Any = types.SimpleNamespace(principal=None, roles=(), model="m", target="up", body=body, texts=None,
                                          usage={"prompt_tokens": 1, "completion_tokens": 50}, request_id="r")
-        resp: Any = types.SimpleNamespace(extra_headers=[])
+        # A response writer no byte is written to (the admission only adds its headers to it).
+        resp = Responder(object(), FlowControl(asyncio.get_running_loop()), True, False)  # type: ignore[arg-type]
         res = await q.admit(ctx, body, plan, resp)
         await q.settle(ctx, res, q.renew_while_streaming(res))
 
