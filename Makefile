@@ -94,13 +94,14 @@ $(NODE_DIR)/node_modules/.stamp: $(NODE_DIR)/package-lock.json $(NODE_DIR)/packa
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error >/dev/null && touch node_modules/.stamp
 
 # Type checks (settings in pyproject.toml), then the whole suite except the long forms marked `slow` (each has
-# a short form that runs here), on two pytest-xdist workers: most tests wait on the processes they start, so two
-# run side by side on a 2-core box in about two thirds of the time of one. `--dist worksteal`: a worker that runs
-# out takes tests queued for the other, so the long ones (the short soak, the bench runs) do not leave one worker
-# finishing alone.
+# a short form that runs here), on three pytest-xdist workers: most tests wait on the processes they start (and
+# on their timeouts), so on a 2-core box three took 4:13 and 4:42 where two took 5:42 and 5:53 in the same hour;
+# four kept a lock holder of the `local` state backend off the CPU past `state.timeout`, and the quota load test
+# saw 503s. `--dist worksteal`: a worker that runs out takes tests queued for the others, so the long ones (the
+# short soak, the bench runs) do not leave one worker finishing alone.
 test: $(VENV)/.test $(VENV)/.compiled sysdeps $(NODE_DIR)/node_modules/.stamp
 	$(BIN)/python -m mypy
-	$(PYTEST) -m "not slow" -n 2 --dist worksteal
+	$(PYTEST) -m "not slow" -n 3 --dist worksteal
 
 # Only the long forms: the 600 s soak (FASTGW_SOAK_SECONDS changes it) and the full bench comparison.
 test-slow: $(VENV)/.test sysdeps
