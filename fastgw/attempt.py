@@ -48,14 +48,14 @@ log = logging.getLogger("fastgw.attempt")
 JSON: typing.Final = (b"content-type", b"application/json")
 # Headers for streamed answers: no caching, and tell nginx not to buffer (X-Accel-Buffering).
 SSE_HEADERS: typing.Final = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-               (b"x-accel-buffering", b"no")]
+                             (b"x-accel-buffering", b"no")]
 # Upstream response headers worth passing to the client (rate-limit and request-id information SDKs read).
 # Not `openai-organization`: it names the operator's OpenAI organization.
 _PASS_HEADERS: typing.Final = frozenset({b"openai-processing-ms", b"openai-version",
-                           b"retry-after", b"retry-after-ms", b"x-ratelimit-limit-requests",
-                           b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-requests",
-                           b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-requests",
-                           b"x-ratelimit-reset-tokens", b"x-should-retry"})
+                                         b"retry-after", b"retry-after-ms", b"x-ratelimit-limit-requests",
+                                         b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-requests",
+                                         b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-requests",
+                                         b"x-ratelimit-reset-tokens", b"x-should-retry"})
 _DIALECT: typing.Final = {Endpoint.RESPONSES: "responses", Endpoint.MESSAGES: "messages"}
 #: Endpoints whose clients parse Anthropic's error envelope.
 _ANTHROPIC: typing.Final = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
@@ -67,7 +67,7 @@ _AUTH_STATUSES: typing.Final = frozenset({401, 403, 407})
 #: What an upstream error body may say about the operator's account, taken out before it is relayed: key-shaped
 #: strings (OpenAI quotes `sk-proj-****abcd`), organization and project ids (a 429 names `org-...`).
 _ACCOUNT_IDS: typing.Final = re.compile(rb"\b(?:sk|rk|pk)-[A-Za-z0-9_*\-]{3,}|\b(?:org|proj)[-_][A-Za-z0-9]{8,}"
-                          rb"|\bAIza[0-9A-Za-z_\-]{20,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+                                        rb"|\bAIza[0-9A-Za-z_\-]{20,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 _REDACTED: typing.Final = b"[redacted]"
 #: Seconds between two log lines about one target's refused key or unreachable address (one per request would
 #: let every client request write an operator log line while a key or a host is broken).

@@ -11,10 +11,10 @@ __all__ = ["SKIP", "JSON_VALUES", "TOOL_INPUT", "NOSKIP", "is_blob", "tool_input
 #: Keys whose *string* values are identifiers, enums or opaque blobs, never text (a dict or list under such a
 #: key is still walked). Every other string in a known container is scanned: new provider fields open no hole.
 SKIP: Final = frozenset(("id", "type", "role", "index", "object", "model", "status", "call_id", "tool_call_id",
-                  "tool_use_id", "item_id", "file_id", "response_id", "previous_response_id", "signature",
-                  "encrypted_content", "media_type", "format", "detail", "finish_reason", "stop_reason",
-                  "file_data", "b64_json", "partial_image_b64", "container_id", "approval_request_id",
-                  "service_tier", "reasoning_effort", "truncation", "verbosity", "stop_sequence"))
+                         "tool_use_id", "item_id", "file_id", "response_id", "previous_response_id", "signature",
+                         "encrypted_content", "media_type", "format", "detail", "finish_reason", "stop_reason",
+                         "file_data", "b64_json", "partial_image_b64", "container_id", "approval_request_id",
+                         "service_tier", "reasoning_effort", "truncation", "verbosity", "stop_sequence"))
 #: Keys whose value is arbitrary JSON chosen by a caller or a model (tool inputs, schemas, metadata): every
 #: string inside is scanned, whatever its key.
 JSON_VALUES: Final = frozenset(("parameters", "input_schema", "schema", "metadata", "properties"))

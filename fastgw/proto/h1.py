@@ -44,8 +44,8 @@ _TE_REFUSALS: Final = frozenset({"Invalid `Transfer-Encoding` header value", "Re
 # where an HTTP/1.1 status line is to it a protocol error with no reason.
 _GOAWAY_DEBUG: Final = b"this port speaks HTTP/1.1 only"
 H2_GOAWAY: Final = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-             + (8 + len(_GOAWAY_DEBUG)).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"
-             + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0d" + _GOAWAY_DEBUG)
+                    + (8 + len(_GOAWAY_DEBUG)).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"
+                    + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0d" + _GOAWAY_DEBUG)
 
 
 class ReaderState(enum.Enum):

@@ -9,6 +9,7 @@ from fastgw.providers.base import TargetRuntime, Translator, UpstreamRequest, be
 
 __all__ = ["OpenAIAdapter", "AzureAdapter"]
 
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # the built-in mock's adapter (providers/mock.py) is one
 class OpenAIAdapter:
     """Any OpenAI-compatible API. Vendor extras in chunks (e.g. `x_groq.usage`) pass through untouched."""

@@ -35,7 +35,7 @@ _INVISIBLE: Final = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
 #: The 256-code-point blocks holding every character whose fold is ASCII (tests/scan/test_fold.py checks
 #: this list against all of Unicode; scanning only these keeps the import at a few milliseconds).
 _BLOCKS: Final = (0x00, 0x01, 0x02, 0x03, 0x1D, 0x1F, 0x20, 0x21, 0x22, 0x24, 0x2A, 0x2C, 0x30, 0x32, 0x33, 0xA7,
-           0xFB, 0xFE, 0xFF, 0x107, 0x1D4, 0x1D5, 0x1D6, 0x1D7, 0x1F1, 0x1FB)
+                  0xFB, 0xFE, 0xFF, 0x107, 0x1D4, 0x1D5, 0x1D6, 0x1D7, 0x1F1, 0x1FB)
 
 
 def fold_char(c: str) -> str | None:
@@ -89,7 +89,7 @@ def _ranges(chars: list[str]) -> str:
 # characters (mathematical letters, enclosed ones) as a list, item by item: 0.33 µs per character of any
 # non-ASCII text. So the astral ones are a branch of their own, entered only at an astral character.
 _CLASS: Final = ("(?:" + _ranges([c for c in FOLD if ord(c) <= 0xFFFF]) + "|(?=[\U00010000-\U0010ffff])"
-          + _ranges([c for c in FOLD if ord(c) > 0xFFFF]) + ")")
+                 + _ranges([c for c in FOLD if ord(c) > 0xFFFF]) + ")")
 _PLAIN_RE: Final = re.compile(_CLASS)
 # JSON source: escapes (a surrogate pair first, so it is read as one character), a possibly cut escape
 # (only at the end of the text is it pending; elsewhere it is invalid JSON: the backslash is left as it

@@ -28,18 +28,20 @@ from fastgw.policy.textscan import SKIP, is_blob, set_token
 __all__ = ["ResponsesStreamPolicy"]
 
 _DELTAS: Final = {"response.output_text.delta": "text", "response.refusal.delta": "refusal",
-           "response.function_call_arguments.delta": "arguments", "response.mcp_call_arguments.delta": "arguments"}
+                  "response.function_call_arguments.delta": "arguments",
+                  "response.mcp_call_arguments.delta": "arguments"}
 #: Delta events that carry no text (base64 audio).
 _BLOB_DELTAS: Final = frozenset(("response.audio.delta",))
 #: Events that end the response and repeat every text.
 _RESPONSE_DONE: Final = frozenset(("response.completed", "response.incomplete", "response.failed"))
 #: The field of an item that a delta stream carries, per item type (the rest are whole texts).
 _ITEM_STREAMED: Final = {("mcp_call", "arguments"): "arguments", ("function_call", "arguments"): "arguments",
-                  ("custom_tool_call", "input"): "custom_tool_call_input",
-                  ("code_interpreter_call", "code"): "code_interpreter_call_code"}
+                         ("custom_tool_call", "input"): "custom_tool_call_input",
+                         ("code_interpreter_call", "code"): "code_interpreter_call_code"}
 #: Text fields continued by deltas: a piece of them in an `.added` event is not final yet.
-_STREAMED_FIELDS: Final = frozenset(("text", "refusal", "arguments", "custom_tool_call_input", "code_interpreter_call_code",
-                              "reasoning_summary_text", "reasoning_text", "logprobs", "audio.transcript"))
+_STREAMED_FIELDS: Final = frozenset(("text", "refusal", "arguments", "custom_tool_call_input",
+                                     "code_interpreter_call_code", "reasoning_summary_text", "reasoning_text",
+                                     "logprobs", "audio.transcript"))
 #: The whole-text field a `.done` event of a delta stream repeats.
 _DONE_TEXT: Final = ("text", "refusal", "arguments", "input", "code", "transcript")
 
