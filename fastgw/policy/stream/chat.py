@@ -22,7 +22,8 @@ import orjson
 
 from fastgw.api.dialects import CHAT
 from fastgw.api.sse import DONE, drop_null_usage, drop_null_usage_text
-from fastgw.policy.stream.chat_view import Choice, Chunk, LooseChoice, LooseChunk, decode_chunk, decode_loose
+from fastgw.policy.stream.chat_view import (Choice, Chunk, Delta, LooseChoice, LooseChunk, ToolCall, decode_chunk,
+                                            decode_loose)
 from fastgw.policy.stream.core import StreamPolicy, unreadable
 from fastgw.policy.stream.records import Held, Segment, TextKey
 from fastgw.policy.textscan import SKIP
@@ -35,6 +36,14 @@ __all__ = ["ChatStreamPolicy"]
 _DONE_EVENT: Final = SSEEvent("[DONE]", None, None, None, DONE)
 #: Delta fields whose value must be a string (or null) in any view: another type is an unreadable chunk.
 _STR_FIELDS: Final = ("content", "refusal", "reasoning_content")
+# What every event uses from other modules, as Finals: a compiled module reads an imported (non-native) name from
+# its globals dict on every use, a Final from a C static. (Not `decode_chunk`: tests/test_pipeline.py replaces it
+# to make the policy fail.)
+_Choice: Final = Choice
+_TextKey: Final = TextKey
+#: A Struct's fields as a tuple, in declaration order: one call where reading them one by one from compiled code
+#: is a generic attribute lookup each (~160 instructions; a chat chunk's choice and delta took ten per event).
+_fields: Final = msgspec.structs.astuple
 
 
 class ChatStreamPolicy(StreamPolicy):
@@ -108,7 +117,7 @@ class ChatStreamPolicy(StreamPolicy):
                     assert obj is not None
                     obj["choices"][pos]["logprobs"] = None
                     edited = True
-                if type(ch) is Choice:
+                if type(ch) is _Choice:
                     self._choice_segs(ch, pos, segs)
                 else:
                     self._loose_segs(ch, pos, segs)
@@ -121,19 +130,28 @@ class ChatStreamPolicy(StreamPolicy):
         self._queue.append(Held(ev, obj, segs, edited=edited))
 
     def _choice_segs(self, ch: Choice, pos: int, segs: list[Segment]) -> None:
-        idx = ch.index
-        if ch.text:
-            self._seg(TextKey(idx, "text"), ch.text, pos, -1, segs)
-        d = ch.delta
+        idx: int
+        d: Delta | None
+        text: str | None
+        finish: str | None
+        lp: dict | None
+        idx, d, text, finish, lp = _fields(ch)  # (chat_view's order; tests/policy/test_chat_view.py holds it)
+        if text:
+            self._seg(_TextKey(idx, "text"), text, pos, -1, segs)
         if d is not None:
-            if d.content:
-                self._seg(TextKey(idx, "content"), d.content, pos, -1, segs)
-            if d.refusal:
-                self._seg(TextKey(idx, "refusal"), d.refusal, pos, -1, segs)
-            if d.reasoning_content:
-                self._seg(TextKey(idx, "reasoning_content"), d.reasoning_content, pos, -1, segs)
-            if d.tool_calls:
-                for tpos, tc in enumerate(d.tool_calls):
+            content: str | None
+            refusal: str | None
+            reasoning: str | None
+            tool_calls: list[ToolCall] | None
+            _, content, refusal, reasoning, tool_calls = _fields(d)
+            if content:
+                self._seg(_TextKey(idx, "content"), content, pos, -1, segs)
+            if refusal:
+                self._seg(_TextKey(idx, "refusal"), refusal, pos, -1, segs)
+            if reasoning:
+                self._seg(_TextKey(idx, "reasoning_content"), reasoning, pos, -1, segs)
+            if tool_calls:
+                for tpos, tc in enumerate(tool_calls):
                     fn = tc.function
                     if fn is not None:
                         if fn.arguments:
@@ -141,12 +159,10 @@ class ChatStreamPolicy(StreamPolicy):
                         if fn.name:
                             self._seg(TextKey(idx, "tool_calls.function.name", tc.index), fn.name, pos, tpos,
                                       segs, ("choices", pos, "delta", "tool_calls", tpos, "function", "name"))
-        if not self._drop:
-            lp = ch.logprobs
-            if lp is not None:
-                self._logprobs(lp, idx, pos, segs)
-        if ch.finish_reason is not None:
-            self._ctx.finish[idx] = ch.finish_reason
+        if lp is not None and not self._drop:
+            self._logprobs(lp, idx, pos, segs)
+        if finish is not None:
+            self._ctx.finish[idx] = finish
             self._settle_choice(idx)
 
     def _loose_segs(self, ch: LooseChoice, pos: int, segs: list[Segment]) -> None:

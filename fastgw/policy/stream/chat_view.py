@@ -8,10 +8,11 @@ import msgspec
 __all__ = ["Fn", "ToolCall", "Delta", "Choice", "Chunk", "LooseChoice", "LooseChunk", "decode_chunk", "decode_loose"]
 
 
-# Typed view of a chunk: only the fields we read (msgspec skips everything else without building it). The
-# delta and its tool calls forbid unknown fields: a chunk with a field this view does not know (a provider's
-# reasoning variant, a legacy function_call, anything new) takes the loose view, whose delta is walked whole,
-# so an unknown field is scanned as text, never skipped.
+# Typed view of a chunk: only the fields we read (msgspec skips everything else without building it). The delta
+# and its tool calls forbid unknown fields: a chunk with a field this view does not know (a provider's reasoning
+# variant, a legacy function_call, anything new) takes the loose view, whose delta is walked whole, so an unknown
+# field is scanned as text, never skipped. The chat policy unpacks a Choice's and a Delta's fields by position:
+# tests/policy/test_chat_view.py holds their order.
 class Fn(msgspec.Struct, forbid_unknown_fields=True):
     arguments: str | None = None
     name: str | None = None

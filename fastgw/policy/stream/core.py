@@ -163,7 +163,9 @@ class StreamPolicy(ABC):
         self._by_item: dict[object, list[TextStream]] = {}
         self._blocked: list[TextStream] = []
         self._dirty: list[TextStream] = []  # texts fed since the last release, each once
-        self._queue: deque[Held] = deque()
+        # A list, not a deque: a compiled module's list operations are native calls, a deque's are generic method
+        # calls (an append and a popleft per event).
+        self._queue: list[Held] = []
         # Observing policies record but never change text: they need no holdback.
         self._acting = [p.action != "observe" for p in policies]
         self._holds = any(self._acting)
@@ -252,11 +254,11 @@ class StreamPolicy(ABC):
             t.dirty = True
             self._dirty.append(t)
         if t.json:
-            segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, t.backslashes, path))
+            segs.append(Segment(t, start, start + len(data), data, text, choice_pos, tool_pos, t.backslashes, path))
             run = len(data) - len(data.rstrip(b"\\"))
             t.backslashes = t.backslashes + run if run == len(data) else run
         else:
-            segs.append(Segment(t, start, start + len(data), data, choice_pos, tool_pos, None, path))
+            segs.append(Segment(t, start, start + len(data), data, text, choice_pos, tool_pos, None, path))
 
     def _text_of(self, key: TextKey) -> TextStream | None:
         """The text stream `key` names, if opened. An index or id the upstream sent as a list or an object cannot
@@ -428,12 +430,14 @@ class StreamPolicy(ABC):
         out: list[bytes] = []
         q = self._queue
         hold = self._holds
-        while q:
-            h = q[0]
+        n = 0
+        for h in q:
             if hold and h.segs and not self._releasable(h):
                 break
-            q.popleft()
             out.append(self._render(h))
+            n += 1
+        if n:
+            del q[:n]  # (the queue is short, but for a buffered answer, which is released once)
         self.held = len(q)
         if self._buffered and self._judge is not None:
             self._sync_texts()
@@ -507,18 +511,22 @@ class StreamPolicy(ABC):
         assembled = self._assembled
         for seg in segs:
             t = seg.text
-            new = seg.data
+            released = seg.value
             if t.spans:
                 a, b = seg.start, seg.end
                 spans = [x for x in t.spans if x[0].start < b and x[0].end > a]
                 if spans:
-                    new = redact(new, spans, a, seg.escapes)
+                    new = redact(seg.data, spans, a, seg.escapes)
                     changes.append((seg, new))
+                    released = new.decode()
                     t.spans = [x for x in t.spans if x[0].end > b]  # spans done with leave the list
             if t.collect:
-                parts.setdefault(t.choice, []).append(new.decode())
+                p = parts.get(t.choice)
+                if p is None:
+                    p = parts[t.choice] = []
+                p.append(released)
             if assembled is not None:
-                assembled.setdefault(t.key, []).append(new.decode())
+                assembled.setdefault(t.key, []).append(released)
         if changes:
             self._rewritten = True
         if h.whole:

@@ -23,14 +23,17 @@ __all__ = ["TextKey", "Segment", "Held"]
 class Segment:
     """One event's piece of one text stream: bytes [start, end) of the stream."""
 
-    __slots__ = ("text", "start", "end", "data", "choice_pos", "tool_pos", "escapes", "path")
+    __slots__ = ("text", "start", "end", "data", "value", "choice_pos", "tool_pos", "escapes", "path")
 
-    def __init__(self, text: TextStream, start: int, end: int, data: bytes, choice_pos: int, tool_pos: int,
-                 escapes: int | None, path: tuple | None = None) -> None:
+    def __init__(self, text: TextStream, start: int, end: int, data: bytes, value: str, choice_pos: int,
+                 tool_pos: int, escapes: int | None, path: tuple | None = None) -> None:
         self.text = text
         self.start = start
         self.end = end
+        #: The piece as UTF-8 (what is scanned and redacted) and as the event's str (the released text when no
+        #: policy changed it: no decoding of its bytes again).
         self.data = data
+        self.value = value
         #: Position of its choice in the event's `choices` (chat): where a changed text goes back.
         self.choice_pos = choice_pos
         #: Position of its tool call in the delta's `tool_calls` (chat), -1 when none.
