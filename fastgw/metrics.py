@@ -71,7 +71,7 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from typing import Final, Iterable, TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 from fastgw import metrics
 from fastgw.policy.ratelimit import RENEW_EVERY, Pricing, RateLimitPolicy, Refusal, Reservation, requested_completion

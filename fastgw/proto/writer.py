@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
-from typing import Callable, Final, Protocol, TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Final, Protocol
 
 from fastgw.proto.chunked import CHUNKED, ChunkedWriter, Writelines
 from fastgw.proto.errors import HttpError
