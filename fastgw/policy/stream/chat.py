@@ -22,11 +22,13 @@ import orjson
 
 from fastgw.api.dialects import CHAT
 from fastgw.api.sse import DONE, drop_null_usage, drop_null_usage_text
+from fastgw.policy.base import RequestContext
+from fastgw.policy.findings import Findings
 from fastgw.policy.stream.chat_view import (Choice, Chunk, Delta, LooseChoice, LooseChunk, ToolCall, decode_chunk,
                                             decode_loose)
-from fastgw.policy.stream.core import StreamPolicy, unreadable
+from fastgw.policy.stream.core import StreamPolicy, TextStream, unreadable
 from fastgw.policy.stream.records import Held, Segment, TextKey
-from fastgw.policy.textscan import SKIP
+from fastgw.policy.textscan import SKIP, ScanPolicy
 from fastgw.proto.sse import SSEEvent
 
 __all__ = ["ChatStreamPolicy"]
@@ -53,7 +55,14 @@ class ChatStreamPolicy(StreamPolicy):
     wire = CHAT
     collected = frozenset(("content", "text"))
 
-    __slots__ = ()
+    __slots__ = ("_content",)
+
+    def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext, buffered: bool = False,
+                 judge: Callable[[RequestContext], None] | None = None) -> None:
+        super().__init__(policies, findings, ctx, buffered, judge)
+        #: Each choice's `delta.content` text stream by the choice's index: most events carry a piece of one, found
+        #: here without a TextKey built and hashed per event.
+        self._content: dict[int, TextStream] = {}
 
     def push(self, ev: SSEEvent) -> None:
         data = ev.data
@@ -145,7 +154,10 @@ class ChatStreamPolicy(StreamPolicy):
             tool_calls: list[ToolCall] | None
             _, content, refusal, reasoning, tool_calls = _fields(d)
             if content:
-                self._seg(_TextKey(idx, "content"), content, pos, -1, segs)
+                t = self._content.get(idx)
+                if t is None:
+                    t = self._content[idx] = self._text_for(_TextKey(idx, "content"))
+                self._piece(t, content, pos, -1, segs)
             if refusal:
                 self._seg(_TextKey(idx, "refusal"), refusal, pos, -1, segs)
             if reasoning:

@@ -219,6 +219,10 @@ class StreamPolicy(ABC):
     def _seg(self, key: TextKey, text: str, choice_pos: int, tool_pos: int, segs: list[Segment],
              path: tuple | None = None) -> None:
         """Scan the next piece of the text stream `key` (each byte once) and note where it sits in the event."""
+        self._piece(self._text_for(key), text, choice_pos, tool_pos, segs, path)
+
+    def _text_for(self, key: TextKey) -> TextStream:
+        """The text stream `key` names, opened on its first piece."""
         t = self._text_of(key)
         if t is None:
             if len(self._texts) >= MAX_STREAM_TEXTS:
@@ -232,6 +236,11 @@ class StreamPolicy(ABC):
                                               json, key.field in self.collected)
             self._by_choice.setdefault(key.choice, []).append(t)
             self._by_item.setdefault(key.item, []).append(t)
+        return t
+
+    def _piece(self, t: TextStream, text: str, choice_pos: int, tool_pos: int, segs: list[Segment],
+               path: tuple | None = None) -> None:
+        """`_seg` for a text stream in hand."""
         if t.done:
             raise GatewayError("upstream sent text after finishing the choice", status=502, type="upstream_error",
                                code="upstream_protocol_error")
