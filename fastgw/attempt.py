@@ -30,7 +30,7 @@ from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain
 from fastgw.proto.client import TransportError, TransportTimeout
 from fastgw.proto.server import Responder
-from fastgw.providers import adapter_for
+from fastgw.providers import ADAPTERS, adapter_for
 from fastgw.providers.base import Adapter, Endpoint, TargetRuntime, Translator, UpstreamRequest
 from fastgw.providers.native import messages_request
 from fastgw.providers.openai import OpenAIAdapter
@@ -162,8 +162,6 @@ class Attempt:
         self.loop = loop
         self._upstreams = upstreams
         self._http = http
-        #: Each provider's adapter, once found (`adapter_for` is an interpreted call, ~1,000 instructions).
-        self._adapters: dict[str, Adapter] = {}
 
     async def run(self, target: TargetRuntime, call: Call, resp: Responder, ctx: RequestContext) -> Outcome:
         """Send `call` to `target`. Errors the gateway itself finds for this target (a parameter the provider
@@ -230,9 +228,7 @@ class Attempt:
         server neither the target nor the caller's roles allow), and the front that translates a client API
         the target lacks (Responses, Messages) to a chat call and its answer back."""
         check_tools(target, call.endpoint, call.body, self._grants(ctx))
-        adapter = self._adapters.get(target.provider)
-        if adapter is None:
-            adapter = self._adapters[target.provider] = adapter_for(target.provider)
+        adapter = ADAPTERS.get(target.provider) or adapter_for(target.provider)
         if call.endpoint in FRONTS:
             front = front_for(call.endpoint, target.provider, call.body)
             if front is not None:
