@@ -55,14 +55,15 @@ class ChatStreamPolicy(StreamPolicy):
     wire = CHAT
     collected = frozenset(("content", "text"))
 
-    __slots__ = ("_content",)
+    __slots__ = ("_plain",)
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext, buffered: bool = False,
                  judge: Callable[[RequestContext], None] | None = None) -> None:
         super().__init__(policies, findings, ctx, buffered, judge)
-        #: Each choice's `delta.content` text stream by the choice's index: most events carry a piece of one, found
-        #: here without a TextKey built and hashed per event.
-        self._content: dict[int, TextStream] = {}
+        #: A choice's plain text streams (`delta.content`, `refusal`, `reasoning_content`, legacy `text`) by field
+        #: and choice index: nearly every event carries a piece of one, found here without a TextKey built and
+        #: hashed per event (the policy's `_texts` still holds them all).
+        self._plain: dict[str, dict[int, TextStream]] = {}
 
     def push(self, ev: SSEEvent) -> None:
         data = ev.data
@@ -146,7 +147,7 @@ class ChatStreamPolicy(StreamPolicy):
         lp: dict | None
         idx, d, text, finish, lp = _fields(ch)  # (chat_view's order; tests/policy/test_chat_view.py holds it)
         if text:
-            self._seg(_TextKey(idx, "text"), text, pos, -1, segs)
+            self._plain_piece(idx, "text", text, pos, segs)
         if d is not None:
             content: str | None
             refusal: str | None
@@ -154,14 +155,11 @@ class ChatStreamPolicy(StreamPolicy):
             tool_calls: list[ToolCall] | None
             _, content, refusal, reasoning, tool_calls = _fields(d)
             if content:
-                t = self._content.get(idx)
-                if t is None:
-                    t = self._content[idx] = self._text_for(_TextKey(idx, "content"))
-                self._piece(t, content, pos, -1, segs)
+                self._plain_piece(idx, "content", content, pos, segs)
             if refusal:
-                self._seg(_TextKey(idx, "refusal"), refusal, pos, -1, segs)
+                self._plain_piece(idx, "refusal", refusal, pos, segs)
             if reasoning:
-                self._seg(_TextKey(idx, "reasoning_content"), reasoning, pos, -1, segs)
+                self._plain_piece(idx, "reasoning_content", reasoning, pos, segs)
             if tool_calls:
                 for tpos, tc in enumerate(tool_calls):
                     fn = tc.function
@@ -176,6 +174,16 @@ class ChatStreamPolicy(StreamPolicy):
         if finish is not None:
             self._ctx.finish[idx] = finish
             self._settle_choice(idx)
+
+    def _plain_piece(self, idx: int, field: str, text: str, pos: int, segs: list[Segment]) -> None:
+        """A piece of a choice's plain text field (`_seg` with the stream found in `_plain`)."""
+        by_choice = self._plain.get(field)
+        if by_choice is None:
+            by_choice = self._plain[field] = {}
+        t = by_choice.get(idx)
+        if t is None:
+            t = by_choice[idx] = self._text_for(_TextKey(idx, field))
+        self._piece(t, text, pos, -1, segs)
 
     def _loose_segs(self, ch: LooseChoice, pos: int, segs: list[Segment]) -> None:
         """A choice whose delta has fields the typed view does not know: every text in the delta, walked."""

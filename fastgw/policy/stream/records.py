@@ -2,9 +2,9 @@
 
 Compiled with mypyc with the policy: `Segment` and `Held` are native classes, so the policy reads their fields
 as C struct members and builds them without a Python-level call (as msgspec Structs, each field read from
-compiled code was a generic attribute lookup: a redacted stream cost 7.6 % more instructions, bench/RESULTS.md). `TextKey` stays a frozen
-msgspec Struct (a dict key, hashed and compared in C), in `fastgw.policy.stream.textkey`: a Struct with an
-`object` field cannot be built in a compiled module.
+compiled code was a generic attribute lookup: a redacted stream cost 7.6 % more instructions, bench/RESULTS.md).
+`TextKey` stays a frozen msgspec Struct (a dict key, hashed and compared in C), in
+`fastgw.policy.stream.textkey`: a Struct with an `object` field cannot be built in a compiled module.
 """
 
 from __future__ import annotations
