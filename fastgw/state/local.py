@@ -263,20 +263,22 @@ class LocalBackend:
         return len(live), first, i, None
 
     def _admit(self, t: Table, now: float, ask: Ask) -> Admission:
-        key_of = self._key
-        find = t.find
+        # Methods are called on their objects, not through locals bound to them: compiled, `t.find(...)` is a direct
+        # C call and a bound method in a local a generic one (with `*args`, a tuple built per call besides).
         tats: list[float | None] = []
         found: list[tuple[int, Record | None]] = []
         for r in ask.rates:
-            got = find(*key_of(r.key))
+            kb, h = self._key(r.key)
+            got = t.find(kb, h)
             found.append(got)
             rec = got[1]
             tats.append(rec[3] if rec is not None and rec[3] > now else None)
-        sets = [self._set_at(t, *key_of(s.key), now, False) for s in ask.slots] if ask.slots else []
+        sets = [self._set_at(t, *self._key(s.key), now, False) for s in ask.slots] if ask.slots else []
         slots = [(n, first) for n, first, _, _ in sets]
         used: list[int] = []
         for b in ask.spends:
-            got = find(*key_of(b.key))
+            kb, h = self._key(b.key)
+            got = t.find(kb, h)
             found.append(got)
             used.append(got[1][4] if got[1] is not None else 0)
         adm, new_tats = core.decide(now, ask, tats, slots, used)
@@ -285,70 +287,67 @@ class LocalBackend:
                 # the wait is until the earliest lease end: exact, not the bound
                 for s, st in zip(ask.slots, adm.slots):
                     if not st.ok:
-                        first = self._set(t, *key_of(s.key), now, True)[1]
+                        first = self._set(t, *self._key(s.key), now, True)[1]
                         st.wait = 0.0 if first is None else max(0.0, (first - now) / 1e6)
             return adm
         # A record found above is still where it was unless something was deleted since (`shifts`); a new key's
         # place may have been taken by another new key: found again.
-        put = t.put
         fresh = t.shifts == 0
         k = 0
         for r, tat in zip(ask.rates, new_tats):
-            kb, h = key_of(r.key)
-            i, rec = found[k] if fresh and found[k][1] is not None else find(kb, h)
+            kb, h = self._key(r.key)
+            i, rec = found[k] if fresh and found[k][1] is not None else t.find(kb, h)
             k += 1
-            put(i, rec is None, BUCKET, kb, h, tat)  # a TAT <= now reads as full; the sweep drops it
+            t.put(i, rec is None, BUCKET, kb, h, tat)  # a TAT <= now reads as full; the sweep drops it
         if ask.slots:
             end = now + ask.lease * 1e6
             hb = ask.holder.encode()
             for s, (_, _, i, rec) in zip(ask.slots, sets):
-                kb, h = key_of(s.key)
+                kb, h = self._key(s.key)
                 if not fresh or rec is None or i in t.w:  # moved, rewritten, or new (its place may be taken)
-                    i, rec = find(kb, h)
+                    i, rec = t.find(kb, h)
                 if rec is None or rec[4] <= 0:
-                    put(i, rec is None, SET, kb, h, end, 1, 0)
+                    t.put(i, rec is None, SET, kb, h, end, 1, 0)
                 else:
-                    put(i, False, SET, kb, h, min(rec[3], end), rec[4] + 1, rec[5])
+                    t.put(i, False, SET, kb, h, min(rec[3], end), rec[4] + 1, rec[5])
                 hkb, hh = stored_key(kb + b"\0" + hb)
-                j, old = find(hkb, hh)
-                put(j, old is None, HOLDER, hkb, hh, end, h)
+                j, old = t.find(hkb, hh)
+                t.put(j, old is None, HOLDER, hkb, hh, end, h)
         for b in ask.spends:
-            kb, h = key_of(b.key)
-            i, rec = found[k] if fresh and found[k][1] is not None else find(kb, h)
+            kb, h = self._key(b.key)
+            i, rec = found[k] if fresh and found[k][1] is not None else t.find(kb, h)
             k += 1
             u, held = (rec[4], rec[5]) if rec is not None else (0, 0)
-            put(i, rec is None, LEDGER, kb, h, float(b.expires), u + b.cost, held + b.cost)
+            t.put(i, rec is None, LEDGER, kb, h, float(b.expires), u + b.cost, held + b.cost)
         return adm
 
     async def reconcile(self, settle: Settle, late: Callable[[bool], None] | None = None) -> None:
         await self._tx(self._reconcile, settle)
 
     def _reconcile(self, t: Table, now: float, settle: Settle) -> None:
-        key_of = self._key
-        find, put = t.find, t.put
         for k, interval, delta in settle.rates:
-            kb, h = key_of(k)
-            i, rec = find(kb, h)
+            kb, h = self._key(k)
+            i, rec = t.find(kb, h)
             tat = core.adjust(now, rec[3] if rec is not None else None, interval, delta)
             if tat > now or rec is not None:  # a TAT <= now reads as full: kept for the next take, swept later
-                put(i, rec is None, BUCKET, kb, h, tat)
+                t.put(i, rec is None, BUCKET, kb, h, tat)
         for k, reserved, actual in settle.spends:
-            kb, h = key_of(k)
-            i, rec = find(kb, h)
+            kb, h = self._key(k)
+            i, rec = t.find(kb, h)
             exp, u, held = (rec[3], rec[4], rec[5]) if rec is not None else (0.0, 0, 0)
-            put(i, rec is None, LEDGER, kb, h, exp, u + actual - reserved, held - reserved)
+            t.put(i, rec is None, LEDGER, kb, h, exp, u + actual - reserved, held - reserved)
         if settle.slots:
             hb = settle.holder.encode()
             for k in settle.slots:
-                kb, h = key_of(k)
+                kb, h = self._key(k)
                 hkb, hh = stored_key(kb + b"\0" + hb)
-                j, holder = find(hkb, hh)
+                j, holder = t.find(hkb, hh)
                 if holder is None:
                     continue  # settled twice, or its lease ran out and it was removed
                 t.delete(j)
-                i, rec = find(kb, h)
+                i, rec = t.find(kb, h)
                 if rec is not None and rec[4] > 0:  # an empty set stays for the next admission; swept later
-                    put(i, False, SET, kb, h, rec[3], rec[4] - 1, 1 if holder[3] <= rec[3] else rec[5])
+                    t.put(i, False, SET, kb, h, rec[3], rec[4] - 1, 1 if holder[3] <= rec[3] else rec[5])
 
     async def renew(self, holder: str, slots: Sequence[str], lease: float) -> None:
         if slots:

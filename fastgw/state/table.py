@@ -48,7 +48,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["Table", "TableFull", "TableError", "NeedsReplace", "stored_key", "EMPTY", "BUCKET", "LEDGER", "SET",
            "HOLDER", "BREAKER", "KEY_MAX", "ENTRY", "INITIAL_CAPACITY", "MAX_CAPACITY", "MAX_LOAD", "REDO_MAX"]
@@ -94,7 +94,10 @@ _IDXS: Final = [struct.Struct(f"<{n}Q") for n in range(17)]
 _ZERO: Final = bytes(ENTRY)
 assert _REC.size == ENTRY and KEY_MAX == 72
 
-Record = tuple[int, int, int, float, int, int, float, float, bytes]
+#: A record as `_REC` unpacks it: (tag, key length, hash, a, b, c, d, e, key), ints but a, d, e (floats) and the
+#: key (bytes). A plain tuple to the compiler on purpose: typed item by item, the compiled code converted all nine
+#: items to C values and back at each call that passed one (a fifth of the limiter's instructions, issue 18).
+Record = tuple[Any, ...]
 
 #: Tests set this to a callable that is told each step of a commit ("logged", "marked", "applying", "applied") and
 #: of a replacement ("replacing"), to kill the process there; None on every real path.
