@@ -40,7 +40,7 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/policy/stream/core.py fastgw/policy/stream/chat.py fastgw/policy/stream/typed.py \
 	fastgw/policy/stream/responses.py fastgw/policy/stream/messages.py \
 	fastgw/app.py fastgw/pipeline.py fastgw/attempt.py fastgw/policy/ratelimit.py fastgw/quota.py \
-	fastgw/policy/textkeys.py fastgw/policy/textscan.py fastgw/policy/stream/records.py \
+	fastgw/policy/textkeys.py fastgw/policy/textscan.py fastgw/policy/stream/records.py fastgw/policy/context.py \
 	fastgw/providers/base.py fastgw/providers/openai.py fastgw/upstreams.py
 MYPYCIFY := import sys; from setuptools import setup; from mypyc.build import mypycify; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \

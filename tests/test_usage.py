@@ -14,11 +14,17 @@ from pathlib import Path
 import openai
 import orjson
 
+from fastgw.policy.base import RequestContext
 from fastgw.proto.flow import FlowControl
 from fastgw.proto.writer import Responder
 from tests.conftest import gateway_config
 from tests.support.scripted_upstream import ScriptedUpstream, script_key
 from tests.support.sse_streams import build_stream
+
+
+def _ctx() -> RequestContext:
+    """The request whose usage a relay reports (a real one: the compiled relay accepts nothing else)."""
+    return RequestContext("req_usage", "POST", "/v1/chat/completions", [])
 
 
 def _audited(cfg: dict, d: Path) -> dict:
@@ -105,13 +111,10 @@ def test_usage_cut_skips_a_json_array_that_mentions_empty_choices() -> None:
 
     from fastgw.stream import SSERelay
 
-    class _Ctx:
-        usage = None
-
     loop = asyncio.new_event_loop()
     try:
         relay = SSERelay(_idle_responder(loop), None, loop, (200, []))  # type: ignore[arg-type]
-        relay.usage_sink, relay.strip_usage = _Ctx(), True  # type: ignore[assignment]
+        relay.usage_sink, relay.strip_usage = _ctx(), True
         odd = b'data: [{"choices":[]}]\n\n'
         out = relay._take_usage(odd + b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\n')
         assert out == odd and relay.usage_sink.usage == {"prompt_tokens": 3}
@@ -126,13 +129,10 @@ def test_usage_chunk_written_with_spaces_is_counted_and_cut() -> None:
 
     from fastgw.stream import SSERelay
 
-    class _Ctx:
-        usage = None
-
     loop = asyncio.new_event_loop()
     try:
         relay = SSERelay(_idle_responder(loop), None, loop, (200, []))  # type: ignore[arg-type]
-        relay.usage_sink, relay.strip_usage = _Ctx(), True  # type: ignore[assignment]
+        relay.usage_sink, relay.strip_usage = _ctx(), True
         finish = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
         out = relay._take_usage(finish + b'data: {"choices": [], "usage": {"prompt_tokens": 8, '
                                          b'"completion_tokens": 40}}\n\ndata: [DONE]\n\n')
@@ -151,9 +151,6 @@ def test_null_usage_members_dropped_with_the_usage_chunk() -> None:
     from fastgw.api.sse import drop_null_usage, drop_null_usage_text
     from fastgw.stream import SSERelay
 
-    class _Ctx:
-        usage = None
-
     chunk = b'data: {"choices":[{"text":"a"}],"usage":null}\n\ndata: {"choices":[{"text":"b"}], "usage": null}\n\n'
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\n'
     clean = b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[{"text":"b"}]}\n\n'
@@ -165,7 +162,7 @@ def test_null_usage_members_dropped_with_the_usage_chunk() -> None:
     try:
         for strip, null, expected in ((True, True, clean), (True, False, chunk), (False, False, chunk + usage)):
             relay = SSERelay(_idle_responder(loop), None, loop, (200, []))  # type: ignore[arg-type]
-            relay.usage_sink, relay.strip_usage = _Ctx(), strip  # type: ignore[assignment]
+            relay.usage_sink, relay.strip_usage = _ctx(), strip
             relay.strip_null_usage = null
             assert relay._take_usage(chunk + usage) == expected
     finally:
@@ -229,9 +226,6 @@ def test_pass_through_counts_the_events_it_relayed_after_writing_them() -> None:
     from fastgw.stream import SSERelay
     from tests.policy.test_cpu_stream import _Source
 
-    class _Ctx:
-        usage = None
-
     events = [b'data: {"choices":[{"index":0,"delta":{"content":"w%d"}}]}\n\n' % i for i in range(40)]
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":40}}\n\n'
     stream = b"".join(events) + usage + b"data: [DONE]\n\n"
@@ -245,7 +239,7 @@ def test_pass_through_counts_the_events_it_relayed_after_writing_them() -> None:
             relay = SSERelay(Responder(wire, FlowControl(loop), True, False), _Source(), loop,  # type: ignore[arg-type]
                              (200, []))
             wire.relay = relay  # type: ignore[assignment]
-            relay.usage_sink, relay.strip_usage = _Ctx(), strip  # type: ignore[assignment]
+            relay.usage_sink, relay.strip_usage = _ctx(), strip
             relay.start()
             for a, b in zip([0, *cuts], [*cuts, len(stream)]):
                 relay.on_data(stream[a:b])

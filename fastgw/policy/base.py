@@ -7,69 +7,11 @@ see the answer; the audit logger records the context with every decision taken.
 
 from __future__ import annotations
 
-import time
-
-import msgspec
-
 from fastgw.api.errors import GatewayError, Origin
+from fastgw.policy.context import RequestContext
+from fastgw.policy.decision import Decision
 
 __all__ = ["RequestContext", "Decision", "PolicyViolation", "PolicyFailure", "AuthError", "Forbidden"]
-
-
-class Decision(msgspec.Struct, frozen=True, gc=False):
-    """One policy's verdict on one request, as the audit log records it (never matched values)."""
-
-    policy: str
-    phase: str  # "input" | "output"
-    outcome: str  # "allow" | "block" | "redact" | "observe" | "deny" | "error"
-    detail: dict = msgspec.field(default_factory=dict)
-
-
-class RequestContext:
-    """Everything the chain knows about one request."""
-
-    __slots__ = ("request_id", "method", "path", "endpoint", "headers", "body", "model", "stream", "principal",
-                 "roles", "client", "target", "decisions", "status", "usage", "texts", "finish", "started",
-                 "first_byte", "error", "events", "trace")
-
-    def __init__(self, request_id: str, method: str, path: str, headers: list[tuple[bytes, bytes]],
-                 client: str = "") -> None:
-        self.request_id = request_id
-        self.method = method
-        self.path = path
-        #: Path without the /v1 prefix (e.g. "chat/completions"), set once routed.
-        self.endpoint = ""
-        self.headers = headers
-        self.body: dict | None = None
-        self.model: str | None = None
-        self.stream = False
-        #: Authenticated caller (rbac key name); None when the gateway is open.
-        self.principal: str | None = None
-        self.roles: tuple[str, ...] = ()
-        self.client = client
-        self.target: str | None = None
-        self.decisions: list[Decision] = []
-        self.status = 0
-        self.usage: dict | None = None
-        #: The answer as the client received it (after redaction), per choice index.
-        self.texts: dict[int, str] = {}
-        self.finish: dict[int, str] = {}
-        self.started = time.monotonic()
-        self.first_byte: float | None = None
-        self.error: str | None = None
-        #: Streamed events relayed (for a usage estimate when the upstream reports none).
-        self.events = 0
-        #: The request's trace notes while telemetry is on (`fastgw.telemetry_sdk.Trace`); None otherwise.
-        self.trace: object = None
-
-    def header(self, name: bytes) -> bytes | None:
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
-
-    def decide(self, policy: str, phase: str, outcome: str, **detail: object) -> None:
-        self.decisions.append(Decision(policy, phase, outcome, dict(detail)))
 
 
 class PolicyViolation(GatewayError):

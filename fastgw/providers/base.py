@@ -39,21 +39,28 @@ class Endpoint:
     COUNT_TOKENS: Final = "messages/count_tokens"
 
 
-@dataclass(slots=True)
 class UpstreamRequest:
-    """One HTTP request to an upstream, ready to frame. Not frozen: a frozen dataclass sets each field through
-    object.__setattr__ (~0.75 µs a request, issue 18); nothing changes one after it is built (a new one is)."""
+    """One HTTP request to an upstream, ready to frame; nothing changes one after it is built (a new one is). A
+    plain class: a dataclass's generated `__init__` stays a Python function even in a compiled module (one
+    interpreted frame a request, issue 18), this one compiles."""
 
-    scheme: str
-    host: str
-    port: int
-    method: str
-    path: str
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    #: The request line and `headers` as encoded bytes, when the builder has them already (`json_post` keeps them
-    #: per target); None: `encode` builds them.
-    head: bytes | None = field(default=None, repr=False, compare=False)
+    __slots__ = ("scheme", "host", "port", "method", "path", "headers", "body", "head")
+
+    def __init__(self, scheme: str, host: str, port: int, method: str, path: str,
+                 headers: list[tuple[bytes, bytes]], body: bytes, head: bytes | None = None) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        #: The request line and `headers` as encoded bytes, when the builder has them already (`json_post` keeps
+        #: them per target); None: `encode` builds them.
+        self.head = head
+
+    def __repr__(self) -> str:
+        return f"UpstreamRequest({self.method} {self.scheme}://{self.host}:{self.port}{self.path})"
 
     def encode(self) -> bytes:
         """The request as HTTP/1.1 bytes with Content-Length framing (one write)."""

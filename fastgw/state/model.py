@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -61,7 +61,10 @@ def key(prefix: str, kind: str, *parts: str) -> str:
     return ":".join((prefix, kind, *map(_escape, parts)))
 
 
-class Rate(NamedTuple):
+# The asks are msgspec Structs, not NamedTuples: a NamedTuple's constructor is a Python function (`<string>`, one
+# interpreted frame each; a limited request built four of them: issue 18) where a Struct's is C. Frozen (hashable,
+# compared by value, as the tuples were); without GC tracking, as they hold only strings, numbers and each other.
+class Rate(msgspec.Struct, frozen=True, gc=False):
     """Take `take` units from a GCRA bucket that lets `burst` through at once and refills one per `interval` µs."""
 
     key: str
@@ -70,14 +73,14 @@ class Rate(NamedTuple):
     take: int
 
 
-class Slot(NamedTuple):
+class Slot(msgspec.Struct, frozen=True, gc=False):
     """Join a concurrency set of at most `limit` holders (each with a lease)."""
 
     key: str
     limit: int
 
 
-class Spend(NamedTuple):
+class Spend(msgspec.Struct, frozen=True, gc=False):
     """Reserve `cost` nano-USD against a ledger of `limit`; `expires`: Unix s after which the key may go (0: never)."""
 
     key: str
@@ -86,7 +89,7 @@ class Spend(NamedTuple):
     expires: int
 
 
-class Ask(NamedTuple):
+class Ask(msgspec.Struct, frozen=True, gc=False):
     """One admission: every rate, slot and spend is taken, or none is."""
 
     holder: str  #: this reservation's id: its name in the concurrency sets
@@ -127,7 +130,7 @@ class Admission(msgspec.Struct):
     spends: list[SpendState]
 
 
-class Settle(NamedTuple):
+class Settle(msgspec.Struct, frozen=True, gc=False):
     """Replace a reservation by real usage: adjust buckets, leave concurrency sets, move spend."""
 
     holder: str
