@@ -4,6 +4,7 @@ chunked / Content-Length / close-delimited framing parsed back by h11, header in
 from __future__ import annotations
 
 import asyncio
+import random
 
 import h11
 import pytest
@@ -162,10 +163,35 @@ def test_send_error_renders_and_closes_on_framing_errors():
     assert plain_error(HttpError("x"))[1] == b"x\n"
 
 
-@pytest.mark.parametrize("name, value", [(b"x", b"a\r\nb"), (b"x", b"a\nb"), (b"x", b"a\x00"), (b"x\r\ny", b"v")])
+@pytest.mark.parametrize("name, value", [(b"x", b"a\r\nb"), (b"x", b"a\nb"), (b"x", b"a\x00"), (b"x\r\ny", b"v"),
+                                         (b"x", b"a\rb"), (b"x", b"\n"), (b"x\ny", b"v"), (b"x\x00", b"v")])
 def test_header_injection_is_refused(name, value):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid header"):
         build_head(200, [(name, value)], [], b"", True)
+    with pytest.raises(ValueError, match="invalid header"):  # in the writer's own extra headers too
+        build_head(200, [(b"content-type", b"text/plain")], [(name, value)], b"content-length: 1\r\n", False)
+
+
+def test_header_checks_refuse_exactly_the_injected_heads():
+    """The head refuses exactly the heads with a CR, LF or NUL in a name or a value, whatever mix of them the
+    headers carry and wherever they sit, and every head it builds has one CRLF per line."""
+    rng = random.Random(18)
+    alphabet = [b"a", b"b", b"-", b" ", b"\r", b"\n", b"\x00", b"\r\n", b":"]
+    for _ in range(3000):
+        def field() -> bytes:
+            return b"".join(rng.choice(alphabet) if rng.random() < 0.08 else b"v" for _ in range(rng.randint(0, 6)))
+        headers = [(field() or b"n", field()) for _ in range(rng.randint(0, 4))]
+        extra = [(field() or b"n", field()) for _ in range(rng.randint(0, 2))]
+        framing = rng.choice([b"", b"content-length: 3\r\n", b"transfer-encoding: chunked\r\n"])
+        bad = any(c in f for n, v in headers + extra for f in (n, v) for c in (b"\r", b"\n", b"\x00"))
+        try:
+            head = build_head(200, headers, extra, framing, rng.random() < 0.5)
+        except ValueError:
+            assert bad, (headers, extra)
+        else:
+            assert not bad, (headers, extra)
+            assert head.endswith(b"\r\n\r\n") and head.count(b"\r\n") == 5 + len(headers) + len(extra) + (
+                1 if framing else 0)
 
 
 def test_a_started_response_cannot_become_another():
