@@ -168,22 +168,25 @@ class _Metrics:
         self.spend = Gauge("fastgw_budget_spend_usd", "Spend in the current period of a budget, by budget and "
                            "principal.", ("budget", "principal"), registry=r, multiprocess_mode="mostrecent")
         _check_histogram_internals(self.inter_event, _INTER_BOUNDS)
-        # Labelled children by label tuple: `labels()` validates and locks on every call; a dict hit does not.
-        self.c_requests: dict[tuple, object] = {}
+        # Labelled children by label tuple (the counters' wrapped in their `_Pending`): `labels()` validates and
+        # locks on every call; a dict hit does not.
+        self.c_requests: dict[tuple, _Pending] = {}
         self.c_duration: dict[tuple, object] = {}
-        self.c_attempts: dict[tuple, object] = {}
-        self.c_fallbacks: dict[tuple, object] = {}
+        self.c_attempts: dict[tuple, _Pending] = {}
+        self.c_fallbacks: dict[tuple, _Pending] = {}
         self.c_ttft: dict[tuple, object] = {}
-        self.c_tokens: dict[tuple, object] = {}
-        self.c_decisions: dict[tuple, object] = {}
-        self.c_reloads: dict[tuple, object] = {}
-        self.c_refused: dict[tuple, object] = {}
-        self.c_log_errors: dict[tuple, object] = {}
-        self.c_state_errors: dict[tuple, object] = {}
-        self.c_ratelimit: dict[tuple, object] = {}
+        self.c_tokens: dict[tuple, _Pending] = {}
+        self.c_decisions: dict[tuple, _Pending] = {}
+        self.c_reloads: dict[tuple, _Pending] = {}
+        self.c_refused: dict[tuple, _Pending] = {}
+        self.c_log_errors: dict[tuple, _Pending] = {}
+        self.c_state_errors: dict[tuple, _Pending] = {}
+        self.c_ratelimit: dict[tuple, _Pending] = {}
         self.c_spend: dict[tuple, object] = {}
         self.c_circuit: dict[tuple, object] = {}
         self.models_seen: set[str] = set()
+        self.p_inflight = _Pending(self.inflight)
+        self.p_streams = _Pending(self.streams)
 
 
 _m: _Metrics | None = None
@@ -213,11 +216,37 @@ def _child(metric: object, cache: dict, key: tuple) -> object:
     return child
 
 
-def _inc(metric: object, cache: dict, key: tuple, amount: float = 1.0) -> None:
-    child = cache.get(key)
-    if child is None:
-        child = _child(metric, cache, key)
-    _pend[child] = _pend.get(child, 0.0) + amount
+class _Pending:
+    """A counter or gauge (or labelled child) with what was added to it since the last flush. The counters'
+    caches hold these, so an update finds its sum with its series: no second lookup keyed by the child, no
+    float boxed per update."""
+
+    __slots__ = ("metric", "amount", "queued")
+
+    def __init__(self, metric: object) -> None:
+        self.metric = metric
+        self.amount = 0.0
+        self.queued = False  # in `_queued`, to be written at the next flush
+
+
+def _add(p: _Pending, amount: float) -> None:
+    if not p.queued:
+        p.queued = True
+        _queued.append(p)
+    p.amount += amount
+
+
+def _inc(metric: object, cache: dict[tuple, _Pending], key: tuple, amount: float = 1.0) -> None:
+    """Add `amount` to the series of `metric` labelled `key` (its `_Pending` made once, past the cap the shared
+    "other" one, as `_child` does)."""
+    p = cache.get(key)
+    if p is None:
+        if len(cache) >= MAX_SERIES_PER_METRIC:
+            key = (OTHER,) * len(key)
+            p = cache.get(key)
+        if p is None:
+            p = cache[key] = _Pending(metric.labels(*key))  # type: ignore[attr-defined]
+    _add(p, amount)
 
 
 # ---- per-request updates, added up locally ---------------------------------------------------------------
@@ -226,7 +255,7 @@ def _inc(metric: object, cache: dict, key: tuple, amount: float = 1.0) -> None:
 # METRICS_FLUSH_INTERVAL (on the next request finishing, or the worker's timer when idle), before it renders
 # /metrics, and at exit. The price: a scrape may miss up to one interval of another worker's requests, and a
 # SIGKILLed worker loses its last interval of counts.
-_pend: Final[dict[object, float]] = {}  # counter or gauge (or labelled child) -> amount to add
+_queued: Final[list[_Pending]] = []  # the series added to since the last flush
 _pend_obs: Final[dict[object, list]] = {}  # histogram (or child) -> [per-bucket counts, sum of values]
 _flush_at: Final = [0.0]
 
@@ -242,12 +271,15 @@ def _observe(h: object, value: float) -> None:
 def flush() -> None:
     """Write the updates added up since the last flush to the shared values."""
     _flush_at[0] = time.monotonic() + METRICS_FLUSH_INTERVAL
-    if _pend:
-        items = list(_pend.items())
-        _pend.clear()
-        for child, amount in items:
+    if _queued:
+        queued = list(_queued)
+        _queued.clear()
+        for p in queued:
+            amount = p.amount
+            p.amount = 0.0
+            p.queued = False
             if amount:
-                child.inc(amount)  # type: ignore[attr-defined]
+                p.metric.inc(amount)  # type: ignore[attr-defined]
     if _pend_obs:
         obs = list(_pend_obs.items())
         _pend_obs.clear()
@@ -258,7 +290,7 @@ def flush() -> None:
 def start_flusher(loop: asyncio.AbstractEventLoop) -> None:
     """Flush every METRICS_FLUSH_INTERVAL on `loop` (an idle worker's last counts reach the scrape too)."""
     def tick() -> None:
-        if _pend or _pend_obs:
+        if _queued or _pend_obs:
             flush()
         loop.call_later(METRICS_FLUSH_INTERVAL, tick)
     loop.call_later(METRICS_FLUSH_INTERVAL, tick)
@@ -415,7 +447,7 @@ def known_models(names: Iterable[str]) -> None:
 
 def request_started() -> None:
     m = _m or _build()
-    _pend[m.inflight] = _pend.get(m.inflight, 0.0) + 1
+    _add(m.p_inflight, 1.0)
 
 
 def request_finished(ctx: RequestContext, route: str) -> None:
@@ -425,7 +457,7 @@ def request_finished(ctx: RequestContext, route: str) -> None:
     `ctx.decisions` (policy, outcome, the detail's "entity"; routing retries are counted by
     `upstream_attempt` instead)."""
     m = _m or _build()
-    _pend[m.inflight] = _pend.get(m.inflight, 0.0) - 1
+    _add(m.p_inflight, -1.0)
     r = _route_label(route)
     model = _model_label(m, ctx.model)
     target = ctx.target or ""
@@ -478,13 +510,13 @@ def ttft(model: str | None, target: str | None, seconds: float) -> None:
 
 def stream_opened() -> None:
     m = _m or _build()
-    _pend[m.streams] = _pend.get(m.streams, 0.0) + 1
+    _add(m.p_streams, 1.0)
 
 
 def stream_closed(duration: float, clock: EventClock | None = None) -> None:
     """A stream ended after `duration` seconds; `clock`'s gaps, if given, are flushed too."""
     m = _m or _build()
-    _pend[m.streams] = _pend.get(m.streams, 0.0) - 1
+    _add(m.p_streams, -1.0)
     _observe(m.stream_duration, duration)
     if clock is not None:
         clock.flush()

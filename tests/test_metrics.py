@@ -424,7 +424,7 @@ def test_per_request_updates_are_added_up_and_written_once_per_flush(local: None
     writes: list[float] = []
     child = m.requests.labels("/v1/chat/completions", "gpt-x", "t1", "200")
     monkeypatch.setattr(child, "inc", lambda amount=1.0: writes.append(amount))
-    m.c_requests[("/v1/chat/completions", "gpt-x", "t1", "200")] = child
+    m.c_requests[("/v1/chat/completions", "gpt-x", "t1", "200")] = metrics._Pending(child)
     metrics.flush()  # the next deadline is a full interval away
     for _ in range(100):
         metrics.request_started()
