@@ -203,16 +203,18 @@ def _build() -> _Metrics:
     return m
 
 
+def _series_key(cache: dict, key: tuple) -> tuple:
+    """`key`, or once `cache` holds MAX_SERIES_PER_METRIC series the shared "other" key (so that neither the
+    series nor the cache grow)."""
+    return (OTHER,) * len(key) if len(cache) >= MAX_SERIES_PER_METRIC else key
+
+
 def _child(metric: object, cache: dict, key: tuple) -> object:
-    """The labelled child for `key` (strings), created once; past the cap, the shared "other" child (not
-    cached under `key`, so that neither the series nor the cache grow)."""
-    if len(cache) >= MAX_SERIES_PER_METRIC:
-        other = (OTHER,) * len(key)
-        child = cache.get(other)
-        if child is None:
-            child = cache[other] = metric.labels(*other)  # type: ignore[attr-defined]
-        return child
-    child = cache[key] = metric.labels(*key)  # type: ignore[attr-defined]
+    """The labelled child for `key` (strings), created once (past the cap, the shared "other" child)."""
+    key = _series_key(cache, key)
+    child = cache.get(key)
+    if child is None:
+        child = cache[key] = metric.labels(*key)  # type: ignore[attr-defined]
     return child
 
 
@@ -238,12 +240,11 @@ def _add(p: _Pending, amount: float) -> None:
 
 def _inc(metric: object, cache: dict[tuple, _Pending], key: tuple, amount: float = 1.0) -> None:
     """Add `amount` to the series of `metric` labelled `key` (its `_Pending` made once, past the cap the shared
-    "other" one, as `_child` does)."""
+    "other" one)."""
     p = cache.get(key)
     if p is None:
-        if len(cache) >= MAX_SERIES_PER_METRIC:
-            key = (OTHER,) * len(key)
-            p = cache.get(key)
+        key = _series_key(cache, key)
+        p = cache.get(key)
         if p is None:
             p = cache[key] = _Pending(metric.labels(*key))  # type: ignore[attr-defined]
     _add(p, amount)
