@@ -42,15 +42,21 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/app.py fastgw/pipeline.py fastgw/attempt.py fastgw/policy/ratelimit.py fastgw/quota.py \
 	fastgw/policy/textkeys.py fastgw/policy/textscan.py fastgw/policy/stream/records.py fastgw/policy/context.py \
 	fastgw/providers/base.py fastgw/providers/openai.py fastgw/upstreams.py
-MYPYCIFY := import sys; from setuptools import setup; from mypyc.build import mypycify; \
+# Hand-written C, built in the same step: the state table's record operations (fastgw/state/_tablec.c; why, in its
+# head comment). Its module is named by its path; table.py runs its own Python when it is not built.
+NATIVE_C := fastgw/state/_tablec.c
+MYPYCIFY := import sys; from setuptools import Extension, setup; from mypyc.build import mypycify; \
+	c = [a for a in sys.argv[1:] if a.endswith(".c")]; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \
-	ext_modules=mypycify(sys.argv[1:], group_name="fastgw.native", target_dir="c", opt_level="3"))
-$(VENV)/.compiled: $(VENV)/.run $(COMPILED) Makefile
+	ext_modules=mypycify([a for a in sys.argv[1:] if a not in c], group_name="fastgw.native", target_dir="c", \
+	opt_level="3") + [Extension(p[:-2].replace("/", "."), [p], extra_compile_args=["-O2", "-Wall"]) for p in c])
+$(VENV)/.compiled: $(VENV)/.run $(COMPILED) $(NATIVE_C) Makefile
 	@find fastgw -name '*.cpython-*.so' -delete
 	@rm -rf build/mypyc && mkdir -p build/mypyc && ln -s ../../fastgw build/mypyc/fastgw
-	@echo "mypyc $(COMPILED)"
-	@cd build/mypyc && ../../$(BIN)/python -c '$(MYPYCIFY)' $(COMPILED) >build.log 2>&1 || { cat build.log; exit 1; }
-	@sha256sum $(COMPILED) > $@
+	@echo "mypyc $(COMPILED); cc $(NATIVE_C)"
+	@cd build/mypyc && ../../$(BIN)/python -c '$(MYPYCIFY)' $(COMPILED) $(NATIVE_C) >build.log 2>&1 || \
+		{ cat build.log; exit 1; }
+	@sha256sum $(COMPILED) $(NATIVE_C) > $@
 
 compiled: $(VENV)/.compiled
 

@@ -20,6 +20,9 @@ STAMP = ROOT / ".venv" / ".compiled"
 #: The Makefile's COMPILED (its continuation lines joined).
 _LIST = re.search(r"^COMPILED := ((?:.*\\\n)*.*)$", (ROOT / "Makefile").read_text(), re.M)
 COMPILED = _LIST[1].replace("\\\n", " ").split() if _LIST else []
+#: The Makefile's NATIVE_C: hand-written C modules built in the same step.
+_C_LIST = re.search(r"^NATIVE_C := (.*)$", (ROOT / "Makefile").read_text(), re.M)
+NATIVE_C = _C_LIST[1].split() if _C_LIST else []
 #: The compiled modules' own tests, run again on the pure-Python sources (~22 s of one xdist worker; the suite's
 #: 5-minute budget keeps out the slower ones, which exercise the same code compiled: the fold's redaction corpus,
 #: the server through sockets, the h1 abuse and SSE vector files, Redis's half of the state backends).
@@ -39,7 +42,14 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert len(COMPILED) >= 10 and all(p.startswith("fastgw/") and p.endswith(".py") for p in COMPILED), COMPILED
     assert STAMP.exists(), f"{STAMP} is missing: run `make test` (it compiles the hot modules first)"
     built = dict(line.split()[::-1] for line in STAMP.read_text().splitlines())
-    assert sorted(built) == sorted(COMPILED), "the stamp is not of the Makefile's COMPILED: run make"
+    assert sorted(built) == sorted(COMPILED + NATIVE_C), "the stamp is not of the Makefile's COMPILED: run make"
+    assert NATIVE_C == ["fastgw/state/_tablec.c"], NATIVE_C
+    for path in NATIVE_C:
+        module = importlib.import_module(path.removesuffix(".c").replace("/", "."))
+        assert (module.__file__ or "").endswith(".so") and Path(module.__file__ or "").parent == (ROOT / path).parent
+        assert built[path] == hashlib.sha256((ROOT / path).read_bytes()).hexdigest(), f"{path}: stale build (run make)"
+    from fastgw.state import _tablec, table
+    assert table._c is _tablec, "the table's C record operations are built but not in use (a layout mismatch?)"
     for path in COMPILED:
         name = path.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(name)

@@ -273,7 +273,10 @@ class LocalBackend:
             found.append(got)
             rec = got[1]
             tats.append(rec[3] if rec is not None and rec[3] > now else None)
-        sets = [self._set_at(t, *self._key(s.key), now, False) for s in ask.slots] if ask.slots else []
+        sets: list[tuple[int, float | None, int, Record | None]] = []
+        for s in ask.slots:
+            kb, h = self._key(s.key)  # (not `*self._key(...)`: a star call is a generic one, a tuple built per call)
+            sets.append(self._set_at(t, kb, h, now, False))
         slots = [(n, first) for n, first, _, _ in sets]
         used: list[int] = []
         for b in ask.spends:
@@ -287,7 +290,8 @@ class LocalBackend:
                 # the wait is until the earliest lease end: exact, not the bound
                 for s, st in zip(ask.slots, adm.slots):
                     if not st.ok:
-                        first = self._set(t, *self._key(s.key), now, True)[1]
+                        kb, h = self._key(s.key)
+                        first = self._set(t, kb, h, now, True)[1]
                         st.wait = 0.0 if first is None else max(0.0, (first - now) / 1e6)
             return adm
         # A record found above is still where it was unless something was deleted since (`shifts`); a new key's

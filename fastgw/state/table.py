@@ -99,6 +99,18 @@ assert _REC.size == ENTRY and KEY_MAX == 72
 #: items to C values and back at each call that passed one (a fifth of the limiter's instructions, issue 18).
 Record = tuple[Any, ...]
 
+#: The record operations in C (fastgw/state/_tablec.c: find, pack, commit), when `make` built it and its layout is
+#: this module's; None: the Python below (a checkout without `make`; tests run both). Read at each call, so a test
+#: can set it.
+_c: Any = None
+try:
+    from fastgw.state import _tablec
+
+    if _tablec.LAYOUT == (ENTRY, KEY_MAX, _TABLE_AT, _REDO_AT, _REDO_RECS, _OFF_USED, _OFF_MARK, _OFF_REDO_HEAD):
+        _c = _tablec
+except ImportError:
+    pass
+
 #: Tests set this to a callable that is told each step of a commit ("logged", "marked", "applying", "applied") and
 #: of a replacement ("replacing"), to kill the process there; None on every real path.
 crash_hook: Callable[[str], None] | None = None
@@ -260,6 +272,10 @@ class Table:
 
     def find(self, kb: bytes, h: int) -> tuple[int, Record | None]:
         """(index of the record of key `kb`, the record) or (index where it would go, None)."""
+        c = _c
+        if c is not None:
+            got: tuple[int, Record | None] = c.find(self.mm, self.w, kb, h, self.cap)
+            return got
         mm, w, mask = self.mm, self.w, self.mask
         i = h & mask
         unpack = _KEYHEAD.unpack_from
@@ -291,7 +307,11 @@ class Table:
             if (self.used + 1) > self.cap * MAX_LOAD:
                 raise NeedsReplace
             self.used += 1
-        self.w[i] = _REC.pack(tag, len(kb), h, a, b, c, d, e, kb)
+        cm = _c
+        if cm is not None:
+            self.w[i] = cm.pack(tag, kb, h, a, b, c, d, e)
+        else:
+            self.w[i] = _REC.pack(tag, len(kb), h, a, b, c, d, e, kb)
 
     def delete(self, i: int) -> None:
         """Remove record `i`, shifting back the records of its cluster that probed past it."""
@@ -349,6 +369,12 @@ class Table:
             raise NeedsReplace
         mm = self.mm
         assert mm is not None
+        c = _c
+        if c is not None:
+            c.commit(mm, w, self.used, self.cap, crash_hook)
+            w.clear()
+            self.shifts = 0
+            return
         # the redo record: the indices, then the records (two C-level joins, no per-record packing)
         idx = (_IDXS[n] if n < 17 else struct.Struct(f"<{n}Q")).pack(*w)
         recs = b"".join(w.values())

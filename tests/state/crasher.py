@@ -1,10 +1,11 @@
 """A worker that dies by SIGKILL at one step of an update of the local state table (the crash tests).
 
-    python -m tests.state.crasher DIR STEP [KEYS]
+    python -m tests.state.crasher DIR STEP [KEYS] [py]
 
 Makes one admission of `ask()` (two buckets, a concurrency slot and a budget: several records in one update)
 on the table in DIR, and SIGKILLs itself when the table reports STEP (logged, marked, applying, applied,
-replacing). With KEYS, first admits that many distinct one-bucket keys (to make the table replace itself).
+replacing). With KEYS, first admits that many distinct one-bucket keys (to make the table replace itself). With
+`py`, the table's Python record operations run even where their C form is built (tests run both).
 """
 
 from __future__ import annotations
@@ -41,4 +42,7 @@ async def main(where: str, step: str, keys: int) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[4:5] == ["py"]:
+        table._c = None
+    print("path", "c" if table._c is not None else "py", flush=True)
     uvloop.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0))
