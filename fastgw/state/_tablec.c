@@ -69,6 +69,22 @@ static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t len) {
     return ~crc;
 }
 
+/* Adler-32 (zlib's); with the CRC-32 it makes a key's 63-bit hash (table.py's stored_key). */
+static uint32_t adler32(const unsigned char *p, size_t len) {
+    uint32_t a = 1, b = 0;
+    while (len > 0) {
+        size_t n = len < 5552 ? len : 5552; /* zlib's NMAX: the sums cannot overflow 32 bits before the modulo */
+        len -= n;
+        while (n--) {
+            a += *p++;
+            b += a;
+        }
+        a %= 65521;
+        b %= 65521;
+    }
+    return (b << 16) | a;
+}
+
 /* The record at `e` as table.py's _REC unpacks it: (tag, key length, hash, a, b, c, d, e, key: 72 bytes). */
 static PyObject *record(const unsigned char *e) {
     int64_t h, b, c;
@@ -358,7 +374,20 @@ static PyObject *tc_crc32(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(crc);
 }
 
+PyDoc_STRVAR(key_hash_doc, "key_hash(kb) -> int: (adler32(kb) << 31) ^ crc32(kb), table.py's stored_key hash.");
+
+static PyObject *tc_key_hash(PyObject *self, PyObject *kb) {
+    if (!PyBytes_Check(kb)) {
+        PyErr_SetString(PyExc_TypeError, "key_hash: the key must be bytes");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(kb);
+    size_t n = (size_t)PyBytes_GET_SIZE(kb);
+    return PyLong_FromUnsignedLongLong(((unsigned long long)adler32(p, n) << 31) ^ crc32_update(0, p, n));
+}
+
 static PyMethodDef methods[] = {
+    {"key_hash", tc_key_hash, METH_O, key_hash_doc},
     {"find", (PyCFunction)(void (*)(void))tc_find, METH_FASTCALL, find_doc},
     {"pack", (PyCFunction)(void (*)(void))tc_pack, METH_FASTCALL, pack_doc},
     {"commit", (PyCFunction)(void (*)(void))tc_commit, METH_FASTCALL, commit_doc},

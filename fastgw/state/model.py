@@ -32,6 +32,8 @@ from typing import Protocol
 
 import msgspec
 
+from fastgw.state.answers import Admission, RateState, SlotState, SpendState
+
 __all__ = ["EPOCH", "TOLERANCE", "Rate", "Slot", "Spend", "Ask", "RateState", "SlotState", "SpendState",
            "Admission", "Settle", "BreakerState", "Usage", "StateUnavailable", "Backend", "new_holder", "key",
            "unescape", "KIND_REQUESTS", "KIND_TOKENS", "KIND_SLOTS", "KIND_BUDGET", "KIND_BREAKER"]
@@ -97,37 +99,6 @@ class Ask(msgspec.Struct, frozen=True, gc=False):
     slots: tuple[Slot, ...]
     spends: tuple[Spend, ...]
     lease: float  #: seconds a concurrency slot lives without a renewal
-
-
-# The answers of an admission are msgspec Structs, not dataclasses: one admission builds four or five of them, and
-# a dataclass's __init__ is a Python function (~0.25 µs each in a loop; issue 18) where a Struct's is C. Mutable
-# (a refusal's wait is filled in after the decision), compared by value.
-
-
-class RateState(msgspec.Struct):
-    ok: bool
-    remaining: int  #: units left after this take (before it, when refused)
-    reset: float  #: seconds until the bucket is full again
-    wait: float  #: seconds until this take would pass (0 when it passed)
-    never: bool = False  #: the take is larger than the burst: it can never pass
-
-
-class SlotState(msgspec.Struct):
-    ok: bool
-    in_use: int  #: live holders before this one
-    wait: float  #: seconds until the earliest lease runs out (an upper bound on when a slot frees), when refused
-
-
-class SpendState(msgspec.Struct):
-    ok: bool
-    used: int  #: nano-USD committed before this reservation (spent + reserved in flight)
-
-
-class Admission(msgspec.Struct):
-    ok: bool
-    rates: list[RateState]
-    slots: list[SlotState]
-    spends: list[SpendState]
 
 
 class Settle(msgspec.Struct, frozen=True, gc=False):

@@ -99,7 +99,7 @@ assert _REC.size == ENTRY and KEY_MAX == 72
 #: items to C values and back at each call that passed one (a fifth of the limiter's instructions, issue 18).
 Record = tuple[Any, ...]
 
-#: The record operations in C (fastgw/state/_tablec.c: find, pack, commit), when `make` built it and its layout is
+#: The record operations in C (fastgw/state/_tablec.c: find, pack, commit, a key's hash), when `make` built it and its layout is
 #: this module's; None: the Python below (a checkout without `make`; tests run both). Read at each call, so a test
 #: can set it.
 _c: Any = None
@@ -133,7 +133,12 @@ def stored_key(key: bytes) -> tuple[bytes, int]:
     if len(key) > KEY_MAX:
         key = key[:KEY_MAX - 17] + b"#" + blake2b(key, digest_size=8).hexdigest().encode()
     # CRC-32 places the record (the low bits), Adler-32 adds bits that tell keys apart before their bytes are
-    # compared: both C calls, ~10x cheaper than a cryptographic digest, and the full key decides anyway.
+    # compared: ~10x cheaper than a cryptographic digest, and the full key decides anyway. In C when built (one
+    # call, no big-int arithmetic: a holder's key is hashed twice a request).
+    c = _c
+    if c is not None:
+        h: int = c.key_hash(key)
+        return key, h
     return key, (zlib.adler32(key) << 31) ^ zlib.crc32(key)
 
 

@@ -60,6 +60,21 @@ def test_a_record_packs_to_the_struct_format() -> None:
         _tablec.pack(1, "k", 1, 0.0, 0, 0, 0.0, 0.0)  # type: ignore[arg-type]
 
 
+def test_a_keys_hash_is_the_python_forms() -> None:
+    rng = random.Random(5)
+    for n in [0, 1, 17, 40, 72, 6000]:  # 6000: past Adler-32's 5552-byte blocks
+        kb = rng.randbytes(n)
+        assert _tablec.key_hash(kb) == (zlib.adler32(kb) << 31) ^ zlib.crc32(kb)
+    assert _tablec.key_hash(b"\xff" * 72) == (zlib.adler32(b"\xff" * 72) << 31) ^ zlib.crc32(b"\xff" * 72)
+    kb = b"fastgw:cc:per-key:alice\0" + b"0123456789ab.17"
+    _form(False)
+    py = stored_key(kb)
+    _form(True)
+    assert stored_key(kb) == py
+    with pytest.raises(TypeError):
+        _tablec.key_hash("k")  # type: ignore[arg-type]
+
+
 def test_crc32_is_zlibs() -> None:
     rng = random.Random(3)
     for n in [0, 1, 7, 8, 9, 63, 64, 65, 128 * 5 + 40, 4096]:
