@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Protocol
+from typing import Final, Protocol
 
 import msgspec
 
@@ -40,9 +40,9 @@ __all__ = ["EPOCH", "TOLERANCE", "Rate", "Slot", "Spend", "Ask", "RateState", "S
 
 #: 2024-01-01T00:00:00Z. Times are µs since then: a double keeps 1/64 µs of resolution there (since 1970 it
 #: would be 1/4 µs), enough for a token bucket of 100M tokens/minute (T = 0.6 µs).
-EPOCH = 1_704_067_200
+EPOCH: Final = 1_704_067_200
 #: µs of slack when a take lands exactly on the burst boundary: sums of float intervals may overshoot by ulps.
-TOLERANCE = 1e-3
+TOLERANCE: Final = 1e-3
 
 #: Key kinds: `<prefix>:<kind>:<limit or budget name>:<subject>[:<period>]`.
 KIND_REQUESTS, KIND_TOKENS, KIND_SLOTS, KIND_BUDGET, KIND_BREAKER = "rq", "tk", "cc", "bg", "br"

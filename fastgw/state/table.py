@@ -100,8 +100,8 @@ assert _REC.size == ENTRY and KEY_MAX == 72
 Record = tuple[Any, ...]
 
 #: The record operations in C (fastgw/state/_tablec.c: find, pack, commit, a key's hash), when `make` built it and its layout is
-#: this module's; None: the Python below (a checkout without `make`; tests run both). Read at each call, so a test
-#: can set it.
+#: this module's; None: the Python below (a checkout without `make`; tests run both). A test sets it to choose the
+#: form of the handles (`Table`) and keys (`stored_key`) made after.
 _c: Any = None
 try:
     from fastgw.state import _tablec
@@ -159,7 +159,7 @@ class Table:
     """One process's handle on the shared file (open it in each process: a handle must not cross a fork)."""
 
     __slots__ = ("path", "initial", "created", "fd", "mm", "ino", "cap", "mask", "used", "w", "shifts", "rebooted",
-                 "_locked")
+                 "_locked", "_find", "_pack", "_commit")
 
     def __init__(self, path: str, initial: Callable[[], Iterable[Record]] = tuple,
                  created: Callable[[], None] | None = None) -> None:
@@ -182,6 +182,12 @@ class Table:
         #: The mapped file was last replaced before the machine's last boot (see the module docstring).
         self.rebooted = False
         self._locked = False
+        # The C record operations (None: this module's Python), taken when the handle is made: a function kept here
+        # is one call, where `_c.find(...)` would look up the module global and then the function on each call.
+        c = _c
+        self._find: Callable[..., tuple[int, Record | None]] | None = c.find if c is not None else None
+        self._pack: Callable[..., bytes] | None = c.pack if c is not None else None
+        self._commit: Callable[..., None] | None = c.commit if c is not None else None
 
     # ---- the lock and the file ----------------------------------------------------------------------------------
 
@@ -277,10 +283,9 @@ class Table:
 
     def find(self, kb: bytes, h: int) -> tuple[int, Record | None]:
         """(index of the record of key `kb`, the record) or (index where it would go, None)."""
-        c = _c
-        if c is not None:
-            got: tuple[int, Record | None] = c.find(self.mm, self.w, kb, h, self.cap)
-            return got
+        cfind = self._find
+        if cfind is not None:
+            return cfind(self.mm, self.w, kb, h, self.cap)
         mm, w, mask = self.mm, self.w, self.mask
         i = h & mask
         unpack = _KEYHEAD.unpack_from
@@ -312,9 +317,9 @@ class Table:
             if (self.used + 1) > self.cap * MAX_LOAD:
                 raise NeedsReplace
             self.used += 1
-        cm = _c
-        if cm is not None:
-            self.w[i] = cm.pack(tag, kb, h, a, b, c, d, e)
+        cpack = self._pack
+        if cpack is not None:
+            self.w[i] = cpack(tag, kb, h, a, b, c, d, e)
         else:
             self.w[i] = _REC.pack(tag, len(kb), h, a, b, c, d, e, kb)
 
@@ -374,9 +379,9 @@ class Table:
             raise NeedsReplace
         mm = self.mm
         assert mm is not None
-        c = _c
-        if c is not None:
-            c.commit(mm, w, self.used, self.cap, crash_hook)
+        ccommit = self._commit
+        if ccommit is not None:
+            ccommit(mm, w, self.used, self.cap, crash_hook)
             w.clear()
             self.shifts = 0
             return
