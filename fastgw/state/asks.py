@@ -1,5 +1,5 @@
-"""What a caller asks of a state backend: the admission (`Ask` of `Rate`s, `Slot`s and `Spend`s) and the settlement
-(`Settle`); `fastgw.state.model` re-exports them and says what each means.
+"""What a caller asks of a state backend: the admission (`Ask` of `Rate`s, `Slot`s and `Spend`s), the settlement
+(`Settle`) and the reservation's id (`new_holder`); `fastgw.state.model` re-exports them and says what each means.
 
 Native classes, compiled with mypyc (issue 18): the rate-limiter (compiled) builds an `Ask` and a `Settle` per
 request and the `local` backend and the decision (compiled) read their fields a few dozen times; as msgspec
@@ -9,9 +9,11 @@ Structs each read from compiled code was a generic attribute lookup (~160 instru
 
 from __future__ import annotations
 
+import os
+from itertools import count
 from typing import Final
 
-__all__ = ["Rate", "Slot", "Spend", "Ask", "Settle"]
+__all__ = ["Rate", "Slot", "Spend", "Ask", "Settle", "new_holder"]
 
 
 class Rate:
@@ -138,3 +140,14 @@ class Settle:
 
     def __repr__(self) -> str:
         return f"Settle({self.holder!r}, {self.rates!r}, {self.slots!r}, {self.spends!r})"
+
+
+_PROCESS: Final = [os.urandom(6).hex() + "."]
+_SERIAL: Final = count(1)
+# forked: the parent's random prefix would repeat in every child (a hook, not a getpid() system call per request)
+os.register_at_fork(after_in_child=lambda: _PROCESS.__setitem__(0, os.urandom(6).hex() + "."))
+
+
+def new_holder() -> str:
+    """A reservation id unique across processes and instances: 48 random bits per process, then a serial."""
+    return _PROCESS[0] + str(next(_SERIAL))

@@ -24,15 +24,12 @@ A bucket absent from the store is full (TAT <= now); stores drop it once full ag
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import count
 from typing import Final, Protocol
 
-import msgspec
-
 from fastgw.state.answers import Admission, RateState, SlotState, SpendState
+from fastgw.state.asks import Ask, Rate, Settle, Slot, Spend, new_holder
 
 __all__ = ["EPOCH", "TOLERANCE", "Rate", "Slot", "Spend", "Ask", "RateState", "SlotState", "SpendState",
            "Admission", "Settle", "BreakerState", "Usage", "StateUnavailable", "Backend", "new_holder", "key",
@@ -61,53 +58,6 @@ def unescape(part: str) -> str:
 def key(prefix: str, kind: str, *parts: str) -> str:
     """A state key: parts escaped so that a principal or model name holding ':' cannot collide with another key."""
     return ":".join((prefix, kind, *map(_escape, parts)))
-
-
-# The asks are msgspec Structs, not NamedTuples: a NamedTuple's constructor is a Python function (`<string>`, one
-# interpreted frame each; a limited request built four of them: issue 18) where a Struct's is C. Frozen (hashable,
-# compared by value, as the tuples were); without GC tracking, as they hold only strings, numbers and each other.
-class Rate(msgspec.Struct, frozen=True, gc=False):
-    """Take `take` units from a GCRA bucket that lets `burst` through at once and refills one per `interval` µs."""
-
-    key: str
-    interval: float
-    burst: int
-    take: int
-
-
-class Slot(msgspec.Struct, frozen=True, gc=False):
-    """Join a concurrency set of at most `limit` holders (each with a lease)."""
-
-    key: str
-    limit: int
-
-
-class Spend(msgspec.Struct, frozen=True, gc=False):
-    """Reserve `cost` nano-USD against a ledger of `limit`; `expires`: Unix s after which the key may go (0: never)."""
-
-    key: str
-    limit: int
-    cost: int
-    expires: int
-
-
-class Ask(msgspec.Struct, frozen=True, gc=False):
-    """One admission: every rate, slot and spend is taken, or none is."""
-
-    holder: str  #: this reservation's id: its name in the concurrency sets
-    rates: tuple[Rate, ...]
-    slots: tuple[Slot, ...]
-    spends: tuple[Spend, ...]
-    lease: float  #: seconds a concurrency slot lives without a renewal
-
-
-class Settle(msgspec.Struct, frozen=True, gc=False):
-    """Replace a reservation by real usage: adjust buckets, leave concurrency sets, move spend."""
-
-    holder: str
-    rates: tuple[tuple[str, float, int], ...]  #: (key, interval, units used minus units reserved)
-    slots: tuple[str, ...]  #: concurrency set keys to leave
-    spends: tuple[tuple[str, int, int], ...]  #: (key, nano-USD reserved, nano-USD really spent)
 
 
 @dataclass(slots=True)
@@ -177,14 +127,3 @@ class Backend(Protocol):
         """The target said 429/503 retry-after: nobody tries it for `retry_after` s."""
 
     async def close(self) -> None: ...
-
-
-_PROCESS = [os.urandom(6).hex() + "."]
-_SERIAL = count(1)
-# forked: the parent's random prefix would repeat in every child (a hook, not a getpid() system call per request)
-os.register_at_fork(after_in_child=lambda: _PROCESS.__setitem__(0, os.urandom(6).hex() + "."))
-
-
-def new_holder() -> str:
-    """A reservation id unique across processes and instances: 48 random bits per process, then a serial."""
-    return _PROCESS[0] + str(next(_SERIAL))
