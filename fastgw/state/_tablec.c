@@ -16,8 +16,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/file.h>
 
 #define ENTRY 128
 #define KEY_MAX 72
@@ -25,6 +27,7 @@
 #define PAGE 4096
 #define REDO_MAX 4096
 #define OFF_USED 24
+#define OFF_MOVED 32
 #define OFF_MARK 33
 #define OFF_REDO_HEAD 40
 #define REDO_AT PAGE
@@ -362,6 +365,63 @@ fail:
     return NULL;
 }
 
+/* A file descriptor, or -1 with an error set. */
+static int as_fd(PyObject *v) {
+    long fd = PyLong_AsLong(v);
+    if (fd == -1 && PyErr_Occurred())
+        return -1;
+    if (fd < 0 || fd > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "state table: not a file descriptor");
+        return -1;
+    }
+    return (int)fd;
+}
+
+PyDoc_STRVAR(lock_doc, "lock(fd, mm, cap) -> int: Table.try_lock's common case: flock(fd, LOCK_EX | LOCK_NB), then the\n"
+                       "header of the mapping `mm`. The live count when the file is current and has no redo record to\n"
+                       "finish; -1: another process holds the lock; -2: locked, but the file was moved or has a redo\n"
+                       "record (the caller's Python handles both).");
+
+static PyObject *tc_lock(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "lock(fd, mm, cap)");
+        return NULL;
+    }
+    int fd = as_fd(args[0]);
+    Py_ssize_t cap = PyLong_AsSsize_t(args[2]);
+    if (fd < 0 || (cap == -1 && PyErr_Occurred()))
+        return NULL;
+    Py_buffer view;
+    if (table_buffer(args[1], &view, PyBUF_SIMPLE, cap) < 0)
+        return NULL;
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) { /* (never blocks: the GIL stays held) */
+        PyBuffer_Release(&view);
+        if (errno == EWOULDBLOCK || errno == EAGAIN)
+            return PyLong_FromLong(-1);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    const unsigned char *p = (const unsigned char *)view.buf;
+    long long out = -2;
+    if (!p[OFF_MOVED] && !p[OFF_MARK]) {
+        uint64_t used;
+        memcpy(&used, p + OFF_USED, 8);
+        out = (long long)used;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromLongLong(out);
+}
+
+PyDoc_STRVAR(unlock_doc, "unlock(fd) -> None: flock(fd, LOCK_UN).");
+
+static PyObject *tc_unlock(PyObject *self, PyObject *arg) {
+    int fd = as_fd(arg);
+    if (fd < 0)
+        return NULL;
+    if (flock(fd, LOCK_UN) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(crc32_doc, "crc32(data, value=0) -> int: zlib.crc32, as commit computes it (for the tests).");
 
 static PyObject *tc_crc32(PyObject *self, PyObject *args) {
@@ -388,6 +448,8 @@ static PyObject *tc_key_hash(PyObject *self, PyObject *kb) {
 
 static PyMethodDef methods[] = {
     {"key_hash", tc_key_hash, METH_O, key_hash_doc},
+    {"lock", (PyCFunction)(void (*)(void))tc_lock, METH_FASTCALL, lock_doc},
+    {"unlock", tc_unlock, METH_O, unlock_doc},
     {"find", (PyCFunction)(void (*)(void))tc_find, METH_FASTCALL, find_doc},
     {"pack", (PyCFunction)(void (*)(void))tc_pack, METH_FASTCALL, pack_doc},
     {"commit", (PyCFunction)(void (*)(void))tc_commit, METH_FASTCALL, commit_doc},
@@ -410,8 +472,8 @@ PyMODINIT_FUNC PyInit__tablec(void) {
     if (m == NULL)
         return NULL;
     /* What table.py compares with its own constants before using this module. */
-    PyObject *layout = Py_BuildValue("(iiiiiiii)", ENTRY, KEY_MAX, TABLE_AT, REDO_AT, REDO_RECS, OFF_USED,
-                                     OFF_MARK, OFF_REDO_HEAD);
+    PyObject *layout = Py_BuildValue("(iiiiiiiii)", ENTRY, KEY_MAX, TABLE_AT, REDO_AT, REDO_RECS, OFF_USED,
+                                     OFF_MOVED, OFF_MARK, OFF_REDO_HEAD);
     if (layout == NULL || PyModule_AddObject(m, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
         Py_DECREF(m);

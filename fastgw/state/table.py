@@ -99,14 +99,15 @@ assert _REC.size == ENTRY and KEY_MAX == 72
 #: items to C values and back at each call that passed one (a fifth of the limiter's instructions, issue 18).
 Record = tuple[Any, ...]
 
-#: The record operations in C (fastgw/state/_tablec.c: find, pack, commit, a key's hash), when `make` built it and its layout is
+#: The record operations in C (fastgw/state/_tablec.c: find, pack, commit, a key's hash, the lock), when `make` built it and its layout is
 #: this module's; None: the Python below (a checkout without `make`; tests run both). A test sets it to choose the
 #: form of the handles (`Table`) and keys (`stored_key`) made after.
 _c: Any = None
 try:
     from fastgw.state import _tablec
 
-    if _tablec.LAYOUT == (ENTRY, KEY_MAX, _TABLE_AT, _REDO_AT, _REDO_RECS, _OFF_USED, _OFF_MARK, _OFF_REDO_HEAD):
+    if _tablec.LAYOUT == (ENTRY, KEY_MAX, _TABLE_AT, _REDO_AT, _REDO_RECS, _OFF_USED, _OFF_MOVED, _OFF_MARK,
+                          _OFF_REDO_HEAD):
         _c = _tablec
 except ImportError:
     pass
@@ -159,7 +160,7 @@ class Table:
     """One process's handle on the shared file (open it in each process: a handle must not cross a fork)."""
 
     __slots__ = ("path", "initial", "created", "fd", "mm", "ino", "cap", "mask", "used", "w", "shifts", "rebooted",
-                 "_locked", "_find", "_pack", "_commit")
+                 "_locked", "_find", "_pack", "_commit", "_lock", "_unlock")
 
     def __init__(self, path: str, initial: Callable[[], Iterable[Record]] = tuple,
                  created: Callable[[], None] | None = None) -> None:
@@ -188,12 +189,33 @@ class Table:
         self._find: Callable[..., tuple[int, Record | None]] | None = c.find if c is not None else None
         self._pack: Callable[..., bytes] | None = c.pack if c is not None else None
         self._commit: Callable[..., None] | None = c.commit if c is not None else None
+        self._lock: Callable[[int, mmap.mmap, int], int] | None = c.lock if c is not None else None
+        self._unlock: Callable[[int], None] | None = c.unlock if c is not None else None
 
     # ---- the lock and the file ----------------------------------------------------------------------------------
 
     def try_lock(self) -> bool:
         """Take the lock without waiting; True with a current, consistent table mapped. False: another process
         holds it."""
+        clock, mm = self._lock, self.mm
+        if clock is not None and mm is not None and self.fd >= 0:
+            # The common case in one C call: the lock, then the header says the file is current with no redo record
+            # to finish (its live count, else -2: the checks below, with the lock held; -1: busy).
+            used = clock(self.fd, mm, self.cap)
+            if used == -1:
+                return False
+            self._locked = True
+            if used >= 0:
+                self.used = used
+                self.shifts = 0
+                return True
+            try:
+                if self._current():
+                    return True
+            except BaseException:
+                self.unlock()
+                raise
+            self.unlock()
         for _ in range(8):  # a file replaced (or created) meanwhile: the new one, at once
             if self.fd < 0:
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -218,7 +240,11 @@ class Table:
         if self._locked and self.fd >= 0:
             self._locked = False
             self.w.clear()
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            cunlock = self._unlock
+            if cunlock is not None:
+                cunlock(self.fd)
+            else:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def _current(self) -> bool:
         """Holding the lock: map the file, follow a replacement, finish a committed update. True when usable."""

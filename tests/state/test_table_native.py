@@ -180,3 +180,39 @@ def test_a_mapping_smaller_than_its_capacity_is_refused(tmp_path: Path) -> None:
         full = {j: _tablec.pack(1, b"x%d" % j, j, 0.0, 0, 0, 0.0, 0.0) for j in range(64)}
         with pytest.raises(OSError):
             _tablec.find(mm, full, b"k", 1, 64)  # no free record anywhere: an error, never an endless probe
+
+
+def test_the_lock_in_c_says_busy_current_or_look_closer(tmp_path: Path) -> None:
+    """`lock` is try_lock's common case: busy (-1) while another open file description holds the flock, the live
+    count when the file is current, -2 (the Python checks, lock held) when it was moved or has a redo record."""
+    import fcntl
+    import os
+
+    t = _open(tmp_path / "t.tbl")
+    assert t._lock is not None and t.mm is not None
+    try:
+        kb, h = stored_key(b"fastgw:rq:a")
+        t.put(t.find(kb, h)[0], True, table.BUCKET, kb, h, 1.0)
+        t.commit()
+        t.unlock()
+        other = os.open(t.path, os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX)
+            assert _tablec.lock(t.fd, t.mm, t.cap) == -1 and not t.try_lock()
+            fcntl.flock(other, fcntl.LOCK_UN)
+        finally:
+            os.close(other)
+        assert _tablec.lock(t.fd, t.mm, t.cap) == 1
+        _tablec.unlock(t.fd)
+        for off in (table._OFF_MARK, table._OFF_MOVED):
+            t.mm[off] = 1
+            assert _tablec.lock(t.fd, t.mm, t.cap) == -2
+            _tablec.unlock(t.fd)
+            t.mm[off] = 0
+        t.mm[table._OFF_MARK] = 1  # a redo record to finish: try_lock takes the Python path and finishes it
+        assert t.try_lock() and t.mm[table._OFF_MARK] == 0 and t.used == 1
+        t.unlock()
+        with pytest.raises(OSError):
+            _tablec.lock(999_999, t.mm, t.cap)  # not an open descriptor: an error, never a silent "busy"
+    finally:
+        t.close()
