@@ -254,8 +254,7 @@ def test_msgspec_decodes_into_no_struct_of_a_compiled_module() -> None:
 _GENERATED_CONSTRUCTORS = {
     "fastgw/providers/base.py": {"TargetRuntime": "once per target, at start-up"},
     "fastgw/policy/ratelimit.py": {"Pricing": "once per target and per plan's targets, cached by the quota",
-                                   "Refusal": "for a refused request only",
-                                   "_Shape": "once per (principal, roles, model), cached"},
+                                   "Refusal": "for a refused request only"},
 }
 
 

@@ -35,8 +35,8 @@ from typing import Any, Final, NamedTuple
 
 from fastgw.api.errors import GatewayError, Origin
 from fastgw.policy.ratelimit_settings import Budget, Limit, RateLimiter, problems
-from fastgw.state import (Admission, Ask, Backend, MemoryBackend, Rate, Settle, Slot, Spend, StateUnavailable, Usage,
-                          key, new_holder, unescape)
+from fastgw.state import (Admission, Ask, Backend, MemoryBackend, Rate, RateState, Settle, Slot, Spend, StateUnavailable,
+                          Usage, key, new_holder, unescape)
 from fastgw.state.model import KIND_BUDGET, KIND_REQUESTS, KIND_SLOTS, KIND_TOKENS
 
 __all__ = ["NAME", "RateLimiter", "Limit", "Budget", "problems", "RateLimitPolicy", "Pricing", "Reservation",
@@ -191,20 +191,29 @@ class _Globs:
         return self.any or (self.regex is not None and self.regex.match(name) is not None)
 
 
-class _Shape(NamedTuple):
+class _Shape:
     """What applies to one (principal, roles, model), costs aside, with what every request of it reuses built once
-    (the keys, the request buckets' takes, the slots, the headers' limits)."""
+    (the keys, the request buckets' takes, the slots, the headers' limits). A native class (not a NamedTuple): a
+    limited request reads a dozen of its fields, each a C field read here where a NamedTuple's is a descriptor call."""
 
-    requests: tuple[tuple[str, float, int, Limit], ...]  #: (key, interval µs, burst, limit)
-    tokens: tuple[tuple[str, float, int, Limit], ...]
-    slots: tuple[tuple[str, int], ...]
-    budgets: tuple[tuple[str, Budget, int], ...]  #: (key before the period, budget, its limit in nano-USD)
-    names: tuple[str, ...]
-    request_rates: tuple[Rate, ...]  #: one request from each request bucket
-    token_rates: tuple[tuple[str, float], ...]  #: (key, interval) of each token bucket
-    slot_asks: tuple[Slot, ...]
-    slot_keys: tuple[str, ...]
-    limit_headers: tuple[tuple[bytes, bytes] | None, tuple[bytes, bytes] | None]  #: x-ratelimit-limit-*, one bucket
+    __slots__ = ("requests", "tokens", "slots", "budgets", "names", "request_rates", "token_rates", "slot_asks",
+                 "slot_keys", "limit_headers")
+
+    def __init__(self, requests: tuple[tuple[str, float, int, Limit], ...],
+                 tokens: tuple[tuple[str, float, int, Limit], ...], slots: tuple[tuple[str, int], ...],
+                 budgets: tuple[tuple[str, Budget, int], ...], names: tuple[str, ...], request_rates: tuple[Rate, ...],
+                 token_rates: tuple[tuple[str, float], ...], slot_asks: tuple[Slot, ...], slot_keys: tuple[str, ...],
+                 limit_headers: tuple[tuple[bytes, bytes] | None, tuple[bytes, bytes] | None]) -> None:
+        self.requests = requests  #: (key, interval µs, burst, limit)
+        self.tokens = tokens
+        self.slots = slots
+        self.budgets = budgets  #: (key before the period, budget, its limit in nano-USD)
+        self.names = names
+        self.request_rates = request_rates  #: one request from each request bucket
+        self.token_rates = token_rates  #: (key, interval) of each token bucket
+        self.slot_asks = slot_asks
+        self.slot_keys = slot_keys
+        self.limit_headers = limit_headers  #: x-ratelimit-limit-* of requests and of tokens when one bucket each
 
 
 def _subjects(per: str, principal: str, roles: Sequence[str], model: str) -> list[tuple[str, ...]]:
@@ -544,20 +553,29 @@ def _headers(shape: _Shape, ask: Ask, adm: Admission) -> list[tuple[bytes, bytes
     rates = adm.rates
     nreq = len(shape.requests)
     out: list[tuple[bytes, bytes]] = []
-    for what, templates, lo, hi, head in ((b"requests", shape.requests, 0, nreq, shape.limit_headers[0]),
-                                          (b"tokens", shape.tokens, nreq, len(rates), shape.limit_headers[1])):
-        if lo == hi:
-            continue
-        if head is not None:  # one bucket (the usual case): its limit header was built with the shape
-            st = rates[lo]
-        else:
-            i = min(range(lo, hi), key=lambda j: (rates[j].remaining, -rates[j].reset))
-            st, lim = rates[i], templates[i - lo][3]
-            head = (b"x-ratelimit-limit-" + what, str(lim.requests_per_minute if what == b"requests"
-                                                      else lim.tokens_per_minute).encode())
-        out += (head, (b"x-ratelimit-remaining-" + what, b"%d" % st.remaining),
-                (b"x-ratelimit-reset-" + what, go_duration(st.reset).encode()))
+    # (written out for each kind, not a loop over a tuple of tuples: no header name or tuple built per request)
+    if nreq:
+        st, head = _least(rates, 0, nreq, shape.requests, shape.limit_headers[0], True)
+        out.append(head)
+        out.append((b"x-ratelimit-remaining-requests", b"%d" % st.remaining))
+        out.append((b"x-ratelimit-reset-requests", go_duration(st.reset).encode()))
+    if len(rates) > nreq:
+        st, head = _least(rates, nreq, len(rates), shape.tokens, shape.limit_headers[1], False)
+        out.append(head)
+        out.append((b"x-ratelimit-remaining-tokens", b"%d" % st.remaining))
+        out.append((b"x-ratelimit-reset-tokens", go_duration(st.reset).encode()))
     return out
+
+
+def _least(rates: list[RateState], lo: int, hi: int, templates: tuple[tuple[str, float, int, Limit], ...],
+           head: tuple[bytes, bytes] | None, requests: bool) -> tuple[RateState, tuple[bytes, bytes]]:
+    """The bucket of rates[lo:hi] with the least left, and its x-ratelimit-limit-* header."""
+    if head is not None:  # one bucket (the usual case): its limit header was built with the shape
+        return rates[lo], head
+    i = min(range(lo, hi), key=lambda j: (rates[j].remaining, -rates[j].reset))
+    lim = templates[i - lo][3]
+    return rates[i], ((b"x-ratelimit-limit-requests", str(lim.requests_per_minute).encode()) if requests else
+                      (b"x-ratelimit-limit-tokens", str(lim.tokens_per_minute).encode()))
 
 
 def _refusal(shape: _Shape, ask: Ask, adm: Admission, tokens: int, headers: list[tuple[bytes, bytes]],
