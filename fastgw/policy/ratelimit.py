@@ -35,8 +35,8 @@ from typing import Any, Final, NamedTuple
 
 from fastgw.api.errors import GatewayError, Origin
 from fastgw.policy.ratelimit_settings import Budget, Limit, RateLimiter, problems
-from fastgw.state import (Admission, Ask, Backend, MemoryBackend, Rate, RateState, Settle, Slot, Spend, StateUnavailable,
-                          Usage, key, new_holder, unescape)
+from fastgw.state import (Admission, Ask, Backend, MemoryBackend, Rate, RateState, Settle, Slot, Spend,
+                          StateUnavailable, Usage, key, new_holder, unescape)
 from fastgw.state.model import KIND_BUDGET, KIND_REQUESTS, KIND_SLOTS, KIND_TOKENS
 
 __all__ = ["NAME", "RateLimiter", "Limit", "Budget", "problems", "RateLimitPolicy", "Pricing", "Reservation",

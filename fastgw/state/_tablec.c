@@ -1,18 +1,19 @@
-/* The record operations of fastgw.state.table in C: find, pack, commit.
+/* The record operations of fastgw.state.table in C: find, pack, commit, a key's hash, and the lock's common case.
  *
- * Why C and not the compiled Python of table.py (issue 18): an admission and a settlement of the rate-limiter
- * find nine records, write eight and commit twice. In Python each of these is struct packing and unpacking,
- * slices of the mapping and a tuple of nine objects per probe (~4,100 instructions a find, ~18,700 a commit,
- * ~2,400 a put, measured with bench/ir_ab.sh -l): most of the limiter's cost. Here they are a memcmp, a memcpy
- * and the one tuple a found record needs. table.py keeps the same operations in Python and uses them whenever
- * this module is not built (a checkout without `make`); tests run both, and both read and write one format, so
- * either may find the other's redo record after a crash.
+ * Why C and not the compiled Python of table.py (issue 18): an admission and a settlement of the rate-limiter lock
+ * the table twice, find nine records, write eight and commit twice. In Python each of these is struct packing and
+ * unpacking, slices of the mapping and a tuple of nine objects per probe (~4,100 instructions a find, ~18,700 a
+ * commit, ~2,400 a put, measured with bench/ir_ab.sh -l): most of the limiter's cost. Here they are a memcmp, a
+ * memcpy and the one tuple a found record needs (the limiter's own instructions fell by 45 %, the 2026-12-06 16:40
+ * section of bench/RESULTS.md). table.py keeps the same operations in Python and uses them whenever this module is
+ * not built (a checkout without `make`); tests run both, and both read and write one format, so either may find the
+ * other's redo record after a crash.
  *
- * The layout is table.py's (its module docstring): records of ENTRY bytes from TABLE_AT, the redo record's
- * indices at REDO_AT and its records at REDO_RECS, the header's live count at OFF_USED, the redo mark at OFF_MARK
- * and the redo head (n, CRC-32, live count) at OFF_REDO_HEAD. table.py compares LAYOUT with its own constants and
- * does not use this module when they differ. Little-endian hosts only (the format's byte order): elsewhere the
- * module refuses to import and table.py's Python runs.
+ * The layout is table.py's (its module docstring): records of ENTRY bytes from TABLE_AT, the redo record's indices
+ * at REDO_AT and its records at REDO_RECS, the header's live count at OFF_USED, the moved mark at OFF_MOVED, the
+ * redo mark at OFF_MARK and the redo head (n, CRC-32, live count) at OFF_REDO_HEAD. table.py compares LAYOUT with
+ * its own constants and does not use this module when they differ. Little-endian hosts only (the format's byte
+ * order): elsewhere the module refuses to import and table.py's Python runs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -377,9 +378,9 @@ static int as_fd(PyObject *v) {
     return (int)fd;
 }
 
-PyDoc_STRVAR(lock_doc, "lock(fd, mm, cap) -> int: Table.try_lock's common case: flock(fd, LOCK_EX | LOCK_NB), then the\n"
-                       "header of the mapping `mm`. The live count when the file is current and has no redo record to\n"
-                       "finish; -1: another process holds the lock; -2: locked, but the file was moved or has a redo\n"
+PyDoc_STRVAR(lock_doc, "lock(fd, mm, cap) -> int: Table.try_lock's common case: flock(fd, LOCK_EX | LOCK_NB), then\n"
+                       "the header of the mapping `mm`. The live count when the file is current and has no redo record\n"
+                       "to finish; -1: another process holds the lock; -2: locked, but the file was moved or has a redo\n"
                        "record (the caller's Python handles both).");
 
 static PyObject *tc_lock(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {

@@ -99,9 +99,9 @@ assert _REC.size == ENTRY and KEY_MAX == 72
 #: items to C values and back at each call that passed one (a fifth of the limiter's instructions, issue 18).
 Record = tuple[Any, ...]
 
-#: The record operations in C (fastgw/state/_tablec.c: find, pack, commit, a key's hash, the lock), when `make` built it and its layout is
-#: this module's; None: the Python below (a checkout without `make`; tests run both). A test sets it to choose the
-#: form of the handles (`Table`) and keys (`stored_key`) made after.
+#: The record operations in C (fastgw/state/_tablec.c: find, pack, commit, a key's hash, the lock), when `make`
+#: built it and its layout is this module's; None: the Python below (a checkout without `make`; tests run both). A
+#: test sets it to choose the form of the handles (`Table`) and keys (`stored_key`) made after.
 _c: Any = None
 try:
     from fastgw.state import _tablec
@@ -197,11 +197,11 @@ class Table:
     def try_lock(self) -> bool:
         """Take the lock without waiting; True with a current, consistent table mapped. False: another process
         holds it."""
-        clock, mm = self._lock, self.mm
-        if clock is not None and mm is not None and self.fd >= 0:
+        lock, mm = self._lock, self.mm
+        if lock is not None and mm is not None and self.fd >= 0:
             # The common case in one C call: the lock, then the header says the file is current with no redo record
             # to finish (its live count, else -2: the checks below, with the lock held; -1: busy).
-            used = clock(self.fd, mm, self.cap)
+            used = lock(self.fd, mm, self.cap)
             if used == -1:
                 return False
             self._locked = True
