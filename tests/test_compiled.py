@@ -218,6 +218,7 @@ _REVIEWED_SLICES = {
     ("fastgw/policy/textscan.py", "data[pos:upto]"),  # upto = max(pos, ...), or len(data) >= every span's end
     ("fastgw/policy/textscan.py", "spans[i:i + _RECORD_RUN]"), ("fastgw/policy/textscan.py", "spans[k:k + _SPAN_RUN]"),
     ("fastgw/policy/textscan.py", "tags[k:k + _SPAN_RUN]"),  # lists, and the end is the start plus a run
+    ("fastgw/providers/scope.py", "server[6:-1]"),  # a str (f"tools[{i}]")
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Final
 
 from fastgw.api.errors import GatewayError, InvalidRequest
 from fastgw.providers.base import Endpoint, TargetRuntime
@@ -25,11 +26,11 @@ __all__ = ["anthropic_headers", "check_tools", "requested", "SERVER_TOOLS", "MCP
            "ANTHROPIC_CUSTOM_TOOL_TYPES", "RESPONSES_CLIENT_TOOL_TYPES"]
 
 #: Grant names: the target's and the rbac role's boolean of the same name allows the feature.
-SERVER_TOOLS = "allow_server_tools"
-MCP = "allow_mcp"
+SERVER_TOOLS: Final = "allow_server_tools"
+MCP: Final = "allow_mcp"
 #: Longest `anthropic-version` / `anthropic-beta` value forwarded: real ones are under 100 bytes (a date, a few
 #: dated flag names); the issue saw 60 KB values go upstream verbatim.
-MAX_HEADER_VALUE = 256
+MAX_HEADER_VALUE: Final = 256
 #: Anthropic tool types the client itself runs (a custom tool may omit `type`); any other type is run by
 #: Anthropic (web_search_*, web_fetch_*, code_execution_*) or is an Anthropic-defined tool (bash_*,
 #: text_editor_*, computer_*, memory_*) — the operator decides on those.
