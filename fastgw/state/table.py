@@ -209,13 +209,8 @@ class Table:
                 self.used = used
                 self.shifts = 0
                 return True
-            try:
-                if self._current():
-                    return True
-            except BaseException:
-                self.unlock()
-                raise
-            self.unlock()
+            if self._checked():
+                return True
         for _ in range(8):  # a file replaced (or created) meanwhile: the new one, at once
             if self.fd < 0:
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -227,13 +222,19 @@ class Table:
                     return False
                 raise
             self._locked = True
-            try:
-                if self._current():
-                    return True
-            except BaseException:
-                self.unlock()
-                raise
+            if self._checked():
+                return True
+        return False
+
+    def _checked(self) -> bool:
+        """The lock just taken: True when `_current` says the table is usable, else the lock let go again."""
+        try:
+            if self._current():
+                return True
+        except BaseException:
             self.unlock()
+            raise
+        self.unlock()
         return False
 
     def unlock(self) -> None:
