@@ -30,7 +30,7 @@ PURE_TESTS = ["tests/scan/test_scanner.py", "tests/scan/test_fold.py", "tests/sc
               "tests/proto/test_h1_reader.py", "tests/proto/test_framing_guard.py", "tests/proto/test_chunked.py",
               "tests/proto/test_sse.py", "tests/proto/test_writer.py", "tests/proto/test_flow.py",
               "tests/proto/test_client.py", "tests/state/test_local_table.py", "tests/state/test_ratelimit_policy.py",
-              "tests/state/test_quota_cancel.py", "tests/test_quota_renew.py",
+              "tests/state/test_asks.py", "tests/state/test_quota_cancel.py", "tests/test_quota_renew.py",
               "tests/test_pipeline.py", "tests/test_cancellation.py", "tests/policy/test_stream_policy.py",
               "tests/policy/test_stream_policy_texts.py", "tests/policy/test_stream_chunks.py",
               "tests/policy/test_stream_dialects.py", "tests/policy/test_stream_texts.py",
