@@ -25,14 +25,15 @@ $(VENV)/.run: pyproject.toml
 # (textscan.py: a request's texts and a non-streamed answer's; pii.py and safety.py subclass its ScanPolicy
 # interpreted, their settings being msgspec Structs), routing and metrics (the per-event and per-request path above
 # it), the `local` state backend, an admission's asks and answers (the rate-limiter's cost), the provider-run tools'
-# check (providers/scope.py, every request), and the request's coroutines (app.py, pipeline.py, attempt.py: written
-# so that no compiled coroutine awaits inside an `except` or `finally`, which mypyc runs with the exception left as
-# the thread's handled one for other tasks; tests/test_compiled.py refuses the shape). One group, so calls between
-# them stay native: their code is in fastgw/native__mypyc.*.so, and the small .so beside each .py wins its import.
-# The .py stays the source: any change to one rebuilds here (every .so under fastgw/ is this step's and is removed
-# first, so a module taken off the list is never shadowed by an old build), and the stamp holds the sources' hashes,
-# which tests/test_compiled.py compares (a stale .so fails there). Built in build/mypyc, where no pyproject.toml is
-# read (setuptools would validate ours as a package's).
+# check (providers/scope.py, every request), the access log (accesslog.py; its Structs in accesslog_lines.py), and
+# the request's coroutines (app.py, pipeline.py, attempt.py: written so that no compiled coroutine awaits inside an
+# `except` or `finally`, which mypyc runs with the exception left as the thread's handled one for other tasks;
+# tests/test_compiled.py refuses the shape). One group, so calls between them stay native: their code is in
+# fastgw/native__mypyc.*.so, and the small .so beside each .py wins its import. The .py stays the source: any change
+# to one rebuilds here (every .so under fastgw/ is this step's and is removed first, so a module taken off the list
+# is never shadowed by an old build), and the stamp holds the sources' hashes, which tests/test_compiled.py compares
+# (a stale .so fails there). Built in build/mypyc, where no pyproject.toml is read (setuptools would validate ours
+# as a package's).
 COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/proto/h1.py fastgw/proto/framing_guard.py fastgw/proto/chunked.py fastgw/proto/sse.py \
 	fastgw/proto/writer.py fastgw/proto/flow.py fastgw/proto/server.py fastgw/proto/client.py \
@@ -42,7 +43,8 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/policy/stream/responses.py fastgw/policy/stream/messages.py \
 	fastgw/app.py fastgw/pipeline.py fastgw/attempt.py fastgw/policy/ratelimit.py fastgw/quota.py \
 	fastgw/policy/textkeys.py fastgw/policy/textscan.py fastgw/policy/stream/records.py fastgw/policy/context.py \
-	fastgw/providers/base.py fastgw/providers/openai.py fastgw/providers/scope.py fastgw/upstreams.py
+	fastgw/providers/base.py fastgw/providers/openai.py fastgw/providers/scope.py fastgw/upstreams.py \
+	fastgw/accesslog.py
 # Hand-written C, built in the same step: the state table's record operations (fastgw/state/_tablec.c; why, in its
 # head comment). Its module is named by its path; table.py runs its own Python when it is not built.
 NATIVE_C := fastgw/state/_tablec.c

@@ -76,6 +76,9 @@ the split measured there, the log's own code is about a third of its cost in a w
 routes, models the config does not define, long client strings) take `_record` + `_json`, which caps and
 redacts. Lines go out as bytes (to a text stream's binary buffer: stdout). With only our handler attached no
 `LogRecord` is built (see `log_request`). One fstat per write to a file.
+
+Compiled with mypyc (the Makefile's COMPILED: every request runs `log_request` and every batch `flush`); the line's
+msgspec Structs live in `fastgw.accesslog_lines`, interpreted (a Struct declared in a compiled module does not load).
 """
 
 from __future__ import annotations
@@ -92,12 +95,14 @@ import sys
 import time
 from gc import is_tracked as _is_tracked
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Final
 
 import msgspec
 import orjson
 
 from fastgw import metrics
+from fastgw.accesslog_lines import Line as _Line
+from fastgw.accesslog_lines import Tokens as _Tokens
 from fastgw.api.limits import ACCESS_LOG_BATCH_BYTES, ACCESS_LOG_BATCH_LINES, ACCESS_LOG_FLUSH_DELAY
 from fastgw.proto.limits import MAX_LOGGED_STRING
 
@@ -106,7 +111,7 @@ if TYPE_CHECKING:
 
 __all__ = ["configure", "use_file", "set_redactor", "log_request", "access_record", "cap", "redact", "LOGGER_NAME"]
 
-LOGGER_NAME = "fastgw.access"
+LOGGER_NAME: Final = "fastgw.access"
 _log = logging.getLogger(LOGGER_NAME)
 _diag = logging.getLogger("fastgw.accesslog")  # problems of the access log itself (stderr)
 _OFF = logging.CRITICAL + 10
@@ -231,7 +236,7 @@ _SECRETS = re.compile(
     r"bearer)[-_A-Za-z0-9]{8,}"
     r"|[A-Za-z0-9_\-]{40,}"
     r"|[^\s@/\"<>]+@[^\s@/\"<>]+\.[A-Za-z]{2,}")
-_REDACTED = "[REDACTED]"
+_REDACTED: Final = "[REDACTED]"
 # Characters a JSON encoder leaves raw that line-splitting readers (Python's splitlines, some viewers) break on.
 _JSON_RAW_BREAKS = re.compile("[\x7f\x85\u2028\u2029]")
 # What the text format writes as is; anything else is JSON-quoted (no space, quote, backslash or control).
@@ -241,7 +246,7 @@ _redactor: Callable[[str], str] | None = None
 _known: frozenset[str] = frozenset()
 #: Redactions of client strings seen lately (bounded; a hostile client varying them only fills it).
 _cache: dict[str, str] = {}
-_CACHE_MAX = 1024
+_CACHE_MAX: Final = 1024
 
 
 def set_redactor(redact: Callable[[str], str] | None, known: Iterable[str] = ()) -> None:
@@ -287,7 +292,7 @@ def redact(value: str) -> str:
 
 #: Characters past the cut still redacted over: a value that starts before the cut is seen whole and redacted,
 #: never half kept (redaction patterns are at most this wide).
-_REDACT_MARGIN = 256
+_REDACT_MARGIN: Final = 256
 
 
 def _client_string(rec: dict, key: str, value: str, scrub: bool) -> None:
@@ -459,38 +464,6 @@ def _escape_break(m: re.Match[str]) -> str:
 
 
 # ---- the JSON line of a common request, encoded by msgspec ------------------------------------------------------
-
-class _Tokens(msgspec.Struct, omit_defaults=True):
-    """`tokens` of a line (`partial` only when true, as `_tokens` writes it)."""
-
-    prompt: int | None
-    completion: int | None
-    estimated: bool
-    partial: bool = False
-
-
-class _Line(msgspec.Struct):
-    """A JSON line of the common request, its fields in `_record`'s order: a batch of these is encoded in one C
-    call (`Encoder.encode_lines`), which the f-string it replaced took ~1.5 µs a line to do in Python."""
-
-    ts: str
-    request_id: str
-    principal: str | None
-    client: str | None
-    method: str
-    route: str
-    model: str | None
-    target: str | None
-    stream: bool
-    status: int
-    ttft_ms: float | None
-    duration_ms: float
-    bytes: int | None
-    tokens: _Tokens | None
-    policy: dict[str, str]
-    retries: int
-    error: str | None
-
 
 _ENCODER = msgspec.json.Encoder()
 #: A request id written as is: what the app generates and the client ids it accepts (no character JSON escapes).

@@ -219,6 +219,7 @@ _REVIEWED_SLICES = {
     ("fastgw/policy/textscan.py", "spans[i:i + _RECORD_RUN]"), ("fastgw/policy/textscan.py", "spans[k:k + _SPAN_RUN]"),
     ("fastgw/policy/textscan.py", "tags[k:k + _SPAN_RUN]"),  # lists, and the end is the start plus a run
     ("fastgw/providers/scope.py", "server[6:-1]"),  # a str (f"tools[{i}]")
+    ("fastgw/accesslog.py", "data[start:end]"),  # end = size, or a newline's index + 1 found at or after start
 }
 
 
