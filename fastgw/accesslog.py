@@ -72,9 +72,9 @@ and the batch's run of them is encoded by msgspec in one call (`encode_lines`): 
 JSON written in Python (a test holds each line equal to the general path's, character for character). Against
 the f-string of parts encoded once that it replaced: 1.53 against 2.08 µs a line in a loop (formatting and
 writing), and no difference a worker shows (bench/RESULTS.md, "the access log's lines encoded by msgspec"): by
-the split measured there, the log's own code is about a third of its cost in a worker. Other requests (unknown
-routes, models the config does not define, long client strings) take `_record` + `_json`, which caps and
-redacts. Lines go out as bytes (to a text stream's binary buffer: stdout). With only our handler attached no
+the split measured there, before this module was compiled, the log's own code was about a third of its cost in a
+worker. Other requests (unknown routes, models the config does not define, long client strings) take `_record` +
+`_json`, which caps and redacts. Lines go out as bytes (to a text stream's binary buffer: stdout). With only our handler attached no
 `LogRecord` is built (see `log_request`). One fstat per write to a file.
 
 Compiled with mypyc (the Makefile's COMPILED: every request runs `log_request` and every batch `flush`); the line's

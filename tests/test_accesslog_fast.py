@@ -119,6 +119,7 @@ def test_a_waiting_line_holds_its_requests_values_at_the_end_and_nothing_the_col
     ctx = _ctx(usage=usage, decisions=(("pii", "redact"),))
     # (observed through what waits, not by patching the formatter: accesslog is compiled, and a compiled caller
     # does not see a module attribute replaced)
+    expected: list[str] = []
 
     async def main() -> None:
         accesslog.log_request(ctx, ROUTE, 10)
@@ -126,7 +127,9 @@ def test_a_waiting_line_holds_its_requests_values_at_the_end_and_nothing_the_col
         waiting = accesslog._pending[0]
         assert type(waiting) is tuple and not any(isinstance(x, (bytes, accesslog._Line)) for x in waiting)  # values,
         # not formatted yet: that is done at the batch's write, by the fast path
-        assert accesslog._fast_struct(waiting) is not None
+        line = accesslog._fast_struct(waiting)
+        assert line is not None
+        expected.append(accesslog._encode_run([line]).decode())  # what the batch must write: these values, once
         assert not any(gc.is_tracked(value) for value in waiting)  # no container the collector walks
         # The request object changes after its line was taken (it is not what waits).
         ctx.status, ctx.error = 503, "late"
@@ -136,7 +139,7 @@ def test_a_waiting_line_holds_its_requests_values_at_the_end_and_nothing_the_col
             await asyncio.sleep(0.002)
 
     asyncio.run(main())
-    assert batched.getvalue().count("\n") == 1
+    assert batched.getvalue().count("\n") == 1 and batched.getvalue() == expected[0]
     line = orjson.loads(batched.getvalue())
     assert (line["status"], line["error"], line["bytes"]) == (200, None, 10)
     assert line["tokens"] == {"prompt": 3, "completion": 4, "estimated": False}
