@@ -25,7 +25,7 @@ $(VENV)/.run: pyproject.toml
 # (textscan.py: a request's texts and a non-streamed answer's; pii.py and safety.py subclass its ScanPolicy
 # interpreted, their settings being msgspec Structs), routing and metrics (the per-event and per-request path above
 # it), the `local` state backend, an admission's asks and answers (the rate-limiter's cost), the provider-run tools'
-# check (providers/scope.py, every request), the access log (accesslog.py; its Structs in accesslog_lines.py), and
+# check (providers/scope.py, every request), the access log (accesslog.py), and
 # the request's coroutines (app.py, pipeline.py, attempt.py: written so that no compiled coroutine awaits inside an
 # `except` or `finally`, which mypyc runs with the exception left as the thread's handled one for other tasks;
 # tests/test_compiled.py refuses the shape). One group, so calls between them stay native: their code is in
@@ -45,9 +45,10 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 	fastgw/policy/textkeys.py fastgw/policy/textscan.py fastgw/policy/stream/records.py fastgw/policy/context.py \
 	fastgw/providers/base.py fastgw/providers/openai.py fastgw/providers/scope.py fastgw/upstreams.py \
 	fastgw/accesslog.py
-# Hand-written C, built in the same step: the state table's record operations (fastgw/state/_tablec.c; why, in its
-# head comment). Its module is named by its path; table.py runs its own Python when it is not built.
-NATIVE_C := fastgw/state/_tablec.c
+# Hand-written C, built in the same step (why, in each one's head comment): the state table's record operations
+# (fastgw/state/_tablec.c) and the access log's common line (fastgw/_accessline.c). Each module is named by its
+# path; table.py runs its own Python and accesslog.py its general path when one is not built.
+NATIVE_C := fastgw/state/_tablec.c fastgw/_accessline.c
 MYPYCIFY := import sys; from setuptools import Extension, setup; from mypyc.build import mypycify; \
 	c = [a for a in sys.argv[1:] if a.endswith(".c")]; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \

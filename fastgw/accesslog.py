@@ -51,34 +51,25 @@ names the config documents and one place to read; the master takes no part.
 
 Batches
 -------
-A line waits in the worker until ACCESS_LOG_FLUSH_DELAY (10 ms) after the first line of its batch, or until 128
-lines wait; then the batch is formatted and goes out in writes of whole lines of at most ACCESS_LOG_BATCH_BYTES
-(PIPE_BUF: atomic on a pipe the workers share). A busy worker finishes about one request per loop iteration, so
-the write per iteration this replaced was a syscall per request. A worker that stops (SIGTERM, reload, a boot error) writes its
-waiting lines before it exits; a hard crash (SIGKILL, the master killing a hung worker, a segfault) loses the
-lines of its last 10 ms at most.
+A line is formatted at its response's end and waits in the worker, as bytes, until ACCESS_LOG_FLUSH_DELAY (10 ms)
+after the first line of its batch, or until 128 lines wait; then the batch goes out in writes of whole lines of at
+most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic on a pipe the workers share). A busy worker finishes about one request
+per loop iteration, so the write per iteration this replaced was a syscall per request. A worker that stops
+(SIGTERM, reload, a boot error) writes its waiting lines before it exits; a hard crash (SIGKILL, the master killing a
+hung worker, a segfault) loses the lines of its last 10 ms at most.
 
 Cost
 ----
-At the response's end a line is only its values (`_values`: strings, numbers, and a dict of plain values for the
-usage and one for the policy outcomes, none of which the garbage collector walks; a usage dict with nested
-details is reduced to the fields the line reads); the batch's lines are formatted in one loop at its write
-(`flush`). That measured ~2 µs less worker CPU per request than formatting each line at its request's end
-(bench/RESULTS.md, "issue 18: the access log's cost"), while a profile gives the log's own functions the same ~5 %
-either way: the saving shows in the request's other code, which the formatting no longer runs in between.
+A request whose route and model the config defines, with plain ASCII strings (every successful one), gets its JSON
+line from C (`fastgw._accessline`, built by `make` beside the compiled modules; why, in its head comment): one call
+with the request's values, which reads the clocks itself, no Python object made but the line. Its line is the
+general path's, character for character (tests/test_accesslog_fast.py holds the two equal over a hostile corpus).
+Other requests (unknown routes, models the config does not define, long or non-ASCII client strings, the text
+format, a forwarded chain) take `_record` + `_json`, which caps, redacts and escapes; so does every line when the C
+module is not built (a checkout without `make`). With only our handler attached no `LogRecord` is built (see
+`log_request`). One fstat per write to a file.
 
-A request whose route and model the config defines (every successful one) gets its line as a `_Line` struct,
-and the batch's run of them is encoded by msgspec in one call (`encode_lines`): no dict, no redaction pass, no
-JSON written in Python (a test holds each line equal to the general path's, character for character). Against
-the f-string of parts encoded once that it replaced: 1.53 against 2.08 µs a line in a loop (formatting and
-writing), and no difference a worker shows (bench/RESULTS.md, "the access log's lines encoded by msgspec"): by
-the split measured there, before this module was compiled, the log's own code was about a third of its cost in a
-worker. Other requests (unknown routes, models the config does not define, long client strings) take `_record` +
-`_json`, which caps and redacts. Lines go out as bytes (to a text stream's binary buffer: stdout). With only our handler attached no
-`LogRecord` is built (see `log_request`). One fstat per write to a file.
-
-Compiled with mypyc (the Makefile's COMPILED: every request runs `log_request` and every batch `flush`); the line's
-msgspec Structs live in `fastgw.accesslog_lines`, interpreted (a Struct declared in a compiled module does not load).
+Compiled with mypyc (the Makefile's COMPILED: every request runs `log_request`).
 """
 
 from __future__ import annotations
@@ -93,16 +84,12 @@ import os
 import re
 import sys
 import time
-from gc import is_tracked as _is_tracked
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
-import msgspec
 import orjson
 
 from fastgw import metrics
-from fastgw.accesslog_lines import Line as _Line
-from fastgw.accesslog_lines import Tokens as _Tokens
 from fastgw.api.limits import ACCESS_LOG_BATCH_BYTES, ACCESS_LOG_BATCH_LINES, ACCESS_LOG_FLUSH_DELAY
 from fastgw.proto.limits import MAX_LOGGED_STRING
 
@@ -112,7 +99,12 @@ if TYPE_CHECKING:
 __all__ = ["configure", "use_file", "set_redactor", "log_request", "access_record", "cap", "redact", "LOGGER_NAME"]
 
 LOGGER_NAME: Final = "fastgw.access"
-_log = logging.getLogger(LOGGER_NAME)
+_log: Final = logging.getLogger(LOGGER_NAME)
+_INFO: Final = logging.INFO
+#: logging's memo of `_log.isEnabledFor` by level, which logging clears in place on every level change and
+#: `logging.disable` (tests/test_accesslog_fast.py holds it): read here, a request spares an interpreted call.
+#: Where it is missing the memo stays empty and every request asks `isEnabledFor`.
+_enabled: Final[dict[int, bool]] = getattr(_log, "_cache", {})
 _diag = logging.getLogger("fastgw.accesslog")  # problems of the access log itself (stderr)
 _OFF = logging.CRITICAL + 10
 
@@ -359,8 +351,7 @@ def access_record(ctx: RequestContext, route: str, nbytes: int | None = None, no
     return _record(_values(ctx, route, nbytes, forwarded, now, wall))
 
 
-#: What a line needs of its request, taken at the response's end (`_values`) and formatted at the batch's write
-#: (see "Cost").
+#: What a line of the general path needs of its request (`_values`).
 _Values = tuple
 
 
@@ -370,21 +361,11 @@ def _values(ctx: RequestContext, route: str, nbytes: int | None, forwarded: str 
     first byte, start, end, wall clock, bytes, usage, policy outcomes (None: no decision), retries, error,
     forwarded."""
     usage = ctx.usage
-    if usage and _is_tracked(usage):  # nested (usage details): only what the line reads is held
-        usage = _plain_usage(usage)
     decisions = ctx.decisions
     policy, retries = _outcomes(decisions) if decisions else (None, 0)
     return (ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target, ctx.stream, ctx.request_id,
             ctx.status, ctx.first_byte, ctx.started, time.monotonic() if now is None else now,
             time.time() if wall is None else wall, nbytes, usage, policy, retries, ctx.error, forwarded)
-
-
-def _plain_usage(usage: dict) -> dict:
-    """The usage fields a line reads, as plain values (a line writes a value that is not an int as null)."""
-    p = usage.get("prompt_tokens", usage.get("input_tokens"))
-    c = usage.get("completion_tokens", usage.get("output_tokens"))
-    return {"prompt_tokens": p if type(p) is int else None, "completion_tokens": c if type(c) is int else None,
-            "estimated": bool(usage.get("estimated")), "partial": bool(usage.get("partial"))}
 
 
 def _record(v: _Values) -> dict:
@@ -453,7 +434,7 @@ def _text(r: dict) -> str:
 
 def _json(r: object) -> str:
     line = orjson.dumps(r).decode()
-    # DEL is ASCII: escaped whatever the rest holds, as `_encode_run` does.
+    # DEL is ASCII: escaped whatever the rest holds.
     if not line.isascii() or "\x7f" in line:
         line = _JSON_RAW_BREAKS.sub(_escape_break, line)
     return line
@@ -463,73 +444,56 @@ def _escape_break(m: re.Match[str]) -> str:
     return "\\u%04x" % ord(m.group())
 
 
-# ---- the JSON line of a common request, encoded by msgspec ------------------------------------------------------
+# ---- the JSON line of a common request, in C ----------------------------------------------------------------
 
-_ENCODER = msgspec.json.Encoder()
-#: A request id written as is: what the app generates and the client ids it accepts (no character JSON escapes).
-_PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
-#: ".000Z" … ".999Z": the end of a time stamp, looked up rather than formatted per line.
-_MILLIS = [f".{i:03d}Z" for i in range(1000)]
-_NO_POLICY: dict[str, str] = {}
-# What `_JSON_RAW_BREAKS` escapes, as msgspec writes it (UTF-8): DEL, U+0085, U+2028, U+2029. A lead byte (0xC2,
-# 0xE2) never continues another character, so these bytes are those characters wherever they occur.
-_RAW_BREAKS_UTF8 = re.compile(b"\x7f|\xc2\x85|\xe2\x80[\xa8\xa9]")
-
-
-def _escape_break_utf8(m: re.Match[bytes]) -> bytes:
-    return b"\\u%04x" % ord(m.group().decode())
-
-
-def _fast_struct(v: _Values) -> _Line | None:
-    """The line of `v` as a `_Line`, when nothing in it needs capping or redaction: its route and model are names
-    the config defines (no query string either), its client no longer than an address, its request id one the
-    app would accept. Else None: the general path, `_json(_record(v))`, whose line this encodes to character for
-    character (a test holds them equal)."""
-    global _ts_second, _ts_prefix
-    (principal, client, method, route, model, target, stream, rid, status, fb, started, end, wall, nbytes, usage,
-     pol, retries, err, _) = v
-    if route not in _known or (model is not None and model not in _known) or len(client) > 45 \
-            or _PLAIN_ID(rid) is None:
-        return None
-    sec = int(wall)
-    if sec != _ts_second:
-        _ts_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        _ts_second = sec
-    tokens = None
-    if usage:
-        p = usage.get("prompt_tokens", usage.get("input_tokens"))
-        c = usage.get("completion_tokens", usage.get("output_tokens"))
-        tokens = _Tokens(p if type(p) is int else None, c if type(c) is int else None, bool(usage.get("estimated")),
-                         bool(usage.get("partial")))
-    # Milliseconds as in _record: int(µs) / 1000 (msgspec writes a float's shortest round trip, as orjson does).
-    return _Line(_ts_prefix + _MILLIS[int((wall - sec) * 1000)], rid, principal, client or None, method, route, model,
-                 target, stream, status or 500, None if fb is None else int((fb - started) * 1e6) / 1000,
-                 int((end - started) * 1e6) / 1000, nbytes, tokens, pol or _NO_POLICY, retries, err)
-
-
-def _encode_run(run: list[_Line]) -> bytes:
-    """The lines of `run`, each ending in a newline, escaped as `_json` escapes; a line that cannot be encoded (a
-    lone surrogate) is lost alone."""
+def _load_c() -> Any:
+    """The C line encoder (`fastgw._accessline`), or None where it is not built: the general path then writes every
+    line."""
     try:
-        data = _ENCODER.encode_lines(run)
-    except Exception:  # noqa: BLE001 - find the line that failed: the others are written
-        parts = []
-        for line in run:
-            try:
-                parts.append(_ENCODER.encode(line) + b"\n")
-            except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself
-                _lost(e, 1)
-        data = b"".join(parts)
-    if not data.isascii() or 127 in data:  # DEL; an int, not b"\x7f" (see sse.py's `13 in b`)
-        data = _RAW_BREAKS_UTF8.sub(_escape_break_utf8, data)
-    return data
+        from fastgw import _accessline
+    except ImportError:
+        return None
+    return _accessline
 
 
-def _fast_json(ctx: RequestContext, route: str, nbytes: int | None, now: float | None = None,
-               wall: float | None = None) -> str | None:
-    """The fast path's line of `ctx` (None: it takes the general path); `now`, `wall`: for tests."""
-    line = _fast_struct(_values(ctx, route, nbytes, None, now, wall))
-    return None if line is None else _encode_run([line])[:-1].decode()
+_c: Final = _load_c()
+#: Its one function, bound once (a call through the module would look the name up every time).
+_c_encode: Final[Any] = None if _c is None else _c.line
+
+
+def _encode(ctx: RequestContext, route: str, nbytes: int | None, forwarded: str | None, now: float | None = None,
+            wall: float | None = None) -> bytes | None:
+    """The access line of `ctx`, newline-terminated UTF-8: from C when it can, else by the general path; None when
+    it cannot be formatted (counted and reported by `_lost`). `now` (monotonic), `wall` (epoch): for tests; None,
+    the clocks now."""
+    try:
+        if _c_encode is not None and forwarded is None and _fmt == "json":
+            line = _c_line(ctx, route, nbytes, now, wall)
+            if line is not None:
+                return line
+        return _line(_values(ctx, route, nbytes, forwarded, now, wall)).encode("utf-8", "backslashreplace") + b"\n"
+    except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself, never its request
+        _lost(e, 1)
+        return None
+
+
+def _c_line(ctx: RequestContext, route: str, nbytes: int | None, now: float | None,
+            wall: float | None) -> bytes | None:
+    decisions = ctx.decisions
+    policy: dict[str, str] | None = None
+    retries = 0
+    if decisions:  # (not a conditional tuple: compiled, its unpacking is a generic iteration)
+        policy, retries = _outcomes(decisions)
+    line: bytes | None = _c_encode(_known, ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target,
+                                ctx.stream, ctx.request_id, ctx.status, ctx.first_byte, ctx.started, now, wall,
+                                nbytes, ctx.usage, policy, retries, ctx.error)
+    return line
+
+
+def _fast_line(ctx: RequestContext, route: str, nbytes: int | None, now: float, wall: float) -> str | None:
+    """The C encoder's line of `ctx` without its newline (None: the general path takes it); for tests."""
+    line = _c_line(ctx, route, nbytes, now, wall)
+    return None if line is None else line[:-1].decode()
 
 
 def _line(v: _Values) -> str:
@@ -537,8 +501,8 @@ def _line(v: _Values) -> str:
     return _json(_record(v)) if _fmt == "json" else _text(_record(v))
 
 
-#: Lines waiting for their batch, as the values they are formatted from (`_values`).
-_pending: list[_Values] = []
+#: Lines waiting for their batch, formatted (UTF-8, each newline-terminated).
+_pending: Final[list[bytes]] = []
 #: The timer that writes `_pending` (None while nothing waits).
 _flush_timer: asyncio.TimerHandle | None = None
 _write_errors = 0
@@ -554,29 +518,8 @@ def flush() -> None:
         _flush_timer = None
     if not _pending:
         return
-    values = _pending[:]
+    data = _pending[0] if len(_pending) == 1 else b"".join(_pending)
     _pending.clear()
-    pieces: list[bytes] = []
-    run: list[_Line] = []  # consecutive lines of the fast path, encoded together
-    fast = _fmt == "json"
-    for v in values:  # in one loop, while its code is warm (see "Cost")
-        try:
-            if fast and v[18] is None:
-                line = _fast_struct(v)
-                if line is not None:
-                    run.append(line)
-                    continue
-            text = _line(v)
-        except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself, not its batch
-            _lost(e, 1)
-            continue
-        if run:
-            pieces.append(_encode_run(run))
-            run = []
-        pieces.append(text.encode("utf-8", "backslashreplace") + b"\n")
-    if run:
-        pieces.append(_encode_run(run))
-    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
     stream = getattr(_handler, "stream", None)
     # Writes of whole lines of at most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic on a pipe shared by the workers),
     # as many lines as fit; a line longer than that alone.
@@ -595,20 +538,42 @@ def flush() -> None:
             _lost(e, chunk.count(b"\n"))
 
 
+#: What `_write` found its stream to be, kept until the stream changes: (stream, kind, binary layer).
+_sink: tuple[object, int, object] = (None, 0, None)
+_TO_FILE: Final = 1  # our RotatingFile: bytes, one write(2)
+_TO_BUFFER: Final = 2  # a text stream over a buffered binary one (stdout): bytes to the buffer, then flushed
+_TO_RAW: Final = 3  # a text stream over a raw one (stdout under PYTHONUNBUFFERED=1, as the systemd unit runs it)
+_TO_TEXT: Final = 4  # any other stream: text
+
+
 def _write(stream: object, data: bytes) -> None:
-    """`data` (whole UTF-8 lines) to `stream` in one write: as bytes to our file or a text stream's binary
-    buffer (stdout), as text to any other stream."""
-    if isinstance(stream, RotatingFile):
-        stream.write_bytes(data)
+    """`data` (whole UTF-8 lines) to `stream` in one write: as bytes to our file or to a text stream's binary layer
+    (stdout), after the text written to it before, as text to any other stream."""
+    global _sink
+    if _sink[0] is not stream:
+        buffer = getattr(stream, "buffer", None)
+        kind = _TO_FILE if isinstance(stream, RotatingFile) else _TO_BUFFER if isinstance(
+            buffer, io.BufferedIOBase) else _TO_RAW if isinstance(buffer, io.RawIOBase) else _TO_TEXT
+        _sink = (stream, kind, buffer)
+    kind, buffer = _sink[1], _sink[2]
+    if kind == _TO_FILE:
+        stream.write_bytes(data)  # type: ignore[attr-defined]
         return
-    buffer = getattr(stream, "buffer", None)
-    if isinstance(buffer, io.BufferedIOBase):
-        stream.flush()  # type: ignore[attr-defined]  # text written through logging before goes first
-        buffer.write(data)
-        buffer.flush()
-    else:
+    if kind == _TO_TEXT:
         stream.write(data.decode("utf-8"))  # type: ignore[attr-defined]
         stream.flush()  # type: ignore[attr-defined]
+        return
+    stream.flush()  # type: ignore[attr-defined]  # text written through logging before goes first
+    if kind == _TO_BUFFER:
+        buffer.write(data)  # type: ignore[attr-defined]
+        buffer.flush()  # type: ignore[attr-defined]
+        return
+    view = memoryview(data)
+    while view:
+        n = buffer.write(view)  # type: ignore[attr-defined]  # a raw write may take part of it
+        if n is None:  # a non-blocking stream that cannot take it now: the rest is lost, and counted
+            raise BlockingIOError(errno.EAGAIN, "access log stream would block")
+        view = view[n:]
 
 
 def _lost(e: Exception, lines: int) -> None:
@@ -630,13 +595,19 @@ def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forw
     if h is None:
         configure()
         h = _handler
-    if not _log.isEnabledFor(logging.INFO):  # cached by logging: the disabled case costs one dict lookup
+    on = _enabled.get(_INFO)
+    if on is None:
+        on = _log.isEnabledFor(_INFO)
+    if not on or _log.disabled:  # (`disabled`, set by logging.config, is not in the memo)
         return
     handlers = _log.handlers
     if len(handlers) == 1 and handlers[0] is h and not _log.filters and not h.filters:
         # Only our handler, whose formatter prints the message as is: write what StreamHandler.emit would,
         # without building a LogRecord (pid, thread and process names, time: several µs per request).
-        _pending.append(_values(ctx, route, nbytes, forwarded))
+        line = _encode(ctx, route, nbytes, forwarded)
+        if line is None:
+            return
+        _pending.append(line)
         if _flush_timer is None:
             try:
                 # One write(2) per ACCESS_LOG_FLUSH_DELAY for the lines finished in it (or a full batch), not

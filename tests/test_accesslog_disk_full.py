@@ -21,8 +21,9 @@ def test_a_full_disk_counts_and_alarms_without_raising(caplog) -> None:  # noqa:
     try:
         with caplog.at_level(logging.ERROR):
             for _ in range(3):
-                accesslog._pending.append(accesslog._values(RequestContext("r", "GET", "/v1/models", []), "/v1/models",
-                                                            None, None))
+                line = accesslog._encode(RequestContext("r", "GET", "/v1/models", []), "/v1/models", None, None)
+                assert line is not None
+                accesslog._pending.append(line)
                 accesslog.flush()  # never raises
         metrics.flush()
         body = metrics.render()[0].decode()

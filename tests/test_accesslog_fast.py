@@ -1,13 +1,17 @@
-"""The access line of a common request is encoded by msgspec (`accesslog._fast_json`, a batch at a time): it must be,
-character for character, the line the general path writes (`_json(access_record(...))`), whatever the strings
-hold, and it must leave to the general path every request whose route or model needs redaction or capping."""
+"""The access line of a common request is written in C (`fastgw._accessline`, through `accesslog._fast_line` here):
+it must be, character for character, the line the general path writes (`_json(access_record(...))`), whatever the
+values hold, it must take every line it can (a plain request never falls back), and it must leave to the general path
+every request whose strings need redaction, capping or escaping."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -15,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastgw import accesslog
+from fastgw import _accessline, accesslog
 from fastgw.policy.base import RequestContext
 
 ROUTE, MODEL = "/v1/chat/completions", "gpt-x"
@@ -48,37 +52,136 @@ def _ctx(rid: str = "req_abc", principal: str | None = "team-a", client: str = "
     return ctx
 
 
-def _both(ctx: RequestContext, route: str = ROUTE, nbytes: int | None = 1234) -> tuple[str | None, str]:
-    now = ctx.started + 1.5
-    return (accesslog._fast_json(ctx, route, nbytes, now=now, wall=WALL),
-            accesslog._json(accesslog.access_record(ctx, route, nbytes, now=now, wall=WALL)))
+def _both(ctx: RequestContext, route: str = ROUTE, nbytes: int | None = 1234, dur: float = 1.5,
+          wall: float = WALL) -> tuple[str | None, str | None]:
+    """(the C line, the general path's line; None where that cannot be formatted)."""
+    now = ctx.started + dur
+    try:
+        general: str | None = accesslog._json(accesslog.access_record(ctx, route, nbytes, now=now, wall=wall))
+    except Exception:  # noqa: BLE001 - e.g. a lone surrogate, which no JSON encoder takes
+        general = None
+    return accesslog._fast_line(ctx, route, nbytes, now, wall), general
 
 
-@settings(max_examples=300, deadline=None)
-@given(rid=st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True) | _text.filter(lambda s: 0 < len(s) <= 128),
-       principal=st.none() | _text, client=_text.filter(lambda s: len(s) <= 45), error=st.none() | _text,
-       usage=_usage, status=st.sampled_from([0, 200, 404, 499]), first=st.none() | st.floats(0, 1e5),
-       nbytes=st.none() | st.integers(0, 2**40), target=st.none() | _text, model=st.sampled_from([None, MODEL]),
-       decisions=st.lists(st.tuples(st.sampled_from(["rbac", "pii", "routing", "a\"b"]),
+def _plain(s: object) -> bool:
+    """What JSON writes as is: printable ASCII but quote and backslash (and not DEL, which the log escapes)."""
+    return type(s) is str and all(" " <= ch <= "~" and ch not in "\"\\" for ch in s)
+
+
+def _in_c_range(ctx: RequestContext, route: str, nbytes: object, dur: float, wall: float) -> bool:
+    """Whether the C encoder must take the line (the head comment of _accessline.c, written out again)."""
+    usage = ctx.usage or {}
+    counts = [usage.get("prompt_tokens", usage.get("input_tokens")),
+              usage.get("completion_tokens", usage.get("output_tokens"))]
+    ints = [ctx.status, nbytes, *[v for v in counts if type(v) is int]]
+    times = [dur] + ([] if ctx.first_byte is None else [ctx.first_byte - ctx.started])
+    policy = {d.policy: d.outcome for d in ctx.decisions}
+    return _plain(ctx.request_id) and len(ctx.request_id) <= 128 \
+        and (ctx.principal is None or _plain(ctx.principal)) \
+        and (ctx.client == "" or (_plain(ctx.client) and len(ctx.client) <= 45)) and _plain(ctx.method) \
+        and all(v is None or _plain(v) for v in (ctx.target, ctx.error)) \
+        and all(_plain(k) and _plain(v) for k, v in policy.items()) \
+        and route in (ROUTE, "/v1/models") and ctx.model in (None, MODEL) \
+        and 0 <= wall < 253402300800 and all(abs(t * 1e6) < 1e15 for t in times) \
+        and all(v is None or -2**63 <= v < 2**63 for v in ints)
+
+
+#: Printable ASCII but quote and backslash: what the C line writes as is.
+_ascii = st.from_regex(r"[ !#-\[\]-~]{0,45}", fullmatch=True)
+_big = st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -2**63, -2**63 - 1, -1, 0])
+
+
+@settings(max_examples=400, deadline=None)
+@given(rid=st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True) | _text.filter(lambda s: len(s) <= 130),
+       principal=st.none() | _ascii | _text, client=_ascii | _text.filter(lambda s: len(s) <= 47),
+       error=st.none() | _ascii | _text,
+       usage=_usage | st.fixed_dictionaries({"prompt_tokens": _big, "completion_tokens": _big}),
+       status=st.sampled_from([0, 200, 404, 499]) | _big, first=st.none() | st.floats(-10, 1e5) | st.just(2e9),
+       nbytes=st.none() | st.integers(0, 2**40) | _big, target=st.none() | _ascii | _text,
+       model=st.sampled_from([None, MODEL]), method=st.sampled_from(["POST", "GET", "M-SEARCH", "a\"b"]),
+       stream=st.booleans(), route=st.sampled_from([ROUTE, "/v1/models", ROUTE + "?k=v", "/v1/other"]),
+       dur=st.floats(0, 1e5) | st.sampled_from([0.0, 1e-7, -1e-7, -0.5, 999999999.9995, 1e9, 2e9]),
+       wall=st.floats(0, 4.1e9) | st.sampled_from([0.0, 0.9995, WALL, 253402300799.999, 253402300800.0]),
+       decisions=st.lists(st.tuples(st.sampled_from(["rbac", "pii", "routing", "a\"b", "é"]),
                                     st.sampled_from(["allow", "observe", "redact", "block", "deny", "x"])),
                           max_size=5))
-def test_the_fast_line_is_the_general_line(rid, principal, client, error, usage, status, first, nbytes, target,
-                                           model, decisions) -> None:
+def test_the_c_line_is_the_general_line(rid, principal, client, error, usage, status, first, nbytes, target, model,
+                                        method, stream, route, dur, wall, decisions) -> None:
     ctx = _ctx(rid, principal, client, model, target, error, usage, status, first, tuple(decisions))
-    fast, general = _both(ctx, nbytes=nbytes)
-    if accesslog._PLAIN_ID(rid) is None:
-        assert fast is None  # an id the app would not have accepted: the general path escapes or caps it
-        return
-    assert fast == general
-    # And among others, a batch encoded at once (`flush`): the same line.
-    assert accesslog._encode_run([accesslog._fast_struct(accesslog._values(ctx, ROUTE, nbytes, None, ctx.started + 1.5,
-                                                                             WALL))] * 3) == (general + "\n").encode() * 3
+    ctx.method, ctx.stream = method, stream
+    fast, general = _both(ctx, route, nbytes, dur, wall)
+    if fast is not None:
+        assert fast == general
+    # It takes every line it can: a request whose values are all plain never costs the general path's work.
+    assert (fast is not None) == _in_c_range(ctx, route, nbytes, dur, wall), (fast, general)
 
 
-def test_del_reads_the_same_in_a_part_encoded_alone_and_in_a_whole_line() -> None:
-    # An ASCII error code with DEL in a line that is not ASCII elsewhere (the client): both paths escape DEL.
-    fast, general = _both(_ctx(rid="0", client="\x80", error="\x7f"))
-    assert fast == general and "\\u007f" in general and "\x7f" not in general
+def test_the_c_line_reads_the_clocks_when_given_none() -> None:
+    ctx = _ctx()
+    ctx.started = time.monotonic() - 2.0
+    before = time.time()
+    line = _accessline.line(frozenset([ROUTE, MODEL]), "p", "", "POST", ROUTE, MODEL, None, False, "r", 200, None,
+                            ctx.started, None, None, None, None, None, 0, None)
+    assert line is not None and line.endswith(b"}\n")
+    rec = orjson.loads(line)
+    assert 2000 <= rec["duration_ms"] < 2000 + 5000  # monotonic, as time.monotonic() reads it
+    stamp = time.strptime(rec["ts"][:19], "%Y-%m-%dT%H:%M:%S")
+    assert abs(time.mktime(stamp) - time.timezone - before) < 5  # UTC, as time.time() reads it
+    assert (rec["client"], rec["ttft_ms"], rec["tokens"], rec["policy"]) == (None, None, None, {})
+
+
+def test_the_c_line_refuses_a_wrong_call() -> None:
+    with pytest.raises(TypeError, match="19 arguments"):
+        _accessline.line(frozenset())
+    with pytest.raises(TypeError, match="set"):
+        _accessline.line([ROUTE], *[None] * 18)
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 15, 16, 17, 24, 40])
+def test_every_character_json_escapes_is_found_at_every_place(length: int) -> None:
+    """The C checks a string eight bytes at a time: each character JSON or the log escapes, at each place of a
+    string of each length around a word's, sends the line to the general path; every other printable one stays."""
+    def line(principal: str) -> bytes | None:
+        return _accessline.line(frozenset([ROUTE]), principal, "", "POST", ROUTE, None, None, False, "r", 200, None,
+                                0.0, 1.0, WALL, None, None, None, 0, None)
+    escaped = [chr(c) for c in range(0x20)] + ['"', "\\", "\x7f"]
+    for at in range(length):
+        for ch in escaped:
+            assert line("a" * at + ch + "b" * (length - at - 1)) is None, (at, ch)
+    for ch in (chr(c) for c in range(0x20, 0x7f)):
+        if ch not in escaped:
+            text = (ch * length)
+            out = line(text)
+            assert out is not None and orjson.loads(out)["principal"] == text
+
+
+def test_a_known_name_with_a_query_string_is_still_cut_and_redacted() -> None:
+    accesslog.set_redactor(None, [ROUTE, MODEL, ROUTE + "?api_key=sk-" + "k" * 40])
+    fast, general = _both(_ctx(), ROUTE + "?api_key=sk-" + "k" * 40)
+    assert fast is None and general is not None and orjson.loads(general)["route"] == ROUTE
+
+
+def test_without_the_c_module_every_line_takes_the_general_path() -> None:
+    """A checkout where `make` did not build _accessline (its import fails): the log runs its general path."""
+    script = f"""
+import io, sys, orjson
+sys.modules["fastgw._accessline"] = None  # what an import of a module that is not there raises: ImportError
+from fastgw import accesslog
+from fastgw.policy.base import RequestContext
+assert accesslog._c is None
+buf = io.StringIO()
+accesslog.configure("info", "json", buf)
+accesslog.set_redactor(None, [{ROUTE!r}, {MODEL!r}])
+ctx = RequestContext("r1", "POST", {ROUTE!r}, [], "10.0.0.7")
+ctx.model, ctx.status, ctx.usage = {MODEL!r}, 200, {{"prompt_tokens": 3, "completion_tokens": 4}}
+accesslog.log_request(ctx, {ROUTE!r}, 12)
+rec = orjson.loads(buf.getvalue())
+assert (rec["request_id"], rec["model"], rec["bytes"]) == ("r1", {MODEL!r}, 12), rec
+assert rec["tokens"] == {{"prompt": 3, "completion": 4, "estimated": False}}, rec
+print("general path ok")
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "general path ok" in run.stdout, run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("ctx, route", [
@@ -100,7 +203,14 @@ def test_a_config_reload_sends_a_model_it_no_longer_defines_the_general_way() ->
     assert _both(ctx)[0] is None
 
 
-# ---- lines wait as values, formatted at the batch's write ------------------------------------------------------
+def test_what_json_escapes_takes_the_general_path() -> None:
+    for ctx in (_ctx(error="\x7f"), _ctx(client="a\u2028b"), _ctx(principal='q"'), _ctx(target="é"),
+                _ctx(rid="tab\t"), _ctx(decisions=(("pii", "re\\dact"),))):
+        fast, general = _both(ctx)
+        assert fast is None and general is not None and not any(ch in general for ch in "\x7f\u2028\t")
+
+
+# ---- lines wait formatted, written in batches ------------------------------------------------------------------
 
 @pytest.fixture
 def batched() -> Iterator[io.StringIO]:
@@ -112,26 +222,17 @@ def batched() -> Iterator[io.StringIO]:
     accesslog.configure("info", "json", io.StringIO())
 
 
-def test_a_waiting_line_holds_its_requests_values_at_the_end_and_nothing_the_collector_walks(batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_waiting_line_is_its_requests_line_at_its_end(batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
-    # Usage with details (a nested dict: tracked by the collector) and a decision: what waits holds neither.
     usage = {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 1}}
     ctx = _ctx(usage=usage, decisions=(("pii", "redact"),))
-    # (observed through what waits, not by patching the formatter: accesslog is compiled, and a compiled caller
-    # does not see a module attribute replaced)
-    expected: list[str] = []
+    waited: list[bytes] = []
 
     async def main() -> None:
         accesslog.log_request(ctx, ROUTE, 10)
         assert batched.getvalue() == "" and len(accesslog._pending) == 1  # waiting for the batch's timer
-        waiting = accesslog._pending[0]
-        assert type(waiting) is tuple and not any(isinstance(x, (bytes, accesslog._Line)) for x in waiting)  # values,
-        # not formatted yet: that is done at the batch's write, by the fast path
-        line = accesslog._fast_struct(waiting)
-        assert line is not None
-        expected.append(accesslog._encode_run([line]).decode())  # what the batch must write: these values, once
-        assert not any(gc.is_tracked(value) for value in waiting)  # no container the collector walks
-        # The request object changes after its line was taken (it is not what waits).
+        waited.append(accesslog._pending[0])  # formatted already: the request's objects are not held
+        # The request object changes after its line was taken.
         ctx.status, ctx.error = 503, "late"
         usage["completion_tokens"] = 99
         ctx.decide("pii", "output", "block")
@@ -139,7 +240,7 @@ def test_a_waiting_line_holds_its_requests_values_at_the_end_and_nothing_the_col
             await asyncio.sleep(0.002)
 
     asyncio.run(main())
-    assert batched.getvalue().count("\n") == 1 and batched.getvalue() == expected[0]
+    assert type(waited[0]) is bytes and batched.getvalue() == waited[0].decode()
     line = orjson.loads(batched.getvalue())
     assert (line["status"], line["error"], line["bytes"]) == (200, None, 10)
     assert line["tokens"] == {"prompt": 3, "completion": 4, "estimated": False}
@@ -203,18 +304,64 @@ def test_a_line_that_cannot_be_formatted_costs_itself_not_its_batch(batched: io.
     assert [orjson.loads(ln)["request_id"] for ln in batched.getvalue().splitlines()] == ["a", "c", "d"]
 
 
-def test_lines_go_to_a_text_streams_binary_buffer_after_the_text_written_before(monkeypatch: pytest.MonkeyPatch) -> None:
-    raw = io.BytesIO()
-    text = io.TextIOWrapper(raw, encoding="utf-8")
+class _Raw(io.RawIOBase):
+    """A raw stream that takes at most 100 bytes a write (as a pipe may), as stdout's binary layer is under
+    PYTHONUNBUFFERED=1 (the systemd unit's)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # noqa: ANN001
+        part = bytes(b[:100])
+        self.data += part
+        return len(part)
+
+    def getvalue(self) -> bytes:
+        return bytes(self.data)
+
+
+@pytest.mark.parametrize("layer", ["buffered", "raw"])
+def test_lines_go_to_a_text_streams_binary_buffer_after_the_text_written_before(layer: str,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    raw: io.BytesIO | _Raw = io.BytesIO() if layer == "buffered" else _Raw()
+    text = io.TextIOWrapper(raw, encoding="utf-8", write_through=layer == "raw")  # type: ignore[arg-type]
     accesslog.configure("info", "json", text)
     try:
         monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
         text.write("a line through logging, still in the text layer\n")
-        accesslog._pending.extend([accesslog._values(_ctx(rid="é"), ROUTE, 1, None),  # the general path
-                                   accesslog._values(_ctx(rid="r2"), ROUTE, 2, None)])  # the fast one
+        accesslog._pending.extend([accesslog._encode(_ctx(rid="é"), ROUTE, 1, None),  # the general path
+                                   accesslog._encode(_ctx(rid="r2"), ROUTE, 2, None)])  # the C one
         accesslog.flush()
         first, *lines = raw.getvalue().decode().splitlines()
         assert first.startswith("a line through logging")
         assert [(ln["request_id"], ln["bytes"]) for ln in map(orjson.loads, lines)] == [("é", 1), ("r2", 2)]
     finally:
         accesslog.configure("info", "json", io.StringIO())
+
+
+def test_the_level_logging_sets_is_followed_at_once(batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log reads logging's own memo of the level (`_enabled`): every way logging turns the logger off holds at
+    the next request, and so does turning it on again."""
+    logger = logging.getLogger(accesslog.LOGGER_NAME)
+    monkeypatch.setattr(logger, "handlers", [accesslog._handler])
+    try:
+        accesslog.log_request(_ctx(rid="a"), ROUTE, 1)  # no loop: written at once
+        logger.setLevel(logging.WARNING)
+        accesslog.log_request(_ctx(rid="b"), ROUTE, 1)
+        logger.setLevel(logging.INFO)
+        logging.disable(logging.INFO)
+        accesslog.log_request(_ctx(rid="c"), ROUTE, 1)
+        logging.disable(logging.NOTSET)
+        logger.disabled = True  # what logging.config does to a logger it was not told about
+        accesslog.log_request(_ctx(rid="d"), ROUTE, 1)
+        logger.disabled = False
+        accesslog.log_request(_ctx(rid="e"), ROUTE, 1)
+    finally:
+        logging.disable(logging.NOTSET)
+        logger.disabled = False
+        logger.setLevel(logging.INFO)
+    assert [orjson.loads(ln)["request_id"] for ln in batched.getvalue().splitlines()] == ["a", "e"]
+    assert accesslog._enabled is logger._cache  # type: ignore[attr-defined]  # the memo read is logging's own
