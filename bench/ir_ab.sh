@@ -8,6 +8,7 @@
 # kernel (system calls: ~25 % of the pass-through's CPU) and weighs every instruction the same, so it ranks
 # changes to the gateway's own code; it reads the same to ~0.5 % run to run where cpu_ab.sh's figures move 30 %.
 # DIR@off: its access log off. -p: bench run's fastgw-redact chain. -l: the rate-limiter on `local`, as cpu_ab.sh.
+# KEEP=FILE: the (last) worker's callgrind dump is copied to FILE, for callgrind_annotate.
 set -uo pipefail
 exec 9>"${TMPDIR:-/tmp}/fastgw-ir_ab.lock"; flock 9
 mode=nonstream chain= limit= secs=8
@@ -36,7 +37,7 @@ for arg in "$@"; do
   callgrind_control -z "$worker" >/dev/null 2>&1
   n=$(wrk -t1 -c8 -d"${secs}s" -s "$tmp/req.lua" http://127.0.0.1:18112/v1/chat/completions | awk '/requests in/ {print $1}')
   callgrind_control -d "$worker" >/dev/null 2>&1
-  kill "$gw" "$up"; wait "$gw" "$up" 2>/dev/null
+  kill "$gw" "$up"; wait "$gw" "$up" 2>/dev/null; [ -n "${KEEP:-}" ] && cp "$tmp/cg.$worker".* "$KEEP"
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$tmp/cg.$worker".*)
   echo "$mode $([ -n "$chain" ] && echo chain || { [ -n "$limit" ] && echo limit || echo pass-through; }) $arg: $("$py" -c "print(round($ir / $n))") Ir/request ($n requests)"
 done
