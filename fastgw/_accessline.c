@@ -10,8 +10,8 @@
  *
  * The line is, character for character, `_json(_record(values))` of accesslog.py (tests/test_accesslog_fast.py holds
  * the two equal over a hostile corpus). The general path is taken (None) when:
- *   - the route or model is not one of the config's names (`known`), or the route has a query string: the general
- *     path redacts and cuts them;
+ *   - the route or model is not one of the config's names that JSON writes as they are (`known`, each with its
+ *     JSON form), or the route has a query string: the general path redacts and cuts them;
  *   - any string is not plain printable ASCII (a control, quote, backslash, DEL or non-ASCII character: JSON
  *     escapes, and the general path also escapes U+2028/U+2029/U+0085/DEL), or is not an exact str;
  *   - the request id is longer than 128 characters, or the client longer than 45 (an X-Forwarded-For value);
@@ -254,28 +254,29 @@ static int put_policy(Out *o, PyObject *policy) {
     return PUT(o, "}");
 }
 
-/* A name the config defines, as the line may write it without redaction (a route without a query string). */
+/* A name the config defines, as the line may write it without redaction (a route without a query string): its JSON
+ * form, looked up in `known`. */
 static int put_known(Out *o, PyObject *known, PyObject *v, int route) {
     if (!PyUnicode_CheckExact(v))
         return -1;
-    int in = PySet_Contains(known, v);
-    if (in <= 0) {
+    PyObject *json = PyDict_GetItemWithError(known, v);
+    if (json == NULL || !PyBytes_CheckExact(json)) {
         PyErr_Clear();
         return -1;
     }
-    char *at = o->p;
-    if (put_str(o, v, PY_SSIZE_T_MAX) < 0)
+    const char *s = PyBytes_AS_STRING(json);
+    size_t n = (size_t)PyBytes_GET_SIZE(json);
+    if (route && memchr(s, '?', n) != NULL)
         return -1;
-    if (route && memchr(at, '?', (size_t)(o->p - at)) != NULL)
-        return -1;
-    return 0;
+    return put(o, s, n);
 }
 
 PyDoc_STRVAR(line_doc,
 "line(known, principal, client, method, route, model, target, stream, request_id, status, first_byte, started,\n"
 "     end, wall, nbytes, usage, policy, retries, error) -> bytes | None\n\n"
 "The JSON access line (newline-terminated) of these values, or None when it must take the general path.\n"
-"`known`: the set of names the config defines; `end` and `wall` None: the clocks now.");
+"`known`: the names the config defines that JSON writes as they are, each with its JSON form (bytes);\n"
+"`end` and `wall` None: the clocks now.");
 
 enum { A_KNOWN, A_PRINCIPAL, A_CLIENT, A_METHOD, A_ROUTE, A_MODEL, A_TARGET, A_STREAM, A_RID, A_STATUS, A_FB,
        A_STARTED, A_END, A_WALL, A_NBYTES, A_USAGE, A_POLICY, A_RETRIES, A_ERROR, N_ARGS };
@@ -286,8 +287,8 @@ static PyObject *al_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     PyObject *known = args[A_KNOWN];
-    if (!PyAnySet_Check(known)) {
-        PyErr_SetString(PyExc_TypeError, "line(): known must be a set or frozenset");
+    if (!PyDict_CheckExact(known)) {
+        PyErr_SetString(PyExc_TypeError, "line(): known must be a dict");
         return NULL;
     }
     double started, fb = 0, end, wall;

@@ -101,6 +101,9 @@ __all__ = ["configure", "use_file", "set_redactor", "log_request", "access_recor
 LOGGER_NAME: Final = "fastgw.access"
 _log: Final = logging.getLogger(LOGGER_NAME)
 _INFO: Final = logging.INFO
+# The limits as compiled constants (an imported name is a module dictionary lookup at each use).
+_FLUSH_DELAY: Final = ACCESS_LOG_FLUSH_DELAY
+_BATCH_LINES: Final = ACCESS_LOG_BATCH_LINES
 #: logging's memo of `_log.isEnabledFor` by level, which logging clears in place on every level change and
 #: `logging.disable` (tests/test_accesslog_fast.py holds it): read here, a request spares an interpreted call.
 #: Where it is missing the memo stays empty and every request asks `isEnabledFor`.
@@ -236,6 +239,11 @@ _PLAIN = re.compile(r"[!#-\[\]-~]+")
 
 _redactor: Callable[[str], str] | None = None
 _known: frozenset[str] = frozenset()
+#: The known names a JSON string holds as they are (no character escaped), each with its JSON form: what the C line
+#: copies (one lookup, where a set test and a check of each character were two steps).
+_known_json: dict[str, bytes] = {}
+#: A JSON string's characters that need no escape (printable ASCII but quote and backslash).
+_JSON_PLAIN = re.compile(r'[ !#-\[\]-~]*').fullmatch
 #: Redactions of client strings seen lately (bounded; a hostile client varying them only fills it).
 _cache: dict[str, str] = {}
 _CACHE_MAX: Final = 1024
@@ -244,10 +252,11 @@ _CACHE_MAX: Final = 1024
 def set_redactor(redact: Callable[[str], str] | None, known: Iterable[str] = ()) -> None:
     """Route and model go through `redact` (e.g. the pii-detector's scanner) before they are written, except
     the `known` names the config defines (its models, aliases and routes)."""
-    global _redactor, _known
+    global _redactor, _known, _known_json
     flush()  # lines waiting are written as the configuration they were logged under said
     _redactor = redact
     _known = frozenset(known)
+    _known_json = {name: orjson.dumps(name) for name in _known if _JSON_PLAIN(name)}
     _cache.clear()
 
 
@@ -484,7 +493,7 @@ def _c_line(ctx: RequestContext, route: str, nbytes: int | None, now: float | No
     retries = 0
     if decisions:  # (not a conditional tuple: compiled, its unpacking is a generic iteration)
         policy, retries = _outcomes(decisions)
-    line: bytes | None = _c_encode(_known, ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target,
+    line: bytes | None = _c_encode(_known_json, ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target,
                                 ctx.stream, ctx.request_id, ctx.status, ctx.first_byte, ctx.started, now, wall,
                                 nbytes, ctx.usage, policy, retries, ctx.error)
     return line
@@ -517,6 +526,12 @@ def flush() -> None:
         _flush_timer.cancel()  # a no-op when the timer itself is calling
         _flush_timer = None
     if not _pending:
+        return
+    if not _direct():  # handlers or filters attached while the batch waited: its lines go through logging
+        lines = _pending[:]
+        _pending.clear()
+        for line in lines:
+            _log.handle(logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, line[:-1].decode(), None, None))
         return
     data = _pending[0] if len(_pending) == 1 else b"".join(_pending)
     _pending.clear()
@@ -588,37 +603,42 @@ def _lost(e: Exception, lines: int) -> None:
         _diag.error("access log write failed (%s): %d line(s) lost so far", e, _write_errors)
 
 
+def _direct() -> bool:
+    """Whether only our handler, without filters, takes the lines: then they are written as StreamHandler.emit would,
+    without a LogRecord each (pid, thread and process names, time: several µs per request)."""
+    h = _handler
+    handlers = _log.handlers
+    return len(handlers) == 1 and handlers[0] is h and not _log.filters and h is not None and not h.filters
+
+
 def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forwarded: str | None = None) -> None:
     """Write the access line of a response (call once per response, from the request's `finally`)."""
     global _flush_timer
-    h = _handler
-    if h is None:
+    if _handler is None:
         configure()
-        h = _handler
     on = _enabled.get(_INFO)
     if on is None:
         on = _log.isEnabledFor(_INFO)
     if not on or _log.disabled:  # (`disabled`, set by logging.config, is not in the memo)
         return
-    handlers = _log.handlers
-    if len(handlers) == 1 and handlers[0] is h and not _log.filters and not h.filters:
-        # Only our handler, whose formatter prints the message as is: write what StreamHandler.emit would,
-        # without building a LogRecord (pid, thread and process names, time: several µs per request).
-        line = _encode(ctx, route, nbytes, forwarded)
-        if line is None:
-            return
-        _pending.append(line)
-        if _flush_timer is None:
-            try:
-                # One write(2) per ACCESS_LOG_FLUSH_DELAY for the lines finished in it (or a full batch), not
-                # one per request: a busy worker finishes about one request per loop iteration.
-                _flush_timer = asyncio.get_running_loop().call_later(ACCESS_LOG_FLUSH_DELAY, flush)
-            except RuntimeError:  # no loop (tests, CLI): write it now
-                flush()
-        elif len(_pending) >= ACCESS_LOG_BATCH_LINES:
-            flush()
+    # The handlers are looked at once a batch, by its first line (and again by `flush`, which sends the batch
+    # through logging if they changed while it waited).
+    if _flush_timer is None and not _direct():
+        # Through logging (other handlers or filters attached, or a write error to report). Logger.info() would
+        # also walk the stack for the caller's file and line (findCaller) that this line never shows.
+        msg = _line(_values(ctx, route, nbytes, forwarded))
+        _log.handle(logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, msg, None, None))
         return
-    # Through logging (other handlers or filters attached, or a write error to report). Logger.info() would
-    # also walk the stack for the caller's file and line (findCaller) that this line never shows.
-    msg = _line(_values(ctx, route, nbytes, forwarded))
-    _log.handle(logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, msg, None, None))
+    line = _encode(ctx, route, nbytes, forwarded)
+    if line is None:
+        return
+    _pending.append(line)
+    if _flush_timer is None:
+        try:
+            # One write(2) per ACCESS_LOG_FLUSH_DELAY for the lines finished in it (or a full batch), not one per
+            # request: a busy worker finishes about one request per loop iteration.
+            _flush_timer = asyncio.get_running_loop().call_later(_FLUSH_DELAY, flush)
+        except RuntimeError:  # no loop (tests, CLI): write it now
+            flush()
+    elif len(_pending) >= _BATCH_LINES:
+        flush()

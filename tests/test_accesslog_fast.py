@@ -24,6 +24,8 @@ from fastgw.policy.base import RequestContext
 
 ROUTE, MODEL = "/v1/chat/completions", "gpt-x"
 WALL = 1738324800.125
+#: What `set_redactor` gives the C line: the known names JSON writes as they are, with their JSON form.
+_KNOWN = {ROUTE: orjson.dumps(ROUTE), MODEL: orjson.dumps(MODEL)}
 
 _text = st.text(st.characters(codec="utf-8"), max_size=60) | st.sampled_from(
     ["", "a\u2028b", "q\"uote\\", "\x7f\x85", "tab\tnew\nline", "é€😀"])
@@ -120,7 +122,7 @@ def test_the_c_line_reads_the_clocks_when_given_none() -> None:
     ctx = _ctx()
     ctx.started = time.monotonic() - 2.0
     before = time.time()
-    line = _accessline.line(frozenset([ROUTE, MODEL]), "p", "", "POST", ROUTE, MODEL, None, False, "r", 200, None,
+    line = _accessline.line(_KNOWN, "p", "", "POST", ROUTE, MODEL, None, False, "r", 200, None,
                             ctx.started, None, None, None, None, None, 0, None)
     assert line is not None and line.endswith(b"}\n")
     rec = orjson.loads(line)
@@ -132,9 +134,9 @@ def test_the_c_line_reads_the_clocks_when_given_none() -> None:
 
 def test_the_c_line_refuses_a_wrong_call() -> None:
     with pytest.raises(TypeError, match="19 arguments"):
-        _accessline.line(frozenset())
-    with pytest.raises(TypeError, match="set"):
-        _accessline.line([ROUTE], *[None] * 18)
+        _accessline.line({})
+    with pytest.raises(TypeError, match="dict"):
+        _accessline.line(frozenset([ROUTE]), *[None] * 18)
 
 
 @pytest.mark.parametrize("length", [1, 7, 8, 9, 15, 16, 17, 24, 40])
@@ -142,7 +144,7 @@ def test_every_character_json_escapes_is_found_at_every_place(length: int) -> No
     """The C checks a string eight bytes at a time: each character JSON or the log escapes, at each place of a
     string of each length around a word's, sends the line to the general path; every other printable one stays."""
     def line(principal: str) -> bytes | None:
-        return _accessline.line(frozenset([ROUTE]), principal, "", "POST", ROUTE, None, None, False, "r", 200, None,
+        return _accessline.line(_KNOWN, principal, "", "POST", ROUTE, None, None, False, "r", 200, None,
                                 0.0, 1.0, WALL, None, None, None, 0, None)
     escaped = [chr(c) for c in range(0x20)] + ['"', "\\", "\x7f"]
     for at in range(length):
@@ -194,6 +196,13 @@ print("general path ok")
 def test_what_needs_redaction_or_capping_takes_the_general_path(ctx: RequestContext, route: str) -> None:
     fast, general = _both(ctx, route)
     assert fast is None and "sk-" not in general
+
+
+def test_a_known_name_json_escapes_is_written_by_the_general_path() -> None:
+    accesslog.set_redactor(None, [ROUTE, "modèle-é", 'q"m'])
+    for model in ("modèle-é", 'q"m'):
+        fast, general = _both(_ctx(model=model))
+        assert fast is None and general is not None and orjson.loads(general)["model"] == model
 
 
 def test_a_config_reload_sends_a_model_it_no_longer_defines_the_general_way() -> None:
@@ -365,3 +374,29 @@ def test_the_level_logging_sets_is_followed_at_once(batched: io.StringIO, monkey
         logger.setLevel(logging.INFO)
     assert [orjson.loads(ln)["request_id"] for ln in batched.getvalue().splitlines()] == ["a", "e"]
     assert accesslog._enabled is logger._cache  # type: ignore[attr-defined]  # the memo read is logging's own
+
+
+def test_handlers_attached_while_a_batch_waits_get_its_lines(batched: io.StringIO,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handlers are looked at by a batch's first line: one attached while the batch waits still gets every line
+    of it, through logging, and our stream too."""
+    logger = logging.getLogger(accesslog.LOGGER_NAME)
+    monkeypatch.setattr(logger, "handlers", [accesslog._handler])
+    seen: list[str] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    async def main() -> None:
+        accesslog.log_request(_ctx(rid="a"), ROUTE, 1)  # the batch starts: only our handler
+        logger.addHandler(Seen())
+        accesslog.log_request(_ctx(rid="b"), ROUTE, 2)
+        assert batched.getvalue() == "" and seen == []  # both wait
+        while not batched.getvalue():
+            await asyncio.sleep(0.002)
+        accesslog.log_request(_ctx(rid="c"), ROUTE, 3)  # no batch waits: through logging at once
+
+    asyncio.run(main())
+    assert [orjson.loads(m)["request_id"] for m in seen] == ["a", "b", "c"]
+    assert [orjson.loads(ln)["request_id"] for ln in batched.getvalue().splitlines()] == ["a", "b", "c"]
