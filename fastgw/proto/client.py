@@ -156,14 +156,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes: int
         self._got_bytes: bool
         self._headers_done: bool
-        self._complete: bool
-        self._keep_alive: bool
+        self._complete = False  # (read by `_reset`: a parser is kept only after a complete keep-alive response)
+        self._keep_alive = False
         self._close_delimited: bool
         self._sink: Sink | None
         #: Body bytes not yet handed to a sink: one list for the connection's life, which its parsers append to.
         self._held: list[bytes] = []
         self._callbacks = _ParserCallbacks(self, self._held)
-        self._error: TransportError | None
+        self._error: TransportError | None = None
         self._ended: bool
         self._reset()
 
@@ -294,7 +294,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _reset(self) -> None:
         """Per-response state, fresh for each request on this connection."""
-        self._parser = httptools.HttpResponseParser(self._callbacks)
+        if not (self._complete and self._keep_alive and self._error is None):
+            # A parser only for a connection's first response (or one after a response that did not end cleanly,
+            # which the pool never hands out again): llhttp starts each message of a keep-alive connection afresh
+            # after the last one's end, and a new parser costs ~2,000 instructions (it looks up every callback).
+            self._parser = httptools.HttpResponseParser(self._callbacks)
         self.status = 0
         self.headers = []
         self._head_bytes = 0

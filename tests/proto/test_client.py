@@ -191,6 +191,33 @@ def test_tls_with_ca_file_and_verification_failure(tls_files):
     run(main())
 
 
+def test_a_keep_alive_connection_parses_each_response_with_its_one_parser():
+    """A connection keeps its response parser from one clean keep-alive response to the next (llhttp starts each
+    message afresh): every framing still reads right, and nothing of one response reaches the next."""
+    async def main():
+        srv = Scripted([
+            reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-first: 1\r\n\r\nhello"),
+            reply(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n"
+                  b"3\r\nabc\r\n0\r\n\r\n"),
+            reply(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            reply(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\nx-last: 1\r\n\r\nno"),
+        ])
+        port = await srv.start()
+        pool = UpstreamPool(asyncio.get_running_loop())
+        key = ("http", "127.0.0.1", port)
+        seen, parsers = [], []
+        for _ in range(4):
+            conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+            parsers.append(conn._parser)  # held: a freed parser's id could be given to the next
+            seen.append((conn.status, list(conn.headers), await conn.read_body(timeout=2)))
+            pool.release(conn)
+        assert [(status, body) for status, _, body in seen] == [(200, b"hello"), (201, b"abc"), (204, b""),
+                                                                 (404, b"no")]
+        assert seen[3][1] == [(b"content-length", b"2"), (b"x-last", b"1")]
+        assert srv.connections == 1 and len({id(p) for p in parsers}) == 1
+    run(main())
+
+
 def test_head_deadline_of_a_reused_connection_counts_from_each_request():
     """One head timer per connection: a request on a reused connection gets its own whole head timeout (the
     timer a first request set fires early for it and waits on), and a shorter timeout takes effect at once."""
