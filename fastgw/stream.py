@@ -16,6 +16,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Final, Protocol as TypingProtocol
 
 import orjson
@@ -38,10 +39,21 @@ __all__ = ["SSERelay", "StreamEnd", "TranslatedSource", "error_event", "Source"]
 
 _DONE_TAIL: Final = b"[DONE]"
 _SEQ: Final = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
-#: `"choices":[]` as OpenAI writes it and as Python's `json.dumps` default does (a server of that kind must have
-#: its usage counted too): most reads have neither, and one Hyperscan pass says so, or where the first starts,
-#: for a fraction of what two `bytes.find` over the read cost (see `fastgw.scan.literals`).
-_EMPTY_CHOICES: Final = Literals(b'"choices":[]', b'"choices": []')
+
+
+def _empty_choices_finder() -> Callable[[bytes, int], int]:
+    """Where `"choices":[]` (as OpenAI writes it) or `"choices": []` (as Python's `json.dumps` does: a server of
+    that kind must have its usage counted too) first starts in a read from an index, or -1. Most reads have
+    neither. In C (fastgw/api/_usagec.c: glibc's memmem, ~0.1 µs a read of one event) where it is built; else one
+    Hyperscan pass (`fastgw.scan.literals`), a fraction of what two `bytes.find` over the read cost."""
+    try:
+        from fastgw.api import _usagec
+    except ImportError:
+        return Literals(b'"choices":[]', b'"choices": []').first
+    return _usagec.first_empty_choices
+
+
+_first_empty_choices: Final = _empty_choices_finder()
 
 log = logging.getLogger("fastgw.stream")
 
@@ -256,7 +268,7 @@ class SSERelay:
         Only an event that carries usage is cut: other `"choices":[]` events (Azure's first chunk holds
         `prompt_filter_results`) are the client's, as on the decoding path; each such event in the block is
         looked at, so one of those in the same read does not hide the usage chunk."""
-        i = _EMPTY_CHOICES.first(block)
+        i = _first_empty_choices(block, 0)
         while i >= 0:
             start = block.rfind(b"\n\n", 0, i)
             start = 0 if start < 0 else start + 2
@@ -272,9 +284,9 @@ class SSERelay:
                     self.usage_sink.usage = usage
                 if self.strip_usage:
                     block = block[:start] + block[end:]  # (so never counted: see `_count`)
-                    i = _EMPTY_CHOICES.first(block, start)
+                    i = _first_empty_choices(block, start)
                     continue
-            i = _EMPTY_CHOICES.first(block, end)
+            i = _first_empty_choices(block, end)
         # ... and the `"usage": null` the upstream wrote on every other chunk because we asked (whole events here).
         return drop_null_usage(block) if self.strip_null_usage else block
 

@@ -43,7 +43,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert STAMP.exists(), f"{STAMP} is missing: run `make test` (it compiles the hot modules first)"
     built = dict(line.split()[::-1] for line in STAMP.read_text().splitlines())
     assert sorted(built) == sorted(COMPILED + NATIVE_C), "the stamp is not of the Makefile's COMPILED: run make"
-    assert NATIVE_C == ["fastgw/state/_tablec.c", "fastgw/_accessline.c"], NATIVE_C
+    assert NATIVE_C == ["fastgw/state/_tablec.c", "fastgw/_accessline.c", "fastgw/api/_usagec.c"], NATIVE_C
     for path in NATIVE_C:
         module = importlib.import_module(path.removesuffix(".c").replace("/", "."))
         assert (module.__file__ or "").endswith(".so") and Path(module.__file__ or "").parent == (ROOT / path).parent
@@ -52,6 +52,9 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert table._c is _tablec, "the table's C record operations are built but not in use (a layout mismatch?)"
     from fastgw import _accessline, accesslog
     assert accesslog._c is _accessline, "the access log's C line is built but not in use"
+    from fastgw import stream
+    from fastgw.api import _usagec, sse
+    assert sse.drop_null_usage is _usagec.drop_null_usage and stream._first_empty_choices is _usagec.first_empty_choices
     for path in COMPILED:
         name = path.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(name)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["DONE", "drop_null_usage", "drop_null_usage_text"]
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["DONE", "drop_null_usage", "drop_null_usage_py", "drop_null_usage_text"]
 
 #: The OpenAI end-of-stream sentinel event (chat and legacy completions streams end with it).
 DONE = b"data: [DONE]\n\n"
@@ -14,15 +17,28 @@ _NULL_USAGE = (b',"usage":null', b', "usage": null')
 _NULL_USAGE_TEXT = tuple(n.decode() for n in _NULL_USAGE)
 
 
-def drop_null_usage(data: bytes) -> bytes:
+def drop_null_usage_py(data: bytes) -> bytes:
     """Whole SSE events without their `"usage": null` members. The gateway asks the upstream for usage on a client's
     behalf; a client that did not ask gets chunks without the member, as the provider would send them (the spec
-    allows no null usage on a legacy completion)."""
+    allows no null usage on a legacy completion). `drop_null_usage` is this, in C where it is built."""
     if b'"usage"' not in data:
         return data
     for n in _NULL_USAGE:
         data = data.replace(n, b"")
     return data
+
+
+def _c_form() -> Callable[[bytes], bytes]:
+    """fastgw.api._usagec's `drop_null_usage` (5x faster on a stream read at once: its head comment), or the
+    Python form where the C module is not built (a checkout without `make`)."""
+    try:
+        from fastgw.api import _usagec
+    except ImportError:
+        return drop_null_usage_py
+    return _usagec.drop_null_usage
+
+
+drop_null_usage: Final = _c_form()
 
 
 def drop_null_usage_text(data: str) -> str:

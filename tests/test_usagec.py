@@ -1,0 +1,77 @@
+"""The usage members of an OpenAI stream found in C (fastgw/api/_usagec.c): its `drop_null_usage` is the Python
+form's (`drop_null_usage_py`, two `bytes.replace`), byte for byte, and its `first_empty_choices` is the least of two
+`bytes.find`, over hostile inputs; and without the C module the relay runs the Python forms."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastgw.api import _usagec
+from fastgw.api.sse import drop_null_usage_py
+
+#: Pieces that make matches, near-matches, overlaps and joins (a cut that brings two halves of another together).
+_PIECES = [b',"usage":null', b', "usage": null', b',"usage":nul', b'"usage":null', b',"usage": null', b", ",
+           b',"usage":', b'null', b',', b'"', b'"choices":[]', b'"choices": []', b'"choices":[', b'"choices": [',
+           b' []', b'[]', b'data: {"id":"x","choices":[{"delta":{"content":"hi"}}]', b'}\n\n', b'\xe2\x80\xa8', b'\x00']
+_blocks = st.lists(st.sampled_from(_PIECES) | st.binary(max_size=12), max_size=40).map(b"".join)
+
+
+def _first_py(data: bytes, start: int) -> int:
+    hits = [i for i in (data.find(b'"choices":[]', start), data.find(b'"choices": []', start)) if i >= 0]
+    return min(hits) if hits else -1
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=_blocks)
+def test_drop_null_usage_is_the_two_replaces(data: bytes) -> None:
+    assert _usagec.drop_null_usage(data) == drop_null_usage_py(data)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=_blocks, start=st.integers(0, 600))
+def test_first_empty_choices_is_the_least_of_two_finds(data: bytes, start: int) -> None:
+    assert _usagec.first_empty_choices(data, start) == _first_py(data, start)
+
+
+def test_the_stream_as_the_mock_writes_it() -> None:
+    """The mock's 53-event answer with usage (one null member per chunk, the usage chunk before [DONE])."""
+    event = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"ab"}}],' \
+            b'"usage":null}\n\n'
+    usage = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":50}}\n\n'
+    block = event * 52 + usage + b"data: [DONE]\n\n"
+    out = _usagec.drop_null_usage(block)
+    assert out == drop_null_usage_py(block) and out.count(b'"usage":null') == 0 and out.count(b"usage") == 1
+    assert _usagec.first_empty_choices(block) == block.index(b'"choices":[]')
+    assert _usagec.first_empty_choices(block, block.index(b'"choices":[]') + 1) == -1
+    plain = event.replace(b',"usage":null', b"")
+    assert _usagec.drop_null_usage(plain) is plain  # nothing cut: the same object, as bytes.replace gives
+
+
+def test_bad_arguments_are_errors() -> None:
+    with pytest.raises(TypeError):
+        _usagec.drop_null_usage("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _usagec.first_empty_choices(bytearray(b"x"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        _usagec.first_empty_choices(b"x", -1)
+    assert _usagec.first_empty_choices(b'"choices":[]', 99) == -1
+
+
+def test_without_the_c_module_the_python_forms_run() -> None:
+    script = """
+import sys
+sys.modules["fastgw.api._usagec"] = None  # an import of a module that is not built: ImportError
+from fastgw import stream
+from fastgw.api import sse
+assert sse.drop_null_usage is sse.drop_null_usage_py
+assert type(stream._first_empty_choices.__self__).__name__ == "Literals"
+assert stream._first_empty_choices(b'xx"choices": []', 0) == 2
+print("python forms ok")
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "python forms ok" in run.stdout, run.stdout + run.stderr
