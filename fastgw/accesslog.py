@@ -488,6 +488,7 @@ def _encode(ctx: RequestContext, route: str, nbytes: int | None, forwarded: str 
 
 def _c_line(ctx: RequestContext, route: str, nbytes: int | None, now: float | None,
             wall: float | None) -> bytes | None:
+    """The C encoder's line of `ctx` (None: the general path takes it); the C module must be built."""
     decisions = ctx.decisions
     policy: dict[str, str] | None = None
     retries = 0
