@@ -55,6 +55,23 @@ def _empty_choices_finder() -> Callable[[bytes, int], int]:
 
 _first_empty_choices: Final = _empty_choices_finder()
 
+
+def _count_data_py(data: bytes) -> int:
+    return data.count(b"data:")
+
+
+def _data_counter() -> Callable[[bytes], int]:
+    """How many `data:` a read holds (its events, for the usage estimate and the event clock): in C (glibc's memchr,
+    ~3x `bytes.count`) where fastgw/api/_usagec.c is built."""
+    try:
+        from fastgw.api import _usagec
+    except ImportError:
+        return _count_data_py
+    return _usagec.count_data
+
+
+_count_data: Final = _data_counter()
+
 log = logging.getLogger("fastgw.stream")
 
 
@@ -301,7 +318,7 @@ class SSERelay:
         """Count the events of the last read (as relayed: a usage chunk taken out is not one), after their write."""
         block = self._uncounted
         self._uncounted = b""
-        n = block.count(b"data:")
+        n = _count_data(block)
         self.events += n
         self.clock.ticks(self._uncounted_at, n)
 

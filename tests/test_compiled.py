@@ -55,6 +55,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     from fastgw import stream
     from fastgw.api import _usagec, sse
     assert sse.drop_null_usage is _usagec.drop_null_usage and stream._first_empty_choices is _usagec.first_empty_choices
+    assert stream._count_data is _usagec.count_data
     for path in COMPILED:
         name = path.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(name)

@@ -38,6 +38,13 @@ def test_first_empty_choices_is_the_least_of_two_finds(data: bytes, start: int) 
     assert _usagec.first_empty_choices(data, start) == _first_py(data, start)
 
 
+@settings(max_examples=1500, deadline=None)
+@given(data=st.lists(st.sampled_from([b"data:", b"data", b"ata:", b"d", b"dd", b":", b"data: [DONE]\n\n", b"\n"])
+                     | st.binary(max_size=8), max_size=40).map(b"".join))
+def test_count_data_is_bytes_count(data: bytes) -> None:
+    assert _usagec.count_data(data) == data.count(b"data:")
+
+
 def test_the_stream_as_the_mock_writes_it() -> None:
     """The mock's 53-event answer with usage (one null member per chunk, the usage chunk before [DONE])."""
     event = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"ab"}}],' \
@@ -48,6 +55,7 @@ def test_the_stream_as_the_mock_writes_it() -> None:
     assert out == drop_null_usage_py(block) and out.count(b'"usage":null') == 0 and out.count(b"usage") == 1
     assert _usagec.first_empty_choices(block) == block.index(b'"choices":[]')
     assert _usagec.first_empty_choices(block, block.index(b'"choices":[]') + 1) == -1
+    assert _usagec.count_data(block) == 54 == block.count(b"data:")
     plain = event.replace(b',"usage":null', b"")
     assert _usagec.drop_null_usage(plain) is plain  # nothing cut: the same object, as bytes.replace gives
 
@@ -55,6 +63,8 @@ def test_the_stream_as_the_mock_writes_it() -> None:
 def test_bad_arguments_are_errors() -> None:
     with pytest.raises(TypeError):
         _usagec.drop_null_usage("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _usagec.count_data(memoryview(b"data:"))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         _usagec.first_empty_choices(bytearray(b"x"))  # type: ignore[arg-type]
     with pytest.raises(ValueError):
@@ -71,6 +81,7 @@ from fastgw.api import sse
 assert sse.drop_null_usage is sse.drop_null_usage_py
 assert type(stream._first_empty_choices.__self__).__name__ == "Literals"
 assert stream._first_empty_choices(b'xx"choices": []', 0) == 2
+assert stream._count_data is stream._count_data_py and stream._count_data(b"data: 1\\n\\ndata: 2") == 2
 print("python forms ok")
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

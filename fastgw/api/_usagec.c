@@ -1,4 +1,5 @@
-/* The usage members of an OpenAI stream, found in C: `drop_null_usage` and `first_empty_choices`.
+/* The usage members of an OpenAI stream, found in C: `drop_null_usage` and `first_empty_choices`; and its events
+ * counted (`count_data`: the relay's count, which estimates usage when the upstream reports none).
  *
  * Why C (issue 18): on a streamed request whose client did not ask for usage, the gateway asks the upstream for it
  * (stream_options.include_usage) and gives the client what it would have had without: the usage chunk
@@ -7,12 +8,13 @@
  * through an interpreted call, ~2.7 µs for the mock's 53-event answer read at once and ~1.3 µs for a read of one
  * event (the paced case: once per event); here one memchr pass for '[' (OpenAI writes one a chunk), 0.6 and 0.05 µs.
  * The null members went through `bytes.replace` twice (CPython's search walks this JSON at ~1 byte a nanosecond):
- * ~20 µs for that read, ~3.7 µs with glibc's memmem here.
+ * ~20 µs for that read, ~3.7 µs with glibc's memmem here. The relay also counts each read's events
+ * (`bytes.count(b"data:")`, ~9 µs for that read on a slow box): a memchr for 'd' here, ~3.4.
  *
  * `drop_null_usage(data)` is `data.replace(b',"usage":null', b"").replace(b', "usage": null', b"")`, byte for
  * byte (fastgw/api/sse.py keeps that as the form used when this module is not built; tests/test_usagec.py holds
  * the two equal); `first_empty_choices(data, start)` is the least index >= start where `"choices":[]` or
- * `"choices": []` begins, or -1.
+ * `"choices": []` begins, or -1; `count_data(data)` is `data.count(b"data:")`.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -112,8 +114,32 @@ static PyObject *uc_first_empty_choices(PyObject *self, PyObject *const *args, P
     return PyLong_FromLong(-1);
 }
 
+PyDoc_STRVAR(count_doc,
+"count_data(data: bytes) -> int\n\n"
+"How many times `data:` occurs in data (`data.count(b\"data:\")`).");
+
+static PyObject *uc_count_data(PyObject *self, PyObject *data) {
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "count_data: data must be bytes");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(data), *end = s + PyBytes_GET_SIZE(data);
+    Py_ssize_t n = 0;
+    /* Each 'd' looked at (a few an OpenAI chunk); `data:` cannot overlap itself, so a match skips its length. */
+    for (const char *p = s; end - p >= 5 && (p = memchr(p, 'd', (size_t)(end - p - 4))) != NULL;) {
+        if (memcmp(p + 1, "ata:", 4) == 0) {
+            n++;
+            p += 5;
+        } else {
+            p++;
+        }
+    }
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef methods[] = {
     {"drop_null_usage", uc_drop_null_usage, METH_O, drop_doc},
+    {"count_data", uc_count_data, METH_O, count_doc},
     {"first_empty_choices", (PyCFunction)(void (*)(void))uc_first_empty_choices, METH_FASTCALL, first_doc},
     {NULL, NULL, 0, NULL},
 };
