@@ -26,19 +26,19 @@ def _first_py(data: bytes, start: int) -> int:
     return min(hits) if hits else -1
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(data=_blocks)
 def test_drop_null_usage_is_the_two_replaces(data: bytes) -> None:
     assert _usagec.drop_null_usage(data) == drop_null_usage_py(data)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(data=_blocks, start=st.integers(0, 600))
 def test_first_empty_choices_is_the_least_of_two_finds(data: bytes, start: int) -> None:
     assert _usagec.first_empty_choices(data, start) == _first_py(data, start)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(data=st.lists(st.sampled_from([b"data:", b"data", b"ata:", b"d", b"dd", b":", b"data: [DONE]\n\n", b"\n"])
                      | st.binary(max_size=8), max_size=40).map(b"".join))
 def test_count_data_is_bytes_count(data: bytes) -> None:
