@@ -24,7 +24,7 @@ import orjson
 from fastgw.api import dialects
 from fastgw.api.dialects import error_event
 from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError, UpstreamTimeout, from_transport
-from fastgw.api.sse import DONE, drop_null_usage
+from fastgw.api.sse import DONE, drop_null_usage, usage_c
 from fastgw.metrics import EventClock
 from fastgw.policy.base import RequestContext
 from fastgw.proto.client import BadResponse
@@ -41,36 +41,19 @@ _DONE_TAIL: Final = b"[DONE]"
 _SEQ: Final = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
 
 
-def _empty_choices_finder() -> Callable[[bytes, int], int]:
-    """Where `"choices":[]` (as OpenAI writes it) or `"choices": []` (as Python's `json.dumps` does: a server of
-    that kind must have its usage counted too) first starts in a read from an index, or -1. Most reads have
-    neither. In C (fastgw/api/_usagec.c: one memchr pass, ~0.05 µs a read of one event) where it is built; else one
-    Hyperscan pass (`fastgw.scan.literals`), a fraction of what two `bytes.find` over the read cost."""
-    try:
-        from fastgw.api import _usagec
-    except ImportError:
-        return Literals(b'"choices":[]', b'"choices": []').first
-    return _usagec.first_empty_choices
-
-
-_first_empty_choices: Final = _empty_choices_finder()
-
-
 def _count_data_py(data: bytes) -> int:
     return data.count(b"data:")
 
 
-def _data_counter() -> Callable[[bytes], int]:
-    """How many `data:` a read holds (its events, for the usage estimate and the event clock): in C (glibc's memchr,
-    ~3x `bytes.count`) where fastgw/api/_usagec.c is built."""
-    try:
-        from fastgw.api import _usagec
-    except ImportError:
-        return _count_data_py
-    return _usagec.count_data
-
-
-_count_data: Final = _data_counter()
+#: Where `"choices":[]` (as OpenAI writes it) or `"choices": []` (as Python's `json.dumps` does: a server of that kind
+#: must have its usage counted too) first starts in a read from an index, or -1. Most reads have neither. In C
+#: (fastgw/api/_usagec.c: one memchr pass, ~0.05 µs a read of one event) where it is built; else one Hyperscan pass
+#: (`fastgw.scan.literals`), a fraction of what two `bytes.find` over the read cost.
+_first_empty_choices: Final[Callable[[bytes, int], int]] = (
+    Literals(b'"choices":[]', b'"choices": []').first if usage_c is None else usage_c.first_empty_choices)
+#: How many `data:` a read holds (its events, for the usage estimate and the event clock): in C (a memchr, ~3x
+#: `bytes.count`) where it is built.
+_count_data: Final[Callable[[bytes], int]] = _count_data_py if usage_c is None else usage_c.count_data
 
 log = logging.getLogger("fastgw.stream")
 

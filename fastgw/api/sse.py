@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["DONE", "drop_null_usage", "drop_null_usage_py", "drop_null_usage_text"]
+__all__ = ["DONE", "drop_null_usage", "drop_null_usage_py", "drop_null_usage_text", "usage_c"]
 
 #: The OpenAI end-of-stream sentinel event (chat and legacy completions streams end with it).
 DONE = b"data: [DONE]\n\n"
@@ -28,17 +28,21 @@ def drop_null_usage_py(data: bytes) -> bytes:
     return data
 
 
-def _c_form() -> Callable[[bytes], bytes]:
-    """fastgw.api._usagec's `drop_null_usage` (5x faster on a stream read at once: its head comment), or the
-    Python form where the C module is not built (a checkout without `make`)."""
+def _load_c() -> Any:
+    """fastgw.api._usagec (why C: its head comment), or None where it is not built (a checkout without `make`)."""
     try:
         from fastgw.api import _usagec
     except ImportError:
-        return drop_null_usage_py
-    return _usagec.drop_null_usage
+        return None
+    return _usagec
 
 
-drop_null_usage: Final = _c_form()
+#: The C forms of the stream's usage searches (`drop_null_usage`, and the relay's `first_empty_choices` and
+#: `count_data`), or None: their Python forms run.
+usage_c: Final[Any] = _load_c()
+#: `drop_null_usage_py`, in C where it is built (5x faster on a stream read at once).
+drop_null_usage: Final[Callable[[bytes], bytes]] = (drop_null_usage_py if usage_c is None
+                                                    else usage_c.drop_null_usage)
 
 
 def drop_null_usage_text(data: str) -> str:
