@@ -43,7 +43,8 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert STAMP.exists(), f"{STAMP} is missing: run `make test` (it compiles the hot modules first)"
     built = dict(line.split()[::-1] for line in STAMP.read_text().splitlines())
     assert sorted(built) == sorted(COMPILED + NATIVE_C), "the stamp is not of the Makefile's COMPILED: run make"
-    assert NATIVE_C == ["fastgw/state/_tablec.c", "fastgw/_accessline.c", "fastgw/api/_usagec.c"], NATIVE_C
+    assert NATIVE_C == ["fastgw/state/_tablec.c", "fastgw/_accessline.c", "fastgw/api/_usagec.c",
+                        "fastgw/proto/_headc.c"], NATIVE_C
     for path in NATIVE_C:
         module = importlib.import_module(path.removesuffix(".c").replace("/", "."))
         assert (module.__file__ or "").endswith(".so") and Path(module.__file__ or "").parent == (ROOT / path).parent
@@ -56,6 +57,8 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     from fastgw.api import _usagec, sse
     assert sse.drop_null_usage is _usagec.drop_null_usage and stream._first_empty_choices is _usagec.first_empty_choices
     assert stream._count_data is _usagec.count_data
+    from fastgw.proto import _headc, writer
+    assert writer._c_head is _headc.head, "the C response head is built but not in use"
     for path in COMPILED:
         name = path.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(name)

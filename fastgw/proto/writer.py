@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Callable, Final, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Final, Protocol
 
 from fastgw.proto.chunked import CHUNKED, ChunkedWriter, Writelines
 from fastgw.proto.errors import HttpError
@@ -20,8 +20,8 @@ from fastgw.proto.errors import HttpError
 if TYPE_CHECKING:
     from fastgw.proto.flow import FlowControl, FlowListener
 
-__all__ = ["Responder", "build_head", "plain_error", "CloseDelimitedWriter", "CLOSE_DELIMITED", "RenderError",
-           "CONTINUE"]
+__all__ = ["Responder", "build_head", "build_head_py", "plain_error", "CloseDelimitedWriter", "CLOSE_DELIMITED",
+           "RenderError", "CONTINUE"]
 
 _REASONS: Final = {
     100: b"Continue", 200: b"OK", 201: b"Created", 204: b"No Content", 400: b"Bad Request",
@@ -71,10 +71,9 @@ def _valid_header_value(v: bytes) -> bool:
     return 13 not in v and 10 not in v and 0 not in v
 
 
-def build_head(status: int, headers: list[tuple[bytes, bytes]], extra_headers: list[tuple[bytes, bytes]],
-               framing: bytes, keep_alive: bool) -> bytes:
-    """One response head; `framing` is the Content-Length or Transfer-Encoding line (or nothing).
-    A header name or value with CR, LF or NUL raises ValueError (no header injection)."""
+def build_head_py(status: int, headers: list[tuple[bytes, bytes]], extra_headers: list[tuple[bytes, bytes]],
+                  framing: bytes, keep_alive: bool) -> bytes:
+    """`build_head` in Python: the form used where `_headc` is not built, and for what only it takes (any pairs)."""
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")),
              b"date: ", _date.get(), b"\r\nserver: fastgw\r\n"]
     for name, value in (*headers, *extra_headers):
@@ -84,6 +83,30 @@ def build_head(status: int, headers: list[tuple[bytes, bytes]], extra_headers: l
     parts.append(framing)
     parts.append(b"connection: keep-alive\r\n\r\n" if keep_alive else b"connection: close\r\n\r\n")
     return b"".join(parts)
+
+
+def _load_c() -> Any:
+    """fastgw.proto._headc (why C: its head comment), or None where it is not built (a checkout without `make`)."""
+    try:
+        from fastgw.proto import _headc
+    except ImportError:
+        return None
+    return _headc
+
+
+#: The C head (`_headc.head`), or None: `build_head_py` writes every head.
+_c_head: Final[Any] = getattr(_load_c(), "head", None)
+
+
+def build_head(status: int, headers: list[tuple[bytes, bytes]], extra_headers: list[tuple[bytes, bytes]],
+               framing: bytes, keep_alive: bool) -> bytes:
+    """One response head; `framing` is the Content-Length or Transfer-Encoding line (or nothing).
+    A header name or value with CR, LF or NUL raises ValueError (no header injection)."""
+    if _c_head is not None:
+        head = _c_head(status, _REASONS.get(status, b"Unknown"), headers, extra_headers, framing, keep_alive)
+        if head is not None:
+            return head
+    return build_head_py(status, headers, extra_headers, framing, keep_alive)
 
 
 class CloseDelimitedWriter:
