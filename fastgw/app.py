@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import itertools
 import logging
 import os
 import re
@@ -52,6 +51,8 @@ __all__ = ["App", "build_targets"]
 
 log = logging.getLogger("fastgw.app")
 _RID_OK: Final = re.compile(rb"[A-Za-z0-9._:-]+")
+#: A fresh request id's last two hex digits by the count's low byte (see `App._fresh_id`).
+_HEX2: Final = tuple("%02x" % i for i in range(256))
 _GET: Final = frozenset({"GET", "HEAD"})
 #: Answered 2xx, these are not access-logged (see the module docstring).
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
@@ -108,9 +109,10 @@ class App:
                                  Attempt(self.chain, loop, upstreams, HttpUpstream(self.pool)),
                                  Quota.from_config(cfg), SharedBreakers.from_config(cfg))
         self.draining = False
-        self._ids = itertools.count(1)
         # Unique across workers and restarts without a getrandom syscall per request: pid and a random salt.
         self._id_prefix = "%x%s" % (os.getpid(), os.urandom(3).hex())
+        self._id_count = 1
+        self._id_high = "req_%s%04x" % (self._id_prefix, 0)  # `_fresh_id`'s id without its last two digits
         names = {name for t in targets for name in (t.model, *t.aliases)}
         self._models_body = self._render_models(targets)
         metrics.known_models(names)
@@ -289,7 +291,7 @@ class App:
         if req is not None:
             ctx = self._context(req)
         else:
-            ctx = RequestContext("req_%s%06x" % (self._id_prefix, next(self._ids)), "", "", [], peer)
+            ctx = RequestContext(self._fresh_id(), "", "", [], peer)
         ctx.status, ctx.error = err.status, err.code
         if resp.first_write is not None:  # the context is made after the answer: it began no later than that
             ctx.started = min(ctx.started, resp.first_write)
@@ -329,8 +331,17 @@ class App:
         given = req.header(b"x-request-id")
         if given and len(given) <= 128 and _RID_OK.fullmatch(given):
             return given.decode()
-        # (%-formatting: ~1,300 instructions a request fewer than the f-string, whose `{n:06x}` calls int.__format__)
-        return "req_%s%06x" % (self._id_prefix, next(self._ids))
+        return self._fresh_id()
+
+    def _fresh_id(self) -> str:
+        """`"req_%s%06x" % (prefix, n)` for the worker's n-th id: the digits above the last two formatted once per
+        256 ids, the last two from a table (the whole format was ~2,000 instructions of every request)."""
+        n = self._id_count
+        self._id_count = n + 1
+        low = n & 0xFF
+        if low == 0:
+            self._id_high = "req_%s%04x" % (self._id_prefix, n >> 8)
+        return self._id_high + _HEX2[low]
 
     # ---- simple endpoints ------------------------------------------------------------------
     async def _metrics(self, req: Request, resp: Responder) -> None:

@@ -7,6 +7,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import uvloop
+
+from fastgw.app import App, build_targets
+from fastgw.config import Config, Pack, Providers, Target
 from tests.support.procs import start_gateway
 
 
@@ -31,3 +35,21 @@ def test_every_answer_carries_a_request_id(tmp_path: Path) -> None:
         assert _id(gw.base, "GET", "/healthz", "trace-abc123") == (200, "trace-abc123")
     finally:
         gw.stop()
+
+
+def test_fresh_ids_are_the_counts_in_hex() -> None:
+    """A fresh id is `req_<worker prefix><count, 6 hex digits at least>`, whose high digits are formatted once per 256
+    ids: the same ids the whole format gives, across the low byte's wrap and past six digits, none twice."""
+    cfg = Config(pack=Pack(name="t"), providers=Providers(targets=[Target(id="m", provider="mock", model="mock-1")]))
+    loop = uvloop.new_event_loop()
+    try:
+        app = App(cfg, build_targets(cfg, {}), loop)
+        prefix = app._id_prefix
+        got = [app._fresh_id() for _ in range(3 * 256 + 7)]
+        assert got == ["req_%s%06x" % (prefix, n) for n in range(1, 3 * 256 + 8)]
+        app._id_count = 0xFFFF00  # (a multiple of 256, as the count is at a wrap)
+        past = [app._fresh_id() for _ in range(600)]
+        assert past == ["req_%s%06x" % (prefix, n) for n in range(0xFFFF00, 0xFFFF00 + 600)]
+        assert past[256] == "req_%s1000000" % prefix and len(set(got + past)) == len(got) + len(past)
+    finally:
+        loop.close()
