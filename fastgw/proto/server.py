@@ -57,6 +57,8 @@ _OVERFLOW_LINGER: Final = 0.5
 _OVERFLOW_LINGERING: Final = 16
 # Seconds between two "connections refused" warnings at most.
 _REFUSAL_LOG_INTERVAL: Final = 1.0
+# The name of a request's task (in a debugger's or asyncio's task listing).
+_TASK_NAME: Final = "fastgw-request"
 
 
 class ServerLimits:
@@ -461,7 +463,9 @@ class HttpServerProtocol(asyncio.Protocol):
         keep_alive = item.keep_alive and not self.closing_after_response
         resp = self._resp = Responder(t, flow, keep_alive, item.method == "HEAD", item.version != "1.0",
                                       self.render_error)
-        self._current = self._loop.create_task(self._run(item, resp))
+        # The Task made directly with a name: `loop.create_task` names it after construction, so the Task first
+        # formats a "Task-N" of its own (~1,400 instructions of every request); no task factory is set here.
+        self._current = asyncio.Task(self._run(item, resp), loop=self._loop, name=_TASK_NAME)
 
     def _answer_error(self, err: HttpError) -> None:
         """Answer a framing or limit error the reader queued, then close."""
