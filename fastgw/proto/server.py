@@ -192,8 +192,9 @@ class HttpServerProtocol(asyncio.Protocol):
     """One client connection."""
 
     # No instance dict: one lives as long as its connection (~1.2 KB less per open stream; issue 18).
-    __slots__ = ("_handler", "render_error", "_lim", "_tracker", "_loop", "_on_error", "_hooks", "transport", "peer",
-                 "_reader", "_queue", "_flow", "_current", "_resp", "closing_after_response", "_backlog", "_held",
+    __slots__ = ("_handler", "render_error", "_lim", "_tracker", "_loop", "_direct_tasks", "_on_error", "_hooks",
+                 "transport", "peer", "_reader", "_queue", "_flow", "_current", "_resp", "closing_after_response",
+                 "_backlog", "_held",
                  "_lingering", "_overflow", "_paused_at", "_header_timer", "_timed_head", "_body_timer", "_timed_body",
                  "_body_start", "_body_at", "_keepalive_timer", "_idle_since", "_send_timer", "_linger_timer")
 
@@ -207,6 +208,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self._lim = lim
         self._tracker = tracker
         self._loop = loop or asyncio.get_event_loop()
+        # A request's Task made directly, named (see `_maybe_start`), unless the loop has a task factory of its own
+        # (instrumentation) or is not an asyncio loop (a test's clock-driven loop): then `create_task` makes it.
+        self._direct_tasks = (isinstance(self._loop, asyncio.AbstractEventLoop)
+                              and self._loop.get_task_factory() is None)
         self._on_error = on_error
         self._hooks = hooks
         self.transport: asyncio.Transport | None = None
@@ -463,9 +468,12 @@ class HttpServerProtocol(asyncio.Protocol):
         keep_alive = item.keep_alive and not self.closing_after_response
         resp = self._resp = Responder(t, flow, keep_alive, item.method == "HEAD", item.version != "1.0",
                                       self.render_error)
-        # The Task made directly with a name: `loop.create_task` names it after construction, so the Task first
-        # formats a "Task-N" of its own (~1,400 instructions of every request); no task factory is set here.
-        self._current = asyncio.Task(self._run(item, resp), loop=self._loop, name=_TASK_NAME)
+        if self._direct_tasks:
+            # Named as it is made: `loop.create_task` names a task after construction, so the Task first formats a
+            # "Task-N" of its own (~1,400 instructions of every request).
+            self._current = asyncio.Task(self._run(item, resp), loop=self._loop, name=_TASK_NAME)
+        else:
+            self._current = self._loop.create_task(self._run(item, resp))
 
     def _answer_error(self, err: HttpError) -> None:
         """Answer a framing or limit error the reader queued, then close."""

@@ -22,10 +22,15 @@ class _Handler:
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.tasks: list[asyncio.Task | None] = []
         self.big_state: dict[str, int] = {}
 
     async def __call__(self, req: Request, resp: Responder) -> None:
         self.seen.append(f"{req.method} {req.path}")
+        try:
+            self.tasks.append(asyncio.current_task())
+        except RuntimeError:  # the fake loop's steps run outside any event loop
+            self.tasks.append(None)
         if req.path == "/echo":
             resp.send(200, [(b"content-type", b"application/json")], orjson.dumps({
                 "method": req.method, "path": req.path, "body": req.body.decode("latin-1"),
@@ -62,11 +67,12 @@ class _Handler:
 
 
 class _Server:
-    def __init__(self, lim: ServerLimits) -> None:
+    def __init__(self, lim: ServerLimits, task_factory=None) -> None:  # noqa: ANN001
         self.handler = _Handler()
         self.lim = lim
         self.tracker = ConnectionTracker()
         self.loop = uvloop.new_event_loop()
+        self.loop.set_task_factory(task_factory)
         self.port = 0
         ready = threading.Event()
 
@@ -195,6 +201,42 @@ def test_keep_alive_serves_several_requests_on_one_connection(server):
     assert [r.status_code for r, _ in resps] == [200, 200, 200]
     assert [orjson.loads(b)["body"] for _, b in resps] == ["h0", "h1", "h2"]
     assert not closed
+
+
+def test_each_request_runs_in_a_task_of_its_own_named_for_it(server):
+    """A request's handler is an asyncio Task (asyncio.timeout and cancellation need one), one per request, named
+    (the server makes it directly, not through loop.create_task, which names a task after it is built)."""
+    s = server.connect()
+    for i in range(3):
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nh%d" % i)
+    resps, _ = _read_responses(s, 3)
+    tasks = server.handler.tasks
+    assert [r.status_code for r, _ in resps] == [200, 200, 200] and len(tasks) == 3
+    assert all(isinstance(t, asyncio.Task) for t in tasks) and len({id(t) for t in tasks}) == 3
+    assert [t.get_name() for t in tasks] == ["fastgw-request"] * 3  # type: ignore[union-attr]
+    assert all(t.get_loop() is server.loop for t in tasks)  # type: ignore[union-attr]
+
+
+def test_a_loops_task_factory_makes_the_request_tasks() -> None:
+    """Instrumentation that installs a task factory sees every request's task (the server makes its tasks itself
+    only on a loop without one)."""
+    made: list[asyncio.Task] = []
+
+    def factory(loop, coro, **kw):  # noqa: ANN001, ANN202
+        made.append(asyncio.Task(coro, loop=loop, **kw))
+        return made[-1]
+
+    srv = _Server(ServerLimits(), task_factory=factory)
+    try:
+        s = srv.connect()
+        for i in range(2):
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nh%d" % i)
+        resps, _ = _read_responses(s, 2)
+        assert [r.status_code for r, _ in resps] == [200, 200]
+        tasks = srv.handler.tasks
+        assert len(tasks) == 2 and all(any(t is m for m in made) for t in tasks)
+    finally:
+        srv.stop()
 
 
 def test_pipelined_requests_are_answered_in_order(server):
