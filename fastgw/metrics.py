@@ -171,10 +171,10 @@ class _Metrics:
         # Labelled children by label tuple (the counters' wrapped in their `_Pending`): `labels()` validates and
         # locks on every call; a dict hit does not.
         self.c_requests: dict[tuple, _Pending] = {}
-        self.c_duration: dict[tuple, object] = {}
+        self.c_duration: dict[tuple, _Obs] = {}
         self.c_attempts: dict[tuple, _Pending] = {}
         self.c_fallbacks: dict[tuple, _Pending] = {}
-        self.c_ttft: dict[tuple, object] = {}
+        self.c_ttft: dict[tuple, _Obs] = {}
         self.c_tokens: dict[tuple, _Pending] = {}
         self.c_decisions: dict[tuple, _Pending] = {}
         self.c_reloads: dict[tuple, _Pending] = {}
@@ -187,6 +187,11 @@ class _Metrics:
         self.models_seen: set[str] = set()
         self.p_inflight = _Pending(self.inflight)
         self.p_streams = _Pending(self.streams)
+        self.o_inter_event = _Obs(self.inter_event)
+        self.o_stream_duration = _Obs(self.stream_duration)
+        self.o_holdback = _Obs(self.holdback)
+        #: A finished request's series by (route, model, target, status) label values (`request_finished`).
+        self.c_finished: dict[tuple[str, str, str, int], _Finished] = {}
 
 
 _m: _Metrics | None = None
@@ -238,16 +243,74 @@ def _add(p: _Pending, amount: float) -> None:
     p.amount += amount
 
 
-def _inc(metric: object, cache: dict[tuple, _Pending], key: tuple, amount: float = 1.0) -> None:
-    """Add `amount` to the series of `metric` labelled `key` (its `_Pending` made once, past the cap the shared
-    "other" one)."""
+def _pending(metric: object, cache: dict[tuple, _Pending], key: tuple) -> _Pending:
+    """The `_Pending` of the series of `metric` labelled `key` (made once; past the cap, the shared "other" one)."""
     p = cache.get(key)
     if p is None:
         key = _series_key(cache, key)
         p = cache.get(key)
         if p is None:
             p = cache[key] = _Pending(metric.labels(*key))  # type: ignore[attr-defined]
-    _add(p, amount)
+    return p
+
+
+def _inc(metric: object, cache: dict[tuple, _Pending], key: tuple, amount: float = 1.0) -> None:
+    """Add `amount` to the series of `metric` labelled `key`."""
+    _add(_pending(metric, cache, key), amount)
+
+
+class _Obs:
+    """A histogram (or labelled child) with the observations made since the last flush: per-bucket counts and their
+    sum, kept beside it (no lookup keyed by the histogram per observation, no read of its bounds)."""
+
+    __slots__ = ("h", "bounds", "counts", "total", "queued")
+
+    def __init__(self, h: object) -> None:
+        self.h = h
+        self.bounds: list[float] = list(h._upper_bounds)  # type: ignore[attr-defined]
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.queued = False  # in `_queued_obs`, to be written at the next flush
+
+
+def _obs_child(metric: object, cache: dict[tuple, _Obs], key: tuple) -> _Obs:
+    """The `_Obs` of the child of histogram `metric` labelled `key` (made once; past the cap, the "other" one)."""
+    o = cache.get(key)
+    if o is None:
+        key = _series_key(cache, key)
+        o = cache.get(key)
+        if o is None:
+            o = cache[key] = _Obs(metric.labels(*key))  # type: ignore[attr-defined]
+    return o
+
+
+def _queue_obs(o: _Obs) -> None:
+    if not o.queued:
+        o.queued = True
+        _queued_obs.append(o)
+
+
+class _Finished:
+    """Where a finished request of one (route, model, target, status) is counted: its series found by one lookup
+    (each was looked up by its own label tuple, ~5,000 instructions a request)."""
+
+    __slots__ = ("requests", "duration", "model", "tokens")
+
+    def __init__(self, requests: _Pending, duration: _Obs, model: str) -> None:
+        self.requests = requests
+        self.duration = duration
+        self.model = model
+        #: The token series, made at first use: prompt exact, prompt estimated, completion exact, estimated.
+        self.tokens: list[_Pending | None] = [None, None, None, None]
+
+
+def _tokens(m: _Metrics, f: _Finished, completion: bool, estimated: bool) -> _Pending:
+    i = 2 * completion + estimated
+    t = f.tokens[i]
+    if t is None:
+        t = f.tokens[i] = _pending(m.tokens, m.c_tokens, (f.model, "completion" if completion else "prompt",
+                                                          "estimated" if estimated else "exact"))
+    return t
 
 
 # ---- per-request updates, added up locally ---------------------------------------------------------------
@@ -257,16 +320,15 @@ def _inc(metric: object, cache: dict[tuple, _Pending], key: tuple, amount: float
 # /metrics, and at exit. The price: a scrape may miss up to one interval of another worker's requests, and a
 # SIGKILLed worker loses its last interval of counts.
 _queued: Final[list[_Pending]] = []  # the series added to since the last flush
-_pend_obs: Final[dict[object, list]] = {}  # histogram (or child) -> [per-bucket counts, sum of values]
+_ABSENT: Final = object()  # a usage without the key (not one whose value is null)
+_queued_obs: Final[list[_Obs]] = []  # the histograms (or children) observed since the last flush
 _flush_at: Final = [0.0]
 
 
-def _observe(h: object, value: float) -> None:
-    p = _pend_obs.get(h)
-    if p is None:
-        p = _pend_obs[h] = [[0] * len(h._upper_bounds), 0.0]  # type: ignore[attr-defined]
-    p[0][bisect_left(h._upper_bounds, value)] += 1  # type: ignore[attr-defined]  # le: first bound >= value
-    p[1] += value
+def _observe(o: _Obs, value: float) -> None:
+    _queue_obs(o)
+    o.counts[bisect_left(o.bounds, value)] += 1  # le: the first bound >= value
+    o.total += value
 
 
 def flush() -> None:
@@ -281,17 +343,21 @@ def flush() -> None:
             p.queued = False
             if amount:
                 p.metric.inc(amount)  # type: ignore[attr-defined]
-    if _pend_obs:
-        obs = list(_pend_obs.items())
-        _pend_obs.clear()
-        for h, (counts, total) in obs:
-            _add_observations(h, counts, total)  # type: ignore[arg-type]
+    if _queued_obs:
+        observed = list(_queued_obs)
+        _queued_obs.clear()
+        for o in observed:
+            counts, total = o.counts, o.total
+            o.counts = [0] * len(counts)
+            o.total = 0.0
+            o.queued = False
+            _add_observations(o.h, counts, total)  # type: ignore[arg-type]
 
 
 def start_flusher(loop: asyncio.AbstractEventLoop) -> None:
     """Flush every METRICS_FLUSH_INTERVAL on `loop` (an idle worker's last counts reach the scrape too)."""
     def tick() -> None:
-        if _queued or _pend_obs:
+        if _queued or _queued_obs:
             flush()
         loop.call_later(METRICS_FLUSH_INTERVAL, tick)
     loop.call_later(METRICS_FLUSH_INTERVAL, tick)
@@ -395,15 +461,13 @@ class EventClock:
         counts = self.counts
         if counts is not None and any(counts):
             m = _m or _build()
-            p = _pend_obs.get(m.inter_event)
-            if p is None:
-                _pend_obs[m.inter_event] = [counts, self.total]
-            else:
-                pending = p[0]
-                for i, n in enumerate(counts):
-                    if n:
-                        pending[i] += n
-                p[1] += self.total
+            o = m.o_inter_event
+            _queue_obs(o)
+            pending = o.counts
+            for i, n in enumerate(counts):
+                if n:
+                    pending[i] += n
+            o.total += self.total
             self.counts = None
             self.total = 0.0
 
@@ -462,22 +526,29 @@ def request_finished(ctx: RequestContext, route: str) -> None:
     r = _route_label(route)
     model = _model_label(m, ctx.model)
     target = ctx.target or ""
-    _inc(m.requests, m.c_requests, (r, model, target, str(ctx.status or 500)))
-    rk = (r,)
-    d = m.c_duration.get(rk)
-    if d is None:
-        d = _child(m.request_duration, m.c_duration, rk)
+    key = (r, model, target, ctx.status or 500)
+    f = m.c_finished.get(key)
+    if f is None:
+        f = _Finished(_pending(m.requests, m.c_requests, (r, model, target, str(key[3]))),
+                      _obs_child(m.request_duration, m.c_duration, (r,)), model)
+        if len(m.c_finished) < MAX_SERIES_PER_METRIC:  # past that, each looked up again (the "other" series)
+            m.c_finished[key] = f
+    _add(f.requests, 1.0)
     now = time.monotonic()
-    _observe(d, now - ctx.started)
+    _observe(f.duration, now - ctx.started)
     usage = ctx.usage
     if usage:
-        kind = "estimated" if usage.get("estimated") else "exact"
-        p = usage.get("prompt_tokens", usage.get("input_tokens"))
-        c = usage.get("completion_tokens", usage.get("output_tokens"))
+        estimated = bool(usage.get("estimated"))
+        p = usage.get("prompt_tokens", _ABSENT)
+        if p is _ABSENT:
+            p = usage.get("input_tokens")
+        c = usage.get("completion_tokens", _ABSENT)
+        if c is _ABSENT:
+            c = usage.get("output_tokens")
         if (type(p) is int or type(p) is float) and p > 0:
-            _inc(m.tokens, m.c_tokens, (model, "prompt", kind), p)
+            _add(_tokens(m, f, False, estimated), p)
         if (type(c) is int or type(c) is float) and c > 0:
-            _inc(m.tokens, m.c_tokens, (model, "completion", kind), c)
+            _add(_tokens(m, f, True, estimated), c)
     for dec in ctx.decisions:
         if dec.policy == "routing":
             continue
@@ -502,11 +573,7 @@ def fallback(model: str | None, reason: str) -> None:
 
 def ttft(model: str | None, target: str | None, seconds: float) -> None:
     m = _m or _build()
-    key = (_model_label(m, model), target or "")
-    h = m.c_ttft.get(key)
-    if h is None:
-        h = _child(m.ttft, m.c_ttft, key)
-    _observe(h, seconds)
+    _observe(_obs_child(m.ttft, m.c_ttft, (_model_label(m, model), target or "")), seconds)
 
 
 def stream_opened() -> None:
@@ -518,7 +585,7 @@ def stream_closed(duration: float, clock: EventClock | None = None) -> None:
     """A stream ended after `duration` seconds; `clock`'s gaps, if given, are flushed too."""
     m = _m or _build()
     _add(m.p_streams, -1.0)
-    _observe(m.stream_duration, duration)
+    _observe(m.o_stream_duration, duration)
     if clock is not None:
         clock.flush()
 
@@ -577,7 +644,7 @@ def circuit(target: str, is_open: bool) -> None:
 
 def holdback(nbytes: int) -> None:
     m = _m or _build()
-    _observe(m.holdback, nbytes)
+    _observe(m.o_holdback, nbytes)
 
 
 def render() -> tuple[bytes, str]:
