@@ -42,7 +42,8 @@ _SEQ: Final = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
 
 
 def _count_data_py(data: bytes) -> int:
-    return data.count(b"data:")
+    """The `data:` lines of whole SSE events (a block starts at an event): not a `data:` inside an event's JSON."""
+    return data.startswith(b"data:") + data.count(b"\ndata:") + data.count(b"\rdata:")
 
 
 #: Where `"choices":[]` (as OpenAI writes it) or `"choices": []` (as Python's `json.dumps` does: a server of that kind
@@ -51,8 +52,8 @@ def _count_data_py(data: bytes) -> int:
 #: (`fastgw.scan.literals`), a fraction of what two `bytes.find` over the read cost.
 _first_empty_choices: Final[Callable[[bytes, int], int]] = (
     Literals(b'"choices":[]', b'"choices": []').first if usage_c is None else usage_c.first_empty_choices)
-#: How many `data:` a read holds (its events, for the usage estimate and the event clock): in C (a memchr, ~3x
-#: `bytes.count`) where it is built.
+#: How many `data:` lines a read holds (its events, for the usage estimate and the event clock): in C (a memchr per
+#: line end, ~9x the Python form) where it is built.
 _count_data: Final[Callable[[bytes], int]] = _count_data_py if usage_c is None else usage_c.count_data
 
 log = logging.getLogger("fastgw.stream")

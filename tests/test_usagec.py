@@ -1,6 +1,7 @@
 """The usage members of an OpenAI stream found in C (fastgw/api/_usagec.c): its `drop_null_usage` is the Python
-form's (`drop_null_usage_py`, two `bytes.replace`), byte for byte, and its `first_empty_choices` is the least of two
-`bytes.find`, over hostile inputs; and without the C module the relay runs the Python forms."""
+form's (`drop_null_usage_py`, two `bytes.replace`), byte for byte, its `first_empty_choices` is the least of two
+`bytes.find` and its `count_data` counts the lines that begin with `data:`, over hostile inputs; and without the C
+module the relay runs the Python forms."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from fastgw.api import _usagec
 from fastgw.api.sse import drop_null_usage_py
+from fastgw.stream import _count_data_py
 
 #: Pieces that make matches, near-matches, overlaps and joins (a cut that brings two halves of another together).
 _PIECES = [b',"usage":null', b', "usage": null', b',"usage":nul', b'"usage":null', b',"usage": null', b", ",
@@ -39,10 +41,20 @@ def test_first_empty_choices_is_the_least_of_two_finds(data: bytes, start: int) 
 
 
 @settings(max_examples=600, deadline=None)
-@given(data=st.lists(st.sampled_from([b"data:", b"data", b"ata:", b"d", b"dd", b":", b"data: [DONE]\n\n", b"\n"])
+@given(data=st.lists(st.sampled_from([b"data:", b"data", b"ata:", b"d", b"dd", b":", b"data: [DONE]\n\n", b"\n",
+                                      b"\r", b"\r\n", b"\n\n", b"\ndata", b'"data:"', b"event: x\n"])
                      | st.binary(max_size=8), max_size=40).map(b"".join))
-def test_count_data_is_bytes_count(data: bytes) -> None:
-    assert _usagec.count_data(data) == data.count(b"data:")
+def test_count_data_counts_the_data_lines(data: bytes) -> None:
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    assert _usagec.count_data(data) == _count_data_py(data) == sum(ln.startswith(b"data:") for ln in lines)
+
+
+def test_a_data_inside_an_events_json_is_no_event() -> None:
+    """The usage estimate counts events: content that spells `data:` (or a whole fake event) adds none."""
+    block = (b'data: {"choices":[{"delta":{"content":"data: data:\\n\\ndata: x"}}]}\n\n'
+             b'event: message\r\ndata: {"a":"data:"}\r\n\r\ndata: [DONE]\n\n')
+    assert _usagec.count_data(block) == _count_data_py(block) == 3
+    assert block.count(b"data:") == 7
 
 
 def test_the_stream_as_the_mock_writes_it() -> None:
@@ -55,7 +67,7 @@ def test_the_stream_as_the_mock_writes_it() -> None:
     assert out == drop_null_usage_py(block) and out.count(b'"usage":null') == 0 and out.count(b"usage") == 1
     assert _usagec.first_empty_choices(block) == block.index(b'"choices":[]')
     assert _usagec.first_empty_choices(block, block.index(b'"choices":[]') + 1) == -1
-    assert _usagec.count_data(block) == 54 == block.count(b"data:")
+    assert _usagec.count_data(block) == 54 == block.count(b"data:") == _count_data_py(block)
     plain = event.replace(b',"usage":null', b"")
     assert _usagec.drop_null_usage(plain) is plain  # nothing cut: the same object, as bytes.replace gives
 
