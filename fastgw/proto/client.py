@@ -12,6 +12,7 @@ that allowed keep-alive; anything else is closed, never pooled.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import ssl
 import time
@@ -67,6 +68,10 @@ class Sink(TypingProtocol):
     def on_error(self, exc: TransportError) -> None: ...
 
 
+def _too_large(limit: int) -> BadResponse:
+    return BadResponse("upstream response body exceeds %d bytes" % limit)
+
+
 class _Collector:
     """The default sink: gathers the body for non-streamed responses."""
 
@@ -81,7 +86,7 @@ class _Collector:
     def on_data(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise BadResponse("upstream response body exceeds %d bytes" % self.limit)
+            raise _too_large(self.limit)
         self.parts.append(data)
 
     def flush(self) -> None:
@@ -353,13 +358,24 @@ class UpstreamConnection(asyncio.Protocol):
                         first_by: float | None = None, idle: float | None = None) -> bytes:
         """The whole body of a non-streamed response: within `timeout` seconds, its first byte by the loop time
         `first_by`, and no silence longer than `idle` after that (one timer, rescheduled only when it fires)."""
+        if self._complete and self._error is None and self._sink is None:
+            # The whole body came with the head (a nearby upstream's usual answer): no sink, future or deadline.
+            held = self._held
+            data = b"" if not held else held[0] if len(held) == 1 else b"".join(held)
+            held.clear()
+            if len(data) > limit:
+                exc = _too_large(limit)
+                self._fail(exc)  # never pooled again
+                raise exc
+            self._ended = True
+            return data
         fut: asyncio.Future[bytes] = self._loop.create_future()
         collector = _Collector(limit, fut)
         self.set_sink(collector)
         if fut.done():
             return fut.result()  # the whole body came with the head (or failed): no deadline to keep
         loop = self._loop
-        end_by = loop.time() + timeout if timeout is not None else float("inf")
+        end_by = loop.time() + timeout if timeout is not None else math.inf
         state = _BodyWatch(loop.time())
 
         def check() -> None:
@@ -380,7 +396,7 @@ class UpstreamConnection(asyncio.Protocol):
                     nxt = min(nxt, first_by)
                 elif idle is not None:
                     nxt = min(nxt, state.at + idle)
-                if nxt != float("inf"):
+                if nxt != math.inf:
                     state.timer = loop.call_at(max(nxt, now + 0.001), check)
 
         check()

@@ -117,6 +117,43 @@ def test_unfinished_response_is_never_pooled():
     run(main())
 
 
+def test_a_whole_body_within_and_past_its_limit_whether_it_came_with_the_head_or_after():
+    """`read_body`'s limit holds for a body that came in the head's read (taken at once, no sink) as for one that
+    comes later (gathered by its collector): past it, BadResponse and the connection never pooled; within it, the
+    body, and the connection reused."""
+    async def main():
+        pool = UpstreamPool(asyncio.get_running_loop())
+
+        async def body_later(w):
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.1)
+            w.write(b"0123456789")
+            await w.drain()
+        whole = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789"
+        srv = Scripted([reply(whole), reply(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), body_later,
+                        reply(whole), body_later])
+        key = ("http", "127.0.0.1", await srv.start())
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+        assert await conn.read_body(limit=10, timeout=2) == b"0123456789" and conn.reusable
+        pool.release(conn)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+        assert await conn.read_body(limit=10, timeout=2) == b"" and conn.reusable
+        pool.release(conn)
+        conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+        assert await conn.read_body(limit=10, timeout=2) == b"0123456789" and conn.reusable
+        pool.release(conn)
+        assert srv.connections == 1
+        for _ in range(2):  # with the head, then after it
+            conn = await pool.exchange(key, REQ, connect_timeout=2, head_timeout=2)
+            with pytest.raises(BadResponse, match="exceeds 9 bytes"):
+                await conn.read_body(limit=9, timeout=2)
+            assert conn.closed and not conn.reusable
+            pool.release(conn)
+        assert srv.connections == 2  # the first refusal's connection was not pooled
+    run(main())
+
+
 def test_upstream_errors():
     async def main():
         loop = asyncio.get_running_loop()
