@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -115,8 +116,8 @@ class SSERelay:
         self._timer: asyncio.TimerHandle | None = None
         self._first = False
         self._last = 0.0
-        self._ttft_at = self._max_at = float("inf")
-        self._idle = float("inf")
+        self._ttft_at = self._max_at = math.inf
+        self._idle = math.inf
         #: Usage accounting: where the upstream's usage goes (a RequestContext), and whether the usage chunk
         #: must be taken out of the stream (we asked for it, the client did not).
         self.usage_sink: RequestContext | None = None
@@ -135,7 +136,7 @@ class SSERelay:
         #: The client stopped reading and the upstream is paused for it: the upstream is not silent then.
         self._client_slow = False
         self._beat = 0.0  # heartbeat interval while waiting for the first event (0: none)
-        self._beat_at = float("inf")
+        self._beat_at = math.inf
         self._resp = resp
         #: The response head (status, headers): started with the first byte written, so a stream that fails
         #: before it leaves the response unstarted and the caller free to fall back or answer with an error.
@@ -173,7 +174,7 @@ class SSERelay:
 
     def _schedule(self) -> None:
         due = min(self._max_at, self._last + self._idle if self._first else min(self._ttft_at, self._beat_at))
-        if due != float("inf"):
+        if due != math.inf:
             self._timer = self._loop.call_at(due, self._check)
 
     def _check(self) -> None:

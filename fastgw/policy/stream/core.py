@@ -18,6 +18,7 @@ difference.
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -195,8 +196,8 @@ class StreamPolicy(ABC):
         self._jobs: deque[list] = deque()
         #: CPU seconds the policies may still spend on this answer, and the request's whole budget (the chain
         #: sets both; the relay meters its work against them).
-        self.cpu_left = float("inf")
-        self.cpu_budget = float("inf")
+        self.cpu_left = math.inf
+        self.cpu_budget = math.inf
         #: Events queued, a dialect's count for `ctx.events` (the usage estimate's fallback), kept here and given
         #: to the context with the texts: an attribute of the interpreted context costs a generic lookup per event.
         self.events = 0
@@ -425,7 +426,7 @@ class StreamPolicy(ABC):
         """Events that may be written now, in order (raw bytes when untouched). Raises StreamBlocked. Text
         still queued is scanned first, whole (a caller that slices calls `work` until `has_work` is false)."""
         if self._jobs:
-            self.work(float("inf"))
+            self.work(math.inf)
         if not self._buffered:
             if self._dirty:
                 for t in self._dirty:
@@ -467,7 +468,7 @@ class StreamPolicy(ABC):
         """End of stream (clean, or the upstream failed): everything held is final now (queued text is
         scanned first: an error path while a long event was being scanned)."""
         if self._jobs:
-            self.work(float("inf"))
+            self.work(math.inf)
         if not self._ended:
             self._finish_all()
         out = self.release()
