@@ -32,6 +32,8 @@ _TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijk
 # pct-encoded, sub-delims), IP-literal brackets and the port colon. Anything else (space, "/", "@", "?", "#",
 # controls, obs-text) is an invalid Host, refused with 400 (RFC 9112 §3.2).
 _HOST_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
+# The methods a gateway's clients send, decoded once (a str made per request otherwise).
+_METHODS: Final = {m.encode(): m for m in ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH")}
 # A method token still growing past this is refused (400); the longest registered method is 17 bytes.
 _MAX_METHOD: Final = 64
 # Heads parsed anew per connection. Each copies the rest of its read and nests one call deeper (a
@@ -215,7 +217,7 @@ class RequestReader:
     __slots__ = ("state", "events", "continue_due", "heads", "version", "on_head", "peer", "body_expected",
                  "counted_total", "_max_header_bytes", "_max_headers", "_max_body_bytes", "_parser", "_guard", "_url",
                  "_headers", "_head_bytes", "_body", "_body_size", "_continue_seq", "_replay", "_replay_kind",
-                 "_replay_reason", "_replays", "_req", "_cont")
+                 "_replay_reason", "_replays", "_req", "_cont", "_host_ok")
 
     def __init__(self, max_header_bytes: int = limits.MAX_HEADER_BYTES, max_headers: int = limits.MAX_HEADERS,
                  max_body_bytes: int = limits.MAX_BODY_BYTES) -> None:
@@ -254,6 +256,8 @@ class RequestReader:
         self._replay_reason = ""
         self._replays = 0  # heads parsed anew (bounded: each copies the rest of its read)
         self._req: Request | None = None  # the request whose head was accepted, until it is complete
+        # The last Host value found valid: a keep-alive client sends the same one with every request.
+        self._host_ok = b""
         # An Upgrade request whose body is read by a fresh parser (httptools skips the body of any Upgrade
         # request): that parser's own head only frames the body, and its callbacks fill this request.
         self._cont: Request | None = None
@@ -517,7 +521,9 @@ class RequestReader:
             return
         parser = self._parser
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        req = self._req = Request(parser.get_method().decode("ascii", "replace"), url, self._headers, b"",
+        raw = parser.get_method()
+        method = _METHODS.get(raw) or raw.decode("ascii", "replace")
+        req = self._req = Request(method, url, self._headers, b"",
                                   "1.1", parser.should_keep_alive(), self.peer)
         version = req.version = self.version = _check_version(parser.get_http_version())
         te: bytes | None = None
@@ -542,8 +548,10 @@ class RequestReader:
         if hosts == 0:
             if version == "1.1":
                 raise ProtocolError("HTTP/1.1 requires exactly one Host header", code="bad_host")
-        elif host.translate(None, _HOST_CHARS):
-            raise ProtocolError("invalid Host header", code="bad_host")
+        elif host != self._host_ok:
+            if host.translate(None, _HOST_CHARS):
+                raise ProtocolError("invalid Host header", code="bad_host")
+            self._host_ok = host
         chunked = te is not None and _is_chunked(te, version)
         length = 0
         if cl is not None:

@@ -125,6 +125,17 @@ def test_errors_whole_and_byte_by_byte(data, status, code):
         assert isinstance(err, HttpError) and err.close
 
 
+@pytest.mark.parametrize("bad", [b"a b", b"x/y", b"x@y", b"h\x80", b"a\tb", b"x?y", b"x#"])
+def test_each_requests_host_is_checked_on_a_keep_alive_connection(bad: bytes) -> None:
+    """A Host found valid is remembered for the next request of the connection, never a different one."""
+    good = b"GET / HTTP/1.1\r\nHost: api.example:8080\r\n\r\n"
+    data = good + good + b"GET / HTTP/1.1\r\nHost: " + bad + b"\r\n\r\n"
+    for pieces in ways(data):
+        r = feed_all(pieces)
+        assert summary(r) == [("req", "GET", "/", b"", "1.1", True, 0), ("req", "GET", "/", b"", "1.1", True, 1),
+                              ("err", 400, "bad_host")], (bad, pieces)
+
+
 def test_a_long_target_is_414_whole_and_431_when_it_trickles_in():
     # httptools holds an unfinished URL back; the raw head-byte bound (431) then stops it first.
     data = b"GET /" + b"a" * 600 + b" HTTP/1.1\r\n\r\n"
