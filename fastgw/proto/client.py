@@ -595,7 +595,9 @@ class UpstreamPool:
         if not conn.reusable:
             conn.close()
             return
-        q = self._idle.setdefault(conn.key, deque())
+        q = self._idle.get(conn.key)
+        if q is None:  # (not setdefault: that builds a deque for every release)
+            q = self._idle[conn.key] = deque()
         if len(q) >= self._max_idle:
             conn.close()
             return
