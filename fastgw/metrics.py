@@ -71,7 +71,7 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Final, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Final, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -214,13 +214,25 @@ def _series_key(cache: dict, key: tuple) -> tuple:
     return (OTHER,) * len(key) if len(cache) >= MAX_SERIES_PER_METRIC else key
 
 
-def _child(metric: object, cache: dict, key: tuple) -> object:
-    """The labelled child for `key` (strings), created once (past the cap, the shared "other" child)."""
-    key = _series_key(cache, key)
-    child = cache.get(key)
-    if child is None:
-        child = cache[key] = metric.labels(*key)  # type: ignore[attr-defined]
+def _series(metric: object, cache: dict, key: tuple, wrap: Callable[[object], Any]) -> Any:
+    """What `cache` keeps for the series of `metric` labelled `key` (strings): `wrap(metric.labels(*key))`, made once;
+    past the cap, the shared "other" series (a series already kept is still found by its own key)."""
+    v = cache.get(key)
+    if v is None:
+        key = _series_key(cache, key)
+        v = cache.get(key)
+        if v is None:
+            v = cache[key] = wrap(metric.labels(*key))  # type: ignore[attr-defined]
+    return v
+
+
+def _same(child: object) -> object:
     return child
+
+
+def _child(metric: object, cache: dict, key: tuple) -> object:
+    """The labelled child for `key` (a gauge's, set at once)."""
+    return _series(metric, cache, key, _same)
 
 
 class _Pending:
@@ -244,13 +256,8 @@ def _add(p: _Pending, amount: float) -> None:
 
 
 def _pending(metric: object, cache: dict[tuple, _Pending], key: tuple) -> _Pending:
-    """The `_Pending` of the series of `metric` labelled `key` (made once; past the cap, the shared "other" one)."""
-    p = cache.get(key)
-    if p is None:
-        key = _series_key(cache, key)
-        p = cache.get(key)
-        if p is None:
-            p = cache[key] = _Pending(metric.labels(*key))  # type: ignore[attr-defined]
+    """The `_Pending` of the series of counter or gauge `metric` labelled `key`."""
+    p: _Pending = _series(metric, cache, key, _Pending)
     return p
 
 
@@ -274,13 +281,8 @@ class _Obs:
 
 
 def _obs_child(metric: object, cache: dict[tuple, _Obs], key: tuple) -> _Obs:
-    """The `_Obs` of the child of histogram `metric` labelled `key` (made once; past the cap, the "other" one)."""
-    o = cache.get(key)
-    if o is None:
-        key = _series_key(cache, key)
-        o = cache.get(key)
-        if o is None:
-            o = cache[key] = _Obs(metric.labels(*key))  # type: ignore[attr-defined]
+    """The `_Obs` of the child of histogram `metric` labelled `key`."""
+    o: _Obs = _series(metric, cache, key, _Obs)
     return o
 
 
@@ -625,21 +627,13 @@ def ratelimit_decision(limit: str, outcome: str) -> None:
 def budget_spend(budget: str, principal: str, usd: float) -> None:
     """The spend of a budget's current period as last read from the shared state (set now, not batched)."""
     m = _m or _build()
-    key = (budget, principal)
-    child = m.c_spend.get(key)
-    if child is None:
-        child = _child(m.spend, m.c_spend, key)
-    child.set(usd)  # type: ignore[attr-defined]
+    _child(m.spend, m.c_spend, (budget, principal)).set(usd)  # type: ignore[attr-defined]
 
 
 def circuit(target: str, is_open: bool) -> None:
     """A target's breaker opened (True) or closed again (False) in this worker (set now, not batched)."""
     m = _m or _build()
-    key = (target,)
-    child = m.c_circuit.get(key)
-    if child is None:
-        child = _child(m.circuit, m.c_circuit, key)
-    child.set(1.0 if is_open else 0.0)  # type: ignore[attr-defined]
+    _child(m.circuit, m.c_circuit, (target,)).set(1.0 if is_open else 0.0)  # type: ignore[attr-defined]
 
 
 def holdback(nbytes: int) -> None:

@@ -194,9 +194,9 @@ class HttpServerProtocol(asyncio.Protocol):
     # No instance dict: one lives as long as its connection (~1.2 KB less per open stream; issue 18).
     __slots__ = ("_handler", "render_error", "_lim", "_tracker", "_loop", "_direct_tasks", "_on_error", "_hooks",
                  "transport", "peer", "_reader", "_queue", "_flow", "_current", "_resp", "closing_after_response",
-                 "_backlog", "_held",
-                 "_lingering", "_overflow", "_paused_at", "_header_timer", "_timed_head", "_body_timer", "_timed_body",
-                 "_body_start", "_body_at", "_keepalive_timer", "_idle_since", "_send_timer", "_linger_timer")
+                 "_backlog", "_held", "_lingering", "_overflow", "_paused_at", "_header_timer", "_timed_head",
+                 "_body_timer", "_timed_body", "_body_start", "_body_at", "_keepalive_timer", "_idle_since",
+                 "_send_timer", "_linger_timer")
 
     # ---- construction: per-connection state ----------------------------------------------
     def __init__(self, handler: Handler, lim: ServerLimits, tracker: ConnectionTracker,
