@@ -260,10 +260,16 @@ class UpstreamConnection(asyncio.Protocol):
     def _deliver(self, sink: Sink) -> None:
         # The body is gathered (`_ParserCallbacks.on_body`) and handed to the sink once per read: an upstream that
         # frames every SSE event as its own chunk would otherwise cost a sink call per event.
+        sink.on_data(self._take_held())
+
+    def _take_held(self) -> bytes:
+        """The body bytes not yet handed on, as one bytes (b"" when none)."""
         held = self._held
+        if not held:
+            return b""
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
-        sink.on_data(data)
+        return data
 
     def on_message_complete(self) -> None:
         if not self._headers_done:
@@ -360,9 +366,7 @@ class UpstreamConnection(asyncio.Protocol):
         `first_by`, and no silence longer than `idle` after that (one timer, rescheduled only when it fires)."""
         if self._complete and self._error is None and self._sink is None:
             # The whole body came with the head (a nearby upstream's usual answer): no sink, future or deadline.
-            held = self._held
-            data = b"" if not held else held[0] if len(held) == 1 else b"".join(held)
-            held.clear()
+            data = self._take_held()
             if len(data) > limit:
                 exc = _too_large(limit)
                 self._fail(exc)  # never pooled again
@@ -373,7 +377,7 @@ class UpstreamConnection(asyncio.Protocol):
         collector = _Collector(limit, fut)
         self.set_sink(collector)
         if fut.done():
-            return fut.result()  # the whole body came with the head (or failed): no deadline to keep
+            return fut.result()  # failed (or ended) already: no deadline to keep
         loop = self._loop
         end_by = loop.time() + timeout if timeout is not None else math.inf
         state = _BodyWatch(loop.time())
