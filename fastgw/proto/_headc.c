@@ -174,18 +174,8 @@ static PyObject *hc_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return out;
 }
 
-PyDoc_STRVAR(date_doc, "date() -> bytes\n\nThe Date value `head` writes this second (b\"\" past year 9999).");
-
-static PyObject *hc_date(PyObject *self, PyObject *unused) {
-    time_t now = time(NULL);
-    if (now != date_second)
-        refresh_date(now);
-    return PyBytes_FromStringAndSize(date_value, date_len);
-}
-
 static PyMethodDef methods[] = {
     {"head", (PyCFunction)(void (*)(void))hc_head, METH_FASTCALL, head_doc},
-    {"date", hc_date, METH_NOARGS, date_doc},
     {NULL, NULL, 0, NULL},
 };
 
