@@ -21,15 +21,15 @@ STAMP = ROOT / ".venv" / ".compiled"
 _LIST = re.search(r"^COMPILED := ((?:.*\\\n)*.*)$", (ROOT / "Makefile").read_text(), re.M)
 COMPILED = _LIST[1].replace("\\\n", " ").split() if _LIST else []
 #: The Makefile's NATIVE_C: hand-written C modules built in the same step.
-_C_LIST = re.search(r"^NATIVE_C := (.*)$", (ROOT / "Makefile").read_text(), re.M)
-NATIVE_C = _C_LIST[1].split() if _C_LIST else []
+_C_LIST = re.search(r"^NATIVE_C := ((?:.*\\\n)*.*)$", (ROOT / "Makefile").read_text(), re.M)
+NATIVE_C = _C_LIST[1].replace("\\\n", " ").split() if _C_LIST else []
 #: The compiled modules' own tests, run again on the pure-Python sources (~22 s of one xdist worker; the suite's
 #: 5-minute budget keeps out the slower ones, which exercise the same code compiled: the fold's redaction corpus,
 #: the server through sockets, the h1 abuse and SSE vector files, Redis's half of the state backends).
 PURE_TESTS = ["tests/scan/test_scanner.py", "tests/scan/test_fold.py", "tests/scan/test_scan_cost.py",
               "tests/proto/test_h1_reader.py", "tests/proto/test_framing_guard.py", "tests/proto/test_chunked.py",
               "tests/proto/test_sse.py", "tests/proto/test_writer.py", "tests/proto/test_flow.py",
-              "tests/proto/test_client.py", "tests/state/test_local_table.py", "tests/state/test_ratelimit_policy.py",
+              "tests/proto/test_client.py", "tests/proto/test_client_chunks.py", "tests/state/test_local_table.py", "tests/state/test_ratelimit_policy.py",
               "tests/state/test_asks.py", "tests/state/test_quota_cancel.py", "tests/test_quota_renew.py",
               "tests/test_pipeline.py", "tests/test_cancellation.py", "tests/policy/test_stream_policy.py",
               "tests/policy/test_stream_policy_texts.py", "tests/policy/test_stream_chunks.py",
@@ -44,7 +44,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     built = dict(line.split()[::-1] for line in STAMP.read_text().splitlines())
     assert sorted(built) == sorted(COMPILED + NATIVE_C), "the stamp is not of the Makefile's COMPILED: run make"
     assert NATIVE_C == ["fastgw/state/_tablec.c", "fastgw/_accessline.c", "fastgw/api/_usagec.c",
-                        "fastgw/proto/_headc.c"], NATIVE_C
+                        "fastgw/proto/_headc.c", "fastgw/proto/_dechunkc.c"], NATIVE_C
     for path in NATIVE_C:
         module = importlib.import_module(path.removesuffix(".c").replace("/", "."))
         assert (module.__file__ or "").endswith(".so") and Path(module.__file__ or "").parent == (ROOT / path).parent
@@ -59,6 +59,9 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert stream._count_data is _usagec.count_data
     from fastgw.proto import _headc, writer
     assert writer._c_head is _headc.head, "the C response head is built but not in use"
+    from fastgw.proto import _dechunkc, client
+    assert client._dechunk is _dechunkc.dechunk and client._head_cut is _dechunkc.head_cut, \
+        "the C chunk decoder is built but not in use"
     for path in COMPILED:
         name = path.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(name)
@@ -229,6 +232,7 @@ _REVIEWED_SLICES = {
     ("fastgw/policy/textscan.py", "tags[k:k + _SPAN_RUN]"),  # lists, and the end is the start plus a run
     ("fastgw/providers/scope.py", "server[6:-1]"),  # a str (f"tools[{i}]")
     ("fastgw/accesslog.py", "data[start:end]"),  # end = size, or a newline's index + 1 found at or after start
+    ("fastgw/proto/client.py", "data[start:end]"),  # end: a head's CR LF CR LF found at or after start, past it
 }
 
 

@@ -17,11 +17,16 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Final
 from typing import Protocol as TypingProtocol
 
 import httptools
 
 from fastgw.proto import limits
+from fastgw.proto.dechunk import DONE, LLHTTP, MESSAGES, MORE
+from fastgw.proto.dechunk import dechunk as dechunk_py
+from fastgw.proto.dechunk import head_cut as head_cut_py
 
 __all__ = [
     "TransportError", "ConnectFailed", "TransportTimeout", "PeerClosed", "BadResponse",
@@ -101,6 +106,21 @@ class _Collector:
             self.future.set_exception(exc)
 
 
+def _load_dechunk() -> tuple[Callable[[bytes, int, int, list[bytes]], int], Callable[[bytes, int], int]]:
+    """The C chunk decoder's functions (`fastgw.proto._dechunkc`), or their Python forms where it is not built."""
+    try:
+        from fastgw.proto import _dechunkc
+    except ImportError:
+        return dechunk_py, head_cut_py
+    return _dechunkc.dechunk, _dechunkc.head_cut
+
+
+_DECHUNK: Final = _load_dechunk()
+#: A read's plain chunks decoded at once, and where a head that names a chunked body ends (fastgw/proto/dechunk.py).
+_dechunk: Final = _DECHUNK[0]
+_head_cut: Final = _DECHUNK[1]
+
+
 class _BodyWatch:
     """`read_body`'s deadline state: the body size last seen, when it last grew, and the pending check."""
 
@@ -136,7 +156,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("key", "_loop", "transport", "reused", "idle_since", "closed", "_rcvbuf_capped", "_head_future",
                  "_head_timer", "_head_due", "_head_timeout", "_parser", "status", "headers", "_head_bytes",
                  "_got_bytes", "_headers_done", "_complete", "_keep_alive", "_close_delimited", "_sink", "_held",
-                 "_error", "_ended", "_callbacks")
+                 "_error", "_ended", "_callbacks", "_plain_chunked", "_head_tail", "_fast", "_state", "_pend")
 
     def __init__(self, key: PoolKey, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
@@ -164,6 +184,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False  # (read by `_reset`: a parser is kept only after a complete keep-alive response)
         self._keep_alive = False
         self._close_delimited: bool
+        #: The head asks for a chunked body and nothing else (one Transfer-Encoding, `chunked`, no Content-Length).
+        self._plain_chunked: bool
+        #: The last bytes (up to 3) of a read that did not end the head: the next read may complete its CR LF CR LF.
+        self._head_tail: bytes
+        #: The body's chunks are read by `_dechunk` (`_read_chunks`), from its state (the current chunk's data still
+        #: due, the bytes of its CR LF still due: dechunk.py), and the beginning of a size line a read cut.
+        self._fast: bool
+        self._state: int
+        self._pend: bytes
         self._sink: Sink | None
         #: Body bytes not yet handed to a sink: one list for the connection's life, which its parsers append to.
         self._held: list[bytes] = []
@@ -183,7 +212,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._got_bytes = True
         try:
-            self._parser.feed_data(data)
+            if self._fast:
+                self._read_chunks(data, 0)
+            elif self._headers_done:
+                self._parser.feed_data(data)
+            else:
+                self._read_head(data)
             if self._held and (sink := self._sink) is not None:
                 self._deliver(sink)
         except httptools.HttpParserCallbackError as e:
@@ -199,6 +233,59 @@ class UpstreamConnection(asyncio.Protocol):
             sink.flush()
         if not self._headers_done and self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
             self._fail(BadResponse("upstream response head too large"))
+
+    def _read_head(self, data: bytes) -> None:
+        """Bytes while the response head is incomplete: llhttp reads each head (interim 1xx ones first) to its last
+        byte, found here first, so that a plain chunked body after it can be read by `_read_chunks` from its start."""
+        parser = self._parser
+        tail = self._head_tail
+        start = 0  # where in `data` the head being read begins
+        while True:
+            seen = tail + data if tail else data
+            cut = _head_cut(seen, start)
+            if cut < 0:
+                # No end of a head in this read, or a head that names no chunked body: all of it to llhttp.
+                parser.feed_data(data[start:] if start else data)
+                self._head_tail = b"" if self._headers_done else seen[-3:]
+                return
+            end = cut - len(tail)
+            tail = self._head_tail = b""
+            parser.feed_data(data[start:end] if start or end < len(data) else data)
+            start = end
+            if self._headers_done or end == len(data):
+                break
+        # llhttp has read exactly the head: a body in chunks it would read from here on can be read here instead.
+        self._fast = self._headers_done and self._plain_chunked and not self._complete
+        if start < len(data):
+            if self._fast:
+                self._read_chunks(data, start)
+            else:
+                parser.feed_data(data[start:])
+
+    def _read_chunks(self, data: bytes, start: int) -> None:
+        """Body bytes of a chunked response from `data[start:]`: its plain chunks' data to the held list in one
+        piece; from the first chunk boundary that is not plain (the last chunk among them) llhttp reads the rest of
+        the message."""
+        pend = self._pend
+        if pend:
+            data = pend + data[start:]
+            start = 0
+            self._pend = b""
+        r = _dechunk(data, start, self._state, self._held)
+        code = r & 7
+        if code == DONE:
+            self._state = r >> 3
+            return
+        self._state = 0  # a chunk boundary
+        at = r >> 3
+        if code == MORE:
+            self._pend = data[at:]
+            return
+        self._fast = False
+        if code == LLHTTP:
+            self._parser.feed_data(data[at:] if at else data)
+            return
+        raise httptools.HttpParserError(MESSAGES[code])  # as llhttp raises it for these bytes: see data_received
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost decides what the EOF means
@@ -247,12 +334,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = p.should_keep_alive()
         chunked = False
         has_length = False
+        codings = 0
+        plain = False
         for n, v in self.headers:
-            if n == b"transfer-encoding" and v.lower().find(b"chunked") >= 0:  # (not `in`: see sse.py's `13 in b`)
-                chunked = True
+            if n == b"transfer-encoding":
+                codings += 1
+                low = v.lower()
+                if low.find(b"chunked") >= 0:  # (not `in`: see sse.py's `13 in b`)
+                    chunked = True
+                    plain = low.strip() == b"chunked"
             elif n == b"content-length":
                 has_length = True
         self._close_delimited = not chunked and not has_length and status not in (204, 304)
+        self._plain_chunked = plain and codings == 1 and not has_length
         fut = self._head_future
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -318,6 +412,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._keep_alive = False
         self._close_delimited = False
+        self._plain_chunked = False
+        self._head_tail = b""
+        self._fast = False
+        self._state = 0
+        self._pend = b""
         self._sink = None
         self._held.clear()
         self._error = None
