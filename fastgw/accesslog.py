@@ -624,7 +624,8 @@ def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forw
         return
     # The handlers are looked at once a batch, by its first line (and again by `flush`, which sends the batch
     # through logging if they changed while it waited).
-    if _flush_timer is None and not _direct():
+    timer = _flush_timer  # (a module global is a dictionary lookup at each read from compiled code)
+    if timer is None and not _direct():
         # Through logging (other handlers or filters attached, or a write error to report). Logger.info() would
         # also walk the stack for the caller's file and line (findCaller) that this line never shows.
         msg = _line(_values(ctx, route, nbytes, forwarded))
@@ -634,7 +635,7 @@ def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forw
     if line is None:
         return
     _pending.append(line)
-    if _flush_timer is None:
+    if timer is None:
         try:
             # One write(2) per ACCESS_LOG_FLUSH_DELAY for the lines finished in it (or a full batch), not one per
             # request: a busy worker finishes about one request per loop iteration.

@@ -112,7 +112,10 @@ class Request:
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
                  version: str, keep_alive: bool, peer: str = "") -> None:
         self.method = method
-        if target[:7] == b"http://" or target[:8] == b"https://":
+        # (The origin form, "/...", tested first: `startswith` is native to compiled code, where two slices and
+        # compares were made for every request. Not `b"?" in target`: bytes' `in` tries its operand as an int
+        # first and formats a TypeError, ~2,100 instructions.)
+        if not target.startswith(b"/") and (target.startswith(b"http://") or target.startswith(b"https://")):
             # Absolute form (RFC 9112 §3.2.2: a server MUST accept it): route by its path.
             slash = target.find(b"/", target.find(b"//") + 2)
             target = target[slash:] if slash > 0 else b"/"

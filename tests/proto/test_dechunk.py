@@ -37,7 +37,7 @@ def _read(got: tuple[list[bytes], int]) -> tuple[bytes, int, int, int]:
     return b"".join(out), code, -1 if code == DONE else r >> 3, r >> 3 if code == DONE else -1
 
 
-@settings(max_examples=3000)
+@settings(max_examples=1500)
 @given(_bytes, st.integers(0, 200), _state)
 def test_the_c_form_is_the_python_form(data: bytes, start: int, state: int) -> None:
     start %= len(data) + 1
@@ -86,7 +86,7 @@ _head = st.lists(st.sampled_from([b"HTTP/1.1 200 OK", b"\r\n", b"\r\n\r\n", b"\r
                                   b"hunk", b"ed", b"transfer-encoding: ", b"x"]), max_size=10).map(b"".join)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=600)
 @given(_head, st.integers(0, 100))
 def test_head_cut_in_c_is_the_python_form(data: bytes, start: int) -> None:
     start %= len(data) + 1
