@@ -17,7 +17,10 @@
  * the two equal); `first_empty_choices(data, start)` is the least index >= start where `"choices":[]` or
  * `"choices": []` begins, or -1; `count_data(data)` is `data.startswith(b"data:") + data.count(b"\ndata:") +
  * data.count(b"\rdata:")`: the `data:` lines of whole events (the relay's blocks start at an event), not a `data:`
- * that an event's JSON holds in a string.
+ * that an event's JSON holds in a string. `event_span(data, i)` is the usage chunk's event around `i` as the relay
+ * cut it with `rfind`/`find` of a blank line (CPython's reverse search walks ~2.5 ns a byte back to it: ~0.4 µs on
+ * the mock's read) and `without(data, start, end)` is `data[:start] + data[end:]` in one copy, not two (0.68 µs for
+ * the mock's 12 KB read; a `b"".join` of two memoryviews took 0.91).
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -150,8 +153,83 @@ static PyObject *uc_count_data(PyObject *self, PyObject *data) {
     return PyLong_FromSsize_t(n);
 }
 
+PyDoc_STRVAR(span_doc,
+"event_span(data: bytes, i: int) -> tuple[int, int]\n\n"
+"The event around index i: from after the last blank line (\\n\\n) that ends before i (or 0) to after the first\n"
+"that begins at or after i (or the end).");
+
+static PyObject *uc_event_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "event_span(data: bytes, i: int)");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (i < 0 || i > n) {
+        PyErr_SetString(PyExc_ValueError, "event_span: no such index");
+        return NULL;
+    }
+    /* `data.rfind(b"\n\n", 0, i)`: a blank line wholly before i, the last one (memrchr a line end at a time). */
+    Py_ssize_t start = 0;
+    for (Py_ssize_t k = i - 1; k >= 1;) {
+        const char *lf = memrchr(s + 1, '\n', (size_t)k);  /* a '\n' at s[1..k], with a '\n' before it? */
+        if (lf == NULL)
+            break;
+        if (lf[-1] == '\n') {
+            start = lf - s + 1;
+            break;
+        }
+        k = lf - s - 2;  /* lf[-1] is no '\n': the next pair ends before it */
+    }
+    /* `data.find(b"\n\n", i)`. */
+    Py_ssize_t end = n;
+    for (const char *p = s + i; p < s + n - 1;) {
+        const char *lf = memchr(p, '\n', (size_t)(s + n - 1 - p));
+        if (lf == NULL)
+            break;
+        if (lf[1] == '\n') {
+            end = lf - s + 2;
+            break;
+        }
+        p = lf + 1;
+    }
+    return Py_BuildValue("(nn)", start, end);
+}
+
+PyDoc_STRVAR(without_doc,
+"without(data: bytes, start: int, end: int) -> bytes\n\n"
+"data[:start] + data[end:] in one copy (0 <= start <= end <= len(data)).");
+
+static PyObject *uc_without(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "without(data: bytes, start: int, end: int)");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), end = PyLong_AsSsize_t(args[2]);
+    if ((start == -1 || end == -1) && PyErr_Occurred())
+        return NULL;
+    if (start < 0 || start > end || end > n) {
+        PyErr_SetString(PyExc_ValueError, "without: no such span");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n - (end - start));
+    if (out == NULL)
+        return NULL;
+    const char *s = PyBytes_AS_STRING(args[0]);
+    char *d = PyBytes_AS_STRING(out);
+    memcpy(d, s, (size_t)start);
+    memcpy(d + start, s + end, (size_t)(n - end));
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"drop_null_usage", uc_drop_null_usage, METH_O, drop_doc},
+    {"event_span", (PyCFunction)(void (*)(void))uc_event_span, METH_FASTCALL, span_doc},
+    {"without", (PyCFunction)(void (*)(void))uc_without, METH_FASTCALL, without_doc},
     {"count_data", uc_count_data, METH_O, count_doc},
     {"first_empty_choices", (PyCFunction)(void (*)(void))uc_first_empty_choices, METH_FASTCALL, first_doc},
     {NULL, NULL, 0, NULL},
