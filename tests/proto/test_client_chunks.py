@@ -175,13 +175,13 @@ def _wire(draw: st.DrawFn) -> bytes:
     return wire
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_wire(), st.lists(st.integers(0, 10_000), max_size=8))
 def test_a_chunked_body_reads_as_llhttp_reads_it_however_it_is_cut(wire: bytes, points: list[int]) -> None:
     assert _through_connection(_cuts(wire, points)) == [_through_llhttp(wire)]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(_chunk(), max_size=6), st.integers(1, 9))
 def test_byte_by_byte(chunks: list[bytes], step: int) -> None:
     wire = OK + b"".join(chunks) + b"0\r\n\r\n"

@@ -37,7 +37,7 @@ def _read(got: tuple[list[bytes], int]) -> tuple[bytes, int, int, int]:
     return b"".join(out), code, -1 if code == DONE else r >> 3, r >> 3 if code == DONE else -1
 
 
-@settings(max_examples=1500)
+@settings(max_examples=800)
 @given(_bytes, st.integers(0, 200), _state)
 def test_the_c_form_is_the_python_form(data: bytes, start: int, state: int) -> None:
     start %= len(data) + 1
