@@ -95,6 +95,11 @@ class FramingGuard:
         """Bytes of a request head received so far without its end: the exact measure for a header-size limit."""
         return self._head_len
 
+    def request_line(self) -> bytes | None:
+        """The unfinished request head's first line, without its LF, once that LF was received; else None."""
+        nl = self._prefix.find(b"\n") if self._begun else -1
+        return None if nl < 0 else bytes(self._prefix[:nl])
+
     @property
     def unreached(self) -> int:
         """Messages announced by push_framing whose head end the guard has not reached yet."""

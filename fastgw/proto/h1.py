@@ -16,7 +16,7 @@ as in h11's `_state.py`; an illegal transition raises `StateError` naming the st
 from __future__ import annotations
 
 import enum
-from typing import Callable, Final
+from typing import Callable, Final, Optional
 
 import httptools
 
@@ -97,6 +97,24 @@ TRANSITIONS: Final[dict[ReaderState, dict[ReaderEvent, ReaderState]]] = {
     FAILED: {_E.CLOSE: CLOSED},
     CLOSED: {},
 }
+
+
+#: What `_reqheadc.read_head` gives for a plain head: method, target, fields, the offset past the blank line.
+PlainHead = Optional[tuple[str, bytes, list[tuple[bytes, bytes]], int]]
+
+
+def _load_read_head() -> Callable[[bytes, int, int, int], PlainHead] | None:
+    """The C reader of plain request heads (fastgw/proto/_reqheadc.c), or None where it is not built: llhttp then
+    reads every head (the fast path's only form; its absence changes no answer)."""
+    try:
+        from fastgw.proto import _reqheadc
+    except ImportError:
+        return None
+    return _reqheadc.read_head
+
+
+#: Plain request heads read in C, or None (see _load_read_head).
+_READ_HEAD: Final = _load_read_head()
 
 
 class Request:
@@ -220,7 +238,7 @@ class RequestReader:
     __slots__ = ("state", "events", "continue_due", "heads", "version", "on_head", "peer", "body_expected",
                  "counted_total", "_max_header_bytes", "_max_headers", "_max_body_bytes", "_parser", "_guard", "_url",
                  "_headers", "_head_bytes", "_body", "_body_size", "_continue_seq", "_replay", "_replay_kind",
-                 "_replay_reason", "_replays", "_req", "_cont", "_host_ok")
+                 "_replay_reason", "_replays", "_req", "_cont", "_host_ok", "read_head", "_fast_left")
 
     def __init__(self, max_header_bytes: int = limits.MAX_HEADER_BYTES, max_headers: int = limits.MAX_HEADERS,
                  max_body_bytes: int = limits.MAX_BODY_BYTES) -> None:
@@ -264,6 +282,11 @@ class RequestReader:
         # An Upgrade request whose body is read by a fresh parser (httptools skips the body of any Upgrade
         # request): that parser's own head only frames the body, and its callbacks fill this request.
         self._cont: Request | None = None
+        #: Reads plain heads in C between messages (`_feed_fast`); None gives every head to llhttp (tests set it
+        #: to compare the two).
+        self.read_head = _READ_HEAD
+        #: Content-Length bytes still to come of a body whose head `read_head` read (llhttp never saw it).
+        self._fast_left = 0
 
     # ---- state ----------------------------------------------------------------------------------------
     def _to(self, event: ReaderEvent) -> None:
@@ -317,11 +340,90 @@ class RequestReader:
     def feed(self, data: bytes) -> None:
         """Parse the next bytes of the connection; complete requests and errors are appended to `events`."""
         st = self.state
-        if st is REPLAY:
+        if st is IDLE:
+            if self.read_head is not None and self._guard.idle and self._cont is None:
+                self._feed_fast(data, 0)
+            else:
+                self._feed(data, data)
+        elif st is BODY and self._fast_left:
+            self._fast_body(data)
+        elif st is REPLAY:
             self._replay += data  # type: ignore[operator]
             self._resume_replay()
         elif st is not FAILED and st is not MUST_CLOSE and st is not CLOSED:
             self._feed(data, data)
+
+    # ---- plain heads, read in C ------------------------------------------------------------------------
+    # Between messages, a head `read_head` reads whole (the strict subset its source names) and its Content-Length
+    # body never reach llhttp or the guard: llhttp stays at a message start and the guard idle, so the first head it
+    # does not read goes to them from its first byte, as if every message before it had.
+
+    def _feed_fast(self, data: bytes, pos: int) -> None:
+        """Read the plain heads (and their bodies) at data[pos:] in C; the rest goes to llhttp."""
+        read_head = self.read_head
+        assert read_head is not None
+        n = len(data)
+        while True:
+            got = read_head(data, pos, self._max_header_bytes, self._max_headers)
+            if got is None:
+                rest = data[pos:] if pos else data
+                if rest:
+                    self._feed(rest, rest)
+                return
+            method, url, headers, end = got
+            self.state = HEAD  # (IDLE -BEGIN-> HEAD, as on_message_begin)
+            self._headers = headers
+            self._body = []
+            self._body_size = 0
+            try:
+                self._accept(method, url, "1.1", True)
+            except _Refused:
+                self._to(_E.STOP)
+                self.continue_due = False
+                return
+            except HttpError as e:
+                self.fail(e)
+                return
+            length = self.body_expected
+            if length > n - end:
+                if n > end:
+                    self._body.append(data[end:])
+                    self._body_size = n - end
+                self._fast_left = length - (n - end)
+                return
+            pos = end + length
+            self._body_size = length
+            self._end_fast(data[end:pos] if length else b"")
+            if pos == n:
+                return
+
+    def _fast_body(self, data: bytes) -> None:
+        """More of the body of a head read in C."""
+        left = self._fast_left
+        n = len(data)
+        if n < left:
+            self._body.append(data)
+            self._body_size += n
+            self._fast_left = left - n
+            return
+        self._fast_left = 0
+        self._body.append(data[:left] if n > left else data)
+        self._body_size += left
+        body = self._body
+        self._end_fast(body[0] if len(body) == 1 else b"".join(body))
+        if n > left:
+            self.feed(data[left:])
+
+    def _end_fast(self, body: bytes) -> None:
+        """The message whose head was read in C is complete (BODY -END-> IDLE, as on_message_complete)."""
+        self.state = IDLE
+        self.continue_due = False
+        req = self._req
+        assert req is not None
+        self._req = None
+        req.body = body
+        self._body = []
+        self.events.append(req)
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -347,7 +449,7 @@ class RequestReader:
                 # httptools buffers a header name/value until it ends: bound that buffer too.
                 raise _header_limit(self._max_header_bytes)
             if self.state is HEAD and self._req is None and not self._headers and self._url:
-                self._check_simple_request(raw)
+                self._check_simple_request()
         except httptools.HttpParserUpgrade as e:
             self._upgrade(e, data, raw)
         except HttpError as e:
@@ -376,15 +478,13 @@ class RequestReader:
             else:
                 self.fail(ProtocolError(f"malformed request: {e}"))
 
-    def _check_simple_request(self, raw: bytes) -> None:
+    def _check_simple_request(self) -> None:
         """An HTTP/0.9 request line (`GET /path` then LF, no version): llhttp would wait for header lines
         that never come, so it is refused at once (400) instead of at the header timeout."""
-        if self._parser.get_http_version() != "0.0":
-            return  # a version was parsed: an ordinary head still arriving
-        k = min(self._guard.head_bytes, len(raw))  # this head's bytes in this read (it is unfinished: last)
-        tail = raw[len(raw) - k:]
-        nl = tail.find(b"\n")
-        if nl >= 0 and tail.find(b" HTTP/", 0, nl) < 0:
+        # From the head's own bytes (the guard holds an unfinished head's), not llhttp's version: that is the
+        # last message's until this one's is parsed, so a later message on the connection went unchecked.
+        line = self._guard.request_line()
+        if line is not None and line.find(b" HTTP/") < 0:
             raise ProtocolError("HTTP/0.9 requests are not supported", code="unsupported_http_version")
 
     def _upgrade(self, e: httptools.HttpParserUpgrade, data: bytes, raw: bytes) -> None:
@@ -525,10 +625,15 @@ class RequestReader:
         parser = self._parser
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         raw = parser.get_method()
-        method = _METHODS.get(raw) or raw.decode("ascii", "replace")
-        req = self._req = Request(method, url, self._headers, b"",
-                                  "1.1", parser.should_keep_alive(), self.peer)
-        version = req.version = self.version = _check_version(parser.get_http_version())
+        cl = self._accept(_METHODS.get(raw) or raw.decode("ascii", "replace"), url, parser.get_http_version(),
+                          parser.should_keep_alive())
+        self._guard.push_framing(self.body_expected < 0, None if cl < 0 else cl)
+
+    def _accept(self, method: str, url: bytes, http_version: str, keep_alive: bool) -> int:
+        """Judge the head whose fields are in `_headers` (state HEAD) and move to BODY; its Content-Length, or -1
+        without one. Raises the HttpError that answers it, or _Refused when `on_head` refused it."""
+        req = self._req = Request(method, url, self._headers, b"", "1.1", keep_alive, self.peer)
+        version = req.version = self.version = _check_version(http_version)
         te: bytes | None = None
         cl: bytes | None = None
         hosts = 0
@@ -558,7 +663,7 @@ class RequestReader:
         chunked = te is not None and _is_chunked(te, version)
         length = 0
         if cl is not None:
-            length = int(cl)  # llhttp has validated digits-only and rejected duplicates and CL+TE
+            length = int(cl)  # llhttp (or read_head) has validated digits-only and refused duplicates and CL+TE
             if length > self._max_body_bytes:
                 raise _body_limit(self._max_body_bytes)
         self.body_expected = -1 if chunked else length
@@ -577,13 +682,13 @@ class RequestReader:
                 raise _Refused()
         if expect is not None:
             self._expect(expect, version == "1.1" and (chunked or length > 0))
-        self._guard.push_framing(chunked, None if cl is None else length)
         req.seq = self.heads
         self.heads += 1
         nxt = TRANSITIONS[self.state].get(_HEAD_DONE)
         if nxt is None:
             raise StateError(self.state, _HEAD_DONE)
         self.state = nxt
+        return -1 if cl is None else length
 
     def _expect(self, expect: bytes, body_due: bool) -> None:
         if expect.lower() != b"100-continue":
@@ -613,6 +718,9 @@ class RequestReader:
         req.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         if self._cont is None:
             req.keep_alive = self._parser.should_keep_alive()
+            if not req.keep_alive:
+                # llhttp refuses what follows a message that ends the connection: nothing may bypass it now.
+                self.read_head = None
         else:
             self._cont = None
         self._body = []

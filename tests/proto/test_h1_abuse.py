@@ -64,6 +64,20 @@ def test_an_http09_request_line_is_refused_at_once(line):
         assert isinstance(err, HttpError) and err.status == 400 and err.code == "unsupported_http_version"
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_an_http09_request_line_after_a_request_is_refused_at_once_too(fast: bool) -> None:
+    """Judged from the head's bytes: llhttp's version is the last message's until this one's is parsed."""
+    for first in (GET, b"GET /old HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"):
+        r = RequestReader(max_header_bytes=4096, max_headers=20, max_body_bytes=1000)
+        if not fast:
+            r.read_head = None  # the first request read by llhttp too
+        r.feed(first + b"GET /healthz")
+        r.feed(b"\r\n")
+        assert r.state is FAILED
+        req, err = r.events
+        assert isinstance(req, Request) and isinstance(err, HttpError) and err.code == "unsupported_http_version"
+
+
 def test_a_head_still_arriving_is_not_mistaken_for_http09():
     for part in (b"GET /healthz", b"GET /healthz HTTP/1.", b"GET /healthz HTTP/1.1\r\n", b"GET /x HTTP/1.1\r\nHo"):
         assert not feed([part]).events
