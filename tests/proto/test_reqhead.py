@@ -8,11 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgw.proto import h1
+from fastgw.proto._reqheadc import read_head
 from fastgw.proto.errors import HttpError, LimitError
 from fastgw.proto.h1 import FAILED, IDLE, Request, RequestReader
-
-_reqheadc = pytest.importorskip("fastgw.proto._reqheadc", reason="the C module is built by `make`")
-read_head = _reqheadc.read_head
 
 PLAIN = (b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw:8080\r\nContent-Type: application/json\r\n"
          b"Authorization:Bearer sk-1 \t\r\nConnection: Keep-Alive\r\nX-Empty:\r\nContent-Length: 5\r\n\r\nhello")
