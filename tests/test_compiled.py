@@ -44,7 +44,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     built = dict(line.split()[::-1] for line in STAMP.read_text().splitlines())
     assert sorted(built) == sorted(COMPILED + NATIVE_C), "the stamp is not of the Makefile's COMPILED: run make"
     assert NATIVE_C == ["fastgw/state/_tablec.c", "fastgw/_accessline.c", "fastgw/api/_usagec.c",
-                        "fastgw/proto/_headc.c", "fastgw/proto/_dechunkc.c", "fastgw/proto/_reqheadc.c"], NATIVE_C
+                        "fastgw/proto/_headc.c", "fastgw/proto/_dechunkc.c", "fastgw/proto/_plainheadc.c"], NATIVE_C
     for path in NATIVE_C:
         module = importlib.import_module(path.removesuffix(".c").replace("/", "."))
         assert (module.__file__ or "").endswith(".so") and Path(module.__file__ or "").parent == (ROOT / path).parent
@@ -62,8 +62,9 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     from fastgw.proto import _dechunkc, client
     assert client._dechunk is _dechunkc.dechunk and client._head_cut is _dechunkc.head_cut, \
         "the C chunk decoder is built but not in use"
-    from fastgw.proto import _reqheadc, h1
-    assert h1._READ_HEAD is _reqheadc.read_head, "the C request head reader is built but not in use"
+    from fastgw.proto import _plainheadc, h1
+    assert h1._READ_HEAD is _plainheadc.request and client._READ_HEAD is _plainheadc.response, \
+        "the C head readers are built but not in use"
     for path in COMPILED:
         name = path.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(name)
@@ -236,6 +237,7 @@ _REVIEWED_SLICES = {
     ("fastgw/accesslog.py", "data[start:end]"),  # end = size, or a newline's index + 1 found at or after start
     ("fastgw/proto/client.py", "data[start:end]"),  # end: a head's CR LF CR LF found at or after start, past it
     ("fastgw/proto/h1.py", "data[end:pos]"),  # pos = end + length, a Content-Length (digits: >= 0)
+    ("fastgw/proto/client.py", "data[start:start + left]"),  # left: what remains of a Content-Length, > 0 there
 }
 
 

@@ -18,7 +18,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Optional
 from typing import Protocol as TypingProtocol
 
 import httptools
@@ -120,6 +120,27 @@ _DECHUNK: Final = _load_dechunk()
 _dechunk: Final = _DECHUNK[0]
 _head_cut: Final = _DECHUNK[1]
 
+#: What `_plainheadc.response` gives for a plain head: status, fields, Content-Length (-1: chunked), the offset past
+#: the blank line.
+PlainHead = Optional[tuple[int, list[tuple[bytes, bytes]], int, int]]
+
+
+def _load_read_head() -> Callable[[bytes, int, int, int], PlainHead] | None:
+    """The C reader of plain response heads (fastgw/proto/_plainheadc.c), or None where it is not built: llhttp then
+    reads every head (the fast path's only form; its absence changes no answer)."""
+    try:
+        from fastgw.proto import _plainheadc
+    except ImportError:
+        return None
+    return _plainheadc.response
+
+
+#: Plain response heads read in C, or None (see _load_read_head).
+_READ_HEAD: Final = _load_read_head()
+#: What llhttp is given before the part of a chunked body it is to read (the last chunk, or the first chunk boundary
+#: that is not plain) when the body's head was read in C: its callbacks ignore this head (`_unseen`).
+_CHUNKED_HEAD: Final = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
 
 class _BodyWatch:
     """`read_body`'s deadline state: the body size last seen, when it last grew, and the pending check."""
@@ -156,7 +177,8 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("key", "_loop", "transport", "reused", "idle_since", "closed", "_rcvbuf_capped", "_head_future",
                  "_head_timer", "_head_due", "_head_timeout", "_parser", "status", "headers", "_head_bytes",
                  "_got_bytes", "_headers_done", "_complete", "_keep_alive", "_close_delimited", "_sink", "_held",
-                 "_error", "_ended", "_callbacks", "_plain_chunked", "_head_tail", "_fast", "_state", "_pend")
+                 "_error", "_ended", "_callbacks", "_plain_chunked", "_head_tail", "_fast", "_state", "_pend", "read_head",
+                 "_body_left", "_unseen")
 
     def __init__(self, key: PoolKey, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
@@ -193,6 +215,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._fast: bool
         self._state: int
         self._pend: bytes
+        #: Reads a response's head in C when its first read holds it whole (`_read_head`); None gives every head to
+        #: llhttp (tests set it to compare the two).
+        self.read_head = _READ_HEAD
+        #: Content-Length bytes still to come of a body whose head was read in C (llhttp never sees it).
+        self._body_left: int
+        #: The head was read in C: llhttp, if it reads the end of the (chunked) body, is given `_CHUNKED_HEAD` first.
+        self._unseen: bool
         self._sink: Sink | None
         #: Body bytes not yet handed to a sink: one list for the connection's life, which its parsers append to.
         self._held: list[bytes] = []
@@ -210,14 +239,17 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the peer is confused or closing; never reuse it.
             self.close()
             return
+        first = not self._got_bytes
         self._got_bytes = True
         try:
             if self._fast:
                 self._read_chunks(data, 0)
+            elif self._body_left:
+                self._read_length(data, 0)
             elif self._headers_done:
                 self._parser.feed_data(data)
             else:
-                self._read_head(data)
+                self._read_head(data, first)
             if self._held and (sink := self._sink) is not None:
                 self._deliver(sink)
         except httptools.HttpParserCallbackError as e:
@@ -234,9 +266,25 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._headers_done and self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
             self._fail(BadResponse("upstream response head too large"))
 
-    def _read_head(self, data: bytes) -> None:
-        """Bytes while the response head is incomplete: llhttp reads each head (interim 1xx ones first) to its last
+    def _read_head(self, data: bytes, first: bool) -> None:
+        """Bytes while the response head is incomplete. A plain head whole in the response's first read is read in C
+        (llhttp is then at a message's start: a new parser, or one that read the last response to its end), and its
+        body by `_read_chunks` or `_read_length`; else llhttp reads each head (interim 1xx ones first) to its last
         byte, found here first, so that a plain chunked body after it can be read by `_read_chunks` from its start."""
+        if first and self.read_head is not None:
+            # (The byte limit bounds the field count too: a field line is at least 4 bytes.)
+            got = self.read_head(data, 0, limits.MAX_UPSTREAM_HEADER_BYTES, limits.MAX_UPSTREAM_HEADER_BYTES)
+            if got is not None:
+                status, self.headers, length, end = got
+                self._settle(status, True)
+                if length < 0:
+                    self._unseen = self._fast = True
+                    if end < len(data):
+                        self._read_chunks(data, end)
+                else:
+                    self._body_left = length
+                    self._read_length(data, end)
+                return
         parser = self._parser
         tail = self._head_tail
         start = 0  # where in `data` the head being read begins
@@ -283,9 +331,35 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._fast = False
         if code == LLHTTP:
+            if self._unseen:
+                if len(data) - at == 5 and data.endswith(b"0\r\n\r\n"):
+                    # The last chunk and nothing after it, what llhttp would end the message on: the usual end.
+                    self._unseen = False
+                    self._complete = True
+                    self._emit_end()
+                    return
+                self._parser.feed_data(_CHUNKED_HEAD)
             self._parser.feed_data(data[at:] if at else data)
             return
         raise httptools.HttpParserError(MESSAGES[code])  # as llhttp raises it for these bytes: see data_received
+
+    def _read_length(self, data: bytes, start: int) -> None:
+        """Body bytes from `data[start:]` of a response whose head was read in C and that has a Content-Length."""
+        left = self._body_left
+        n = len(data) - start
+        if n < left:
+            if n:
+                self._held.append(data[start:] if start else data)
+            self._body_left = left - n
+            return
+        self._body_left = 0
+        if left:
+            self._held.append(data[start:start + left] if start or n > left else data)
+        self._complete = True
+        self._emit_end()
+        if n > left:
+            # Bytes past the end: llhttp reads them as it would have (a next message is refused in on_message_begin).
+            self._parser.feed_data(data[start + left:])
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost decides what the EOF means
@@ -317,21 +391,30 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes += len(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._unseen:
+            return  # _CHUNKED_HEAD's
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
             raise BadResponse("upstream response head too large")
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self._unseen:
+            self._unseen = False  # _CHUNKED_HEAD read: llhttp now reads the body from where `_read_chunks` stopped
+            return
         p = self._parser
         status = p.get_status_code()
         if 100 <= status < 200 and status != 101:
             # Interim response (100 Continue, 103 Early Hints): the real head follows.
             self.headers = []
             return
+        self._settle(status, p.should_keep_alive())
+
+    def _settle(self, status: int, keep_alive: bool) -> None:
+        """The final response head, its fields in `headers`, is read: its framing, and the exchange hears of it."""
         self.status = status
         self._headers_done = True
-        self._keep_alive = p.should_keep_alive()
+        self._keep_alive = keep_alive
         chunked = False
         has_length = False
         codings = 0
@@ -342,7 +425,8 @@ class UpstreamConnection(asyncio.Protocol):
                 low = v.lower()
                 if low.find(b"chunked") >= 0:  # (not `in`: see sse.py's `13 in b`)
                     chunked = True
-                    plain = low.strip() == b"chunked"
+                    # (Trailing SP only: llhttp reads "chunked\t" as another coding, whose body runs to the close.)
+                    plain = low.rstrip(b" ") == b"chunked"
             elif n == b"content-length":
                 has_length = True
         self._close_delimited = not chunked and not has_length and status not in (204, 304)
@@ -417,6 +501,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._fast = False
         self._state = 0
         self._pend = b""
+        self._body_left = 0
+        self._unseen = False
         self._sink = None
         self._held.clear()
         self._error = None

@@ -99,18 +99,18 @@ TRANSITIONS: Final[dict[ReaderState, dict[ReaderEvent, ReaderState]]] = {
 }
 
 
-#: What `_reqheadc.read_head` gives for a plain head: method, target, fields, the offset past the blank line.
+#: What `_plainheadc.request` gives for a plain head: method, target, fields, the offset past the blank line.
 PlainHead = Optional[tuple[str, bytes, list[tuple[bytes, bytes]], int]]
 
 
 def _load_read_head() -> Callable[[bytes, int, int, int], PlainHead] | None:
-    """The C reader of plain request heads (fastgw/proto/_reqheadc.c), or None where it is not built: llhttp then
+    """The C reader of plain request heads (fastgw/proto/_plainheadc.c), or None where it is not built: llhttp then
     reads every head (the fast path's only form; its absence changes no answer)."""
     try:
-        from fastgw.proto import _reqheadc
+        from fastgw.proto import _plainheadc
     except ImportError:
         return None
-    return _reqheadc.read_head
+    return _plainheadc.request
 
 
 #: Plain request heads read in C, or None (see _load_read_head).

@@ -1,4 +1,4 @@
-"""The plain request heads read in C (fastgw/proto/_reqheadc.c): what `read_head` takes and leaves to llhttp, and a
+"""The plain request heads read in C (fastgw/proto/_plainheadc.c): what `request` takes and leaves to llhttp, and a
 reader using it equal to one giving every head to llhttp, over a hostile corpus, pipelined and split anywhere."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgw.proto import h1
-from fastgw.proto._reqheadc import read_head
+from fastgw.proto._plainheadc import request as read_head
+from fastgw.proto._plainheadc import response as read_response
 from fastgw.proto.errors import HttpError, LimitError
 from fastgw.proto.h1 import FAILED, IDLE, Request, RequestReader
 
@@ -60,7 +61,40 @@ def test_the_limits_leave_a_head_to_llhttp() -> None:
     assert read_head(head, 0, len(head), 1) is None  # more fields than max_headers
 
 
+def test_a_plain_response_head_is_read_with_its_values_as_llhttp_gives_them() -> None:
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-A:  b \t\r\nConnection: keep-alive\r\n"
+            b"Transfer-Encoding: Chunked\r\n\r\n")
+    assert read_response(head + b"5\r\n", 0, 8192, 100) == (
+        200, [(b"content-type", b"text/event-stream"), (b"x-a", b"b \t"), (b"connection", b"keep-alive"),
+              (b"transfer-encoding", b"Chunked")], -1, len(head))
+    cl = b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 12\r\n\r\n"
+    assert read_response(b"x" + cl, 1, 8192, 100) == (429, [(b"content-length", b"12")], 12, len(cl) + 1)
+    assert read_response(b"HTTP/1.1 200 \r\ncontent-length: 0\r\n\r\n", 0, 100, 1) == (
+        200, [(b"content-length", b"0")], 0, 36)
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n",  # not whole
+    b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 101 Switching\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n", b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 600 X\r\ncontent-length: 0\r\n\r\n", b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 200\r\ncontent-length: 0\r\n\r\n", b"HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\n",  # no framing: the body runs to the close
+    b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\t\r\n\r\n", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked \r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 1 \r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nConnection: close\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nUpgrade: h2c\r\n\r\n", b"HTTP/1.1 200 OK\ncontent-length: 1\n\n",
+    b"HTTP/1.1 200 \xc3\xa9\r\ncontent-length: 1\r\n\r\n", b"HTTP/1.1 200 OK\r\nx: \x80\r\ncontent-length: 1\r\n\r\n",
+])
+def test_what_is_not_a_plain_response_is_left_to_llhttp(head: bytes) -> None:
+    assert read_response(head, 0, 8192, 100) is None
+
+
 def test_wrong_calls() -> None:
+    with pytest.raises(TypeError):
+        read_response(PLAIN, 0, 1)
     with pytest.raises(TypeError):
         read_head(bytearray(PLAIN), 0, 1, 1)
     with pytest.raises(TypeError):

@@ -1,0 +1,6 @@
+"""Types of the C readers of plain HTTP/1.1 heads (fastgw/proto/_plainheadc.c)."""
+
+def request(data: bytes, start: int, max_bytes: int, max_headers: int
+            ) -> tuple[str, bytes, list[tuple[bytes, bytes]], int] | None: ...
+def response(data: bytes, start: int, max_bytes: int, max_headers: int
+             ) -> tuple[int, list[tuple[bytes, bytes]], int, int] | None: ...
