@@ -3,6 +3,11 @@ reader using it equal to one giving every head to llhttp, over a hostile corpus,
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -260,3 +265,82 @@ def test_a_body_read_after_its_head_in_c() -> None:
     assert r.state is IDLE and r.heads == 2
     r.fail(LimitError("late", status=408, code="timeout"))
     assert r.state is FAILED
+
+
+# ---- the heads real SDKs send ---------------------------------------------------------------------------
+
+def _recorded(send: Callable[[str], object], answer: bytes) -> list[bytes]:
+    """The raw requests `send(base_url)` makes to a loopback server that answers each with `answer`."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                buf = b""
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        continue
+                    m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", buf[:end])
+                    size = end + 4 + (int(m[1]) if m else 0)
+                    if len(buf) >= size:
+                        got.append(buf[:size])
+                        buf = buf[size:]
+                        conn.sendall(answer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        send("http://127.0.0.1:%d" % srv.getsockname()[1])
+    finally:
+        t.join(10)
+    return got
+
+
+def _answer(body: bytes, ctype: bytes = b"application/json") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (ctype, len(body), body)
+
+
+_CHAT = (b'{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":'
+         b'{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,'
+         b'"completion_tokens":1,"total_tokens":2}}')
+_STREAM = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[]}\n\ndata: [DONE]\n\n'
+_MESSAGE = (b'{"id":"m","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hi"}],'
+            b'"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}')
+
+
+def _openai(base: str, stream: bool) -> None:
+    import openai
+    client = openai.OpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0, timeout=10)
+    with client:
+        out = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=stream)
+        if stream:
+            list(out)  # type: ignore[arg-type]
+
+
+def _anthropic(base: str) -> None:
+    import anthropic
+    client = anthropic.Anthropic(base_url=base, api_key="sk-test", max_retries=0, timeout=10)
+    with client:
+        client.messages.create(model="m", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("send, answer", [
+    (lambda base: _openai(base, False), _answer(_CHAT)),
+    (lambda base: _openai(base, True), _answer(_STREAM, b"text/event-stream")),
+    (_anthropic, _answer(_MESSAGE)),
+], ids=["openai", "openai-stream", "anthropic"])
+def test_the_python_sdks_heads_are_read_in_c(send: Callable[[str], object], answer: bytes) -> None:
+    """The subset is what clients send: each SDK's request head is read whole by the C reader."""
+    (raw,) = _recorded(send, answer)
+    got = read_head(raw, 0, 64 * 1024, 100)
+    assert got is not None, raw[:raw.find(b"\r\n\r\n")]
+    method, target, headers, end = got
+    assert method == "POST" and target.startswith(b"/v1/") and raw[end:]
+    assert [n for n, _ in headers].count(b"host") == 1 and len(headers) >= 5  # (the SDKs send a dozen)
