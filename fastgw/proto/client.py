@@ -18,7 +18,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Optional
+from typing import Final
 from typing import Protocol as TypingProtocol
 
 import httptools
@@ -27,6 +27,7 @@ from fastgw.proto import limits
 from fastgw.proto.dechunk import DONE, LLHTTP, MESSAGES, MORE
 from fastgw.proto.dechunk import dechunk as dechunk_py
 from fastgw.proto.dechunk import head_cut as head_cut_py
+from fastgw.proto.plainhead import read_response
 
 __all__ = [
     "TransportError", "ConnectFailed", "TransportTimeout", "PeerClosed", "BadResponse",
@@ -120,23 +121,8 @@ _DECHUNK: Final = _load_dechunk()
 _dechunk: Final = _DECHUNK[0]
 _head_cut: Final = _DECHUNK[1]
 
-#: What `_plainheadc.response` gives for a plain head: status, fields, Content-Length (-1: chunked), the offset past
-#: the blank line.
-PlainHead = Optional[tuple[int, list[tuple[bytes, bytes]], int, int]]
-
-
-def _load_read_head() -> Callable[[bytes, int, int, int], PlainHead] | None:
-    """The C reader of plain response heads (fastgw/proto/_plainheadc.c), or None where it is not built: llhttp then
-    reads every head (the fast path's only form; its absence changes no answer)."""
-    try:
-        from fastgw.proto import _plainheadc
-    except ImportError:
-        return None
-    return _plainheadc.response
-
-
-#: Plain response heads read in C, or None (see _load_read_head).
-_READ_HEAD: Final = _load_read_head()
+#: Plain response heads read in C, or None (fastgw/proto/plainhead.py).
+_READ_HEAD: Final = read_response
 #: What llhttp is given before the part of a chunked body it is to read (the last chunk, or the first chunk boundary
 #: that is not plain) when the body's head was read in C: its callbacks ignore this head (`_unseen`).
 _CHUNKED_HEAD: Final = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"

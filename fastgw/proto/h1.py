@@ -16,13 +16,14 @@ as in h11's `_state.py`; an illegal transition raises `StateError` naming the st
 from __future__ import annotations
 
 import enum
-from typing import Callable, Final, Optional
+from typing import Callable, Final
 
 import httptools
 
 from fastgw.proto import limits
 from fastgw.proto.errors import HttpError, LimitError, ProtocolError, StateError
 from fastgw.proto.framing_guard import FramingGuard
+from fastgw.proto.plainhead import read_request
 
 __all__ = ["Request", "RequestReader", "ReaderState", "ReaderEvent", "TRANSITIONS", "StateError"]
 
@@ -99,22 +100,8 @@ TRANSITIONS: Final[dict[ReaderState, dict[ReaderEvent, ReaderState]]] = {
 }
 
 
-#: What `_plainheadc.request` gives for a plain head: method, target, fields, the offset past the blank line.
-PlainHead = Optional[tuple[str, bytes, list[tuple[bytes, bytes]], int]]
-
-
-def _load_read_head() -> Callable[[bytes, int, int, int], PlainHead] | None:
-    """The C reader of plain request heads (fastgw/proto/_plainheadc.c), or None where it is not built: llhttp then
-    reads every head (the fast path's only form; its absence changes no answer)."""
-    try:
-        from fastgw.proto import _plainheadc
-    except ImportError:
-        return None
-    return _plainheadc.request
-
-
-#: Plain request heads read in C, or None (see _load_read_head).
-_READ_HEAD: Final = _load_read_head()
+#: Plain request heads read in C, or None (fastgw/proto/plainhead.py).
+_READ_HEAD: Final = read_request
 
 
 class Request:
