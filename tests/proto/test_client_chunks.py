@@ -240,7 +240,7 @@ def test_plain_chunks_are_handed_on_in_one_piece_per_read_and_the_end_is_llhttps
         task = loop.create_task(conn.request(b"GET / HTTP/1.1\r\n\r\n", 60))
         loop.run_until_complete(asyncio.sleep(0))
         conn.data_received(OK + body[:10])
-        assert conn._fast and conn._held == [b"data: 1"]  # the head's read: llhttp read the head, no more
+        assert conn._fast and conn._held == [b"data: 1"]  # the head's read: the head read (in C or by llhttp), no more
         conn.data_received(body[10:])
         assert conn._held == [b"data: 1", b"\n\ndata: 22\n\ndata: 333\n\n"] and conn._fast
         rec = _Record()
@@ -288,40 +288,6 @@ def test_the_next_response_on_the_connection_after_a_decoded_one(c_heads: bool) 
                                   c_heads=c_heads)
         assert got == [(b"abcde", True, None), (b"wxyz", True, None), (b"ok", True, None), (b"ok", True, None),
                        (b"z", True, None)], cut
-
-
-def test_a_head_read_in_c_then_its_body_in_pieces() -> None:
-    """The C head (where built): a chunked body's end goes to llhttp behind the synthetic head, which changes
-    nothing the exchange read; a Content-Length body is taken by count."""
-    if client._READ_HEAD is None:
-        return  # the pure-Python sources: every head is llhttp's (the tests above)
-    loop = asyncio.new_event_loop()
-    try:
-        conn = UpstreamConnection(("http", "upstream", 80), loop)
-        conn.connection_made(_Transport())  # type: ignore[arg-type]
-        task = loop.create_task(conn.request(b"GET / HTTP/1.1\r\n\r\n", 60))
-        loop.run_until_complete(asyncio.sleep(0))
-        conn.data_received(b"HTTP/1.1 201 Created\r\nx-a:  b \r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-        assert conn._unseen and conn._fast and conn.status == 201
-        assert conn.headers == [(b"x-a", b"b "), (b"transfer-encoding", b"chunked")]  # llhttp's values: OWS kept
-        rec = _Record()
-        loop.run_until_complete(task)
-        conn.set_sink(rec)
-        conn.data_received(b"0\r\nx-t: 1\r\n\r\n")
-        assert not conn._unseen and rec.ended and conn.reusable and conn.status == 201
-        # (The relay took the body, so the head's fields were dropped: only the trailer came after, as through llhttp
-        # alone; the synthetic head's field is not there.)
-        assert conn.headers == [(b"x-t", b"1")]
-        task = loop.create_task(conn.request(b"GET / HTTP/1.1\r\n\r\n", 60))
-        loop.run_until_complete(asyncio.sleep(0))
-        conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe")
-        assert conn._body_left == 3 and conn._held == [b"he"] and not conn._complete
-        conn.data_received(b"llo")
-        assert conn._body_left == 0 and conn._complete
-        loop.run_until_complete(task)
-        assert loop.run_until_complete(conn.read_body()) == b"hello" and conn.reusable
-    finally:
-        loop.close()
 
 
 def test_the_decoder_in_use() -> None:
