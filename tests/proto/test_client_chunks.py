@@ -231,14 +231,20 @@ def test_byte_by_byte(chunks: list[bytes], step: int) -> None:
     assert _through_connection([wire[i:i + step] for i in range(0, len(wire), step)]) == [_through_llhttp(wire)]
 
 
+def opened(loop: asyncio.AbstractEventLoop) -> tuple[UpstreamConnection, asyncio.Task[None]]:
+    """A connection on a stub transport, its request sent and its head awaited."""
+    conn = UpstreamConnection(("http", "upstream", 80), loop)
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    task = loop.create_task(conn.request(b"GET / HTTP/1.1\r\n\r\n", 60))
+    loop.run_until_complete(asyncio.sleep(0))
+    return conn, task
+
+
 def test_plain_chunks_are_handed_on_in_one_piece_per_read_and_the_end_is_llhttps() -> None:
     body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in (b"data: 1\n\n", b"data: 22\n\n", b"data: 333\n\n"))
     loop = asyncio.new_event_loop()
     try:
-        conn = UpstreamConnection(("http", "upstream", 80), loop)
-        conn.connection_made(_Transport())  # type: ignore[arg-type]
-        task = loop.create_task(conn.request(b"GET / HTTP/1.1\r\n\r\n", 60))
-        loop.run_until_complete(asyncio.sleep(0))
+        conn, task = opened(loop)
         conn.data_received(OK + body[:10])
         assert conn._fast and conn._held == [b"data: 1"]  # the head's read: the head read (in C or by llhttp), no more
         conn.data_received(body[10:])

@@ -17,9 +17,8 @@ from fastgw.proto import client, h1
 from fastgw.proto._plainheadc import request as read_head
 from fastgw.proto._plainheadc import response as read_response
 from fastgw.proto.errors import HttpError, LimitError
-from fastgw.proto.client import UpstreamConnection
 from fastgw.proto.h1 import FAILED, IDLE, Request, RequestReader
-from tests.proto.test_client_chunks import _Record, _Transport
+from tests.proto.test_client_chunks import _Record, opened
 
 PLAIN = (b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw:8080\r\nContent-Type: application/json\r\n"
          b"Authorization:Bearer sk-1 \t\r\nConnection: Keep-Alive\r\nX-Empty:\r\nContent-Length: 5\r\n\r\nhello")
@@ -276,10 +275,7 @@ def test_a_head_read_in_c_then_its_body_in_pieces() -> None:
     assert client._READ_HEAD is read_response
     loop = asyncio.new_event_loop()
     try:
-        conn = UpstreamConnection(("http", "upstream", 80), loop)
-        conn.connection_made(_Transport())  # type: ignore[arg-type]
-        task = loop.create_task(conn.request(b"GET / HTTP/1.1\r\n\r\n", 60))
-        loop.run_until_complete(asyncio.sleep(0))
+        conn, task = opened(loop)
         conn.data_received(b"HTTP/1.1 201 Created\r\nx-a:  b \r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
         assert conn._unseen and conn._fast and conn.status == 201
         assert conn.headers == [(b"x-a", b"b "), (b"transfer-encoding", b"chunked")]  # llhttp's values: OWS kept
