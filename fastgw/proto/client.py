@@ -163,8 +163,8 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("key", "_loop", "transport", "reused", "idle_since", "closed", "_rcvbuf_capped", "_head_future",
                  "_head_timer", "_head_due", "_head_timeout", "_parser", "status", "headers", "_head_bytes",
                  "_got_bytes", "_headers_done", "_complete", "_keep_alive", "_close_delimited", "_sink", "_held",
-                 "_error", "_ended", "_callbacks", "_plain_chunked", "_head_tail", "_fast", "_state", "_pend", "read_head",
-                 "_body_left", "_unseen")
+                 "_error", "_ended", "_callbacks", "_plain_chunked", "_head_tail", "_fast", "_state", "_pend",
+                 "read_head", "_body_left", "_unseen")
 
     def __init__(self, key: PoolKey, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key

@@ -371,6 +371,11 @@ class RequestReader:
             except HttpError as e:
                 self.fail(e)
                 return
+            except StateError:
+                raise
+            except Exception:  # (a fault of `on_head`: answered as when llhttp wraps it, never out of `feed`)
+                self.fail(ProtocolError("malformed request: User callback error"))
+                return
             length = self.body_expected
             if length > n - end:
                 if n > end:

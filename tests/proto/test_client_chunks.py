@@ -196,7 +196,8 @@ def _as_llhttp(wire: bytes, points: list[int]) -> None:
     assert _through_connection(_cuts(wire, points), c_heads=False) == want
 
 
-_CL_HEAD = st.sampled_from([b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length:%d \r\n\r\n",
+_CL_HEAD = st.sampled_from([b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n",
+                            b"HTTP/1.1 200 OK\r\nContent-Length:%d \r\n\r\n",
                             b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
                             b"content-length: %d\r\nconnection: keep-alive\r\n\r\n",
                             b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n",
@@ -204,7 +205,8 @@ _CL_HEAD = st.sampled_from([b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n", b"
                             b"HTTP/1.1 200 \r\ncontent-length: %d\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n%d",
                             b"HTTP/1.1 204 No Content\r\ncontent-length: %d\r\n\r\n",
                             b"HTTP/1.1 200 OK\r\nx-a: \x80\r\ncontent-length: %d\r\n\r\n",
-                            b"HTTP/1.0 200 OK\r\ncontent-length: %d\r\n\r\n", b"HTTP/1.1 200 OK\ncontent-length: %d\n\n",
+                            b"HTTP/1.0 200 OK\r\ncontent-length: %d\r\n\r\n",
+                            b"HTTP/1.1 200 OK\ncontent-length: %d\n\n",
                             b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\ntransfer-encoding: chunked\r\n\r\n"])
 
 

@@ -90,8 +90,9 @@ def test_a_plain_response_head_is_read_with_its_values_as_llhttp_gives_them() ->
     b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\t\r\n\r\n", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked \r\n\r\n",
-    b"HTTP/1.1 200 OK\r\ncontent-length: 1 \r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nConnection: close\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\t\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked \r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 1 \r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nConnection: close\r\n\r\n",
     b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nUpgrade: h2c\r\n\r\n", b"HTTP/1.1 200 OK\ncontent-length: 1\n\n",
     b"HTTP/1.1 200 \xc3\xa9\r\ncontent-length: 1\r\n\r\n", b"HTTP/1.1 200 OK\r\nx: \x80\r\ncontent-length: 1\r\n\r\n",
 ])
@@ -171,7 +172,8 @@ _NAMES = [b"Host", b"host", b"HOST", b"Content-Length", b"content-length", b"Tra
           b"\xc3\xa9", b"Keep-Alive", b"TE", b"Trailer"]
 _VALUES = [b"x", b"gw:80", b"bad host", b"", b" ", b"0", b"5", b"05", b" 5 ", b"+5", b"5 5", b"99999", b"-1",
            b"chunked", b"chunked, ", b"gzip, chunked", b"close", b"keep-alive", b"Keep-Alive", b"upgrade",
-           b"keep-alive, upgrade", b"h2c", b"100-continue", b"\tv\t", b"a\x00b", b"\xff", b"a\x7fb", b"a\rb", b"v" * 120]
+           b"keep-alive, upgrade", b"h2c", b"100-continue", b"\tv\t", b"a\x00b", b"\xff", b"a\x7fb", b"a\rb",
+           b"v" * 120]
 _EOLS = [b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b"\r\n "]
 
 _field = st.tuples(st.sampled_from(_NAMES), st.sampled_from([b":", b": ", b":\t", b" :", b""]),
@@ -253,6 +255,19 @@ def test_the_corpus_mutated(data: bytes, edits: list[tuple[int, int, int]], cuts
         elif len(buf) > 1:
             del buf[k]
     _same(bytes(buf), cuts)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_fault_of_on_head_is_a_400_with_or_without_it(fast: bool) -> None:
+    def broken(req: Request) -> HttpError | None:
+        raise RuntimeError("a bug")
+
+    r = _reader(fast)
+    r.on_head = broken
+    r.feed(_PLAIN_GET)
+    (err,) = r.events
+    assert isinstance(err, HttpError) and err.status == 400 and str(err) == "malformed request: User callback error"
+    assert r.state is FAILED
 
 
 def test_a_body_read_after_its_head_in_c() -> None:
