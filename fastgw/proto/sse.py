@@ -19,14 +19,15 @@ every event are the same for any split of the stream, `b"".join(e.raw for e in e
 exactly the bytes consumed, and a `raw` boundary moves by that single LF only when a read boundary
 falls inside a block-ending CRLF.
 
-Both the decoder and the splitter search whole buffers with `bytes.find`/`rfind` (memchr speed);
+Both the decoder and the splitter search whole buffers with `bytes.find`/`rfind` (memchr speed; the
+decoder's per-event searches through `_ssec.c` where it is built, a call that costs less than the method's);
 no Python code runs per byte, and Python code runs per line only for multi-line blocks' fields.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Callable, Final
 
 from fastgw.proto import limits
 from fastgw.proto.errors import ProtocolError
@@ -158,6 +159,36 @@ def _parse(raw: bytes, lines: bytes, cr: bool) -> SSEEvent:
     )
 
 
+def find_lf_py(buf: bytes, pos: int) -> int:
+    """`buf.find(b"\\n", pos)` for pos >= 0: `_ssec.find_lf`'s Python form."""
+    if pos < 0:
+        raise ValueError("a negative start")
+    return buf.find(b"\n", pos)
+
+
+def find_lflf_py(buf: bytes, pos: int) -> int:
+    """`buf.find(b"\\n\\n", pos)` for pos >= 0: `_ssec.find_lflf`'s Python form."""
+    if pos < 0:
+        raise ValueError("a negative start")
+    return buf.find(b"\n\n", pos)
+
+
+def _load_finds() -> tuple[Callable[[bytes, int], int], Callable[[bytes, int], int]]:
+    """The decoder's line-end searches in C (fastgw/proto/_ssec.c: why, in its head comment), or their Python forms
+    where it is not built."""
+    try:
+        from fastgw.proto import _ssec
+    except ImportError:
+        return find_lf_py, find_lflf_py
+    return _ssec.find_lf, _ssec.find_lflf
+
+
+_FINDS: Final = _load_finds()
+#: An LF, and a blank line's LF LF, at or after a position of a bytes (see _load_finds).
+_find_lf: Final = _FINDS[0]
+_find_lflf: Final = _FINDS[1]
+
+
 def _skip_blank(buf: bytes | bytearray, pos: int) -> int:
     """First byte at or after pos that is no line end, or len(buf): the blank lines before a block."""
     m = _CONTENT.search(buf, pos)
@@ -270,17 +301,17 @@ class SSEDecoder:
             if pos == content:
                 # Fresh block: the first LF (memchr) is usually the end of its only line, and a second LF
                 # right after it ends the block; only a multi-line block needs the two-byte search.
-                f = buf.find(b"\n", pos)
+                f = _find_lf(buf, pos)
                 if f < 0 or f + 1 >= n:
                     break
                 one_line = buf[f + 1] == _LF
                 if not one_line:
-                    f = buf.find(b"\n\n", f + 1)
+                    f = _find_lflf(buf, f + 1)
                     if f < 0:
                         break
             else:
                 one_line = False
-                f = buf.find(b"\n\n", pos)
+                f = _find_lflf(buf, pos)
                 if f < 0:
                     break
             end = f + 2
