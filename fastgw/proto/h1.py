@@ -2,7 +2,9 @@
 
 It owns httptools (llhttp), the `FramingGuard` that bounds what llhttp does not, the RFC 9112 rules
 (Host, Transfer-Encoding, versions, Expect, the HTTP/2 preface), the size limits, and the replay of
-heads llhttp refuses but that deserve a better answer. No socket, loop or timer: the shell reads
+heads llhttp refuses but that deserve a better answer. Between messages a plain head (the strict subset
+SDKs send) is read by one C call instead (`_feed_fast`, fastgw/proto/_plainheadc.c), with the same checks;
+everything else reaches llhttp from its first byte. No socket, loop or timer: the shell reads
 `state` after each `feed` to arm its header and body timers, and answers `events` in order.
 
 `on_head` lets the layer above judge a request on its head alone, before a byte of its body is read
