@@ -510,3 +510,19 @@ def test_a_full_batch_of_access_lines_is_written_at_once_in_pipe_buf_writes(monk
         asyncio.run(main())
     finally:
         accesslog.configure("info", "json", stream=io.StringIO())
+
+
+def test_an_observation_lands_in_the_bucket_bisect_gives(local: None) -> None:
+    """`_observe`'s walk of the bounds is bisect_left's answer: the first bound >= the value (le), at every edge."""
+    import bisect
+    o = metrics._Obs((metrics._m or metrics._build()).request_duration)
+    rng = random.Random(3)
+    bounds = o.bounds
+    values = [0.0, -1.0, math.inf, math.nan, *bounds[:-1], *(b * (1 + 1e-12) for b in bounds[:-1]),
+              *(b * (1 - 1e-12) for b in bounds[:-1]), *(rng.expovariate(1.0) for _ in range(200))]
+    for v in values:
+        before = list(o.counts)
+        metrics._observe(o, v)
+        want = bisect.bisect_left(bounds, v)
+        assert [a - b for a, b in zip(o.counts, before)] == [int(k == want) for k in range(len(before))], v
+    metrics._queued_obs.clear()
