@@ -64,7 +64,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert client._dechunk is _dechunkc.dechunk and client._head_cut is _dechunkc.head_cut, \
         "the C chunk decoder is built but not in use"
     from fastgw.proto import _plainheadc, h1
-    assert h1._READ_HEAD is _plainheadc.request and client._READ_HEAD is _plainheadc.response, \
+    assert h1.read_request is _plainheadc.request and client.read_response is _plainheadc.response, \
         "the C head readers are built but not in use"
     from fastgw.proto import _ssec, sse as proto_sse
     assert proto_sse._find_lf is _ssec.find_lf, "the SSE decoder's C searches are built but not in use"

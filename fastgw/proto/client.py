@@ -121,8 +121,6 @@ _DECHUNK: Final = _load_dechunk()
 _dechunk: Final = _DECHUNK[0]
 _head_cut: Final = _DECHUNK[1]
 
-#: Plain response heads read in C, or None (fastgw/proto/plainhead.py).
-_READ_HEAD: Final = read_response
 #: What llhttp is given before the part of a chunked body it is to read (the last chunk, or the first chunk boundary
 #: that is not plain) when the body's head was read in C: its callbacks ignore this head (`_unseen`).
 _CHUNKED_HEAD: Final = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -203,7 +201,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._pend: bytes
         #: Reads a response's head in C when its first read holds it whole (`_read_head`); None gives every head to
         #: llhttp (tests set it to compare the two).
-        self.read_head = _READ_HEAD
+        self.read_head = read_response
         #: Content-Length bytes still to come of a body whose head was read in C (llhttp never sees it).
         self._body_left: int
         #: The head was read in C: llhttp, if it reads the end of the (chunked) body, is given `_CHUNKED_HEAD` first.
@@ -262,7 +260,8 @@ class UpstreamConnection(asyncio.Protocol):
             got = self.read_head(data, 0, limits.MAX_UPSTREAM_HEADER_BYTES, limits.MAX_UPSTREAM_HEADER_BYTES)
             if got is not None:
                 status, self.headers, length, end = got
-                self._settle(status, True)
+                # (Its framing is what the C reader found: a Content-Length, or one plain `chunked` coding.)
+                self._settle(status, True, False, length < 0)
                 if length < 0:
                     self._unseen = self._fast = True
                     if end < len(data):
@@ -394,13 +393,6 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim response (100 Continue, 103 Early Hints): the real head follows.
             self.headers = []
             return
-        self._settle(status, p.should_keep_alive())
-
-    def _settle(self, status: int, keep_alive: bool) -> None:
-        """The final response head, its fields in `headers`, is read: its framing, and the exchange hears of it."""
-        self.status = status
-        self._headers_done = True
-        self._keep_alive = keep_alive
         chunked = False
         has_length = False
         codings = 0
@@ -415,8 +407,16 @@ class UpstreamConnection(asyncio.Protocol):
                     plain = low.rstrip(b" ") == b"chunked"
             elif n == b"content-length":
                 has_length = True
-        self._close_delimited = not chunked and not has_length and status not in (204, 304)
-        self._plain_chunked = plain and codings == 1 and not has_length
+        self._settle(status, p.should_keep_alive(), not chunked and not has_length and status not in (204, 304),
+                     plain and codings == 1 and not has_length)
+
+    def _settle(self, status: int, keep_alive: bool, close_delimited: bool, plain_chunked: bool) -> None:
+        """The final response head is read (its fields in `headers`) with its framing: the exchange hears of it."""
+        self.status = status
+        self._headers_done = True
+        self._keep_alive = keep_alive
+        self._close_delimited = close_delimited
+        self._plain_chunked = plain_chunked
         fut = self._head_future
         if fut is not None and not fut.done():
             fut.set_result(None)

@@ -210,6 +210,15 @@ def test_every_state_has_a_row_and_closed_is_terminal():
             assert TRANSITIONS[state][ReaderEvent.CLOSE] is CLOSED
 
 
+def test_a_message_ends_only_from_body_to_idle():
+    """The reader's `_end` checks END inline (it runs for every request): the table must have only that row."""
+    assert [(s, row[ReaderEvent.END]) for s, row in TRANSITIONS.items() if ReaderEvent.END in row] == [(BODY, IDLE)]
+    r = reader()
+    r.state = HEAD
+    with pytest.raises(StateError):
+        r._end()
+
+
 @pytest.mark.parametrize("state, event", [(s, e) for s, row in TRANSITIONS.items() for e in row])
 def test_each_legal_transition(state, event):
     r = reader()

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastgw.proto import client, h1
+from fastgw.proto import h1
 from fastgw.proto._plainheadc import request as read_head
 from fastgw.proto._plainheadc import response as read_response
 from fastgw.proto.errors import HttpError, LimitError
@@ -114,7 +114,7 @@ def test_wrong_calls() -> None:
 
 
 def test_the_reader_uses_it_and_the_python_form_is_llhttp() -> None:
-    assert RequestReader().read_head is read_head is h1._READ_HEAD
+    assert RequestReader().read_head is read_head is h1.read_request
     r = RequestReader()
     r.read_head = None
     r.feed(PLAIN)
@@ -287,10 +287,10 @@ def test_a_body_read_after_its_head_in_c() -> None:
 def test_a_head_read_in_c_then_its_body_in_pieces() -> None:
     """A chunked body's end goes to llhttp behind the stand-in head, which changes nothing the exchange read; a
     Content-Length body is taken by count."""
-    assert client._READ_HEAD is read_response
     loop = asyncio.new_event_loop()
     try:
         conn, task = opened(loop)
+        assert conn.read_head is read_response
         conn.data_received(b"HTTP/1.1 201 Created\r\nx-a:  b \r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
         assert conn._unseen and conn._fast and conn.status == 201
         assert conn.headers == [(b"x-a", b"b "), (b"transfer-encoding", b"chunked")]  # llhttp's values: OWS kept
