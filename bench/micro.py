@@ -25,6 +25,8 @@ of ~4 characters, finish chunk, `data: [DONE]`) unless the case says otherwise:
   `whole.input.*`, `Chain.check_input` on a chat request (the bench's "hi", the PII text, or for `long` 4,000
   characters of clean prose); `whole.output.*`, `Chain.check_output_body` on a chat.completion answer of the
   200-character text (clean prose, or with PII).
+- `accesslog.line`: the access log's line of a finished non-streamed request, in full batches written to /dev/null
+  (per event: per line), the figure to set against a request's CPU for the log's share (issue 18: ≤ 3 %).
 - `texts.*`: the output stream policy (pii-detector redact), one event pushed and released at a time, on answers
   of many texts: `texts.responses.N`, a Responses answer of N message items (4 events each: added, delta, text
   done, item done); `texts.tools.N`, a chat answer of N tool calls (a name and arguments each: 2N texts). The
@@ -571,6 +573,43 @@ def _whole(policies: tuple[str, ...], where: str, text_kind: str) -> Bench:
     return Bench(op, check)
 
 
+def _access_line() -> Bench:
+    """`accesslog.log_request` of a finished non-streamed chat request, a full batch of lines (ACCESS_LOG_BATCH_LINES,
+    as a busy worker fills it), the batch written to /dev/null through a text stream's binary buffer (stdout's way).
+    One op: the batch's timer set (as its first line sets it), its lines, their write. Per event: per line."""
+    import asyncio
+    import os
+
+    from fastgw import accesslog
+    from fastgw.api.limits import ACCESS_LOG_BATCH_LINES
+    from fastgw.policy.base import RequestContext
+
+    route = "/v1/chat/completions"
+    accesslog.configure("info", "json", open(os.devnull, "w"))  # noqa: SIM115 - the log's stream for the run
+    accesslog.set_redactor(None, [route, "bench-model"])
+    loop = asyncio.new_event_loop()
+    ctxs = []
+    for i in range(ACCESS_LOG_BATCH_LINES):
+        c = RequestContext(f"req_{i:024x}", "POST", route, [], "127.0.0.1")
+        c.model, c.target, c.status, c.stream = "bench-model", "mock", 200, False
+        c.usage = {"prompt_tokens": 5, "completion_tokens": 50, "total_tokens": 55}
+        c.first_byte = c.started + 0.0004
+        ctxs.append(c)
+
+    def op() -> int:
+        accesslog._st.timer = loop.call_later(3600, accesslog.flush)
+        for c in ctxs:
+            accesslog.log_request(c, route, 812)
+        return len(accesslog._pending)
+
+    def check(waiting: int) -> None:
+        assert waiting == 0 and accesslog._st.timer is None, "the full batch was not written"
+        line = accesslog._c_line(ctxs[0], route, 812, None, None) if accesslog._c is not None else None
+        assert line is not None or accesslog._c is None, "the C line refused the common request"
+
+    return Bench(op, check, ACCESS_LOG_BATCH_LINES)
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 CASES: list[Case] = [
@@ -594,6 +633,7 @@ CASES: list[Case] = [
     *[Case(f"whole.{where}.pii+safety.{kind}",
            functools.partial(_whole, ("pii-detector", "safety-filter"), where, kind))
       for where in ("input", "output") for kind in ("prose", "pii", "long") if (where, kind) != ("output", "long")],
+    Case("accesslog.line", _access_line),
 ]
 
 

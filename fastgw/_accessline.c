@@ -188,26 +188,34 @@ static int put_ts(Out *o, double wall) {
     return put(o, tail, sizeof tail);
 }
 
-/* A usage dict's value as `usage.get(key, usage.get(alt))` reads it (borrowed; Py_None when neither is there). */
-static PyObject *usage_get(PyObject *usage, PyObject *key, PyObject *alt) {
-    PyObject *v = PyDict_GetItemWithError(usage, key);
-    if (v == NULL && !PyErr_Occurred() && alt != NULL)
-        v = PyDict_GetItemWithError(usage, alt);
-    if (v == NULL && !PyErr_Occurred())
-        v = Py_None;
-    return v;
+/* Whether a usage value's truth can be read without running code (the types a decoded JSON body holds). */
+static int plain_truth(PyObject *v) {
+    return v == Py_None || PyBool_Check(v) || PyLong_CheckExact(v) || PyFloat_CheckExact(v) ||
+           PyUnicode_CheckExact(v) || PyDict_CheckExact(v) || PyList_CheckExact(v);
 }
 
-/* The truth of `usage.get(key)`: 0, 1, or -1 (errors cleared). */
-static int usage_flag(PyObject *usage, PyObject *key) {
-    PyObject *v = usage_get(usage, key, NULL);
-    int t = v == NULL ? -1 : PyObject_IsTrue(v);
-    if (t < 0)
-        PyErr_Clear();
-    return t;
+/* Which of the six keys `_tokens` reads `k` is (0..5), or -1: an interned key by identity, else by its characters. A
+ * key that is not an exact str is 6: the general path takes the line (its equality could run code). */
+static int usage_key(PyObject *k) {
+    PyObject *const names[] = {s_prompt_tokens, s_input_tokens, s_completion_tokens, s_output_tokens, s_estimated,
+                               s_partial};
+    for (int i = 0; i < 6; i++)
+        if (k == names[i])
+            return i;
+    if (!PyUnicode_CheckExact(k))
+        return 6;
+    if (!PyUnicode_IS_COMPACT_ASCII(k))
+        return -1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(k);
+    const char *s = (const char *)PyUnicode_DATA(k);
+    for (int i = 0; i < 6; i++)
+        if (PyUnicode_GET_LENGTH(names[i]) == n && memcmp(PyUnicode_DATA(names[i]), s, (size_t)n) == 0)
+            return i;
+    return -1;
 }
 
-/* `_tokens(usage)`: null, or {"prompt", "completion", "estimated"[, "partial"]}. */
+/* `_tokens(usage)`: null, or {"prompt", "completion", "estimated"[, "partial"]}; the dict read in one pass (where a
+ * lookup of each key, found or not, hashed and probed six times). */
 static int put_tokens(Out *o, PyObject *usage) {
     if (usage == Py_None)
         return PUT(o, "null");
@@ -215,21 +223,35 @@ static int put_tokens(Out *o, PyObject *usage) {
         return -1;
     if (PyDict_GET_SIZE(usage) == 0)
         return PUT(o, "null");
-    /* The flags first: a truth test could run code; the borrowed counts are read after it. */
-    int est = usage_flag(usage, s_estimated), part = usage_flag(usage, s_partial);
-    PyObject *p = usage_get(usage, s_prompt_tokens, s_input_tokens);
-    PyObject *c = usage_get(usage, s_completion_tokens, s_output_tokens);
-    if (p == NULL || c == NULL || est < 0 || part < 0) {
+    PyObject *found[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(usage, &pos, &k, &v)) {
+        int i = usage_key(k);
+        if (i == 6)
+            return -1;
+        if (i >= 0)
+            found[i] = v;
+    }
+    /* `usage.get(key, usage.get(alt))`: the first key's value when it is there, None included. */
+    PyObject *p = found[0] != NULL ? found[0] : found[1];
+    PyObject *c = found[2] != NULL ? found[2] : found[3];
+    PyObject *est = found[4], *part = found[5];
+    /* Truth tests last, and only of types whose truth runs no code: the borrowed values stay valid. */
+    if ((est != NULL && !plain_truth(est)) || (part != NULL && !plain_truth(part)))
+        return -1;
+    int e = est == NULL ? 0 : PyObject_IsTrue(est), pt = part == NULL ? 0 : PyObject_IsTrue(part);
+    if (e < 0 || pt < 0) {
         PyErr_Clear();
         return -1;
     }
-    if (PUT(o, "{\"prompt\":") < 0 || (PyLong_CheckExact(p) ? put_int(o, p) : PUT(o, "null")) < 0)
+    if (PUT(o, "{\"prompt\":") < 0 || (p != NULL && PyLong_CheckExact(p) ? put_int(o, p) : PUT(o, "null")) < 0)
         return -1;
-    if (PUT(o, ",\"completion\":") < 0 || (PyLong_CheckExact(c) ? put_int(o, c) : PUT(o, "null")) < 0)
+    if (PUT(o, ",\"completion\":") < 0 || (c != NULL && PyLong_CheckExact(c) ? put_int(o, c) : PUT(o, "null")) < 0)
         return -1;
-    if ((est ? PUT(o, ",\"estimated\":true") : PUT(o, ",\"estimated\":false")) < 0)
+    if ((e ? PUT(o, ",\"estimated\":true") : PUT(o, ",\"estimated\":false")) < 0)
         return -1;
-    if (part && PUT(o, ",\"partial\":true") < 0)
+    if (pt && PUT(o, ",\"partial\":true") < 0)
         return -1;
     return PUT(o, "}");
 }

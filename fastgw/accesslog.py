@@ -114,9 +114,26 @@ _OFF = logging.CRITICAL + 10
 #: When one policy decided several times (input and output), the line shows its most severe outcome.
 _SEVERITY = {"allow": 1, "observe": 2, "redact": 3, "error": 4, "deny": 5, "block": 6}
 
-_fmt = "json"
-_level = "info"
-_handler: logging.Handler | None = None
+
+class _State:
+    """What every line reads, as a native object's fields: a module global that is reassigned is a dictionary lookup
+    at each read from compiled code (~130 instructions), a field is a load."""
+
+    def __init__(self) -> None:
+        self.fmt = "json"
+        self.level = "info"
+        #: The handler `configure` attached (None before the first call).
+        self.handler: logging.Handler | None = None
+        #: The timer that writes `_pending` (None while nothing waits).
+        self.timer: asyncio.TimerHandle | None = None
+        #: Whether a line may come from the C encoder: it is built and the format is JSON.
+        self.c_json = False
+        #: The known names a JSON string holds as they are (no character escaped), each with its JSON form: what the
+        #: C line copies (one lookup, where a set test and a check of each character were two steps).
+        self.known_json: dict[str, bytes] = {}
+
+
+_st: Final = _State()
 
 
 class _AsIs(logging.Formatter):
@@ -128,7 +145,6 @@ class _AsIs(logging.Formatter):
 
 def configure(level: str = "info", fmt: str = "json", stream: IO[str] | RotatingFile | None = None) -> None:
     """Send access lines to `stream` (default stdout) in `fmt`, at `level` ("off" disables them)."""
-    global _fmt, _handler, _level
     if fmt not in ("json", "text"):
         raise ValueError(f"access log format must be 'json' or 'text', not {fmt!r}")
     lvl = _OFF if level.lower() in ("off", "none", "disabled") else logging.getLevelName(level.upper())
@@ -136,22 +152,24 @@ def configure(level: str = "info", fmt: str = "json", stream: IO[str] | Rotating
         raise ValueError(f"unknown access log level {level!r}")
     handler = logging.StreamHandler(sys.stdout if stream is None else stream)  # flushes after every line
     handler.setFormatter(_AsIs())
-    if _handler is not None:
+    prev = _st.handler
+    if prev is not None:
         flush()  # lines waiting go where they were meant to
-        _handler.flush()
-        _log.removeHandler(_handler)  # not closed: the stream is not ours
-        old = getattr(_handler, "stream", None)
+        prev.flush()
+        _log.removeHandler(prev)  # not closed: the stream is not ours
+        old = getattr(prev, "stream", None)
         if isinstance(old, RotatingFile) and old is not stream:
             old.close()
     _log.addHandler(handler)
     _log.setLevel(lvl)
     _log.propagate = False  # the root logger's format (stderr, prefixed) is for diagnostics, not this
-    _handler, _fmt, _level = handler, fmt, level
+    _st.handler, _st.fmt, _st.level = handler, fmt, level
+    _st.c_json = _c_encode is not None and fmt == "json"
 
 
 def use_file(path: str, max_bytes: int, backups: int) -> None:
     """Write access lines to `path` (format and level unchanged), rotated at `max_bytes` keeping `backups` files."""
-    configure(_level, _fmt, RotatingFile(path, max_bytes, backups))
+    configure(_st.level, _st.fmt, RotatingFile(path, max_bytes, backups))
 
 
 # ---- the file --------------------------------------------------------------------------------------------------
@@ -239,9 +257,6 @@ _PLAIN = re.compile(r"[!#-\[\]-~]+")
 
 _redactor: Callable[[str], str] | None = None
 _known: frozenset[str] = frozenset()
-#: The known names a JSON string holds as they are (no character escaped), each with its JSON form: what the C line
-#: copies (one lookup, where a set test and a check of each character were two steps).
-_known_json: dict[str, bytes] = {}
 #: A JSON string's characters that need no escape (printable ASCII but quote and backslash).
 _JSON_PLAIN = re.compile(r'[ !#-\[\]-~]*').fullmatch
 #: Redactions of client strings seen lately (bounded; a hostile client varying them only fills it).
@@ -252,11 +267,11 @@ _CACHE_MAX: Final = 1024
 def set_redactor(redact: Callable[[str], str] | None, known: Iterable[str] = ()) -> None:
     """Route and model go through `redact` (e.g. the pii-detector's scanner) before they are written, except
     the `known` names the config defines (its models, aliases and routes)."""
-    global _redactor, _known, _known_json
+    global _redactor, _known
     flush()  # lines waiting are written as the configuration they were logged under said
     _redactor = redact
     _known = frozenset(known)
-    _known_json = {name: orjson.dumps(name) for name in _known if _JSON_PLAIN(name)}
+    _st.known_json = {name: orjson.dumps(name) for name in _known if _JSON_PLAIN(name)}
     _cache.clear()
 
 
@@ -476,12 +491,22 @@ def _encode(ctx: RequestContext, route: str, nbytes: int | None, forwarded: str 
     it cannot be formatted (counted and reported by `_lost`). `now` (monotonic), `wall` (epoch): for tests; None,
     the clocks now."""
     try:
-        if _c_encode is not None and forwarded is None and _fmt == "json":
+        if _st.c_json and forwarded is None:
             line = _c_line(ctx, route, nbytes, now, wall)
             if line is not None:
                 return line
-        return _line(_values(ctx, route, nbytes, forwarded, now, wall)).encode("utf-8", "backslashreplace") + b"\n"
     except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself, never its request
+        _lost(e, 1)
+        return None
+    return _general(ctx, route, nbytes, forwarded, now, wall)
+
+
+def _general(ctx: RequestContext, route: str, nbytes: int | None, forwarded: str | None, now: float | None = None,
+             wall: float | None = None) -> bytes | None:
+    """`_encode`'s line by the general path (caps, redacts, escapes; the text format)."""
+    try:
+        return _line(_values(ctx, route, nbytes, forwarded, now, wall)).encode("utf-8", "backslashreplace") + b"\n"
+    except Exception as e:  # noqa: BLE001 - as _encode
         _lost(e, 1)
         return None
 
@@ -494,7 +519,7 @@ def _c_line(ctx: RequestContext, route: str, nbytes: int | None, now: float | No
     retries = 0
     if decisions:  # (not a conditional tuple: compiled, its unpacking is a generic iteration)
         policy, retries = _outcomes(decisions)
-    line: bytes | None = _c_encode(_known_json, ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target,
+    line: bytes | None = _c_encode(_st.known_json, ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target,
                                 ctx.stream, ctx.request_id, ctx.status, ctx.first_byte, ctx.started, now, wall,
                                 nbytes, ctx.usage, policy, retries, ctx.error)
     return line
@@ -508,13 +533,11 @@ def _fast_line(ctx: RequestContext, route: str, nbytes: int | None, now: float, 
 
 def _line(v: _Values) -> str:
     """The access line of `v` in the configured format, by the general path."""
-    return _json(_record(v)) if _fmt == "json" else _text(_record(v))
+    return _json(_record(v)) if _st.fmt == "json" else _text(_record(v))
 
 
 #: Lines waiting for their batch, formatted (UTF-8, each newline-terminated).
 _pending: Final[list[bytes]] = []
-#: The timer that writes `_pending` (None while nothing waits).
-_flush_timer: asyncio.TimerHandle | None = None
 _write_errors = 0
 _write_error_at = 0.0
 
@@ -522,10 +545,10 @@ _write_error_at = 0.0
 def flush() -> None:
     """Write the access lines waiting for their batch (the timer's callback; also called at worker exit, when
     the batch is full, and before the stream changes)."""
-    global _flush_timer
-    if _flush_timer is not None:
-        _flush_timer.cancel()  # a no-op when the timer itself is calling
-        _flush_timer = None
+    timer = _st.timer
+    if timer is not None:
+        timer.cancel()  # a no-op when the timer itself is calling
+        _st.timer = None
     if not _pending:
         return
     if not _direct():  # handlers or filters attached while the batch waited: its lines go through logging
@@ -536,7 +559,7 @@ def flush() -> None:
         return
     data = _pending[0] if len(_pending) == 1 else b"".join(_pending)
     _pending.clear()
-    stream = getattr(_handler, "stream", None)
+    stream = getattr(_st.handler, "stream", None)
     # Writes of whole lines of at most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic on a pipe shared by the workers),
     # as many lines as fit; a line longer than that alone.
     start, size = 0, len(data)
@@ -607,15 +630,15 @@ def _lost(e: Exception, lines: int) -> None:
 def _direct() -> bool:
     """Whether only our handler, without filters, takes the lines: then they are written as StreamHandler.emit would,
     without a LogRecord each (pid, thread and process names, time: several µs per request)."""
-    h = _handler
+    h = _st.handler
     handlers = _log.handlers
     return len(handlers) == 1 and handlers[0] is h and not _log.filters and h is not None and not h.filters
 
 
 def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forwarded: str | None = None) -> None:
     """Write the access line of a response (call once per response, from the request's `finally`)."""
-    global _flush_timer
-    if _handler is None:
+    st = _st
+    if st.handler is None:
         configure()
     on = _enabled.get(_INFO)
     if on is None:
@@ -624,22 +647,30 @@ def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forw
         return
     # The handlers are looked at once a batch, by its first line (and again by `flush`, which sends the batch
     # through logging if they changed while it waited).
-    timer = _flush_timer  # (a module global is a dictionary lookup at each read from compiled code)
+    timer = st.timer
     if timer is None and not _direct():
         # Through logging (other handlers or filters attached, or a write error to report). Logger.info() would
         # also walk the stack for the caller's file and line (findCaller) that this line never shows.
         msg = _line(_values(ctx, route, nbytes, forwarded))
         _log.handle(logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, msg, None, None))
         return
-    line = _encode(ctx, route, nbytes, forwarded)
+    line: bytes | None = None
+    if st.c_json and forwarded is None:
+        try:
+            line = _c_line(ctx, route, nbytes, None, None)
+        except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself, never its request
+            _lost(e, 1)
+            return
     if line is None:
-        return
+        line = _general(ctx, route, nbytes, forwarded)
+        if line is None:
+            return
     _pending.append(line)
     if timer is None:
         try:
             # One write(2) per ACCESS_LOG_FLUSH_DELAY for the lines finished in it (or a full batch), not one per
             # request: a busy worker finishes about one request per loop iteration.
-            _flush_timer = asyncio.get_running_loop().call_later(_FLUSH_DELAY, flush)
+            st.timer = asyncio.get_running_loop().call_later(_FLUSH_DELAY, flush)
         except RuntimeError:  # no loop (tests, CLI): write it now
             flush()
     elif len(_pending) >= _BATCH_LINES:

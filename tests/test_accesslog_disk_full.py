@@ -19,7 +19,7 @@ class _FullDisk(io.StringIO):
 def test_a_full_disk_counts_and_alarms_without_raising(caplog, monkeypatch) -> None:  # noqa: ANN001
     accesslog.configure("info", "json", _FullDisk())
     # Only our handler (pytest's log capture may have attached its own, which takes the logging path).
-    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._st.handler])
     try:
         with caplog.at_level(logging.ERROR):
             for _ in range(3):

@@ -29,10 +29,15 @@ _KNOWN = {ROUTE: orjson.dumps(ROUTE), MODEL: orjson.dumps(MODEL)}
 
 _text = st.text(st.characters(codec="utf-8"), max_size=60) | st.sampled_from(
     ["", "a\u2028b", "q\"uote\\", "\x7f\x85", "tab\tnew\nline", "é€😀"])
+#: What an answer's usage may say of an estimate: any JSON value (its truth is the flag).
+_flag = st.booleans() | st.none() | st.integers(-1, 2) | st.sampled_from(["", "y", 0.0, 1.5, [], [0], {}, {"a": 1}])
 _usage = st.none() | st.just({}) | st.fixed_dictionaries(
     {}, optional={"prompt_tokens": st.integers(0, 10**9) | st.none() | st.just("7"),
                   "completion_tokens": st.integers(0, 10**9), "input_tokens": st.integers(0, 99),
-                  "output_tokens": st.integers(0, 99), "estimated": st.booleans(), "partial": st.booleans()})
+                  "output_tokens": st.integers(0, 99), "estimated": _flag, "partial": _flag,
+                  # keys the line does not read, some a character away from one it does
+                  "total_tokens": st.integers(0, 99), "prompt_tokens_details": st.just({"cached_tokens": 1}),
+                  "prompt_tokenz": st.integers(0, 9), "estimatef": st.booleans(), "\u00e9stimated": st.booleans()})
 
 
 @pytest.fixture(autouse=True)
@@ -130,6 +135,33 @@ def test_the_c_line_reads_the_clocks_when_given_none() -> None:
     stamp = time.strptime(rec["ts"][:19], "%Y-%m-%dT%H:%M:%S")
     assert abs(time.mktime(stamp) - time.timezone - before) < 5  # UTC, as time.time() reads it
     assert (rec["client"], rec["ttft_ms"], rec["tokens"], rec["policy"]) == (None, None, None, {})
+
+
+class _Truthy:
+    def __bool__(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("usage, tokens", [
+    # keys equal to the ones the line reads but not the same objects (the C line compares their characters)
+    ({"".join(["prompt_", "tokens"]): 3, "".join(["completion", "_tokens"]): 4, "".join(["esti", "mated"]): 1},
+     {"prompt": 3, "completion": 4, "estimated": True}),
+    ({"prompt_tokens": None, "input_tokens": 5, "output_tokens": 6}, {"prompt": None, "completion": 6,
+                                                                       "estimated": False}),
+])
+def test_the_c_line_reads_usage_by_its_keys_characters(usage: dict, tokens: dict) -> None:
+    fast, general = _both(_ctx(usage=usage))
+    assert fast is not None and fast == general and orjson.loads(fast)["tokens"] == tokens
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": 3, 7: 1},                          # a key that is not a str: the general path reads it
+    {"prompt_tokens": 3, "estimated": _Truthy()},        # a truth that runs code
+    {"prompt_tokens": 3, "partial": _Truthy()},
+])
+def test_usage_the_c_line_cannot_read_without_running_code_takes_the_general_path(usage: dict) -> None:
+    fast, general = _both(_ctx(usage=usage))
+    assert fast is None and general is not None and orjson.loads(general)["tokens"]["prompt"] == 3
 
 
 def test_the_c_line_refuses_a_wrong_call() -> None:
@@ -232,7 +264,7 @@ def batched() -> Iterator[io.StringIO]:
 
 
 def test_a_waiting_line_is_its_requests_line_at_its_end(batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._st.handler])
     usage = {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 1}}
     ctx = _ctx(usage=usage, decisions=(("pii", "redact"),))
     waited: list[bytes] = []
@@ -257,7 +289,7 @@ def test_a_waiting_line_is_its_requests_line_at_its_end(batched: io.StringIO, mo
 
 
 def test_lines_of_every_path_waiting_together_are_the_lines_written_at_once(batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._st.handler])
     ctxs = [(_ctx(), ROUTE), (_ctx(model="sk-" + "a" * 40), ROUTE), (_ctx(rid="r" * 129), ROUTE),
             (_ctx(usage={"input_tokens": 5, "partial": True}, error="upstream_timeout", first=None), ROUTE + "?k=v")]
     for ctx, route in ctxs:  # no loop: each written at once
@@ -283,7 +315,7 @@ def test_lines_of_every_path_waiting_together_are_the_lines_written_at_once(batc
 
 
 def test_a_new_redactor_writes_the_lines_waiting_under_the_old_one_first(batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._st.handler])
     async def main() -> None:
         accesslog.log_request(_ctx(), ROUTE, 1)
         accesslog.set_redactor(lambda s: "[X]", [ROUTE])  # the model is no longer a configured name
@@ -296,7 +328,7 @@ def test_a_new_redactor_writes_the_lines_waiting_under_the_old_one_first(batched
 
 def test_a_line_that_cannot_be_formatted_costs_itself_not_its_batch(batched: io.StringIO,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._st.handler])
     monkeypatch.setattr(accesslog, "_write_error_at", 0.0)  # its report's once-a-second clock, for the next test
     monkeypatch.setattr(accesslog, "_write_errors", 0)
 
@@ -339,7 +371,7 @@ def test_lines_go_to_a_text_streams_binary_buffer_after_the_text_written_before(
     text = io.TextIOWrapper(raw, encoding="utf-8", write_through=layer == "raw")  # type: ignore[arg-type]
     accesslog.configure("info", "json", text)
     try:
-        monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+        monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._st.handler])
         text.write("a line through logging, still in the text layer\n")
         accesslog._pending.extend([accesslog._encode(_ctx(rid="é"), ROUTE, 1, None),  # the general path
                                    accesslog._encode(_ctx(rid="r2"), ROUTE, 2, None)])  # the C one
@@ -355,7 +387,7 @@ def test_the_level_logging_sets_is_followed_at_once(batched: io.StringIO, monkey
     """The log reads logging's own memo of the level (`_enabled`): every way logging turns the logger off holds at
     the next request, and so does turning it on again."""
     logger = logging.getLogger(accesslog.LOGGER_NAME)
-    monkeypatch.setattr(logger, "handlers", [accesslog._handler])
+    monkeypatch.setattr(logger, "handlers", [accesslog._st.handler])
     try:
         accesslog.log_request(_ctx(rid="a"), ROUTE, 1)  # no loop: written at once
         logger.setLevel(logging.WARNING)
@@ -381,7 +413,7 @@ def test_handlers_attached_while_a_batch_waits_get_its_lines(batched: io.StringI
     """The handlers are looked at by a batch's first line: one attached while the batch waits still gets every line
     of it, through logging, and our stream too."""
     logger = logging.getLogger(accesslog.LOGGER_NAME)
-    monkeypatch.setattr(logger, "handlers", [accesslog._handler])
+    monkeypatch.setattr(logger, "handlers", [accesslog._st.handler])
     seen: list[str] = []
 
     class Seen(logging.Handler):

@@ -452,7 +452,7 @@ def test_access_lines_go_out_in_one_write_per_flush_delay(monkeypatch) -> None: 
     accesslog.configure("info", "json", stream=buf)
     # Only our handler (pytest's log capture may have attached its own, which takes the logging path).
     import logging
-    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._st.handler])
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -488,7 +488,7 @@ def test_a_full_batch_of_access_lines_is_written_at_once_in_pipe_buf_writes(monk
     buf = Writes()
     accesslog.configure("info", "json", stream=buf)
     import logging
-    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._handler])
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._st.handler])
 
     async def main() -> None:
         for i in range(ACCESS_LOG_BATCH_LINES - 1):
@@ -501,7 +501,7 @@ def test_a_full_batch_of_access_lines_is_written_at_once_in_pipe_buf_writes(monk
         # Writes of whole lines, as many as PIPE_BUF holds: each write atomic on a pipe shared by the workers.
         assert len(Writes.sizes) > 1 and all(one <= n <= ACCESS_LOG_BATCH_BYTES for n in Writes.sizes)
         assert all(n + one > ACCESS_LOG_BATCH_BYTES for n in Writes.sizes[:-1])
-        assert accesslog._flush_timer is None and not accesslog._pending
+        assert accesslog._st.timer is None and not accesslog._pending
         accesslog.log_request(_ctx("modèle-é"), "/v1/chat/completions", 0)
         accesslog.configure("info", "json", stream=io.StringIO())  # a new stream: waiting lines go to the old one
         assert len(buf.getvalue().splitlines()) == ACCESS_LOG_BATCH_LINES + 1
