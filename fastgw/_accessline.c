@@ -276,9 +276,16 @@ static int put_policy(Out *o, PyObject *policy) {
     return PUT(o, "}");
 }
 
+/* The last route written, with the `known` dict it was found in and its JSON form (strong references, so neither
+ * address can be another object's): a request's path is one str object per target (proto.h1's table), so the
+ * common line finds its route by identity. `known` is replaced, never changed in place (accesslog.set_redactor). */
+static PyObject *last_known, *last_route, *last_route_json;
+
 /* A name the config defines, as the line may write it without redaction (a route without a query string): its JSON
  * form, looked up in `known`. */
 static int put_known(Out *o, PyObject *known, PyObject *v, int route) {
+    if (route && v == last_route && known == last_known)
+        return put(o, PyBytes_AS_STRING(last_route_json), (size_t)PyBytes_GET_SIZE(last_route_json));
     if (!PyUnicode_CheckExact(v))
         return -1;
     PyObject *json = PyDict_GetItemWithError(known, v);
@@ -288,8 +295,16 @@ static int put_known(Out *o, PyObject *known, PyObject *v, int route) {
     }
     const char *s = PyBytes_AS_STRING(json);
     size_t n = (size_t)PyBytes_GET_SIZE(json);
-    if (route && memchr(s, '?', n) != NULL)
-        return -1;
+    if (route) {
+        if (memchr(s, '?', n) != NULL)
+            return -1;
+        Py_INCREF(known);
+        Py_INCREF(v);
+        Py_INCREF(json);
+        Py_XSETREF(last_known, known);
+        Py_XSETREF(last_route, v);
+        Py_XSETREF(last_route_json, json);
+    }
     return put(o, s, n);
 }
 

@@ -55,9 +55,9 @@ def account(ctx: RequestContext, partial: bool) -> None:
 def parse_body(req: Request) -> dict:
     """The JSON object of a model request, with `model` and `stream` checked (400 otherwise)."""
     ctype = req.header(b"content-type")
-    # find, not `in`: a bytes `in` first tries the needle as an int, raising and clearing a TypeError (~1,800
-    # instructions a request).
-    if ctype is not None and ctype.lower().find(b"json") < 0:
+    # The value SDKs send compared first (a method call with arguments costs ~600 instructions); then find, not
+    # `in`: a bytes `in` first tries the needle as an int, raising and clearing a TypeError (~1,800 instructions).
+    if ctype is not None and ctype != b"application/json" and ctype.lower().find(b"json") < 0:
         raise GatewayError("Content-Type must be application/json", status=415, type="invalid_request_error",
                            code="unsupported_media_type", no_retry=True, origin="client")
     if not req.body:

@@ -244,6 +244,18 @@ def test_a_config_reload_sends_a_model_it_no_longer_defines_the_general_way() ->
     assert _both(ctx)[0] is None
 
 
+def test_a_config_reload_sends_a_route_it_no_longer_defines_the_general_way() -> None:
+    """The C line keeps the last route it found by identity: a new set of names is looked up again."""
+    route = "/v1/" + "".join(["resp", "onses"])  # one object, as a request's path is
+    accesslog.set_redactor(None, [route, MODEL])
+    assert _both(_ctx(), route)[0] is not None and _both(_ctx(), route)[0] is not None
+    accesslog.set_redactor(None, [MODEL, "/v1/other"])
+    fast, general = _both(_ctx(), route)
+    assert fast is None and general is not None
+    accesslog.set_redactor(None, [route + "?x", MODEL])  # known, but only with a query string: never as is
+    assert _both(_ctx(), route + "?x")[0] is None
+
+
 def test_what_json_escapes_takes_the_general_path() -> None:
     for ctx in (_ctx(error="\x7f"), _ctx(client="a\u2028b"), _ctx(principal='q"'), _ctx(target="é"),
                 _ctx(rid="tab\t"), _ctx(decisions=(("pii", "re\\dact"),))):

@@ -19,8 +19,9 @@ import msgspec
 import orjson
 import pytest
 
-from fastgw.api.errors import render
+from fastgw.api.errors import GatewayError, render
 from fastgw.app import App, build_targets
+from fastgw.pipeline import parse_body
 from fastgw.config import Config
 from fastgw.policy.chain import build_chain
 from fastgw.proto.client import ConnectFailed
@@ -490,3 +491,19 @@ def test_an_open_stream_keeps_neither_its_upstream_request_nor_the_call_made_for
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         h.loop.run_until_complete(task)
+
+
+@pytest.mark.parametrize("ctype, accepted", [
+    (b"application/json", True), (b"application/json; charset=utf-8", True), (b"APPLICATION/JSON", True),
+    (b"application/vnd.api+json", True), (None, True),
+    (b"text/plain", False), (b"application/x-www-form-urlencoded", False), (b"", False), (b"application/jso", False),
+])
+def test_a_model_request_is_read_only_as_json(ctype: bytes | None, accepted: bool) -> None:
+    headers = [] if ctype is None else [(b"content-type", ctype)]
+    req = Request("POST", b"/v1/chat/completions", headers, b'{"model": "m", "messages": []}', "1.1", True)
+    if accepted:
+        assert parse_body(req)["model"] == "m"
+    else:
+        with pytest.raises(GatewayError) as e:
+            parse_body(req)
+        assert (e.value.status, e.value.code) == (415, "unsupported_media_type")

@@ -102,6 +102,23 @@ TRANSITIONS: Final[dict[ReaderState, dict[ReaderEvent, ReaderState]]] = {
 }
 
 
+#: Request targets seen lately, each with its (path, query): a client sends a handful of targets, so a request finds
+#: its path by one lookup, and the path is the same str object each time, its hash computed once (the router, the
+#: metrics and the access line each look it up). Bounded: a client varying its targets only refills it.
+_targets: Final[dict[bytes, tuple[str, bytes]]] = {}
+
+
+def _split_target(target: bytes) -> tuple[str, bytes]:
+    """(path, query) of an origin-form target, kept in `_targets` when it is short."""
+    q = target.find(b"?")
+    split = ((target if q < 0 else target[:q]).decode("latin-1"), b"" if q < 0 else target[q + 1:])
+    if len(target) <= limits.TARGET_CACHE_KEY_BYTES:
+        if len(_targets) >= limits.TARGET_CACHE_ENTRIES:
+            _targets.clear()
+        _targets[target] = split
+    return split
+
+
 class Request:
     """One parsed request. Header names are lower-cased bytes; values are raw bytes.
 
@@ -123,9 +140,10 @@ class Request:
             slash = target.find(b"/", target.find(b"//") + 2)
             target = target[slash:] if slash > 0 else b"/"
         self.target = target
-        q = target.find(b"?")
-        self.path = (target if q < 0 else target[:q]).decode("latin-1")
-        self.query = b"" if q < 0 else target[q + 1:]
+        split = _targets.get(target)
+        if split is None:
+            split = _split_target(target)
+        self.path, self.query = split
         self.headers = headers
         self.body = body
         self.version = version

@@ -26,6 +26,10 @@ MAX_HEADERS = 100
 MAX_BODY_BYTES = 16 * 1024 * 1024
 #: A client that accepts no bytes for this long is dropped. nginx send_timeout is 60 s.
 SEND_TIMEOUT = 60.0
+#: Request targets whose split into path and query a worker keeps (proto.h1): the few a gateway's clients send, with
+#: room for model paths; a client that varies them only refills the table. Longer targets are split every time.
+TARGET_CACHE_ENTRIES = 256
+TARGET_CACHE_KEY_BYTES = 256
 #: Bytes of one chunk-size line (size + extensions). RFC 9112 sets none; Node (CVE-2024-22019) and
 #: the brief cap extensions at 4 KiB: nothing legitimate sends more.
 MAX_CHUNK_LINE = 4096 + 32

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fastgw.proto import h1, limits
 from fastgw.proto.errors import HttpError
 from fastgw.proto.h1 import (
     BODY, CLOSED, FAILED, HEAD, IDLE, MUST_CLOSE, REPLAY, TRANSITIONS, ReaderEvent, ReaderState, Request,
@@ -250,3 +251,30 @@ def test_a_fail_after_close_is_illegal():
     r.close()
     with pytest.raises(StateError, match="FAIL in state CLOSED"):
         r.fail(HttpError("late"))
+
+
+def _split(target: bytes) -> tuple[str, bytes]:
+    """A target's path and query as RFC 3986 reads an origin form: the path up to the first "?", the query after."""
+    path, sep, query = target.partition(b"?")
+    return path.decode("latin-1"), query
+
+
+@given(st.lists(st.binary(max_size=300) | st.sampled_from([b"/v1/chat/completions", b"/v1/x?a=1", b"/?", b"/a?b?c"]),
+                max_size=40))
+def test_a_requests_path_and_query_are_its_targets_whether_seen_before_or_not(targets: list[bytes]) -> None:
+    for target in targets + targets:  # each seen once more: from the table the second time when it was kept
+        req = Request("GET", b"/" + target, [], b"", "1.1", True)
+        assert (req.path, req.query) == _split(b"/" + target)
+        assert len(h1._targets) <= limits.TARGET_CACHE_ENTRIES
+
+
+def test_a_known_target_gives_the_same_path_object_and_a_long_one_is_not_kept() -> None:
+    first = Request("POST", b"/v1/chat/completions", [], b"", "1.1", True)
+    again = Request("POST", bytes(bytearray(b"/v1/chat/completions")), [], b"", "1.1", True)
+    assert again.path is first.path  # one object: its hash is computed once
+    long = b"/v1/models/" + b"m" * limits.TARGET_CACHE_KEY_BYTES
+    assert Request("GET", long, [], b"", "1.1", True).path == long.decode()
+    assert long not in h1._targets
+    for i in range(limits.TARGET_CACHE_ENTRIES + 5):  # a client varying its targets: the table stays bounded
+        assert Request("GET", b"/t%d?q" % i, [], b"", "1.1", True).path == "/t%d" % i
+        assert len(h1._targets) <= limits.TARGET_CACHE_ENTRIES
