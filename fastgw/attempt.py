@@ -45,6 +45,10 @@ __all__ = ["Attempt", "Streamed", "Retry", "Final", "Outcome", "Answer", "SSE_HE
 
 log = logging.getLogger("fastgw.attempt")
 
+# The registries read per attempt, as Final aliases of the same dicts (compiled, an imported name is a dictionary
+# lookup at each use).
+_ADAPTERS: typing.Final = ADAPTERS
+_FRONTS: typing.Final = FRONTS
 JSON: typing.Final = (b"content-type", b"application/json")
 # Headers for streamed answers: no caching, and tell nginx not to buffer (X-Accel-Buffering).
 SSE_HEADERS: typing.Final = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -228,8 +232,8 @@ class Attempt:
         server neither the target nor the caller's roles allow), and the front that translates a client API
         the target lacks (Responses, Messages) to a chat call and its answer back."""
         check_tools(target, call.endpoint, call.body, self._grants(ctx))
-        adapter = ADAPTERS.get(target.provider) or adapter_for(target.provider)
-        if call.endpoint in FRONTS:
+        adapter = _ADAPTERS.get(target.provider) or adapter_for(target.provider)
+        if call.endpoint in _FRONTS:
             front = front_for(call.endpoint, target.provider, call.body)
             if front is not None:
                 return adapter, Call(Endpoint.CHAT, front.chat_request(), call.stream, call.request_id,

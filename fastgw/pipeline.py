@@ -13,11 +13,12 @@ import asyncio
 import logging
 import typing
 
+import msgspec
 import orjson
 
 from fastgw import metrics, telemetry
 from fastgw.api.errors import GatewayError, InvalidRequest, ModelNotFound
-from fastgw.api.usage import usage_of
+from fastgw.api.usage import USAGE_ONLY
 from fastgw.attempt import JSON, Answer, Attempt, Final, Outcome, Retry, Streamed
 from fastgw.front import FRONTS
 from fastgw.policy.audit import AuditUnavailable
@@ -50,6 +51,27 @@ def account(ctx: RequestContext, partial: bool) -> None:
                      "total_tokens": prompt + completion, "estimated": True}
     if partial:
         ctx.usage = {**ctx.usage, "partial": True}
+
+
+# The registries read per request, as Final aliases of the same dicts: compiled, a name imported from a module that
+# is not compiled is a lookup in this module's dictionary at each use (~130 instructions).
+_PROVIDERS: typing.Final = PROVIDERS
+_FRONTS: typing.Final = FRONTS
+_NATIVE_ENDPOINTS: typing.Final = NATIVE_ENDPOINTS
+
+
+def usage_of(body: bytes) -> dict | None:
+    """The `usage` object of a whole answer (chat, completions, Responses, Messages), when it has one."""
+    try:
+        usage = USAGE_ONLY.decode(body).usage
+    except msgspec.DecodeError:
+        return None
+    if usage is None:
+        return None
+    if "prompt_tokens" not in usage and "input_tokens" in usage:  # Responses and Messages name them so
+        usage = {**usage, "prompt_tokens": usage.get("input_tokens") or 0,
+                 "completion_tokens": usage.get("output_tokens") or 0}
+    return usage
 
 
 def parse_body(req: Request) -> dict:
@@ -283,10 +305,10 @@ def _check_endpoint(endpoint: str, model: str, plan: Plan) -> None:
     """The first target must serve this endpoint (one it serves; Responses and Messages through chat completions
     where it lacks them natively, `fastgw.front`): a clear 400 if not."""
     first = plan.targets[0]
-    serves = PROVIDERS[first.provider].serves
+    serves = _PROVIDERS[first.provider].serves
     if serves is None:
         return
-    if endpoint in FRONTS and first.provider not in NATIVE_ENDPOINTS.get(endpoint, ()):
+    if endpoint in _FRONTS and first.provider not in _NATIVE_ENDPOINTS.get(endpoint, ()):
         endpoint = Endpoint.CHAT  # what the target is sent
     if endpoint not in serves:
         raise InvalidRequest(f"provider {first.provider} does not serve /v1/{endpoint}", code="unsupported_endpoint",

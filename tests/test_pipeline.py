@@ -21,7 +21,7 @@ import pytest
 
 from fastgw.api.errors import GatewayError, render
 from fastgw.app import App, build_targets
-from fastgw.pipeline import parse_body
+from fastgw.pipeline import parse_body, usage_of
 from fastgw.config import Config
 from fastgw.policy.chain import build_chain
 from fastgw.proto.client import ConnectFailed
@@ -507,3 +507,17 @@ def test_a_model_request_is_read_only_as_json(ctype: bytes | None, accepted: boo
         with pytest.raises(GatewayError) as e:
             parse_body(req)
         assert (e.value.status, e.value.code) == (415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("body, usage", [
+    (b'{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}',
+     {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}),
+    # Responses and Messages name them input/output: the chat names are added beside them
+    (b'{"type":"message","usage":{"input_tokens":5,"output_tokens":6}}',
+     {"input_tokens": 5, "output_tokens": 6, "prompt_tokens": 5, "completion_tokens": 6}),
+    (b'{"usage":{"input_tokens":5}}', {"input_tokens": 5, "prompt_tokens": 5, "completion_tokens": 0}),
+    (b'{"usage":{"prompt_tokens":1,"input_tokens":9}}', {"prompt_tokens": 1, "input_tokens": 9}),
+    (b'{"choices":[]}', None), (b'{"usage":null}', None), (b"not json", None), (b'{"usage":[1]}', None), (b"", None),
+])
+def test_a_whole_answers_usage_is_read_in_every_dialect(body: bytes, usage: dict | None) -> None:
+    assert usage_of(body) == usage

@@ -124,6 +124,8 @@ _head_cut: Final = _DECHUNK[1]
 #: What llhttp is given before the part of a chunked body it is to read (the last chunk, or the first chunk boundary
 #: that is not plain) when the body's head was read in C: its callbacks ignore this head (`_unseen`).
 _CHUNKED_HEAD: Final = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+#: The head limit as a compiled constant (a module's attribute is two lookups at each read).
+_MAX_HEAD: Final = limits.MAX_UPSTREAM_HEADER_BYTES
 
 
 class _BodyWatch:
@@ -247,7 +249,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self._sink
         if sink is not None and not self._ended:
             sink.flush()
-        if not self._headers_done and self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
+        if not self._headers_done and self._head_bytes > _MAX_HEAD:
             self._fail(BadResponse("upstream response head too large"))
 
     def _read_head(self, data: bytes, first: bool) -> None:
@@ -257,7 +259,7 @@ class UpstreamConnection(asyncio.Protocol):
         byte, found here first, so that a plain chunked body after it can be read by `_read_chunks` from its start."""
         if first and self.read_head is not None:
             # (The byte limit bounds the field count too: a field line is at least 4 bytes.)
-            got = self.read_head(data, 0, limits.MAX_UPSTREAM_HEADER_BYTES, limits.MAX_UPSTREAM_HEADER_BYTES)
+            got = self.read_head(data, 0, _MAX_HEAD, _MAX_HEAD)
             if got is not None:
                 status, self.headers, length, end = got
                 # (Its framing is what the C reader found: a Content-Length, or one plain `chunked` coding.)
@@ -379,7 +381,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._unseen:
             return  # _CHUNKED_HEAD's
         self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > limits.MAX_UPSTREAM_HEADER_BYTES:
+        if self._head_bytes > _MAX_HEAD:
             raise BadResponse("upstream response head too large")
         self.headers.append((name.lower(), value))
 

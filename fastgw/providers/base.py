@@ -125,9 +125,24 @@ class TargetRuntime:
     allow_server_tools: bool = False
     #: Remote MCP servers (`mcp_servers`, Responses `mcp` tools) may be requested through this target.
     allow_mcp: bool = False
-    #: `json_post`'s header lists and encoded heads, by path, accept and credentials (bounded: REQUEST_HEADS).
-    heads: dict[tuple[object, ...], tuple[list[tuple[bytes, bytes]], bytes]] = field(
-        default_factory=dict, repr=False, compare=False)
+    #: What `json_post` builds once, by path, accept and credentials (bounded: REQUEST_HEADS).
+    heads: dict[tuple[object, ...], PostHead] = field(default_factory=dict, repr=False, compare=False)
+
+
+class PostHead:
+    """What `json_post` builds once per target, path, accept and credentials: where the request goes (the target's
+    base URL split, no longer per request: ~600 instructions), its header list and its encoded head."""
+
+    __slots__ = ("scheme", "host", "port", "path", "headers", "head")
+
+    def __init__(self, scheme: str, host: str, port: int, path: str, headers: list[tuple[bytes, bytes]],
+                 head: bytes) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.path = path
+        self.headers = headers
+        self.head = head
 
 
 #: What the gateway calls itself upstream.
@@ -148,13 +163,13 @@ def json_post(target: TargetRuntime, path: str, payload: bytes, stream: bool,
     """A JSON POST to `{target.base_url}{path}` with the target's own credentials and extra headers. The header
     list and its encoded head are built once per target, path, accept and credentials (`TargetRuntime.heads`),
     not per request: the request shares them (a caller that adds a header builds a new list)."""
-    assert target.base_url is not None
-    scheme, host, port, prefix = split_base_url(target.base_url)
     accept = stream_type if stream else b"application/json"
     key = (path, accept, *auth)
     heads = target.heads
     built = heads.get(key)
     if built is None:
+        assert target.base_url is not None
+        scheme, host, port, prefix = split_base_url(target.base_url)
         headers: list[tuple[bytes, bytes]] = [
             (b"host", host_header(scheme, host, port)),
             (b"content-type", b"application/json"),
@@ -163,11 +178,12 @@ def json_post(target: TargetRuntime, path: str, payload: bytes, stream: bool,
             *auth,
             *target.extra_headers,
         ]
-        built = (headers, request_head("POST", prefix + path, headers))
+        built = PostHead(scheme, host, port, prefix + path, headers, request_head("POST", prefix + path, headers))
         if len(heads) >= limits.REQUEST_HEADS:
             heads.clear()
         heads[key] = built
-    return UpstreamRequest(scheme, host, port, "POST", prefix + path, built[0], payload, built[1])
+    return UpstreamRequest(built.scheme, built.host, built.port, "POST", built.path, built.headers, payload,
+                           built.head)
 
 
 def encode_json(obj: object, client_body: dict | None = None, at: str = "") -> bytes:
