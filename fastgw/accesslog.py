@@ -93,6 +93,8 @@ from fastgw import metrics
 from fastgw.api.limits import ACCESS_LOG_BATCH_BYTES, ACCESS_LOG_BATCH_LINES, ACCESS_LOG_FLUSH_DELAY
 from fastgw.proto.limits import MAX_LOGGED_STRING
 
+_monotonic: Final = time.monotonic  # compiled: a constant, not a lookup per call
+
 if TYPE_CHECKING:
     from fastgw.policy.base import RequestContext
 
@@ -388,7 +390,7 @@ def _values(ctx: RequestContext, route: str, nbytes: int | None, forwarded: str 
     decisions = ctx.decisions
     policy, retries = _outcomes(decisions) if decisions else (None, 0)
     return (ctx.principal, ctx.client, ctx.method, route, ctx.model, ctx.target, ctx.stream, ctx.request_id,
-            ctx.status, ctx.first_byte, ctx.started, time.monotonic() if now is None else now,
+            ctx.status, ctx.first_byte, ctx.started, _monotonic() if now is None else now,
             time.time() if wall is None else wall, nbytes, usage, policy, retries, ctx.error, forwarded)
 
 
@@ -621,7 +623,7 @@ def _lost(e: Exception, lines: int) -> None:
     _write_errors += lines
     full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
     metrics.log_write_error("access", "disk_full" if full else "other")
-    now = time.monotonic()
+    now = _monotonic()
     if now - _write_error_at >= 1.0:
         _write_error_at = now
         _diag.error("access log write failed (%s): %d line(s) lost so far", e, _write_errors)

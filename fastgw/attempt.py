@@ -41,6 +41,8 @@ from fastgw.quota import prompt_estimate
 from fastgw.stream import Source, SSERelay, StreamEnd, TranslatedSource
 from fastgw.upstreams import Call, Connection, Upstream
 
+_monotonic: typing.Final = time.monotonic  # compiled: a constant, not a lookup per call
+
 __all__ = ["Attempt", "Streamed", "Retry", "Final", "Outcome", "Answer", "SSE_HEADERS", "JSON"]
 
 log = logging.getLogger("fastgw.attempt")
@@ -284,7 +286,7 @@ class Attempt:
             relay.usage_sink = ctx
             relay.strip_usage = strip_usage
             relay.strip_null_usage = null_usage
-        opened = time.monotonic()
+        opened = _monotonic()
         relay.start()  # the bytes that came with the head go out first; the gauge below can wait for them
         metrics.stream_opened()
         if not relay.done.done():
@@ -294,7 +296,7 @@ class Attempt:
         try:
             end = await relay.done
         finally:
-            metrics.stream_closed(time.monotonic() - opened, relay.clock)
+            metrics.stream_closed(_monotonic() - opened, relay.clock)
         err = end.error
         if end.before_first_byte:
             assert err is not None
@@ -382,7 +384,7 @@ def _styled(err: GatewayError, endpoint: str) -> GatewayError:
 
 def _alarm(target: str, what: str, msg: str, *args: object) -> None:
     """An ERROR line about a target, at most once per `_ALARM_INTERVAL` per (target, what)."""
-    now = time.monotonic()
+    now = _monotonic()
     key = (target, what)
     if now - _alarms.get(key, -_ALARM_INTERVAL) >= _ALARM_INTERVAL:
         _alarms[key] = now

@@ -58,6 +58,7 @@ def account(ctx: RequestContext, partial: bool) -> None:
 _PROVIDERS: typing.Final = PROVIDERS
 _FRONTS: typing.Final = FRONTS
 _NATIVE_ENDPOINTS: typing.Final = NATIVE_ENDPOINTS
+_loads: typing.Final = orjson.loads  # (a module's attribute too is a lookup at each call)
 
 
 def usage_of(body: bytes) -> dict | None:
@@ -85,7 +86,7 @@ def parse_body(req: Request) -> dict:
     if not req.body:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
-        body = orjson.loads(req.body)
+        body = _loads(req.body)
     except orjson.JSONDecodeError as e:
         raise InvalidRequest(f"We could not parse the JSON body of your request: {e.msg} "
                              f"(line {e.lineno}, column {e.colno}).", code="invalid_json") from None

@@ -36,6 +36,8 @@ from fastgw.providers.base import Translator
 from fastgw.providers.chunks import encode_chunks
 from fastgw.scan.literals import Literals
 
+_monotonic: Final = time.monotonic  # compiled: a constant, not a lookup per call
+
 __all__ = ["SSERelay", "StreamEnd", "TranslatedSource", "error_event", "Source"]
 
 _DONE_TAIL: Final = b"[DONE]"
@@ -243,7 +245,7 @@ class SSERelay:
                 if self._uncounted:
                     self._count()
                 self._uncounted = block
-                self._uncounted_at = time.monotonic()
+                self._uncounted_at = _monotonic()
             if self._sequenced:
                 self._note_seq(block)
             self._pending.append(block)
@@ -262,7 +264,7 @@ class SSERelay:
         self._activity()
         n = len(chunks)
         self.events += n
-        self.clock.ticks(time.monotonic(), n)
+        self.clock.ticks(_monotonic(), n)
         if self.usage_sink is not None:
             usage = chunks[-1].get("usage")  # a translator's usage chunk is its last
             if isinstance(usage, dict):

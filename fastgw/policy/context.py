@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Final
 
 from fastgw.policy.decision import Decision
+
+_monotonic: Final = time.monotonic  # compiled: a constant, not a lookup per call
 
 __all__ = ["RequestContext"]
 
@@ -40,7 +43,7 @@ class RequestContext:
         #: The answer as the client received it (after redaction), per choice index.
         self.texts: dict[int, str] = {}
         self.finish: dict[int, str] = {}
-        self.started = time.monotonic()
+        self.started = _monotonic()
         self.first_byte: float | None = None
         self.error: str | None = None
         #: Streamed events relayed (for a usage estimate when the upstream reports none).

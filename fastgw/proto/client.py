@@ -29,6 +29,8 @@ from fastgw.proto.dechunk import dechunk as dechunk_py
 from fastgw.proto.dechunk import head_cut as head_cut_py
 from fastgw.proto.plainhead import read_response
 
+_monotonic: Final = time.monotonic  # compiled: a constant, not a lookup per call
+
 __all__ = [
     "TransportError", "ConnectFailed", "TransportTimeout", "PeerClosed", "BadResponse",
     "Sink", "UpstreamConnection", "UpstreamPool", "PoolKey",
@@ -675,7 +677,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Enter the idle pool: no request in flight, no sink; bytes arriving now close the connection."""
         self._head_future = None
         self._sink = None
-        self.idle_since = time.monotonic()
+        self.idle_since = _monotonic()
         # A stream that ended while its client's buffer held the relay paused leaves reading paused: an idle
         # connection must be read (to see a close, or stray bytes), and its next response must be.
         self.resume_reading()
@@ -713,7 +715,7 @@ class UpstreamPool:
 
     def _take_idle(self, key: PoolKey) -> UpstreamConnection | None:
         q = self._idle.get(key)
-        now = time.monotonic()
+        now = _monotonic()
         while q:
             conn = q.pop()
             t = conn.transport

@@ -59,6 +59,7 @@ _OVERFLOW_LINGERING: Final = 16
 _REFUSAL_LOG_INTERVAL: Final = 1.0
 # The name of a request's task (in a debugger's or asyncio's task listing).
 _TASK_NAME: Final = "fastgw-request"
+_Task: Final = asyncio.Task  # compiled: a constant, not a lookup per request
 
 
 class ServerLimits:
@@ -471,7 +472,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._direct_tasks:
             # Named as it is made: `loop.create_task` names a task after construction, so the Task first formats a
             # "Task-N" of its own (~1,400 instructions of every request).
-            self._current = asyncio.Task(self._run(item, resp), loop=self._loop, name=_TASK_NAME)
+            self._current = _Task(self._run(item, resp), loop=self._loop, name=_TASK_NAME)
         else:
             self._current = self._loop.create_task(self._run(item, resp))
 

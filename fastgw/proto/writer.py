@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Final, Protocol
 from fastgw.proto.chunked import CHUNKED, ChunkedWriter, Writelines
 from fastgw.proto.errors import HttpError
 
+_monotonic: Final = time.monotonic  # compiled: a constant, not a lookup per call
+
 if TYPE_CHECKING:
     from fastgw.proto.flow import FlowControl, FlowListener
 
@@ -180,7 +182,7 @@ class Responder:
         head = build_head(status, headers, self.extra_headers, b"content-length: %d\r\n" % len(body),
                           self.keep_alive)
         self.status = status
-        self.first_write = time.monotonic()
+        self.first_write = _monotonic()
         t = self._transport
         if t is not None and not t.is_closing():
             if self._head_only or not body:
@@ -223,7 +225,7 @@ class Responder:
         head = self._head
         if head is not None:
             self._head = None
-            self.first_write = time.monotonic()
+            self.first_write = _monotonic()
             if self._head_only or not data:
                 t.write(head)
                 return
@@ -241,7 +243,7 @@ class Responder:
             head = self._head
             self._head = None
             if head is not None:
-                self.first_write = time.monotonic()
+                self.first_write = _monotonic()
             if self._head_only:
                 if head is not None:
                     t.write(head)

@@ -145,6 +145,10 @@ class PostHead:
         self.head = head
 
 
+# Compiled, constants: a module's attribute and a builtin are each a lookup at every call (~240 instructions).
+_dumps: Final = orjson.dumps
+_memoryview: Final = memoryview
+
 #: What the gateway calls itself upstream.
 USER_AGENT: Final = b"fastgw/0.1"
 
@@ -192,7 +196,7 @@ def encode_json(obj: object, client_body: dict | None = None, at: str = "") -> b
     try:
         # An exact-size copy: orjson's bytes keep its whole output buffer (4 KiB at least), and an upstream body
         # lives as long as its request: ~4 KB of every open stream (issue 18); the copy costs ~0.3 µs.
-        return bytes(memoryview(orjson.dumps(obj)))
+        return bytes(_memoryview(_dumps(obj)))
     except orjson.JSONEncodeError:  # parsed JSON holds only encodable values: the nesting is what failed
         raise _too_deep(client_body if client_body is not None else obj, at) from None
 

@@ -52,6 +52,8 @@ from fastgw.state.model import (EPOCH, KIND_BREAKER, Admission, Ask, BreakerStat
 from fastgw.state.table import (BREAKER, BUCKET, HOLDER, LEDGER, SET, NeedsReplace, Record, Table, TableError,
                                 stored_key)
 
+_monotonic: Final = time.monotonic  # compiled: a constant, not a lookup per call
+
 __all__ = ["LocalBackend", "TABLE_NAME", "DB_NAME"]
 
 log = logging.getLogger("fastgw.state")
@@ -143,9 +145,9 @@ class LocalBackend:
         return out  # type: ignore[return-value]
 
     async def _wait(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        start = time.monotonic()
+        start = _monotonic()
         while True:
-            waited = time.monotonic() - start
+            waited = _monotonic() - start
             if waited >= self.timeout:
                 raise StateUnavailable(f"state table locked for {waited * 1e3:.0f} ms", self.timeout)
             await asyncio.sleep(0 if waited < SPIN else 0.001)
