@@ -46,14 +46,15 @@ file's directory: it renames `path.N-1` → `path.N` … `path` → `path.1` (th
 dropped; `backups: 0` only truncates by starting a new file) and opens a new `path`. A worker that holds the
 renamed file notices on its next write (its file is past `max_bytes` and no longer has `path`'s inode) and
 reopens `path` under the same lock, so a rotation happens once however many workers race to it, and a file
-exceeds `max_bytes` by at most one write (ACCESS_LOG_BATCH_BYTES) per worker. One shared file rather than one per worker keeps the
+exceeds `max_bytes` by at most one write (a batch: ACCESS_LOG_BATCH_LINES lines) per worker. One shared file rather than one per worker keeps the
 names the config documents and one place to read; the master takes no part.
 
 Batches
 -------
 A line is formatted at its response's end and waits in the worker, as bytes, until ACCESS_LOG_FLUSH_DELAY (10 ms)
-after the first line of its batch, or until 128 lines wait; then the batch goes out in writes of whole lines of at
-most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic on a pipe the workers share). A busy worker finishes about one request
+after the first line of its batch, or until 128 lines wait; then the batch goes out whole in one write(2) to a
+regular file or a character device, where the kernel appends each write whole, and in writes of whole lines of at
+most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic on a pipe the workers share) to a pipe, a socket or anything else. A busy worker finishes about one request
 per loop iteration, so the write per iteration this replaced was a syscall per request. A worker that stops
 (SIGTERM, reload, a boot error) writes its waiting lines before it exits; a hard crash (SIGKILL, the master killing a
 hung worker, a segfault) loses the lines of its last 10 ms at most.
@@ -82,6 +83,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -211,6 +213,9 @@ class RotatingFile:
 
     def flush(self) -> None:
         pass  # every write is a write(2)
+
+    def fileno(self) -> int:
+        return self._fd
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -562,13 +567,13 @@ def flush() -> None:
     data = _pending[0] if len(_pending) == 1 else b"".join(_pending)
     _pending.clear()
     stream = getattr(_st.handler, "stream", None)
-    # Writes of whole lines of at most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic on a pipe shared by the workers),
-    # as many lines as fit; a line longer than that alone.
+    # Writes of whole lines of at most `most` bytes (see `_most`), as many lines as fit; a line longer than that alone.
+    most = _sink_of(stream)[3]
     start, size = 0, len(data)
     while start < size:
         end = size
-        if size - start > ACCESS_LOG_BATCH_BYTES:
-            end = data.rfind(b"\n", start, start + ACCESS_LOG_BATCH_BYTES) + 1
+        if size - start > most:
+            end = data.rfind(b"\n", start, start + most) + 1
             if end <= start:
                 end = data.index(b"\n", start) + 1
         chunk = data[start:end] if start or end < size else data
@@ -579,24 +584,43 @@ def flush() -> None:
             _lost(e, chunk.count(b"\n"))
 
 
-#: What `_write` found its stream to be, kept until the stream changes: (stream, kind, binary layer).
-_sink: tuple[object, int, object] = (None, 0, None)
+#: What `_write` found its stream to be, kept until the stream changes: (stream, kind, binary layer, most bytes a
+#: write may hold).
+_sink: tuple[object, int, object, int] = (None, 0, None, ACCESS_LOG_BATCH_BYTES)
 _TO_FILE: Final = 1  # our RotatingFile: bytes, one write(2)
 _TO_BUFFER: Final = 2  # a text stream over a buffered binary one (stdout): bytes to the buffer, then flushed
 _TO_RAW: Final = 3  # a text stream over a raw one (stdout under PYTHONUNBUFFERED=1, as the systemd unit runs it)
 _TO_TEXT: Final = 4  # any other stream: text
 
 
-def _write(stream: object, data: bytes) -> None:
-    """`data` (whole UTF-8 lines) to `stream` in one write: as bytes to our file or to a text stream's binary layer
-    (stdout), after the text written to it before, as text to any other stream."""
+def _sink_of(stream: object) -> tuple[object, int, object, int]:
+    """`_sink` for `stream`, found again when the stream changed."""
     global _sink
     if _sink[0] is not stream:
         buffer = getattr(stream, "buffer", None)
         kind = _TO_FILE if isinstance(stream, RotatingFile) else _TO_BUFFER if isinstance(
             buffer, io.BufferedIOBase) else _TO_RAW if isinstance(buffer, io.RawIOBase) else _TO_TEXT
-        _sink = (stream, kind, buffer)
-    kind, buffer = _sink[1], _sink[2]
+        _sink = (stream, kind, buffer, _most(stream))
+    return _sink
+
+
+def _most(stream: object) -> int:
+    """The most bytes one write to `stream` may hold. Into a regular file (O_APPEND: the kernel appends each write(2)
+    whole, whatever its size) or a character device (/dev/null, a terminal), a whole batch: one system call where
+    PIPE_BUF-sized writes were a dozen a full batch. Into a pipe or a socket shared by the workers (stdout under a
+    supervisor, the journal's socket under systemd), or where the descriptor cannot be known: ACCESS_LOG_BATCH_BYTES
+    (PIPE_BUF, what a pipe writes atomically)."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - no descriptor (a StringIO, a logging stream of the user's): the safe size
+        return ACCESS_LOG_BATCH_BYTES
+    return sys.maxsize if stat.S_ISREG(mode) or stat.S_ISCHR(mode) else ACCESS_LOG_BATCH_BYTES
+
+
+def _write(stream: object, data: bytes) -> None:
+    """`data` (whole UTF-8 lines) to `stream` in one write: as bytes to our file or to a text stream's binary layer
+    (stdout), after the text written to it before, as text to any other stream."""
+    _, kind, buffer, _ = _sink_of(stream)
     if kind == _TO_FILE:
         stream.write_bytes(data)  # type: ignore[attr-defined]
         return

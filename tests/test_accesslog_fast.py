@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgw import _accessline, accesslog
+from fastgw.api.limits import ACCESS_LOG_BATCH_BYTES, ACCESS_LOG_BATCH_LINES
 from fastgw.policy.base import RequestContext
 
 ROUTE, MODEL = "/v1/chat/completions", "gpt-x"
@@ -444,3 +446,70 @@ def test_handlers_attached_while_a_batch_waits_get_its_lines(batched: io.StringI
     asyncio.run(main())
     assert [orjson.loads(m)["request_id"] for m in seen] == ["a", "b", "c"]
     assert [orjson.loads(ln)["request_id"] for ln in batched.getvalue().splitlines()] == ["a", "b", "c"]
+
+
+def _write_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A full batch of lines logged; the size of each os.write the log made (what our file calls)."""
+    sizes: list[int] = []
+    real = os.write
+
+    def counting(fd: int, data: bytes) -> int:
+        sizes.append(len(data))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", counting)
+    monkeypatch.setattr(logging.getLogger(accesslog.LOGGER_NAME), "handlers", [accesslog._st.handler])
+
+    async def main() -> None:
+        for i in range(ACCESS_LOG_BATCH_LINES):
+            accesslog.log_request(_ctx(rid=f"r{i}"), ROUTE, i)
+
+    asyncio.run(main())
+    return sizes
+
+
+def test_a_batch_goes_to_a_regular_file_in_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    accesslog.use_file(str(tmp_path / "access.log"), 100 * 1024 * 1024, 1)
+    try:
+        sizes = _write_sizes(monkeypatch)
+    finally:
+        accesslog.configure("info", "json", io.StringIO())
+    text = (tmp_path / "access.log").read_bytes()
+    assert len(text) > ACCESS_LOG_BATCH_BYTES and sizes == [len(text)]  # the batch whole: one system call
+    assert [orjson.loads(ln)["bytes"] for ln in text.splitlines()] == list(range(ACCESS_LOG_BATCH_LINES))
+
+
+def test_a_batch_goes_to_a_pipe_in_pipe_buf_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    raw = io.FileIO(w, "w")
+    got = bytearray()
+    sizes: list[int] = []
+    real_write = raw.write
+
+    class _Counted(io.RawIOBase):  # stdout's raw layer over the pipe, counting each write
+        def writable(self) -> bool:
+            return True
+
+        def fileno(self) -> int:
+            return w
+
+        def write(self, b) -> int:  # noqa: ANN001
+            sizes.append(len(b))
+            n = real_write(b)
+            while True:  # drained as it goes: a batch is more than the pipe holds
+                try:
+                    got.extend(os.read(r, 1 << 16))
+                except BlockingIOError:
+                    return n
+
+    counted = io.TextIOWrapper(_Counted(), encoding="utf-8", write_through=True)  # type: ignore[arg-type]
+    accesslog.configure("info", "json", counted)
+    try:
+        _write_sizes(monkeypatch)
+    finally:
+        accesslog.configure("info", "json", io.StringIO())
+        raw.close()
+        os.close(r)
+    assert len(sizes) > 1 and max(sizes) <= ACCESS_LOG_BATCH_BYTES  # each atomic on a pipe the workers share
+    assert [orjson.loads(ln)["bytes"] for ln in bytes(got).splitlines()] == list(range(ACCESS_LOG_BATCH_LINES))

@@ -17,9 +17,9 @@ GRACEFUL_TIMEOUT = 30.0
 #: about one request per loop iteration, so a write per iteration was a syscall per request (~2 % of its CPU).
 #: What a hard crash (SIGKILL, segfault) can lose; an orderly exit writes them all.
 ACCESS_LOG_FLUSH_DELAY = 0.01
-#: Bytes per write(2) at most (a line longer than this alone excepted): PIPE_BUF, so on a pipe shared by the
-#: workers (stdout under a supervisor) each write is atomic and lines never interleave; it also bounds how far a
-#: rotated file passes its `max_bytes`.
+#: Bytes per write(2) at most to a pipe, a socket or a stream of unknown kind (a line longer than this alone
+#: excepted): PIPE_BUF, so on a pipe shared by the workers (stdout under a supervisor) each write is atomic and lines
+#: never interleave. A regular file or a character device takes a batch in one write (fastgw.accesslog `_most`).
 ACCESS_LOG_BATCH_BYTES = 4096
 #: ... and written at once when this many are waiting (bounds the memory a burst of requests holds in lines).
 ACCESS_LOG_BATCH_LINES = 128
