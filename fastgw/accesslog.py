@@ -40,24 +40,24 @@ writes any value that is not plain printable ASCII as a JSON string (ASCII-escap
 Files
 -----
 With `server.access_log.path` set, every worker opens the same file with O_APPEND: each write(2) holds whole lines,
-which the kernel appends whole, so lines of several workers never interleave. Rotation is done by
-whichever worker first sees the file reach `max_bytes` (fstat after its write), under an flock(2) on the
-file's directory: it renames `path.N-1` → `path.N` … `path` → `path.1` (the oldest beyond `backups` is
-dropped; `backups: 0` only truncates by starting a new file) and opens a new `path`. A worker that holds the
-renamed file notices on its next write (its file is past `max_bytes` and no longer has `path`'s inode) and
-reopens `path` under the same lock, so a rotation happens once however many workers race to it, and a file
-exceeds `max_bytes` by at most one write (a batch: ACCESS_LOG_BATCH_LINES lines) per worker. One shared file rather than one per worker keeps the
-names the config documents and one place to read; the master takes no part.
+which the kernel appends whole, so lines of several workers never interleave. Rotation is done by whichever worker
+first sees the file reach `max_bytes` (fstat after its write), under an flock(2) on the file's directory: it renames
+`path.N-1` → `path.N` … `path` → `path.1` (the oldest beyond `backups` is dropped; `backups: 0` only truncates by
+starting a new file) and opens a new `path`. A worker that holds the renamed file notices on its next write (its
+file is past `max_bytes` and no longer has `path`'s inode) and reopens `path` under the same lock, so a rotation
+happens once however many workers race to it, and a file exceeds `max_bytes` by at most one write (a batch:
+ACCESS_LOG_BATCH_LINES lines) per worker. One shared file rather than one per worker keeps the names the config
+documents and one place to read; the master takes no part.
 
 Batches
 -------
 A line is formatted at its response's end and waits in the worker, as bytes, until ACCESS_LOG_FLUSH_DELAY (10 ms)
 after the first line of its batch, or until 128 lines wait; then the batch goes out whole in one write(2) to a
 regular file or a character device, where the kernel appends each write whole, and in writes of whole lines of at
-most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic on a pipe the workers share) to a pipe, a socket or anything else. A busy worker finishes about one request
-per loop iteration, so the write per iteration this replaced was a syscall per request. A worker that stops
-(SIGTERM, reload, a boot error) writes its waiting lines before it exits; a hard crash (SIGKILL, the master killing a
-hung worker, a segfault) loses the lines of its last 10 ms at most.
+most ACCESS_LOG_BATCH_BYTES (PIPE_BUF: atomic on a pipe the workers share) to a pipe, a socket or anything else. A
+busy worker finishes about one request per loop iteration, so the write per iteration this replaced was a syscall
+per request. A worker that stops (SIGTERM, reload, a boot error) writes its waiting lines before it exits; a hard
+crash (SIGKILL, the master killing a hung worker, a segfault) loses the lines of its last 10 ms at most.
 
 Cost
 ----
