@@ -130,8 +130,6 @@ class _State:
         self.handler: logging.Handler | None = None
         #: The timer that writes `_pending` (None while nothing waits).
         self.timer: asyncio.TimerHandle | None = None
-        #: Whether a line may come from the C encoder: it is built and the format is JSON.
-        self.c_json = False
         #: The known names a JSON string holds as they are (no character escaped), each with its JSON form: what the
         #: C line copies (one lookup, where a set test and a check of each character were two steps).
         self.known_json: dict[str, bytes] = {}
@@ -168,7 +166,6 @@ def configure(level: str = "info", fmt: str = "json", stream: IO[str] | Rotating
     _log.setLevel(lvl)
     _log.propagate = False  # the root logger's format (stderr, prefixed) is for diagnostics, not this
     _st.handler, _st.fmt, _st.level = handler, fmt, level
-    _st.c_json = _c_encode is not None and fmt == "json"
 
 
 def use_file(path: str, max_bytes: int, backups: int) -> None:
@@ -498,22 +495,12 @@ def _encode(ctx: RequestContext, route: str, nbytes: int | None, forwarded: str 
     it cannot be formatted (counted and reported by `_lost`). `now` (monotonic), `wall` (epoch): for tests; None,
     the clocks now."""
     try:
-        if _st.c_json and forwarded is None:
+        if _c_encode is not None and forwarded is None and _st.fmt == "json":
             line = _c_line(ctx, route, nbytes, now, wall)
             if line is not None:
                 return line
-    except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself, never its request
-        _lost(e, 1)
-        return None
-    return _general(ctx, route, nbytes, forwarded, now, wall)
-
-
-def _general(ctx: RequestContext, route: str, nbytes: int | None, forwarded: str | None, now: float | None = None,
-             wall: float | None = None) -> bytes | None:
-    """`_encode`'s line by the general path (caps, redacts, escapes; the text format)."""
-    try:
         return _line(_values(ctx, route, nbytes, forwarded, now, wall)).encode("utf-8", "backslashreplace") + b"\n"
-    except Exception as e:  # noqa: BLE001 - as _encode
+    except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself, never its request
         _lost(e, 1)
         return None
 
@@ -680,17 +667,9 @@ def log_request(ctx: RequestContext, route: str, nbytes: int | None = None, forw
         msg = _line(_values(ctx, route, nbytes, forwarded))
         _log.handle(logging.LogRecord(LOGGER_NAME, logging.INFO, "", 0, msg, None, None))
         return
-    line: bytes | None = None
-    if st.c_json and forwarded is None:
-        try:
-            line = _c_line(ctx, route, nbytes, None, None)
-        except Exception as e:  # noqa: BLE001 - a line that cannot be formatted costs itself, never its request
-            _lost(e, 1)
-            return
+    line = _encode(ctx, route, nbytes, forwarded)
     if line is None:
-        line = _general(ctx, route, nbytes, forwarded)
-        if line is None:
-            return
+        return
     _pending.append(line)
     if timer is None:
         try:

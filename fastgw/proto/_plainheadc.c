@@ -4,8 +4,8 @@
  * Why C (issue 18): through httptools, llhttp calls back into Python for the message's start, its target or status,
  * each header's name and value and the head's end, and the reader then asks it for the method, the version and
  * keep-alive: ~16,000 instructions of a non-streamed request's ~125,000 for the request's head, on the path to its
- * first byte, and ~10,000 for the response's head and Content-Length body (of which this reading took ~6,000). Here
- * one pass over the head builds the reader's header list.
+ * first byte, and ~10,000 for the response's (6,900 with its head read here, 2,500 of them this reader's:
+ * bench/RESULTS.md, 2026-12-07 03:30). Here one pass over the head builds the reader's header list.
  *
  * Only a strict subset is read, the heads SDKs and providers send; for anything else, a head not whole in `data`
  * included, a reader returns None and the caller gives the message to llhttp, whose answer (the request, a 400, a
