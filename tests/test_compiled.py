@@ -45,7 +45,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert sorted(built) == sorted(COMPILED + NATIVE_C), "the stamp is not of the Makefile's COMPILED: run make"
     assert NATIVE_C == ["fastgw/state/_tablec.c", "fastgw/_accessline.c", "fastgw/api/_usagec.c",
                         "fastgw/proto/_headc.c", "fastgw/proto/_dechunkc.c", "fastgw/proto/_plainheadc.c",
-                        "fastgw/proto/_ssec.c"], NATIVE_C
+                        "fastgw/proto/_ssec.c", "fastgw/policy/stream/_chunkc.c"], NATIVE_C
     for path in NATIVE_C:
         module = importlib.import_module(path.removesuffix(".c").replace("/", "."))
         assert (module.__file__ or "").endswith(".so") and Path(module.__file__ or "").parent == (ROOT / path).parent
@@ -68,6 +68,8 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
         "the C head readers are built but not in use"
     from fastgw.proto import _ssec, sse as proto_sse
     assert proto_sse._find_lf is _ssec.find_lf, "the SSE decoder's C searches are built but not in use"
+    from fastgw.policy.stream import _chunkc, chat
+    assert chat._plain_choice is _chunkc.plain_choice, "the chat chunk's C reader is built but not in use"
     for path in COMPILED:
         name = path.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(name)

@@ -360,9 +360,10 @@ def test_an_output_policy_failure_is_not_retried_nor_blamed_on_the_upstream(harn
     from fastgw.policy.stream import chat
     from fastgw.policy import chain as chain_mod
 
-    # The chat policy's push fails on the first event (through its chunk decoder: a compiled class's methods
+    # The chat policy's push fails on the first event (through its chunk readers: a compiled class's methods
     # cannot be replaced).
     monkeypatch.setattr(chat, "decode_chunk", _failing_push)
+    monkeypatch.setattr(chat, "_plain_choice", _failing_push)
     monkeypatch.setattr(chain_mod, "response_slots", _failing_push)
     h = harness(_cfg(_target("a", failures=2), _target("b", failures=2), chain=["pii-detector"], attempts=2))
     h.upstream.steps += ["stream" if stream else "ok"] * 4

@@ -24,8 +24,8 @@ from fastgw.api.dialects import CHAT
 from fastgw.api.sse import DONE, drop_null_usage, drop_null_usage_text
 from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Findings
-from fastgw.policy.stream.chat_view import (Choice, Chunk, Delta, LooseChoice, LooseChunk, ToolCall, decode_chunk,
-                                            decode_loose)
+from fastgw.policy.stream.chat_view import (Choice, Chunk, Delta, LooseChoice, LooseChunk, PlainChoice, ToolCall,
+                                            decode_chunk, decode_loose)
 from fastgw.policy.stream.core import StreamPolicy, TextStream, unreadable
 from fastgw.policy.stream.records import Held, Segment, TextKey
 from fastgw.policy.textscan import SKIP, ScanPolicy
@@ -39,13 +39,26 @@ _DONE_EVENT: Final = SSEEvent("[DONE]", None, None, None, DONE)
 #: Delta fields whose value must be a string (or null) in any view: another type is an unreadable chunk.
 _STR_FIELDS: Final = ("content", "refusal", "reasoning_content")
 # What every event uses from other modules, as Finals: a compiled module reads an imported (non-native) name from
-# its globals dict on every use, a Final from a C static. (Not `decode_chunk`: tests/test_pipeline.py replaces it
-# to make the policy fail.)
+# its globals dict on every use, a Final from a C static. (Not `decode_chunk` nor `_plain_choice`:
+# tests/test_pipeline.py replaces them to make the policy fail.)
 _Choice: Final = Choice
 _TextKey: Final = TextKey
 #: A Struct's fields as a tuple, in declaration order: one call where reading them one by one from compiled code
 #: is a generic attribute lookup each (~160 instructions; a chat chunk's choice and delta took ten per event).
 _fields: Final = msgspec.structs.astuple
+
+
+def _plain_reader() -> Callable[[str], PlainChoice | None] | None:
+    """The common chunk's one-pass reader in C (fastgw/policy/stream/_chunkc.c: why, in its head comment), or None
+    where it is not built: every chunk then takes the typed view, which reads the same values."""
+    try:
+        from fastgw.policy.stream import _chunkc
+    except ImportError:
+        return None
+    return _chunkc.plain_choice
+
+
+_plain_choice = _plain_reader()
 
 
 class ChatStreamPolicy(StreamPolicy):
@@ -68,6 +81,11 @@ class ChatStreamPolicy(StreamPolicy):
     def push(self, ev: SSEEvent) -> None:
         data = ev.data
         if data is not None and data[:1] == "{":
+            if _plain_choice is not None:
+                plain = _plain_choice(data)
+                if plain is not None:
+                    self._take_plain(plain, ev)
+                    return
             chunk: Chunk | LooseChunk
             try:
                 chunk = decode_chunk(data)
@@ -107,17 +125,24 @@ class ChatStreamPolicy(StreamPolicy):
         """The structured stream's end: `data: [DONE]` is queued behind the chunks before it."""
         self.push(_DONE_EVENT)
 
+    def _take_plain(self, plain: PlainChoice, ev: SSEEvent) -> None:
+        """`_take` of a chunk whose one choice is plain text and whose usage is null (`_chunkc.plain_choice`)."""
+        segs: list[Segment] = []
+        if self.strip_null_usage:
+            ev = _without_null_usage(ev)
+        idx, text, content, refusal, reasoning, finish = plain
+        self._texts_of(idx, text, content, refusal, reasoning, finish, segs)
+        self.events += 1
+        self._queue.append(Held(ev, None, segs))
+
     def _take(self, chunk: Chunk | LooseChunk, ev: SSEEvent | None, obj: dict | None) -> None:
         segs: list[Segment] = []
         edited = False
         # The view's fields are generic attribute lookups from compiled code (msgspec Structs): each read once.
         usage = chunk.usage
         choices: list[Any] | None = chunk.choices
-        if self.strip_null_usage and usage is None and ev is not None and ev.data is not None:
-            # The usage we asked for on the client's behalf: the other chunks' `"usage": null` goes too.
-            data = drop_null_usage_text(ev.data)
-            if len(data) != len(ev.data):
-                ev = ev.replace(data, drop_null_usage(ev.raw))
+        if self.strip_null_usage and usage is None and ev is not None:
+            ev = _without_null_usage(ev)
         if choices:
             for pos, ch in enumerate(choices):
                 if self._drop and ch.logprobs is not None:
@@ -146,20 +171,15 @@ class ChatStreamPolicy(StreamPolicy):
         finish: str | None
         lp: dict | None
         idx, d, text, finish, lp = _fields(ch)  # (chat_view's order; tests/policy/test_chat_view.py holds it)
-        if text:
-            self._plain_piece(idx, "text", text, pos, segs)
-        if d is not None:
+        if d is None:
+            self._texts_of(idx, text, None, None, None, None, segs, pos)
+        else:
             content: str | None
             refusal: str | None
             reasoning: str | None
             tool_calls: list[ToolCall] | None
             _, content, refusal, reasoning, tool_calls = _fields(d)
-            if content:
-                self._plain_piece(idx, "content", content, pos, segs)
-            if refusal:
-                self._plain_piece(idx, "refusal", refusal, pos, segs)
-            if reasoning:
-                self._plain_piece(idx, "reasoning_content", reasoning, pos, segs)
+            self._texts_of(idx, text, content, refusal, reasoning, None, segs, pos)
             if tool_calls:
                 for tpos, tc in enumerate(tool_calls):
                     fn = tc.function
@@ -171,6 +191,21 @@ class ChatStreamPolicy(StreamPolicy):
                                       segs, ("choices", pos, "delta", "tool_calls", tpos, "function", "name"))
         if lp is not None and not self._drop:
             self._logprobs(lp, idx, pos, segs)
+        if finish is not None:
+            self._ctx.finish[idx] = finish
+            self._settle_choice(idx)
+
+    def _texts_of(self, idx: int, text: str | None, content: str | None, refusal: str | None,
+                  reasoning: str | None, finish: str | None, segs: list[Segment], pos: int = 0) -> None:
+        """A choice's plain text pieces (legacy `text`, then the delta's), then its end where `finish` is given."""
+        if text:
+            self._plain_piece(idx, "text", text, pos, segs)
+        if content:
+            self._plain_piece(idx, "content", content, pos, segs)
+        if refusal:
+            self._plain_piece(idx, "refusal", refusal, pos, segs)
+        if reasoning:
+            self._plain_piece(idx, "reasoning_content", reasoning, pos, segs)
         if finish is not None:
             self._ctx.finish[idx] = finish
             self._settle_choice(idx)
@@ -255,6 +290,16 @@ class ChatStreamPolicy(StreamPolicy):
             ch["delta"]["tool_calls"][seg.tool_pos]["function"]["arguments"] = text
         else:
             ch["delta"][field] = text
+
+
+def _without_null_usage(ev: SSEEvent) -> SSEEvent:
+    """The event without its chunk's `"usage": null` (the usage we asked for on the client's behalf: the other
+    chunks' null goes too)."""
+    data = ev.data
+    if data is None:
+        return ev
+    out = drop_null_usage_text(data)
+    return ev if len(out) == len(data) else ev.replace(out, drop_null_usage(ev.raw))
 
 
 def _legacy_top(lp: object, i: int, text: str) -> None:

@@ -1,0 +1,3 @@
+"""Types of the common chat chunk's C reader (fastgw/policy/stream/_chunkc.c)."""
+
+def plain_choice(data: str) -> tuple[int, str | None, str | None, str | None, str | None, str | None] | None: ...
