@@ -81,8 +81,9 @@ class ChatStreamPolicy(StreamPolicy):
     def push(self, ev: SSEEvent) -> None:
         data = ev.data
         if data is not None and data[:1] == "{":
-            if _plain_choice is not None:
-                plain = _plain_choice(data)
+            read_plain = _plain_choice  # (a module global: one lookup)
+            if read_plain is not None:
+                plain = read_plain(data)
                 if plain is not None:
                     self._take_plain(plain, ev)
                     return
