@@ -220,3 +220,20 @@ def test_tool_arguments_stay_valid_json_when_a_value_follows_an_escape():
         assert "john@example.com" not in note and "jane@example.org" not in note
         # Scanned with the escapes decoded, `\n` stays a newline and the address alone is redacted.
         assert note.startswith("line1\n[REDACTED:EMAIL]")
+
+
+def test_a_finished_stream_policy_is_freed_by_reference_counting() -> None:
+    """A redacted stream's policy, its texts and their scanners are freed when the relay lets go of them, not left
+    to the cyclic collector (each scanner's match handler held it in a cycle until its stream closed)."""
+    import gc
+
+    wire = build_stream(["My mail is joe", "@example.com, ", "call 415-555-0100."])
+    gc.collect()
+    gc.disable()
+    try:
+        out, blocked, sp = run(policy(), wire, [7, 40])
+        assert blocked is None and "joe@example.com" not in client_text(out)
+        del sp
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
