@@ -68,7 +68,7 @@ class ChatStreamPolicy(StreamPolicy):
     wire = CHAT
     collected = frozenset(("content", "text"))
 
-    __slots__ = ("_plain",)
+    __slots__ = ("_plain", "_last", "_last_field", "_last_idx")
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext, buffered: bool = False,
                  judge: Callable[[RequestContext], None] | None = None) -> None:
@@ -77,6 +77,10 @@ class ChatStreamPolicy(StreamPolicy):
         #: and choice index: nearly every event carries a piece of one, found here without a TextKey built and
         #: hashed per event (the policy's `_texts` still holds them all).
         self._plain: dict[str, dict[int, TextStream]] = {}
+        #: The stream of the last plain piece, its field and choice: the next piece is nearly always of it.
+        self._last: TextStream | None = None
+        self._last_field = ""
+        self._last_idx = -1
 
     def push(self, ev: SSEEvent) -> None:
         data = ev.data
@@ -213,12 +217,15 @@ class ChatStreamPolicy(StreamPolicy):
 
     def _plain_piece(self, idx: int, field: str, text: str, pos: int, segs: list[Segment]) -> None:
         """A piece of a choice's plain text field (`_seg` with the stream found in `_plain`)."""
-        by_choice = self._plain.get(field)
-        if by_choice is None:
-            by_choice = self._plain[field] = {}
-        t = by_choice.get(idx)
-        if t is None:
-            t = by_choice[idx] = self._text_for(_TextKey(idx, field))
+        t = self._last
+        if t is None or field != self._last_field or idx != self._last_idx:
+            by_choice = self._plain.get(field)
+            if by_choice is None:
+                by_choice = self._plain[field] = {}
+            t = by_choice.get(idx)
+            if t is None:
+                t = by_choice[idx] = self._text_for(_TextKey(idx, field))
+            self._last, self._last_field, self._last_idx = t, field, idx
         self._piece(t, text, pos, -1, segs)
 
     def _loose_segs(self, ch: LooseChoice, pos: int, segs: list[Segment]) -> None:
