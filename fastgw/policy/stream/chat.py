@@ -68,7 +68,7 @@ class ChatStreamPolicy(StreamPolicy):
     wire = CHAT
     collected = frozenset(("content", "text"))
 
-    __slots__ = ("_plain", "_last", "_last_field", "_last_idx")
+    __slots__ = ("_plain", "_last", "_last_field", "_last_idx", "_read_plain")
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext, buffered: bool = False,
                  judge: Callable[[RequestContext], None] | None = None) -> None:
@@ -81,11 +81,14 @@ class ChatStreamPolicy(StreamPolicy):
         self._last: TextStream | None = None
         self._last_field = ""
         self._last_idx = -1
+        #: The common chunk's reader, read from the module once a stream (a compiled module's global is a dict
+        #: lookup an event; a Final could not be replaced by tests/test_pipeline.py).
+        self._read_plain = _plain_choice
 
     def push(self, ev: SSEEvent) -> None:
         data = ev.data
-        if data is not None and data[:1] == "{":
-            read_plain = _plain_choice  # (a module global: one lookup)
+        if data is not None and data.startswith("{"):
+            read_plain = self._read_plain
             if read_plain is not None:
                 plain = read_plain(data)
                 if plain is not None:
