@@ -1,6 +1,6 @@
 """The common chat chunk's C reader (fastgw/policy/stream/_chunkc.c) reads what the typed view reads: where it
-returns a tuple, `chat_view.plain_choice_py` (msgspec's decode) returns the same one; where it returns None, the
-chunk takes the typed view. It must read the chunks models stream (else it saves nothing) and never read a chunk
+returns a tuple, `plain_choice_py` (the typed view, msgspec's decode) returns the same one; where it returns None,
+the chunk takes the typed view. It must read the chunks models stream (else it saves nothing) and never read a chunk
 differently: on generated chunks, on every mutation of them, and on the shapes it declines by design."""
 
 from __future__ import annotations
@@ -8,13 +8,35 @@ from __future__ import annotations
 import json
 import random
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgw.policy.stream._chunkc import plain_choice
-from fastgw.policy.stream.chat_view import plain_choice_py
+from fastgw.policy.stream.chat_view import PlainChoice, decode_chunk
+
+
+def plain_choice_py(data: str) -> PlainChoice | None:
+    """What `plain_choice` must return where it returns a tuple, read through the typed view the policy falls back
+    on: the chunk's one choice when it is plain text (no tool calls, no logprobs) and its usage null; None
+    otherwise. The C reader may return None where this does not (it declines every shape it does not read itself),
+    never another tuple."""
+    try:
+        chunk = decode_chunk(data)
+    except msgspec.DecodeError:  # (ValidationError is one)
+        return None
+    if chunk.usage is not None or chunk.choices is None or len(chunk.choices) != 1:
+        return None
+    ch = chunk.choices[0]
+    d = ch.delta
+    if ch.logprobs is not None or (d is not None and d.tool_calls is not None):
+        return None
+    if d is None:
+        return ch.index, ch.text, None, None, None, ch.finish_reason
+    return ch.index, ch.text, d.content, d.refusal, d.reasoning_content, ch.finish_reason
+
 
 _BASE = {"id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", "object": "chat.completion.chunk", "created": 1741569952,
          "model": "gpt-4o-2024-08-06", "service_tier": "default", "system_fingerprint": "fp_f9f4fb6dbf"}
@@ -23,8 +45,9 @@ _BASE = {"id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", "object": "chat.complet
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 _maybe = st.none() | _text
 #: Skipped members' values: what the reader skips itself (strings that no serializer escapes, numbers, literals).
-_scalar = (st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e, blacklist_characters='"\\'), max_size=12) | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
-           | st.booleans() | st.none())
+_scalar = (st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e, blacklist_characters='"\\'), max_size=12)
+           | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.booleans()
+           | st.none())
 
 
 @st.composite

@@ -3,10 +3,11 @@
  * that is one choice of plain text, or None for anything else, which then takes the typed view (msgspec) as before.
  *
  * Why C (issue 18): with the stream policies on, every event of an answer is a JSON chunk the typed view decoded into
- * three msgspec Structs and a list, read back field by field and freed: msgspec's decode alone ~4,600 instructions
- * a 250-byte chunk under callgrind, the Structs' reads and frees ~1,500 more. The chunk a model streams is nearly
- * always one shape; read here, it costs ~2,800 (one pass over its bytes, sixteen at a time where SSE2 is, and the
- * strings it holds). A redacted 53-event stream through the gateway: 1,038,201 -> 851,529 instructions a request.
+ * three msgspec Structs and a list, read back field by field and freed: under callgrind, in a redacted stream
+ * through the gateway, msgspec's decode ~4,600 instructions an event of ~250 bytes, the Structs' frees ~700 and the
+ * reading of their fields ~650. The chunk a model streams is nearly always one shape; read here, it costs ~2,800
+ * (one pass over its bytes, sixteen at a time where SSE2 is, and the strings it holds). That stream, 53 events:
+ * 1,038,201 -> 851,529 instructions a request (bench/RESULTS.md, 2026-12-07 08:45).
  *
  * What is read here, and only this (anything else returns None, never a different answer): a top-level object
  * whose "choices" is an array of exactly one object and whose "usage", if present, is null; its other members are
@@ -16,7 +17,7 @@
  * "reasoning_content" (string or null) and "tool_calls" (null). No member twice, no escape in a member's name,
  * JSON's own whitespace only, nothing after the object. A string's escapes are JSON's (a \u surrogate pair is one
  * character; a lone surrogate returns None). Where this returns a tuple, the typed view reads the same values
- * (tests/policy/test_chunkc.py holds it, against chat_view.plain_choice_py, on generated and mutated chunks).
+ * (tests/policy/test_chunkc.py holds it against the typed view, on generated and mutated chunks).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

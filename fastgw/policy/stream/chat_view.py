@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 
 __all__ = ["Fn", "ToolCall", "Delta", "Choice", "Chunk", "LooseChoice", "LooseChunk", "PlainChoice", "decode_chunk",
-           "decode_loose", "plain_choice_py"]
+           "decode_loose"]
 
 
 # Typed view of a chunk: only the fields we read (msgspec skips everything else without building it). The delta
@@ -66,24 +66,6 @@ decode_chunk = msgspec.json.Decoder(Chunk).decode
 decode_loose = msgspec.json.Decoder(LooseChunk).decode
 
 
-#: (index, text, content, refusal, reasoning_content, finish_reason) of a chunk's one plain-text choice.
+#: (index, text, content, refusal, reasoning_content, finish_reason) of a chunk's one plain-text choice, as the C
+#: reader of the common chunk returns it (fastgw/policy/stream/_chunkc.c).
 PlainChoice = tuple[int, str | None, str | None, str | None, str | None, str | None]
-
-
-def plain_choice_py(data: str) -> PlainChoice | None:
-    """What `_chunkc.plain_choice` returns where it returns a tuple, read through the typed view: the chunk's one
-    choice when it is plain text (no tool calls, no logprobs) and its usage null; None otherwise. The C form may
-    return None where this does not (it declines every shape it does not read itself), never another tuple."""
-    try:
-        chunk = decode_chunk(data)
-    except msgspec.DecodeError:  # (ValidationError is one)
-        return None
-    if chunk.usage is not None or chunk.choices is None or len(chunk.choices) != 1:
-        return None
-    ch = chunk.choices[0]
-    d = ch.delta
-    if ch.logprobs is not None or (d is not None and d.tool_calls is not None):
-        return None
-    if d is None:
-        return ch.index, ch.text, None, None, None, ch.finish_reason
-    return ch.index, ch.text, d.content, d.refusal, d.reasoning_content, ch.finish_reason
