@@ -69,7 +69,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     from fastgw.proto import _ssec, sse as proto_sse
     assert proto_sse._find_lf is _ssec.find_lf, "the SSE decoder's C searches are built but not in use"
     from fastgw.policy.stream import _chunkc, chat
-    assert chat._plain_choice is _chunkc.plain_choice, "the chat chunk's C reader is built but not in use"
+    assert chat._PlainReader is _chunkc.PlainReader, "the chat chunk's C reader is built but not in use"
     for path in COMPILED:
         name = path.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(name)

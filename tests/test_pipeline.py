@@ -353,6 +353,10 @@ def _failing_push(*_a, **_k) -> None:
     raise RuntimeError("a bug in an output policy")
 
 
+class _FailingReader:
+    read = staticmethod(_failing_push)
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_an_output_policy_failure_is_not_retried_nor_blamed_on_the_upstream(harness, monkeypatch, stream):
     """An output policy that raises on the first event used to become a retryable upstream 5xx: one client
@@ -363,7 +367,7 @@ def test_an_output_policy_failure_is_not_retried_nor_blamed_on_the_upstream(harn
     # The chat policy's push fails on the first event (through its chunk readers: a compiled class's methods
     # cannot be replaced).
     monkeypatch.setattr(chat, "decode_chunk", _failing_push)
-    monkeypatch.setattr(chat, "_plain_choice", _failing_push)
+    monkeypatch.setattr(chat, "_PlainReader", _FailingReader)
     monkeypatch.setattr(chain_mod, "response_slots", _failing_push)
     h = harness(_cfg(_target("a", failures=2), _target("b", failures=2), chain=["pii-detector"], attempts=2))
     h.upstream.steps += ["stream" if stream else "ok"] * 4

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastgw.policy.stream._chunkc import plain_choice
+from fastgw.policy.stream._chunkc import PlainReader, plain_choice
 from fastgw.policy.stream.chat_view import PlainChoice, decode_chunk
 
 
@@ -51,8 +51,8 @@ _scalar = (st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e, blackli
 
 
 @st.composite
-def plain_chunks(draw: st.DrawFn) -> str:
-    """A chunk of the one shape the reader reads, its members in any order, serialized as providers do."""
+def plain_chunk_dicts(draw: st.DrawFn) -> tuple[dict, str]:
+    """A chunk of the one shape the reader reads, its members in any order, and how to serialize it."""
     delta = {k: draw(_maybe) for k in ("role", "content", "refusal", "reasoning_content") if draw(st.booleans())}
     if draw(st.booleans()):
         delta["tool_calls"] = None
@@ -69,11 +69,20 @@ def plain_chunks(draw: st.DrawFn) -> str:
         top["usage"] = None
     items = list(top.items())
     random.Random(draw(st.integers(0, 2**32))).shuffle(items)
-    how = draw(st.sampled_from(["orjson", "ascii", "utf8", "spaced", "indented"]))
+    return dict(items), draw(st.sampled_from(["orjson", "ascii", "utf8", "spaced", "indented"]))
+
+
+def _dump(top: dict, how: str) -> str:
+    """A chunk serialized as providers do."""
     if how == "orjson":
-        return orjson.dumps(dict(items)).decode()
-    return json.dumps(dict(items), ensure_ascii=how == "ascii", indent=1 if how == "indented" else None,
+        return orjson.dumps(top).decode()
+    return json.dumps(top, ensure_ascii=how == "ascii", indent=1 if how == "indented" else None,
                       separators=(", ", ": ") if how == "spaced" else (",", ":"))
+
+
+@st.composite
+def plain_chunks(draw: st.DrawFn) -> str:
+    return _dump(*draw(plain_chunk_dicts()))
 
 
 @settings(max_examples=600, deadline=None)
@@ -91,11 +100,7 @@ _BITS = ['"', "\\", "\\u", "\\ud83d", "\\ude00", "\\u00e9", "{", "}", "[", "]", 
          '"usage":{}', '"logprobs":{}', '{"index":1}', '"index":0', '"delta":{"reasoning":"r"}']
 
 
-@settings(max_examples=1500, deadline=None)
-@given(plain_chunks(), st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace", "repeat"]),
-                                          st.floats(0, 1), st.sampled_from(_BITS), st.integers(1, 8)),
-                                min_size=1, max_size=3))
-def test_a_mutated_chunk_is_read_as_the_typed_view_reads_it_or_left_to_it(data: str, edits: list) -> None:
+def _mutated(data: str, edits: list) -> str:
     for how, where, bit, span in edits:
         at = int(where * len(data))
         if how == "insert":
@@ -106,8 +111,67 @@ def test_a_mutated_chunk_is_read_as_the_typed_view_reads_it_or_left_to_it(data: 
             data = data[:at] + bit + data[at + len(bit):]
         else:
             data = data[:at + span] + data[at:]
+    return data
+
+
+@settings(max_examples=1500, deadline=None)
+@given(plain_chunks(), st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace", "repeat"]),
+                                          st.floats(0, 1), st.sampled_from(_BITS), st.integers(1, 8)),
+                                min_size=1, max_size=3))
+def test_a_mutated_chunk_is_read_as_the_typed_view_reads_it_or_left_to_it(data: str, edits: list) -> None:
+    data = _mutated(data, edits)
     got = plain_choice(data)
     assert got is None or got == plain_choice_py(data), data
+
+
+_edits = st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace", "repeat"]), st.floats(0, 1),
+                            st.sampled_from(_BITS), st.integers(1, 8)), max_size=2)
+#: What changes from one chunk of a stream to the next: the text (nearly always), the bytes after it
+#: (`obfuscation`'s padding), the bytes before it, the fields present, the chunk's bytes anywhere.
+_step = st.tuples(st.sampled_from(["text", "text", "text", "after", "before", "field", "same"]), _maybe,
+                  _scalar, st.booleans() | st.just(False), _edits)
+
+
+def _texts_at(top: dict) -> list[tuple[dict, str]]:
+    choice = top["choices"][0]
+    where = [(choice, "text")] if "text" in choice else []
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        where += [(delta, k) for k in ("content", "refusal", "reasoning_content") if k in delta]
+    return where
+
+
+@settings(max_examples=400, deadline=None)
+@given(plain_chunk_dicts(), st.lists(_step, min_size=1, max_size=12))
+def test_a_stream_s_reader_reads_each_chunk_as_read_alone(first: tuple[dict, str], steps: list) -> None:
+    """A stream's PlainReader reads from the state its last whole read kept wherever the bytes before the text
+    value are the same, and takes that read's answer wherever the bytes after it are the same too: every chunk's
+    answer must be plain_choice's (and so the typed view's), whatever changed and wherever a byte went wrong."""
+    top, how = first
+    reader = PlainReader()
+    chunks = [_dump(top, how)]
+    for kind, text, scalar, flag, edits in steps:
+        top = json.loads(json.dumps(top))
+        where = _texts_at(top)
+        if kind == "text" and where:
+            obj, key = where[len(chunks) % len(where)]
+            obj[key] = text
+        elif kind == "after":
+            top["obfuscation"] = scalar  # (a new member goes last)
+        elif kind == "before":
+            top = {"id": scalar, **{k: v for k, v in top.items() if k != "id"}}
+        elif kind == "field":
+            choice = top["choices"][0]
+            if flag:
+                choice["finish_reason"] = "stop" if choice.get("finish_reason") is None else None
+            elif isinstance(choice.get("delta"), dict):
+                choice["delta"] = {"role": "assistant", **choice["delta"]} if "role" not in choice["delta"] else {
+                    k: v for k, v in choice["delta"].items() if k != "role"}
+        chunks.append(_mutated(_dump(top, how), edits))
+    for data in chunks:
+        got = reader.read(data)
+        assert got == plain_choice(data), (chunks, data)
+        assert got is None or got == plain_choice_py(data), data
 
 
 _CHOICE = {"index": 0, "delta": {"content": "hi"}, "logprobs": None, "finish_reason": None}
@@ -119,6 +183,42 @@ def _chunk(**top: object) -> str:
 
 def _with(**choice: object) -> str:
     return orjson.dumps({**_BASE, "choices": [{**_CHOICE, **choice}]}).decode()
+
+
+def _stream(*texts: str, after: str = "") -> list[str]:
+    return [_chunk(choices=[{**_CHOICE, "delta": {"content": t}}], **({"obfuscation": after * i} if after else {}))
+            for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("chunks", [
+    _stream("a", "b", "é", "😀", "", "\n", '"', "x" * 3000),
+    _stream("a", "b", "c", after="z"),  # the bytes after the text differ: read from the mark
+    [*_stream("a", "b"), _chunk(choices=[{**_CHOICE, "delta": {"content": "c", "tool_calls": []}}]),
+     *_stream("d")],  # declined after the mark: the same answer as read whole (None), the mark kept
+    [*_stream("a"), _chunk(choices=[{**_CHOICE, "delta": {"content": None}}]), *_stream("b")],
+    [*_stream("a"), _chunk(choices=[{**_CHOICE, "delta": {"content": 5}}]), *_stream("b")],
+    [*_stream("a"), _stream("b")[0][:-3], _stream("b")[0] + " x", *_stream("c")],  # cut short, trailing bytes
+    [*_stream("a"), '{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT"', *_stream("b")],  # shorter than the mark
+    [*_stream("a"), _stream("X")[0].replace('"X"', '"\\ud83d"'), *_stream("b")],  # a lone surrogate escaped
+    [_chunk(choices=[{**_CHOICE, "delta": {"role": "assistant", "content": ""}}]), *_stream("a", "b")],
+    [_chunk(choices=[{"index": 0, "text": "a", "finish_reason": None}]),
+     _chunk(choices=[{"index": 0, "text": "b", "finish_reason": None}]),
+     _chunk(choices=[{"index": 0, "text": "c", "finish_reason": "stop"}])],  # completions' text, at the choice
+    [_chunk(choices=[{**_CHOICE, "delta": {"content": "a", "refusal": "r"}}]),
+     _chunk(choices=[{**_CHOICE, "delta": {"content": "b", "refusal": "s"}}]),
+     _chunk(choices=[{**_CHOICE, "delta": {"content": "b", "refusal": "s", "content": "c"}}]).replace(
+         '"refusal":"s"}', '"refusal":"s","content":"c"}')],  # a member twice after the mark
+])
+def test_a_stream_s_reader_by_example(chunks: list[str]) -> None:
+    reader = PlainReader()
+    for data in chunks:
+        assert reader.read(data) == plain_choice(data), data
+
+
+def test_a_stream_s_reader_reads_its_stream_s_text() -> None:
+    reader = PlainReader()
+    got = [reader.read(d) for d in _stream("Hel", "lo", " wor", "ld", after="q")]
+    assert [g[2] for g in got if g is not None] == ["Hel", "lo", " wor", "ld"]
 
 
 @pytest.mark.parametrize("data", [
@@ -183,6 +283,9 @@ def test_a_long_escaped_string() -> None:
 def test_wrong_calls() -> None:
     with pytest.raises(TypeError):
         plain_choice(b'{"choices":[{}]}')  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        PlainReader().read(b'{"choices":[{}]}')  # type: ignore[arg-type]
+    assert PlainReader().read('{"choices":[{"delta":{"content":"\ud800"}}]}') is None
     with pytest.raises(TypeError):
         plain_choice()  # type: ignore[call-arg]
     assert plain_choice('{"choices":[{"delta":{"content":"\ud800"}}]}') is None  # a str no UTF-8 can carry

@@ -15,7 +15,7 @@ before the policy has seen them).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 import orjson
@@ -39,7 +39,7 @@ _DONE_EVENT: Final = SSEEvent("[DONE]", None, None, None, DONE)
 #: Delta fields whose value must be a string (or null) in any view: another type is an unreadable chunk.
 _STR_FIELDS: Final = ("content", "refusal", "reasoning_content")
 # What every event uses from other modules, as Finals: a compiled module reads an imported (non-native) name from
-# its globals dict on every use, a Final from a C static. (Not `decode_chunk` nor `_plain_choice`:
+# its globals dict on every use, a Final from a C static. (Not `decode_chunk` nor `_PlainReader`:
 # tests/test_pipeline.py replaces them to make the policy fail.)
 _Choice: Final = Choice
 _TextKey: Final = TextKey
@@ -48,17 +48,22 @@ _TextKey: Final = TextKey
 _fields: Final = msgspec.structs.astuple
 
 
-def _plain_reader() -> Callable[[str], PlainChoice | None] | None:
-    """The common chunk's one-pass reader in C (fastgw/policy/stream/_chunkc.c: why, in its head comment), or None
-    where it is not built: every chunk then takes the typed view, which reads the same values."""
+class _Reader(Protocol):
+    def read(self, data: str, /) -> PlainChoice | None: ...
+
+
+def _plain_reader() -> Callable[[], _Reader] | None:
+    """The common chunk's one-pass reader in C, one a stream (fastgw/policy/stream/_chunkc.c: why, in its head
+    comment and PlainReader's), or None where it is not built: every chunk then takes the typed view, which reads
+    the same values."""
     try:
         from fastgw.policy.stream import _chunkc
     except ImportError:
         return None
-    return _chunkc.plain_choice
+    return _chunkc.PlainReader
 
 
-_plain_choice = _plain_reader()
+_PlainReader = _plain_reader()
 
 
 class ChatStreamPolicy(StreamPolicy):
@@ -81,9 +86,9 @@ class ChatStreamPolicy(StreamPolicy):
         self._last: TextStream | None = None
         self._last_field = ""
         self._last_idx = -1
-        #: The common chunk's reader, read from the module once a stream (a compiled module's global is a dict
-        #: lookup an event; a Final could not be replaced by tests/test_pipeline.py).
-        self._read_plain = _plain_choice
+        #: The common chunk's reader, this stream's own: it reads again only what differs from its last chunk.
+        reader = _PlainReader
+        self._read_plain = reader().read if reader is not None else None
 
     def push(self, ev: SSEEvent) -> None:
         data = ev.data
