@@ -67,7 +67,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert h1.read_request is _plainheadc.request and client.read_response is _plainheadc.response, \
         "the C head readers are built but not in use"
     from fastgw.proto import _ssec, sse as proto_sse
-    assert proto_sse._find_lf is _ssec.find_lf, "the SSE decoder's C searches are built but not in use"
+    assert proto_sse._block_start is _ssec.block_start, "the SSE decoder's C forms are built but not in use"
     from fastgw.policy.stream import _chunkc, chat
     assert chat._PlainReader is _chunkc.PlainReader, "the chat chunk's C reader is built but not in use"
     for path in COMPILED:
@@ -222,9 +222,10 @@ _REVIEWED_SLICES = {
     ("fastgw/proto/framing_guard.py", "data[pos:i - 1 if i > pos and data[i - 1] == 13 else i]"),
     ("fastgw/proto/framing_guard.py", "data[i:i + 2]"), ("fastgw/proto/framing_guard.py", "data[pos:pos + 3]"),
     ("fastgw/proto/sse.py", "buf[raw_start:end]"), ("fastgw/proto/sse.py", "line[1:2]"),
-    ("fastgw/proto/sse.py", "line[colon + 1:colon + 2]"), ("fastgw/proto/sse.py", "buf[content:content + 6]"),
+    ("fastgw/proto/sse.py", "line[colon + 1:colon + 2]"),
     ("fastgw/proto/sse.py", "buf[content:lines_end]"),  # lines_end > content: the content byte is no line end
-    ("fastgw/proto/sse.py", "buf[content + 6:f]"), ("fastgw/proto/sse.py", "buf[content:f]"),
+    ("fastgw/proto/sse.py", "buf[pos + 6:f]"),  # after `data: ` at pos, which holds no LF: f >= pos + 6
+    ("fastgw/proto/sse.py", "buf[content:f]"),
     ("fastgw/proto/server.py", "data[pos:end]"),
     ("fastgw/state/table.py", "self.mm[off:off + ENTRY]"), ("fastgw/state/table.py", "mm[_REDO_AT:_REDO_AT + 8 * n]"),
     ("fastgw/state/table.py", "mm[_REDO_RECS:_REDO_RECS + n * ENTRY]"), ("fastgw/state/table.py", "mm[off:off + ENTRY]"),

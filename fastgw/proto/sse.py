@@ -159,11 +159,18 @@ def _parse(raw: bytes, lines: bytes, cr: bool) -> SSEEvent:
     )
 
 
-def find_lf_py(buf: bytes, pos: int) -> int:
-    """`buf.find(b"\\n", pos)` for pos >= 0: `_ssec.find_lf`'s Python form."""
+def block_start_py(buf: bytes, pos: int) -> tuple[str | None, int, bool]:
+    """The block that starts at pos (>= 0): (text, lf, one_line) as `_ssec.block_start` gives them (its Python
+    form): lf its first LF (-1 while that LF or the byte after it is not in buf), one_line whether an LF follows
+    it, text the line's value where the block is one line that starts with `data: `."""
     if pos < 0:
         raise ValueError("a negative start")
-    return buf.find(b"\n", pos)
+    f = buf.find(b"\n", pos)
+    if f < 0 or f + 1 >= len(buf):
+        return None, -1, False
+    if buf[f + 1] != _LF:
+        return None, f, False
+    return (buf[pos + 6:f].decode("utf-8", "replace") if buf.startswith(b"data: ", pos) else None), f, True
 
 
 def find_lflf_py(buf: bytes, pos: int) -> int:
@@ -173,20 +180,21 @@ def find_lflf_py(buf: bytes, pos: int) -> int:
     return buf.find(b"\n\n", pos)
 
 
-def _load_finds() -> tuple[Callable[[bytes, int], int], Callable[[bytes, int], int]]:
-    """The decoder's line-end searches in C (fastgw/proto/_ssec.c: why, in its head comment), or their Python forms
+def _load_c() -> tuple[Callable[[bytes, int], tuple[str | None, int, bool]], Callable[[bytes, int], int]]:
+    """The decoder's per-event work in C (fastgw/proto/_ssec.c: why, in its head comment), or its Python forms
     where it is not built."""
     try:
         from fastgw.proto import _ssec
     except ImportError:
-        return find_lf_py, find_lflf_py
-    return _ssec.find_lf, _ssec.find_lflf
+        return block_start_py, find_lflf_py
+    return _ssec.block_start, _ssec.find_lflf
 
 
-_FINDS: Final = _load_finds()
-#: An LF, and a blank line's LF LF, at or after a position of a bytes (see _load_finds).
-_find_lf: Final = _FINDS[0]
-_find_lflf: Final = _FINDS[1]
+_C: Final = _load_c()
+#: A fresh block's first line end and its `data: ` text, and a blank line's LF LF at or after a position of a
+#: bytes (see _load_c).
+_block_start: Final = _C[0]
+_find_lflf: Final = _C[1]
 
 
 def _skip_blank(buf: bytes | bytearray, pos: int) -> int:
@@ -300,17 +308,17 @@ class SSEDecoder:
                 content = pos
             if pos == content:
                 # Fresh block: the first LF (memchr) is usually the end of its only line, and a second LF
-                # right after it ends the block; only a multi-line block needs the two-byte search.
-                f = _find_lf(buf, pos)
-                if f < 0 or f + 1 >= n:
+                # right after it ends the block; only a multi-line block needs the two-byte search. The common
+                # block, one `data: ` line, comes with its text.
+                text, f, one_line = _block_start(buf, pos)
+                if f < 0:
                     break
-                one_line = buf[f + 1] == _LF
                 if not one_line:
                     f = _find_lflf(buf, f + 1)
                     if f < 0:
                         break
             else:
-                one_line = False
+                text = None
                 f = _find_lflf(buf, pos)
                 if f < 0:
                     break
@@ -320,8 +328,7 @@ class SSEDecoder:
             # The whole read is one event: its raw is the read itself (CPython's full slice is the same object;
             # compiled, a slice always copies).
             raw = buf if end == n and not raw_start else buf[raw_start:end]
-            if one_line and buf[content] == 100 and buf[content : content + 6] == b"data: ":  # "d": the common case
-                text = buf[content + 6 : f].decode("utf-8", "replace")
+            if text is not None:
                 events.append(SSEEvent(text, None, None, None, raw))
             else:
                 events.append(_parse(raw, buf[content:f], False))
