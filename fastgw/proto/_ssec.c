@@ -50,12 +50,11 @@ static PyObject *sc_block_start(PyObject *self, PyObject *const *args, Py_ssize_
         return NULL;
     const char *hit = pos < size ? memchr(data + pos, '\n', (size_t)(size - pos)) : NULL;
     Py_ssize_t lf = hit == NULL ? -1 : hit - data;
-    if (lf < 0 || lf + 1 >= size)
-        return Py_BuildValue("(OnO)", Py_None, (Py_ssize_t)-1, Py_False);
-    if (data[lf + 1] != '\n')
-        return Py_BuildValue("(OnO)", Py_None, lf, Py_False);
+    int one_line = lf >= 0 && lf + 1 < size && data[lf + 1] == '\n';
+    if (lf >= 0 && lf + 1 >= size)
+        lf = -1;
     PyObject *text;
-    if (lf - pos >= 6 && memcmp(data + pos, "data: ", 6) == 0) {
+    if (one_line && lf - pos >= 6 && memcmp(data + pos, "data: ", 6) == 0) {
         text = PyUnicode_DecodeUTF8(data + pos + 6, lf - pos - 6, "replace");
         if (text == NULL)
             return NULL;
@@ -70,7 +69,7 @@ static PyObject *sc_block_start(PyObject *self, PyObject *const *args, Py_ssize_
     }
     PyTuple_SET_ITEM(out, 0, text);
     PyTuple_SET_ITEM(out, 1, at);
-    PyTuple_SET_ITEM(out, 2, Py_NewRef(Py_True));
+    PyTuple_SET_ITEM(out, 2, PyBool_FromLong(one_line));
     return out;
 }
 

@@ -516,7 +516,7 @@ class StreamPolicy(ABC):
         if not segs and not h.whole and not h.edited:
             ev = h.ev
             return ev.raw if ev is not None else self._untouched(h)  # no text: role, finish, usage, [DONE]
-        changes: list[tuple[Segment, bytes]] = []
+        changes: list[tuple[Segment, bytes]] | None = None  # (made when a text changed: nearly never per event)
         parts = self._parts
         assembled = self._assembled
         for seg in segs:
@@ -527,6 +527,8 @@ class StreamPolicy(ABC):
                 spans = [x for x in t.spans if x[0].start < b and x[0].end > a]
                 if spans:
                     new = redact(seg.data, spans, a, seg.escapes)
+                    if changes is None:
+                        changes = []
                     changes.append((seg, new))
                     released = new.decode()
                     t.spans = [x for x in t.spans if x[0].end > b]  # spans done with leave the list
@@ -537,13 +539,13 @@ class StreamPolicy(ABC):
                 p.append(released)
             if assembled is not None:
                 assembled.setdefault(t.key, []).append(released)
-        if changes:
+        if changes is not None:
             self._rewritten = True
         if h.whole:
-            return self._render_whole(h, changes)
-        if not changes and not h.edited:
+            return self._render_whole(h, changes if changes is not None else [])
+        if changes is None and not h.edited:
             return self._untouched(h)  # invariant 5: untouched events leave byte-identical
-        return self._rewrite(h, changes)
+        return self._rewrite(h, changes if changes is not None else [])
 
     def _untouched(self, h: Held) -> bytes:
         ev = h.ev
