@@ -82,8 +82,8 @@ def unreadable() -> GatewayError:
 class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
-    __slots__ = ("key", "json", "choice", "collect", "scanners", "safe", "spans", "pending", "merged_to", "block",
-                 "done", "backslashes", "fed", "unfed", "unfed_n", "dirty", "_scanned")
+    __slots__ = ("key", "json", "choice", "collect", "parts", "scanners", "safe", "spans", "pending", "merged_to",
+                 "block", "done", "backslashes", "fed", "unfed", "unfed_n", "dirty", "_scanned")
 
     def __init__(self, key: TextKey, scanners: list[StreamScanner], json: bool, collect: bool) -> None:
         self.key = key
@@ -94,6 +94,8 @@ class TextStream:
         self.choice = key.choice
         #: Its released text is kept per choice (`ctx.texts`): one of the dialect's `collected` fields.
         self.collect = collect
+        #: Its choice's list of released pieces in the policy's `_parts`, once a piece of it was released.
+        self.parts: list[str] | None = None
         self.scanners = scanners
         self.safe = 0
         #: Merged final spans (leftmost-first across policies) still to be applied to events.
@@ -533,9 +535,12 @@ class StreamPolicy(ABC):
                     released = new.decode()
                     t.spans = [x for x in t.spans if x[0].end > b]  # spans done with leave the list
             if t.collect:
-                p = parts.get(t.choice)
+                p = t.parts
                 if p is None:
-                    p = parts[t.choice] = []
+                    p = parts.get(t.choice)
+                    if p is None:
+                        p = parts[t.choice] = []
+                    t.parts = p
                 p.append(released)
             if assembled is not None:
                 assembled.setdefault(t.key, []).append(released)
