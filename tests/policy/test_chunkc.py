@@ -132,6 +132,12 @@ _step = st.tuples(st.sampled_from(["text", "text", "text", "after", "before", "f
                   _scalar, st.booleans() | st.just(False), _edits)
 
 
+def _read(reader: PlainReader, data: str) -> tuple | None:
+    """A reader's answer as plain_choice gives it: a str is choice 0's content alone."""
+    got = reader.read(data)
+    return (0, None, got, None, None, None) if isinstance(got, str) else got
+
+
 def _texts_at(top: dict) -> list[tuple[dict, str]]:
     choice = top["choices"][0]
     where = [(choice, "text")] if "text" in choice else []
@@ -169,7 +175,7 @@ def test_a_stream_s_reader_reads_each_chunk_as_read_alone(first: tuple[dict, str
                     k: v for k, v in choice["delta"].items() if k != "role"}
         chunks.append(_mutated(_dump(top, how), edits))
     for data in chunks:
-        got = reader.read(data)
+        got = _read(reader, data)
         assert got == plain_choice(data), (chunks, data)
         assert got is None or got == plain_choice_py(data), data
 
@@ -212,13 +218,24 @@ def _stream(*texts: str, after: str = "") -> list[str]:
 def test_a_stream_s_reader_by_example(chunks: list[str]) -> None:
     reader = PlainReader()
     for data in chunks:
-        assert reader.read(data) == plain_choice(data), data
+        assert _read(reader, data) == plain_choice(data), data
 
 
-def test_a_stream_s_reader_reads_its_stream_s_text() -> None:
+@pytest.mark.parametrize("after", ["", "q"])
+def test_a_stream_s_reader_reads_its_stream_s_text(after: str) -> None:
+    """Choice 0's content alone comes as the str, read whole, from the mark with the same bytes after the text
+    and without; any other answer as plain_choice's tuple."""
     reader = PlainReader()
-    got = [reader.read(d) for d in _stream("Hel", "lo", " wor", "ld", after="q")]
-    assert [g[2] for g in got if g is not None] == ["Hel", "lo", " wor", "ld"]
+    assert [reader.read(d) for d in _stream("Hel", "lo", " wor", "ld", after=after)] == ["Hel", "lo", " wor", "ld"]
+    for data in (_chunk(choices=[{**_CHOICE, "delta": {"content": None}}]),
+                 _chunk(choices=[{**_CHOICE, "delta": {"content": "a"}, "finish_reason": "stop"}]),
+                 _chunk(choices=[{**_CHOICE, "index": 1}]), _chunk(choices=[{**_CHOICE, "delta": {"refusal": "r"}}]),
+                 _chunk(choices=[{**_CHOICE, "delta": {"content": "a", "reasoning_content": "b"}}]), *_stream("x")):
+        got = reader.read(data)
+        assert got == (plain_choice(data)[2] if data in _stream("x") else plain_choice(data)), data
+    reader = PlainReader()  # a mark taken on a null content: the strings after it come alone as well
+    first = _chunk(choices=[{**_CHOICE, "delta": {"content": None}}])
+    assert [reader.read(d) for d in (first, *_stream("a", "b"))] == [plain_choice(first), "a", "b"]
 
 
 @pytest.mark.parametrize("data", [

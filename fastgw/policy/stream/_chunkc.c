@@ -576,14 +576,25 @@ static PyObject *plain_choice(PyObject *self, PyObject *arg) {
     return answer(read_chunk(&c, &f), &f);
 }
 
+/* A chunk whose one choice is index 0 with its content alone, nearly every chunk a model streams: a PlainReader
+ * answers it with that str, no tuple to build, take apart and free. */
+static int content_slot_alone(const Fields *f) {
+    return f->index == 0 && f->text == NULL && f->refusal == NULL && f->reasoning == NULL && f->finish == NULL;
+}
+
+static int content_alone(const Fields *f) {
+    return f->content != NULL && content_slot_alone(f);
+}
+
 /* PlainReader: plain_choice for the chunks of one stream, which nearly all share their bytes up to the text value
  * (id, object, created, model, system_fingerprint, the choice's index, the delta's opening) and often after it.
  * The reader keeps its last whole read's chunk and its Mark; a chunk with the same bytes before its text value is
  * read from there (one memcmp), and where its bytes after the value are the same as well, its answer is that
- * chunk's with this value. Any other chunk is read whole. Every answer is plain_choice's (tests/policy/
- * test_chunkc.py). Callgrind, bench's 232-byte chunk: ~2,750 instructions read whole, ~570 from the Mark; a
- * redacted 53-event stream through the gateway 816,000 -> 711,000 instructions a request (bench/RESULTS.md,
- * 2026-12-07 10:20). */
+ * chunk's with this value. Any other chunk is read whole. Every answer is plain_choice's, given as the content str
+ * alone where that is (0, None, content, None, None, None) (tests/policy/test_chunkc.py). Callgrind, bench's
+ * 232-byte chunk: ~2,750 instructions read whole, ~570 from the Mark; a redacted 53-event stream through the
+ * gateway 816,000 -> 711,000 instructions a request, and 677,000 -> 652,000 with the content alone as a str
+ * (bench/RESULTS.md, 2026-12-07 11:30). */
 typedef struct {
     PyObject_HEAD
     PyObject *data;   /* the chunk the Mark was taken on (a str: its bytes are compared), or NULL */
@@ -591,6 +602,7 @@ typedef struct {
     Py_ssize_t len;
     Mark mark;
     PyObject *answer; /* that chunk's answer */
+    int alone;        /* its choice is index 0 with nothing but the content (or null), the Mark's slot */
 } Reader;
 
 static void reader_forget(Reader *r) {
@@ -615,9 +627,23 @@ static PyObject *read_marked(Reader *r, Cur *c) {
     if (rc < 0)
         return answer(rc, &f);
     Py_ssize_t rest = c->end - c->p;
-    if (rest != r->len - m->tail || memcmp(c->p, r->bytes + m->tail, (size_t)rest) != 0)
-        return answer(read_after(c, &f, m->depth), &f);
+    if (rest != r->len - m->tail || memcmp(c->p, r->bytes + m->tail, (size_t)rest) != 0) {
+        rc = read_after(c, &f, m->depth);
+        if (rc == 0 && content_alone(&f)) {
+            PyObject *out = f.content;
+            f.content = NULL;
+            fields_clear(&f);
+            return out;
+        }
+        return answer(rc, &f);
+    }
     /* The same bytes after it too: the Mark's chunk's answer with this value. */
+    if (r->alone && m->slot == SLOT_CONTENT && *slot != NULL) {
+        PyObject *out = *slot;
+        *slot = NULL;
+        fields_clear(&f);
+        return out;
+    }
     PyObject *out = PyTuple_New(6);
     if (out != NULL) {
         for (int i = 0; i < 6; i++)
@@ -644,23 +670,32 @@ static PyObject *reader_read(Reader *r, PyObject *arg) {
     Mark m = {.slot = -1};
     Fields f = {0};
     f.mark = &m;
-    PyObject *out = answer(read_chunk(&c, &f), &f);
-    if (m.slot < 0)
-        return out;
-    if (out == NULL || out == Py_None) {
+    int rc = read_chunk(&c, &f);
+    int alone = rc == 0 && content_alone(&f), slot_alone = rc == 0 && content_slot_alone(&f);
+    PyObject *out = answer(rc, &f);
+    if (m.slot >= 0 && (out == NULL || out == Py_None))
         fields_clear(&m.at);
+    if (out == NULL || out == Py_None)
         return out;
+    if (m.slot >= 0) {
+        reader_forget(r);
+        r->data = Py_NewRef(arg);
+        r->bytes = c.start;
+        r->len = n;
+        r->mark = m; /* takes its strings */
+        r->answer = Py_NewRef(out);
+        r->alone = slot_alone && m.slot == SLOT_CONTENT;
     }
-    reader_forget(r);
-    r->data = Py_NewRef(arg);
-    r->bytes = c.start;
-    r->len = n;
-    r->mark = m; /* takes its strings */
-    r->answer = Py_NewRef(out);
+    if (alone) {
+        PyObject *content = Py_NewRef(PyTuple_GET_ITEM(out, 2));
+        Py_DECREF(out);
+        return content;
+    }
     return out;
 }
 
-PyDoc_STRVAR(reader_read_doc, "read(data) -> plain_choice(data), for the chunks of one stream (see PlainReader).");
+PyDoc_STRVAR(reader_read_doc, "read(data) -> plain_choice(data), for the chunks of one stream (see PlainReader); "
+                                "where that is (0, None, content, None, None, None), content alone.");
 
 static PyMethodDef reader_methods[] = {
     {"read", (PyCFunction)reader_read, METH_O, reader_read_doc},

@@ -3,6 +3,7 @@
 def plain_choice(data: str) -> tuple[int, str | None, str | None, str | None, str | None, str | None] | None: ...
 
 class PlainReader:
-    """plain_choice for the chunks of one stream."""
+    """plain_choice for the chunks of one stream; a choice 0 of content alone as that str."""
 
-    def read(self, data: str, /) -> tuple[int, str | None, str | None, str | None, str | None, str | None] | None: ...
+    def read(self, data: str, /) -> tuple[int, str | None, str | None, str | None, str | None, str | None] | str | None:
+        ...

@@ -49,7 +49,7 @@ _fields: Final = msgspec.structs.astuple
 
 
 class _Reader(Protocol):
-    def read(self, data: str, /) -> PlainChoice | None: ...
+    def read(self, data: str, /) -> PlainChoice | str | None: ...
 
 
 def _plain_reader() -> Callable[[], _Reader] | None:
@@ -138,13 +138,18 @@ class ChatStreamPolicy(StreamPolicy):
         """The structured stream's end: `data: [DONE]` is queued behind the chunks before it."""
         self.push(_DONE_EVENT)
 
-    def _take_plain(self, plain: PlainChoice, ev: SSEEvent) -> None:
-        """`_take` of a chunk whose one choice is plain text and whose usage is null (`_chunkc.plain_choice`)."""
+    def _take_plain(self, plain: PlainChoice | str, ev: SSEEvent) -> None:
+        """`_take` of a chunk whose one choice is plain text and whose usage is null (`_chunkc.PlainReader`: a str
+        is choice 0's content alone)."""
         segs: list[Segment] = []
         if self.strip_null_usage:
             ev = _without_null_usage(ev)
-        idx, text, content, refusal, reasoning, finish = plain
-        self._texts_of(idx, text, content, refusal, reasoning, finish, segs)
+        if isinstance(plain, str):
+            if plain:
+                self._plain_piece(0, "content", plain, 0, segs)
+        else:
+            idx, text, content, refusal, reasoning, finish = plain
+            self._texts_of(idx, text, content, refusal, reasoning, finish, segs)
         self.events += 1
         self._queue.append(Held(ev, None, segs))
 
