@@ -73,16 +73,18 @@ class PolicyRelay(SSERelay):
         t0 = time.thread_time() if self._seen > METER_FROM else -1.0
         now = _monotonic()  # the read's events arrived together (deferred ones are counted on arrival too)
         try:
+            start = 0
             if not self._started:
                 # Until the first byte is out, what is final goes out at once rather than after the rest of the
                 # read: time to first event waits neither for the decoding nor for the scan of a read that brought
-                # the whole answer (at most one more write per stream). The decoder takes any split.
+                # the whole answer (at most one more write per stream). The decoder takes any split; the rest is
+                # given from `cut` rather than copied.
                 cut = data.find(b"\n\n") + 2
                 if 1 < cut < len(data):
                     if not self._judge(self._decoder.feed(data[:cut]), now):
                         return
-                    data = data[cut:]
-            self._judge(self._decoder.feed(data), now)
+                    start = cut
+            self._judge(self._decoder.feed(data, start), now)
         except ProtocolError as e:
             self._terminate(UpstreamProtocolError(f"upstream SSE stream invalid: {e.message}"))
         except GatewayError as e:

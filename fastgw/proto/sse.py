@@ -249,13 +249,16 @@ class SSEDecoder:
             self._closed = True
             self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[SSEEvent]:
-        """Take the next bytes of the stream; return every block they complete, in order."""
+    def feed(self, data: bytes, start: int = 0) -> list[SSEEvent]:
+        """Take the next bytes of the stream, `data[start:]`; return every block they complete, in order. (`start`:
+        a caller that fed the read's first part on its own gives the rest without copying it.)"""
         if self._closed:
             raise ValueError("SSEDecoder.feed() after close()")
+        if start < 0 or start > len(data):
+            raise ValueError("SSEDecoder.feed(): start outside the data")
         held = self._buf
         if held or self._start:
-            held += data
+            held += memoryview(data)[start:] if start else data
             if self._start:
                 return self._begin(held)
             if self._cr or 13 in data:
@@ -270,13 +273,13 @@ class SSEDecoder:
             # One copy per read that may complete something: the loop then works on bytes, whose finds and
             # indexing are native calls when compiled (on `bytes | bytearray` each is a generic method call).
             return self._run(bytes(held), self._pos, self._content, True)
-        if not data:
+        if start == len(data):
             return []
         # Common case: nothing held, so work on the read itself; an event that is the whole read is
         # returned with raw = data (a full slice of bytes is the same object, no copy).
         if 13 in data:
-            return self._run_cr(data, 0, -1, False)
-        return self._run(data, 0, -1, False)
+            return self._run_cr(data, start, -1, False)
+        return self._run(data, start, -1, False)
 
     def _begin(self, held: bytearray) -> list[SSEEvent]:
         """First bytes of the stream: the BOM is only skipped here, so wait until 3 bytes tell."""
@@ -292,12 +295,13 @@ class SSEDecoder:
 
     def _run(self, buf: bytes, pos: int, content: int, in_held: bool) -> list[SSEEvent]:
         """Decode the blocks that end in buf (no CR in it: `_run_cr` takes those), resuming at pos in the block
-        that starts at content (-1: none). With `in_held`, buf is a copy of `_buf`, which keeps what is left."""
+        that starts at content (-1: none). With `in_held`, buf is a copy of `_buf`, which keeps what is left; without
+        it, buf is a read whose bytes before pos were taken already."""
         # This LF-only loop runs for every read and keeps its ending inline (one more call costs ~5% on 64-byte reads).
         events: list[SSEEvent] = []
         limit = self._max
         n = len(buf)
-        raw_start = 0
+        raw_start = 0 if in_held else pos  # (held: the block's bytes from the buffer's start, a BOM included)
         while True:
             if content < 0:
                 # Blank lines before a block are empty blocks: not returned, their bytes go in the next raw.
@@ -352,7 +356,7 @@ class SSEDecoder:
         """_run for a buffer that holds a CR, so line ends may be CR, LF or CRLF."""
         events: list[SSEEvent] = []
         n = len(buf)
-        raw_start = 0
+        raw_start = 0 if in_held else pos  # (held: the block's bytes from the buffer's start, a BOM included)
         # Next "\n\n", "\r\r", "\n\r" at or after pos (n: none), each found again only once passed, so a
         # read holding many events is scanned once per pattern, not once per event.
         lflf = crcr = lfcr = -1

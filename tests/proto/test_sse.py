@@ -155,6 +155,30 @@ def test_decoder_every_two_piece_split(stream):
         check_splitter(WARM + stream, [WARM, stream[:p], stream[p:]])
 
 
+@settings(max_examples=50)
+@given(streams)
+def test_a_read_fed_from_an_offset_is_its_rest_fed_alone(stream):
+    """`feed(data, start)` after `feed(data[:start])` (the relay's first event sent early, the rest not copied) is
+    the same decoding, fields and raw bytes, as two reads, with and without a block decoded before."""
+    for warm in (b"", WARM):
+        data = warm + stream
+        for p in range(len(warm), len(data) + 1):
+            want = feed_all(SSEDecoder(), [data[:p], data[p:]])
+            dec = SSEDecoder()
+            got = dec.feed(data[:p]) + dec.feed(data, p)
+            assert [(fields(e), e.raw) for e in got] == [(fields(e), e.raw) for e in want], (data, p)
+            assert dec.pending == len(data) - sum(len(e.raw) for e in got)
+
+
+def test_feed_from_an_offset_outside_the_data_is_refused():
+    dec = SSEDecoder()
+    for start in (-1, 3):
+        with pytest.raises(ValueError):
+            dec.feed(b"ab", start)
+    assert dec.feed(b"data: x\n\n", 9) == [] and dec.feed(b"data: y\n\n") == [SSEEvent("y", None, None, None,
+                                                                                          b"data: y\n\n")]
+
+
 # --- line ends ---------------------------------------------------------------------------------------
 
 
