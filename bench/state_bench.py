@@ -33,6 +33,8 @@ import time
 from collections import deque
 from typing import Any
 
+from bench.stream import free_port
+
 __all__ = ["LUA", "main"]
 
 #: The shape of the admission script: read two GCRA buckets and a budget, decide, write all or nothing.
@@ -177,11 +179,6 @@ def _child(client: str, port: int, concurrency: int, calls: int) -> None:
 
 # ---- the parent: a redis-server, one process per measurement ------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _server_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
@@ -200,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         _child(a.child[0], int(a.child[1]), int(a.child[2]), int(a.child[3]))
         return 0
-    port = _free_port()
+    port = free_port()
     tmp = tempfile.mkdtemp(prefix="state-bench-")
     server = subprocess.Popen([a.redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.otlp_sink import OtlpSink
-from bench.stream import MODEL, PROBE_MODEL, REPO, Server, server_cmd
+from bench.stream import MODEL, PROBE_MODEL, REPO, Server, free_port, server_cmd
 from bench.upstream import PACED_MODEL, PEER_MODEL
 
 __all__ = ["SYSTEMS", "DEFAULT_SYSTEMS", "System", "redis_round_trips", "fastgw_yaml", "nginx_conf", "ensure_nginx", "start_upstream", "start_system"]
@@ -233,7 +233,7 @@ def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list
     if name in ("fastgw-limit-local", "fastgw-limit-redis"):
         redis = redis_port = None
         if name == "fastgw-limit-redis":
-            redis_port = _free_port()
+            redis_port = free_port()
             binary = shutil.which("redis-server") or "/usr/bin/redis-server"
             pre = (lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None
             redis = subprocess.Popen([binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -250,12 +250,6 @@ def start_system(name: str, tmp: Path, port: int, upstream_port: int, cpus: list
     raise ValueError(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, timeout: float = 10.0) -> None:

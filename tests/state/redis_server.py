@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench.stream import free_port
+
 __all__ = ["RedisServer", "REDIS_SERVER", "MISSING"]
 
 REDIS_SERVER = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
@@ -24,10 +26,6 @@ MISSING = "redis-server is not installed (apt-get install redis-server; `make te
 START_TIMEOUT = 10.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ping(port: int) -> bool:
@@ -50,7 +48,7 @@ class RedisServer:
         self.dir = directory
         self.aof = aof
         self.extra = extra
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

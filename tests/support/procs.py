@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,10 @@ from typing import Any, Iterable
 
 import yaml
 
+from bench.stream import free_port
+
+__all__ = ["free_port"]  # (re-exported: the tests take it from here)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 UPSTREAM_START_TIMEOUT = 15.0
@@ -29,11 +32,6 @@ STOP_TIMEOUT = 15.0
 FAULT_MODELS = ("fault-close-midstream", "fault-500", "fault-429", "fault-slow", "fault-hang")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
