@@ -53,11 +53,7 @@ def test_a_port_taken_before_the_gateway_binds_it_is_tried_anew(tmp_path: Path,
 def test_free_port_is_free_and_outside_the_ephemeral_range() -> None:
     """Outgoing connections take their source ports from the kernel's ephemeral range: a port picked there for a
     server can be taken before the server binds it (a soak's gateway once failed to start so)."""
-    import socket
-
-    from bench.stream import _ephemeral_ports
-
-    lo, hi = _ephemeral_ports()
+    lo, hi = procs.ephemeral_ports()
     for _ in range(50):
         port = procs.free_port()
         assert not lo <= port <= hi, port

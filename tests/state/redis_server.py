@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.stream import free_port
+from tests.support.procs import free_port
 
 __all__ = ["RedisServer", "REDIS_SERVER", "MISSING"]
 
