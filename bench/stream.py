@@ -29,11 +29,9 @@ import datetime as _dt
 import json
 import os
 import platform
-import random
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +42,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.ports import free_port
 from bench.loadgen import (LoadRun, LoadSpec, Summary, build_request, chat_body, parse_cpus, percentile, run_load,
                            summarize)
 from bench.text import PII_VALUES, expected_redaction, make_text
@@ -208,36 +207,6 @@ POLICY_YAML = {
         "  audit-logger: {path: /tmp/fastgw-bench-audit, fsync: interval, retention_days: 1}\n"
     ),
 }
-
-
-def _ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range of source ports for outgoing connections (Linux; its default elsewhere)."""
-    try:
-        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago, for a server started next. Picked outside the kernel's ephemeral range:
-    a port the kernel hands out for `bind(0)` is also a source port it may give the next outgoing connection (the
-    suite's own, on parallel workers), which then takes it before the server binds it (a soak's gateway failed to
-    start on one so); outside it only an explicit bind can take it."""
-    lo, hi = _ephemeral_ports()
-    low = (10000, lo) if lo - 10000 >= 1000 else (hi + 1, 65536)
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(*low) if low[0] < low[1] else 0
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    with socket.socket() as s:  # (no free port there: the kernel's choice)
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def server_cmd(config: Path, port: int, workers: int, log_level: str) -> list[str]:

@@ -91,7 +91,8 @@ def test_the_pure_python_form_passes_the_compiled_modules_tests(tmp_path: Path) 
     shutil.copytree(ROOT / "fastgw", copy / "fastgw", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     for part in ("tests/scan", "tests/proto", "tests/state", "tests/support", "tests/policy"):
         shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for part in ("tests/conftest.py", "pyproject.toml",
+    (copy / "bench").mkdir()
+    for part in ("tests/conftest.py", "pyproject.toml", "bench/__init__.py", "bench/ports.py",
                  *[t for t in PURE_TESTS if t.count("/") == 1]):  # the pipeline's tests sit at the top
         shutil.copy(ROOT / part, copy / part)
     env = {**os.environ, "PYTHONPATH": str(copy)}

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,10 @@ from typing import Any, Iterable
 
 import yaml
 
+from bench.ports import ephemeral_ports, free_port
+
+__all__ = ["ephemeral_ports", "free_port"]  # (the tests take them from here)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 UPSTREAM_START_TIMEOUT = 15.0
@@ -30,35 +32,6 @@ STOP_TIMEOUT = 15.0
 FAULT_MODELS = ("fault-close-midstream", "fault-500", "fault-429", "fault-slow", "fault-hang")
 
 
-
-
-def ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range of source ports for outgoing connections (Linux; its default elsewhere)."""
-    try:
-        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago, for a server started next, picked outside the kernel's ephemeral range
-    (bench/stream.py's `free_port`, why there; kept here too: the pure-Python form's copy of the tests runs without
-    bench/)."""
-    lo, hi = ephemeral_ports()
-    low = (10000, lo) if lo - 10000 >= 1000 else (hi + 1, 65536)
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(*low) if low[0] < low[1] else 0
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    with socket.socket() as s:  # (no free port there: the kernel's choice)
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
