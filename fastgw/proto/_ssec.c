@@ -8,7 +8,7 @@
  * 53-event answer: ~70,000 of a redacted stream's ~1,120,000). Here one call of two ints and a memchr or memmem.
  * The common block's text then took more compiled: its `data: ` compared through a 6-byte slice, its text sliced
  * and decoded by codec name; `block_start` reads it from the buffer in the same call (a redacted 53-event stream:
- * 712,000 -> 687,000 instructions a request, bench/RESULTS.md 2026-12-07 10:50).
+ * 712,000 -> 687,000 instructions a request, bench/RESULTS.md 2026-12-07 11:30).
  *
  * Both refuse a negative start (which bytes.find counts from the end: the decoder never passes one). sse.py's
  * Python forms, used where this module is not built, are the same (tests/proto/test_ssec.py holds them equal).

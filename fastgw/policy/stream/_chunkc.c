@@ -515,6 +515,16 @@ static int view(PyObject *arg, Cur *c) {
     return 0;
 }
 
+/* A read's str argument viewed into c: 0; DECLINE for a str JSON cannot carry; FAIL (a TypeError) for anything
+ * but a str. */
+static int str_arg(PyObject *arg, const char *usage, Cur *c) {
+    if (!PyUnicode_CheckExact(arg)) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return FAIL;
+    }
+    return view(arg, c);
+}
+
 /* After the chunk's members: nothing but whitespace, and its one choice read. */
 static int end_chunk(Cur *c, const Fields *f) {
     ws(c);
@@ -565,13 +575,10 @@ PyDoc_STRVAR(plain_choice_doc,
              "The one plain-text choice of an OpenAI chat chunk, or None where the chunk is not that shape.");
 
 static PyObject *plain_choice(PyObject *self, PyObject *arg) {
-    if (!PyUnicode_CheckExact(arg)) {
-        PyErr_SetString(PyExc_TypeError, "plain_choice(data: str)");
-        return NULL;
-    }
     Cur c;
-    if (view(arg, &c) < 0)
-        Py_RETURN_NONE;
+    int rc = str_arg(arg, "plain_choice(data: str)", &c);
+    if (rc < 0)
+        return rc == FAIL ? NULL : Py_NewRef(Py_None);
     Fields f = {0};
     return answer(read_chunk(&c, &f), &f);
 }
@@ -657,20 +664,17 @@ static PyObject *read_marked(Reader *r, Cur *c) {
 }
 
 static PyObject *reader_read(Reader *r, PyObject *arg) {
-    if (!PyUnicode_CheckExact(arg)) {
-        PyErr_SetString(PyExc_TypeError, "PlainReader.read(data: str)");
-        return NULL;
-    }
     Cur c;
-    if (view(arg, &c) < 0)
-        Py_RETURN_NONE;
+    int rc = str_arg(arg, "PlainReader.read(data: str)", &c);
+    if (rc < 0)
+        return rc == FAIL ? NULL : Py_NewRef(Py_None);
     Py_ssize_t n = c.end - c.start;
     if (r->data != NULL && n >= r->mark.off && memcmp(c.start, r->bytes, (size_t)r->mark.off) == 0)
         return read_marked(r, &c);
     Mark m = {.slot = -1};
     Fields f = {0};
     f.mark = &m;
-    int rc = read_chunk(&c, &f);
+    rc = read_chunk(&c, &f);
     int alone = rc == 0 && content_alone(&f), slot_alone = rc == 0 && content_slot_alone(&f);
     PyObject *out = answer(rc, &f);
     if (m.slot >= 0 && (out == NULL || out == Py_None))
