@@ -73,10 +73,9 @@ import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Callable, Final, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
 from fastgw import metrics_multiprocess as _mp
 from fastgw.metrics_multiprocess import multiprocess_dir, worker_dead
+from fastgw.prometheus import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _monotonic: Final = time.monotonic  # compiled: a constant, not a lookup per call
 

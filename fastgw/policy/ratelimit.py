@@ -21,7 +21,7 @@ admitted and counted in this worker's memory until the state answers again).
 from __future__ import annotations
 
 import asyncio
-import calendar
+import datetime
 import fnmatch
 import logging
 import math
@@ -245,11 +245,13 @@ def _period(kind: str, unix: float) -> tuple[str, int]:
     if kind == "total":
         return "total", 0
     t = time.gmtime(unix)
+    # (datetime, not calendar.timegm: calendar is 0.1 MB of every worker's RSS for this; datetime is loaded anyway.)
     if kind == "day":
-        return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}", calendar.timegm(
-            (t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400 + RETENTION
+        day = datetime.datetime(t.tm_year, t.tm_mon, t.tm_mday, tzinfo=datetime.timezone.utc)
+        return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}", int(day.timestamp()) + 86400 + RETENTION
     y, m = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
-    return f"{t.tm_year:04d}-{t.tm_mon:02d}", calendar.timegm((y, m, 1, 0, 0, 0)) + RETENTION
+    end = datetime.datetime(y, m, 1, tzinfo=datetime.timezone.utc)
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}", int(end.timestamp()) + RETENTION
 
 
 class RateLimitPolicy:
