@@ -227,6 +227,8 @@ _REVIEWED_SLICES = {
     ("fastgw/proto/sse.py", "buf[content:lines_end]"),  # lines_end > content: the content byte is no line end
     ("fastgw/proto/sse.py", "buf[pos + 6:f]"),  # after `data: ` at pos, which holds no LF: f >= pos + 6
     ("fastgw/proto/sse.py", "buf[content:f]"),
+    ("fastgw/proto/sse.py", "buf[p + 6:lf]"),  # blocks_py returns first where lf - p < 6
+    ("fastgw/proto/sse.py", "buf[raw_start:lf + 2]"),  # raw_start <= pos <= p <= lf
     ("fastgw/proto/server.py", "data[pos:end]"),
     ("fastgw/state/table.py", "self.mm[off:off + ENTRY]"), ("fastgw/state/table.py", "mm[_REDO_AT:_REDO_AT + 8 * n]"),
     ("fastgw/state/table.py", "mm[_REDO_RECS:_REDO_RECS + n * ENTRY]"), ("fastgw/state/table.py", "mm[off:off + ENTRY]"),

@@ -27,7 +27,7 @@ no Python code runs per byte, and Python code runs per line only for multi-line 
 from __future__ import annotations
 
 import re
-from typing import Callable, Final
+from typing import Callable, Final, cast
 
 from fastgw.proto import limits
 from fastgw.proto.errors import ProtocolError
@@ -173,6 +173,30 @@ def block_start_py(buf: bytes, pos: int) -> tuple[str | None, int, bool]:
     return (buf[pos + 6:f].decode("utf-8", "replace") if buf.startswith(b"data: ", pos) else None), f, True
 
 
+def blocks_py(buf: bytes, pos: int, raw_start: int) -> str | list[str | bytes] | None:
+    """`_ssec.blocks`' Python form: the run of common blocks (one `data: ` line) from pos: None where the block at
+    pos is not one, its text where one block ends buf (its raw: buf[raw_start:]), else [text, raw, ...]."""
+    if raw_start < 0 or pos < raw_start or pos > len(buf):
+        raise ValueError("blocks: 0 <= raw_start <= pos <= len(data) is not so")
+    n = len(buf)
+    out: list[str | bytes] | None = None
+    while True:
+        p = pos
+        while p < n and buf[p] == _LF:
+            p += 1
+        lf = buf.find(b"\n", p)
+        if lf < 0 or lf + 2 > n or buf[lf + 1] != _LF or lf - p < 6 or not buf.startswith(b"data: ", p):
+            return out
+        text = buf[p + 6:lf].decode("utf-8", "replace")
+        if out is None and lf + 2 == n:
+            return text
+        if out is None:
+            out = []
+        out.append(text)
+        out.append(buf if lf + 2 == n and raw_start == 0 else buf[raw_start:lf + 2])
+        raw_start = pos = lf + 2
+
+
 def find_lflf_py(buf: bytes, pos: int) -> int:
     """`buf.find(b"\\n\\n", pos)` for pos >= 0: `_ssec.find_lflf`'s Python form."""
     if pos < 0:
@@ -180,21 +204,23 @@ def find_lflf_py(buf: bytes, pos: int) -> int:
     return buf.find(b"\n\n", pos)
 
 
-def _load_c() -> tuple[Callable[[bytes, int], tuple[str | None, int, bool]], Callable[[bytes, int], int]]:
+def _load_c() -> tuple[Callable[[bytes, int], tuple[str | None, int, bool]], Callable[[bytes, int], int],
+                       Callable[[bytes, int, int], str | list[str | bytes] | None]]:
     """The decoder's per-event work in C (fastgw/proto/_ssec.c: why, in its head comment), or its Python forms
     where it is not built."""
     try:
         from fastgw.proto import _ssec
     except ImportError:
-        return block_start_py, find_lflf_py
-    return _ssec.block_start, _ssec.find_lflf
+        return block_start_py, find_lflf_py, blocks_py
+    return _ssec.block_start, _ssec.find_lflf, _ssec.blocks
 
 
 _C: Final = _load_c()
-#: A fresh block's first line end and its `data: ` text, and a blank line's LF LF at or after a position of a
-#: bytes (see _load_c).
+#: A fresh block's first line end and its `data: ` text, a blank line's LF LF at or after a position of a bytes,
+#: and a run of common blocks decoded in one call (see _load_c).
 _block_start: Final = _C[0]
 _find_lflf: Final = _C[1]
+_blocks: Final = _C[2]
 
 
 def _skip_blank(buf: bytes | bytearray, pos: int) -> int:
@@ -304,6 +330,22 @@ class SSEDecoder:
         raw_start = 0 if in_held else pos  # (held: the block's bytes from the buffer's start, a BOM included)
         while True:
             if content < 0:
+                # Common blocks, one `data: ` line each, in one call: their texts and raws (the rest below).
+                got = _blocks(buf, pos, raw_start)
+                if isinstance(got, str):  # one, to the end of buf (a paced stream's read)
+                    raw = buf if not raw_start else buf[raw_start:]
+                    if len(raw) > limit:
+                        self._fail()
+                    events.append(SSEEvent(got, None, None, None, raw))
+                    raw_start = pos = n
+                elif got is not None:
+                    for i in range(0, len(got), 2):
+                        raw = cast(bytes, got[i + 1])
+                        if len(raw) > limit:
+                            self._fail()
+                        events.append(SSEEvent(cast(str, got[i]), None, None, None, raw))
+                        raw_start += len(raw)  # the raws are contiguous from raw_start
+                    pos = raw_start
                 # Blank lines before a block are empty blocks: not returned, their bytes go in the next raw.
                 if pos < n and buf[pos] == _LF:
                     pos = _skip_blank(buf, pos)

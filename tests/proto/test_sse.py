@@ -339,6 +339,18 @@ def test_max_event_bytes_raises_for_any_split():
     assert len(ok) == 64 and SSEDecoder(max_event_bytes=64).feed(ok)[0].raw == ok
 
 
+def test_max_event_bytes_counts_from_the_previous_block_in_a_read_of_many():
+    # Decoded a run at a time (`_ssec.blocks`), the limit still holds per block, blank lines before it included.
+    small = b"data: a\n\n"
+    for stream in (small + b"data: " + b"x" * 100 + b"\n\n" + small, small + b"\n" * 60 + small + small,
+                   b"\n" * 60 + small):
+        for pieces in ([stream], [stream[:9], stream[9:]]):
+            with pytest.raises(ProtocolError, match="max_event_bytes"):
+                feed_all(SSEDecoder(max_event_bytes=64), pieces)
+    fits = small + b"\n" * 55 + small + small  # 55 blank lines + 9 bytes: 64
+    assert [e.raw for e in SSEDecoder(max_event_bytes=64).feed(fits)] == [small, b"\n" * 55 + small, small]
+
+
 def test_endless_blank_lines_are_bounded():
     dec = SSEDecoder(max_event_bytes=100)
     with pytest.raises(ProtocolError):
