@@ -227,6 +227,7 @@ _REVIEWED_SLICES = {
     ("fastgw/proto/sse.py", "buf[content:lines_end]"),  # lines_end > content: the content byte is no line end
     ("fastgw/proto/sse.py", "buf[pos + 6:f]"),  # after `data: ` at pos, which holds no LF: f >= pos + 6
     ("fastgw/proto/sse.py", "buf[content:f]"),
+    ("fastgw/policy/chain.py", "data[pos:sp.start]"),  # under `if sp.start > pos`
     ("fastgw/proto/sse.py", "buf[p + 6:lf]"),  # blocks_py returns first where lf - p < 6
     ("fastgw/proto/sse.py", "buf[raw_start:lf + 2]"),  # raw_start <= pos <= p <= lf
     ("fastgw/proto/server.py", "data[pos:end]"),

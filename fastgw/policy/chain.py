@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -34,7 +34,7 @@ _REFUSALS = (PolicyViolation, AuthError, Forbidden, RequestTooExpensive)
 
 #: Non-streamed answers up to this size are checked in one go by `check_output_body_async` (see
 #: `fastgw.pipeline.SYNC_INPUT_BYTES` for the trade-off: the same for answers).
-SYNC_OUTPUT_BYTES = 16384
+SYNC_OUTPUT_BYTES: Final = 16384
 
 
 class Chain:
