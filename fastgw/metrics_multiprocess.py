@@ -86,9 +86,9 @@ def choose_values() -> str | None:
 
 
 def _private_dir(parent: str) -> str:
-    """A new directory under `parent`, mode 0700 (only our user reads the counts), named as `tempfile.mkdtemp`
-    would. Not tempfile itself: the master imports it before it forks, and with random, shutil, bz2 and lzma it is
-    0.8 MB of every worker's RSS."""
+    """A new directory under `parent`, mode 0700 (only our user reads the counts), under a random name, as
+    `tempfile.mkdtemp` makes one. Not tempfile itself: the master would import it before it forks, and with random,
+    shutil, bz2 and lzma it is 0.8 MB of every worker's RSS."""
     for _ in range(100):
         path = os.path.join(os.path.abspath(parent), "fastgw-metrics-" + os.urandom(6).hex())
         try:

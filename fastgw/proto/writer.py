@@ -21,8 +21,8 @@ _monotonic: Final = time.monotonic  # compiled: a constant, not a lookup per cal
 if TYPE_CHECKING:
     from fastgw.proto.flow import FlowControl, FlowListener
 
-__all__ = ["Responder", "build_head", "build_head_py", "http_date", "plain_error", "CloseDelimitedWriter", "CLOSE_DELIMITED",
-           "RenderError", "CONTINUE"]
+__all__ = ["Responder", "build_head", "build_head_py", "http_date", "plain_error", "CloseDelimitedWriter",
+           "CLOSE_DELIMITED", "RenderError", "CONTINUE"]
 
 _REASONS: Final = {
     100: b"Continue", 200: b"OK", 201: b"Created", 204: b"No Content", 400: b"Bad Request",
