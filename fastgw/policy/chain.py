@@ -224,6 +224,7 @@ class Chain:
         policy = open_stream(self.output_scanners, self.findings, ctx, buffered=self.buffered,
                              judge=self._judge if self.quality is not None else None, dialect=dialect)
         policy.strip_usage = strip_usage
+        policy.prefilter = self._output_filter
         # What the input policies left of the request's CPU budget (a small body's input costs are not metered).
         policy.cpu_budget = self.max_request_cpu
         policy.cpu_left = self.max_request_cpu - self._input_cpu.get(id(ctx), 0.0)

@@ -34,10 +34,10 @@ from fastgw.policy.base import RequestContext
 from fastgw.policy.findings import Finding, Findings
 from fastgw.policy.stream.records import Held, Segment, TextKey
 from fastgw.policy.textkeys import JSON_VALUES, NOSKIP, tool_input
-from fastgw.policy.textscan import (SKIP, ScanPolicy, Tagged, decide_counts, is_blob, merge_spans, redact,
-                                     set_token)
+from fastgw.policy.textscan import (SKIP, Prefilter, ScanPolicy, Tagged, decide_counts, is_blob, merge_spans,
+                                     redact, set_token)
 from fastgw.proto.sse import SSEEvent, encode_data, encode_event
-from fastgw.scan.scanner import ScanBudget, StreamScanner
+from fastgw.scan.scanner import ScanBudget, StreamScanner, block_reports
 
 __all__ = ["StreamPolicy", "StreamBlocked", "TextKey", "TextStream", "Segment", "Held", "unreadable"]
 
@@ -146,7 +146,7 @@ class StreamPolicy(ABC):
     __slots__ = ("policies", "last_seq", "held", "strip_usage", "strip_null_usage", "_assembled", "_rewritten",
                  "_findings", "_ctx", "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts",
                  "_ended", "_drop", "_counts", "_decided", "_ev_edited", "_ev_repeats", "_budgets", "_jobs",
-                 "cpu_left", "cpu_budget", "_by_choice", "_by_item", "_blocked", "events", "_events_before")
+                 "cpu_left", "cpu_budget", "prefilter", "_by_choice", "_by_item", "_blocked", "events", "_events_before")
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
                  buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
@@ -196,6 +196,9 @@ class StreamPolicy(ABC):
         self._budgets = [ScanBudget() for _ in policies]
         #: Deferred work, in order: ("feed", text, data, offset) and ("settle", text, final) (see `work`).
         self._jobs: deque[list] = deque()
+        #: The policies' patterns as one block database (the chain's output `Prefilter`; None: none given): a text
+        #: seen whole at its end, ASCII prose that makes it report nothing, needs no policy's scan (`_settle_now`).
+        self.prefilter: Prefilter | None = None
         #: CPU seconds the policies may still spend on this answer, and the request's whole budget (the chain
         #: sets both; the relay meters its work against them).
         self.cpu_left = math.inf
@@ -368,6 +371,8 @@ class StreamPolicy(ABC):
         if t.done:
             return
         if t.unfed:
+            if final and self.prefilter is not None and self._clean_whole(t):
+                return
             _feed(t)
         key = t.key
         safe = None
@@ -403,6 +408,25 @@ class StreamPolicy(ABC):
                 if merged:
                     t.spans += merged
                     t.merged_to = merged[-1][0].end
+
+    def _clean_whole(self, t: TextStream) -> bool:
+        """Settle a final text that no scanner has seen a byte of (a short answer's, every event in one upstream read)
+        with one block scan of the prefilter for all the policies, when that finds nothing: the scanners would
+        find nothing either, as for a whole text (`Prefilter.clean`: ASCII prose is its own canonical view; JSON
+        source and logprobs tokens are not prose). True when settled so."""
+        prefilter = self.prefilter
+        if prefilter is None or t.json or not t.scanners or t.scanners[0].end or t.key.field.startswith("logprobs"):
+            return False
+        parts = t.unfed
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if not data.isascii() or block_reports(prefilter.db, data):
+            return False
+        t.unfed = []
+        t.unfed_n = 0
+        t.safe = t.fed
+        t.done = True
+        t.drop_scanners()
+        return True
 
     def _settle_choice(self, choice: int) -> None:
         """A chat choice will say no more: its texts are final now, no need to wait for the end."""
