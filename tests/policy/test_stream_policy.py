@@ -35,7 +35,11 @@ def policy(action: str = "redact", mode: str = "realtime") -> PiiPolicy:
 
 def run(pol: PiiPolicy, wire: bytes, cuts: list[int]) -> tuple[list[bytes], StreamBlocked | None, StreamPolicy]:
     """Feed the upstream bytes cut at `cuts`; release after every read like the relay does."""
-    sp = open_stream([pol], Findings([]), _ctx())
+    return drive(open_stream([pol], Findings([]), _ctx()), wire, cuts)
+
+
+def drive(sp: StreamPolicy, wire: bytes, cuts: list[int]) -> tuple[list[bytes], StreamBlocked | None, StreamPolicy]:
+    """`run` for a stream policy in hand."""
     dec = SSEDecoder()
     out: list[bytes] = []
     pos = 0

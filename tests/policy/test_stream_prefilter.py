@@ -13,8 +13,8 @@ from fastgw.config import PiiDetector, SafetyFilter
 from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain, build_chain
 from fastgw.policy.findings import Finding, Findings
-from fastgw.policy.stream import StreamBlocked, StreamPolicy, open_stream
-from fastgw.proto.sse import SSEDecoder
+from fastgw.policy.stream import StreamPolicy, open_stream
+from tests.policy.test_stream_policy import drive
 from tests.support.sse_streams import build_stream, chunk, streams
 
 _CHAIN: list[Chain] = []
@@ -47,20 +47,7 @@ def _run(wire: bytes, cuts: list[int], prefiltered: bool) -> tuple[bytes, list, 
     sp = open_stream(chain.output_scanners, Findings([kept]), ctx)
     if prefiltered:
         sp.prefilter = chain._output_filter
-    dec = SSEDecoder()
-    out: list[bytes] = []
-    pos = 0
-    try:
-        for c in sorted(set(cuts)) + [len(wire)]:
-            for ev in dec.feed(wire[pos:c]):
-                sp.push(ev)
-            pos = c
-            out += sp.release()
-        out += sp.finish()
-    except StreamBlocked as b:
-        out += b.prefix
-    finally:
-        sp.close()
+    out, _blocked, _ = drive(sp, wire, cuts)
     found = [(f.policy, f.entity, f.start, f.end, f.action, f.choice, f.field) for f in kept.found]
     return b"".join(out), found, [(d.policy, d.outcome, d.detail) for d in ctx.decisions], sp
 
@@ -115,7 +102,8 @@ def test_tool_call_arguments_are_json_source_and_never_prefiltered() -> None:
     out, found, _d, sp = _run(wire, [], True)
     assert out == wire and found == []
     by_field = {t.key.field: t.scanned() for t in dict.values(sp._texts)}
-    assert by_field["arguments"] == [len(b'{"q": "nothing here"}')] * 2  # the function's name, prose, may be prefiltered
+    # (The function's name is prose: it may be prefiltered.)
+    assert by_field["arguments"] == [len(b'{"q": "nothing here"}')] * 2
 
 
 def test_the_chains_stream_policy_has_the_prefilter() -> None:

@@ -103,7 +103,8 @@ def _blocks_both(data: bytes, pos: int, raw_start: int) -> tuple[int, list, list
     return got[0]
 
 
-_stream = st.lists(st.sampled_from([b"data: {}\n\n", b"data: \n\n", b"\n", b"data: a\xff\n\n", "data: é😀\n\n".encode(),
+_stream = st.lists(st.sampled_from([b"data: {}\n\n", b"data: \n\n", b"\n", b"data: a\xff\n\n",
+                                    "data: é😀\n\n".encode(),
                                     b"data: x\nid: 1\n\n", b"event: e\n\n", b"data:x\n\n", b": c\n\n", b"data: tail",
                                     b"data: y\n", b"x", b"\r"]), max_size=12).map(b"".join)
 
