@@ -25,7 +25,8 @@ def _push(policy: StreamPolicy, text: str) -> None:
 
 
 def _scanners(policy: StreamPolicy) -> list[StreamScanner]:
-    """The scanners of the policy's one text stream (it exists after the first push)."""
+    """The scanners of the policy's one text stream (it exists after the first push; its scanners are opened when
+    it is first given to them)."""
     (t,) = policy._texts.values()
     return t.scanners
 
@@ -33,13 +34,13 @@ def _scanners(policy: StreamPolicy) -> list[StreamScanner]:
 def test_the_events_of_a_read_reach_each_scanner_in_one_call() -> None:
     policy = _policy()
     _push(policy, "first ")
-    scanners = _scanners(policy)
-    assert len(scanners) == 2  # pii-detector and safety-filter
     words = [f"word{i} " for i in range(30)]
     for w in words:
         _push(policy, w)
-    assert all((sc.feeds, sc.end, sc.settles) == (0, 0, 0) for sc in scanners)  # taken, not scanned yet
+    assert _scanners(policy) == []  # taken, not scanned yet: no scanner opened
     out = policy.release()
+    scanners = _scanners(policy)
+    assert len(scanners) == 2  # pii-detector and safety-filter
     n = len("first ") + sum(len(w) for w in words)
     for sc in scanners:
         assert (sc.feeds, sc.end) == (1, n)  # the first push's piece and the read's thirty, in one call
@@ -51,17 +52,18 @@ def test_the_events_of_a_read_reach_each_scanner_in_one_call() -> None:
 def test_no_more_than_defer_bytes_wait() -> None:
     policy = _policy()
     _push(policy, "a ")
-    scanners = _scanners(policy)
     piece = "lorem ipsum " * 100  # 1,200 bytes
     fed = [0, 0]
     for _ in range(3 * DEFER_BYTES // len(piece)):
         _push(policy, piece)
         (t,) = policy._texts.values()
         assert t.unfed_n <= DEFER_BYTES
-        for i, sc in enumerate(scanners):  # each call took at most what waited plus the piece that tipped it
+        for i, sc in enumerate(_scanners(policy)):  # each call took at most what waited plus the piece that tipped it
             if sc.end > fed[i]:
                 assert sc.end - fed[i] <= DEFER_BYTES + len(piece)
                 fed[i] = sc.end
+    scanners = _scanners(policy)
+    assert len(scanners) == 2  # opened when the waiting pieces first passed DEFER_BYTES
     for sc in scanners:
         assert sc.feeds >= 2
 

@@ -69,6 +69,7 @@ def test_a_clean_ascii_answer_in_one_read_is_not_scanned_by_the_policies_streams
     out, found, decisions, sp = _run(wire, [], True)
     assert out == wire and found == []
     assert _scanned(sp) == [[0, 0]]  # the prefilter's block scan alone
+    assert [t.opened for t in dict.values(sp._texts)] == [False]  # no scanner was even opened
     assert sorted(d[:2] for d in decisions) == [("pii-detector", "allow"), ("safety-filter", "allow")]
     # Without it, each policy's stream scans every byte.
     assert _scanned(_run(wire, [], False)[3]) == [[len("The quick brown fox jumps over the lazy dog.")] * 2]

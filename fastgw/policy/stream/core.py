@@ -55,16 +55,6 @@ _PIECE_MAX: Final = 65536
 _JSON_VALUES: Final = JSON_VALUES | {"arguments"}
 
 
-def _feed(t: TextStream) -> None:
-    """Give the text's waiting pieces to its scanners, in one call each."""
-    parts = t.unfed
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
-    t.unfed = []
-    t.unfed_n = 0
-    for sc in t.scanners:
-        sc.feed(data)
-
-
 class StreamBlocked(Exception):
     """A policy ended the stream; `prefix` holds the events to write before the error event."""
 
@@ -82,10 +72,10 @@ def unreadable() -> GatewayError:
 class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
-    __slots__ = ("key", "json", "choice", "collect", "parts", "scanners", "safe", "spans", "pending", "merged_to",
-                 "block", "done", "backslashes", "fed", "unfed", "unfed_n", "dirty", "_scanned")
+    __slots__ = ("key", "json", "choice", "collect", "parts", "scanners", "opened", "safe", "spans", "pending",
+                 "merged_to", "block", "done", "backslashes", "fed", "unfed", "unfed_n", "dirty", "_scanned")
 
-    def __init__(self, key: TextKey, scanners: list[StreamScanner], json: bool, collect: bool) -> None:
+    def __init__(self, key: TextKey, json: bool, collect: bool) -> None:
         self.key = key
         # What every event of the text asks of its key, kept here (a TextKey is a Struct: each of its fields is a
         # generic attribute lookup from compiled code).
@@ -96,7 +86,10 @@ class TextStream:
         self.collect = collect
         #: Its choice's list of released pieces in the policy's `_parts`, once a piece of it was released.
         self.parts: list[str] | None = None
-        self.scanners = scanners
+        #: A scanner per policy, opened when the text is first given to them (`StreamPolicy._open`): a text the
+        #: prefilter settles whole never opens any.
+        self.scanners: list[StreamScanner] = []
+        self.opened = False
         self.safe = 0
         #: Merged final spans (leftmost-first across policies) still to be applied to events.
         self.spans: list[Tagged] = []
@@ -237,12 +230,26 @@ class StreamPolicy(ABC):
                                    code="upstream_protocol_error")
             # Tool-call arguments are JSON source: scanned with their escapes decoded (`\u0040` is an `@`).
             json = key.field == "arguments"
-            t = self._texts[key] = TextStream(key, [StreamScanner(p.db, json, b)
-                                                    for p, b in zip(self.policies, self._budgets)],
-                                              json, key.field in self.collected)
+            t = self._texts[key] = TextStream(key, json, key.field in self.collected)
             self._by_choice.setdefault(key.choice, []).append(t)
             self._by_item.setdefault(key.item, []).append(t)
         return t
+
+    def _open(self, t: TextStream) -> None:
+        """The text's scanners, one per policy, opened."""
+        t.scanners = [StreamScanner(p.db, t.json, b) for p, b in zip(self.policies, self._budgets)]
+        t.opened = True
+
+    def _feed(self, t: TextStream) -> None:
+        """Give the text's waiting pieces to its scanners, in one call each."""
+        if not t.opened:
+            self._open(t)
+        parts = t.unfed
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        t.unfed = []
+        t.unfed_n = 0
+        for sc in t.scanners:
+            sc.feed(data)
 
     def _piece(self, t: TextStream, text: str, choice_pos: int, tool_pos: int, segs: list[Segment],
                path: tuple | None = None) -> None:
@@ -255,7 +262,7 @@ class StreamPolicy(ABC):
         t.fed += len(data)
         if len(data) > DEFER_BYTES or self._jobs:
             if t.unfed:
-                _feed(t)  # what came before it, first
+                self._feed(t)  # what came before it, first
             self._jobs.append(["feed", t, data, 0])  # scanned by `work`, a piece at a time
         else:
             # Scanned when the text is next settled (the release after this read), with the rest of the read's
@@ -264,7 +271,7 @@ class StreamPolicy(ABC):
             t.unfed.append(data)
             t.unfed_n += len(data)
             if t.unfed_n > DEFER_BYTES:
-                _feed(t)
+                self._feed(t)
         if not t.dirty:
             t.dirty = True
             self._dirty.append(t)
@@ -346,6 +353,8 @@ class StreamPolicy(ABC):
                 data, i = job[2], job[3]
                 t0 = time.perf_counter()
                 chunk = data[i:i + piece]
+                if not t.opened:
+                    self._open(t)
                 for sc in t.scanners:
                     sc.feed(chunk)
                 job[3] = i + len(chunk)
@@ -373,7 +382,9 @@ class StreamPolicy(ABC):
         if t.unfed:
             if final and self.prefilter is not None and self._clean_whole(t):
                 return
-            _feed(t)
+            self._feed(t)
+        elif not t.opened:
+            self._open(t)
         key = t.key
         safe = None
         for i, (pol, sc) in enumerate(zip(self.policies, t.scanners)):
@@ -415,7 +426,7 @@ class StreamPolicy(ABC):
         find nothing either, as for a whole text (`Prefilter.clean`: ASCII prose is its own canonical view; JSON
         source and logprobs tokens are not prose). True when settled so."""
         prefilter = self.prefilter
-        if prefilter is None or t.json or not t.scanners or t.scanners[0].end or t.key.field.startswith("logprobs"):
+        if prefilter is None or t.json or t.opened or not self.policies or t.key.field.startswith("logprobs"):
             return False
         parts = t.unfed
         data = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -425,7 +436,7 @@ class StreamPolicy(ABC):
         t.unfed_n = 0
         t.safe = t.fed
         t.done = True
-        t.drop_scanners()
+        t._scanned = [0] * len(self.policies)  # no policy's stream took a byte of it
         return True
 
     def _settle_choice(self, choice: int) -> None:
