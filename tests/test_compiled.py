@@ -67,7 +67,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert h1.read_request is _plainheadc.request and client.read_response is _plainheadc.response, \
         "the C head readers are built but not in use"
     from fastgw.proto import _ssec, sse as proto_sse
-    assert proto_sse._block_start is _ssec.block_start, "the SSE decoder's C forms are built but not in use"
+    assert proto_sse._blocks is _ssec.blocks, "the SSE decoder's C forms are built but not in use"
     from fastgw.policy.stream import _chunkc, chat
     assert chat._PlainReader is _chunkc.PlainReader, "the chat chunk's C reader is built but not in use"
     for path in COMPILED:

@@ -1,6 +1,6 @@
 /* The SSE decoder's per-event work in C, for fastgw/proto/sse.py's `SSEDecoder._run`: `blocks`, a run of common
- * blocks (one `data: ...` line each) decoded in one call; `block_start`, a fresh block's first line end and, where the
- * block is the common one, its text; `find_lflf`, `bytes.find(b"\n\n", pos)`.
+ * blocks (one `data: ...` line each) decoded in one call; `find_lflf`, `bytes.find(b"\n\n", pos)`, for the end of
+ * any other block.
  *
  * Why C (issue 18): the decoder finds each event's end with `bytes.find` from a position; compiled, that is a method
  * call looked up by name whose arguments are parsed as slice indices: ~1,300 instructions an event, where the search
@@ -10,7 +10,8 @@
  * and decoded by codec name; `block_start` reads it from the buffer in the same call (a redacted 53-event stream:
  * 712,000 -> 687,000 instructions a request, bench/RESULTS.md 2026-12-07 11:30). Then `blocks` took a read's whole
  * run of them in one call, with no tuple and no ints per event: the 53-event stream 630,700 -> 599,300, a paced
- * stream's one-event read 3,200 -> 2,900 (bench/RESULTS.md 2026-12-07 15:00).
+ * stream's one-event read 3,200 -> 2,900 (bench/RESULTS.md 2026-12-07 15:00); `block_start` went with it (a block
+ * `blocks` leaves is not a common one, so only its end is wanted).
  *
  * Both refuse a negative start (which bytes.find counts from the end: the decoder never passes one). sse.py's
  * Python forms, used where this module is not built, are the same (tests/proto/test_ssec.py holds them equal).
@@ -37,42 +38,6 @@ static int args_of(PyObject *const *args, Py_ssize_t nargs, const char *usage, c
     *data = PyBytes_AS_STRING(args[0]);
     *size = PyBytes_GET_SIZE(args[0]);
     return 0;
-}
-
-PyDoc_STRVAR(block_start_doc,
-             "block_start(data, pos) -> (text, lf, one_line)\n\n"
-             "The block that starts at pos: lf, its first LF (-1 while that LF or the byte after it is not in data); "
-             "one_line, whether an LF follows it; text, the line's value decoded (UTF-8, errors replaced) where the "
-             "block is one line that starts with `data: `, else None.");
-
-static PyObject *sc_block_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    const char *data;
-    Py_ssize_t size, pos;
-    if (args_of(args, nargs, "block_start(data: bytes, pos: int)", &data, &size, &pos) < 0)
-        return NULL;
-    const char *hit = pos < size ? memchr(data + pos, '\n', (size_t)(size - pos)) : NULL;
-    Py_ssize_t lf = hit == NULL ? -1 : hit - data;
-    int one_line = lf >= 0 && lf + 1 < size && data[lf + 1] == '\n';
-    if (lf >= 0 && lf + 1 >= size)
-        lf = -1;
-    PyObject *text;
-    if (one_line && lf - pos >= 6 && memcmp(data + pos, "data: ", 6) == 0) {
-        text = PyUnicode_DecodeUTF8(data + pos + 6, lf - pos - 6, "replace");
-        if (text == NULL)
-            return NULL;
-    } else {
-        text = Py_NewRef(Py_None);
-    }
-    PyObject *out = PyTuple_New(3), *at = out != NULL ? PyLong_FromSsize_t(lf) : NULL;
-    if (at == NULL) {
-        Py_XDECREF(out);
-        Py_DECREF(text);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(out, 0, text);
-    PyTuple_SET_ITEM(out, 1, at);
-    PyTuple_SET_ITEM(out, 2, PyBool_FromLong(one_line));
-    return out;
 }
 
 PyDoc_STRVAR(find_lflf_doc, "find_lflf(data, pos) -> int\n\ndata.find(b\"\\n\\n\", pos), pos >= 0.");
@@ -148,7 +113,6 @@ static PyObject *sc_blocks(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
 static PyMethodDef methods[] = {
     {"blocks", (PyCFunction)(void (*)(void))sc_blocks, METH_FASTCALL, blocks_doc},
-    {"block_start", (PyCFunction)(void (*)(void))sc_block_start, METH_FASTCALL, block_start_doc},
     {"find_lflf", (PyCFunction)(void (*)(void))sc_find_lflf, METH_FASTCALL, find_lflf_doc},
     {NULL, NULL, 0, NULL},
 };

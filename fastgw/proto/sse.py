@@ -44,6 +44,7 @@ __all__ = [
 _BOM: Final = b"\xef\xbb\xbf"
 _CR: Final = 13
 _LF: Final = 10
+_D: Final = 100  # b"d"
 # Where a blank line starts: two line ends in a row. CRLF is one line end, so the byte pairs that hold
 # the end of one line and the start of the next line end are exactly LF LF, LF CR and CR CR; searching
 # for those three finds block ends in any mix of CR, LF and CRLF (see SSEDecoder._run_cr, _last_boundary).
@@ -159,20 +160,6 @@ def _parse(raw: bytes, lines: bytes, cr: bool) -> SSEEvent:
     )
 
 
-def block_start_py(buf: bytes, pos: int) -> tuple[str | None, int, bool]:
-    """The block that starts at pos (>= 0): (text, lf, one_line) as `_ssec.block_start` gives them (its Python
-    form): lf its first LF (-1 while that LF or the byte after it is not in buf), one_line whether an LF follows
-    it, text the line's value where the block is one line that starts with `data: `."""
-    if pos < 0:
-        raise ValueError("a negative start")
-    f = buf.find(b"\n", pos)
-    if f < 0 or f + 1 >= len(buf):
-        return None, -1, False
-    if buf[f + 1] != _LF:
-        return None, f, False
-    return (buf[pos + 6:f].decode("utf-8", "replace") if buf.startswith(b"data: ", pos) else None), f, True
-
-
 def blocks_py(buf: bytes, pos: int, raw_start: int) -> str | list[str | bytes] | None:
     """`_ssec.blocks`' Python form: the run of common blocks (one `data: ` line) from pos: None where the block at
     pos is not one, its text where one block ends buf (its raw: buf[raw_start:]), else [text, raw, ...]."""
@@ -204,23 +191,21 @@ def find_lflf_py(buf: bytes, pos: int) -> int:
     return buf.find(b"\n\n", pos)
 
 
-def _load_c() -> tuple[Callable[[bytes, int], tuple[str | None, int, bool]], Callable[[bytes, int], int],
-                       Callable[[bytes, int, int], str | list[str | bytes] | None]]:
+def _load_c() -> tuple[Callable[[bytes, int], int], Callable[[bytes, int, int], str | list[str | bytes] | None]]:
     """The decoder's per-event work in C (fastgw/proto/_ssec.c: why, in its head comment), or its Python forms
     where it is not built."""
     try:
         from fastgw.proto import _ssec
     except ImportError:
-        return block_start_py, find_lflf_py, blocks_py
-    return _ssec.block_start, _ssec.find_lflf, _ssec.blocks
+        return find_lflf_py, blocks_py
+    return _ssec.find_lflf, _ssec.blocks
 
 
 _C: Final = _load_c()
-#: A fresh block's first line end and its `data: ` text, a blank line's LF LF at or after a position of a bytes,
-#: and a run of common blocks decoded in one call (see _load_c).
-_block_start: Final = _C[0]
-_find_lflf: Final = _C[1]
-_blocks: Final = _C[2]
+#: A blank line's LF LF at or after a position of a bytes, and a run of common blocks decoded in one call (see
+#: _load_c).
+_find_lflf: Final = _C[0]
+_blocks: Final = _C[1]
 
 
 def _skip_blank(buf: bytes | bytearray, pos: int) -> int:
@@ -330,8 +315,9 @@ class SSEDecoder:
         raw_start = 0 if in_held else pos  # (held: the block's bytes from the buffer's start, a BOM included)
         while True:
             if content < 0:
-                # Common blocks, one `data: ` line each, in one call: their texts and raws (the rest below).
-                got = _blocks(buf, pos, raw_start)
+                # Common blocks, one `data: ` line each, in one call: their texts and raws (the rest below). A block
+                # that starts otherwise (`event:` first, as the typed APIs' do) is not one: no call for it.
+                got = _blocks(buf, pos, raw_start) if pos < n and (buf[pos] == _D or buf[pos] == _LF) else None
                 if isinstance(got, str):  # one, to the end of buf (a paced stream's read)
                     raw = buf if not raw_start else buf[raw_start:]
                     if len(raw) > limit:
@@ -352,32 +338,17 @@ class SSEDecoder:
                 if pos >= n:
                     break
                 content = pos
-            if pos == content:
-                # Fresh block: the first LF (memchr) is usually the end of its only line, and a second LF
-                # right after it ends the block; only a multi-line block needs the two-byte search. The common
-                # block, one `data: ` line, comes with its text.
-                text, f, one_line = _block_start(buf, pos)
-                if f < 0:
-                    break
-                if not one_line:
-                    f = _find_lflf(buf, f + 1)
-                    if f < 0:
-                        break
-            else:
-                text = None
-                f = _find_lflf(buf, pos)
-                if f < 0:
-                    break
+            # Any other block (more lines, other fields) or an incomplete one: its end, then its fields.
+            f = _find_lflf(buf, pos)
+            if f < 0:
+                break
             end = f + 2
             if end - raw_start > limit:
                 self._fail()
             # The whole read is one event: its raw is the read itself (CPython's full slice is the same object;
             # compiled, a slice always copies).
             raw = buf if end == n and not raw_start else buf[raw_start:end]
-            if text is not None:
-                events.append(SSEEvent(text, None, None, None, raw))
-            else:
-                events.append(_parse(raw, buf[content:f], False))
+            events.append(_parse(raw, buf[content:f], False))
             raw_start = pos = end
             content = -1
         held = self._buf

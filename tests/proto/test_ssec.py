@@ -1,7 +1,7 @@
 """The SSE decoder's per-event work in C (fastgw/proto/_ssec.c) equals its Python forms (sse.py): `find_lflf` is
-`bytes.find(b"\\n\\n", pos)`, `block_start` a fresh block's first line end and, for one `data: ` line, its text as
-the decoder read it before (a slice decoded UTF-8 with errors replaced), `blocks` a run of such blocks as
-`block_start` block after block reads them; the decoder uses them."""
+`bytes.find(b"\\n\\n", pos)`, `blocks` a run of common blocks (one `data: ` line each) as the decoder's loop read
+them one by one before (a first line end, the byte after it, `data: ` compared and the value decoded UTF-8 with
+errors replaced); the decoder uses them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgw.proto import _ssec, sse
-from fastgw.proto.sse import block_start_py, blocks_py, find_lflf_py
+from fastgw.proto.sse import blocks_py, find_lflf_py
 
 _bytes = st.lists(st.sampled_from([b"\n", b"\n\n", b"\r", b"x", b"data: {}", b"data: ", b"data:", b"data", b"\x00",
                                    b"\xff", b"\xe2\x82", b"\xac", "é😀".encode(), b"event: e", b": c"]),
@@ -18,7 +18,7 @@ _bytes = st.lists(st.sampled_from([b"\n", b"\n\n", b"\r", b"x", b"data: {}", b"d
 
 
 def _block_start_by_hand(data: bytes, pos: int) -> tuple[str | None, int, bool]:
-    """What the decoder's loop computed itself before block_start: a first LF, the byte after it, a 6-byte slice
+    """What the decoder's loop computed itself for a fresh block: a first LF, the byte after it, a 6-byte slice
     compared with `data: ` and the line's value decoded."""
     f = data.find(b"\n", pos)
     if f < 0 or f + 1 >= len(data):
@@ -32,9 +32,6 @@ def _block_start_by_hand(data: bytes, pos: int) -> tuple[str | None, int, bool]:
 @given(_bytes, st.integers(0, 200))
 def test_the_c_forms_are_the_python_forms(data: bytes, pos: int) -> None:
     assert _ssec.find_lflf(data, pos) == find_lflf_py(data, pos) == data.find(b"\n\n", pos)
-    got = _ssec.block_start(data, pos)
-    assert got == block_start_py(data, pos) == _block_start_by_hand(data, pos), (data, pos)
-    assert type(got[2]) is bool
 
 
 @pytest.mark.parametrize("data, pos, lflf", [
@@ -45,30 +42,18 @@ def test_find_lflf_by_example(data: bytes, pos: int, lflf: int) -> None:
     assert _ssec.find_lflf(data, pos) == lflf
 
 
-@pytest.mark.parametrize("data, pos, expected", [
-    (b"", 0, (None, -1, False)), (b"data: x\n", 0, (None, -1, False)),  # the byte after the LF not yet here
-    (b"data: x\nid: 1\n\n", 0, (None, 7, False)), (b"data: x\n\n", 0, ("x", 7, True)),
-    (b"data: \n\n", 0, ("", 6, True)), (b"data:x\n\n", 0, (None, 6, True)), (b"event: e\n\n", 0, (None, 8, True)),
-    (b"\n\ndata: a\xff\xe2\x82\n\n", 2, ("a\ufffd\ufffd", 12, True)), (b"data: \xe2\x82\xac\n\n", 0, ("€", 9, True)),
-    (b"xx", 9, (None, -1, False)),
-])
-def test_block_start_by_example(data: bytes, pos: int, expected: tuple) -> None:
-    assert _ssec.block_start(data, pos) == expected == block_start_py(data, pos)
-
-
 def test_wrong_calls() -> None:
-    for f in (_ssec.block_start, _ssec.find_lflf, block_start_py, find_lflf_py):
+    for f in (_ssec.find_lflf, find_lflf_py):
         with pytest.raises(ValueError):
             f(b"a\n", -1)
-    for c in (_ssec.block_start, _ssec.find_lflf):
-        with pytest.raises(TypeError):
-            c(bytearray(b"\n"), 0)  # type: ignore[arg-type]
-        with pytest.raises(TypeError):
-            c(b"\n")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _ssec.find_lflf(bytearray(b"\n"), 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _ssec.find_lflf(b"\n")  # type: ignore[call-arg]
 
 
 def _blocks_by_block_start(data: bytes, pos: int, raw_start: int) -> tuple[int, list, list]:
-    """`blocks` as the decoder's loop computed it before: blank lines skipped, then `block_start` per block."""
+    """`blocks` as the decoder's loop computed it before: blank lines skipped, then block after block by hand."""
     texts, raws = [], []
     while True:
         p = pos
@@ -111,7 +96,7 @@ _stream = st.lists(st.sampled_from([b"data: {}\n\n", b"data: \n\n", b"\n", b"dat
 
 @settings(max_examples=500, deadline=None)
 @given(st.one_of(_stream, _bytes), st.data())
-def test_blocks_is_block_start_block_after_block(data: bytes, draw: st.DataObject) -> None:
+def test_blocks_is_the_loop_block_after_block(data: bytes, draw: st.DataObject) -> None:
     raw_start = draw.draw(st.integers(0, len(data)))
     pos = draw.draw(st.integers(raw_start, len(data)))
     assert _blocks_both(data, pos, raw_start) == _blocks_by_block_start(data, pos, raw_start)
@@ -131,6 +116,10 @@ def test_blocks_is_block_start_block_after_block(data: bytes, draw: st.DataObjec
     (b"data: a\n\ndata: b\n", 0, 0, (9, ["a"], [b"data: a\n\n"])),
     (b"event: e\n\ndata: a\n\n", 0, 0, (0, [], [])),
     (b"data: \xe2\x82\xac\xff\n\n", 0, 0, (12, ["€\ufffd"], [b"data: \xe2\x82\xac\xff\n\n"])),
+    (b"\n\ndata: a\xff\xe2\x82\n\n", 2, 2, (14, ["a\ufffd\ufffd"], [b"data: a\xff\xe2\x82\n\n"])),
+    (b"data: \n\n", 0, 0, (8, [""], [b"data: \n\n"])),
+    # not common blocks: `data:` without its space, another field, a line whose next byte has not come
+    (b"data:x\n\n", 0, 0, (0, [], [])), (b"data: x\nid: 1\n\n", 0, 0, (0, [], [])), (b"data: x\n", 0, 0, (0, [], [])),
 ])
 def test_blocks_by_example(data: bytes, pos: int, raw_start: int, expected: tuple) -> None:
     assert _blocks_both(data, pos, raw_start) == expected
@@ -150,4 +139,4 @@ def test_blocks_wrong_calls() -> None:
 
 
 def test_the_decoder_uses_them() -> None:
-    assert (sse._block_start, sse._find_lflf, sse._blocks) == (_ssec.block_start, _ssec.find_lflf, _ssec.blocks)
+    assert (sse._find_lflf, sse._blocks) == (_ssec.find_lflf, _ssec.blocks)
