@@ -293,14 +293,18 @@ class Prefilter:
 
     def clean(self, slots: list[Slot]) -> bool:
         """Whether no policy of the set can find anything in these texts."""
-        db = self.db
         for container, key, fld, _ in slots:
             if isinstance(container, TokenRun) or fld.endswith("arguments"):
                 return False
             text = container[key]
-            if not isinstance(text, str) or not text.isascii() or block_reports(db, text.encode()):
+            if not isinstance(text, str) or not text.isascii() or not self.clean_prose(text.encode()):
                 return False
         return True
+
+    def clean_prose(self, data: bytes) -> bool:
+        """Whether no policy of the set can find anything in this prose (UTF-8; neither JSON source nor logprobs
+        tokens, which the caller tells): ASCII, and the database reports nothing."""
+        return data.isascii() and not block_reports(self.db, data)
 
 
 def process_slots(policies: list[ScanPolicy], slots: Iterator[Slot], where: str, findings: Findings,

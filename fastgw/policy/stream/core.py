@@ -37,7 +37,7 @@ from fastgw.policy.textkeys import JSON_VALUES, NOSKIP, tool_input
 from fastgw.policy.textscan import (SKIP, Prefilter, ScanPolicy, Tagged, decide_counts, is_blob, merge_spans,
                                      redact, set_token)
 from fastgw.proto.sse import SSEEvent, encode_data, encode_event
-from fastgw.scan.scanner import ScanBudget, StreamScanner, block_reports
+from fastgw.scan.scanner import ScanBudget, StreamScanner
 
 __all__ = ["StreamPolicy", "StreamBlocked", "TextKey", "TextStream", "Segment", "Held", "unreadable"]
 
@@ -380,7 +380,7 @@ class StreamPolicy(ABC):
         if t.done:
             return
         if t.unfed:
-            if final and self.prefilter is not None and self._clean_whole(t):
+            if final and self._clean_whole(t):
                 return
             self._feed(t)
         elif not t.opened:
@@ -426,11 +426,13 @@ class StreamPolicy(ABC):
         find nothing either, as for a whole text (`Prefilter.clean`: ASCII prose is its own canonical view; JSON
         source and logprobs tokens are not prose). True when settled so."""
         prefilter = self.prefilter
-        if prefilter is None or t.json or t.opened or not self.policies or t.key.field.startswith("logprobs"):
+        if prefilter is None or t.json or t.opened or t.key.field.startswith("logprobs"):
             return False
         parts = t.unfed
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        if not data.isascii() or block_reports(prefilter.db, data):
+        if not prefilter.clean_prose(data):
+            if len(parts) > 1:
+                t.unfed = [data]  # joined once: the scanners take it as it is
             return False
         t.unfed = []
         t.unfed_n = 0
