@@ -40,7 +40,7 @@ from fastgw.policy.chain import Chain
 from fastgw.proto.client import UpstreamPool
 from fastgw.proto.errors import HttpError
 from fastgw.proto.limits import MAX_LOGGED_STRING
-from fastgw.proto.server import Request, Responder
+from fastgw.proto.server import ConnectionTracker, Request, Responder
 from fastgw.quota import Quota, SharedBreakers
 from fastgw.providers.base import Endpoint, TargetRuntime
 from fastgw.providers.mock import MockModel
@@ -97,7 +97,8 @@ class App:
     """The routes of one worker."""
 
     def __init__(self, cfg: Config, targets: list[TargetRuntime], loop: asyncio.AbstractEventLoop,
-                 chain: Chain | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 chain: Chain | None = None, clock: Callable[[], float] = time.monotonic,
+                 tracker: ConnectionTracker | None = None) -> None:
         self.cfg = cfg
         self.loop = loop
         self.chain = chain or Chain()
@@ -106,7 +107,7 @@ class App:
         self.router = Router(cfg, targets, clock=clock)
         upstreams: dict[str, Upstream] = {"mock": MockUpstream(loop)}
         self.pipeline = Pipeline(self.chain, self.router,
-                                 Attempt(self.chain, loop, upstreams, HttpUpstream(self.pool)),
+                                 Attempt(self.chain, loop, upstreams, HttpUpstream(self.pool), tracker),
                                  Quota.from_config(cfg), SharedBreakers.from_config(cfg))
         self.draining = False
         # Unique across workers and restarts without a getrandom syscall per request: pid and a random salt.

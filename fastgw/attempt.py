@@ -29,7 +29,7 @@ from fastgw.front.messages import anthropic_error
 from fastgw.policy.base import RequestContext
 from fastgw.policy.chain import Chain
 from fastgw.proto.client import TransportError, TransportTimeout
-from fastgw.proto.server import Responder
+from fastgw.proto.server import ConnectionTracker, Responder
 from fastgw.providers import ADAPTERS, adapter_for
 from fastgw.providers.base import Adapter, Endpoint, TargetRuntime, Translator, UpstreamRequest
 from fastgw.providers.native import messages_request
@@ -163,11 +163,14 @@ class Attempt:
     """Sends one request to one target and returns its `Outcome`."""
 
     def __init__(self, chain: Chain, loop: asyncio.AbstractEventLoop, upstreams: dict[str, Upstream],
-                 http: Upstream) -> None:
+                 http: Upstream, tracker: ConnectionTracker | None = None) -> None:
         self.chain = chain
         self.loop = loop
         self._upstreams = upstreams
         self._http = http
+        #: The worker's connections: a stream answered while no other request is in flight may spend a write
+        #: on its first event (`SSERelay.early_write`).
+        self._tracker = tracker
 
     async def run(self, target: TargetRuntime, call: Call, resp: Responder, ctx: RequestContext) -> Outcome:
         """Send `call` to `target`. Errors the gateway itself finds for this target (a parameter the provider
@@ -286,6 +289,8 @@ class Attempt:
             relay.usage_sink = ctx
             relay.strip_usage = strip_usage
             relay.strip_null_usage = null_usage
+        tracker = self._tracker
+        relay.early_write = tracker is not None and tracker.requests_in_flight <= 1
         opened = _monotonic()
         relay.start()  # the bytes that came with the head go out first; the gauge below can wait for them
         metrics.stream_opened()

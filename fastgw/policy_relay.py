@@ -74,11 +74,12 @@ class PolicyRelay(SSERelay):
         now = _monotonic()  # the read's events arrived together (deferred ones are counted on arrival too)
         try:
             start = 0
-            if not self._started:
+            if not self._started and self.early_write:
                 # Until the first byte is out, what is final goes out at once rather than after the rest of the
                 # read: time to first event waits neither for the decoding nor for the scan of a read that brought
-                # the whole answer (at most one more write per stream). The decoder takes any split; the rest is
-                # given from `cut` rather than copied.
+                # the whole answer (at most one more write per stream, and only while no other request waits for
+                # the CPU: `SSERelay.early_write`). The decoder takes any split; the rest is given from `cut`
+                # rather than copied.
                 cut = data.find(b"\n\n") + 2
                 if 1 < cut < len(data):
                     if not self._judge(self._decoder.feed(data[:cut]), now):
@@ -104,7 +105,7 @@ class PolicyRelay(SSERelay):
                 self._backlog.append(ev)
             elif not self._push(ev):
                 return False
-            elif not self._started:
+            elif not self._started and self.early_write:
                 self.flush()
                 if self.done.done():
                     return False

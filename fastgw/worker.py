@@ -126,11 +126,11 @@ async def _boot(cfg: Config, targets: list[TargetRuntime], sockets: list[socket.
         chain.start(worker_id)  # one Hyperscan scratch per worker after fork, and the audit writer
     if s.access_log.path:
         accesslog.use_file(s.access_log.path, s.access_log.max_bytes, s.access_log.backups)
-    app = App(cfg, targets, loop, chain)
-    metrics.start_flusher(loop)
-    telemetry.setup(cfg, targets, worker_id)  # after fork: the exporters' threads are this worker's own
     tracker = ConnectionTracker(max_connections=_max_connections(s.max_connections, worker_id),
                                 max_buffered_body_bytes=s.max_buffered_body_bytes)
+    app = App(cfg, targets, loop, chain, tracker=tracker)
+    metrics.start_flusher(loop)
+    telemetry.setup(cfg, targets, worker_id)  # after fork: the exporters' threads are this worker's own
     loop.set_exception_handler(_loop_exception)
 
     def on_error(exc: BaseException) -> None:

@@ -35,7 +35,7 @@ PURE_TESTS = ["tests/scan/test_scanner.py", "tests/scan/test_fold.py", "tests/sc
               "tests/policy/test_stream_policy_texts.py", "tests/policy/test_stream_chunks.py",
               "tests/policy/test_stream_dialects.py", "tests/policy/test_stream_texts.py",
               "tests/policy/test_read_batch.py", "tests/policy/test_chain.py", "tests/policy/test_cpu_slices.py",
-              "tests/policy/test_fields_coverage.py", "tests/policy/test_prefilter.py"]
+              "tests/policy/test_fields_coverage.py", "tests/policy/test_prefilter.py", "tests/test_early_write.py"]
 
 
 def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() -> None:

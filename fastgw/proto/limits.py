@@ -76,6 +76,10 @@ MAX_UPSTREAM_BODY_BYTES = 128 * 1024 * 1024
 #: Longest SSE event held while incomplete. One chat chunk is < 1 KiB; a tool-call argument delta or a
 #: big base64 image event can reach hundreds of KiB. Bounded so a hostile upstream cannot grow memory.
 MAX_SSE_EVENT_BYTES = 1024 * 1024
+#: A pass-through stream's first read larger than this has its first event written before the rest is relayed:
+#: past a page of events (~16 chat chunks) the rest's work outweighs one more write. nginx writes a burst in
+#: proxy_buffer_size pieces (one page) for the same reason.
+EARLY_WRITE_BYTES = 4096
 
 # --- NDJSON --------------------------------------------------------------------
 
