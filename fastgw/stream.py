@@ -33,7 +33,7 @@ from fastgw.proto.client import BadResponse
 from fastgw.proto.errors import ProtocolError
 from fastgw.proto.limits import EARLY_WRITE_BYTES
 from fastgw.proto.server import Responder
-from fastgw.proto.sse import SSESplitter
+from fastgw.proto.sse import SSEDecoder, SSESplitter
 from fastgw.providers.base import Translator
 from fastgw.providers.chunks import encode_chunks
 from fastgw.scan.literals import Literals
@@ -315,6 +315,9 @@ class SSERelay:
         `prompt_filter_results`) are the client's, as on the decoding path; each such event in the block is
         looked at, so one of those in the same read does not hide the usage chunk."""
         i = _first_empty_choices(block, 0)
+        if i >= 0 and 13 in block:
+            block = self._take_usage_cr(block)
+            i = -1
         while i >= 0:
             start, end = _event_span(block, i)
             event = block[start:end]
@@ -332,6 +335,29 @@ class SSERelay:
             i = _first_empty_choices(block, end)
         # ... and the `"usage": null` the upstream wrote on every other chunk because we asked (whole events here).
         return drop_null_usage(block) if self.strip_null_usage else block
+
+    def _take_usage_cr(self, block: bytes) -> bytes:
+        """`_take_usage` for a block with CR line ends (CRLF or CR, which SSE allows; OpenAI's servers end lines
+        with LF, which the blank-line search above assumes): its events cut where the SSE decoder cuts them."""
+        events = SSEDecoder().feed(block)
+        kept: list[bytes] = []
+        for ev in events:
+            raw = ev.raw
+            if ev.data is not None and _first_empty_choices(raw, 0) >= 0:
+                try:
+                    usage = orjson.loads(ev.data).get("usage")
+                except (ValueError, AttributeError):
+                    usage = None
+                if usage is not None:
+                    if isinstance(usage, dict) and self.usage_sink is not None:
+                        self.usage_sink.usage = usage
+                    if self.strip_usage:
+                        continue
+            kept.append(raw)
+        if len(kept) == len(events):
+            return block
+        consumed = sum(len(ev.raw) for ev in events)  # (the whole block: it ends on a boundary)
+        return b"".join(kept) + block[consumed:]
 
     def _take(self) -> bytes:
         p = self._pending

@@ -140,8 +140,8 @@ def test_the_client_gets_the_same_bytes_whatever_the_reads() -> None:
                 body = b"".join(wire.writes).split(b"\r\n\r\n", 1)[1]
                 bodies.append((b"".join(_chunks(body)), relay.done.result().events))
             assert bodies[0] == bodies[1], (case, cuts)
-            if stream is STREAM:
-                assert bodies[1][0] == (stream.replace(USAGE, b"") if strip else stream)
+            usage = USAGE.replace(b"\n", b"\r\n") if case % 5 == 4 else USAGE
+            assert bodies[1][0] == (stream.replace(usage, b"") if strip else stream), (case, cuts)
     finally:
         loop.close()
 

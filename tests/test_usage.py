@@ -142,6 +142,32 @@ def test_usage_chunk_written_with_spaces_is_counted_and_cut() -> None:
         loop.close()
 
 
+def test_usage_chunk_in_cr_or_crlf_lines_is_counted_and_cut() -> None:
+    """SSE lets a server end its lines with CRLF or a lone CR: its usage chunk is read and cut as a LF one is (a
+    client that did not ask gets no `"choices": []` chunk, which SDKs that read `choices[0]` fail on), a hostile
+    `"choices":[]` that is no usage stays, and every other byte (comments, extra blank lines) is kept."""
+    import asyncio
+
+    from fastgw.stream import SSERelay
+
+    events = [b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n', b": keep-alive\n\n\n",
+              b'data: {"choices":[],"prompt_filter_results":[]}\n\n',
+              b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+              b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n', b"data: [DONE]\n\n"]
+    loop = asyncio.new_event_loop()
+    try:
+        for end in (b"\r\n", b"\r", b"\n"):
+            evs = [e.replace(b"\n", end) for e in events]
+            for strip in (True, False):
+                relay = SSERelay(_idle_responder(loop), None, loop, (200, []))  # type: ignore[arg-type]
+                relay.usage_sink, relay.strip_usage = _ctx(), strip
+                out = relay._take_usage(b"".join(evs))
+                assert out == b"".join(evs[:4] + evs[5:] if strip else evs), (end, strip, out)
+                assert relay.usage_sink.usage == {"prompt_tokens": 3, "completion_tokens": 1}, end
+    finally:
+        loop.close()
+
+
 def test_null_usage_members_dropped_with_the_usage_chunk() -> None:
     """Asked for on the client's behalf, `"usage": null` on every legacy completion chunk goes with the usage chunk
     (the spec allows it no null usage; a chat chunk's is allowed and left, at no cost per event); a client that
