@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import math
 import time
-from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Callable, Final, Iterable
 
 from fastgw import metrics_multiprocess as _mp
@@ -113,7 +112,7 @@ STREAM_DURATION_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120
 REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 HOLDBACK_BUCKETS = (0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0)
 
-_INTER_BOUNDS: Final = INTER_EVENT_BUCKETS + (math.inf,)  # as the Histogram stores them (+Inf appended)
+_INTER_BOUNDS: Final = [*INTER_EVENT_BUCKETS, math.inf]  # as the Histogram stores them (+Inf appended)
 _N_INTER: Final = len(INTER_EVENT_BUCKETS) + 1  # (compiled, a Final tuple cannot be read while its module initialises)
 
 
@@ -330,15 +329,19 @@ _flush_at: Final = [0.0]
 
 def _observe(o: _Obs, value: float) -> None:
     _queue_obs(o)
-    # le: the first bound >= value (bisect_left's answer; a compiled walk of the ~15 bounds from the smallest, where
-    # most durations fall, costs less than the call into bisect with a boxed float).
-    bounds = o.bounds
+    o.counts[_le_index(o.bounds, value)] += 1
+    o.total += value
+
+
+def _le_index(bounds: list[float], value: float) -> int:
+    """The bucket of `value`: the first bound >= value, the histogram's le semantics (`bisect_left`'s answer, NaN
+    included). Compiled, a walk of the ~15 bounds from the smallest, where most values fall, costs less than the call
+    into bisect with a boxed float (~2,000 instructions an SSE event, callgrind)."""
     i = 0
     n = len(bounds)
     while i < n and bounds[i] < value:
         i += 1
-    o.counts[i] += 1
-    o.total += value
+    return i
 
 
 def flush() -> None:
@@ -398,10 +401,10 @@ def _route_label(route: str) -> str:
 
 # ---- histograms: adding many observations at once -------------------------------------------------------
 
-def _check_histogram_internals(h: Histogram, bounds: tuple[float, ...]) -> None:
+def _check_histogram_internals(h: Histogram, bounds: list[float]) -> None:
     """`_add_observations` relies on Histogram's storage; fail at start-up, loudly, if a release changes it."""
     ok = (isinstance(getattr(h, "_buckets", None), list) and hasattr(h, "_sum")
-          and tuple(getattr(h, "_upper_bounds", ())) == bounds)
+          and list(getattr(h, "_upper_bounds", ())) == bounds)
     if not ok:
         raise RuntimeError("prometheus_client's Histogram no longer stores _upper_bounds/_buckets/_sum as "
                            "fastgw.metrics expects; EventClock.flush cannot add observations in bulk")
@@ -436,20 +439,21 @@ class EventClock:
     __slots__ = ("last", "counts", "total")
 
     def __init__(self, start: float | None = None) -> None:
-        self.last = start
+        #: The last event's time; negative before the first (a float, not None: compiled, it is stored unboxed).
+        self.last = -1.0 if start is None else start
         #: Per-bucket counts, made at the first gap: an open stream that has had one event holds none (issue 18).
         self.counts: list[int] | None = None
         self.total = 0.0
 
     def tick(self, now: float) -> None:
-        """One event arrived at `now`. Hot path (once per SSE event): a subtraction, one C bisect over 15
-        bounds and a list increment; no prometheus call, no lock, no syscall."""
+        """One event arrived at `now`. Hot path (once per SSE event): a subtraction, a walk over 15 bounds and a
+        list increment, in native floats when compiled; no prometheus call, no lock, no syscall."""
         last = self.last
         self.last = now
-        if last is not None:
+        if last >= 0.0:
             gap = now - last
             self.total += gap
-            self._buckets()[bisect_left(_INTER_BOUNDS, gap)] += 1  # le semantics: first bound >= gap
+            self._buckets()[_le_index(_INTER_BOUNDS, gap)] += 1
 
     def ticks(self, now: float, n: int) -> None:
         """`n` events arrived together at `now` (one upstream read): the first after the gap since the last

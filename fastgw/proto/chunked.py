@@ -11,13 +11,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["LAST_CHUNK", "CHUNKED", "ChunkedWriter", "Writelines", "frame_chunk", "write_chunk"]
+__all__ = ["LAST_CHUNK", "CHUNKED", "ChunkedWriter", "Writelines", "frame_chunk", "size_line", "write_chunk"]
 
 #: Zero-size chunk and no trailers: ends a chunked body.
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
 #: A transport's `writelines`: every framing call hands it one tuple, so one call is one writev.
 Writelines = Callable[[tuple[bytes, ...]], object]
+
+#: Chunk sizes whose size line is kept once made: a streamed event is a few hundred bytes, and `%x` formatting
+#: cost ~650 instructions an event (callgrind) where the kept line costs a list read. At most 4,096 lines (~40 B
+#: each, made only for the sizes a worker writes).
+_KEPT_SIZES: Final = 4096
+_size_lines: Final[list[bytes | None]] = [None] * _KEPT_SIZES
+
+
+def size_line(n: int) -> bytes:
+    """A chunk's size line: `n` in hex and CRLF."""
+    if n < _KEPT_SIZES:
+        line = _size_lines[n]
+        if line is None:
+            line = _size_lines[n] = b"%x\r\n" % n
+        return line
+    return b"%x\r\n" % n
 
 
 class ChunkedWriter:
@@ -36,17 +52,17 @@ class ChunkedWriter:
     def data(self, writelines: Writelines, data: bytes) -> None:
         """Frame one chunk (empty data writes nothing)."""
         if data:
-            writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            writelines((size_line(len(data)), data, b"\r\n"))
 
     def first(self, writelines: Writelines, head: bytes, data: bytes) -> None:
         """The response head and the first (non-empty) chunk: no extra round trip for the client."""
-        writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
+        writelines((head, size_line(len(data)), data, b"\r\n"))
 
     def last(self, writelines: Writelines, data: bytes, head: bytes | None) -> None:
         """`data` as a last chunk (if any) and the terminator, after the head if it is still pending."""
         parts: tuple[bytes, ...] = (LAST_CHUNK,)
         if data:
-            parts = (b"%x\r\n" % len(data), data, b"\r\n", LAST_CHUNK)
+            parts = (size_line(len(data)), data, b"\r\n", LAST_CHUNK)
         writelines(parts if head is None else (head, *parts))
 
 

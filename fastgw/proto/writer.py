@@ -162,7 +162,7 @@ class Responder:
     """
 
     __slots__ = ("_transport", "_flow", "_render", "_body", "_head", "keep_alive", "started", "finished",
-                 "streaming", "_head_only", "status", "bytes_sent", "first_write", "extra_headers")
+                 "streaming", "_head_only", "status", "bytes_sent", "first_write", "extra_headers", "_writelines")
 
     def __init__(self, transport: _Transport, flow: FlowControl, keep_alive: bool, head_only: bool,
                  chunked: bool = True, render_error: RenderError = plain_error) -> None:
@@ -183,6 +183,8 @@ class Responder:
         self.first_write: float | None = None
         #: Headers every response of this request carries, whatever path answers it (e.g. x-request-id).
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        #: A stream's `transport.writelines`, bound at its first write rather than once an event.
+        self._writelines: Writelines | None = None
 
     # --- whole responses --------------------------------------------------------------
     def send(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -233,6 +235,9 @@ class Responder:
         t = self._transport
         if t is None or t.is_closing():
             return
+        writelines = self._writelines
+        if writelines is None:
+            writelines = self._writelines = t.writelines
         head = self._head
         if head is not None:
             self._head = None
@@ -240,11 +245,11 @@ class Responder:
             if self._head_only or not data:
                 t.write(head)
                 return
-            self._body.first(t.writelines, head, data)
+            self._body.first(writelines, head, data)
             self.bytes_sent += len(data)
             return
         if data and not self._head_only:
-            self._body.data(t.writelines, data)
+            self._body.data(writelines, data)
             self.bytes_sent += len(data)
 
     def end(self, data: bytes = b"") -> None:

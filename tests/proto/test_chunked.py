@@ -6,7 +6,7 @@ import h11
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastgw.proto.chunked import LAST_CHUNK, frame_chunk, write_chunk
+from fastgw.proto.chunked import LAST_CHUNK, frame_chunk, size_line, write_chunk
 
 HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -85,3 +85,9 @@ def test_exact_framing():
     assert frame_chunk(b"x" * 255) == b"ff\r\n" + b"x" * 255 + b"\r\n"
     assert LAST_CHUNK == b"0\r\n\r\n"
     assert h11_body(HEAD + LAST_CHUNK) == (b"", True)
+
+
+def test_size_line_is_the_size_in_hex_whether_kept_or_made() -> None:
+    for n in [*range(0, 5000), 0xFFFF, 1 << 20, (1 << 40) + 7]:
+        assert size_line(n) == b"%x\r\n" % n, n
+    assert size_line(300) is size_line(300)  # made once, then kept
