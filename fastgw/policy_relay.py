@@ -116,8 +116,8 @@ class PolicyRelay(SSERelay):
         data = ev.data  # (an SSEEvent's fields are generic attribute lookups from compiled code: read once)
         if data == "[DONE]":
             self.saw_done = True
-        elif (not self._started and not self.content and self.dialect is dialects.CHAT and data
-              and data.startswith('{"error"')):
+        elif (not self._started and not self.content and data and data.startswith('{"error"')
+              and self.dialect is dialects.CHAT):  # (the dialect last: a module lookup, for every event of a first read)
             self._first_event_error(ev.raw)
             return False
         self._policy.push(ev)

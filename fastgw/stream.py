@@ -31,7 +31,7 @@ from fastgw.metrics import EventClock
 from fastgw.policy.base import RequestContext
 from fastgw.proto.client import BadResponse
 from fastgw.proto.errors import ProtocolError
-from fastgw.proto.limits import EARLY_WRITE_BYTES
+from fastgw.proto import limits
 from fastgw.proto.server import Responder
 from fastgw.proto.sse import SSEDecoder, SSESplitter
 from fastgw.providers.base import Translator
@@ -39,6 +39,7 @@ from fastgw.providers.chunks import encode_chunks
 from fastgw.scan.literals import Literals
 
 _monotonic: Final = time.monotonic  # compiled: a constant, not a lookup per call
+_EARLY_WRITE_BYTES: Final = limits.EARLY_WRITE_BYTES
 
 __all__ = ["SSERelay", "StreamEnd", "TranslatedSource", "error_event", "Source"]
 
@@ -244,7 +245,7 @@ class SSERelay:
             raise BadResponse(f"upstream SSE stream invalid: {e.message}") from None
         if not block:
             return
-        if self.early_write and not self._started and len(block) > EARLY_WRITE_BYTES:
+        if self.early_write and not self._started and len(block) > _EARLY_WRITE_BYTES:
             # Until the first byte is out, a read that brought much more than the first event (a fast upstream's
             # whole answer) has that event written at once, before the rest is searched and written: time to
             # first event waits for one event's work, not the read's (~20 µs less at c=1 on the bench box). The
@@ -315,12 +316,12 @@ class SSERelay:
         `prompt_filter_results`) are the client's, as on the decoding path; each such event in the block is
         looked at, so one of those in the same read does not hide the usage chunk."""
         i = _first_empty_choices(block, 0)
-        if i >= 0 and 13 in block:
-            block = self._take_usage_cr(block)
-            i = -1
         while i >= 0:
             start, end = _event_span(block, i)
             event = block[start:end]
+            if 13 in event:  # a CR line end, which the search for LF LF does not see: cut as the SSE decoder cuts
+                block = self._take_usage_cr(block)
+                break
             try:
                 usage = orjson.loads(event[event.index(b"{"):].strip()).get("usage")
             except (ValueError, AttributeError):  # not JSON, or JSON that is no object (`[{"choices":[]}]`)

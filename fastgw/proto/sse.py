@@ -268,6 +268,10 @@ class SSEDecoder:
         if start < 0 or start > len(data):
             raise ValueError("SSEDecoder.feed(): start outside the data")
         held = self._buf
+        if self._start and not held and len(data) - start >= 3 and not data.startswith(_BOM, start):
+            # A first read that tells at once there is no BOM is read as any other: a whole answer in one read is
+            # not copied twice into and out of the held buffer.
+            self._start = False
         if held or self._start:
             held += memoryview(data)[start:] if start else data
             if self._start:

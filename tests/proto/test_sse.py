@@ -413,9 +413,15 @@ def test_openai_stream():
 def test_whole_read_event_is_not_copied():
     data = b"data: {}\n\n"
     dec = SSEDecoder()
-    dec.feed(b"data: warm-up\n\n")  # the first read settles the BOM question
+    (first,) = dec.feed(data)  # a first read of 3 bytes or more that is no BOM settles the BOM question at once
+    assert first.raw is data
     (e,) = dec.feed(data)
     assert e.raw is data
+    read = data * 40  # a whole answer in the first read: read in place, not through the held buffer
+    events = SSEDecoder().feed(read)
+    assert len(events) == 40 and b"".join(ev.raw for ev in events) == read
+    late = SSEDecoder()  # a caller that fed the read's first part (`start`) gives the rest the same way
+    assert [ev.raw for ev in late.feed(read, len(data) * 39)] == [data]
 
 
 # --- splitter ----------------------------------------------------------------------------------------
