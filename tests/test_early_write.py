@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import threading
 from typing import Any
 
 import orjson
-import uvloop
 
 from fastgw.api.errors import render
 from fastgw.app import App, build_targets
@@ -24,6 +22,7 @@ from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, ServerLim
 from fastgw.proto.writer import Responder
 from fastgw.stream import SSERelay
 from tests.policy.test_cpu_stream import _Source
+from tests.support.loop_thread import LoopThread
 from tests.support.scripted_upstream import ScriptedUpstream, script_key
 
 EVENTS = [b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"w%d"}}],'
@@ -204,41 +203,27 @@ class _RecordingTransport:
         return getattr(self._inner, name)
 
 
-class _Worker:
+class _Worker(LoopThread):
     """The real App behind the real protocol and tracker (as a worker boots them), on uvloop in a thread."""
 
     def __init__(self, cfg: Config) -> None:
-        self.loop = uvloop.new_event_loop()
+        super().__init__()
         self.writes: dict[int, list[bytes]] = {}
-        ready = threading.Event()
 
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
+        async def setup() -> None:
+            tracker = ConnectionTracker()
+            app = App(cfg, build_targets(cfg, {}), self.loop, tracker=tracker)
 
-            async def start() -> None:
-                tracker = ConnectionTracker()
-                app = App(cfg, build_targets(cfg, {}), self.loop, tracker=tracker)
+            def factory() -> _Recorder:
+                writes: list[bytes] = []
+                self.writes[len(self.writes)] = writes
+                return _Recorder(HttpServerProtocol(app, ServerLimits(), tracker, self.loop, render_error=render),
+                                 writes)
 
-                def factory() -> _Recorder:
-                    writes: list[bytes] = []
-                    self.writes[len(self.writes)] = writes
-                    return _Recorder(HttpServerProtocol(app, ServerLimits(), tracker, self.loop, render_error=render),
-                                     writes)
+            srv = await self.loop.create_server(factory, "127.0.0.1", 0)
+            self.port = srv.sockets[0].getsockname()[1]
 
-                srv = await self.loop.create_server(factory, "127.0.0.1", 0)
-                self.port = srv.sockets[0].getsockname()[1]
-                ready.set()
-
-            self.loop.run_until_complete(start())
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(5)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.start(setup)
 
 
 def _ask(port: int, model: str, content: str) -> socket.socket:

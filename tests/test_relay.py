@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 from typing import Any
 
 import orjson
-import uvloop
 
 from fastgw.api.errors import render
 from fastgw.app import App, build_targets
 from fastgw.config import Config, MockOptions, Pack, Providers, Target
 from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, ServerLimits
 from fastgw.upstreams import TimedSource
+from tests.support.loop_thread import LoopThread
 
 
 class _Recording:
@@ -37,40 +35,26 @@ class _Recording:
         self.inner.release(conn)
 
 
-class _AppServer:
+class _AppServer(LoopThread):
     """The real App behind the real protocol, on a uvloop loop in a thread."""
 
     def __init__(self, cfg: Config) -> None:
-        self.loop = uvloop.new_event_loop()
+        super().__init__()
         self.sources: list[TimedSource] = []
-        ready = threading.Event()
 
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
+        async def setup() -> None:
+            app = App(cfg, build_targets(cfg, {}), self.loop)
+            # Every source the mock opens, recorded (the compiled mock builds its sources natively: no patch of the
+            # class reaches them).
+            upstreams = app.pipeline.attempt._upstreams
+            upstreams["mock"] = _Recording(upstreams["mock"], self.sources)
+            self.tracker = ConnectionTracker()
+            srv = await self.loop.create_server(
+                lambda: HttpServerProtocol(app, ServerLimits(send_timeout=30), self.tracker, self.loop, render_error=render),
+                "127.0.0.1", 0)
+            self.port = srv.sockets[0].getsockname()[1]
 
-            async def start() -> None:
-                app = App(cfg, build_targets(cfg, {}), self.loop)
-                # Every source the mock opens, recorded (the compiled mock builds its sources natively: no patch
-                # of the class reaches them).
-                upstreams = app.pipeline.attempt._upstreams
-                upstreams["mock"] = _Recording(upstreams["mock"], self.sources)
-                self.tracker = ConnectionTracker()
-                srv = await self.loop.create_server(
-                    lambda: HttpServerProtocol(app, ServerLimits(send_timeout=30), self.tracker, self.loop, render_error=render),
-                    "127.0.0.1", 0)
-                self.port = srv.sockets[0].getsockname()[1]
-                ready.set()
-
-            self.loop.run_until_complete(start())
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(5)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.start(setup)
 
 
 def _cfg(**mock) -> Config:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 
 import h11
 import orjson
 import pytest
-import uvloop
 
 from fastgw.api.errors import render
 from fastgw.proto.server import ConnectionTracker, HttpServerProtocol, Request, Responder, ServerLimits
+from tests.support.loop_thread import LoopThread
 
 
 class _Handler:
@@ -66,36 +65,22 @@ class _Handler:
             resp.send(404, [], b"")
 
 
-class _Server:
+class _Server(LoopThread):
     def __init__(self, lim: ServerLimits, task_factory=None) -> None:  # noqa: ANN001
+        super().__init__()
         self.handler = _Handler()
         self.lim = lim
         self.tracker = ConnectionTracker()
-        self.loop = uvloop.new_event_loop()
         self.loop.set_task_factory(task_factory)
         self.port = 0
-        ready = threading.Event()
 
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
+        async def setup() -> None:
+            srv = await self.loop.create_server(
+                lambda: HttpServerProtocol(self.handler, self.lim, self.tracker, self.loop, render_error=render), "127.0.0.1", 0)
+            self.srv = srv
+            self.port = srv.sockets[0].getsockname()[1]
 
-            async def start() -> None:
-                srv = await self.loop.create_server(
-                    lambda: HttpServerProtocol(self.handler, self.lim, self.tracker, self.loop, render_error=render), "127.0.0.1", 0)
-                self.srv = srv
-                self.port = srv.sockets[0].getsockname()[1]
-                ready.set()
-
-            self.loop.run_until_complete(start())
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(5)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.start(setup)
 
     def connect(self) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
