@@ -29,9 +29,9 @@ from fastgw.api.errors import GatewayError, UpstreamError, UpstreamProtocolError
 from fastgw.api.sse import DONE, drop_null_usage, usage_c
 from fastgw.metrics import EventClock
 from fastgw.policy.base import RequestContext
+from fastgw.proto import limits
 from fastgw.proto.client import BadResponse
 from fastgw.proto.errors import ProtocolError
-from fastgw.proto import limits
 from fastgw.proto.server import Responder
 from fastgw.proto.sse import SSEDecoder, SSESplitter
 from fastgw.providers.base import Translator
