@@ -287,6 +287,9 @@ class ScanDB:
     max_width: int = field(init=False)
     #: Patterns grouped by (alphabet, start bytes, width): the holdback looks at each group once.
     groups: list[_Group] = field(init=False)
+    #: The groups' alphabets in the same order: a scanner reads them on every scan, as a list of bytes rather than
+    #: an attribute of each (interpreted) group.
+    alphabets: list[bytes] = field(init=False)
     #: Per pattern, the widest match it reports: `max_width`, or for a block pattern its opening marker's.
     widths: list[int] = field(init=False)
     #: Canonical bytes a scanner keeps for validators: the widest validated match, plus the context.
@@ -366,6 +369,7 @@ class ScanDB:
             # A block pattern's holdback is its opening marker's: once that matches, the scanner holds the block.
             classes[key] = (ca | a, cs | set(start), max(cw, width))
         self.groups = [_Group(bytes(sorted(a)), bytes(sorted(st)), w, held.get(k)) for k, (a, st, w) in classes.items()]
+        self.alphabets = [g.alphabet for g in self.groups]
         self.max_width = max(p.max_width for p in self.patterns)
         tables = any(p.table_context for p in self.patterns)
         if tables:

@@ -131,7 +131,7 @@ class StreamScanner:
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
                  "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
                  "_blk_first", "_pieces", "_regions", "_pend", "_table", "_tail", "_budget", "_cl_end",
-                 "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end", "collect", "feeds", "settles")
+                 "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end", "collect", "feeds", "settles", "_alphabets")
 
     def __init__(self, db: ScanDB, json: bool = False, budget: ScanBudget | None = None) -> None:
         self._db = db
@@ -167,6 +167,7 @@ class StreamScanner:
         self._keep = db.window
         #: Per holdback group: length of the canonical text's trailing run of bytes in its alphabet.
         self._runs = [0] * len(db.groups)
+        self._alphabets = db.alphabets
         self.end = 0  # original bytes fed so far
         #: Canonical bytes fed to Hyperscan (each exactly once: tests count it).
         self.scanned = 0
@@ -246,8 +247,8 @@ class StreamScanner:
         self._tail = tail[-_TAIL:] if len(tail) > _TAIL else tail
         self._chunks_len += n
         runs = self._runs
-        for i, g in enumerate(self._db.groups):
-            r = n - len(data.rstrip(g.alphabet))
+        for i, alphabet in enumerate(self._alphabets):
+            r = n - len(data.rstrip(alphabet))
             runs[i] = runs[i] + n if r == n else r
         if self._new:
             self._validate()
