@@ -336,7 +336,8 @@ def _observe(o: _Obs, value: float) -> None:
 def _le_index(bounds: list[float], value: float) -> int:
     """The bucket of `value`: the first bound >= value, the histogram's le semantics (`bisect_left`'s answer, NaN
     included). Compiled, a walk of the ~15 bounds from the smallest, where most values fall, costs less than the call
-    into bisect with a boxed float (~2,000 instructions an SSE event, callgrind)."""
+    into bisect with a boxed float (`EventClock.tick` of a paced event: ~2,500 instructions with bisect and its last
+    time boxed, ~800 with both gone; callgrind)."""
     i = 0
     n = len(bounds)
     while i < n and bounds[i] < value:

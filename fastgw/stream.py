@@ -322,17 +322,11 @@ class SSERelay:
             if 13 in event:  # a CR line end, which the search for LF LF does not see: cut as the SSE decoder cuts
                 block = self._take_usage_cr(block)
                 break
-            try:
-                usage = orjson.loads(event[event.index(b"{"):].strip()).get("usage")
-            except (ValueError, AttributeError):  # not JSON, or JSON that is no object (`[{"choices":[]}]`)
-                usage = None
-            if usage is not None:
-                if isinstance(usage, dict) and self.usage_sink is not None:
-                    self.usage_sink.usage = usage
-                if self.strip_usage:
-                    block = _without(block, start, end)  # (so never counted: see `_count`)
-                    i = _first_empty_choices(block, start)
-                    continue
+            j = event.find(b"{")
+            if j >= 0 and self._usage_of(event[j:].strip()):
+                block = _without(block, start, end)  # (so never counted: see `_count`)
+                i = _first_empty_choices(block, start)
+                continue
             i = _first_empty_choices(block, end)
         # ... and the `"usage": null` the upstream wrote on every other chunk because we asked (whole events here).
         return drop_null_usage(block) if self.strip_null_usage else block
@@ -340,25 +334,30 @@ class SSERelay:
     def _take_usage_cr(self, block: bytes) -> bytes:
         """`_take_usage` for a block with CR line ends (CRLF or CR, which SSE allows; OpenAI's servers end lines
         with LF, which the blank-line search above assumes): its events cut where the SSE decoder cuts them."""
-        events = SSEDecoder().feed(block)
         kept: list[bytes] = []
-        for ev in events:
+        consumed = 0
+        cut = False
+        for ev in SSEDecoder().feed(block):
             raw = ev.raw
-            if ev.data is not None and _first_empty_choices(raw, 0) >= 0:
-                try:
-                    usage = orjson.loads(ev.data).get("usage")
-                except (ValueError, AttributeError):
-                    usage = None
-                if usage is not None:
-                    if isinstance(usage, dict) and self.usage_sink is not None:
-                        self.usage_sink.usage = usage
-                    if self.strip_usage:
-                        continue
-            kept.append(raw)
-        if len(kept) == len(events):
-            return block
-        consumed = sum(len(ev.raw) for ev in events)  # (the whole block: it ends on a boundary)
-        return b"".join(kept) + block[consumed:]
+            consumed += len(raw)
+            if ev.data is not None and _first_empty_choices(raw, 0) >= 0 and self._usage_of(ev.data):
+                cut = True
+            else:
+                kept.append(raw)
+        return b"".join(kept) + block[consumed:] if cut else block
+
+    def _usage_of(self, doc: bytes | str) -> bool:
+        """Read the usage an event's JSON carries into the sink; whether the event is to be cut (it carries one and
+        the client did not ask for it). Not JSON, or JSON that is no object (`[{"choices":[]}]`): neither."""
+        try:
+            usage = orjson.loads(doc).get("usage")
+        except (ValueError, AttributeError):
+            return False
+        if usage is None:
+            return False
+        if isinstance(usage, dict) and self.usage_sink is not None:
+            self.usage_sink.usage = usage
+        return self.strip_usage
 
     def _take(self) -> bytes:
         p = self._pending
