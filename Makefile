@@ -50,12 +50,14 @@ COMPILED := fastgw/scan/fold.py fastgw/scan/scanner.py \
 # (fastgw/state/_tablec.c), the access log's common line (fastgw/_accessline.c), the usage members of an OpenAI
 # stream (fastgw/api/_usagec.c), a response's head (fastgw/proto/_headc.c), an upstream body's plain chunks
 # (fastgw/proto/_dechunkc.c), plain request and response heads (fastgw/proto/_plainheadc.c), the SSE decoder's
-# line-end searches (fastgw/proto/_ssec.c) and the common chat chunk (fastgw/policy/stream/_chunkc.c). Each module is
-# named by its path; where one is not built, its caller runs its own Python form (table.py, accesslog.py's general
-# path, api/sse.py's and stream.py's, writer.py's build_head_py, proto/dechunk.py, llhttp for every head,
-# proto/sse.py's, the chat policy's typed view for every chunk).
+# line-end searches (fastgw/proto/_ssec.c), the common chat chunk (fastgw/policy/stream/_chunkc.c) and the scanner's
+# holdback runs (fastgw/scan/_holdc.c). Each module is named by its path; where one is not built, its caller runs its
+# own Python form (table.py, accesslog.py's general path, api/sse.py's and stream.py's, writer.py's build_head_py,
+# proto/dechunk.py, llhttp for every head, proto/sse.py's, the chat policy's typed view for every chunk, scanner.py's
+# loops).
 NATIVE_C := fastgw/state/_tablec.c fastgw/_accessline.c fastgw/api/_usagec.c fastgw/proto/_headc.c \
-	fastgw/proto/_dechunkc.c fastgw/proto/_plainheadc.c fastgw/proto/_ssec.c fastgw/policy/stream/_chunkc.c
+	fastgw/proto/_dechunkc.c fastgw/proto/_plainheadc.c fastgw/proto/_ssec.c fastgw/policy/stream/_chunkc.c \
+	fastgw/scan/_holdc.c
 MYPYCIFY := import sys; from setuptools import Extension, setup; from mypyc.build import mypycify; \
 	c = [a for a in sys.argv[1:] if a.endswith(".c")]; \
 	setup(name="fastgw-native", script_args=["build_ext", "--inplace", "--build-temp", "tmp"], \

@@ -45,7 +45,7 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert sorted(built) == sorted(COMPILED + NATIVE_C), "the stamp is not of the Makefile's COMPILED: run make"
     assert NATIVE_C == ["fastgw/state/_tablec.c", "fastgw/_accessline.c", "fastgw/api/_usagec.c",
                         "fastgw/proto/_headc.c", "fastgw/proto/_dechunkc.c", "fastgw/proto/_plainheadc.c",
-                        "fastgw/proto/_ssec.c", "fastgw/policy/stream/_chunkc.c"], NATIVE_C
+                        "fastgw/proto/_ssec.c", "fastgw/policy/stream/_chunkc.c", "fastgw/scan/_holdc.c"], NATIVE_C
     for path in NATIVE_C:
         module = importlib.import_module(path.removesuffix(".c").replace("/", "."))
         assert (module.__file__ or "").endswith(".so") and Path(module.__file__ or "").parent == (ROOT / path).parent
@@ -70,6 +70,8 @@ def test_the_compiled_modules_are_in_use_and_built_from_the_current_sources() ->
     assert proto_sse._blocks is _ssec.blocks, "the SSE decoder's C forms are built but not in use"
     from fastgw.policy.stream import _chunkc, chat
     assert chat._PlainReader is _chunkc.PlainReader, "the chat chunk's C reader is built but not in use"
+    from fastgw.scan import _holdc, scanner
+    assert scanner._RUNS is _holdc.runs and scanner._HOLD is _holdc.hold, "the holdback's C forms are built but not in use"
     for path in COMPILED:
         name = path.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import re._parser as sre_parse
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +129,11 @@ class Pattern:
     #: (lower-case letters and spaces) without holding all of it. The pattern gets a holdback group of its
     #: own. None: from the first possible start byte of the run.
     hold_from: Callable[[bytes], int] | None = None
+    #: With `hold_from`, (gate, n): what `hold_from` answers for a run holding no byte of `gate`, declared so that the
+    #: scanner finds it without calling it (fastgw/scan/_holdc.c): the run's last word, its trailing bytes that can
+    #: start a match, when it is at most n bytes and either the whole run or after a byte that is not an ASCII
+    #: letter or digit; else 0. tests/scan/test_holdc.py holds each such pattern's `hold_from` to it.
+    hold_word: tuple[bytes, int] | None = None
     #: A looser expression Hyperscan compiles in place of `expression` (its matches are a superset of
     #: `expression`'s, with the same or earlier starts): a large bounded repeat makes Hyperscan's start-of-match
     #: tracking scan backwards at every report (PHONE's `{6,16}`: 0.23 us/byte on '1 1 1 ...', 0.01 unbounded).
@@ -262,17 +268,44 @@ def derive_alphabet(expression: bytes, caseless: bool = False) -> tuple[bytes, b
 class _Group:
     """Patterns sharing alphabet, start bytes and width: the holdback treats them as one."""
 
-    __slots__ = ("alphabet", "start_re", "width", "hold_from")
+    __slots__ = ("alphabet", "start", "start_re", "width", "hold_from", "hold_word")
 
     def __init__(self, alphabet: bytes, start: bytes, width: int,
-                 hold_from: Callable[[bytes], int] | None = None) -> None:
+                 hold_from: Callable[[bytes], int] | None = None, hold_word: tuple[bytes, int] | None = None) -> None:
         self.alphabet = alphabet
+        self.start = start
         # None when any byte of the alphabet can start a match: the whole run is the holdback.
         starts_anywhere = set(start) >= set(alphabet)
         self.start_re = None if starts_anywhere or not start else \
             re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in start) + b"]")
         self.width = width
         self.hold_from = hold_from
+        self.hold_word = hold_word if hold_from is not None else None
+
+    @property
+    def kind(self) -> int:
+        """How the scanner finds its holdback in its run (fastgw/scan/_holdc.c's KIND_*): 0 from its first start
+        byte, 1 the whole run (any byte can start a match), 2 its `hold_from`, 3 its `hold_word` unless a byte of
+        the gate is in the run (then its `hold_from`)."""
+        if self.hold_from is not None:
+            return 3 if self.hold_word is not None else 2
+        return 1 if self.start_re is None else 0
+
+    def spec(self) -> bytes:
+        """The group as fastgw/scan/_holdc.c reads it: kind (u8), last-word bound (u8), 6 bytes of padding, width
+        (i64, little-endian), then 256-byte lookup tables of its start bytes and of its gate."""
+        gate, word = self.hold_word if self.hold_word is not None else (b"", 0)
+        if not 0 <= word < 256:
+            raise ValueError(f"a hold_word bound of {word} bytes (0-255)")
+        return struct.pack("<BB6xq", self.kind, word, self.width) + _table(self.start) + _table(gate)
+
+
+def _table(members: bytes) -> bytes:
+    """A 256-byte lookup table: 1 at each byte of `members`, 0 elsewhere."""
+    t = bytearray(256)
+    for b in members:
+        t[b] = 1
+    return bytes(t)
 
 
 @dataclass(slots=True)
@@ -287,9 +320,16 @@ class ScanDB:
     max_width: int = field(init=False)
     #: Patterns grouped by (alphabet, start bytes, width): the holdback looks at each group once.
     groups: list[_Group] = field(init=False)
-    #: The groups' alphabets in the same order: a scanner reads them on every scan, as a list of bytes rather than
-    #: an attribute of each (interpreted) group.
+    #: The groups' alphabets, widths, `hold_from`s and start expressions in the same order: a scanner reads them on
+    #: every scan and settle, as lists rather than attributes of each (interpreted) group.
     alphabets: list[bytes] = field(init=False)
+    hold_widths: list[int] = field(init=False)
+    hold_froms: list[Callable[[bytes], int] | None] = field(init=False)
+    start_res: list[re.Pattern[bytes] | None] = field(init=False)
+    #: The same as fastgw/scan/_holdc.c reads them: per group, a 256-byte lookup table of its alphabet, and its
+    #: `_Group.spec`.
+    members: bytes = field(init=False)
+    hold_spec: bytes = field(init=False)
     #: Per pattern, the widest match it reports: `max_width`, or for a block pattern its opening marker's.
     widths: list[int] = field(init=False)
     #: Canonical bytes a scanner keeps for validators: the widest validated match, plus the context.
@@ -326,6 +366,7 @@ class ScanDB:
         # class costs one pass over every fed byte: few classes keep redaction of clean text cheap.
         classes: dict[object, tuple[set[int], set[int], int]] = {}
         held: dict[object, Callable[[bytes], int]] = {}
+        words: dict[object, tuple[bytes, int]] = {}
         letters = set(range(65, 91)) | set(range(97, 123))
         self.widths = [_opening_width(p) if p.block_until is not None else p.max_width for p in self.patterns]
         self.closers = [i for i, p in enumerate(self.patterns) if p.block_until is not None]
@@ -359,6 +400,8 @@ class ScanDB:
             if p.hold_from is not None:
                 key: object = ("hold_from", p.name)
                 held[key] = p.hold_from
+                if p.hold_word is not None:
+                    words[key] = p.hold_word
             elif 32 not in a:
                 key = "no-space"  # words, keys, addresses: a space always ends their run
             elif not a & letters:
@@ -368,8 +411,14 @@ class ScanDB:
             ca, cs, cw = classes.get(key, (set(), set(), 0))
             # A block pattern's holdback is its opening marker's: once that matches, the scanner holds the block.
             classes[key] = (ca | a, cs | set(start), max(cw, width))
-        self.groups = [_Group(bytes(sorted(a)), bytes(sorted(st)), w, held.get(k)) for k, (a, st, w) in classes.items()]
+        self.groups = [_Group(bytes(sorted(a)), bytes(sorted(st)), w, held.get(k), words.get(k))
+                       for k, (a, st, w) in classes.items()]
         self.alphabets = [g.alphabet for g in self.groups]
+        self.hold_widths = [g.width for g in self.groups]
+        self.hold_froms = [g.hold_from for g in self.groups]
+        self.start_res = [g.start_re for g in self.groups]
+        self.members = b"".join(_table(g.alphabet) for g in self.groups)
+        self.hold_spec = b"".join(g.spec() for g in self.groups)
         self.max_width = max(p.max_width for p in self.patterns)
         tables = any(p.table_context for p in self.patterns)
         if tables:

@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from fastgw.scan import validators as v
-from fastgw.scan.database import NO_HOLD, NOT_DIGIT, NOT_DOTTED, Pattern, PatternError
+from fastgw.scan.database import DIGITS, NO_HOLD, NOT_DIGIT, NOT_DOTTED, Pattern, PatternError
 from fastgw.scan.phones import (CANDIDATE, CANDIDATE_GLUED, CANDIDATE_LOOSE, CANDIDATE_WIDTH, DEFAULT_REGIONS, VETO,
                                 PhoneValidator, phone_label)
 
@@ -143,7 +143,7 @@ BUILTIN: tuple[Pattern, ...] = (
     # prose, so its holdback starts only where a match could be in progress (`hold_from`): a word of two
     # letters and two digits and the groups after it, or a last word of at most two letters.
     Pattern("IBAN_LOWER_GROUPED", "IBAN", rb"\b[a-z]{2}\d{2}(?: [a-z0-9]{4}){2,7} [a-z0-9]{1,4}", 42, v.iban,
-            not_followed_by=NOT_DIGIT, hold_from=v.iban_grouped_hold),
+            not_followed_by=NOT_DIGIT, hold_from=v.iban_grouped_hold, hold_word=(DIGITS, 2)),
     # AWS IAM unique-id prefixes (IAM User Guide, "Unique identifier prefixes"): 4 + 16 characters.
     Pattern("AWS_ACCESS_KEY", "AWS_ACCESS_KEY",
             rb"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]{16}\b", 20),

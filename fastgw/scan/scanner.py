@@ -74,6 +74,23 @@ def _noop(*_args: object) -> None:
     return None
 
 
+def _load_c() -> tuple[Callable[[bytes, bytes, list[int]], None] | None,
+                       Callable[[bytes, list[int], int, bytes, list[int]], int] | None]:
+    """The holdback's per-scan work in C (fastgw/scan/_holdc.c: why, in its head comment), or None where it is not
+    built: the scanner then runs its Python forms (`_scan`'s and `holdback`'s loops)."""
+    try:
+        from fastgw.scan import _holdc
+    except ImportError:
+        return None, None
+    return _holdc.runs, _holdc.hold
+
+
+_C: Final = _load_c()
+#: Every group's trailing run updated from a scan's bytes, and the groups' holdback read from the kept tail.
+_RUNS: Final = _C[0]
+_HOLD: Final = _C[1]
+
+
 def _followed(follow: _Follow, after: bytes, final: bool) -> bool | None:
     """Whether the bytes after a match fit one of its `not_followed_by` sequences: True (drop it), False (keep
     it), None (not known until more bytes arrive). At the end of the text (`final`) a cut sequence is no fit."""
@@ -131,7 +148,8 @@ class StreamScanner:
     __slots__ = ("_db", "_stream", "_on_match", "_new", "_cands", "_chunks", "_chunks_len", "_runs", "end",
                  "scanned", "_done_to", "_closed", "_fold", "_keep", "_oend", "_blk", "_blk_head", "_blk_piece",
                  "_blk_first", "_pieces", "_regions", "_pend", "_table", "_tail", "_budget", "_cl_end",
-                 "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end", "collect", "feeds", "settles", "_alphabets")
+                 "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end", "collect", "feeds", "settles", "_alphabets",
+                 "_members", "_spec", "_left")
 
     def __init__(self, db: ScanDB, json: bool = False, budget: ScanBudget | None = None) -> None:
         self._db = db
@@ -168,6 +186,10 @@ class StreamScanner:
         #: Per holdback group: length of the canonical text's trailing run of bytes in its alphabet.
         self._runs = [0] * len(db.groups)
         self._alphabets = db.alphabets
+        self._members = db.members
+        self._spec = db.hold_spec
+        #: The groups `_HOLD` leaves to `holdback` (reused: it is cleared on every call).
+        self._left: list[int] = []
         self.end = 0  # original bytes fed so far
         #: Canonical bytes fed to Hyperscan (each exactly once: tests count it).
         self.scanned = 0
@@ -247,9 +269,13 @@ class StreamScanner:
         self._tail = tail[-_TAIL:] if len(tail) > _TAIL else tail
         self._chunks_len += n
         runs = self._runs
-        for i, alphabet in enumerate(self._alphabets):
-            r = n - len(data.rstrip(alphabet))
-            runs[i] = runs[i] + n if r == n else r
+        if runs:
+            if _RUNS is not None:
+                _RUNS(data, self._members, runs)
+            else:
+                for i, alphabet in enumerate(self._alphabets):
+                    r = n - len(data.rstrip(alphabet))
+                    runs[i] = runs[i] + n if r == n else r
         if self._new:
             self._validate()
             if self.collect is not None:
@@ -494,18 +520,36 @@ class StreamScanner:
             # A phrase match may be in progress from the prefix's start; none is wider than the widest phrase.
             hold = min(self.scanned - self._pfx_start, self._db.term_width)
         runs = self._runs
-        for i, g in enumerate(self._db.groups):
+        if not runs:
+            return hold
+        groups: list[int] | range
+        if _HOLD is not None:
+            # The groups its tables answer for, in C; it leaves those it cannot (a `hold_from` it has no answer of,
+            # a run longer than the tail) to the loop below. Each group's holdback is at most its run, so the order
+            # does not matter.
+            left = self._left
+            hold = _HOLD(self._tail, runs, hold, self._spec, left)
+            if not left:
+                return hold
+            groups = left
+        else:
+            groups = range(len(runs))
+        db = self._db
+        widths, froms, starts = db.hold_widths, db.hold_froms, db.start_res
+        for i in groups:
             r = runs[i]
             if r <= hold:
                 continue
-            if r > g.width:
-                r = g.width
-            if g.hold_from is not None:
-                h = g.hold_from(self._suffix(r))
-            elif g.start_re is None:
+            if r > widths[i]:
+                r = widths[i]
+            hold_from = froms[i]
+            start_re = starts[i]
+            if hold_from is not None:
+                h = hold_from(self._suffix(r))
+            elif start_re is None:
                 h = r
             else:
-                m = g.start_re.search(self._suffix(r))
+                m = start_re.search(self._suffix(r))
                 if m is None:
                     continue
                 h = r - m.start()
