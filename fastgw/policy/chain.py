@@ -21,6 +21,7 @@ from fastgw.policy.findings import Findings
 from fastgw.policy.stream import StreamPolicy, open_stream
 from fastgw.policy.textscan import (Prefilter, RequestTooExpensive, ScanPolicy, Slicer, Slot, process_slots,
                                      process_slots_sliced, request_slots, response_slots)
+from fastgw.scan.database import JointDB
 from fastgw.scan.scanner import find_spans
 
 if TYPE_CHECKING:  # audit is imported when a worker starts it (its thread and files cost nothing otherwise)
@@ -58,6 +59,9 @@ class Chain:
         scanning_input = [self.policies[n] for n in self.input_steps if isinstance(self.policies[n], ScanPolicy)]
         self._input_filter = Prefilter(scanning_input) if scanning_input else None
         self._output_filter = Prefilter(self.output_scanners) if self.output_scanners else None
+        #: The output policies' stream databases as one, when there are several: a streamed answer's text is
+        #: scanned once for all of them (`JointDB`).
+        self._output_joint = JointDB([p.db for p in self.output_scanners]) if len(self.output_scanners) > 1 else None
         self.quality = self.policies.get("quality-scorer")
         self.audit: AuditLog | None = None  # started per worker
         self._audit_settings: AuditLogger | None = self.policies.get("audit-logger")
@@ -90,6 +94,8 @@ class Chain:
         for flt in (self._input_filter, self._output_filter):
             if flt is not None:
                 flt.allocate_scratch()
+        if self._output_joint is not None:
+            self._output_joint.allocate_scratch()
         if self._audit_redactor is not None:
             self._audit_redactor.allocate_scratch()
 
@@ -225,6 +231,7 @@ class Chain:
                              judge=self._judge if self.quality is not None else None, dialect=dialect)
         policy.strip_usage = strip_usage
         policy.prefilter = self._output_filter
+        policy.joint = self._output_joint
         # What the input policies left of the request's CPU budget (a small body's input costs are not metered).
         policy.cpu_budget = self.max_request_cpu
         policy.cpu_left = self.max_request_cpu - self._input_cpu.get(id(ctx), 0.0)

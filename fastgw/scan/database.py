@@ -14,13 +14,14 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import hyperscan
 import msgspec
 
 from fastgw.scan.terms import exact_holdback, prefix_expressions, term_expression
 
-__all__ = ["Pattern", "ScanDB", "PatternError", "Span", "CONTEXT_BYTES", "NO_HOLD", "DIGITS", "NOT_DIGIT", "NOT_DOTTED",
+__all__ = ["Pattern", "ScanDB", "JointDB", "PatternError", "Span", "CONTEXT_BYTES", "NO_HOLD", "DIGITS", "NOT_DIGIT", "NOT_DOTTED",
            "MAX_LOOKAHEAD"]
 
 _ALL = bytes(range(256))
@@ -354,6 +355,8 @@ class ScanDB:
     #: The same expressions but the phrases' prefixes, in block mode without start of match: whether a short
     #: text holds anything at all that `hs` would report, in one scan (`fastgw.scan.scanner.find_spans`).
     any: hyperscan.Database | None = field(init=False)
+    #: `hs`'s (pattern, expression, flags) in id order (a `JointDB` compiles several databases' as one).
+    exprs: list[tuple[Pattern, bytes, int]] = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -431,7 +434,8 @@ class ScanDB:
             f = hyperscan.HS_FLAG_SOM_LEFTMOST | (hyperscan.HS_FLAG_CASELESS if caseless else 0) | \
                 (hyperscan.HS_FLAG_UTF8 if utf8 else 0)
             prefixes += [(e, f) for e in prefix_expressions(ts, utf8, caseless)]
-        self.hs = compile_patterns(self.patterns, tables, prefixes)
+        self.exprs = _stream_expressions(self.patterns, tables, prefixes)
+        self.hs = _compile(self.exprs, _STREAM_MODE)
         self.any = compile_any(self.patterns, tables) if self.prefilter else None
 
     def allocate_scratch(self) -> None:
@@ -488,10 +492,43 @@ def compile_patterns(patterns: Sequence[Pattern], tables: bool = False,
     Ids 0..n-1 are the patterns; the closing markers of block patterns follow, in pattern order; with
     `tables`, then the table delimiter row and the blank line; then the `prefixes` (expression, flags) of the
     phrases (`Pattern.term`)."""
+    return _compile(_stream_expressions(patterns, tables, prefixes), _STREAM_MODE)
+
+
+_STREAM_MODE: Final = hyperscan.HS_MODE_STREAM | hyperscan.HS_MODE_SOM_HORIZON_LARGE
+
+
+def _stream_expressions(patterns: Sequence[Pattern], tables: bool,
+                        prefixes: Sequence[tuple[bytes, int]]) -> list[tuple[Pattern, bytes, int]]:
+    """`compile_patterns`' (pattern, expression, flags) in id order."""
     exprs = _expressions(patterns, tables)
     marker = Pattern("(term prefixes)", "", b"", 1)
-    exprs += [(marker, e, f) for e, f in prefixes]
-    return _compile(exprs, hyperscan.HS_MODE_STREAM | hyperscan.HS_MODE_SOM_HORIZON_LARGE)
+    return exprs + [(marker, e, f) for e, f in prefixes]
+
+
+class JointDB:
+    """Several databases' stream expressions compiled as one (the output policies of a chain): one Hyperscan scan
+    of a text's bytes reports for all of them, where each database would take its own (issue 18: a stream call's
+    fixed cost is most of a short piece's). Hyperscan reports each expression's matches whatever else the
+    database holds, so every database gets the reports it would have had alone: report `i` is `local[i]` of
+    `dbs[owner[i]]` (fastgw.scan.scanner.ScanGroup dispatches them)."""
+
+    def __init__(self, dbs: Sequence[ScanDB]) -> None:
+        if len(dbs) < 2:
+            raise ValueError("a joint database is of two databases or more")
+        self.dbs = list(dbs)
+        exprs: list[tuple[Pattern, bytes, int]] = []
+        self.owner: list[int] = []
+        self.local: list[int] = []
+        for i, db in enumerate(self.dbs):
+            self.owner += [i] * len(db.exprs)
+            self.local += range(len(db.exprs))
+            exprs += db.exprs
+        self.hs = _compile(exprs, _STREAM_MODE)
+
+    def allocate_scratch(self) -> None:
+        """One scratch per worker process, after fork (as `ScanDB.allocate_scratch`)."""
+        self.hs.scratch = hyperscan.Scratch(self.hs)
 
 
 def compile_any(patterns: Sequence[Pattern], tables: bool = False) -> hyperscan.Database:
@@ -530,8 +567,9 @@ def _expressions(patterns: Sequence[Pattern], tables: bool) -> list[tuple[Patter
 #: a few ms instead of compiling (~0.4 s for the built-in detectors). A copy, never the object: each database has its
 #: own scratch, and two users of one (the audit writer's thread and the event loop) would share it.
 _compiled: OrderedDict[tuple[int, tuple[tuple[bytes, int], ...]], bytes] = OrderedDict()
-#: Serialized databases kept (the built-in detectors' pair is ~0.9 MB).
-COMPILED_KEPT = 8
+#: Serialized databases kept (the built-in detectors' pair is ~0.9 MB; a chain's joint output database, another
+#: copy of its policies' stream databases, takes a place too).
+COMPILED_KEPT = 12
 
 
 def _compile(exprs: list[tuple[Pattern, bytes, int]], mode: int) -> hyperscan.Database:

@@ -39,10 +39,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from fastgw.scan.database import CONTEXT_BYTES, MAX_LOOKAHEAD, MAX_TABLE_HEADER, ScanDB, Span
+from fastgw.scan.database import CONTEXT_BYTES, MAX_LOOKAHEAD, MAX_TABLE_HEADER, JointDB, ScanDB, Span
 from fastgw.scan.fold import BACKSLASH, Folder
 
-__all__ = ["StreamScanner", "ScanBudget", "find_spans", "block_reports", "DENSE_RUN", "BUDGET_BURST", "BUDGET_BYTES"]
+__all__ = ["StreamScanner", "ScanGroup", "ScanBudget", "find_spans", "block_reports", "DENSE_RUN", "BUDGET_BURST",
+           "BUDGET_BYTES"]
 
 #: Candidates of one pattern in one run of overlapping matches (counted by distinct start) that are judged; the
 #: rest of the run is not, and yields nothing. No value is 32 overlapping candidates of one pattern (a phone
@@ -151,7 +152,8 @@ class StreamScanner:
                  "_cl_start", "_cl_n", "_pfx", "_pfx_start", "_pfx_end", "collect", "feeds", "settles", "_alphabets",
                  "_members", "_spec", "_left")
 
-    def __init__(self, db: ScanDB, json: bool = False, budget: ScanBudget | None = None) -> None:
+    def __init__(self, db: ScanDB, json: bool = False, budget: ScanBudget | None = None, joint: bool = False) -> None:
+        """`joint`: its bytes are scanned by a `ScanGroup`'s stream, which gives it its reports (it opens none)."""
         self._db = db
         #: Costly judgements left (shared by the texts of one request; a text of its own otherwise).
         self._budget = budget if budget is not None else ScanBudget()
@@ -167,10 +169,13 @@ class StreamScanner:
         self._pfx_end = -1
         # hyperscan 0.9.1 keeps no reference to the handler it is given: we must, for the stream's
         # whole life, or the next match calls freed memory (a segfault). A bound method stored here does.
-        self._on_match: Callable[[int, int, int, int, object], None] = self._match
-        stream = db.hs.stream(match_event_handler=self._on_match)
-        stream.__enter__()
-        self._stream = stream
+        self._on_match: Callable[[int, int, int, int, object], None] = _noop
+        self._stream: Any = None
+        if not joint:
+            self._on_match = self._match
+            stream = db.hs.stream(match_event_handler=self._on_match)
+            stream.__enter__()
+            self._stream = stream
         self._fold = Folder(json=json)
         self._new: list[tuple[int, int, int]] = []
         #: Validated candidates not yet settled, canonical offsets.
@@ -245,6 +250,15 @@ class StreamScanner:
             return
         if self._closed:
             raise RuntimeError("scanner closed")
+        if self._stream is None:
+            raise RuntimeError("a joint scanner is fed by its ScanGroup")
+        canon = self._fold_in(data)
+        if canon:
+            self._stream.scan(canon)
+            self._took(canon)
+
+    def _fold_in(self, data: bytes) -> bytes:
+        """The canonical bytes of the next original bytes (not empty), counted as fed."""
         self.feeds += 1
         n = len(data)
         self.end += n
@@ -253,15 +267,18 @@ class StreamScanner:
             # The folder's fast path, inline (one call less on every streamed event): ASCII is canonical.
             fold.cend += n
             fold.consumed += n
-            self._scan(data)
-        else:
-            self._scan(fold.feed(data))
+            return data
+        return fold.feed(data)
 
     def _scan(self, data: bytes) -> None:
+        if data:
+            self._stream.scan(data)
+            self._took(data)
+
+    def _took(self, data: bytes) -> None:
+        """Canonical bytes Hyperscan has just scanned (not empty; its reports are in `_new`): the holdback runs,
+        then what those reports and the bytes decide."""
         n = len(data)
-        if not n:
-            return
-        self._stream.scan(data)
         self.scanned += n
         self._budget.scanned += n
         self._chunks.append(data)
@@ -564,18 +581,12 @@ class StreamScanner:
         self.settles += 1
         fold = self._fold
         if final and not self._closed:
+            if self._stream is None:
+                raise RuntimeError("a joint scanner's text is ended by its ScanGroup")
             self._scan(fold.flush())  # a cut escape or sequence at the very end, as it stands
-            self._closed = True
             self._stream.close(match_event_handler=self._on_match)  # end-anchored matches fire here
             self._forget_handler()
-            if self._new:
-                self._validate()
-                if self.collect is not None:
-                    self._collect()
-            if self._pend:
-                self._resolve(True)
-            if self._blk >= 0:
-                self._end_block(self.scanned)  # a block never closed runs to the end of the text
+            self._ended()
         cend = self.scanned
         safe = cend if final else cend - self.holdback()
         if self._blk >= 0 and self._blk_piece < safe:
@@ -654,12 +665,26 @@ class StreamScanner:
             self._regions.clear()  # no candidate can reach back into a block that far behind
         return osafe, out
 
+    def _ended(self) -> None:
+        """The text's last bytes are scanned and its stream closed (its end-anchored reports in `_new`): every
+        candidate is decided."""
+        self._closed = True
+        if self._new:
+            self._validate()
+            if self.collect is not None:
+                self._collect()
+        if self._pend:
+            self._resolve(True)
+        if self._blk >= 0:
+            self._end_block(self.scanned)  # a block never closed runs to the end of the text
+
     def close(self) -> None:
         """Release the Hyperscan stream without settling (client gone, error)."""
         if not self._closed:
             self._closed = True
-            self._stream.close(match_event_handler=self._on_match)
-            self._forget_handler()
+            if self._stream is not None:
+                self._stream.close(match_event_handler=self._on_match)
+                self._forget_handler()
             self._new.clear()
             self._pend.clear()
 
@@ -672,6 +697,86 @@ class StreamScanner:
 
     def __del__(self) -> None:
         # hs streams are malloc'd and the binding frees nothing on garbage collection.
+        if not self._closed and self._stream is not None:
+            try:
+                self._closed = True
+                self._stream.close(match_event_handler=_noop)
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+
+
+class ScanGroup:
+    """The scanners of one text for the databases of a `JointDB` (a chain's output policies): one Hyperscan stream
+    scans each piece for all of them, and each report goes to its database's scanner, which then does what it does
+    alone (fold, holdback, validation, settling). Feed and end the text here; settle each scanner."""
+
+    __slots__ = ("scanners", "_joint", "_stream", "_on_match", "_owner", "_local", "_closed")
+
+    def __init__(self, joint: JointDB, json: bool, budgets: list[ScanBudget]) -> None:
+        self._closed = True  # no stream to close until it is open
+        if len(budgets) != len(joint.dbs):
+            raise ValueError("a budget per database")
+        self.scanners = [StreamScanner(db, json, b, joint=True) for db, b in zip(joint.dbs, budgets)]
+        # Its database and scratch must outlive the stream (closing one reports through them): a reference here.
+        self._joint = joint
+        self._owner = joint.owner
+        self._local = joint.local
+        # As in StreamScanner: the binding keeps no reference to the handler, so the group does.
+        self._on_match: Callable[[int, int, int, int, object], None] = self._match
+        stream = joint.hs.stream(match_event_handler=self._on_match)
+        stream.__enter__()
+        self._stream: Any = stream
+        self._closed = False
+
+    def _match(self, pid: int, start: int, end: int, flags: int, ctx: object) -> None:
+        self.scanners[self._owner[pid]]._match(self._local[pid], start, end, flags, ctx)
+
+    def feed(self, data: bytes) -> None:
+        """Fold and scan the next original bytes of the text, for every scanner."""
+        if not data:
+            return
+        if self._closed:
+            raise RuntimeError("scanner closed")
+        # Each scanner folds (its offset map is its own, forgotten up to its own safe point); every fold of the
+        # same bytes is the same canonical bytes, scanned once.
+        scanners = self.scanners
+        canon = scanners[0]._fold_in(data)
+        for i in range(1, len(scanners)):
+            scanners[i]._fold_in(data)
+        if canon:
+            self._stream.scan(canon)
+            for sc in scanners:
+                sc._took(canon)
+
+    def end(self) -> None:
+        """The text is complete: what the folds hold scanned, the stream closed (its end-anchored reports given),
+        every scanner's candidates decided. Then settle each with final=True."""
+        if self._closed:
+            return
+        scanners = self.scanners
+        canon = scanners[0]._fold.flush()  # a cut escape or sequence at the very end, as it stands
+        for i in range(1, len(scanners)):
+            scanners[i]._fold.flush()
+        if canon:
+            self._stream.scan(canon)
+            for sc in scanners:
+                sc._took(canon)
+        self._closed = True
+        self._stream.close(match_event_handler=self._on_match)
+        self._on_match = _noop  # the cycle (group, its handler, the group) goes with the stream
+        for sc in scanners:
+            sc._ended()
+
+    def close(self) -> None:
+        """Release the stream without settling (client gone, error)."""
+        if not self._closed:
+            self._closed = True
+            self._stream.close(match_event_handler=self._on_match)
+            self._on_match = _noop
+            for sc in self.scanners:
+                sc.close()
+
+    def __del__(self) -> None:
         if not self._closed:
             try:
                 self._closed = True

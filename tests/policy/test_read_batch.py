@@ -1,11 +1,16 @@
 """All events of one upstream read are scanned in one call per policy and text (issue 18): the pieces a push
 takes wait on their text stream until it is settled, never more than DEFER_BYTES of them, and the answer is
-the same as when each event is scanned alone."""
+the same as when each event is scanned alone; with several output policies, one Hyperscan scan serves them all."""
 
 from __future__ import annotations
 
 import asyncio
+
+import orjson
+
 from fastgw.policy.base import RequestContext
+from fastgw.policy.chain import build_chain
+from fastgw.policy.pii import PiiDetector
 from fastgw.policy.stream.core import DEFER_BYTES, StreamPolicy
 from fastgw.proto.sse import SSEDecoder
 from fastgw.scan.scanner import StreamScanner
@@ -47,6 +52,37 @@ def test_the_events_of_a_read_reach_each_scanner_in_one_call() -> None:
         assert sc.settles == 1  # and settled once, not once per event that fed it
     assert out  # and released after that one scan
     assert policy.release() == [] and all((sc.feeds, sc.end) == (1, n) for sc in scanners)  # nothing fed twice
+
+
+def test_the_policies_scan_a_text_once_between_them() -> None:
+    """With two output policies the chain's stream database is joint: each text opens one group, whose single
+    Hyperscan stream scans each piece for both (the scanners open none of their own), and the findings are each
+    policy's."""
+    policy = _policy()
+    assert policy.joint is not None and policy.joint.dbs == [p.db for p in policy.policies]
+    _push(policy, "mail joe@example.com about bomb")
+    out = policy.release()
+    (t,) = policy._texts.values()
+    assert t.group is not None and t.group.scanners == t.scanners and len(t.scanners) == 2
+    _push(policy, " making now ")
+    out += policy.release() + policy.finish()
+    assert t.done and t.group is None and t.scanned() == [len("mail joe@example.com about bomb making now ")] * 2
+    text = "".join(orjson.loads(ev.data)["choices"][0]["delta"]["content"] for ev in SSEDecoder().feed(b"".join(out)))
+    assert "joe@example.com" not in text and "bomb making" not in text
+    assert text == "mail [REDACTED:EMAIL] about [FILTERED] now "
+
+
+def test_a_group_is_opened_only_with_several_policies() -> None:
+    one = build_chain([("pii-detector", PiiDetector(action="redact"))])
+    one.allocate_scratch()
+    ctx = RequestContext("r", "POST", "/v1/chat/completions", [])
+    ctx.endpoint = "chat/completions"
+    policy = one.stream_policy(ctx)
+    assert policy.joint is None
+    _push(policy, "mail joe@example.com ")
+    policy.release()
+    (t,) = policy._texts.values()
+    assert t.group is None and len(t.scanners) == 1
 
 
 def test_no_more_than_defer_bytes_wait() -> None:

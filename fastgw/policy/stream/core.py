@@ -37,7 +37,8 @@ from fastgw.policy.textkeys import JSON_VALUES, NOSKIP, tool_input
 from fastgw.policy.textscan import (SKIP, Prefilter, ScanPolicy, Tagged, decide_counts, is_blob, merge_spans,
                                      redact, set_token)
 from fastgw.proto.sse import SSEEvent, encode_data, encode_event
-from fastgw.scan.scanner import ScanBudget, StreamScanner
+from fastgw.scan.database import JointDB
+from fastgw.scan.scanner import ScanBudget, ScanGroup, StreamScanner
 
 __all__ = ["StreamPolicy", "StreamBlocked", "TextKey", "TextStream", "Segment", "Held", "unreadable"]
 
@@ -72,8 +73,8 @@ def unreadable() -> GatewayError:
 class TextStream:
     """One text stream: a scanner per policy, the safe offset, final spans not yet fully released."""
 
-    __slots__ = ("key", "json", "choice", "collect", "parts", "scanners", "opened", "safe", "spans", "pending",
-                 "merged_to", "block", "done", "backslashes", "fed", "unfed", "unfed_n", "dirty", "_scanned")
+    __slots__ = ("key", "json", "choice", "collect", "parts", "scanners", "group", "opened", "safe", "spans",
+                 "pending", "merged_to", "block", "done", "backslashes", "fed", "unfed", "unfed_n", "dirty", "_scanned")
 
     def __init__(self, key: TextKey, json: bool, collect: bool) -> None:
         self.key = key
@@ -89,6 +90,8 @@ class TextStream:
         #: A scanner per policy, opened when the text is first given to them (`StreamPolicy._open`): a text the
         #: prefilter settles whole never opens any.
         self.scanners: list[StreamScanner] = []
+        #: With a joint database (several policies), what feeds and ends them: one Hyperscan scan for all.
+        self.group: ScanGroup | None = None
         self.opened = False
         self.safe = 0
         #: Merged final spans (leftmost-first across policies) still to be applied to events.
@@ -120,6 +123,9 @@ class TextStream:
         """The text is final and its spans reported: its scanners (~2 KB each, most of a text's memory) go now,
         not at the answer's end, so an answer of many items or choices holds those still open alone."""
         self._scanned = [sc.scanned for sc in self.scanners]
+        if self.group is not None:
+            self.group.close()
+            self.group = None
         for sc in self.scanners:
             sc.close()
         self.scanners = []
@@ -139,7 +145,8 @@ class StreamPolicy(ABC):
     __slots__ = ("policies", "last_seq", "held", "strip_usage", "strip_null_usage", "_assembled", "_rewritten",
                  "_findings", "_ctx", "_texts", "_dirty", "_queue", "_acting", "_holds", "_buffered", "_judge", "_parts",
                  "_ended", "_drop", "_counts", "_decided", "_ev_edited", "_ev_repeats", "_budgets", "_jobs",
-                 "cpu_left", "cpu_budget", "prefilter", "_by_choice", "_by_item", "_blocked", "events", "_events_before")
+                 "cpu_left", "cpu_budget", "prefilter", "joint", "_by_choice", "_by_item", "_blocked", "events",
+                 "_events_before")
 
     def __init__(self, policies: list[ScanPolicy], findings: Findings, ctx: RequestContext,
                  buffered: bool = False, judge: Callable[[RequestContext], None] | None = None) -> None:
@@ -192,6 +199,9 @@ class StreamPolicy(ABC):
         #: The policies' patterns as one block database (the chain's output `Prefilter`; None: none given): a text
         #: seen whole at its end, ASCII prose that makes it report nothing, needs no policy's scan (`_settle_now`).
         self.prefilter: Prefilter | None = None
+        #: The policies' stream databases as one (the chain's, when it has several output policies; None: each
+        #: policy's scanner scans on its own): one Hyperscan scan per piece of text for all of them.
+        self.joint: JointDB | None = None
         #: CPU seconds the policies may still spend on this answer, and the request's whole budget (the chain
         #: sets both; the relay meters its work against them).
         self.cpu_left = math.inf
@@ -236,8 +246,12 @@ class StreamPolicy(ABC):
         return t
 
     def _open(self, t: TextStream) -> None:
-        """The text's scanners, one per policy, opened."""
-        t.scanners = [StreamScanner(p.db, t.json, b) for p, b in zip(self.policies, self._budgets)]
+        """The text's scanners, one per policy, opened (with a joint database, as one group)."""
+        if self.joint is not None:
+            g = t.group = ScanGroup(self.joint, t.json, self._budgets)
+            t.scanners = g.scanners
+        else:
+            t.scanners = [StreamScanner(p.db, t.json, b) for p, b in zip(self.policies, self._budgets)]
         t.opened = True
 
     def _feed(self, t: TextStream) -> None:
@@ -248,8 +262,16 @@ class StreamPolicy(ABC):
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         t.unfed = []
         t.unfed_n = 0
-        for sc in t.scanners:
-            sc.feed(data)
+        self._scan(t, data)
+
+    def _scan(self, t: TextStream, data: bytes) -> None:
+        """A piece of an opened text, to its scanners."""
+        g = t.group
+        if g is not None:
+            g.feed(data)
+        else:
+            for sc in t.scanners:
+                sc.feed(data)
 
     def _piece(self, t: TextStream, text: str, choice_pos: int, tool_pos: int, segs: list[Segment],
                path: tuple | None = None) -> None:
@@ -355,8 +377,7 @@ class StreamPolicy(ABC):
                 chunk = data[i:i + piece]
                 if not t.opened:
                     self._open(t)
-                for sc in t.scanners:
-                    sc.feed(chunk)
+                self._scan(t, chunk)
                 job[3] = i + len(chunk)
                 if job[3] >= len(data):
                     jobs.popleft()
@@ -385,6 +406,8 @@ class StreamPolicy(ABC):
             self._feed(t)
         elif not t.opened:
             self._open(t)
+        if final and t.group is not None:
+            t.group.end()
         key = t.key
         safe = None
         for i, (pol, sc) in enumerate(zip(self.policies, t.scanners)):
