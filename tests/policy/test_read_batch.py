@@ -16,6 +16,7 @@ from fastgw.proto.sse import SSEDecoder
 from fastgw.scan.scanner import StreamScanner
 from tests.policy.test_cpu_stream import _chain, _event, _Transport
 from tests.policy.test_first_event import relay_reads
+from tests.support.garbage import fastgw_garbage
 
 
 def _policy() -> StreamPolicy:
@@ -70,6 +71,30 @@ def test_the_policies_scan_a_text_once_between_them() -> None:
     text = "".join(orjson.loads(ev.data)["choices"][0]["delta"]["content"] for ev in SSEDecoder().feed(b"".join(out)))
     assert "joe@example.com" not in text and "bomb making" not in text
     assert text == "mail [REDACTED:EMAIL] about [FILTERED] now "
+
+
+def test_a_joint_stream_policy_is_freed_by_reference_counting_finished_or_closed() -> None:
+    """Finished, or closed mid-text (the client gone), a policy whose texts have groups leaves nothing to the cyclic
+    collector: closing it closes each group's stream, which held the group in a cycle (its match handler)."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        for finish in ("finish", "close"):
+            policy = _policy()
+            _push(policy, "mail joe@example.com about bomb")
+            policy.release()
+            (t,) = policy._texts.values()
+            assert t.group is not None
+            if finish == "finish":
+                policy.finish()
+            else:
+                policy.close()
+            del policy, t
+            assert fastgw_garbage() == [], f"a joint stream policy ended by {finish} was left to the collector"
+    finally:
+        gc.enable()
 
 
 def test_a_group_is_opened_only_with_several_policies() -> None:

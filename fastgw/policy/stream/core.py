@@ -567,6 +567,8 @@ class StreamPolicy(ABC):
         self._sync_texts()
         self._decide()
         for t in self._texts.values():
+            if t.group is not None:
+                t.group.close()  # its stream: the scanners of a group hold none
             for sc in t.scanners:
                 sc.close()
 
