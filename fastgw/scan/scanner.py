@@ -294,9 +294,7 @@ class StreamScanner:
                     r = n - len(data.rstrip(alphabet))
                     runs[i] = runs[i] + n if r == n else r
         if self._new:
-            self._validate()
-            if self.collect is not None:
-                self._collect()
+            self._take_reports()
         if self._pend:
             self._resolve(False)
         if self._blk >= 0:
@@ -449,6 +447,12 @@ class StreamScanner:
             else:
                 self._cands.append((start, end, pid))
         new.clear()
+
+    def _take_reports(self) -> None:
+        """The reports of the last scan judged (`_validate`), and handed to `collect` when a test set it."""
+        self._validate()
+        if self.collect is not None:
+            self._collect()
 
     def _collect(self) -> None:
         assert self.collect is not None
@@ -670,9 +674,7 @@ class StreamScanner:
         candidate is decided."""
         self._closed = True
         if self._new:
-            self._validate()
-            if self.collect is not None:
-                self._collect()
+            self._take_reports()
         if self._pend:
             self._resolve(True)
         if self._blk >= 0:
