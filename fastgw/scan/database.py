@@ -21,8 +21,8 @@ import msgspec
 
 from fastgw.scan.terms import exact_holdback, prefix_expressions, term_expression
 
-__all__ = ["Pattern", "ScanDB", "JointDB", "PatternError", "Span", "CONTEXT_BYTES", "NO_HOLD", "DIGITS", "NOT_DIGIT", "NOT_DOTTED",
-           "MAX_LOOKAHEAD"]
+__all__ = ["Pattern", "ScanDB", "JointDB", "PatternError", "Span", "CONTEXT_BYTES", "NO_HOLD", "DIGITS", "NOT_DIGIT",
+           "NOT_DOTTED", "MAX_LOOKAHEAD"]
 
 _ALL = bytes(range(256))
 

@@ -588,6 +588,7 @@ class StreamScanner:
             if self._stream is None:
                 raise RuntimeError("a joint scanner's text is ended by its ScanGroup")
             self._scan(fold.flush())  # a cut escape or sequence at the very end, as it stands
+            self._closed = True  # first: a close that raises is not tried again by __del__
             self._stream.close(match_event_handler=self._on_match)  # end-anchored matches fire here
             self._forget_handler()
             self._ended()
