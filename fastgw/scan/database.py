@@ -524,7 +524,9 @@ class JointDB:
             self.owner += [i] * len(db.exprs)
             self.local += range(len(db.exprs))
             exprs += db.exprs
-        self.hs = _compile(exprs, _STREAM_MODE)
+        # Not kept serialized: the copy (~0.7 MB with the built-in detectors) would sit in every worker's memory,
+        # for 0.17 s saved on a reload.
+        self.hs = _compile(exprs, _STREAM_MODE, keep=False)
 
     def allocate_scratch(self) -> None:
         """One scratch per worker process, after fork (as `ScanDB.allocate_scratch`)."""
@@ -567,14 +569,15 @@ def _expressions(patterns: Sequence[Pattern], tables: bool) -> list[tuple[Patter
 #: a few ms instead of compiling (~0.4 s for the built-in detectors). A copy, never the object: each database has its
 #: own scratch, and two users of one (the audit writer's thread and the event loop) would share it.
 _compiled: OrderedDict[tuple[int, tuple[tuple[bytes, int], ...]], bytes] = OrderedDict()
-#: Serialized databases kept (the built-in detectors' pair is ~0.9 MB; a chain's joint output database, another
-#: copy of its policies' stream databases, takes a place too).
-COMPILED_KEPT = 12
+#: Serialized databases kept (the built-in detectors' pair is ~0.9 MB).
+COMPILED_KEPT = 8
 
 
-def _compile(exprs: list[tuple[Pattern, bytes, int]], mode: int) -> hyperscan.Database:
+def _compile(exprs: list[tuple[Pattern, bytes, int]], mode: int, keep: bool = True) -> hyperscan.Database:
+    """`keep=False`: not kept serialized (nor looked up), for a database whose copy would cost more memory in every
+    worker than compiling it again costs a reload (`JointDB`)."""
     key = (mode, tuple((e, f) for _, e, f in exprs))
-    done = _compiled.get(key)
+    done = _compiled.get(key) if keep else None
     if done is not None:
         _compiled.move_to_end(key)
         db = hyperscan.loadb(done, mode)
@@ -584,6 +587,8 @@ def _compile(exprs: list[tuple[Pattern, bytes, int]], mode: int) -> hyperscan.Da
     try:
         db.compile(expressions=[e for _, e, _ in exprs], ids=list(range(len(exprs))), elements=len(exprs),
                    flags=[f for _, _, f in exprs])
+        if not keep:
+            return db
         _compiled[key] = hyperscan.dumpb(db)
         if len(_compiled) > COMPILED_KEPT:
             _compiled.popitem(last=False)
