@@ -7,7 +7,7 @@
 # writev; a client makes two streamed requests on one connection. An event's processing is what the worker does
 # from the upstream read that brings it to its writev to the client. Printed: every dump's instructions but the
 # worker's start and its one-time first uses (a dump over 1,000,000: imports, the first metric series) ÷ the events
-# the two answers streamed (EVENTS + 3 each), the requests' own work included (~1,500 an event at 100); and the
+# the two answers streamed (EVENTS + 3 each), the requests' own work included; and the
 # median of the dumps taken before a writev (an event's read to its write; an event a policy holds back is written
 # with the next, its work falls in a read's dump), and of those taken before a read (the loop's wait and the read).
 # Dumping is slow: at a shorter DELAY, events arrive while one is handled and share a read. DIR@off: its access log off.

@@ -5,7 +5,7 @@
  * Why C (issue 18): a paced stream settles after every event, and with the pii-detector's six groups each scan made
  * six `bytes.rstrip` method calls (each a new bytes object) and each settle up to six regex searches or Python calls,
  * each on a new suffix slice, through attributes of interpreted group objects: ~10,300 of a chained paced event's
- * ~46,000 instructions, ~800 left with this module (callgrind medians, bench/RESULTS.md 2026-12-07 20:30). Here one
+ * ~46,000 instructions, ~1,200 left with this module (both calls) (callgrind medians, bench/RESULTS.md 2026-12-07 20:30). Here one
  * call each, over 256-byte lookup tables that `ScanDB` builds once: `members` (byte i of group g's table is 1 when
  * byte i is in its alphabet) and each group's `_Group.spec` (its kind and width, its start bytes). A group whose
  * holdback is a Python function (`Pattern.hold_from`) is left to the caller, which lists it in `left`, unless the
