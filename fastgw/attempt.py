@@ -27,7 +27,7 @@ from fastgw.api.errors import GatewayError, Origin, UpstreamAuthError, UpstreamE
 from fastgw.front import FRONTS, Front, FrontSource, front_for
 from fastgw.front.messages import anthropic_error
 from fastgw.policy.base import RequestContext
-from fastgw.policy.chain import Chain
+from fastgw.policy.chain import SYNC_OUTPUT_BYTES, Chain
 from fastgw.proto.client import TransportError, TransportTimeout
 from fastgw.proto.server import ConnectionTracker, Responder
 from fastgw.providers import ADAPTERS, adapter_for
@@ -357,7 +357,10 @@ class Attempt:
             ctype = b"application/json"
         if call.endpoint not in _NO_OUTPUT and self.chain.decodes_output:
             try:
-                data = await self.chain.check_output_body_async(ctx, data)  # in slices when it is large
+                chain = self.chain
+                # In one go when small (the common case: no coroutine to make); in slices when it is large.
+                data = (chain.check_output_body(ctx, data) if len(data) <= SYNC_OUTPUT_BYTES
+                        else await chain.check_output_body_async(ctx, data))
             except GatewayError as e:
                 # The upstream answered; a policy refused the answer (or could not read it).
                 return Final(Verdict.NEUTRAL if e.origin != Origin.UPSTREAM else Verdict.FAILURE, error=e)

@@ -58,4 +58,4 @@ class RequestContext:
         return None
 
     def decide(self, policy: str, phase: str, outcome: str, **detail: object) -> None:
-        self.decisions.append(Decision(policy, phase, outcome, dict(detail)))
+        self.decisions.append(Decision(policy, phase, outcome, detail))  # `**detail` is a fresh dict already

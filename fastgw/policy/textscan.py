@@ -29,7 +29,7 @@ from fastgw.scan.scanner import ScanBudget, StreamScanner, block_reports, find_s
 
 __all__ = ["ScanPolicy", "Prefilter", "Tagged", "merge_spans", "redact", "process_slots", "process_slots_sliced",
            "request_slots", "text_chars", "response_slots", "walk", "TokenRun", "SKIP", "is_blob", "set_token",
-           "decide_counts", "Slicer", "RequestTooExpensive", "SLICE_PIECE"]
+           "decide_counts", "decide_clean", "Slicer", "RequestTooExpensive", "SLICE_PIECE"]
 
 #: Smallest piece of a long text fed to its scanners between two looks at the clock (characters or bytes):
 #: ~1.5 ms at the slowest text found (bench/scan_worst.py), so a slice overruns by less than one.
@@ -516,12 +516,19 @@ def decide_counts(ctx: RequestContext, pol: ScanPolicy, where: str, hits: dict[t
         ctx.decide(pol.name, where, "allow", count=0)
 
 
+def decide_clean(ctx: RequestContext, policies: list[ScanPolicy], where: str) -> None:
+    """The decisions of policies that found nothing (what `process_slots` records for texts `Prefilter` vouched
+    for, without its run)."""
+    for pol in policies:
+        ctx.decide(pol.name, where, "allow", count=0)
+
+
 def request_slots(body: dict) -> Iterator[Slot]:
     """Every text in a request, whatever the endpoint: message contents and parts, names, tool calls and
     their arguments, tool results (`tool_result`, `function_call_output`), Anthropic `tool_use.input`,
     `system`, `instructions`, `prompt`, `input`, `user`, `metadata` values, tool descriptions and schemas,
     `prediction`, stop sequences; any string field not known to be an identifier or a blob (`SKIP`)."""
-    yield from walk(body, "", None)
+    return walk(body, "", None)  # the walk itself: a generator around it would be one more layer per slot
 
 
 def response_slots(body: dict) -> Iterator[Slot]:

@@ -81,3 +81,50 @@ def test_injection_judges_every_role_unless_roles_narrow_it():
 def test_response_slots_skip_fields_of_the_wrong_type(body: dict) -> None:
     from fastgw.policy.textscan import response_slots
     assert list(response_slots(body)) == []  # nothing to scan, and no TypeError (a 500 and a traceback before)
+
+
+class _Unreadable(str):
+    """A text whose reading raises: an internal failure inside a scanning step (a policy bug stands for it)."""
+
+    def isascii(self) -> bool:
+        raise RuntimeError("boom")
+
+
+class _BrokenScanner:
+    """An output policy whose name cannot be read: the output step fails inside, after the prefilter."""
+
+    @property
+    def name(self) -> str:
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("on_error", ["block", "allow"])
+def test_a_scanning_step_that_fails_inside_fails_closed_unless_on_error_allow(on_error):
+    pii = PiiPolicy(PiiDetector(action="redact", on_error=on_error))
+    chain = Chain(["pii-detector"], {"pii-detector": pii}, Findings([]))
+    chain.allocate_scratch()
+    body = {"model": "m", "messages": [{"role": "user", "content": _Unreadable("hi")}]}
+    ctx = _ctx()
+    if on_error == "block":
+        with pytest.raises(PolicyFailure) as e:
+            chain.check_input(ctx, body)
+        assert b'"policy":"pii-detector"' in e.value.body()
+    else:
+        assert chain.check_input(ctx, body) is False
+    assert [(d.policy, d.outcome, d.detail["allowed"]) for d in ctx.decisions] == [
+        ("pii-detector", "error", on_error == "allow")]
+
+
+def test_an_output_step_that_fails_inside_fails_closed():
+    pii = PiiPolicy(PiiDetector(action="redact"))
+    chain = Chain(["pii-detector"], {"pii-detector": pii}, Findings([]))
+    chain.allocate_scratch()
+    answer = b'{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}'
+    ctx = _ctx()
+    assert chain.check_output_body(ctx, answer) == answer  # a clean answer: decided by the prefilter
+    assert [(d.policy, d.outcome, d.detail) for d in ctx.decisions] == [("pii-detector", "allow", {"count": 0})]
+    chain.output_scanners = [_BrokenScanner()]  # type: ignore[list-item]
+    ctx = _ctx()
+    with pytest.raises(PolicyFailure):
+        chain.check_output_body(ctx, answer)
+    assert [(d.policy, d.outcome, d.detail["allowed"]) for d in ctx.decisions] == [("output", "error", False)]
