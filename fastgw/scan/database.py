@@ -142,6 +142,12 @@ class Pattern:
     #: (`expression` anchored at the report's end); a report `expression` has no match for is dropped. ASCII
     #: expressions only (not `utf8`).
     loose: bytes | None = None
+    #: A looser expression the block prefilter (`compile_any`) compiles in place of the pattern's: every text
+    #: `expression` matches in must match it (a superset), since a text it reports nothing in is never scanned.
+    #: A prefilter answers only whether anything could be there, so it needs neither the start nor the context
+    #: of a match: EMAIL's unbounded local part and domain make Hyperscan walk most bytes of prose (~2.5 ns a
+    #: byte), where the '@' with a byte either side is found by its literal matcher (bench/RESULTS.md).
+    prefilter: bytes | None = None
     #: Its `context_validator` is costly (libphonenumber) and has a `quick(value, before, table) -> bool | None`
     #: that answers from cheap checks and cached verdicts, None when only the full judgement can: full
     #: judgements are drawn from the scan's `ScanBudget` (per request and policy), and with none left the
@@ -535,10 +541,15 @@ class JointDB:
 
 def compile_any(patterns: Sequence[Pattern], tables: bool = False) -> hyperscan.Database:
     """A block-mode database of `compile_patterns`' expressions less the phrases' prefixes (whose reports are
-    no match), without start of match: it reports exactly when the stream database would report a match, and
-    one block scan costs a fifth to a quarter of opening, scanning and closing a stream (bench/RESULTS.md)."""
+    no match), without start of match, and with each pattern's `prefilter` expression where it has one: it
+    reports whenever the stream database would report a match (exactly then, but for those patterns, whose
+    reports are a superset), and one block scan costs a fifth to a quarter of opening, scanning and closing a
+    stream (bench/RESULTS.md)."""
     som = hyperscan.HS_FLAG_SOM_LEFTMOST
-    return _compile([(p, e, f & ~som) for p, e, f in _expressions(patterns, tables)], hyperscan.HS_MODE_BLOCK)
+    exprs = _expressions(patterns, tables)
+    # The first len(patterns) are the patterns' own expressions (then closers and table rows, kept as they are).
+    return _compile([(p, p.prefilter if i < len(patterns) and p.prefilter is not None else e, f & ~som)
+                     for i, (p, e, f) in enumerate(exprs)], hyperscan.HS_MODE_BLOCK)
 
 
 def _expressions(patterns: Sequence[Pattern], tables: bool) -> list[tuple[Pattern, bytes, int]]:

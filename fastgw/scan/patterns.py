@@ -54,6 +54,8 @@ _IPV6 = b"|".join((
     rb"\b" + _HEX + rb"(?::" + _HEX + rb"){5}:" + _V4 + rb"\b",                    # 6 groups + dotted quad
     rb"(?:\b" + _HEX + rb"(?::" + _HEX + rb"){0,4})?::(?:" + _HEX + rb":){0,5}" + _V4 + rb"\b",
 ))
+# What every form above has (`Pattern.prefilter`): '::', or six groups in a row (the two full forms).
+_IPV6_AROUND = rb"::|" + _HEX + rb"(?::" + _HEX + rb"){5}"
 
 # One separator throughout a number (mixed ones are not a card layout): space, dash or dot; a number wrapped
 # across lines (a narrow table cell, a reflowed paragraph) may mix spaces and line breaks. NBSP, thin space and
@@ -73,6 +75,10 @@ _NANP_TAIL = rb"\d{3}[ .-]\d{4}"  # then no digit (not_followed_by)
 
 # A 2-byte UTF-8 letter (U+00C0-U+04FF: Latin, Greek, Cyrillic) in an e-mail local part.
 _U2 = rb"[\xc3-\xd3][\x80-\xbf]"
+# What every address has (`Pattern.prefilter`): a local-part byte (the last of `_U2`'s included), '@', a domain
+# byte. Spelled out as four alternatives: Hyperscan finds those by the '@' literal, where the same set written as
+# two classes around it walked every byte of prose again (measured: bench/RESULTS.md).
+_EMAIL_AROUND = rb"[\w.%+-]@[A-Za-z0-9-]|[\w.%+-]@[\x80-\xff]|[\x80-\xbf]@[A-Za-z0-9-]|[\x80-\xbf]@[\x80-\xff]"
 
 _PEM_LABEL = rb"(?:(?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY|PGP PRIVATE KEY BLOCK)"
 #: Bound on a held private-key block (see PRIVATE_KEY).
@@ -100,7 +106,7 @@ BUILTIN: tuple[Pattern, ...] = (
     Pattern("EMAIL", "EMAIL",
             rb"(?:\b\w|" + _U2 + rb")(?:[\w.%+-]|" + _U2 + rb")*@(?:[A-Za-z0-9\x80-\xff-]+\.)+"
             rb"(?:[A-Za-z]{2,}|xn--[A-Za-z0-9-]+|[\x80-\xff]{4,})",
-            254, v.email),
+            254, v.email, prefilter=_EMAIL_AROUND),
     # Separated: dashes (Unicode dashes fold to '-'), spaces or dots, one kind per number.
     Pattern("US_SSN", "US_SSN", rb"\b\d{3}(?:-\d{2}-|\.\d{2}\.| \d{2} )\d{4}", 11, v.ssn,
             not_followed_by=NOT_DIGIT),
@@ -131,7 +137,7 @@ BUILTIN: tuple[Pattern, ...] = (
     Pattern("IPV4", "IP_ADDRESS", rb"\b\d{1,3}(?:\.\d{1,3}){3}", 15, v.ipv4, context_validator=v.ipv4_context,
             not_followed_by=NOT_DOTTED),
     # RFC 4291 2.2: 8 groups of 4 hex (39), or 6 groups and a dotted quad (45).
-    Pattern("IPV6", "IP_ADDRESS", _IPV6, 45, v.ipv6),
+    Pattern("IPV6", "IP_ADDRESS", _IPV6, 45, v.ipv6, prefilter=_IPV6_AROUND),
     # ISO 13616: at most 34 characters; printed in groups of four, so 8 spaces.
     Pattern("IBAN", "IBAN",
             rb"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7} [A-Z0-9]{1,4})", 42, v.iban,
