@@ -25,6 +25,8 @@ of ~4 characters, finish chunk, `data: [DONE]`) unless the case says otherwise:
   `whole.input.*`, `Chain.check_input` on a chat request (the bench's "hi", the PII text, or for `long` 4,000
   characters of clean prose); `whole.output.*`, `Chain.check_output_body` on a chat.completion answer of the
   200-character text (clean prose, or with PII).
+- `prefilter.*`: the chain's output prefilter (`Prefilter.clean_prose`, one block scan of pii-detector +
+  safety-filter's patterns) on 200 or 4,000 bytes of clean prose (per event: per KB).
 - `accesslog.line`: the access log's line of a finished non-streamed request, in full batches written to /dev/null
   (per event: per line), the figure to set against a request's CPU for the log's share (issue 18: ≤ 3 %).
 - `texts.*`: the output stream policy (pii-detector redact), one event pushed and released at a time, on answers
@@ -528,6 +530,22 @@ def _many_texts(kind: str, n: int) -> Bench:
     return Bench(op, check, len(events))
 
 
+def _prefilter(size: int) -> Bench:
+    """The chain's output prefilter (pii-detector + safety-filter: `Prefilter.clean_prose`, one block scan) on
+    `size` bytes of clean prose. One op: one scan (per event: per KB)."""
+    chain = _chain(("pii-detector", "safety-filter"))
+    data = make_text("prose", size, seed=7)[0].encode()[:size]
+    flt = chain._output_filter
+
+    def op() -> bool:
+        return flt.clean_prose(data)
+
+    def check(out: bool) -> None:
+        assert out is True and len(data) == size, "clean prose must be vouched for"
+
+    return Bench(op, check, max(1, size // 1000))
+
+
 def _whole(policies: tuple[str, ...], where: str, text_kind: str) -> Bench:
     """The whole-text path of a non-streamed request: `Chain.check_input` on a chat request (the bench's
     one-message request for "prose", the PII text as its message for "pii"), or `Chain.check_output_body` on a
@@ -630,6 +648,7 @@ CASES: list[Case] = [
       for name, pols, kind in (("none", (), "prose"), ("pii+safety.pii", ("pii-detector", "safety-filter"), "pii"))],
     *[Case(f"texts.{kind}.{n}", functools.partial(_many_texts, kind, n))
       for kind in ("responses", "tools") for n in (100, 2000)],
+    *[Case(f"prefilter.pii+safety.prose{n}", functools.partial(_prefilter, n)) for n in (200, 4000)],
     *[Case(f"whole.{where}.pii+safety.{kind}",
            functools.partial(_whole, ("pii-detector", "safety-filter"), where, kind))
       for where in ("input", "output") for kind in ("prose", "pii", "long") if (where, kind) != ("output", "long")],
