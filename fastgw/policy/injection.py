@@ -503,12 +503,12 @@ class _Hits:
 
     def open(self, db: ScanDB) -> Any:
         """A stream to scan one text in pieces (`scan` each, then `close`)."""
-        stream = db.hs.stream(match_event_handler=self._on_match)
+        stream = db.hs.stream(self._on_match)  # positional: no keyword parsing (~0.1 us a call)
         stream.__enter__()
         return stream
 
     def close(self, stream: Any) -> None:
-        stream.close(match_event_handler=self._on_match)  # end-anchored matches fire here
+        stream.close()  # end-anchored matches fire here, to the handler it was opened with
 
 
 class InjectionPolicy:

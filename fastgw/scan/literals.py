@@ -61,5 +61,5 @@ class Literals:
         self._at = -1
         # A view from `start`, not a copy of the rest (the extension takes any buffer; its stub says bytes).
         view = memoryview(data)[start:] if start else data
-        db.scan(view, match_event_handler=self._on_match)  # type: ignore[type-var]
+        db.scan(view, self._on_match)  # type: ignore[type-var]  # positional: no keyword parsing
         return self._at if self._at < 0 else self._at + start

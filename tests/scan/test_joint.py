@@ -201,3 +201,27 @@ def test_a_joint_database_is_not_kept_serialized() -> None:
     group.feed(b"mail joe@example.com, the forbidden fruit ")
     group.end()
     assert [len(sc.settle(final=True)[1]) for sc in group.scanners] == [1, 1]
+
+
+def test_end_anchored_matches_are_reported_when_the_stream_closes() -> None:
+    """An expression anchored at the end ('$') matches only once the text is known to have ended: the report
+    comes from the stream's close (which calls the handler the stream was opened with), alone and in a group."""
+    ending = SafetyPolicy(SafetyFilter(action="redact", terms=["zz"], regex=[r"the\s+end\s*$"]))
+    ending.allocate_scratch()
+    dbs = [DBS[0], ending.db]
+    joint = JointDB(dbs)
+    joint.allocate_scratch()
+    for text in (b"and that was the end", b"the end  ", b"mail joe@example.com: the end"):
+        alone = StreamScanner(ending.db)
+        alone.feed(text)
+        assert alone.settle()[1] == []  # not yet: more text may follow
+        got = alone.settle(final=True)[1]
+        assert [(s.end, s.entity) for s in got] == [(len(text), "SAFETY_REGEX")], text
+        group = ScanGroup(joint, False, [ScanBudget() for _ in dbs])
+        group.feed(text)
+        group.end()
+        assert [(s.end, s.entity) for s in group.scanners[1].settle(final=True)[1]] == [(len(text),
+                                                                                        "SAFETY_REGEX")], text
+    not_at_end = StreamScanner(ending.db)
+    not_at_end.feed(b"the end. More follows")
+    assert not_at_end.settle(final=True)[1] == []
