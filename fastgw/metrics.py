@@ -565,10 +565,12 @@ def request_finished(ctx: RequestContext, route: str) -> None:
         if (type(c) is int or type(c) is float) and c > 0:
             _add(_tokens(m, f, True, estimated), c)
     for dec in ctx.decisions:
-        if dec.policy == "routing":
+        policy = dec.policy  # each read of a Decision's field is a generic attribute lookup: once each
+        if policy == "routing":
             continue
-        entity = dec.detail.get("entity", "") if dec.detail else ""
-        _inc(m.decisions, m.c_decisions, (dec.policy, dec.outcome, entity if isinstance(entity, str) else ""))
+        detail = dec.detail
+        entity = detail.get("entity", "") if detail else ""
+        _inc(m.decisions, m.c_decisions, (policy, dec.outcome, entity if isinstance(entity, str) else ""))
     if now >= _flush_at[0]:
         flush()
 
