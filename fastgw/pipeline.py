@@ -18,7 +18,7 @@ import orjson
 
 from fastgw import metrics, telemetry
 from fastgw.api.errors import GatewayError, InvalidRequest, ModelNotFound
-from fastgw.api.usage import USAGE_ONLY
+from fastgw.api.usage import USAGE_ONLY, with_chat_names
 from fastgw.attempt import JSON, Answer, Attempt, Final, Outcome, Retry, Streamed
 from fastgw.front import FRONTS
 from fastgw.policy.audit import AuditUnavailable
@@ -69,10 +69,7 @@ def usage_of(body: bytes) -> dict | None:
         return None
     if usage is None:
         return None
-    if "prompt_tokens" not in usage and "input_tokens" in usage:  # Responses and Messages name them so
-        usage = {**usage, "prompt_tokens": usage.get("input_tokens") or 0,
-                 "completion_tokens": usage.get("output_tokens") or 0}
-    return usage
+    return usage if "prompt_tokens" in usage else with_chat_names(usage)  # Responses and Messages: input/output
 
 
 def parse_body(req: Request) -> dict:

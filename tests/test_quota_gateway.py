@@ -330,3 +330,41 @@ def test_a_providers_retry_after_is_honoured_by_every_instance(tmp_path: Path) -
             gw.stop()
         upstream.stop()
         redis.stop()
+
+
+def test_an_output_policy_leaves_a_whole_answers_tokens_counted_in_every_dialect(tmp_path: Path) -> None:
+    """With an output policy the chain reads a non-streamed answer itself (its texts, its usage): a Messages or
+    Responses answer names its tokens input/output, and those must reach the quota settlement as the chat names
+    do, or its tokens are never spent (a budget that an output policy switched off)."""
+    import subprocess
+    import sys
+
+    from tests.support.procs import REPO_ROOT
+
+    state = {"backend": "local", "path": str(tmp_path / "state")}
+    cfg = _config(state, budgets=[{"name": "big", "per": "key", "usd": 1000.0, "period": "total"}])
+    cfg["policies"]["chain"] = ["rbac", "pii-detector", "rate-limiter"]
+    cfg["policy"]["pii-detector"] = {"action": "redact"}
+    gw = start_gateway(cfg, tmp_path, workers=1)
+    spent = 0.0
+    try:
+        for path, body in (("/messages", {"model": "mock-1", "max_tokens": 16,
+                                          "messages": [{"role": "user", "content": "hello"}]}),
+                           ("/responses", {"model": "mock-1", "input": "hello"}),
+                           ("/chat/completions", {"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]})):
+            req = urllib.request.Request(f"{gw.url}{path}", orjson.dumps(body),
+                                         {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                usage = orjson.loads(r.read())["usage"]
+            tin = usage.get("prompt_tokens", usage.get("input_tokens"))
+            tout = usage.get("completion_tokens", usage.get("output_tokens"))
+            assert tin > 0 and tout > 0, (path, usage)
+            spent += (tin * 1000.0 + tout * 2000.0) / 1e6
+    finally:
+        gw.stop()
+    cfg_path = next(tmp_path.glob("*.yaml"))
+    r = subprocess.run([sys.executable, "-m", "fastgw", "usage", "--config", str(cfg_path), "--json",
+                        "--principal", "team"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    budget = next(row for row in orjson.loads(r.stdout)["rows"] if row["kind"] == "budget")
+    assert abs(budget["spent_usd"] - spent) < 1e-9, (budget, spent)

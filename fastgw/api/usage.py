@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["USAGE_ONLY"]
+__all__ = ["USAGE_ONLY", "with_chat_names"]
 
 
 class _UsageOnly(msgspec.Struct):
@@ -18,3 +18,13 @@ class _UsageOnly(msgspec.Struct):
 #: An answer's `usage` alone (msgspec skips the rest without building it): a few µs for a whole answer. Read by
 #: `fastgw.pipeline.usage_of`, which is compiled (an interpreted function here cost ~1,500 instructions a request).
 USAGE_ONLY = msgspec.json.Decoder(_UsageOnly)
+
+
+def with_chat_names(usage: dict) -> dict:
+    """A Responses or Messages `usage` (input_tokens, output_tokens) with the chat names added beside them, which
+    the quota settlement, the metrics and the logs read (`prompt_tokens`, `completion_tokens`). Callers test
+    `"prompt_tokens" not in usage` first: a chat usage, nearly every answer, makes no call here."""
+    if "prompt_tokens" not in usage and "input_tokens" in usage:
+        return {**usage, "prompt_tokens": usage.get("input_tokens") or 0,
+                "completion_tokens": usage.get("output_tokens") or 0}
+    return usage

@@ -16,6 +16,7 @@ import orjson
 
 from fastgw.api.errors import GatewayError
 from fastgw.api.limits import MAX_REQUEST_CPU
+from fastgw.api.usage import with_chat_names
 from fastgw.policy.base import AuthError, Forbidden, PolicyFailure, PolicyViolation, RequestContext
 from fastgw.policy.findings import Findings
 from fastgw.policy.stream import StreamPolicy, open_stream
@@ -332,8 +333,11 @@ class Chain:
                     ctx.texts[idx] = text
                 if isinstance(ch.get("finish_reason"), str):
                     ctx.finish[idx] = ch["finish_reason"]
-        if isinstance(obj.get("usage"), dict):
-            ctx.usage = obj["usage"]
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            # As `pipeline.usage_of` reads it when no policy parsed the answer: Responses and Messages usage with
+            # the chat names added, which the quota settlement reads.
+            ctx.usage = usage if "prompt_tokens" in usage else with_chat_names(usage)
 
     # ---- audit --------------------------------------------------------------------------------------
     async def record(self, ctx: RequestContext) -> None:

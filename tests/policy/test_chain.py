@@ -128,3 +128,22 @@ def test_an_output_step_that_fails_inside_fails_closed():
     with pytest.raises(PolicyFailure):
         chain.check_output_body(ctx, answer)
     assert [(d.policy, d.outcome, d.detail["allowed"]) for d in ctx.decisions] == [("output", "error", False)]
+
+
+@pytest.mark.parametrize("body", [
+    b'{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}',
+    b'{"type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":5,"output_tokens":6}}',
+    b'{"object":"response","output":[],"usage":{"input_tokens":5}}',
+    b'{"usage":{"prompt_tokens":1,"input_tokens":9}}', b'{"choices":[]}', b'{"usage":null}', b'{"usage":[1]}',
+])
+def test_a_checked_answers_usage_reads_as_when_no_policy_parsed_it(body: bytes) -> None:
+    """The chain parses a non-streamed answer for its output policies and takes its usage from there (the
+    pipeline then reads none of its own): the same usage `usage_of` gives, chat names added in every dialect."""
+    from fastgw.pipeline import usage_of
+
+    pii = PiiPolicy(PiiDetector(action="redact"))
+    chain = Chain(["pii-detector"], {"pii-detector": pii}, Findings([]))
+    chain.allocate_scratch()
+    ctx = _ctx()
+    assert chain.check_output_body(ctx, body) == body
+    assert ctx.usage == usage_of(body)
