@@ -187,9 +187,9 @@ def test_a_prefilter_expression_reports_on_every_text_its_pattern_matches(name: 
     also reports on texts the pattern has nothing in, which go to the scanner (see the test above)."""
     import dataclasses
 
-    from fastgw.scan.database import compile_any
-
     import hyperscan
+
+    from fastgw.scan.database import compile_any
 
     pattern = next(p for p in BUILTIN if p.name == name)
     assert pattern.prefilter is not None
