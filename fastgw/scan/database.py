@@ -145,7 +145,7 @@ class Pattern:
     #: A looser expression the block prefilter (`compile_any`) compiles in place of the pattern's: every text
     #: `expression` matches in must match it (a superset), since a text it reports nothing in is never scanned.
     #: A prefilter answers only whether anything could be there, so it needs neither the start nor the context
-    #: of a match: EMAIL's unbounded local part and domain make Hyperscan walk most bytes of prose (~2.5 ns a
+    #: of a match: EMAIL's unbounded local part and domain make Hyperscan walk most bytes of prose (~1.5 ns a
     #: byte), where the '@' with a byte either side is found by its literal matcher (bench/RESULTS.md).
     prefilter: bytes | None = None
     #: Its `context_validator` is costly (libphonenumber) and has a `quick(value, before, table) -> bool | None`

@@ -253,10 +253,7 @@ class StreamScanner:
             raise RuntimeError("scanner closed")
         if self._stream is None:
             raise RuntimeError("a joint scanner is fed by its ScanGroup")
-        canon = self._fold_in(data)
-        if canon:
-            self._stream.scan(canon)
-            self._took(canon)
+        self._scan(self._fold_in(data))
 
     def _fold_in(self, data: bytes) -> bytes:
         """The canonical bytes of the next original bytes (not empty), counted as fed."""
@@ -747,9 +744,13 @@ class ScanGroup:
         canon = scanners[0]._fold_in(data)
         for i in range(1, len(scanners)):
             scanners[i]._fold_in(data)
+        self._scan(canon)
+
+    def _scan(self, canon: bytes) -> None:
+        """Canonical bytes scanned once, then taken by every scanner (its holdback, its reports judged)."""
         if canon:
             self._stream.scan(canon)
-            for sc in scanners:
+            for sc in self.scanners:
                 sc._took(canon)
 
     def end(self) -> None:
@@ -761,10 +762,7 @@ class ScanGroup:
         canon = scanners[0]._fold.flush()  # a cut escape or sequence at the very end, as it stands
         for i in range(1, len(scanners)):
             scanners[i]._fold.flush()
-        if canon:
-            self._stream.scan(canon)
-            for sc in scanners:
-                sc._took(canon)
+        self._scan(canon)
         self._closed = True
         self._stream.close()  # to the handler it was opened with
         self._on_match = _noop  # the cycle (group, its handler, the group) goes with the stream

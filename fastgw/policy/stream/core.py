@@ -123,12 +123,16 @@ class TextStream:
         """The text is final and its spans reported: its scanners (~2 KB each, most of a text's memory) go now,
         not at the answer's end, so an answer of many items or choices holds those still open alone."""
         self._scanned = [sc.scanned for sc in self.scanners]
+        self.close_scanners()
+        self.scanners = []
+
+    def close_scanners(self) -> None:
+        """Release the text's Hyperscan streams (its group's, or each scanner's) without settling."""
         if self.group is not None:
-            self.group.close()
+            self.group.close()  # its stream: the scanners of a group hold none
             self.group = None
         for sc in self.scanners:
             sc.close()
-        self.scanners = []
 
 
 class StreamPolicy(ABC):
@@ -567,10 +571,7 @@ class StreamPolicy(ABC):
         self._sync_texts()
         self._decide()
         for t in self._texts.values():
-            if t.group is not None:
-                t.group.close()  # its stream: the scanners of a group hold none
-            for sc in t.scanners:
-                sc.close()
+            t.close_scanners()
 
     def _render(self, h: Held) -> bytes:
         """The bytes of a released event: the upstream's own unless a policy changed its text."""
